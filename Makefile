@@ -1,0 +1,48 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Everything they need (the venv, tmux, the Claude Code binary) is installed here.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CLAUDE_VERSION := 2.1.328
+CLAUDE_PREFIX := .cache/claude-code
+CLAUDE_BIN := $(CLAUDE_PREFIX)/node_modules/@anthropic-ai/claude-code-linux-x64/claude
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup test demo lint bench hooks clean
+
+setup: $(VENV)/.installed tmux $(CLAUDE_BIN)
+
+$(VENV)/.installed: pyproject.toml plugins/contrib/orch-guard/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]' ./plugins/contrib/orch-guard
+	touch $@
+
+tmux:
+	@command -v tmux >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq tmux; }
+
+$(CLAUDE_BIN):
+	npm install --no-audit --no-fund --prefix $(CLAUDE_PREFIX) \
+		@anthropic-ai/claude-code-linux-x64@$(CLAUDE_VERSION)
+	test -x $@
+
+test: setup
+	ORCH_CLAUDE_BIN=$(abspath $(CLAUDE_BIN)) $(BIN)/pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+demo: setup
+	ORCH_CLAUDE_BIN=$(abspath $(CLAUDE_BIN)) $(BIN)/python -m orch_core.testing.demo
+
+bench: setup
+	$(BIN)/python bench/hook_latency.py
+
+hooks: $(VENV)/.installed
+	$(BIN)/orch install --template > hooks/settings.template.json
+
+clean:
+	rm -rf $(VENV) .cache

@@ -1,0 +1,62 @@
+"""Which agent a hook runs for: ``ORCH_AGENT``, else the hook's own tmux pane.
+
+The pane is resolved with ``tmux display-message -t $TMUX_PANE`` (never the client's active
+window) and cached per Claude ``session_id``, so tmux is asked once per session.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from orch_core.store import Store
+
+MAX_ID = 128
+
+
+def valid_id(agent: str) -> bool:
+    """A usable agent id: non-empty, printable, no half-resolved ``session:`` forms."""
+    return (
+        0 < len(agent) <= MAX_ID
+        and agent.isprintable()
+        and not agent.startswith(":")
+        and not agent.endswith(":")
+    )
+
+
+def resolve(env: Mapping[str, str], session_id: str | None, store: Store) -> str | None:
+    """The agent id, or ``None`` when this Claude session is not one of orch's agents."""
+    explicit = env.get("ORCH_AGENT")
+    if explicit:
+        return explicit if valid_id(explicit) else None
+    pane = env.get("TMUX_PANE")
+    if not pane:
+        return None
+    if session_id:
+        cached = store.session_agent(session_id)
+        if cached:
+            return cached
+    agent = pane_agent(pane)
+    if agent and session_id:
+        store.remember_session(session_id, agent, pane)
+    return agent
+
+
+def pane_agent(pane: str, timeout: float = 1.0) -> str | None:
+    """``session:window`` of ``pane`` (e.g. ``%3``), asked of the tmux server in ``$TMUX``."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["tmux", "display-message", "-p", "-t", pane, "#{session_name}:#{window_index}"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    agent = done.stdout.strip()
+    return agent if done.returncode == 0 and valid_id(agent) else None

@@ -1,0 +1,144 @@
+"""The ``orch`` command line. Plugins add commands through ``orch_register_commands``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from orch_core import __version__, install, paths, plugins
+
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def _project(directory: str | None) -> str:
+    return os.path.abspath(directory or os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd())
+
+
+def _loaded(strict: bool = True) -> plugins.Loaded:
+    try:
+        return plugins.load(os.environ, _project(None), strict=strict)
+    except plugins.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"orch, version {__version__}")
+    for info in _loaded(strict=False).plugins:
+        click.echo(f"  {info.name} {info.version or ''} ({info.source})".rstrip())
+    ctx.exit()
+
+
+@click.group()
+@click.option(
+    "--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+    help="Show the version and the plugins, then exit.",
+)  # fmt: skip
+def cli() -> None:
+    """Keep a fleet of Claude Code agents fed, rebriefed and running, through hooks."""
+
+
+@cli.command("install")
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--local", is_flag=True, help="Write .claude/settings.local.json instead.")
+@click.option("--template", is_flag=True, help="Print the hooks block with a placeholder path.")
+def install_command(directory: str | None, local: bool, template: bool) -> None:
+    """Register orch-hook for every hook event in DIRECTORY's Claude settings."""
+    if template:
+        click.echo(json.dumps(install.template(), indent=2))
+        return
+    project = _project(directory)
+    try:
+        changed = install.install(project, local=local)
+    except install.InstallError as exc:
+        raise click.ClickException(str(exc)) from None
+    path = install.settings_path(project, local)
+    if changed:
+        click.echo(f"orch-hook registered for {len(changed)} events in {path}")
+    else:
+        click.echo(f"{path} already up to date")
+
+
+@cli.command("uninstall")
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--local", is_flag=True, help="Edit .claude/settings.local.json instead.")
+def uninstall_command(directory: str | None, local: bool) -> None:
+    """Remove what `orch install` added to DIRECTORY's Claude settings."""
+    project = _project(directory)
+    try:
+        changed = install.uninstall(project, local=local)
+    except install.InstallError as exc:
+        raise click.ClickException(str(exc)) from None
+    path = install.settings_path(project, local)
+    click.echo(f"orch-hook removed from {len(changed)} events in {path}" if changed
+               else f"orch-hook was not registered in {path}")  # fmt: skip
+
+
+@cli.command("plugins")
+@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins_command(show_all: bool, as_json: bool) -> None:
+    """List the plugins orch loads for this project."""
+    loaded = _loaded()
+    rows = [
+        {"name": i.name, "version": i.version, "source": i.source, "hooks": list(i.hooks)}
+        for i in loaded.plugins
+        if show_all or i.source != "builtin"
+    ]
+    for error in loaded.errors:
+        click.echo(f"warning: {error}", err=True)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']} {row['version'] or ''} ({row['source']}): "
+                   f"{', '.join(row['hooks'])}")  # fmt: skip
+
+
+@cli.command("doctor")
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+def doctor_command(directory: str | None) -> None:
+    """Check settings, database, plugins and recent hook runs; exit 1 when unhealthy."""
+    from orch_core import doctor
+
+    checks = doctor.run(os.environ, _project(directory))
+    for check in checks:
+        click.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    if not all(check.ok for check in checks):
+        sys.exit(1)
+
+
+@cli.command("agents")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def agents_command(as_json: bool) -> None:
+    """List the agents orch has heard from, with their state."""
+    from orch_core.store import SQLiteStore
+
+    store = SQLiteStore(paths.db_path(os.environ))
+    try:
+        rows: list[dict[str, Any]] = store.agents()
+    except Exception as exc:
+        raise click.ClickException(f"cannot read {store.path}: {exc}") from None
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    now = time.time()
+    for row in rows:
+        click.echo(f"{row['id']}\t{row['state']}\tseen {now - row['last_seen']:.0f}s ago")
+
+
+def main() -> None:
+    """Entry point of ``orch``: built-in commands plus those plugins register."""
+    try:
+        loaded = plugins.load(os.environ, _project(None))
+        loaded.pm.hook.orch_register_commands(cli=cli)
+    except Exception as exc:  # a broken plugin must not take the CLI down with it
+        click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
+    cli()

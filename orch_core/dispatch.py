@@ -1,0 +1,243 @@
+"""``orch-hook``: the one command Claude Code runs for every hook event.
+
+It reads one JSON event on stdin, resolves the agent, calls every plugin implementation for
+that event, each in its own thread, and folds their answers into the one reply Claude accepts.
+It never stalls or breaks an agent: a plugin that raises, returns garbage or overruns the event's
+time budget is logged and skipped while the others still answer; bad input gives exit 0 and one
+log line; a missing, locked or corrupt database costs at most the budget.
+
+This module is the hot path: it imports only the standard library pieces it needs, and the
+plugin machinery (pluggy, TOML, entry points) only when the cached plan is stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from orch_core import agents, answers, events, log, paths
+from orch_core import plan as plans
+from orch_core.context import Runtime
+from orch_core.store import SQLiteStore
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from orch_core.plan import Impl, Plan
+    from orch_core.store import Store
+
+#: Payloads larger than this are not parsed: exit 0, one log line.
+MAX_PAYLOAD = 4 * 1024 * 1024
+
+
+class Call:
+    """One plugin implementation running in its own thread."""
+
+    __slots__ = ("error", "finished", "impl", "ms", "result", "thread")
+
+    def __init__(self, impl: Impl, kwargs: dict[str, Any]) -> None:
+        self.impl = impl
+        self.result: object = None
+        self.error: str | None = None
+        self.finished = False
+        self.ms = 0.0
+        self.thread = threading.Thread(target=self._run, args=(kwargs,), daemon=True)
+
+    def _run(self, kwargs: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        try:
+            self.result = self.impl.function(
+                **{name: kwargs[name] for name in self.impl.argnames if name in kwargs}
+            )
+        except BaseException as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+        self.ms = (time.perf_counter() - start) * 1000
+        self.finished = True
+
+
+class Outcome:
+    """Everything one dispatch did: the reply, and each plugin's outcome for the record."""
+
+    __slots__ = ("agent", "event", "plugins", "reply", "still_running")
+
+    def __init__(
+        self,
+        reply: answers.Reply,
+        event: events.Event | None = None,
+        agent: str | None = None,
+        plugins: list[dict[str, Any]] | None = None,
+        still_running: bool = False,
+    ) -> None:
+        self.reply = reply
+        self.event = event
+        self.agent = agent
+        self.plugins = plugins or []
+        self.still_running = still_running
+
+
+def call_all(impls: list[Impl], kwargs: Mapping[str, Any], runtime: Runtime, deadline: float) -> list[Call]:
+    """Start every implementation at once and wait for them until ``deadline``."""
+    calls = []
+    for impl in impls:
+        call = Call(impl, {**kwargs, "ctx": runtime.context(impl.plugin)})
+        call.thread.start()
+        calls.append(call)
+    for call in calls:
+        call.thread.join(max(0.0, deadline - time.perf_counter()))
+    return calls
+
+
+def read_payload(raw: bytes, env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The event as a dict, or ``None`` (with one log line) for anything else."""
+    problem = None
+    if len(raw) > MAX_PAYLOAD:
+        problem = f"payload of {len(raw)} bytes is over the {MAX_PAYLOAD}-byte limit"
+    elif not raw.strip():
+        problem = "empty payload"
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            problem = f"payload is not JSON: {exc}"
+        else:
+            if isinstance(data, dict):
+                return data
+            problem = f"payload is a JSON {type(data).__name__}, not an object"
+    log.write("warning", "bad hook input skipped", env, problem=problem)
+    return None
+
+
+def dispatch(
+    raw: bytes,
+    env: Mapping[str, str] = os.environ,
+    *,
+    plan: Plan | None = None,
+    store: Store | None = None,
+) -> Outcome:
+    """Handle one hook event from its raw stdin bytes."""
+    start = time.perf_counter()
+    data = read_payload(raw, env)
+    if data is None:
+        return Outcome(answers.Reply(None))
+    event = events.parse(data)
+    if isinstance(event, events.UnknownEvent):
+        log.write("warning", "unknown event skipped", env, hook_event_name=data.get("hook_event_name"))
+        return Outcome(answers.Reply(None), event)
+    project_dir = paths.project_dir(env, event.cwd)
+    if plan is None:
+        try:
+            plan = plans.load(env, project_dir)
+        except Exception as exc:
+            log.write("error", "cannot build the plugin plan", env, error=repr(exc))
+            plan = plans.Plan({}, {}, {})
+    budget = plan.budget(event.name)
+    deadline = start + budget
+    if store is None:
+        store = SQLiteStore(paths.db_path(env), timeout=budget, durable=False)
+    runtime = Runtime(
+        store=store, env=env, project_dir=project_dir, session_id=event.session_id,
+        config=plan.config,
+    )  # fmt: skip
+    runtime.fire = _observers(plan, runtime)
+    try:
+        runtime.agent = agents.resolve(env, event.session_id, store)
+    except Exception as exc:
+        log.write("error", "cannot resolve the agent", env, error=repr(exc))
+
+    calls = call_all(plan.impls(events.hook_name(event.name)), {"event": event}, runtime, deadline)
+    given, outcomes = [], []
+    for call in calls:
+        outcome: dict[str, Any] = {"plugin": call.impl.plugin, "ms": round(call.ms, 3)}
+        if not call.finished:
+            outcome.update(outcome="timeout", error=f"still running after {budget:.3f}s budget")
+        elif call.error:
+            outcome.update(outcome="error", error=call.error)
+        else:
+            try:
+                answer = answers.check(call.result, event)
+            except TypeError as exc:
+                outcome.update(outcome="invalid", error=str(exc))
+            else:
+                outcome["outcome"] = "ok"
+                if answer is not None:
+                    given.append(answer)
+        outcomes.append(outcome)
+    reply = answers.fold(event, given)
+    result = Outcome(reply, event, runtime.agent, outcomes, any(not c.finished for c in calls))
+    _record(result, store, env, start, deadline)
+    return result
+
+
+def _observers(plan: Plan, runtime: Runtime) -> Any:
+    """``ctx.fire`` for this run: call each observer in turn, logging (never raising) errors."""
+
+    def fire(hook: str, kwargs: dict[str, Any]) -> None:
+        for impl in plan.impls(hook):
+            args = {**kwargs, "ctx": runtime.context(impl.plugin)}
+            try:
+                impl.function(**{name: args[name] for name in impl.argnames if name in args})
+            except Exception as exc:
+                log.write("error", "observer failed", runtime.env, hook=hook, plugin=impl.plugin,
+                          error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+
+    return fire
+
+
+def _record(result: Outcome, store: Store, env: Mapping[str, str], start: float, deadline: float) -> None:
+    """Keep the run for metrics and ``orch doctor``; problems also go to the log."""
+    event_name = result.event.name if result.event else ""
+    duration_ms = (time.perf_counter() - start) * 1000
+    failed = [p for p in result.plugins if p["outcome"] != "ok"]
+    if failed:
+        log.write("warning", "plugins failed", env, hook_event_name=event_name,
+                  agent=result.agent, plugins=failed)  # fmt: skip
+    try:
+        if isinstance(store, SQLiteStore):
+            remaining_ms = max(10, int((deadline - time.perf_counter()) * 1000))
+            store.conn.execute(f"PRAGMA busy_timeout={remaining_ms}")
+        store.record_run(
+            event=event_name,
+            agent=result.agent,
+            session_id=result.event.session_id if result.event else None,
+            duration_ms=duration_ms,
+            exit_code=result.reply.exit_code,
+            plugins=result.plugins,
+        )
+    except Exception as exc:
+        log.write("error", "cannot record the hook run", env, hook_event_name=event_name,
+                  agent=result.agent, duration_ms=round(duration_ms, 3), error=repr(exc))  # fmt: skip
+
+
+def read_stdin(limit: int = MAX_PAYLOAD) -> bytes:
+    """Read stdin to the end, keeping at most ``limit + 1`` bytes (the rest is drained)."""
+    stream = sys.stdin.buffer
+    kept = stream.read(limit + 1)
+    while stream.read(1 << 20):
+        pass
+    return kept
+
+
+def main() -> int:
+    """Entry point of ``orch-hook``. The exit code is 2 only when a plugin blocks an event
+    that can be blocked, else 0, whatever goes wrong."""
+    try:
+        result = dispatch(read_stdin())
+    except BaseException as exc:  # the last line of defence: never break the agent
+        log.write("error", "orch-hook failed", error=repr(exc))
+        return 0
+    reply = result.reply
+    out = reply.stdout()
+    if out:
+        sys.stdout.write(out)
+    if reply.stderr:
+        sys.stderr.write(reply.stderr + "\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if result.still_running:  # a plugin overran its budget: do not wait for its thread
+        os._exit(reply.exit_code)
+    return reply.exit_code

@@ -1,0 +1,104 @@
+"""``orch doctor``: loud checks at set-up time, so the hot path can degrade quietly."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+import attrs
+
+from orch_core import install, paths, plugins
+from orch_core.store import SQLiteStore
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+#: Hook runs that failed this recently make the installation unhealthy.
+RECENT_SECONDS = 600
+
+
+@attrs.frozen
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def check_settings(project_dir: str) -> Check:
+    try:
+        found = install.installed_events(project_dir)
+    except install.InstallError as exc:
+        return Check("settings", False, str(exc))
+    missing = [name for name in install.INSTALLED_EVENTS if name not in found]
+    if len(missing) == len(install.INSTALLED_EVENTS):
+        return Check("settings", False, f"orch-hook is not registered in {project_dir}; "
+                                        "run `orch install`")  # fmt: skip
+    broken = sorted({c for cs in found.values() for c in cs if not os.access(c, os.X_OK)})
+    if broken:
+        return Check("settings", False, f"orch-hook not executable: {', '.join(broken)}")
+    if missing:
+        return Check("settings", False, f"orch-hook missing for: {', '.join(missing)}")
+    return Check("settings", True, f"orch-hook registered for {len(found)} events")
+
+
+def check_database(env: Mapping[str, str]) -> Check:
+    store = SQLiteStore(paths.db_path(env), timeout=2.0)
+    try:
+        health = store.health()
+    except Exception as exc:
+        return Check("database", False, f"{paths.db_path(env)}: {exc}")
+    finally:
+        store.close()
+    problems = []
+    if health["integrity"] != "ok":
+        problems.append(f"integrity check: {health['integrity']}")
+    if health["journal_mode"] != "wal":
+        problems.append(f"journal mode {health['journal_mode']}, expected wal")
+    if health["schema_version"] != health["expected_schema_version"]:
+        problems.append(f"schema {health['schema_version']}, expected "
+                        f"{health['expected_schema_version']}")  # fmt: skip
+    detail = "; ".join(problems) or f"{health['path']}: integrity ok, WAL, schema " + str(
+        health["schema_version"]
+    )
+    return Check("database", not problems, detail)
+
+
+def check_plugins(env: Mapping[str, str], project_dir: str) -> Check:
+    try:
+        loaded = plugins.load(env, project_dir, strict=True)
+    except plugins.ConfigError as exc:
+        return Check("plugins", False, str(exc))
+    if loaded.errors:
+        return Check("plugins", False, "; ".join(loaded.errors))
+    names = ", ".join(info.name for info in loaded.plugins) or "none"
+    return Check("plugins", True, f"loaded: {names}")
+
+
+def check_recent_runs(env: Mapping[str, str]) -> Check:
+    store = SQLiteStore(paths.db_path(env), timeout=2.0)
+    try:
+        failed = [r for r in store.runs(100, failed=True) if r["ts"] > time.time() - RECENT_SECONDS]
+    except Exception as exc:
+        return Check("hook runs", False, f"cannot read hook runs: {exc}")
+    finally:
+        store.close()
+    if not failed:
+        return Check("hook runs", True, f"no failed hook runs in the last {RECENT_SECONDS} s")
+    last = failed[0]
+    errors = "; ".join(
+        f"{p['plugin']} {p['outcome']}: {p.get('error', '')}"
+        for p in last["plugins"]
+        if p["outcome"] != "ok"
+    )
+    return Check("hook runs", False, f"{len(failed)} failed in the last {RECENT_SECONDS} s; "
+                                     f"latest ({last['event']}): {errors}")  # fmt: skip
+
+
+def run(env: Mapping[str, str], project_dir: str) -> list[Check]:
+    return [
+        check_settings(project_dir),
+        check_database(env),
+        check_plugins(env, project_dir),
+        check_recent_runs(env),
+    ]

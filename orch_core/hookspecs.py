@@ -1,0 +1,282 @@
+"""Every hook a plugin can implement, one per Claude Code event plus orch's own.
+
+Event hooks are called by ``orch-hook`` with two arguments, of which an implementation takes
+whichever it names:
+
+:param event: the event, an :mod:`orch_core.events` object; ``event.data`` holds the raw payload.
+:param ctx: the :class:`~orch_core.context.HookContext`: the resolved ``agent`` (``None`` when
+    orch cannot tell which agent this is; agent-bound plugins then do nothing), this plugin's
+    ``config``, the ``store``, ``log()`` and ``fire()``.
+
+Every event hook returns ``None``, a ``str`` (context for the model, where the event takes it) or
+an :class:`orch_core.Answer`; all implementations are called (none is ``firstresult``), each
+isolated from the others and within the event's time budget, and the dispatcher folds their
+answers in call order (``tryfirst`` first, then the most recently registered). An answer the
+event cannot carry is logged as invalid and dropped. Events marked *observe only* ignore answers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    import click
+
+    from orch_core import events as ev
+    from orch_core.answers import Answer
+    from orch_core.context import HookContext
+
+    Result = Answer | str | None
+
+hookspec = pluggy.HookspecMarker("orch")
+
+# --------------------------------------------------------------------------------------------
+# Session and prompt events
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> Result:
+    """A session started, resumed, was cleared, or came back from compaction
+    (``event.source == "compact"``). Context lands at the start of the conversation."""
+
+
+@hookspec
+def orch_setup(event: ev.Setup, ctx: HookContext) -> Result:
+    """``claude --init-only`` / ``-p --init`` / ``-p --maintenance``. Context only."""
+
+
+@hookspec
+def orch_instructions_loaded(event: ev.InstructionsLoaded, ctx: HookContext) -> Result:
+    """A CLAUDE.md or rules file was loaded. Observe only."""
+
+
+@hookspec
+def orch_user_prompt_submit(event: ev.UserPromptSubmit, ctx: HookContext) -> Result:
+    """A prompt was submitted, before the model sees it. Context lands next to the prompt;
+    ``Answer(block=...)`` erases the prompt and shows the reason to the user only."""
+
+
+@hookspec
+def orch_user_prompt_expansion(event: ev.UserPromptExpansion, ctx: HookContext) -> Result:
+    """A typed ``/command`` or MCP prompt expands. Context, or ``block`` the expansion."""
+
+
+@hookspec
+def orch_message_display(event: ev.MessageDisplay, ctx: HookContext) -> Result:
+    """A batch of streamed assistant text is shown. Observe only; ``orch install`` does not
+    register it, since Claude holds the display until every hook exits."""
+
+
+# --------------------------------------------------------------------------------------------
+# Tool events
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> Result:
+    """A tool call is about to run. Context lands next to the tool result;
+    ``Answer(permission="allow"|"ask"|"deny", reason=...)`` decides, deny > ask > allow across
+    plugins, and ``Answer(block=reason)`` is a deny."""
+
+
+@hookspec
+def orch_permission_request(event: ev.PermissionRequest, ctx: HookContext) -> Result:
+    """A permission dialog is about to be shown. Observe only."""
+
+
+@hookspec
+def orch_permission_denied(event: ev.PermissionDenied, ctx: HookContext) -> Result:
+    """Auto mode denied a tool call. Observe only."""
+
+
+@hookspec
+def orch_post_tool_use(event: ev.PostToolUse, ctx: HookContext) -> Result:
+    """A tool call succeeded. Context lands next to the tool result (plain stdout would not
+    reach the model); ``block`` puts the reason beside the result."""
+
+
+@hookspec
+def orch_post_tool_use_failure(event: ev.PostToolUseFailure, ctx: HookContext) -> Result:
+    """A tool call failed after it started. Context only."""
+
+
+@hookspec
+def orch_post_tool_batch(event: ev.PostToolBatch, ctx: HookContext) -> Result:
+    """All parallel tool calls of a batch resolved. Context, or ``block`` to stop the loop."""
+
+
+# --------------------------------------------------------------------------------------------
+# Turn, subagent and team events
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def orch_stop(event: ev.Stop, ctx: HookContext) -> Result:
+    """The agent finished its turn. ``Answer(block=reason)`` makes it keep working with the
+    reason as its next instruction; honour ``event.stop_hook_active`` to avoid loops."""
+
+
+@hookspec
+def orch_stop_failure(event: ev.StopFailure, ctx: HookContext) -> Result:
+    """The turn ended on an API error (``event.error``: ``rate_limit``, ``overloaded``, ...).
+    Observe only; Claude ignores every answer."""
+
+
+@hookspec
+def orch_subagent_start(event: ev.SubagentStart, ctx: HookContext) -> Result:
+    """A subagent was spawned. Context for the subagent."""
+
+
+@hookspec
+def orch_subagent_stop(event: ev.SubagentStop, ctx: HookContext) -> Result:
+    """A subagent finished. ``block`` keeps it working, as on Stop."""
+
+
+@hookspec
+def orch_teammate_idle(event: ev.TeammateIdle, ctx: HookContext) -> Result:
+    """An agent-team teammate is about to go idle. ``block`` keeps it working."""
+
+
+@hookspec
+def orch_task_created(event: ev.TaskCreated, ctx: HookContext) -> Result:
+    """A task was created with TaskCreate. ``block`` deletes it and tells the model why."""
+
+
+@hookspec
+def orch_task_completed(event: ev.TaskCompleted, ctx: HookContext) -> Result:
+    """A task was marked completed. ``block`` sends the agent back to work on it."""
+
+
+@hookspec
+def orch_notification(event: ev.Notification, ctx: HookContext) -> Result:
+    """Claude sent a notification (``event.notification_type``, e.g. ``idle_prompt``).
+    Observe only."""
+
+
+# --------------------------------------------------------------------------------------------
+# Compaction, configuration, files and MCP
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def orch_pre_compact(event: ev.PreCompact, ctx: HookContext) -> Result:
+    """Compaction is about to run. No context (Claude rejects it here); ``block`` stops the
+    compaction. Save what must survive it; restore it on SessionStart ``compact``."""
+
+
+@hookspec
+def orch_post_compact(event: ev.PostCompact, ctx: HookContext) -> Result:
+    """Compaction finished. Observe only: context cannot be injected here."""
+
+
+@hookspec
+def orch_config_change(event: ev.ConfigChange, ctx: HookContext) -> Result:
+    """A settings or skill file changed. ``block`` stops the change from applying."""
+
+
+@hookspec
+def orch_cwd_changed(event: ev.CwdChanged, ctx: HookContext) -> Result:
+    """The working directory changed. Observe only."""
+
+
+@hookspec
+def orch_directory_added(event: ev.DirectoryAdded, ctx: HookContext) -> Result:
+    """A directory was added to the session. Observe only."""
+
+
+@hookspec
+def orch_file_changed(event: ev.FileChanged, ctx: HookContext) -> Result:
+    """A watched file changed on disk. Observe only."""
+
+
+@hookspec
+def orch_worktree_create(event: ev.WorktreeCreate, ctx: HookContext) -> Result:
+    """A worktree is being created. Observe only; ``orch install`` does not register it,
+    because a WorktreeCreate hook replaces git's own behaviour."""
+
+
+@hookspec
+def orch_worktree_remove(event: ev.WorktreeRemove, ctx: HookContext) -> Result:
+    """A worktree was removed. Observe only."""
+
+
+@hookspec
+def orch_elicitation(event: ev.Elicitation, ctx: HookContext) -> Result:
+    """An MCP server asks the user for input. Observe only."""
+
+
+@hookspec
+def orch_elicitation_result(event: ev.ElicitationResult, ctx: HookContext) -> Result:
+    """The user answered an elicitation. Observe only."""
+
+
+@hookspec
+def orch_session_end(event: ev.SessionEnd, ctx: HookContext) -> Result:
+    """The session ended (``event.reason``). Observe only, and quick: Claude gives all
+    SessionEnd hooks 1.5 s together."""
+
+
+# --------------------------------------------------------------------------------------------
+# Framework hooks
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def orch_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``orch`` CLI, e.g. ``@cli.command()``. Called on every ``orch``
+    run, never by ``orch-hook``.
+
+    :param cli: the top-level click group.
+    """
+
+
+@hookspec
+def orch_config_defaults() -> dict[str, Any] | None:
+    """This plugin's default settings. Users override them in ``[plugin.NAME]`` of
+    ``.claude/orch.toml`` or the user config; the merged result reaches the plugin as
+    ``ctx.config``. Called once per configuration change, not per event.
+
+    :return: a TOML-compatible table, or ``None``.
+    """
+
+
+@hookspec
+def orch_message_enqueued(message: dict[str, Any], ctx: HookContext) -> None:
+    """A message was queued for an agent. Observe only.
+
+    :param message: the message record, as ``orch queue show --json`` prints it.
+    """
+
+
+@hookspec
+def orch_message_delivered(message: dict[str, Any], ctx: HookContext) -> None:
+    """A message was handed to its agent's model through a hook. Observe only.
+
+    :param message: the message record, as ``orch queue show --json`` prints it.
+    """
+
+
+@hookspec
+def orch_agent_state_changed(agent: str, old: str | None, new: str, ctx: HookContext) -> None:
+    """An agent moved between states (``starting``, ``busy``, ``idle``, ``offline``, ...).
+    Observe only.
+
+    :param agent: the agent id (``session:window`` or ``ORCH_AGENT``).
+    :param old: the previous state, ``None`` the first time orch sees the agent.
+    :param new: the new state.
+    """
+
+
+@hookspec
+def orch_agent_restarted(agent: str, attempt: int, reason: str, ctx: HookContext) -> None:
+    """orch restarted an agent. Observe only.
+
+    :param agent: the agent id.
+    :param attempt: how many restarts in the current window, this one included.
+    :param reason: why, e.g. ``stop_failure:overloaded`` or ``pane_dead``.
+    """

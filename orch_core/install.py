@@ -1,0 +1,175 @@
+"""Registering ``orch-hook`` in a project's Claude Code settings, and taking it out again.
+
+Install merges with the hooks already there and never drops one; a second run leaves the file
+byte-identical; uninstall removes exactly what install added, and when the file was written in
+the usual ``json.dumps`` style it comes back byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from orch_core.events import EVENTS
+
+if TYPE_CHECKING:
+    from typing import Any
+
+HOOK_SCRIPT = "orch-hook"
+#: Seconds (Claude reads timeouts in seconds). The dispatcher answers within its own budget,
+#: well under a second; this is only Claude's backstop.
+TIMEOUT = 5
+#: Events whose mere registration changes Claude's behaviour (reference §5): a WorktreeCreate
+#: hook replaces git's worktree creation, and MessageDisplay holds the screen until hooks exit.
+SKIPPED_EVENTS = ("WorktreeCreate", "MessageDisplay")
+INSTALLED_EVENTS = tuple(name for name in EVENTS if name not in SKIPPED_EVENTS)
+
+
+class InstallError(Exception):
+    """One-line reason why settings cannot be changed."""
+
+
+def hook_command() -> str:
+    """Absolute path of the ``orch-hook`` beside this interpreter: no PATH lookup, no shim."""
+    path = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), HOOK_SCRIPT)
+    if not os.access(path, os.X_OK):
+        raise InstallError(f"{path} is missing or not executable; reinstall orch")
+    return path
+
+
+def settings_path(project_dir: str, local: bool = False) -> str:
+    name = "settings.local.json" if local else "settings.json"
+    return os.path.join(project_dir, ".claude", name)
+
+
+def is_ours(handler: object) -> bool:
+    return (
+        isinstance(handler, dict)
+        and handler.get("type") == "command"
+        and isinstance(handler.get("command"), str)
+        and os.path.basename(handler["command"]) == HOOK_SCRIPT
+    )
+
+
+def handler(command: str) -> dict[str, Any]:
+    return {"type": "command", "command": command, "timeout": TIMEOUT}
+
+
+def template(command: str = "${ORCH_HOOK}") -> dict[str, Any]:
+    """The hooks block ``orch install`` writes (``hooks/settings.template.json``)."""
+    return {"hooks": {name: [{"hooks": [handler(command)]}] for name in INSTALLED_EVENTS}}
+
+
+def _read(path: str) -> tuple[dict[str, Any], str | None]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return {}, None
+    except OSError as exc:
+        raise InstallError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if text.strip() else {}
+    except ValueError as exc:
+        raise InstallError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("hooks", {}), dict):
+        raise InstallError(f"{path}: expected an object with a 'hooks' object")
+    return data, text
+
+
+def _style(data: dict[str, Any], text: str | None) -> tuple[int | str, str]:
+    """The indent and final newline the file was written with, so rewriting keeps them."""
+    if text is not None:
+        for indent in (2, 4, "\t"):
+            dumped = json.dumps(data, indent=indent, ensure_ascii=False)
+            for end in ("\n", ""):
+                if text == dumped + end:
+                    return indent, end
+    return 2, "\n"
+
+
+def _write(path: str, data: dict[str, Any], style: tuple[int | str, str]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    indent, end = style
+    tmp = f"{path}.orch-tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=indent, ensure_ascii=False) + end)
+    os.replace(tmp, path)
+
+
+def install(project_dir: str, *, local: bool = False, command: str | None = None) -> list[str]:
+    """Register ``orch-hook`` for every event; return the events changed (empty: nothing to do)."""
+    command = command or hook_command()
+    path = settings_path(project_dir, local)
+    data, text = _read(path)
+    style = _style(data, text)
+    hooks = data.setdefault("hooks", {})
+    changed = []
+    for name in INSTALLED_EVENTS:
+        groups = hooks.setdefault(name, [])
+        if not isinstance(groups, list):
+            raise InstallError(f"{path}: hooks.{name} must be a list")
+        ours = [h for g in groups if isinstance(g, dict) for h in g.get("hooks", []) if is_ours(h)]
+        if not ours:
+            groups.append({"hooks": [handler(command)]})
+            changed.append(name)
+        for h in ours:
+            if h.get("command") != command or h.get("timeout") != TIMEOUT:
+                h.update(command=command, timeout=TIMEOUT)
+                changed.append(name)
+    if changed:
+        _write(path, data, style)
+    return changed
+
+
+def uninstall(project_dir: str, *, local: bool = False) -> list[str]:
+    """Remove every ``orch-hook`` handler install added; return the events changed."""
+    path = settings_path(project_dir, local)
+    data, text = _read(path)
+    if text is None:
+        return []
+    style = _style(data, text)
+    hooks = data.get("hooks", {})
+    changed = []
+    for name, groups in list(hooks.items()):
+        if not isinstance(groups, list):
+            continue
+        kept_groups = []
+        for group in groups:
+            inner = group.get("hooks") if isinstance(group, dict) else None
+            if isinstance(inner, list) and any(is_ours(h) for h in inner):
+                changed.append(name)
+                kept = [h for h in inner if not is_ours(h)]
+                if kept:
+                    kept_groups.append({**group, "hooks": kept})
+            else:
+                kept_groups.append(group)
+        if name in changed:
+            if kept_groups:
+                hooks[name] = kept_groups
+            else:
+                del hooks[name]
+    if not changed:
+        return []
+    if not hooks:
+        del data["hooks"]
+    if data:
+        _write(path, data, style)
+    else:
+        os.remove(path)
+    return changed
+
+
+def installed_events(project_dir: str) -> dict[str, list[str]]:
+    """For ``orch doctor``: the orch-hook commands registered per event, in both files."""
+    found: dict[str, list[str]] = {}
+    for local in (False, True):
+        data, _ = _read(settings_path(project_dir, local))
+        for name, groups in data.get("hooks", {}).items():
+            for group in groups if isinstance(groups, list) else []:
+                for h in group.get("hooks", []) if isinstance(group, dict) else []:
+                    if is_ours(h):
+                        found.setdefault(name, []).append(h["command"])
+    return found

@@ -1,0 +1,64 @@
+"""A rotated JSON-lines log in the state directory.
+
+Hand-written rather than :mod:`logging` because it runs inside ``orch-hook`` on every tool call:
+one ``open(O_APPEND)`` and one write per line, rotated by size, never raising.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import TYPE_CHECKING
+
+from orch_core import paths
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+MAX_BYTES = 5 * 1024 * 1024
+KEEP = 3
+
+
+def write(level: str, msg: str, env: Mapping[str, str] = os.environ, **fields: Any) -> None:
+    """Append one line; rotate when the file passes :data:`MAX_BYTES`. Errors are swallowed:
+    a log that cannot be written must never break a hook."""
+    record = {"ts": round(time.time(), 3), "level": level, "msg": msg, **fields}
+    line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+    path = paths.log_path(env)
+    try:
+        paths.ensure_private_dir(os.path.dirname(path))
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode("utf-8", "replace"))
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if size > MAX_BYTES:
+            _rotate(path)
+    except OSError:
+        pass
+
+
+def _rotate(path: str) -> None:
+    for i in range(KEEP - 1, 0, -1):
+        if os.path.exists(f"{path}.{i}"):
+            os.replace(f"{path}.{i}", f"{path}.{i + 1}")
+    os.replace(path, f"{path}.1")
+
+
+def read(env: Mapping[str, str] = os.environ, limit: int = 50) -> list[dict[str, Any]]:
+    """The last ``limit`` records of the current log file (for ``orch doctor`` and tests)."""
+    try:
+        with open(paths.log_path(env), encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()[-limit:]
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records

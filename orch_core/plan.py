@@ -1,0 +1,172 @@
+"""The dispatch plan: which implementations run, in which order, for each hook.
+
+Building it needs pluggy, TOML and a scan of installed distributions (:mod:`orch_core.plugins`),
+tens of milliseconds that ``orch-hook`` cannot spend on every tool call. So the plan is built once,
+saved as JSON in the state directory, and reused until something it was built from changes: a
+config file, an installed distribution (the mtime of each ``sys.path`` folder), a plugin's source
+file, or the ``ORCH_*_PLUGINS`` variables. Plugin modules are imported only when their hook fires.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from orch_core import __version__, paths
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+DEFAULT_BUDGET_MS = 500
+ENV_KEYS = ("ORCH_LOAD_PLUGINS", "ORCH_DISABLE_PLUGINS")
+
+
+class Impl:
+    """One hook implementation: the plugin it belongs to and how to find its function."""
+
+    __slots__ = ("_function", "argnames", "attr", "function_name", "module", "plugin")
+
+    def __init__(
+        self,
+        plugin: str,
+        module: str | None,
+        attr: str | None,
+        function_name: str,
+        argnames: tuple[str, ...],
+        function: Callable[..., Any] | None = None,
+    ) -> None:
+        self.plugin = plugin
+        self.module = module
+        self.attr = attr
+        self.function_name = function_name
+        self.argnames = argnames
+        self._function = function
+
+    @property
+    def function(self) -> Callable[..., Any]:
+        """The callable, importing the plugin's module on first use."""
+        if self._function is None:
+            import importlib
+
+            owner: Any = importlib.import_module(self.module or "")
+            if self.attr:
+                for part in self.attr.split("."):
+                    owner = getattr(owner, part)
+            self._function = getattr(owner, self.function_name)
+        return self._function
+
+    def to_json(self) -> list[Any]:
+        return [self.plugin, self.module, self.attr, self.function_name, list(self.argnames)]
+
+    @classmethod
+    def from_json(cls, item: list[Any]) -> Impl:
+        plugin, module, attr, function_name, argnames = item
+        return cls(plugin, module, attr, function_name, tuple(argnames))
+
+
+class Plan:
+    """Implementations per hook in call order, each plugin's settings, and core settings."""
+
+    __slots__ = ("config", "fingerprint", "hooks", "settings")
+
+    def __init__(
+        self,
+        hooks: dict[str, list[Impl]],
+        config: dict[str, dict[str, Any]],
+        settings: dict[str, Any],
+        fingerprint: dict[str, Any] | None = None,
+    ) -> None:
+        self.hooks = hooks
+        self.config = config
+        self.settings = settings
+        self.fingerprint = fingerprint
+
+    def impls(self, hook: str) -> list[Impl]:
+        return self.hooks.get(hook, [])
+
+    def budget(self, event_name: str) -> float:
+        """Seconds the dispatcher gives this event's plugins together (``[orch] budget_ms``)."""
+        per_event = self.settings.get("budget_ms_per_event", {})
+        ms = per_event.get(event_name, self.settings.get("budget_ms", DEFAULT_BUDGET_MS))
+        return max(float(ms), 1.0) / 1000.0
+
+    @property
+    def cacheable(self) -> bool:
+        return self.fingerprint is not None and all(
+            impl.module for impls in self.hooks.values() for impl in impls
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "settings": self.settings,
+            "config": self.config,
+            "hooks": {hook: [i.to_json() for i in impls] for hook, impls in self.hooks.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        hooks = {hook: [Impl.from_json(i) for i in items] for hook, items in data["hooks"].items()}
+        return cls(hooks, data["config"], data["settings"], data["fingerprint"])
+
+
+def cache_key(env: Mapping[str, str], project_dir: str) -> dict[str, Any]:
+    """What a plan is built for, beside the files it watches."""
+    return {
+        "project_dir": project_dir,
+        "env": [env.get(k) for k in ENV_KEYS],
+        "version": __version__,
+        "python": sys.executable,
+    }
+
+
+def watched_mtimes(files: list[str]) -> dict[str, int]:
+    """mtime of each file or folder, -1 when missing: a change means the plan is stale."""
+    mtimes = {}
+    for path in files:
+        try:
+            mtimes[path] = os.stat(path).st_mtime_ns
+        except OSError:
+            mtimes[path] = -1
+    return mtimes
+
+
+def cache_path(env: Mapping[str, str], project_dir: str) -> str:
+    import zlib
+
+    key = json.dumps([project_dir, *(env.get(k) for k in ENV_KEYS)])
+    return os.path.join(paths.state_dir(env), "plans", f"{zlib.crc32(key.encode()):08x}.json")
+
+
+def load(env: Mapping[str, str], project_dir: str) -> Plan:
+    """The cached plan if it is still true, else a fresh one (saved for the next run)."""
+    path = cache_path(env, project_dir)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        fingerprint = data["fingerprint"]
+        if fingerprint["key"] == cache_key(env, project_dir) and fingerprint[
+            "mtimes"
+        ] == watched_mtimes(list(fingerprint["mtimes"])):
+            return Plan.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    from orch_core import plugins
+
+    plan = plugins.build_plan(env, project_dir)
+    if plan.cacheable:
+        save(plan, path)
+    return plan
+
+
+def save(plan: Plan, path: str) -> None:
+    """Write atomically, so a concurrent hook reads the old plan or the new one, never half."""
+    paths.ensure_private_dir(os.path.dirname(path))
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(plan.to_json(), f)
+    os.replace(tmp, path)

@@ -1,0 +1,311 @@
+"""Loading plugins and configuration: the cold path behind ``orch`` and the plan cache.
+
+Ways in, in registration order: the built-ins (under their module names), the ``orch``
+entry-point group, dotted module names from ``[plugins] load`` in the config. ``ORCH_LOAD_PLUGINS``
+(a comma list; empty means none) replaces all three for one process, and ``[plugins] disable`` plus
+``ORCH_DISABLE_PLUGINS`` switch any of them off by name. A plugin that fails to import, implements
+a hook that does not exist, or takes arguments its hook does not offer is left out, with the error
+kept for ``orch plugins`` and ``orch doctor``: it never stops the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import types
+from typing import TYPE_CHECKING
+
+import attrs
+import pluggy
+
+from orch_core import hookspecs, paths
+from orch_core.markers import ATTRIBUTE
+from orch_core.plan import Impl, Plan, cache_key, watched_mtimes
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+BUILTIN_PACKAGE = "orch_builtin"
+ENTRY_POINT_GROUP = "orch"
+
+
+class ConfigError(Exception):
+    """A configuration file cannot be used: a one-line reason naming the file."""
+
+
+@attrs.frozen
+class Config:
+    """The merged configuration: project over user over defaults."""
+
+    disable: tuple[str, ...] = ()
+    load: tuple[str, ...] = ()
+    plugin: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    orch: dict[str, Any] = attrs.field(factory=dict)
+    files: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class PluginInfo:
+    """One plugin as ``orch plugins`` shows it."""
+
+    name: str
+    source: str  # "builtin", "entry point", "config", "env" or "test"
+    version: str | None = None
+    module: str | None = None
+    attr: str | None = None
+    hooks: tuple[str, ...] = ()
+    file: str | None = None
+
+
+@attrs.frozen
+class Loaded:
+    """A plugin manager with what went into it and what was left out."""
+
+    pm: pluggy.PluginManager
+    config: Config
+    plugins: tuple[PluginInfo, ...]
+    errors: tuple[str, ...]
+
+
+class OrchPluginManager(pluggy.PluginManager):
+    """A pluggy manager that also understands orch's pluggy-free ``hookimpl`` marker."""
+
+    def __init__(self) -> None:
+        super().__init__("orch")
+        self.add_hookspecs(hookspecs)
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
+        method = getattr(plugin, name, None)
+        options = getattr(method, ATTRIBUTE, None) if callable(method) else None
+        if isinstance(options, dict):
+            probe = types.SimpleNamespace()  # pluggy's marker fills in its own full option set
+            pluggy.HookimplMarker("orch")(**options)(probe)  # type: ignore[call-overload]
+            return getattr(probe, "orch_impl", None)
+        return super().parse_hookimpl_opts(plugin, name)  # type: ignore[arg-type]
+
+
+def builtin_names() -> tuple[str, ...]:
+    module = importlib.import_module(BUILTIN_PACKAGE)
+    return tuple(module.BUILTINS)
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; any other value (lists included) is replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _names(table: dict[str, Any], key: str, path: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{path}: [plugins] {key} must be a list of names")
+    return tuple(value)
+
+
+def load_config(env: Mapping[str, str], project_dir: str, *, strict: bool = False) -> Config:
+    """Read user then project config. A broken file raises with ``strict`` (the CLI), and is
+    otherwise skipped with its error kept (the hook path degrades, it does not fail)."""
+    files = (paths.user_config_path(env), paths.project_config_path(project_dir))
+    merged: dict[str, Any] = {}
+    errors = []
+    for path in files:
+        try:
+            data = _read_toml(path)
+            for section in ("plugins", "plugin", "orch"):
+                if not isinstance(data.get(section, {}), dict):
+                    raise ConfigError(f"{path}: [{section}] must be a table")
+            _names(data.get("plugins", {}), "disable", path)
+            _names(data.get("plugins", {}), "load", path)
+        except ConfigError as exc:
+            if strict:
+                raise
+            errors.append(str(exc))
+            continue
+        merged = _merge(merged, data)
+    section = merged.get("plugins", {})
+    return Config(
+        disable=tuple(section.get("disable", ())),
+        load=tuple(section.get("load", ())),
+        plugin=merged.get("plugin", {}),
+        orch=merged.get("orch", {}),
+        files=files,
+        errors=tuple(errors),
+    )
+
+
+def load(
+    env: Mapping[str, str] = os.environ,
+    project_dir: str | None = None,
+    *,
+    extra: Mapping[str, object] | None = None,
+    strict: bool = False,
+) -> Loaded:
+    """Build the plugin manager for a project.
+
+    :param extra: more plugins by name, registered last (the test kit's ``orch_plugin`` fixture).
+    :param strict: raise :class:`ConfigError` on a broken config file instead of skipping it.
+    """
+    project_dir = project_dir or paths.project_dir(env)
+    config = load_config(env, project_dir, strict=strict)
+    pm = OrchPluginManager()
+    infos: list[PluginInfo] = []
+    errors: list[str] = list(config.errors)
+    disabled = set(config.disable) | set(_split(env.get("ORCH_DISABLE_PLUGINS")))
+    only = _split(env.get("ORCH_LOAD_PLUGINS")) if "ORCH_LOAD_PLUGINS" in env else None
+
+    def add(name: str, obj: object, info: PluginInfo) -> None:
+        if name in disabled or pm.has_plugin(name):
+            return
+        try:
+            pm.register(obj, name=name)
+        except Exception as exc:  # a plugin that does not fit its hooks is left out
+            errors.append(f"plugin {name}: {exc}")
+            return
+        hooks = tuple(sorted(h.name for h in pm.get_hookcallers(obj) or ()))
+        module = sys.modules.get(info.module or "")
+        file = getattr(obj, "__file__", None) or getattr(module, "__file__", None)
+        infos.append(attrs.evolve(info, hooks=hooks, file=file))
+
+    def add_module(name: str, dotted: str, source: str, version: str | None = None) -> None:
+        if name in disabled:
+            return
+        try:
+            module = importlib.import_module(dotted)
+        except Exception as exc:
+            errors.append(f"plugin {name}: cannot import {dotted}: {exc}")
+            return
+        add(name, module, PluginInfo(name, source, version, module=dotted))
+
+    builtins = builtin_names()
+    entry_points = _entry_points()
+    version = importlib.import_module("orch_core").__version__
+    for name in builtins:
+        if only is None or name in only:
+            add_module(name, f"{BUILTIN_PACKAGE}.{name}", "builtin", version)
+    for ep in entry_points:
+        if only is None or ep.name in only:
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                errors.append(f"plugin {ep.name}: cannot load entry point {ep.value}: {exc}")
+                continue
+            dist = ep.dist.version if ep.dist else None
+            add(ep.name, obj, PluginInfo(ep.name, "entry point", dist, ep.module, ep.attr))
+    known = set(builtins) | {ep.name for ep in entry_points}
+    if only is None:
+        for dotted in config.load:
+            add_module(dotted, dotted, "config")
+    else:
+        for dotted in only:
+            if dotted not in known:
+                add_module(dotted, dotted, "env")
+    for name, obj in (extra or {}).items():
+        module = obj.__name__ if isinstance(obj, types.ModuleType) else None
+        add(name, obj, PluginInfo(name, "test", module=module))
+
+    _drop_unknown_hooks(pm, infos, errors)
+    return Loaded(pm, config, tuple(infos), tuple(errors))
+
+
+def _entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+
+
+def _drop_unknown_hooks(pm: pluggy.PluginManager, infos: list[PluginInfo], errors: list[str]) -> None:
+    """Unregister a plugin that implements a hook orch does not have (a typo, most often)."""
+    for hook_name, caller in list(vars(pm.hook).items()):
+        if caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook or not pm.has_plugin(impl.plugin_name):
+                continue
+            errors.append(f"plugin {impl.plugin_name}: unknown hook {hook_name}")
+            pm.unregister(name=impl.plugin_name)
+            infos[:] = [i for i in infos if i.name != impl.plugin_name]
+
+
+def plugin_config(loaded: Loaded) -> dict[str, dict[str, Any]]:
+    """Each plugin's settings: its declared defaults, then user and project ``[plugin.NAME]``."""
+    defaults: dict[str, dict[str, Any]] = {}
+    for impl in loaded.pm.hook.orch_config_defaults.get_hookimpls():
+        try:
+            value = impl.function()
+        except Exception as exc:
+            value = None
+            _warn(f"plugin {impl.plugin_name}: orch_config_defaults failed: {exc}")
+        if isinstance(value, dict):
+            defaults[impl.plugin_name] = value
+    names = [info.name for info in loaded.plugins]
+    return {
+        name: _merge(defaults.get(name, {}), loaded.config.plugin.get(name, {})) for name in names
+    }
+
+
+def _warn(msg: str) -> None:
+    from orch_core import log
+
+    log.write("warning", msg)
+
+
+def build_plan(
+    env: Mapping[str, str] = os.environ,
+    project_dir: str | None = None,
+    *,
+    loaded: Loaded | None = None,
+) -> Plan:
+    """The dispatch plan for a project, with the fingerprint that tells when it goes stale."""
+    project_dir = project_dir or paths.project_dir(env)
+    loaded = loaded or load(env, project_dir)
+    for error in loaded.errors:
+        _warn(error)
+    where = {info.name: info for info in loaded.plugins}
+    hooks: dict[str, list[Impl]] = {}
+    for name, caller in vars(loaded.pm.hook).items():
+        if not caller.has_spec() or not name.startswith("orch_"):
+            continue
+        impls = []
+        for impl in reversed(caller.get_hookimpls()):  # pluggy's call order
+            info = where.get(impl.plugin_name)
+            impls.append(
+                Impl(
+                    impl.plugin_name,
+                    info.module if info else None,
+                    info.attr if info else None,
+                    impl.function.__name__,
+                    tuple(impl.argnames),
+                    impl.function,
+                )
+            )
+        if impls:
+            hooks[name] = impls
+    watched = [*loaded.config.files, hookspecs.__file__]
+    watched += [p for p in sys.path if p and os.path.isdir(p)]
+    watched += [info.file for info in loaded.plugins if info.file]
+    fingerprint = {"key": cache_key(env, project_dir), "mtimes": watched_mtimes(watched)}
+    return Plan(hooks, plugin_config(loaded), dict(loaded.config.orch), fingerprint)

@@ -1,0 +1,287 @@
+"""The state store: SQLite in WAL mode, short transactions, schema migrated on first use.
+
+:class:`Store` is the interface the core and plugins program against, so that a multi-machine
+backend can replace :class:`SQLiteStore` later. Each thread gets its own SQLite connection: the
+dispatcher runs plugins in threads and SQLite connections are not for sharing.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import sqlite3
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from orch_core import paths
+
+if TYPE_CHECKING:
+    from typing import Any
+
+SCHEMA_VERSION = 1
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL DEFAULT 'unknown',
+        session_id TEXT,
+        project_dir TEXT,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        state_changed REAL NOT NULL
+    );
+    CREATE TABLE sessions (
+        session_id TEXT PRIMARY KEY,
+        agent TEXT NOT NULL,
+        pane TEXT,
+        created REAL NOT NULL
+    );
+    CREATE TABLE hook_runs (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        event TEXT NOT NULL,
+        agent TEXT,
+        session_id TEXT,
+        duration_ms REAL NOT NULL,
+        exit_code INTEGER NOT NULL,
+        ok INTEGER NOT NULL,
+        plugins TEXT NOT NULL
+    );
+    CREATE INDEX hook_runs_errors ON hook_runs(ok, id);
+    """,
+}
+#: Hook runs kept; older ones are pruned now and then, so the table stays small.
+KEEP_RUNS = 20_000
+
+
+class StoreError(Exception):
+    """The store cannot be used: a clear, one-line reason."""
+
+
+class Store(abc.ABC):
+    """What orch keeps: sessions, agents and hook runs (later: the queue, context, restarts)."""
+
+    @abc.abstractmethod
+    def session_agent(self, session_id: str) -> str | None:
+        """The agent a Claude session was resolved to, if known."""
+
+    @abc.abstractmethod
+    def remember_session(self, session_id: str, agent: str, pane: str | None) -> None: ...
+
+    @abc.abstractmethod
+    def set_agent_state(
+        self, agent: str, state: str, *, session_id: str | None, project_dir: str | None
+    ) -> str | None:
+        """Record that ``agent`` was seen in ``state``; return its previous state."""
+
+    @abc.abstractmethod
+    def agents(self) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def record_run(
+        self,
+        *,
+        event: str,
+        agent: str | None,
+        session_id: str | None,
+        duration_ms: float,
+        exit_code: int,
+        plugins: list[dict[str, Any]],
+    ) -> None:
+        """Record one ``orch-hook`` run and each plugin's outcome."""
+
+    @abc.abstractmethod
+    def runs(self, limit: int = 50, *, failed: bool = False) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def health(self) -> dict[str, Any]:
+        """Integrity, journal mode and schema version, for ``orch doctor``."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class SQLiteStore(Store):
+    """The default store: one SQLite file per machine.
+
+    :param timeout: seconds to wait for another writer (``busy_timeout``); the hook passes what
+        is left of its budget, so a locked database never holds an agent longer than that.
+    :param durable: fsync every commit (``synchronous=FULL``); the CLI uses it for what users
+        enqueue, the hook path uses ``NORMAL``, which survives a crash of any process.
+    """
+
+    def __init__(self, path: str, *, timeout: float = 5.0, durable: bool = True) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.durable = durable
+        self._local = threading.local()
+        self._migrated = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, env: Any = os.environ, **kwargs: Any) -> SQLiteStore:
+        return cls(paths.db_path(env), **kwargs)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened (and the schema migrated) on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        if not os.path.exists(self.path):
+            paths.ensure_private_dir(os.path.dirname(os.path.abspath(self.path)))
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        conn = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+            with self._lock:
+                if not self._migrated:
+                    self._migrate(conn)
+                    self._migrated = True
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema {version} is newer than this orch ({SCHEMA_VERSION})"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+        with self.transaction(conn) as tx:
+            version = tx.execute("PRAGMA user_version").fetchone()[0]
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        tx.execute(statement)
+            tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def transaction(self, conn: sqlite3.Connection | None = None) -> _Transaction:
+        """``with store.transaction() as tx:`` a short ``BEGIN IMMEDIATE`` write transaction.
+        Keep tmux, git and network calls outside it."""
+        return _Transaction(conn or self.conn)
+
+    def session_agent(self, session_id: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT agent FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def remember_session(self, session_id: str, agent: str, pane: str | None) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT OR REPLACE INTO sessions (session_id, agent, pane, created)"
+                " VALUES (?, ?, ?, ?)",
+                (session_id, agent, pane, time.time()),
+            )
+
+    def set_agent_state(
+        self, agent: str, state: str, *, session_id: str | None, project_dir: str | None
+    ) -> str | None:
+        now = time.time()
+        row = self.conn.execute(
+            "SELECT state, last_seen, session_id FROM agents WHERE id = ?", (agent,)
+        ).fetchone()
+        if row and row[0] == state and row[2] == session_id and now - row[1] < 1.0:
+            return str(row[0])  # nothing new worth a write
+        with self.transaction() as tx:
+            row = tx.execute("SELECT state FROM agents WHERE id = ?", (agent,)).fetchone()
+            previous = row[0] if row else None
+            tx.execute(
+                """INSERT INTO agents (id, state, session_id, project_dir, first_seen, last_seen,
+                                       state_changed)
+                   VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)
+                   ON CONFLICT (id) DO UPDATE SET
+                     state = ?2, last_seen = ?5,
+                     session_id = coalesce(?3, session_id),
+                     project_dir = coalesce(?4, project_dir),
+                     state_changed = CASE WHEN state = ?2 THEN state_changed ELSE ?5 END""",
+                (agent, state, session_id, project_dir, now),
+            )
+        return previous
+
+    def agents(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT * FROM agents ORDER BY id")
+        return _dicts(cur)
+
+    def record_run(
+        self,
+        *,
+        event: str,
+        agent: str | None,
+        session_id: str | None,
+        duration_ms: float,
+        exit_code: int,
+        plugins: list[dict[str, Any]],
+    ) -> None:
+        ok = all(p.get("outcome") == "ok" for p in plugins)
+        with self.transaction() as tx:
+            cur = tx.execute(
+                "INSERT INTO hook_runs (ts, event, agent, session_id, duration_ms, exit_code, ok,"
+                " plugins) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    time.time(), event, agent, session_id, round(duration_ms, 3), exit_code,
+                    int(ok), json.dumps(plugins, ensure_ascii=False),
+                ),
+            )  # fmt: skip
+            if cur.lastrowid and cur.lastrowid % 1000 == 0:
+                tx.execute("DELETE FROM hook_runs WHERE id <= ?", (cur.lastrowid - KEEP_RUNS,))
+
+    def runs(self, limit: int = 50, *, failed: bool = False) -> list[dict[str, Any]]:
+        where = "WHERE ok = 0" if failed else ""
+        cur = self.conn.execute(f"SELECT * FROM hook_runs {where} ORDER BY id DESC LIMIT ?", (limit,))
+        rows = _dicts(cur)
+        for row in rows:
+            row["plugins"] = json.loads(row["plugins"])
+        return rows
+
+    def health(self) -> dict[str, Any]:
+        conn = self.conn
+        return {
+            "path": self.path,
+            "integrity": conn.execute("PRAGMA quick_check").fetchone()[0],
+            "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
+            "schema_version": conn.execute("PRAGMA user_version").fetchone()[0],
+            "expected_schema_version": SCHEMA_VERSION,
+        }
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+
+def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

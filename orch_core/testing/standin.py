@@ -1,0 +1,398 @@
+"""A local stand-in for the Anthropic Messages API, for driving the real Claude Code binary.
+
+Claude Code is pointed at it with ``ANTHROPIC_BASE_URL``; nothing leaves the machine. Replies
+to the main conversation are scripted in advance; everything Claude sends is recorded so tests
+can assert on what actually reached the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+
+JSON = dict[str, Any]
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_REPLY_TEXT = "ok"
+_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One HTTP request as the stand-in received it."""
+
+    seq: int
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: JSON | None
+    received_at: float
+
+    @property
+    def route(self) -> str:
+        """The path without its query string, e.g. ``/v1/messages``."""
+        return self.path.split("?", 1)[0]
+
+    @property
+    def is_messages(self) -> bool:
+        """True for a Messages API call (not count_tokens or anything else)."""
+        return self.method == "POST" and self.route == "/v1/messages"
+
+    @property
+    def model(self) -> str:
+        return str((self.body or {}).get("model", ""))
+
+    @property
+    def messages(self) -> list[JSON]:
+        return list((self.body or {}).get("messages", []))
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [str(t.get("name", "")) for t in (self.body or {}).get("tools", [])]
+
+    @property
+    def is_main_model(self) -> bool:
+        """True for a turn of the agent's own conversation, as opposed to a side request.
+
+        Claude Code also calls the API for side jobs (conversation titles, quota probes, ...).
+        Those offer no tools; the agent's loop always offers its tool set, Bash included.
+        """
+        return self.is_messages and "Bash" in self.tool_names
+
+    def text(self) -> str:
+        """The whole body as JSON text, for substring checks that ignore the structure."""
+        return json.dumps(self.body, ensure_ascii=False)
+
+    def message_texts(self, index: int = -1) -> list[str]:
+        """Every text in one message (default: the last), tool results included."""
+        if not self.messages:
+            return []
+        return list(_texts(self.messages[index].get("content")))
+
+    def tool_result_ids(self) -> list[str]:
+        """The ``tool_use_id`` of every tool_result block in the conversation."""
+        return [
+            str(block.get("tool_use_id"))
+            for message in self.messages
+            if isinstance(message.get("content"), list)
+            for block in message["content"]
+            if isinstance(block, dict) and block.get("type") == "tool_result"
+        ]
+
+
+def _texts(content: Any) -> Iterator[str]:
+    """Flatten a message ``content`` (string or list of blocks) into its text pieces."""
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict):
+                if isinstance(block.get("text"), str):
+                    yield block["text"]
+                yield from _texts(block.get("content"))
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A scripted answer: content blocks and a stop reason, or an HTTP error."""
+
+    blocks: list[JSON] = field(default_factory=list)
+    stop_reason: str = "end_turn"
+    error_status: int | None = None
+    error_type: str = ""
+
+
+class StandInAPI:
+    """Threaded HTTP server on 127.0.0.1 that answers Claude Code like the Messages API.
+
+    Scripted replies are handed out in order to main-model requests only, so side requests
+    cannot eat them; side requests and an empty script get a plain ``ok`` end_turn reply.
+    """
+
+    def __init__(self, lifetime: float = 900.0) -> None:
+        """``lifetime`` bounds how long the server may run if nobody stops it."""
+        self._lock = threading.Condition()
+        self._requests: list[RecordedRequest] = []
+        self._script: deque[_Reply] = deque()
+        self._seq = itertools.count(1)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="standin-api", daemon=True
+        )
+        self._watchdog = threading.Timer(lifetime, self.stop)
+        self._watchdog.daemon = True
+        self._stopped = False
+
+    # lifecycle
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """What to put in ``ANTHROPIC_BASE_URL``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Self:
+        self._thread.start()
+        self._watchdog.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port; safe to call more than once."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._watchdog.cancel()
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # script
+
+    def reply_text(self, text: str) -> None:
+        """Queue a plain text answer that ends the turn."""
+        self._push(_Reply(blocks=[{"type": "text", "text": text}]))
+
+    def reply_tool_use(self, name: str, input: dict[str, Any], text: str = "") -> str:
+        """Queue a tool call (optionally preceded by text); returns its ``tool_use`` id."""
+        tool_id = f"toolu_{uuid.uuid4().hex[:24]}"
+        blocks: list[JSON] = [{"type": "text", "text": text}] if text else []
+        blocks.append({"type": "tool_use", "id": tool_id, "name": name, "input": input})
+        self._push(_Reply(blocks=blocks, stop_reason="tool_use"))
+        return tool_id
+
+    def reply_error(self, status: int, error_type: str) -> None:
+        """Queue an HTTP error answer, e.g. ``(529, "overloaded_error")``."""
+        self._push(_Reply(error_status=status, error_type=error_type))
+
+    def pending_replies(self) -> int:
+        """How many scripted replies have not been handed out yet."""
+        with self._lock:
+            return len(self._script)
+
+    def _push(self, reply: _Reply) -> None:
+        with self._lock:
+            self._script.append(reply)
+
+    # recorded traffic
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of every request received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_to_main_model(self) -> list[RecordedRequest]:
+        """The agent's own turns, without side requests (see ``RecordedRequest.is_main_model``)."""
+        return [r for r in self.requests if r.is_main_model]
+
+    def wait_for(
+        self,
+        predicate: Callable[[list[RecordedRequest]], bool],
+        timeout: float = DEFAULT_TIMEOUT,
+        what: str = "condition",
+    ) -> list[RecordedRequest]:
+        """Block until ``predicate(requests)`` holds; return that snapshot or raise TimeoutError."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                snapshot = list(self._requests)
+                if predicate(snapshot):
+                    return snapshot
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"stand-in API: no {what} after {timeout:.0f}s; "
+                        f"received {self._summary(snapshot)}"
+                    )
+                self._lock.wait(min(remaining, 1.0))
+
+    def wait_for_main_requests(
+        self, count: int, timeout: float = DEFAULT_TIMEOUT
+    ) -> list[RecordedRequest]:
+        """Wait until at least ``count`` main-model requests arrived; return them all."""
+        self.wait_for(
+            lambda reqs: sum(r.is_main_model for r in reqs) >= count,
+            timeout,
+            what=f"{count} main-model request(s)",
+        )
+        return self.requests_to_main_model()
+
+    @staticmethod
+    def _summary(requests: list[RecordedRequest]) -> str:
+        if not requests:
+            return "nothing"
+        return ", ".join(
+            f"{r.method} {r.route} model={r.model or '-'} main={r.is_main_model}"
+            for r in requests
+        )
+
+    # serving
+
+    def _record(self, request: RecordedRequest) -> _Reply | None:
+        """Store the request; pick the scripted reply if it is a main-model turn."""
+        with self._lock:
+            self._requests.append(request)
+            reply = self._script.popleft() if request.is_main_model and self._script else None
+            self._lock.notify_all()
+            return reply
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(_Handler):
+            standin = api
+
+        return Handler
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers one request; the owning StandInAPI is set on a per-server subclass."""
+
+    standin: StandInAPI
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep test output quiet; the recorded requests are the log."""
+
+    def do_GET(self) -> None:
+        self._handle(None)
+
+    def do_HEAD(self) -> None:
+        self._handle(None)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        self._handle(body if isinstance(body, dict) else None)
+
+    def _handle(self, body: JSON | None) -> None:
+        request = RecordedRequest(
+            seq=next(self.standin._seq),
+            method=self.command,
+            path=self.path,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            received_at=time.time(),
+        )
+        reply = self.standin._record(request)
+        if request.is_messages:
+            self._answer_messages(request, reply or _default_reply())
+        elif request.method == "POST" and request.route == "/v1/messages/count_tokens":
+            self._send_json(200, {"input_tokens": _estimate_tokens(request)})
+        else:
+            self._send_json(404, _error_body("not_found_error", f"no route {request.route}"))
+
+    def _answer_messages(self, request: RecordedRequest, reply: _Reply) -> None:
+        if reply.error_status is not None:
+            self._send_json(
+                reply.error_status, _error_body(reply.error_type, "scripted stand-in error")
+            )
+            return
+        message = {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": request.model or "claude-standin",
+            "content": reply.blocks,
+            "stop_reason": reply.stop_reason,
+            "stop_sequence": None,
+            "usage": {"input_tokens": _estimate_tokens(request), "output_tokens": 1},
+        }
+        if (request.body or {}).get("stream"):
+            self._send_sse(message)
+        else:
+            self._send_json(200, message)
+
+    def _send_json(self, status: int, payload: JSON) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("request-id", f"req_standin_{uuid.uuid4().hex[:12]}")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _send_sse(self, message: JSON) -> None:
+        data = b"".join(
+            f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+            for event in _stream_events(message)
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("request-id", f"req_standin_{uuid.uuid4().hex[:12]}")
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _default_reply() -> _Reply:
+    return _Reply(blocks=[{"type": "text", "text": DEFAULT_REPLY_TEXT}])
+
+
+def _error_body(error_type: str, message: str) -> JSON:
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def _estimate_tokens(request: RecordedRequest) -> int:
+    """A rough token count (4 characters a token) so usage numbers look plausible."""
+    return max(1, len(request.text()) // 4)
+
+
+def _stream_events(message: JSON) -> Iterator[JSON]:
+    """The server-sent events that stream ``message`` the way the real API does."""
+    head = {**message, "content": [], "stop_reason": None}
+    yield {"type": "message_start", "message": head}
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "tool_use":
+            yield {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {**block, "input": {}},
+            }
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+        else:
+            yield {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {"type": "text", "text": ""},
+            }
+            delta = {"type": "text_delta", "text": block["text"]}
+        yield {"type": "content_block_delta", "index": index, "delta": delta}
+        yield {"type": "content_block_stop", "index": index}
+    yield {
+        "type": "message_delta",
+        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+        "usage": {"output_tokens": message["usage"]["output_tokens"]},
+    }
+    yield {"type": "message_stop"}

@@ -1,0 +1,145 @@
+"""An isolated tmux server for tests: its own ``-L`` socket, so it never touches the user's tmux.
+
+Every tmux call is an argv list (no shell). Panes stay visible after their process exits
+(``remain-on-exit``), so a test can still read what a crashed program printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+SESSION = "orch-test"
+_CONFIG = """\
+set-option -g remain-on-exit on
+set-option -g history-limit 20000
+set-option -g focus-events on
+set-option -g default-terminal screen-256color
+"""
+_POLL_SECONDS = 0.1
+
+
+class TmuxError(RuntimeError):
+    """tmux is missing, or one of its commands failed."""
+
+
+class TmuxServer:
+    """A private tmux server; ``kill()`` (or leaving the ``with`` block) removes it entirely."""
+
+    def __init__(self, width: int = 200, height: int = 50) -> None:
+        """Check tmux is installed; the server itself starts with the first window."""
+        self.tmux = shutil.which("tmux")
+        if self.tmux is None:
+            raise TmuxError("tmux is not installed (apt-get install tmux); e2e tests need it")
+        version = subprocess.run(
+            [self.tmux, "-V"], capture_output=True, text=True, timeout=10, check=False
+        )
+        if version.returncode != 0:
+            raise TmuxError(f"`tmux -V` failed: {version.stderr.strip()}")
+        self.version = version.stdout.strip()
+        self.width = width
+        self.height = height
+        self.socket_name = f"orch-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._dir = Path(tempfile.mkdtemp(prefix="orch-tmux-"))
+        self._config = self._dir / "tmux.conf"
+        self._config.write_text(_CONFIG)
+        # The server's global environment is the starting client's: keep it minimal so
+        # nothing from the test runner's environment leaks into the panes.
+        self._env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+        if "TMUX_TMPDIR" in os.environ:
+            self._env["TMUX_TMPDIR"] = os.environ["TMUX_TMPDIR"]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
+
+    def cmd(self, *args: str, check: bool = True) -> str:
+        """Run one tmux command against this server and return its stdout."""
+        done = self._run(args)
+        if check and done.returncode != 0:
+            raise TmuxError(f"tmux {args[0]} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def _run(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        argv = [str(self.tmux), "-u", "-L", self.socket_name, "-f", str(self._config), *args]
+        return subprocess.run(
+            argv, capture_output=True, text=True, env=self._env, timeout=30, check=False
+        )
+
+    def new_window(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | str | None = None,
+    ) -> str:
+        """Start ``argv`` (no shell) in a new window and return its pane id, e.g. ``%3``.
+
+        The program sees only ``env`` plus PATH, LANG and tmux's own TERM/TMUX variables.
+        """
+        options = ["-d", "-n", name, "-P", "-F", "#{pane_id}"]
+        if cwd is not None:
+            options += ["-c", str(cwd)]
+        for key, value in (env or {}).items():
+            options += ["-e", f"{key}={value}"]
+        if self._run(["has-session", "-t", f"={SESSION}"]).returncode == 0:
+            created = self.cmd("new-window", "-t", f"={SESSION}:", *options, "--", *argv)
+        else:
+            size = ["-x", str(self.width), "-y", str(self.height)]
+            created = self.cmd("new-session", "-s", SESSION, *size, *options, "--", *argv)
+        return created.strip()
+
+    def send_text(self, pane: str, text: str, enter: bool = True) -> None:
+        """Type ``text`` literally into the pane, then press Enter as a separate key."""
+        self.cmd("send-keys", "-t", pane, "-l", "--", text)
+        if enter:
+            self.cmd("send-keys", "-t", pane, "Enter")
+
+    def send_keys(self, pane: str, *keys: str) -> None:
+        """Send named keys such as ``Escape`` or ``C-c``."""
+        self.cmd("send-keys", "-t", pane, *keys)
+
+    def capture(self, pane: str, history: bool = False) -> str:
+        """The pane's visible text (plus its scrollback when ``history``), wrapped lines joined."""
+        start = ["-S", "-"] if history else []
+        return self.cmd("capture-pane", "-p", "-J", "-t", pane, *start)
+
+    def is_alive(self, pane: str) -> bool:
+        """False once the pane's program has exited (or the pane is gone)."""
+        state = self.cmd("display-message", "-p", "-t", pane, "#{pane_dead}", check=False)
+        return state.strip() == "0"
+
+    def wait_for_text(self, pane: str, needle: str, timeout: float = 60.0) -> str:
+        """Poll the pane until ``needle`` shows up; return the capture or raise TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.capture(pane)
+            if needle in screen:
+                return screen
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{needle!r} not on pane {pane} after {timeout:.0f}s:\n{screen}")
+            time.sleep(_POLL_SECONDS)
+
+    def kill_pane(self, pane: str) -> None:
+        """Kill one pane (its program gets SIGHUP); a pane already gone is fine."""
+        self.cmd("kill-pane", "-t", pane, check=False)
+
+    def kill(self) -> None:
+        """Kill the server and every program in it; safe to call more than once."""
+        self.cmd("kill-server", check=False)
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,59 @@
+"""orch-guard: deny (or ask before) shell commands a team never wants an agent to run.
+
+Ten agents with Bash are ten chances a day for ``git push --force`` to main. The guard checks
+each Bash call on PreToolUse against regular expressions and answers ``deny`` or ``ask``; orch
+folds that with the other plugins' answers (deny > ask > allow). Configure it per project::
+
+    [plugin.guard]
+    deny = ['\\bgit\\s+push\\b.*--force']
+    ask = ['\\bgit\\s+reset\\s+--hard\\b']
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from orch_core import Answer, hookimpl
+
+if TYPE_CHECKING:
+    from orch_core import events as ev
+    from orch_core.context import HookContext
+
+DEFAULTS: dict[str, Any] = {
+    "deny": [
+        r"\brm\s+-[a-zA-Z]*[rR][a-zA-Z]*\s+(-[a-zA-Z]+\s+)*(/|~|\$HOME)(\s|$)",
+        r"\bgit\s+push\b.*(--force\b|\s-f\b).*\b(main|master)\b",
+        r"\bmkfs(\.\w+)?\b",
+    ],
+    "ask": [r"\bgit\s+reset\s+--hard\b", r"\bgit\s+clean\s+-[a-zA-Z]*f"],
+}
+
+
+@hookimpl
+def orch_config_defaults() -> dict[str, Any]:
+    return DEFAULTS
+
+
+def _first_match(patterns: object, command: str) -> str | None:
+    if not isinstance(patterns, list):
+        return None
+    for pattern in patterns:
+        if isinstance(pattern, str) and re.search(pattern, command):
+            return pattern
+    return None
+
+
+@hookimpl
+def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> Answer | None:
+    if event.tool_name != "Bash":
+        return None
+    command = event.tool_input.get("command")
+    if not isinstance(command, str):
+        return None
+    for decision in ("deny", "ask"):
+        pattern = _first_match(ctx.config.get(decision), command)
+        if pattern:
+            reason = f"orch-guard: this command matches the project's {decision} rule {pattern!r}"
+            return Answer(permission=decision, reason=reason)
+    return None
