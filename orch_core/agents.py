@@ -6,7 +6,7 @@ window) and cached per Claude ``session_id``, so tmux is asked once per session.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

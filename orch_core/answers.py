@@ -9,7 +9,7 @@ PreToolUse, and nothing at all on the events that reject ``hookSpecificOutput``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
     from typing import Any

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 BUILTIN_PACKAGE = "orch_builtin"
 ENTRY_POINT_GROUP = "orch"
+#: Installing or removing a distribution changes the mtime of these folders on ``sys.path``.
+SITE_DIRS = ("site-packages", "dist-packages")
 
 
 class ConfigError(Exception):
@@ -305,7 +307,7 @@ def build_plan(
         if impls:
             hooks[name] = impls
     watched = [*loaded.config.files, hookspecs.__file__]
-    watched += [p for p in sys.path if p and os.path.isdir(p)]
+    watched += [p for p in sys.path if os.path.basename(p) in SITE_DIRS and os.path.isdir(p)]
     watched += [info.file for info in loaded.plugins if info.file]
     fingerprint = {"key": cache_key(env, project_dir), "mtimes": watched_mtimes(watched)}
     return Plan(hooks, plugin_config(loaded), dict(loaded.config.orch), fingerprint)

@@ -6,16 +6,17 @@ question, and an environment that keeps every byte on this machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Protocol, Self
 
 from orch_core.testing.standin import DEFAULT_TIMEOUT, RecordedRequest, StandInAPI
 from orch_core.testing.tmux import TmuxServer
@@ -27,16 +28,22 @@ DEFAULT_CLAUDE_BIN = (
 )
 API_KEY = "sk-ant-api03-orch-standin-key-0123456789abcdefghij"
 DEFAULT_ARGS = ("--allowedTools", "Bash")
-PROMPT_MARK = "❯"
+PROMPT_MARK = "\u276f"  # the marker at the start of the input box
 _POLL_SECONDS = 0.1
 
 # Claude Code's own updater runs `npm install -g` and its telemetry phones home unless told not
 # to: these are applied last, so a caller's extra environment cannot switch them back on.
+# Anything else that tries the network meets a dead proxy (port 9 on 127.0.0.1), while the
+# stand-in on 127.0.0.1 is reached directly.
+_DEAD_PROXY = "http://127.0.0.1:9"
+_LOCAL = "127.0.0.1,localhost"
 NETWORK_GUARD_ENV = {
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     "DISABLE_AUTOUPDATER": "1",
     "DISABLE_TELEMETRY": "1",
     "DISABLE_ERROR_REPORTING": "1",
+    **{name: _DEAD_PROXY for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")},
+    **{name: _LOCAL for name in ("NO_PROXY", "no_proxy")},
 }
 
 
@@ -85,17 +92,22 @@ class ClaudeSession:
         args: Sequence[str] = DEFAULT_ARGS,
         name: str = "claude",
     ) -> None:
-        """Prepare, but do not start, a session; ``home`` defaults to a fresh temporary folder."""
+        """Prepare, but do not start, a session.
+
+        ``home`` is the scratch HOME (transcripts land there); by default a temporary folder
+        that ``close()`` removes. ``env`` is added to the environment, except for the
+        stand-in URL and the network guards, which always win.
+        """
         self.binary = claude_binary()
         self.project = project.resolve()
         self.api = api
         self.tmux = tmux
+        self.session_id = str(uuid.uuid4())
         self._own_home = home is None
-        self.home = Path(tempfile.mkdtemp(prefix="orch-claude-home-")) if home is None else home
+        self.home = home or Path(tempfile.gettempdir()) / f"orch-claude-home-{self.session_id}"
         self.extra_env = dict(env or {})
         self.args = list(args)
         self.name = name
-        self.session_id = str(uuid.uuid4())
         self.pane: str | None = None
 
     # lifecycle
@@ -141,9 +153,8 @@ class ClaudeSession:
         try:
             if self.tmux.is_alive(pane):
                 self.tmux.send_text(pane, "/exit")
-                deadline = time.monotonic() + timeout
-                while self.tmux.is_alive(pane) and time.monotonic() < deadline:
-                    time.sleep(_POLL_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    wait_until(lambda: not self.tmux.is_alive(pane), timeout, "exit")
         finally:
             self.tmux.kill_pane(pane)
             if self._own_home:
@@ -195,26 +206,36 @@ class ClaudeSession:
 
     def requests(self) -> list[RecordedRequest]:
         """Main-model requests sent by this session (not by another one on the same stand-in)."""
-        return [r for r in self.api.requests_to_main_model() if self._owns(r)]
-
-    def _owns(self, request: RecordedRequest) -> bool:
-        return request.headers.get("x-claude-code-session-id") == self.session_id
+        return self.api.requests_to_main_model(self.session_id)
 
     def wait_for_requests(
         self, count: int, timeout: float = DEFAULT_TIMEOUT
     ) -> list[RecordedRequest]:
         """Wait until this session made at least ``count`` main-model requests; return them."""
-        self.api.wait_for(
-            lambda reqs: sum(r.is_main_model and self._owns(r) for r in reqs) >= count,
-            timeout,
-            what=f"{count} main-model request(s) from session {self.session_id}",
-        )
-        return self.requests()
+        return self.api.wait_for_main_requests(count, timeout, session_id=self.session_id)
 
-    def transcript(self) -> list[dict[str, Any]]:
-        """The session's JSONL transcript entries (written asynchronously: may lag a little)."""
-        folder = self.home / ".claude" / "projects"
-        entries: list[dict[str, Any]] = []
-        for path in folder.glob(f"*/{self.session_id}.jsonl"):
-            entries += [json.loads(line) for line in path.read_text().splitlines() if line]
-        return entries
+
+class ClaudeFactory(Protocol):
+    """Starts a ClaudeSession on the test's stand-in and tmux server (the ``claude`` fixture)."""
+
+    def __call__(
+        self,
+        project_dir: Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = DEFAULT_ARGS,
+    ) -> ClaudeSession: ...
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str = "condition",
+    interval: float = _POLL_SECONDS,
+) -> None:
+    """Poll ``condition`` until it holds; raise TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no {what} after {timeout:.0f}s")
+        time.sleep(interval)

@@ -23,7 +23,8 @@ JSON = dict[str, Any]
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_REPLY_TEXT = "ok"
-_POLL_SECONDS = 0.05
+COMPACTION_SUMMARY = "<analysis>Stand-in.</analysis>\n<summary>Stand-in summary.</summary>"
+_COMPACTION_MARKER = "summary of the conversation"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ class RecordedRequest:
         return self.method == "POST" and self.route == "/v1/messages"
 
     @property
+    def session_id(self) -> str:
+        """The Claude Code session that sent this (its ``x-claude-code-session-id`` header)."""
+        return self.headers.get("x-claude-code-session-id", "")
+
+    @property
     def model(self) -> str:
         return str((self.body or {}).get("model", ""))
 
@@ -60,33 +66,48 @@ class RecordedRequest:
         return [str(t.get("name", "")) for t in (self.body or {}).get("tools", [])]
 
     @property
+    def is_compaction(self) -> bool:
+        """True for a request that asks the model to summarise the conversation (``/compact``).
+
+        These carry the agent's full tool set (to share its prompt cache), so only the
+        instruction in the last message tells them apart.
+        """
+        return self.is_messages and any(_COMPACTION_MARKER in text for text in self.texts(-1))
+
+    @property
     def is_main_model(self) -> bool:
         """True for a turn of the agent's own conversation, as opposed to a side request.
 
-        Claude Code also calls the API for side jobs (conversation titles, quota probes, ...).
-        Those offer no tools; the agent's loop always offers its tool set, Bash included.
+        Claude Code also calls the API for side jobs: conversation titles (and, unless
+        non-essential traffic is off, more), which offer no tools, and compaction summaries.
+        The agent's own loop always offers its tool set, Bash included.
         """
-        return self.is_messages and "Bash" in self.tool_names
+        return self.is_messages and "Bash" in self.tool_names and not self.is_compaction
 
     def text(self) -> str:
         """The whole body as JSON text, for substring checks that ignore the structure."""
         return json.dumps(self.body, ensure_ascii=False)
 
-    def message_texts(self, index: int = -1) -> list[str]:
-        """Every text in one message (default: the last), tool results included."""
-        if not self.messages:
-            return []
-        return list(_texts(self.messages[index].get("content")))
+    def texts(self, start: int = 0) -> list[str]:
+        """Every text in ``messages[start:]``, tool results included; ``-1``: the last message."""
+        return [text for message in self.messages[start:] for text in _texts(message["content"])]
 
-    def tool_result_ids(self) -> list[str]:
-        """The ``tool_use_id`` of every tool_result block in the conversation."""
-        return [
-            str(block.get("tool_use_id"))
-            for message in self.messages
-            if isinstance(message.get("content"), list)
-            for block in message["content"]
-            if isinstance(block, dict) and block.get("type") == "tool_result"
-        ]
+    def tool_result_index(self, tool_use_id: str) -> int | None:
+        """Index of the message that carries the result of tool call ``tool_use_id``."""
+        for index, message in enumerate(self.messages):
+            content = message.get("content")
+            if isinstance(content, list) and any(
+                isinstance(block, dict)
+                and block.get("type") == "tool_result"
+                and block.get("tool_use_id") == tool_use_id
+                for block in content
+            ):
+                return index
+        return None
+
+
+def _is_main_of(request: RecordedRequest, session_id: str | None) -> bool:
+    return request.is_main_model and session_id in (None, request.session_id)
 
 
 def _texts(content: Any) -> Iterator[str]:
@@ -127,7 +148,10 @@ class StandInAPI:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="standin-api", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="standin-api",
+            daemon=True,
         )
         self._watchdog = threading.Timer(lifetime, self.stop)
         self._watchdog.daemon = True
@@ -206,9 +230,12 @@ class StandInAPI:
         with self._lock:
             return list(self._requests)
 
-    def requests_to_main_model(self) -> list[RecordedRequest]:
-        """The agent's own turns, without side requests (see ``RecordedRequest.is_main_model``)."""
-        return [r for r in self.requests if r.is_main_model]
+    def requests_to_main_model(self, session_id: str | None = None) -> list[RecordedRequest]:
+        """The agents' own turns, without side requests (see ``RecordedRequest.is_main_model``).
+
+        With ``session_id``, only those of that Claude Code session.
+        """
+        return [r for r in self.requests if _is_main_of(r, session_id)]
 
     def wait_for(
         self,
@@ -232,23 +259,22 @@ class StandInAPI:
                 self._lock.wait(min(remaining, 1.0))
 
     def wait_for_main_requests(
-        self, count: int, timeout: float = DEFAULT_TIMEOUT
+        self, count: int, timeout: float = DEFAULT_TIMEOUT, session_id: str | None = None
     ) -> list[RecordedRequest]:
         """Wait until at least ``count`` main-model requests arrived; return them all."""
         self.wait_for(
-            lambda reqs: sum(r.is_main_model for r in reqs) >= count,
+            lambda reqs: sum(_is_main_of(r, session_id) for r in reqs) >= count,
             timeout,
             what=f"{count} main-model request(s)",
         )
-        return self.requests_to_main_model()
+        return self.requests_to_main_model(session_id)
 
     @staticmethod
     def _summary(requests: list[RecordedRequest]) -> str:
         if not requests:
             return "nothing"
         return ", ".join(
-            f"{r.method} {r.route} model={r.model or '-'} main={r.is_main_model}"
-            for r in requests
+            f"{r.method} {r.route} model={r.model or '-'} main={r.is_main_model}" for r in requests
         )
 
     # serving
@@ -305,7 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         reply = self.standin._record(request)
         if request.is_messages:
-            self._answer_messages(request, reply or _default_reply())
+            self._answer_messages(request, reply or _default_reply(request))
         elif request.method == "POST" and request.route == "/v1/messages/count_tokens":
             self._send_json(200, {"input_tokens": _estimate_tokens(request)})
         else:
@@ -356,8 +382,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def _default_reply() -> _Reply:
-    return _Reply(blocks=[{"type": "text", "text": DEFAULT_REPLY_TEXT}])
+def _default_reply(request: RecordedRequest) -> _Reply:
+    """Plain ``ok``; a well-formed summary for compaction, so Claude accepts it first time."""
+    text = COMPACTION_SUMMARY if request.is_compaction else DEFAULT_REPLY_TEXT
+    return _Reply(blocks=[{"type": "text", "text": text}])
 
 
 def _error_body(error_type: str, message: str) -> JSON:

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 from orch_core import hookimpl
 

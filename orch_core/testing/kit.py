@@ -1,0 +1,120 @@
+"""Feed events through the real dispatcher, in process or as the real ``orch-hook``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from orch_core import dispatch, log, plugins
+from orch_core.store import SQLiteStore
+
+#: Variables a developer's own shell or Claude session may set that would leak into tests.
+LEAKY_PREFIXES = ("ORCH_", "CLAUDE", "TMUX")
+
+
+@attrs.frozen
+class HookResult:
+    """What one hook run gave back: exactly what Claude Code would read."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    plugins: list[dict[str, Any]] = attrs.field(factory=list)
+
+    @property
+    def output(self) -> dict[str, Any] | None:
+        """stdout parsed as JSON, ``None`` when empty."""
+        return json.loads(self.stdout) if self.stdout.strip() else None
+
+    @property
+    def context(self) -> str | None:
+        out = self.output or {}
+        specific = out.get("hookSpecificOutput") or {}
+        value = specific.get("additionalContext")
+        return value if isinstance(value, str) else None
+
+
+@attrs.define
+class OrchState:
+    """An isolated orch installation for one test: state dir, config dirs, project dir."""
+
+    root: Path
+    env: dict[str, str]
+    project_dir: Path
+    extra: dict[str, object] = attrs.field(factory=dict)
+
+    @classmethod
+    def create(cls, root: Path) -> OrchState:
+        project = root / "project"
+        (project / ".claude").mkdir(parents=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(LEAKY_PREFIXES)}
+        env.update(
+            ORCH_STATE_DIR=str(root / "state"),
+            ORCH_DB=str(root / "state" / "orch.db"),
+            XDG_CONFIG_HOME=str(root / "config"),
+            CLAUDE_PROJECT_DIR=str(project),
+        )
+        return cls(root, env, project)
+
+    @property
+    def store(self) -> SQLiteStore:
+        return SQLiteStore(self.env["ORCH_DB"])
+
+    def log(self) -> list[dict[str, Any]]:
+        return log.read(self.env, limit=1000)
+
+    def write_config(self, text: str, *, user: bool = False) -> Path:
+        """Write ``.claude/orch.toml`` (or the user config with ``user=True``)."""
+        path = (
+            Path(self.env["XDG_CONFIG_HOME"]) / "orch" / "config.toml"
+            if user
+            else self.project_dir / ".claude" / "orch.toml"
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def plugin_module(self, name: str, source: str) -> Path:
+        """Write a plugin module importable by ``orch-hook`` processes (``PYTHONPATH``); load
+        it with ``[plugins] load`` or ``ORCH_LOAD_PLUGINS``."""
+        lib = self.root / "lib"
+        lib.mkdir(exist_ok=True)
+        path = lib / f"{name}.py"
+        path.write_text(source)
+        self.env["PYTHONPATH"] = str(lib)
+        return path
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Add a plugin object for in-process runs, registered after all the others."""
+        self.extra[name or getattr(plugin, "__name__", type(plugin).__name__)] = plugin
+
+    def run(self, payload: dict[str, Any] | bytes, **env: str) -> HookResult:
+        """Dispatch in process, with the registered plugins; the plan is built afresh."""
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        full_env = {**self.env, **env}
+        loaded = plugins.load(full_env, str(self.project_dir), extra=self.extra)
+        plan = plugins.build_plan(full_env, str(self.project_dir), loaded=loaded)
+        outcome = dispatch.dispatch(raw, full_env, plan=plan)
+        reply = outcome.reply
+        return HookResult(reply.exit_code, reply.stdout(), reply.stderr, outcome.plugins)
+
+    def run_hook(self, payload: dict[str, Any] | bytes, timeout: float = 10.0, **env: str
+                 ) -> HookResult:  # fmt: skip
+        """Run the installed ``orch-hook`` as Claude Code would: a process, stdin, stdout."""
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        done = subprocess.run(
+            [hook_script()], input=raw, capture_output=True, env={**self.env, **env},
+            cwd=self.project_dir, timeout=timeout, check=False,
+        )  # fmt: skip
+        return HookResult(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def hook_script() -> str:
+    """The ``orch-hook`` console script of the running interpreter's environment."""
+    return os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "orch-hook")

@@ -1,0 +1,74 @@
+"""Fixtures that run the real Claude Code binary in a private tmux server against a stand-in API.
+
+Nothing is skipped: a missing binary or tmux makes these fixtures error, so the tests fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from orch_core.testing.claude import DEFAULT_ARGS, ClaudeFactory, ClaudeSession
+from orch_core.testing.standin import StandInAPI
+from orch_core.testing.tmux import TmuxServer
+
+
+@pytest.fixture
+def standin() -> Iterator[StandInAPI]:
+    """A fresh stand-in Messages API on 127.0.0.1; script its replies before prompting."""
+    with StandInAPI() as api:
+        yield api
+
+
+@pytest.fixture
+def tmux_server() -> Iterator[TmuxServer]:
+    """A private tmux server, killed (with everything in it) after the test."""
+    with TmuxServer() as server:
+        yield server
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """An empty project folder for Claude to work in; hooks go in its .claude/settings.json."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def claude(
+    standin: StandInAPI, tmux_server: TmuxServer, project: Path, tmp_path: Path
+) -> Iterator[ClaudeFactory]:
+    """Start Claude Code sessions (in ``project`` unless told otherwise), closed after the test.
+
+    Write the hook settings first: Claude reads them at startup. Each session's final screen
+    is printed at teardown, so a failing test shows what Claude displayed.
+    """
+    sessions: list[ClaudeSession] = []
+
+    def start(
+        project_dir: Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = DEFAULT_ARGS,
+    ) -> ClaudeSession:
+        number = len(sessions)
+        session = ClaudeSession(
+            project_dir or project,
+            standin,
+            tmux_server,
+            home=tmp_path / f"home-{number}",
+            env=env,
+            args=args,
+            name=f"claude-{number}",
+        )
+        sessions.append(session)
+        return session.start()
+
+    yield start
+    for session in sessions:
+        if session.pane is not None:
+            print(f"--- final screen of {session.name} ---\n{session.screen()}")
+        session.close()

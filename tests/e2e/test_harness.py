@@ -1,0 +1,292 @@
+"""End-to-end checks of the harness: real Claude Code, real tmux, hand-written hooks.
+
+Every assertion is on what the stand-in API received, i.e. on what actually reached the model,
+or on what the hooks themselves logged. Findings pinned here (Claude Code 2.1.328):
+
+- PostToolUse ``additionalContext`` arrives once, in a ``system`` message right after the
+  tool_result: ``PostToolUse:Bash hook additional context: TEXT``.
+- Stop ``{"decision":"block","reason":R}`` makes Claude send exactly one more request, which
+  carries R twice: a user message ``Stop hook feedback:\\nR`` and a system message
+  ``Stop hook blocking error from command: "CMD": R``. Exit code 2 with that JSON on stdout
+  gives the same request as exit 0; stderr is then ignored.
+- PostToolUse ``{"decision":"block","reason":R}`` arrives once, as a system message after the
+  (unchanged) tool_result: ``PostToolUse:Bash hook blocking error from command: "CMD": R``.
+  Exit 2 with that JSON is again the same as exit 0, stderr ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orch_core.testing.claude import ClaudeFactory, wait_until, write_hook_settings
+from orch_core.testing.standin import StandInAPI
+from orch_core.testing.tmux import TmuxServer
+
+# Each hook logs the JSON it got, plus the environment variables a dispatcher relies on, to
+# <script>.jsonl; then it does its one job.
+HOOK_PREAMBLE = """\
+import json, os, pathlib, sys
+event = json.load(sys.stdin)
+env = {k: os.environ.get(k, "") for k in ("ORCH_AGENT", "CLAUDE_PROJECT_DIR", "TMUX_PANE")}
+with open(pathlib.Path(__file__).with_suffix(".jsonl"), "a") as log:
+    log.write(json.dumps({**event, "env": env}) + "\\n")
+"""
+
+LOG_ONLY_HOOK = HOOK_PREAMBLE
+
+POST_TOOL_USE_CONTEXT_HOOK = (
+    HOOK_PREAMBLE
+    + """\
+context = "orch-e2e context for " + event["tool_use_id"]
+output = {"hookEventName": "PostToolUse", "additionalContext": context}
+print(json.dumps({"hookSpecificOutput": output}))
+"""
+)
+
+# argv[1] is the exit code; stderr shows whether Claude uses it when the JSON has a reason.
+BLOCK_HOOK = (
+    HOOK_PREAMBLE
+    + """\
+if not event.get("stop_hook_active"):
+    print(json.dumps({"decision": "block", "reason": "orch-e2e reason: check the tests"}))
+    print("orch-e2e stderr", file=sys.stderr)
+    sys.exit(int(sys.argv[1]))
+"""
+)
+BLOCK_REASON = "orch-e2e reason: check the tests"
+
+
+def install_hook(tmp_path: Path, name: str, source: str, *args: str) -> tuple[str, Path]:
+    """Write a hook script outside the project; return its command line and its event log."""
+    script = tmp_path / "hooks" / f"{name}.py"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(source)
+    command = shlex.join([sys.executable, str(script), *args])
+    return command, script.with_suffix(".jsonl")
+
+
+def logged_events(log: Path, name: str | None = None) -> list[dict[str, Any]]:
+    """The events a hook logged so far, optionally only those of one ``hook_event_name``."""
+    if not log.exists():
+        return []
+    events = [json.loads(line) for line in log.read_text().splitlines() if line]
+    return [e for e in events if name in (None, e["hook_event_name"])]
+
+
+def script_echo_hi(standin: StandInAPI) -> str:
+    """First turn calls Bash ``echo hi``, the next one ends with text; returns the tool id."""
+    tool_id = standin.reply_tool_use("Bash", {"command": "echo hi", "description": "Say hi"})
+    standin.reply_text("done")
+    return tool_id
+
+
+# --- the real binary -------------------------------------------------------------------------
+
+
+@pytest.mark.claude
+def test_post_tool_use_additional_context_reaches_model(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
+) -> None:
+    command, _ = install_hook(tmp_path, "post_tool_use", POST_TOOL_USE_CONTEXT_HOOK)
+    write_hook_settings(project, {"PostToolUse": command})
+    tool_id = script_echo_hi(standin)
+
+    session = claude()
+    session.prompt("Say hi with Bash.")
+    first, second = session.wait_for_requests(2)[:2]
+
+    index = second.tool_result_index(tool_id)
+    assert index is not None, "the Bash result never reached the model"
+    assert second.texts(index)[:1] == ["hi"]
+    expected = f"PostToolUse:Bash hook additional context: orch-e2e context for {tool_id}"
+    assert expected in second.texts(index + 1)
+    assert second.text().count(f"orch-e2e context for {tool_id}") == 1
+    assert "orch-e2e" not in first.text()
+
+
+@pytest.mark.claude
+@pytest.mark.parametrize("exit_code", [0, 2])
+def test_stop_block_reason_reaches_model(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path, exit_code: int
+) -> None:
+    command, log = install_hook(tmp_path, "stop", BLOCK_HOOK, str(exit_code))
+    write_hook_settings(project, {"Stop": command})
+    standin.reply_text("first answer")
+
+    session = claude()
+    session.prompt("Answer briefly.")
+    wait_until(lambda: len(logged_events(log, "Stop")) >= 2, what="a second Stop")
+
+    stops = logged_events(log, "Stop")
+    assert [e["stop_hook_active"] for e in stops] == [False, True]
+    first, second = session.requests()  # the turn is over: exactly one extra request
+    assert BLOCK_REASON not in first.text()
+    after_answer = second.texts(len(first.messages) + 1)
+    assert f"Stop hook feedback:\n{BLOCK_REASON}" in after_answer
+    assert f'Stop hook blocking error from command: "{command}": {BLOCK_REASON}' in after_answer
+    assert second.text().count(BLOCK_REASON) == 2
+    assert "orch-e2e stderr" not in second.text()
+
+
+@pytest.mark.claude
+@pytest.mark.parametrize("exit_code", [0, 2])
+def test_post_tool_use_block_reason_reaches_model(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path, exit_code: int
+) -> None:
+    command, _ = install_hook(tmp_path, "post_tool_use", BLOCK_HOOK, str(exit_code))
+    write_hook_settings(project, {"PostToolUse": command})
+    tool_id = script_echo_hi(standin)
+
+    session = claude()
+    session.prompt("Say hi with Bash.")
+    second = session.wait_for_requests(2)[1]
+
+    index = second.tool_result_index(tool_id)
+    assert index is not None
+    assert second.texts(index)[:1] == ["hi"], "the tool's own output still reaches the model"
+    expected = f'PostToolUse:Bash hook blocking error from command: "{command}": {BLOCK_REASON}'
+    assert expected in second.texts(index + 1)
+    assert second.text().count(BLOCK_REASON) == 1
+    assert "orch-e2e stderr" not in second.text()
+
+
+@pytest.mark.claude
+def test_session_lifecycle_hooks_see_the_callers_env(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
+) -> None:
+    command, log = install_hook(tmp_path, "lifecycle", LOG_ONLY_HOOK)
+    write_hook_settings(project, {"SessionStart": command, "SessionEnd": command})
+
+    session = claude(env={"ORCH_AGENT": "agent-7"})
+    wait_until(lambda: bool(logged_events(log, "SessionStart")), what="SessionStart")
+    session.close()
+
+    (start,) = logged_events(log, "SessionStart")
+    assert start["source"] == "startup"
+    assert start["session_id"] == session.session_id
+    assert start["env"]["ORCH_AGENT"] == "agent-7"
+    assert start["env"]["CLAUDE_PROJECT_DIR"] == str(project.resolve())
+    assert start["env"]["TMUX_PANE"]
+    (end,) = logged_events(log, "SessionEnd")
+    assert end["reason"] == "prompt_input_exit"
+    assert standin.requests_to_main_model() == []
+
+
+@pytest.mark.claude
+def test_scripted_api_error_ends_turn_with_stop_failure(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
+) -> None:
+    command, log = install_hook(tmp_path, "failure", LOG_ONLY_HOOK)
+    write_hook_settings(project, {"Stop": command, "StopFailure": command})
+    standin.reply_error(529, "overloaded_error")
+
+    session = claude()
+    session.prompt("Answer briefly.")
+    wait_until(lambda: bool(logged_events(log)), what="a Stop or StopFailure")
+
+    (event,) = logged_events(log)
+    assert event["hook_event_name"] == "StopFailure"
+    assert len(session.requests()) == 1, "CLAUDE_CODE_MAX_RETRIES=0: no retry"
+    assert standin.pending_replies() == 0
+
+
+# --- the stand-in and tmux on their own (fast, no Claude) ------------------------------------
+
+
+def post(api: StandInAPI, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        api.base_url + path, data=json.dumps(body).encode(), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+MAIN_BODY = {
+    "model": "m",
+    "messages": [{"role": "user", "content": "hi"}],
+    "tools": [{"name": "Bash", "input_schema": {"type": "object"}}],
+}
+
+
+def sse_events(raw: bytes) -> list[dict[str, Any]]:
+    return [
+        json.loads(line.removeprefix("data: "))
+        for line in raw.decode().splitlines()
+        if line.startswith("data: ")
+    ]
+
+
+def test_standin_gives_scripted_replies_to_main_requests_only(standin: StandInAPI) -> None:
+    standin.reply_text("scripted")
+
+    status, side = post(standin, "/v1/messages", {"model": "m", "messages": []})
+    assert status == 200
+    assert json.loads(side)["content"] == [{"type": "text", "text": "ok"}]
+    assert standin.pending_replies() == 1
+
+    status, main = post(standin, "/v1/messages?beta=true", MAIN_BODY)
+    assert json.loads(main)["content"] == [{"type": "text", "text": "scripted"}]
+    assert [r.is_main_model for r in standin.requests] == [False, True]
+    assert standin.requests_to_main_model()[0].texts() == ["hi"]
+
+
+def test_standin_streams_tool_use_as_sse(standin: StandInAPI) -> None:
+    tool_id = standin.reply_tool_use("Bash", {"command": "echo hi"})
+
+    status, raw = post(standin, "/v1/messages", {**MAIN_BODY, "stream": True})
+
+    events = sse_events(raw)
+    assert status == 200
+    assert [e["type"] for e in events] == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert events[1]["content_block"] == {
+        "type": "tool_use",
+        "id": tool_id,
+        "name": "Bash",
+        "input": {},
+    }
+    assert json.loads(events[2]["delta"]["partial_json"]) == {"command": "echo hi"}
+    assert events[4]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_standin_errors_and_other_routes(standin: StandInAPI) -> None:
+    standin.reply_error(529, "overloaded_error")
+
+    status, raw = post(standin, "/v1/messages", MAIN_BODY)
+    assert (status, json.loads(raw)["error"]["type"]) == (529, "overloaded_error")
+    status, raw = post(standin, "/v1/messages/count_tokens", MAIN_BODY)
+    assert status == 200
+    assert json.loads(raw)["input_tokens"] > 0
+    assert post(standin, "/v1/other", {})[0] == 404
+    with pytest.raises(TimeoutError, match="stand-in API"):
+        standin.wait_for(lambda reqs: len(reqs) > 3, timeout=0.2)
+
+
+@pytest.mark.tmux
+def test_tmux_server_runs_argv_with_env_and_keeps_dead_panes(tmux_server: TmuxServer) -> None:
+    program = "import os; print(os.environ['GREETING'], input()[::-1])"
+    pane = tmux_server.new_window("echo", [sys.executable, "-c", program], env={"GREETING": "hey"})
+
+    tmux_server.send_text(pane, "-olleh; $(true)")
+
+    assert "hey )eurt($ ;hello-" in tmux_server.wait_for_text(pane, "hey ", timeout=10)
+    wait_until(lambda: not tmux_server.is_alive(pane), timeout=10, what="program exit")
+    tmux_server.kill()
+    assert not tmux_server.is_alive(pane)

@@ -1,0 +1,104 @@
+"""Folding plugin answers into the one reply Claude accepts for each event (reference §3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orch_core import Answer, events
+from orch_core.answers import check, fold
+from orch_core.testing.payloads import payload
+
+#: Events that have no hookSpecificOutput variant: any such output fails Claude's validation.
+NO_SPECIFIC_OUTPUT = """PreCompact PostCompact SessionEnd ConfigChange InstructionsLoaded
+StopFailure TeammateIdle TaskCreated TaskCompleted WorktreeRemove DirectoryAdded""".split()
+CONTEXT_EVENTS = """SessionStart Setup SubagentStart UserPromptSubmit UserPromptExpansion
+PreToolUse PostToolUse PostToolUseFailure PostToolBatch Stop SubagentStop""".split()
+
+
+def event(name: str, **fields: object) -> events.Event:
+    return events.parse(payload(name, **fields))
+
+
+@pytest.mark.parametrize("name", sorted(events.EVENTS))
+def test_context_goes_only_where_claude_takes_it(name: str) -> None:
+    reply = fold(event(name), [Answer("one"), Answer("two")])
+    if name in CONTEXT_EVENTS:
+        assert reply.output == {
+            "hookSpecificOutput": {"hookEventName": name, "additionalContext": "one\n\ntwo"}
+        }
+    else:
+        assert reply.output is None
+    assert reply.exit_code == 0
+    if name in NO_SPECIFIC_OUTPUT:
+        assert "hookSpecificOutput" not in (reply.output or {})
+
+
+def test_stop_block_joins_reasons_and_exits_2() -> None:
+    reply = fold(event("Stop"), [Answer(block="first"), Answer("ctx"), Answer(block="second")])
+    assert reply.output is not None
+    assert reply.output["decision"] == "block"
+    assert reply.output["reason"] == "first\n\nsecond"
+    assert reply.output["hookSpecificOutput"]["additionalContext"] == "ctx"
+    assert reply.exit_code == 2
+    assert reply.stderr == "first\n\nsecond"
+
+
+@pytest.mark.parametrize(
+    ("given", "decision"),
+    [
+        (["allow", "ask", "deny"], "deny"),
+        (["allow", "ask"], "ask"),
+        (["allow"], "allow"),
+        (["ask", "allow", "ask"], "ask"),
+    ],
+)
+def test_pre_tool_use_precedence_is_deny_ask_allow(given: list[str], decision: str) -> None:
+    answers = [Answer(permission=p, reason=f"{p} {i}") for i, p in enumerate(given)]
+    reply = fold(event("PreToolUse"), answers)
+    assert reply.output is not None
+    specific = reply.output["hookSpecificOutput"]
+    assert specific["permissionDecision"] == decision
+    assert specific["permissionDecisionReason"] == "\n\n".join(
+        f"{p} {i}" for i, p in enumerate(given) if p == decision
+    )
+    assert reply.exit_code == (2 if decision == "deny" else 0)
+
+
+def test_block_on_pre_tool_use_is_a_deny() -> None:
+    reply = fold(event("PreToolUse"), [Answer(permission="allow"), Answer(block="no")])
+    assert reply.output is not None
+    assert reply.output["hookSpecificOutput"]["permissionDecision"] == "deny"
+    assert reply.output["hookSpecificOutput"]["permissionDecisionReason"] == "no"
+
+
+@pytest.mark.parametrize("name", ["TeammateIdle", "TaskCompleted"])
+def test_team_events_block_through_exit_2_and_stderr(name: str) -> None:
+    reply = fold(event(name), [Answer(block="keep going")])
+    assert (reply.output, reply.exit_code, reply.stderr) == (None, 2, "keep going")
+
+
+def test_system_message_only_where_shown() -> None:
+    assert fold(event("Stop"), [Answer(system_message="hi")]).output == {"systemMessage": "hi"}
+    assert fold(event("PreCompact"), [Answer(system_message="hi")]).output is None
+
+
+@pytest.mark.parametrize(
+    ("name", "result", "problem"),
+    [
+        ("Stop", 42, "returned int"),
+        ("Stop", {"decision": "block"}, "returned dict"),
+        ("SessionEnd", Answer(block="x"), "cannot be blocked"),
+        ("Stop", Answer(permission="deny"), "takes no permission"),
+        ("PreToolUse", Answer(permission="maybe"), "must be one of"),
+        ("Stop", Answer(context=b"bytes"), "Answer.context is bytes"),  # type: ignore[arg-type]
+    ],
+)
+def test_wrong_returns_are_rejected(name: str, result: object, problem: str) -> None:
+    with pytest.raises(TypeError, match=problem):
+        check(result, event(name))
+
+
+def test_strings_and_none_are_accepted() -> None:
+    assert check("ctx", event("Stop")) == Answer("ctx")
+    assert check("", event("Stop")) is None
+    assert check(None, event("Stop")) is None

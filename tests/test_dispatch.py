@@ -1,0 +1,246 @@
+"""The dispatcher: isolation, budgets, bad input, a broken store, and the run record."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from orch_core import Answer, events, hookimpl
+from orch_core.testing.payloads import payload
+
+if TYPE_CHECKING:
+    from orch_core.context import HookContext
+    from orch_core.testing.kit import OrchState
+
+
+class Says:
+    """A plugin that gives the same context on Stop and PostToolUse."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    @hookimpl
+    def orch_post_tool_use(self) -> str:
+        return self.text
+
+    @hookimpl
+    def orch_stop(self) -> str:
+        return self.text
+
+
+class Raises:
+    @hookimpl
+    def orch_post_tool_use(self) -> str:
+        raise RuntimeError("boom")
+
+
+class Hangs:
+    @hookimpl
+    def orch_post_tool_use(self) -> str:
+        time.sleep(30)
+        return "too late"
+
+
+class Garbage:
+    @hookimpl
+    def orch_post_tool_use(self) -> object:
+        return {"additionalContext": "not how plugins answer"}
+
+
+@pytest.mark.parametrize("name", sorted(events.EVENTS))
+def test_every_event_reaches_its_hook_with_its_event_object(orch: OrchState, name: str) -> None:
+    seen: list[object] = []
+
+    class Recorder:
+        pass
+
+    def impl(event: events.Event, ctx: HookContext) -> None:
+        seen.append((event, ctx.agent))
+
+    setattr(Recorder, events.hook_name(name), staticmethod(hookimpl(impl)))
+    orch.register(Recorder(), "recorder")
+    result = orch.run(payload(name), ORCH_AGENT="proj:1", ORCH_LOAD_PLUGINS="")
+    assert result.exit_code == 0
+    assert len(seen) == 1
+    event, agent = seen[0]  # type: ignore[misc]
+    assert type(event) is events.EVENTS[name]
+    assert agent == "proj:1"
+
+
+def test_failing_plugins_are_skipped_and_the_others_answer(orch: OrchState) -> None:
+    orch.env["ORCH_LOAD_PLUGINS"] = ""
+    orch.write_config("[orch]\nbudget_ms = 300\n")
+    for plugin in (Says("first"), Raises(), Hangs(), Garbage(), Says("last")):
+        orch.register(plugin, f"{type(plugin).__name__}-{id(plugin)}")
+    start = time.monotonic()
+    result = orch.run(payload("PostToolUse"))
+    elapsed = time.monotonic() - start
+    assert result.exit_code == 0
+    # registered last is called first: pluggy's order, kept for the contexts too
+    assert result.context == "last\n\nfirst"
+    outcomes = sorted(p["outcome"] for p in result.plugins)
+    assert outcomes == ["error", "invalid", "ok", "ok", "timeout"]
+    assert elapsed < 10, "a hanging plugin must not hold the hook past its budget"
+    errors = {p["outcome"]: p.get("error", "") for p in result.plugins}
+    assert "RuntimeError: boom" in errors["error"]
+    assert "returned dict" in errors["invalid"]
+    (record,) = orch.store.runs()
+    assert record["event"] == "PostToolUse"
+    assert not record["ok"]
+    assert sorted(p["outcome"] for p in record["plugins"]) == outcomes
+    assert any(line["msg"] == "plugins failed" for line in orch.log())
+
+
+CHATTY = """
+from orch_core import hookimpl
+
+@hookimpl
+def orch_post_tool_use():
+    return "still here"
+
+@hookimpl
+def orch_stop():
+    return "ctx"
+"""
+
+
+def test_a_hanging_plugin_does_not_hold_the_real_hook(orch: OrchState) -> None:
+    orch.plugin_module(
+        "sleepy",
+        "import time\nfrom orch_core import hookimpl\n\n"
+        "@hookimpl\ndef orch_post_tool_use():\n    time.sleep(30)\n",
+    )
+    orch.plugin_module("chatty", CHATTY)
+    orch.write_config('[orch]\nbudget_ms = 200\n[plugins]\nload = ["sleepy", "chatty"]\n')
+    start = time.monotonic()
+    result = orch.run_hook(payload("PostToolUse"), timeout=20)
+    assert time.monotonic() - start < 10
+    assert result.exit_code == 0
+    assert result.context == "still here"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"   \n", b"not json", b"\xff\xfe\x00binary\x00", b"[1, 2]", b'"a string"',
+     b"{" * 100_000, b'{"hook_event_name": "PostToolUse", "x": "' + b"a" * 10_000_000 + b'"}'],
+    ids=["empty", "blank", "text", "binary", "array", "string", "deep", "10MB"],
+)  # fmt: skip
+def test_bad_input_exits_0_silently_with_one_log_line(orch: OrchState, raw: bytes) -> None:
+    orch.register(Says("should not run"), "says")
+    result = orch.run_hook(raw)
+    assert (result.exit_code, result.stdout) == (0, "")
+    lines = orch.log()
+    assert len(lines) == 1
+    assert lines[0]["msg"] == "bad hook input skipped"
+
+
+def test_unknown_event_gets_no_output(orch: OrchState) -> None:
+    result = orch.run_hook({"hook_event_name": "PreModelSwitch", "session_id": "s"})
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert orch.log()[0]["msg"] == "unknown event skipped"
+
+
+def test_stop_block_exits_2_with_the_reason(orch: OrchState) -> None:
+    class Blocks:
+        @hookimpl
+        def orch_stop(self, event: events.Stop) -> Answer | None:
+            return None if event.stop_hook_active else Answer(block="two messages wait")
+
+    orch.register(Blocks(), "blocks")
+    result = orch.run(payload("Stop"), ORCH_LOAD_PLUGINS="")
+    assert result.exit_code == 2
+    assert result.output == {"decision": "block", "reason": "two messages wait"}
+    assert orch.run(payload("Stop", stop_hook_active=True)).exit_code == 0
+
+
+def test_every_run_is_recorded(orch: OrchState) -> None:
+    orch.register(Says("hello"), "says")
+    orch.run(payload("Stop", session_id="s-1"), ORCH_AGENT="proj:2", ORCH_LOAD_PLUGINS="presence")
+    (run,) = orch.store.runs()
+    assert run["event"] == "Stop"
+    assert run["agent"] == "proj:2"
+    assert run["session_id"] == "s-1"
+    assert run["exit_code"] == 0
+    assert run["ok"] == 1
+    assert run["duration_ms"] > 0
+    assert {p["plugin"]: p["outcome"] for p in run["plugins"]} == {"presence": "ok", "says": "ok"}
+
+
+def test_a_corrupt_database_fails_open(orch: OrchState) -> None:
+    db = orch.root / "state" / "orch.db"
+    db.parent.mkdir()
+    db.write_bytes(b"this is not a database" * 100)
+    orch.register(Says("no store needed"), "says")
+    result = orch.run(payload("Stop"), ORCH_AGENT="proj:1")
+    assert result.exit_code == 0
+    assert result.context == "no store needed"
+    assert any(line["msg"] == "cannot record the hook run" for line in orch.log())
+
+
+def test_a_locked_database_costs_at_most_the_budget(orch: OrchState) -> None:
+    orch.write_config("[orch]\nbudget_ms = 300\n")
+    orch.store.runs()  # create the schema
+    holder = sqlite3.connect(orch.env["ORCH_DB"], isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(15, holder.rollback)
+    release.start()
+    try:
+        start = time.monotonic()
+        result = orch.run_hook(payload("Stop"), ORCH_AGENT="proj:1", timeout=20)
+        elapsed = time.monotonic() - start
+    finally:
+        release.cancel()
+        holder.rollback()
+        holder.close()
+    assert result.exit_code == 0
+    assert elapsed < 5, "the hook waited on the lock far past its 0.3 s budget"
+    assert any(line["msg"] == "cannot record the hook run" for line in orch.log())
+
+
+def test_no_agent_means_agent_bound_plugins_do_nothing(orch: OrchState) -> None:
+    result = orch.run(payload("PostToolUse"))
+    assert result.exit_code == 0
+    assert orch.store.agents() == []
+    assert orch.store.runs()[0]["agent"] is None
+
+
+def test_observers_hear_state_changes(orch: OrchState) -> None:
+    heard: list[tuple[str, str | None, str]] = []
+
+    class Observer:
+        @hookimpl
+        def orch_agent_state_changed(self, agent: str, old: str | None, new: str) -> None:
+            heard.append((agent, old, new))
+
+    orch.register(Observer(), "observer")
+    for name in ("SessionStart", "PreToolUse", "PostToolUse", "Stop", "SessionEnd"):
+        orch.run(payload(name), ORCH_AGENT="proj:3", ORCH_LOAD_PLUGINS="presence")
+    assert heard == [
+        ("proj:3", None, "starting"),
+        ("proj:3", "starting", "busy"),
+        ("proj:3", "busy", "idle"),
+        ("proj:3", "idle", "offline"),
+    ]
+    (agent,) = orch.store.agents()
+    assert (agent["id"], agent["state"]) == ("proj:3", "offline")
+
+
+def test_state_files_are_private(orch: OrchState) -> None:
+    orch.run_hook(payload("Stop"), ORCH_AGENT="proj:1")
+    state = orch.root / "state"
+    assert state.stat().st_mode & 0o077 == 0
+    for path in state.rglob("*"):
+        assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_outputs_are_json_claude_accepts(orch: OrchState) -> None:
+    orch.plugin_module("chatty", CHATTY)
+    result = orch.run_hook(payload("Stop"), ORCH_LOAD_PLUGINS="chatty")
+    assert json.loads(result.stdout) == {
+        "hookSpecificOutput": {"hookEventName": "Stop", "additionalContext": "ctx"}
+    }
