@@ -184,7 +184,11 @@ class ClaudeSession:
         return self.tmux.capture(self._pane)
 
     def is_ready(self) -> bool:
-        """True when the input box is on screen and empty."""
+        """True when the input box is on screen and empty.
+
+        Claude keeps the box open while it works, so this does not mean the turn is over:
+        wait on the stand-in's requests or on what the hooks logged for that.
+        """
         return any(line.strip() == PROMPT_MARK for line in self.screen().splitlines())
 
     def wait_until_ready(self, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -198,7 +202,7 @@ class ClaudeSession:
             time.sleep(_POLL_SECONDS)
 
     def prompt(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """Type a prompt once the input box is free, and submit it."""
+        """Type a prompt once the input box is empty, and submit it (queued if Claude is busy)."""
         self.wait_until_ready(timeout)
         self.tmux.send_text(self._pane, text)
 

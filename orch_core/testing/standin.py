@@ -7,7 +7,6 @@ can assert on what actually reached the model.
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 import time
@@ -78,9 +77,9 @@ class RecordedRequest:
     def is_main_model(self) -> bool:
         """True for a turn of the agent's own conversation, as opposed to a side request.
 
-        Claude Code also calls the API for side jobs: conversation titles (and, unless
-        non-essential traffic is off, more), which offer no tools, and compaction summaries.
-        The agent's own loop always offers its tool set, Bash included.
+        The agent's loop always offers its tool set, Bash included. Side jobs either offer no
+        tools (session titles, sent only while non-essential traffic is allowed) or are
+        compaction summaries. Subagent turns (the Agent tool) do count as main-model turns.
         """
         return self.is_messages and "Bash" in self.tool_names and not self.is_compaction
 
@@ -90,7 +89,9 @@ class RecordedRequest:
 
     def texts(self, start: int = 0) -> list[str]:
         """Every text in ``messages[start:]``, tool results included; ``-1``: the last message."""
-        return [text for message in self.messages[start:] for text in _texts(message["content"])]
+        return [
+            text for message in self.messages[start:] for text in _texts(message.get("content"))
+        ]
 
     def tool_result_index(self, tool_use_id: str) -> int | None:
         """Index of the message that carries the result of tool call ``tool_use_id``."""
@@ -144,7 +145,6 @@ class StandInAPI:
         self._lock = threading.Condition()
         self._requests: list[RecordedRequest] = []
         self._script: deque[_Reply] = deque()
-        self._seq = itertools.count(1)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -279,13 +279,18 @@ class StandInAPI:
 
     # serving
 
-    def _record(self, request: RecordedRequest) -> _Reply | None:
-        """Store the request; pick the scripted reply if it is a main-model turn."""
+    def _record(
+        self, method: str, path: str, headers: dict[str, str], body: JSON | None
+    ) -> tuple[RecordedRequest, _Reply | None]:
+        """Store a request; hand it the next scripted reply if it is a main-model turn."""
         with self._lock:
+            request = RecordedRequest(
+                len(self._requests) + 1, method, path, headers, body, time.time()
+            )
             self._requests.append(request)
             reply = self._script.popleft() if request.is_main_model and self._script else None
             self._lock.notify_all()
-            return reply
+            return request, reply
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         api = self
@@ -321,15 +326,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle(body if isinstance(body, dict) else None)
 
     def _handle(self, body: JSON | None) -> None:
-        request = RecordedRequest(
-            seq=next(self.standin._seq),
-            method=self.command,
-            path=self.path,
-            headers={k.lower(): v for k, v in self.headers.items()},
-            body=body,
-            received_at=time.time(),
-        )
-        reply = self.standin._record(request)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        request, reply = self.standin._record(self.command, self.path, headers, body)
         if request.is_messages:
             self._answer_messages(request, reply or _default_reply(request))
         elif request.method == "POST" and request.route == "/v1/messages/count_tokens":

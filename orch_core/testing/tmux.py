@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -36,11 +37,12 @@ class TmuxServer:
 
     def __init__(self, width: int = 200, height: int = 50) -> None:
         """Check tmux is installed; the server itself starts with the first window."""
-        self.tmux = shutil.which("tmux")
-        if self.tmux is None:
+        tmux = shutil.which("tmux")
+        if tmux is None:
             raise TmuxError("tmux is not installed (apt-get install tmux); e2e tests need it")
+        self.tmux = tmux
         version = subprocess.run(
-            [self.tmux, "-V"], capture_output=True, text=True, timeout=10, check=False
+            [tmux, "-V"], capture_output=True, text=True, timeout=10, check=False
         )
         if version.returncode != 0:
             raise TmuxError(f"`tmux -V` failed: {version.stderr.strip()}")
@@ -56,6 +58,10 @@ class TmuxServer:
         self._env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
         if "TMUX_TMPDIR" in os.environ:
             self._env["TMUX_TMPDIR"] = os.environ["TMUX_TMPDIR"]
+        # Runs on kill(), or when this object is collected or the interpreter exits.
+        self._finalizer = weakref.finalize(
+            self, _kill_server, [tmux, "-L", self.socket_name, "kill-server"], self._env, self._dir
+        )
 
     def __enter__(self) -> Self:
         return self
@@ -76,7 +82,7 @@ class TmuxServer:
         return done.stdout
 
     def _run(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        argv = [str(self.tmux), "-u", "-L", self.socket_name, "-f", str(self._config), *args]
+        argv = [self.tmux, "-u", "-L", self.socket_name, "-f", str(self._config), *args]
         return subprocess.run(
             argv, capture_output=True, text=True, env=self._env, timeout=30, check=False
         )
@@ -90,7 +96,7 @@ class TmuxServer:
     ) -> str:
         """Start ``argv`` (no shell) in a new window and return its pane id, e.g. ``%3``.
 
-        The program sees only ``env`` plus PATH, LANG and tmux's own TERM/TMUX variables.
+        The program sees only ``env``, PATH, LANG and tmux's own variables (TERM, TMUX_PANE...).
         """
         options = ["-d", "-n", name, "-P", "-F", "#{pane_id}"]
         if cwd is not None:
@@ -141,5 +147,9 @@ class TmuxServer:
 
     def kill(self) -> None:
         """Kill the server and every program in it; safe to call more than once."""
-        self.cmd("kill-server", check=False)
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._finalizer()
+
+
+def _kill_server(argv: list[str], env: dict[str, str], folder: Path) -> None:
+    subprocess.run(argv, capture_output=True, env=env, timeout=30, check=False)
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,132 @@
+"""Plugins in and out: built-ins, entry points, config, environment, and the cached plan."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+from orch_core import plan, plugins
+from orch_core.testing.payloads import payload
+
+if TYPE_CHECKING:
+    from orch_core.testing.kit import OrchState
+
+HELLO = """
+from orch_core import hookimpl
+
+@hookimpl
+def orch_config_defaults():
+    return {"greeting": "hello", "punctuation": "!"}
+
+@hookimpl
+def orch_stop(ctx):
+    return ctx.config["greeting"] + ctx.config["punctuation"]
+"""
+
+
+def names(orch: OrchState, **env: str) -> list[str]:
+    loaded = plugins.load({**orch.env, **env}, str(orch.project_dir))
+    return [info.name for info in loaded.plugins]
+
+
+def test_builtins_and_entry_points_load_by_default(orch: OrchState) -> None:
+    loaded = plugins.load(orch.env, str(orch.project_dir))
+    sources = {info.name: info.source for info in loaded.plugins}
+    assert sources["presence"] == "builtin"
+    assert sources["guard"] == "entry point"  # plugins/contrib/orch-guard, installed with pip
+    assert loaded.errors == ()
+
+
+def test_config_disables_any_plugin_by_name(orch: OrchState) -> None:
+    orch.write_config('[plugins]\ndisable = ["presence", "guard"]\n')
+    assert "presence" not in names(orch)
+    assert "guard" not in names(orch)
+
+
+def test_environment_overrides_per_process(orch: OrchState) -> None:
+    assert names(orch, ORCH_LOAD_PLUGINS="") == []
+    assert names(orch, ORCH_LOAD_PLUGINS="guard") == ["guard"]
+    assert "presence" not in names(orch, ORCH_DISABLE_PLUGINS="presence, other")
+
+
+def test_dotted_modules_load_from_config_with_their_settings(orch: OrchState) -> None:
+    orch.plugin_module("hello_plugin", HELLO)
+    orch.write_config('[plugin.hello_plugin]\npunctuation = "?"\n', user=True)
+    orch.write_config(
+        '[plugins]\nload = ["hello_plugin"]\n[plugin.hello_plugin]\ngreeting = "bonjour"\n'
+    )
+    result = orch.run_hook(payload("Stop"))
+    assert result.context == "bonjour?"  # project over user over the plugin's defaults
+
+
+def test_project_config_replaces_user_lists(orch: OrchState) -> None:
+    orch.write_config('[plugins]\ndisable = ["presence"]\n', user=True)
+    assert "presence" not in names(orch)
+    orch.write_config("[plugins]\ndisable = []\n")
+    assert "presence" in names(orch)
+
+
+def test_broken_plugins_are_left_out_with_a_reason(
+    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    orch.plugin_module("typo", "from orch_core import hookimpl\n\n"
+                               "@hookimpl\ndef orch_post_tool_usee():\n    return 'x'\n")  # fmt: skip
+    orch.plugin_module("wrongargs", "from orch_core import hookimpl\n\n"
+                                    "@hookimpl\ndef orch_stop(evt):\n    return 'x'\n")  # fmt: skip
+    orch.plugin_module("crashes", "raise ImportError('missing dependency')\n")
+    orch.plugin_module("hello_plugin", HELLO)
+    monkeypatch.syspath_prepend(orch.env["PYTHONPATH"])
+    for name in ("typo", "wrongargs", "crashes", "hello_plugin"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    env = {**orch.env, "ORCH_LOAD_PLUGINS": "typo,wrongargs,crashes,hello_plugin"}
+    loaded = plugins.load(env, str(orch.project_dir))
+    assert [info.name for info in loaded.plugins] == ["hello_plugin"]
+    joined = "\n".join(loaded.errors)
+    assert "plugin typo: unknown hook orch_post_tool_usee" in joined
+    assert "plugin wrongargs:" in joined
+    assert "plugin crashes: cannot import crashes: missing dependency" in joined
+    assert orch.run_hook(payload("Stop"), **{"ORCH_LOAD_PLUGINS": env["ORCH_LOAD_PLUGINS"]}
+                         ).context == "hello!"  # fmt: skip
+
+
+def test_a_broken_config_file_is_skipped_on_the_hook_path(orch: OrchState) -> None:
+    orch.write_config("[plugins\ndisable = ")
+    result = orch.run_hook(payload("Stop"), ORCH_AGENT="p:1")
+    assert result.exit_code == 0
+    assert orch.store.agents()[0]["state"] == "idle"  # presence still ran
+    assert any("orch.toml" in line["msg"] for line in orch.log())
+
+
+def test_the_plan_is_cached_and_rebuilt_when_config_changes(
+    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    orch.plugin_module("hello_plugin", HELLO)
+    monkeypatch.syspath_prepend(orch.env["PYTHONPATH"])
+    monkeypatch.delitem(sys.modules, "hello_plugin", raising=False)
+    env = {**orch.env, "ORCH_LOAD_PLUGINS": "hello_plugin"}
+    project = str(orch.project_dir)
+    first = plan.load(env, project)
+    path = plan.cache_path(env, project)
+    assert os.path.exists(path)
+    cached = plan.load(env, project)
+    assert cached.impls("orch_stop")[0]._function is None  # from the file: nothing imported
+    assert cached.config == first.config
+    config = orch.write_config('[plugin.hello_plugin]\ngreeting = "hi"\n')
+    os.utime(config, ns=(1, 1))  # a change the mtime check must see, even within one tick
+    assert plan.load(env, project).config["hello_plugin"]["greeting"] == "hi"
+    with open(path) as f:
+        assert json.load(f)["config"]["hello_plugin"]["greeting"] == "hi"
+
+
+def test_the_plan_is_rebuilt_when_a_plugin_changes(orch: OrchState) -> None:
+    module = orch.plugin_module("hello_plugin", HELLO)
+    orch.write_config('[plugins]\nload = ["hello_plugin"]\n')
+    assert orch.run_hook(payload("Stop")).context == "hello!"
+    module.write_text(HELLO.replace("def orch_stop", "def orch_post_tool_use"))
+    os.utime(module, ns=(1, 1))
+    assert orch.run_hook(payload("Stop")).context is None
+    assert orch.run_hook(payload("PostToolUse")).context == "hello!"
