@@ -38,9 +38,13 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 @click.group()
 @click.option(
-    "--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
     help="Show the version and the plugins, then exit.",
-)  # fmt: skip
+)
 def cli() -> None:
     """Keep a fleet of Claude Code agents fed, rebriefed and running, through hooks."""
 
@@ -77,8 +81,11 @@ def uninstall_command(directory: str | None, local: bool) -> None:
     except install.InstallError as exc:
         raise click.ClickException(str(exc)) from None
     path = install.settings_path(project, local)
-    click.echo(f"orch-hook removed from {len(changed)} events in {path}" if changed
-               else f"orch-hook was not registered in {path}")  # fmt: skip
+    click.echo(
+        f"orch-hook removed from {len(changed)} events in {path}"
+        if changed
+        else f"orch-hook was not registered in {path}"
+    )
 
 
 @cli.command("plugins")
@@ -87,7 +94,7 @@ def uninstall_command(directory: str | None, local: bool) -> None:
 def plugins_command(show_all: bool, as_json: bool) -> None:
     """List the plugins orch loads for this project."""
     loaded = _loaded()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": i.name, "version": i.version, "source": i.source, "hooks": list(i.hooks)}
         for i in loaded.plugins
         if show_all or i.source != "builtin"
@@ -98,8 +105,9 @@ def plugins_command(show_all: bool, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        click.echo(f"{row['name']} {row['version'] or ''} ({row['source']}): "
-                   f"{', '.join(row['hooks'])}")  # fmt: skip
+        click.echo(
+            f"{row['name']} {row['version'] or ''} ({row['source']}): {', '.join(row['hooks'])}"
+        )
 
 
 @cli.command("doctor")

@@ -17,12 +17,13 @@ import os
 import sys
 import threading
 import time
-TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 from orch_core import agents, answers, events, log, paths
 from orch_core import plan as plans
 from orch_core.context import Runtime
 from orch_core.store import SQLiteStore
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -80,7 +81,9 @@ class Outcome:
         self.still_running = still_running
 
 
-def call_all(impls: list[Impl], kwargs: Mapping[str, Any], runtime: Runtime, deadline: float) -> list[Call]:
+def call_all(
+    impls: list[Impl], kwargs: Mapping[str, Any], runtime: Runtime, deadline: float
+) -> list[Call]:
     """Start every implementation at once and wait for them until ``deadline``."""
     calls = []
     for impl in impls:
@@ -126,7 +129,9 @@ def dispatch(
         return Outcome(answers.Reply(None))
     event = events.parse(data)
     if isinstance(event, events.UnknownEvent):
-        log.write("warning", "unknown event skipped", env, hook_event_name=data.get("hook_event_name"))
+        log.write(
+            "warning", "unknown event skipped", env, hook_event_name=data.get("hook_event_name")
+        )
         return Outcome(answers.Reply(None), event)
     project_dir = paths.project_dir(env, event.cwd)
     if plan is None:
@@ -140,9 +145,12 @@ def dispatch(
     if store is None:
         store = SQLiteStore(paths.db_path(env), timeout=budget, durable=False)
     runtime = Runtime(
-        store=store, env=env, project_dir=project_dir, session_id=event.session_id,
+        store=store,
+        env=env,
+        project_dir=project_dir,
+        session_id=event.session_id,
         config=plan.config,
-    )  # fmt: skip
+    )
     runtime.fire = _observers(plan, runtime)
     try:
         runtime.agent = agents.resolve(env, event.session_id, store)
@@ -182,20 +190,34 @@ def _observers(plan: Plan, runtime: Runtime) -> Any:
             try:
                 impl.function(**{name: args[name] for name in impl.argnames if name in args})
             except Exception as exc:
-                log.write("error", "observer failed", runtime.env, hook=hook, plugin=impl.plugin,
-                          error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                log.write(
+                    "error",
+                    "observer failed",
+                    runtime.env,
+                    hook=hook,
+                    plugin=impl.plugin,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
 
     return fire
 
 
-def _record(result: Outcome, store: Store, env: Mapping[str, str], start: float, deadline: float) -> None:
+def _record(
+    result: Outcome, store: Store, env: Mapping[str, str], start: float, deadline: float
+) -> None:
     """Keep the run for metrics and ``orch doctor``; problems also go to the log."""
     event_name = result.event.name if result.event else ""
     duration_ms = (time.perf_counter() - start) * 1000
     failed = [p for p in result.plugins if p["outcome"] != "ok"]
     if failed:
-        log.write("warning", "plugins failed", env, hook_event_name=event_name,
-                  agent=result.agent, plugins=failed)  # fmt: skip
+        log.write(
+            "warning",
+            "plugins failed",
+            env,
+            hook_event_name=event_name,
+            agent=result.agent,
+            plugins=failed,
+        )
     try:
         if isinstance(store, SQLiteStore):
             remaining_ms = max(10, int((deadline - time.perf_counter()) * 1000))
@@ -209,8 +231,15 @@ def _record(result: Outcome, store: Store, env: Mapping[str, str], start: float,
             plugins=result.plugins,
         )
     except Exception as exc:
-        log.write("error", "cannot record the hook run", env, hook_event_name=event_name,
-                  agent=result.agent, duration_ms=round(duration_ms, 3), error=repr(exc))  # fmt: skip
+        log.write(
+            "error",
+            "cannot record the hook run",
+            env,
+            hook_event_name=event_name,
+            agent=result.agent,
+            duration_ms=round(duration_ms, 3),
+            error=repr(exc),
+        )
 
 
 def read_stdin(limit: int = MAX_PAYLOAD) -> bytes:

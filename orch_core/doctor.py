@@ -32,8 +32,9 @@ def check_settings(project_dir: str) -> Check:
         return Check("settings", False, str(exc))
     missing = [name for name in install.INSTALLED_EVENTS if name not in found]
     if len(missing) == len(install.INSTALLED_EVENTS):
-        return Check("settings", False, f"orch-hook is not registered in {project_dir}; "
-                                        "run `orch install`")  # fmt: skip
+        return Check(
+            "settings", False, f"orch-hook is not registered in {project_dir}; run `orch install`"
+        )
     broken = sorted({c for cs in found.values() for c in cs if not os.access(c, os.X_OK)})
     if broken:
         return Check("settings", False, f"orch-hook not executable: {', '.join(broken)}")
@@ -56,8 +57,9 @@ def check_database(env: Mapping[str, str]) -> Check:
     if health["journal_mode"] != "wal":
         problems.append(f"journal mode {health['journal_mode']}, expected wal")
     if health["schema_version"] != health["expected_schema_version"]:
-        problems.append(f"schema {health['schema_version']}, expected "
-                        f"{health['expected_schema_version']}")  # fmt: skip
+        problems.append(
+            f"schema {health['schema_version']}, expected {health['expected_schema_version']}"
+        )
     detail = "; ".join(problems) or f"{health['path']}: integrity ok, WAL, schema " + str(
         health["schema_version"]
     )
@@ -91,8 +93,11 @@ def check_recent_runs(env: Mapping[str, str]) -> Check:
         for p in last["plugins"]
         if p["outcome"] != "ok"
     )
-    return Check("hook runs", False, f"{len(failed)} failed in the last {RECENT_SECONDS} s; "
-                                     f"latest ({last['event']}): {errors}")  # fmt: skip
+    return Check(
+        "hook runs",
+        False,
+        f"{len(failed)} failed in the last {RECENT_SECONDS} s; latest ({last['event']}): {errors}",
+    )
 
 
 def run(env: Mapping[str, str], project_dir: str) -> list[Check]:

@@ -62,7 +62,7 @@ class Event:
         return f"{type(self).__name__}({self.data!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.data == self.data  # type: ignore[attr-defined]
+        return isinstance(other, Event) and type(other) is type(self) and other.data == self.data
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import time
-TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 from orch_core import paths
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -19,6 +19,7 @@ else:
     def overload(function):  # the last definition is the one that runs
         return function
 
+
 ATTRIBUTE = "orch_hookimpl"
 
 
@@ -35,7 +36,7 @@ class HookimplMarker:
     def __call__(self, function: F) -> F: ...
 
     @overload
-    def __call__(
+    def __call__(  # noqa: F811
         self,
         function: None = None,
         *,
@@ -45,7 +46,7 @@ class HookimplMarker:
         optionalhook: bool = False,
     ) -> Callable[[F], F]: ...
 
-    def __call__(
+    def __call__(  # noqa: F811
         self,
         function: F | None = None,
         *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 from orch_core import __version__, paths
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

@@ -84,9 +84,9 @@ class OrchPluginManager(pluggy.PluginManager):
         options = getattr(method, ATTRIBUTE, None) if callable(method) else None
         if isinstance(options, dict):
             probe = types.SimpleNamespace()  # pluggy's marker fills in its own full option set
-            pluggy.HookimplMarker("orch")(**options)(probe)  # type: ignore[call-overload]
+            pluggy.HookimplMarker("orch")(**options)(probe)
             return getattr(probe, "orch_impl", None)
-        return super().parse_hookimpl_opts(plugin, name)  # type: ignore[arg-type]
+        return super().parse_hookimpl_opts(plugin, name)
 
 
 def builtin_names() -> tuple[str, ...]:
@@ -239,7 +239,9 @@ def _entry_points() -> list[Any]:
     return sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
 
 
-def _drop_unknown_hooks(pm: pluggy.PluginManager, infos: list[PluginInfo], errors: list[str]) -> None:
+def _drop_unknown_hooks(
+    pm: pluggy.PluginManager, infos: list[PluginInfo], errors: list[str]
+) -> None:
     """Unregister a plugin that implements a hook orch does not have (a typo, most often)."""
     for hook_name, caller in list(vars(pm.hook).items()):
         if caller.has_spec():

@@ -13,9 +13,10 @@ import os
 import sqlite3
 import threading
 import time
-TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 from orch_core import paths
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
     from typing import Any
@@ -233,16 +234,24 @@ class SQLiteStore(Store):
                 "INSERT INTO hook_runs (ts, event, agent, session_id, duration_ms, exit_code, ok,"
                 " plugins) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    time.time(), event, agent, session_id, round(duration_ms, 3), exit_code,
-                    int(ok), json.dumps(plugins, ensure_ascii=False),
+                    time.time(),
+                    event,
+                    agent,
+                    session_id,
+                    round(duration_ms, 3),
+                    exit_code,
+                    int(ok),
+                    json.dumps(plugins, ensure_ascii=False),
                 ),
-            )  # fmt: skip
+            )
             if cur.lastrowid and cur.lastrowid % 1000 == 0:
                 tx.execute("DELETE FROM hook_runs WHERE id <= ?", (cur.lastrowid - KEEP_RUNS,))
 
     def runs(self, limit: int = 50, *, failed: bool = False) -> list[dict[str, Any]]:
         where = "WHERE ok = 0" if failed else ""
-        cur = self.conn.execute(f"SELECT * FROM hook_runs {where} ORDER BY id DESC LIMIT ?", (limit,))
+        cur = self.conn.execute(
+            f"SELECT * FROM hook_runs {where} ORDER BY id DESC LIMIT ?", (limit,)
+        )
         rows = _dicts(cur)
         for row in rows:
             row["plugins"] = json.loads(row["plugins"])

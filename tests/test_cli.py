@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from test_install import orch_cli
+
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
-from test_install import orch_cli
 
 FORCE_PUSH = payload("PreToolUse", tool_input={"command": "git push --force origin main"})
 
@@ -69,8 +70,11 @@ def test_doctor_fails_when_not_installed(orch: OrchState) -> None:
 
 def test_doctor_fails_on_recent_plugin_errors(orch: OrchState) -> None:
     assert orch_cli(orch, "install").returncode == 0
-    orch.plugin_module("broken", "from orch_core import hookimpl\n\n"
-                                 "@hookimpl\ndef orch_stop():\n    raise ValueError('bad')\n")  # fmt: skip
+    orch.plugin_module(
+        "broken",
+        "from orch_core import hookimpl\n\n"
+        "@hookimpl\ndef orch_stop():\n    raise ValueError('bad')\n",
+    )
     orch.run_hook(payload("Stop"), ORCH_LOAD_PLUGINS="broken")
     done = orch_cli(orch, "doctor")
     assert done.returncode == 1

@@ -54,7 +54,7 @@ class Garbage:
 
 @pytest.mark.parametrize("name", sorted(events.EVENTS))
 def test_every_event_reaches_its_hook_with_its_event_object(orch: OrchState, name: str) -> None:
-    seen: list[object] = []
+    seen: list[tuple[events.Event, str | None]] = []
 
     class Recorder:
         pass
@@ -67,7 +67,7 @@ def test_every_event_reaches_its_hook_with_its_event_object(orch: OrchState, nam
     result = orch.run(payload(name), ORCH_AGENT="proj:1", ORCH_LOAD_PLUGINS="")
     assert result.exit_code == 0
     assert len(seen) == 1
-    event, agent = seen[0]  # type: ignore[misc]
+    event, agent = seen[0]
     assert type(event) is events.EVENTS[name]
     assert agent == "proj:1"
 
@@ -126,10 +126,18 @@ def test_a_hanging_plugin_does_not_hold_the_real_hook(orch: OrchState) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"   \n", b"not json", b"\xff\xfe\x00binary\x00", b"[1, 2]", b'"a string"',
-     b"{" * 100_000, b'{"hook_event_name": "PostToolUse", "x": "' + b"a" * 10_000_000 + b'"}'],
+    [
+        b"",
+        b"   \n",
+        b"not json",
+        b"\xff\xfe\x00binary\x00",
+        b"[1, 2]",
+        b'"a string"',
+        b"{" * 100_000,
+        b'{"hook_event_name": "PostToolUse", "x": "' + b"a" * 10_000_000 + b'"}',
+    ],
     ids=["empty", "blank", "text", "binary", "array", "string", "deep", "10MB"],
-)  # fmt: skip
+)
 def test_bad_input_exits_0_silently_with_one_log_line(orch: OrchState, raw: bytes) -> None:
     orch.register(Says("should not run"), "says")
     result = orch.run_hook(raw)

@@ -8,11 +8,13 @@ from orch_core import events, hookspecs
 from orch_core.testing.payloads import payload
 
 #: The 31 events of the reference (§1), by the name Claude sends.
-REFERENCE_EVENTS = """SessionStart Setup InstructionsLoaded UserPromptSubmit UserPromptExpansion
-MessageDisplay PreToolUse PermissionRequest PermissionDenied PostToolUse PostToolUseFailure
-PostToolBatch Notification SubagentStart SubagentStop TaskCreated TaskCompleted Stop StopFailure
-TeammateIdle ConfigChange CwdChanged DirectoryAdded FileChanged WorktreeCreate WorktreeRemove
-PreCompact PostCompact Elicitation ElicitationResult SessionEnd""".split()
+REFERENCE_EVENTS = """
+SessionStart Setup InstructionsLoaded UserPromptSubmit UserPromptExpansion MessageDisplay
+PreToolUse PermissionRequest PermissionDenied PostToolUse PostToolUseFailure PostToolBatch
+Notification SubagentStart SubagentStop TaskCreated TaskCompleted Stop StopFailure TeammateIdle
+ConfigChange CwdChanged DirectoryAdded FileChanged WorktreeCreate WorktreeRemove PreCompact
+PostCompact Elicitation ElicitationResult SessionEnd
+""".split()
 
 
 def test_every_reference_event_is_known() -> None:

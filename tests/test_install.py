@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,12 +16,15 @@ from orch_core.testing.kit import OrchState
 
 ORCH = os.path.join(os.path.dirname(sys.executable), "orch")
 
-THEIRS = {
+THEIRS: dict[str, Any] = {
     "permissions": {"allow": ["Bash(make test)"]},
     "hooks": {
         "Stop": [{"hooks": [{"type": "command", "command": "/usr/local/bin/notify-me"}]}],
         "PreToolUse": [
-            {"matcher": "Bash", "hooks": [{"type": "command", "command": "./lint.sh", "timeout": 3}]}
+            {
+                "matcher": "Bash",
+                "hooks": [{"type": "command", "command": "./lint.sh", "timeout": 3}],
+            }
         ],
     },
 }
@@ -28,9 +32,14 @@ THEIRS = {
 
 def orch_cli(orch: OrchState, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [ORCH, *args], capture_output=True, text=True, env=orch.env, cwd=orch.project_dir,
-        timeout=60, check=False,
-    )  # fmt: skip
+        [ORCH, *args],
+        capture_output=True,
+        text=True,
+        env=orch.env,
+        cwd=orch.project_dir,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("indent", [2, 4])
@@ -46,7 +55,7 @@ def test_install_keeps_their_hooks_is_idempotent_and_uninstall_restores(
     first = orch_cli(orch, "install", str(orch.project_dir), *flag)
     assert first.returncode == 0, first.stderr
     once = path.read_bytes()
-    settings = json.loads(once)
+    settings: dict[str, Any] = json.loads(once)
     assert settings["permissions"] == THEIRS["permissions"]
     assert settings["hooks"]["Stop"][0] == THEIRS["hooks"]["Stop"][0]
     assert settings["hooks"]["PreToolUse"][0] == THEIRS["hooks"]["PreToolUse"][0]

@@ -73,10 +73,14 @@ def test_project_config_replaces_user_lists(orch: OrchState) -> None:
 def test_broken_plugins_are_left_out_with_a_reason(
     orch: OrchState, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    orch.plugin_module("typo", "from orch_core import hookimpl\n\n"
-                               "@hookimpl\ndef orch_post_tool_usee():\n    return 'x'\n")  # fmt: skip
-    orch.plugin_module("wrongargs", "from orch_core import hookimpl\n\n"
-                                    "@hookimpl\ndef orch_stop(evt):\n    return 'x'\n")  # fmt: skip
+    orch.plugin_module(
+        "typo",
+        "from orch_core import hookimpl\n\n@hookimpl\ndef orch_post_tool_usee():\n    return 'x'\n",
+    )
+    orch.plugin_module(
+        "wrongargs",
+        "from orch_core import hookimpl\n\n@hookimpl\ndef orch_stop(evt):\n    return 'x'\n",
+    )
     orch.plugin_module("crashes", "raise ImportError('missing dependency')\n")
     orch.plugin_module("hello_plugin", HELLO)
     monkeypatch.syspath_prepend(orch.env["PYTHONPATH"])
@@ -89,8 +93,9 @@ def test_broken_plugins_are_left_out_with_a_reason(
     assert "plugin typo: unknown hook orch_post_tool_usee" in joined
     assert "plugin wrongargs:" in joined
     assert "plugin crashes: cannot import crashes: missing dependency" in joined
-    assert orch.run_hook(payload("Stop"), **{"ORCH_LOAD_PLUGINS": env["ORCH_LOAD_PLUGINS"]}
-                         ).context == "hello!"  # fmt: skip
+    assert orch.run_hook(payload("Stop"), ORCH_LOAD_PLUGINS=env["ORCH_LOAD_PLUGINS"]).context == (
+        "hello!"
+    )
 
 
 def test_a_broken_config_file_is_skipped_on_the_hook_path(orch: OrchState) -> None:

@@ -92,7 +92,7 @@ class OrchState:
 
     def register(self, plugin: object, name: str | None = None) -> None:
         """Add a plugin object for in-process runs, registered after all the others."""
-        self.extra[name or getattr(plugin, "__name__", type(plugin).__name__)] = plugin
+        self.extra[name or str(getattr(plugin, "__name__", type(plugin).__name__))] = plugin
 
     def run(self, payload: dict[str, Any] | bytes, **env: str) -> HookResult:
         """Dispatch in process, with the registered plugins; the plan is built afresh."""
@@ -104,14 +104,20 @@ class OrchState:
         reply = outcome.reply
         return HookResult(reply.exit_code, reply.stdout(), reply.stderr, outcome.plugins)
 
-    def run_hook(self, payload: dict[str, Any] | bytes, timeout: float = 10.0, **env: str
-                 ) -> HookResult:  # fmt: skip
+    def run_hook(
+        self, payload: dict[str, Any] | bytes, timeout: float = 10.0, **env: str
+    ) -> HookResult:
         """Run the installed ``orch-hook`` as Claude Code would: a process, stdin, stdout."""
         raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         done = subprocess.run(
-            [hook_script()], input=raw, capture_output=True, env={**self.env, **env},
-            cwd=self.project_dir, timeout=timeout, check=False,
-        )  # fmt: skip
+            [hook_script()],
+            input=raw,
+            capture_output=True,
+            env={**self.env, **env},
+            cwd=self.project_dir,
+            timeout=timeout,
+            check=False,
+        )
         return HookResult(done.returncode, done.stdout.decode(), done.stderr.decode())
 
 

@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
-
 from orch_core import hookimpl
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
     from orch_core import events as ev

@@ -12,9 +12,10 @@ folds that with the other plugins' answers (deny > ask > allow). Configure it pe
 from __future__ import annotations
 
 import re
-TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 from orch_core import Answer, hookimpl
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
     from typing import Any
