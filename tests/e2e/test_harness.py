@@ -52,16 +52,17 @@ print(json.dumps({"hookSpecificOutput": output}))
 )
 
 # argv[1] is the exit code; stderr shows whether Claude uses it when the JSON has a reason.
+BLOCK_REASON = "orch-e2e reason: check the tests"
 BLOCK_HOOK = (
     HOOK_PREAMBLE
+    + f"REASON = {BLOCK_REASON!r}\n"
     + """\
 if not event.get("stop_hook_active"):
-    print(json.dumps({"decision": "block", "reason": "orch-e2e reason: check the tests"}))
+    print(json.dumps({"decision": "block", "reason": REASON}))
     print("orch-e2e stderr", file=sys.stderr)
     sys.exit(int(sys.argv[1]))
 """
 )
-BLOCK_REASON = "orch-e2e reason: check the tests"
 
 
 def install_hook(tmp_path: Path, name: str, source: str, *args: str) -> tuple[str, Path]:
@@ -198,10 +199,35 @@ def test_scripted_api_error_ends_turn_with_stop_failure(
     assert standin.pending_replies() == 0
 
 
+@pytest.mark.claude
+def test_compaction_is_a_side_request(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
+) -> None:
+    command, log = install_hook(tmp_path, "session_start", LOG_ONLY_HOOK)
+    write_hook_settings(project, {"SessionStart": command})
+
+    session = claude()
+    session.prompt("Answer briefly.")
+    session.wait_for_requests(1)
+    standin.reply_text("kept for the next real turn")
+    session.prompt("/compact")
+
+    def sources() -> list[str]:
+        return [e["source"] for e in logged_events(log, "SessionStart")]
+
+    wait_until(lambda: sources() == ["startup", "compact"], what="SessionStart after /compact")
+
+    (compaction,) = [r for r in standin.requests if r.is_compaction]
+    assert compaction.tool_names == session.requests()[0].tool_names
+    assert len(session.requests()) == 1
+    assert standin.pending_replies() == 1
+
+
 # --- the stand-in and tmux on their own (fast, no Claude) ------------------------------------
 
 
 def post(api: StandInAPI, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    """POST JSON the way Claude would; HTTP errors are returned, not raised."""
     request = urllib.request.Request(
         api.base_url + path, data=json.dumps(body).encode(), method="POST"
     )
@@ -220,6 +246,7 @@ MAIN_BODY = {
 
 
 def sse_events(raw: bytes) -> list[dict[str, Any]]:
+    """The ``data:`` payloads of a server-sent event stream."""
     return [
         json.loads(line.removeprefix("data: "))
         for line in raw.decode().splitlines()
@@ -288,5 +315,6 @@ def test_tmux_server_runs_argv_with_env_and_keeps_dead_panes(tmux_server: TmuxSe
 
     assert "hey )eurt($ ;hello-" in tmux_server.wait_for_text(pane, "hey ", timeout=10)
     wait_until(lambda: not tmux_server.is_alive(pane), timeout=10, what="program exit")
+    assert "hey " in tmux_server.capture(pane)
     tmux_server.kill()
     assert not tmux_server.is_alive(pane)
