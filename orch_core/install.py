@@ -54,7 +54,9 @@ def is_ours(handler: object) -> bool:
 
 
 def handler(command: str) -> dict[str, Any]:
-    return {"type": "command", "command": command, "timeout": TIMEOUT}
+    """Exec form (``args``): Claude spawns the path itself, no ``sh -c``, so a path with spaces
+    or quotes is never parsed by a shell."""
+    return {"type": "command", "command": command, "args": [], "timeout": TIMEOUT}
 
 
 def template(command: str = "${ORCH_HOOK}") -> dict[str, Any]:
@@ -115,9 +117,10 @@ def install(project_dir: str, *, local: bool = False, command: str | None = None
         if not ours:
             groups.append({"hooks": [handler(command)]})
             changed.append(name)
+        wanted = handler(command)
         for h in ours:
-            if h.get("command") != command or h.get("timeout") != TIMEOUT:
-                h.update(command=command, timeout=TIMEOUT)
+            if any(h.get(key) != value for key, value in wanted.items()):
+                h.update(wanted)
                 changed.append(name)
     if changed:
         _write(path, data, style)

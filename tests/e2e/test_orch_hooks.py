@@ -1,0 +1,126 @@
+"""orch end to end: real Claude Code, hooks put in place by ``orch install``, a real tmux pane.
+
+What is asserted is what reached the model: the request bodies the stand-in API received.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orch_core import install
+from orch_core.store import SQLiteStore
+from orch_core.testing.claude import ClaudeFactory, wait_until
+from orch_core.testing.standin import StandInAPI
+from orch_core.testing.tmux import TmuxServer
+
+pytestmark = pytest.mark.claude
+
+PLUGIN = """
+from orch_core import Answer, hookimpl
+
+@hookimpl
+def orch_post_tool_use(event, ctx):
+    return f"orch-e2e context for {event.tool_use_id} from agent {ctx.agent}"
+
+@hookimpl
+def orch_stop(event):
+    if not event.stop_hook_active:
+        return Answer(block="orch-e2e: one more thing, check the tests")
+"""
+
+
+@pytest.fixture
+def orch_env(project: Path, tmp_path: Path) -> dict[str, str]:
+    """orch's state and a project-local plugin, loaded through .claude/orch.toml."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "e2e_plugin.py").write_text(PLUGIN)
+    (project / ".claude").mkdir(exist_ok=True)
+    (project / ".claude" / "orch.toml").write_text('[plugins]\nload = ["e2e_plugin"]\n')
+    env = {
+        "ORCH_STATE_DIR": str(tmp_path / "state"),
+        "ORCH_DB": str(tmp_path / "state" / "orch.db"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "PYTHONPATH": str(lib),
+    }
+    orch = os.path.join(os.path.dirname(sys.executable), "orch")
+    subprocess.run([orch, "install", str(project)], check=True, env={**os.environ, **env})
+    return env
+
+
+def test_plugin_context_and_stop_block_reach_the_model(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    project: Path,
+    orch_env: dict[str, str],
+) -> None:
+    tool_id = standin.reply_tool_use("Bash", {"command": "echo hi", "description": "Say hi"})
+    standin.reply_text("done")
+    standin.reply_text("checked")
+    session = claude(env=orch_env)
+    session.prompt("Say hi with Bash.")
+    requests = session.wait_for_requests(3)
+
+    pane = session.pane
+    assert pane is not None
+    agent = tmux_server.cmd("display-message", "-p", "-t", pane, "#{session_name}:#{window_index}")
+    agent = agent.strip()
+    second = requests[1]
+    index = second.tool_result_index(tool_id)
+    assert index is not None
+    expected = f"orch-e2e context for {tool_id} from agent {agent}"
+    assert f"PostToolUse:Bash hook additional context: {expected}" in second.texts(index + 1)
+    assert second.text().count(expected) == 1
+
+    third = requests[2]
+    assert "Stop hook feedback:\norch-e2e: one more thing, check the tests" in third.texts()
+    assert "orch-e2e: one more" not in second.text()
+
+    store = SQLiteStore(orch_env["ORCH_DB"])
+
+    def stops() -> int:
+        return [run["event"] for run in store.runs(200)].count("Stop")
+
+    wait_until(lambda: stops() == 2, what="the second Stop")
+    (row,) = store.agents()
+    assert row["id"] == agent
+    assert row["session_id"] == session.session_id
+    events = [run["event"] for run in reversed(store.runs(200))]
+    assert events[0] == "SessionStart"
+    for name in ("UserPromptSubmit", "PreToolUse", "PostToolUse", "Stop"):
+        assert name in events
+    assert events.count("Stop") == 2  # blocked once, then allowed: no loop
+    assert row["state"] == "idle"
+    assert all(run["ok"] for run in store.runs(200)), store.runs(200, failed=True)
+    assert all(run["agent"] == agent for run in store.runs(200))
+
+
+def test_install_writes_the_hook_claude_runs(project: Path, orch_env: dict[str, str]) -> None:
+    found = install.installed_events(str(project))
+    assert set(found) == set(install.INSTALLED_EVENTS)
+    assert {c for commands in found.values() for c in commands} == {install.hook_command()}
+
+
+def test_a_hook_path_with_spaces_runs_without_a_shell(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    project: Path,
+    orch_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    odd = tmp_path / "it's a $HOME `dir`"
+    odd.mkdir()
+    (odd / "orch-hook").symlink_to(install.hook_command())
+    install.uninstall(str(project))
+    install.install(str(project), command=str(odd / "orch-hook"))
+    session = claude(env={**orch_env, "ORCH_AGENT": "odd:1"})
+    store = SQLiteStore(orch_env["ORCH_DB"])
+    wait_until(lambda: store.agents() != [], what="SessionStart through the odd path")
+    assert store.agents()[0]["id"] == "odd:1"
+    assert session.requests() == []
