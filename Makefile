@@ -36,7 +36,7 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy
 
 demo: setup
-	ORCH_CLAUDE_BIN=$(abspath $(CLAUDE_BIN)) $(BIN)/python -m orch_core.testing.demo
+	ORCH_CLAUDE_BIN=$(abspath $(CLAUDE_BIN)) $(BIN)/python demo/run_demo.py
 
 bench: setup
 	$(BIN)/python bench/hook_latency.py

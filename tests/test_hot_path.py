@@ -1,0 +1,38 @@
+"""The hook path stays lean: with a cached plan, no heavy module is imported.
+
+Speed itself is measured in bench/ (docs/benchmarks.md); this guards what makes it fast.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from orch_core.testing.kit import OrchState
+from orch_core.testing.payloads import payload
+
+HEAVY = ("pluggy", "attrs", "attr", "click", "tomllib", "typing", "threading", "logging",
+         "importlib.metadata", "subprocess")  # fmt: skip
+
+PROBE = """
+import json, sys
+from orch_core import dispatch
+outcome = dispatch.dispatch(sys.stdin.buffer.read())
+print(json.dumps({"loaded": [m for m in json.loads(sys.argv[1]) if m in sys.modules],
+                  "plugins": outcome.plugins}))
+"""
+
+
+def test_a_cached_plan_keeps_heavy_imports_off_the_hook_path(orch: OrchState) -> None:
+    event = json.dumps(payload("PostToolUse")).encode()
+    env = {**orch.env, "ORCH_AGENT": "proj:1"}
+    assert orch.run_hook(event, ORCH_AGENT="proj:1").exit_code == 0  # builds and caches the plan
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(HEAVY)],
+        input=event, capture_output=True, env=env, check=True, timeout=30,
+    )  # fmt: skip
+    report = json.loads(done.stdout)
+    assert report["loaded"] == []
+    assert [p["plugin"] for p in report["plugins"]] == ["presence"]
+    assert orch.store.agents()[0]["state"] == "busy"
