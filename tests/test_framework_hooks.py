@@ -1,0 +1,55 @@
+"""Framework hooks and the log: plugin commands, rotation."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from test_install import orch_cli
+
+from orch_core import log
+from orch_core.testing.kit import OrchState
+
+COMMANDS = """
+import click
+from orch_core import hookimpl
+
+@hookimpl
+def orch_register_commands(cli):
+    @cli.command()
+    @click.argument("name")
+    def greet(name):
+        "Say hello."
+        click.echo(f"hello {name}")
+"""
+
+
+def test_plugins_add_cli_commands(orch: OrchState) -> None:
+    orch.plugin_module("greeter", COMMANDS)
+    orch.write_config('[plugins]\nload = ["greeter"]\n')
+    done = orch_cli(orch, "greet", "team")
+    assert (done.returncode, done.stdout) == (0, "hello team\n")
+    assert "greet" in orch_cli(orch, "--help").stdout
+
+
+def test_a_broken_plugin_does_not_take_the_cli_down(orch: OrchState) -> None:
+    source = "from orch_core import hookimpl\n\n@hookimpl\ndef orch_register_commands(cli):\n"
+    orch.plugin_module("bad", source + "    raise KeyError\n")
+    orch.write_config('[plugins]\nload = ["bad"]\n')
+    done = orch_cli(orch, "plugins", "--json")
+    assert done.returncode == 0
+    assert "warning: plugin commands not loaded" in done.stderr
+
+
+def test_the_log_rotates_and_keeps_a_bounded_history(
+    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(log, "MAX_BYTES", 2_000)
+    for i in range(200):
+        log.write("info", f"line {i}", orch.env, pad="x" * 50)
+    state = orch.root / "state"
+    files = sorted(p.name for p in state.iterdir() if p.name.startswith("orch.log"))
+    assert files == ["orch.log", "orch.log.1", "orch.log.2", "orch.log.3"]
+    assert all(os.path.getsize(state / f) <= 2_200 for f in files)
+    assert log.read(orch.env)[-1]["msg"] == "line 199"
+    assert all((state / f).stat().st_mode & 0o077 == 0 for f in files)
