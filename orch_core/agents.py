@@ -40,8 +40,14 @@ def resolve(env: Mapping[str, str], session_id: str | None, store: Store) -> str
             return cached
     agent = pane_agent(pane)
     if agent and session_id:
-        store.remember_session(session_id, agent, pane)
+        store.remember_session(session_id, agent, pane, tmux_socket(env))
     return agent
+
+
+def tmux_socket(env: Mapping[str, str]) -> str | None:
+    """The socket of the tmux server the hook runs under (``$TMUX`` is ``socket,pid,session``)."""
+    value = env.get("TMUX", "")
+    return value.split(",", 1)[0] or None
 
 
 def pane_agent(pane: str, timeout: float = 1.0) -> str | None:

@@ -66,6 +66,17 @@ class Call:
             self.finished = True
             self._done.release()
 
+    def outcome(self, budget: float) -> dict[str, Any]:
+        """How the call went, for the run record: ``ok``, ``error`` or ``timeout``."""
+        outcome: dict[str, Any] = {"plugin": self.impl.plugin, "ms": round(self.ms, 3)}
+        if not self.finished:
+            outcome.update(outcome="timeout", error=f"still running after {budget:.3f}s budget")
+        elif self.error:
+            outcome.update(outcome="error", error=self.error)
+        else:
+            outcome["outcome"] = "ok"
+        return outcome
+
     def wait(self, deadline: float) -> None:
         self._done.acquire(timeout=max(0.0, deadline - time.perf_counter()))
 
@@ -156,7 +167,7 @@ def dispatch(
         session_id=event.session_id,
         config=plan.config,
     )
-    runtime.fire = _observers(plan, runtime)
+    runtime.fire = observers(plan, runtime)
     try:
         runtime.agent = agents.resolve(env, event.session_id, store)
     except Exception as exc:
@@ -165,29 +176,31 @@ def dispatch(
     calls = call_all(plan.impls(events.hook_name(event.name)), {"event": event}, runtime, deadline)
     given, outcomes = [], []
     for call in calls:
-        outcome: dict[str, Any] = {"plugin": call.impl.plugin, "ms": round(call.ms, 3)}
-        if not call.finished:
-            outcome.update(outcome="timeout", error=f"still running after {budget:.3f}s budget")
-        elif call.error:
-            outcome.update(outcome="error", error=call.error)
-        else:
+        outcome = call.outcome(budget)
+        if outcome["outcome"] == "ok":
             try:
                 answer = answers.check(call.result, event)
             except TypeError as exc:
                 outcome.update(outcome="invalid", error=str(exc))
             else:
-                outcome["outcome"] = "ok"
                 if answer is not None:
                     given.append(answer)
         outcomes.append(outcome)
     reply = answers.fold(event, given)
+    answered = plan.impls("orch_hook_answered")
+    if answered:
+        kwargs = {"event": event, "blocked": reply.exit_code == 2}
+        for call in call_all(answered, kwargs, runtime, deadline):
+            if call.outcome(budget)["outcome"] != "ok":
+                outcomes.append(call.outcome(budget))
     result = Outcome(reply, event, runtime.agent, outcomes)
     _record(result, store, env, start, deadline)
     return result
 
 
-def _observers(plan: Plan, runtime: Runtime) -> Any:
-    """``ctx.fire`` for this run: call each observer in turn, logging (never raising) errors."""
+def observers(plan: Plan, runtime: Runtime) -> Any:
+    """``ctx.fire`` for this run (or a CLI command): call each observer in turn, logging (never
+    raising) errors."""
 
     def fire(hook: str, kwargs: dict[str, Any]) -> None:
         for impl in plan.impls(hook):

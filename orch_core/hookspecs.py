@@ -246,6 +246,15 @@ def orch_config_defaults() -> dict[str, Any] | None:
 
 
 @hookspec
+def orch_hook_answered(event: ev.Event, blocked: bool, ctx: HookContext) -> None:
+    """The plugins' answers to ``event`` were folded into the reply. Observe only: this is
+    where the outcome of all plugins together is known, e.g. whether a Stop really stops.
+
+    :param blocked: whether the reply blocks the event (a Stop that keeps the agent working).
+    """
+
+
+@hookspec
 def orch_message_enqueued(message: dict[str, Any], ctx: HookContext) -> None:
     """A message was queued for an agent. Observe only.
 

@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -53,6 +53,46 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX hook_runs_errors ON hook_runs(ok, id);
     """,
+    2: """
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        agent TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        sender TEXT,
+        body TEXT NOT NULL,
+        key TEXT,
+        state TEXT NOT NULL,
+        after_id TEXT,
+        not_before REAL,
+        expires REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        checks INTEGER NOT NULL DEFAULT 0,
+        session_id TEXT,
+        reason TEXT,
+        created REAL NOT NULL,
+        delivered REAL,
+        confirmed REAL,
+        ended REAL,
+        UNIQUE (agent, seq)
+    );
+    CREATE INDEX messages_ready ON messages(agent, state, priority DESC, seq);
+    CREATE INDEX messages_state ON messages(state);
+    CREATE INDEX messages_key ON messages(agent, key) WHERE key IS NOT NULL;
+    CREATE TABLE message_events (
+        message_id TEXT NOT NULL,
+        ts REAL NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX message_events_id ON message_events(message_id, ts);
+    CREATE TABLE queue_seq (
+        agent TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL
+    );
+    ALTER TABLE sessions ADD COLUMN tmux_socket TEXT;
+    ALTER TABLE sessions ADD COLUMN stop_blocks INTEGER NOT NULL DEFAULT 0;
+    """,
 }
 #: Hook runs kept; older ones are pruned now and then, so the table stays small.
 KEEP_RUNS = 20_000
@@ -70,13 +110,37 @@ class Store(abc.ABC):
         """The agent a Claude session was resolved to, if known."""
 
     @abc.abstractmethod
-    def remember_session(self, session_id: str, agent: str, pane: str | None) -> None: ...
+    def remember_session(
+        self, session_id: str, agent: str, pane: str | None, tmux_socket: str | None = None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def agent_pane(self, agent: str) -> tuple[str, str | None] | None:
+        """The tmux pane (and server socket) of the agent's latest session, if known."""
+
+    @abc.abstractmethod
+    def stop_blocks(
+        self, session_id: str, agent: str, *, reset: bool = False, add: bool = False
+    ) -> int:
+        """Consecutive Stop blocks in a session, after resetting it or adding one."""
 
     @abc.abstractmethod
     def set_agent_state(
         self, agent: str, state: str, *, session_id: str | None, project_dir: str | None
     ) -> str | None:
         """Record that ``agent`` was seen in ``state``; return its previous state."""
+
+    @abc.abstractmethod
+    def transition(
+        self,
+        agent: str,
+        new: str,
+        *,
+        only_from: tuple[str, ...],
+        or_stale: tuple[str, float] = ("", 0.0),
+    ) -> bool:
+        """Atomically move ``agent`` to ``new`` if it is in one of ``only_from`` (or in state
+        ``or_stale[0]`` for more than ``or_stale[1]`` seconds); return whether it moved."""
 
     @abc.abstractmethod
     def agents(self) -> list[dict[str, Any]]: ...
@@ -196,13 +260,42 @@ class SQLiteStore(Store):
         ).fetchone()
         return row[0] if row else None
 
-    def remember_session(self, session_id: str, agent: str, pane: str | None) -> None:
+    def remember_session(
+        self, session_id: str, agent: str, pane: str | None, tmux_socket: str | None = None
+    ) -> None:
         with self.transaction() as tx:
             tx.execute(
-                "INSERT OR REPLACE INTO sessions (session_id, agent, pane, created)"
-                " VALUES (?, ?, ?, ?)",
-                (session_id, agent, pane, time.time()),
+                """INSERT INTO sessions (session_id, agent, pane, tmux_socket, created)
+                   VALUES (?1, ?2, ?3, ?4, ?5)
+                   ON CONFLICT (session_id) DO UPDATE SET
+                     agent = ?2, pane = coalesce(?3, pane),
+                     tmux_socket = coalesce(?4, tmux_socket)""",
+                (session_id, agent, pane, tmux_socket, time.time()),
             )
+
+    def stop_blocks(
+        self, session_id: str, agent: str, *, reset: bool = False, add: bool = False
+    ) -> int:
+        if reset or add:
+            with self.transaction() as tx:
+                tx.execute(
+                    """INSERT INTO sessions (session_id, agent, created, stop_blocks)
+                       VALUES (?1, ?2, ?3, ?4) ON CONFLICT (session_id) DO UPDATE SET
+                         stop_blocks = CASE WHEN ?4 THEN stop_blocks + 1 ELSE 0 END""",
+                    (session_id, agent, time.time(), int(add)),
+                )
+        row = self.conn.execute(
+            "SELECT stop_blocks FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def agent_pane(self, agent: str) -> tuple[str, str | None] | None:
+        row = self.conn.execute(
+            "SELECT pane, tmux_socket FROM sessions WHERE agent = ? AND pane IS NOT NULL"
+            " ORDER BY created DESC LIMIT 1",
+            (agent,),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
 
     def set_agent_state(
         self, agent: str, state: str, *, session_id: str | None, project_dir: str | None
@@ -228,6 +321,24 @@ class SQLiteStore(Store):
                 (agent, state, session_id, project_dir, now),
             )
         return previous
+
+    def transition(
+        self,
+        agent: str,
+        new: str,
+        *,
+        only_from: tuple[str, ...],
+        or_stale: tuple[str, float] = ("", 0.0),
+    ) -> bool:
+        now = time.time()
+        marks = ", ".join("?" for _ in only_from)
+        with self.transaction() as tx:
+            cur = tx.execute(
+                f"UPDATE agents SET state = ?, state_changed = ? WHERE id = ? AND"
+                f" (state IN ({marks}) OR (state = ? AND state_changed < ?))",
+                (new, now, agent, *only_from, or_stale[0], now - or_stale[1]),
+            )
+            return cur.rowcount > 0
 
     def agents(self) -> list[dict[str, Any]]:
         cur = self.conn.execute("SELECT * FROM agents ORDER BY id")

@@ -1,13 +1,15 @@
 """Agent presence: each agent's state and last-seen time, from the hooks it fires.
 
-``starting`` on SessionStart; ``busy`` on prompts and tool events; ``idle`` on Stop and on the
+``starting`` on SessionStart; ``busy`` on prompts and tool events, and on a Stop that a plugin
+blocked (the agent keeps working); ``idle`` on a Stop that really stops and on the
 ``idle_prompt`` notification; ``error`` on StopFailure; ``offline`` on SessionEnd. A change fires
-``orch_agent_state_changed``. ``orch agents`` lists the result.
+``orch_agent_state_changed``. It also remembers each session's tmux pane, so that the idle plugin
+can wake the agent. ``orch agents`` lists the result.
 """
 
 from __future__ import annotations
 
-from orch_core import hookimpl
+from orch_core import agents, hookimpl
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -26,18 +28,26 @@ def _seen(ctx: HookContext, state: str) -> None:
         ctx.fire("orch_agent_state_changed", agent=ctx.agent, old=old, new=state)
 
 
+def _remember_pane(ctx: HookContext) -> None:
+    pane = ctx.env.get("TMUX_PANE")
+    if ctx.agent and ctx.session_id and pane:
+        ctx.store.remember_session(ctx.session_id, ctx.agent, pane, agents.tmux_socket(ctx.env))
+
+
 @hookimpl
 def orch_session_start(ctx: HookContext) -> None:
+    _remember_pane(ctx)
     _seen(ctx, "starting")
 
 
 @hookimpl
 def orch_user_prompt_submit(ctx: HookContext) -> None:
+    _remember_pane(ctx)
     _seen(ctx, "busy")
 
 
 @hookimpl
-def orch_pre_tool_use(ctx: HookContext) -> None:
+def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> None:
     _seen(ctx, "busy")
 
 
@@ -52,8 +62,9 @@ def orch_post_tool_use_failure(ctx: HookContext) -> None:
 
 
 @hookimpl
-def orch_stop(ctx: HookContext) -> None:
-    _seen(ctx, "idle")
+def orch_hook_answered(event: ev.Event, blocked: bool, ctx: HookContext) -> None:
+    if event.name == "Stop":
+        _seen(ctx, "busy" if blocked else "idle")
 
 
 @hookimpl

@@ -1,0 +1,585 @@
+"""The durable priority message queue: send, deliver through hooks, confirm, and account.
+
+A message is ``queued``, then ``delivered`` (a hook handed it to the model), then ``confirmed``
+(a later hook of the same session found it in that session's transcript). It may instead end
+``expired`` (its TTL passed), ``cancelled`` or ``dead`` (delivery failed too often, or the message
+it had to wait for ended without delivery). A delivery that is not confirmed within a few hooks
+or seconds goes back to ``queued``: at-least-once, never a duplicate once confirmed. Every state
+change is a row in ``message_events`` with its time.
+
+Order: highest priority first, then the agent's own sequence number (gap-free, FIFO within a
+priority). Every write is one short ``BEGIN IMMEDIATE`` transaction with no I/O inside it. This
+module runs in ``orch-hook``: standard library only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import time
+
+from orch_core import agents, paths
+from orch_core.store import SQLiteStore
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from typing import Any
+
+    Message = dict[str, Any]
+
+#: Priority bands of the plan; 200 is reserved for rebriefing.
+BANDS = ((200, "rebrief"), (100, "emergency"), (50, "critical"), (10, "high"), (0, "normal"))
+MAX_PRIORITY = 200
+MAX_SEND_PRIORITY = 199
+#: The largest message accepted, in characters. Larger than the hook budget is fine: it is
+#: delivered as a file.
+MAX_TEXT = 1_000_000
+PENDING = ("queued", "delivered")
+STATES = ("queued", "delivered", "confirmed", "expired", "cancelled", "dead")
+#: Header that starts every delivered message; confirmation looks for it in the transcript.
+MARK = "[orch message "
+PREVIEW = 500
+
+
+class QueueError(ValueError):
+    """Bad input: a one-line reason; nothing was stored."""
+
+
+def band(priority: int) -> str:
+    for floor, name in BANDS:
+        if priority >= floor:
+            return name
+    return "normal"
+
+
+def new_id(now: float) -> str:
+    """Short, unique, roughly time-ordered: ``m`` + base-36 milliseconds + 6 random hex."""
+    ms, digits = int(now * 1000), ""
+    while ms:
+        ms, r = divmod(ms, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
+    return f"m{digits}{os.urandom(3).hex()}"
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``5m``, ``2h``, ``1d`` or combinations such as ``1h30m``, in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    total, number = 0.0, ""
+    for ch in text.strip().lower():
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in units and number:
+            total += float(number) * units[ch]
+            number = ""
+        else:
+            raise QueueError(f"malformed duration {text!r}: use e.g. 30s, 5m, 2h, 1d, 1h30m")
+    if number:
+        total += float(number)
+    if not text.strip() or total <= 0:
+        raise QueueError(f"malformed duration {text!r}: use e.g. 30s, 5m, 2h, 1d, 1h30m")
+    return total
+
+
+def age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+class Queue:
+    """The queue of one orch installation.
+
+    :param max_attempts: deliveries without confirmation before a message is ``dead``.
+    :param confirm_hooks: later hooks of the delivering session that may miss the message in
+        the transcript before it goes back to the queue.
+    :param confirm_seconds: the same bound in seconds.
+    """
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        *,
+        max_attempts: int = 3,
+        confirm_hooks: int = 4,
+        confirm_seconds: float = 120.0,
+    ) -> None:
+        self.store = store
+        self.max_attempts = max_attempts
+        self.confirm_hooks = confirm_hooks
+        self.confirm_seconds = confirm_seconds
+
+    @classmethod
+    def open(cls, env: Any = os.environ, **settings: Any) -> Queue:
+        """The machine's queue (``ORCH_DB``), for programs that send messages."""
+        return cls(SQLiteStore(paths.db_path(env)), **settings)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(
+        self,
+        agent: str,
+        text: str,
+        *,
+        priority: int = 0,
+        sender: str | None = None,
+        key: str | None = None,
+        ttl: float | None = None,
+        after: str | None = None,
+        not_before: float | None = None,
+        now: float | None = None,
+    ) -> Message:
+        """Queue ``text`` for ``agent``; return its receipt. With ``key``, a second send while
+        the first is still pending returns the first receipt (``"duplicate": true``)."""
+        now = time.time() if now is None else now
+        self._check(agent, text, priority, ttl)
+        with self.store.transaction() as tx:
+            if key is not None:
+                row = tx.execute(
+                    "SELECT * FROM messages WHERE agent = ? AND key = ? AND state IN"
+                    " ('queued', 'delivered') ORDER BY seq LIMIT 1",
+                    (agent, key),
+                ).fetchone()
+                if row is not None:
+                    return {**self._record(tx, row), "duplicate": True}
+            if (
+                after is not None
+                and tx.execute("SELECT 1 FROM messages WHERE id = ?", (after,)).fetchone() is None
+            ):
+                raise QueueError(f"--after: no message with id {after!r}")
+            seq = tx.execute(
+                "INSERT INTO queue_seq (agent, last_seq) VALUES (?, 1) ON CONFLICT (agent)"
+                " DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+                (agent,),
+            ).fetchone()[0]
+            message_id = new_id(now)
+            tx.execute(
+                "INSERT INTO messages (id, agent, seq, priority, sender, body, key, state,"
+                " after_id, not_before, expires, created) VALUES (?,?,?,?,?,?,?,'queued',?,?,?,?)",
+                (
+                    message_id,
+                    agent,
+                    seq,
+                    priority,
+                    sender,
+                    text,
+                    key,
+                    after,
+                    not_before,
+                    now + ttl if ttl else None,
+                    now,
+                ),
+            )
+            _event(tx, message_id, now, "queued", sender)
+            known = tx.execute("SELECT 1 FROM agents WHERE id = ?", (agent,)).fetchone()
+            row = tx.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+            return {**self._record(tx, row), "known_agent": known is not None}
+
+    def _check(self, agent: str, text: str, priority: int, ttl: float | None) -> None:
+        if not agents.valid_id(agent):
+            raise QueueError(f"invalid agent id {agent!r}")
+        if not isinstance(text, str) or not text.strip():
+            raise QueueError("message text is empty")
+        if len(text) > MAX_TEXT:
+            raise QueueError(f"message text is {len(text)} characters; the limit is {MAX_TEXT}")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise QueueError(f"priority must be an integer, not {priority!r}")
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise QueueError(f"priority {priority} is out of range 0-{MAX_PRIORITY}")
+        if ttl is not None and ttl <= 0:
+            raise QueueError("ttl must be positive")
+
+    def targets(self, pattern: str) -> list[str]:
+        """Agents matching ``pattern`` (``*`` for all), among those orch has heard from."""
+        rows = self.store.conn.execute("SELECT id FROM agents ORDER BY id").fetchall()
+        return [r[0] for r in rows if fnmatch.fnmatchcase(r[0], pattern)]
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, message_id: str) -> Message | None:
+        conn = self.store.conn
+        row = conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            return None
+        record = self._record(conn, row)
+        events = conn.execute(
+            "SELECT ts, state, detail FROM message_events WHERE message_id = ? ORDER BY ts, rowid",
+            (message_id,),
+        ).fetchall()
+        record["events"] = [{"ts": t, "state": s, "detail": d} for t, s, d in events]
+        return record
+
+    def messages(self, agent: str | None = None, state: str | None = None) -> list[Message]:
+        """Messages in delivery order; ``state`` ``pending`` means queued or delivered."""
+        sql, args = "SELECT * FROM messages WHERE 1 = 1", []
+        if agent is not None:
+            sql += " AND agent = ?"
+            args.append(agent)
+        if state == "pending":
+            sql += " AND state IN ('queued', 'delivered')"
+        elif state is not None:
+            if state not in STATES:
+                raise QueueError(f"unknown state {state!r}: one of pending, {', '.join(STATES)}")
+            sql += " AND state = ?"
+            args.append(state)
+        conn = self.store.conn
+        rows = conn.execute(sql + " ORDER BY agent, priority DESC, seq", args).fetchall()
+        return [self._record(conn, row) for row in rows]
+
+    def pending_counts(self) -> dict[str, int]:
+        rows = self.store.conn.execute(
+            "SELECT agent, count(*) FROM messages WHERE state IN ('queued', 'delivered')"
+            " GROUP BY agent"
+        ).fetchall()
+        return dict(rows)
+
+    def has_pending(self, agent: str) -> bool:
+        """Whether ``agent`` has anything queued or in flight: the hook's one read when idle."""
+        row = self.store.conn.execute(
+            "SELECT 1 FROM messages WHERE agent = ? AND state IN ('queued', 'delivered') LIMIT 1",
+            (agent,),
+        ).fetchone()
+        return row is not None
+
+    def has_ready(self, agent: str, now: float | None = None) -> bool:
+        """Whether a message could be delivered to ``agent`` right now."""
+        now = time.time() if now is None else now
+        row = self.store.conn.execute(
+            "SELECT 1 FROM messages WHERE agent = ? AND state = 'queued'"
+            " AND (not_before IS NULL OR not_before <= ?) LIMIT 1",
+            (agent, now),
+        ).fetchone()
+        return row is not None
+
+    @staticmethod
+    def _record(conn: Any, row: tuple[Any, ...]) -> Message:
+        cur = conn.execute("SELECT * FROM messages LIMIT 0")
+        record = dict(zip([d[0] for d in cur.description], row, strict=True))
+        record["band"] = band(record["priority"])
+        return record
+
+    # -- changing --------------------------------------------------------------------------
+
+    def cancel(self, message_id: str, now: float | None = None) -> Message:
+        return self._end(message_id, "cancelled", PENDING, "cancelled by a user", now)
+
+    def retry(self, message_id: str, now: float | None = None) -> Message:
+        """Queue a dead, expired or cancelled message again, with fresh attempts and no TTL."""
+        now = time.time() if now is None else now
+        with self.store.transaction() as tx:
+            row = tx.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                raise QueueError(f"no message with id {message_id!r}")
+            if row[0] not in ("dead", "expired", "cancelled"):
+                raise QueueError(
+                    f"message {message_id} is {row[0]}; only dead, expired or "
+                    "cancelled messages can be retried"
+                )
+            tx.execute(
+                "UPDATE messages SET state = 'queued', attempts = 0, checks = 0, expires = NULL,"
+                " reason = NULL, ended = NULL, session_id = NULL WHERE id = ?",
+                (message_id,),
+            )
+            _event(tx, message_id, now, "queued", "retried by a user")
+        record = self.get(message_id)
+        assert record is not None
+        return record
+
+    def purge(self, agent: str, now: float | None = None) -> int:
+        """Cancel every pending message of ``agent``; return how many."""
+        now = time.time() if now is None else now
+        with self.store.transaction() as tx:
+            ids = [
+                r[0]
+                for r in tx.execute(
+                    "SELECT id FROM messages WHERE agent = ? AND state IN ('queued', 'delivered')",
+                    (agent,),
+                )
+            ]
+            for message_id in ids:
+                _set(tx, message_id, "cancelled", now, "purged by a user")
+        self.sweep(now)
+        return len(ids)
+
+    def _end(
+        self, message_id: str, state: str, allowed: tuple[str, ...], why: str, now: float | None
+    ) -> Message:
+        now = time.time() if now is None else now
+        with self.store.transaction() as tx:
+            row = tx.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                raise QueueError(f"no message with id {message_id!r}")
+            if row[0] not in allowed:
+                raise QueueError(f"message {message_id} is already {row[0]}")
+            _set(tx, message_id, state, now, why)
+        self.sweep(now)
+        record = self.get(message_id)
+        assert record is not None
+        return record
+
+    def sweep(self, now: float | None = None, agent: str | None = None) -> None:
+        """Expire what outlived its TTL, end dependents of ended messages, and requeue (or
+        kill) deliveries left unconfirmed past ``confirm_seconds``."""
+        now = time.time() if now is None else now
+        only, args = ("AND agent = ?", (agent,)) if agent else ("", ())
+        conn = self.store.conn
+        expired = conn.execute(
+            f"SELECT id FROM messages WHERE state = 'queued' AND expires <= ? {only}",
+            (now, *args),
+        ).fetchall()
+        orphans = conn.execute(
+            f"""SELECT m.id, a.id, a.state FROM messages m JOIN messages a ON a.id = m.after_id
+                WHERE m.state = 'queued' AND a.state IN ('expired', 'cancelled', 'dead')
+                {only.replace("agent", "m.agent")}""",
+            args,
+        ).fetchall()
+        stale = conn.execute(
+            f"SELECT id FROM messages WHERE state = 'delivered' AND delivered <= ? {only}",
+            (now - self.confirm_seconds, *args),
+        ).fetchall()
+        if not (expired or orphans or stale):
+            return
+        with self.store.transaction() as tx:
+            for (message_id,) in expired:
+                _set(tx, message_id, "expired", now, "not delivered before its TTL", "queued")
+            for message_id, after_id, after_state in orphans:
+                why = f"waited for {after_id}, which ended {after_state}"
+                _set(tx, message_id, "dead", now, why, "queued")
+            for (message_id,) in stale:
+                self._unconfirmed(tx, message_id, now, "not confirmed in time")
+        if orphans:  # a dependent's dependent
+            self.sweep(now, agent)
+
+    def _unconfirmed(self, tx: Any, message_id: str, now: float, why: str) -> None:
+        row = tx.execute(
+            "SELECT attempts FROM messages WHERE id = ? AND state = 'delivered'", (message_id,)
+        ).fetchone()
+        if row is None:
+            return
+        if row[0] >= self.max_attempts:
+            _set(tx, message_id, "dead", now, f"{why}, after {row[0]} deliveries", "delivered")
+        else:
+            tx.execute(
+                "UPDATE messages SET state = 'queued', checks = 0, session_id = NULL WHERE id = ?",
+                (message_id,),
+            )
+            _event(tx, message_id, now, "queued", why)
+
+    def requeue_session(self, session_id: str, reason: str, now: float | None = None) -> int:
+        """Put a finished session's unconfirmed deliveries back in the queue."""
+        now = time.time() if now is None else now
+        with self.store.transaction() as tx:
+            ids = [
+                r[0]
+                for r in tx.execute(
+                    "SELECT id FROM messages WHERE state = 'delivered' AND session_id = ?",
+                    (session_id,),
+                )
+            ]
+            for message_id in ids:
+                tx.execute(
+                    "UPDATE messages SET state = 'queued', checks = 0, session_id = NULL"
+                    " WHERE id = ?",
+                    (message_id,),
+                )
+                _event(tx, message_id, now, "queued", f"session ended ({reason})")
+        return len(ids)
+
+    # -- delivering (called by the queue plugin inside orch-hook) ---------------------------
+
+    def confirm(
+        self, agent: str, session_id: str, transcript_path: str | None, now: float | None = None
+    ) -> list[str]:
+        """Confirm this session's deliveries found in its transcript; requeue those missed by
+        too many hooks. Returns the confirmed ids."""
+        now = time.time() if now is None else now
+        conn = self.store.conn
+        inflight = conn.execute(
+            "SELECT id, checks FROM messages WHERE agent = ? AND state = 'delivered'"
+            " AND session_id = ?",
+            (agent, session_id),
+        ).fetchall()
+        if not inflight:
+            return []
+        seen = _transcript_tail(transcript_path)
+        found = [mid for mid, _ in inflight if f"{MARK}{mid} " in seen]
+        with self.store.transaction() as tx:
+            for message_id in found:
+                _set(tx, message_id, "confirmed", now, "found in the transcript", "delivered")
+            for message_id, checks in inflight:
+                if message_id in found:
+                    continue
+                if checks + 1 >= self.confirm_hooks:
+                    self._unconfirmed(tx, message_id, now, "not found in the transcript")
+                else:
+                    tx.execute(
+                        "UPDATE messages SET checks = checks + 1 WHERE id = ?", (message_id,)
+                    )
+        return found
+
+    def claim(
+        self,
+        agent: str,
+        session_id: str | None,
+        *,
+        min_priority: int = 0,
+        budget: int = 8000,
+        now: float | None = None,
+    ) -> list[Message]:
+        """Take the deliverable messages for ``agent``, highest first, up to ``budget``
+        characters of text (at least one), and mark them delivered to ``session_id``."""
+        now = time.time() if now is None else now
+        with self.store.transaction() as tx:
+            rows = tx.execute(
+                """SELECT * FROM messages m
+                   WHERE m.agent = ? AND m.state = 'queued' AND m.priority >= ?
+                     AND (m.not_before IS NULL OR m.not_before <= ?)
+                     AND (m.expires IS NULL OR m.expires > ?)
+                     AND (m.after_id IS NULL OR EXISTS (SELECT 1 FROM messages a
+                          WHERE a.id = m.after_id AND a.state IN ('delivered', 'confirmed')))
+                   ORDER BY m.priority DESC, m.seq LIMIT 50""",
+                (agent, min_priority, now, now),
+            ).fetchall()
+            taken: list[Message] = []
+            used = 0
+            for row in rows:
+                message = self._record(tx, row)
+                if message["attempts"] >= self.max_attempts:
+                    why = f"delivered {message['attempts']} times without confirmation"
+                    _set(tx, message["id"], "dead", now, why, "queued")
+                    continue
+                size = min(len(message["body"]), PREVIEW * 2) + 200
+                if taken and used + size > budget:
+                    break
+                used += size
+                tx.execute(
+                    "UPDATE messages SET state = 'delivered', delivered = ?, session_id = ?,"
+                    " attempts = attempts + 1, checks = 0 WHERE id = ?",
+                    (now, session_id, message["id"]),
+                )
+                _event(tx, message["id"], now, "delivered", session_id)
+                taken.append(message)
+        return taken
+
+    def render(
+        self, messages: Iterable[Message], budget: int = 8000, now: float | None = None
+    ) -> str:
+        """The text the model gets: per message a header (id, sender, band, age), then the
+        body byte for byte; a body that does not fit goes to a file, with path and preview."""
+        now = time.time() if now is None else now
+        parts = []
+        for m in messages:
+            header = (
+                f"{MARK}{m['id']} from {m['sender'] or 'unknown'} · {m['band']} "
+                f"(priority {m['priority']}) · queued {age(now - m['created'])} ago]"
+            )
+            body = m["body"]
+            if len(body) > budget - 200:
+                path = self._spill(m)
+                parts.append(
+                    f"{header}\nThis message has {len(body)} characters, too long to "
+                    f"show here; the full text is in {path}\nPreview:\n"
+                    f"{body[:PREVIEW]}"
+                )
+            else:
+                parts.append(f"{header}\n{body}")
+        return "\n\n".join(parts)
+
+    def _spill(self, message: Message) -> str:
+        folder = os.path.join(os.path.dirname(os.path.abspath(self.store.path)), "messages")
+        paths.ensure_private_dir(folder)
+        path = os.path.join(folder, f"{message['id']}.txt")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(message["body"])
+        return path
+
+    # -- moving messages between installations ---------------------------------------------
+
+    def export(self, state: str | None = "pending") -> Iterator[Message]:
+        for record in self.messages(state=state):
+            record.pop("band", None)
+            yield record
+
+    def import_(self, records: Iterable[Message], now: float | None = None) -> int:
+        """Add exported messages; ids already present are skipped, so importing twice adds
+        nothing. In-flight deliveries come back as queued. Returns how many were added."""
+        now = time.time() if now is None else now
+        added = 0
+        for record in records:
+            self._check(record["agent"], record["body"], record["priority"], None)
+            with self.store.transaction() as tx:
+                if tx.execute("SELECT 1 FROM messages WHERE id = ?", (record["id"],)).fetchone():
+                    continue
+                seq = tx.execute(
+                    "INSERT INTO queue_seq (agent, last_seq) VALUES (?, 1) ON CONFLICT (agent)"
+                    " DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+                    (record["agent"],),
+                ).fetchone()[0]
+                state = "queued" if record.get("state") == "delivered" else record["state"]
+                tx.execute(
+                    "INSERT INTO messages (id, agent, seq, priority, sender, body, key, state,"
+                    " after_id, not_before, expires, attempts, reason, created)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        record["id"],
+                        record["agent"],
+                        seq,
+                        record["priority"],
+                        record.get("sender"),
+                        record["body"],
+                        record.get("key"),
+                        state,
+                        record.get("after_id"),
+                        record.get("not_before"),
+                        record.get("expires"),
+                        record.get("attempts", 0),
+                        record.get("reason"),
+                        record.get("created", now),
+                    ),
+                )
+                _event(tx, record["id"], now, state, "imported")
+                added += 1
+        return added
+
+
+def _event(tx: Any, message_id: str, now: float, state: str, detail: str | None) -> None:
+    tx.execute(
+        "INSERT INTO message_events (message_id, ts, state, detail) VALUES (?, ?, ?, ?)",
+        (message_id, now, state, detail),
+    )
+
+
+def _set(
+    tx: Any, message_id: str, state: str, now: float, why: str, only_from: str | None = None
+) -> None:
+    """Move a message to a final state (or confirmed), with its reason and time."""
+    column = "confirmed" if state == "confirmed" else "ended"
+    guard = " AND state = ?" if only_from else ""
+    cur = tx.execute(
+        f"UPDATE messages SET state = ?, reason = ?, {column} = ? WHERE id = ?{guard}",
+        (state, why, now, message_id, *([only_from] if only_from else [])),
+    )
+    if cur.rowcount:
+        _event(tx, message_id, now, state, why)
+
+
+def _transcript_tail(path: str | None, size: int = 4 * 1024 * 1024) -> str:
+    """The end of a session's transcript, where recent deliveries show up."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def dumps(record: Message) -> str:
+    return json.dumps(record, ensure_ascii=False, sort_keys=True)

@@ -1,0 +1,26 @@
+"""The cleanup plugin: when a session ends, its unconfirmed deliveries go back in the queue.
+
+Nothing pending is dropped; each message records why it was requeued. One short transaction,
+well inside Claude's 1.5 s budget for SessionEnd hooks. (presence marks the agent offline.)
+"""
+
+from __future__ import annotations
+
+from orch_core import hookimpl
+from orch_core.queue import Queue
+from orch_core.store import SQLiteStore
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
+
+if TYPE_CHECKING:
+    from orch_core import events as ev
+    from orch_core.context import HookContext
+
+
+@hookimpl
+def orch_session_end(event: ev.SessionEnd, ctx: HookContext) -> None:
+    if not ctx.session_id or not isinstance(ctx.store, SQLiteStore):
+        return
+    count = Queue(ctx.store).requeue_session(ctx.session_id, event.reason or "unknown")
+    if count:
+        ctx.log("requeued in-flight messages at session end", count=count, reason=event.reason)

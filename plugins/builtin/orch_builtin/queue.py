@@ -1,0 +1,108 @@
+"""The queue plugin: hands each agent its queued messages through the hooks that reach the model.
+
+SessionStart (the backlog), UserPromptSubmit, PostToolUse and PostToolUseFailure carry them as
+``additionalContext``; Stop blocks with them as the reason, so the agent keeps working on them,
+but never with nothing to deliver and never more than ``stop_blocks`` times in a row; emergency
+messages (priority 100+) also go out at PreToolUse. Each hook first confirms earlier deliveries it
+finds in the session's transcript. With nothing pending, a hook costs one indexed read.
+"""
+
+from __future__ import annotations
+
+from orch_core import Answer, hookimpl
+from orch_core.queue import Queue
+from orch_core.store import SQLiteStore
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from orch_core import events as ev
+    from orch_core.context import HookContext
+
+DEFAULTS: dict[str, Any] = {
+    "budget": 8000,  # characters per hook, below Claude's 10,000 cap
+    "max_attempts": 3,
+    "confirm_hooks": 4,
+    "confirm_seconds": 120,
+    "stop_blocks": 3,  # below Claude's own cap of 8
+    "emergency": 100,
+}
+
+
+@hookimpl
+def orch_config_defaults() -> dict[str, Any]:
+    return DEFAULTS
+
+
+def queue_for(ctx: HookContext) -> Queue | None:
+    settings = {**DEFAULTS, **ctx.config}
+    if not isinstance(ctx.store, SQLiteStore):
+        return None
+    return Queue(
+        ctx.store,
+        max_attempts=int(settings["max_attempts"]),
+        confirm_hooks=int(settings["confirm_hooks"]),
+        confirm_seconds=float(settings["confirm_seconds"]),
+    )
+
+
+def deliver(event: ev.Event, ctx: HookContext, min_priority: int = 0) -> str | None:
+    """Confirm, then claim and render what is deliverable now; ``None`` when nothing is."""
+    if ctx.agent is None or event.in_subagent:
+        return None
+    queue = queue_for(ctx)
+    if queue is None or not queue.has_pending(ctx.agent):
+        return None
+    if ctx.session_id:
+        queue.confirm(ctx.agent, ctx.session_id, event.transcript_path)
+    queue.sweep(agent=ctx.agent)
+    budget = int({**DEFAULTS, **ctx.config}["budget"])
+    messages = queue.claim(ctx.agent, ctx.session_id, min_priority=min_priority, budget=budget)
+    if not messages:
+        return None
+    for message in messages:
+        ctx.fire("orch_message_delivered", message=message)
+    return queue.render(messages, budget)
+
+
+@hookimpl
+def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> str | None:
+    return deliver(event, ctx)
+
+
+@hookimpl
+def orch_user_prompt_submit(event: ev.UserPromptSubmit, ctx: HookContext) -> str | None:
+    if ctx.agent and ctx.session_id:
+        ctx.store.stop_blocks(ctx.session_id, ctx.agent, reset=True)
+    return deliver(event, ctx)
+
+
+@hookimpl
+def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> str | None:
+    return deliver(event, ctx, int({**DEFAULTS, **ctx.config}["emergency"]))
+
+
+@hookimpl
+def orch_post_tool_use(event: ev.PostToolUse, ctx: HookContext) -> str | None:
+    return deliver(event, ctx)
+
+
+@hookimpl
+def orch_post_tool_use_failure(event: ev.PostToolUseFailure, ctx: HookContext) -> str | None:
+    return deliver(event, ctx)
+
+
+@hookimpl
+def orch_stop(event: ev.Stop, ctx: HookContext) -> Answer | None:
+    if ctx.agent is None or not ctx.session_id:
+        return None
+    in_a_row = ctx.store.stop_blocks(ctx.session_id, ctx.agent, reset=not event.stop_hook_active)
+    if in_a_row >= int({**DEFAULTS, **ctx.config}["stop_blocks"]):
+        return None
+    text = deliver(event, ctx)
+    if text is None:
+        return None
+    ctx.store.stop_blocks(ctx.session_id, ctx.agent, add=True)
+    return Answer(block=text)
