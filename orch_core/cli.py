@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import __version__, install, paths, plugins
+from orch_core import __version__, install, plugins, queue_cli
 
 if TYPE_CHECKING:
     from typing import Any
@@ -123,23 +122,8 @@ def doctor_command(directory: str | None) -> None:
         sys.exit(1)
 
 
-@cli.command("agents")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def agents_command(as_json: bool) -> None:
-    """List the agents orch has heard from, with their state."""
-    from orch_core.store import SQLiteStore
-
-    store = SQLiteStore(paths.db_path(os.environ))
-    try:
-        rows: list[dict[str, Any]] = store.agents()
-    except Exception as exc:
-        raise click.ClickException(f"cannot read {store.path}: {exc}") from None
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    now = time.time()
-    for row in rows:
-        click.echo(f"{row['id']}\t{row['state']}\tseen {now - row['last_seen']:.0f}s ago")
+for command in queue_cli.COMMANDS:
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -338,7 +338,8 @@ class Queue:
             args,
         ).fetchall()
         stale = conn.execute(
-            f"SELECT id FROM messages WHERE state = 'delivered' AND delivered <= ? {only}",
+            "SELECT id FROM messages WHERE state = 'delivered' AND session_id IS NOT NULL"
+            f" AND delivered <= ? {only}",
             (now - self.confirm_seconds, *args),
         ).fetchall()
         if not (expired or orphans or stale):
@@ -368,6 +369,18 @@ class Queue:
                 (message_id,),
             )
             _event(tx, message_id, now, "queued", why)
+
+    def mark_pushed(self, message_id: str, now: float | None = None) -> None:
+        """Record that ``orch send --push`` typed the message into the pane: delivered, outside
+        any session, so no hook delivers it again."""
+        now = time.time() if now is None else now
+        with self.store.transaction() as tx:
+            tx.execute(
+                "UPDATE messages SET state = 'delivered', delivered = ?, attempts = attempts + 1,"
+                " reason = 'typed into the pane (--push)' WHERE id = ? AND state = 'queued'",
+                (now, message_id),
+            )
+            _event(tx, message_id, now, "delivered", "typed into the pane (--push)")
 
     def requeue_session(self, session_id: str, reason: str, now: float | None = None) -> int:
         """Put a finished session's unconfirmed deliveries back in the queue."""

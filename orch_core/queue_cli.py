@@ -1,0 +1,227 @@
+"""``orch send``, ``orch queue``, ``orch agents``, ``orch export`` and ``orch import``."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sqlite3
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from orch_core import api, paths
+from orch_core.queue import MAX_SEND_PRIORITY, STATES, Queue, QueueError, age, parse_duration
+from orch_core.store import SQLiteStore, StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+
+
+def _queue() -> Queue:
+    return Queue(SQLiteStore(paths.db_path(os.environ)))
+
+
+def _guarded(action: Callable[[], T]) -> T:
+    """Run ``action``; bad input or an unusable store become a one-line error, exit 1."""
+    try:
+        return action()
+    except (QueueError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"{paths.db_path(os.environ)}: {exc}") from None
+
+
+def _at(text: str) -> float:
+    """``--at``: an ISO 8601 time, or ``HH:MM`` (today, or tomorrow if already past)."""
+    try:
+        if len(text) <= 5 and ":" in text:
+            hour, minute = (int(part) for part in text.split(":"))
+            now = datetime.datetime.now()
+            when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            if when <= now:
+                when += datetime.timedelta(days=1)
+            return when.timestamp()
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise QueueError(f"--at: cannot read {text!r}; use HH:MM or an ISO 8601 time") from None
+
+
+def _line(m: dict[str, Any], now: float) -> str:
+    preview = m["body"].replace("\n", " ")
+    preview = preview[:48] + "…" if len(preview) > 49 else preview
+    return (f"{m['id']}  {m['agent']}  #{m['seq']}  {m['priority']:>3} {m['band']:<9}  "
+            f"{m['state']:<9}  {age(now - m['created']):>4}  {preview}")  # fmt: skip
+
+
+@click.command("send")
+@click.argument("agent")
+@click.argument("text")
+@click.option("--priority", "-p", default="0", help="0-9 normal, 10-49 high, 50-99 critical, "
+              f"100-{MAX_SEND_PRIORITY} emergency.")  # fmt: skip
+@click.option("--from", "sender", help="Who sends it (shown to the agent).")
+@click.option("--key", help="Idempotency key: a repeat while the first is pending stores nothing.")
+@click.option("--ttl", help="Expire if not delivered within this long (e.g. 30m).")
+@click.option("--after", "after", help="Deliver only after this message id was delivered.")
+@click.option("--in", "delay", help="Do not deliver before this long from now (e.g. 10m).")
+@click.option("--at", "at", help="Do not deliver before this time (HH:MM or ISO 8601).")
+@click.option("--all", "all_agents", is_flag=True, help="One copy for every known agent.")
+@click.option("--push", is_flag=True, help="Also type the text into the agent's tmux pane "
+              "(migrating agents without hooks).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the receipt as JSON.")
+def send_command(agent: str, text: str, priority: str, sender: str | None, key: str | None,
+                 ttl: str | None, after: str | None, delay: str | None, at: str | None,
+                 all_agents: bool, push: bool, as_json: bool) -> None:  # fmt: skip
+    """Queue TEXT for AGENT (a pattern such as 'proj:*' fans out; TEXT '-' reads stdin)."""
+    if text == "-":
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise click.ClickException("stdin is not UTF-8 text") from None
+
+    def go() -> list[dict[str, Any]]:
+        try:
+            level = int(priority)
+        except ValueError:
+            raise QueueError(f"priority must be an integer, not {priority!r}") from None
+        if not 0 <= level <= MAX_SEND_PRIORITY:
+            raise QueueError(f"priority {level} is out of range 0-{MAX_SEND_PRIORITY}")
+        if delay and at:
+            raise QueueError("give --in or --at, not both")
+        not_before = time.time() + parse_duration(delay) if delay else _at(at) if at else None
+        return api.send(
+            "*" if all_agents else agent, text, priority=level, sender=sender, key=key,
+            ttl=parse_duration(ttl) if ttl else None, after=after, not_before=not_before,
+        )  # fmt: skip
+
+    receipts = _guarded(go)
+    if push:
+        for receipt in receipts:
+            _push(receipt, text)
+    if as_json:
+        out: Any = receipts[0] if len(receipts) == 1 and not all_agents else receipts
+        click.echo(json.dumps(out, ensure_ascii=False))
+        return
+    for r in receipts:
+        if r.get("duplicate"):
+            click.echo(f"{r['id']} already queued for {r['agent']} with key {key!r}: "
+                       "nothing new stored")  # fmt: skip
+            continue
+        click.echo(f"queued {r['id']} for {r['agent']} (#{r['seq']}, priority {r['priority']}"
+                   f" {r['band']})")  # fmt: skip
+        if not r.get("known_agent"):
+            click.echo(f"note: orch has not heard from {r['agent']} yet; the message waits for "
+                       "its first hook (or use --push)")  # fmt: skip
+
+
+def _push(receipt: dict[str, Any], text: str) -> None:
+    """Type the message into the agent's pane the old way, safely: argv, -l, a separate Enter."""
+    from orch_builtin.idle import type_line
+
+    queue = _queue()
+    target = queue.store.agent_pane(receipt["agent"]) or (receipt["agent"], None)
+    if not type_line(target[0], target[1], text, paths.state_dir(os.environ)):
+        raise click.ClickException(f"could not type into tmux pane {target[0]}; the message "
+                                   f"{receipt['id']} stays queued")  # fmt: skip
+    queue.mark_pushed(receipt["id"])
+
+
+@click.command("queue", context_settings={"ignore_unknown_options": False})
+@click.argument("args", nargs=-1)
+@click.option("--state", help=f"Only this state: pending, {', '.join(STATES)}.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def queue_command(args: tuple[str, ...], state: str | None, as_json: bool) -> None:
+    """List messages, or act on one.
+
+    \b
+    orch queue [AGENT]        messages in delivery order
+    orch queue show ID        one message with its history
+    orch queue cancel ID      cancel a pending message
+    orch queue retry ID       queue a dead, expired or cancelled message again
+    orch queue purge AGENT    cancel every pending message of AGENT
+    """
+    queue = _queue()
+    actions: dict[str, Callable[[str], Any]] = {
+        "show": queue.get, "cancel": queue.cancel, "retry": queue.retry, "purge": queue.purge,
+    }  # fmt: skip
+    if len(args) == 2 and args[0] in actions:
+        verb, target = args
+        result = _guarded(lambda: actions[verb](target))
+        if result is None:
+            raise click.ClickException(f"no message with id {target!r}")
+        if verb == "purge":
+            click.echo(f"cancelled {result} pending messages of {target}")
+        elif as_json or verb == "show":
+            click.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
+        else:
+            click.echo(f"{result['id']} is now {result['state']}")
+        return
+    if len(args) > 1:
+        raise click.ClickException(f"unexpected arguments: {' '.join(args)}")
+    _guarded(queue.sweep)
+    messages = _guarded(lambda: queue.messages(args[0] if args else None, state))
+    if as_json:
+        click.echo(json.dumps(messages, ensure_ascii=False))
+        return
+    now = time.time()
+    for m in messages:
+        click.echo(_line(m, now))
+
+
+@click.command("agents")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def agents_command(as_json: bool) -> None:
+    """Each agent orch knows, with its state, when it was last seen, and what waits for it."""
+    queue = _queue()
+    rows = {row["id"]: row for row in _guarded(queue.store.agents)}
+    pending = _guarded(queue.pending_counts)
+    for agent in pending.keys() - rows.keys():
+        rows[agent] = {"id": agent, "state": "unknown", "last_seen": None}
+    listing = [{**rows[a], "pending": pending.get(a, 0)} for a in sorted(rows)]
+    if as_json:
+        click.echo(json.dumps(listing))
+        return
+    now = time.time()
+    for row in listing:
+        seen = f"seen {age(now - row['last_seen'])} ago" if row["last_seen"] else "never seen"
+        click.echo(f"{row['id']}\t{row['state']}\t{seen}\t{row['pending']} pending")
+
+
+@click.command("export")
+@click.option("--state", default="pending", show_default=True,
+              help=f"pending, all, or one of {', '.join(STATES)}.")  # fmt: skip
+def export_command(state: str) -> None:
+    """Write messages as JSON lines on stdout (the rollback path: export, revert, import)."""
+    queue = _queue()
+    for record in _guarded(lambda: list(queue.export(None if state == "all" else state))):
+        click.echo(json.dumps(record, ensure_ascii=False, sort_keys=True))
+
+
+@click.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+def import_command(file: Any) -> None:
+    """Read messages exported as JSON lines (FILE '-' is stdin); ids already here are skipped."""
+
+    def records() -> Iterator[dict[str, Any]]:
+        for number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not {"id", "agent", "body"} <= record.keys():
+                    raise ValueError("not an exported message")
+            except ValueError as exc:
+                raise QueueError(f"line {number}: {exc}") from None
+            yield record
+
+    every = _guarded(lambda: list(records()))
+    added = _guarded(lambda: _queue().import_(every))
+    click.echo(f"imported {added} messages ({len(every) - added} already present)")
+
+
+COMMANDS = (send_command, queue_command, agents_command, export_command, import_command)
