@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -92,6 +92,29 @@ MIGRATIONS: dict[int, str] = {
     );
     ALTER TABLE sessions ADD COLUMN tmux_socket TEXT;
     ALTER TABLE sessions ADD COLUMN stop_blocks INTEGER NOT NULL DEFAULT 0;
+    """,
+    3: """
+    CREATE TABLE activity (
+        id INTEGER PRIMARY KEY,
+        agent TEXT NOT NULL,
+        ts REAL NOT NULL,
+        kind TEXT NOT NULL,
+        tool TEXT,
+        target TEXT,
+        ok INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX activity_agent ON activity(agent, id);
+    CREATE TABLE agent_context (
+        agent_id TEXT PRIMARY KEY,
+        role TEXT,
+        briefing_content TEXT,
+        last_briefing REAL,
+        checkpoint_data TEXT,
+        checkpoint_at REAL,
+        rebrief_pending INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
     """,
 }
 #: Hook runs kept; older ones are pruned now and then, so the table stays small.

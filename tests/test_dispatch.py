@@ -168,7 +168,9 @@ def test_stop_block_exits_2_with_the_reason(orch: OrchState) -> None:
 
 def test_every_run_is_recorded(orch: OrchState) -> None:
     orch.register(Says("hello"), "says")  # answers PostToolUse, beside presence
-    orch.run(payload("PostToolUse", session_id="s-1"), ORCH_AGENT="proj:2", ORCH_LOAD_PLUGINS="presence")
+    orch.run(
+        payload("PostToolUse", session_id="s-1"), ORCH_AGENT="proj:2", ORCH_LOAD_PLUGINS="presence"
+    )
     (run,) = orch.store.runs()
     assert run["event"] == "PostToolUse"
     assert run["agent"] == "proj:2"

@@ -34,5 +34,5 @@ def test_a_cached_plan_keeps_heavy_imports_off_the_hook_path(orch: OrchState) ->
     )  # fmt: skip
     report = json.loads(done.stdout)
     assert report["loaded"] == []
-    assert sorted(p["plugin"] for p in report["plugins"]) == ["presence", "queue"]
+    assert sorted(p["plugin"] for p in report["plugins"]) == ["presence", "queue", "rebrief"]
     assert orch.store.agents()[0]["state"] == "busy"

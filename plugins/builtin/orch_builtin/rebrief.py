@@ -1,0 +1,422 @@
+"""The rebrief plugin: an agent gets its role, rules, recent work and git state back after
+compaction or a restart.
+
+As the agent works it keeps a short, bounded activity record (tool and target, success, time;
+prompts; messages delivered). On PreCompact it saves a checkpoint (the plan's ``agent_context``):
+activity summary, recent commands, branch and touched files, the task messages, pending count. On
+SessionStart with ``source`` ``compact`` it answers first (``tryfirst``, so before any queued
+message) with the rebrief: agent and role, briefing, project rules (``CLAUDE.md`` by default),
+recent activity, current task, git state read at that moment, pending count; each section marked,
+the whole trimmed to a budget. The same restore, labelled a restart, follows a ``startup`` or
+``resume`` when a recent checkpoint exists, and ``orch rebrief AGENT`` forces one at the agent's
+next delivery point. ``orch brief`` sets a briefing, ``orch context`` shows what is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from orch_core import hookimpl
+from orch_core.queue import age
+from orch_core.store import SQLiteStore
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    import click
+
+    from orch_core import events as ev
+    from orch_core.context import HookContext
+
+SECTIONS = ("agent", "briefing", "rules", "activity", "task", "git", "pending")
+DEFAULTS: dict[str, Any] = {
+    "budget": 9000,  # characters, below Claude's 10,000 cap
+    "sections": {name: True for name in SECTIONS},
+    "rules_files": ["CLAUDE.md"],  # relative to the project
+    "briefing_file": "",  # the project's default briefing, when an agent has none of its own
+    "role": "",
+    "activity_kept": 200,  # records per agent
+    "activity_shown": 12,
+    "restore_within_hours": 24,  # a checkpoint older than this is not restored on startup
+    "git_timeout": 1.0,
+}
+#: Trimmed first when the rebrief is over budget; the agent line is never trimmed.
+TRIM_ORDER = ("activity", "rules", "briefing", "task", "git", "pending")
+
+
+def _settings(ctx: HookContext) -> dict[str, Any]:
+    settings = {**DEFAULTS, **ctx.config}
+    settings["sections"] = {**DEFAULTS["sections"], **settings.get("sections", {})}
+    return settings
+
+
+def _store(ctx: HookContext) -> SQLiteStore | None:
+    return ctx.store if isinstance(ctx.store, SQLiteStore) and ctx.agent else None
+
+
+@hookimpl
+def orch_config_defaults() -> dict[str, Any]:
+    return DEFAULTS
+
+
+# -- what is kept as the agent works ------------------------------------------------------------
+
+
+def tool_target(event: ev.PostToolUse | ev.PostToolUseFailure) -> str:
+    """The short 'what' of a tool call: a path, the first line of a command, a pattern."""
+    tool_input = event.tool_input
+    for key in ("file_path", "notebook_path", "command", "pattern", "url", "description", "path"):
+        value = tool_input.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip().splitlines()[0][:200]
+    return ""
+
+
+def record(ctx: HookContext, kind: str, tool: str | None, target: str, ok: bool = True) -> None:
+    store = _store(ctx)
+    if store is None:
+        return
+    assert ctx.agent is not None
+    with store.transaction() as tx:
+        cur = tx.execute(
+            "INSERT INTO activity (agent, ts, kind, tool, target, ok) VALUES (?, ?, ?, ?, ?, ?)",
+            (ctx.agent, time.time(), kind, tool, target, int(ok)),
+        )
+        if cur.lastrowid and cur.lastrowid % 50 == 0:  # keep the record bounded per agent
+            tx.execute(
+                "DELETE FROM activity WHERE agent = ? AND id <= (SELECT id FROM activity"
+                " WHERE agent = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (ctx.agent, ctx.agent, int(_settings(ctx)["activity_kept"])),
+            )
+
+
+@hookimpl(tryfirst=True)
+def orch_post_tool_use(event: ev.PostToolUse, ctx: HookContext) -> str | None:
+    if not event.in_subagent:
+        record(ctx, "tool", event.tool_name, tool_target(event))
+    return forced(ctx)
+
+
+@hookimpl(tryfirst=True)
+def orch_post_tool_use_failure(event: ev.PostToolUseFailure, ctx: HookContext) -> str | None:
+    if not event.in_subagent:
+        record(ctx, "tool", event.tool_name, tool_target(event), ok=False)
+    return forced(ctx)
+
+
+@hookimpl(tryfirst=True)
+def orch_user_prompt_submit(event: ev.UserPromptSubmit, ctx: HookContext) -> str | None:
+    record(ctx, "prompt", None, (event.prompt or "").strip()[:200])
+    return forced(ctx)
+
+
+@hookimpl
+def orch_message_delivered(message: dict[str, Any], ctx: HookContext) -> None:
+    record(ctx, "message", message.get("sender"), f"{message['id']}: {message['body'][:150]}")
+
+
+# -- checkpoint and rebrief ----------------------------------------------------------------------
+
+
+def context_row(store: SQLiteStore, agent: str) -> dict[str, Any] | None:
+    cur = store.conn.execute("SELECT * FROM agent_context WHERE agent_id = ?", (agent,))
+    row = cur.fetchone()
+    return dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
+
+
+def update_context(store: SQLiteStore, agent: str, **fields: Any) -> None:
+    now = time.time()
+    names = list(fields)
+    with store.transaction() as tx:
+        tx.execute(
+            f"INSERT INTO agent_context (agent_id, created_at, updated_at, {', '.join(names)})"
+            f" VALUES (?, ?, ?, {', '.join('?' for _ in names)}) ON CONFLICT (agent_id) DO UPDATE"
+            f" SET updated_at = excluded.updated_at,"
+            f" {', '.join(f'{n} = excluded.{n}' for n in names)}",
+            (agent, now, now, *fields.values()),
+        )
+
+
+def git_state(cwd: str, timeout: float) -> dict[str, Any] | None:
+    """Branch, HEAD, uncommitted files and last commits, each git call bounded by ``timeout``."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", cwd, *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    head = git("rev-parse", "--abbrev-ref", "HEAD")
+    if head is None:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=normal") or ""
+    return {
+        "branch": head.strip(),
+        "head": (git("rev-parse", "--short", "HEAD") or "").strip(),
+        "uncommitted": [line for line in status.splitlines() if line.strip()][:50],
+        "last_commits": (git("log", "-5", "--oneline", "--no-decorate") or "").splitlines(),
+    }
+
+
+def recent_activity(store: SQLiteStore, agent: str, limit: int) -> list[dict[str, Any]]:
+    cur = store.conn.execute(
+        "SELECT ts, kind, tool, target, ok FROM activity WHERE agent = ? ORDER BY id DESC LIMIT ?",
+        (agent, limit),
+    )
+    return [dict(zip(("ts", "kind", "tool", "target", "ok"), r, strict=True)) for r in cur]
+
+
+def task_messages(store: SQLiteStore, agent: str, limit: int = 3) -> list[dict[str, Any]]:
+    """The latest messages handed to the agent: what it was asked to do, newest first."""
+    cur = store.conn.execute(
+        "SELECT id, sender, priority, body, delivered FROM messages WHERE agent = ?"
+        " AND state IN ('delivered', 'confirmed') AND priority < 200"
+        " ORDER BY delivered DESC LIMIT ?",
+        (agent, limit),
+    )
+    names = ("id", "sender", "priority", "body", "delivered")
+    return [dict(zip(names, r, strict=True)) for r in cur]
+
+
+def pending_count(store: SQLiteStore, agent: str) -> int:
+    return int(
+        store.conn.execute(
+            "SELECT count(*) FROM messages WHERE agent = ? AND state IN ('queued', 'delivered')",
+            (agent,),
+        ).fetchone()[0]
+    )
+
+
+def checkpoint(
+    store: SQLiteStore, agent: str, cwd: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """What the agent was doing, saved before compaction."""
+    activity = recent_activity(store, agent, int(settings["activity_kept"]))
+    tools: dict[str, int] = {}
+    for item in activity:
+        if item["kind"] == "tool":
+            tools[item["tool"] or "?"] = tools.get(item["tool"] or "?", 0) + 1
+    failures = sum(1 for item in activity if item["kind"] == "tool" and not item["ok"])
+    summary = ", ".join(f"{tool} {count}" for tool, count in sorted(tools.items()))
+    git = git_state(cwd, float(settings["git_timeout"]))
+    edited = [i["target"] for i in activity if i["tool"] in ("Edit", "Write", "NotebookEdit")]
+    return {
+        "at": time.time(),
+        "activity_summary": f"{sum(tools.values())} tool calls ({summary or 'none'}),"
+        f" {failures} failed",
+        "recent_commands": [i["target"] for i in activity if i["tool"] == "Bash"][:10],
+        "branch": git["branch"] if git else None,
+        "touched_files": list(dict.fromkeys(edited))[:20],
+        "task": task_messages(store, agent),
+        "pending": pending_count(store, agent),
+    }
+
+
+@hookimpl
+def orch_pre_compact(event: ev.PreCompact, ctx: HookContext) -> None:
+    store = _store(ctx)
+    if store is None:
+        return
+    assert ctx.agent is not None
+    data = checkpoint(store, ctx.agent, event.cwd or ctx.project_dir, _settings(ctx))
+    data["trigger"] = event.trigger
+    update_context(store, ctx.agent, checkpoint_data=json.dumps(data), checkpoint_at=data["at"])
+
+
+@hookimpl(tryfirst=True)
+def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> str | None:
+    store = _store(ctx)
+    if store is None:
+        return None
+    assert ctx.agent is not None
+    row = context_row(store, ctx.agent) or {}
+    settings = _settings(ctx)
+    if event.source == "compact":
+        return rebrief(ctx, store, event.cwd or ctx.project_dir, "compaction")
+    recent = time.time() - float(settings["restore_within_hours"]) * 3600
+    if event.source in ("startup", "resume") and (row.get("checkpoint_at") or 0) > recent:
+        return rebrief(ctx, store, event.cwd or ctx.project_dir, "a restart")
+    return forced(ctx)
+
+
+def forced(ctx: HookContext) -> str | None:
+    """The rebrief ``orch rebrief AGENT`` asked for, once, at this delivery point."""
+    store = _store(ctx)
+    if store is None:
+        return None
+    assert ctx.agent is not None
+    with store.transaction() as tx:
+        cur = tx.execute(
+            "UPDATE agent_context SET rebrief_pending = 0 WHERE agent_id = ? AND rebrief_pending",
+            (ctx.agent,),
+        )
+    if not cur.rowcount:
+        return None
+    return rebrief(ctx, store, ctx.project_dir, "a request (orch rebrief)")
+
+
+def rebrief(ctx: HookContext, store: SQLiteStore, cwd: str, why: str) -> str:
+    """The rebrief text: each section marked, the whole within the budget."""
+    assert ctx.agent is not None
+    settings = _settings(ctx)
+    row = context_row(store, ctx.agent) or {}
+    saved = json.loads(row["checkpoint_data"]) if row.get("checkpoint_data") else {}
+    on = settings["sections"]
+    now = time.time()
+    sections: dict[str, str] = {}
+    role = row.get("role") or settings["role"]
+    if on["agent"]:
+        sections["agent"] = (
+            f"Agent: {ctx.agent}"
+            + (f"; role: {role}" if role else "")
+            + f". Project: {ctx.project_dir}."
+        )
+    briefing = row.get("briefing_content") or _read(ctx.project_dir, settings["briefing_file"])
+    if on["briefing"] and briefing:
+        sections["briefing"] = briefing.strip()
+    if on["rules"]:
+        rules = [(name, _read(ctx.project_dir, name)) for name in settings["rules_files"]]
+        text = "\n\n".join(f"({name})\n{body.strip()}" for name, body in rules if body)
+        if text:
+            sections["rules"] = text
+    if on["activity"]:
+        items = recent_activity(store, ctx.agent, int(settings["activity_shown"]))
+        lines = [
+            f"- {age(now - i['ts'])} ago, {i['tool'] or i['kind']}: {i['target']}"
+            + ("" if i["ok"] else " (failed)")
+            for i in items
+        ]
+        if saved.get("activity_summary"):
+            lines.insert(0, f"Before compaction: {saved['activity_summary']}.")
+        if saved.get("recent_commands"):
+            lines.append("Recent commands: " + "; ".join(saved["recent_commands"][:5]))
+        if lines:
+            sections["activity"] = "\n".join(lines)
+    if on["task"]:
+        tasks = task_messages(store, ctx.agent)
+        if tasks:
+            sections["task"] = "Latest messages handed to this agent, newest first:\n" + "\n".join(
+                f"- {t['id']} from {t['sender'] or 'unknown'}, {age(now - t['delivered'])} ago:"
+                f" {t['body'][:600]}"
+                for t in tasks
+            )
+    if on["git"]:
+        git = git_state(cwd, float(settings["git_timeout"]))
+        if git:
+            sections["git"] = "\n".join(
+                [
+                    f"Branch {git['branch']} at {git['head']}.",
+                    "Uncommitted: " + (", ".join(git["uncommitted"]) or "nothing"),
+                    "Last commits:",
+                    *git["last_commits"],
+                ]
+            )
+    if on["pending"]:
+        count = pending_count(store, ctx.agent)
+        sections["pending"] = (
+            f"{count} message(s) wait in orch's queue; they follow."
+            if count
+            else "No messages wait in orch's queue."
+        )
+    titles = {
+        "agent": "Agent",
+        "briefing": "Briefing",
+        "rules": "Project rules",
+        "activity": "Recent activity",
+        "task": "Current task",
+        "git": "Git state (read now)",
+        "pending": "Pending messages",
+    }
+    head = f"[orch rebrief: context restored after {why}]"
+    fit(sections, int(settings["budget"]) - len(head) - 30 * len(sections))
+    update_context(store, ctx.agent, last_briefing=now)
+    return "\n\n".join([head, *(f"## {titles[n]}\n{t}" for n, t in sections.items())])
+
+
+def fit(sections: dict[str, str], budget: int) -> None:
+    """Trim sections, least important first, until the texts fit in ``budget`` characters."""
+    marker = "\n[… trimmed to fit]"
+    for name in TRIM_ORDER:
+        excess = sum(len(t) for t in sections.values()) - budget
+        if excess <= 0:
+            return
+        if name in sections:
+            text = sections[name]
+            keep = max(0, len(text) - excess - len(marker))
+            sections[name] = text[:keep] + marker if keep else marker.strip()
+
+
+def _read(project_dir: str, name: str) -> str:
+    if not name:
+        return ""
+    try:
+        with open(os.path.join(project_dir, name), encoding="utf-8", errors="replace") as f:
+            return f.read(200_000)
+    except OSError:
+        return ""
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+@hookimpl
+def orch_register_commands(cli: click.Group) -> None:
+    import click
+
+    from orch_core import paths
+
+    def store() -> SQLiteStore:
+        return SQLiteStore(paths.db_path(os.environ))
+
+    @cli.command("brief")
+    @click.argument("agent")
+    @click.argument("file", type=click.File("r", encoding="utf-8"))
+    @click.option("--role", help="The agent's role, shown first in every rebrief.")
+    def brief_command(agent: str, file: Any, role: str | None) -> None:
+        """Set AGENT's briefing from FILE ('-' for stdin): who it is and what to do."""
+        text = file.read()
+        if not text.strip():
+            raise click.ClickException("the briefing is empty")
+        fields: dict[str, Any] = {"briefing_content": text}
+        if role:
+            fields["role"] = role
+        update_context(store(), agent, **fields)
+        click.echo(f"briefing for {agent} set ({len(text)} characters)")
+
+    @cli.command("context")
+    @click.argument("agent")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def context_command(agent: str, as_json: bool) -> None:
+        """What orch keeps for AGENT: briefing, checkpoint, recent activity."""
+        db = store()
+        row = context_row(db, agent) or {"agent_id": agent}
+        if row.get("checkpoint_data"):
+            row["checkpoint_data"] = json.loads(row["checkpoint_data"])
+        row["activity"] = recent_activity(db, agent, 20)
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False, indent=2))
+            return
+        click.echo(f"agent {agent}, role {row.get('role') or '-'}")
+        click.echo(f"briefing: {len(row.get('briefing_content') or '')} characters")
+        click.echo(f"checkpoint: {json.dumps(row.get('checkpoint_data'), ensure_ascii=False)}")
+        for item in row["activity"]:
+            click.echo(f"  {item['kind']:<7} {item['tool'] or '':<10} {item['target']}")
+
+    @cli.command("rebrief")
+    @click.argument("agent")
+    def rebrief_command(agent: str) -> None:
+        """Rebrief AGENT at its next delivery point (prompt, tool call or session start)."""
+        update_context(store(), agent, rebrief_pending=1)
+        click.echo(f"{agent} will be rebriefed at its next hook")
