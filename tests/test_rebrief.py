@@ -1,0 +1,173 @@
+"""The rebrief plugin: activity kept, checkpoint on PreCompact, the rebrief after compaction."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_install import ORCH, orch_cli
+
+from orch_core.queue import Queue
+from orch_core.testing.kit import OrchState
+from orch_core.testing.payloads import payload
+
+AGENT = {"ORCH_AGENT": "proj:7"}
+
+
+def git(project: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(project), *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(orch: OrchState) -> Path:
+    """The project as a git repository with two commits and one uncommitted change."""
+    project = orch.project_dir
+    git(project, "init", "-q", "-b", "feature-x")
+    git(project, "config", "user.email", "t@example.com")
+    git(project, "config", "user.name", "T")
+    (project / "CLAUDE.md").write_text("Rule 1: run the tests before committing.\n")
+    git(project, "add", "CLAUDE.md")
+    git(project, "commit", "-qm", "Add the rules")
+    (project / "app.py").write_text("print('v1')\n")
+    git(project, "add", "app.py")
+    git(project, "commit", "-qm", "Add the app")
+    (project / "app.py").write_text("print('v2')\n")
+    return project
+
+
+def tool(name: str, **tool_input: Any) -> dict[str, Any]:
+    return payload("PostToolUse", tool_name=name, tool_input=tool_input, cwd="")
+
+
+def work(orch: OrchState, project: Path) -> None:
+    orch.run_hook(payload("UserPromptSubmit", prompt="Fix the greeting in app.py"), **AGENT)
+    orch.run_hook(tool("Read", file_path=str(project / "app.py")), **AGENT)
+    orch.run_hook(tool("Edit", file_path=str(project / "app.py")), **AGENT)
+    orch.run_hook(tool("Bash", command="pytest -q tests/\necho second line"), **AGENT)
+    failed = payload("PostToolUseFailure", tool_input={"command": "make lint"}, cwd="")
+    orch.run_hook(failed, **AGENT)
+
+
+def context(orch: OrchState, agent: str = "proj:7") -> dict[str, Any]:
+    done = orch_cli(orch, "context", agent, "--json")
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_activity_is_recorded_short_and_bounded(orch: OrchState, repo: Path) -> None:
+    work(orch, repo)
+    activity = context(orch)["activity"]
+    assert [(a["kind"], a["tool"], a["target"], a["ok"]) for a in reversed(activity)] == [
+        ("prompt", None, "Fix the greeting in app.py", 1),
+        ("tool", "Read", str(repo / "app.py"), 1),
+        ("tool", "Edit", str(repo / "app.py"), 1),
+        ("tool", "Bash", "pytest -q tests/", 1),
+        ("tool", "Bash", "make lint", 0),
+    ]
+    orch.write_config("[plugin.rebrief]\nactivity_kept = 20\n")
+    for i in range(120):
+        orch.run(tool("Bash", command=f"echo {i}"), **AGENT)
+    with orch.store.transaction() as db:
+        kept = db.execute("SELECT count(*) FROM activity WHERE agent = 'proj:7'").fetchone()[0]
+    assert kept <= 20 + 50  # pruned every 50 records down to activity_kept
+
+
+def test_pre_compact_saves_a_checkpoint(orch: OrchState, repo: Path) -> None:
+    work(orch, repo)
+    Queue(orch.store).send("proj:7", "waiting", priority=5)
+    orch.run_hook(payload("PreCompact", trigger="auto", cwd=str(repo)), **AGENT)
+    saved = context(orch)["checkpoint_data"]
+    assert saved["branch"] == "feature-x"
+    assert saved["touched_files"] == [str(repo / "app.py")]
+    assert saved["recent_commands"] == ["make lint", "pytest -q tests/"]
+    assert saved["activity_summary"] == "4 tool calls (Bash 2, Edit 1, Read 1), 1 failed"
+    assert saved["pending"] == 1
+    assert saved["trigger"] == "auto"
+
+
+def test_rebrief_after_compaction_comes_first_once_then_the_queue(
+    orch: OrchState, repo: Path
+) -> None:
+    brief = orch.root / "brief.md"
+    brief.write_text("You review pull requests for the payments team.\n")
+    assert orch_cli(orch, "brief", "proj:7", str(brief), "--role", "reviewer").returncode == 0
+    work(orch, repo)
+    orch.run_hook(payload("PreCompact", cwd=str(repo)), **AGENT)
+    urgent = Queue(orch.store).send("proj:7", "URGENT: stop the deploy", priority=150)
+
+    started = orch.run_hook(payload("SessionStart", source="compact", cwd=str(repo)), **AGENT)
+    text = started.context
+    assert text is not None
+    assert text.startswith("[orch rebrief: context restored after compaction]")
+    for part in (
+        "## Agent\nAgent: proj:7; role: reviewer.",
+        "## Briefing\nYou review pull requests for the payments team.",
+        "## Project rules\n(CLAUDE.md)\nRule 1: run the tests before committing.",
+        "## Recent activity",
+        "Bash: pytest -q tests/",
+        "## Git state (read now)\nBranch feature-x at ",
+        "Uncommitted:  M app.py",
+        "Add the app",
+        "## Pending messages\n1 message(s) wait in orch's queue; they follow.",
+    ):
+        assert part in text, part
+    assert text.index("[orch rebrief") < text.index(f"[orch message {urgent['id']} ")
+    assert text.count("URGENT: stop the deploy") == 1
+    assert len(text) < 10_000
+
+    after = orch.run_hook(tool("Bash", command="ls"), **AGENT)
+    assert after.context is None  # exactly once: no repeat at the next tool call
+
+
+def test_sections_toggle_and_the_budget_holds(orch: OrchState, repo: Path) -> None:
+    (repo / "CLAUDE.md").write_text("A long rule. " * 3000)
+    orch.write_config("[plugin.rebrief]\nbudget = 3000\n[plugin.rebrief.sections]\ngit = false\n")
+    work(orch, repo)
+    text = orch.run_hook(payload("SessionStart", source="compact", cwd=str(repo)), **AGENT).context
+    assert text is not None
+    assert len(text) <= 3000
+    assert "## Git state" not in text
+    assert "## Project rules" in text and "[… trimmed to fit]" in text
+    assert "## Agent\nAgent: proj:7." in text
+
+
+def test_restart_restores_a_recent_checkpoint_only(orch: OrchState, repo: Path) -> None:
+    work(orch, repo)
+    assert orch.run_hook(payload("SessionStart", source="startup"), **AGENT).context is None
+    orch.run_hook(payload("PreCompact", cwd=str(repo)), **AGENT)
+    text = orch.run_hook(payload("SessionStart", source="startup"), **AGENT).context
+    assert text is not None
+    assert text.startswith("[orch rebrief: context restored after a restart]")
+    with orch.store.transaction() as db:
+        db.execute("UPDATE agent_context SET checkpoint_at = ?", (time.time() - 2 * 86400,))
+    assert orch.run_hook(payload("SessionStart", source="resume"), **AGENT).context is None
+
+
+def test_orch_rebrief_forces_one_at_the_next_delivery_point(orch: OrchState, repo: Path) -> None:
+    work(orch, repo)
+    assert orch_cli(orch, "rebrief", "proj:7").returncode == 0
+    first = orch.run_hook(tool("Bash", command="ls"), **AGENT).context
+    assert first is not None
+    assert first.startswith("[orch rebrief: context restored after a request (orch rebrief)]")
+    assert orch.run_hook(tool("Bash", command="ls"), **AGENT).context is None
+
+
+def test_briefing_from_stdin_and_from_the_project(orch: OrchState, repo: Path) -> None:
+    (repo / "BRIEF.md").write_text("Project-wide briefing.\n")
+    orch.write_config('[plugin.rebrief]\nbriefing_file = "BRIEF.md"\n')
+    text = orch.run_hook(payload("SessionStart", source="compact", cwd=str(repo)), **AGENT).context
+    assert text is not None and "## Briefing\nProject-wide briefing." in text
+    done = subprocess.run(
+        [ORCH, "brief", "proj:7", "-"], input="Own briefing.\n",
+        capture_output=True, text=True, env=orch.env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = orch.run_hook(payload("SessionStart", source="compact", cwd=str(repo)), **AGENT).context
+    assert text is not None and "## Briefing\nOwn briefing." in text
+    empty = orch_cli(orch, "brief", "proj:7", "/dev/null")
+    assert empty.returncode == 1 and "the briefing is empty" in empty.stderr
