@@ -15,8 +15,6 @@ from orch_core.queue import Queue
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 
-AGENT = {"ORCH_AGENT": "proj:7"}
-
 
 def git(project: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(project), *args], check=True, capture_output=True)
@@ -44,12 +42,14 @@ def tool(name: str, **tool_input: Any) -> dict[str, Any]:
 
 
 def work(orch: OrchState, project: Path) -> None:
-    orch.run_hook(payload("UserPromptSubmit", prompt="Fix the greeting in app.py"), **AGENT)
-    orch.run_hook(tool("Read", file_path=str(project / "app.py")), **AGENT)
-    orch.run_hook(tool("Edit", file_path=str(project / "app.py")), **AGENT)
-    orch.run_hook(tool("Bash", command="pytest -q tests/\necho second line"), **AGENT)
+    orch.run_hook(
+        payload("UserPromptSubmit", prompt="Fix the greeting in app.py"), ORCH_AGENT="proj:7"
+    )
+    orch.run_hook(tool("Read", file_path=str(project / "app.py")), ORCH_AGENT="proj:7")
+    orch.run_hook(tool("Edit", file_path=str(project / "app.py")), ORCH_AGENT="proj:7")
+    orch.run_hook(tool("Bash", command="pytest -q tests/\necho second line"), ORCH_AGENT="proj:7")
     failed = payload("PostToolUseFailure", tool_input={"command": "make lint"}, cwd="")
-    orch.run_hook(failed, **AGENT)
+    orch.run_hook(failed, ORCH_AGENT="proj:7")
 
 
 def context(orch: OrchState, agent: str = "proj:7") -> dict[str, Any]:
@@ -71,7 +71,7 @@ def test_activity_is_recorded_short_and_bounded(orch: OrchState, repo: Path) -> 
     ]
     orch.write_config("[plugin.rebrief]\nactivity_kept = 20\n")
     for i in range(120):
-        orch.run(tool("Bash", command=f"echo {i}"), **AGENT)
+        orch.run(tool("Bash", command=f"echo {i}"), ORCH_AGENT="proj:7")
     with orch.store.transaction() as db:
         kept = db.execute("SELECT count(*) FROM activity WHERE agent = 'proj:7'").fetchone()[0]
     assert kept <= 20 + 50  # pruned every 50 records down to activity_kept
@@ -80,7 +80,7 @@ def test_activity_is_recorded_short_and_bounded(orch: OrchState, repo: Path) -> 
 def test_pre_compact_saves_a_checkpoint(orch: OrchState, repo: Path) -> None:
     work(orch, repo)
     Queue(orch.store).send("proj:7", "waiting", priority=5)
-    orch.run_hook(payload("PreCompact", trigger="auto", cwd=str(repo)), **AGENT)
+    orch.run_hook(payload("PreCompact", trigger="auto", cwd=str(repo)), ORCH_AGENT="proj:7")
     saved = context(orch)["checkpoint_data"]
     assert saved["branch"] == "feature-x"
     assert saved["touched_files"] == [str(repo / "app.py")]
@@ -97,10 +97,12 @@ def test_rebrief_after_compaction_comes_first_once_then_the_queue(
     brief.write_text("You review pull requests for the payments team.\n")
     assert orch_cli(orch, "brief", "proj:7", str(brief), "--role", "reviewer").returncode == 0
     work(orch, repo)
-    orch.run_hook(payload("PreCompact", cwd=str(repo)), **AGENT)
+    orch.run_hook(payload("PreCompact", cwd=str(repo)), ORCH_AGENT="proj:7")
     urgent = Queue(orch.store).send("proj:7", "URGENT: stop the deploy", priority=150)
 
-    started = orch.run_hook(payload("SessionStart", source="compact", cwd=str(repo)), **AGENT)
+    started = orch.run_hook(
+        payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7"
+    )
     text = started.context
     assert text is not None
     assert text.startswith("[orch rebrief: context restored after compaction]")
@@ -120,7 +122,7 @@ def test_rebrief_after_compaction_comes_first_once_then_the_queue(
     assert text.count("URGENT: stop the deploy") == 1
     assert len(text) < 10_000
 
-    after = orch.run_hook(tool("Bash", command="ls"), **AGENT)
+    after = orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7")
     assert after.context is None  # exactly once: no repeat at the next tool call
 
 
@@ -128,7 +130,9 @@ def test_sections_toggle_and_the_budget_holds(orch: OrchState, repo: Path) -> No
     (repo / "CLAUDE.md").write_text("A long rule. " * 3000)
     orch.write_config("[plugin.rebrief]\nbudget = 3000\n[plugin.rebrief.sections]\ngit = false\n")
     work(orch, repo)
-    text = orch.run_hook(payload("SessionStart", source="compact", cwd=str(repo)), **AGENT).context
+    text = orch.run_hook(
+        payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7"
+    ).context
     assert text is not None
     assert len(text) <= 3000
     assert "## Git state" not in text
@@ -138,36 +142,45 @@ def test_sections_toggle_and_the_budget_holds(orch: OrchState, repo: Path) -> No
 
 def test_restart_restores_a_recent_checkpoint_only(orch: OrchState, repo: Path) -> None:
     work(orch, repo)
-    assert orch.run_hook(payload("SessionStart", source="startup"), **AGENT).context is None
-    orch.run_hook(payload("PreCompact", cwd=str(repo)), **AGENT)
-    text = orch.run_hook(payload("SessionStart", source="startup"), **AGENT).context
+    assert (
+        orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="proj:7").context
+        is None
+    )
+    orch.run_hook(payload("PreCompact", cwd=str(repo)), ORCH_AGENT="proj:7")
+    text = orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="proj:7").context
     assert text is not None
     assert text.startswith("[orch rebrief: context restored after a restart]")
     with orch.store.transaction() as db:
         db.execute("UPDATE agent_context SET checkpoint_at = ?", (time.time() - 2 * 86400,))
-    assert orch.run_hook(payload("SessionStart", source="resume"), **AGENT).context is None
+    assert (
+        orch.run_hook(payload("SessionStart", source="resume"), ORCH_AGENT="proj:7").context is None
+    )
 
 
 def test_orch_rebrief_forces_one_at_the_next_delivery_point(orch: OrchState, repo: Path) -> None:
     work(orch, repo)
     assert orch_cli(orch, "rebrief", "proj:7").returncode == 0
-    first = orch.run_hook(tool("Bash", command="ls"), **AGENT).context
+    first = orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7").context
     assert first is not None
     assert first.startswith("[orch rebrief: context restored after a request (orch rebrief)]")
-    assert orch.run_hook(tool("Bash", command="ls"), **AGENT).context is None
+    assert orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7").context is None
 
 
 def test_briefing_from_stdin_and_from_the_project(orch: OrchState, repo: Path) -> None:
     (repo / "BRIEF.md").write_text("Project-wide briefing.\n")
     orch.write_config('[plugin.rebrief]\nbriefing_file = "BRIEF.md"\n')
-    text = orch.run_hook(payload("SessionStart", source="compact", cwd=str(repo)), **AGENT).context
+    text = orch.run_hook(
+        payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7"
+    ).context
     assert text is not None and "## Briefing\nProject-wide briefing." in text
     done = subprocess.run(
         [ORCH, "brief", "proj:7", "-"], input="Own briefing.\n",
         capture_output=True, text=True, env=orch.env, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    text = orch.run_hook(payload("SessionStart", source="compact", cwd=str(repo)), **AGENT).context
+    text = orch.run_hook(
+        payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7"
+    ).context
     assert text is not None and "## Briefing\nOwn briefing." in text
     empty = orch_cli(orch, "brief", "proj:7", "/dev/null")
     assert empty.returncode == 1 and "the briefing is empty" in empty.stderr
