@@ -1,0 +1,68 @@
+"""Rebrief end to end: real Claude Code, ``/compact`` typed into its pane, then the next request
+the model receives holds the briefing, the branch, the uncommitted file and the recent commands,
+once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orch_core.store import SQLiteStore
+from orch_core.testing.claude import ClaudeFactory, wait_until
+from orch_core.testing.standin import StandInAPI
+
+pytestmark = pytest.mark.claude
+
+ORCH = os.path.join(os.path.dirname(sys.executable), "orch")
+BRIEFING = "You are the release engineer of the payments team; ship version 2.4."
+
+
+def git(project: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(project), *args], check=True, capture_output=True)
+
+
+def test_the_request_after_compact_holds_the_rebrief_once(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
+) -> None:
+    git(project, "init", "-q", "-b", "release-2.4")
+    git(project, "-c", "user.email=t@example.com", "-c", "user.name=T", "commit", "-q",
+        "--allow-empty", "-m", "Start the release")  # fmt: skip
+    (project / "CHANGELOG.md").write_text("2.4: faster refunds\n")
+    env = {
+        "ORCH_STATE_DIR": str(tmp_path / "state"),
+        "ORCH_DB": str(tmp_path / "state" / "orch.db"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "ORCH_AGENT": "pay:1",
+    }
+    run_env = {**os.environ, **env}
+    subprocess.run([ORCH, "install", str(project)], check=True, env=run_env)
+    subprocess.run([ORCH, "brief", "pay:1", "-"], input=BRIEFING, text=True, check=True,
+                   env=run_env)  # fmt: skip
+
+    standin.reply_tool_use("Bash", {"command": "git status --short", "description": "Status"})
+    standin.reply_text("The changelog is not committed yet.")
+    session = claude(env=env)
+    session.prompt("Check the release state.")
+    session.wait_for_requests(2)
+    store = SQLiteStore(env["ORCH_DB"])
+
+    def compactions() -> int:
+        return [(r["event"], r["exit_code"]) for r in store.runs(100)].count(("SessionStart", 0))
+
+    session.prompt("/compact")
+    wait_until(lambda: compactions() == 2, what="SessionStart after /compact")
+    standin.reply_text("Continuing.")
+    session.prompt("Go on.")
+    requests = session.wait_for_requests(3)
+    after = requests[2].text()
+    assert after.count("[orch rebrief: context restored after compaction]") == 1
+    assert after.count(BRIEFING) == 1
+    assert "Branch release-2.4 at " in after
+    assert "?? CHANGELOG.md" in after
+    assert "Bash: git status --short" in after
+    assert "Agent: pay:1." in after
+    assert "[orch rebrief" not in requests[1].text()
