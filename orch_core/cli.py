@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import __version__, install, plugins, queue_cli
+from orch_core import __version__, install, lifecycle_cli, plugins, queue_cli
 
 if TYPE_CHECKING:
     from typing import Any
@@ -122,7 +122,7 @@ def doctor_command(directory: str | None) -> None:
         sys.exit(1)
 
 
-for command in queue_cli.COMMANDS:
+for command in (*queue_cli.COMMANDS, *lifecycle_cli.COMMANDS):
     cli.add_command(command)
 
 

@@ -91,12 +91,16 @@ def send_command(agent: str, text: str, priority: str, sender: str | None, key: 
             raise QueueError(f"priority must be an integer, not {priority!r}") from None
         if not 0 <= level <= MAX_SEND_PRIORITY:
             raise QueueError(f"priority {level} is out of range 0-{MAX_SEND_PRIORITY}")
-        if delay and at:
+        if delay is not None and at is not None:
             raise QueueError("give --in or --at, not both")
-        not_before = time.time() + parse_duration(delay) if delay else _at(at) if at else None
+        not_before = (
+            time.time() + parse_duration(delay) if delay is not None
+            else _at(at) if at is not None else None
+        )  # fmt: skip
         return api.send(
             "*" if all_agents else agent, text, priority=level, sender=sender, key=key,
-            ttl=parse_duration(ttl) if ttl else None, after=after, not_before=not_before,
+            ttl=parse_duration(ttl) if ttl is not None else None, after=after,
+            not_before=not_before,
         )  # fmt: skip
 
     receipts = _guarded(go)
@@ -121,7 +125,7 @@ def send_command(agent: str, text: str, priority: str, sender: str | None, key: 
 
 def _push(receipt: dict[str, Any], text: str) -> None:
     """Type the message into the agent's pane the old way, safely: argv, -l, a separate Enter."""
-    from orch_builtin.idle import type_line
+    from orch_core.tmux import type_line
 
     queue = _queue()
     target = queue.store.agent_pane(receipt["agent"]) or (receipt["agent"], None)

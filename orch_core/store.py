@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -114,6 +114,41 @@ MIGRATIONS: dict[int, str] = {
         rebrief_pending INTEGER NOT NULL DEFAULT 0,
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL
+    );
+    """,
+    4: """
+    CREATE TABLE launch_specs (
+        agent TEXT PRIMARY KEY,
+        argv TEXT NOT NULL,
+        cwd TEXT NOT NULL,
+        env TEXT NOT NULL,
+        tmux_socket TEXT,
+        tmux_session TEXT NOT NULL,
+        pane TEXT,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE recoveries (
+        id INTEGER PRIMARY KEY,
+        agent TEXT NOT NULL,
+        created REAL NOT NULL,
+        reason TEXT NOT NULL,
+        step TEXT NOT NULL,
+        due REAL NOT NULL,
+        state TEXT NOT NULL,
+        started REAL,
+        verify_by REAL,
+        finished REAL,
+        outcome TEXT
+    );
+    CREATE INDEX recoveries_agent ON recoveries(agent, created);
+    CREATE INDEX recoveries_state ON recoveries(state, due);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        agent TEXT,
+        ts REAL NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL
     );
     """,
 }

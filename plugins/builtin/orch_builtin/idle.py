@@ -10,16 +10,16 @@ prompt). A message body is never typed.
 
 from __future__ import annotations
 
-import os
-
-from orch_core import hookimpl, paths
+from orch_core import hookimpl, log, paths, tmux
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
     from orch_core.context import HookContext
+    from orch_core.store import Store
 
 WAKE_LINE = "orch: new messages are waiting for you."
 DEFAULTS: dict[str, Any] = {"rewake_seconds": 30}
@@ -32,40 +32,22 @@ def orch_config_defaults() -> dict[str, Any]:
 
 @hookimpl
 def orch_message_enqueued(message: dict[str, Any], ctx: HookContext) -> None:
-    agent = message["agent"]
-    target = ctx.store.agent_pane(agent)
-    if target is None:
-        return
     stale = float({**DEFAULTS, **ctx.config}["rewake_seconds"])
-    if not ctx.store.transition(agent, "waking", only_from=("idle",), or_stale=("waking", stale)):
-        return
-    ctx.fire("orch_agent_state_changed", agent=agent, old="idle", new="waking")
-    pane, socket = target
-    if not type_line(pane, socket, WAKE_LINE, paths.state_dir(ctx.env)):
-        ctx.log("could not wake the agent", level="warning", pane=pane)
+    if wake(ctx.store, message["agent"], ctx.env, stale):
+        ctx.fire("orch_agent_state_changed", agent=message["agent"], old="idle", new="waking")
 
 
-def type_line(pane: str, socket: str | None, text: str, state_dir: str) -> bool:
-    """Type ``text`` into ``pane`` literally and press Enter, under the pane's lock."""
-    import fcntl
-    import subprocess
-
-    server = ["-S", socket] if socket else []
-    lock_name = "".join(c if c.isalnum() else "_" for c in f"{socket or 'default'}{pane}")
-    folder = os.path.join(state_dir, "locks")
-    paths.ensure_private_dir(folder)
-    fd = os.open(os.path.join(folder, f"{lock_name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        for keys in (["-l", "--", text], ["Enter"]):
-            done = subprocess.run(
-                ["tmux", *server, "send-keys", "-t", pane, *keys],
-                capture_output=True, timeout=5, check=False,
-            )  # fmt: skip
-            if done.returncode != 0:
-                return False
-        return True
-    except (OSError, subprocess.SubprocessError):
+def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float) -> bool:
+    """Type the wake-up line into an idle agent's pane, once per batch; whether it did."""
+    target = store.agent_pane(agent)
+    if target is None:
         return False
-    finally:
-        os.close(fd)
+    if not store.transition(
+        agent, "waking", only_from=("idle",), or_stale=("waking", rewake_seconds)
+    ):
+        return False
+    pane, socket = target
+    if tmux.type_line(pane, socket, WAKE_LINE, paths.state_dir(env)):
+        return True
+    log.write("warning", "could not wake the agent", env, agent=agent, pane=pane)
+    return False

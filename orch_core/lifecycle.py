@@ -1,0 +1,573 @@
+"""Agents orch runs: launch specs, failure classification, the recovery ladder, the supervisor.
+
+Hooks only *schedule* a recovery (one row in ``recoveries``); the long-running ``orch supervise``
+carries it out, then verifies it: a re-prompt counts when the agent's next prompt hook arrives, a
+restart when its SessionStart arrives, each within ``verify_seconds``. A failed step climbs the
+ladder: re-prompt → restart in the same window keeping the conversation (``--continue``) → fresh
+start → give up (``failed`` plus an alert). At most ``max_restarts_per_hour`` restarts per agent,
+with exponential backoff and jitter; the history lives in the database, so limits survive a
+restart of the supervisor itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from orch_core import paths, tmux
+from orch_core.store import SQLiteStore
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: StopFailure ``error`` values that no restart can fix.
+FATAL = (
+    "authentication_failed",
+    "billing_error",
+    "oauth_org_not_allowed",
+    "model_not_found",
+    "invalid_request",
+)
+LADDER = ("reprompt", "restart", "fresh", "give_up")
+ACTIVE = ("scheduled", "running", "verifying")
+DEFAULTS: dict[str, Any] = {
+    "max_restarts_per_hour": 3,
+    "backoff_base": 10.0,  # seconds, doubling per recovery in the last hour...
+    "backoff_cap": 300.0,  # ...up to this
+    "jitter": 0.2,
+    "rate_limit_wait": 900.0,  # when the error does not say when the limit resets
+    "verify_seconds": 90.0,
+    "hung_after": 1800.0,  # busy with no hook for this long
+    "error_patterns": [],  # Notification messages (regular expressions) that mean a restart
+    "continue_args": ["--continue"],
+    "reprompt_line": "orch: the last request failed; please continue where you left off.",
+}
+SPAWN_ENV = ("ORCH_DB", "ORCH_STATE_DIR", "XDG_CONFIG_HOME", "XDG_STATE_HOME")
+
+
+class LifecycleError(Exception):
+    """A one-line reason a lifecycle command cannot proceed."""
+
+
+def settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {**DEFAULTS, **(config or {})}
+
+
+def classify(error: str | None) -> str:
+    """``fatal``, ``wait`` (rate limit: wait for the reset) or ``transient``, from the
+    structured StopFailure ``error`` field only, never from assistant text."""
+    if error in FATAL:
+        return "fatal"
+    return "wait" if error == "rate_limit" else "transient"
+
+
+# -- launch specs ------------------------------------------------------------------------------
+
+
+def get_spec(store: SQLiteStore, agent: str) -> dict[str, Any] | None:
+    cur = store.conn.execute("SELECT * FROM launch_specs WHERE agent = ?", (agent,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    spec = dict(zip([d[0] for d in cur.description], row, strict=True))
+    spec["argv"], spec["env"] = json.loads(spec["argv"]), json.loads(spec["env"])
+    return spec
+
+
+def save_spec(
+    store: SQLiteStore,
+    agent: str,
+    *,
+    argv: list[str],
+    cwd: str,
+    env: dict[str, str],
+    socket: str | None,
+    session: str,
+    pane: str | None,
+) -> None:
+    now = time.time()
+    with store.transaction() as tx:
+        tx.execute(
+            """INSERT INTO launch_specs (agent, argv, cwd, env, tmux_socket, tmux_session, pane,
+                                         created, updated)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) ON CONFLICT (agent) DO UPDATE SET
+                 argv = ?2, cwd = ?3, env = ?4, tmux_socket = ?5, tmux_session = ?6, pane = ?7,
+                 updated = ?8""",
+            (agent, json.dumps(argv), cwd, json.dumps(env), socket, session, pane, now),
+        )
+
+
+def check_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise LifecycleError(
+            f"invalid agent name {name!r}: letters, digits, '.', '_', '-'; "
+            "at most 64, starting with a letter or digit"
+        )
+    return name
+
+
+def pane_env(agent: str, extra: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """What the agent's pane gets: its extra variables, orch's state location, ORCH_AGENT."""
+    inherited = {key: env[key] for key in SPAWN_ENV if env.get(key)}
+    return {**inherited, **extra, "ORCH_AGENT": agent}
+
+
+def spawn(
+    store: SQLiteStore,
+    name: str,
+    *,
+    cwd: str,
+    argv: list[str],
+    session: str,
+    extra_env: Mapping[str, str],
+    env: Mapping[str, str],
+) -> dict[str, Any]:
+    """Start an agent in a new tmux window and keep its launch spec; return the spec."""
+    check_name(name)
+    if not os.path.isdir(cwd):
+        raise LifecycleError(f"no such directory: {cwd}")
+    existing = get_spec(store, name)
+    if existing and tmux.pane_state(existing["pane"] or "", existing["tmux_socket"]) == "alive":
+        raise LifecycleError(f"agent {name} is already running in pane {existing['pane']}")
+    socket = env.get("ORCH_TMUX_SOCKET") or None
+    variables = pane_env(name, extra_env, env)
+    try:
+        pane = tmux.start(socket, session, name, cwd, variables, argv)
+    except tmux.TmuxError as exc:
+        raise LifecycleError(str(exc)) from None
+    save_spec(
+        store,
+        name,
+        argv=argv,
+        cwd=cwd,
+        env=dict(extra_env),
+        socket=socket,
+        session=session,
+        pane=pane,
+    )
+    store.set_agent_state(name, "starting", session_id=None, project_dir=cwd)
+    spec = get_spec(store, name)
+    assert spec is not None
+    return spec
+
+
+def relaunch(
+    store: SQLiteStore,
+    agent: str,
+    *,
+    fresh: bool,
+    env: Mapping[str, str],
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Restart the agent in its own window (a new one if that is gone), keeping the
+    conversation unless ``fresh``. A checkpoint is saved first, so the rebrief follows."""
+    spec = get_spec(store, agent)
+    if spec is None:
+        raise LifecycleError(
+            f"no launch spec for {agent}: start it with `orch spawn` or "
+            "describe it with `orch adopt`"
+        )
+    argv = list(spec["argv"])
+    if not fresh:
+        argv += list(settings(config)["continue_args"])
+    variables = pane_env(agent, spec["env"], env)
+    save_checkpoint(store, agent, spec["cwd"])
+    try:
+        if spec["pane"] and tmux.pane_state(spec["pane"], spec["tmux_socket"]) != "gone":
+            tmux.respawn(spec["pane"], spec["tmux_socket"], spec["cwd"], variables, argv)
+        else:
+            spec["pane"] = tmux.start(
+                spec["tmux_socket"], spec["tmux_session"], agent, spec["cwd"], variables, argv
+            )
+            save_spec(
+                store,
+                agent,
+                argv=spec["argv"],
+                cwd=spec["cwd"],
+                env=spec["env"],
+                socket=spec["tmux_socket"],
+                session=spec["tmux_session"],
+                pane=spec["pane"],
+            )
+    except tmux.TmuxError as exc:
+        raise LifecycleError(str(exc)) from None
+    store.set_agent_state(agent, "starting", session_id=None, project_dir=spec["cwd"])
+    return spec
+
+
+def save_checkpoint(store: SQLiteStore, agent: str, cwd: str) -> None:
+    """Keep what the agent was doing, so its SessionStart after the restart is rebriefed."""
+    from orch_builtin import rebrief
+
+    data = rebrief.checkpoint(store, agent, cwd, dict(rebrief.DEFAULTS))
+    data["trigger"] = "restart"
+    rebrief.update_context(store, agent, checkpoint_data=json.dumps(data), checkpoint_at=data["at"])
+
+
+def stop(store: SQLiteStore, agent: str) -> None:
+    """Stop the agent and everything scheduled for it; the supervisor leaves it alone."""
+    spec = get_spec(store, agent)
+    if spec and spec["pane"]:
+        try:
+            tmux.tmux(spec["tmux_socket"], "kill-pane", "-t", spec["pane"])
+        except tmux.TmuxError:
+            pass  # already gone
+    cancel_recoveries(store, agent, "stopped by a user")
+    store.set_agent_state(agent, "stopped", session_id=None, project_dir=None)
+
+
+# -- recoveries ---------------------------------------------------------------------------------
+
+
+def cancel_recoveries(store: SQLiteStore, agent: str, why: str) -> None:
+    with store.transaction() as tx:
+        tx.execute(
+            "UPDATE recoveries SET state = 'cancelled', outcome = ?, finished = ?"
+            " WHERE agent = ? AND state IN ('scheduled', 'running', 'verifying')",
+            (why, time.time(), agent),
+        )
+
+
+def alert(store: SQLiteStore, agent: str, kind: str, message: str) -> None:
+    with store.transaction() as tx:
+        tx.execute(
+            "INSERT INTO alerts (agent, ts, kind, message) VALUES (?, ?, ?, ?)",
+            (agent, time.time(), kind, message),
+        )
+
+
+def give_up(store: SQLiteStore, agent: str, reason: str) -> None:
+    """No more automatic recovery: ``failed`` and an alert, until a user acts."""
+    now = time.time()
+    cancel_recoveries(store, agent, "gave up")
+    with store.transaction() as tx:
+        tx.execute(
+            "INSERT INTO recoveries (agent, created, reason, step, due, state, started,"
+            " finished, outcome) VALUES (?, ?, ?, 'give_up', ?, 'done', ?, ?, 'failed')",
+            (agent, now, reason, now, now, now),
+        )
+    store.set_agent_state(agent, "failed", session_id=None, project_dir=None)
+    alert(store, agent, "failed", f"{agent} failed: {reason}; no automatic restart")
+
+
+def restarts_last_hour(store: SQLiteStore, agent: str, now: float) -> int:
+    return int(
+        store.conn.execute(
+            "SELECT count(*) FROM recoveries WHERE agent = ? AND step IN ('restart', 'fresh')"
+            " AND started IS NOT NULL AND created > ?",
+            (agent, now - 3600),
+        ).fetchone()[0]
+    )
+
+
+def schedule(
+    store: SQLiteStore,
+    agent: str,
+    reason: str,
+    step: str,
+    config: Mapping[str, Any] | None = None,
+    *,
+    wait: float | None = None,
+    now: float | None = None,
+) -> dict[str, Any] | None:
+    """Plan ``step`` for ``agent`` after its backoff; ``None`` if a recovery is already under
+    way. A restart past the hourly limit gives up instead."""
+    now = time.time() if now is None else now
+    conf = settings(config)
+    if step == "give_up":
+        give_up(store, agent, reason)
+        return None
+    if step in ("restart", "fresh") and restarts_last_hour(store, agent, now) >= int(
+        conf["max_restarts_per_hour"]
+    ):
+        give_up(store, agent, f"{reason}; {conf['max_restarts_per_hour']} restarts this hour")
+        return None
+    with store.transaction() as tx:
+        busy = tx.execute(
+            "SELECT 1 FROM recoveries WHERE agent = ? AND state IN ('scheduled', 'running',"
+            " 'verifying')",
+            (agent,),
+        ).fetchone()
+        if busy:
+            return None
+        recent = tx.execute(
+            "SELECT count(*) FROM recoveries WHERE agent = ? AND created > ?", (agent, now - 3600)
+        ).fetchone()[0]
+        if wait is None:
+            wait = min(float(conf["backoff_cap"]), float(conf["backoff_base"]) * 2**recent)
+            wait *= 1 + random.uniform(-1, 1) * float(conf["jitter"])
+        cur = tx.execute(
+            "INSERT INTO recoveries (agent, created, reason, step, due, state)"
+            " VALUES (?, ?, ?, ?, ?, 'scheduled')",
+            (agent, now, reason, step, now + wait),
+        )
+        return {"id": cur.lastrowid, "agent": agent, "step": step, "due": now + wait}
+
+
+def history(store: SQLiteStore, agent: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    sql, args = "SELECT * FROM recoveries", []
+    if agent:
+        sql, args = sql + " WHERE agent = ?", [agent]
+    cur = store.conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+# -- the supervisor -----------------------------------------------------------------------------
+
+
+class Supervisor:
+    """Carries out and verifies recoveries, watches panes, finds hung agents, expires TTLs and
+    retries wake-ups. One per machine (a lock in the state directory)."""
+
+    def __init__(self, env: Mapping[str, str], *, watch_every: float = 2.0) -> None:
+        self.env = env
+        self.store = SQLiteStore(paths.db_path(env))
+        self.watch_every = watch_every
+        self._watched = 0.0
+
+    def config(self, agent: str) -> dict[str, Any]:
+        """The auto_restart settings of the agent's project."""
+        from orch_core import plan
+
+        row = self.store.conn.execute(
+            "SELECT coalesce(s.cwd, a.project_dir) FROM agents a LEFT JOIN launch_specs s"
+            " ON s.agent = a.id WHERE a.id = ?",
+            (agent,),
+        ).fetchone()
+        project = row[0] if row and row[0] else paths.project_dir(self.env)
+        try:
+            return settings(plan.load(self.env, project).config.get("auto_restart"))
+        except Exception:
+            return settings(None)
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if now - self._watched >= self.watch_every:
+            self._watched = now
+            self.watch(now)
+        self.verify(now)
+        self.run_due(now)
+        self.upkeep(now)
+
+    def watch(self, now: float) -> None:
+        """Dead or vanished panes of spawned agents, and agents busy without a hook too long."""
+        rows = self.store.conn.execute(
+            "SELECT s.agent, s.pane, s.tmux_socket, a.state, a.last_seen FROM launch_specs s"
+            " LEFT JOIN agents a ON a.id = s.agent"
+        ).fetchall()
+        for agent, pane, socket, state, last_seen in rows:
+            if state in ("failed", "stopped"):
+                continue
+            found = tmux.pane_state(pane or "", socket)
+            if found != "alive":
+                schedule(self.store, agent, f"pane {found}", "restart", self.config(agent), now=now)
+            elif (
+                state == "busy"
+                and last_seen
+                and now - last_seen > float(self.config(agent)["hung_after"])
+            ):
+                schedule(
+                    self.store,
+                    agent,
+                    "hung: busy with no hook",
+                    "restart",
+                    self.config(agent),
+                    now=now,
+                )
+
+    def run_due(self, now: float) -> None:
+        due = self.store.conn.execute(
+            "SELECT id, agent, step, reason FROM recoveries WHERE state = 'scheduled'"
+            " AND due <= ? ORDER BY due",
+            (now,),
+        ).fetchall()
+        for recovery_id, agent, step, reason in due:
+            with self.store.transaction() as tx:
+                claimed = tx.execute(
+                    "UPDATE recoveries SET state = 'running', started = ? WHERE id = ?"
+                    " AND state = 'scheduled'",
+                    (now, recovery_id),
+                ).rowcount
+            if claimed:
+                self.carry_out(recovery_id, agent, step, reason, now)
+
+    def carry_out(self, recovery_id: int, agent: str, step: str, reason: str, now: float) -> None:
+        conf = self.config(agent)
+        try:
+            if step == "reprompt":
+                target = self.store.agent_pane(agent)
+                spec = get_spec(self.store, agent)
+                if spec and spec["pane"]:
+                    target = (spec["pane"], spec["tmux_socket"])
+                if target is None or not tmux.type_line(
+                    target[0], target[1], str(conf["reprompt_line"]), paths.state_dir(self.env)
+                ):
+                    raise LifecycleError("could not type into the agent's pane")
+            else:
+                relaunch(self.store, agent, fresh=step == "fresh", env=self.env, config=conf)
+                self.fire(
+                    "orch_agent_restarted",
+                    agent=agent,
+                    attempt=restarts_last_hour(self.store, agent, now),
+                    reason=reason,
+                )
+        except LifecycleError as exc:
+            self.finish(recovery_id, "failed", str(exc), now)
+            self.escalate(agent, step, reason, now)
+            return
+        with self.store.transaction() as tx:
+            tx.execute(
+                "UPDATE recoveries SET state = 'verifying', verify_by = ? WHERE id = ?",
+                (now + float(conf["verify_seconds"]), recovery_id),
+            )
+
+    def verify(self, now: float) -> None:
+        """A re-prompt worked when a prompt hook followed; a restart when SessionStart did."""
+        rows = self.store.conn.execute(
+            "SELECT id, agent, step, reason, started, verify_by FROM recoveries"
+            " WHERE state = 'verifying'"
+        ).fetchall()
+        for recovery_id, agent, step, reason, started, verify_by in rows:
+            event = "UserPromptSubmit" if step == "reprompt" else "SessionStart"
+            seen = self.store.conn.execute(
+                "SELECT 1 FROM hook_runs WHERE agent = ? AND event = ? AND ts > ? LIMIT 1",
+                (agent, event, started),
+            ).fetchone()
+            if seen:
+                self.finish(recovery_id, "done", f"{event} arrived", now)
+            elif now > verify_by:
+                self.finish(recovery_id, "failed", f"no {event} in time", now)
+                self.escalate(agent, step, reason, now)
+
+    def escalate(self, agent: str, step: str, reason: str, now: float) -> None:
+        """The next rung of the ladder, right away (its limits still apply)."""
+        following = LADDER[min(LADDER.index(step) + 1, len(LADDER) - 1)]
+        schedule(
+            self.store,
+            agent,
+            f"{reason}; {step} did not work",
+            following,
+            self.config(agent),
+            wait=0.0,
+            now=now,
+        )
+
+    def finish(self, recovery_id: int, state: str, outcome: str, now: float) -> None:
+        with self.store.transaction() as tx:
+            tx.execute(
+                "UPDATE recoveries SET state = ?, outcome = ?, finished = ? WHERE id = ?",
+                (state, outcome, now, recovery_id),
+            )
+
+    def upkeep(self, now: float) -> None:
+        """Expire TTLs, and wake idle agents whose messages became deliverable (``--in``)."""
+        from orch_builtin import idle
+
+        from orch_core.queue import Queue
+
+        queue = Queue(self.store)
+        queue.sweep(now)
+        idle_agents = self.store.conn.execute(
+            "SELECT id FROM agents WHERE state IN ('idle', 'waking')"
+        ).fetchall()
+        for (agent,) in idle_agents:
+            if queue.has_ready(agent, now):
+                idle.wake(self.store, agent, self.env, float(idle.DEFAULTS["rewake_seconds"]))
+
+    def fire(self, hook: str, **kwargs: Any) -> None:
+        from orch_core import dispatch, plan
+        from orch_core.context import Runtime
+
+        project = paths.project_dir(self.env)
+        loaded = plan.load(self.env, project)
+        runtime = Runtime(
+            store=self.store,
+            env=self.env,
+            project_dir=project,
+            agent=kwargs.get("agent"),
+            config=loaded.config,
+        )
+        dispatch.observers(loaded, runtime)(hook, kwargs)
+
+    def run(self, seconds: float | None = None, interval: float = 0.5) -> bool:
+        """Tick until ``seconds`` pass (for ever when ``None``); ``False`` if another
+        supervisor holds the lock."""
+        lock = supervisor_lock(self.env, blocking=False)
+        if lock is None:
+            return False
+        end = None if seconds is None else time.monotonic() + seconds
+        try:
+            while end is None or time.monotonic() < end:
+                try:
+                    self.tick()
+                except Exception as exc:  # keep supervising; say what went wrong
+                    from orch_core import log
+
+                    log.write("error", "supervisor tick failed", self.env, error=repr(exc))
+                time.sleep(interval)
+        finally:
+            os.close(lock)
+        return True
+
+
+def lock_path(env: Mapping[str, str]) -> str:
+    return os.path.join(paths.state_dir(env), "supervise.lock")
+
+
+def supervisor_lock(env: Mapping[str, str], *, blocking: bool) -> int | None:
+    """The single-instance lock, as an open fd, or ``None`` when another process holds it."""
+    import fcntl
+
+    paths.ensure_private_dir(paths.state_dir(env))
+    fd = os.open(lock_path(env), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def supervisor_running(env: Mapping[str, str]) -> int | None:
+    """The supervisor's pid if one runs, else ``None``."""
+    fd = supervisor_lock(env, blocking=False)
+    if fd is not None:
+        os.close(fd)
+        return None
+    try:
+        with open(lock_path(env)) as f:
+            return int(f.read().strip() or 0) or -1
+    except (OSError, ValueError):
+        return -1
+
+
+def ensure_supervisor(env: Mapping[str, str]) -> None:
+    """Start ``orch supervise`` in the background unless one runs already."""
+    import subprocess
+
+    if supervisor_running(env):
+        return
+    orch = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "orch")
+    log = os.path.join(paths.state_dir(env), "supervise.log")
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        subprocess.Popen(
+            [orch, "supervise"],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            start_new_session=True,
+        )
+    finally:
+        os.close(fd)

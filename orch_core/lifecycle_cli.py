@@ -1,0 +1,165 @@
+"""``orch spawn``, ``orch restart``, ``orch stop``, ``orch adopt`` and ``orch supervise``."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sqlite3
+from typing import TYPE_CHECKING
+
+import click
+
+from orch_core import install, lifecycle, paths
+from orch_core.store import SQLiteStore, StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TextIO, TypeVar
+
+    T = TypeVar("T")
+
+DEFAULT_COMMAND = "claude"
+
+
+def _store() -> SQLiteStore:
+    return SQLiteStore(paths.db_path(os.environ))
+
+
+def _guarded(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except (lifecycle.LifecycleError, install.InstallError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"{paths.db_path(os.environ)}: {exc}") from None
+
+
+def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    extra = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.ClickException(f"--env takes KEY=VALUE, not {pair!r}")
+        extra[key] = value
+    return extra
+
+
+@click.command("spawn")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The project the agent works in (hooks are installed there).",
+)
+@click.option("--session", default="orch", show_default=True, help="tmux session to use.")
+@click.option("--brief", type=click.File("r", encoding="utf-8"), help="Briefing for the agent.")
+@click.option(
+    "--command",
+    "command",
+    default=DEFAULT_COMMAND,
+    show_default=True,
+    help="How to start the agent, split like a shell would (no shell runs it).",
+)
+@click.option("--env", "env_pairs", multiple=True, help="KEY=VALUE for the agent's pane.")
+def spawn_command(
+    name: str,
+    directory: str,
+    session: str,
+    brief: TextIO | None,
+    command: str,
+    env_pairs: tuple[str, ...],
+) -> None:
+    """Start agent NAME in a new tmux window, with orch's hooks, its briefing, and a launch
+    spec orch restarts it from."""
+    argv = shlex.split(command)
+    if not argv:
+        raise click.ClickException("--command is empty")
+    cwd = os.path.abspath(directory)
+    store = _store()
+    _guarded(lambda: lifecycle.check_name(name))
+    _guarded(lambda: install.install(cwd))
+    if brief is not None:
+        from orch_builtin import rebrief
+
+        text = brief.read()
+        _guarded(lambda: rebrief.update_context(store, name, briefing_content=text))
+    spec = _guarded(
+        lambda: lifecycle.spawn(
+            store,
+            name,
+            cwd=cwd,
+            argv=argv,
+            session=session,
+            extra_env=_env_pairs(env_pairs),
+            env=os.environ,
+        )
+    )
+    lifecycle.ensure_supervisor(os.environ)
+    click.echo(f"spawned {name} in tmux pane {spec['pane']} (session {session}), in {cwd}")
+
+
+@click.command("restart")
+@click.argument("agent")
+@click.option("--fresh", is_flag=True, help="Start a new conversation instead of continuing.")
+def restart_command(agent: str, fresh: bool) -> None:
+    """Restart AGENT in its window now, keeping its conversation unless --fresh."""
+    store = _store()
+    lifecycle.cancel_recoveries(store, agent, "replaced by orch restart")
+    spec = _guarded(lambda: lifecycle.relaunch(store, agent, fresh=fresh, env=os.environ))
+    click.echo(f"restarted {agent} in pane {spec['pane']}" + (" (fresh)" if fresh else ""))
+
+
+@click.command("stop")
+@click.argument("agent")
+def stop_command(agent: str) -> None:
+    """Stop AGENT; orch will not restart it until you do."""
+    _guarded(lambda: lifecycle.stop(_store(), agent))
+    click.echo(f"stopped {agent}")
+
+
+@click.command("adopt")
+@click.argument("agent")
+@click.option(
+    "--command",
+    "command",
+    default=DEFAULT_COMMAND,
+    show_default=True,
+    help="How the agent is started, split like a shell would.",
+)
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
+@click.option("--pane", help="Its tmux pane (e.g. %3); default: the pane its hooks reported.")
+@click.option("--session", default="orch", show_default=True)
+def adopt_command(agent: str, command: str, directory: str, pane: str | None, session: str) -> None:
+    """Give a hand-started AGENT a launch spec, so orch can restart it."""
+    store = _store()
+    known = store.agent_pane(agent)
+    pane = pane or (known[0] if known else None)
+    socket = known[1] if known else os.environ.get("ORCH_TMUX_SOCKET")
+    _guarded(
+        lambda: lifecycle.save_spec(
+            store,
+            agent,
+            argv=shlex.split(command),
+            cwd=os.path.abspath(directory),
+            env={},
+            socket=socket,
+            session=session,
+            pane=pane,
+        )
+    )
+    click.echo(f"{agent} adopted" + (f" (pane {pane})" if pane else " (no pane known yet)"))
+
+
+@click.command("supervise")
+@click.option("--for", "seconds", type=float, help="Stop after this many seconds.")
+def supervise_command(seconds: float | None) -> None:
+    """Run the supervisor: restarts, pane watching, TTLs, wake-ups. One per machine."""
+    if not lifecycle.Supervisor(os.environ).run(seconds):
+        raise click.ClickException(
+            f"a supervisor already runs (pid {lifecycle.supervisor_running(os.environ)})"
+        )
+
+
+COMMANDS = (spawn_command, restart_command, stop_command, adopt_command, supervise_command)

@@ -1,0 +1,101 @@
+"""tmux, always through argv lists: never a shell string built from names, paths or messages.
+
+A server is named by its socket path (``None``: the default server); ``ORCH_TMUX_SOCKET`` sets
+the one orch spawns agents on.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from orch_core import paths
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+class TmuxError(Exception):
+    """A tmux command failed: its one-line error."""
+
+
+def tmux(socket: str | None, *args: str, timeout: float = 5.0) -> str:
+    """Run one tmux command and return its stdout."""
+    argv = ["tmux", *(["-S", socket] if socket else []), *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise TmuxError(f"tmux {args[0]}: {exc}") from None
+    if done.returncode != 0:
+        raise TmuxError(f"tmux {args[0]}: {done.stderr.strip() or 'failed'}")
+    return done.stdout
+
+
+def type_line(pane: str, socket: str | None, text: str, state_dir: str) -> bool:
+    """Type ``text`` into ``pane`` literally (``send-keys -l``), then press Enter as a separate
+    key, holding the pane's lock so two senders never interleave."""
+    import fcntl
+
+    lock_name = "".join(c if c.isalnum() else "_" for c in f"{socket or 'default'}{pane}")
+    folder = os.path.join(state_dir, "locks")
+    paths.ensure_private_dir(folder)
+    fd = os.open(os.path.join(folder, f"{lock_name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        tmux(socket, "send-keys", "-t", pane, "-l", "--", text)
+        tmux(socket, "send-keys", "-t", pane, "Enter")
+        return True
+    except (OSError, TmuxError):
+        return False
+    finally:
+        os.close(fd)
+
+
+def pane_state(pane: str, socket: str | None) -> str:
+    """``alive``, ``dead`` (its program exited, the pane remains) or ``gone``."""
+    try:
+        out = tmux(socket, "display-message", "-p", "-t", pane, "#{pane_id} #{pane_dead}")
+    except TmuxError:
+        return "gone"
+    found, _, dead = out.strip().partition(" ")
+    if found != pane:
+        return "gone"
+    return "dead" if dead == "1" else "alive"
+
+
+def env_flags(env: dict[str, str]) -> list[str]:
+    flags = []
+    for key, value in sorted(env.items()):
+        flags += ["-e", f"{key}={value}"]
+    return flags
+
+
+def start(
+    socket: str | None,
+    session: str,
+    window: str,
+    cwd: str,
+    env: dict[str, str],
+    argv: Sequence[str],
+) -> str:
+    """Start ``argv`` in a new window (and the session if needed); return its pane id. The
+    window keeps a dead pane (``remain-on-exit``), so a crash can be seen and restarted in
+    place."""
+    common = ["-d", "-P", "-F", "#{pane_id}", "-n", window, "-c", cwd, *env_flags(env)]
+    try:
+        tmux(socket, "has-session", "-t", f"={session}")
+    except TmuxError:
+        pane = tmux(socket, "new-session", "-s", session, *common, "--", *argv).strip()
+    else:
+        pane = tmux(socket, "new-window", "-t", f"={session}:", *common, "--", *argv).strip()
+    tmux(socket, "set-option", "-w", "-t", pane, "remain-on-exit", "on")
+    return pane
+
+
+def respawn(
+    pane: str, socket: str | None, cwd: str, env: dict[str, str], argv: Sequence[str]
+) -> None:
+    """Kill whatever runs in ``pane`` and start ``argv`` there instead."""
+    tmux(socket, "respawn-pane", "-k", "-t", pane, "-c", cwd, *env_flags(env), "--", *argv)
