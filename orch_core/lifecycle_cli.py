@@ -153,7 +153,13 @@ def adopt_command(agent: str, command: str, directory: str, pane: str | None, se
 
 
 @click.command("supervise")
-@click.option("--for", "seconds", type=float, help="Stop after this many seconds.")
+@click.option(
+    "--for",
+    "seconds",
+    type=float,
+    envvar="ORCH_SUPERVISE_FOR",
+    help="Stop after this many seconds (default: run until stopped).",
+)
 def supervise_command(seconds: float | None) -> None:
     """Run the supervisor: restarts, pane watching, TTLs, wake-ups. One per machine."""
     if not lifecycle.Supervisor(os.environ).run(seconds):

@@ -90,6 +90,19 @@ class OrchState:
         self.env["PYTHONPATH"] = str(lib)
         return path
 
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the real ``orch`` CLI in the project, with this state."""
+        return subprocess.run(
+            [orch_script(), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.project_dir,
+            timeout=60,
+            check=False,
+        )
+
     def register(self, plugin: object, name: str | None = None) -> None:
         """Add a plugin object for in-process runs, registered after all the others."""
         self.extra[name or str(getattr(plugin, "__name__", type(plugin).__name__))] = plugin
@@ -119,6 +132,11 @@ class OrchState:
             check=False,
         )
         return HookResult(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def orch_script() -> str:
+    """The ``orch`` CLI of the running interpreter's environment."""
+    return os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "orch")
 
 
 def hook_script() -> str:

@@ -1,0 +1,150 @@
+"""Spawn, crash, restart, give up: the supervisor against a real tmux server and real processes.
+
+The agent here is a small program that behaves like Claude Code towards orch: on start it runs
+orch-hook with a SessionStart (``resume`` when started with ``--continue``), then waits. The
+supervisor is the real ``orch supervise``, started by ``orch spawn``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from orch_core import lifecycle, tmux
+from orch_core.testing.kit import OrchState, hook_script, orch_script
+
+pytestmark = pytest.mark.tmux
+
+FAKE_AGENT = """
+import json, os, subprocess, sys, time
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+source = "resume" if "--continue" in sys.argv else "startup"
+event = {"hook_event_name": "SessionStart", "session_id": f"s-{os.getpid()}", "source": source}
+subprocess.run([os.environ["ORCH_HOOK"]], input=json.dumps(event).encode(), check=False)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def fleet(orch: OrchState, tmp_path: Path) -> Iterator[OrchState]:
+    """orch with a private tmux server, fast backoff, and a supervisor that stops by itself."""
+    socket = str(tmp_path / "tmux.sock")
+    agent = tmp_path / "fake_agent.py"
+    agent.write_text(FAKE_AGENT)
+    orch.env.update(
+        ORCH_TMUX_SOCKET=socket, ORCH_SUPERVISE_FOR="60", FAKE_LOG=str(tmp_path / "argv.log"),
+        ORCH_HOOK=hook_script(), FAKE_AGENT=str(agent),
+    )  # fmt: skip
+    orch.write_config(
+        "[plugin.auto_restart]\nbackoff_base = 0.2\nbackoff_cap = 1.0\nverify_seconds = 20\n"
+    )
+    yield orch
+    pid = lifecycle.supervisor_running(orch.env)
+    if pid and pid > 0:
+        os.kill(pid, signal.SIGTERM)
+    subprocess.run(["tmux", "-S", socket, "kill-server"], capture_output=True, check=False)
+
+
+def until(condition: Callable[[], object], what: str, timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.1)
+
+
+def spawn(orch: OrchState, name: str = "worker") -> dict[str, object]:
+    command = f"{sys.executable} {orch.env['FAKE_AGENT']}"
+    done = orch.cli("spawn", name, "--dir", str(orch.project_dir), "--command", command)
+    assert done.returncode == 0, done.stderr
+    spec = lifecycle.get_spec(orch.store, name)
+    assert spec is not None
+    return spec
+
+
+def starts(orch: OrchState, agent: str = "worker") -> int:
+    return [r["event"] for r in orch.store.runs(500) if r["agent"] == agent].count("SessionStart")
+
+
+def crash(orch: OrchState, agent: str = "worker") -> None:
+    """SIGKILL the agent's process, as a crash would."""
+    spec = lifecycle.get_spec(orch.store, agent)
+    assert spec is not None
+    pid = tmux.tmux(orch.env["ORCH_TMUX_SOCKET"], "display-message", "-p", "-t",
+                    str(spec["pane"]), "#{pane_pid}")  # fmt: skip
+    os.kill(int(pid), signal.SIGKILL)
+
+
+def test_spawn_runs_the_agent_with_hooks_and_a_supervisor(fleet: OrchState) -> None:
+    spec = spawn(fleet)
+    until(lambda: starts(fleet) == 1, "SessionStart from the spawned agent")
+    assert tmux.pane_state(str(spec["pane"]), fleet.env["ORCH_TMUX_SOCKET"]) == "alive"
+    settings = json.loads((fleet.project_dir / ".claude" / "settings.json").read_text())
+    assert "SessionStart" in settings["hooks"]
+    assert lifecycle.supervisor_running(fleet.env)
+    again = fleet.cli("spawn", "worker", "--dir", str(fleet.project_dir))
+    assert again.returncode == 1 and "already running" in again.stderr
+    bad = fleet.cli("spawn", "bad name;rm", "--dir", str(fleet.project_dir))
+    assert bad.returncode == 1 and "invalid agent name" in bad.stderr
+
+
+def test_a_crash_is_restarted_in_the_same_window_and_verified(fleet: OrchState) -> None:
+    spec = spawn(fleet)
+    until(lambda: starts(fleet) == 1, "first SessionStart")
+    crash(fleet)
+    until(lambda: starts(fleet) == 2, "SessionStart after the restart")
+    until(lambda: lifecycle.history(fleet.store, "worker")[0]["state"] == "done", "verification")
+    (restart,) = lifecycle.history(fleet.store, "worker")
+    assert (restart["step"], restart["reason"], restart["outcome"]) == (
+        "restart", "pane dead", "SessionStart arrived",
+    )  # fmt: skip
+    after = lifecycle.get_spec(fleet.store, "worker")
+    assert after is not None and after["pane"] == spec["pane"]  # same window
+    argvs = [json.loads(line) for line in Path(fleet.env["FAKE_LOG"]).read_text().splitlines()]
+    assert argvs == [[], ["--continue"]]
+    context = json.loads(fleet.cli("context", "worker", "--json").stdout)
+    assert context["checkpoint_data"]["trigger"] == "restart"  # the rebrief follows the restart
+
+
+def test_four_crashes_in_an_hour_give_three_restarts_then_failed(fleet: OrchState) -> None:
+    spawn(fleet)
+    until(lambda: starts(fleet) == 1, "first SessionStart")
+    for n in range(2, 5):
+        crash(fleet)
+        until(lambda n=n: starts(fleet) == n, f"SessionStart {n}")  # type: ignore[misc]
+        until(lambda: lifecycle.history(fleet.store, "worker")[0]["state"] == "done", "verify")
+        if n == 3:  # the supervisor itself dies and comes back: limits live in the database
+            pid = lifecycle.supervisor_running(fleet.env)
+            assert pid and pid > 0
+            os.kill(pid, signal.SIGKILL)
+            until(lambda: not lifecycle.supervisor_running(fleet.env), "the supervisor gone")
+            subprocess.Popen([orch_script(), "supervise"], env=fleet.env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            until(lambda: lifecycle.supervisor_running(fleet.env), "a new supervisor")
+    crash(fleet)
+    until(lambda: fleet.store.agents()[0]["state"] == "failed", "failed")
+    steps = [(h["step"], h["state"]) for h in reversed(lifecycle.history(fleet.store, "worker"))]
+    assert steps == [("restart", "done")] * 3 + [("give_up", "done")]
+    time.sleep(3)  # a watch round later: still no fourth restart
+    assert starts(fleet) == 4
+    with fleet.store.transaction() as db:
+        alerts = db.execute("SELECT agent, kind, message FROM alerts").fetchall()
+    assert alerts == [("worker", "failed", "worker failed: pane dead; 3 restarts this hour; "
+                       "no automatic restart")]  # fmt: skip
+
+
+def test_stop_means_no_restart(fleet: OrchState) -> None:
+    spawn(fleet)
+    until(lambda: starts(fleet) == 1, "first SessionStart")
+    assert fleet.cli("stop", "worker").returncode == 0
+    time.sleep(3)
+    assert fleet.store.agents()[0]["state"] == "stopped"
+    assert lifecycle.history(fleet.store, "worker") == []
