@@ -59,6 +59,7 @@ class OrchState:
             ORCH_DB=str(root / "state" / "orch.db"),
             XDG_CONFIG_HOME=str(root / "config"),
             CLAUDE_PROJECT_DIR=str(project),
+            ORCH_SUPERVISE_FOR="30",  # a supervisor a test starts stops by itself
         )
         return cls(root, env, project)
 

@@ -1,0 +1,103 @@
+"""The auto_restart plugin in the hooks, and the recovery rules (classification, limits,
+backoff), without tmux."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from orch_core import lifecycle
+from orch_core.testing.kit import OrchState
+from orch_core.testing.payloads import payload
+
+
+def failure(error: str, **fields: object) -> dict[str, object]:
+    return payload("StopFailure", error=error, **fields)
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [("overloaded", "transient"), ("server_error", "transient"), ("unknown", "transient"),
+     ("rate_limit", "wait"), ("authentication_failed", "fatal"), ("billing_error", "fatal"),
+     ("oauth_org_not_allowed", "fatal")],
+)  # fmt: skip
+def test_failures_are_classified_by_the_error_field(error: str, kind: str) -> None:
+    assert lifecycle.classify(error) == kind
+
+
+def test_a_transient_failure_schedules_a_reprompt_after_a_backoff(orch: OrchState) -> None:
+    orch.write_config("[plugin.auto_restart]\nbackoff_base = 10\njitter = 0\n")
+    before = time.time()
+    text = "API Error: 529 authentication_failed"  # assistant text is never read
+    assert orch.run_hook(failure("overloaded", last_assistant_message=text),
+                         ORCH_AGENT="a:1").exit_code == 0  # fmt: skip
+    (recovery,) = lifecycle.history(orch.store, "a:1")
+    assert (recovery["step"], recovery["state"], recovery["reason"]) == (
+        "reprompt", "scheduled", "StopFailure overloaded",
+    )  # fmt: skip
+    assert before + 9 < recovery["due"] < time.time() + 11
+    assert orch.store.agents()[0]["state"] == "error"
+    orch.run_hook(failure("overloaded"), ORCH_AGENT="a:1")
+    assert len(lifecycle.history(orch.store, "a:1")) == 1  # one recovery at a time
+
+
+def test_rate_limits_wait_for_the_reset(orch: OrchState) -> None:
+    orch.write_config("[plugin.auto_restart]\nrate_limit_wait = 600\n")
+    orch.run_hook(failure("rate_limit"), ORCH_AGENT="a:1")
+    orch.run_hook(failure("rate_limit", error_details={"retry_after": 42}), ORCH_AGENT="b:1")
+    due = {h["agent"]: h["due"] - h["created"] for h in lifecycle.history(orch.store)}
+    assert due["a:1"] == pytest.approx(600)
+    assert due["b:1"] == pytest.approx(42)
+
+
+def test_authentication_errors_fail_with_an_alert_and_no_restart(orch: OrchState) -> None:
+    orch.run_hook(failure("authentication_failed"), ORCH_AGENT="a:1")
+    assert orch.store.agents()[0]["state"] == "failed"
+    (recovery,) = lifecycle.history(orch.store, "a:1")
+    assert (recovery["step"], recovery["outcome"]) == ("give_up", "failed")
+    with orch.store.transaction() as db:
+        (alert,) = db.execute("SELECT agent, kind, message FROM alerts").fetchall()
+    assert alert == ("a:1", "failed", "a:1 failed: StopFailure authentication_failed; "
+                     "no automatic restart")  # fmt: skip
+
+
+def test_notifications_matching_error_patterns_schedule_a_restart(orch: OrchState) -> None:
+    orch.write_config("[plugin.auto_restart]\nerror_patterns = ['(?i)crash']\n")
+    orch.run_hook(payload("Notification", message="all fine", notification_type="x"),
+                  ORCH_AGENT="a:1")  # fmt: skip
+    assert lifecycle.history(orch.store, "a:1") == []
+    orch.run_hook(payload("Notification", message="MCP server CRASHED", notification_type="x"),
+                  ORCH_AGENT="a:1")  # fmt: skip
+    (recovery,) = lifecycle.history(orch.store, "a:1")
+    assert recovery["step"] == "restart"
+
+
+def test_backoff_doubles_up_to_its_cap_and_restarts_are_limited(orch: OrchState) -> None:
+    store, now = orch.store, time.time()
+    config = {"backoff_base": 10, "backoff_cap": 35, "jitter": 0, "max_restarts_per_hour": 2}
+    waits = []
+    for i in range(3):
+        planned = lifecycle.schedule(store, "a:1", "test", "reprompt", config, now=now + i)
+        assert planned is not None
+        waits.append(planned["due"] - (now + i))
+        lifecycle.cancel_recoveries(store, "a:1", "next")
+    assert waits == [10, 20, 35]
+    for _ in range(2):
+        assert lifecycle.schedule(store, "a:1", "crash", "restart", config, wait=0) is not None
+        with store.transaction() as db:
+            db.execute("UPDATE recoveries SET state = 'done', started = ? WHERE state ="
+                       " 'scheduled'", (time.time(),))  # fmt: skip
+    assert lifecycle.schedule(store, "a:1", "crash", "restart", config, wait=0) is None
+    assert orch.store.agents()[0]["state"] == "failed"
+    assert lifecycle.history(store, "a:1")[0]["step"] == "give_up"
+
+
+def test_the_supervisor_escalates_a_reprompt_that_did_not_work(orch: OrchState) -> None:
+    supervisor = lifecycle.Supervisor(orch.env)
+    store = supervisor.store
+    lifecycle.schedule(store, "a:1", "StopFailure overloaded", "reprompt", wait=0)
+    supervisor.tick()  # no pane known: the reprompt fails at once and escalates
+    steps = [(h["step"], h["state"]) for h in reversed(lifecycle.history(store, "a:1"))]
+    assert steps[0] == ("reprompt", "failed")
+    assert steps[1][0] == "restart"
