@@ -140,8 +140,8 @@ class Queue:
         with self.store.transaction() as tx:
             if key is not None:
                 row = tx.execute(
-                    "SELECT * FROM messages WHERE agent = ? AND key = ? AND state IN"
-                    " ('queued', 'delivered') ORDER BY seq LIMIT 1",
+                    "SELECT * FROM messages WHERE agent = ? AND key = ? AND state = 'queued'"
+                    " ORDER BY seq LIMIT 1",
                     (agent, key),
                 ).fetchone()
                 if row is not None:
@@ -352,8 +352,8 @@ class Queue:
                 _set(tx, message_id, "dead", now, why, "queued")
             for (message_id,) in stale:
                 self._unconfirmed(tx, message_id, now, "not confirmed in time")
-        if orphans:  # a dependent's dependent
-            self.sweep(now, agent)
+        # what just ended may be another message's dependency, and its dependents' in turn
+        self.sweep(now, agent)
 
     def _unconfirmed(self, tx: Any, message_id: str, now: float, why: str) -> None:
         row = tx.execute(
@@ -446,14 +446,16 @@ class Queue:
         """Take the deliverable messages for ``agent``, highest first, up to ``budget``
         characters of text (at least one), and mark them delivered to ``session_id``."""
         now = time.time() if now is None else now
+        # ``after``: held back while the other message is here and not delivered; one that is
+        # not here (an import without it: it was confirmed and not exported) holds nothing.
         with self.store.transaction() as tx:
             rows = tx.execute(
                 """SELECT * FROM messages m
                    WHERE m.agent = ? AND m.state = 'queued' AND m.priority >= ?
                      AND (m.not_before IS NULL OR m.not_before <= ?)
                      AND (m.expires IS NULL OR m.expires > ?)
-                     AND (m.after_id IS NULL OR EXISTS (SELECT 1 FROM messages a
-                          WHERE a.id = m.after_id AND a.state IN ('delivered', 'confirmed')))
+                     AND NOT EXISTS (SELECT 1 FROM messages a WHERE a.id = m.after_id
+                          AND a.state NOT IN ('delivered', 'confirmed'))
                    ORDER BY m.priority DESC, m.seq LIMIT 50""",
                 (agent, min_priority, now, now),
             ).fetchall()
@@ -465,7 +467,7 @@ class Queue:
                     why = f"delivered {message['attempts']} times without confirmation"
                     _set(tx, message["id"], "dead", now, why, "queued")
                     continue
-                size = min(len(message["body"]), PREVIEW * 2) + 200
+                size = self._cost(message, budget)
                 if taken and used + size > budget:
                     break
                 used += size
@@ -477,6 +479,13 @@ class Queue:
                 _event(tx, message["id"], now, "delivered", session_id)
                 taken.append(message)
         return taken
+
+    def _cost(self, message: Message, budget: int) -> int:
+        """Characters ``render`` gives ``message`` (with room for the age and separator)."""
+        header = len(MARK) + len(message["id"]) + len(message["sender"] or "unknown") + 80
+        if len(message["body"]) > budget - 200:
+            return header + PREVIEW + len(self._spill_path(message)) + 120
+        return header + len(message["body"])
 
     def render(
         self, messages: Iterable[Message], budget: int = 8000, now: float | None = None
@@ -502,10 +511,13 @@ class Queue:
                 parts.append(f"{header}\n{body}")
         return "\n\n".join(parts)
 
-    def _spill(self, message: Message) -> str:
+    def _spill_path(self, message: Message) -> str:
         folder = os.path.join(os.path.dirname(os.path.abspath(self.store.path)), "messages")
-        paths.ensure_private_dir(folder)
-        path = os.path.join(folder, f"{message['id']}.txt")
+        return os.path.join(folder, f"{message['id']}.txt")
+
+    def _spill(self, message: Message) -> str:
+        path = self._spill_path(message)
+        paths.ensure_private_dir(os.path.dirname(path))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(message["body"])
