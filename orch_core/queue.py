@@ -68,16 +68,19 @@ def parse_duration(text: str) -> float:
     """``90``, ``30s``, ``5m``, ``2h``, ``1d`` or combinations such as ``1h30m``, in seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     total, number = 0.0, ""
-    for ch in text.strip().lower():
-        if ch.isdigit() or ch == ".":
-            number += ch
-        elif ch in units and number:
-            total += float(number) * units[ch]
-            number = ""
-        else:
-            raise QueueError(f"malformed duration {text!r}: use e.g. 30s, 5m, 2h, 1d, 1h30m")
-    if number:
-        total += float(number)
+    try:
+        for ch in text.strip().lower():
+            if ch.isdigit() or ch == ".":
+                number += ch
+            elif ch in units and number:
+                total += float(number) * units[ch]
+                number = ""
+            else:
+                raise ValueError(ch)
+        if number:
+            total += float(number)
+    except ValueError:  # also float() of "1.2.3" or "."
+        total = 0.0
     if not text.strip() or total <= 0:
         raise QueueError(f"malformed duration {text!r}: use e.g. 30s, 5m, 2h, 1d, 1h30m")
     return total
@@ -534,9 +537,18 @@ class Queue:
         """Add exported messages; ids already present are skipped, so importing twice adds
         nothing. In-flight deliveries come back as queued. Returns how many were added."""
         now = time.time() if now is None else now
+        records = list(records)
+        for record in records:  # all checked before any is stored
+            missing = {"id", "agent", "body", "priority", "state"} - record.keys()
+            if missing:
+                raise QueueError(f"message {record.get('id')!r} lacks {', '.join(sorted(missing))}")
+            if not isinstance(record["id"], str) or not record["id"]:
+                raise QueueError(f"message id {record['id']!r} is not a string")
+            if record["state"] not in STATES:
+                raise QueueError(f"message {record['id']}: unknown state {record['state']!r}")
+            self._check(record["agent"], record["body"], record["priority"], None)
         added = 0
         for record in records:
-            self._check(record["agent"], record["body"], record["priority"], None)
             with self.store.transaction() as tx:
                 if tx.execute("SELECT 1 FROM messages WHERE id = ?", (record["id"],)).fetchone():
                     continue
