@@ -29,11 +29,13 @@ def send(
     env: Mapping[str, str] = os.environ,
     project_dir: str | None = None,
     queue: Queue | None = None,
+    fire: bool = True,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Queue ``text`` for ``target``: an agent id, or a pattern such as ``proj:*`` (``*`` for
     every agent orch knows) that fans out into one copy per agent. ``options`` are those of
-    :meth:`Queue.send`. Returns the receipts."""
+    :meth:`Queue.send`; with ``fire=False`` the caller calls :func:`notify` itself. Returns
+    the receipts."""
     queue = queue or Queue.open(env)
     if any(c in target for c in PATTERN_CHARS):
         agents = queue.targets(target)
@@ -42,7 +44,8 @@ def send(
     else:
         agents = [target]
     receipts = [queue.send(agent, text, **options) for agent in agents]
-    notify(receipts, env, project_dir or paths.project_dir(env), queue)
+    if fire:
+        notify(receipts, env, project_dir or paths.project_dir(env), queue)
     return receipts
 
 

@@ -373,17 +373,33 @@ class Queue:
             )
             _event(tx, message_id, now, "queued", why)
 
-    def mark_pushed(self, message_id: str, now: float | None = None) -> None:
-        """Record that ``orch send --push`` typed the message into the pane: delivered, outside
-        any session, so no hook delivers it again."""
+    def mark_pushed(self, message_id: str, now: float | None = None) -> bool:
+        """Record, before ``orch send --push`` types the message into the pane, that it is
+        delivered outside any session, so no hook (not even the one its own Enter starts)
+        delivers it again. Whether it was still queued."""
         now = time.time() if now is None else now
         with self.store.transaction() as tx:
-            tx.execute(
+            cur = tx.execute(
                 "UPDATE messages SET state = 'delivered', delivered = ?, attempts = attempts + 1,"
                 " reason = 'typed into the pane (--push)' WHERE id = ? AND state = 'queued'",
                 (now, message_id),
             )
-            _event(tx, message_id, now, "delivered", "typed into the pane (--push)")
+            if cur.rowcount:
+                _event(tx, message_id, now, "delivered", "typed into the pane (--push)")
+        return bool(cur.rowcount)
+
+    def unpush(self, message_id: str, why: str, now: float | None = None) -> None:
+        """Undo :meth:`mark_pushed` when typing failed: queued again, the attempt not counted."""
+        now = time.time() if now is None else now
+        with self.store.transaction() as tx:
+            cur = tx.execute(
+                "UPDATE messages SET state = 'queued', delivered = NULL, reason = NULL,"
+                " attempts = attempts - 1 WHERE id = ? AND state = 'delivered'"
+                " AND session_id IS NULL",
+                (message_id,),
+            )
+            if cur.rowcount:
+                _event(tx, message_id, now, "queued", why)
 
     def requeue_session(self, session_id: str, reason: str, now: float | None = None) -> int:
         """Put a finished session's unconfirmed deliveries back in the queue."""

@@ -100,13 +100,18 @@ def send_command(agent: str, text: str, priority: str, sender: str | None, key: 
         return api.send(
             "*" if all_agents else agent, text, priority=level, sender=sender, key=key,
             ttl=parse_duration(ttl) if ttl is not None else None, after=after,
-            not_before=not_before,
+            not_before=not_before, fire=not push,
         )  # fmt: skip
 
     receipts = _guarded(go)
-    if push:
-        for receipt in receipts:
-            _push(receipt, text)
+    if push:  # observers hear of it after typing: the idle plugin must not wake it as well
+        queue = _queue()
+        try:
+            for receipt in receipts:
+                if not receipt.get("duplicate"):
+                    _push(queue, receipt, text)
+        finally:
+            api.notify(receipts, os.environ, paths.project_dir(os.environ), queue)
     if as_json:
         out: Any = receipts[0] if len(receipts) == 1 and not all_agents else receipts
         click.echo(json.dumps(out, ensure_ascii=False))
@@ -123,16 +128,19 @@ def send_command(agent: str, text: str, priority: str, sender: str | None, key: 
                        "its first hook (or use --push)")  # fmt: skip
 
 
-def _push(receipt: dict[str, Any], text: str) -> None:
-    """Type the message into the agent's pane the old way, safely: argv, -l, a separate Enter."""
+def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
+    """Type the message into the agent's pane the old way, safely: argv, -l, a separate Enter.
+    It is marked delivered first, so the prompt that Enter starts does not deliver it again."""
     from orch_core.tmux import type_line
 
-    queue = _queue()
     target = queue.store.agent_pane(receipt["agent"]) or (receipt["agent"], None)
+    if not queue.mark_pushed(receipt["id"]):
+        return
     if not type_line(target[0], target[1], text, paths.state_dir(os.environ)):
+        queue.unpush(receipt["id"], f"could not type into tmux pane {target[0]}")
         raise click.ClickException(f"could not type into tmux pane {target[0]}; the message "
                                    f"{receipt['id']} stays queued")  # fmt: skip
-    queue.mark_pushed(receipt["id"])
+    receipt["state"] = "delivered"
 
 
 @click.command("queue", context_settings={"ignore_unknown_options": False})

@@ -32,6 +32,8 @@ def orch_config_defaults() -> dict[str, Any]:
 
 @hookimpl
 def orch_message_enqueued(message: dict[str, Any], ctx: HookContext) -> None:
+    if message.get("state", "queued") != "queued":  # typed in already (orch send --push)
+        return
     stale = float({**DEFAULTS, **ctx.config}["rewake_seconds"])
     if wake(ctx.store, message["agent"], ctx.env, stale):
         ctx.fire("orch_agent_state_changed", agent=message["agent"], old="idle", new="waking")
