@@ -1,0 +1,175 @@
+"""Waking idle agents and ``orch send --push``, against a real tmux server.
+
+The agent's pane runs a small recorder instead of Claude Code: it appends every line typed into
+the pane to a file, so the test sees exactly what orch typed, and that nothing ran.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from orch_builtin.idle import WAKE_LINE
+
+from orch_core.queue import Queue
+from orch_core.testing.kit import OrchState
+from orch_core.testing.payloads import payload
+from orch_core.testing.tmux import TmuxServer
+
+pytestmark = pytest.mark.tmux
+
+ORCH = os.path.join(os.path.dirname(sys.executable), "orch")
+AGENT = "proj:1"
+SESSION = "sess-wake"
+SENTINEL = "--- end of test input ---"
+RECORDER = """
+import sys
+with open(sys.argv[1], "ab", buffering=0) as out:
+    out.write(b"ready\\n")
+    for line in iter(sys.stdin.buffer.readline, b""):
+        out.write(line)
+"""
+
+
+@pytest.fixture
+def tmux() -> Iterator[TmuxServer]:
+    with TmuxServer() as server:
+        yield server
+
+
+def poll(predicate: object, what: str, timeout: float = 15.0) -> None:
+    """Bounded polling: wait until ``predicate()`` holds."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+class Pane:
+    """A pane whose recorder keeps every typed line, known to orch as AGENT's session pane."""
+
+    def __init__(self, tmux: TmuxServer, orch: OrchState) -> None:
+        self.tmux = tmux
+        self.log = orch.root / "typed.bin"
+        argv = [sys.executable, "-c", RECORDER, str(self.log)]
+        self.pane = tmux.new_window("agent", argv, cwd=orch.project_dir)
+        poll(lambda: self.log.exists() and self.log.read_bytes() == b"ready\n", "the recorder")
+        self.socket = tmux.cmd("display-message", "-p", "#{socket_path}").strip()
+        orch.store.remember_session(SESSION, AGENT, self.pane, self.socket)
+
+    def lines(self) -> list[str]:
+        """Everything typed so far: first types a sentinel line and waits for it, so all keys
+        sent before have been read (one pty, first in first out)."""
+        self.tmux.send_text(self.pane, SENTINEL)
+        poll(lambda: self.log.read_bytes().endswith(f"{SENTINEL}\n".encode()), "the sentinel")
+        typed = self.log.read_bytes().decode()
+        assert typed.startswith("ready\n")
+        return typed.removeprefix("ready\n").splitlines()[:-1]
+
+
+def orch_cli(orch: OrchState, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ORCH, *args], capture_output=True, text=True, env=orch.env, cwd=orch.project_dir,
+        timeout=60, check=False,
+    )  # fmt: skip
+
+
+def hook(orch: OrchState, event: str, **fields: object) -> str:
+    data = payload(event, session_id=SESSION, **fields)
+    result = orch.run_hook(data, ORCH_AGENT=AGENT)
+    return result.stdout
+
+
+def agent_state(orch: OrchState) -> str:
+    (row,) = [a for a in orch.store.agents() if a["id"] == AGENT]
+    return str(row["state"])
+
+
+def test_an_idle_agent_gets_one_wake_line_per_batch_and_never_the_body(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    pane = Pane(tmux, orch)
+    assert hook(orch, "Stop") == ""  # nothing queued: it really stops
+    assert agent_state(orch) == "idle"
+    for body in ("secret body one", "secret body two"):
+        done = orch_cli(orch, "send", AGENT, body)
+        assert done.returncode == 0, done.stderr
+    assert pane.lines() == [WAKE_LINE]
+    screen = tmux.capture(pane.pane, history=True)
+    assert "secret body" not in screen
+    assert agent_state(orch) == "waking"
+    # the wake line's prompt then delivers the queue through the hook
+    delivered = hook(orch, "UserPromptSubmit", prompt=WAKE_LINE)
+    assert "secret body one" in delivered and "secret body two" in delivered
+    assert agent_state(orch) == "busy"
+    # idle again: the next message wakes it again, once
+    assert hook(orch, "Stop", stop_hook_active=False) == ""
+    assert agent_state(orch) == "idle"
+    assert orch_cli(orch, "send", AGENT, "secret body three").returncode == 0
+    assert pane.lines() == [WAKE_LINE, SENTINEL, WAKE_LINE]
+
+
+@pytest.mark.parametrize("event", ["UserPromptSubmit", "PostToolUse", "SessionStart"])
+def test_an_agent_that_is_not_idle_is_not_woken(
+    tmux: TmuxServer, orch: OrchState, event: str
+) -> None:
+    pane = Pane(tmux, orch)
+    hook(orch, event)
+    assert agent_state(orch) in {"busy", "starting"}
+    done = orch_cli(orch, "send", AGENT, "for later")
+    assert done.returncode == 0, done.stderr
+    assert pane.lines() == []
+    assert agent_state(orch) in {"busy", "starting"}
+
+
+def test_push_types_the_body_literally_once_and_runs_nothing(
+    tmux: TmuxServer, orch: OrchState, tmp_path: Path
+) -> None:
+    pane = Pane(tmux, orch)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    canary = tmp_path / "canary"
+    body = (
+        f"echo \"$HOME\" '$USER' `touch {canary}` $(touch {canary}) 🚀;"
+        f" rm -rf {victim} && echo 'it ran'"
+    )
+    done = orch_cli(orch, "send", AGENT, body, "--push", "--json")
+    assert done.returncode == 0, done.stderr
+    assert pane.lines() == [body]
+    assert victim.is_dir()
+    assert not canary.exists()
+    queue = Queue(orch.store)
+    (message,) = queue.messages(AGENT)
+    assert (message["state"], message["body"], message["attempts"]) == ("delivered", body, 1)
+    record = queue.get(message["id"])
+    assert record is not None
+    assert [e["state"] for e in record["events"]] == ["queued", "delivered"]
+    assert record["events"][-1]["detail"] == "typed into the pane (--push)"
+    # no hook hands it out again
+    for event in ("SessionStart", "UserPromptSubmit", "PostToolUse", "Stop"):
+        assert body not in hook(orch, event), event
+    assert queue.get(message["id"])["state"] == "delivered"  # type: ignore[index]
+
+
+def test_push_to_a_pane_that_is_gone_is_an_error_and_keeps_the_message(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    pane = Pane(tmux, orch)
+    tmux.kill_pane(pane.pane)
+    done = orch_cli(orch, "send", AGENT, "hello", "--push")
+    assert done.returncode != 0
+    assert done.stderr.startswith("Error: could not type into tmux pane")
+    queue = Queue(orch.store)
+    (message,) = queue.messages(AGENT)
+    assert (message["state"], message["attempts"]) == ("queued", 0)
+    record = queue.get(message["id"])
+    assert record is not None
+    assert record["events"][-1]["state"] == "queued"
+    assert record["events"][-1]["detail"].startswith("could not type into tmux pane")
+    assert "hello" in hook(orch, "PostToolUse")  # still delivered, through the hook

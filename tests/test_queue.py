@@ -1,0 +1,470 @@
+"""The Queue API in process, on a real SQLite file: order, isolation, keys, time, dependencies,
+confirmation, dead letters, management, export/import, rendering and the event history."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orch_core import api
+from orch_core.queue import MARK, PREVIEW, Queue, QueueError, band
+from orch_core.store import SQLiteStore
+from orch_core.testing.kit import OrchState
+
+T0 = 1_700_000_000.0
+WEIRD = (
+    "  leading spaces\n\ttab, \"double\" and 'single' quotes, $HOME and ${PATH},\n"
+    "`whoami` and $(id -u); rm -rf /tmp/x\r\nCRLF line, emoji 🚀👩‍💻, trailing  \n\n"
+)
+
+
+@pytest.fixture
+def q(orch: OrchState) -> Queue:
+    return Queue(orch.store)
+
+
+def rows(store: SQLiteStore, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    return store.conn.execute(sql, args).fetchall()
+
+
+def state(q: Queue, message_id: str) -> str:
+    record = q.get(message_id)
+    assert record is not None
+    return str(record["state"])
+
+
+def know(store: SQLiteStore, *agents: str) -> None:
+    """Agents orch has heard from (as a hook would record them)."""
+    for agent in agents:
+        store.set_agent_state(agent, "busy", session_id=None, project_dir=None)
+
+
+def transcript(path: Path, *texts: str) -> str:
+    """A transcript file as Claude writes it: JSON lines, the hook output inside strings."""
+    with path.open("a", encoding="utf-8") as f:
+        for text in texts:
+            f.write(json.dumps({"type": "attachment", "content": text}) + "\n")
+    return str(path)
+
+
+# -- order -------------------------------------------------------------------------------------
+
+
+def test_bands_follow_the_plan() -> None:
+    expected = {0: "normal", 9: "normal", 10: "high", 49: "high", 50: "critical",
+                99: "critical", 100: "emergency", 199: "emergency", 200: "rebrief"}  # fmt: skip
+    assert {p: band(p) for p in expected} == expected
+
+
+def test_priority_first_then_fifo_within_a_priority(q: Queue) -> None:
+    sent = [
+        q.send("p:1", f"m{i}", priority=prio, now=T0 + i)
+        for i, prio in enumerate([0, 10, 0, 100, 50, 10, 0, 100, 9])
+    ]
+    taken = q.claim("p:1", "s", budget=100_000, now=T0 + 100)
+    expected = sorted(sent, key=lambda m: (-m["priority"], m["seq"]))
+    assert [m["id"] for m in taken] == [m["id"] for m in expected]
+    assert [m["body"] for m in taken] == ["m3", "m7", "m4", "m1", "m5", "m8", "m0", "m2", "m6"]
+    assert [m["band"] for m in taken] == [band(m["priority"]) for m in taken]
+
+
+def test_seq_is_gap_free_monotonic_and_per_agent(q: Queue) -> None:
+    a = [q.send("p:1", f"a{i}")["seq"] for i in range(3)]
+    b = [q.send("p:2", f"b{i}")["seq"] for i in range(2)]
+    bad: list[dict[str, Any]] = [
+        {"text": "   "},
+        {"text": "x", "priority": 201},
+        {"text": "x", "after": "m-nope"},
+    ]
+    for options in bad:
+        with pytest.raises(QueueError):
+            q.send("p:1", **options)
+    q.send("p:1", "dup", key="k")
+    assert q.send("p:1", "dup", key="k")["duplicate"] is True
+    a += [q.send("p:1", "a3")["seq"]]
+    b += [q.send("p:2", "b2")["seq"]]
+    assert a == [1, 2, 3, 5]  # 4 is the keyed message; failures and the duplicate take none
+    assert b == [1, 2, 3]
+    seqs = rows(q.store, "SELECT seq FROM messages WHERE agent = 'p:1' ORDER BY seq")
+    assert [s for (s,) in seqs] == [1, 2, 3, 4, 5]
+
+
+def test_an_agent_only_gets_its_own_messages(q: Queue) -> None:
+    mine = q.send("p:1", "for one")
+    other = q.send("p:2", "for two")
+    q.send("p:10", "for ten")
+    taken = q.claim("p:1", "s1", budget=100_000)
+    assert [m["id"] for m in taken] == [mine["id"]]
+    assert q.claim("p:1", "s1") == []
+    assert [m["id"] for m in q.claim("p:2", "s2")] == [other["id"]]
+    assert state(q, other["id"]) == "delivered"
+    assert [m["body"] for m in q.messages("p:10", "queued")] == ["for ten"]
+
+
+def test_a_pattern_fans_out_to_known_agents_only_one_copy_each(orch: OrchState, q: Queue) -> None:
+    know(q.store, "proj:1", "proj:2", "other:1")
+    receipts = api.send(
+        "proj:*", "hello all", env=orch.env, project_dir=str(orch.project_dir), queue=q,
+        priority=10, sender="lead",
+    )  # fmt: skip
+    assert sorted(r["agent"] for r in receipts) == ["proj:1", "proj:2"]
+    assert len({r["id"] for r in receipts}) == 2
+    stored = rows(q.store, "SELECT agent, body, priority, sender FROM messages ORDER BY agent")
+    assert stored == [("proj:1", "hello all", 10, "lead"), ("proj:2", "hello all", 10, "lead")]
+    with pytest.raises(QueueError, match="no known agent"):
+        api.send("nope:*", "x", env=orch.env, project_dir=str(orch.project_dir), queue=q)
+    everyone = api.send("*", "all", env=orch.env, project_dir=str(orch.project_dir), queue=q)
+    assert sorted(r["agent"] for r in everyone) == ["other:1", "proj:1", "proj:2"]
+    assert rows(q.store, "SELECT count(*) FROM messages") == [(5,)]
+
+
+# -- idempotency, time, dependencies ------------------------------------------------------------
+
+
+def test_a_key_repeated_while_pending_stores_nothing(q: Queue) -> None:
+    first = q.send("p:1", "deploy", key="k1", now=T0)
+    again = q.send("p:1", "deploy (again)", key="k1", now=T0 + 1)
+    assert again["duplicate"] is True
+    assert not first.get("duplicate")
+    for field in ("id", "agent", "seq", "priority", "state", "body"):
+        assert again[field] == first[field]
+    assert rows(q.store, "SELECT id, body FROM messages") == [(first["id"], "deploy")]
+    assert rows(q.store, "SELECT count(*) FROM message_events") == [(1,)]
+    assert rows(q.store, "SELECT last_seq FROM queue_seq WHERE agent = 'p:1'") == [(1,)]
+    # the key is the agent's own: another agent's message with it is stored
+    assert not q.send("p:2", "deploy", key="k1").get("duplicate")
+
+
+def test_a_key_is_free_again_once_delivered_and_once_confirmed(q: Queue, tmp_path: Path) -> None:
+    first = q.send("p:1", "check in", key="k", now=T0)
+    (taken,) = q.claim("p:1", "s", now=T0 + 1)
+    second = q.send("p:1", "check in", key="k", now=T0 + 2)
+    assert not second.get("duplicate")
+    assert second["id"] != first["id"]
+    log = transcript(tmp_path / "t.jsonl", q.render([taken], now=T0 + 1))
+    assert q.confirm("p:1", "s", log, now=T0 + 3) == [first["id"]]
+    q.claim("p:1", "s", now=T0 + 4)
+    q.confirm("p:1", "s", transcript(tmp_path / "t.jsonl", q.render([second])), now=T0 + 5)
+    assert state(q, second["id"]) == "confirmed"
+    third = q.send("p:1", "check in", key="k", now=T0 + 6)
+    assert not third.get("duplicate")
+    assert rows(q.store, "SELECT count(*) FROM messages WHERE key = 'k'") == [(3,)]
+
+
+def test_ttl_expires_and_is_never_delivered(q: Queue) -> None:
+    short = q.send("p:1", "stale soon", ttl=60, now=T0)
+    lasting = q.send("p:1", "fresh", ttl=600, now=T0)
+    # even before any sweep ran, an expired message is not handed out
+    taken = q.claim("p:1", "s", now=T0 + 61)
+    assert [m["id"] for m in taken] == [lasting["id"]]
+    q.sweep(now=T0 + 61)
+    record = q.get(short["id"])
+    assert record is not None
+    assert record["state"] == "expired"
+    assert record["ended"] == T0 + 61
+    assert record["events"][-1] == {"ts": T0 + 61, "state": "expired",
+                                    "detail": "not delivered before its TTL"}  # fmt: skip
+    assert q.claim("p:1", "s", now=T0 + 62) == []
+
+
+def test_not_before_holds_a_message_back_until_then(q: Queue) -> None:
+    later = q.send("p:1", "check in", not_before=T0 + 600, now=T0)
+    assert q.claim("p:1", "s", now=T0 + 599) == []
+    assert state(q, later["id"]) == "queued"
+    assert [m["id"] for m in q.claim("p:1", "s", now=T0 + 600)] == [later["id"]]
+
+
+def test_after_waits_for_the_other_to_be_delivered(q: Queue) -> None:
+    first = q.send("p:1", "first", priority=0, now=T0)
+    then = q.send("p:1", "then", priority=50, after=first["id"], now=T0)
+    (taken,) = q.claim("p:1", "s", budget=100_000, now=T0 + 1)
+    assert taken["id"] == first["id"]  # the more urgent one waits for its dependency
+    assert state(q, then["id"]) == "queued"
+    assert [m["id"] for m in q.claim("p:1", "s", now=T0 + 2)] == [then["id"]]
+
+
+def test_after_a_message_of_another_agent(q: Queue) -> None:
+    theirs = q.send("p:2", "build it", now=T0)
+    mine = q.send("p:1", "review it", after=theirs["id"], now=T0)
+    assert q.claim("p:1", "s1", now=T0 + 1) == []
+    q.claim("p:2", "s2", now=T0 + 2)
+    assert [m["id"] for m in q.claim("p:1", "s1", now=T0 + 3)] == [mine["id"]]
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "expired", "dead"])
+def test_after_ends_dead_when_the_other_ends_undelivered(q: Queue, ending: str) -> None:
+    q.max_attempts, q.confirm_hooks = 1, 1
+    first = q.send("p:1", "first", ttl=60, priority=5, now=T0)
+    then = q.send("p:1", "then", after=first["id"], now=T0)
+    later = q.send("p:1", "after then", after=then["id"], now=T0)
+    now = T0 + 10
+    if ending == "cancelled":
+        q.cancel(first["id"], now=now)
+    elif ending == "expired":
+        now = T0 + 61
+        q.sweep(now=now)
+    else:
+        q.claim("p:1", "s", now=now)
+        q.confirm("p:1", "s", None, now=now)
+        q.sweep(now=now)  # as the hook does after confirming
+    assert state(q, first["id"]) == ending
+    record = q.get(then["id"])
+    assert record is not None
+    assert record["state"] == "dead"
+    assert record["reason"] == f"waited for {first['id']}, which ended {ending}"
+    assert record["events"][-1]["state"] == "dead"
+    assert state(q, later["id"]) == "dead"  # and its own dependents, in the same sweep
+    assert q.claim("p:1", "s", now=now + 1) == []
+
+
+# -- confirmation and dead letters --------------------------------------------------------------
+
+
+def test_a_delivery_found_in_the_transcript_is_confirmed_and_never_delivered_again(
+    q: Queue, tmp_path: Path
+) -> None:
+    sent = q.send("p:1", "do the thing", sender="lead", now=T0)
+    taken = q.claim("p:1", "s", now=T0 + 1)
+    log = transcript(tmp_path / "t.jsonl", "unrelated", q.render(taken, now=T0 + 1))
+    assert q.confirm("p:1", "other-session", log, now=T0 + 2) == []  # not that session's
+    assert q.confirm("p:1", "s", log, now=T0 + 2) == [sent["id"]]
+    record = q.get(sent["id"])
+    assert record is not None
+    assert (record["state"], record["confirmed"], record["attempts"]) == ("confirmed", T0 + 2, 1)
+    q.sweep(now=T0 + 10_000)
+    for later in range(5):
+        q.confirm("p:1", "s", None, now=T0 + 3 + later)
+        assert q.claim("p:1", "s", now=T0 + 3 + later) == []
+    assert state(q, sent["id"]) == "confirmed"
+
+
+def test_not_found_within_confirm_hooks_goes_back_to_the_queue(q: Queue, tmp_path: Path) -> None:
+    assert q.confirm_hooks == 4
+    sent = q.send("p:1", "are you there", now=T0)
+    q.claim("p:1", "s", now=T0)
+    log = transcript(tmp_path / "t.jsonl", "nothing of ours")
+    for hook in range(3):
+        q.confirm("p:1", "s", log, now=T0 + 1 + hook)
+        assert state(q, sent["id"]) == "delivered"
+    q.confirm("p:1", "s", log, now=T0 + 4)
+    record = q.get(sent["id"])
+    assert record is not None
+    assert (record["state"], record["session_id"]) == ("queued", None)
+    assert record["events"][-1] == {"ts": T0 + 4, "state": "queued",
+                                    "detail": "not found in the transcript"}  # fmt: skip
+    (again,) = q.claim("p:1", "s2", now=T0 + 5)
+    assert (again["id"], again["attempts"]) == (sent["id"], 1)  # attempts before this claim
+    assert rows(q.store, "SELECT attempts FROM messages") == [(2,)]
+
+
+def test_not_confirmed_within_confirm_seconds_goes_back_to_the_queue(q: Queue) -> None:
+    sent = q.send("p:1", "hello", now=T0)
+    q.claim("p:1", "s", now=T0)
+    q.sweep(now=T0 + q.confirm_seconds - 1)
+    assert state(q, sent["id"]) == "delivered"
+    q.sweep(now=T0 + q.confirm_seconds)
+    assert state(q, sent["id"]) == "queued"
+
+
+def test_after_max_attempts_a_message_is_dead_and_blocks_nothing(q: Queue) -> None:
+    q.max_attempts, q.confirm_hooks = 2, 1
+    poison = q.send("p:1", "poison", priority=50, now=T0)
+    behind = q.send("p:1", "behind", priority=0, now=T0)
+    for attempt in range(2):
+        (taken,) = q.claim("p:1", "s", budget=1, now=T0 + attempt)  # one message per hook
+        assert taken["id"] == poison["id"]
+        q.confirm("p:1", "s", None, now=T0 + attempt + 0.5)
+    record = q.get(poison["id"])
+    assert record is not None
+    assert record["state"] == "dead"
+    assert record["attempts"] == 2
+    assert "after 2 deliveries" in record["reason"]
+    assert [e["state"] for e in record["events"]] == [
+        "queued", "delivered", "queued", "delivered", "dead",
+    ]  # fmt: skip
+    assert [m["id"] for m in q.claim("p:1", "s", now=T0 + 5)] == [behind["id"]]
+    assert q.messages("p:1", "dead")[0]["id"] == poison["id"]
+
+
+def test_a_requeued_message_past_max_attempts_dies_at_the_next_claim(q: Queue) -> None:
+    q.max_attempts = 1
+    sent = q.send("p:1", "x", now=T0)
+    behind = q.send("p:1", "y", now=T0)
+    q.claim("p:1", "s", budget=1, now=T0)
+    assert q.requeue_session("s", "clear", now=T0 + 1) == 1
+    taken = q.claim("p:1", "s2", now=T0 + 2)
+    assert [m["id"] for m in taken] == [behind["id"]]
+    assert state(q, sent["id"]) == "dead"
+
+
+# -- managing -----------------------------------------------------------------------------------
+
+
+def test_cancel_retry_and_purge(q: Queue) -> None:
+    one = q.send("p:1", "one", ttl=5, now=T0)
+    assert q.cancel(one["id"], now=T0 + 1)["state"] == "cancelled"
+    assert q.claim("p:1", "s", now=T0 + 1) == []
+    with pytest.raises(QueueError, match="already cancelled"):
+        q.cancel(one["id"])
+    with pytest.raises(QueueError, match="no message"):
+        q.cancel("m-unknown")
+    retried = q.retry(one["id"], now=T0 + 100)
+    assert (retried["state"], retried["attempts"], retried["expires"]) == ("queued", 0, None)
+    assert retried["events"][-1]["detail"] == "retried by a user"
+    with pytest.raises(QueueError, match="only dead, expired or cancelled"):
+        q.retry(one["id"])
+    with pytest.raises(QueueError, match="no message"):
+        q.retry("m-unknown")
+    assert [m["id"] for m in q.claim("p:1", "s", now=T0 + 101)] == [one["id"]]
+
+    q.send("p:2", "a")
+    q.send("p:2", "b")
+    q.claim("p:2", "s2", budget=1)  # one delivered, one queued: both pending
+    kept = q.send("p:3", "not mine")
+    assert q.purge("p:2") == 2
+    assert {m["state"] for m in q.messages("p:2")} == {"cancelled"}
+    assert all(m["reason"] == "purged by a user" for m in q.messages("p:2"))
+    assert state(q, kept["id"]) == "queued"
+    assert q.purge("p:2") == 0
+
+
+# -- moving messages -----------------------------------------------------------------------------
+
+
+def fill(q: Queue) -> dict[str, str]:
+    ids = {
+        "plain": q.send("p:1", WEIRD, sender="lead", key="k1", now=T0)["id"],
+        "urgent": q.send("p:1", "urgent", priority=120, ttl=3600, now=T0)["id"],
+        "other": q.send("p:2", "other", priority=10, not_before=T0 + 60, now=T0)["id"],
+    }
+    ids["inflight"] = q.send("p:3", "in flight", now=T0)["id"]
+    q.claim("p:3", "s", now=T0)
+    ids["gone"] = q.send("p:1", "gone", now=T0)["id"]
+    q.cancel(ids["gone"], now=T0)
+    return ids
+
+
+def test_export_import_round_trip_into_a_fresh_db(orch: OrchState, q: Queue) -> None:
+    ids = fill(q)
+    exported = [json.loads(json.dumps(r)) for r in q.export()]  # as the JSON lines carry it
+    assert {r["id"] for r in exported} == {ids[k] for k in ("plain", "urgent", "other", "inflight")}
+    fresh = Queue(SQLiteStore(str(orch.root / "fresh.db")))
+    assert fresh.import_(exported) == 4
+    assert fresh.import_(exported) == 0
+    before = {r["id"]: r for r in exported}
+    for record in fresh.export():
+        old = before[record["id"]]
+        for field in ("agent", "priority", "sender", "body", "key", "not_before", "expires",
+                      "created"):  # fmt: skip
+            assert record[field] == old[field], field
+    assert fresh.get(ids["inflight"])["state"] == "queued"  # type: ignore[index]
+    assert fresh.get(ids["plain"])["body"] == WEIRD  # type: ignore[index]
+    assert rows(fresh.store, "SELECT count(*) FROM messages") == [(4,)]
+    # the key still holds in the new home
+    assert fresh.send("p:1", "again", key="k1")["duplicate"] is True
+    order = [m["body"] for m in fresh.claim("p:1", "s", budget=100_000, now=T0 + 1)]
+    assert order == ["urgent", WEIRD]
+
+
+def test_import_twice_into_the_same_db_adds_nothing(q: Queue) -> None:
+    fill(q)
+    everything = list(q.export(state=None))
+    count = rows(q.store, "SELECT count(*) FROM messages")
+    assert q.import_(everything) == 0
+    assert q.import_(everything) == 0
+    assert rows(q.store, "SELECT count(*) FROM messages") == count
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+def test_header_then_the_body_byte_for_byte(q: Queue) -> None:
+    sent = q.send("p:1", WEIRD, priority=60, sender="lead", now=T0)
+    (taken,) = q.claim("p:1", "s", now=T0 + 1)
+    text = q.render([taken], now=T0 + 301)
+    header, body = text.split("\n", 1)
+    assert header == (f"{MARK}{sent['id']} from lead · critical (priority 60) · queued 5m ago]")
+    assert body == WEIRD
+    anonymous = q.send("p:1", "x", now=T0)
+    assert f"{MARK}{anonymous['id']} from unknown · normal (priority 0)" in q.render(
+        q.claim("p:1", "s", now=T0)
+    )
+
+
+def test_a_body_over_the_budget_goes_to_a_private_file(orch: OrchState, q: Queue) -> None:
+    body = ("é\r\n" + WEIRD) * 400  # about 40,000 characters
+    sent = q.send("p:1", body, sender="lead", now=T0)
+    (taken,) = q.claim("p:1", "s", budget=8000, now=T0)
+    text = q.render([taken], budget=8000, now=T0)
+    assert len(text) < 8000
+    assert body not in text
+    match = re.search(r"the full text is in (\S+)\n", text)
+    assert match, text
+    path = Path(match.group(1))
+    assert path.is_relative_to(orch.env["ORCH_STATE_DIR"])
+    assert sent["id"] in path.name
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path.read_bytes() == body.encode("utf-8")
+    assert f"{len(body)} characters" in text
+    assert text.endswith(f"Preview:\n{body[:PREVIEW]}")
+
+
+def test_several_messages_per_hook_up_to_the_budget_highest_first(q: Queue) -> None:
+    budget = 8000
+    sent = [q.send("p:1", chr(97 + i) * 3000, priority=i, now=T0) for i in range(6)]
+    delivered: list[str] = []
+    hooks = 0
+    while len(delivered) < 6:
+        taken = q.claim("p:1", "s", budget=budget, now=T0)
+        assert taken, "something must go out at every hook while messages wait"
+        text = q.render(taken, budget=budget, now=T0)
+        assert len(text) <= budget
+        for m in taken:
+            assert f"{m['id']} " in text and m["body"] in text
+        delivered += [m["id"] for m in taken]
+        hooks += 1
+    assert delivered == [m["id"] for m in reversed(sent)]
+    assert 1 < hooks < 6  # several per hook, never all at once
+
+
+def test_every_state_change_has_a_timestamped_event(q: Queue, tmp_path: Path) -> None:
+    q.max_attempts, q.confirm_hooks = 1, 1
+    ok = q.send("p:1", "ok", priority=9, now=T0)
+    lost = q.send("p:1", "lost", priority=8, now=T0)
+    old = q.send("p:1", "old", ttl=1, now=T0)
+    nope = q.send("p:2", "nope", now=T0)
+    taken = q.claim("p:1", "s", budget=100_000, now=T0 + 0.5)
+    assert [m["id"] for m in taken] == [ok["id"], lost["id"], old["id"]]
+    q.confirm("p:1", "s", transcript(tmp_path / "t", q.render(taken[:1])), now=T0 + 2)
+    q.cancel(nope["id"], now=T0 + 3)
+    q.retry(nope["id"], now=T0 + 4)
+    history = rows(q.store, "SELECT message_id, ts, state FROM message_events ORDER BY ts, rowid")
+    per: dict[str, list[tuple[float, str]]] = {}
+    for message_id, ts, st in history:
+        per.setdefault(message_id, []).append((ts, st))
+    assert per[ok["id"]] == [(T0, "queued"), (T0 + 0.5, "delivered"), (T0 + 2, "confirmed")]
+    assert per[lost["id"]] == [(T0, "queued"), (T0 + 0.5, "delivered"), (T0 + 2, "dead")]
+    assert per[old["id"]] == [(T0, "queued"), (T0 + 0.5, "delivered"), (T0 + 2, "dead")]
+    assert per[nope["id"]] == [(T0, "queued"), (T0 + 3, "cancelled"), (T0 + 4, "queued")]
+    for message_id, events in per.items():
+        assert events[-1][1] == state(q, message_id)
+
+
+def test_an_imported_message_whose_dependency_stayed_behind_is_delivered(
+    orch: OrchState, q: Queue, tmp_path: Path
+) -> None:
+    first = q.send("p:1", "first", now=T0)
+    then = q.send("p:1", "then", after=first["id"], now=T0)
+    taken = q.claim("p:1", "s", now=T0)
+    q.confirm("p:1", "s", transcript(tmp_path / "t", q.render(taken)), now=T0 + 1)
+    exported = list(q.export())  # pending only: the confirmed dependency is not in it
+    assert [r["id"] for r in exported] == [then["id"]]
+    fresh = Queue(SQLiteStore(str(orch.root / "fresh.db")))
+    fresh.import_(exported)
+    assert [m["id"] for m in fresh.claim("p:1", "s", now=T0 + 2)] == [then["id"]]

@@ -1,0 +1,405 @@
+"""The real ``orch`` CLI for the queue: send, queue, agents, export and import, as processes."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orch_core.queue import MAX_TEXT
+from orch_core.testing.kit import OrchState, hook_script
+from orch_core.testing.payloads import payload
+
+ORCH = os.path.join(os.path.dirname(sys.executable), "orch")
+WEIRD = (
+    "  leading spaces\n\ttab, \"double\" and 'single' quotes, $HOME and ${PATH},\n"
+    "`whoami` and $(id -u); rm -rf /tmp/x\r\nCRLF line, emoji 🚀👩‍💻, trailing  \n\n"
+)
+
+
+def cli(
+    orch: OrchState, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``orch ARGS`` as a user would; stdout/stderr decoded as UTF-8, byte for byte."""
+    done = subprocess.run(
+        [ORCH, *args],
+        input=stdin,
+        capture_output=True,
+        env=env or orch.env,
+        cwd=orch.project_dir,
+        timeout=60,
+        check=False,
+    )
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
+    )
+
+
+def ok(orch: OrchState, *args: str, stdin: bytes = b"") -> str:
+    done = cli(orch, *args, stdin=stdin)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    return done.stdout
+
+
+def db(orch: OrchState, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    store = orch.store
+    try:
+        return store.conn.execute(sql, args).fetchall()
+    finally:
+        store.close()
+
+
+def send_json(orch: OrchState, *args: str, stdin: bytes = b"") -> dict[str, Any]:
+    receipt: dict[str, Any] = json.loads(ok(orch, "send", *args, "--json", stdin=stdin))
+    return receipt
+
+
+def hook(orch: OrchState, agent: str, event: str = "PostToolUse", **fields: Any) -> None:
+    """A hook of ``agent``, so that orch has heard from it."""
+    assert orch.run_hook(payload(event, **fields), ORCH_AGENT=agent).exit_code in (0, 2)
+
+
+# -- orch send ---------------------------------------------------------------------------------
+
+
+def test_send_prints_a_receipt_and_notes_an_unknown_agent(orch: OrchState) -> None:
+    out = ok(orch, "send", "proj:1", "build the docs")
+    ((message_id, seq, state, body),) = db(orch, "SELECT id, seq, state, body FROM messages")
+    assert (seq, state, body) == (1, "queued", "build the docs")
+    assert out.splitlines() == [
+        f"queued {message_id} for proj:1 (#1, priority 0 normal)",
+        "note: orch has not heard from proj:1 yet; the message waits for its first hook "
+        "(or use --push)",
+    ]
+    hook(orch, "proj:1")
+    out = ok(orch, "send", "proj:1", "and the tests", "--priority", "120")
+    ((second,),) = db(orch, "SELECT id FROM messages WHERE seq = 2")
+    assert out == f"queued {second} for proj:1 (#2, priority 120 emergency)\n"
+
+
+def test_send_json_with_every_option(orch: OrchState) -> None:
+    hook(orch, "proj:1")
+    first = send_json(orch, "proj:1", "first")
+    receipt = send_json(
+        orch, "proj:1", "second", "--priority", "60", "--from", "lead", "--key", "k-1",
+        "--ttl", "1h30m", "--after", first["id"], "--in", "10m",
+    )  # fmt: skip
+    assert receipt["id"].startswith("m") and receipt["id"] != first["id"]
+    assert {k: receipt[k] for k in ("agent", "seq", "priority", "state", "known_agent")} == {
+        "agent": "proj:1", "seq": 2, "priority": 60, "state": "queued", "known_agent": True,
+    }  # fmt: skip
+    ((sender, key, after, created, expires, not_before),) = db(
+        orch, "SELECT sender, key, after_id, created, expires, not_before FROM messages"
+        " WHERE id = ?", receipt["id"],
+    )  # fmt: skip
+    assert (sender, key, after) == ("lead", "k-1", first["id"])
+    assert expires - created == pytest.approx(5400)
+    assert 590 < not_before - created <= 600
+    at = send_json(orch, "proj:1", "third", "--at", "2099-01-02T03:04:05")
+    assert db(orch, "SELECT not_before FROM messages WHERE id = ?", at["id"]) == [
+        (datetime.datetime(2099, 1, 2, 3, 4, 5).timestamp(),)
+    ]
+    clock = send_json(orch, "proj:1", "fourth", "--at", "07:30")
+    ((when, created),) = db(
+        orch, "SELECT not_before, created FROM messages WHERE id = ?", clock["id"]
+    )
+    local = datetime.datetime.fromtimestamp(when)
+    assert (local.hour, local.minute, local.second) == (7, 30, 0)
+    assert created < when <= created + 86400
+
+
+def test_send_reads_the_text_from_stdin_byte_for_byte(orch: OrchState) -> None:
+    receipt = send_json(orch, "proj:1", "-", stdin=WEIRD.encode())
+    assert db(orch, "SELECT body FROM messages WHERE id = ?", receipt["id"]) == [(WEIRD,)]
+    assert receipt["body"] == WEIRD
+
+
+def test_send_with_a_pending_key_stores_nothing_new(orch: OrchState) -> None:
+    first = send_json(orch, "proj:1", "deploy", "--key", "d1")
+    out = ok(orch, "send", "proj:1", "deploy again", "--key", "d1")
+    assert out == f"{first['id']} already queued for proj:1 with key 'd1': nothing new stored\n"
+    again = send_json(orch, "proj:1", "deploy again", "--key", "d1")
+    assert again["id"] == first["id"]
+    assert again["duplicate"] is True
+    assert db(orch, "SELECT id, body FROM messages") == [(first["id"], "deploy")]
+
+
+def test_send_fans_out_to_known_agents(orch: OrchState) -> None:
+    for agent in ("proj:1", "proj:2", "other:1"):
+        hook(orch, agent)
+    receipts = json.loads(ok(orch, "send", "proj:*", "to the project", "--json"))
+    assert sorted(r["agent"] for r in receipts) == ["proj:1", "proj:2"]
+    everyone = json.loads(ok(orch, "send", "ignored", "to all", "--all", "--json"))
+    assert sorted(r["agent"] for r in everyone) == ["other:1", "proj:1", "proj:2"]
+    assert db(orch, "SELECT agent, count(*) FROM messages GROUP BY agent ORDER BY agent") == [
+        ("other:1", 1), ("proj:1", 2), ("proj:2", 2),
+    ]  # fmt: skip
+
+
+BAD_SENDS: dict[str, tuple[list[str], str]] = {
+    "empty": (["proj:1", ""], "message text is empty"),
+    "blank": (["proj:1", " \n\t "], "message text is empty"),
+    "priority-word": (["proj:1", "x", "--priority", "high"], "priority must be an integer"),
+    "priority-float": (["proj:1", "x", "--priority", "1.5"], "priority must be an integer"),
+    "priority-negative": (["proj:1", "x", "--priority", "-1"], "out of range 0-199"),
+    "priority-reserved": (["proj:1", "x", "--priority", "200"], "out of range 0-199"),
+    "priority-huge": (["proj:1", "x", "--priority", "1000"], "out of range 0-199"),
+    "after-unknown": (["proj:1", "x", "--after", "m-nope"], "no message with id 'm-nope'"),
+    "ttl-unit": (["proj:1", "x", "--ttl", "5q"], "malformed duration '5q'"),
+    "ttl-negative": (["proj:1", "x", "--ttl", "-3m"], "malformed duration '-3m'"),
+    "ttl-empty": (["proj:1", "x", "--ttl", ""], "malformed duration ''"),
+    "ttl-zero": (["proj:1", "x", "--ttl", "0s"], "malformed duration '0s'"),
+    "ttl-dots": (["proj:1", "x", "--ttl", "1.2.3m"], "malformed duration '1.2.3m'"),
+    "in-unit": (["proj:1", "x", "--in", "5q"], "malformed duration '5q'"),
+    "in-empty": (["proj:1", "x", "--in", ""], "malformed duration ''"),
+    "at-bad": (["proj:1", "x", "--at", "25:00"], "--at: cannot read '25:00'"),
+    "at-empty": (["proj:1", "x", "--at", ""], "--at: cannot read ''"),
+    "in-and-at": (["proj:1", "x", "--in", "5m", "--at", "10:00"], "give --in or --at"),
+    "agent": ([":1", "x"], "invalid agent id"),
+    "pattern-unknown": (["nobody:*", "x"], "no known agent matches"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SENDS))
+def test_bad_send_is_one_line_error_and_stores_nothing(orch: OrchState, case: str) -> None:
+    args, reason = BAD_SENDS[case]
+    done = cli(orch, "send", *args)
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert done.stderr.startswith("Error: ")
+    assert reason in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert db(orch, "SELECT count(*) FROM messages") == [(0,)]
+    assert db(orch, "SELECT count(*) FROM message_events") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("stdin", "reason"),
+    [
+        (("x" * (MAX_TEXT + 1)).encode(), f"the limit is {MAX_TEXT}"),
+        (b"", "message text is empty"),
+        (b"\xff\xfe not utf-8", "stdin is not UTF-8 text"),
+    ],
+    ids=["over-the-limit", "empty", "not-utf8"],
+)
+def test_bad_stdin_is_one_line_error_and_stores_nothing(
+    orch: OrchState, stdin: bytes, reason: str
+) -> None:
+    done = cli(orch, "send", "proj:1", "-", stdin=stdin)
+    assert done.returncode != 0
+    assert done.stderr.startswith("Error: ")
+    assert reason in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert db(orch, "SELECT count(*) FROM messages") == [(0,)]
+
+
+def test_text_at_the_limit_is_accepted(orch: OrchState) -> None:
+    receipt = send_json(orch, "proj:1", "-", stdin=b"y" * MAX_TEXT)
+    assert db(orch, "SELECT length(body) FROM messages WHERE id = ?", receipt["id"]) == [
+        (MAX_TEXT,)
+    ]
+
+
+# -- orch queue --------------------------------------------------------------------------------
+
+
+def test_queue_lists_in_delivery_order_and_filters(orch: OrchState) -> None:
+    low = send_json(orch, "proj:1", "low")
+    high = send_json(orch, "proj:1", "high", "--priority", "50")
+    low2 = send_json(orch, "proj:1", "low too")
+    other = send_json(orch, "proj:2", "other")
+    listing = json.loads(ok(orch, "queue", "--json"))
+    assert [m["id"] for m in listing] == [high["id"], low["id"], low2["id"], other["id"]]
+    for m in listing:
+        assert {"id", "agent", "seq", "priority", "state", "band"} <= m.keys()
+    mine = json.loads(ok(orch, "queue", "proj:1", "--json"))
+    assert [m["id"] for m in mine] == [high["id"], low["id"], low2["id"]]
+    ok(orch, "queue", "cancel", low2["id"])
+    assert [m["id"] for m in json.loads(ok(orch, "queue", "--state", "cancelled", "--json"))] == [
+        low2["id"]
+    ]
+    pending = json.loads(ok(orch, "queue", "proj:1", "--state", "pending", "--json"))
+    assert [m["id"] for m in pending] == [high["id"], low["id"]]
+    lines = ok(orch, "queue", "proj:1").splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith(f"{high['id']}  proj:1  #2   50 critical")
+    assert "queued" in lines[0] and lines[0].endswith("high")
+    assert "cancelled" in lines[2]
+    done = cli(orch, "queue", "--state", "bogus")
+    assert done.returncode != 0
+    assert done.stderr.startswith("Error: unknown state 'bogus'")
+
+
+def test_queue_show_cancel_retry_purge(orch: OrchState) -> None:
+    one = send_json(orch, "proj:1", "one", "--from", "lead")
+    two = send_json(orch, "proj:1", "two")
+    kept = send_json(orch, "proj:2", "kept")
+    shown = json.loads(ok(orch, "queue", "show", one["id"]))
+    assert (shown["id"], shown["sender"], shown["state"]) == (one["id"], "lead", "queued")
+    assert [e["state"] for e in shown["events"]] == ["queued"]
+
+    assert ok(orch, "queue", "cancel", one["id"]) == f"{one['id']} is now cancelled\n"
+    assert db(orch, "SELECT state FROM messages WHERE id = ?", one["id"]) == [("cancelled",)]
+    again = cli(orch, "queue", "cancel", one["id"])
+    assert again.returncode != 0
+    assert again.stderr == f"Error: message {one['id']} is already cancelled\n"
+
+    assert ok(orch, "queue", "retry", one["id"]) == f"{one['id']} is now queued\n"
+    retried = json.loads(ok(orch, "queue", "show", one["id"], "--json"))
+    assert [e["state"] for e in retried["events"]] == ["queued", "cancelled", "queued"]
+    not_ended = cli(orch, "queue", "retry", two["id"])
+    assert not_ended.returncode != 0
+    assert "only dead, expired or cancelled" in not_ended.stderr
+
+    assert ok(orch, "queue", "purge", "proj:1") == "cancelled 2 pending messages of proj:1\n"
+    assert db(orch, "SELECT id, state FROM messages ORDER BY agent, seq") == [
+        (one["id"], "cancelled"), (two["id"], "cancelled"), (kept["id"], "queued"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("verb", ["show", "cancel", "retry"])
+def test_queue_unknown_id_is_an_error(orch: OrchState, verb: str) -> None:
+    send_json(orch, "proj:1", "x")
+    done = cli(orch, "queue", verb, "m-nope")
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert done.stderr == "Error: no message with id 'm-nope'\n"
+
+
+# -- orch agents -------------------------------------------------------------------------------
+
+
+def test_agents_json_lists_state_last_seen_and_pending(orch: OrchState) -> None:
+    hook(orch, "proj:1", "UserPromptSubmit")
+    hook(orch, "proj:2", "Stop", session_id="s2")  # nothing queued: it stops, idle
+    send_json(orch, "proj:1", "a")
+    send_json(orch, "proj:1", "b")
+    send_json(orch, "ghost:1", "for an agent without hooks")
+    listing = json.loads(ok(orch, "agents", "--json"))
+    assert [a["id"] for a in listing] == ["ghost:1", "proj:1", "proj:2"]
+    by_id = {a["id"]: a for a in listing}
+    for agent in listing:
+        assert {"id", "state", "last_seen", "pending"} <= agent.keys()
+    assert (by_id["proj:1"]["state"], by_id["proj:1"]["pending"]) == ("busy", 2)
+    assert (by_id["proj:2"]["state"], by_id["proj:2"]["pending"]) == ("idle", 0)
+    assert by_id["ghost:1"] == {"id": "ghost:1", "state": "unknown", "last_seen": None,
+                                "pending": 1}  # fmt: skip
+    assert isinstance(by_id["proj:1"]["last_seen"], float)
+    text = ok(orch, "agents").splitlines()
+    assert text[0] == "ghost:1\tunknown\tnever seen\t1 pending"
+    assert text[1].startswith("proj:1\tbusy\tseen ") and text[1].endswith("\t2 pending")
+
+
+# -- orch export / import ----------------------------------------------------------------------
+
+
+def test_export_pending_then_import_twice_adds_no_duplicates(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    sent = [
+        send_json(orch, "proj:1", "-", stdin=WEIRD.encode()),
+        send_json(orch, "proj:1", "urgent", "--priority", "150", "--key", "k"),
+        send_json(orch, "proj:2", "later", "--in", "1h"),
+    ]
+    gone = send_json(orch, "proj:1", "gone")
+    ok(orch, "queue", "cancel", gone["id"])
+    exported = ok(orch, "export", "--state", "pending")
+    lines = [json.loads(line) for line in exported.splitlines()]
+    assert {r["id"] for r in lines} == {r["id"] for r in sent}
+    assert ok(orch, "export") == exported  # pending is the default
+    everything = ok(orch, "export", "--state", "all").splitlines()
+    assert len(everything) == 4
+    dump = tmp_path / "pending.jsonl"
+    dump.write_text(exported, encoding="utf-8")
+
+    fresh = OrchState.create(tmp_path / "fresh")
+    assert ok(fresh, "import", str(dump)) == "imported 3 messages (0 already present)\n"
+    assert ok(fresh, "import", str(dump)) == "imported 0 messages (3 already present)\n"
+    assert ok(orch, "import", str(dump)) == "imported 0 messages (3 already present)\n"
+    moved = [json.loads(line) for line in ok(fresh, "export").splitlines()]
+    for record in (*lines, *moved):
+        record.pop("seq")  # numbered afresh in the new home, in the same order
+    assert moved == lines
+    assert db(fresh, "SELECT count(*) FROM messages") == [(3,)]
+    assert db(orch, "SELECT count(*) FROM messages") == [(4,)]
+    assert db(fresh, "SELECT body FROM messages WHERE id = ?", sent[0]["id"]) == [(WEIRD,)]
+    # stdin works too
+    assert ok(fresh, "import", "-", stdin=exported.encode()).startswith("imported 0 messages")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ('{"id": "m1", "agent": "p:1", "body": "x", "priority": 0, "state": "queued"}\n'
+         "not json\n", "line 2: "),
+        ('{"id": "m1", "agent": "p:1"}\n', "line 1: not an exported message"),
+        ('{"id": "m1", "agent": "p:1", "body": "x"}\n', "lacks priority, state"),
+        ('{"id": "m1", "agent": "p:1", "body": "x", "priority": 0, "state": "lost"}\n',
+         "unknown state 'lost'"),
+        ('{"id": "m1", "agent": "p:1", "body": "x", "priority": 0, "state": "queued"}\n'
+         '{"id": "m2", "agent": "p:1", "body": "", "priority": 0, "state": "queued"}\n',
+         "message text is empty"),
+    ],
+    ids=["not-json", "no-body", "no-priority", "bad-state", "second-empty"],
+)  # fmt: skip
+def test_bad_import_is_one_line_error_and_stores_nothing(
+    orch: OrchState, tmp_path: Path, content: str, reason: str
+) -> None:
+    dump = tmp_path / "bad.jsonl"
+    dump.write_text(content)
+    done = cli(orch, "import", str(dump))
+    assert done.returncode != 0
+    assert done.stderr.startswith("Error: ")
+    assert reason in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert db(orch, "SELECT count(*) FROM messages") == [(0,)]
+
+
+# -- orch send --push, against a tmux that behaves like Claude Code ------------------------------
+
+FAKE_TMUX = """#!{python}
+import json, os, subprocess, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_TMUX_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+if args[-1] == "Enter":  # Claude Code takes the prompt at once: its UserPromptSubmit hook runs
+    event = {{"hook_event_name": "UserPromptSubmit", "session_id": "s-push", "prompt": "",
+              "transcript_path": "/nonexistent", "cwd": os.getcwd()}}
+    done = subprocess.run([{hook!r}], input=json.dumps(event).encode(), capture_output=True)
+    with open(os.environ["FAKE_TMUX_LOG"] + ".hook", "ab") as out:
+        out.write(done.stdout + b"\\n")
+"""
+
+
+@pytest.mark.parametrize("agent_state", ["busy", "idle"])
+def test_push_is_never_also_delivered_by_the_prompt_it_starts(
+    orch: OrchState, tmp_path: Path, agent_state: str
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "tmux"
+    fake.write_text(FAKE_TMUX.format(python=sys.executable, hook=hook_script()))
+    fake.chmod(0o755)
+    typed_log = tmp_path / "tmux.log"
+    store = orch.store
+    store.remember_session("s-push", "proj:1", "%7", "/nonexistent/socket")
+    store.set_agent_state("proj:1", agent_state, session_id="s-push", project_dir=None)
+    env = {**orch.env, "PATH": f"{bin_dir}:{orch.env['PATH']}", "ORCH_AGENT": "proj:1",
+           "FAKE_TMUX_LOG": str(typed_log)}  # fmt: skip
+    done = cli(orch, "send", "proj:1", "the pushed body", "--push", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    typed = [json.loads(line) for line in typed_log.read_text().splitlines()]
+    assert [t[t.index("send-keys") + 3 :] for t in typed] == [
+        ["-l", "--", "the pushed body"], ["Enter"],
+    ]  # fmt: skip
+    assert "the pushed body" not in Path(f"{typed_log}.hook").read_text()
+    receipt = json.loads(done.stdout)
+    assert receipt["state"] == "delivered"
+    assert db(orch, "SELECT state, attempts FROM messages") == [("delivered", 1)]
