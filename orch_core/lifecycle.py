@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "error_patterns": [],  # Notification messages (regular expressions) that mean a restart
     "continue_args": ["--continue"],
     "reprompt_line": "orch: the last request failed; please continue where you left off.",
+    "reprompt_min_wait": 2.0,  # Claude needs a moment after StopFailure to take input again
 }
 SPAWN_ENV = ("ORCH_DB", "ORCH_STATE_DIR", "XDG_CONFIG_HOME", "XDG_STATE_HOME")
 
@@ -258,10 +259,12 @@ def give_up(store: SQLiteStore, agent: str, reason: str) -> None:
 
 
 def restarts_last_hour(store: SQLiteStore, agent: str, now: float) -> int:
+    """Restarts carried out in the last hour. A step that failed at once (``--continue`` with
+    no conversation to continue) is not one: the ladder's next step is."""
     return int(
         store.conn.execute(
             "SELECT count(*) FROM recoveries WHERE agent = ? AND step IN ('restart', 'fresh')"
-            " AND started IS NOT NULL AND created > ?",
+            " AND started IS NOT NULL AND state != 'failed' AND created > ?",
             (agent, now - 3600),
         ).fetchone()[0]
     )
@@ -303,6 +306,8 @@ def schedule(
         if wait is None:
             wait = min(float(conf["backoff_cap"]), float(conf["backoff_base"]) * 2**recent)
             wait *= 1 + random.uniform(-1, 1) * float(conf["jitter"])
+        if step == "reprompt":
+            wait = max(wait, float(conf["reprompt_min_wait"]))
         cur = tx.execute(
             "INSERT INTO recoveries (agent, created, reason, step, due, state)"
             " VALUES (?, ?, ?, ?, ?, 'scheduled')",
@@ -443,9 +448,14 @@ class Supervisor:
             ).fetchone()
             if seen:
                 self.finish(recovery_id, "done", f"{event} arrived", now)
-            elif now > verify_by:
-                self.finish(recovery_id, "failed", f"no {event} in time", now)
+            elif now > verify_by or (step != "reprompt" and self.exited(agent)):
+                self.finish(recovery_id, "failed", f"no {event}", now)
                 self.escalate(agent, step, reason, now)
+
+    def exited(self, agent: str) -> bool:
+        """The restarted program already exited (e.g. no conversation to ``--continue``)."""
+        spec = get_spec(self.store, agent)
+        return bool(spec and tmux.pane_state(spec["pane"] or "", spec["tmux_socket"]) != "alive")
 
     def escalate(self, agent: str, step: str, reason: str, now: float) -> None:
         """The next rung of the ladder, right away (its limits still apply)."""

@@ -97,7 +97,7 @@ def test_the_supervisor_escalates_a_reprompt_that_did_not_work(orch: OrchState) 
     supervisor = lifecycle.Supervisor(orch.env)
     store = supervisor.store
     lifecycle.schedule(store, "a:1", "StopFailure overloaded", "reprompt", wait=0)
-    supervisor.tick()  # no pane known: the reprompt fails at once and escalates
+    supervisor.tick(time.time() + 5)  # no pane known: the reprompt fails at once, escalates
     steps = [(h["step"], h["state"]) for h in reversed(lifecycle.history(store, "a:1"))]
     assert steps[0] == ("reprompt", "failed")
     assert steps[1][0] == "restart"

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from orch_core.context import HookContext
 
 
+LIVE = ("starting", "busy", "idle", "waking", "offline", "unknown")
+
+
 def _seen(ctx: HookContext, state: str) -> None:
     if ctx.agent is None:
         return
@@ -75,7 +78,13 @@ def orch_notification(event: ev.Notification, ctx: HookContext) -> None:
 
 @hookimpl
 def orch_stop_failure(ctx: HookContext) -> None:
-    _seen(ctx, "error")
+    # auto_restart may have marked the agent failed in the same hook: that verdict stands
+    if ctx.agent is None:
+        return
+    if ctx.store.transition(ctx.agent, "error", only_from=LIVE):
+        ctx.fire("orch_agent_state_changed", agent=ctx.agent, old=None, new="error")
+    elif all(row["id"] != ctx.agent for row in ctx.store.agents()):
+        _seen(ctx, "error")
 
 
 @hookimpl

@@ -1,0 +1,176 @@
+"""Agent lifecycle end to end: real Claude Code spawned by ``orch spawn`` in tmux, failures
+made by the stand-in model or by SIGKILL, recovered by the real ``orch supervise``.
+
+Assertions are on the requests the stand-in received and on orch's recovery history.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from orch_core import lifecycle, tmux
+from orch_core.store import SQLiteStore
+from orch_core.testing.claude import PROMPT_MARK, ClaudeSession
+from orch_core.testing.kit import orch_script
+from orch_core.testing.standin import StandInAPI
+from orch_core.testing.tmux import TmuxServer
+
+pytestmark = pytest.mark.claude
+
+REPROMPT = lifecycle.DEFAULTS["reprompt_line"]
+
+
+class Fleet:
+    """One agent started with ``orch spawn``, and the means to poke at it."""
+
+    def __init__(self, root: Path, project: Path, standin: StandInAPI, server: TmuxServer) -> None:
+        self.root, self.project, self.standin = root, project, standin
+        self.socket = str(root / "tmux.sock")
+        # the harness prepares HOME and the environment Claude needs; orch spawn starts it
+        self.claude = ClaudeSession(project, standin, server, home=root / "home")
+        self.claude._write_home()
+        self.env = {
+            **os.environ,
+            "ORCH_STATE_DIR": str(root / "state"),
+            "ORCH_DB": str(root / "state" / "orch.db"),
+            "XDG_CONFIG_HOME": str(root / "config"),
+            "ORCH_TMUX_SOCKET": self.socket,
+            "ORCH_SUPERVISE_FOR": "120",
+        }
+        (project / ".claude").mkdir(exist_ok=True)
+        (project / ".claude" / "orch.toml").write_text(
+            "[plugin.auto_restart]\nbackoff_base = 0.5\nbackoff_cap = 1\njitter = 0\n"
+            "verify_seconds = 30\n"
+        )
+        self.store = SQLiteStore(self.env["ORCH_DB"])
+
+    def orch(self, *args: str) -> str:
+        done = subprocess.run([orch_script(), *args], env=self.env, capture_output=True,
+                              text=True, timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def spawn(self) -> None:
+        pairs = [f"--env={k}={v}" for k, v in self.claude.environment().items()]
+        command = f"{self.claude.binary} --allowedTools Bash"
+        self.orch("spawn", "pay", "--dir", str(self.project), "--command", command, *pairs)
+        self.wait(self.ready, "Claude's prompt")
+
+    @property
+    def pane(self) -> str:
+        spec = lifecycle.get_spec(self.store, "pay")
+        assert spec is not None and spec["pane"]
+        return str(spec["pane"])
+
+    def screen(self) -> str:
+        return tmux.tmux(self.socket, "capture-pane", "-p", "-t", self.pane)
+
+    def ready(self) -> bool:
+        return any(line.strip() == PROMPT_MARK for line in self.screen().splitlines())
+
+    def prompt(self, text: str) -> None:
+        self.wait(self.ready, "Claude's prompt")
+        assert tmux.type_line(self.pane, self.socket, text, self.env["ORCH_STATE_DIR"])
+
+    def kill(self) -> None:
+        pid = tmux.tmux(self.socket, "display-message", "-p", "-t", self.pane, "#{pane_pid}")
+        os.kill(int(pid), signal.SIGKILL)
+
+    def requests(self) -> list[str]:
+        return [r.text() for r in self.standin.requests_to_main_model()]
+
+    def starts(self) -> int:
+        return [r["event"] for r in self.store.runs(500)].count("SessionStart")
+
+    def transcript_written(self) -> bool:
+        """Claude wrote the turn's answer to its transcript (asynchronously, after Stop)."""
+        files = (self.root / "home" / ".claude" / "projects").glob("*/*.jsonl")
+        return any("On it." in f.read_text() or "Working on it." in f.read_text() for f in files)
+
+    def steps(self) -> list[tuple[str, str]]:
+        return [(h["step"], h["state"]) for h in reversed(lifecycle.history(self.store, "pay"))]
+
+    def state(self) -> str:
+        return str(next(a["state"] for a in self.store.agents() if a["id"] == "pay"))
+
+    @staticmethod
+    def wait(condition: Callable[[], object], what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, project: Path, standin: StandInAPI, tmux_server: TmuxServer
+          ) -> Iterator[Fleet]:  # fmt: skip
+    fleet = Fleet(tmp_path, project, standin, tmux_server)
+    yield fleet
+    pid = lifecycle.supervisor_running(fleet.env)
+    if pid and pid > 0:
+        os.kill(pid, signal.SIGTERM)
+    subprocess.run(["tmux", "-S", fleet.socket, "kill-server"], capture_output=True, check=False)
+
+
+def test_an_overloaded_model_is_reprompted_and_the_agent_carries_on(fleet: Fleet) -> None:
+    fleet.standin.reply_error(529, "overloaded_error")
+    fleet.standin.reply_text("Back at work.")
+    fleet.spawn()
+    fleet.prompt("Ship the release notes.")
+    fleet.wait(lambda: len(fleet.requests()) >= 2, "the request after the re-prompt")
+    assert REPROMPT in fleet.requests()[1]
+    fleet.wait(lambda: fleet.steps() == [("reprompt", "done")], "a verified re-prompt")
+    assert fleet.starts() == 1  # re-prompted, not restarted
+
+
+def test_a_killed_claude_comes_back_in_its_window_with_the_restart_rebrief(fleet: Fleet) -> None:
+    fleet.standin.reply_text("Working on it.")
+    fleet.spawn()
+    pane = fleet.pane
+    fleet.prompt("Start the migration.")
+    fleet.wait(fleet.transcript_written, "the transcript of the first turn")
+    fleet.kill()
+    fleet.wait(lambda: fleet.starts() == 2, "SessionStart after the restart")
+    fleet.wait(lambda: fleet.steps() == [("restart", "done")], "a verified restart")
+    assert fleet.pane == pane
+    fleet.standin.reply_text("Resuming.")
+    fleet.prompt("Go on.")
+    fleet.wait(lambda: len(fleet.requests()) == 2, "the request after the restart")
+    after = fleet.requests()[1]
+    assert after.count("[orch rebrief: context restored after a restart]") == 1
+    assert "Start the migration." in after  # --continue kept the conversation
+
+
+def test_four_crashes_in_an_hour_make_three_restarts_then_failed(fleet: Fleet) -> None:
+    fleet.standin.reply_text("On it.")
+    fleet.spawn()
+    fleet.prompt("Watch the queue.")  # a conversation, so that --continue has one to continue
+    fleet.wait(fleet.transcript_written, "the transcript of the first turn")
+    for n in (2, 3, 4):
+        fleet.kill()
+        fleet.wait(lambda n=n: fleet.starts() == n, f"SessionStart {n}")  # type: ignore[misc]
+        fleet.wait(lambda: fleet.steps()[-1][1] == "done", "verification")
+        fleet.wait(fleet.ready, "Claude's prompt")
+    fleet.kill()
+    fleet.wait(lambda: fleet.state() == "failed", "the agent marked failed")
+    assert fleet.steps() == [("restart", "done")] * 3 + [("give_up", "done")]
+    assert fleet.starts() == 4
+
+
+def test_an_authentication_error_is_not_restarted(fleet: Fleet) -> None:
+    fleet.standin.reply_error(401, "authentication_error")
+    fleet.spawn()
+    fleet.prompt("Deploy.")
+    fleet.wait(lambda: fleet.state() == "failed", "the agent marked failed")
+    assert fleet.steps() == [("give_up", "done")]
+    with fleet.store.transaction() as db:
+        (alert,) = db.execute("SELECT kind, message FROM alerts").fetchall()
+    assert alert[0] == "failed" and "StopFailure authentication_failed" in alert[1]
+    assert fleet.starts() == 1
