@@ -1,0 +1,408 @@
+"""The message queue end to end: real Claude Code in tmux, hooks from ``orch install``, messages
+sent with the real ``orch send``.
+
+What is asserted is what reached the model (the request bodies the stand-in API received) and
+what ``orch queue --json`` reports afterwards. Findings pinned here (Claude Code 2.1.328):
+
+- PostToolUse and UserPromptSubmit ``additionalContext`` arrive as a ``system`` message right
+  after the tool result or the prompt: ``PostToolUse:Bash hook additional context: TEXT``,
+  ``UserPromptSubmit hook additional context: TEXT``.
+- Claude writes its transcript lazily: at the Stop hook that ends a turn, that turn's hook
+  contexts are not in the file yet. A delivery is confirmed by the first hook after the write,
+  so each test ends with one more prompt (as an agent's next turn would) and checks every message
+  is then ``confirmed``, delivered once.
+- In auto mode (the default), a Bash command beyond a simple one in the project (``sleep 2``,
+  ``cat FILE``) waits for a server-side safety check the stand-in does not serve, and the turn
+  stops: the busy agent's tool is ``cat`` of a FIFO in the project, which the test opens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from orch_builtin.idle import WAKE_LINE
+
+from orch_core.queue import MARK, PREVIEW
+from orch_core.store import SQLiteStore
+from orch_core.testing.claude import ClaudeFactory, ClaudeSession, wait_until
+from orch_core.testing.standin import RecordedRequest, StandInAPI
+from orch_core.testing.tmux import TmuxServer
+
+pytestmark = pytest.mark.claude
+
+ORCH = os.path.join(os.path.dirname(sys.executable), "orch")
+WAIT = 20.0  # seconds, for anything one turn of the stand-in model should bring
+
+
+class OrchCLI:
+    """The real ``orch`` command line, with the same state and config as the Claude session."""
+
+    def __init__(self, env: dict[str, str], project: Path) -> None:
+        self.env = env
+        self.project = project
+
+    def run(self, *args: str, stdin: str | None = None) -> str:
+        done = subprocess.run(
+            [ORCH, *args],
+            input=stdin,
+            env={**os.environ, **self.env},
+            cwd=self.project,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, f"orch {args[0]} failed: {done.stderr}"
+        return done.stdout
+
+    def send(self, agent: str, text: str, *options: str, stdin: bool = False) -> dict[str, Any]:
+        """``orch send AGENT TEXT --json`` (TEXT on stdin with ``stdin``); the receipt."""
+        if stdin:
+            out = self.run("send", agent, "-", *options, "--json", stdin=text)
+        else:
+            out = self.run("send", agent, text, *options, "--json")
+        receipt: dict[str, Any] = json.loads(out)
+        assert receipt["state"] == "queued" and receipt["known_agent"] is True, receipt
+        return receipt
+
+    def queue(self) -> list[dict[str, Any]]:
+        listing: list[dict[str, Any]] = json.loads(self.run("queue", "--json"))
+        return listing
+
+    def show(self, message_id: str) -> dict[str, Any]:
+        record: dict[str, Any] = json.loads(self.run("queue", "show", message_id, "--json"))
+        return record
+
+    def agent_state(self, agent: str) -> str | None:
+        for row in json.loads(self.run("agents", "--json")):
+            if row["id"] == agent:
+                return str(row["state"])
+        return None
+
+    def wait_for_state(self, agent: str, state: str) -> None:
+        wait_until(lambda: self.agent_state(agent) == state, WAIT, f"{agent} {state}")
+
+
+@pytest.fixture
+def orch_env(project: Path, tmp_path: Path) -> dict[str, str]:
+    """orch's state for the session and the CLI alike; hooks installed by ``orch install``."""
+    env = {
+        "ORCH_STATE_DIR": str(tmp_path / "state"),
+        "ORCH_DB": str(tmp_path / "state" / "orch.db"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+    subprocess.run([ORCH, "install", str(project)], check=True, env={**os.environ, **env})
+    return env
+
+
+@pytest.fixture
+def orch(orch_env: dict[str, str], project: Path) -> OrchCLI:
+    return OrchCLI(orch_env, project)
+
+
+class Gate:
+    """A Bash tool call that reads a FIFO, so it runs until the test opens the gate: the agent
+    is busy in a tool for as long as the test needs, however slow the machine."""
+
+    def __init__(self, folder: Path, orch_env: dict[str, str]) -> None:
+        self.path = folder / "gate"  # in the project: reading it needs no auto-mode check
+        os.mkfifo(self.path)
+        self.store = SQLiteStore(orch_env["ORCH_DB"])
+
+    def script(self, standin: StandInAPI) -> str:
+        """Script the tool call; returns its tool_use id."""
+        command = f"cat {shlex.quote(self.path.name)}"
+        return standin.reply_tool_use("Bash", {"command": command, "description": "Wait"})
+
+    def wait_until_running(self) -> None:
+        """PreToolUse has run: from now on, only PostToolUse can deliver (below emergency)."""
+        wait_until(
+            lambda: any(r["event"] == "PreToolUse" for r in self.store.runs(50)), WAIT, "PreToolUse"
+        )
+
+    def open(self) -> None:
+        """Let the tool finish: write a line once ``cat`` has the FIFO open for reading."""
+        fd: list[int] = []
+
+        def reader_is_there() -> bool:
+            try:
+                fd.append(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: no reader yet
+                return False
+            return True
+
+        wait_until(reader_is_there, WAIT, "cat reading the gate")
+        os.write(fd[0], b"gate open\n")
+        os.close(fd[0])
+
+
+def agent_of(session: ClaudeSession, tmux: TmuxServer) -> str:
+    """The agent id orch gives the session: ``session:window`` of its pane."""
+    assert session.pane is not None
+    shown = tmux.cmd("display-message", "-p", "-t", session.pane, "#{session_name}:#{window_index}")
+    return shown.strip()
+
+
+def header(message_id: str, sender: str, band: str, priority: int) -> str:
+    """A regex for the header orch puts before each delivered message (its age varies)."""
+    return re.escape(f"{MARK}{message_id} from {sender} · {band} (priority {priority}) · ") + (
+        r"queued \d+[smhd] ago\]"
+    )
+
+
+def system_texts_after(request: RecordedRequest, index: int) -> list[str]:
+    """The texts of the ``system`` messages right after ``messages[index]``."""
+    texts: list[str] = []
+    for message in request.messages[index + 1 :]:
+        if message.get("role") != "system":
+            break
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        else:
+            texts += [block["text"] for block in content or [] if "text" in block]
+    return texts
+
+
+def prompt_index(request: RecordedRequest, text: str) -> int:
+    """The index of the (only) user message that is exactly ``text``, as typed."""
+    found = [
+        i
+        for i, message in enumerate(request.messages)
+        if message.get("role") == "user"
+        and text in [*_strings(message.get("content"))]
+        and not _has_tool_result(message)
+    ]
+    assert len(found) == 1, f"{text!r} typed {len(found)} times"
+    return found[0]
+
+
+def _strings(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    return [b["text"] for b in content or [] if isinstance(b, dict) and b.get("type") == "text"]
+
+
+def _has_tool_result(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and any(b.get("type") == "tool_result" for b in content)
+
+
+def transcript(session: ClaudeSession) -> Path:
+    (path,) = (session.home / ".claude" / "projects").glob(f"*/{session.session_id}.jsonl")
+    return path
+
+
+def confirm_with_next_turn(
+    session: ClaudeSession, orch: OrchCLI, receipts: list[dict[str, Any]]
+) -> RecordedRequest:
+    """Once Claude has written the deliveries to its transcript, start one more turn: its hooks
+    confirm them. Then each message is ``confirmed``, delivered once, and the model saw it once.
+    Returns the last request."""
+    ids = [r["id"] for r in receipts]
+    wait_until(
+        lambda: all(f"{MARK}{i} " in transcript(session).read_text() for i in ids),
+        WAIT,
+        "the deliveries in the transcript",
+    )
+    count = len(session.requests())
+    session.prompt("Thanks, carry on.")
+    last = session.wait_for_requests(count + 1, WAIT)[-1]
+
+    def states() -> dict[str, str]:
+        return {m["id"]: m["state"] for m in orch.queue() if m["id"] in ids}
+
+    wait_until(lambda: set(states().values()) == {"confirmed"}, WAIT, "confirmed messages")
+    for message_id in ids:
+        record = orch.show(message_id)
+        delivered = [e for e in record["events"] if e["state"] == "delivered"]
+        assert len(delivered) == 1, record["events"]
+        assert record["attempts"] == 1
+        assert record["reason"] == "found in the transcript"
+        assert last.text().count(f"{MARK}{message_id} ") == 1
+    return last
+
+
+def test_a_message_to_a_busy_agent_arrives_at_its_next_tool_call(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
+    orch_env: dict[str, str],
+    project: Path,
+) -> None:
+    gate = Gate(project, orch_env)
+    tool_id = gate.script(standin)
+    standin.reply_text("done")
+    session = claude(env=orch_env)
+    agent = agent_of(session, tmux_server)
+    session.prompt("Wait for the gate with Bash.")
+    gate.wait_until_running()
+    assert orch.agent_state(agent) == "busy"
+
+    body = 'Rebase on main before you push; "quoted" $HOME `id` — ok ✅'
+    receipt = orch.send(agent, body, "--from", "lead")
+    gate.open()
+    first, second = session.wait_for_requests(2, WAIT)[:2]
+
+    assert not any(body in text for text in first.texts())
+    index = second.tool_result_index(tool_id)
+    assert index is not None
+    (context,) = system_texts_after(second, index)
+    prefix = "PostToolUse:Bash hook additional context: "
+    assert re.fullmatch(
+        re.escape(prefix) + header(receipt["id"], "lead", "normal", 0) + "\n" + re.escape(body),
+        context,
+    ), context
+    assert second.text().count(f"{MARK}{receipt['id']} ") == 1
+    # Busy: the message waited for the hook; nothing was typed into the pane.
+    assert WAKE_LINE not in second.text()
+
+    orch.wait_for_state(agent, "idle")
+    last = confirm_with_next_turn(session, orch, [receipt])
+    assert WAKE_LINE not in last.text()
+
+
+def test_a_message_to_an_idle_agent_wakes_it(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
+    orch_env: dict[str, str],
+) -> None:
+    standin.reply_text("hello")
+    session = claude(env=orch_env)
+    agent = agent_of(session, tmux_server)
+    session.prompt("Say hello.")
+    session.wait_for_requests(1)
+    orch.wait_for_state(agent, "idle")
+
+    body = "Check the CI run for `main` and report back to $USER."
+    receipt = orch.send(agent, body, "--priority", "20", "--from", "ci")
+    woken = session.wait_for_requests(2, WAIT)[1]
+
+    index = prompt_index(woken, WAKE_LINE)
+    assert index == len(woken.messages) - 2  # the wake line, then its context, last
+    (context,) = system_texts_after(woken, index)
+    assert re.fullmatch(
+        re.escape("UserPromptSubmit hook additional context: ")
+        + header(receipt["id"], "ci", "high", 20)
+        + "\n"
+        + re.escape(body),
+        context,
+    ), context
+    orch.wait_for_state(agent, "idle")
+
+    last = confirm_with_next_turn(session, orch, [receipt])
+    prompt_index(last, WAKE_LINE)  # typed once: the batch woke the agent once
+
+
+def test_priorities_arrive_highest_first_in_one_context(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
+    orch_env: dict[str, str],
+    project: Path,
+) -> None:
+    gate = Gate(project, orch_env)
+    tool_id = gate.script(standin)
+    standin.reply_text("done")
+    session = claude(env=orch_env)
+    agent = agent_of(session, tmux_server)
+    session.prompt("Wait for the gate with Bash.")
+    gate.wait_until_running()  # so that even the emergency one waits for PostToolUse
+    sent = [
+        (0, "normal, sent first"),
+        (150, "emergency"),
+        (20, "high"),
+        (0, "normal, sent second"),
+        (70, "critical"),
+        (9, "normal, priority 9"),
+    ]
+    receipts = [orch.send(agent, text, "--priority", str(p)) for p, text in sent]
+    assert [r["seq"] for r in receipts] == list(range(1, len(sent) + 1))
+    gate.open()
+    second = session.wait_for_requests(2, WAIT)[1]
+
+    index = second.tool_result_index(tool_id)
+    assert index is not None
+    (context,) = system_texts_after(second, index)
+    order = [receipts[i] for i in (1, 4, 2, 5, 0, 3)]  # priority first, then seq
+    expected = "\n\n".join(
+        header(r["id"], "unknown", r["band"], r["priority"]) + "\n" + re.escape(r["body"])
+        for r in order
+    )
+    prefix = re.escape("PostToolUse:Bash hook additional context: ")
+    assert re.fullmatch(prefix + expected, context), context
+    assert [r["band"] for r in order] == ["emergency", "critical", "high"] + ["normal"] * 3
+
+    orch.wait_for_state(agent, "idle")
+    confirm_with_next_turn(session, orch, receipts)
+
+
+def big_text(target: Path, size: int = 20_000) -> str:
+    """About ``size`` characters that a shell would love to run, and emoji, line by line."""
+    line = (
+        "{n:04d} He said \"don't\" and 'do'; $HOME ${{HOME}} `touch {t}` $(touch {t}) "
+        "&& rm -rf \\$x; echo $((1+1)) | cat > /dev/null # 🚀 👩‍💻 🇫🇷 é ü ß 中文 \\n <b>&amp;</b>\n"
+    )
+    parts: list[str] = []
+    n = 0
+    while sum(map(len, parts)) < size:
+        parts.append(line.format(n=n, t=target))
+        n += 1
+    return "".join(parts) + f"END $(touch {target}) `touch {target}` 🏁"
+
+
+def test_a_20kb_message_arrives_intact_and_runs_nothing(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
+    orch_env: dict[str, str],
+) -> None:
+    target = Path(f"/tmp/orch-e2e-touched-{uuid.uuid4().hex}")
+    body = big_text(target)
+    assert len(body.encode()) > 20_000 and not body[PREVIEW - 1].isspace()
+    standin.reply_text("hello")
+    session = claude(env=orch_env)
+    agent = agent_of(session, tmux_server)
+    session.prompt("Say hello.")
+    session.wait_for_requests(1)
+    orch.wait_for_state(agent, "idle")
+
+    receipt = orch.send(agent, body, "--priority", "60", "--from", "ops", stdin=True)
+    assert orch.show(receipt["id"])["body"] == body
+    woken = session.wait_for_requests(2, WAIT)[1]
+
+    index = prompt_index(woken, WAKE_LINE)
+    (context,) = system_texts_after(woken, index)
+    match = re.fullmatch(
+        re.escape("UserPromptSubmit hook additional context: ")
+        + header(receipt["id"], "ops", "critical", 60)
+        + re.escape(f"\nThis message has {len(body)} characters, too long to show here; ")
+        + r"the full text is in (?P<path>\S+)\nPreview:\n(?P<preview>.*)",
+        context,
+        re.DOTALL,
+    )
+    assert match, context[:1000]
+    assert match["preview"] == body[:PREVIEW]
+    spilled = Path(match["path"])
+    assert spilled.read_bytes() == body.encode("utf-8")
+    assert spilled.stat().st_mode & 0o777 == 0o600
+    assert spilled.is_relative_to(orch_env["ORCH_STATE_DIR"])
+    assert not any(body[PREVIEW:] in text for text in woken.texts())  # never typed or inlined
+
+    orch.wait_for_state(agent, "idle")
+    confirm_with_next_turn(session, orch, [receipt])
+    assert not target.exists(), f"something ran the message: {target} was created"
