@@ -100,10 +100,35 @@ def check_recent_runs(env: Mapping[str, str]) -> Check:
     )
 
 
+def check_supervisor(env: Mapping[str, str]) -> Check:
+    """``orch supervise`` must run when orch has agents to restart."""
+    from orch_core import lifecycle
+
+    pid = lifecycle.supervisor_running(env)
+    if pid:
+        return Check("supervisor", True, f"orch supervise runs (pid {pid})")
+    store = SQLiteStore(paths.db_path(env), timeout=2.0)
+    try:
+        spawned = store.conn.execute("SELECT count(*) FROM launch_specs").fetchone()[0]
+    except Exception:
+        spawned = 0
+    finally:
+        store.close()
+    if spawned:
+        return Check(
+            "supervisor",
+            False,
+            f"orch supervise is not running, but {spawned} "
+            "agents have launch specs: run `orch supervise`",
+        )
+    return Check("supervisor", True, "not running (no agents with a launch spec)")
+
+
 def run(env: Mapping[str, str], project_dir: str) -> list[Check]:
     return [
         check_settings(project_dir),
         check_database(env),
         check_plugins(env, project_dir),
         check_recent_runs(env),
+        check_supervisor(env),
     ]

@@ -316,6 +316,26 @@ def schedule(
         return {"id": cur.lastrowid, "agent": agent, "step": step, "due": now + wait}
 
 
+NO_RECOVERY: dict[str, Any] = {"restarts_last_hour": 0, "next_action": None}
+
+
+def overview(store: SQLiteStore, now: float) -> dict[str, dict[str, Any]]:
+    """Per agent, for ``orch agents``: restarts in the last hour and the next planned step."""
+    result: dict[str, dict[str, Any]] = {}
+    rows = store.conn.execute(
+        "SELECT agent, step, state, due, started FROM recoveries WHERE created > ?"
+        " OR state IN ('scheduled', 'running', 'verifying') ORDER BY id",
+        (now - 3600,),
+    ).fetchall()
+    for agent, step, state, due, started in rows:
+        entry = result.setdefault(agent, {"restarts_last_hour": 0, "next_action": None})
+        if step in ("restart", "fresh") and started and state != "failed":
+            entry["restarts_last_hour"] += 1
+        if state in ACTIVE:
+            entry["next_action"] = {"step": step, "state": state, "due": due}
+    return result
+
+
 def history(store: SQLiteStore, agent: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     sql, args = "SELECT * FROM recoveries", []
     if agent:

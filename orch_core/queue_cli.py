@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import api, paths
+from orch_core import api, lifecycle, paths
 from orch_core.queue import MAX_SEND_PRIORITY, STATES, Queue, QueueError, age, parse_duration
 from orch_core.store import SQLiteStore, StoreError
 
@@ -194,14 +194,24 @@ def agents_command(as_json: bool) -> None:
     pending = _guarded(queue.pending_counts)
     for agent in pending.keys() - rows.keys():
         rows[agent] = {"id": agent, "state": "unknown", "last_seen": None}
-    listing = [{**rows[a], "pending": pending.get(a, 0)} for a in sorted(rows)]
+    now = time.time()
+    recovery = _guarded(lambda: lifecycle.overview(queue.store, now))
+    listing = [
+        {**rows[a], "pending": pending.get(a, 0), **recovery.get(a, lifecycle.NO_RECOVERY)}
+        for a in sorted(rows)
+    ]
     if as_json:
         click.echo(json.dumps(listing))
         return
-    now = time.time()
     for row in listing:
         seen = f"seen {age(now - row['last_seen'])} ago" if row["last_seen"] else "never seen"
-        click.echo(f"{row['id']}\t{row['state']}\t{seen}\t{row['pending']} pending")
+        line = f"{row['id']}\t{row['state']}\t{seen}\t{row['pending']} pending"
+        if row["restarts_last_hour"]:
+            line += f"\t{row['restarts_last_hour']} restarts this hour"
+        if row["next_action"]:
+            step, due = row["next_action"]["step"], row["next_action"]["due"]
+            line += f"\tnext: {step} in {age(due - now)}"
+        click.echo(line)
 
 
 @click.command("export")

@@ -289,8 +289,10 @@ def test_agents_json_lists_state_last_seen_and_pending(orch: OrchState) -> None:
         assert {"id", "state", "last_seen", "pending"} <= agent.keys()
     assert (by_id["proj:1"]["state"], by_id["proj:1"]["pending"]) == ("busy", 2)
     assert (by_id["proj:2"]["state"], by_id["proj:2"]["pending"]) == ("idle", 0)
-    assert by_id["ghost:1"] == {"id": "ghost:1", "state": "unknown", "last_seen": None,
-                                "pending": 1}  # fmt: skip
+    assert by_id["ghost:1"] == {
+        "id": "ghost:1", "state": "unknown", "last_seen": None, "pending": 1,
+        "restarts_last_hour": 0, "next_action": None,
+    }  # fmt: skip
     assert isinstance(by_id["proj:1"]["last_seen"], float)
     text = ok(orch, "agents").splitlines()
     assert text[0] == "ghost:1\tunknown\tnever seen\t1 pending"
