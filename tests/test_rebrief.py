@@ -184,3 +184,14 @@ def test_briefing_from_stdin_and_from_the_project(orch: OrchState, repo: Path) -
     assert text is not None and "## Briefing\nOwn briefing." in text
     empty = orch_cli(orch, "brief", "proj:7", "/dev/null")
     assert empty.returncode == 1 and "the briefing is empty" in empty.stderr
+
+
+def test_a_new_agent_gets_its_briefing_at_its_first_start_only(orch: OrchState) -> None:
+    done = orch.cli("brief", "proj:7", "-", stdin="You own the billing service.\n")
+    assert done.returncode == 0, done.stderr
+    first = orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="proj:7")
+    assert first.context is not None
+    assert first.context.startswith("[orch briefing: a new session]")
+    assert "## Briefing\nYou own the billing service." in first.context
+    again = orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="proj:7")
+    assert again.context is None

@@ -9,7 +9,7 @@ message) with the rebrief: agent and role, briefing, project rules (``CLAUDE.md`
 recent activity, current task, git state read at that moment, pending count; each section marked,
 the whole trimmed to a budget. The same restore, labelled a restart, follows a ``startup`` or
 ``resume`` when a recent checkpoint exists, and ``orch rebrief AGENT`` forces one at the agent's
-next delivery point. ``orch brief`` sets a briefing, ``orch context`` shows what is kept.
+next delivery point. An agent with a briefing (``orch spawn --brief``) gets it at its first start. ``orch brief`` sets a briefing, ``orch context`` shows what is kept.
 """
 
 from __future__ import annotations
@@ -248,6 +248,8 @@ def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> str | None:
     recent = time.time() - float(settings["restore_within_hours"]) * 3600
     if event.source in ("startup", "resume") and (row.get("checkpoint_at") or 0) > recent:
         return rebrief(ctx, store, event.cwd or ctx.project_dir, "a restart")
+    if event.source == "startup" and row.get("briefing_content") and not row.get("last_briefing"):
+        return rebrief(ctx, store, event.cwd or ctx.project_dir, "", first=True)
     return forced(ctx)
 
 
@@ -267,8 +269,11 @@ def forced(ctx: HookContext) -> str | None:
     return rebrief(ctx, store, ctx.project_dir, "a request (orch rebrief)")
 
 
-def rebrief(ctx: HookContext, store: SQLiteStore, cwd: str, why: str) -> str:
-    """The rebrief text: each section marked, the whole within the budget."""
+def rebrief(
+    ctx: HookContext, store: SQLiteStore, cwd: str, why: str, *, first: bool = False
+) -> str:
+    """The rebrief text: each section marked, the whole within the budget. ``first``: the
+    briefing a new agent gets at its first SessionStart."""
     assert ctx.agent is not None
     settings = _settings(ctx)
     row = context_row(store, ctx.agent) or {}
@@ -339,7 +344,11 @@ def rebrief(ctx: HookContext, store: SQLiteStore, cwd: str, why: str) -> str:
         "git": "Git state (read now)",
         "pending": "Pending messages",
     }
-    head = f"[orch rebrief: context restored after {why}]"
+    head = (
+        "[orch briefing: a new session]"
+        if first
+        else f"[orch rebrief: context restored after {why}]"
+    )
     fit(sections, int(settings["budget"]) - len(head) - 30 * len(sections))
     update_context(store, ctx.agent, last_briefing=now)
     return "\n\n".join([head, *(f"## {titles[n]}\n{t}" for n, t in sections.items())])
