@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
@@ -32,6 +34,8 @@ class Runtime:
         self.session_id = session_id
         self.config = config or {}
         self.fire = fire
+        #: When this run began: what plugins do during the run comes after it.
+        self.started = time.time()
 
     def context(self, plugin: str) -> HookContext:
         return HookContext(self, plugin)
@@ -67,6 +71,12 @@ class HookContext:
     def config(self) -> dict[str, Any]:
         """This plugin's settings: its defaults under ``[plugin.NAME]`` of user and project."""
         return self._runtime.config.get(self.plugin, {})
+
+    @property
+    def started(self) -> float:
+        """When this hook run began (``time.time()``): the line between what happened before
+        the event and what other plugins are doing in answer to it."""
+        return self._runtime.started
 
     @property
     def store(self) -> Store:

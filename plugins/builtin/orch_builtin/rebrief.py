@@ -8,8 +8,9 @@ SessionStart with ``source`` ``compact`` it answers first (``tryfirst``, so befo
 message) with the rebrief: agent and role, briefing, project rules (``CLAUDE.md`` by default),
 recent activity, current task, git state read at that moment, pending count; each section marked,
 the whole trimmed to a budget. The same restore, labelled a restart, follows a ``startup`` or
-``resume`` when a recent checkpoint exists, and ``orch rebrief AGENT`` forces one at the agent's
-next delivery point. An agent with a briefing (``orch spawn --brief``) gets it at its first start. ``orch brief`` sets a briefing, ``orch context`` shows what is kept.
+``resume`` when a recent checkpoint exists; ``orch rebrief AGENT`` forces one at the agent's next
+delivery point; an agent with a briefing (``orch spawn --brief``) gets it at its first start.
+``orch brief`` sets a briefing, ``orch context`` shows what is kept.
 """
 
 from __future__ import annotations
@@ -170,21 +171,26 @@ def git_state(cwd: str, timeout: float) -> dict[str, Any] | None:
     }
 
 
-def recent_activity(store: SQLiteStore, agent: str, limit: int) -> list[dict[str, Any]]:
+def recent_activity(
+    store: SQLiteStore, agent: str, limit: int, before: float | None = None
+) -> list[dict[str, Any]]:
     cur = store.conn.execute(
-        "SELECT ts, kind, tool, target, ok FROM activity WHERE agent = ? ORDER BY id DESC LIMIT ?",
-        (agent, limit),
+        "SELECT ts, kind, tool, target, ok FROM activity WHERE agent = ? AND ts < ?"
+        " ORDER BY id DESC LIMIT ?",
+        (agent, before or time.time() + 1, limit),
     )
     return [dict(zip(("ts", "kind", "tool", "target", "ok"), r, strict=True)) for r in cur]
 
 
-def task_messages(store: SQLiteStore, agent: str, limit: int = 3) -> list[dict[str, Any]]:
+def task_messages(
+    store: SQLiteStore, agent: str, limit: int = 3, before: float | None = None
+) -> list[dict[str, Any]]:
     """The latest messages handed to the agent: what it was asked to do, newest first."""
     cur = store.conn.execute(
         "SELECT id, sender, priority, body, delivered FROM messages WHERE agent = ?"
-        " AND state IN ('delivered', 'confirmed') AND priority < 200"
+        " AND state IN ('delivered', 'confirmed') AND priority < 200 AND delivered < ?"
         " ORDER BY delivered DESC LIMIT ?",
-        (agent, limit),
+        (agent, before or time.time() + 1, limit),
     )
     names = ("id", "sender", "priority", "body", "delivered")
     return [dict(zip(names, r, strict=True)) for r in cur]
@@ -297,7 +303,8 @@ def rebrief(
         if text:
             sections["rules"] = text
     if on["activity"]:
-        items = recent_activity(store, ctx.agent, int(settings["activity_shown"]))
+        # only what happened before this hook: not the messages delivered beside the rebrief
+        items = recent_activity(store, ctx.agent, int(settings["activity_shown"]), ctx.started)
         lines = [
             f"- {age(now - i['ts'])} ago, {i['tool'] or i['kind']}: {i['target']}"
             + ("" if i["ok"] else " (failed)")
@@ -310,7 +317,7 @@ def rebrief(
         if lines:
             sections["activity"] = "\n".join(lines)
     if on["task"]:
-        tasks = task_messages(store, ctx.agent)
+        tasks = task_messages(store, ctx.agent, before=ctx.started)
         if tasks:
             sections["task"] = "Latest messages handed to this agent, newest first:\n" + "\n".join(
                 f"- {t['id']} from {t['sender'] or 'unknown'}, {age(now - t['delivered'])} ago:"
