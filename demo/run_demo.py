@@ -1,25 +1,33 @@
-"""The orch demo: a real Claude Code session in tmux, with orch's hooks, on a local model.
+"""The orch demo: two real Claude Code agents in tmux, with orch's hooks, on a local model.
 
 Claude Code runs interactively in a private tmux server and talks to a stand-in for the
 Messages API on 127.0.0.1 (nothing leaves the machine). ``orch install`` registers orch-hook; the
-built-in presence plugin tracks the agent, the contrib plugin orch-guard denies a force-push, and
-a project-local plugin adds context after each tool call. The demo prints what reached the model
-(the request bodies the stand-in received) and what orch recorded.
+built-in plugins track the agents and deliver their messages, the contrib plugin orch-guard denies
+a force-push, and a project-local plugin adds context after each tool call. Messages of several
+priorities reach the busy agent at its next tool call, highest first; the idle one is woken by a
+message. The demo prints what reached the model (the request bodies the stand-in received) and
+what orch recorded.
 
     make demo
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+from orch_builtin.idle import WAKE_LINE
+
+from orch_core.queue import MARK
 from orch_core.store import SQLiteStore
-from orch_core.testing.claude import ClaudeSession, wait_until
-from orch_core.testing.standin import StandInAPI
+from orch_core.testing.claude import PROMPT_MARK, ClaudeSession, wait_until
+from orch_core.testing.standin import RecordedRequest, StandInAPI
 from orch_core.testing.tmux import TmuxServer
 
 BIN = Path(sys.executable).parent
@@ -30,6 +38,7 @@ from orch_core import hookimpl
 def orch_post_tool_use(event, ctx):
     return f"[team-notes] {ctx.agent} just ran {event.tool_name}; remember to update the changelog."
 """
+HOOK_ENV = ("ORCH_STATE_DIR", "ORCH_DB", "XDG_CONFIG_HOME", "PYTHONPATH")
 
 
 def step(text: str) -> None:
@@ -37,8 +46,48 @@ def step(text: str) -> None:
 
 
 def orch(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([str(BIN / "orch"), *args], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(BIN / "orch"), *args], env=env, capture_output=True, text=True, check=False
+    )
     return (done.stdout + done.stderr).rstrip()
+
+
+def show(text: str, indent: str = "  > ", width: int = 160) -> None:
+    for line in text.splitlines() or [""]:
+        print(f"{indent}{line[:width]}")
+
+
+def after(request: RecordedRequest, index: int) -> list[str]:
+    """The texts of ``messages[index:]`` that are not the conversation's opening reminders."""
+    return [t for t in request.texts(index) if not t.startswith("<system-reminder>")]
+
+
+def screen(session: ClaudeSession, lines: int) -> str:
+    """The last ``lines`` lines of the conversation on the agent's screen (no input box)."""
+    wait_until(session.is_ready, what="the prompt")
+    shown = session.screen().splitlines()
+    end = next(i for i in range(len(shown) - 1, -1, -1) if shown[i].strip() == PROMPT_MARK)
+    kept = [line.rstrip() for line in shown[:end] if line.strip() and line.strip()[0] not in "─◐"]
+    return "\n".join(kept[-lines:])
+
+
+def agent_of(session: ClaudeSession) -> str:
+    assert session.pane is not None
+    shown = session.tmux.cmd(
+        "display-message", "-p", "-t", session.pane, "#{session_name}:#{window_index}"
+    )
+    return shown.strip()
+
+
+def state(store: SQLiteStore, agent: str) -> str | None:
+    return next((str(a["state"]) for a in store.agents() if a["id"] == agent), None)
+
+
+def in_transcript(session: ClaudeSession, ids: Iterable[str]) -> bool:
+    """Claude writes its transcript a moment after the turn; orch confirms from it."""
+    found = list((session.home / ".claude" / "projects").glob(f"*/{session.session_id}.jsonl"))
+    text = found[0].read_text() if found else ""
+    return all(f"{MARK}{i} " in text for i in ids)
 
 
 def main() -> None:
@@ -56,41 +105,96 @@ def main() -> None:
             "ORCH_DB": str(root / "state" / "orch.db"),
             "XDG_CONFIG_HOME": str(root / "config"),
             "PYTHONPATH": str(lib),
+            "CLAUDE_PROJECT_DIR": str(project),
         }
         step("orch install: one command, orch-hook, for every hook event")
         print(orch(env, "install", str(project)))
-        print(orch({**env, "CLAUDE_PROJECT_DIR": str(project)}, "plugins", "--all"))
+        print(orch(env, "plugins", "--all"))
 
-        step("A real Claude Code session in tmux, on the stand-in model")
-        push = api.reply_tool_use("Bash", {"command": "git push --force origin main"})
-        hello = api.reply_tool_use("Bash", {"command": "echo hello from the agent"})
-        api.reply_text("Done: said hello; the force-push was refused.")
-        hook_env = {
-            k: env[k] for k in ("ORCH_STATE_DIR", "ORCH_DB", "XDG_CONFIG_HOME", "PYTHONPATH")
-        }
-        session = ClaudeSession(project, api, tmux, home=root / "home", env=hook_env, name="agent")
-        session.start()
-        session.prompt("Push the branch, then say hello.")
-        requests = session.wait_for_requests(3)
+        step("Two real Claude Code agents in one tmux server, on the stand-in model")
+        hook_env = {k: env[k] for k in HOOK_ENV}
+        builder = ClaudeSession(
+            project, api, tmux, home=root / "home-builder", env=hook_env, name="builder"
+        ).start()
+        reviewer = ClaudeSession(
+            project, api, tmux, home=root / "home-reviewer", env=hook_env, name="reviewer"
+        ).start()
         store = SQLiteStore(env["ORCH_DB"])
-        wait_until(lambda: any(r["event"] == "Stop" for r in store.runs(100)), what="Stop")
-        print(session.screen().strip()[-1500:])
+        b, r = agent_of(builder), agent_of(reviewer)
+        print(f"  builder is agent {b}, reviewer is agent {r} (tmux session:window)")
 
-        step("What reached the model (request bodies the stand-in received)")
-        for request, tool_id in ((requests[1], push), (requests[2], hello)):
-            index = request.tool_result_index(tool_id)
-            for text in request.texts(index or 0)[:2]:
-                print(f"  > {text[:200]}")
+        step(f"builder ({b}) works; three messages arrive while its tool runs")
+        push = api.reply_tool_use("Bash", {"command": "git push --force origin main"})
+        work = api.reply_tool_use("Bash", {"command": "sleep 2; echo hello from the builder"})
+        api.reply_text("Done: said hello, the force-push was refused, and I read my messages.")
+        builder.prompt("Push the branch, then say hello.")
+        builder.wait_for_requests(2)  # the force-push was refused; the sleep is starting
+        sent = [
+            ("0", "lead", "When you are done, update the changelog."),
+            ("60", "ci", "CI is red on main: test_queue fails. Look at it first."),
+            ("20", "reviewer", "I left two comments on your PR."),
+        ]
+        for priority, sender, text in sent:
+            print(f"  $ orch send {b} {text!r} --priority {priority} --from {sender}")
+            show(orch(env, "send", b, text, "--priority", priority, "--from", sender), "    ")
+        requests = builder.wait_for_requests(3)
+        wait_until(lambda: state(store, b) == "idle", what="builder idle")
+        show(screen(builder, 8), "  | ")
+
+        step("What reached builder's model (request bodies the stand-in received)")
+        for request, tool_id in ((requests[1], push), (requests[2], work)):
+            index = request.tool_result_index(tool_id) or 0
+            for text in after(request, index):
+                show(text)
+
+        step(f"reviewer ({r}) finishes a turn and waits at its prompt: it is idle")
+        reviewer.prompt("Wait for review requests.")
+        wait_until(lambda: state(store, r) == "idle", what="reviewer idle")
+        print("  $ orch agents")
+        show(orch(env, "agents"), "  ")
+        print("  (pending: queued, or delivered and not yet found in the agent's transcript)")
+        text = "Please review PR #42 (the queue fix); builder says it is ready."
+        print(f"\n  $ orch send {r} {text!r} --priority 20 --from builder")
+        show(orch(env, "send", r, text, "--priority", "20", "--from", "builder"), "    ")
+        woken = reviewer.wait_for_requests(2)[-1]
+        wait_until(lambda: state(store, r) == "idle", what="reviewer idle again")
+        print(f"  orch typed {WAKE_LINE!r} into {r}'s pane; its prompt hook delivered:")
+        show("\n".join(after(woken, len(woken.messages) - 2)))
+        show(screen(reviewer, 4), "  | ")
+
+        step("Each agent's next prompt confirms what it was given (found in its transcript)")
+        for session in (builder, reviewer):
+            next_turn(session, store, env)
+        wait_until(lambda: {m["state"] for m in queue(env)} == {"confirmed"}, what="confirmed")
+        print("  $ orch queue")
+        show(orch(env, "queue"), "  ")
+        print("  $ orch agents")
+        show(orch(env, "agents"), "  ")
 
         step("What orch recorded: each hook run, its agent, its plugins")
-        for run in reversed(store.runs(100)):
+        for run in reversed(store.runs(200)):
             plugins = ", ".join(f"{p['plugin']}:{p['outcome']}" for p in run["plugins"]) or "-"
-            print(f"  {run['event']:<18} agent={run['agent']:<10} exit={run['exit_code']} "
+            print(f"  {run['event']:<18} agent={run['agent']:<12} exit={run['exit_code']} "
                   f"{run['duration_ms']:6.1f} ms  {plugins}")  # fmt: skip
-        step("orch agents / orch doctor")
-        print(orch(env, "agents"))
-        print(orch({**env, "CLAUDE_PROJECT_DIR": str(project)}, "doctor", str(project)))
-        session.close()
+        step("orch doctor")
+        print(orch(env, "doctor", str(project)))
+        builder.close()
+        reviewer.close()
+
+
+def queue(env: dict[str, str]) -> list[dict[str, Any]]:
+    listing: list[dict[str, Any]] = json.loads(orch(env, "queue", "--json"))
+    return listing
+
+
+def next_turn(session: ClaudeSession, store: SQLiteStore, env: dict[str, str]) -> None:
+    """Once Claude has written the deliveries to its transcript, prompt the agent again: that
+    prompt's hook confirms them."""
+    agent = agent_of(session)
+    ids = [m["id"] for m in queue(env) if m["agent"] == agent]
+    wait_until(lambda: in_transcript(session, ids), what="the deliveries in the transcript")
+    session.prompt("Thanks, that is all for now.")
+    wait_until(lambda: state(store, agent) == "idle", what=f"{agent} idle")
 
 
 if __name__ == "__main__":
