@@ -38,6 +38,8 @@ MAX_SEND_PRIORITY = 199
 #: delivered as a file.
 MAX_TEXT = 1_000_000
 PENDING = ("queued", "delivered")
+#: Waiting or in flight through a hook; a message typed with ``--push`` is neither.
+PENDING_SQL = "(state = 'queued' OR (state = 'delivered' AND session_id IS NOT NULL))"
 STATES = ("queued", "delivered", "confirmed", "expired", "cancelled", "dead")
 #: Header that starts every delivered message; confirmation looks for it in the transcript.
 MARK = "[orch message "
@@ -223,7 +225,7 @@ class Queue:
             sql += " AND agent = ?"
             args.append(agent)
         if state == "pending":
-            sql += " AND state IN ('queued', 'delivered')"
+            sql += f" AND {PENDING_SQL}"
         elif state is not None:
             if state not in STATES:
                 raise QueueError(f"unknown state {state!r}: one of pending, {', '.join(STATES)}")
@@ -235,15 +237,14 @@ class Queue:
 
     def pending_counts(self) -> dict[str, int]:
         rows = self.store.conn.execute(
-            "SELECT agent, count(*) FROM messages WHERE state IN ('queued', 'delivered')"
-            " GROUP BY agent"
+            f"SELECT agent, count(*) FROM messages WHERE {PENDING_SQL} GROUP BY agent"
         ).fetchall()
         return dict(rows)
 
     def has_pending(self, agent: str) -> bool:
         """Whether ``agent`` has anything queued or in flight: the hook's one read when idle."""
         row = self.store.conn.execute(
-            "SELECT 1 FROM messages WHERE agent = ? AND state IN ('queued', 'delivered') LIMIT 1",
+            f"SELECT 1 FROM messages WHERE agent = ? AND {PENDING_SQL} LIMIT 1",
             (agent,),
         ).fetchone()
         return row is not None

@@ -20,7 +20,7 @@ import os
 import time
 
 from orch_core import hookimpl
-from orch_core.queue import age
+from orch_core.queue import PENDING_SQL, age
 from orch_core.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
@@ -199,7 +199,7 @@ def task_messages(
 def pending_count(store: SQLiteStore, agent: str) -> int:
     return int(
         store.conn.execute(
-            "SELECT count(*) FROM messages WHERE agent = ? AND state IN ('queued', 'delivered')",
+            f"SELECT count(*) FROM messages WHERE agent = ? AND {PENDING_SQL}",
             (agent,),
         ).fetchone()[0]
     )
