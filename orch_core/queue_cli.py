@@ -131,12 +131,12 @@ def send_command(agent: str, text: str, priority: str, sender: str | None, key: 
 def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
     """Type the message into the agent's pane the old way, safely: argv, -l, a separate Enter.
     It is marked delivered first, so the prompt that Enter starts does not deliver it again."""
-    from orch_core.tmux import type_line
+    from orch_core.tmux import paste_text
 
     target = queue.store.agent_pane(receipt["agent"]) or (receipt["agent"], None)
     if not queue.mark_pushed(receipt["id"]):
         return
-    if not type_line(target[0], target[1], text, paths.state_dir(os.environ)):
+    if not paste_text(target[0], target[1], text, paths.state_dir(os.environ)):
         queue.unpush(receipt["id"], f"could not type into tmux pane {target[0]}")
         raise click.ClickException(f"could not type into tmux pane {target[0]}; the message "
                                    f"{receipt['id']} stays queued")  # fmt: skip

@@ -21,11 +21,13 @@ class TmuxError(Exception):
     """A tmux command failed: its one-line error."""
 
 
-def tmux(socket: str | None, *args: str, timeout: float = 5.0) -> str:
+def tmux(socket: str | None, *args: str, timeout: float = 5.0, stdin: str | None = None) -> str:
     """Run one tmux command and return its stdout."""
     argv = ["tmux", *(["-S", socket] if socket else []), *args]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         raise TmuxError(f"tmux {args[0]}: {exc}") from None
     if done.returncode != 0:
@@ -36,21 +38,47 @@ def tmux(socket: str | None, *args: str, timeout: float = 5.0) -> str:
 def type_line(pane: str, socket: str | None, text: str, state_dir: str) -> bool:
     """Type ``text`` into ``pane`` literally (``send-keys -l``), then press Enter as a separate
     key, holding the pane's lock so two senders never interleave."""
-    import fcntl
+    with _pane_lock(pane, socket, state_dir):
+        try:
+            tmux(socket, "send-keys", "-t", pane, "-l", "--", text)
+            tmux(socket, "send-keys", "-t", pane, "Enter")
+            return True
+        except TmuxError:
+            return False
 
-    lock_name = "".join(c if c.isalnum() else "_" for c in f"{socket or 'default'}{pane}")
-    folder = os.path.join(state_dir, "locks")
-    paths.ensure_private_dir(folder)
-    fd = os.open(os.path.join(folder, f"{lock_name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        tmux(socket, "send-keys", "-t", pane, "-l", "--", text)
-        tmux(socket, "send-keys", "-t", pane, "Enter")
-        return True
-    except (OSError, TmuxError):
-        return False
-    finally:
-        os.close(fd)
+
+def paste_text(pane: str, socket: str | None, text: str, state_dir: str) -> bool:
+    """Paste ``text`` of any length and any number of lines as one input (bracketed paste, so
+    its newlines do not submit it line by line), then press Enter; under the pane's lock. The
+    text reaches tmux on stdin, never in an argument."""
+    buffer = f"orch-{os.getpid()}"
+    with _pane_lock(pane, socket, state_dir):
+        try:
+            tmux(socket, "load-buffer", "-b", buffer, "-", stdin=text)
+            tmux(socket, "paste-buffer", "-p", "-d", "-b", buffer, "-t", pane)
+            tmux(socket, "send-keys", "-t", pane, "Enter")
+            return True
+        except TmuxError:
+            return False
+
+
+class _pane_lock:
+    """One writer per pane at a time, across processes (``flock`` on a file per pane)."""
+
+    def __init__(self, pane: str, socket: str | None, state_dir: str) -> None:
+        name = "".join(c if c.isalnum() else "_" for c in f"{socket or 'default'}{pane}")
+        folder = os.path.join(state_dir, "locks")
+        paths.ensure_private_dir(folder)
+        self.path = os.path.join(folder, f"{name}.lock")
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self.fd)
 
 
 def pane_state(pane: str, socket: str | None) -> str:

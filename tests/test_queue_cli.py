@@ -369,8 +369,9 @@ def test_bad_import_is_one_line_error_and_stores_nothing(
 FAKE_TMUX = """#!{python}
 import json, os, subprocess, sys
 args = sys.argv[1:]
+stdin = sys.stdin.read() if "load-buffer" in args else None
 with open(os.environ["FAKE_TMUX_LOG"], "a") as log:
-    log.write(json.dumps(args) + "\\n")
+    log.write(json.dumps({{"args": args, "stdin": stdin}}) + "\\n")
 if args[-1] == "Enter":  # Claude Code takes the prompt at once: its UserPromptSubmit hook runs
     event = {{"hook_event_name": "UserPromptSubmit", "session_id": "s-push", "prompt": "",
               "transcript_path": "/nonexistent", "cwd": os.getcwd()}}
@@ -398,9 +399,14 @@ def test_push_is_never_also_delivered_by_the_prompt_it_starts(
     done = cli(orch, "send", "proj:1", "the pushed body", "--push", "--json", env=env)
     assert done.returncode == 0, done.stderr
     typed = [json.loads(line) for line in typed_log.read_text().splitlines()]
-    assert [t[t.index("send-keys") + 3 :] for t in typed] == [
-        ["-l", "--", "the pushed body"], ["Enter"],
-    ]  # fmt: skip
+    commands = [t["args"][2:] for t in typed]  # after "-S", socket
+    buffer = commands[0][2]
+    assert commands == [
+        ["load-buffer", "-b", buffer, "-"],
+        ["paste-buffer", "-p", "-d", "-b", buffer, "-t", "%7"],
+        ["send-keys", "-t", "%7", "Enter"],
+    ]
+    assert typed[0]["stdin"] == "the pushed body"  # the body goes on stdin, never in argv
     assert "the pushed body" not in Path(f"{typed_log}.hook").read_text()
     receipt = json.loads(done.stdout)
     assert receipt["state"] == "delivered"
