@@ -52,6 +52,32 @@ def tmux_socket(env: Mapping[str, str]) -> str | None:
 
 def pane_agent(pane: str, timeout: float = 1.0) -> str | None:
     """``session:window`` of ``pane`` (e.g. ``%3``), asked of the tmux server in ``$TMUX``."""
+    from orch_core import tmux
+
+    try:
+        out = tmux.tmux(
+            None,
+            "display-message",
+            "-p",
+            "-t",
+            pane,
+            "#{session_name}:#{window_index}",
+            timeout=timeout,
+        )
+    except tmux.TmuxError:
+        return None
+    agent = out.strip()
+    return agent if valid_id(agent) else None
+
+
+def tmux_socket(env: Mapping[str, str]) -> str | None:
+    """The socket of the tmux server the hook runs under (``$TMUX`` is ``socket,pid,session``)."""
+    value = env.get("TMUX", "")
+    return value.split(",", 1)[0] or None
+
+
+def pane_agent(pane: str, timeout: float = 1.0) -> str | None:
+    """``session:window`` of ``pane`` (e.g. ``%3``), asked of the tmux server in ``$TMUX``."""
     import subprocess
 
     try:

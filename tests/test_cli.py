@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from test_install import orch_cli
-
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 
@@ -14,14 +12,14 @@ FORCE_PUSH = payload("PreToolUse", tool_input={"command": "git push --force orig
 
 
 def test_plugins_json_lists_the_contrib_plugin_from_its_entry_point(orch: OrchState) -> None:
-    done = orch_cli(orch, "plugins", "--json")
+    done = orch.cli("plugins", "--json")
     assert done.returncode == 0, done.stderr
     rows = {row["name"]: row for row in json.loads(done.stdout)}
     assert "presence" not in rows  # built-ins only with --all
     assert rows["guard"]["source"] == "entry point"
     assert rows["guard"]["version"] == "0.1.0"
     assert "orch_pre_tool_use" in rows["guard"]["hooks"]
-    every = json.loads(orch_cli(orch, "plugins", "--all", "--json").stdout)
+    every = json.loads(orch.cli("plugins", "--all", "--json").stdout)
     assert {"presence", "guard"} <= {row["name"] for row in every}
 
 
@@ -35,7 +33,7 @@ def test_the_contrib_plugin_runs_and_stops_when_disabled(orch: OrchState) -> Non
     orch.write_config('[plugins]\ndisable = ["guard"]\n')
     assert orch.run_hook(FORCE_PUSH).exit_code == 0
     assert orch.run_hook(FORCE_PUSH).output is None
-    assert "guard" not in orch_cli(orch, "plugins", "--json").stdout
+    assert "guard" not in orch.cli("plugins", "--json").stdout
 
 
 def test_contrib_plugin_settings_come_from_the_project(orch: OrchState) -> None:
@@ -47,7 +45,7 @@ def test_contrib_plugin_settings_come_from_the_project(orch: OrchState) -> None:
 
 
 def test_version_lists_the_plugins(orch: OrchState) -> None:
-    done = orch_cli(orch, "--version")
+    done = orch.cli("--version")
     assert done.returncode == 0
     assert done.stdout.startswith("orch, version ")
     assert "presence" in done.stdout
@@ -55,41 +53,41 @@ def test_version_lists_the_plugins(orch: OrchState) -> None:
 
 
 def test_doctor_is_healthy_after_install_and_a_hook_run(orch: OrchState) -> None:
-    assert orch_cli(orch, "install").returncode == 0
+    assert orch.cli("install").returncode == 0
     orch.run_hook(payload("SessionStart"), ORCH_AGENT="p:1")
-    done = orch_cli(orch, "doctor")
+    done = orch.cli("doctor")
     assert done.returncode == 0, done.stdout
     assert done.stdout.count("ok  ") == 5
     assert "ok   supervisor: not running (no agents with a launch spec)" in done.stdout
 
 
 def test_doctor_fails_when_not_installed(orch: OrchState) -> None:
-    done = orch_cli(orch, "doctor")
+    done = orch.cli("doctor")
     assert done.returncode == 1
     assert "FAIL settings: orch-hook is not registered" in done.stdout
 
 
 def test_doctor_fails_on_recent_plugin_errors(orch: OrchState) -> None:
-    assert orch_cli(orch, "install").returncode == 0
+    assert orch.cli("install").returncode == 0
     orch.plugin_module(
         "broken",
         "from orch_core import hookimpl\n\n"
         "@hookimpl\ndef orch_stop():\n    raise ValueError('bad')\n",
     )
     orch.run_hook(payload("Stop"), ORCH_LOAD_PLUGINS="broken")
-    done = orch_cli(orch, "doctor")
+    done = orch.cli("doctor")
     assert done.returncode == 1
     assert "FAIL hook runs: 1 failed" in done.stdout
     assert "broken error: ValueError: bad" in done.stdout
 
 
 def test_doctor_fails_on_a_broken_database_and_config(orch: OrchState) -> None:
-    assert orch_cli(orch, "install").returncode == 0
+    assert orch.cli("install").returncode == 0
     orch.run_hook(payload("SessionStart"), ORCH_AGENT="p:1")
     with sqlite3.connect(orch.env["ORCH_DB"]) as db:
         db.execute("PRAGMA user_version = 99")
     orch.write_config("[plugins\n")
-    done = orch_cli(orch, "doctor")
+    done = orch.cli("doctor")
     assert done.returncode == 1
     assert "FAIL database" in done.stdout
     assert "newer than this orch" in done.stdout
@@ -98,7 +96,7 @@ def test_doctor_fails_on_a_broken_database_and_config(orch: OrchState) -> None:
 
 def test_a_bad_config_is_a_one_line_cli_error(orch: OrchState) -> None:
     orch.write_config("[plugins]\ndisable = 'guard'\n")
-    done = orch_cli(orch, "plugins")
+    done = orch.cli("plugins")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f"Error: {orch.project_dir}/.claude/orch.toml: [plugins] disable must be a list of names"
@@ -107,5 +105,5 @@ def test_a_bad_config_is_a_one_line_cli_error(orch: OrchState) -> None:
 
 def test_agents_lists_what_presence_saw(orch: OrchState) -> None:
     orch.run_hook(payload("UserPromptSubmit"), ORCH_AGENT="proj:4")
-    rows = json.loads(orch_cli(orch, "agents", "--json").stdout)
+    rows = json.loads(orch.cli("agents", "--json").stdout)
     assert [(r["id"], r["state"]) for r in rows] == [("proj:4", "busy")]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_install import orch_cli
 
 from orch_core import log
 from orch_core.testing.kit import OrchState
@@ -27,16 +26,16 @@ def orch_register_commands(cli):
 def test_plugins_add_cli_commands(orch: OrchState) -> None:
     orch.plugin_module("greeter", COMMANDS)
     orch.write_config('[plugins]\nload = ["greeter"]\n')
-    done = orch_cli(orch, "greet", "team")
+    done = orch.cli("greet", "team")
     assert (done.returncode, done.stdout) == (0, "hello team\n")
-    assert "greet" in orch_cli(orch, "--help").stdout
+    assert "greet" in orch.cli("--help").stdout
 
 
 def test_a_broken_plugin_does_not_take_the_cli_down(orch: OrchState) -> None:
     source = "from orch_core import hookimpl\n\n@hookimpl\ndef orch_register_commands(cli):\n"
     orch.plugin_module("bad", source + "    raise KeyError\n")
     orch.write_config('[plugins]\nload = ["bad"]\n')
-    done = orch_cli(orch, "plugins", "--json")
+    done = orch.cli("plugins", "--json")
     assert done.returncode == 0
     assert "warning: plugin commands not loaded" in done.stderr
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +11,6 @@ import pytest
 
 from orch_core import install
 from orch_core.testing.kit import OrchState
-
-ORCH = os.path.join(os.path.dirname(sys.executable), "orch")
 
 THEIRS: dict[str, Any] = {
     "permissions": {"allow": ["Bash(make test)"]},
@@ -30,18 +26,6 @@ THEIRS: dict[str, Any] = {
 }
 
 
-def orch_cli(orch: OrchState, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ORCH, *args],
-        capture_output=True,
-        text=True,
-        env=orch.env,
-        cwd=orch.project_dir,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("indent", [2, 4])
 @pytest.mark.parametrize("local", [False, True])
 def test_install_keeps_their_hooks_is_idempotent_and_uninstall_restores(
@@ -52,7 +36,7 @@ def test_install_keeps_their_hooks_is_idempotent_and_uninstall_restores(
     path.write_text(original)
     flag = ["--local"] if local else []
 
-    first = orch_cli(orch, "install", str(orch.project_dir), *flag)
+    first = orch.cli("install", str(orch.project_dir), *flag)
     assert first.returncode == 0, first.stderr
     once = path.read_bytes()
     settings: dict[str, Any] = json.loads(once)
@@ -60,15 +44,15 @@ def test_install_keeps_their_hooks_is_idempotent_and_uninstall_restores(
     assert settings["hooks"]["Stop"][0] == THEIRS["hooks"]["Stop"][0]
     assert settings["hooks"]["PreToolUse"][0] == THEIRS["hooks"]["PreToolUse"][0]
 
-    assert orch_cli(orch, "install", str(orch.project_dir), *flag).returncode == 0
+    assert orch.cli("install", str(orch.project_dir), *flag).returncode == 0
     assert path.read_bytes() == once  # byte-identical
 
-    assert orch_cli(orch, "uninstall", str(orch.project_dir), *flag).returncode == 0
+    assert orch.cli("uninstall", str(orch.project_dir), *flag).returncode == 0
     assert path.read_text() == original
 
 
 def test_install_registers_every_event_but_those_that_change_behaviour(orch: OrchState) -> None:
-    assert orch_cli(orch, "install").returncode == 0
+    assert orch.cli("install").returncode == 0
     settings = json.loads((orch.project_dir / ".claude" / "settings.json").read_text())
     hooks = settings["hooks"]
     assert "WorktreeCreate" not in hooks
@@ -88,16 +72,16 @@ def test_install_registers_every_event_but_those_that_change_behaviour(orch: Orc
 
 def test_uninstall_removes_a_file_that_install_created(orch: OrchState) -> None:
     path = orch.project_dir / ".claude" / "settings.json"
-    assert orch_cli(orch, "install").returncode == 0
+    assert orch.cli("install").returncode == 0
     assert path.exists()
-    assert orch_cli(orch, "uninstall").returncode == 0
+    assert orch.cli("uninstall").returncode == 0
     assert not path.exists()
 
 
 def test_install_updates_a_moved_orch_hook_in_place(orch: OrchState) -> None:
     path = orch.project_dir / ".claude" / "settings.json"
     path.write_text(json.dumps(install.template("/old/venv/bin/orch-hook"), indent=2) + "\n")
-    assert orch_cli(orch, "install").returncode == 0
+    assert orch.cli("install").returncode == 0
     hooks = json.loads(path.read_text())["hooks"]
     assert all(len(groups) == 1 for groups in hooks.values())
     assert hooks["Stop"][0]["hooks"][0]["command"] == install.hook_command()
@@ -112,7 +96,7 @@ def test_bad_settings_give_a_one_line_error_and_stay_untouched(
 ) -> None:
     path = orch.project_dir / ".claude" / "settings.json"
     path.write_text(content)
-    done = orch_cli(orch, "install")
+    done = orch.cli("install")
     assert done.returncode == 1
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_install import ORCH, orch_cli
 
 from orch_core.queue import Queue
-from orch_core.testing.kit import OrchState
+from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
 
 
@@ -53,7 +52,7 @@ def work(orch: OrchState, project: Path) -> None:
 
 
 def context(orch: OrchState, agent: str = "proj:7") -> dict[str, Any]:
-    done = orch_cli(orch, "context", agent, "--json")
+    done = orch.cli("context", agent, "--json")
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -95,7 +94,7 @@ def test_rebrief_after_compaction_comes_first_once_then_the_queue(
 ) -> None:
     brief = orch.root / "brief.md"
     brief.write_text("You review pull requests for the payments team.\n")
-    assert orch_cli(orch, "brief", "proj:7", str(brief), "--role", "reviewer").returncode == 0
+    assert orch.cli("brief", "proj:7", str(brief), "--role", "reviewer").returncode == 0
     work(orch, repo)
     orch.run_hook(payload("PreCompact", cwd=str(repo)), ORCH_AGENT="proj:7")
     urgent = Queue(orch.store).send("proj:7", "URGENT: stop the deploy", priority=150)
@@ -159,7 +158,7 @@ def test_restart_restores_a_recent_checkpoint_only(orch: OrchState, repo: Path) 
 
 def test_orch_rebrief_forces_one_at_the_next_delivery_point(orch: OrchState, repo: Path) -> None:
     work(orch, repo)
-    assert orch_cli(orch, "rebrief", "proj:7").returncode == 0
+    assert orch.cli("rebrief", "proj:7").returncode == 0
     first = orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7").context
     assert first is not None
     assert first.startswith("[orch rebrief: context restored after a request (orch rebrief)]")
@@ -174,7 +173,7 @@ def test_briefing_from_stdin_and_from_the_project(orch: OrchState, repo: Path) -
     ).context
     assert text is not None and "## Briefing\nProject-wide briefing." in text
     done = subprocess.run(
-        [ORCH, "brief", "proj:7", "-"], input="Own briefing.\n",
+        [orch_script(), "brief", "proj:7", "-"], input="Own briefing.\n",
         capture_output=True, text=True, env=orch.env, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -182,7 +181,7 @@ def test_briefing_from_stdin_and_from_the_project(orch: OrchState, repo: Path) -
         payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7"
     ).context
     assert text is not None and "## Briefing\nOwn briefing." in text
-    empty = orch_cli(orch, "brief", "proj:7", "/dev/null")
+    empty = orch.cli("brief", "proj:7", "/dev/null")
     assert empty.returncode == 1 and "the briefing is empty" in empty.stderr
 
 

@@ -6,8 +6,6 @@ the pane to a file, so the test sees exactly what orch typed, and that nothing r
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,7 +21,6 @@ from orch_core.testing.tmux import TmuxServer
 
 pytestmark = pytest.mark.tmux
 
-ORCH = os.path.join(os.path.dirname(sys.executable), "orch")
 AGENT = "proj:1"
 SESSION = "sess-wake"
 SENTINEL = "--- end of test input ---"
@@ -73,13 +70,6 @@ class Pane:
         return typed.removeprefix("ready\n").splitlines()[:-1]
 
 
-def orch_cli(orch: OrchState, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ORCH, *args], capture_output=True, text=True, env=orch.env, cwd=orch.project_dir,
-        timeout=60, check=False,
-    )  # fmt: skip
-
-
 def hook(orch: OrchState, event: str, **fields: object) -> str:
     data = payload(event, session_id=SESSION, **fields)
     result = orch.run_hook(data, ORCH_AGENT=AGENT)
@@ -98,7 +88,7 @@ def test_an_idle_agent_gets_one_wake_line_per_batch_and_never_the_body(
     assert hook(orch, "Stop") == ""  # nothing queued: it really stops
     assert agent_state(orch) == "idle"
     for body in ("secret body one", "secret body two"):
-        done = orch_cli(orch, "send", AGENT, body)
+        done = orch.cli("send", AGENT, body)
         assert done.returncode == 0, done.stderr
     assert pane.lines() == [WAKE_LINE]
     screen = tmux.capture(pane.pane, history=True)
@@ -111,7 +101,7 @@ def test_an_idle_agent_gets_one_wake_line_per_batch_and_never_the_body(
     # idle again: the next message wakes it again, once
     assert hook(orch, "Stop", stop_hook_active=False) == ""
     assert agent_state(orch) == "idle"
-    assert orch_cli(orch, "send", AGENT, "secret body three").returncode == 0
+    assert orch.cli("send", AGENT, "secret body three").returncode == 0
     assert pane.lines() == [WAKE_LINE, SENTINEL, WAKE_LINE]
 
 
@@ -122,7 +112,7 @@ def test_an_agent_that_is_not_idle_is_not_woken(
     pane = Pane(tmux, orch)
     hook(orch, event)
     assert agent_state(orch) in {"busy", "starting"}
-    done = orch_cli(orch, "send", AGENT, "for later")
+    done = orch.cli("send", AGENT, "for later")
     assert done.returncode == 0, done.stderr
     assert pane.lines() == []
     assert agent_state(orch) in {"busy", "starting"}
@@ -139,7 +129,7 @@ def test_push_types_the_body_literally_once_and_runs_nothing(
         f"echo \"$HOME\" '$USER' `touch {canary}` $(touch {canary}) 🚀;"
         f" rm -rf {victim} && echo 'it ran'"
     )
-    done = orch_cli(orch, "send", AGENT, body, "--push", "--json")
+    done = orch.cli("send", AGENT, body, "--push", "--json")
     assert done.returncode == 0, done.stderr
     assert pane.lines() == [body]
     assert victim.is_dir()
@@ -162,7 +152,7 @@ def test_push_to_a_pane_that_is_gone_is_an_error_and_keeps_the_message(
 ) -> None:
     pane = Pane(tmux, orch)
     tmux.kill_pane(pane.pane)
-    done = orch_cli(orch, "send", AGENT, "hello", "--push")
+    done = orch.cli("send", AGENT, "hello", "--push")
     assert done.returncode != 0
     assert done.stderr.startswith("Error: could not type into tmux pane")
     queue = Queue(orch.store)
