@@ -68,27 +68,3 @@ def pane_agent(pane: str, timeout: float = 1.0) -> str | None:
         return None
     agent = out.strip()
     return agent if valid_id(agent) else None
-
-
-def tmux_socket(env: Mapping[str, str]) -> str | None:
-    """The socket of the tmux server the hook runs under (``$TMUX`` is ``socket,pid,session``)."""
-    value = env.get("TMUX", "")
-    return value.split(",", 1)[0] or None
-
-
-def pane_agent(pane: str, timeout: float = 1.0) -> str | None:
-    """``session:window`` of ``pane`` (e.g. ``%3``), asked of the tmux server in ``$TMUX``."""
-    import subprocess
-
-    try:
-        done = subprocess.run(
-            ["tmux", "display-message", "-p", "-t", pane, "#{session_name}:#{window_index}"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    agent = done.stdout.strip()
-    return agent if done.returncode == 0 and valid_id(agent) else None
