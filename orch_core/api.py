@@ -46,6 +46,10 @@ def send(
     receipts = [queue.send(agent, text, **options) for agent in agents]
     if fire:
         notify(receipts, env, project_dir or paths.project_dir(env), queue)
+    if options.get("not_before"):  # someone must wake an idle agent when it falls due
+        from orch_core import lifecycle
+
+        lifecycle.ensure_supervisor(env)
     return receipts
 
 

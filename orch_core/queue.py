@@ -25,7 +25,7 @@ from orch_core.store import SQLiteStore
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Mapping
     from typing import Any
 
     Message = dict[str, Any]
@@ -117,6 +117,17 @@ class Queue:
         self.max_attempts = max_attempts
         self.confirm_hooks = confirm_hooks
         self.confirm_seconds = confirm_seconds
+
+    @classmethod
+    def configured(cls, store: SQLiteStore, config: Mapping[str, Any] | None) -> Queue:
+        """A queue with the ``[plugin.queue]`` settings of a project (``None``: defaults)."""
+        config = config or {}
+        return cls(
+            store,
+            max_attempts=int(config.get("max_attempts", 3)),
+            confirm_hooks=int(config.get("confirm_hooks", 4)),
+            confirm_seconds=float(config.get("confirm_seconds", 120.0)),
+        )
 
     @classmethod
     def open(cls, env: Any = os.environ, **settings: Any) -> Queue:
@@ -342,10 +353,14 @@ class Queue:
             args,
         ).fetchall()
         stale = conn.execute(
-            "SELECT id FROM messages WHERE state = 'delivered' AND session_id IS NOT NULL"
-            f" AND delivered <= ? {only}",
+            "SELECT id, transcript FROM messages WHERE state = 'delivered'"
+            f" AND session_id IS NOT NULL AND delivered <= ? {only}",
             (now - self.confirm_seconds, *args),
         ).fetchall()
+        # Claude writes its transcript late: the hooks after a delivery may all have missed
+        # it while the agent went idle. Look once more before putting it back in the queue.
+        tails = {path: _transcript_tail(path) for path in {t for _, t in stale if t}}
+        seen = [mid for mid, path in stale if path and f"{MARK}{mid} " in tails[path]]
         if not (expired or orphans or stale):
             return
         with self.store.transaction() as tx:
@@ -354,8 +369,11 @@ class Queue:
             for message_id, after_id, after_state in orphans:
                 why = f"waited for {after_id}, which ended {after_state}"
                 _set(tx, message_id, "dead", now, why, "queued")
-            for (message_id,) in stale:
-                self._unconfirmed(tx, message_id, now, "not confirmed in time")
+            for message_id, _ in stale:
+                if message_id in seen:
+                    _set(tx, message_id, "confirmed", now, "found in the transcript", "delivered")
+                else:
+                    self._unconfirmed(tx, message_id, now, "not confirmed in time")
         # what just ended may be another message's dependency, and its dependents' in turn
         self.sweep(now, agent)
 
@@ -461,10 +479,12 @@ class Queue:
         *,
         min_priority: int = 0,
         budget: int = 8000,
+        transcript_path: str | None = None,
         now: float | None = None,
     ) -> list[Message]:
         """Take the deliverable messages for ``agent``, highest first, up to ``budget``
-        characters of text (at least one), and mark them delivered to ``session_id``."""
+        characters of text (at least one), and mark them delivered to ``session_id`` (whose
+        transcript, if given, is where a late confirmation is looked for)."""
         now = time.time() if now is None else now
         # ``after``: held back while the other message is here and not delivered; one that is
         # not here (an import without it: it was confirmed and not exported) holds nothing.
@@ -493,8 +513,8 @@ class Queue:
                 used += size
                 tx.execute(
                     "UPDATE messages SET state = 'delivered', delivered = ?, session_id = ?,"
-                    " attempts = attempts + 1, checks = 0 WHERE id = ?",
-                    (now, session_id, message["id"]),
+                    " transcript = ?, attempts = attempts + 1, checks = 0 WHERE id = ?",
+                    (now, session_id, transcript_path, message["id"]),
                 )
                 _event(tx, message["id"], now, "delivered", session_id)
                 taken.append(message)

@@ -24,7 +24,15 @@ if TYPE_CHECKING:
 
 
 def _queue() -> Queue:
-    return Queue(SQLiteStore(paths.db_path(os.environ)))
+    """The queue with this project's ``[plugin.queue]`` settings (confirmation bounds)."""
+    from orch_core import plan
+
+    store = SQLiteStore(paths.db_path(os.environ))
+    try:
+        config = plan.load(os.environ, paths.project_dir(os.environ)).config.get("queue")
+    except Exception:  # a broken config is reported by `orch doctor`, not here
+        config = None
+    return Queue.configured(store, config)
 
 
 def _guarded(action: Callable[[], T]) -> T:

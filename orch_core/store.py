@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -150,6 +150,9 @@ MIGRATIONS: dict[int, str] = {
         kind TEXT NOT NULL,
         message TEXT NOT NULL
     );
+    """,
+    5: """
+    ALTER TABLE messages ADD COLUMN transcript TEXT;
     """,
 }
 #: Hook runs kept; older ones are pruned now and then, so the table stays small.

@@ -7,12 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orch_core.queue import MAX_TEXT
+from orch_core.queue import MAX_TEXT, Queue
 from orch_core.testing.kit import OrchState, hook_script
 from orch_core.testing.payloads import payload
 
@@ -411,3 +412,14 @@ def test_push_is_never_also_delivered_by_the_prompt_it_starts(
     receipt = json.loads(done.stdout)
     assert receipt["state"] == "delivered"
     assert db(orch, "SELECT state, attempts FROM messages") == [("delivered", 1)]
+
+
+def test_orch_queue_sweeps_with_the_projects_queue_settings(orch: OrchState) -> None:
+    orch.write_config("[plugin.queue]\nconfirm_seconds = 600\n")
+    assert orch.cli("send", "a:1", "hello").returncode == 0
+    Queue.open(orch.env).claim("a:1", "sess-1", now=time.time() - 200)  # delivered 200 s ago
+    listing = json.loads(orch.cli("queue", "--json").stdout)
+    assert [m["state"] for m in listing] == ["delivered"]  # 200 s < confirm_seconds = 600
+    orch.write_config("[plugin.queue]\nconfirm_seconds = 100\n")
+    listing = json.loads(orch.cli("queue", "--json").stdout)
+    assert [m["state"] for m in listing] == ["queued"]

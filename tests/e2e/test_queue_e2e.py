@@ -24,6 +24,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import pytest
 from orch_builtin.idle import WAKE_LINE
 
-from orch_core.queue import MARK, PREVIEW
+from orch_core.queue import MARK, PREVIEW, Queue
 from orch_core.store import SQLiteStore
 from orch_core.testing.claude import ClaudeFactory, ClaudeSession, wait_until
 from orch_core.testing.standin import RecordedRequest, StandInAPI
@@ -99,6 +100,7 @@ def orch_env(project: Path, tmp_path: Path) -> dict[str, str]:
         "ORCH_STATE_DIR": str(tmp_path / "state"),
         "ORCH_DB": str(tmp_path / "state" / "orch.db"),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "ORCH_SUPERVISE_FOR": "60",  # a supervisor started here stops by itself
     }
     subprocess.run([ORCH, "install", str(project)], check=True, env={**os.environ, **env})
     return env
@@ -406,3 +408,47 @@ def test_a_20kb_message_arrives_intact_and_runs_nothing(
     orch.wait_for_state(agent, "idle")
     confirm_with_next_turn(session, orch, [receipt])
     assert not target.exists(), f"something ran the message: {target} was created"
+
+
+def idle_agent(
+    claude: ClaudeFactory, standin: StandInAPI, tmux: TmuxServer, orch: OrchCLI,
+    env: dict[str, str],
+) -> tuple[ClaudeSession, str]:  # fmt: skip
+    standin.reply_text("hello")
+    session = claude(env=env)
+    agent = agent_of(session, tmux)
+    session.prompt("Say hello.")
+    session.wait_for_requests(1)
+    orch.wait_for_state(agent, "idle")
+    return session, agent
+
+
+def test_a_message_the_model_saw_while_going_idle_is_not_delivered_again(
+    claude: ClaudeFactory, standin: StandInAPI, tmux_server: TmuxServer, orch: OrchCLI,
+    orch_env: dict[str, str],
+) -> None:  # fmt: skip
+    session, agent = idle_agent(claude, standin, tmux_server, orch, orch_env)
+    receipt = orch.send(agent, "deploy at noon")  # wakes the agent; its prompt hook delivers
+    session.wait_for_requests(2, 20)
+    orch.wait_for_state(agent, "idle")
+    wait_until(lambda: f"{MARK}{receipt['id']} " in transcript(session).read_text(), 10)
+    # the Stop hook ran before Claude wrote the turn down, and no hook runs while it idles:
+    # a sweep past confirm_seconds looks at the transcript before requeueing anything
+    Queue.open(orch_env).sweep(now=time.time() + 121)
+    assert orch.show(receipt["id"])["state"] == "confirmed"
+    session.prompt("Next task.")
+    last = session.wait_for_requests(3, 20)[-1]
+    assert last.text().count(f"{MARK}{receipt['id']} ") == 1  # the first delivery, in history
+
+
+def test_a_scheduled_message_wakes_an_idle_agent_when_due_not_before(
+    claude: ClaudeFactory, standin: StandInAPI, tmux_server: TmuxServer, orch: OrchCLI,
+    orch_env: dict[str, str],
+) -> None:  # fmt: skip
+    session, agent = idle_agent(claude, standin, tmux_server, orch, orch_env)
+    sent = time.time()
+    receipt = orch.send(agent, "check the CI run", "--in", "3s")
+    last = session.wait_for_requests(2, 30)[-1]
+    assert time.time() - sent >= 3, "woken before the message was due"
+    assert f"{MARK}{receipt['id']} " in last.text()
+    assert sum(WAKE_LINE in r.texts() for r in session.requests()) == 1

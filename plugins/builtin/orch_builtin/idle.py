@@ -11,6 +11,8 @@ prompt). A message body is never typed.
 from __future__ import annotations
 
 from orch_core import hookimpl, log, paths, tmux
+from orch_core.queue import Queue
+from orch_core.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -32,6 +34,8 @@ def orch_config_defaults() -> dict[str, Any]:
 
 @hookimpl
 def orch_message_enqueued(message: dict[str, Any], ctx: HookContext) -> None:
+    if not isinstance(ctx.store, SQLiteStore) or not Queue(ctx.store).has_ready(message["agent"]):
+        return  # e.g. sent with --in: the supervisor wakes the agent when it falls due
     if message.get("state", "queued") != "queued":  # typed in already (orch send --push)
         return
     stale = float({**DEFAULTS, **ctx.config}["rewake_seconds"])

@@ -37,15 +37,9 @@ def orch_config_defaults() -> dict[str, Any]:
 
 
 def queue_for(ctx: HookContext) -> Queue | None:
-    settings = {**DEFAULTS, **ctx.config}
     if not isinstance(ctx.store, SQLiteStore):
         return None
-    return Queue(
-        ctx.store,
-        max_attempts=int(settings["max_attempts"]),
-        confirm_hooks=int(settings["confirm_hooks"]),
-        confirm_seconds=float(settings["confirm_seconds"]),
-    )
+    return Queue.configured(ctx.store, {**DEFAULTS, **ctx.config})
 
 
 def deliver(event: ev.Event, ctx: HookContext, min_priority: int = 0) -> str | None:
@@ -59,7 +53,13 @@ def deliver(event: ev.Event, ctx: HookContext, min_priority: int = 0) -> str | N
         queue.confirm(ctx.agent, ctx.session_id, event.transcript_path)
     queue.sweep(agent=ctx.agent)
     budget = int({**DEFAULTS, **ctx.config}["budget"])
-    messages = queue.claim(ctx.agent, ctx.session_id, min_priority=min_priority, budget=budget)
+    messages = queue.claim(
+        ctx.agent,
+        ctx.session_id,
+        min_priority=min_priority,
+        budget=budget,
+        transcript_path=event.transcript_path,
+    )
     if not messages:
         return None
     for message in messages:
