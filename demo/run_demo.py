@@ -5,8 +5,9 @@ Messages API on 127.0.0.1 (nothing leaves the machine). ``orch install`` registe
 built-in plugins track the agents and deliver their messages, the contrib plugin orch-guard denies
 a force-push, and a project-local plugin adds context after each tool call. Messages of several
 priorities reach the busy agent at its next tool call, highest first; the idle one is woken by a
-message. The demo prints what reached the model (the request bodies the stand-in received) and
-what orch recorded.
+message. One agent is compacted and gets its rebrief; one started with ``orch spawn`` is killed
+and restarted by the supervisor. The demo prints what reached the model (the request bodies the
+stand-in received) and what orch recorded.
 
     make demo
 """
@@ -91,8 +92,11 @@ def in_transcript(session: ClaudeSession, ids: Iterable[str]) -> bool:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="orch-demo-") as tmp, StandInAPI() as api, \
-            TmuxServer() as tmux:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="orch-demo-") as tmp,
+        StandInAPI() as api,
+        TmuxServer() as tmux,
+    ):
         root = Path(tmp)
         project, lib = root / "project", root / "lib"
         (project / ".claude").mkdir(parents=True)
@@ -107,6 +111,23 @@ def main() -> None:
             "PYTHONPATH": str(lib),
             "CLAUDE_PROJECT_DIR": str(project),
         }
+        for args in (
+            ["init", "-q", "-b", "main"],
+            [
+                "-c",
+                "user.email=demo@example.com",
+                "-c",
+                "user.name=Demo",
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                "Start",
+            ],
+        ):
+            subprocess.run(["git", "-C", str(project), *args], check=True)
+        (project / "CLAUDE.md").write_text("Run the tests before every commit.\n")
+        env["ORCH_SUPERVISE_FOR"] = "120"  # the supervisor orch spawn starts stops by itself
         step("orch install: one command, orch-hook, for every hook event")
         print(orch(env, "install", str(project)))
         print(orch(env, "plugins", "--all"))
@@ -171,15 +192,107 @@ def main() -> None:
         print("  $ orch agents")
         show(orch(env, "agents"), "  ")
 
+        compaction(builder, api, store, env)
+        crash_and_recovery(project, api, tmux, root, env)
+
         step("What orch recorded: each hook run, its agent, its plugins")
         for run in reversed(store.runs(200)):
             plugins = ", ".join(f"{p['plugin']}:{p['outcome']}" for p in run["plugins"]) or "-"
-            print(f"  {run['event']:<18} agent={run['agent']:<12} exit={run['exit_code']} "
-                  f"{run['duration_ms']:6.1f} ms  {plugins}")  # fmt: skip
+            print(
+                f"  {run['event']:<18} agent={run['agent']:<12} exit={run['exit_code']} "
+                f"{run['duration_ms']:6.1f} ms  {plugins}"
+            )
         step("orch doctor")
         print(orch(env, "doctor", str(project)))
         builder.close()
         reviewer.close()
+        stop_fixer(env, root)
+
+
+def compaction(
+    builder: ClaudeSession, api: StandInAPI, store: SQLiteStore, env: dict[str, str]
+) -> None:
+    """``/compact`` in builder's pane; its next request carries the rebrief, first."""
+    b = agent_of(builder)
+    step(f"builder ({b}) is compacted: the rebrief restores who it is and what it was doing")
+    print(f"  $ orch brief {b} - --role builder   (the briefing, from stdin)")
+    brief = "You build the payments service. Keep main green; small commits."
+    subprocess.run(
+        [str(BIN / "orch"), "brief", b, "-", "--role", "builder"],
+        input=brief,
+        text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    before = len(builder.requests())
+    runs = len(store.runs(500))
+    builder.prompt("/compact")
+    wait_until(
+        lambda: any(
+            r["event"] == "SessionStart" for r in store.runs(500)[: len(store.runs(500)) - runs]
+        ),
+        what="SessionStart after /compact",
+    )
+    api.reply_text("Back on the changelog, with the CI failure first.")
+    builder.prompt("Carry on.")
+    request = builder.wait_for_requests(before + 1)[-1]
+    rebrief = next(t for t in request.texts() if "[orch rebrief" in t)
+    start = rebrief.index("[orch rebrief")
+    show(rebrief[start : start + 1400])
+    print("  ...")
+
+
+def crash_and_recovery(
+    project: Path, api: StandInAPI, tmux: TmuxServer, root: Path, env: dict[str, str]
+) -> None:
+    """An agent started by ``orch spawn`` is killed; the supervisor restarts it, verified."""
+    from orch_core import lifecycle
+    from orch_core import tmux as tmux_calls
+
+    step("orch spawn starts an agent orch can restart; it is killed with SIGKILL")
+    claude = ClaudeSession(project, api, tmux, home=root / "home-fixer")
+    claude._write_home()
+    env = {**env, "ORCH_TMUX_SOCKET": str(root / "tmux.sock")}
+    pairs = [f"--env={k}={v}" for k, v in claude.environment().items()]
+    command = f"{claude.binary} --allowedTools Bash"
+    print("  $ orch spawn fixer --dir PROJECT --command 'claude --allowedTools Bash'")
+    show(orch(env, "spawn", "fixer", "--dir", str(project), "--command", command, *pairs), "    ")
+    store = SQLiteStore(env["ORCH_DB"])
+    wait_until(lambda: state(store, "fixer") == "starting", what="fixer started")
+    spec = lifecycle.get_spec(store, "fixer")
+    assert spec is not None
+    pane, socket = str(spec["pane"]), env["ORCH_TMUX_SOCKET"]
+    wait_until(
+        lambda: PROMPT_MARK in tmux_calls.tmux(socket, "capture-pane", "-p", "-t", pane),
+        what="fixer's prompt",
+    )
+    api.reply_text("Looking at the flaky test.")
+    tmux_calls.type_line(pane, socket, "Fix the flaky test.", env["ORCH_STATE_DIR"])
+    wait_until(lambda: state(store, "fixer") == "idle", what="fixer idle")
+    pid = tmux_calls.tmux(socket, "display-message", "-p", "-t", pane, "#{pane_pid}")
+    os.kill(int(pid), 9)
+    print(f"  kill -9 {pid.strip()}   (the claude process of fixer)")
+    wait_until(
+        lambda: [h["state"] for h in lifecycle.history(store, "fixer")] == ["done"],
+        timeout=60,
+        what="a verified restart",
+    )
+    (restart,) = lifecycle.history(store, "fixer")
+    print(f"  supervisor: {restart['step']} ({restart['reason']}) -> {restart['outcome']}")
+    print("  $ orch agents")
+    show(orch(env, "agents"), "  ")
+
+
+def stop_fixer(env: dict[str, str], root: Path) -> None:
+    """The demo leaves nothing running: the spawned agent's tmux server and the supervisor."""
+    from orch_core import lifecycle
+
+    orch({**env, "ORCH_TMUX_SOCKET": str(root / "tmux.sock")}, "stop", "fixer")
+    subprocess.run(["tmux", "-S", str(root / "tmux.sock"), "kill-server"], capture_output=True)
+    running = lifecycle.supervisor_running(env)
+    if running and running > 0:
+        os.kill(running, 15)
 
 
 def queue(env: dict[str, str]) -> list[dict[str, Any]]:
