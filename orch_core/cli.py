@@ -127,10 +127,14 @@ for command in (*queue_cli.COMMANDS, *lifecycle_cli.COMMANDS):
 
 
 def main() -> None:
-    """Entry point of ``orch``: built-in commands plus those plugins register."""
-    try:
-        loaded = plugins.load(os.environ, _project(None))
-        loaded.pm.hook.orch_register_commands(cli=cli)
-    except Exception as exc:  # a broken plugin must not take the CLI down with it
-        click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
+    """Entry point of ``orch``: built-in commands plus those plugins register. Plugins are
+    loaded only when the command is not a built-in one (or for help), which keeps
+    ``orch send`` quick."""
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    if command not in cli.commands:
+        try:
+            loaded = plugins.load(os.environ, _project(None))
+            loaded.pm.hook.orch_register_commands(cli=cli)
+        except Exception as exc:  # a broken plugin must not take the CLI down with it
+            click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
     cli()
