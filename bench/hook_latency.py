@@ -1,10 +1,17 @@
 """orch-hook against a minimal hand-written hook, side by side in one run.
 
-Both run as fresh processes in the same regular (non-editable) venv, on the same PostToolUse
-payload, against the same SQLite file, interleaved so that machine noise hits both alike. The
+All run as fresh processes in the same regular (non-editable) venv, on the same PostToolUse
+payload, against the same SQLite file, interleaved so that machine noise hits all alike. The
 hand-written hook is what a team would write without orch: python + json + sqlite3, one lookup
-of the agent's row, no output. orch-hook runs with all built-in plugins on, records the run,
-and answers nothing (nothing is queued). Target: median at most 1.3x the hand-written one.
+of the agent's row, no output. orch-hook runs with all built-in plugins on and records the run,
+in two cases:
+
+- 0 pending: nothing is queued for the agent, so it answers nothing (the queue plugin's one
+  indexed read). Target: median at most 1.3x the hand-written one.
+- 10 pending: just before each timed call, outside the timing, 10 messages of 200 characters
+  are queued for a fresh agent id (one per call, so every call finds exactly 10 queued and
+  nothing in flight); the timed hook confirms (nothing), sweeps, claims all 10, renders them and
+  prints them as additionalContext (checked: all 10 ids, in order).
 
     make bench            # or: python bench/hook_latency.py --runs 300
 """
@@ -15,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sqlite3
 import statistics
 import subprocess
@@ -56,17 +64,35 @@ def ensure_venv() -> Path:
     return python
 
 
-def time_once(argv: list[str], payload: bytes, env: dict[str, str]) -> float:
+def time_once(
+    argv: list[str], payload: bytes, env: dict[str, str], expect: list[str] | None = None
+) -> float:
+    """Seconds for one run; it must exit 0 and print nothing, or exactly ``expect`` (message
+    ids, in order) as its additionalContext."""
     start = time.perf_counter()
     done = subprocess.run(argv, input=payload, capture_output=True, env=env, check=False)
     elapsed = time.perf_counter() - start
-    if done.returncode != 0 or done.stdout:
+    given = re.findall(r"\[orch message (m[0-9a-z]+) from ", done.stdout.decode())
+    if done.returncode != 0 or (given != expect if expect else done.stdout):
         raise SystemExit(f"{argv[-1]} misbehaved: exit {done.returncode}, {done.stdout!r}")
     return elapsed
 
 
+def queue_ten(db: str, agent: str) -> list[str]:
+    """Queue 10 messages of 200 characters for ``agent`` (as ``orch send`` would); their ids."""
+    from orch_core.queue import Queue
+    from orch_core.store import SQLiteStore
+
+    store = SQLiteStore(db)
+    try:
+        queue = Queue(store)
+        return [queue.send(agent, f"{i:02d} " + "x" * 197, sender="bench")["id"] for i in range(10)]
+    finally:
+        store.close()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
     python = ensure_venv()
@@ -76,24 +102,46 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "CLAUDE"))}
         env.update(ORCH_STATE_DIR=tmp, ORCH_DB=f"{tmp}/orch.db", ORCH_AGENT="bench:1",
                    XDG_CONFIG_HOME=f"{tmp}/config", CLAUDE_PROJECT_DIR=tmp)  # fmt: skip
+        hook = [str(VENV / "bin" / "orch-hook")]
         commands = {
             "hand-written hook": [str(python), str(script)],
-            "orch-hook": [str(VENV / "bin" / "orch-hook")],
+            "orch-hook, 0 pending": hook,
+            "orch-hook, 10 pending": hook,
         }
         payload = json.dumps(PAYLOAD).encode()
-        for argv in reversed(commands.values()):  # warm-up: schema, plan cache, page cache
+        pending = 0
+
+        def once(name: str, argv: list[str]) -> float:
+            """One timed run; for the pending case, queue 10 fresh messages first, untimed."""
+            nonlocal pending
+            if name != "orch-hook, 10 pending":
+                return time_once(argv, payload, env)
+            pending += 1
+            agent = f"bench:pending-{pending}"
+            ids = queue_ten(env["ORCH_DB"], agent)
+            return time_once(argv, payload, {**env, "ORCH_AGENT": agent}, expect=ids)
+
+        for name, argv in reversed(commands.items()):  # warm-up: schema, plan cache, page cache
             for _ in range(10):
-                time_once(argv, payload, env)
+                once(name, argv)
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.runs):
             for name, argv in commands.items():
-                times[name].append(time_once(argv, payload, env))
-        runs = sqlite3.connect(env["ORCH_DB"]).execute("SELECT count(*) FROM hook_runs")
-        recorded = runs.fetchone()[0]
+                times[name].append(once(name, argv))
+        conn = sqlite3.connect(env["ORCH_DB"])
+        recorded = conn.execute("SELECT count(*) FROM hook_runs").fetchone()[0]
+        delivered = conn.execute(
+            "SELECT count(*) FROM messages WHERE state = 'delivered'"
+        ).fetchone()[0]
+        conn.close()
     base = statistics.median(times["hand-written hook"])
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}")  # fmt: skip
-    print(f"runs: {args.runs} each, interleaved; orch-hook recorded {recorded} runs\n")
+    print(f"runs: {args.runs} each, interleaved; orch-hook recorded {recorded} runs and "
+          f"delivered {delivered} messages")  # fmt: skip
+    print("0 pending: nothing queued for the agent, no output. 10 pending: 10 messages of 200 "
+          "characters queued for a fresh agent just before each call (untimed); the hook "
+          "claims, renders and prints all 10\n")  # fmt: skip
     print("| hook | median ms | p90 ms | ratio to hand-written (median) |")
     print("|---|---|---|---|")
     for name, values in times.items():

@@ -86,8 +86,9 @@ def record(transcript: Path, text: str) -> None:
 
 def test_parallel_hooks_deliver_each_message_exactly_once(orch: OrchState) -> None:
     # ~4 messages per hook, so 200 messages take ~50 hooks racing 16 at a time. The budget is
-    # generous on purpose: this is about the race between claims, not about time (a plugin that
-    # overruns its budget can still commit a claim nobody prints; see the held-lock test).
+    # generous on purpose: this is about the race between claims, not about time (the dispatcher
+    # abandons a plugin thread past its budget, not its transaction: a late claim still commits,
+    # and no reply carries it).
     orch.write_config("[orch]\nbudget_ms = 10000\n" + PATIENT + "budget = 600\n")
     queue = Queue(orch.store)
     warm = orch.run_hook(payload("Stop"), ORCH_AGENT="warm:1")  # builds and caches the plan

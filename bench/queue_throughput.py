@@ -1,0 +1,319 @@
+"""orch's message queue against persist-queue's SQLiteAckQueue, side by side in one run.
+
+Both move the same messages (10 agents x 1,000, 200 characters each) through a SQLite file in a
+fresh temporary folder, on one connection in one thread, with the same durability: WAL journal,
+``synchronous=FULL`` (every commit is fsynced; ``--synchronous NORMAL`` for both otherwise), one
+commit per API call. Contenders:
+
+- persist-queue: one ``SQLiteAckQueue`` per agent (one table each, same file); ``put`` every
+  message, then ``get`` + ``ack`` one at a time until empty. Three commits per message.
+- orch, as hooks deliver: ``Queue.send`` every message; then, per agent, what the queue plugin
+  does in each hook (``has_pending``, ``confirm`` against the session's transcript, ``sweep``,
+  ``claim`` a batch of up to 8,000 characters, ``render``), with the rendered text appended to a
+  fake transcript file as Claude Code would, so the next round's ``confirm`` finds it there. It
+  ends when every message is ``confirmed``.
+- orch, one per claim: the same with a claim budget of one message, the granularity of
+  persist-queue's get + ack.
+
+The contenders alternate, ``--rounds`` times, so machine noise hits all alike; the table shows
+each one's median round. orch is installed in ``.cache/bench-venv`` as users get it (regular, not
+editable), next to ``persist-queue`` (pinned), which is not a dependency of orch.
+
+    .venv/bin/python bench/queue_throughput.py            # --rounds 3 --synchronous FULL
+    .venv/bin/python bench/queue_throughput.py --profile  # and where orch's time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".cache" / "bench-venv"
+PERSIST_QUEUE = "persist-queue==1.1.0"
+BODY = 200
+HOOK_BUDGET = 8000
+
+
+def ensure_venv() -> Path:
+    """A regular install of orch (as from a wheel) and persist-queue, outside orch's deps."""
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "--force-reinstall", "--no-deps", str(ROOT)], check=True)
+    subprocess.run([*pip, str(ROOT), PERSIST_QUEUE], check=True)
+    return python
+
+
+def workload(agents: int, per_agent: int) -> list[tuple[str, str]]:
+    """(agent, text) in send order: agents interleaved, as messages arrive from a lead."""
+    sent = []
+    for i in range(per_agent):
+        for a in range(agents):
+            head = f"bench:{a} message {i}: "
+            sent.append((f"bench:{a}", head + "x" * (BODY - len(head))))
+    return sent
+
+
+def run_persist_queue(folder: Path, messages: list[tuple[str, str]], sync: str) -> dict[str, Any]:
+    persistqueue: Any = importlib.import_module("persistqueue")
+    agents = sorted({agent for agent, _ in messages})
+    queues = {
+        agent: persistqueue.SQLiteAckQueue(str(folder), name=f"agent{n}", auto_commit=True)
+        for n, agent in enumerate(agents)
+    }
+    for q in queues.values():
+        q._conn.execute(f"PRAGMA synchronous={sync}")
+    start = time.perf_counter()
+    for agent, text in messages:
+        queues[agent].put({"agent": agent, "text": text, "sender": "bench"})
+    sent = time.perf_counter()
+    taken = 0
+    for q in queues.values():
+        while True:
+            try:
+                item = q.get(block=False)
+            except persistqueue.Empty:
+                break
+            q.ack(item)
+            taken += 1
+    done = time.perf_counter()
+    acked = sum(q.acked_count() for q in queues.values())
+    if taken != len(messages) or acked != len(messages):
+        raise SystemExit(f"persist-queue: {taken} taken, {acked} acked of {len(messages)}")
+    pragmas = _pragmas(queues[agents[0]]._conn)
+    for q in queues.values():
+        q.close()
+    return {"send": sent - start, "deliver": done - sent, "pragmas": pragmas}
+
+
+def run_orch(
+    folder: Path, messages: list[tuple[str, str]], sync: str, claim_budget: int
+) -> dict[str, Any]:
+    from orch_core.queue import Queue
+    from orch_core.store import SQLiteStore
+
+    store = SQLiteStore(str(folder / "orch.db"), durable=sync == "FULL")
+    queue = Queue(store)
+    agents = sorted({agent for agent, _ in messages})
+    collisions = 0
+    start = time.perf_counter()
+    for agent, text in messages:
+        while True:
+            try:
+                queue.send(agent, text, sender="bench")
+                break
+            except sqlite3.IntegrityError:  # an id drawn twice in one millisecond: sent again
+                collisions += 1
+    sent = time.perf_counter()
+    for agent in agents:
+        hook_rounds(queue, agent, folder / f"{agent}.jsonl", claim_budget)
+    done = time.perf_counter()
+    confirmed = queue.store.conn.execute(
+        "SELECT count(*) FROM messages WHERE state = 'confirmed'"
+    ).fetchone()[0]
+    if confirmed != len(messages):
+        raise SystemExit(f"orch: {confirmed} confirmed of {len(messages)}")
+    pragmas = _pragmas(store.conn)
+    store.close()
+    return {
+        "send": sent - start,
+        "deliver": done - sent,
+        "pragmas": pragmas,
+        "collisions": collisions,
+    }
+
+
+def hook_rounds(queue: Any, agent: str, transcript: Path, claim_budget: int) -> None:
+    """What the queue plugin does in each of one session's hooks, until all is confirmed."""
+    session = f"session-{agent}"
+    while queue.has_pending(agent):
+        queue.confirm(agent, session, str(transcript))
+        queue.sweep(agent=agent)
+        batch = queue.claim(agent, session, budget=claim_budget)
+        if batch:
+            text = queue.render(batch, HOOK_BUDGET)
+            with transcript.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"type": "attachment", "content": text}) + "\n")
+
+
+def _pragmas(conn: sqlite3.Connection) -> str:
+    journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    sync = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[
+        conn.execute("PRAGMA synchronous").fetchone()[0]
+    ]
+    return f"journal_mode={journal}, synchronous={sync}"
+
+
+CONTENDERS = {
+    "persist-queue SQLiteAckQueue (put, get + ack each)": "pq",
+    "orch (send, hook rounds: confirm + claim a batch)": "orch",
+    "orch (send, hook rounds: confirm + claim one each)": "orch1",
+}
+
+
+def run(name: str, messages: list[tuple[str, str]], sync: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="queue-bench-") as tmp:
+        folder = Path(tmp)
+        if name == "pq":
+            return run_persist_queue(folder, messages, sync)
+        return run_orch(folder, messages, sync, HOOK_BUDGET if name == "orch" else 1)
+
+
+def inner(args: argparse.Namespace) -> None:
+    """The measurement, run inside the bench venv."""
+    messages = workload(args.agents, args.messages)
+    if args.profile:
+        profile(messages, args.synchronous)
+        return
+    results: dict[str, list[dict[str, Any]]] = {key: [] for key in CONTENDERS.values()}
+    run("orch", messages[: len(messages) // 10], args.synchronous)  # warm-up: imports, cache
+    run("pq", messages[: len(messages) // 10], args.synchronous)
+    for _ in range(args.rounds):
+        for key in CONTENDERS.values():
+            results[key].append(run(key, messages, args.synchronous))
+    total = len(messages)
+    fs = _filesystem(tempfile.gettempdir())
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}")  # fmt: skip
+    print(f"messages: {args.agents} agents x {args.messages} = {total}, {BODY} characters each;"
+          f" {args.rounds} rounds, alternating; median round shown")  # fmt: skip
+    print(f"files: a fresh folder per round in {tempfile.gettempdir()} ({fs}); as read back: "
+          f"persist-queue {results['pq'][0]['pragmas']}, "
+          f"orch {results['orch'][0]['pragmas']}")  # fmt: skip
+    collisions = sum(r.get("collisions", 0) for rs in results.values() for r in rs)
+    print(f"orch message ids drawn twice (the send failed with IntegrityError and was repeated):"
+          f" {collisions} in {args.rounds * 2 * total} sends\n")  # fmt: skip
+    print("| queue | send s | deliver + confirm s | total s | messages/s | vs persist-queue |")
+    print("|---|---|---|---|---|---|")
+    base = statistics.median(r["send"] + r["deliver"] for r in results["pq"])
+    for label, key in CONTENDERS.items():
+        rounds = sorted(results[key], key=lambda r: r["send"] + r["deliver"])
+        mid = rounds[len(rounds) // 2]
+        seconds = mid["send"] + mid["deliver"]
+        print(f"| {label} | {mid['send']:.2f} | {mid['deliver']:.2f} | {seconds:.2f} | "
+              f"{total / seconds:,.0f} | {base / seconds:.2f}x |")  # fmt: skip
+
+
+def profile(messages: list[tuple[str, str]], sync: str) -> None:
+    """Where orch's time goes: each SQL statement's share (execute + fetch, COMMIT is where
+    the fsync happens), then cProfile's top functions."""
+    import cProfile
+    import pstats
+    from unittest import mock
+
+    from orch_core.store import SQLiteStore
+
+    connect = SQLiteStore._connect
+    for key in ("orch", "orch1"):
+        stats: dict[str, list[float]] = {}
+
+        def timed(store: SQLiteStore, stats: dict[str, list[float]] = stats) -> Any:
+            return TimedConnection(connect(store), stats)
+
+        profiler = cProfile.Profile()
+        with mock.patch.object(SQLiteStore, "_connect", timed):
+            profiler.enable()
+            result = run(key, messages, sync)
+            profiler.disable()
+        total = result["send"] + result["deliver"]
+        print(f"## {key}: send {result['send']:.2f} s, deliver + confirm "
+              f"{result['deliver']:.2f} s (under the profiler)\n")  # fmt: skip
+        print("| SQL statement | calls | total s | share | ms per call |")
+        print("|---|---|---|---|---|")
+        for sql, (calls, seconds) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:12]:
+            print(f"| `{sql}` | {calls:.0f} | {seconds:.2f} | {seconds / total:.0%} | "
+                  f"{seconds / calls * 1000:.3f} |")  # fmt: skip
+        print()
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(12)
+
+
+class TimedConnection:
+    """A sqlite3 connection that adds up the time spent in each statement, fetches included."""
+
+    def __init__(self, conn: sqlite3.Connection, stats: dict[str, list[float]]) -> None:
+        self._conn = conn
+        self._stats = stats
+
+    def execute(self, sql: str, args: Any = ()) -> Any:
+        key = " ".join(sql.split())[:60]
+        entry = self._stats.setdefault(key, [0.0, 0.0])
+        start = time.perf_counter()
+        cursor = self._conn.execute(sql, args)
+        entry[0] += 1
+        entry[1] += time.perf_counter() - start
+        return TimedCursor(cursor, entry)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+class TimedCursor:
+    def __init__(self, cursor: sqlite3.Cursor, entry: list[float]) -> None:
+        self._cursor = cursor
+        self._entry = entry
+
+    def fetchone(self) -> Any:
+        start = time.perf_counter()
+        row = self._cursor.fetchone()
+        self._entry[1] += time.perf_counter() - start
+        return row
+
+    def fetchall(self) -> Any:
+        start = time.perf_counter()
+        rows = self._cursor.fetchall()
+        self._entry[1] += time.perf_counter() - start
+        return rows
+
+    def __iter__(self) -> Any:
+        return iter(self.fetchall())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+def _filesystem(path: str) -> str:
+    """The filesystem type holding ``path`` (fsync costs differ widely between them)."""
+    best, kind = "", "unknown"
+    try:
+        with open("/proc/mounts", encoding="utf-8") as f:
+            for line in f:
+                _, mount, fstype, *_ = line.split()
+                if path.startswith(mount) and len(mount) > len(best):
+                    best, kind = mount, fstype
+    except OSError:
+        pass
+    return kind
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--agents", type=int, default=10)
+    parser.add_argument("--messages", type=int, default=1000, help="per agent")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    parser.add_argument("--profile", action="store_true", help="cProfile orch instead")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:
+        inner(args)
+        return
+    python = ensure_venv()
+    argv = [str(python), __file__, "--inner", *sys.argv[1:]]
+    raise SystemExit(subprocess.run(argv, check=False).returncode)
+
+
+if __name__ == "__main__":
+    main()
