@@ -36,6 +36,8 @@ class Runtime:
         self.fire = fire
         #: When this run began: what plugins do during the run comes after it.
         self.started = time.time()
+        #: When the dispatcher stops waiting for plugins (``time.time()``); ``None``: never.
+        self.deadline: float | None = None
 
     def context(self, plugin: str) -> HookContext:
         return HookContext(self, plugin)
@@ -77,6 +79,12 @@ class HookContext:
         """When this hook run began (``time.time()``): the line between what happened before
         the event and what other plugins are doing in answer to it."""
         return self._runtime.started
+
+    @property
+    def deadline(self) -> float | None:
+        """When the dispatcher stops waiting for this plugin (``time.time()``): work that
+        hands something to the model must not commit after it, or nobody would see it."""
+        return self._runtime.deadline
 
     @property
     def store(self) -> Store:

@@ -157,7 +157,8 @@ def dispatch(
             log.write("error", "cannot build the plugin plan", env, error=repr(exc))
             plan = plans.Plan({}, {}, {})
     budget = plan.budget(event.name)
-    deadline = start + budget
+    # the budget is the plugins': a stale plan's rebuild (rare, once) does not eat into it
+    deadline = time.perf_counter() + budget
     if store is None:
         store = SQLiteStore(paths.db_path(env), timeout=budget, durable=False)
     runtime = Runtime(
@@ -168,6 +169,7 @@ def dispatch(
         config=plan.config,
     )
     runtime.fire = observers(plan, runtime)
+    runtime.deadline = runtime.started + budget
     try:
         runtime.agent = agents.resolve(env, event.session_id, store)
     except Exception as exc:

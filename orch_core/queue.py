@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import time
 
 from orch_core import agents, paths
@@ -39,8 +40,12 @@ MAX_SEND_PRIORITY = 199
 MAX_TEXT = 1_000_000
 PENDING = ("queued", "delivered")
 #: Waiting or in flight through a hook; a message typed with ``--push`` is neither.
-PENDING_SQL = "(state = 'queued' OR (state = 'delivered' AND session_id IS NOT NULL))"
+PENDING_SQL = (  # written so that the (agent, state, ...) index serves it
+    "state IN ('queued', 'delivered') AND (state = 'queued' OR session_id IS NOT NULL)"
+)
 STATES = ("queued", "delivered", "confirmed", "expired", "cancelled", "dead")
+#: Seconds a hook needs between its claim and its reply reaching Claude.
+CLAIM_MARGIN = 0.02
 #: Header that starts every delivered message; confirmation looks for it in the transcript.
 MARK = "[orch message "
 PREVIEW = 500
@@ -172,24 +177,30 @@ class Queue:
                 " DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
                 (agent,),
             ).fetchone()[0]
-            message_id = new_id(now)
-            tx.execute(
-                "INSERT INTO messages (id, agent, seq, priority, sender, body, key, state,"
-                " after_id, not_before, expires, created) VALUES (?,?,?,?,?,?,?,'queued',?,?,?,?)",
-                (
-                    message_id,
-                    agent,
-                    seq,
-                    priority,
-                    sender,
-                    text,
-                    key,
-                    after,
-                    not_before,
-                    now + ttl if ttl else None,
-                    now,
-                ),
+            values = (
+                agent,
+                seq,
+                priority,
+                sender,
+                text,
+                key,
+                after,
+                not_before,
+                now + ttl if ttl else None,
+                now,
             )
+            for _ in range(8):  # two sends in one millisecond may draw the same id: draw again
+                message_id = new_id(now)
+                cur = tx.execute(
+                    "INSERT OR IGNORE INTO messages (id, agent, seq, priority, sender, body, key,"
+                    " state, after_id, not_before, expires, created)"
+                    " VALUES (?,?,?,?,?,?,?,'queued',?,?,?,?)",
+                    (message_id, *values),
+                )
+                if cur.rowcount:
+                    break
+            else:
+                raise QueueError("could not draw a unique message id")
             _event(tx, message_id, now, "queued", sender)
             known = tx.execute("SELECT 1 FROM agents WHERE id = ?", (agent,)).fetchone()
             row = tx.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
@@ -359,8 +370,8 @@ class Queue:
         ).fetchall()
         # Claude writes its transcript late: the hooks after a delivery may all have missed
         # it while the agent went idle. Look once more before putting it back in the queue.
-        tails = {path: _transcript_tail(path) for path in {t for _, t in stale if t}}
-        seen = [mid for mid, path in stale if path and f"{MARK}{mid} " in tails[path]]
+        tails = {path: marked(_transcript_tail(path)) for path in {t for _, t in stale if t}}
+        seen = [mid for mid, path in stale if path and mid in tails[path]]
         if not (expired or orphans or stale):
             return
         with self.store.transaction() as tx:
@@ -457,7 +468,8 @@ class Queue:
         if not inflight:
             return []
         seen = _transcript_tail(transcript_path)
-        found = [mid for mid, _ in inflight if f"{MARK}{mid} " in seen]
+        ids = marked(seen)
+        found = [mid for mid, _ in inflight if mid in ids]
         with self.store.transaction() as tx:
             for message_id in found:
                 _set(tx, message_id, "confirmed", now, "found in the transcript", "delivered")
@@ -480,11 +492,14 @@ class Queue:
         min_priority: int = 0,
         budget: int = 8000,
         transcript_path: str | None = None,
+        deadline: float | None = None,
         now: float | None = None,
     ) -> list[Message]:
         """Take the deliverable messages for ``agent``, highest first, up to ``budget``
         characters of text (at least one), and mark them delivered to ``session_id`` (whose
-        transcript, if given, is where a late confirmation is looked for)."""
+        transcript, if given, is where a late confirmation is looked for). Past ``deadline``
+        (``time.time()``, less a margin for the reply) nothing is taken: a hook that has run out
+        of time could not hand the messages over."""
         now = time.time() if now is None else now
         # ``after``: held back while the other message is here and not delivered; one that is
         # not here (an import without it: it was confirmed and not exported) holds nothing.
@@ -518,6 +533,9 @@ class Queue:
                 )
                 _event(tx, message["id"], now, "delivered", session_id)
                 taken.append(message)
+            if taken and deadline is not None and time.time() > deadline - CLAIM_MARGIN:
+                tx.execute("ROLLBACK")
+                return []
         return taken
 
     def _cost(self, message: Message, budget: int) -> int:
@@ -640,6 +658,11 @@ def _set(
     )
     if cur.rowcount:
         _event(tx, message_id, now, state, why)
+
+
+def marked(text: str) -> set[str]:
+    """The ids of every delivered message header in ``text``, found in one pass."""
+    return set(re.findall(re.escape(MARK) + r"(m[0-9a-z]+) ", text))
 
 
 def _transcript_tail(path: str | None, size: int = 4 * 1024 * 1024) -> str:

@@ -464,7 +464,8 @@ class SQLiteStore(Store):
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception (or by the block
+    itself, with ``ROLLBACK``)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -475,7 +476,8 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is None:
-            self.conn.execute("COMMIT")
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
         elif self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from orch_core import api
-from orch_core.queue import MARK, PREVIEW, Queue, QueueError, band
+from orch_core.queue import MARK, PENDING_SQL, PREVIEW, Queue, QueueError, band
 from orch_core.store import SQLiteStore
 from orch_core.testing.kit import OrchState
 
@@ -468,3 +468,17 @@ def test_an_imported_message_whose_dependency_stayed_behind_is_delivered(
     fresh = Queue(SQLiteStore(str(orch.root / "fresh.db")))
     fresh.import_(exported)
     assert [m["id"] for m in fresh.claim("p:1", "s", now=T0 + 2)] == [then["id"]]
+
+
+def test_sends_in_the_same_millisecond_all_get_stored(orch: OrchState) -> None:
+    queue = Queue(SQLiteStore(orch.env["ORCH_DB"], durable=False))
+    ids = {queue.send("p:1", f"burst {i}", now=1_700_000_000.0)["id"] for i in range(5000)}
+    assert len(ids) == 5000
+
+
+def test_the_hooks_pending_read_uses_the_agent_state_index(orch: OrchState) -> None:
+    plan = orch.store.conn.execute(
+        f"EXPLAIN QUERY PLAN SELECT 1 FROM messages WHERE agent = ? AND {PENDING_SQL} LIMIT 1",
+        ("p:1",),
+    ).fetchall()
+    assert "USING INDEX messages_ready (agent=? AND state=?)" in plan[0][3]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -276,3 +277,24 @@ def test_disabling_the_queue_plugin_stops_delivery(orch: OrchState) -> None:
     assert agent_state(orch) == "idle"  # presence still runs
     orch.write_config("")
     assert hook(orch, "PostToolUse").context is not None
+
+
+def test_a_claim_that_would_land_after_the_deadline_takes_nothing(
+    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    orch.write_config("[orch]\nbudget_ms = 100\n")
+    sent = Queue(orch.store).send("p:1", "hello")["id"]
+    claim = Queue.claim
+
+    def slow_claim(self: Queue, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        time.sleep(0.3)  # e.g. waiting for another writer's lock
+        return claim(self, *args, **kwargs)
+
+    monkeypatch.setattr(Queue, "claim", slow_claim)
+    result = orch.run(payload("PostToolUse", session_id="s1"), ORCH_AGENT="p:1")
+    assert result.context is None
+    assert {p["plugin"]: p["outcome"] for p in result.plugins}["queue"] == "timeout"
+    time.sleep(0.6)  # the abandoned plugin thread gets to its claim by now
+    message = Queue(orch.store).get(sent)
+    assert message is not None
+    assert (message["state"], message["attempts"]) == ("queued", 0)

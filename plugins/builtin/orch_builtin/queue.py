@@ -59,6 +59,7 @@ def deliver(event: ev.Event, ctx: HookContext, min_priority: int = 0) -> str | N
         min_priority=min_priority,
         budget=budget,
         transcript_path=event.transcript_path,
+        deadline=ctx.deadline,
     )
     if not messages:
         return None
