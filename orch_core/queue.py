@@ -359,7 +359,8 @@ class Queue:
         ).fetchall()
         orphans = conn.execute(
             f"""SELECT m.id, a.id, a.state FROM messages m JOIN messages a ON a.id = m.after_id
-                WHERE m.state = 'queued' AND a.state IN ('expired', 'cancelled', 'dead')
+                WHERE m.state = 'queued' AND m.after_id IS NOT NULL
+                  AND a.state IN ('expired', 'cancelled', 'dead')
                 {only.replace("agent", "m.agent")}""",
             args,
         ).fetchall()

@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -153,6 +153,12 @@ MIGRATIONS: dict[int, str] = {
     """,
     5: """
     ALTER TABLE messages ADD COLUMN transcript TEXT;
+    """,
+    6: """
+    CREATE INDEX messages_expiring ON messages(agent, expires)
+        WHERE state = 'queued' AND expires IS NOT NULL;
+    CREATE INDEX messages_waiting ON messages(agent, after_id)
+        WHERE state = 'queued' AND after_id IS NOT NULL;
     """,
 }
 #: Hook runs kept; older ones are pruned now and then, so the table stays small.
