@@ -131,7 +131,15 @@ def stop_command(agent: str) -> None:
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
 @click.option("--pane", help="Its tmux pane (e.g. %3); default: the pane its hooks reported.")
 @click.option("--session", default="orch", show_default=True)
-def adopt_command(agent: str, command: str, directory: str, pane: str | None, session: str) -> None:
+@click.option("--env", "env_pairs", multiple=True, help="KEY=VALUE for the agent's pane.")
+def adopt_command(
+    agent: str,
+    command: str,
+    directory: str,
+    pane: str | None,
+    session: str,
+    env_pairs: tuple[str, ...],
+) -> None:
     """Give a hand-started AGENT a launch spec, so orch can restart it."""
     store = _store()
     known = store.agent_pane(agent)
@@ -143,7 +151,7 @@ def adopt_command(agent: str, command: str, directory: str, pane: str | None, se
             agent,
             argv=shlex.split(command),
             cwd=os.path.abspath(directory),
-            env={},
+            env=_env_pairs(env_pairs),
             socket=socket,
             session=session,
             pane=pane,

@@ -41,9 +41,12 @@ def fleet(orch: OrchState, tmp_path: Path) -> Iterator[OrchState]:
     agent = tmp_path / "fake_agent.py"
     agent.write_text(FAKE_AGENT)
     orch.env.update(
-        ORCH_TMUX_SOCKET=socket, ORCH_SUPERVISE_FOR="60", FAKE_LOG=str(tmp_path / "argv.log"),
-        ORCH_HOOK=hook_script(), FAKE_AGENT=str(agent),
-    )  # fmt: skip
+        ORCH_TMUX_SOCKET=socket,
+        ORCH_SUPERVISE_FOR="60",
+        FAKE_LOG=str(tmp_path / "argv.log"),
+        ORCH_HOOK=hook_script(),
+        FAKE_AGENT=str(agent),
+    )
     orch.write_config(
         "[plugin.auto_restart]\nbackoff_base = 0.2\nbackoff_cap = 1.0\nverify_seconds = 20\n"
     )
@@ -78,8 +81,14 @@ def crash(orch: OrchState, agent: str = "worker") -> None:
     """SIGKILL the agent's process, as a crash would."""
     spec = lifecycle.get_spec(orch.store, agent)
     assert spec is not None
-    pid = tmux.tmux(orch.env["ORCH_TMUX_SOCKET"], "display-message", "-p", "-t",
-                    str(spec["pane"]), "#{pane_pid}")  # fmt: skip
+    pid = tmux.tmux(
+        orch.env["ORCH_TMUX_SOCKET"],
+        "display-message",
+        "-p",
+        "-t",
+        str(spec["pane"]),
+        "#{pane_pid}",
+    )
     os.kill(int(pid), signal.SIGKILL)
 
 
@@ -104,8 +113,10 @@ def test_a_crash_is_restarted_in_the_same_window_and_verified(fleet: OrchState) 
     until(lambda: lifecycle.history(fleet.store, "worker")[0]["state"] == "done", "verification")
     (restart,) = lifecycle.history(fleet.store, "worker")
     assert (restart["step"], restart["reason"], restart["outcome"]) == (
-        "restart", "pane dead", "SessionStart arrived",
-    )  # fmt: skip
+        "restart",
+        "pane dead",
+        "SessionStart arrived",
+    )
     after = lifecycle.get_spec(fleet.store, "worker")
     assert after is not None and after["pane"] == spec["pane"]  # same window
     argvs = [json.loads(line) for line in Path(fleet.env["FAKE_LOG"]).read_text().splitlines()]
@@ -126,8 +137,13 @@ def test_four_crashes_in_an_hour_give_three_restarts_then_failed(fleet: OrchStat
             assert pid and pid > 0
             os.kill(pid, signal.SIGKILL)
             until(lambda: not lifecycle.supervisor_running(fleet.env), "the supervisor gone")
-            subprocess.Popen([orch_script(), "supervise"], env=fleet.env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            subprocess.Popen(
+                [orch_script(), "supervise"],
+                env=fleet.env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             until(lambda: lifecycle.supervisor_running(fleet.env), "a new supervisor")
     crash(fleet)
     until(lambda: fleet.store.agents()[0]["state"] == "failed", "failed")
@@ -137,8 +153,9 @@ def test_four_crashes_in_an_hour_give_three_restarts_then_failed(fleet: OrchStat
     assert starts(fleet) == 4
     with fleet.store.transaction() as db:
         alerts = db.execute("SELECT agent, kind, message FROM alerts").fetchall()
-    assert alerts == [("worker", "failed", "worker failed: pane dead; 3 restarts this hour; "
-                       "no automatic restart")]  # fmt: skip
+    assert alerts == [
+        ("worker", "failed", "worker failed: pane dead; 3 restarts this hour; no automatic restart")
+    ]
 
 
 def test_stop_means_no_restart(fleet: OrchState) -> None:
@@ -148,3 +165,45 @@ def test_stop_means_no_restart(fleet: OrchState) -> None:
     time.sleep(3)
     assert fleet.store.agents()[0]["state"] == "stopped"
     assert lifecycle.history(fleet.store, "worker") == []
+
+
+def test_a_hung_agent_is_restarted(fleet: OrchState) -> None:
+    fleet.write_config(
+        "[plugin.auto_restart]\nbackoff_base = 0.2\nbackoff_cap = 1.0\nhung_after = 1\n"
+    )
+    spawn(fleet)
+    until(lambda: starts(fleet) == 1, "first SessionStart")
+    fleet.store.set_agent_state("worker", "busy", session_id=None, project_dir=None)
+    with fleet.store.transaction() as db:  # busy, and no hook for a while
+        db.execute("UPDATE agents SET last_seen = last_seen - 60 WHERE id = 'worker'")
+    until(lambda: starts(fleet) == 2, "SessionStart after the restart")
+    (restart,) = lifecycle.history(fleet.store, "worker")
+    assert (restart["step"], restart["reason"]) == ("restart", "hung: busy with no hook")
+
+
+def test_an_adopted_agent_started_by_hand_is_restarted(fleet: OrchState) -> None:
+    socket = fleet.env["ORCH_TMUX_SOCKET"]
+    command = [sys.executable, fleet.env["FAKE_AGENT"]]
+    variables = {k: fleet.env[k] for k in ("ORCH_DB", "ORCH_STATE_DIR", "FAKE_LOG", "ORCH_HOOK")}
+    pane = tmux.start(
+        socket, "hand", "solo", str(fleet.project_dir), {**variables, "ORCH_AGENT": "solo"}, command
+    )
+    until(lambda: starts(fleet, "solo") == 1, "the hand-started agent's SessionStart")
+    done = fleet.cli(
+        "adopt",
+        "solo",
+        "--dir",
+        str(fleet.project_dir),
+        "--pane",
+        pane,
+        "--session",
+        "hand",
+        "--command",
+        " ".join(command),
+        *(f"--env={k}={v}" for k, v in variables.items()),
+    )
+    assert done.returncode == 0, done.stderr
+    lifecycle.ensure_supervisor(fleet.env)
+    crash(fleet, "solo")
+    until(lambda: starts(fleet, "solo") == 2, "SessionStart after the restart")
+    assert [h["step"] for h in lifecycle.history(fleet.store, "solo")] == ["restart"]
