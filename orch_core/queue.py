@@ -15,7 +15,6 @@ module runs in ``orch-hook``: standard library only.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 import time
@@ -678,6 +677,3 @@ def _transcript_tail(path: str | None, size: int = 4 * 1024 * 1024) -> str:
     except OSError:
         return ""
 
-
-def dumps(record: Message) -> str:
-    return json.dumps(record, ensure_ascii=False, sort_keys=True)

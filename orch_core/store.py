@@ -257,10 +257,6 @@ class SQLiteStore(Store):
         self._migrated = False
         self._lock = _thread.allocate_lock()
 
-    @classmethod
-    def from_env(cls, env: Any = os.environ, **kwargs: Any) -> SQLiteStore:
-        return cls(paths.db_path(env), **kwargs)
-
     @property
     def conn(self) -> sqlite3.Connection:
         """This thread's connection, opened (and the schema migrated) on first use."""
