@@ -676,4 +676,3 @@ def _transcript_tail(path: str | None, size: int = 4 * 1024 * 1024) -> str:
             return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
-
