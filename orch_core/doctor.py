@@ -124,6 +124,23 @@ def check_supervisor(env: Mapping[str, str]) -> Check:
     return Check("supervisor", True, "not running (no agents with a launch spec)")
 
 
+def check_alerts(env: Mapping[str, str]) -> Check:
+    """Agents orch gave up on: unhealthy until a user restarts (or stops) them."""
+    store = SQLiteStore(paths.db_path(env), timeout=2.0)
+    try:
+        rows = store.conn.execute(
+            "SELECT l.agent, l.message FROM alerts l JOIN agents a ON a.id = l.agent"
+            " WHERE a.state = 'failed' AND l.ts >= a.state_changed - 1 ORDER BY l.id DESC"
+        ).fetchall()
+    except Exception as exc:
+        return Check("alerts", False, f"cannot read alerts: {exc}")
+    finally:
+        store.close()
+    if rows:
+        return Check("alerts", False, "; ".join(f"{message}" for _, message in rows))
+    return Check("alerts", True, "no agent left failed")
+
+
 def run(env: Mapping[str, str], project_dir: str) -> list[Check]:
     return [
         check_settings(project_dir),
@@ -131,4 +148,5 @@ def run(env: Mapping[str, str], project_dir: str) -> list[Check]:
         check_plugins(env, project_dir),
         check_recent_runs(env),
         check_supervisor(env),
+        check_alerts(env),
     ]

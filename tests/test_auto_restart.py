@@ -101,3 +101,13 @@ def test_the_supervisor_escalates_a_reprompt_that_did_not_work(orch: OrchState) 
     steps = [(h["step"], h["state"]) for h in reversed(lifecycle.history(store, "a:1"))]
     assert steps[0] == ("reprompt", "failed")
     assert steps[1][0] == "restart"
+
+
+def test_doctor_shows_an_agent_left_failed_until_it_runs_again(orch: OrchState) -> None:
+    assert orch.cli("install").returncode == 0
+    orch.run_hook(failure("billing_error"), ORCH_AGENT="a:1")
+    done = orch.cli("doctor")
+    assert done.returncode == 1
+    assert "FAIL alerts: a:1 failed: StopFailure billing_error; no automatic restart" in done.stdout
+    orch.run_hook(payload("SessionStart"), ORCH_AGENT="a:1")  # restarted by a user
+    assert "ok   alerts: no agent left failed" in orch.cli("doctor").stdout
