@@ -26,13 +26,11 @@ import re
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".cache" / "bench-venv"
+from regular_install import regular_venv
 
 HAND_WRITTEN = """\
 import json, os, sqlite3, sys
@@ -51,17 +49,6 @@ PAYLOAD = {
     "tool_response": {"stdout": "README.md\n", "stderr": "", "interrupted": False},
     "tool_use_id": "toolu_bench",
 }
-
-
-def ensure_venv() -> Path:
-    """A regular install of orch, as users get it from a wheel (no editable-install finder)."""
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--force-reinstall",
-                    "--no-deps", str(ROOT)], check=True)  # fmt: skip
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(ROOT)], check=True)
-    return python
 
 
 def time_once(
@@ -95,14 +82,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
-    python = ensure_venv()
+    venv_bin = regular_venv("bench-venv")
+    python = venv_bin / "python"
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "hand_written_hook.py"
         script.write_text(HAND_WRITTEN)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "CLAUDE"))}
         env.update(ORCH_STATE_DIR=tmp, ORCH_DB=f"{tmp}/orch.db", ORCH_AGENT="bench:1",
                    XDG_CONFIG_HOME=f"{tmp}/config", CLAUDE_PROJECT_DIR=tmp)  # fmt: skip
-        hook = [str(VENV / "bin" / "orch-hook")]
+        hook = [str(venv_bin / "orch-hook")]
         commands = {
             "hand-written hook": [str(python), str(script)],
             "orch-hook, 0 pending": hook,

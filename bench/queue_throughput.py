@@ -39,22 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".cache" / "bench-venv"
+from regular_install import regular_venv
+
 PERSIST_QUEUE = "persist-queue==1.1.0"
 BODY = 200
 HOOK_BUDGET = 8000
-
-
-def ensure_venv() -> Path:
-    """A regular install of orch (as from a wheel) and persist-queue, outside orch's deps."""
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, "--force-reinstall", "--no-deps", str(ROOT)], check=True)
-    subprocess.run([*pip, str(ROOT), PERSIST_QUEUE], check=True)
-    return python
 
 
 def workload(agents: int, per_agent: int) -> list[tuple[str, str]]:
@@ -297,7 +286,7 @@ def main() -> None:
     if args.inner:
         inner(args)
         return
-    python = ensure_venv()
+    python = regular_venv("bench-venv", PERSIST_QUEUE) / "python"
     argv = [str(python), __file__, "--inner", *sys.argv[1:]]
     raise SystemExit(subprocess.run(argv, check=False).returncode)
 

@@ -36,14 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from orch_builtin.idle import WAKE_LINE
+from regular_install import regular_venv
 
 from orch_core.store import SQLiteStore
 from orch_core.testing.claude import ClaudeSession, claude_binary, wait_until
 from orch_core.testing.standin import RecordedRequest, StandInAPI
 from orch_core.testing.tmux import TmuxServer
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH_VENV = ROOT / ".cache" / "wake-bench-venv"  # its own: other benchmarks reinstall theirs
 TARGET_MS = 300.0
 
 # What `orch send AGENT TEXT --json` does (orch_core.cli.main, then queue_cli.send_command and
@@ -88,17 +87,6 @@ class Run:
     @property
     def total_ms(self) -> float:
         return (self.received - self.start) * 1000
-
-
-def regular_venv() -> Path:
-    """orch installed as users get it (not editable), as bench/hook_latency.py does."""
-    python = BENCH_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, "--force-reinstall", "--no-deps", str(ROOT)], check=True)
-    subprocess.run([*pip, str(ROOT)], check=True)
-    return BENCH_VENV / "bin"
 
 
 def pctl(values: Sequence[float], fraction: float) -> float:
@@ -329,7 +317,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     binary = claude_binary()
-    bin_dir = Path(sys.executable).parent if args.editable else regular_venv()
+    bin_dir = Path(sys.executable).parent if args.editable else regular_venv("wake-bench-venv")
     python = bin_dir / "python"
     with tempfile.TemporaryDirectory(prefix="orch-wake-") as tmp, StandInAPI() as api, \
             TmuxServer() as tmux:  # fmt: skip
