@@ -234,6 +234,24 @@ def confirm_with_next_turn(
     return last
 
 
+def busy_agent(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux: TmuxServer,
+    env: dict[str, str],
+    project: Path,
+) -> tuple[Gate, str, ClaudeSession, str]:
+    """An agent inside a Bash call that lasts until the test opens the gate."""
+    gate = Gate(project, env)
+    tool_id = gate.script(standin)
+    standin.reply_text("done")
+    session = claude(env=env)
+    agent = agent_of(session, tmux)
+    session.prompt("Wait for the gate with Bash.")
+    gate.wait_until_running()
+    return gate, tool_id, session, agent
+
+
 def test_a_message_to_a_busy_agent_arrives_at_its_next_tool_call(
     claude: ClaudeFactory,
     standin: StandInAPI,
@@ -242,13 +260,7 @@ def test_a_message_to_a_busy_agent_arrives_at_its_next_tool_call(
     orch_env: dict[str, str],
     project: Path,
 ) -> None:
-    gate = Gate(project, orch_env)
-    tool_id = gate.script(standin)
-    standin.reply_text("done")
-    session = claude(env=orch_env)
-    agent = agent_of(session, tmux_server)
-    session.prompt("Wait for the gate with Bash.")
-    gate.wait_until_running()
+    gate, tool_id, session, agent = busy_agent(claude, standin, tmux_server, orch_env, project)
     assert orch.agent_state(agent) == "busy"
 
     body = 'Rebase on main before you push; "quoted" $HOME `id` — ok ✅'
@@ -316,13 +328,8 @@ def test_priorities_arrive_highest_first_in_one_context(
     orch_env: dict[str, str],
     project: Path,
 ) -> None:
-    gate = Gate(project, orch_env)
-    tool_id = gate.script(standin)
-    standin.reply_text("done")
-    session = claude(env=orch_env)
-    agent = agent_of(session, tmux_server)
-    session.prompt("Wait for the gate with Bash.")
-    gate.wait_until_running()  # so that even the emergency one waits for PostToolUse
+    # busy in the tool, so that even the emergency message waits for PostToolUse
+    gate, tool_id, session, agent = busy_agent(claude, standin, tmux_server, orch_env, project)
     sent = [
         (0, "normal, sent first"),
         (150, "emergency"),
@@ -411,9 +418,12 @@ def test_a_20kb_message_arrives_intact_and_runs_nothing(
 
 
 def idle_agent(
-    claude: ClaudeFactory, standin: StandInAPI, tmux: TmuxServer, orch: OrchCLI,
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux: TmuxServer,
+    orch: OrchCLI,
     env: dict[str, str],
-) -> tuple[ClaudeSession, str]:  # fmt: skip
+) -> tuple[ClaudeSession, str]:
     standin.reply_text("hello")
     session = claude(env=env)
     agent = agent_of(session, tmux)
@@ -424,9 +434,12 @@ def idle_agent(
 
 
 def test_a_message_the_model_saw_while_going_idle_is_not_delivered_again(
-    claude: ClaudeFactory, standin: StandInAPI, tmux_server: TmuxServer, orch: OrchCLI,
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
     orch_env: dict[str, str],
-) -> None:  # fmt: skip
+) -> None:
     session, agent = idle_agent(claude, standin, tmux_server, orch, orch_env)
     receipt = orch.send(agent, "deploy at noon")  # wakes the agent; its prompt hook delivers
     session.wait_for_requests(2, 20)
@@ -442,9 +455,12 @@ def test_a_message_the_model_saw_while_going_idle_is_not_delivered_again(
 
 
 def test_a_scheduled_message_wakes_an_idle_agent_when_due_not_before(
-    claude: ClaudeFactory, standin: StandInAPI, tmux_server: TmuxServer, orch: OrchCLI,
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
     orch_env: dict[str, str],
-) -> None:  # fmt: skip
+) -> None:
     session, agent = idle_agent(claude, standin, tmux_server, orch, orch_env)
     sent = time.time()
     receipt = orch.send(agent, "check the CI run", "--in", "3s")
