@@ -121,6 +121,7 @@ class Queue:
         self.max_attempts = max_attempts
         self.confirm_hooks = confirm_hooks
         self.confirm_seconds = confirm_seconds
+        self._columns: list[str] | None = None
 
     @classmethod
     def configured(cls, store: SQLiteStore, config: Mapping[str, Any] | None) -> Queue:
@@ -280,10 +281,12 @@ class Queue:
         ).fetchone()
         return row is not None
 
-    @staticmethod
-    def _record(conn: Any, row: tuple[Any, ...]) -> Message:
-        cur = conn.execute("SELECT * FROM messages LIMIT 0")
-        record = dict(zip([d[0] for d in cur.description], row, strict=True))
+    def _record(self, conn: Any, row: tuple[Any, ...]) -> Message:
+        """A ``SELECT *`` row of ``messages`` as a dict, with its priority band."""
+        if self._columns is None:
+            cur = conn.execute("SELECT * FROM messages LIMIT 0")
+            self._columns = [d[0] for d in cur.description]
+        record = dict(zip(self._columns, row, strict=True))
         record["band"] = band(record["priority"])
         return record
 
