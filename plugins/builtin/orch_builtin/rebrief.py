@@ -265,12 +265,17 @@ def forced(ctx: HookContext) -> str | None:
     if store is None:
         return None
     assert ctx.agent is not None
+    asked = store.conn.execute(  # a read on every tool call; the write only when asked
+        "SELECT 1 FROM agent_context WHERE agent_id = ? AND rebrief_pending", (ctx.agent,)
+    ).fetchone()
+    if asked is None:
+        return None
     with store.transaction() as tx:
         cur = tx.execute(
             "UPDATE agent_context SET rebrief_pending = 0 WHERE agent_id = ? AND rebrief_pending",
             (ctx.agent,),
         )
-    if not cur.rowcount:
+    if not cur.rowcount:  # another hook of the same agent took it
         return None
     return rebrief(ctx, store, ctx.project_dir, "a request (orch rebrief)")
 
