@@ -105,7 +105,24 @@ def test_spawn_runs_the_agent_with_hooks_and_a_supervisor(fleet: OrchState) -> N
     assert bad.returncode == 1 and "invalid agent name" in bad.stderr
 
 
+OBSERVER = """
+import json, os
+from orch_core import hookimpl
+
+@hookimpl
+def orch_agent_restarted(agent, attempt, reason):
+    with open(os.environ["RESTARTS_LOG"], "a") as log:
+        log.write(json.dumps([agent, attempt, reason]) + "\\n")
+"""
+
+
 def test_a_crash_is_restarted_in_the_same_window_and_verified(fleet: OrchState) -> None:
+    fleet.plugin_module("observer", OBSERVER)
+    fleet.env["RESTARTS_LOG"] = str(fleet.root / "restarts.log")
+    fleet.write_config(
+        "[plugins]\nload = ['observer']\n[plugin.auto_restart]\nbackoff_base = 0.2\n"
+        "backoff_cap = 1.0\nverify_seconds = 20\n"
+    )
     spec = spawn(fleet)
     until(lambda: starts(fleet) == 1, "first SessionStart")
     crash(fleet)
@@ -123,6 +140,8 @@ def test_a_crash_is_restarted_in_the_same_window_and_verified(fleet: OrchState) 
     assert argvs == [[], ["--continue"]]
     context = json.loads(fleet.cli("context", "worker", "--json").stdout)
     assert context["checkpoint_data"]["trigger"] == "restart"  # the rebrief follows the restart
+    observed = Path(fleet.env["RESTARTS_LOG"]).read_text().splitlines()
+    assert [json.loads(line) for line in observed] == [["worker", 1, "pane dead"]]
 
 
 def test_four_crashes_in_an_hour_give_three_restarts_then_failed(fleet: OrchState) -> None:
