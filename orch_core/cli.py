@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from orch_core import __version__, install, lifecycle_cli, plugins, queue_cli
+from orch_core.cli_errors import guarded
 
 if TYPE_CHECKING:
     from typing import Any
@@ -20,10 +21,7 @@ def _project(directory: str | None) -> str:
 
 
 def _loaded(strict: bool = True) -> plugins.Loaded:
-    try:
-        return plugins.load(os.environ, _project(None), strict=strict)
-    except plugins.ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    return guarded(lambda: plugins.load(os.environ, _project(None), strict=strict))
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -58,10 +56,7 @@ def install_command(directory: str | None, local: bool, template: bool) -> None:
         click.echo(json.dumps(install.template(), indent=2))
         return
     project = _project(directory)
-    try:
-        changed = install.install(project, local=local)
-    except install.InstallError as exc:
-        raise click.ClickException(str(exc)) from None
+    changed = guarded(lambda: install.install(project, local=local))
     path = install.settings_path(project, local)
     if changed:
         click.echo(f"orch-hook registered for {len(changed)} events in {path}")
@@ -75,10 +70,7 @@ def install_command(directory: str | None, local: bool, template: bool) -> None:
 def uninstall_command(directory: str | None, local: bool) -> None:
     """Remove what `orch install` added to DIRECTORY's Claude settings."""
     project = _project(directory)
-    try:
-        changed = install.uninstall(project, local=local)
-    except install.InstallError as exc:
-        raise click.ClickException(str(exc)) from None
+    changed = guarded(lambda: install.uninstall(project, local=local))
     path = install.settings_path(project, local)
     click.echo(
         f"orch-hook removed from {len(changed)} events in {path}"

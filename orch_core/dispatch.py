@@ -192,9 +192,8 @@ def dispatch(
     answered = plan.impls("orch_hook_answered")
     if answered:
         kwargs = {"event": event, "blocked": reply.exit_code == 2}
-        for call in call_all(answered, kwargs, runtime, deadline):
-            if call.outcome(budget)["outcome"] != "ok":
-                outcomes.append(call.outcome(budget))
+        observed = [c.outcome(budget) for c in call_all(answered, kwargs, runtime, deadline)]
+        outcomes += [outcome for outcome in observed if outcome["outcome"] != "ok"]
     result = Outcome(reply, event, runtime.agent, outcomes)
     _record(result, store, env, start, deadline)
     return result

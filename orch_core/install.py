@@ -12,6 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from orch_core.errors import OrchError
 from orch_core.events import EVENTS
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ SKIPPED_EVENTS = ("WorktreeCreate", "MessageDisplay")
 INSTALLED_EVENTS = tuple(name for name in EVENTS if name not in SKIPPED_EVENTS)
 
 
-class InstallError(Exception):
+class InstallError(OrchError):
     """One-line reason why settings cannot be changed."""
 
 

@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from orch_core import paths, tmux
+from orch_core.errors import OrchError
 from orch_core.store import SQLiteStore
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
 SPAWN_ENV = ("ORCH_DB", "ORCH_STATE_DIR", "XDG_CONFIG_HOME", "XDG_STATE_HOME")
 
 
-class LifecycleError(Exception):
+class LifecycleError(OrchError):
     """A one-line reason a lifecycle command cannot proceed."""
 
 

@@ -4,34 +4,22 @@ from __future__ import annotations
 
 import os
 import shlex
-import sqlite3
 from typing import TYPE_CHECKING
 
 import click
 
 from orch_core import install, lifecycle, paths
-from orch_core.store import SQLiteStore, StoreError
+from orch_core.cli_errors import guarded
+from orch_core.store import SQLiteStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import TextIO, TypeVar
-
-    T = TypeVar("T")
+    from typing import TextIO
 
 DEFAULT_COMMAND = "claude"
 
 
 def _store() -> SQLiteStore:
     return SQLiteStore(paths.db_path(os.environ))
-
-
-def _guarded(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except (lifecycle.LifecycleError, install.InstallError, StoreError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except sqlite3.Error as exc:
-        raise click.ClickException(f"{paths.db_path(os.environ)}: {exc}") from None
 
 
 def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -78,14 +66,14 @@ def spawn_command(
         raise click.ClickException("--command is empty")
     cwd = os.path.abspath(directory)
     store = _store()
-    _guarded(lambda: lifecycle.check_name(name))
-    _guarded(lambda: install.install(cwd))
+    guarded(lambda: lifecycle.check_name(name))
+    guarded(lambda: install.install(cwd))
     if brief is not None:
         from orch_builtin import rebrief
 
         text = brief.read()
-        _guarded(lambda: rebrief.update_context(store, name, briefing_content=text))
-    spec = _guarded(
+        guarded(lambda: rebrief.update_context(store, name, briefing_content=text))
+    spec = guarded(
         lambda: lifecycle.spawn(
             store,
             name,
@@ -107,7 +95,7 @@ def restart_command(agent: str, fresh: bool) -> None:
     """Restart AGENT in its window now, keeping its conversation unless --fresh."""
     store = _store()
     lifecycle.cancel_recoveries(store, agent, "replaced by orch restart")
-    spec = _guarded(lambda: lifecycle.relaunch(store, agent, fresh=fresh, env=os.environ))
+    spec = guarded(lambda: lifecycle.relaunch(store, agent, fresh=fresh, env=os.environ))
     click.echo(f"restarted {agent} in pane {spec['pane']}" + (" (fresh)" if fresh else ""))
 
 
@@ -115,7 +103,7 @@ def restart_command(agent: str, fresh: bool) -> None:
 @click.argument("agent")
 def stop_command(agent: str) -> None:
     """Stop AGENT; orch will not restart it until you do."""
-    _guarded(lambda: lifecycle.stop(_store(), agent))
+    guarded(lambda: lifecycle.stop(_store(), agent))
     click.echo(f"stopped {agent}")
 
 
@@ -145,7 +133,7 @@ def adopt_command(
     known = store.agent_pane(agent)
     pane = pane or (known[0] if known else None)
     socket = known[1] if known else os.environ.get("ORCH_TMUX_SOCKET")
-    _guarded(
+    guarded(
         lambda: lifecycle.save_spec(
             store,
             agent,

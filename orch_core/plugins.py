@@ -20,6 +20,7 @@ import attrs
 import pluggy
 
 from orch_core import hookspecs, paths
+from orch_core.errors import OrchError
 from orch_core.markers import ATTRIBUTE
 from orch_core.plan import Impl, Plan, cache_key, watched_mtimes
 
@@ -33,7 +34,7 @@ ENTRY_POINT_GROUP = "orch"
 SITE_DIRS = ("site-packages", "dist-packages")
 
 
-class ConfigError(Exception):
+class ConfigError(OrchError):
     """A configuration file cannot be used: a one-line reason naming the file."""
 
 

@@ -20,6 +20,7 @@ import re
 import time
 
 from orch_core import agents, paths
+from orch_core.errors import OrchError
 from orch_core.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
@@ -50,7 +51,7 @@ MARK = "[orch message "
 PREVIEW = 500
 
 
-class QueueError(ValueError):
+class QueueError(OrchError, ValueError):
     """Bad input: a one-line reason; nothing was stored."""
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import sqlite3
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -13,14 +12,13 @@ from typing import TYPE_CHECKING
 import click
 
 from orch_core import api, lifecycle, paths
+from orch_core.cli_errors import guarded
 from orch_core.queue import MAX_SEND_PRIORITY, STATES, Queue, QueueError, age, parse_duration
-from orch_core.store import SQLiteStore, StoreError
+from orch_core.store import SQLiteStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from typing import Any, TypeVar
-
-    T = TypeVar("T")
+    from typing import Any
 
 
 def _queue() -> Queue:
@@ -33,16 +31,6 @@ def _queue() -> Queue:
     except Exception:  # a broken config is reported by `orch doctor`, not here
         config = None
     return Queue.configured(store, config)
-
-
-def _guarded(action: Callable[[], T]) -> T:
-    """Run ``action``; bad input or an unusable store become a one-line error, exit 1."""
-    try:
-        return action()
-    except (QueueError, StoreError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except sqlite3.Error as exc:
-        raise click.ClickException(f"{paths.db_path(os.environ)}: {exc}") from None
 
 
 def _at(text: str) -> float:
@@ -111,7 +99,7 @@ def send_command(agent: str, text: str, priority: str, sender: str | None, key: 
             not_before=not_before, fire=not push,
         )  # fmt: skip
 
-    receipts = _guarded(go)
+    receipts = guarded(go)
     if push:  # observers hear of it after typing: the idle plugin must not wake it as well
         queue = _queue()
         try:
@@ -171,7 +159,7 @@ def queue_command(args: tuple[str, ...], state: str | None, as_json: bool) -> No
     }  # fmt: skip
     if len(args) == 2 and args[0] in actions:
         verb, target = args
-        result = _guarded(lambda: actions[verb](target))
+        result = guarded(lambda: actions[verb](target))
         if result is None:
             raise click.ClickException(f"no message with id {target!r}")
         if verb == "purge":
@@ -183,8 +171,8 @@ def queue_command(args: tuple[str, ...], state: str | None, as_json: bool) -> No
         return
     if len(args) > 1:
         raise click.ClickException(f"unexpected arguments: {' '.join(args)}")
-    _guarded(queue.sweep)
-    messages = _guarded(lambda: queue.messages(args[0] if args else None, state))
+    guarded(queue.sweep)
+    messages = guarded(lambda: queue.messages(args[0] if args else None, state))
     if as_json:
         click.echo(json.dumps(messages, ensure_ascii=False))
         return
@@ -198,12 +186,12 @@ def queue_command(args: tuple[str, ...], state: str | None, as_json: bool) -> No
 def agents_command(as_json: bool) -> None:
     """Each agent orch knows, with its state, when it was last seen, and what waits for it."""
     queue = _queue()
-    rows = {row["id"]: row for row in _guarded(queue.store.agents)}
-    pending = _guarded(queue.pending_counts)
+    rows = {row["id"]: row for row in guarded(queue.store.agents)}
+    pending = guarded(queue.pending_counts)
     for agent in pending.keys() - rows.keys():
         rows[agent] = {"id": agent, "state": "unknown", "last_seen": None}
     now = time.time()
-    recovery = _guarded(lambda: lifecycle.overview(queue.store, now))
+    recovery = guarded(lambda: lifecycle.overview(queue.store, now))
     listing = [
         {**rows[a], "pending": pending.get(a, 0), **recovery.get(a, lifecycle.NO_RECOVERY)}
         for a in sorted(rows)
@@ -228,7 +216,7 @@ def agents_command(as_json: bool) -> None:
 def export_command(state: str) -> None:
     """Write messages as JSON lines on stdout (the rollback path: export, revert, import)."""
     queue = _queue()
-    for record in _guarded(lambda: list(queue.export(None if state == "all" else state))):
+    for record in guarded(lambda: list(queue.export(None if state == "all" else state))):
         click.echo(json.dumps(record, ensure_ascii=False, sort_keys=True))
 
 
@@ -249,8 +237,8 @@ def import_command(file: Any) -> None:
                 raise QueueError(f"line {number}: {exc}") from None
             yield record
 
-    every = _guarded(lambda: list(records()))
-    added = _guarded(lambda: _queue().import_(every))
+    every = guarded(lambda: list(records()))
+    added = guarded(lambda: _queue().import_(every))
     click.echo(f"imported {added} messages ({len(every) - added} already present)")
 
 

@@ -16,6 +16,7 @@ import sqlite3
 import time
 
 from orch_core import paths
+from orch_core.errors import OrchError
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -165,7 +166,7 @@ MIGRATIONS: dict[int, str] = {
 KEEP_RUNS = 20_000
 
 
-class StoreError(Exception):
+class StoreError(OrchError):
     """The store cannot be used: a clear, one-line reason."""
 
 
