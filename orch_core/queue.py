@@ -401,11 +401,7 @@ class Queue:
         if row[0] >= self.max_attempts:
             _set(tx, message_id, "dead", now, f"{why}, after {row[0]} deliveries", "delivered")
         else:
-            tx.execute(
-                "UPDATE messages SET state = 'queued', checks = 0, session_id = NULL WHERE id = ?",
-                (message_id,),
-            )
-            _event(tx, message_id, now, "queued", why)
+            _requeue(tx, message_id, now, why)
 
     def mark_pushed(self, message_id: str, now: float | None = None) -> bool:
         """Record, before ``orch send --push`` types the message into the pane, that it is
@@ -447,12 +443,7 @@ class Queue:
                 )
             ]
             for message_id in ids:
-                tx.execute(
-                    "UPDATE messages SET state = 'queued', checks = 0, session_id = NULL"
-                    " WHERE id = ?",
-                    (message_id,),
-                )
-                _event(tx, message_id, now, "queued", f"session ended ({reason})")
+                _requeue(tx, message_id, now, f"session ended ({reason})")
         return len(ids)
 
     # -- delivering (called by the queue plugin inside orch-hook) ---------------------------
@@ -648,6 +639,15 @@ def _event(tx: Any, message_id: str, now: float, state: str, detail: str | None)
         "INSERT INTO message_events (message_id, ts, state, detail) VALUES (?, ?, ?, ?)",
         (message_id, now, state, detail),
     )
+
+
+def _requeue(tx: Any, message_id: str, now: float, why: str) -> None:
+    """An unconfirmed delivery goes back to the queue, to be claimed by any later hook."""
+    tx.execute(
+        "UPDATE messages SET state = 'queued', checks = 0, session_id = NULL WHERE id = ?",
+        (message_id,),
+    )
+    _event(tx, message_id, now, "queued", why)
 
 
 def _set(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +63,9 @@ def orch_message_enqueued(message, ctx):
 
 
 def test_hook_orch_message_enqueued_hears_each_new_message(
-    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+    orch: OrchState, orch_module: Callable[[str, str], Path]
 ) -> None:
-    orch.plugin_module("enqueued_observer", ENQUEUED)
-    monkeypatch.syspath_prepend(orch.env["PYTHONPATH"])
-    monkeypatch.delitem(sys.modules, "enqueued_observer", raising=False)
+    orch_module("enqueued_observer", ENQUEUED)
     orch.env["ENQUEUED_LOG"] = str(orch.root / "enqueued.log")
     orch.write_config('[plugins]\nload = ["enqueued_observer"]\n')
     api.send("p:1", "first", env=orch.env, key="k")

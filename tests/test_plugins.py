@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
-
-import pytest
 
 from orch_core import plan, plugins
 from orch_core.testing.payloads import payload
@@ -71,21 +70,18 @@ def test_project_config_replaces_user_lists(orch: OrchState) -> None:
 
 
 def test_broken_plugins_are_left_out_with_a_reason(
-    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+    orch: OrchState, orch_module: Callable[[str, str], Path]
 ) -> None:
-    orch.plugin_module(
+    orch_module(
         "typo",
         "from orch_core import hookimpl\n\n@hookimpl\ndef orch_post_tool_usee():\n    return 'x'\n",
     )
-    orch.plugin_module(
+    orch_module(
         "wrongargs",
         "from orch_core import hookimpl\n\n@hookimpl\ndef orch_stop(evt):\n    return 'x'\n",
     )
-    orch.plugin_module("crashes", "raise ImportError('missing dependency')\n")
-    orch.plugin_module("hello_plugin", HELLO)
-    monkeypatch.syspath_prepend(orch.env["PYTHONPATH"])
-    for name in ("typo", "wrongargs", "crashes", "hello_plugin"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    orch_module("crashes", "raise ImportError('missing dependency')\n")
+    orch_module("hello_plugin", HELLO)
     env = {**orch.env, "ORCH_LOAD_PLUGINS": "typo,wrongargs,crashes,hello_plugin"}
     loaded = plugins.load(env, str(orch.project_dir))
     assert [info.name for info in loaded.plugins] == ["hello_plugin"]
@@ -107,11 +103,9 @@ def test_a_broken_config_file_is_skipped_on_the_hook_path(orch: OrchState) -> No
 
 
 def test_the_plan_is_cached_and_rebuilt_when_config_changes(
-    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+    orch: OrchState, orch_module: Callable[[str, str], Path]
 ) -> None:
-    orch.plugin_module("hello_plugin", HELLO)
-    monkeypatch.syspath_prepend(orch.env["PYTHONPATH"])
-    monkeypatch.delitem(sys.modules, "hello_plugin", raising=False)
+    orch_module("hello_plugin", HELLO)
     env = {**orch.env, "ORCH_LOAD_PLUGINS": "hello_plugin"}
     project = str(orch.project_dir)
     first = plan.load(env, project)

@@ -5,10 +5,13 @@
   process and ``run_hook()`` through the real ``orch-hook`` process.
 - ``orch_plugin``: register a plugin object for this test only: ``orch_plugin(MyPlugin())``.
 - ``hook_payload``: the payload builder, ``hook_payload("Stop", stop_hook_active=True)``.
+- ``orch_module``: write a plugin module that ``orch-hook`` processes and this test's own
+  process can both import: ``orch_module("my_plugin", source)``.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -29,6 +32,17 @@ def orch(tmp_path: Path) -> OrchState:
 @pytest.fixture
 def orch_plugin(orch: OrchState) -> Callable[..., None]:
     return orch.register
+
+
+@pytest.fixture
+def orch_module(orch: OrchState, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], Path]:
+    def write(name: str, source: str) -> Path:
+        path = orch.plugin_module(name, source)
+        monkeypatch.syspath_prepend(str(path.parent))
+        monkeypatch.delitem(sys.modules, name, raising=False)  # another test's module
+        return path
+
+    return write
 
 
 @pytest.fixture
