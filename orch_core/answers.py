@@ -4,7 +4,9 @@ An event hook returns ``None``, a ``str`` (context for the model) or an :class:`
 dispatcher folds the answers of all plugins, in call order, into a :class:`Reply`: the JSON on
 stdout, the exit code and stderr, following the contract in the reference (§3): context only
 where Claude takes it, ``decision:"block"`` where the event blocks that way, deny > ask > allow on
-PreToolUse, and nothing at all on the events that reject ``hookSpecificOutput``.
+PreToolUse, and nothing at all on the events that reject ``hookSpecificOutput``. A Stop is kept
+going with ``additionalContext`` alone: Claude Code 2.1.328 shows a ``decision:"block"`` reason to
+the model twice, once as a "blocking error" (tests/e2e/test_harness.py).
 """
 
 from __future__ import annotations
@@ -82,14 +84,23 @@ def check(result: object, event: Event) -> Answer | None:
 
 
 class Reply:
-    """What ``orch-hook`` writes back: JSON for stdout (or None), exit code, stderr text."""
+    """What ``orch-hook`` writes back: JSON for stdout (or None), exit code, stderr text, and
+    whether it blocks the event (a Stop that keeps the agent working)."""
 
-    __slots__ = ("exit_code", "output", "stderr")
+    __slots__ = ("blocked", "exit_code", "output", "stderr")
 
-    def __init__(self, output: dict[str, Any] | None, exit_code: int = 0, stderr: str = "") -> None:
+    def __init__(
+        self,
+        output: dict[str, Any] | None,
+        exit_code: int = 0,
+        stderr: str = "",
+        *,
+        blocked: bool = False,
+    ) -> None:
         self.output = output
         self.exit_code = exit_code
         self.stderr = stderr
+        self.blocked = blocked or exit_code == 2
 
     def stdout(self) -> str:
         import json
@@ -108,8 +119,11 @@ def fold(event: Event, answers: list[Answer]) -> Reply:
     notices = [a.system_message for a in answers if a.system_message]
     output: dict[str, Any] = {}
     specific: dict[str, Any] = {}
-    exit_code, stderr = 0, ""
+    exit_code, stderr, blocked = 0, "", False
 
+    if event.blocks_by == "context":  # Stop: any text keeps the agent working, shown once
+        contexts = blocks + contexts
+        blocked = bool(contexts)
     if event.takes_context and contexts:
         specific["additionalContext"] = _join(contexts)
     if event.blocks_by == "permission":
@@ -138,4 +152,4 @@ def fold(event: Event, answers: list[Answer]) -> Reply:
         output["hookSpecificOutput"] = {"hookEventName": event.name, **specific}
     if event.takes_system_message and notices:
         output["systemMessage"] = "\n".join(notices)
-    return Reply(output or None, exit_code, stderr)
+    return Reply(output or None, exit_code, stderr, blocked=blocked)

@@ -191,7 +191,7 @@ def dispatch(
     reply = answers.fold(event, given)
     answered = plan.impls("orch_hook_answered")
     if answered:
-        kwargs = {"event": event, "blocked": reply.exit_code == 2}
+        kwargs = {"event": event, "blocked": reply.blocked}
         observed = [c.outcome(budget) for c in call_all(answered, kwargs, runtime, deadline)]
         outcomes += [outcome for outcome in observed if outcome["outcome"] != "ok"]
     result = Outcome(reply, event, runtime.agent, outcomes)
@@ -272,7 +272,7 @@ def read_stdin(limit: int = MAX_PAYLOAD) -> bytes:
 
 def main() -> None:
     """Entry point of ``orch-hook``. The exit code is 2 only when a plugin blocks an event
-    that can be blocked, else 0, whatever goes wrong."""
+    that Claude blocks on exit 2 (never Stop), else 0, whatever goes wrong."""
     code = 0
     try:
         reply = dispatch(read_stdin()).reply

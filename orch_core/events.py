@@ -50,7 +50,8 @@ class Event:
     takes_context: ClassVar[bool] = False
     #: How a plugin's ``Answer(block=...)`` is expressed: "decision" (top-level
     #: ``decision:"block"``), "permission" (PreToolUse deny), "exit" (exit 2 and stderr
-    #: only), or "" when the event cannot be blocked.
+    #: only), "context" (``additionalContext``, which keeps a Stop going), or "" when the event
+    #: cannot be blocked.
     blocks_by: ClassVar[str] = ""
     #: Whether Claude shows ``systemMessage`` for this event (reference §3.3).
     takes_system_message: ClassVar[bool] = True
@@ -324,7 +325,7 @@ class Stop(_LastMessage):
     __slots__ = ()
     name = "Stop"
     takes_context = True
-    blocks_by = "decision"
+    blocks_by = "context"
 
     @property
     def stop_hook_active(self) -> bool:

@@ -117,8 +117,9 @@ def orch_post_tool_batch(event: ev.PostToolBatch, ctx: HookContext) -> Result:
 
 @hookspec
 def orch_stop(event: ev.Stop, ctx: HookContext) -> Result:
-    """The agent finished its turn. ``Answer(block=reason)`` makes it keep working with the
-    reason as its next instruction; honour ``event.stop_hook_active`` to avoid loops."""
+    """The agent finished its turn. ``Answer(block=reason)`` (or plain context) makes it keep
+    working with the text as its next instruction, shown to the model once as
+    ``additionalContext``; honour ``event.stop_hook_active`` to avoid loops."""
 
 
 @hookspec

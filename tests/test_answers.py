@@ -33,14 +33,19 @@ def test_context_goes_only_where_claude_takes_it(name: str) -> None:
         assert "hookSpecificOutput" not in (reply.output or {})
 
 
-def test_stop_block_joins_reasons_and_exits_2() -> None:
+def test_stop_block_is_one_context_on_exit_0() -> None:
+    """Blocks first, then contexts, in one ``additionalContext``: Claude shows it once."""
     reply = fold(event("Stop"), [Answer(block="first"), Answer("ctx"), Answer(block="second")])
-    assert reply.output is not None
-    assert reply.output["decision"] == "block"
-    assert reply.output["reason"] == "first\n\nsecond"
-    assert reply.output["hookSpecificOutput"]["additionalContext"] == "ctx"
-    assert reply.exit_code == 2
-    assert reply.stderr == "first\n\nsecond"
+    assert reply.output == {
+        "hookSpecificOutput": {"hookEventName": "Stop", "additionalContext": "first\n\nsecond\n\nctx"}
+    }
+    assert (reply.exit_code, reply.stderr, reply.blocked) == (0, "", True)
+
+
+def test_a_stop_with_nothing_to_say_stops() -> None:
+    reply = fold(event("Stop"), [Answer(system_message="note")])
+    assert reply.output == {"systemMessage": "note"}
+    assert (reply.exit_code, reply.blocked) == (0, False)
 
 
 @pytest.mark.parametrize(

@@ -153,7 +153,7 @@ def test_unknown_event_gets_no_output(orch: OrchState) -> None:
     assert orch.log()[0]["msg"] == "unknown event skipped"
 
 
-def test_stop_block_exits_2_with_the_reason(orch: OrchState) -> None:
+def test_stop_block_keeps_the_agent_working_through_context(orch: OrchState) -> None:
     class Blocks:
         @hookimpl
         def orch_stop(self, event: events.Stop) -> Answer | None:
@@ -161,9 +161,12 @@ def test_stop_block_exits_2_with_the_reason(orch: OrchState) -> None:
 
     orch.register(Blocks(), "blocks")
     result = orch.run(payload("Stop"), ORCH_LOAD_PLUGINS="")
-    assert result.exit_code == 2
-    assert result.output == {"decision": "block", "reason": "two messages wait"}
-    assert orch.run(payload("Stop", stop_hook_active=True)).exit_code == 0
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.context == "two messages wait"
+    assert result.output == {
+        "hookSpecificOutput": {"hookEventName": "Stop", "additionalContext": "two messages wait"}
+    }
+    assert orch.run(payload("Stop", stop_hook_active=True)).output is None
 
 
 def test_every_run_is_recorded(orch: OrchState) -> None:

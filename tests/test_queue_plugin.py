@@ -90,10 +90,10 @@ def test_stop_blocks_with_the_messages_as_reason(orch: OrchState) -> None:
     first = send(orch, "first", priority=1)
     second = send(orch, "second", priority=99)
     result = hook(orch, "Stop")
-    assert result.exit_code == 2
-    assert result.output is not None
-    assert result.output["decision"] == "block"
-    reason = result.output["reason"]
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.output is not None and "decision" not in result.output
+    reason = result.context
+    assert reason is not None
     assert reason.index(f"{MARK}{second} ") < reason.index(f"{MARK}{first} ")
     assert "\nsecond\n\n" in reason and reason.endswith("\nfirst")
     assert {state_of(orch, first), state_of(orch, second)} == {"delivered"}
@@ -120,27 +120,26 @@ def test_stop_blocks_at_most_k_times_in_a_row(orch: OrchState, limit: int | None
     outcomes = []
     for in_a_row in range(k + 1):
         send(orch, f"work {in_a_row}")
-        outcomes.append(hook(orch, "Stop", stop_hook_active=in_a_row > 0).exit_code)
-    assert outcomes == [2] * k + [0]
+        outcomes.append(hook(orch, "Stop", stop_hook_active=in_a_row > 0).context is not None)
+    assert outcomes == [True] * k + [False]
     waiting = Queue(orch.store).messages(AGENT, "queued")
     assert [m["body"] for m in waiting] == [f"work {k}"]  # kept for later, not lost
     assert agent_state(orch) == "idle"
     # a fresh Stop (not a continuation) starts counting again
     result = hook(orch, "Stop", stop_hook_active=False)
-    assert result.exit_code == 2
-    assert result.output is not None and f"work {k}" in result.output["reason"]
+    assert result.context is not None and f"work {k}" in result.context
 
 
 def test_a_user_prompt_resets_the_stop_counter(orch: OrchState) -> None:
     for in_a_row in range(3):
         send(orch, f"work {in_a_row}")
-        assert hook(orch, "Stop", stop_hook_active=in_a_row > 0).exit_code == 2
+        assert hook(orch, "Stop", stop_hook_active=in_a_row > 0).context is not None
     send(orch, "more")
-    assert hook(orch, "Stop", stop_hook_active=True).exit_code == 0
+    assert hook(orch, "Stop", stop_hook_active=True).output is None
     prompt = hook(orch, "UserPromptSubmit")
     assert prompt.context is not None and "\nmore" in prompt.context
     send(orch, "after the prompt")
-    assert hook(orch, "Stop", stop_hook_active=True).exit_code == 2
+    assert hook(orch, "Stop", stop_hook_active=True).context is not None
 
 
 def test_emergency_messages_go_out_at_pre_tool_use_and_only_they(orch: OrchState) -> None:
@@ -261,9 +260,9 @@ def test_presence_follows_what_the_stop_hook_did(orch: OrchState) -> None:
     hook(orch, "UserPromptSubmit")
     assert agent_state(orch) == "busy"
     send(orch, "keep going")
-    assert hook(orch, "Stop").exit_code == 2
+    assert hook(orch, "Stop").context is not None
     assert agent_state(orch) == "busy"
-    assert hook(orch, "Stop", stop_hook_active=True).exit_code == 0
+    assert hook(orch, "Stop", stop_hook_active=True).output is None
     assert agent_state(orch) == "idle"
 
 

@@ -131,6 +131,7 @@ class _Reply:
     stop_reason: str = "end_turn"
     error_status: int | None = None
     error_type: str = ""
+    hold: threading.Event | None = None
 
 
 class StandInAPI:
@@ -197,9 +198,10 @@ class StandInAPI:
 
     # script
 
-    def reply_text(self, text: str) -> None:
-        """Queue a plain text answer that ends the turn."""
-        self._push(_Reply(blocks=[{"type": "text", "text": text}]))
+    def reply_text(self, text: str, *, hold: threading.Event | None = None) -> None:
+        """Queue a plain text answer that ends the turn. With ``hold``, the answer waits until
+        the test sets it (at most the default timeout): the model is "thinking" meanwhile."""
+        self._push(_Reply(blocks=[{"type": "text", "text": text}], hold=hold))
 
     def reply_tool_use(self, name: str, input: dict[str, Any], text: str = "") -> str:
         """Queue a tool call (optionally preceded by text); returns its ``tool_use`` id."""
@@ -336,6 +338,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, _error_body("not_found_error", f"no route {request.route}"))
 
     def _answer_messages(self, request: RecordedRequest, reply: _Reply) -> None:
+        if reply.hold is not None:
+            reply.hold.wait(DEFAULT_TIMEOUT)
         if reply.error_status is not None:
             self._send_json(
                 reply.error_status, _error_body(reply.error_type, "scripted stand-in error")

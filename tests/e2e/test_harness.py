@@ -8,7 +8,11 @@ or on what the hooks themselves logged. Findings pinned here (Claude Code 2.1.32
 - Stop ``{"decision":"block","reason":R}`` makes Claude send exactly one more request, which
   carries R twice: a user message ``Stop hook feedback:\\nR`` and a system message
   ``Stop hook blocking error from command: "CMD": R``. Exit code 2 with that JSON on stdout
-  gives the same request as exit 0; stderr is then ignored.
+  gives the same request as exit 0; stderr is then ignored. ``hookSpecificOutput``
+  ``additionalContext`` on exit 0 also keeps the agent working, and carries R once, in a
+  ``<system-reminder>`` headed ``Stop hook additional context:``; exit 2 with R on stderr
+  alone carries it once too, but as ``Stop hook feedback:\\n[CMD]: R`` and the screen says the
+  hook "reported a problem".
 - PostToolUse ``{"decision":"block","reason":R}`` arrives once, as a system message after the
   (unchanged) tool_result: ``PostToolUse:Bash hook blocking error from command: "CMD": R``.
   Exit 2 with that JSON is again the same as exit 0, stderr ignored.
@@ -113,12 +117,41 @@ def test_post_tool_use_additional_context_reaches_model(
     assert "orch-e2e" not in first.text()
 
 
+# What a Stop hook may answer to keep the agent working: (stdout JSON, exit code, stderr).
+STOP_SHAPES: dict[str, tuple[dict[str, Any] | None, int, str]] = {
+    "decision block, exit 0": ({"decision": "block", "reason": BLOCK_REASON}, 0, ""),
+    "decision block, exit 2": ({"decision": "block", "reason": BLOCK_REASON}, 2, "orch-e2e stderr"),
+    "additionalContext, exit 0": (
+        {"hookSpecificOutput": {"hookEventName": "Stop", "additionalContext": BLOCK_REASON}},
+        0,
+        "",
+    ),
+    "stderr only, exit 2": (None, 2, BLOCK_REASON),
+}
+STOP_SHAPE_HOOK = (
+    HOOK_PREAMBLE
+    + """\
+output, code, stderr = json.loads(pathlib.Path(sys.argv[1]).read_text())
+if not event.get("stop_hook_active"):
+    if output is not None:
+        print(json.dumps(output))
+    print(stderr, file=sys.stderr)
+    sys.exit(code)
+"""
+)
+
+
 @pytest.mark.claude
-@pytest.mark.parametrize("exit_code", [0, 2])
-def test_stop_block_reason_reaches_model(
-    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path, exit_code: int
+@pytest.mark.parametrize("shape", list(STOP_SHAPES))
+def test_how_each_stop_answer_reaches_the_model(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path, shape: str
 ) -> None:
-    command, log = install_hook(tmp_path, "stop", BLOCK_HOOK, str(exit_code))
+    """Every shape keeps the agent working for exactly one more request; only
+    ``additionalContext`` on exit 0 shows the reason once and calls nothing an error, which is
+    why orch answers a blocking Stop that way."""
+    answer = tmp_path / "answer.json"  # not in argv: the command line reaches the model too
+    answer.write_text(json.dumps(STOP_SHAPES[shape]))
+    command, log = install_hook(tmp_path, "stop", STOP_SHAPE_HOOK, str(answer))
     write_hook_settings(project, {"Stop": command})
     standin.reply_text("first answer")
 
@@ -131,10 +164,22 @@ def test_stop_block_reason_reaches_model(
     first, second = session.requests()  # the turn is over: exactly one extra request
     assert BLOCK_REASON not in first.text()
     after_answer = second.texts(len(first.messages) + 1)
-    assert f"Stop hook feedback:\n{BLOCK_REASON}" in after_answer
-    assert f'Stop hook blocking error from command: "{command}": {BLOCK_REASON}' in after_answer
-    assert second.text().count(BLOCK_REASON) == 2
-    assert "orch-e2e stderr" not in second.text()
+    if shape.startswith("decision block"):
+        assert f"Stop hook feedback:\n{BLOCK_REASON}" in after_answer
+        blocking = f'Stop hook blocking error from command: "{command}": {BLOCK_REASON}'
+        assert blocking in after_answer
+        assert second.text().count(BLOCK_REASON) == 2
+        assert "orch-e2e stderr" not in second.text()
+    elif shape.startswith("additionalContext"):
+        reminder = f"<system-reminder>\nStop hook additional context: {BLOCK_REASON}\n"
+        assert [t for t in after_answer if BLOCK_REASON in t] == [f"{reminder}</system-reminder>"]
+        assert second.text().count(BLOCK_REASON) == 1
+        assert "error" not in " ".join(after_answer).lower()
+    else:
+        assert [t for t in after_answer if BLOCK_REASON in t] == [
+            f"Stop hook feedback:\n[{command}]: {BLOCK_REASON}\n"
+        ]
+        assert second.text().count(BLOCK_REASON) == 1
 
 
 @pytest.mark.claude

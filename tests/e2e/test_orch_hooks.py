@@ -79,7 +79,9 @@ def test_plugin_context_and_stop_block_reach_the_model(
     assert second.text().count(expected) == 1
 
     third = requests[2]
-    assert "Stop hook feedback:\norch-e2e: one more thing, check the tests" in third.texts()
+    stop_context = "Stop hook additional context: orch-e2e: one more thing, check the tests"
+    assert f"<system-reminder>\n{stop_context}\n</system-reminder>" in third.texts()
+    assert third.text().count("orch-e2e: one more thing") == 1
     assert "orch-e2e: one more" not in second.text()
 
     store = SQLiteStore(orch_env["ORCH_DB"])

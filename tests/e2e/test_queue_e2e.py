@@ -24,6 +24,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -318,6 +319,43 @@ def test_a_message_to_an_idle_agent_wakes_it(
 
     last = confirm_with_next_turn(session, orch, [receipt])
     prompt_index(last, WAKE_LINE)  # typed once: the batch woke the agent once
+
+
+def test_a_message_delivered_at_stop_reaches_the_model_once(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
+    orch_env: dict[str, str],
+) -> None:
+    thinking = threading.Event()  # the model answers once the message is queued
+    standin.reply_text("first answer", hold=thinking)
+    standin.reply_text("on it")
+    session = claude(env=orch_env)
+    agent = agent_of(session, tmux_server)
+    session.prompt("Answer briefly.")
+    session.wait_for_requests(1)
+    assert orch.agent_state(agent) == "busy"
+
+    body = "Also bump the changelog; \"quoted\" $HOME `id`"
+    receipt = orch.send(agent, body, "--from", "lead")
+    thinking.set()
+    first, second = session.wait_for_requests(2, WAIT)[:2]
+
+    assert body not in first.text()
+    (context,) = [t for t in second.texts() if body in t]
+    assert re.fullmatch(
+        re.escape("<system-reminder>\nStop hook additional context: ")
+        + header(receipt["id"], "lead", "normal", 0)
+        + "\n"
+        + re.escape(body + "\n</system-reminder>"),
+        context,
+    ), context
+    assert second.text().count(f"{MARK}{receipt['id']} ") == 1
+    assert second.text().count(json.dumps(body)[1:-1]) == 1
+    assert "blocking error" not in second.text()
+    orch.wait_for_state(agent, "idle")  # the agent worked on it, then really stopped
+    confirm_with_next_turn(session, orch, [receipt])
 
 
 def test_priorities_arrive_highest_first_in_one_context(
