@@ -28,11 +28,15 @@ if TYPE_CHECKING:
     from typing import Any
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-#: StopFailure ``error`` values that no restart can fix.
+#: StopFailure ``error`` values that no restart can fix: a person must act (credentials,
+#: billing, account, model or request). Every other value, a new one included, is transient.
 FATAL = (
     "authentication_failed",
-    "billing_error",
     "oauth_org_not_allowed",
+    "account_on_hold",
+    "verification_required",
+    "billing_error",
+    "cloud_credential_error",
     "model_not_found",
     "invalid_request",
 )

@@ -16,11 +16,16 @@ def failure(error: str, **fields: object) -> dict[str, object]:
     return payload("StopFailure", error=error, **fields)
 
 
+#: Every ``error`` value the Claude Code 2.1.328 binary knows, and what a restart can do for it.
 @pytest.mark.parametrize(
     ("error", "kind"),
     [("overloaded", "transient"), ("server_error", "transient"), ("unknown", "transient"),
-     ("rate_limit", "wait"), ("authentication_failed", "fatal"), ("billing_error", "fatal"),
-     ("oauth_org_not_allowed", "fatal")],
+     ("max_output_tokens", "transient"), ("a-value-from-a-later-version", "transient"),
+     ("rate_limit", "wait"),
+     ("authentication_failed", "fatal"), ("oauth_org_not_allowed", "fatal"),
+     ("account_on_hold", "fatal"), ("verification_required", "fatal"),
+     ("billing_error", "fatal"), ("cloud_credential_error", "fatal"),
+     ("model_not_found", "fatal"), ("invalid_request", "fatal")],
 )  # fmt: skip
 def test_failures_are_classified_by_the_error_field(error: str, kind: str) -> None:
     assert lifecycle.classify(error) == kind
