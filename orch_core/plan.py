@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_BUDGET_MS = 500
+#: Seconds past its plugins' budget by which ``orch-hook`` has answered, whatever they do.
+ANSWER_MARGIN = 0.1
 ENV_KEYS = ("ORCH_LOAD_PLUGINS", "ORCH_DISABLE_PLUGINS")
 
 

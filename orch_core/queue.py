@@ -21,6 +21,7 @@ import time
 
 from orch_core import agents, paths
 from orch_core.errors import OrchError
+from orch_core.plan import ANSWER_MARGIN
 from orch_core.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
@@ -449,16 +450,25 @@ class Queue:
     # -- delivering (called by the queue plugin inside orch-hook) ---------------------------
 
     def confirm(
-        self, agent: str, session_id: str, transcript_path: str | None, now: float | None = None
+        self,
+        agent: str,
+        session_id: str,
+        transcript_path: str | None,
+        now: float | None = None,
+        *,
+        since: float | None = None,
     ) -> list[str]:
         """Confirm this session's deliveries found in its transcript; requeue those missed by
-        too many hooks. Returns the confirmed ids."""
+        too many hooks. Only deliveries whose hook had answered before this one began
+        (``since``) are looked at: a hook running beside the delivering one (parallel tool
+        calls) cannot find them yet, and must not count as a miss. Returns the confirmed ids."""
         now = time.time() if now is None else now
+        since = now if since is None else since
         conn = self.store.conn
         inflight = conn.execute(
             "SELECT id, checks FROM messages WHERE agent = ? AND state = 'delivered'"
-            " AND session_id = ?",
-            (agent, session_id),
+            " AND session_id = ? AND (answered_by IS NULL OR answered_by < ?)",
+            (agent, session_id, since),
         ).fetchall()
         if not inflight:
             return []
@@ -494,7 +504,8 @@ class Queue:
         characters of text (at least one), and mark them delivered to ``session_id`` (whose
         transcript, if given, is where a late confirmation is looked for). Past ``deadline``
         (``time.time()``, less a margin for the reply) nothing is taken: a hook that has run out
-        of time could not hand the messages over."""
+        of time could not hand the messages over. Each message records by when its hook has
+        answered (``answered_by``), for :meth:`confirm`."""
         now = time.time() if now is None else now
         # ``after``: held back while the other message is here and not delivered; one that is
         # not here (an import without it: it was confirmed and not exported) holds nothing.
@@ -511,6 +522,7 @@ class Queue:
             ).fetchall()
             taken: list[Message] = []
             used = 0
+            answered_by = (now if deadline is None else deadline) + ANSWER_MARGIN
             for row in rows:
                 message = self._record(tx, row)
                 if message["attempts"] >= self.max_attempts:
@@ -523,8 +535,9 @@ class Queue:
                 used += size
                 tx.execute(
                     "UPDATE messages SET state = 'delivered', delivered = ?, session_id = ?,"
-                    " transcript = ?, attempts = attempts + 1, checks = 0 WHERE id = ?",
-                    (now, session_id, transcript_path, message["id"]),
+                    " transcript = ?, answered_by = ?, attempts = attempts + 1, checks = 0"
+                    " WHERE id = ?",
+                    (now, session_id, transcript_path, answered_by, message["id"]),
                 )
                 _event(tx, message["id"], now, "delivered", session_id)
                 taken.append(message)

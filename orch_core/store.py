@@ -23,7 +23,7 @@ TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -160,6 +160,9 @@ MIGRATIONS: dict[int, str] = {
         WHERE state = 'queued' AND expires IS NOT NULL;
     CREATE INDEX messages_waiting ON messages(agent, after_id)
         WHERE state = 'queued' AND after_id IS NOT NULL;
+    """,
+    7: """
+    ALTER TABLE messages ADD COLUMN answered_by REAL;
     """,
 }
 #: Hook runs kept; older ones are pruned now and then, so the table stays small.

@@ -7,12 +7,14 @@ import json
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orch_core import api
+from orch_core.plan import ANSWER_MARGIN
 from orch_core.queue import MARK, PENDING_SQL, PREVIEW, Queue, QueueError, band
 from orch_core.store import SQLiteStore
 from orch_core.testing.kit import OrchState
@@ -211,6 +213,7 @@ def test_after_ends_dead_when_the_other_ends_undelivered(q: Queue, ending: str) 
         q.sweep(now=now)
     else:
         q.claim("p:1", "s", now=now)
+        now += 1  # the next hook
         q.confirm("p:1", "s", None, now=now)
         q.sweep(now=now)  # as the hook does after confirming
     assert state(q, first["id"]) == ending
@@ -242,6 +245,23 @@ def test_a_delivery_found_in_the_transcript_is_confirmed_and_never_delivered_aga
         q.confirm("p:1", "s", None, now=T0 + 3 + later)
         assert q.claim("p:1", "s", now=T0 + 3 + later) == []
     assert state(q, sent["id"]) == "confirmed"
+
+
+def test_hooks_that_began_before_the_delivering_hook_answered_do_not_count(q: Queue) -> None:
+    """Parallel tool calls: hooks running beside the one that delivered cannot see it in the
+    transcript yet, however many there are."""
+    t0 = time.time()  # a claim checks its deadline against the clock
+    sent = q.send("p:1", "one batch", now=t0)
+    deadline = t0 + 5  # the delivering hook has answered by deadline + ANSWER_MARGIN
+    assert q.claim("p:1", "s", now=t0, deadline=deadline) != []
+    for sibling in range(10):
+        q.confirm("p:1", "s", None, now=t0 + 0.3 + sibling / 100, since=t0 + 0.01)
+    assert q.get(sent["id"])["checks"] == 0  # type: ignore[index]
+    for later in range(3):
+        q.confirm("p:1", "s", None, now=t0 + 6 + later, since=deadline + ANSWER_MARGIN + 0.01 + later)
+    record = q.get(sent["id"])
+    assert record is not None
+    assert (record["state"], record["checks"]) == ("delivered", 3)
 
 
 def test_not_found_within_confirm_hooks_goes_back_to_the_queue(q: Queue, tmp_path: Path) -> None:

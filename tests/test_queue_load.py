@@ -84,6 +84,36 @@ def record(transcript: Path, text: str) -> None:
 # -- parallel hooks ----------------------------------------------------------------------------
 
 
+def test_a_burst_of_one_sessions_hooks_hands_each_message_over_once(orch: OrchState) -> None:
+    """Ten parallel tool calls of one session finish at once, ten messages waiting: the hook
+    that takes them must not be undone by its siblings (which cannot see them in the
+    transcript yet), so nothing is handed over twice, burst after burst."""
+    queue = Queue(orch.store)
+    warm = orch.run_hook(payload("Stop"), ORCH_AGENT="warm:1")
+    assert warm.exit_code == 0
+    transcript = orch.root / "burst.jsonl"
+    transcript.touch()
+    handed: Counter[str] = Counter()
+    sent: list[str] = []
+    with ThreadPoolExecutor(10) as pool:
+        for burst in range(15):
+            sent += [queue.send(AGENT, f"burst {burst} message {i}")["id"] for i in range(10)]
+            results = list(
+                pool.map(
+                    lambda _: orch.run_hook(post_tool_use("burst", transcript), ORCH_AGENT=AGENT),
+                    range(10),
+                )
+            )
+            assert [r.exit_code for r in results] == [0] * 10
+            for result in results:
+                handed.update(delivered_ids(result))
+                record(transcript, result.stdout)  # Claude writes each answer down
+    assert [mid for mid, n in handed.items() if n > 1] == [], "handed over twice"
+    assert delivered_events(orch) == Counter({mid: 1 for mid in handed})
+    missing = [mid for mid in sent if mid not in handed]
+    assert all(states(orch)[mid] == "queued" for mid in missing), "a claim nobody saw"
+
+
 def test_parallel_hooks_deliver_each_message_exactly_once(orch: OrchState) -> None:
     # ~4 messages per hook, so 200 messages take ~50 hooks racing 16 at a time. The budget is
     # generous on purpose: this is about the race between claims, not about time (the dispatcher

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from orch_core.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS
 from orch_core.queue import MARK, Queue
 from orch_core.testing.kit import HookResult, OrchState
 from orch_core.testing.payloads import payload
@@ -35,6 +36,12 @@ def hook(orch: OrchState, event: str, *, session: str = SESSION, **fields: Any) 
         event, session_id=session, transcript_path=str(transcript_of(orch, session)), **fields
     )
     return orch.run_hook(data, ORCH_AGENT=AGENT)
+
+
+def answered() -> None:
+    """Wait until the last hook has surely answered: only hooks that begin after that look
+    for its deliveries in the transcript."""
+    time.sleep(DEFAULT_BUDGET_MS / 1000 + ANSWER_MARGIN)
 
 
 def seen(orch: OrchState, text: str, session: str = SESSION) -> None:
@@ -184,6 +191,7 @@ def test_a_delivery_seen_in_the_transcript_is_confirmed_by_the_next_hook(
     first = hook(orch, "PostToolUse")
     assert first.context is not None
     seen(orch, first.context)
+    answered()
     assert hook(orch, "PostToolUse").output is None
     assert state_of(orch, message_id) == "confirmed"
     assert events_of(orch, message_id)[-1] == ("confirmed", "found in the transcript")
@@ -193,6 +201,7 @@ def test_an_unseen_delivery_is_delivered_again_after_confirm_hooks(orch: OrchSta
     orch.write_config("[plugin.queue]\nconfirm_hooks = 2\n")
     message_id = send(orch, "lost in transit")
     assert hook(orch, "PostToolUse").context is not None
+    answered()
     assert hook(orch, "PostToolUse").output is None  # one hook without it: still in flight
     again = hook(orch, "PostToolUse")  # the second: back in the queue, and out again
     assert again.context is not None and again.context.startswith(f"{MARK}{message_id} ")
@@ -200,6 +209,7 @@ def test_an_unseen_delivery_is_delivered_again_after_confirm_hooks(orch: OrchSta
         "queued", "delivered", "queued", "delivered",
     ]  # fmt: skip
     seen(orch, again.context)
+    answered()
     hook(orch, "PostToolUse")
     assert state_of(orch, message_id) == "confirmed"
 
@@ -236,6 +246,7 @@ def test_session_end_requeues_unconfirmed_deliveries_and_keeps_the_rest(
     first = hook(orch, "PostToolUse")
     assert first.context is not None
     seen(orch, first.context)
+    answered()
     inflight = send(orch, "in flight", priority=5)
     queued_later = send(orch, "due tomorrow", not_before=2e9)
     assert hook(orch, "PostToolUse").context is not None  # confirms one, delivers the next

@@ -50,7 +50,7 @@ def deliver(event: ev.Event, ctx: HookContext, min_priority: int = 0) -> str | N
     if queue is None or not queue.has_pending(ctx.agent):
         return None
     if ctx.session_id:
-        queue.confirm(ctx.agent, ctx.session_id, event.transcript_path)
+        queue.confirm(ctx.agent, ctx.session_id, event.transcript_path, since=ctx.started)
     queue.sweep(agent=ctx.agent)
     budget = int({**DEFAULTS, **ctx.config}["budget"])
     messages = queue.claim(
