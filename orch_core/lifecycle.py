@@ -362,6 +362,7 @@ class Supervisor:
         self.store = SQLiteStore(paths.db_path(env))
         self.watch_every = watch_every
         self._watched = 0.0
+        self._nudged: dict[str, float] = {}  # agent: the wake-up it was nudged for
 
     def config(self, agent: str) -> dict[str, Any]:
         """The auto_restart settings of the agent's project."""
@@ -503,7 +504,8 @@ class Supervisor:
             )
 
     def upkeep(self, now: float) -> None:
-        """Expire TTLs, and wake idle agents whose messages became deliverable (``--in``)."""
+        """Expire TTLs, wake idle agents whose messages became deliverable (``--in``), and
+        press Enter again for a wake-up that brought no prompt."""
         from orch_builtin import idle
 
         from orch_core.queue import Queue
@@ -511,10 +513,18 @@ class Supervisor:
         queue = Queue(self.store)
         queue.sweep(now)
         idle_agents = self.store.conn.execute(
-            "SELECT id FROM agents WHERE state IN ('idle', 'waking')"
+            "SELECT id, state, state_changed FROM agents WHERE state IN ('idle', 'waking')"
         ).fetchall()
-        for (agent,) in idle_agents:
-            if queue.has_ready(agent, now):
+        for agent, state, changed in idle_agents:
+            waited = now - changed
+            if (
+                state == "waking"
+                and float(idle.DEFAULTS["nudge_seconds"]) <= waited
+                and self._nudged.get(agent) != changed
+            ):
+                self._nudged[agent] = changed
+                idle.nudge(self.store, agent, self.env)
+            elif queue.has_ready(agent, now):
                 idle.wake(self.store, agent, self.env, float(idle.DEFAULTS["rewake_seconds"]))
 
     def fire(self, hook: str, **kwargs: Any) -> None:

@@ -459,28 +459,32 @@ class Queue:
         since: float | None = None,
     ) -> list[str]:
         """Confirm this session's deliveries found in its transcript; requeue those missed by
-        too many hooks. Only deliveries whose hook had answered before this one began
-        (``since``) are looked at: a hook running beside the delivering one (parallel tool
-        calls) cannot find them yet, and must not count as a miss. Returns the confirmed ids."""
+        too many hooks. A miss counts only for a delivery whose hook had answered before this
+        one began (``since``): a hook running beside the delivering one (parallel tool calls)
+        cannot find it yet. Returns the confirmed ids."""
         now = time.time() if now is None else now
         since = now if since is None else since
         conn = self.store.conn
         inflight = conn.execute(
-            "SELECT id, checks FROM messages WHERE agent = ? AND state = 'delivered'"
-            " AND session_id = ? AND (answered_by IS NULL OR answered_by < ?)",
-            (agent, session_id, since),
+            "SELECT id, checks, answered_by FROM messages WHERE agent = ? AND state = 'delivered'"
+            " AND session_id = ?",
+            (agent, session_id),
         ).fetchall()
         if not inflight:
             return []
-        seen = _transcript_tail(transcript_path)
-        ids = marked(seen)
-        found = [mid for mid, _ in inflight if mid in ids]
+        ids = marked(_transcript_tail(transcript_path))
+        found = [mid for mid, _, _ in inflight if mid in ids]
+        missed = [
+            (mid, checks)
+            for mid, checks, answered_by in inflight
+            if mid not in ids and (answered_by is None or answered_by < since)
+        ]
+        if not (found or missed):
+            return []
         with self.store.transaction() as tx:
             for message_id in found:
                 _set(tx, message_id, "confirmed", now, "found in the transcript", "delivered")
-            for message_id, checks in inflight:
-                if message_id in found:
-                    continue
+            for message_id, checks in missed:
                 if checks + 1 >= self.confirm_hooks:
                     self._unconfirmed(tx, message_id, now, "not found in the transcript")
                 else:

@@ -47,6 +47,17 @@ def type_line(pane: str, socket: str | None, text: str, state_dir: str) -> bool:
             return False
 
 
+def press_enter(pane: str, socket: str | None, state_dir: str) -> bool:
+    """Press Enter alone in ``pane``, under its lock: a line typed while the program was not
+    ready to take it stays in its input box until then."""
+    with _pane_lock(pane, socket, state_dir):
+        try:
+            tmux(socket, "send-keys", "-t", pane, "Enter")
+            return True
+        except TmuxError:
+            return False
+
+
 def paste_text(pane: str, socket: str | None, text: str, state_dir: str) -> bool:
     """Paste ``text`` of any length and any number of lines as one input (bracketed paste, so
     its newlines do not submit it line by line), then press Enter; under the pane's lock. The

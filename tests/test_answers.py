@@ -36,8 +36,9 @@ def test_context_goes_only_where_claude_takes_it(name: str) -> None:
 def test_stop_block_is_one_context_on_exit_0() -> None:
     """Blocks first, then contexts, in one ``additionalContext``: Claude shows it once."""
     reply = fold(event("Stop"), [Answer(block="first"), Answer("ctx"), Answer(block="second")])
+    context = "first\n\nsecond\n\nctx"
     assert reply.output == {
-        "hookSpecificOutput": {"hookEventName": "Stop", "additionalContext": "first\n\nsecond\n\nctx"}
+        "hookSpecificOutput": {"hookEventName": "Stop", "additionalContext": context}
     }
     assert (reply.exit_code, reply.stderr, reply.blocked) == (0, "", True)
 

@@ -234,8 +234,8 @@ def test_observers_hear_state_changes(orch: OrchState) -> None:
     for name in ("SessionStart", "PreToolUse", "PostToolUse", "Stop", "SessionEnd"):
         orch.run(payload(name), ORCH_AGENT="proj:3", ORCH_LOAD_PLUGINS="presence")
     assert heard == [
-        ("proj:3", None, "starting"),
-        ("proj:3", "starting", "busy"),
+        ("proj:3", None, "idle"),
+        ("proj:3", "idle", "busy"),
         ("proj:3", "busy", "idle"),
         ("proj:3", "idle", "offline"),
     ]

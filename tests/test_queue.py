@@ -257,8 +257,9 @@ def test_hooks_that_began_before_the_delivering_hook_answered_do_not_count(q: Qu
     for sibling in range(10):
         q.confirm("p:1", "s", None, now=t0 + 0.3 + sibling / 100, since=t0 + 0.01)
     assert q.get(sent["id"])["checks"] == 0  # type: ignore[index]
+    answered = deadline + ANSWER_MARGIN
     for later in range(3):
-        q.confirm("p:1", "s", None, now=t0 + 6 + later, since=deadline + ANSWER_MARGIN + 0.01 + later)
+        q.confirm("p:1", "s", None, now=t0 + 6 + later, since=answered + 0.01 + later)
     record = q.get(sent["id"])
     assert record is not None
     assert (record["state"], record["checks"]) == ("delivered", 3)

@@ -6,6 +6,7 @@ Assertions are on the requests the stand-in received and on orch's recovery hist
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,8 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from orch_builtin.idle import WAKE_LINE
 
 from orch_core import lifecycle, tmux
+from orch_core.queue import MARK
 from orch_core.store import SQLiteStore
 from orch_core.testing.claude import PROMPT_MARK, ClaudeSession
 from orch_core.testing.kit import orch_script
@@ -174,3 +177,15 @@ def test_an_authentication_error_is_not_restarted(fleet: Fleet) -> None:
         (alert,) = db.execute("SELECT kind, message FROM alerts").fetchall()
     assert alert[0] == "failed" and "StopFailure authentication_failed" in alert[1]
     assert fleet.starts() == 1
+
+
+def test_a_spawned_agent_waiting_at_its_first_prompt_is_woken_and_fed(fleet: Fleet) -> None:
+    fleet.standin.reply_text("On the release.")
+    fleet.spawn()  # nobody types anything
+    fleet.wait(lambda: fleet.state() == "idle", "the agent idle at its first prompt")
+    receipt = json.loads(fleet.orch("send", "pay", "Cut the release branch.", "--json"))
+    fleet.wait(lambda: len(fleet.requests()) >= 1, "the woken agent's request")
+    (request,) = fleet.requests()
+    assert request.count(f"{MARK}{receipt['id']} ") == 1
+    assert request.count("Cut the release branch.") == 1
+    assert request.count(WAKE_LINE) == 1

@@ -321,6 +321,51 @@ def test_a_message_to_an_idle_agent_wakes_it(
     prompt_index(last, WAKE_LINE)  # typed once: the batch woke the agent once
 
 
+def test_an_agent_waiting_at_its_first_prompt_is_woken(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
+    orch_env: dict[str, str],
+) -> None:
+    standin.reply_text("on it")
+    session = claude(env=orch_env)  # nobody types anything
+    agent = agent_of(session, tmux_server)
+    orch.wait_for_state(agent, "idle")
+    receipt = orch.send(agent, "Review the open pull request.", "--from", "lead")
+    (woken,) = session.wait_for_requests(1, WAIT)
+    prompt_index(woken, WAKE_LINE)
+    # the first request of a conversation folds the hook's context into Claude's own reminders
+    (context,) = [t for t in woken.texts() if "Review the open pull request." in t]
+    assert re.search(
+        re.escape("UserPromptSubmit hook additional context: ")
+        + header(receipt["id"], "lead", "normal", 0)
+        + re.escape("\nReview the open pull request.\n"),
+        context,
+    ), context
+    assert woken.text().count("Review the open pull request.") == 1
+    orch.wait_for_state(agent, "idle")
+    confirm_with_next_turn(session, orch, [receipt])
+
+
+def test_an_agent_that_starts_with_messages_waiting_acts_on_them(
+    claude: ClaudeFactory, standin: StandInAPI, orch: OrchCLI, orch_env: dict[str, str]
+) -> None:
+    done = subprocess.run(
+        [ORCH, "send", "lead-1", "Waiting since before you started.", "--json"],
+        env={**os.environ, **orch_env}, capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    receipt = json.loads(done.stdout)
+    standin.reply_text("on it")
+    session = claude(env={**orch_env, "ORCH_AGENT": "lead-1"})  # nobody types anything
+    (woken,) = session.wait_for_requests(1, WAIT)
+    assert woken.text().count(f"{MARK}{receipt['id']} ") == 1
+    assert woken.text().count("Waiting since before you started.") == 1
+    prompt_index(woken, WAKE_LINE)  # typed once
+    orch.wait_for_state("lead-1", "idle")
+    confirm_with_next_turn(session, orch, [receipt])
+
+
 def test_a_message_delivered_at_stop_reaches_the_model_once(
     claude: ClaudeFactory,
     standin: StandInAPI,
@@ -337,7 +382,7 @@ def test_a_message_delivered_at_stop_reaches_the_model_once(
     session.wait_for_requests(1)
     assert orch.agent_state(agent) == "busy"
 
-    body = "Also bump the changelog; \"quoted\" $HOME `id`"
+    body = 'Also bump the changelog; "quoted" $HOME `id`'
     receipt = orch.send(agent, body, "--from", "lead")
     thinking.set()
     first, second = session.wait_for_requests(2, WAIT)[:2]

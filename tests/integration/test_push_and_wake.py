@@ -105,17 +105,49 @@ def test_an_idle_agent_gets_one_wake_line_per_batch_and_never_the_body(
     assert pane.lines() == [WAKE_LINE, SENTINEL, WAKE_LINE]
 
 
-@pytest.mark.parametrize("event", ["UserPromptSubmit", "PostToolUse", "SessionStart"])
+@pytest.mark.parametrize(
+    "events", [["UserPromptSubmit"], ["PostToolUse"], ["UserPromptSubmit", "SessionStart"]]
+)
 def test_an_agent_that_is_not_idle_is_not_woken(
-    tmux: TmuxServer, orch: OrchState, event: str
+    tmux: TmuxServer, orch: OrchState, events: list[str]
 ) -> None:
     pane = Pane(tmux, orch)
-    hook(orch, event)
-    assert agent_state(orch) in {"busy", "starting"}
+    for event in events:  # a compaction in the middle of a turn leaves the agent busy
+        hook(orch, event, source="compact")
+    assert agent_state(orch) == "busy"
     done = orch.cli("send", AGENT, "for later")
     assert done.returncode == 0, done.stderr
     assert pane.lines() == []
-    assert agent_state(orch) in {"busy", "starting"}
+    assert agent_state(orch) == "busy"
+
+
+@pytest.mark.parametrize("source", ["startup", "resume", "clear"])
+def test_an_agent_waiting_at_its_first_prompt_is_woken(
+    tmux: TmuxServer, orch: OrchState, source: str
+) -> None:
+    pane = Pane(tmux, orch)
+    assert hook(orch, "SessionStart", source=source) == ""  # nothing waiting: nothing typed
+    assert agent_state(orch) == "idle"
+    assert pane.lines() == []
+    done = orch.cli("send", AGENT, "first job")
+    assert done.returncode == 0, done.stderr
+    assert pane.lines() == [SENTINEL, WAKE_LINE]
+    assert agent_state(orch) == "waking"
+    assert "first job" in hook(orch, "UserPromptSubmit", prompt=WAKE_LINE)
+
+
+def test_an_agent_that_starts_with_messages_waiting_is_woken_to_act_on_them(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    pane = Pane(tmux, orch)
+    done = orch.cli("send", AGENT, "waiting since before it started")
+    assert done.returncode == 0, done.stderr
+    assert pane.lines() == []  # orch did not know its pane yet
+    started = hook(orch, "SessionStart", source="startup")
+    assert "waiting since before it started" in started  # its context holds the backlog...
+    assert pane.lines() == [SENTINEL, WAKE_LINE]  # ...and a turn makes the model act on it
+    assert agent_state(orch) == "waking"
+    assert "waiting since" not in hook(orch, "UserPromptSubmit", prompt=WAKE_LINE)  # once
 
 
 def test_push_types_the_body_literally_once_and_runs_nothing(

@@ -57,7 +57,7 @@ def test_the_agent_is_the_hooks_own_pane_not_the_active_window(
     assert expected.strip() != active.strip()
     (agent,) = orch.store.agents()
     assert agent["id"] == expected.strip()
-    assert agent["state"] == "starting"
+    assert agent["state"] == "idle"  # at its first prompt
     assert orch.store.session_agent("sess-a") == expected.strip()
 
 

@@ -5,12 +5,17 @@ is queued for an agent that presence saw go idle, this plugin types one fixed, s
 agent's tmux pane and presses Enter; the UserPromptSubmit hook then delivers the queue. It types
 through tmux's argv (never a shell), with ``send-keys -l`` and a separate Enter, holding one lock
 per pane, only while the agent is idle and once per batch (the agent is ``waking`` until its next
-prompt). A message body is never typed.
+prompt). A message body is never typed. An agent that starts (or is cleared, or compacted while
+idle) with messages waiting is woken the same way once its SessionStart is answered: the
+messages reach its context then, but the model acts on them only in a turn. A program still
+starting may take the line but not its Enter: the supervisor (started here) presses Enter once
+more when no prompt followed within ``nudge_seconds``, and types the line again after
+``rewake_seconds``.
 """
 
 from __future__ import annotations
 
-from orch_core import hookimpl, log, paths, tmux
+from orch_core import hookimpl, log, paths
 from orch_core.queue import Queue
 from orch_core.store import SQLiteStore
 
@@ -20,11 +25,15 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
+    from orch_core import events as ev
     from orch_core.context import HookContext
     from orch_core.store import Store
 
 WAKE_LINE = "orch: new messages are waiting for you."
-DEFAULTS: dict[str, Any] = {"rewake_seconds": 30}
+DEFAULTS: dict[str, Any] = {
+    "nudge_seconds": 2,  # a wake-up with no prompt after this gets one more Enter...
+    "rewake_seconds": 30,  # ...and after this, the line is typed again
+}
 
 
 @hookimpl
@@ -43,8 +52,32 @@ def orch_message_enqueued(message: dict[str, Any], ctx: HookContext) -> None:
         ctx.fire("orch_agent_state_changed", agent=message["agent"], old="idle", new="waking")
 
 
+@hookimpl
+def orch_hook_answered(event: ev.Event, ctx: HookContext) -> None:
+    if event.name != "SessionStart" or ctx.agent is None or event.in_subagent:
+        return
+    if not isinstance(ctx.store, SQLiteStore) or not Queue(ctx.store).has_pending(ctx.agent):
+        return
+    stale = float({**DEFAULTS, **ctx.config}["rewake_seconds"])
+    if wake(ctx.store, ctx.agent, ctx.env, stale):
+        ctx.fire("orch_agent_state_changed", agent=ctx.agent, old="idle", new="waking")
+        from orch_core import lifecycle
+
+        lifecycle.ensure_supervisor(ctx.env)  # to press Enter again if the start ate it
+
+
+def nudge(store: Store, agent: str, env: Mapping[str, str]) -> bool:
+    """Press Enter once more in the pane of an agent that was woken but sent no prompt."""
+    from orch_core import tmux
+
+    target = store.agent_pane(agent)
+    return target is not None and tmux.press_enter(target[0], target[1], paths.state_dir(env))
+
+
 def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float) -> bool:
     """Type the wake-up line into an idle agent's pane, once per batch; whether it did."""
+    from orch_core import tmux  # subprocess: only when there is something to type
+
     target = store.agent_pane(agent)
     if target is None:
         return False

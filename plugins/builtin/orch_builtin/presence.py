@@ -1,8 +1,11 @@
 """Agent presence: each agent's state and last-seen time, from the hooks it fires.
 
-``starting`` on SessionStart; ``busy`` on prompts and tool events, and on a Stop that a plugin
-blocked (the agent keeps working); ``idle`` on a Stop that really stops and on the
-``idle_prompt`` notification; ``error`` on StopFailure; ``offline`` on SessionEnd. A change fires
+``idle`` on a SessionStart that leaves the agent at an empty prompt (startup, resume, clear: a
+prompt given on the command line follows at once, and makes it ``busy``); after a compaction the
+agent carries on as it was. ``busy`` on prompts and tool events, and on a Stop that a plugin
+kept going; ``idle`` on a Stop that really stops and on the ``idle_prompt`` notification;
+``error`` on StopFailure; ``offline`` on SessionEnd. (``starting`` is set by ``orch spawn`` and
+restarts, until the SessionStart.) A change fires
 ``orch_agent_state_changed``. It also remembers each session's tmux pane, so that the idle plugin
 can wake the agent. ``orch agents`` lists the result.
 """
@@ -38,9 +41,10 @@ def _remember_pane(ctx: HookContext) -> None:
 
 
 @hookimpl
-def orch_session_start(ctx: HookContext) -> None:
+def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> None:
     _remember_pane(ctx)
-    _seen(ctx, "starting")
+    if event.source != "compact":
+        _seen(ctx, "idle")
 
 
 @hookimpl
