@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import stat
 import time
 
 from orch_core import agents, paths
@@ -687,13 +688,22 @@ def marked(text: str) -> set[str]:
 
 
 def _transcript_tail(path: str | None, size: int = 4 * 1024 * 1024) -> str:
-    """The end of a session's transcript, where recent deliveries show up."""
+    """The last ``size`` bytes of a session's transcript, where recent deliveries show up.
+    The path comes from a hook payload: anything but a regular file (a FIFO, a device) reads
+    as empty, without blocking, and no more than ``size`` bytes are ever read."""
     if not path:
         return ""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - size))
-            return f.read().decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
         return ""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return ""
+        start = max(0, info.st_size - size)
+        return os.pread(fd, info.st_size - start, start).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)

@@ -6,6 +6,7 @@ most its budget and loses nothing. Every claim is checked against the database i
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orch_core.queue import Queue
-from orch_core.testing.kit import HookResult, OrchState, hook_script
+from orch_core.testing.kit import HookResult, OrchState, hook_script, orch_script
 from orch_core.testing.payloads import payload
 
 AGENT = "p:1"
@@ -358,3 +359,29 @@ def test_a_held_write_lock_costs_the_budget_and_loses_nothing(orch: OrchState) -
     assert states(orch) == dict.fromkeys(sent, "delivered")
     assert delivered_events(orch) == Counter(dict.fromkeys(sent, 1))
     assert rows(orch, "PRAGMA integrity_check") == [("ok",)]
+
+
+# -- transcripts that are not files ------------------------------------------------------------
+
+
+def test_a_transcript_that_is_not_a_regular_file_reads_as_empty(orch: OrchState) -> None:
+    """``transcript_path`` comes from the payload: a FIFO would block the hook, ``orch queue``
+    and the supervisor for ever, and ``/dev/zero`` would eat memory."""
+    fifo = orch.root / "fifo.jsonl"
+    os.mkfifo(fifo)
+    queue = Queue(orch.store)
+    for n, path in enumerate((str(fifo), "/dev/zero", "/dev/tty", str(orch.root))):
+        sent = queue.send(AGENT, f"via {path}")["id"]
+        first = orch.run_hook(post_tool_use(f"odd-{n}", Path(path)), ORCH_AGENT=AGENT, timeout=10)
+        assert delivered_ids(first) == [sent]
+        second = orch.run_hook(post_tool_use(f"odd-{n}", Path(path)), ORCH_AGENT=AGENT, timeout=10)
+        assert second.exit_code == 0 and second.context is None
+    assert {m["state"] for m in queue.messages(AGENT)} == {"delivered"}
+    # the sweep past confirm_seconds reads each transcript once more, then requeues
+    queue.sweep(now=time.time() + 121)
+    assert {m["state"] for m in queue.messages(AGENT)} == {"queued"}
+    listing = subprocess.run(
+        [orch_script(), "queue", "--json"], env=orch.env, capture_output=True, timeout=10,
+        check=True,
+    )  # fmt: skip
+    assert len(json.loads(listing.stdout)) == 4
