@@ -26,8 +26,11 @@ def valid_id(agent: str) -> bool:
     )
 
 
-def resolve(env: Mapping[str, str], session_id: str | None, store: Store) -> str | None:
-    """The agent id, or ``None`` when this Claude session is not one of orch's agents."""
+def resolve(
+    env: Mapping[str, str], session_id: str | None, store: Store, timeout: float = 1.0
+) -> str | None:
+    """The agent id, or ``None`` when this Claude session is not one of orch's agents; tmux
+    gets at most ``timeout`` seconds to answer."""
     explicit = env.get("ORCH_AGENT")
     if explicit:
         return explicit if valid_id(explicit) else None
@@ -38,7 +41,7 @@ def resolve(env: Mapping[str, str], session_id: str | None, store: Store) -> str
         cached = store.session_agent(session_id)
         if cached:
             return cached
-    agent = pane_agent(pane)
+    agent = pane_agent(pane, timeout)
     if agent and session_id:
         store.remember_session(session_id, agent, pane, tmux_socket(env))
     return agent

@@ -4,7 +4,10 @@ It reads one JSON event on stdin, resolves the agent, calls every plugin impleme
 that event, each in its own thread, and folds their answers into the one reply Claude accepts.
 It never stalls or breaks an agent: a plugin that raises, returns garbage or overruns the event's
 time budget is logged and skipped while the others still answer; bad input gives exit 0 and one
-log line; a missing, locked or corrupt database costs at most the budget.
+log line; a missing, locked or corrupt database costs at most the budget. Plugins cannot reach
+the reply channel: stdout and stderr lead nowhere while they run (the reply goes out on a
+private copy), ``os._exit`` from a plugin is refused, and a plugin that holds the interpreter
+lock past the deadline meets :mod:`orch_core.backstop`.
 
 This module is the hot path: it imports only the standard library pieces it needs, and the
 plugin machinery (pluggy, TOML, entry points) only when the cached plan is stale.
@@ -18,7 +21,7 @@ import os
 import sys
 import time
 
-from orch_core import agents, answers, events, log, paths
+from orch_core import agents, answers, backstop, events, log, paths
 from orch_core import plan as plans
 from orch_core.context import Runtime
 from orch_core.store import SQLiteStore
@@ -82,9 +85,10 @@ class Call:
 
 
 class Outcome:
-    """Everything one dispatch did: the reply, and each plugin's outcome for the record."""
+    """Everything one dispatch did: the reply, each plugin's outcome for the record, and the
+    backstop still armed (disarmed once the reply is out)."""
 
-    __slots__ = ("agent", "event", "plugins", "reply")
+    __slots__ = ("agent", "armed", "event", "plugins", "reply")
 
     def __init__(
         self,
@@ -92,11 +96,13 @@ class Outcome:
         event: events.Event | None = None,
         agent: str | None = None,
         plugins: list[dict[str, Any]] | None = None,
+        armed: backstop.Armed | None = None,
     ) -> None:
         self.reply = reply
         self.event = event
         self.agent = agent
         self.plugins = plugins or []
+        self.armed = armed
 
 
 def call_all(
@@ -137,8 +143,11 @@ def dispatch(
     *,
     plan: Plan | None = None,
     store: Store | None = None,
+    guard: bool = False,
 ) -> Outcome:
-    """Handle one hook event from its raw stdin bytes."""
+    """Handle one hook event from its raw stdin bytes. The budget counts from here, a stale
+    plan's rebuild included. With ``guard`` (``orch-hook`` itself), the backstop ends the
+    process should the dispatcher not get to answer in time."""
     start = time.perf_counter()
     data = read_payload(raw, env)
     if data is None:
@@ -150,15 +159,23 @@ def dispatch(
         )
         return Outcome(answers.Reply(None), event)
     project_dir = paths.project_dir(env, event.cwd)
+    default_budget = plans.DEFAULT_BUDGET_MS / 1000
+    armed = None
+    if guard:
+        header = {"event": event.name, "session_id": event.session_id}
+        armed = backstop.arm(env, default_budget + plans.ANSWER_MARGIN, header)
     if plan is None:
-        try:
-            plan = plans.load(env, project_dir)
+        try:  # a rebuild gives each plugin's import at most half the default budget
+            plan = plans.load(env, project_dir, import_timeout=default_budget / 2)
         except Exception as exc:
             log.write("error", "cannot build the plugin plan", env, error=repr(exc))
             plan = plans.Plan({}, {}, {})
     budget = plan.budget(event.name)
-    # the budget is the plugins': a stale plan's rebuild (rare, once) does not eat into it
-    deadline = time.perf_counter() + budget
+    deadline = start + budget
+    impls = plan.impls(events.hook_name(event.name))
+    if armed is not None:
+        running = [*impls, *plan.impls("orch_hook_answered")]
+        armed.rearm(deadline + plans.ANSWER_MARGIN - time.perf_counter(), running)
     if store is None:
         store = SQLiteStore(paths.db_path(env), timeout=budget, durable=False)
     runtime = Runtime(
@@ -169,13 +186,15 @@ def dispatch(
         config=plan.config,
     )
     runtime.fire = observers(plan, runtime)
-    runtime.deadline = runtime.started + budget
+    runtime.deadline = runtime.started + (deadline - time.perf_counter())
     try:
-        runtime.agent = agents.resolve(env, event.session_id, store)
+        runtime.agent = agents.resolve(
+            env, event.session_id, store, timeout=max(0.01, deadline - time.perf_counter())
+        )
     except Exception as exc:
         log.write("error", "cannot resolve the agent", env, error=repr(exc))
 
-    calls = call_all(plan.impls(events.hook_name(event.name)), {"event": event}, runtime, deadline)
+    calls = call_all(impls, {"event": event}, runtime, deadline)
     given, outcomes = [], []
     for call in calls:
         outcome = call.outcome(budget)
@@ -194,7 +213,7 @@ def dispatch(
         kwargs = {"event": event, "blocked": reply.blocked}
         observed = [c.outcome(budget) for c in call_all(answered, kwargs, runtime, deadline)]
         outcomes += [outcome for outcome in observed if outcome["outcome"] != "ok"]
-    result = Outcome(reply, event, runtime.agent, outcomes)
+    result = Outcome(reply, event, runtime.agent, outcomes, armed)
     _record(result, store, env, start, deadline)
     return result
 
@@ -273,18 +292,45 @@ def read_stdin(limit: int = MAX_PAYLOAD) -> bytes:
 def main() -> None:
     """Entry point of ``orch-hook``. The exit code is 2 only when a plugin blocks an event
     that Claude blocks on exit 2 (never Stop), else 0, whatever goes wrong."""
+    exit_now = os._exit
+    reply_out, reply_err = _private_channels()
+    main_thread = _thread.get_ident()
+
+    def refuse_exit(code: int) -> None:
+        if _thread.get_ident() == main_thread:
+            exit_now(code)
+        raise SystemExit(f"os._exit({code}) called by a plugin; refused")
+
+    os._exit = refuse_exit  # type: ignore[assignment]
     code = 0
     try:
-        reply = dispatch(read_stdin()).reply
+        outcome = dispatch(read_stdin(), guard=True)
+        reply = outcome.reply
         if reply.output is not None:
-            sys.stdout.write(reply.stdout())
+            _write_all(reply_out, reply.stdout().encode())
         if reply.stderr:
-            sys.stderr.write(reply.stderr + "\n")
-        sys.stdout.flush()
-        sys.stderr.flush()
+            _write_all(reply_err, (reply.stderr + "\n").encode())
         code = reply.exit_code
+        if outcome.armed is not None:
+            outcome.armed.disarm()
     except BaseException as exc:  # the last line of defence: never break the agent
         log.write("error", "orch-hook failed", error=repr(exc))
     # Everything is committed and written. Skipping interpreter teardown saves the agent about
-    # 4 ms per hook (docs/benchmarks.md) and never waits for a plugin thread past its budget.
-    os._exit(code)
+    # 4 ms per hook (docs/benchmarks.md) and never waits for a plugin past its budget.
+    exit_now(code)
+
+
+def _private_channels() -> tuple[int, int]:
+    """Copies of stdout and stderr for the reply alone; fds 1 and 2 then lead nowhere, so a
+    plugin that prints (or closes them) cannot corrupt or lose the reply."""
+    out, err = os.dup(1), os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+    return out, err
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from orch_core import install, paths, plugins
+from orch_core import backstop, install, paths
+from orch_core import plan as plans
 from orch_core.store import SQLiteStore
 
 if TYPE_CHECKING:
@@ -67,19 +68,19 @@ def check_database(env: Mapping[str, str]) -> Check:
 
 
 def check_plugins(env: Mapping[str, str], project_dir: str) -> Check:
-    try:
-        loaded = plugins.load(env, project_dir, strict=True)
-    except plugins.ConfigError as exc:
-        return Check("plugins", False, str(exc))
-    if loaded.errors:
-        return Check("plugins", False, "; ".join(loaded.errors))
-    names = ", ".join(info.name for info in loaded.plugins) or "none"
-    return Check("plugins", True, f"loaded: {names}")
+    """What the hooks run: the plan (built here if stale, each import bounded) and what was
+    left out of it, and why."""
+    plan = plans.load(env, project_dir)
+    if plan.errors:
+        return Check("plugins", False, "; ".join(plan.errors))
+    names = sorted({impl.plugin for impls in plan.hooks.values() for impl in impls})
+    return Check("plugins", True, f"loaded: {', '.join(names) or 'none'}")
 
 
 def check_recent_runs(env: Mapping[str, str]) -> Check:
     store = SQLiteStore(paths.db_path(env), timeout=2.0)
     try:
+        backstop.collect(env, store)
         failed = [r for r in store.runs(100, failed=True) if r["ts"] > time.time() - RECENT_SECONDS]
     except Exception as exc:
         return Check("hook runs", False, f"cannot read hook runs: {exc}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from orch_core import __version__, paths
 
@@ -71,9 +72,10 @@ class Impl:
 
 
 class Plan:
-    """Implementations per hook in call order, each plugin's settings, and core settings."""
+    """Implementations per hook in call order, each plugin's settings, core settings, and what
+    went wrong building it (for ``orch doctor``)."""
 
-    __slots__ = ("config", "fingerprint", "hooks", "settings")
+    __slots__ = ("config", "errors", "fingerprint", "hooks", "settings")
 
     def __init__(
         self,
@@ -81,11 +83,13 @@ class Plan:
         config: dict[str, dict[str, Any]],
         settings: dict[str, Any],
         fingerprint: dict[str, Any] | None = None,
+        errors: list[str] | None = None,
     ) -> None:
         self.hooks = hooks
         self.config = config
         self.settings = settings
         self.fingerprint = fingerprint
+        self.errors = errors or []
 
     def impls(self, hook: str) -> list[Impl]:
         return self.hooks.get(hook, [])
@@ -108,12 +112,13 @@ class Plan:
             "settings": self.settings,
             "config": self.config,
             "hooks": {hook: [i.to_json() for i in impls] for hook, impls in self.hooks.items()},
+            "errors": self.errors,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
         hooks = {hook: [Impl.from_json(i) for i in items] for hook, items in data["hooks"].items()}
-        return cls(hooks, data["config"], data["settings"], data["fingerprint"])
+        return cls(hooks, data["config"], data["settings"], data["fingerprint"], data["errors"])
 
 
 def cache_key(env: Mapping[str, str], project_dir: str) -> dict[str, Any]:
@@ -144,22 +149,26 @@ def cache_path(env: Mapping[str, str], project_dir: str) -> str:
     return os.path.join(paths.state_dir(env), "plans", f"{zlib.crc32(key.encode()):08x}.json")
 
 
-def load(env: Mapping[str, str], project_dir: str) -> Plan:
-    """The cached plan if it is still true, else a fresh one (saved for the next run)."""
+def load(env: Mapping[str, str], project_dir: str, *, import_timeout: float | None = None) -> Plan:
+    """The cached plan if it is still true, else a fresh one (saved for the next run), whose
+    plugins each get ``import_timeout`` seconds to import (default: the CLI's bound)."""
     path = cache_path(env, project_dir)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         fingerprint = data["fingerprint"]
-        if fingerprint["key"] == cache_key(env, project_dir) and fingerprint[
-            "mtimes"
-        ] == watched_mtimes(list(fingerprint["mtimes"])):
+        if (
+            fingerprint["key"] == cache_key(env, project_dir)
+            and fingerprint["mtimes"] == watched_mtimes(list(fingerprint["mtimes"]))
+            and time.time() < fingerprint.get("retry_at", float("inf"))
+        ):
             return Plan.from_json(data)
     except (OSError, ValueError, KeyError, TypeError):
         pass
     from orch_core import plugins
 
-    plan = plugins.build_plan(env, project_dir)
+    timeout = plugins.IMPORT_TIMEOUT if import_timeout is None else import_timeout
+    plan = plugins.build_plan(env, project_dir, import_timeout=timeout)
     if plan.cacheable:
         save(plan, path)
     return plan

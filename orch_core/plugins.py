@@ -5,7 +5,9 @@ entry-point group, dotted module names from ``[plugins] load`` in the config. ``
 (a comma list; empty means none) replaces all three for one process, and ``[plugins] disable`` plus
 ``ORCH_DISABLE_PLUGINS`` switch any of them off by name. A plugin that fails to import, implements
 a hook that does not exist, or takes arguments its hook does not offer is left out, with the error
-kept for ``orch plugins`` and ``orch doctor``: it never stops the others.
+kept for ``orch plugins`` and ``orch doctor``: it never stops the others. So is one whose import
+does not finish in time (``import_timeout``): a module that hangs at import must not hang
+``orch-hook``, ``orch send`` or ``orch doctor``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,18 @@ from orch_core.markers import ATTRIBUTE
 from orch_core.plan import Impl, Plan, cache_key, watched_mtimes
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from typing import Any
+    from collections.abc import Callable, Mapping
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 BUILTIN_PACKAGE = "orch_builtin"
 ENTRY_POINT_GROUP = "orch"
+#: Seconds a plugin's import may take before it is left out (the CLI's bound; the hook gives
+#: the plan at most half its budget).
+IMPORT_TIMEOUT = 5.0
+#: Seconds before a plan that left a plugin out for a slow import is built again.
+RETRY_LATE = 60.0
 #: Installing or removing a distribution changes the mtime of these folders on ``sys.path``.
 SITE_DIRS = ("site-packages", "dist-packages")
 
@@ -65,12 +74,42 @@ class PluginInfo:
 
 @attrs.frozen
 class Loaded:
-    """A plugin manager with what went into it and what was left out."""
+    """A plugin manager with what went into it and what was left out (``late``: plugins whose
+    import did not finish in time, worth another try later)."""
 
     pm: pluggy.PluginManager
     config: Config
     plugins: tuple[PluginInfo, ...]
     errors: tuple[str, ...]
+    late: tuple[str, ...] = ()
+
+
+class ImportTooSlow(Exception):
+    """An import that did not finish within its time."""
+
+
+def bounded(action: Callable[[], T], timeout: float) -> T:
+    """``action()`` in a daemon thread; :class:`ImportTooSlow` if it is not done in
+    ``timeout`` seconds (the thread is abandoned)."""
+    import threading
+
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append((True, action()))
+        except BaseException as exc:
+            box.append((False, exc))
+
+    worker = threading.Thread(target=run, name="orch-import", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not box:
+        raise ImportTooSlow(f"import did not finish within {timeout:g} s")
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 class OrchPluginManager(pluggy.PluginManager):
@@ -166,17 +205,20 @@ def load(
     *,
     extra: Mapping[str, object] | None = None,
     strict: bool = False,
+    import_timeout: float = IMPORT_TIMEOUT,
 ) -> Loaded:
     """Build the plugin manager for a project.
 
     :param extra: more plugins by name, registered last (the test kit's ``orch_plugin`` fixture).
     :param strict: raise :class:`ConfigError` on a broken config file instead of skipping it.
+    :param import_timeout: seconds each plugin's import may take before it is left out.
     """
     project_dir = project_dir or paths.project_dir(env)
     config = load_config(env, project_dir, strict=strict)
     pm = OrchPluginManager()
     infos: list[PluginInfo] = []
     errors: list[str] = list(config.errors)
+    late: list[str] = []
     disabled = set(config.disable) | set(_split(env.get("ORCH_DISABLE_PLUGINS")))
     only = _split(env.get("ORCH_LOAD_PLUGINS")) if "ORCH_LOAD_PLUGINS" in env else None
 
@@ -197,7 +239,11 @@ def load(
         if name in disabled:
             return
         try:
-            module = importlib.import_module(dotted)
+            module = bounded(lambda: importlib.import_module(dotted), import_timeout)
+        except ImportTooSlow as exc:
+            late.append(name)
+            errors.append(f"plugin {name}: {dotted}: {exc}; left out")
+            return
         except Exception as exc:
             errors.append(f"plugin {name}: cannot import {dotted}: {exc}")
             return
@@ -212,7 +258,11 @@ def load(
     for ep in entry_points:
         if only is None or ep.name in only:
             try:
-                obj = ep.load()
+                obj = bounded(ep.load, import_timeout)
+            except ImportTooSlow as exc:
+                late.append(ep.name)
+                errors.append(f"plugin {ep.name}: {ep.value}: {exc}; left out")
+                continue
             except Exception as exc:
                 errors.append(f"plugin {ep.name}: cannot load entry point {ep.value}: {exc}")
                 continue
@@ -231,7 +281,7 @@ def load(
         add(name, obj, PluginInfo(name, "test", module=module))
 
     _drop_unknown_hooks(pm, infos, errors)
-    return Loaded(pm, config, tuple(infos), tuple(errors))
+    return Loaded(pm, config, tuple(infos), tuple(errors), tuple(late))
 
 
 def _entry_points() -> list[Any]:
@@ -283,10 +333,12 @@ def build_plan(
     project_dir: str | None = None,
     *,
     loaded: Loaded | None = None,
+    import_timeout: float = IMPORT_TIMEOUT,
 ) -> Plan:
-    """The dispatch plan for a project, with the fingerprint that tells when it goes stale."""
+    """The dispatch plan for a project, with the fingerprint that tells when it goes stale (a
+    plugin left out for a slow import is tried again after :data:`RETRY_LATE` seconds)."""
     project_dir = project_dir or paths.project_dir(env)
-    loaded = loaded or load(env, project_dir)
+    loaded = loaded or load(env, project_dir, import_timeout=import_timeout)
     for error in loaded.errors:
         _warn(error)
     where = {info.name: info for info in loaded.plugins}
@@ -312,5 +364,14 @@ def build_plan(
     watched = [*loaded.config.files, hookspecs.__file__]
     watched += [p for p in sys.path if os.path.basename(p) in SITE_DIRS and os.path.isdir(p)]
     watched += [info.file for info in loaded.plugins if info.file]
-    fingerprint = {"key": cache_key(env, project_dir), "mtimes": watched_mtimes(watched)}
-    return Plan(hooks, plugin_config(loaded), dict(loaded.config.orch), fingerprint)
+    fingerprint: dict[str, Any] = {
+        "key": cache_key(env, project_dir),
+        "mtimes": watched_mtimes(watched),
+    }
+    if loaded.late:
+        import time
+
+        fingerprint["retry_at"] = time.time() + RETRY_LATE
+    return Plan(
+        hooks, plugin_config(loaded), dict(loaded.config.orch), fingerprint, list(loaded.errors)
+    )

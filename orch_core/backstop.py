@@ -1,0 +1,154 @@
+"""The hard time limit of one ``orch-hook`` run, and the record of the runs it stopped.
+
+The dispatcher stops waiting for plugins at the deadline, but a plugin that holds the interpreter
+lock (a catastrophic regular expression, a busy C extension) keeps the dispatcher itself from
+running. :func:`arm` starts :mod:`faulthandler`'s watchdog, a C thread that needs no lock: past
+the deadline plus :data:`~orch_core.plan.ANSWER_MARGIN` it writes every thread's stack to the
+run's file under ``STATE/running/`` and ends the process (exit 1: Claude Code goes on without
+the hook's answer). A run that ends normally removes its file. :func:`collect` turns the files
+of runs that never ended into hook-run records naming the plugins that were still running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from orch_core import paths
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from orch_core.plan import Impl
+    from orch_core.store import Store
+
+#: A run file this old belongs to a process that is gone, whatever its pid now names (hooks
+#: end within their budget).
+STALE_SECONDS = 60.0
+
+
+class Armed:
+    """One armed run: its file (the stacks go there), removed by :meth:`disarm`."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    def rearm(self, seconds: float, impls: list[Impl]) -> None:
+        """Move the limit to ``seconds`` from now, once the plan tells the budget and which
+        plugins this run calls."""
+        import faulthandler
+
+        line = {"plugins": [[i.plugin, i.module] for i in impls]}
+        try:
+            os.write(self.fd, json.dumps(line).encode() + b"\n")
+        except OSError:
+            pass
+        faulthandler.dump_traceback_later(max(seconds, 0.001), exit=True, file=self.fd)
+
+    def disarm(self) -> None:
+        import faulthandler
+
+        faulthandler.cancel_dump_traceback_later()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def arm(env: Mapping[str, str], seconds: float, header: dict[str, Any]) -> Armed | None:
+    """Stop this process ``seconds`` from now unless :meth:`Armed.disarm` comes first.
+    ``header`` says what the run is (event, session)."""
+    import faulthandler
+
+    folder = os.path.join(paths.state_dir(env), "running")
+    path = os.path.join(folder, f"{os.getpid()}.json")
+    record = {**header, "started": time.time()}
+    try:
+        paths.ensure_private_dir(folder)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.write(fd, json.dumps(record).encode() + b"\n")
+    except OSError:
+        return None
+    faulthandler.dump_traceback_later(max(seconds, 0.001), exit=True, file=fd)
+    return Armed(path, fd)
+
+
+def collect(env: Mapping[str, str], store: Store, now: float | None = None) -> int:
+    """Record the runs that never ended (stopped by the backstop, or killed from outside),
+    naming the plugins whose code was on a stack; return how many."""
+    now = time.time() if now is None else now
+    folder = os.path.join(paths.state_dir(env), "running")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    found = 0
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            ended = os.lstat(path).st_mtime  # the stacks were written last
+            if now - ended < STALE_SECONDS and _alive(name):
+                continue
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read(1 << 20)
+            os.unlink(path)
+        except OSError:
+            continue
+        record: dict[str, Any] = {}
+        lines = text.splitlines()
+        while lines and lines[0].startswith("{"):
+            try:
+                record.update(json.loads(lines.pop(0)))
+            except ValueError:
+                break
+        dump = "\n".join(lines)
+        store.record_run(
+            event=str(record.get("event") or ""),
+            agent=store.session_agent(record["session_id"]) if record.get("session_id") else None,
+            session_id=record.get("session_id"),
+            duration_ms=max(0.0, ended - float(record.get("started") or ended)) * 1000,
+            exit_code=1,
+            plugins=offenders(record.get("plugins") or [], dump),
+        )
+        found += 1
+    return found
+
+
+def _alive(name: str) -> bool:
+    try:
+        os.kill(int(name.partition(".")[0]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except OSError:  # someone else's process: alive
+        pass
+    return True
+
+
+def offenders(plugins: list[list[str | None]], dump: str) -> list[dict[str, Any]]:
+    """The plugins whose module appears in the dumped stacks, as run outcomes."""
+    stopped = "Timeout (" in dump
+    how = (
+        "still running when the backstop stopped orch-hook"
+        if stopped
+        else ("orch-hook was killed from outside while it ran")
+    )
+    named = []
+    for plugin, module in plugins:
+        if not module:
+            continue
+        tail = module.replace(".", "/")
+        where = [
+            line.strip()
+            for line in dump.splitlines()
+            if f'{tail}.py"' in line or f'{tail}/__init__.py"' in line
+        ]
+        if where:
+            named.append({"plugin": plugin, "outcome": "killed", "error": f"{how}: {where[0]}"})
+    return named or [{"plugin": "orch", "outcome": "killed", "error": how}]
