@@ -20,17 +20,22 @@ def _project(directory: str | None) -> str:
     return os.path.abspath(directory or os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd())
 
 
-def _loaded(strict: bool = True) -> plugins.Loaded:
-    return guarded(lambda: plugins.load(os.environ, _project(None), strict=strict))
+def _loaded() -> plugins.Loaded:
+    return guarded(lambda: plugins.load(os.environ, _project(None)))
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
     click.echo(f"orch, version {__version__}")
-    for info in _loaded(strict=False).plugins:
+    for info in _loaded().plugins:
         click.echo(f"  {info.name} {info.version or ''} ({info.source})".rstrip())
     ctx.exit()
+
+
+#: Commands that run whatever the configuration says: the one that reports it, and those that
+#: put a database back.
+UNCHECKED = ("doctor", "backup", "restore")
 
 
 @click.group()
@@ -42,8 +47,22 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     callback=_print_version,
     help="Show the version and the plugins, then exit.",
 )
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Keep a fleet of Claude Code agents fed, rebriefed and running, through hooks."""
+    if ctx.invoked_subcommand not in UNCHECKED:
+        check_config()
+
+
+def check_config() -> None:
+    """A configured value orch cannot use is a one-line error naming its file and key (the
+    hooks meanwhile use that key's default)."""
+    from orch_core import plan
+
+    errors = guarded(lambda: plan.load(os.environ, _project(None)).config_errors)
+    if errors:
+        more = f" (and {len(errors) - 1} more: see `orch doctor`)" if len(errors) > 1 else ""
+        raise click.ClickException(errors[0] + more)
 
 
 @cli.command("install")

@@ -67,6 +67,14 @@ def check_database(env: Mapping[str, str]) -> Check:
     return Check("database", not problems, detail)
 
 
+def check_config(env: Mapping[str, str], project_dir: str) -> Check:
+    """Values in the config files that orch does not use (the hooks use the defaults)."""
+    plan = plans.load(env, project_dir)
+    if plan.config_errors:
+        return Check("config", False, "; ".join(plan.config_errors))
+    return Check("config", True, "every configured value is in use")
+
+
 def check_plugins(env: Mapping[str, str], project_dir: str) -> Check:
     """What the hooks run: the plan (built here if stale, each import bounded) and what was
     left out of it, and why."""
@@ -146,6 +154,7 @@ def run(env: Mapping[str, str], project_dir: str) -> list[Check]:
     return [
         check_settings(project_dir),
         check_database(env),
+        check_config(env, project_dir),
         check_plugins(env, project_dir),
         check_recent_runs(env),
         check_supervisor(env),

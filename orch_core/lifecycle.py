@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from orch_core import paths, tmux
 from orch_core.errors import OrchError
+from orch_core.settings import Setting, defaults, regexes
 from orch_core.store import SQLiteStore
 
 if TYPE_CHECKING:
@@ -42,19 +43,30 @@ FATAL = (
 )
 LADDER = ("reprompt", "restart", "fresh", "give_up")
 ACTIVE = ("scheduled", "running", "verifying")
-DEFAULTS: dict[str, Any] = {
-    "max_restarts_per_hour": 3,
-    "backoff_base": 10.0,  # seconds, doubling per recovery in the last hour...
-    "backoff_cap": 300.0,  # ...up to this
-    "jitter": 0.2,
-    "rate_limit_wait": 900.0,  # when the error does not say when the limit resets
-    "verify_seconds": 90.0,
-    "hung_after": 1800.0,  # busy with no hook for this long
-    "error_patterns": [],  # Notification messages (regular expressions) that mean a restart
-    "continue_args": ["--continue"],
-    "reprompt_line": "orch: the last request failed; please continue where you left off.",
-    "reprompt_min_wait": 2.0,  # Claude needs a moment after StopFailure to take input again
+
+
+def _a_line(value: str) -> None:
+    if not value.strip() or not value.isprintable():
+        raise ValueError("must be one line of printable text")
+
+
+SETTINGS: dict[str, Any] = {
+    "max_restarts_per_hour": Setting(3, min=0),
+    "backoff_base": Setting(10.0, min=0),  # seconds, doubling per recovery in the last hour...
+    "backoff_cap": Setting(300.0, min=0),  # ...up to this
+    "jitter": Setting(0.2, min=0, max=1),
+    "rate_limit_wait": Setting(900.0, min=0),  # when the error does not say when it resets
+    "verify_seconds": Setting(90.0, min=1),
+    "hung_after": Setting(1800.0, min=1),  # busy with no hook for this long
+    # Notification messages (regular expressions) that mean a restart
+    "error_patterns": Setting([], check=regexes),
+    "continue_args": Setting(["--continue"]),
+    "reprompt_line": Setting(
+        "orch: the last request failed; please continue where you left off.", check=_a_line
+    ),
+    "reprompt_min_wait": Setting(2.0, min=0),  # Claude needs a moment after StopFailure
 }
+DEFAULTS = defaults(SETTINGS)
 SPAWN_ENV = ("ORCH_DB", "ORCH_STATE_DIR", "XDG_CONFIG_HOME", "XDG_STATE_HOME")
 
 

@@ -72,10 +72,11 @@ class Impl:
 
 
 class Plan:
-    """Implementations per hook in call order, each plugin's settings, core settings, and what
-    went wrong building it (for ``orch doctor``)."""
+    """Implementations per hook in call order, each plugin's settings, core settings (all of
+    them checked), and what went wrong building it: plugins left out (``errors``) and
+    configured values not used (``config_errors``)."""
 
-    __slots__ = ("config", "errors", "fingerprint", "hooks", "settings")
+    __slots__ = ("config", "config_errors", "errors", "fingerprint", "hooks", "settings")
 
     def __init__(
         self,
@@ -84,21 +85,24 @@ class Plan:
         settings: dict[str, Any],
         fingerprint: dict[str, Any] | None = None,
         errors: list[str] | None = None,
+        config_errors: list[str] | None = None,
     ) -> None:
         self.hooks = hooks
         self.config = config
         self.settings = settings
         self.fingerprint = fingerprint
         self.errors = errors or []
+        self.config_errors = config_errors or []
 
     def impls(self, hook: str) -> list[Impl]:
         return self.hooks.get(hook, [])
 
     def budget(self, event_name: str) -> float:
-        """Seconds the dispatcher gives this event's plugins together (``[orch] budget_ms``)."""
+        """Seconds the dispatcher gives this event's plugins together (``[orch] budget_ms``,
+        checked when the plan was built)."""
         per_event = self.settings.get("budget_ms_per_event", {})
         ms = per_event.get(event_name, self.settings.get("budget_ms", DEFAULT_BUDGET_MS))
-        return max(float(ms), 1.0) / 1000.0
+        return float(ms) / 1000.0
 
     @property
     def cacheable(self) -> bool:
@@ -113,12 +117,20 @@ class Plan:
             "config": self.config,
             "hooks": {hook: [i.to_json() for i in impls] for hook, impls in self.hooks.items()},
             "errors": self.errors,
+            "config_errors": self.config_errors,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
         hooks = {hook: [Impl.from_json(i) for i in items] for hook, items in data["hooks"].items()}
-        return cls(hooks, data["config"], data["settings"], data["fingerprint"], data["errors"])
+        return cls(
+            hooks,
+            data["config"],
+            data["settings"],
+            data["fingerprint"],
+            data["errors"],
+            data["config_errors"],
+        )
 
 
 def cache_key(env: Mapping[str, str], project_dir: str) -> dict[str, Any]:

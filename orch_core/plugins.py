@@ -25,6 +25,7 @@ from orch_core import hookspecs, paths
 from orch_core.errors import OrchError
 from orch_core.markers import ATTRIBUTE
 from orch_core.plan import Impl, Plan, cache_key, watched_mtimes
+from orch_core.settings import Setting, resolve
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -49,7 +50,8 @@ class ConfigError(OrchError):
 
 @attrs.frozen
 class Config:
-    """The merged configuration: project over user over defaults."""
+    """The merged configuration: project over user over defaults. ``errors`` name the file and
+    key of each value left out; ``origins`` tell which file set each key (for later checks)."""
 
     disable: tuple[str, ...] = ()
     load: tuple[str, ...] = ()
@@ -57,6 +59,11 @@ class Config:
     orch: dict[str, Any] = attrs.field(factory=dict)
     files: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
+    origins: dict[tuple[str, ...], str] = attrs.field(factory=dict)
+
+    def where(self, *key: str) -> str:
+        """The file that set ``key`` (e.g. ``"plugin", "queue", "budget"``)."""
+        return self.origins.get(key, self.files[-1] if self.files else "config")
 
 
 @attrs.frozen
@@ -161,32 +168,57 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _names(table: dict[str, Any], key: str, path: str) -> tuple[str, ...]:
-    value = table.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{path}: [plugins] {key} must be a list of names")
-    return tuple(value)
+#: The tables a config file may have, and the keys of ``[plugins]``.
+SECTIONS = ("orch", "plugins", "plugin")
+PLUGIN_LISTS = ("disable", "load")
 
 
-def load_config(env: Mapping[str, str], project_dir: str, *, strict: bool = False) -> Config:
-    """Read user then project config. A broken file raises with ``strict`` (the CLI), and is
-    otherwise skipped with its error kept (the hook path degrades, it does not fail)."""
+def _checked(data: dict[str, Any], path: str, errors: list[str]) -> dict[str, Any]:
+    """``data`` without what cannot be read as configuration, each piece left out with an
+    error naming ``path`` and the key; the values themselves are checked later, against what
+    each plugin declares."""
+    kept: dict[str, Any] = {}
+    for section, value in data.items():
+        if section not in SECTIONS:
+            errors.append(f"{path}: [{section}]: no such table (one of {', '.join(SECTIONS)})")
+        elif not isinstance(value, dict):
+            errors.append(f"{path}: [{section}] must be a table")
+        else:
+            kept[section] = dict(value)
+    for key, value in list(kept.get("plugins", {}).items()):
+        if key not in PLUGIN_LISTS:
+            errors.append(f"{path}: [plugins] {key}: no such setting (disable or load)")
+            del kept["plugins"][key]
+        elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            errors.append(f"{path}: [plugins] {key} must be a list of names")
+            del kept["plugins"][key]
+    for name, value in list(kept.get("plugin", {}).items()):
+        if not isinstance(value, dict):
+            errors.append(f"{path}: [plugin] {name} must be a table ([plugin.{name}])")
+            del kept["plugin"][name]
+    return kept
+
+
+def load_config(env: Mapping[str, str], project_dir: str) -> Config:
+    """Read user then project config. A file that is not TOML is skipped, and a piece that
+    is not configuration is left out, each with its error kept: the hook path degrades, it
+    does not fail, and the CLI and ``orch doctor`` report the errors."""
     files = (paths.user_config_path(env), paths.project_config_path(project_dir))
     merged: dict[str, Any] = {}
-    errors = []
+    errors: list[str] = []
+    origins: dict[tuple[str, ...], str] = {}
     for path in files:
         try:
-            data = _read_toml(path)
-            for section in ("plugins", "plugin", "orch"):
-                if not isinstance(data.get(section, {}), dict):
-                    raise ConfigError(f"{path}: [{section}] must be a table")
-            _names(data.get("plugins", {}), "disable", path)
-            _names(data.get("plugins", {}), "load", path)
+            data = _checked(_read_toml(path), path, errors)
         except ConfigError as exc:
-            if strict:
-                raise
             errors.append(str(exc))
             continue
+        for section, table in data.items():
+            for key, value in table.items():
+                origins[(section, key)] = path
+                if section == "plugin":
+                    for setting in value:
+                        origins[(section, key, setting)] = path
         merged = _merge(merged, data)
     section = merged.get("plugins", {})
     return Config(
@@ -196,6 +228,7 @@ def load_config(env: Mapping[str, str], project_dir: str, *, strict: bool = Fals
         orch=merged.get("orch", {}),
         files=files,
         errors=tuple(errors),
+        origins=origins,
     )
 
 
@@ -204,20 +237,18 @@ def load(
     project_dir: str | None = None,
     *,
     extra: Mapping[str, object] | None = None,
-    strict: bool = False,
     import_timeout: float = IMPORT_TIMEOUT,
 ) -> Loaded:
     """Build the plugin manager for a project.
 
     :param extra: more plugins by name, registered last (the test kit's ``orch_plugin`` fixture).
-    :param strict: raise :class:`ConfigError` on a broken config file instead of skipping it.
     :param import_timeout: seconds each plugin's import may take before it is left out.
     """
     project_dir = project_dir or paths.project_dir(env)
-    config = load_config(env, project_dir, strict=strict)
+    config = load_config(env, project_dir)
     pm = OrchPluginManager()
     infos: list[PluginInfo] = []
-    errors: list[str] = list(config.errors)
+    errors: list[str] = []
     late: list[str] = []
     disabled = set(config.disable) | set(_split(env.get("ORCH_DISABLE_PLUGINS")))
     only = _split(env.get("ORCH_LOAD_PLUGINS")) if "ORCH_LOAD_PLUGINS" in env else None
@@ -305,21 +336,50 @@ def _drop_unknown_hooks(
             infos[:] = [i for i in infos if i.name != impl.plugin_name]
 
 
-def plugin_config(loaded: Loaded) -> dict[str, dict[str, Any]]:
-    """Each plugin's settings: its declared defaults, then user and project ``[plugin.NAME]``."""
-    defaults: dict[str, dict[str, Any]] = {}
+def _budgets(value: dict[str, Any]) -> None:
+    from orch_core.events import EVENTS
+
+    for event, ms in value.items():
+        if event not in EVENTS:
+            raise ValueError(f"{event!r} is not a Claude Code event")
+        Setting(1.0, min=1, max=60_000).validate(ms)
+
+
+#: orch's own settings, ``[orch]``.
+CORE_SETTINGS: dict[str, Any] = {
+    "budget_ms": Setting(500.0, min=1, max=60_000),  # all plugins of one event together
+    "budget_ms_per_event": Setting({}, check=_budgets),  # e.g. { SessionEnd = 1000 }
+}
+
+
+def settings_of(loaded: Loaded) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
+    """orch's own settings, each plugin's settings (its declared defaults, then user and
+    project ``[plugin.NAME]``), and the errors of the values left out."""
+    config = loaded.config
+    errors = list(config.errors)
+    core = resolve(
+        CORE_SETTINGS, config.orch, lambda k: config.where("orch", k), errors, table="orch"
+    )
+    declared: dict[str, dict[str, Any]] = {}
     for impl in loaded.pm.hook.orch_config_defaults.get_hookimpls():
         try:
             value = impl.function()
         except Exception as exc:
             value = None
-            _warn(f"plugin {impl.plugin_name}: orch_config_defaults failed: {exc}")
+            errors.append(f"plugin {impl.plugin_name}: orch_config_defaults failed: {exc}")
         if isinstance(value, dict):
-            defaults[impl.plugin_name] = value
-    names = [info.name for info in loaded.plugins]
-    return {
-        name: _merge(defaults.get(name, {}), loaded.config.plugin.get(name, {})) for name in names
-    }
+            declared[impl.plugin_name] = value
+    per_plugin = {}
+    for info in loaded.plugins:
+        name = info.name
+        per_plugin[name] = resolve(
+            declared.get(name, {}),
+            config.plugin.get(name, {}),
+            lambda k, name=name: config.where("plugin", name, k),  # type: ignore[misc]
+            errors,
+            table=f"plugin.{name}",
+        )
+    return core, per_plugin, errors
 
 
 def _warn(msg: str) -> None:
@@ -339,8 +399,9 @@ def build_plan(
     plugin left out for a slow import is tried again after :data:`RETRY_LATE` seconds)."""
     project_dir = project_dir or paths.project_dir(env)
     loaded = loaded or load(env, project_dir, import_timeout=import_timeout)
-    for error in loaded.errors:
-        _warn(error)
+    core, per_plugin, config_errors = settings_of(loaded)
+    for error in (*loaded.errors, *config_errors):
+        _warn(error)  # once: the plan is cached
     where = {info.name: info for info in loaded.plugins}
     hooks: dict[str, list[Impl]] = {}
     for name, caller in vars(loaded.pm.hook).items():
@@ -372,6 +433,4 @@ def build_plan(
         import time
 
         fingerprint["retry_at"] = time.time() + RETRY_LATE
-    return Plan(
-        hooks, plugin_config(loaded), dict(loaded.config.orch), fingerprint, list(loaded.errors)
-    )
+    return Plan(hooks, per_plugin, core, fingerprint, list(loaded.errors), config_errors)

@@ -57,7 +57,7 @@ def test_doctor_is_healthy_after_install_and_a_hook_run(orch: OrchState) -> None
     orch.run_hook(payload("SessionStart"), ORCH_AGENT="p:1")
     done = orch.cli("doctor")
     assert done.returncode == 0, done.stdout
-    assert done.stdout.count("ok  ") == 6
+    assert done.stdout.count("ok  ") == 7
     assert "ok   supervisor: not running (no agents with a launch spec)" in done.stdout
 
 
@@ -91,7 +91,7 @@ def test_doctor_fails_on_a_broken_database_and_config(orch: OrchState) -> None:
     assert done.returncode == 1
     assert "FAIL database" in done.stdout
     assert "newer than this orch" in done.stdout
-    assert "FAIL plugins" in done.stdout
+    assert "FAIL config" in done.stdout
 
 
 def test_a_bad_config_is_a_one_line_cli_error(orch: OrchState) -> None:

@@ -98,7 +98,7 @@ def test_spawn_runs_the_agent_with_hooks_and_a_supervisor(fleet: OrchState) -> N
     assert tmux.pane_state(str(spec["pane"]), fleet.env["ORCH_TMUX_SOCKET"]) == "alive"
     settings = json.loads((fleet.project_dir / ".claude" / "settings.json").read_text())
     assert "SessionStart" in settings["hooks"]
-    assert lifecycle.supervisor_running(fleet.env)
+    until(lambda: bool(lifecycle.supervisor_running(fleet.env)), "the supervisor it started")
     again = fleet.cli("spawn", "worker", "--dir", str(fleet.project_dir))
     assert again.returncode == 1 and "already running" in again.stderr
     bad = fleet.cli("spawn", "bad name;rm", "--dir", str(fleet.project_dir))

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 @hookimpl
 def orch_config_defaults() -> dict[str, Any]:
-    return lifecycle.DEFAULTS
+    return lifecycle.SETTINGS
 
 
 def _reset_in(details: Any, fallback: float) -> float:

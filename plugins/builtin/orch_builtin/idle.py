@@ -15,8 +15,9 @@ more when no prompt followed within ``nudge_seconds``, and types the line again 
 
 from __future__ import annotations
 
-from orch_core import hookimpl, log, paths
+from orch_core import Setting, hookimpl, log, paths
 from orch_core.queue import Queue
+from orch_core.settings import defaults
 from orch_core.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
@@ -30,15 +31,16 @@ if TYPE_CHECKING:
     from orch_core.store import Store
 
 WAKE_LINE = "orch: new messages are waiting for you."
-DEFAULTS: dict[str, Any] = {
-    "nudge_seconds": 2,  # a wake-up with no prompt after this gets one more Enter...
-    "rewake_seconds": 30,  # ...and after this, the line is typed again
+SETTINGS: dict[str, Any] = {
+    "nudge_seconds": Setting(2.0, min=0.1),  # a wake-up with no prompt gets one more Enter...
+    "rewake_seconds": Setting(30.0, min=1),  # ...and after this, the line is typed again
 }
+DEFAULTS = defaults(SETTINGS)
 
 
 @hookimpl
 def orch_config_defaults() -> dict[str, Any]:
-    return DEFAULTS
+    return SETTINGS
 
 
 @hookimpl

@@ -9,8 +9,9 @@ finds in the session's transcript. With nothing pending, a hook costs one indexe
 
 from __future__ import annotations
 
-from orch_core import Answer, hookimpl
+from orch_core import Answer, Setting, hookimpl
 from orch_core.queue import Queue
+from orch_core.settings import defaults
 from orch_core.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
@@ -21,19 +22,21 @@ if TYPE_CHECKING:
     from orch_core import events as ev
     from orch_core.context import HookContext
 
-DEFAULTS: dict[str, Any] = {
-    "budget": 8000,  # characters per hook, below Claude's 10,000 cap
-    "max_attempts": 3,
-    "confirm_hooks": 4,
-    "confirm_seconds": 120,
-    "stop_blocks": 3,  # below Claude's own cap of 8
-    "emergency": 100,
+SETTINGS: dict[str, Any] = {
+    "budget": Setting(8000, min=500, max=9500),  # characters per hook, below Claude's cap
+    "max_attempts": Setting(3, min=1),
+    "confirm_hooks": Setting(4, min=1),
+    "confirm_seconds": Setting(120.0, min=0.1),
+    "stop_blocks": Setting(3, min=0),  # below Claude's own cap of 8
+    "emergency": Setting(100, min=0, max=200),
+    "spill_retention": Setting(86400.0, min=0),  # seconds a large message's file outlives it
 }
+DEFAULTS = defaults(SETTINGS)
 
 
 @hookimpl
 def orch_config_defaults() -> dict[str, Any]:
-    return DEFAULTS
+    return SETTINGS
 
 
 def queue_for(ctx: HookContext) -> Queue | None:

@@ -19,8 +19,9 @@ import json
 import os
 import time
 
-from orch_core import hookimpl
+from orch_core import Setting, hookimpl
 from orch_core.queue import PENDING_SQL, age
+from orch_core.settings import defaults
 from orch_core.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
@@ -34,17 +35,28 @@ if TYPE_CHECKING:
     from orch_core.context import HookContext
 
 SECTIONS = ("agent", "briefing", "rules", "activity", "task", "git", "pending")
-DEFAULTS: dict[str, Any] = {
-    "budget": 9000,  # characters, below Claude's 10,000 cap
-    "sections": {name: True for name in SECTIONS},
-    "rules_files": ["CLAUDE.md"],  # relative to the project
+
+
+def _sections(value: dict[str, Any]) -> None:
+    for name, on in value.items():
+        if name not in SECTIONS:
+            raise ValueError(f"{name!r} is not a section (one of {', '.join(SECTIONS)})")
+        if not isinstance(on, bool):
+            raise ValueError(f"{name} must be true or false")
+
+
+SETTINGS: dict[str, Any] = {
+    "budget": Setting(9000, min=500, max=9500),  # characters, below Claude's 10,000 cap
+    "sections": Setting({name: True for name in SECTIONS}, check=_sections),
+    "rules_files": Setting(["CLAUDE.md"]),  # relative to the project
     "briefing_file": "",  # the project's default briefing, when an agent has none of its own
     "role": "",
-    "activity_kept": 200,  # records per agent
-    "activity_shown": 12,
-    "restore_within_hours": 24,  # a checkpoint older than this is not restored on startup
-    "git_timeout": 1.0,
+    "activity_kept": Setting(200, min=1),  # records per agent
+    "activity_shown": Setting(12, min=0),
+    "restore_within_hours": Setting(24.0, min=0),  # an older checkpoint is not restored
+    "git_timeout": Setting(1.0, min=0.05, max=10),
 }
+DEFAULTS = defaults(SETTINGS)
 #: Trimmed first when the rebrief is over budget; the agent line is never trimmed.
 TRIM_ORDER = ("activity", "rules", "briefing", "task", "git", "pending")
 
@@ -61,7 +73,7 @@ def _store(ctx: HookContext) -> SQLiteStore | None:
 
 @hookimpl
 def orch_config_defaults() -> dict[str, Any]:
-    return DEFAULTS
+    return SETTINGS
 
 
 # -- what is kept as the agent works ------------------------------------------------------------

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 
-from orch_core import Answer, hookimpl
+from orch_core import Answer, Setting, hookimpl
+from orch_core.settings import regexes
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -23,19 +24,22 @@ if TYPE_CHECKING:
     from orch_core import events as ev
     from orch_core.context import HookContext
 
-DEFAULTS: dict[str, Any] = {
-    "deny": [
-        r"\brm\s+-[a-zA-Z]*[rR][a-zA-Z]*\s+(-[a-zA-Z]+\s+)*(/|~|\$HOME)(\s|$)",
-        r"\bgit\s+push\b.*(--force\b|\s-f\b).*\b(main|master)\b",
-        r"\bmkfs(\.\w+)?\b",
-    ],
-    "ask": [r"\bgit\s+reset\s+--hard\b", r"\bgit\s+clean\s+-[a-zA-Z]*f"],
+SETTINGS: dict[str, Any] = {
+    "deny": Setting(
+        [
+            r"\brm\s+-[a-zA-Z]*[rR][a-zA-Z]*\s+(-[a-zA-Z]+\s+)*(/|~|\$HOME)(\s|$)",
+            r"\bgit\s+push\b.*(--force\b|\s-f\b).*\b(main|master)\b",
+            r"\bmkfs(\.\w+)?\b",
+        ],
+        check=regexes,
+    ),
+    "ask": Setting([r"\bgit\s+reset\s+--hard\b", r"\bgit\s+clean\s+-[a-zA-Z]*f"], check=regexes),
 }
 
 
 @hookimpl
 def orch_config_defaults() -> dict[str, Any]:
-    return DEFAULTS
+    return SETTINGS
 
 
 def _first_match(patterns: object, command: str) -> str | None:

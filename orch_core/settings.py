@@ -1,0 +1,135 @@
+"""Settings a plugin declares, and the checks every value from a config file goes through.
+
+A plugin's ``orch_config_defaults`` returns its settings by name, each a :class:`Setting` (or a
+plain default, checked by its type alone). A value from ``~/.config/orch/config.toml`` or the
+project's ``.claude/orch.toml`` that does not fit is not used: the plugin gets the default for
+that key, and the error, naming file and key, goes to ``orch doctor``, to every CLI command and
+(once, when the plan is built) to the log. Checked on the cold path only, when the plan is built.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # orch_core exports Setting, and the hook imports orch_core: no typing
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+
+class Setting:
+    """One setting: its default, and what a value must be.
+
+    :param default: the value when none is configured; its type is the type a value must have
+        (a whole number for ``int``, any finite number for ``float``, a list of ``item`` for
+        ``list``, a table for ``dict``).
+    :param min: the smallest number allowed.
+    :param max: the largest number allowed.
+    :param item: the type of a list's items (``str`` unless said).
+    :param check: anything more: raises ``ValueError`` with the reason.
+    """
+
+    __slots__ = ("check", "default", "item", "max", "min")
+
+    def __init__(
+        self,
+        default: Any,
+        *,
+        min: float | None = None,
+        max: float | None = None,
+        item: type = str,
+        check: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.default = default
+        self.min = min
+        self.max = max
+        self.item = item
+        self.check = check
+
+    def validate(self, value: Any) -> None:
+        """Raise ``ValueError`` saying what is wrong with ``value``."""
+        import math
+
+        kind = type(self.default)
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError("must be true or false")
+        elif kind is int or kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError("must be a number")
+            if kind is int and not isinstance(value, int):
+                raise ValueError("must be a whole number")
+            if not math.isfinite(value):
+                raise ValueError("must be a finite number")
+            if self.min is not None and value < self.min:
+                raise ValueError(f"must be at least {self.min:g}")
+            if self.max is not None and value > self.max:
+                raise ValueError(f"must be at most {self.max:g}")
+        elif kind is str:
+            if not isinstance(value, str):
+                raise ValueError("must be a string")
+        elif kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, self.item) for v in value):
+                raise ValueError(f"must be a list of {_NAMES.get(self.item, self.item.__name__)}")
+        elif kind is dict and not isinstance(value, dict):
+            raise ValueError("must be a table")
+        if self.check is not None:
+            self.check(value)
+
+
+_NAMES = {str: "strings", int: "whole numbers", bool: "true/false values"}
+
+
+def defaults(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The default of each setting: what a plugin's code reads when nothing is configured."""
+    return {k: v.default if isinstance(v, Setting) else v for k, v in settings.items()}
+
+
+def regexes(value: list[str]) -> None:
+    """A ``check``: each string must be a valid regular expression."""
+    import re
+
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+
+
+def resolve(
+    declared: Mapping[str, Any],
+    given: Mapping[str, Any],
+    where: Callable[[str], str],
+    errors: list[str],
+    *,
+    table: str,
+) -> dict[str, Any]:
+    """The declared defaults with each valid value of ``given`` over them; every invalid or
+    unknown key is left out, with an error naming ``where(key)`` (the file) and the key."""
+    import json
+
+    result = defaults(declared)
+    for key, value in given.items():
+        setting = declared.get(key)
+        if setting is None:
+            if declared:  # a plugin that declares nothing takes anything
+                errors.append(f"{where(key)}: [{table}] {key}: no such setting")
+                continue
+            result[key] = value
+            continue
+        if not isinstance(setting, Setting):
+            setting = Setting(setting)
+        try:
+            setting.validate(value)
+        except ValueError as exc:
+            shown = json.dumps(value, default=str)
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            default = json.dumps(setting.default)
+            errors.append(
+                f"{where(key)}: [{table}] {key} = {shown}: {exc}; the default {default} is used"
+            )
+            continue
+        if isinstance(setting.default, dict):
+            value = {**setting.default, **value}
+        result[key] = value
+    return result

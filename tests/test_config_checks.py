@@ -1,0 +1,106 @@
+"""Configuration is checked, not trusted: a value orch cannot use is a one-line error naming
+its file and key from every CLI command and from ``orch doctor``, while the hooks use that key's
+default, log it once, and keep delivering."""
+
+from __future__ import annotations
+
+import pytest
+
+from orch_core.queue import MARK, Queue
+from orch_core.settings import Setting
+from orch_core.testing.kit import OrchState
+from orch_core.testing.payloads import payload
+
+#: (config, the error's key, what it says)
+BAD = {
+    "budget_ms text": ('[orch]\nbudget_ms = "x"\n', "[orch] budget_ms", "must be a number"),
+    "budget_ms inf": ("[orch]\nbudget_ms = inf\n", "[orch] budget_ms", "finite"),
+    "budget_ms nan": ("[orch]\nbudget_ms = nan\n", "[orch] budget_ms", "finite"),
+    "budget per event": (
+        "[orch.budget_ms_per_event]\nStpo = 100\n",
+        "[orch] budget_ms_per_event",
+        "'Stpo' is not a Claude Code event",
+    ),
+    "max_attempts 0": (
+        "[plugin.queue]\nmax_attempts = 0\n",
+        "[plugin.queue] max_attempts",
+        "must be at least 1; the default 3 is used",
+    ),
+    "stop_blocks -1": (
+        "[plugin.queue]\nstop_blocks = -1\n",
+        "[plugin.queue] stop_blocks",
+        "must be at least 0",
+    ),
+    "plugin not a table": ("[plugin]\nqueue = 5\n", "[plugin] queue", "must be a table"),
+    "bad regex": (
+        '[plugin.auto_restart]\nerror_patterns = ["(unclosed"]\n',
+        "[plugin.auto_restart] error_patterns",
+        "is not a regular expression",
+    ),
+    "typo": ("[plugin.queue]\nmax_attemps = 5\n", "[plugin.queue] max_attemps", "no such setting"),
+    "unknown table": ("[plugins.queue]\nbudget = 1\n", "[plugins] queue", "no such setting"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_bad_value_is_named_everywhere_and_the_hooks_keep_delivering(
+    orch: OrchState, case: str
+) -> None:
+    text, key, why = BAD[case]
+    path = orch.write_config(text)
+    assert orch.cli("install").returncode == 1  # every command says so...
+    sent = Queue(orch.store).send("a:1", "still delivered")["id"]
+    result = orch.run_hook(payload("PostToolUse"), ORCH_AGENT="a:1")
+    assert result.exit_code == 0  # ...while the hooks use the default and deliver
+    assert result.context is not None and result.context.startswith(f"{MARK}{sent} ")
+    (run,) = orch.store.runs(1)
+    assert run["ok"] and run["event"] == "PostToolUse"
+    for command in (["queue"], ["send", "a:1", "x"], ["agents"], ["plugins"]):
+        done = orch.cli(*command)
+        assert done.returncode == 1, command
+        (line,) = done.stderr.splitlines()
+        assert line.startswith(f"Error: {path}: {key}"), line
+        assert why in line
+    doctor = orch.cli("doctor")
+    assert doctor.returncode == 1
+    assert f"FAIL config: {path}: {key}" in doctor.stdout
+    logged = [r for r in orch.log() if key in r["msg"]]
+    assert len(logged) == 1  # once, when the plan was built
+
+
+def test_the_file_that_set_the_key_is_named(orch: OrchState) -> None:
+    user = orch.write_config("[plugin.queue]\nmax_attempts = 0\n", user=True)
+    orch.write_config("[plugin.queue]\nbudget = 4000\n")  # the project sets another key
+    done = orch.cli("queue")
+    assert done.stderr.startswith(f"Error: {user}: [plugin.queue] max_attempts = 0")
+
+
+def test_good_values_pass_and_reach_the_plugins(orch: OrchState) -> None:
+    orch.write_config(
+        "[orch]\nbudget_ms = 300\n[orch.budget_ms_per_event]\nSessionEnd = 1000\n"
+        "[plugin.queue]\nconfirm_seconds = 1\nbudget = 4000\n"
+        "[plugin.rebrief.sections]\ngit = false\n"
+    )
+    assert orch.cli("doctor").stdout.count("ok   config:") == 1
+    done = orch.cli("queue")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "why"),
+    [
+        (Setting(3, min=1), 0, "must be at least 1"),
+        (Setting(3, max=5), 6, "must be at most 5"),
+        (Setting(3), 2.5, "must be a whole number"),
+        (Setting(3), True, "must be a number"),
+        (Setting(1.5), float("nan"), "must be a finite number"),
+        (Setting(True), 1, "must be true or false"),
+        (Setting("x"), 5, "must be a string"),
+        (Setting(["a"]), ["a", 1], "must be a list of strings"),
+        (Setting({}), [], "must be a table"),
+    ],
+)
+def test_setting_checks(setting: Setting, value: object, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        setting.validate(value)
+    setting.validate(setting.default)
