@@ -133,6 +133,34 @@ def doctor_command(directory: str | None) -> None:
         sys.exit(1)
 
 
+@cli.command("backup")
+def backup_command() -> None:
+    """Take a backup of the database now, beside the supervisor's scheduled ones."""
+    from orch_core import backup, paths
+
+    db = paths.db_path(os.environ)
+    keep = int(_core_settings().get("backup_keep", 8))
+    click.echo(f"backed up {db} to {guarded(lambda: backup.take(db, keep))}")
+
+
+@cli.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False))
+def restore_command(file: str) -> None:
+    """Put backup FILE in place of the database; the current one is kept aside. Refused while
+    `orch supervise` runs."""
+    from orch_core import backup
+
+    held = guarded(lambda: backup.check(file))
+    aside = guarded(lambda: backup.restore(os.environ, file))
+    click.echo(f"restored {file} ({held['messages']} messages); the one it replaced is {aside}")
+
+
+def _core_settings() -> dict[str, Any]:
+    from orch_core import plan
+
+    return guarded(lambda: plan.load(os.environ, _project(None)).settings)
+
+
 for command in (*queue_cli.COMMANDS, *lifecycle_cli.COMMANDS):
     cli.add_command(command)
 

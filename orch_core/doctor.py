@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from orch_core import backstop, install, paths
+from orch_core import backstop, backup, install, lifecycle, paths
 from orch_core import plan as plans
+from orch_core.cli_errors import damaged
 from orch_core.store import SQLiteStore
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 #: Hook runs that failed this recently make the installation unhealthy.
 RECENT_SECONDS = 600
@@ -49,12 +50,13 @@ def check_database(env: Mapping[str, str]) -> Check:
     try:
         health = store.health()
     except Exception as exc:
-        return Check("database", False, f"{paths.db_path(env)}: {exc}")
+        advice = f"; {backup.advice(store.path)}" if damaged(exc) else ""
+        return Check("database", False, f"{paths.db_path(env)}: {exc}{advice}")
     finally:
         store.close()
     problems = []
     if health["integrity"] != "ok":
-        problems.append(f"integrity check: {health['integrity']}")
+        problems.append(f"integrity check: {health['integrity']}; {backup.advice(store.path)}")
     if health["journal_mode"] != "wal":
         problems.append(f"journal mode {health['journal_mode']}, expected wal")
     if health["schema_version"] != health["expected_schema_version"]:
@@ -96,23 +98,24 @@ def check_recent_runs(env: Mapping[str, str]) -> Check:
         store.close()
     if not failed:
         return Check("hook runs", True, f"no failed hook runs in the last {RECENT_SECONDS} s")
+    stopped = sum(any(p["outcome"] == "killed" for p in run["plugins"]) for run in failed)
     last = failed[0]
     errors = "; ".join(
         f"{p['plugin']} {p['outcome']}: {p.get('error', '')}"
         for p in last["plugins"]
         if p["outcome"] != "ok"
     )
+    killed = f" ({stopped} stopped by the backstop)" if stopped else ""
     return Check(
         "hook runs",
         False,
-        f"{len(failed)} failed in the last {RECENT_SECONDS} s; latest ({last['event']}): {errors}",
+        f"{len(failed)} failed in the last {RECENT_SECONDS} s{killed}; "
+        f"latest ({last['event']}): {errors}",
     )
 
 
 def check_supervisor(env: Mapping[str, str]) -> Check:
     """``orch supervise`` must run when orch has agents to restart."""
-    from orch_core import lifecycle
-
     pid = lifecycle.supervisor_running(env)
     if pid:
         return Check("supervisor", True, f"orch supervise runs (pid {pid})")
@@ -150,13 +153,62 @@ def check_alerts(env: Mapping[str, str]) -> Check:
     return Check("alerts", True, "no agent left failed")
 
 
+def check_messages(env: Mapping[str, str]) -> Check:
+    """Messages that went dead: delivered too often without a sign the model saw them, or
+    waiting for one that ended. Each needs a look (``orch queue show``, ``orch queue retry``)."""
+    store = SQLiteStore(paths.db_path(env), timeout=2.0)
+    try:
+        count, newest = store.conn.execute(
+            "SELECT count(*), max(ended) FROM messages WHERE state = 'dead'"
+        ).fetchone()
+        if not count:
+            return Check("messages", True, "no dead messages")
+        mid, reason = store.conn.execute(
+            "SELECT id, reason FROM messages WHERE state = 'dead' AND ended = ?", (newest,)
+        ).fetchone()
+    finally:
+        store.close()
+    return Check(
+        "messages",
+        False,
+        f"{count} dead; newest {mid}: {reason} (see `orch queue show {mid}`, "
+        f"`orch queue retry {mid}`)",
+    )
+
+
+def check_backups(env: Mapping[str, str]) -> Check:
+    """The newest backup, and whether the supervisor keeps taking them."""
+    db = paths.db_path(env)
+    found = backup.backups(db)
+    if not found:
+        return Check("backups", True, "none yet (orch supervise takes them; `orch backup` now)")
+    every = float(plans.load(env, paths.project_dir(env)).settings.get("backup_every", 900))
+    age = time.time() - os.path.getmtime(found[0])
+    detail = f"{len(found)} kept; newest {found[0]}, {age / 60:.0f} min old"
+    late = every > 0 and age > 2 * every + 60 and lifecycle.supervisor_running(env)
+    if late:
+        return Check("backups", False, f"{detail}: the supervisor has not taken one since")
+    return Check("backups", True, detail)
+
+
 def run(env: Mapping[str, str], project_dir: str) -> list[Check]:
-    return [
-        check_settings(project_dir),
-        check_database(env),
-        check_config(env, project_dir),
-        check_plugins(env, project_dir),
-        check_recent_runs(env),
-        check_supervisor(env),
-        check_alerts(env),
-    ]
+    """Every check; one that cannot run (a full disk, a damaged file) fails with the reason
+    instead of ending doctor."""
+    checks: dict[str, Callable[[], Check]] = {
+        "settings": lambda: check_settings(project_dir),
+        "database": lambda: check_database(env),
+        "config": lambda: check_config(env, project_dir),
+        "plugins": lambda: check_plugins(env, project_dir),
+        "hook runs": lambda: check_recent_runs(env),
+        "messages": lambda: check_messages(env),
+        "supervisor": lambda: check_supervisor(env),
+        "alerts": lambda: check_alerts(env),
+        "backups": lambda: check_backups(env),
+    }
+    results = []
+    for name, check in checks.items():
+        try:
+            results.append(check())
+        except Exception as exc:
+            results.append(Check(name, False, f"cannot check: {type(exc).__name__}: {exc}"))
+    return results

@@ -25,7 +25,7 @@ from orch_core.settings import Setting, defaults, regexes
 from orch_core.store import SQLiteStore
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -366,14 +366,19 @@ def history(store: SQLiteStore, agent: str | None = None, limit: int = 50) -> li
 
 
 class Supervisor:
-    """Carries out and verifies recoveries, watches panes, finds hung agents, expires TTLs and
-    retries wake-ups. One per machine (a lock in the state directory)."""
+    """Carries out and verifies recoveries, watches panes, finds hung agents, expires TTLs,
+    retries wake-ups, and keeps house: backups, old large-message files, hook runs the backstop
+    stopped. One per machine (a lock in the state directory)."""
 
-    def __init__(self, env: Mapping[str, str], *, watch_every: float = 2.0) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *, watch_every: float = 2.0, house_every: float = 10.0
+    ) -> None:
         self.env = env
         self.store = SQLiteStore(paths.db_path(env))
         self.watch_every = watch_every
+        self.house_every = house_every
         self._watched = 0.0
+        self._housekept = 0.0
         self._nudged: dict[str, float] = {}  # agent: the wake-up it was nudged for
 
     def config(self, agent: str) -> dict[str, Any]:
@@ -399,6 +404,32 @@ class Supervisor:
         self.verify(now)
         self.run_due(now)
         self.upkeep(now)
+        if now - self._housekept >= self.house_every:
+            self._housekept = now
+            self.housekeeping(now)
+
+    def housekeeping(self, now: float) -> None:
+        """A backup when one is due, old large-message files removed, stopped hook runs
+        recorded. Each step on its own: one that fails (a full disk) is logged, not fatal."""
+        from orch_core import backstop, backup, log, plan
+        from orch_core.queue import Queue
+
+        loaded = plan.load(self.env, paths.project_dir(self.env))
+        every = float(loaded.settings.get("backup_every", 900))
+        keep = int(loaded.settings.get("backup_keep", 8))
+        retention = float(loaded.config.get("queue", {}).get("spill_retention", 86400))
+        steps: dict[str, Callable[[], object]] = {
+            "collect stopped hook runs": lambda: backstop.collect(self.env, self.store, now),
+            "remove old message files": lambda: Queue(self.store).prune_spills(retention, now),
+        }
+        latest = backup.newest(self.store.path)
+        if every > 0 and (latest is None or now - os.path.getmtime(latest) >= every):
+            steps["back up the database"] = lambda: backup.take(self.store.path, keep, now)
+        for what, step in steps.items():
+            try:
+                step()
+            except Exception as exc:
+                log.write("error", f"supervisor could not {what}", self.env, error=repr(exc))
 
     def watch(self, now: float) -> None:
         """Dead or vanished panes of spawned agents, and agents busy without a hook too long."""
@@ -579,8 +610,9 @@ def lock_path(env: Mapping[str, str]) -> str:
     return os.path.join(paths.state_dir(env), "supervise.lock")
 
 
-def supervisor_lock(env: Mapping[str, str], *, blocking: bool) -> int | None:
-    """The single-instance lock, as an open fd, or ``None`` when another process holds it."""
+def supervisor_lock(env: Mapping[str, str], *, blocking: bool, claim: bool = True) -> int | None:
+    """The single-instance lock, as an open fd, or ``None`` when another process holds it.
+    With ``claim``, the holder writes its pid there (a mere check writes nothing)."""
     import fcntl
 
     paths.ensure_private_dir(paths.state_dir(env))
@@ -590,14 +622,18 @@ def supervisor_lock(env: Mapping[str, str], *, blocking: bool) -> int | None:
     except OSError:
         os.close(fd)
         return None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    if claim:
+        try:  # for `orch doctor` to show; the lock holds without it (a full disk)
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:
+            pass
     return fd
 
 
 def supervisor_running(env: Mapping[str, str]) -> int | None:
     """The supervisor's pid if one runs, else ``None``."""
-    fd = supervisor_lock(env, blocking=False)
+    fd = supervisor_lock(env, blocking=False, claim=False)
     if fd is not None:
         os.close(fd)
         return None

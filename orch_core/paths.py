@@ -24,6 +24,11 @@ def db_path(env: Mapping[str, str] = os.environ) -> str:
     return env.get("ORCH_DB") or os.path.join(state_dir(env), "orch.db")
 
 
+def backups_dir(db: str) -> str:
+    """Where the backups of database ``db`` live: beside it (in the state directory)."""
+    return os.path.join(os.path.dirname(os.path.abspath(db)), "backups")
+
+
 def log_path(env: Mapping[str, str] = os.environ) -> str:
     return os.path.join(state_dir(env), "orch.log")
 

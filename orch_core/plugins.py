@@ -349,6 +349,8 @@ def _budgets(value: dict[str, Any]) -> None:
 CORE_SETTINGS: dict[str, Any] = {
     "budget_ms": Setting(500.0, min=1, max=60_000),  # all plugins of one event together
     "budget_ms_per_event": Setting({}, check=_budgets),  # e.g. { SessionEnd = 1000 }
+    "backup_every": Setting(900.0, min=0),  # seconds between the supervisor's backups; 0: none
+    "backup_keep": Setting(8, min=1),
 }
 
 

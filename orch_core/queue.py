@@ -405,6 +405,34 @@ class Queue:
         else:
             _requeue(tx, message_id, now, why)
 
+    def prune_spills(self, retention: float, now: float | None = None) -> int:
+        """Delete the files of large messages that ended (or are gone) more than ``retention``
+        seconds ago; the model may still read one for a while after its delivery. Returns how
+        many were deleted."""
+        now = time.time() if now is None else now
+        folder = os.path.join(os.path.dirname(os.path.abspath(self.store.path)), "messages")
+        try:
+            names = [n for n in os.listdir(folder) if n.endswith(".txt")]
+        except OSError:
+            return 0
+        removed = 0
+        for name in names:
+            path = os.path.join(folder, name)
+            row = self.store.conn.execute(
+                "SELECT state, coalesce(ended, confirmed) FROM messages WHERE id = ?",
+                (name[: -len(".txt")],),
+            ).fetchone()
+            if row is not None and row[0] in PENDING:
+                continue
+            try:
+                ended = row[1] if row is not None and row[1] else os.lstat(path).st_mtime
+                if now - ended >= retention:
+                    os.unlink(path)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
     def mark_pushed(self, message_id: str, now: float | None = None) -> bool:
         """Record, before ``orch send --push`` types the message into the pane, that it is
         delivered outside any session, so no hook (not even the one its own Enter starts)

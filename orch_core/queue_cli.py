@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import sqlite3
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from orch_core import api, lifecycle, paths
-from orch_core.cli_errors import guarded
+from orch_core.cli_errors import damaged, database_error, guarded
 from orch_core.queue import MAX_SEND_PRIORITY, STATES, Queue, QueueError, age, parse_duration
 from orch_core.store import SQLiteStore
 
@@ -214,9 +215,29 @@ def agents_command(as_json: bool) -> None:
 @click.option("--state", default="pending", show_default=True,
               help=f"pending, all, or one of {', '.join(STATES)}.")  # fmt: skip
 def export_command(state: str) -> None:
-    """Write messages as JSON lines on stdout (the rollback path: export, revert, import)."""
+    """Write messages as JSON lines on stdout (the rollback path: export, revert, import). From
+    a damaged database, what can still be read is written, and the command fails saying so."""
     queue = _queue()
-    for record in guarded(lambda: list(queue.export(None if state == "all" else state))):
+    try:
+        records = list(queue.export(None if state == "all" else state))
+    except sqlite3.DatabaseError as exc:
+        if not damaged(exc):
+            raise click.ClickException(database_error(exc)) from None
+        from orch_core import backup
+
+        records, lost = backup.salvage(queue.store.path, pending_only=state == "pending")
+        if state not in ("pending", "all"):
+            records = [r for r in records if r["state"] == state]
+        _print_records(records)
+        raise click.ClickException(
+            f"{database_error(exc)}; the {len(records)} messages that could still be read were "
+            f"exported, at least {lost} rows could not be"
+        ) from None
+    _print_records(records)
+
+
+def _print_records(records: list[dict[str, Any]]) -> None:
+    for record in records:
         click.echo(json.dumps(record, ensure_ascii=False, sort_keys=True))
 
 

@@ -281,7 +281,13 @@ class SQLiteStore(Store):
                 self._idle.append(conn)
 
     def _connect(self) -> sqlite3.Connection:
-        if not os.path.exists(self.path):
+        try:
+            size: int | None = os.stat(self.path).st_size
+        except FileNotFoundError:
+            size = None
+        if not size:
+            self._refuse_to_start_over()
+        if size is None:
             paths.ensure_private_dir(os.path.dirname(os.path.abspath(self.path)))
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         conn = sqlite3.connect(
@@ -297,6 +303,30 @@ class SQLiteStore(Store):
             conn.close()
             raise
         return conn
+
+    def _refuse_to_start_over(self) -> None:
+        """A missing or empty database is created afresh only when nothing shows it held data:
+        a WAL with content, or backups of it."""
+        evidence = []
+        try:
+            if os.path.getsize(self.path + "-wal") > 0:
+                evidence.append("its WAL")
+        except OSError:
+            pass
+        folder = paths.backups_dir(self.path)
+        try:
+            found = sorted(n for n in os.listdir(folder) if n.endswith(".db"))
+        except OSError:
+            found = []
+        if found:
+            evidence.append(f"{len(found)} backups")
+        if evidence:
+            latest = os.path.join(folder, found[-1]) if found else "FILE"
+            raise StoreError(
+                f"{self.path} is missing or empty, but {' and '.join(evidence)} show it held "
+                f"data: put a backup back with `orch restore {latest}`, or move {folder} and "
+                "the WAL away to start afresh"
+            )
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]

@@ -1,0 +1,187 @@
+"""Backups of the database, putting one back, and reading what a damaged file still holds.
+
+``orch supervise`` takes an online backup (SQLite's backup API: consistent while hooks write)
+every ``[orch] backup_every`` seconds into ``backups/`` beside the database, owner-only, and keeps
+the newest ``backup_keep``; ``orch backup`` takes one now. ``orch restore FILE`` checks FILE, sets
+the current database aside (never deleted) and puts FILE in its place.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import TYPE_CHECKING
+
+from orch_core import paths
+from orch_core.errors import OrchError
+from orch_core.store import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+PREFIX = "orch-"
+SUFFIX = ".db"
+
+
+class BackupError(OrchError):
+    """A backup cannot be taken or put back: a one-line reason."""
+
+
+def backups(db: str) -> list[str]:
+    """The backups of ``db``, newest first."""
+    try:
+        names = os.listdir(paths.backups_dir(db))
+    except OSError:
+        return []
+    found = [n for n in names if n.startswith(PREFIX) and n.endswith(SUFFIX)]
+    return [os.path.join(paths.backups_dir(db), n) for n in sorted(found, reverse=True)]
+
+
+def newest(db: str) -> str | None:
+    found = backups(db)
+    return found[0] if found else None
+
+
+def advice(db: str) -> str:
+    """What to do about a damaged database: the newest backup and how to put it back."""
+    latest = newest(db)
+    if latest is None:
+        return "no backup exists yet (orch supervise takes them; `orch backup` takes one now)"
+    return f"the newest backup is {latest}: put it back with `orch restore {latest}`"
+
+
+def take(db: str, keep: int = 8, now: float | None = None) -> str:
+    """An online backup of ``db``; the oldest beyond ``keep`` are removed. Returns its path."""
+    now = time.time() if now is None else now
+    target_dir = paths.backups_dir(db)
+    paths.ensure_private_dir(target_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{now % 1:.6f}"[1:]
+    final = os.path.join(target_dir, f"{PREFIX}{stamp}Z{SUFFIX}")
+    partial = f"{final}.partial"
+    try:
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        if not os.path.isfile(db):
+            raise BackupError(f"{db}: no database to back up")
+        source = sqlite3.connect(db, timeout=10)
+        try:
+            copy = sqlite3.connect(partial)
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+        finally:
+            source.close()
+        os.replace(partial, final)
+    except BackupError:
+        _remove(partial)
+        raise
+    except (OSError, sqlite3.Error) as exc:
+        _remove(partial)
+        raise BackupError(f"cannot back up {db}: {exc}") from None
+    for old in backups(db)[keep:]:
+        _remove(old)
+    return final
+
+
+def check(file: str) -> dict[str, Any]:
+    """What ``file`` holds, if it is a whole orch database; else :class:`BackupError`."""
+    if not os.path.isfile(file):
+        raise BackupError(f"{file}: no such file")
+    try:
+        conn = _readonly(file)
+        try:
+            verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise BackupError(f"{file} is not an orch database: {exc}") from None
+    if verdict != "ok":
+        raise BackupError(f"{file} is damaged: {verdict}")
+    if version > SCHEMA_VERSION:
+        raise BackupError(f"{file} has schema {version}, newer than this orch ({SCHEMA_VERSION})")
+    return {"schema_version": version, "messages": messages}
+
+
+def restore(env: Mapping[str, str], file: str) -> str:
+    """Put backup ``file`` in place of the database; the current one (and its WAL) is kept
+    aside under a new name, returned. Refused while ``orch supervise`` runs."""
+    from orch_core import lifecycle
+
+    pid = lifecycle.supervisor_running(env)
+    if pid:
+        raise BackupError(f"orch supervise is running (pid {pid}): stop it, then restore")
+    check(file)
+    db = paths.db_path(env)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = f"{db}.before-restore-{stamp}"
+    incoming = f"{db}.restoring"
+    try:
+        os.close(os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        source = _readonly(file)
+        try:
+            copy = sqlite3.connect(incoming)
+            try:
+                source.backup(copy)
+                copy.execute("PRAGMA journal_mode=WAL")
+            finally:
+                copy.close()
+        finally:
+            source.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.lexists(db + suffix):
+                os.replace(db + suffix, aside + suffix)
+        os.replace(incoming, db)
+    except (OSError, sqlite3.Error) as exc:
+        _remove(incoming)
+        raise BackupError(f"cannot restore {file}: {exc}") from None
+    return aside
+
+
+def _readonly(path: str) -> sqlite3.Connection:
+    from urllib.parse import quote
+
+    return sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, timeout=10)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def salvage(db: str, pending_only: bool) -> tuple[list[dict[str, Any]], int]:
+    """The messages a damaged database still lets read, row by row, and how many rows could
+    not be read (at least: rows behind a damaged inner page are not even seen). In-flight
+    deliveries come back as queued when imported, as from any export."""
+    conn = _readonly(db)
+    conn.row_factory = sqlite3.Row
+    rowids: set[int] = set()
+    try:
+        for (rowid,) in conn.execute("SELECT rowid FROM messages"):
+            rowids.add(rowid)
+    except sqlite3.Error:
+        pass  # what was read before the damage still counts
+    try:
+        highest = conn.execute("SELECT max(rowid) FROM messages").fetchone()[0] or 0
+    except sqlite3.Error:
+        highest = max(rowids, default=0)
+    records, lost = [], 0
+    for rowid in range(1, max(highest, max(rowids, default=0)) + 1):
+        try:
+            row = conn.execute("SELECT * FROM messages WHERE rowid = ?", (rowid,)).fetchone()
+        except sqlite3.Error:
+            lost += 1
+            continue
+        if row is None:
+            continue
+        record = dict(row)
+        if pending_only and record.get("state") not in ("queued", "delivered"):
+            continue
+        records.append(record)
+    conn.close()
+    return records, lost

@@ -1,0 +1,196 @@
+"""Nothing is lost silently, and what is lost can be restored: backups on a schedule and on
+demand, ``orch restore``, a damaged database that every command names with its newest backup,
+an export that reads what a damaged file still holds, an emptied database that is refused
+rather than started over, and large-message files that go when their message has gone."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from orch_core import backup, lifecycle
+from orch_core.queue import Queue
+from orch_core.testing.kit import OrchState, orch_script
+from orch_core.testing.payloads import payload
+
+
+def send(orch: OrchState, *bodies: str) -> list[str]:
+    queue = Queue(orch.store)
+    return [queue.send("a:1", body)["id"] for body in bodies]
+
+
+def bodies(orch: OrchState) -> list[str]:
+    return [m["body"] for m in Queue(orch.store).messages()]
+
+
+def backed_up(orch: OrchState) -> Path:
+    done = orch.cli("backup")
+    assert done.returncode == 0, done.stderr
+    path = Path(done.stdout.split(" to ")[-1].strip())
+    assert path.parent == Path(orch.env["ORCH_STATE_DIR"]) / "backups"
+    return path
+
+
+def settle(db: str) -> None:
+    """Everything written into the database file itself (an empty WAL), as after a quiet while."""
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def damage_a_page_of(db: str, table: str = "messages") -> None:
+    """Overwrite one leaf page of ``table`` in the middle of the file, as a bad disk would."""
+    settle(db)
+    conn = sqlite3.connect(db)
+    leaves = [p for (p,) in conn.execute(
+        "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno",
+        (table,),
+    )]  # fmt: skip
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(db, "r+b") as f:
+        f.seek((leaves[len(leaves) // 2] - 1) * size)
+        f.write(b"\xff" * size)
+
+
+def test_orch_backup_takes_a_private_consistent_copy(orch: OrchState) -> None:
+    send(orch, "one", "two")
+    path = backed_up(orch)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert backup.check(str(path))["messages"] == 2
+
+
+def test_the_supervisor_backs_up_on_schedule_and_keeps_the_newest(orch: OrchState) -> None:
+    orch.write_config("[orch]\nbackup_every = 900\nbackup_keep = 3\n", user=True)
+    send(orch, "kept")
+    supervisor = lifecycle.Supervisor(orch.env)
+    start = time.time()
+    for step in range(5):  # every 1,000 s a backup falls due
+        supervisor.housekeeping(start + step * 1000)
+        supervisor.housekeeping(start + step * 1000 + 10)  # not due again yet
+        os.utime(backup.newest(supervisor.store.path) or "", (start + step * 1000,) * 2)
+    kept = backup.backups(supervisor.store.path)
+    assert len(kept) == 3
+    assert all(backup.check(path)["messages"] == 1 for path in kept)
+
+
+def test_restore_puts_a_backup_back_and_keeps_the_current_file_aside(orch: OrchState) -> None:
+    send(orch, "before the backup")
+    path = backed_up(orch)
+    send(orch, "after the backup")
+    done = orch.cli("restore", str(path))
+    assert done.returncode == 0, done.stderr
+    assert bodies(orch) == ["before the backup"]
+    aside = done.stdout.strip().split(" the one it replaced is ")[-1]
+    conn = sqlite3.connect(aside)
+    assert [b for (b,) in conn.execute("SELECT body FROM messages ORDER BY seq")] == [
+        "before the backup",
+        "after the backup",
+    ]
+    conn.close()
+    assert os.stat(orch.env["ORCH_DB"]).st_mode & 0o777 == 0o600
+
+
+def test_restore_is_refused_while_a_supervisor_runs_and_for_a_bad_file(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    send(orch, "precious")
+    path = backed_up(orch)
+    not_a_db = tmp_path / "notes.db"
+    not_a_db.write_text("hello")
+    done = orch.cli("restore", str(not_a_db))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"Error: {not_a_db} is not an orch database")
+    supervisor = subprocess.Popen([orch_script(), "supervise", "--for", "20"], env=orch.env)
+    try:
+        deadline = time.monotonic() + 20
+        while not lifecycle.supervisor_running(orch.env):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        done = orch.cli("restore", str(path))
+        assert done.returncode == 1
+        assert "orch supervise is running" in done.stderr and len(done.stderr.splitlines()) == 1
+    finally:
+        supervisor.terminate()
+        supervisor.wait(10)
+    assert bodies(orch) == ["precious"]
+
+
+def test_a_damaged_database_names_the_newest_backup_everywhere(orch: OrchState) -> None:
+    send(orch, "one")
+    path = backed_up(orch)
+    orch.store.close()
+    settle(orch.env["ORCH_DB"])
+    with open(orch.env["ORCH_DB"], "r+b") as f:
+        f.write(b"this is no longer a database header" * 3)
+    for command in (["queue"], ["agents"], ["send", "a:1", "two"]):
+        done = orch.cli(*command)
+        assert done.returncode == 1
+        (line,) = done.stderr.splitlines()
+        assert f"put it back with `orch restore {path}`" in line, line
+    doctor = orch.cli("doctor")
+    assert doctor.returncode == 1
+    assert f"orch restore {path}" in doctor.stdout
+    assert "Traceback" not in doctor.stdout + doctor.stderr
+    hook = orch.run_hook(payload("PostToolUse"), ORCH_AGENT="a:1")
+    assert (hook.exit_code, hook.stdout) == (0, "")  # the agent goes on
+    assert orch.cli("restore", str(path)).returncode == 0
+    assert bodies(orch) == ["one"]
+
+
+def test_export_reads_what_a_damaged_file_still_holds(orch: OrchState) -> None:
+    sent = send(orch, *(f"message {i:03d} " + "x" * 300 for i in range(300)))
+    orch.store.close()
+    damage_a_page_of(orch.env["ORCH_DB"])
+    done = orch.cli("export")
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert "malformed" in line and "messages that could still be read were exported" in line
+    exported = [json.loads(row) for row in done.stdout.splitlines()]
+    assert 200 < len(exported) < 300
+    assert all(r["body"] == f"message {sent.index(r['id']):03d} " + "x" * 300 for r in exported)
+    assert f"the {len(exported)} messages" in line
+
+
+@pytest.mark.parametrize("evidence", ["backups", "wal"])
+def test_an_emptied_database_is_refused_not_started_over(orch: OrchState, evidence: str) -> None:
+    send(orch, "precious")
+    if evidence == "backups":
+        path = backed_up(orch)
+    else:
+        Path(orch.env["ORCH_DB"] + "-wal").write_bytes(b"\0" * 4096)
+    orch.store.close()
+    Path(orch.env["ORCH_DB"]).write_bytes(b"")
+    done = orch.cli("queue")
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert "is missing or empty, but" in line
+    if evidence == "backups":
+        assert f"`orch restore {path}`" in line
+    hook = orch.run_hook(payload("PostToolUse"), ORCH_AGENT="a:1")
+    assert hook.exit_code == 0
+    assert os.path.getsize(orch.env["ORCH_DB"]) == 0  # not silently re-initialised
+    if evidence == "backups":
+        assert orch.cli("restore", str(path)).returncode == 0
+        assert bodies(orch) == ["precious"]
+
+
+def test_large_message_files_go_when_their_message_has_gone(orch: OrchState) -> None:
+    queue = Queue(orch.store)
+    ended, pending = (queue.send("a:1", f"{name} " + "y" * 20_000)["id"] for name in "ab")
+    for message in queue.claim("a:1", "s", budget=8000) + queue.claim("a:1", "s", budget=8000):
+        queue.render([message])  # spills it to a file
+    files = {p.stem: p for p in (Path(orch.env["ORCH_STATE_DIR"]) / "messages").iterdir()}
+    assert set(files) == {ended, pending}
+    queue.cancel(ended)
+    queue.sweep()
+    assert queue.prune_spills(retention=3600) == 0  # within the retention: the model may read it
+    assert queue.prune_spills(retention=3600, now=time.time() + 3601) == 1
+    assert not files[ended].exists() and files[pending].exists()
