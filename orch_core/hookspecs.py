@@ -238,11 +238,14 @@ def orch_register_commands(cli: click.Group) -> None:
 
 @hookspec
 def orch_config_defaults() -> dict[str, Any] | None:
-    """This plugin's default settings. Users override them in ``[plugin.NAME]`` of
+    """This plugin's settings. Users override them in ``[plugin.NAME]`` of
     ``.claude/orch.toml`` or the user config; the merged result reaches the plugin as
-    ``ctx.config``. Called once per configuration change, not per event.
+    ``ctx.config``. Called once per configuration change, not per event. Each configured value
+    is checked against its :class:`orch_core.Setting` (a plain default is checked by its type);
+    one that does not fit is replaced by the default and reported with its file and key, and a
+    key the plugin does not declare is reported as unknown.
 
-    :return: a TOML-compatible table, or ``None``.
+    :return: setting name to :class:`orch_core.Setting` or plain default, or ``None``.
     """
 
 
