@@ -9,7 +9,7 @@ CLAUDE_PREFIX := .cache/claude-code
 CLAUDE_BIN := $(CLAUDE_PREFIX)/node_modules/@anthropic-ai/claude-code-linux-x64/claude
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test demo lint bench hooks clean
+.PHONY: setup test demo lint bench soak hooks clean
 
 setup: $(VENV)/.installed tmux $(CLAUDE_BIN)
 
@@ -40,6 +40,9 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/hook_latency.py
+
+soak: setup
+	ORCH_CLAUDE_BIN=$(abspath $(CLAUDE_BIN)) $(BIN)/python bench/fleet_soak.py
 
 hooks: $(VENV)/.installed
 	$(BIN)/orch install --template > hooks/settings.template.json

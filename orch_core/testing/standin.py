@@ -124,14 +124,32 @@ def _texts(content: Any) -> Iterator[str]:
 
 
 @dataclass(frozen=True)
-class _Reply:
-    """A scripted answer: content blocks and a stop reason, or an HTTP error."""
+class Reply:
+    """An answer of the stand-in model: content blocks and a stop reason, or an HTTP error;
+    ``delay`` seconds of "thinking" first, or until ``hold`` is set."""
 
     blocks: list[JSON] = field(default_factory=list)
     stop_reason: str = "end_turn"
     error_status: int | None = None
     error_type: str = ""
     hold: threading.Event | None = None
+    delay: float = 0.0
+
+    @classmethod
+    def text(cls, text: str, *, delay: float = 0.0) -> Reply:
+        """A plain text answer that ends the turn."""
+        return cls(blocks=[{"type": "text", "text": text}], delay=delay)
+
+    @classmethod
+    def tool_use(cls, name: str, input: JSON, *, delay: float = 0.0) -> Reply:
+        """A call of tool ``name`` with ``input``."""
+        block = {"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": name,
+                 "input": input}  # fmt: skip
+        return cls(blocks=[block], stop_reason="tool_use", delay=delay)
+
+
+#: Answers a main-model request the script has nothing for; ``None``: the plain default.
+Responder = Callable[[RecordedRequest], Reply | None]
 
 
 class StandInAPI:
@@ -141,11 +159,13 @@ class StandInAPI:
     cannot eat them; side requests and an empty script get a plain ``ok`` end_turn reply.
     """
 
-    def __init__(self, lifetime: float = 900.0) -> None:
-        """``lifetime`` bounds how long the server may run if nobody stops it."""
+    def __init__(self, lifetime: float = 900.0, *, respond: Responder | None = None) -> None:
+        """``lifetime`` bounds how long the server may run if nobody stops it; ``respond``
+        answers main-model requests once the script is used up (a model that keeps working)."""
+        self.respond = respond
         self._lock = threading.Condition()
         self._requests: list[RecordedRequest] = []
-        self._script: deque[_Reply] = deque()
+        self._script: deque[Reply] = deque()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -201,26 +221,26 @@ class StandInAPI:
     def reply_text(self, text: str, *, hold: threading.Event | None = None) -> None:
         """Queue a plain text answer that ends the turn. With ``hold``, the answer waits until
         the test sets it (at most the default timeout): the model is "thinking" meanwhile."""
-        self._push(_Reply(blocks=[{"type": "text", "text": text}], hold=hold))
+        self._push(Reply(blocks=[{"type": "text", "text": text}], hold=hold))
 
     def reply_tool_use(self, name: str, input: dict[str, Any], text: str = "") -> str:
         """Queue a tool call (optionally preceded by text); returns its ``tool_use`` id."""
         tool_id = f"toolu_{uuid.uuid4().hex[:24]}"
         blocks: list[JSON] = [{"type": "text", "text": text}] if text else []
         blocks.append({"type": "tool_use", "id": tool_id, "name": name, "input": input})
-        self._push(_Reply(blocks=blocks, stop_reason="tool_use"))
+        self._push(Reply(blocks=blocks, stop_reason="tool_use"))
         return tool_id
 
     def reply_error(self, status: int, error_type: str) -> None:
         """Queue an HTTP error answer, e.g. ``(529, "overloaded_error")``."""
-        self._push(_Reply(error_status=status, error_type=error_type))
+        self._push(Reply(error_status=status, error_type=error_type))
 
     def pending_replies(self) -> int:
         """How many scripted replies have not been handed out yet."""
         with self._lock:
             return len(self._script)
 
-    def _push(self, reply: _Reply) -> None:
+    def _push(self, reply: Reply) -> None:
         with self._lock:
             self._script.append(reply)
 
@@ -283,7 +303,7 @@ class StandInAPI:
 
     def _record(
         self, method: str, path: str, headers: dict[str, str], body: JSON | None
-    ) -> tuple[RecordedRequest, _Reply | None]:
+    ) -> tuple[RecordedRequest, Reply | None]:
         """Store a request; hand it the next scripted reply if it is a main-model turn."""
         with self._lock:
             request = RecordedRequest(
@@ -331,15 +351,19 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         request, reply = self.standin._record(self.command, self.path, headers, body)
         if request.is_messages:
+            if reply is None and request.is_main_model and self.standin.respond is not None:
+                reply = self.standin.respond(request)
             self._answer_messages(request, reply or _default_reply(request))
         elif request.method == "POST" and request.route == "/v1/messages/count_tokens":
             self._send_json(200, {"input_tokens": _estimate_tokens(request)})
         else:
             self._send_json(404, _error_body("not_found_error", f"no route {request.route}"))
 
-    def _answer_messages(self, request: RecordedRequest, reply: _Reply) -> None:
+    def _answer_messages(self, request: RecordedRequest, reply: Reply) -> None:
         if reply.hold is not None:
             reply.hold.wait(DEFAULT_TIMEOUT)
+        if reply.delay:
+            time.sleep(reply.delay)
         if reply.error_status is not None:
             self._send_json(
                 reply.error_status, _error_body(reply.error_type, "scripted stand-in error")
@@ -384,10 +408,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def _default_reply(request: RecordedRequest) -> _Reply:
+def _default_reply(request: RecordedRequest) -> Reply:
     """Plain ``ok``; a well-formed summary for compaction, so Claude accepts it first time."""
     text = COMPACTION_SUMMARY if request.is_compaction else DEFAULT_REPLY_TEXT
-    return _Reply(blocks=[{"type": "text", "text": text}])
+    return Reply(blocks=[{"type": "text", "text": text}])
 
 
 def _error_body(error_type: str, message: str) -> JSON:
