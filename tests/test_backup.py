@@ -194,3 +194,37 @@ def test_large_message_files_go_when_their_message_has_gone(orch: OrchState) -> 
     assert queue.prune_spills(retention=3600) == 0  # within the retention: the model may read it
     assert queue.prune_spills(retention=3600, now=time.time() + 3601) == 1
     assert not files[ended].exists() and files[pending].exists()
+
+
+def test_doctor_reports_dead_messages_and_never_ends_in_a_traceback(orch: OrchState) -> None:
+    queue = Queue(orch.store)
+    queue.max_attempts = 1
+    mid = queue.send("a:1", "never seen")["id"]
+    queue.claim("a:1", "s", now=time.time() - 1000)
+    queue.sweep()  # unconfirmed past confirm_seconds, out of attempts
+    assert queue.get(mid)["state"] == "dead"  # type: ignore[index]
+    lock = Path(orch.env["ORCH_STATE_DIR"]) / "supervise.lock"
+    lock.mkdir()  # the lock cannot be opened: that check cannot run
+    done = orch.cli("doctor")
+    assert done.returncode == 1
+    assert f"FAIL messages: 1 dead; newest {mid}: not confirmed in time, after 1 deliveries" in (
+        done.stdout
+    )
+    assert "FAIL supervisor: cannot check: IsADirectoryError" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_full_disk_does_not_stop_the_supervisor_or_its_check(
+    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "ftruncate", full)
+    fd = lifecycle.supervisor_lock(orch.env, blocking=False)  # the pid cannot be written...
+    assert fd is not None  # ...and the lock holds all the same
+    try:
+        assert lifecycle.supervisor_running(orch.env) == -1  # running, pid unknown
+    finally:
+        os.close(fd)
+    assert lifecycle.supervisor_running(orch.env) is None
