@@ -237,12 +237,18 @@ def tally(
         requests = agent.model.requests_to_main_model()
         last[agent.name] = Counter(HEADER.findall(requests[-1].text())) if requests else Counter()
     lost, doubled, crossed, again, latencies = [], [], [], [], []
+    waits, carries = [], []  # send to the hook that hands it over; that hook to the request
     for m in sent:
         mid, name = m["id"], m["agent"]
         if mid not in seen[name]:
             lost.append(mid)
         else:
             latencies.append(seen[name][mid][0] - m["t0"])
+            record = queue.get(mid) or {}
+            handed = [e["ts"] for e in record.get("events", []) if e["state"] == "delivered"]
+            if handed:
+                waits.append(handed[0] - m["t0"])
+                carries.append(seen[name][mid][0] - handed[0])
         if last[name][mid] > 1:
             doubled.append(mid)
         if any(mid in seen[other] for other in seen if other != name):
@@ -253,7 +259,6 @@ def tally(
     restarts = store.conn.execute(
         "SELECT count(*) FROM recoveries WHERE step IN ('restart', 'fresh') AND state = 'done'"
     ).fetchone()[0]
-    latencies.sort()
     return {
         "agents": len(agents),
         "sent": len(sent),
@@ -265,12 +270,21 @@ def tally(
         "again_after_a_crash": len(again),
         "killed": kills,
         "restarts_verified": restarts,
-        "latency_ms": {
-            "p50": round(statistics.median(latencies) * 1000, 1) if latencies else None,
-            "p90": round(latencies[int(len(latencies) * 0.9)] * 1000, 1) if latencies else None,
-            "max": round(latencies[-1] * 1000, 1) if latencies else None,
-        },
+        "latency_ms": percentiles(latencies),
+        "until_a_hook_hands_it_over_ms": percentiles(waits),
+        "from_that_hook_to_the_model_ms": percentiles(carries),
         "examples": {"lost": lost[:5], "doubled": doubled[:5], "crossed": crossed[:5]},
+    }
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    values = sorted(values)
+    if not values:
+        return {"p50": None, "p90": None, "max": None}
+    return {
+        "p50": round(statistics.median(values) * 1000, 1),
+        "p90": round(values[int(len(values) * 0.9)] * 1000, 1),
+        "max": round(values[-1] * 1000, 1),
     }
 
 
@@ -288,6 +302,10 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"| {report['sent']} | {report['lost']} | {report['doubled']} | {report['crossed']} | "
           f"{report['confirmed']} | {report['again_after_a_crash']} | {lat['p50']} | "
           f"{lat['p90']} | {lat['max']} |")  # fmt: skip
+    wait = report["until_a_hook_hands_it_over_ms"]
+    carry = report["from_that_hook_to_the_model_ms"]
+    print(f"send to the hook that hands it over: p50 {wait['p50']} ms, p90 {wait['p90']} ms; "
+          f"that hook to the model: p50 {carry['p50']} ms, p90 {carry['p90']} ms")  # fmt: skip
     if report["confirmed"] != report["sent"]:
         print(f"states at the end: {report['states']}")
 

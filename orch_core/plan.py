@@ -134,12 +134,14 @@ class Plan:
 
 
 def cache_key(env: Mapping[str, str], project_dir: str) -> dict[str, Any]:
-    """What a plan is built for, beside the files it watches."""
+    """What a plan is built for, beside the files it watches. The Python environment is
+    ``sys.prefix``, not the interpreter's path: ``orch`` (``python``) and ``orch-hook``
+    (``python3``) of one venv share a plan."""
     return {
         "project_dir": project_dir,
         "env": [env.get(k) for k in ENV_KEYS],
         "version": __version__,
-        "python": sys.executable,
+        "python": sys.prefix,
     }
 
 
@@ -155,9 +157,10 @@ def watched_mtimes(files: list[str]) -> dict[str, int]:
 
 
 def cache_path(env: Mapping[str, str], project_dir: str) -> str:
+    """One file per key: two environments never take turns overwriting each other's plan."""
     import zlib
 
-    key = json.dumps([project_dir, *(env.get(k) for k in ENV_KEYS)])
+    key = json.dumps(cache_key(env, project_dir), sort_keys=True)
     return os.path.join(paths.state_dir(env), "plans", f"{zlib.crc32(key.encode()):08x}.json")
 
 

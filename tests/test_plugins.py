@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -129,3 +131,18 @@ def test_the_plan_is_rebuilt_when_a_plugin_changes(orch: OrchState) -> None:
     os.utime(module, ns=(1, 1))
     assert orch.run_hook(payload("Stop")).context is None
     assert orch.run_hook(payload("PostToolUse")).context == "hello!"
+
+
+def test_the_venvs_python_and_python3_share_one_plan(orch: OrchState) -> None:
+    """``orch-hook`` runs as ``python3``, a program sending messages often as ``python``: they
+    must not rebuild the plan for each other (a soak found every hook rebuilding it)."""
+    project = str(orch.project_dir)
+    probe = "from orch_core import plan; import os; plan.load(os.environ, os.environ['P'])"
+    env = {**orch.env, "P": project}
+    interpreters = [os.path.join(sys.prefix, "bin", name) for name in ("python3", "python")]
+    subprocess.run([interpreters[0], "-c", probe], env=env, check=True, timeout=60)
+    path = plan.cache_path(orch.env, project)
+    built = os.stat(path)
+    subprocess.run([interpreters[1], "-c", probe], env=env, check=True, timeout=60)
+    again = os.stat(path)
+    assert (again.st_ino, again.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
