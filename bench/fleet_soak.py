@@ -16,6 +16,9 @@ its model (or ``--drain`` seconds pass) and reports, from what the stand-ins rec
   killed before Claude wrote it down, so delivered again: at least once, by design);
 - latency: from ``api.send`` to the first request of the agent's model that carries it.
 
+It runs from a regular (non-editable) install of this checkout, as users get orch and as the
+other benchmarks measure it.
+
     make soak        # python bench/fleet_soak.py --agents 6 --seconds 60
 """
 
@@ -37,6 +40,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from regular_install import regular_venv
 
 from orch_core import api, lifecycle, tmux
 from orch_core.queue import MARK, Queue
@@ -151,6 +156,9 @@ def sessions_seen(agent: Agent) -> dict[str, set[str]]:
 
 
 def main() -> None:
+    if Path(sys.prefix).name != "bench-venv":  # run again from the regular install
+        python = str(regular_venv("bench-venv") / "python")
+        os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--agents", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=60.0, help="how long messages are sent")
