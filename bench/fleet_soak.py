@@ -227,7 +227,10 @@ def main() -> None:
         harness.kill()
         store.close()
     print_report(report, args)
-    shutil.rmtree(root, ignore_errors=True)
+    if report["lost"] or report["doubled"] or report["crossed"]:
+        print(f"state kept for a look: {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def tally(
@@ -264,6 +267,8 @@ def tally(
         if len(sessions[name].get(mid, ())) > 1:
             again.append(mid)
     states = Counter(queue.get(m["id"])["state"] for m in sent)  # type: ignore[index]
+    waiting = Counter(m["agent"] for m in sent if m["id"] in lost)
+    agent_states = {row["id"]: row["state"] for row in store.agents()}
     restarts = store.conn.execute(
         "SELECT count(*) FROM recoveries WHERE step IN ('restart', 'fresh') AND state = 'done'"
     ).fetchone()[0]
@@ -282,6 +287,7 @@ def tally(
         "until_a_hook_hands_it_over_ms": percentiles(waits),
         "from_that_hook_to_the_model_ms": percentiles(carries),
         "examples": {"lost": lost[:5], "doubled": doubled[:5], "crossed": crossed[:5]},
+        "lost_by_agent": {name: [n, agent_states.get(name)] for name, n in waiting.items()},
     }
 
 
@@ -315,7 +321,8 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"send to the hook that hands it over: p50 {wait['p50']} ms, p90 {wait['p90']} ms; "
           f"that hook to the model: p50 {carry['p50']} ms, p90 {carry['p90']} ms")  # fmt: skip
     if report["confirmed"] != report["sent"]:
-        print(f"states at the end: {report['states']}")
+        print(f"states at the end: {report['states']}; not seen, by agent (count, state): "
+              f"{report['lost_by_agent']}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ FATAL = (
     "invalid_request",
 )
 LADDER = ("reprompt", "restart", "fresh", "give_up")
+#: Seconds an agent may be ``starting`` before the supervisor takes it for idle.
+STARTING_GRACE = 30.0
 ACTIVE = ("scheduled", "running", "verifying")
 
 
@@ -548,7 +550,10 @@ class Supervisor:
 
     def upkeep(self, now: float) -> None:
         """Expire TTLs, wake idle agents whose messages became deliverable (``--in``), and
-        press Enter again for a wake-up that brought no prompt."""
+        press Enter again for a wake-up that brought no prompt. An agent still ``starting``
+        after :data:`STARTING_GRACE` with messages waiting is taken for idle: its SessionStart
+        came without a word from presence (a hook past its budget), or its pane is dead, which
+        :meth:`watch` sees."""
         from orch_builtin import idle
 
         from orch_core.queue import Queue
@@ -556,10 +561,17 @@ class Supervisor:
         queue = Queue(self.store)
         queue.sweep(now)
         idle_agents = self.store.conn.execute(
-            "SELECT id, state, state_changed FROM agents WHERE state IN ('idle', 'waking')"
+            "SELECT id, state, state_changed FROM agents"
+            " WHERE state IN ('idle', 'waking', 'starting')"
         ).fetchall()
         for agent, state, changed in idle_agents:
             waited = now - changed
+            if state == "starting":
+                if waited < STARTING_GRACE or not queue.has_ready(agent, now):
+                    continue
+                self.store.transition(
+                    agent, "idle", only_from=(), or_stale=("starting", STARTING_GRACE)
+                )
             if (
                 state == "waking"
                 and float(idle.DEFAULTS["nudge_seconds"]) <= waited

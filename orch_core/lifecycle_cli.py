@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import install, lifecycle, paths
+from orch_core import install, lifecycle, paths, plan
 from orch_core.cli_errors import guarded
 from orch_core.store import SQLiteStore
 
@@ -68,6 +68,9 @@ def spawn_command(
     store = _store()
     guarded(lambda: lifecycle.check_name(name))
     guarded(lambda: install.install(cwd))
+    # the agent's first hook finds its plan built (Claude names the project by its real path)
+    extra_env = _env_pairs(env_pairs)
+    guarded(lambda: plan.load({**os.environ, **extra_env}, os.path.realpath(cwd)))
     if brief is not None:
         from orch_builtin import rebrief
 
@@ -80,7 +83,7 @@ def spawn_command(
             cwd=cwd,
             argv=argv,
             session=session,
-            extra_env=_env_pairs(env_pairs),
+            extra_env=extra_env,
             env=os.environ,
         )
     )

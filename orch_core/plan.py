@@ -166,8 +166,43 @@ def cache_path(env: Mapping[str, str], project_dir: str) -> str:
 
 def load(env: Mapping[str, str], project_dir: str, *, import_timeout: float | None = None) -> Plan:
     """The cached plan if it is still true, else a fresh one (saved for the next run), whose
-    plugins each get ``import_timeout`` seconds to import (default: the CLI's bound)."""
+    plugins each get ``import_timeout`` seconds to import (default: the CLI's bound). One
+    process builds it at a time: a fleet's agents starting together wait for that one (up to
+    ``import_timeout``) instead of each importing every plugin at once."""
     path = cache_path(env, project_dir)
+    cached = _cached(env, project_dir, path)
+    if cached is not None:
+        return cached
+    import fcntl
+
+    from orch_core import plugins
+
+    timeout = plugins.IMPORT_TIMEOUT if import_timeout is None else import_timeout
+    paths.ensure_private_dir(os.path.dirname(path))
+    lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        waited = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > waited:
+                    break  # the builder is slow: build this process's own
+                time.sleep(0.01)
+        cached = _cached(env, project_dir, path)  # another process may have built it
+        if cached is not None:
+            return cached
+        plan = plugins.build_plan(env, project_dir, import_timeout=timeout)
+        if plan.cacheable:
+            save(plan, path)
+        return plan
+    finally:
+        os.close(lock)
+
+
+def _cached(env: Mapping[str, str], project_dir: str, path: str) -> Plan | None:
+    """The plan saved at ``path``, if it is still true."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -180,13 +215,7 @@ def load(env: Mapping[str, str], project_dir: str, *, import_timeout: float | No
             return Plan.from_json(data)
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    from orch_core import plugins
-
-    timeout = plugins.IMPORT_TIMEOUT if import_timeout is None else import_timeout
-    plan = plugins.build_plan(env, project_dir, import_timeout=timeout)
-    if plan.cacheable:
-        save(plan, path)
-    return plan
+    return None
 
 
 def save(plan: Plan, path: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orch_core import plan, plugins
+from orch_core.testing.kit import hook_script
 from orch_core.testing.payloads import payload
 
 if TYPE_CHECKING:
@@ -146,3 +147,28 @@ def test_the_venvs_python_and_python3_share_one_plan(orch: OrchState) -> None:
     subprocess.run([interpreters[1], "-c", probe], env=env, check=True, timeout=60)
     again = os.stat(path)
     assert (again.st_ino, again.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
+
+
+def test_agents_starting_together_build_the_plan_once(orch: OrchState) -> None:
+    """A fleet starts: its agents' first hooks find no plan. One builds it, the others wait
+    for it, instead of each importing every plugin at once and running out of budget."""
+    builds = orch.root / "builds.log"
+    orch.plugin_module(
+        "counted",
+        f"import os\nopen({str(builds)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+        "from orch_core import hookimpl\n\n@hookimpl\ndef orch_stop():\n    return 'stop'\n",
+    )
+    orch.write_config('[plugins]\nload = ["counted"]\n')
+    hooks = [
+        subprocess.Popen(
+            [hook_script()], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=orch.env
+        )
+        for _ in range(4)
+    ]
+    for hook in hooks:  # all at once
+        assert hook.stdin is not None
+        hook.stdin.write(json.dumps(payload("PostToolUse")).encode())
+        hook.stdin.close()
+    for hook in hooks:
+        assert hook.wait(30) == 0
+    assert len(builds.read_text().splitlines()) == 1  # imported by the one that built the plan

@@ -195,3 +195,24 @@ def test_push_to_a_pane_that_is_gone_is_an_error_and_keeps_the_message(
     assert record["events"][-1]["state"] == "queued"
     assert record["events"][-1]["detail"].startswith("could not type into tmux pane")
     assert "hello" in hook(orch, "PostToolUse")  # still delivered, through the hook
+
+
+def test_an_agent_left_starting_is_woken_by_the_supervisor(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    """Its SessionStart went by without presence (out of budget at a fleet's start): the
+    supervisor takes an agent still `starting` after the grace period for idle."""
+    from orch_core import lifecycle
+
+    pane = Pane(tmux, orch)
+    store = orch.store
+    store.set_agent_state(AGENT, "starting", session_id=SESSION, project_dir=None)
+    assert orch.cli("send", AGENT, "for an agent that never said it was ready").returncode == 0
+    supervisor = lifecycle.Supervisor(orch.env)
+    supervisor.upkeep(time.time())
+    assert pane.lines() == []  # within the grace period: it may still be starting
+    with store.transaction() as db:
+        db.execute("UPDATE agents SET state_changed = ?", (time.time() - 31,))
+    supervisor.upkeep(time.time())
+    assert pane.lines() == [SENTINEL, WAKE_LINE]
+    assert agent_state(orch) == "waking"
