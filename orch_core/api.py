@@ -30,14 +30,16 @@ def send(
     project_dir: str | None = None,
     queue: Queue | None = None,
     fire: bool = True,
+    exact: bool = False,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Queue ``text`` for ``target``: an agent id, or a pattern such as ``proj:*`` (``*`` for
-    every agent orch knows) that fans out into one copy per agent. ``options`` are those of
+    every agent orch knows) that fans out into one copy per agent; with ``exact``, ``target``
+    is a name even if it holds ``*``, ``?`` or ``[``. ``options`` are those of
     :meth:`Queue.send`; with ``fire=False`` the caller calls :func:`notify` itself. Returns
     the receipts."""
     queue = queue or Queue.open(env)
-    if any(c in target for c in PATTERN_CHARS):
+    if not exact and any(c in target for c in PATTERN_CHARS):
         agents = queue.targets(target)
         if not agents:
             raise QueueError(f"no known agent matches {target!r}")
@@ -61,7 +63,13 @@ def notify(
     if not fresh:
         return
     plan = plans.load(env, project_dir)
-    runtime = Runtime(store=queue.store, env=env, project_dir=project_dir, config=plan.config)
+    runtime = Runtime(
+        store=queue.store,
+        env=env,
+        project_dir=project_dir,
+        config=plan.config,
+        from_project=plan.from_project,
+    )
     runtime.fire = dispatch.observers(plan, runtime)
     for receipt in fresh:
         runtime.fire("orch_message_enqueued", {"message": receipt})

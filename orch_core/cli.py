@@ -125,10 +125,11 @@ def plugins_command(show_all: bool, as_json: bool) -> None:
 def doctor_command(directory: str | None) -> None:
     """Check settings, database, plugins and recent hook runs; exit 1 when unhealthy."""
     from orch_core import doctor
+    from orch_core.text import inert
 
     checks = doctor.run(os.environ, _project(directory))
     for check in checks:
-        click.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+        click.echo(inert(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}"))
     if not all(check.ok for check in checks):
         sys.exit(1)
 

@@ -26,6 +26,7 @@ class Runtime:
         session_id: str | None = None,
         config: Mapping[str, dict[str, Any]] | None = None,
         fire: Any = None,
+        from_project: Mapping[str, list[str]] | None = None,
     ) -> None:
         self.store = store
         self.env = env
@@ -33,6 +34,7 @@ class Runtime:
         self.agent = agent
         self.session_id = session_id
         self.config = config or {}
+        self.from_project = from_project or {}
         self.fire = fire
         #: When this run began: what plugins do during the run comes after it.
         self.started = time.time()
@@ -73,6 +75,12 @@ class HookContext:
     def config(self) -> dict[str, Any]:
         """This plugin's settings: its defaults under ``[plugin.NAME]`` of user and project."""
         return self._runtime.config.get(self.plugin, {})
+
+    def from_project(self, key: str) -> bool:
+        """Whether this plugin's setting ``key`` came from the project's ``.claude/orch.toml``
+        (which a cloned repository writes) rather than the user's own config or the default:
+        a path from there must stay inside the project."""
+        return key in self._runtime.from_project.get(self.plugin, ())
 
     @property
     def started(self) -> float:

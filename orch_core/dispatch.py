@@ -184,6 +184,7 @@ def dispatch(
         project_dir=project_dir,
         session_id=event.session_id,
         config=plan.config,
+        from_project=plan.from_project,
     )
     runtime.fire = observers(plan, runtime)
     runtime.deadline = runtime.started + (deadline - time.perf_counter())

@@ -45,6 +45,18 @@ def settings_path(project_dir: str, local: bool = False) -> str:
     return os.path.join(project_dir, ".claude", name)
 
 
+def _inside(project_dir: str, path: str) -> str:
+    """Where ``path`` really is (links followed), refusing a ``.claude`` folder or settings
+    file that leads outside the project: a cloned repository must not be able to make
+    ``orch install`` write the user's own settings, or anything else."""
+    root = os.path.realpath(project_dir)
+    for link in (os.path.dirname(path), path):
+        real = os.path.realpath(link)
+        if os.path.islink(link) and real != root and not real.startswith(root + os.sep):
+            raise InstallError(f"{link} is a link that leads outside the project ({real})")
+    return os.path.realpath(path)
+
+
 def is_ours(handler: object) -> bool:
     return (
         isinstance(handler, dict)
@@ -94,18 +106,34 @@ def _style(data: dict[str, Any], text: str | None) -> tuple[int | str, str]:
 
 
 def _write(path: str, data: dict[str, Any], style: tuple[int | str, str]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """Write a new file beside ``path`` (a name of its own, created exclusively, so never
+    through a link) and move it into place in one step."""
+    import tempfile
+
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
     indent, end = style
-    tmp = f"{path}.orch-tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=indent, ensure_ascii=False) + end)
-    os.replace(tmp, path)
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".settings.", suffix=".orch-tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=indent, ensure_ascii=False) + end)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def install(project_dir: str, *, local: bool = False, command: str | None = None) -> list[str]:
     """Register ``orch-hook`` for every event; return the events changed (empty: nothing to do)."""
     command = command or hook_command()
-    path = settings_path(project_dir, local)
+    path = _inside(project_dir, settings_path(project_dir, local))
     data, text = _read(path)
     style = _style(data, text)
     hooks = data.setdefault("hooks", {})
@@ -130,7 +158,7 @@ def install(project_dir: str, *, local: bool = False, command: str | None = None
 
 def uninstall(project_dir: str, *, local: bool = False) -> list[str]:
     """Remove every ``orch-hook`` handler install added; return the events changed."""
-    path = settings_path(project_dir, local)
+    path = _inside(project_dir, settings_path(project_dir, local))
     data, text = _read(path)
     if text is None:
         return []

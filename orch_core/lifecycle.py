@@ -62,7 +62,7 @@ SETTINGS: dict[str, Any] = {
     "hung_after": Setting(1800.0, min=1),  # busy with no hook for this long
     # Notification messages (regular expressions) that mean a restart
     "error_patterns": Setting([], check=regexes),
-    "continue_args": Setting(["--continue"]),
+    "continue_args": Setting(["--continue"], trusted=True),  # added to the agent's argv
     "reprompt_line": Setting(
         "orch: the last request failed; please continue where you left off.", check=_a_line
     ),
@@ -594,6 +594,7 @@ class Supervisor:
             project_dir=project,
             agent=kwargs.get("agent"),
             config=loaded.config,
+            from_project=loaded.from_project,
         )
         dispatch.observers(loaded, runtime)(hook, kwargs)
 

@@ -10,6 +10,7 @@ import click
 
 from orch_core import install, lifecycle, paths, plan
 from orch_core.cli_errors import guarded
+from orch_core.cli_params import agent_name
 from orch_core.store import SQLiteStore
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def spawn_command(
 
 
 @click.command("restart")
-@click.argument("agent")
+@click.argument("agent", callback=agent_name)
 @click.option("--fresh", is_flag=True, help="Start a new conversation instead of continuing.")
 def restart_command(agent: str, fresh: bool) -> None:
     """Restart AGENT in its window now, keeping its conversation unless --fresh."""
@@ -103,7 +104,7 @@ def restart_command(agent: str, fresh: bool) -> None:
 
 
 @click.command("stop")
-@click.argument("agent")
+@click.argument("agent", callback=agent_name)
 def stop_command(agent: str) -> None:
     """Stop AGENT; orch will not restart it until you do."""
     guarded(lambda: lifecycle.stop(_store(), agent))
@@ -111,7 +112,7 @@ def stop_command(agent: str) -> None:
 
 
 @click.command("adopt")
-@click.argument("agent")
+@click.argument("agent", callback=agent_name)
 @click.option(
     "--command",
     "command",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from orch_core.errors import OrchError
+
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
@@ -47,15 +49,34 @@ def project_dir(env: Mapping[str, str], cwd: str | None = None) -> str:
     return env.get("CLAUDE_PROJECT_DIR") or cwd or os.getcwd()
 
 
+class UnsafeState(OrchError, OSError):
+    """State that someone else could have prepared or could change: refused, in one line."""
+
+
+def check_private(path: str, info: os.stat_result) -> None:
+    """Refuse a state file or folder that is not the user's own, or that others may write:
+    another local user could otherwise queue messages into an agent's context or change the
+    command ``orch restart`` runs."""
+    if info.st_uid != os.geteuid():
+        raise UnsafeState(f"{path} belongs to another user (uid {info.st_uid}): orch keeps "
+                          "its state only in files and folders of your own")  # fmt: skip
+    if info.st_mode & 0o022:
+        raise UnsafeState(f"{path} is writable by others (mode {info.st_mode & 0o777:o}): "
+                          "give orch a folder of its own (ORCH_STATE_DIR)")  # fmt: skip
+
+
 def ensure_private_dir(path: str) -> None:
     """Create ``path``, and any missing parent, readable by its owner only (state holds
-    message text)."""
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    if parent and parent != path:
-        ensure_private_dir(parent)
+    message text); an existing one must be the user's own and writable by nobody else."""
     try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
+        info = os.stat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        if parent and parent != path:
+            ensure_private_dir(parent)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        return
+    check_private(path, info)

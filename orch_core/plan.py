@@ -74,9 +74,18 @@ class Impl:
 class Plan:
     """Implementations per hook in call order, each plugin's settings, core settings (all of
     them checked), and what went wrong building it: plugins left out (``errors``) and
-    configured values not used (``config_errors``)."""
+    configured values not used (``config_errors``); and per plugin, the keys a project's own
+    config set (``from_project``: what a cloned repository chose)."""
 
-    __slots__ = ("config", "config_errors", "errors", "fingerprint", "hooks", "settings")
+    __slots__ = (
+        "config",
+        "config_errors",
+        "errors",
+        "fingerprint",
+        "from_project",
+        "hooks",
+        "settings",
+    )
 
     def __init__(
         self,
@@ -86,6 +95,7 @@ class Plan:
         fingerprint: dict[str, Any] | None = None,
         errors: list[str] | None = None,
         config_errors: list[str] | None = None,
+        from_project: dict[str, list[str]] | None = None,
     ) -> None:
         self.hooks = hooks
         self.config = config
@@ -93,6 +103,7 @@ class Plan:
         self.fingerprint = fingerprint
         self.errors = errors or []
         self.config_errors = config_errors or []
+        self.from_project = from_project or {}
 
     def impls(self, hook: str) -> list[Impl]:
         return self.hooks.get(hook, [])
@@ -118,6 +129,7 @@ class Plan:
             "hooks": {hook: [i.to_json() for i in impls] for hook, impls in self.hooks.items()},
             "errors": self.errors,
             "config_errors": self.config_errors,
+            "from_project": self.from_project,
         }
 
     @classmethod
@@ -130,6 +142,7 @@ class Plan:
             data["fingerprint"],
             data["errors"],
             data["config_errors"],
+            data["from_project"],
         )
 
 

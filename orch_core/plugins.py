@@ -349,18 +349,27 @@ def _budgets(value: dict[str, Any]) -> None:
 CORE_SETTINGS: dict[str, Any] = {
     "budget_ms": Setting(500.0, min=1, max=60_000),  # all plugins of one event together
     "budget_ms_per_event": Setting({}, check=_budgets),  # e.g. { SessionEnd = 1000 }
-    "backup_every": Setting(900.0, min=0),  # seconds between the supervisor's backups; 0: none
-    "backup_keep": Setting(8, min=1),
+    "backup_every": Setting(900.0, min=0, trusted=True),  # seconds between backups; 0: none
+    "backup_keep": Setting(8, min=1, trusted=True),
 }
 
 
-def settings_of(loaded: Loaded) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
+def settings_of(
+    loaded: Loaded,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str], dict[str, list[str]]]:
     """orch's own settings, each plugin's settings (its declared defaults, then user and
-    project ``[plugin.NAME]``), and the errors of the values left out."""
+    project ``[plugin.NAME]``), the errors of the values left out, and per plugin the keys
+    whose value came from the project's config (less trusted than the user's own)."""
     config = loaded.config
+    project_file = config.files[-1] if config.files else ""
     errors = list(config.errors)
     core = resolve(
-        CORE_SETTINGS, config.orch, lambda k: config.where("orch", k), errors, table="orch"
+        CORE_SETTINGS,
+        config.orch,
+        lambda k: config.where("orch", k),
+        errors,
+        table="orch",
+        from_project=lambda k: config.where("orch", k) == project_file,
     )
     declared: dict[str, dict[str, Any]] = {}
     for impl in loaded.pm.hook.orch_config_defaults.get_hookimpls():
@@ -371,17 +380,25 @@ def settings_of(loaded: Loaded) -> tuple[dict[str, Any], dict[str, dict[str, Any
             errors.append(f"plugin {impl.plugin_name}: orch_config_defaults failed: {exc}")
         if isinstance(value, dict):
             declared[impl.plugin_name] = value
-    per_plugin = {}
+    per_plugin, from_project = {}, {}
     for info in loaded.plugins:
         name = info.name
+
+        def where(key: str, name: str = name) -> str:
+            return config.where("plugin", name, key)
+
         per_plugin[name] = resolve(
             declared.get(name, {}),
             config.plugin.get(name, {}),
-            lambda k, name=name: config.where("plugin", name, k),  # type: ignore[misc]
+            where,
             errors,
             table=f"plugin.{name}",
+            from_project=lambda k, where=where: where(k) == project_file,  # type: ignore[misc]
         )
-    return core, per_plugin, errors
+        keys = [k for k in config.plugin.get(name, {}) if where(k) == project_file]
+        if keys:
+            from_project[name] = keys
+    return core, per_plugin, errors, from_project
 
 
 def _warn(msg: str) -> None:
@@ -401,7 +418,7 @@ def build_plan(
     plugin left out for a slow import is tried again after :data:`RETRY_LATE` seconds)."""
     project_dir = project_dir or paths.project_dir(env)
     loaded = loaded or load(env, project_dir, import_timeout=import_timeout)
-    core, per_plugin, config_errors = settings_of(loaded)
+    core, per_plugin, config_errors, from_project = settings_of(loaded)
     for error in (*loaded.errors, *config_errors):
         _warn(error)  # once: the plan is cached
     where = {info.name: info for info in loaded.plugins}
@@ -435,4 +452,6 @@ def build_plan(
         import time
 
         fingerprint["retry_at"] = time.time() + RETRY_LATE
-    return Plan(hooks, per_plugin, core, fingerprint, list(loaded.errors), config_errors)
+    return Plan(
+        hooks, per_plugin, core, fingerprint, list(loaded.errors), config_errors, from_project
+    )

@@ -14,8 +14,10 @@ import click
 
 from orch_core import api, lifecycle, paths
 from orch_core.cli_errors import damaged, database_error, guarded
+from orch_core.cli_params import agent_name, check_agent
 from orch_core.queue import MAX_SEND_PRIORITY, STATES, Queue, QueueError, age, parse_duration
 from orch_core.store import SQLiteStore
+from orch_core.text import inert
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -50,14 +52,14 @@ def _at(text: str) -> float:
 
 
 def _line(m: dict[str, Any], now: float) -> str:
-    preview = m["body"].replace("\n", " ")
+    preview = inert(m["body"]).replace("\n", " ")
     preview = preview[:48] + "…" if len(preview) > 49 else preview
     return (f"{m['id']}  {m['agent']}  #{m['seq']}  {m['priority']:>3} {m['band']:<9}  "
             f"{m['state']:<9}  {age(now - m['created']):>4}  {preview}")  # fmt: skip
 
 
 @click.command("send")
-@click.argument("agent")
+@click.argument("agent", callback=agent_name)
 @click.argument("text")
 @click.option("--priority", "-p", default="0", help="0-9 normal, 10-49 high, 50-99 critical, "
               f"100-{MAX_SEND_PRIORITY} emergency.")  # fmt: skip
@@ -68,12 +70,13 @@ def _line(m: dict[str, Any], now: float) -> str:
 @click.option("--in", "delay", help="Do not deliver before this long from now (e.g. 10m).")
 @click.option("--at", "at", help="Do not deliver before this time (HH:MM or ISO 8601).")
 @click.option("--all", "all_agents", is_flag=True, help="One copy for every known agent.")
+@click.option("--exact", is_flag=True, help="AGENT is a name, even with * ? or [ in it.")
 @click.option("--push", is_flag=True, help="Also type the text into the agent's tmux pane "
               "(migrating agents without hooks).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the receipt as JSON.")
 def send_command(agent: str, text: str, priority: str, sender: str | None, key: str | None,
                  ttl: str | None, after: str | None, delay: str | None, at: str | None,
-                 all_agents: bool, push: bool, as_json: bool) -> None:  # fmt: skip
+                 all_agents: bool, exact: bool, push: bool, as_json: bool) -> None:  # fmt: skip
     """Queue TEXT for AGENT (a pattern such as 'proj:*' fans out; TEXT '-' reads stdin)."""
     if text == "-":
         try:
@@ -97,7 +100,7 @@ def send_command(agent: str, text: str, priority: str, sender: str | None, key: 
         return api.send(
             "*" if all_agents else agent, text, priority=level, sender=sender, key=key,
             ttl=parse_duration(ttl) if ttl is not None else None, after=after,
-            not_before=not_before, fire=not push,
+            not_before=not_before, fire=not push, exact=exact and not all_agents,
         )  # fmt: skip
 
     receipts = guarded(go)
@@ -160,18 +163,23 @@ def queue_command(args: tuple[str, ...], state: str | None, as_json: bool) -> No
     }  # fmt: skip
     if len(args) == 2 and args[0] in actions:
         verb, target = args
+        if verb == "purge":
+            check_agent(target)
         result = guarded(lambda: actions[verb](target))
         if result is None:
             raise click.ClickException(f"no message with id {target!r}")
         if verb == "purge":
             click.echo(f"cancelled {result} pending messages of {target}")
         elif as_json or verb == "show":
-            click.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
+            shown = json.dumps(result, ensure_ascii=False, indent=None if as_json else 2)
+            click.echo(shown if as_json else inert(shown))
         else:
             click.echo(f"{result['id']} is now {result['state']}")
         return
     if len(args) > 1:
         raise click.ClickException(f"unexpected arguments: {' '.join(args)}")
+    if args:
+        check_agent(args[0])
     guarded(queue.sweep)
     messages = guarded(lambda: queue.messages(args[0] if args else None, state))
     if as_json:
@@ -208,7 +216,7 @@ def agents_command(as_json: bool) -> None:
         if row["next_action"]:
             step, due = row["next_action"]["step"], row["next_action"]["due"]
             line += f"\tnext: {step} in {age(due - now)}"
-        click.echo(line)
+        click.echo(inert(line))
 
 
 @click.command("export")

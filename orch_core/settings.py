@@ -26,9 +26,11 @@ class Setting:
     :param max: the largest number allowed.
     :param item: the type of a list's items (``str`` unless said).
     :param check: anything more: raises ``ValueError`` with the reason.
+    :param trusted: only the user's own config may set it, never a project's ``orch.toml``
+        (a cloned repository must not choose, say, the flags orch restarts Claude with).
     """
 
-    __slots__ = ("check", "default", "item", "max", "min")
+    __slots__ = ("check", "default", "item", "max", "min", "trusted")
 
     def __init__(
         self,
@@ -38,12 +40,14 @@ class Setting:
         max: float | None = None,
         item: type = str,
         check: Callable[[Any], None] | None = None,
+        trusted: bool = False,
     ) -> None:
         self.default = default
         self.min = min
         self.max = max
         self.item = item
         self.check = check
+        self.trusted = trusted
 
     def validate(self, value: Any) -> None:
         """Raise ``ValueError`` saying what is wrong with ``value``."""
@@ -102,9 +106,11 @@ def resolve(
     errors: list[str],
     *,
     table: str,
+    from_project: Callable[[str], bool] = lambda key: False,
 ) -> dict[str, Any]:
     """The declared defaults with each valid value of ``given`` over them; every invalid or
-    unknown key is left out, with an error naming ``where(key)`` (the file) and the key."""
+    unknown key, and a ``trusted`` one set by the project (``from_project``), is left out,
+    with an error naming ``where(key)`` (the file) and the key."""
     import json
 
     result = defaults(declared)
@@ -118,6 +124,12 @@ def resolve(
             continue
         if not isinstance(setting, Setting):
             setting = Setting(setting)
+        if setting.trusted and from_project(key):
+            errors.append(
+                f"{where(key)}: [{table}] {key}: only your own config may set this, not a "
+                f"project's; the default {json.dumps(setting.default)} is used"
+            )
+            continue
         try:
             setting.validate(value)
         except ValueError as exc:

@@ -281,15 +281,21 @@ class SQLiteStore(Store):
                 self._idle.append(conn)
 
     def _connect(self) -> sqlite3.Connection:
+        folder = os.path.dirname(os.path.abspath(self.path))
         try:
-            size: int | None = os.stat(self.path).st_size
+            info = os.stat(self.path)
         except FileNotFoundError:
-            size = None
+            size: int | None = None
+        else:
+            paths.check_private(self.path, info)
+            paths.check_private(folder, os.stat(folder))
+            size = info.st_size
         if not size:
             self._refuse_to_start_over()
         if size is None:
-            paths.ensure_private_dir(os.path.dirname(os.path.abspath(self.path)))
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            paths.ensure_private_dir(folder)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
         conn = sqlite3.connect(
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )

@@ -61,11 +61,14 @@ def press_enter(pane: str, socket: str | None, state_dir: str) -> bool:
 def paste_text(pane: str, socket: str | None, text: str, state_dir: str) -> bool:
     """Paste ``text`` of any length and any number of lines as one input (bracketed paste, so
     its newlines do not submit it line by line), then press Enter; under the pane's lock. The
-    text reaches tmux on stdin, never in an argument."""
+    text reaches tmux on stdin, never in an argument, and made inert: no control character in
+    it can end the paste early or act as a key."""
+    from orch_core.text import inert
+
     buffer = f"orch-{os.getpid()}"
     with _pane_lock(pane, socket, state_dir):
         try:
-            tmux(socket, "load-buffer", "-b", buffer, "-", stdin=text)
+            tmux(socket, "load-buffer", "-b", buffer, "-", stdin=inert(text))
             tmux(socket, "paste-buffer", "-p", "-d", "-b", buffer, "-t", pane)
             tmux(socket, "send-keys", "-t", pane, "Enter")
             return True
@@ -104,6 +107,14 @@ def pane_state(pane: str, socket: str | None) -> str:
     return "dead" if dead == "1" else "alive"
 
 
+def literal(value: str) -> str:
+    """``value`` as tmux must receive it where it expands formats (session and window names,
+    start directories): ``#(cmd)`` there runs ``cmd`` through a shell, and ``##`` is a plain
+    ``#``. Targets (``-t``), ``-e`` values, ``send-keys -l`` text and the command's argv are
+    taken as they are."""
+    return value.replace("#", "##")
+
+
 def env_flags(env: dict[str, str]) -> list[str]:
     flags = []
     for key, value in sorted(env.items()):
@@ -122,11 +133,12 @@ def start(
     """Start ``argv`` in a new window (and the session if needed); return its pane id. The
     window keeps a dead pane (``remain-on-exit``), so a crash can be seen and restarted in
     place."""
-    common = ["-d", "-P", "-F", "#{pane_id}", "-n", window, "-c", cwd, *env_flags(env)]
+    common = ["-d", "-P", "-F", "#{pane_id}", "-n", literal(window), "-c", literal(cwd)]
+    common += env_flags(env)
     try:
         tmux(socket, "has-session", "-t", f"={session}")
     except TmuxError:
-        pane = tmux(socket, "new-session", "-s", session, *common, "--", *argv).strip()
+        pane = tmux(socket, "new-session", "-s", literal(session), *common, "--", *argv).strip()
     else:
         pane = tmux(socket, "new-window", "-t", f"={session}:", *common, "--", *argv).strip()
     tmux(socket, "set-option", "-w", "-t", pane, "remain-on-exit", "on")
@@ -137,4 +149,5 @@ def respawn(
     pane: str, socket: str | None, cwd: str, env: dict[str, str], argv: Sequence[str]
 ) -> None:
     """Kill whatever runs in ``pane`` and start ``argv`` there instead."""
-    tmux(socket, "respawn-pane", "-k", "-t", pane, "-c", cwd, *env_flags(env), "--", *argv)
+    tmux(socket, "respawn-pane", "-k", "-t", pane, "-c", literal(cwd), *env_flags(env), "--",
+         *argv)  # fmt: skip

@@ -163,7 +163,10 @@ BAD_SENDS: dict[str, tuple[list[str], str]] = {
     "at-bad": (["proj:1", "x", "--at", "25:00"], "--at: cannot read '25:00'"),
     "at-empty": (["proj:1", "x", "--at", ""], "--at: cannot read ''"),
     "in-and-at": (["proj:1", "x", "--in", "5m", "--at", "10:00"], "give --in or --at"),
-    "agent": ([":1", "x"], "invalid agent id"),
+    "agent": ([":1", "x"], "':1' is not an agent name"),
+    "agent-empty": (["", "x"], "'' is not an agent name"),
+    "agent-newline": (["a\nb", "x"], "is not an agent name"),
+    "agent-escape": (["a\x1b]0;pwned\x07", "x"], "is not an agent name"),
     "pattern-unknown": (["nobody:*", "x"], "no known agent matches"),
 }
 

@@ -311,11 +311,11 @@ def rebrief(
             + (f"; role: {role}" if role else "")
             + f". Project: {ctx.project_dir}."
         )
-    briefing = row.get("briefing_content") or _read(ctx.project_dir, settings["briefing_file"])
+    briefing = row.get("briefing_content") or _read(ctx, settings["briefing_file"], "briefing_file")
     if on["briefing"] and briefing:
         sections["briefing"] = briefing.strip()
     if on["rules"]:
-        rules = [(name, _read(ctx.project_dir, name)) for name in settings["rules_files"]]
+        rules = [(name, _read(ctx, name, "rules_files")) for name in settings["rules_files"]]
         text = "\n\n".join(f"({name})\n{body.strip()}" for name, body in rules if body)
         if text:
             sections["rules"] = text
@@ -391,14 +391,33 @@ def fit(sections: dict[str, str], budget: int) -> None:
             sections[name] = text[:keep] + marker if keep else marker.strip()
 
 
-def _read(project_dir: str, name: str) -> str:
+def _read(ctx: HookContext, name: str, setting: str) -> str:
+    """A file named by ``setting``: a regular file, at most 200 kB, relative to the project and
+    inside it once links are followed, unless the user's own config names it by an absolute
+    path. A cloned repository (its ``orch.toml``, or a planted link such as ``CLAUDE.md ->
+    ~/.ssh/id_rsa``) must not put files from outside into the model's context, around Claude's
+    own read permissions."""
+    import stat
+
     if not name:
         return ""
+    path = os.path.join(ctx.project_dir, name)
+    if not (os.path.isabs(name) and not ctx.from_project(setting)):
+        root, real = os.path.realpath(ctx.project_dir), os.path.realpath(path)
+        if not real.startswith(root + os.sep):
+            ctx.log("file left out: it is outside the project", level="warning",
+                    setting=setting, path=name)  # fmt: skip
+            return ""
     try:
-        with open(os.path.join(project_dir, name), encoding="utf-8", errors="replace") as f:
-            return f.read(200_000)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
         return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, 200_000).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -409,12 +428,13 @@ def orch_register_commands(cli: click.Group) -> None:
     import click
 
     from orch_core import paths
+    from orch_core.cli_params import agent_name
 
     def store() -> SQLiteStore:
         return SQLiteStore(paths.db_path(os.environ))
 
     @cli.command("brief")
-    @click.argument("agent")
+    @click.argument("agent", callback=agent_name)
     @click.argument("file", type=click.File("r", encoding="utf-8"))
     @click.option("--role", help="The agent's role, shown first in every rebrief.")
     def brief_command(agent: str, file: Any, role: str | None) -> None:
@@ -429,7 +449,7 @@ def orch_register_commands(cli: click.Group) -> None:
         click.echo(f"briefing for {agent} set ({len(text)} characters)")
 
     @cli.command("context")
-    @click.argument("agent")
+    @click.argument("agent", callback=agent_name)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def context_command(agent: str, as_json: bool) -> None:
         """What orch keeps for AGENT: briefing, checkpoint, recent activity."""
@@ -441,14 +461,17 @@ def orch_register_commands(cli: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(row, ensure_ascii=False, indent=2))
             return
-        click.echo(f"agent {agent}, role {row.get('role') or '-'}")
+        from orch_core.text import inert
+
+        checkpoint = json.dumps(row.get("checkpoint_data"), ensure_ascii=False)
+        click.echo(inert(f"agent {agent}, role {row.get('role') or '-'}"))
         click.echo(f"briefing: {len(row.get('briefing_content') or '')} characters")
-        click.echo(f"checkpoint: {json.dumps(row.get('checkpoint_data'), ensure_ascii=False)}")
+        click.echo(inert(f"checkpoint: {checkpoint}"))
         for item in row["activity"]:
-            click.echo(f"  {item['kind']:<7} {item['tool'] or '':<10} {item['target']}")
+            click.echo(inert(f"  {item['kind']:<7} {item['tool'] or '':<10} {item['target']}"))
 
     @cli.command("rebrief")
-    @click.argument("agent")
+    @click.argument("agent", callback=agent_name)
     def rebrief_command(agent: str) -> None:
         """Rebrief AGENT at its next delivery point (prompt, tool call or session start)."""
         update_context(store(), agent, rebrief_pending=1)

@@ -1,0 +1,23 @@
+"""What every command checks of the names it is given: one rule for an agent's name."""
+
+from __future__ import annotations
+
+import click
+
+from orch_core import agents
+
+
+def check_agent(value: str) -> str:
+    """An agent's name (or a pattern of names where the command takes one) is 1-128 printable
+    characters, not starting or ending with ':'; else a one-line error."""
+    if not agents.valid_id(value):
+        raise click.ClickException(
+            f"{value!r} is not an agent name: 1-128 printable characters, not starting or "
+            "ending with ':'"
+        )
+    return value
+
+
+def agent_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """:func:`check_agent` as a click callback: ``@click.argument("agent", callback=...)``."""
+    return check_agent(value)
