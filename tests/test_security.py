@@ -1,0 +1,307 @@
+"""Attacks on orch, each performed here against the real CLI, hook and tmux: a cloned repository
+(its settings links, its ``orch.toml``, its file names), a message body, an agent or directory
+name, state someone else prepared. Each test fails on the code before its fix. The threat model
+is docs/security.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from orch_core import lifecycle, tmux
+from orch_core.queue import Queue
+from orch_core.testing.kit import OrchState, orch_script
+from orch_core.testing.payloads import payload
+from orch_core.testing.tmux import TmuxServer
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert done.returncode != 0
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("Error: ") and all(w in line for w in words), line
+    return line
+
+
+# -- 1. orch install and links a repository commits ---------------------------------------------
+
+
+@pytest.fixture
+def users_settings(tmp_path: Path) -> Path:
+    """The user's own Claude settings, outside the project."""
+    path = tmp_path / "home" / ".claude" / "settings.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"permissions": {"deny": ["Bash(rm:*)"]}}\n')
+    return path
+
+
+def test_a_planted_temporary_file_link_writes_nothing_outside(
+    orch: OrchState, users_settings: Path
+) -> None:
+    before = users_settings.read_text()
+    claude = orch.project_dir / ".claude"
+    (claude / "settings.json.orch-tmp").symlink_to(users_settings)  # the old fixed name
+    done = orch.cli("install")
+    assert done.returncode == 0, done.stderr
+    assert users_settings.read_text() == before
+    assert "SessionStart" in json.loads((claude / "settings.json").read_text())["hooks"]
+    assert sorted(p.name for p in claude.iterdir()) == [
+        "settings.json", "settings.json.orch-tmp"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("link", [".claude", ".claude/settings.json"])
+def test_settings_that_lead_outside_the_project_are_refused(
+    orch: OrchState, users_settings: Path, link: str
+) -> None:
+    before = users_settings.read_text()
+    target = orch.project_dir / link
+    if link == ".claude":
+        os.rmdir(target)
+        target.symlink_to(users_settings.parent)
+    else:
+        target.symlink_to(users_settings)
+    for command in (["install"], ["uninstall"]):
+        one_line_error(orch.cli(*command), "is a link that leads outside the project")
+    assert users_settings.read_text() == before
+
+
+def test_a_link_inside_the_project_is_followed(orch: OrchState) -> None:
+    real = orch.project_dir / "config" / "claude-settings.json"
+    real.parent.mkdir()
+    real.write_text("{}\n")
+    (orch.project_dir / ".claude" / "settings.json").symlink_to(real)
+    assert orch.cli("install").returncode == 0
+    assert (orch.project_dir / ".claude" / "settings.json").is_symlink()
+    assert "Stop" in json.loads(real.read_text())["hooks"]
+
+
+def test_concurrent_installs_leave_one_valid_file(orch: OrchState) -> None:
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda _: orch.cli("install"), range(30)))
+    assert [r.returncode for r in results] == [0] * 30, [r.stderr for r in results]
+    claude = orch.project_dir / ".claude"
+    assert sorted(p.name for p in claude.iterdir()) == ["settings.json"]
+    assert "Stop" in json.loads((claude / "settings.json").read_text())["hooks"]
+
+
+# -- 2. tmux formats in names and directories ----------------------------------------------------
+
+
+@pytest.fixture
+def fleet(orch: OrchState, tmp_path: Path) -> OrchState:
+    orch.env["ORCH_TMUX_SOCKET"] = str(tmp_path / "tmux.sock")
+    orch.env["ORCH_SUPERVISE_FOR"] = "5"
+    yield orch
+    subprocess.run(["tmux", "-S", orch.env["ORCH_TMUX_SOCKET"], "kill-server"],
+                   capture_output=True, check=False)  # fmt: skip
+    pid = lifecycle.supervisor_running(orch.env)
+    if pid and pid > 0:
+        os.kill(pid, 15)
+
+
+def pane_of(orch: OrchState, agent: str) -> tuple[str, str]:
+    spec = lifecycle.get_spec(orch.store, agent)
+    assert spec is not None
+    return str(spec["pane"]), str(spec["tmux_socket"])
+
+
+def test_tmux_runs_nothing_from_a_name_or_a_directory(fleet: OrchState, tmp_path: Path) -> None:
+    """``#(touch pwned)`` would create the file in the tmux server's folder, the project."""
+    evil = tmp_path / "d#(touch pwned-dir)"
+    evil.mkdir()
+    sharp = tmp_path / "C#Sharp"
+    sharp.mkdir()
+    done = fleet.cli("spawn", "a1", "--dir", str(evil), "--command", "sleep 600",
+                     "--session", "S#(touch pwned-session)")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = fleet.cli("spawn", "a2", "--dir", str(sharp), "--command", "sleep 600")
+    assert done.returncode == 0, done.stderr
+    assert fleet.cli("restart", "a1", "--fresh").returncode == 0  # respawn: the directory again
+    done = fleet.cli("adopt", "x#(touch pwned-adopt)", "--dir", str(evil),
+                     "--command", "sleep 600")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    time.sleep(0.5)
+    assert not list(tmp_path.rglob("pwned*")), "tmux ran a command from a name"
+    for agent, where in (("a1", evil), ("a2", sharp)):
+        pane, socket = pane_of(fleet, agent)
+        path = tmux.tmux(socket, "display-message", "-p", "-t", pane, "#{pane_current_path}")
+        assert path.strip() == str(where)
+    sessions = tmux.tmux(pane_of(fleet, "a1")[1], "list-sessions", "-F", "#{session_name}")
+    assert "S#(touch pwned-session)" in sessions.splitlines()
+
+
+# -- 3. orch send --push and the paste it types --------------------------------------------------
+
+
+RECORDER = """
+import sys
+with open(sys.argv[1], "ab", buffering=0) as out:
+    out.write(b"ready\\n")
+    for line in iter(sys.stdin.buffer.readline, b""):
+        out.write(line)
+"""
+
+
+def test_a_pushed_body_is_typed_as_inert_text(orch: OrchState, tmp_path: Path) -> None:
+    log = tmp_path / "typed.bin"
+    with TmuxServer() as server:
+        pane = server.new_window("agent", [sys.executable, "-c", RECORDER, str(log)])
+        deadline = time.monotonic() + 15
+        while not (log.exists() and log.read_bytes() == b"ready\n"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        socket = server.cmd("display-message", "-p", "#{socket_path}").strip()
+        orch.store.remember_session("s", "a:1", pane, socket)
+        body = ("before \x1b[201~ after\rCR \x03\x03 ^C \x1b]52;c;cHduZWQ=\x07 osc52 "
+                "\x1b]0;title\x07 \x9b31m c1 \x7f del\ttab\nsecond line")  # fmt: skip
+        done = orch.cli("send", "a:1", body, "--push")
+        assert done.returncode == 0, done.stderr
+        deadline = time.monotonic() + 15
+        while log.read_bytes().count(b"\n") < 3:
+            assert time.monotonic() < deadline, log.read_bytes()
+            time.sleep(0.02)
+    typed = log.read_bytes().decode().removeprefix("ready\n")
+    assert typed == (
+        "before \\x1b[201~ after\\x0dCR \\x03\\x03 ^C \\x1b]52;c;cHduZWQ=\\x07 osc52 "
+        "\\x1b]0;title\\x07 \\x9b31m c1 \\x7f del\ttab\nsecond line\n"
+    )
+    assert not CONTROL.search(typed.replace("\n", "").replace("\t", ""))
+    (message,) = Queue(orch.store).messages("a:1")
+    assert message["body"] == body  # stored exactly; only what is typed is made inert
+
+
+# -- 4. files a project's config names ------------------------------------------------------------
+
+
+def rebrief_text(orch: OrchState) -> str:
+    orch.run_hook(payload("PreCompact"), ORCH_AGENT="a:1")
+    result = orch.run_hook(payload("SessionStart", source="compact"), ORCH_AGENT="a:1")
+    assert result.context is not None
+    return result.context
+
+
+def test_a_projects_config_cannot_read_files_outside_the_project(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET outside the project")
+    (orch.project_dir / "CLAUDE.md").write_text("Project rule: be kind.")
+    (orch.project_dir / "notes.md").symlink_to(secret)
+    orch.write_config(
+        "[plugin.rebrief]\n"
+        f'rules_files = ["CLAUDE.md", "../secret.txt", "{secret}", "notes.md", "/dev/zero"]\n'
+        f'briefing_file = "{secret}"\n'
+    )
+    text = rebrief_text(orch)
+    assert "Project rule: be kind." in text
+    assert "TOP SECRET" not in text
+    # the user's own config may name a file elsewhere, by its absolute path
+    orch.write_config("")
+    orch.write_config(f'[plugin.rebrief]\nbriefing_file = "{secret}"\n', user=True)
+    assert "TOP SECRET outside the project" in rebrief_text(orch)
+
+
+def test_a_planted_claude_md_link_is_not_read(orch: OrchState, tmp_path: Path) -> None:
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN PRIVATE KEY-----")
+    (orch.project_dir / "CLAUDE.md").symlink_to(secret)
+    assert "PRIVATE KEY" not in rebrief_text(orch)
+
+
+def test_a_projects_config_cannot_choose_the_restart_flags(orch: OrchState) -> None:
+    orch.write_config('[plugin.auto_restart]\ncontinue_args = ["--mcp-config", "evil.json"]\n')
+    done = orch.cli("agents")
+    one_line_error(done, "continue_args: only your own config may set this")
+    orch.write_config('[plugin.auto_restart]\ncontinue_args = ["--resume"]\n', user=True)
+    orch.write_config("")
+    assert orch.cli("agents").returncode == 0
+
+
+# -- 5. state someone else prepared ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["folder", "database", "owner"])
+def test_state_that_others_could_change_is_refused(orch: OrchState, what: str) -> None:
+    Queue(orch.store).send("a:1", "mine")
+    state = Path(orch.env["ORCH_STATE_DIR"])
+    if what == "folder":
+        state.chmod(0o777)
+    elif what == "database":
+        Path(orch.env["ORCH_DB"]).chmod(0o666)
+    elif os.geteuid() == 0:
+        os.chown(state, 65534, -1)
+    else:  # not root: another user's folder is one this test cannot make; a shared one is
+        state.chmod(0o770)
+    line = one_line_error(orch.cli("queue"))
+    assert ("writable by others" in line) or ("belongs to another user" in line)
+    result = orch.run_hook(payload("PostToolUse"), ORCH_AGENT="a:1")
+    assert (result.exit_code, result.stdout) == (0, "")  # the agent goes on; nothing delivered
+
+
+def test_orch_db_in_a_shared_folder_does_not_make_it_the_state_folder(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    env = {k: v for k, v in orch.env.items() if k != "ORCH_STATE_DIR"}
+    env["ORCH_DB"] = str(shared / "orch.db")
+    done = subprocess.run([orch_script(), "queue"], env=env, capture_output=True, text=True,
+                          timeout=30, check=False)  # fmt: skip
+    one_line_error(done, str(shared), "writable by others")
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "orch-hook")],
+                   input=json.dumps(payload("PostToolUse")), env={**env, "ORCH_AGENT": "a:1"},
+                   text=True, timeout=30, check=True)  # fmt: skip
+    assert sorted(p.name for p in shared.iterdir()) == []  # nothing written into it
+
+
+# -- 6. what reaches the operator's terminal ---------------------------------------------------
+
+
+def test_human_output_escapes_control_characters_and_json_stays_exact(orch: OrchState) -> None:
+    body = "fine \x1b]52;c;cHduZWQ=\x07 and \x1b]0;title\x07 and \x9b2J"
+    mid = Queue(orch.store).send("a:1", body)["id"]
+    orch.run_hook(payload("PostToolUse", tool_input={"command": "echo \x1b]0;x\x07"}),
+                  ORCH_AGENT="a:1")  # fmt: skip
+    for command in (["queue"], ["queue", "show", mid], ["context", "a:1"], ["agents"]):
+        done = orch.cli(*command)
+        assert done.returncode == 0, done.stderr
+        assert not CONTROL.search(done.stdout.replace("\n", "").replace("\t", "")), command
+    exact = json.loads(orch.cli("queue", "show", mid, "--json").stdout)
+    assert exact["body"] == body
+
+
+# -- 7. agent names ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", "a\nb", "a\rb", "a\x1b[31m", ":1", "x:"])
+@pytest.mark.parametrize(
+    "command", [["brief", "{}", "-"], ["adopt", "{}", "--dir", "."], ["rebrief", "{}"],
+                ["context", "{}"], ["restart", "{}"], ["stop", "{}"], ["send", "{}", "hi"],
+                ["queue", "purge", "{}"]],
+)  # fmt: skip
+def test_every_command_checks_agent_names(orch: OrchState, name: str, command: list[str]) -> None:
+    args = [name if part == "{}" else part for part in command]
+    one_line_error(orch.cli(*args, stdin="brief"), "is not an agent name")
+    assert orch.store.conn.execute("SELECT count(*) FROM agent_context").fetchone() == (0,)
+    assert orch.store.conn.execute("SELECT count(*) FROM launch_specs").fetchone() == (0,)
+
+
+def test_a_name_that_looks_like_a_pattern_can_be_addressed(orch: OrchState) -> None:
+    for agent in ("team[1]:0", "team1:0"):
+        orch.run_hook(payload("Stop"), ORCH_AGENT=agent)
+    done = orch.cli("send", "team[1]:0", "to the bracketed one", "--exact", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["agent"] == "team[1]:0"
+    as_pattern = json.loads(orch.cli("send", "team[1]:0", "pattern", "--json").stdout)
+    assert as_pattern["agent"] == "team1:0"  # without --exact, [1] is a character class
