@@ -1,0 +1,156 @@
+"""Property tests: arbitrary text at every name, path and body the CLI takes, and at every field
+of every hook event. Whatever comes in: no traceback, no shell (the canaries that ``$(...)``,
+backticks or tmux's ``#(...)`` would create never appear), nothing written outside the state
+folder and the project, and the hook exits 0 (or 2 where a plugin blocks) within its budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orch_core import cli, dispatch, lifecycle, plugins
+from orch_core.events import EVENTS
+from orch_core.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS
+from orch_core.testing.kit import OrchState, hook_script
+from orch_core.testing.payloads import COMMON, TYPICAL
+
+CANARY = "orch-canary"
+#: Pieces that would run something, end a paste, or leave a folder, if anything misread them.
+NASTY = [
+    f"$(touch {CANARY}-dollar)", f"`touch {CANARY}-tick`", f"#(touch {CANARY}-tmux)",
+    f"; touch {CANARY}-semicolon", "\x1b[201~", "\x1b]52;c;eA==\x07", "\r\n", "\x03",
+    "../../../../etc/passwd", "/dev/zero", "~/.ssh/id_rsa", "*", "[", "?", ":", "%1", "#{pane_id}",
+    "\u202e", "🚀", "\ufeff", "a" * 300,
+]  # fmt: skip
+texts = st.one_of(
+    st.text(st.characters(blacklist_characters="\x00"), max_size=40),
+    st.lists(st.sampled_from(NASTY), min_size=1, max_size=3).map("".join),
+    st.tuples(st.text(max_size=8), st.sampled_from(NASTY)).map(lambda t: t[0] + t[1]),
+).filter(lambda s: "\x00" not in s)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=6,
+)
+relative_paths = texts.map(lambda s: "./" + s.replace("/", "_")[:60] or "./x")
+
+PROPERTY = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture
+def sandbox(orch: OrchState, tmp_path: Path) -> Iterator[OrchState]:
+    """Every example runs in here; afterwards nothing may exist outside the state, config and
+    project folders, and no canary anywhere."""
+    orch.env["HOME"] = str(tmp_path / "home")
+    orch.env["ORCH_TMUX_SOCKET"] = str(tmp_path / "tmux.sock")
+    orch.env["ORCH_SUPERVISE_FOR"] = "3"
+    (tmp_path / "home").mkdir()
+    cwd = os.getcwd()
+    os.chdir(orch.project_dir)
+    try:
+        yield orch
+    finally:
+        os.chdir(cwd)
+        subprocess.run(["tmux", "-S", orch.env["ORCH_TMUX_SOCKET"], "kill-server"],
+                       capture_output=True, check=False)  # fmt: skip
+    allowed = {"state", "config", "project", "home", "tmux.sock", "lib"}
+    stray = sorted(p.name for p in tmp_path.iterdir() if p.name not in allowed)
+    assert stray == [], f"written outside the state folder and the project: {stray}"
+    assert not list(tmp_path.rglob(f"{CANARY}*")), "something ran a shell"
+    assert list((tmp_path / "home").iterdir()) == []
+
+
+def invoke(orch: OrchState, args: list[str], stdin: str = "") -> None:
+    result = CliRunner().invoke(cli.cli, args, input=stdin, env=orch.env, catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"orch {args!r} raised") from result.exception
+    assert result.exit_code in (0, 1, 2), (args, result.output)
+    if result.exit_code == 1:
+        errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1, (args, result.output)
+
+
+@PROPERTY
+@given(name=texts, body=texts, other=texts, folder=relative_paths)
+def test_the_cli_takes_any_text_as_names_paths_and_bodies(
+    sandbox: OrchState, name: str, body: str, other: str, folder: str
+) -> None:
+    for args, stdin in (
+        (["send", name, body], ""),
+        (["send", name, body, "--exact", "--from", other, "--key", other], ""),
+        (["send", name, "-"], body),
+        (["brief", name, "-", "--role", other], body),
+        (["context", name], ""),
+        (["rebrief", name], ""),
+        (["queue", name], ""),
+        (["queue", "show", other], ""),
+        (["queue", "cancel", other], ""),
+        (["queue", "purge", name], ""),
+        (["install", folder], ""),
+        (["adopt", name, "--dir", ".", "--session", other, "--command", "sleep 1"], ""),
+        (["restart", name], ""),
+        (["stop", name], ""),
+        (["agents"], ""),
+    ):
+        invoke(sandbox, args, stdin)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(name=texts | st.from_regex(lifecycle.NAME, fullmatch=True), folder=relative_paths,
+       session=texts)  # fmt: skip
+def test_spawn_takes_any_name_folder_and_session(
+    sandbox: OrchState, name: str, folder: str, session: str
+) -> None:
+    os.makedirs(folder, exist_ok=True)
+    invoke(sandbox, ["spawn", name, "--dir", folder, "--session", session, "--command", "sleep 3"])
+
+
+def events_with_any_fields() -> st.SearchStrategy[dict[str, Any]]:
+    def build(name: str) -> st.SearchStrategy[dict[str, Any]]:
+        fields = {**COMMON, **TYPICAL[name]}
+        return st.fixed_dictionaries(
+            {"hook_event_name": st.just(name)},
+            optional={key: json_values for key in fields},
+        )
+
+    return st.sampled_from(sorted(EVENTS)).flatmap(build)
+
+
+@PROPERTY
+@given(event=events_with_any_fields())
+def test_any_event_field_in_process(sandbox: OrchState, event: dict[str, Any]) -> None:
+    env = {**sandbox.env, "ORCH_AGENT": "prop:1"}
+    plan = plugins.build_plan(env, str(sandbox.project_dir))
+    outcome = dispatch.dispatch(json.dumps(event).encode(), env, plan=plan)
+    assert outcome.reply.exit_code in (0, 2)
+    assert all(p["outcome"] == "ok" for p in outcome.plugins), outcome.plugins
+    if outcome.reply.output is not None:
+        assert json.loads(outcome.reply.stdout()) == outcome.reply.output
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(event=events_with_any_fields())
+def test_any_event_field_through_the_real_hook(sandbox: OrchState, event: dict[str, Any]) -> None:
+    start = time.monotonic()
+    done = subprocess.run([hook_script()], input=json.dumps(event).encode(),
+                          env={**sandbox.env, "ORCH_AGENT": "prop:1"}, capture_output=True,
+                          timeout=30, check=False)  # fmt: skip
+    assert time.monotonic() - start < DEFAULT_BUDGET_MS / 1000 + ANSWER_MARGIN + 0.5
+    assert done.returncode in (0, 2), done.stderr
+    assert done.stderr == b"" or done.returncode == 2
+    if done.stdout:
+        json.loads(done.stdout)
