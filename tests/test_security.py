@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def test_concurrent_installs_leave_one_valid_file(orch: OrchState) -> None:
 
 
 @pytest.fixture
-def fleet(orch: OrchState, tmp_path: Path) -> OrchState:
+def fleet(orch: OrchState, tmp_path: Path) -> Iterator[OrchState]:
     orch.env["ORCH_TMUX_SOCKET"] = str(tmp_path / "tmux.sock")
     orch.env["ORCH_SUPERVISE_FOR"] = "5"
     yield orch
