@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from orch_core import __version__, install, lifecycle_cli, plugins, queue_cli
-from orch_core.cli_errors import guarded
+from orch_core.cli_errors import OrchGroup
 
 if TYPE_CHECKING:
     from typing import Any
@@ -21,7 +21,7 @@ def _project(directory: str | None) -> str:
 
 
 def _loaded() -> plugins.Loaded:
-    return guarded(lambda: plugins.load(os.environ, _project(None)))
+    return plugins.load(os.environ, _project(None))
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -38,7 +38,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 UNCHECKED = ("doctor", "backup", "restore")
 
 
-@click.group()
+@click.group(cls=OrchGroup)
 @click.option(
     "--version",
     is_flag=True,
@@ -59,7 +59,7 @@ def check_config() -> None:
     hooks meanwhile use that key's default)."""
     from orch_core import plan
 
-    errors = guarded(lambda: plan.load(os.environ, _project(None)).config_errors)
+    errors = plan.load(os.environ, _project(None)).config_errors
     if errors:
         more = f" (and {len(errors) - 1} more: see `orch doctor`)" if len(errors) > 1 else ""
         raise click.ClickException(errors[0] + more)
@@ -75,7 +75,7 @@ def install_command(directory: str | None, local: bool, template: bool) -> None:
         click.echo(json.dumps(install.template(), indent=2))
         return
     project = _project(directory)
-    changed = guarded(lambda: install.install(project, local=local))
+    changed = install.install(project, local=local)
     path = install.settings_path(project, local)
     if changed:
         click.echo(f"orch-hook registered for {len(changed)} events in {path}")
@@ -89,7 +89,7 @@ def install_command(directory: str | None, local: bool, template: bool) -> None:
 def uninstall_command(directory: str | None, local: bool) -> None:
     """Remove what `orch install` added to DIRECTORY's Claude settings."""
     project = _project(directory)
-    changed = guarded(lambda: install.uninstall(project, local=local))
+    changed = install.uninstall(project, local=local)
     path = install.settings_path(project, local)
     click.echo(
         f"orch-hook removed from {len(changed)} events in {path}"
@@ -141,7 +141,7 @@ def backup_command() -> None:
 
     db = paths.db_path(os.environ)
     keep = int(_core_settings().get("backup_keep", 8))
-    click.echo(f"backed up {db} to {guarded(lambda: backup.take(db, keep))}")
+    click.echo(f"backed up {db} to {backup.take(db, keep)}")
 
 
 @cli.command("restore")
@@ -151,15 +151,15 @@ def restore_command(file: str) -> None:
     `orch supervise` runs."""
     from orch_core import backup
 
-    held = guarded(lambda: backup.check(file))
-    aside = guarded(lambda: backup.restore(os.environ, file))
+    held = backup.check(file)
+    aside = backup.restore(os.environ, file)
     click.echo(f"restored {file} ({held['messages']} messages); the one it replaced is {aside}")
 
 
 def _core_settings() -> dict[str, Any]:
     from orch_core import plan
 
-    return guarded(lambda: plan.load(os.environ, _project(None)).settings)
+    return plan.load(os.environ, _project(None)).settings
 
 
 for command in (*queue_cli.COMMANDS, *lifecycle_cli.COMMANDS):

@@ -1,7 +1,13 @@
-"""How every ``orch`` command reports an expected error: one line on stderr, exit 1."""
+"""How every ``orch`` command reports an expected error: one line on stderr, exit 1.
+
+The boundary is :class:`OrchGroup`, the class of the ``orch`` group: whatever a command raises
+that orch expects (an :class:`OrchError`, an unusable database) becomes ``Error: ...``, for
+built-in commands and the commands plugins register alike. Commands just raise.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from typing import TYPE_CHECKING
@@ -12,17 +18,29 @@ from orch_core import paths
 from orch_core.errors import OrchError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import TypeVar
-
-    T = TypeVar("T")
+    from collections.abc import Iterator
+    from typing import Any
 
 
-def guarded(action: Callable[[], T]) -> T:
-    """Run ``action``; an :class:`OrchError` or an unusable database becomes a click error (a
-    damaged one names the newest backup and how to put it back)."""
+class OrchGroup(click.Group):
+    """A click group whose commands' expected errors become one line, while parsing (eager
+    options such as ``--version``) and while running."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with one_line():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def one_line() -> Iterator[None]:
+    """An :class:`OrchError` or an unusable database becomes a click error (a damaged one names
+    the newest backup and how to put it back)."""
     try:
-        return action()
+        yield
     except OrchError as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:

@@ -21,3 +21,10 @@ def check_agent(value: str) -> str:
 def agent_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     """:func:`check_agent` as a click callback: ``@click.argument("agent", callback=...)``."""
     return check_agent(value)
+
+
+def optional_agent_name(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> str | None:
+    """:func:`agent_name` for an argument that may be left out."""
+    return None if value is None else check_agent(value)

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import click
 
 from orch_core import install, lifecycle, paths, plan
-from orch_core.cli_errors import guarded
 from orch_core.cli_params import agent_name
 from orch_core.store import SQLiteStore
 
@@ -67,26 +66,24 @@ def spawn_command(
         raise click.ClickException("--command is empty")
     cwd = os.path.abspath(directory)
     store = _store()
-    guarded(lambda: lifecycle.check_name(name))
-    guarded(lambda: install.install(cwd))
+    lifecycle.check_name(name)
+    install.install(cwd)
     # the agent's first hook finds its plan built (Claude names the project by its real path)
     extra_env = _env_pairs(env_pairs)
-    guarded(lambda: plan.load({**os.environ, **extra_env}, os.path.realpath(cwd)))
+    plan.load({**os.environ, **extra_env}, os.path.realpath(cwd))
     if brief is not None:
         from orch_builtin import rebrief
 
         text = brief.read()
-        guarded(lambda: rebrief.update_context(store, name, briefing_content=text))
-    spec = guarded(
-        lambda: lifecycle.spawn(
-            store,
-            name,
-            cwd=cwd,
-            argv=argv,
-            session=session,
-            extra_env=extra_env,
-            env=os.environ,
-        )
+        rebrief.update_context(store, name, briefing_content=text)
+    spec = lifecycle.spawn(
+        store,
+        name,
+        cwd=cwd,
+        argv=argv,
+        session=session,
+        extra_env=extra_env,
+        env=os.environ,
     )
     lifecycle.ensure_supervisor(os.environ)
     click.echo(f"spawned {name} in tmux pane {spec['pane']} (session {session}), in {cwd}")
@@ -99,7 +96,7 @@ def restart_command(agent: str, fresh: bool) -> None:
     """Restart AGENT in its window now, keeping its conversation unless --fresh."""
     store = _store()
     lifecycle.cancel_recoveries(store, agent, "replaced by orch restart")
-    spec = guarded(lambda: lifecycle.relaunch(store, agent, fresh=fresh, env=os.environ))
+    spec = lifecycle.relaunch(store, agent, fresh=fresh, env=os.environ)
     click.echo(f"restarted {agent} in pane {spec['pane']}" + (" (fresh)" if fresh else ""))
 
 
@@ -107,7 +104,7 @@ def restart_command(agent: str, fresh: bool) -> None:
 @click.argument("agent", callback=agent_name)
 def stop_command(agent: str) -> None:
     """Stop AGENT; orch will not restart it until you do."""
-    guarded(lambda: lifecycle.stop(_store(), agent))
+    lifecycle.stop(_store(), agent)
     click.echo(f"stopped {agent}")
 
 
@@ -137,17 +134,15 @@ def adopt_command(
     known = store.agent_pane(agent)
     pane = pane or (known[0] if known else None)
     socket = known[1] if known else os.environ.get("ORCH_TMUX_SOCKET")
-    guarded(
-        lambda: lifecycle.save_spec(
-            store,
-            agent,
-            argv=shlex.split(command),
-            cwd=os.path.abspath(directory),
-            env=_env_pairs(env_pairs),
-            socket=socket,
-            session=session,
-            pane=pane,
-        )
+    lifecycle.save_spec(
+        store,
+        agent,
+        argv=shlex.split(command),
+        cwd=os.path.abspath(directory),
+        env=_env_pairs(env_pairs),
+        socket=socket,
+        session=session,
+        pane=pane,
     )
     click.echo(f"{agent} adopted" + (f" (pane {pane})" if pane else " (no pane known yet)"))
 

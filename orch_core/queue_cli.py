@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 import click
 
 from orch_core import api, lifecycle, paths
-from orch_core.cli_errors import damaged, database_error, guarded
-from orch_core.cli_params import agent_name, check_agent
+from orch_core.cli_errors import damaged, database_error
+from orch_core.cli_params import agent_name, optional_agent_name
 from orch_core.queue import MAX_SEND_PRIORITY, STATES, Queue, QueueError, age, parse_duration
 from orch_core.store import SQLiteStore
 from orch_core.text import inert
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from typing import Any
 
 
@@ -103,7 +103,7 @@ def send_command(agent: str, text: str, priority: str, sender: str | None, key: 
             not_before=not_before, fire=not push, exact=exact and not all_agents,
         )  # fmt: skip
 
-    receipts = guarded(go)
+    receipts = go()
     if push:  # observers hear of it after typing: the idle plugin must not wake it as well
         queue = _queue()
         try:
@@ -143,45 +143,40 @@ def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
     receipt["state"] = "delivered"
 
 
-@click.command("queue", context_settings={"ignore_unknown_options": False})
-@click.argument("args", nargs=-1)
+class ListUnlessVerb(click.Group):
+    """``orch queue [AGENT]`` lists; ``orch queue VERB ...`` acts. Whatever does not start with
+    a verb is the listing's arguments, so ``orch queue proj:2 --json`` keeps working."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in self.commands:
+            return super().resolve_command(ctx, args)
+        return "list", self.commands["list"], args
+
+
+@click.group(
+    "queue",
+    cls=ListUnlessVerb,
+    invoke_without_command=True,
+    context_settings={"ignore_unknown_options": True},
+)
+@click.pass_context
+def queue_group(ctx: click.Context) -> None:
+    """List messages (orch queue [AGENT] [--state S] [--json]), or act on one."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_command)
+
+
+@queue_group.command("list")
+@click.argument("agent", required=False, callback=optional_agent_name)
 @click.option("--state", help=f"Only this state: pending, {', '.join(STATES)}.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def queue_command(args: tuple[str, ...], state: str | None, as_json: bool) -> None:
-    """List messages, or act on one.
-
-    \b
-    orch queue [AGENT]        messages in delivery order
-    orch queue show ID        one message with its history
-    orch queue cancel ID      cancel a pending message
-    orch queue retry ID       queue a dead, expired or cancelled message again
-    orch queue purge AGENT    cancel every pending message of AGENT
-    """
+def list_command(agent: str | None, state: str | None, as_json: bool) -> None:
+    """Messages in delivery order, of AGENT or of every agent."""
     queue = _queue()
-    actions: dict[str, Callable[[str], Any]] = {
-        "show": queue.get, "cancel": queue.cancel, "retry": queue.retry, "purge": queue.purge,
-    }  # fmt: skip
-    if len(args) == 2 and args[0] in actions:
-        verb, target = args
-        if verb == "purge":
-            check_agent(target)
-        result = guarded(lambda: actions[verb](target))
-        if result is None:
-            raise click.ClickException(f"no message with id {target!r}")
-        if verb == "purge":
-            click.echo(f"cancelled {result} pending messages of {target}")
-        elif as_json or verb == "show":
-            shown = json.dumps(result, ensure_ascii=False, indent=None if as_json else 2)
-            click.echo(shown if as_json else inert(shown))
-        else:
-            click.echo(f"{result['id']} is now {result['state']}")
-        return
-    if len(args) > 1:
-        raise click.ClickException(f"unexpected arguments: {' '.join(args)}")
-    if args:
-        check_agent(args[0])
-    guarded(queue.sweep)
-    messages = guarded(lambda: queue.messages(args[0] if args else None, state))
+    queue.sweep()
+    messages = queue.messages(agent, state)
     if as_json:
         click.echo(json.dumps(messages, ensure_ascii=False))
         return
@@ -190,17 +185,59 @@ def queue_command(args: tuple[str, ...], state: str | None, as_json: bool) -> No
         click.echo(_line(m, now))
 
 
+def _acted(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+    else:
+        click.echo(f"{result['id']} is now {result['state']}")
+
+
+@queue_group.command("show")
+@click.argument("message_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print exact JSON (no escapes).")
+def show_command(message_id: str, as_json: bool) -> None:
+    """One message with its history of states."""
+    record = _queue().get(message_id)
+    if record is None:
+        raise QueueError(f"no message with id {message_id!r}")
+    shown = json.dumps(record, ensure_ascii=False, indent=None if as_json else 2)
+    click.echo(shown if as_json else inert(shown))
+
+
+@queue_group.command("cancel")
+@click.argument("message_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the message as JSON.")
+def cancel_command(message_id: str, as_json: bool) -> None:
+    """Cancel a pending message."""
+    _acted(_queue().cancel(message_id), as_json)
+
+
+@queue_group.command("retry")
+@click.argument("message_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the message as JSON.")
+def retry_command(message_id: str, as_json: bool) -> None:
+    """Queue a dead, expired or cancelled message again, with fresh attempts."""
+    _acted(_queue().retry(message_id), as_json)
+
+
+@queue_group.command("purge")
+@click.argument("agent", callback=agent_name)
+def purge_command(agent: str) -> None:
+    """Cancel every pending message of AGENT."""
+    click.echo(f"cancelled {_queue().purge(agent)} pending messages of {agent}")
+
+
 @click.command("agents")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def agents_command(as_json: bool) -> None:
     """Each agent orch knows, with its state, when it was last seen, and what waits for it."""
     queue = _queue()
-    rows = {row["id"]: row for row in guarded(queue.store.agents)}
-    pending = guarded(queue.pending_counts)
+    rows = {row["id"]: row for row in queue.store.agents()}
+    pending = queue.pending_counts()
     for agent in pending.keys() - rows.keys():
         rows[agent] = {"id": agent, "state": "unknown", "last_seen": None}
     now = time.time()
-    recovery = guarded(lambda: lifecycle.overview(queue.store, now))
+    recovery = lifecycle.overview(queue.store, now)
     listing = [
         {**rows[a], "pending": pending.get(a, 0), **recovery.get(a, lifecycle.NO_RECOVERY)}
         for a in sorted(rows)
@@ -266,9 +303,9 @@ def import_command(file: Any) -> None:
                 raise QueueError(f"line {number}: {exc}") from None
             yield record
 
-    every = guarded(lambda: list(records()))
-    added = guarded(lambda: _queue().import_(every))
+    every = list(records())
+    added = _queue().import_(every)
     click.echo(f"imported {added} messages ({len(every) - added} already present)")
 
 
-COMMANDS = (send_command, queue_command, agents_command, export_command, import_command)
+COMMANDS = (send_command, queue_group, agents_command, export_command, import_command)

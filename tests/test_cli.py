@@ -107,3 +107,41 @@ def test_agents_lists_what_presence_saw(orch: OrchState) -> None:
     orch.run_hook(payload("UserPromptSubmit"), ORCH_AGENT="proj:4")
     rows = json.loads(orch.cli("agents", "--json").stdout)
     assert [(r["id"], r["state"]) for r in rows] == [("proj:4", "busy")]
+
+
+def test_queue_verbs_are_commands_with_their_own_help(orch: OrchState) -> None:
+    done = orch.cli("queue", "show", "--help")
+    assert done.returncode == 0
+    assert "One message with its history of states." in done.stdout
+    for args in (["queue"], ["queue", "--json"], ["queue", "p:1", "--state", "pending"]):
+        assert orch.cli(*args).returncode == 0, args
+    one = orch.cli("queue", "show", "m-nope")
+    assert (one.returncode, one.stderr) == (1, "Error: no message with id 'm-nope'\n")
+
+
+PLUGIN_COMMANDS = """
+import sqlite3
+import click
+from orch_core import hookimpl
+from orch_core.errors import OrchError
+
+@hookimpl
+def orch_register_commands(cli):
+    @cli.command("fails")
+    def fails():
+        raise OrchError("the plugin's own one-line reason")
+
+    @cli.command("breaks-db")
+    def breaks_db():
+        raise sqlite3.OperationalError("database is locked")
+"""
+
+
+def test_a_plugins_command_reports_expected_errors_in_one_line(orch: OrchState) -> None:
+    orch.plugin_module("commands_plugin", PLUGIN_COMMANDS)
+    orch.write_config('[plugins]\nload = ["commands_plugin"]\n')
+    done = orch.cli("fails")
+    assert (done.returncode, done.stderr) == (1, "Error: the plugin's own one-line reason\n")
+    done = orch.cli("breaks-db")
+    assert done.returncode == 1
+    assert done.stderr == f"Error: {orch.env['ORCH_DB']}: database is locked\n"
