@@ -12,7 +12,11 @@ Every event hook returns ``None``, a ``str`` (context for the model, where the e
 an :class:`orch_core.Answer`; all implementations are called (none is ``firstresult``), each
 isolated from the others and within the event's time budget, and the dispatcher folds their
 answers in call order (``tryfirst`` first, then the most recently registered). An answer the
-event cannot carry is logged as invalid and dropped. Events marked *observe only* ignore answers.
+event cannot carry is logged as invalid and dropped. Each event hook ends with ``:answers:``,
+what its answer can carry: ``context`` (``additionalContext``), ``block (decision)`` (top-level
+``decision:"block"``), ``block (exit)`` (exit 2 and stderr), ``block (context)`` (Stop: the text
+keeps the agent working), ``permission`` (PreToolUse), or ``none`` (observe only). The flags in
+:mod:`orch_core.events` follow these lines; a test holds them together.
 """
 
 from __future__ import annotations
@@ -42,34 +46,52 @@ hookspec = pluggy.HookspecMarker("orch")
 @hookspec
 def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> Result:
     """A session started, resumed, was cleared, or came back from compaction
-    (``event.source == "compact"``). Context lands at the start of the conversation."""
+    (``event.source == "compact"``). Context lands at the start of the conversation.
+
+    :answers: context
+    """
 
 
 @hookspec
 def orch_setup(event: ev.Setup, ctx: HookContext) -> Result:
-    """``claude --init-only`` / ``-p --init`` / ``-p --maintenance``. Context only."""
+    """``claude --init-only`` / ``-p --init`` / ``-p --maintenance``. Context only.
+
+    :answers: context
+    """
 
 
 @hookspec
 def orch_instructions_loaded(event: ev.InstructionsLoaded, ctx: HookContext) -> Result:
-    """A CLAUDE.md or rules file was loaded. Observe only."""
+    """A CLAUDE.md or rules file was loaded. Observe only.
+
+    :answers: none
+    """
 
 
 @hookspec
 def orch_user_prompt_submit(event: ev.UserPromptSubmit, ctx: HookContext) -> Result:
     """A prompt was submitted, before the model sees it. Context lands next to the prompt;
-    ``Answer(block=...)`` erases the prompt and shows the reason to the user only."""
+    ``Answer(block=...)`` erases the prompt and shows the reason to the user only.
+
+    :answers: context, block (decision)
+    """
 
 
 @hookspec
 def orch_user_prompt_expansion(event: ev.UserPromptExpansion, ctx: HookContext) -> Result:
-    """A typed ``/command`` or MCP prompt expands. Context, or ``block`` the expansion."""
+    """A typed ``/command`` or MCP prompt expands. Context, or ``block`` the expansion.
+
+    :answers: context, block (decision)
+    """
 
 
 @hookspec
 def orch_message_display(event: ev.MessageDisplay, ctx: HookContext) -> Result:
     """A batch of streamed assistant text is shown. Observe only; ``orch install`` does not
-    register it, since Claude holds the display until every hook exits."""
+    register it, since Claude holds the display until every hook exits.
+
+    :answers: none
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,33 +103,51 @@ def orch_message_display(event: ev.MessageDisplay, ctx: HookContext) -> Result:
 def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> Result:
     """A tool call is about to run. Context lands next to the tool result;
     ``Answer(permission="allow"|"ask"|"deny", reason=...)`` decides, deny > ask > allow across
-    plugins, and ``Answer(block=reason)`` is a deny."""
+    plugins, and ``Answer(block=reason)`` is a deny.
+
+    :answers: context, permission
+    """
 
 
 @hookspec
 def orch_permission_request(event: ev.PermissionRequest, ctx: HookContext) -> Result:
-    """A permission dialog is about to be shown. Observe only."""
+    """A permission dialog is about to be shown. Observe only.
+
+    :answers: none
+    """
 
 
 @hookspec
 def orch_permission_denied(event: ev.PermissionDenied, ctx: HookContext) -> Result:
-    """Auto mode denied a tool call. Observe only."""
+    """Auto mode denied a tool call. Observe only.
+
+    :answers: none
+    """
 
 
 @hookspec
 def orch_post_tool_use(event: ev.PostToolUse, ctx: HookContext) -> Result:
     """A tool call succeeded. Context lands next to the tool result (plain stdout would not
-    reach the model); ``block`` puts the reason beside the result."""
+    reach the model); ``block`` puts the reason beside the result.
+
+    :answers: context, block (decision)
+    """
 
 
 @hookspec
 def orch_post_tool_use_failure(event: ev.PostToolUseFailure, ctx: HookContext) -> Result:
-    """A tool call failed after it started. Context only."""
+    """A tool call failed after it started. Context only.
+
+    :answers: context
+    """
 
 
 @hookspec
 def orch_post_tool_batch(event: ev.PostToolBatch, ctx: HookContext) -> Result:
-    """All parallel tool calls of a batch resolved. Context, or ``block`` to stop the loop."""
+    """All parallel tool calls of a batch resolved. Context, or ``block`` to stop the loop.
+
+    :answers: context, block (decision)
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,44 +159,68 @@ def orch_post_tool_batch(event: ev.PostToolBatch, ctx: HookContext) -> Result:
 def orch_stop(event: ev.Stop, ctx: HookContext) -> Result:
     """The agent finished its turn. ``Answer(block=reason)`` (or plain context) makes it keep
     working with the text as its next instruction, shown to the model once as
-    ``additionalContext``; honour ``event.stop_hook_active`` to avoid loops."""
+    ``additionalContext``; honour ``event.stop_hook_active`` to avoid loops.
+
+    :answers: context, block (context)
+    """
 
 
 @hookspec
 def orch_stop_failure(event: ev.StopFailure, ctx: HookContext) -> Result:
     """The turn ended on an API error (``event.error``: ``rate_limit``, ``overloaded``, ...).
-    Observe only; Claude ignores every answer."""
+    Observe only; Claude ignores every answer.
+
+    :answers: none
+    """
 
 
 @hookspec
 def orch_subagent_start(event: ev.SubagentStart, ctx: HookContext) -> Result:
-    """A subagent was spawned. Context for the subagent."""
+    """A subagent was spawned. Context for the subagent.
+
+    :answers: context
+    """
 
 
 @hookspec
 def orch_subagent_stop(event: ev.SubagentStop, ctx: HookContext) -> Result:
-    """A subagent finished. ``block`` keeps it working, as on Stop."""
+    """A subagent finished. ``block`` keeps it working, as on Stop.
+
+    :answers: context, block (decision)
+    """
 
 
 @hookspec
 def orch_teammate_idle(event: ev.TeammateIdle, ctx: HookContext) -> Result:
-    """An agent-team teammate is about to go idle. ``block`` keeps it working."""
+    """An agent-team teammate is about to go idle. ``block`` keeps it working.
+
+    :answers: block (exit)
+    """
 
 
 @hookspec
 def orch_task_created(event: ev.TaskCreated, ctx: HookContext) -> Result:
-    """A task was created with TaskCreate. ``block`` deletes it and tells the model why."""
+    """A task was created with TaskCreate. ``block`` deletes it and tells the model why.
+
+    :answers: block (decision)
+    """
 
 
 @hookspec
 def orch_task_completed(event: ev.TaskCompleted, ctx: HookContext) -> Result:
-    """A task was marked completed. ``block`` sends the agent back to work on it."""
+    """A task was marked completed. ``block`` sends the agent back to work on it.
+
+    :answers: block (exit)
+    """
 
 
 @hookspec
 def orch_notification(event: ev.Notification, ctx: HookContext) -> Result:
     """Claude sent a notification (``event.notification_type``, e.g. ``idle_prompt``).
-    Observe only."""
+    Observe only.
+
+    :answers: none
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,59 +231,92 @@ def orch_notification(event: ev.Notification, ctx: HookContext) -> Result:
 @hookspec
 def orch_pre_compact(event: ev.PreCompact, ctx: HookContext) -> Result:
     """Compaction is about to run. No context (Claude rejects it here); ``block`` stops the
-    compaction. Save what must survive it; restore it on SessionStart ``compact``."""
+    compaction. Save what must survive it; restore it on SessionStart ``compact``.
+
+    :answers: block (decision)
+    """
 
 
 @hookspec
 def orch_post_compact(event: ev.PostCompact, ctx: HookContext) -> Result:
-    """Compaction finished. Observe only: context cannot be injected here."""
+    """Compaction finished. Observe only: context cannot be injected here.
+
+    :answers: none
+    """
 
 
 @hookspec
 def orch_config_change(event: ev.ConfigChange, ctx: HookContext) -> Result:
-    """A settings or skill file changed. ``block`` stops the change from applying."""
+    """A settings or skill file changed. ``block`` stops the change from applying.
+
+    :answers: block (decision)
+    """
 
 
 @hookspec
 def orch_cwd_changed(event: ev.CwdChanged, ctx: HookContext) -> Result:
-    """The working directory changed. Observe only."""
+    """The working directory changed. Observe only.
+
+    :answers: none
+    """
 
 
 @hookspec
 def orch_directory_added(event: ev.DirectoryAdded, ctx: HookContext) -> Result:
-    """A directory was added to the session. Observe only."""
+    """A directory was added to the session. Observe only.
+
+    :answers: none
+    """
 
 
 @hookspec
 def orch_file_changed(event: ev.FileChanged, ctx: HookContext) -> Result:
-    """A watched file changed on disk. Observe only."""
+    """A watched file changed on disk. Observe only.
+
+    :answers: none
+    """
 
 
 @hookspec
 def orch_worktree_create(event: ev.WorktreeCreate, ctx: HookContext) -> Result:
     """A worktree is being created. Observe only; ``orch install`` does not register it,
-    because a WorktreeCreate hook replaces git's own behaviour."""
+    because a WorktreeCreate hook replaces git's own behaviour.
+
+    :answers: none
+    """
 
 
 @hookspec
 def orch_worktree_remove(event: ev.WorktreeRemove, ctx: HookContext) -> Result:
-    """A worktree was removed. Observe only."""
+    """A worktree was removed. Observe only.
+
+    :answers: none
+    """
 
 
 @hookspec
 def orch_elicitation(event: ev.Elicitation, ctx: HookContext) -> Result:
-    """An MCP server asks the user for input. Observe only."""
+    """An MCP server asks the user for input. Observe only.
+
+    :answers: none
+    """
 
 
 @hookspec
 def orch_elicitation_result(event: ev.ElicitationResult, ctx: HookContext) -> Result:
-    """The user answered an elicitation. Observe only."""
+    """The user answered an elicitation. Observe only.
+
+    :answers: none
+    """
 
 
 @hookspec
 def orch_session_end(event: ev.SessionEnd, ctx: HookContext) -> Result:
     """The session ended (``event.reason``). Observe only, and quick: Claude gives all
-    SessionEnd hooks 1.5 s together."""
+    SessionEnd hooks 1.5 s together.
+
+    :answers: none
+    """
 
 
 # --------------------------------------------------------------------------------------------

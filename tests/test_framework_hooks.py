@@ -23,7 +23,7 @@ def orch_register_commands(cli):
 """
 
 
-def test_plugins_add_cli_commands(orch: OrchState) -> None:
+def test_hook_orch_register_commands_adds_cli_commands(orch: OrchState) -> None:
     orch.plugin_module("greeter", COMMANDS)
     orch.write_config('[plugins]\nload = ["greeter"]\n')
     done = orch.cli("greet", "team")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,16 @@ def test_every_hook_is_documented(name: str) -> None:
     assert doc and len(doc.strip()) > 20
 
 
-def test_every_framework_hook_is_exercised_by_a_test() -> None:
-    """Event hooks are all called in tests/test_dispatch.py; the others by name."""
-    sources = "".join(p.read_text() for p in Path(__file__).parent.rglob("test_*.py"))
-    missing = [n for n in ALL_HOOKS if n not in EVENT_HOOKS and f"def {n}(" not in sources]
+def test_every_hook_has_a_test_named_for_it() -> None:
+    """``test_hook_<hook>...`` for each, as datasette does: the event hooks' are made in
+    test_event_hooks.py, the framework hooks' are written beside what they are about."""
+    import test_event_hooks
+
+    written: set[str] = set()
+    for path in Path(__file__).parent.rglob("test_*.py"):
+        written |= set(re.findall(r"def (test_hook_orch_\w+)\(", path.read_text()))
+    tested = set(vars(test_event_hooks)) | written
+    missing = [n for n in ALL_HOOKS if not any(t.startswith(f"test_hook_{n}") for t in tested)]
     assert missing == []
 
 
@@ -73,3 +80,54 @@ def test_hook_orch_message_enqueued_hears_each_new_message(
     assert orch.cli("send", "p:2", "second").returncode == 0
     lines = (orch.root / "enqueued.log").read_text().splitlines()
     assert lines == ['["p:1", "first"]', '["p:2", "second"]']
+
+
+DECLARES = """
+from orch_core import Setting, hookimpl
+
+@hookimpl
+def orch_config_defaults():
+    return {"greeting": Setting("hello"), "times": Setting(1, min=1, max=3)}
+
+@hookimpl
+def orch_stop(ctx):
+    return " ".join([ctx.config["greeting"]] * ctx.config["times"])
+"""
+
+
+def test_hook_orch_config_defaults_declares_checked_settings(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    orch_module("declares", DECLARES)
+    orch.write_config('[plugins]\nload = ["declares"]\n[plugin.declares]\ntimes = 2\n')
+    assert orch.run_hook(payload("Stop"), ORCH_LOAD_PLUGINS="declares").context == "hello hello"
+    orch.write_config('[plugins]\nload = ["declares"]\n[plugin.declares]\ntimes = 9\n')
+    assert orch.run_hook(payload("Stop"), ORCH_LOAD_PLUGINS="declares").context == "hello"
+    doctor = orch.cli("doctor").stdout
+    assert "[plugin.declares] times = 9: must be at most 3; the default 1 is used" in doctor
+
+
+DELIVERED = """
+import json
+from orch_core import hookimpl
+
+@hookimpl
+def orch_message_delivered(message, ctx):
+    with open(ctx.env["DELIVERED_LOG"], "a") as log:
+        log.write(json.dumps([ctx.agent, message["id"]]) + "\\n")
+"""
+
+
+def test_hook_orch_message_delivered_hears_each_message_handed_over(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    orch_module("delivered_observer", DELIVERED)
+    orch.env["DELIVERED_LOG"] = str(orch.root / "delivered.log")
+    orch.write_config('[plugins]\nload = ["delivered_observer"]\n')
+    sent = [api.send("p:1", text, env=orch.env)[0]["id"] for text in ("one", "two")]
+    result = orch.run_hook(payload("PostToolUse"), ORCH_AGENT="p:1")
+    assert result.context is not None
+    lines = (orch.root / "delivered.log").read_text().splitlines()
+    assert lines == [f'["p:1", "{mid}"]' for mid in sent]
+    assert orch.run_hook(payload("PostToolUse"), ORCH_AGENT="p:1").context is None
+    assert len((orch.root / "delivered.log").read_text().splitlines()) == 2  # once each

@@ -116,7 +116,9 @@ def orch_agent_restarted(agent, attempt, reason):
 """
 
 
-def test_a_crash_is_restarted_in_the_same_window_and_verified(fleet: OrchState) -> None:
+def test_hook_orch_agent_restarted_hears_a_crash_restarted_in_its_window(
+    fleet: OrchState,
+) -> None:
     fleet.plugin_module("observer", OBSERVER)
     fleet.env["RESTARTS_LOG"] = str(fleet.root / "restarts.log")
     fleet.write_config(
