@@ -146,8 +146,9 @@ def dispatch(
     guard: bool = False,
 ) -> Outcome:
     """Handle one hook event from its raw stdin bytes. The budget counts from here, a stale
-    plan's rebuild included. With ``guard`` (``orch-hook`` itself), the backstop ends the
-    process should the dispatcher not get to answer in time."""
+    plan's rebuild included, though the plugins always get at least half of it. With ``guard``
+    (``orch-hook`` itself), the backstop ends the process should the dispatcher not get to
+    answer in time."""
     start = time.perf_counter()
     data = read_payload(raw, env)
     if data is None:
@@ -171,7 +172,8 @@ def dispatch(
             log.write("error", "cannot build the plugin plan", env, error=repr(exc))
             plan = plans.Plan({}, {}, {})
     budget = plan.budget(event.name)
-    deadline = start + budget
+    # a rebuilt plan may have taken part of the budget, never more than half the plugins' time
+    deadline = max(start + budget, time.perf_counter() + budget / 2)
     impls = plan.impls(events.hook_name(event.name))
     if armed is not None:
         running = [*impls, *plan.impls("orch_hook_answered")]
