@@ -14,6 +14,11 @@ commit per API call. Contenders:
   ends when every message is ``confirmed``.
 - orch, one per claim: the same with a claim budget of one message, the granularity of
   persist-queue's get + ack.
+- orch, sent in batches: ``Queue.send_many`` 100 messages a transaction (``orch send --batch``
+  does the same from JSON lines), then the same hook rounds as the first orch row.
+
+After the table, what one message costs in WAL pages when sent (``wal_autocheckpoint`` off, the
+WAL file's growth over 500 sends, divided by the page size plus the frame header).
 
 The contenders alternate, ``--rounds`` times, so machine noise hits all alike; the table shows
 each one's median round. orch is installed in ``.cache/bench-venv`` as users get it (regular, not
@@ -89,7 +94,7 @@ def run_persist_queue(folder: Path, messages: list[tuple[str, str]], sync: str) 
 
 
 def run_orch(
-    folder: Path, messages: list[tuple[str, str]], sync: str, claim_budget: int
+    folder: Path, messages: list[tuple[str, str]], sync: str, claim_budget: int, batch: int = 1
 ) -> dict[str, Any]:
     from orch_core.queue import Queue
     from orch_core.store import SQLiteStore
@@ -98,8 +103,15 @@ def run_orch(
     queue = Queue(store)
     agents = sorted({agent for agent, _ in messages})
     start = time.perf_counter()
-    for agent, text in messages:
-        queue.send(agent, text, sender="bench")
+    if batch == 1:
+        for agent, text in messages:
+            queue.send(agent, text, sender="bench")
+    else:
+        for i in range(0, len(messages), batch):
+            queue.send_many(
+                {"agent": agent, "text": text, "sender": "bench"}
+                for agent, text in messages[i : i + batch]
+            )
     sent = time.perf_counter()
     for agent in agents:
         hook_rounds(queue, agent, folder / f"{agent}.jsonl", claim_budget)
@@ -139,6 +151,7 @@ CONTENDERS = {
     "persist-queue SQLiteAckQueue (put, get + ack each)": "pq",
     "orch (send, hook rounds: confirm + claim a batch)": "orch",
     "orch (send, hook rounds: confirm + claim one each)": "orch1",
+    "orch (send_many by 100, hook rounds: confirm + claim a batch)": "orch_many",
 }
 
 
@@ -147,6 +160,8 @@ def run(name: str, messages: list[tuple[str, str]], sync: str) -> dict[str, Any]
         folder = Path(tmp)
         if name == "pq":
             return run_persist_queue(folder, messages, sync)
+        if name == "orch_many":
+            return run_orch(folder, messages, sync, HOOK_BUDGET, batch=100)
         return run_orch(folder, messages, sync, HOOK_BUDGET if name == "orch" else 1)
 
 
@@ -181,6 +196,53 @@ def inner(args: argparse.Namespace) -> None:
         seconds = mid["send"] + mid["deliver"]
         print(f"| {label} | {mid['send']:.2f} | {mid['deliver']:.2f} | {seconds:.2f} | "
               f"{total / seconds:,.0f} | {base / seconds:.2f}x |")  # fmt: skip
+    print()
+    print("| sending one message | WAL pages |")
+    print("|---|---|")
+    for label, pages in wal_pages(messages[:500]).items():
+        print(f"| {label} | {pages:.2f} |")
+
+
+def wal_pages(messages: list[tuple[str, str]]) -> dict[str, float]:
+    """WAL pages written per message sent, checkpoints off, for each way of sending."""
+    from orch_core.queue import Queue
+    from orch_core.store import SQLiteStore
+
+    def grown(db: Path, conn: sqlite3.Connection, send: Any) -> float:
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        wal = Path(f"{db}-wal")
+        before = wal.stat().st_size if wal.exists() else 0
+        send()
+        return float(wal.stat().st_size - before) / (page + 24) / len(messages)
+
+    persistqueue: Any = importlib.import_module("persistqueue")
+    found = {}
+    with tempfile.TemporaryDirectory(prefix="queue-bench-") as tmp:
+        agents = sorted({agent for agent, _ in messages})
+        queues = {a: persistqueue.SQLiteAckQueue(tmp, name=f"agent{n}", auto_commit=True)
+                  for n, a in enumerate(agents)}  # fmt: skip
+        conn = queues[agents[0]]._conn
+        queues[agents[0]].put({"warm": True})
+        found["persist-queue `put`"] = grown(
+            Path(tmp) / "data.db", conn,
+            lambda: [queues[a].put({"agent": a, "text": t, "sender": "bench"})
+                     for a, t in messages],
+        )  # fmt: skip
+    for label, batch in (("orch `Queue.send`", 1), ("orch `send_many`, 100 a transaction", 100)):
+        with tempfile.TemporaryDirectory(prefix="queue-bench-") as tmp:
+            store = SQLiteStore(f"{tmp}/orch.db")
+            queue = Queue(store)
+            queue.send("warm:1", "warm")
+
+            def send(queue: Any = queue, batch: int = batch) -> None:
+                for i in range(0, len(messages), batch):
+                    queue.send_many({"agent": a, "text": t, "sender": "bench"}
+                                    for a, t in messages[i : i + batch])  # fmt: skip
+
+            found[label] = grown(Path(f"{tmp}/orch.db"), store.conn, send)
+            store.close()
+    return found
 
 
 def profile(messages: list[tuple[str, str]], sync: str) -> None:

@@ -1,7 +1,8 @@
 """Sending messages from other programs: what ``orch send`` does, as functions.
 
-``send`` queues a message (or one copy per matching agent), then tells the plugins, so the idle
-plugin can wake an agent that waits at its prompt. Reading and managing the queue is
+``send`` queues a message (or one copy per matching agent), ``send_many`` many in one
+transaction, then each tells the plugins, so the idle plugin can wake an agent that waits at its
+prompt. Reading and managing the queue is
 :class:`orch_core.queue.Queue` (``Queue.open()``).
 """
 
@@ -16,7 +17,7 @@ from orch_core.context import Runtime
 from orch_core.queue import Queue, QueueError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
     from typing import Any
 
 PATTERN_CHARS = "*?["
@@ -38,17 +39,37 @@ def send(
     is a name even if it holds ``*``, ``?`` or ``[``. ``options`` are those of
     :meth:`Queue.send`; with ``fire=False`` the caller calls :func:`notify` itself. Returns
     the receipts."""
+    item = {"agent": target, "text": text, "exact": exact, **options}
+    return send_many([item], env=env, project_dir=project_dir, queue=queue, fire=fire)
+
+
+def send_many(
+    items: Iterable[Mapping[str, Any]],
+    *,
+    env: Mapping[str, str] = os.environ,
+    project_dir: str | None = None,
+    queue: Queue | None = None,
+    fire: bool = True,
+) -> list[dict[str, Any]]:
+    """Queue many messages in one transaction: each item takes :func:`send`'s arguments by
+    name (``agent``, which may be a pattern unless ``exact``, and ``text``). All are checked
+    before any is stored. Returns the receipts, in order, patterns fanned out in place."""
     queue = queue or Queue.open(env)
-    if not exact and any(c in target for c in PATTERN_CHARS):
-        agents = queue.targets(target)
-        if not agents:
-            raise QueueError(f"no known agent matches {target!r}")
-    else:
-        agents = [target]
-    receipts = [queue.send(agent, text, **options) for agent in agents]
+    expanded = []
+    for item in items:
+        options = dict(item)
+        target, exact = options.pop("agent", ""), options.pop("exact", False)
+        if not exact and isinstance(target, str) and any(c in target for c in PATTERN_CHARS):
+            agents = queue.targets(target)
+            if not agents:
+                raise QueueError(f"no known agent matches {target!r}")
+        else:
+            agents = [target]
+        expanded += [{**options, "agent": agent} for agent in agents]
+    receipts = queue.send_many(expanded)
     if fire:
         notify(receipts, env, project_dir or paths.project_dir(env), queue)
-    if options.get("not_before"):  # someone must wake an idle agent when it falls due
+    if any(item.get("not_before") for item in expanded):  # wake an idle agent when it is due
         from orch_core import lifecycle
 
         lifecycle.ensure_supervisor(env)

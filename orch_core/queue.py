@@ -51,6 +51,10 @@ CLAIM_MARGIN = 0.02
 #: Header that starts every delivered message; confirmation looks for it in the transcript.
 MARK = "[orch message "
 PREVIEW = 500
+#: What :meth:`Queue.send_many` takes of each message.
+SEND_FIELDS = frozenset(
+    ("agent", "text", "priority", "sender", "key", "ttl", "after", "not_before")
+)
 
 
 class QueueError(OrchError, ValueError):
@@ -159,55 +163,86 @@ class Queue:
     ) -> Message:
         """Queue ``text`` for ``agent``; return its receipt. With ``key``, a second send while
         the first is still pending returns the first receipt (``"duplicate": true``)."""
+        item = {"agent": agent, "text": text, "priority": priority, "sender": sender, "key": key,
+                "ttl": ttl, "after": after, "not_before": not_before}  # fmt: skip
+        return self.send_many([item], now=now)[0]
+
+    def send_many(
+        self, items: Iterable[Mapping[str, Any]], now: float | None = None
+    ) -> list[Message]:
+        """Queue many messages in one transaction (one commit, one fsync); return a receipt
+        for each, in order. Each item takes :meth:`send`'s arguments by name (``agent`` and
+        ``text`` required). All are checked before any is stored: a bad one stores nothing."""
         now = time.time() if now is None else now
-        self._check(agent, text, priority, ttl)
-        with self.store.transaction() as tx:
-            if key is not None:
-                row = tx.execute(
-                    "SELECT * FROM messages WHERE agent = ? AND key = ? AND state = 'queued'"
-                    " ORDER BY seq LIMIT 1",
-                    (agent, key),
-                ).fetchone()
-                if row is not None:
-                    return {**self._record(tx, row), "duplicate": True}
-            if (
-                after is not None
-                and tx.execute("SELECT 1 FROM messages WHERE id = ?", (after,)).fetchone() is None
-            ):
-                raise QueueError(f"--after: no message with id {after!r}")
-            seq = tx.execute(
-                "INSERT INTO queue_seq (agent, last_seq) VALUES (?, 1) ON CONFLICT (agent)"
-                " DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
-                (agent,),
-            ).fetchone()[0]
-            values = (
-                agent,
-                seq,
-                priority,
-                sender,
-                text,
-                key,
-                after,
-                not_before,
-                now + ttl if ttl else None,
-                now,
-            )
-            for _ in range(8):  # two sends in one millisecond may draw the same id: draw again
-                message_id = new_id(now)
-                cur = tx.execute(
-                    "INSERT OR IGNORE INTO messages (id, agent, seq, priority, sender, body, key,"
-                    " state, after_id, not_before, expires, created)"
-                    " VALUES (?,?,?,?,?,?,?,'queued',?,?,?,?)",
-                    (message_id, *values),
+        items = [dict(item) for item in items]
+        for n, item in enumerate(items):
+            unknown = item.keys() - SEND_FIELDS
+            if unknown or not {"agent", "text"} <= item.keys():
+                raise QueueError(
+                    f"message {n + 1}: give agent and text; unknown: {sorted(unknown)}"
                 )
-                if cur.rowcount:
-                    break
-            else:
-                raise QueueError("could not draw a unique message id")
-            _event(tx, message_id, now, "queued", sender)
-            known = tx.execute("SELECT 1 FROM agents WHERE id = ?", (agent,)).fetchone()
-            row = tx.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
-            return {**self._record(tx, row), "known_agent": known is not None}
+            try:
+                self._check(item["agent"], item["text"], item.get("priority", 0), item.get("ttl"))
+            except QueueError as exc:
+                raise QueueError(
+                    f"message {n + 1}: {exc}" if len(items) > 1 else str(exc)
+                ) from None
+        receipts = []
+        with self.store.transaction() as tx:
+            for item in items:
+                receipts.append(self._insert(tx, now, **item))
+        return receipts
+
+    def _insert(
+        self,
+        tx: Any,
+        now: float,
+        *,
+        agent: str,
+        text: str,
+        priority: int = 0,
+        sender: str | None = None,
+        key: str | None = None,
+        ttl: float | None = None,
+        after: str | None = None,
+        not_before: float | None = None,
+    ) -> Message:
+        """One message into the open transaction ``tx``: four b-trees written (the table, its
+        id, the agent's sequence, the delivery order); its creation is the ``created`` column,
+        not an event row."""
+        if key is not None:
+            row = tx.execute(
+                "SELECT * FROM messages WHERE agent = ? AND key = ? AND state = 'queued'"
+                " ORDER BY seq LIMIT 1",
+                (agent, key),
+            ).fetchone()
+            if row is not None:
+                return {**self._record(tx, row), "duplicate": True}
+        if (
+            after is not None
+            and tx.execute("SELECT 1 FROM messages WHERE id = ?", (after,)).fetchone() is None
+        ):
+            raise QueueError(f"--after: no message with id {after!r}")
+        seq = tx.execute(
+            "SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE agent = ?", (agent,)
+        ).fetchone()[0]
+        values = (agent, seq, priority, sender, text, key, after, not_before,
+                  now + ttl if ttl else None, now)  # fmt: skip
+        for _ in range(8):  # two sends in one millisecond may draw the same id: draw again
+            message_id = new_id(now)
+            cur = tx.execute(
+                "INSERT OR IGNORE INTO messages (id, agent, seq, priority, sender, body, key,"
+                " state, after_id, not_before, expires, created)"
+                " VALUES (?,?,?,?,?,?,?,'queued',?,?,?,?)",
+                (message_id, *values),
+            )
+            if cur.rowcount:
+                break
+        else:
+            raise QueueError("could not draw a unique message id")
+        known = tx.execute("SELECT 1 FROM agents WHERE id = ?", (agent,)).fetchone()
+        row = tx.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return {**self._record(tx, row), "known_agent": known is not None}
 
     def _check(self, agent: str, text: str, priority: int, ttl: float | None) -> None:
         if not agents.valid_id(agent):
@@ -240,7 +275,11 @@ class Queue:
             "SELECT ts, state, detail FROM message_events WHERE message_id = ? ORDER BY ts, rowid",
             (message_id,),
         ).fetchall()
-        record["events"] = [{"ts": t, "state": s, "detail": d} for t, s, d in events]
+        created = {"ts": record["created"], "state": "queued", "detail": record["sender"]}
+        imported = events and events[0][2] == "imported"
+        record["events"] = ([] if imported else [created]) + [
+            {"ts": t, "state": s, "detail": d} for t, s, d in events
+        ]
         return record
 
     def messages(self, agent: str | None = None, state: str | None = None) -> list[Message]:
@@ -649,8 +688,7 @@ class Queue:
                 if tx.execute("SELECT 1 FROM messages WHERE id = ?", (record["id"],)).fetchone():
                     continue
                 seq = tx.execute(
-                    "INSERT INTO queue_seq (agent, last_seq) VALUES (?, 1) ON CONFLICT (agent)"
-                    " DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+                    "SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE agent = ?",
                     (record["agent"],),
                 ).fetchone()[0]
                 state = "queued" if record.get("state") == "delivered" else record["state"]

@@ -59,8 +59,8 @@ def _line(m: dict[str, Any], now: float) -> str:
 
 
 @click.command("send")
-@click.argument("agent", callback=agent_name)
-@click.argument("text")
+@click.argument("agent", required=False, callback=optional_agent_name)
+@click.argument("text", required=False)
 @click.option("--priority", "-p", default="0", help="0-9 normal, 10-49 high, 50-99 critical, "
               f"100-{MAX_SEND_PRIORITY} emergency.")  # fmt: skip
 @click.option("--from", "sender", help="Who sends it (shown to the agent).")
@@ -73,37 +73,36 @@ def _line(m: dict[str, Any], now: float) -> str:
 @click.option("--exact", is_flag=True, help="AGENT is a name, even with * ? or [ in it.")
 @click.option("--push", is_flag=True, help="Also type the text into the agent's tmux pane "
               "(migrating agents without hooks).")  # fmt: skip
+@click.option("--batch", type=click.File("r", encoding="utf-8"), help="Queue every message of "
+              "FILE ('-': stdin) in one transaction: a JSON object a line with agent, text and "
+              "any of priority, from, key, ttl, after, in, at, exact. One bad line stores "
+              "nothing.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the receipt as JSON.")
-def send_command(agent: str, text: str, priority: str, sender: str | None, key: str | None,
-                 ttl: str | None, after: str | None, delay: str | None, at: str | None,
-                 all_agents: bool, exact: bool, push: bool, as_json: bool) -> None:  # fmt: skip
-    """Queue TEXT for AGENT (a pattern such as 'proj:*' fans out; TEXT '-' reads stdin)."""
+def send_command(agent: str | None, text: str | None, priority: str, sender: str | None,
+                 key: str | None, ttl: str | None, after: str | None, delay: str | None,
+                 at: str | None, all_agents: bool, exact: bool, push: bool, batch: Any,
+                 as_json: bool) -> None:  # fmt: skip
+    """Queue TEXT for AGENT (a pattern such as 'proj:*' fans out; TEXT '-' reads stdin), or
+    every message of a --batch file."""
+    if batch is not None:
+        if agent is not None or text is not None or push or all_agents:
+            raise click.ClickException("--batch takes its messages from the file alone")
+        items = [_item(**line) for line in _lines(batch)]
+        receipts = api.send_many(items)
+        for receipt in receipts:
+            click.echo(json.dumps(receipt, ensure_ascii=False) if as_json else _said(receipt))
+        return
+    if (agent is None and not all_agents) or text is None:
+        raise click.ClickException("give AGENT and TEXT (or --all and TEXT, or --batch FILE)")
     if text == "-":
         try:
             text = sys.stdin.buffer.read().decode("utf-8")
         except UnicodeDecodeError:
             raise click.ClickException("stdin is not UTF-8 text") from None
-
-    def go() -> list[dict[str, Any]]:
-        try:
-            level = int(priority)
-        except ValueError:
-            raise QueueError(f"priority must be an integer, not {priority!r}") from None
-        if not 0 <= level <= MAX_SEND_PRIORITY:
-            raise QueueError(f"priority {level} is out of range 0-{MAX_SEND_PRIORITY}")
-        if delay is not None and at is not None:
-            raise QueueError("give --in or --at, not both")
-        not_before = (
-            time.time() + parse_duration(delay) if delay is not None
-            else _at(at) if at is not None else None
-        )  # fmt: skip
-        return api.send(
-            "*" if all_agents else agent, text, priority=level, sender=sender, key=key,
-            ttl=parse_duration(ttl) if ttl is not None else None, after=after,
-            not_before=not_before, fire=not push, exact=exact and not all_agents,
-        )  # fmt: skip
-
-    receipts = go()
+    item = _item(agent="*" if all_agents else agent, text=text, priority=priority, sender=sender,
+                 key=key, ttl=ttl, after=after, delay=delay, at=at,
+                 exact=exact and not all_agents)  # fmt: skip
+    receipts = api.send_many([item], fire=not push)
     if push:  # observers hear of it after typing: the idle plugin must not wake it as well
         queue = _queue()
         try:
@@ -117,15 +116,83 @@ def send_command(agent: str, text: str, priority: str, sender: str | None, key: 
         click.echo(json.dumps(out, ensure_ascii=False))
         return
     for r in receipts:
-        if r.get("duplicate"):
-            click.echo(f"{r['id']} already queued for {r['agent']} with key {key!r}: "
-                       "nothing new stored")  # fmt: skip
+        click.echo(_said(r))
+
+
+def _said(r: dict[str, Any]) -> str:
+    """One receipt, for a person."""
+    if r.get("duplicate"):
+        return (
+            f"{r['id']} already queued for {r['agent']} with key {r['key']!r}: nothing new stored"
+        )
+    said = f"queued {r['id']} for {r['agent']} (#{r['seq']}, priority {r['priority']} {r['band']})"
+    if not r.get("known_agent"):
+        said += (f"\nnote: orch has not heard from {r['agent']} yet; the message waits for its "
+                 "first hook (or use --push)")  # fmt: skip
+    return said
+
+
+def _item(
+    *,
+    agent: str | None,
+    text: str,
+    priority: str | int = 0,
+    sender: str | None = None,
+    key: str | None = None,
+    ttl: str | float | None = None,
+    after: str | None = None,
+    delay: str | float | None = None,
+    at: str | None = None,
+    exact: bool = False,
+) -> dict[str, Any]:
+    """A message for :func:`api.send_many`, from what a person writes (``30m``, ``14:30``)."""
+    try:
+        level = int(priority)
+    except (TypeError, ValueError):
+        raise QueueError(f"priority must be an integer, not {priority!r}") from None
+    if not 0 <= level <= MAX_SEND_PRIORITY:
+        raise QueueError(f"priority {level} is out of range 0-{MAX_SEND_PRIORITY}")
+    if delay is not None and at is not None:
+        raise QueueError("give --in or --at, not both")
+    not_before = (
+        time.time() + _seconds(delay) if delay is not None
+        else _at(at) if at is not None else None
+    )  # fmt: skip
+    return {"agent": agent, "text": text, "priority": level, "sender": sender, "key": key,
+            "ttl": _seconds(ttl) if ttl is not None else None, "after": after,
+            "not_before": not_before, "exact": exact}  # fmt: skip
+
+
+def _seconds(value: str | float) -> float:
+    """``30m`` or ``90`` on the command line; in a batch line, a number of seconds as well."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return parse_duration(str(value))
+
+
+#: Batch-line keys, and the option each stands for.
+BATCH_KEYS = {"agent": "agent", "text": "text", "priority": "priority", "from": "sender",
+              "key": "key", "ttl": "ttl", "after": "after", "in": "delay", "at": "at",
+              "exact": "exact"}  # fmt: skip
+
+
+def _lines(file: Any) -> Iterator[dict[str, Any]]:
+    """The messages of a ``--batch`` file; a line that is not one names its number."""
+    for number, line in enumerate(file, 1):
+        if not line.strip():
             continue
-        click.echo(f"queued {r['id']} for {r['agent']} (#{r['seq']}, priority {r['priority']}"
-                   f" {r['band']})")  # fmt: skip
-        if not r.get("known_agent"):
-            click.echo(f"note: orch has not heard from {r['agent']} yet; the message waits for "
-                       "its first hook (or use --push)")  # fmt: skip
+        try:
+            data = json.loads(line)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            unknown = data.keys() - BATCH_KEYS.keys()
+            if unknown:
+                raise ValueError(f"unknown keys {sorted(unknown)}")
+            if not isinstance(data.get("agent"), str) or not isinstance(data.get("text"), str):
+                raise ValueError("agent and text must be strings")
+        except ValueError as exc:
+            raise QueueError(f"--batch line {number}: {exc}") from None
+        yield {BATCH_KEYS[k]: v for k, v in data.items()}
 
 
 def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:

@@ -23,7 +23,7 @@ TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -163,6 +163,14 @@ MIGRATIONS: dict[int, str] = {
     """,
     7: """
     ALTER TABLE messages ADD COLUMN answered_by REAL;
+    """,
+    8: """
+    DROP INDEX messages_state;
+    CREATE INDEX messages_inflight ON messages(session_id, delivered) WHERE state = 'delivered';
+    DROP TABLE queue_seq;
+    DELETE FROM message_events WHERE rowid IN (
+        SELECT e.rowid FROM message_events e JOIN messages m ON m.id = e.message_id
+        WHERE e.state = 'queued' AND e.ts = m.created);
     """,
 }
 #: Hook runs kept; older ones are pruned now and then, so the table stays small.

@@ -137,8 +137,8 @@ def test_a_key_repeated_while_pending_stores_nothing(q: Queue) -> None:
     for field in ("id", "agent", "seq", "priority", "state", "body"):
         assert again[field] == first[field]
     assert rows(q.store, "SELECT id, body FROM messages") == [(first["id"], "deploy")]
-    assert rows(q.store, "SELECT count(*) FROM message_events") == [(1,)]
-    assert rows(q.store, "SELECT last_seq FROM queue_seq WHERE agent = 'p:1'") == [(1,)]
+    assert [e["state"] for e in q.get(first["id"])["events"]] == ["queued"]  # type: ignore[index]
+    assert rows(q.store, "SELECT max(seq) FROM messages WHERE agent = 'p:1'") == [(1,)]
     # the key is the agent's own: another agent's message with it is stored
     assert not q.send("p:2", "deploy", key="k1").get("duplicate")
 
@@ -465,10 +465,11 @@ def test_every_state_change_has_a_timestamped_event(q: Queue, tmp_path: Path) ->
     q.confirm("p:1", "s", transcript(tmp_path / "t", q.render(taken[:1])), now=T0 + 2)
     q.cancel(nope["id"], now=T0 + 3)
     q.retry(nope["id"], now=T0 + 4)
-    history = rows(q.store, "SELECT message_id, ts, state FROM message_events ORDER BY ts, rowid")
     per: dict[str, list[tuple[float, str]]] = {}
-    for message_id, ts, st in history:
-        per.setdefault(message_id, []).append((ts, st))
+    for sent in (ok, lost, old, nope):
+        record = q.get(sent["id"])
+        assert record is not None
+        per[sent["id"]] = [(e["ts"], e["state"]) for e in record["events"]]
     assert per[ok["id"]] == [(T0, "queued"), (T0 + 0.5, "delivered"), (T0 + 2, "confirmed")]
     assert per[lost["id"]] == [(T0, "queued"), (T0 + 0.5, "delivered"), (T0 + 2, "dead")]
     assert per[old["id"]] == [(T0, "queued"), (T0 + 0.5, "delivered"), (T0 + 2, "dead")]
@@ -503,3 +504,53 @@ def test_the_hooks_pending_read_uses_the_agent_state_index(orch: OrchState) -> N
         ("p:1",),
     ).fetchall()
     assert "USING INDEX messages_ready (agent=? AND state=?)" in plan[0][3]
+
+
+def test_send_many_stores_all_in_one_transaction_or_none(
+    q: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transactions: list[object] = []
+    assert q.store.conn  # opened and migrated: not counted below
+    real = q.store.transaction
+
+    def counted(*args: Any) -> Any:
+        transactions.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(q.store, "transaction", counted)
+    items = [{"agent": "p:1", "text": f"n{i}", "key": "same" if i < 2 else None} for i in range(4)]
+    receipts = q.send_many(items, now=T0)
+    assert len(transactions) == 1
+    assert [r["seq"] for r in receipts] == [1, 1, 2, 3]  # the second repeats the first's key
+    assert receipts[1]["duplicate"] and receipts[1]["id"] == receipts[0]["id"]
+    with pytest.raises(QueueError, match="message 2: invalid agent id"):
+        q.send_many([{"agent": "p:1", "text": "fine"}, {"agent": ":1", "text": "bad"}])
+    with pytest.raises(QueueError, match="message 1: give agent and text"):
+        q.send_many([{"agent": "p:1", "body": "misnamed"}])
+    assert len(q.messages("p:1")) == 3  # nothing of the bad batches
+
+
+def test_a_schema_7_database_keeps_its_messages_and_history(tmp_path: Path) -> None:
+    import sqlite3
+
+    from orch_core.store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for step in range(1, 8):
+        conn.executescript(MIGRATIONS[step])
+    conn.execute("PRAGMA user_version = 7")
+    conn.execute(
+        "INSERT INTO messages (id, agent, seq, priority, sender, body, state, created)"
+        " VALUES ('m1', 'p:1', 5, 0, 'lead', 'old one', 'queued', ?)",
+        (T0,),
+    )
+    conn.execute("INSERT INTO queue_seq (agent, last_seq) VALUES ('p:1', 5)")
+    conn.execute("INSERT INTO message_events VALUES ('m1', ?, 'queued', 'lead')", (T0,))
+    conn.commit()
+    conn.close()
+    q = Queue(SQLiteStore(str(path)))
+    record = q.get("m1")
+    assert record is not None
+    assert record["events"] == [{"ts": T0, "state": "queued", "detail": "lead"}]  # once
+    assert q.send("p:1", "new one", now=T0 + 1)["seq"] == 6

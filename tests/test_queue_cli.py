@@ -426,3 +426,42 @@ def test_orch_queue_sweeps_with_the_projects_queue_settings(orch: OrchState) -> 
     orch.write_config("[plugin.queue]\nconfirm_seconds = 100\n")
     listing = json.loads(orch.cli("queue", "--json").stdout)
     assert [m["state"] for m in listing] == ["queued"]
+
+
+def test_send_batch_queues_json_lines_in_one_go(orch: OrchState) -> None:
+    hook(orch, "p:1")
+    hook(orch, "p:2")
+    lines = "\n".join(json.dumps(line) for line in [
+        {"agent": "p:1", "text": "first", "priority": 20, "from": "lead"},
+        {"agent": "p:*", "text": "to both", "ttl": "10m"},
+        {"agent": "p:2", "text": "later", "in": 3600, "key": "k"},
+        {"agent": "p:2", "text": "later", "in": 3600, "key": "k"},
+    ]) + "\n"  # fmt: skip
+    done = cli(orch, "send", "--batch", "-", "--json", stdin=lines.encode())
+    assert done.returncode == 0, done.stderr
+    receipts = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["agent"], r["body"]) for r in receipts] == [
+        ("p:1", "first"), ("p:1", "to both"), ("p:2", "to both"), ("p:2", "later"),
+        ("p:2", "later"),
+    ]  # fmt: skip
+    assert (receipts[0]["priority"], receipts[0]["sender"]) == (20, "lead")
+    assert receipts[1]["expires"] == pytest.approx(receipts[1]["created"] + 600)
+    assert receipts[4]["duplicate"] and receipts[4]["id"] == receipts[3]["id"]
+    assert db(orch, "SELECT count(*) FROM messages") == [(4,)]
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        ('{"agent": "p:1", "text": "ok"}\nnot json\n', "--batch line 2: "),
+        ('{"agent": "p:1", "text": "ok"}\n{"agent": "p:1", "txt": "x"}\n', "unknown keys"),
+        ('{"agent": "p:1", "text": "ok"}\n{"agent": "p:1", "text": "x", "priority": 500}\n',
+         "out of range"),
+        ('{"agent": ":bad", "text": "x"}\n', "invalid agent id"),
+    ],
+)  # fmt: skip
+def test_a_bad_batch_line_stores_nothing(orch: OrchState, lines: str, reason: str) -> None:
+    done = cli(orch, "send", "--batch", "-", stdin=lines.encode())
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and reason in done.stderr, done.stderr
+    assert db(orch, "SELECT count(*) FROM messages") == [(0,)]

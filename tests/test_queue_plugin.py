@@ -67,10 +67,9 @@ def agent_state(orch: OrchState, agent: str = AGENT) -> str | None:
 
 
 def events_of(orch: OrchState, message_id: str) -> list[tuple[str, str | None]]:
-    return orch.store.conn.execute(
-        "SELECT state, detail FROM message_events WHERE message_id = ? ORDER BY ts, rowid",
-        (message_id,),
-    ).fetchall()
+    record = Queue(orch.store).get(message_id)
+    assert record is not None
+    return [(e["state"], e["detail"]) for e in record["events"]]
 
 
 @pytest.mark.parametrize(
