@@ -8,8 +8,9 @@ commit per API call. Contenders:
 - persist-queue: one ``SQLiteAckQueue`` per agent (one table each, same file); ``put`` every
   message, then ``get`` + ``ack`` one at a time until empty. Three commits per message.
 - orch, as hooks deliver: ``Queue.send`` every message; then, per agent, what the queue plugin
-  does in each hook (``has_pending``, ``confirm`` against the session's transcript, ``sweep``,
-  ``claim`` a batch of up to 8,000 characters, ``render``), with the rendered text appended to a
+  does in each hook (``has_pending``, then ``deliver``: confirm against the session's
+  transcript, sweep, claim a batch of up to 8,000 characters, in one write transaction; then
+  ``render``), with the rendered text appended to a
   fake transcript file as Claude Code would, so the next round's ``confirm`` finds it there. It
   ends when every message is ``confirmed``.
 - orch, one per claim: the same with a claim budget of one message, the granularity of
@@ -130,9 +131,7 @@ def hook_rounds(queue: Any, agent: str, transcript: Path, claim_budget: int) -> 
     """What the queue plugin does in each of one session's hooks, until all is confirmed."""
     session = f"session-{agent}"
     while queue.has_pending(agent):
-        queue.confirm(agent, session, str(transcript))
-        queue.sweep(agent=agent)
-        batch = queue.claim(agent, session, budget=claim_budget)
+        batch = queue.deliver(agent, session, transcript_path=str(transcript), budget=claim_budget)
         if batch:
             text = queue.render(batch, HOOK_BUDGET)
             with transcript.open("a", encoding="utf-8") as f:

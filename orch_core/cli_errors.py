@@ -45,6 +45,9 @@ def one_line() -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:
         raise click.ClickException(database_error(exc)) from None
+    except UnicodeEncodeError as exc:  # bytes in argv that are not UTF-8 come as surrogates
+        bad = exc.object[exc.start : exc.end]
+        raise click.ClickException(f"{bad!r} is not text (not UTF-8)") from None
 
 
 def database_error(exc: sqlite3.Error) -> str:

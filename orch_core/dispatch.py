@@ -131,10 +131,22 @@ def read_payload(raw: bytes, env: Mapping[str, str]) -> dict[str, Any] | None:
             problem = f"payload is not JSON: {exc}"
         else:
             if isinstance(data, dict):
-                return data
+                return _whole(data) if b"\\ud" in raw.lower() else data
             problem = f"payload is a JSON {type(data).__name__}, not an object"
     log.write("warning", "bad hook input skipped", env, problem=problem)
     return None
+
+
+def _whole(value: Any) -> Any:
+    """``value`` with each lone surrogate (a ``\\ud800`` escape in the JSON, which is no text
+    and which SQLite refuses) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    if isinstance(value, dict):
+        return {_whole(k): _whole(v) for k, v in value.items()}
+    return value
 
 
 def dispatch(

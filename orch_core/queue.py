@@ -531,15 +531,24 @@ class Queue:
         one began (``since``): a hook running beside the delivering one (parallel tool calls)
         cannot find it yet. Returns the confirmed ids."""
         now = time.time() if now is None else now
-        since = now if since is None else since
-        conn = self.store.conn
-        inflight = conn.execute(
+        found, missed = self._look(agent, session_id, transcript_path, since or now)
+        if found or missed:
+            with self.store.transaction() as tx:
+                self._account(tx, found, missed, now)
+        return found
+
+    def _look(
+        self, agent: str, session_id: str, transcript_path: str | None, since: float
+    ) -> tuple[list[str], list[tuple[str, int]]]:
+        """This session's deliveries found in its transcript, and those it missed (with their
+        misses so far): read before any transaction, the transcript being a file."""
+        inflight = self.store.conn.execute(
             "SELECT id, checks, answered_by FROM messages WHERE agent = ? AND state = 'delivered'"
             " AND session_id = ?",
             (agent, session_id),
         ).fetchall()
         if not inflight:
-            return []
+            return [], []
         ids = marked(_transcript_tail(transcript_path))
         found = [mid for mid, _, _ in inflight if mid in ids]
         missed = [
@@ -547,19 +556,43 @@ class Queue:
             for mid, checks, answered_by in inflight
             if mid not in ids and (answered_by is None or answered_by < since)
         ]
-        if not (found or missed):
-            return []
+        return found, missed
+
+    def _account(
+        self, tx: Any, found: list[str], missed: list[tuple[str, int]], now: float
+    ) -> None:
+        for message_id in found:
+            _set(tx, message_id, "confirmed", now, "found in the transcript", "delivered")
+        for message_id, checks in missed:
+            if checks + 1 >= self.confirm_hooks:
+                self._unconfirmed(tx, message_id, now, "not found in the transcript")
+            else:
+                tx.execute("UPDATE messages SET checks = checks + 1 WHERE id = ?", (message_id,))
+
+    def deliver(
+        self,
+        agent: str,
+        session_id: str | None,
+        *,
+        transcript_path: str | None = None,
+        since: float | None = None,
+        min_priority: int = 0,
+        budget: int = 8000,
+        deadline: float | None = None,
+        now: float | None = None,
+    ) -> list[Message]:
+        """What a hook does: confirm this session's earlier deliveries, sweep, and claim what
+        is deliverable now, the confirmations and the claim in one write transaction."""
+        now = time.time() if now is None else now
+        found: list[str] = []
+        missed: list[tuple[str, int]] = []
+        if session_id:
+            found, missed = self._look(agent, session_id, transcript_path, since or now)
+        self.sweep(now, agent)
         with self.store.transaction() as tx:
-            for message_id in found:
-                _set(tx, message_id, "confirmed", now, "found in the transcript", "delivered")
-            for message_id, checks in missed:
-                if checks + 1 >= self.confirm_hooks:
-                    self._unconfirmed(tx, message_id, now, "not found in the transcript")
-                else:
-                    tx.execute(
-                        "UPDATE messages SET checks = checks + 1 WHERE id = ?", (message_id,)
-                    )
-        return found
+            self._account(tx, found, missed, now)
+            return self._claim(tx, agent, session_id, min_priority, budget, transcript_path,
+                               deadline, now)  # fmt: skip
 
     def claim(
         self,
@@ -579,43 +612,57 @@ class Queue:
         of time could not hand the messages over. Each message records by when its hook has
         answered (``answered_by``), for :meth:`confirm`."""
         now = time.time() if now is None else now
+        with self.store.transaction() as tx:
+            return self._claim(tx, agent, session_id, min_priority, budget, transcript_path,
+                               deadline, now)  # fmt: skip
+
+    def _claim(
+        self,
+        tx: Any,
+        agent: str,
+        session_id: str | None,
+        min_priority: int,
+        budget: int,
+        transcript_path: str | None,
+        deadline: float | None,
+        now: float,
+    ) -> list[Message]:
         # ``after``: held back while the other message is here and not delivered; one that is
         # not here (an import without it: it was confirmed and not exported) holds nothing.
-        with self.store.transaction() as tx:
-            rows = tx.execute(
-                """SELECT * FROM messages m
-                   WHERE m.agent = ? AND m.state = 'queued' AND m.priority >= ?
-                     AND (m.not_before IS NULL OR m.not_before <= ?)
-                     AND (m.expires IS NULL OR m.expires > ?)
-                     AND NOT EXISTS (SELECT 1 FROM messages a WHERE a.id = m.after_id
-                          AND a.state NOT IN ('delivered', 'confirmed'))
-                   ORDER BY m.priority DESC, m.seq LIMIT 50""",
-                (agent, min_priority, now, now),
-            ).fetchall()
-            taken: list[Message] = []
-            used = 0
-            answered_by = (now if deadline is None else deadline) + ANSWER_MARGIN
-            for row in rows:
-                message = self._record(tx, row)
-                if message["attempts"] >= self.max_attempts:
-                    why = f"delivered {message['attempts']} times without confirmation"
-                    _set(tx, message["id"], "dead", now, why, "queued")
-                    continue
-                size = self._cost(message, budget)
-                if taken and used + size > budget:
-                    break
-                used += size
-                tx.execute(
-                    "UPDATE messages SET state = 'delivered', delivered = ?, session_id = ?,"
-                    " transcript = ?, answered_by = ?, attempts = attempts + 1, checks = 0"
-                    " WHERE id = ?",
-                    (now, session_id, transcript_path, answered_by, message["id"]),
-                )
-                _event(tx, message["id"], now, "delivered", session_id)
-                taken.append(message)
-            if taken and deadline is not None and time.time() > deadline - CLAIM_MARGIN:
-                tx.execute("ROLLBACK")
-                return []
+        rows = tx.execute(
+            """SELECT * FROM messages m
+               WHERE m.agent = ? AND m.state = 'queued' AND m.priority >= ?
+                 AND (m.not_before IS NULL OR m.not_before <= ?)
+                 AND (m.expires IS NULL OR m.expires > ?)
+                 AND NOT EXISTS (SELECT 1 FROM messages a WHERE a.id = m.after_id
+                      AND a.state NOT IN ('delivered', 'confirmed'))
+               ORDER BY m.priority DESC, m.seq LIMIT 50""",
+            (agent, min_priority, now, now),
+        ).fetchall()
+        taken: list[Message] = []
+        used = 0
+        answered_by = (now if deadline is None else deadline) + ANSWER_MARGIN
+        for row in rows:
+            message = self._record(tx, row)
+            if message["attempts"] >= self.max_attempts:
+                why = f"delivered {message['attempts']} times without confirmation"
+                _set(tx, message["id"], "dead", now, why, "queued")
+                continue
+            size = self._cost(message, budget)
+            if taken and used + size > budget:
+                break
+            used += size
+            tx.execute(
+                "UPDATE messages SET state = 'delivered', delivered = ?, session_id = ?,"
+                " transcript = ?, answered_by = ?, attempts = attempts + 1, checks = 0"
+                " WHERE id = ?",
+                (now, session_id, transcript_path, answered_by, message["id"]),
+            )
+            _event(tx, message["id"], now, "delivered", session_id)
+            taken.append(message)
+        if taken and deadline is not None and time.time() > deadline - CLAIM_MARGIN:
+            tx.execute("ROLLBACK")
+            return []
         return taken
 
     def _cost(self, message: Message, budget: int) -> int:

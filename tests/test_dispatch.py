@@ -237,3 +237,15 @@ def test_outputs_are_json_claude_accepts(orch: OrchState) -> None:
     assert json.loads(result.stdout) == {
         "hookSpecificOutput": {"hookEventName": "Stop", "additionalContext": "ctx"}
     }
+
+
+def test_a_lone_surrogate_in_the_payload_is_no_plugins_error(orch: OrchState) -> None:
+    """JSON may escape half a UTF-16 pair (``\\ud800``): no text, and SQLite refuses it."""
+    raw = json.dumps(payload("UserPromptSubmit", prompt="half \ud800 pair, whole 🚀")).encode()
+    assert b"\\ud800" in raw
+    result = orch.run_hook(raw, ORCH_AGENT="p:1")
+    assert result.exit_code == 0
+    (run,) = orch.store.runs(1)
+    assert run["ok"], run["plugins"]
+    prompts = orch.store.conn.execute("SELECT target FROM activity WHERE kind = 'prompt'")
+    assert [t for (t,) in prompts] == ["half \ufffd pair, whole 🚀"]

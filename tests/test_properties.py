@@ -73,7 +73,8 @@ def sandbox(orch: OrchState, tmp_path: Path) -> Iterator[OrchState]:
 
 
 def invoke(orch: OrchState, args: list[str], stdin: str = "") -> None:
-    result = CliRunner().invoke(cli.cli, args, input=stdin, env=orch.env, catch_exceptions=True)
+    data = stdin.encode("utf-8", "surrogatepass")  # stdin is bytes, UTF-8 or not
+    result = CliRunner().invoke(cli.cli, args, input=data, env=orch.env, catch_exceptions=True)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"orch {args!r} raised") from result.exception
     assert result.exit_code in (0, 1, 2), (args, result.output)

@@ -290,13 +290,13 @@ def test_a_claim_that_would_land_after_the_deadline_takes_nothing(
 ) -> None:
     orch.write_config("[orch]\nbudget_ms = 100\n")
     sent = Queue(orch.store).send("p:1", "hello")["id"]
-    claim = Queue.claim
+    claim = Queue._claim
 
     def slow_claim(self: Queue, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        time.sleep(0.3)  # e.g. waiting for another writer's lock
+        time.sleep(0.3)  # e.g. a slow disk under the transaction
         return claim(self, *args, **kwargs)
 
-    monkeypatch.setattr(Queue, "claim", slow_claim)
+    monkeypatch.setattr(Queue, "_claim", slow_claim)
     result = orch.run(payload("PostToolUse", session_id="s1"), ORCH_AGENT="p:1")
     assert result.context is None
     assert {p["plugin"]: p["outcome"] for p in result.plugins}["queue"] == "timeout"

@@ -52,16 +52,14 @@ def deliver(event: ev.Event, ctx: HookContext, min_priority: int = 0) -> str | N
     queue = queue_for(ctx)
     if queue is None or not queue.has_pending(ctx.agent):
         return None
-    if ctx.session_id:
-        queue.confirm(ctx.agent, ctx.session_id, event.transcript_path, since=ctx.started)
-    queue.sweep(agent=ctx.agent)
     budget = int({**DEFAULTS, **ctx.config}["budget"])
-    messages = queue.claim(
+    messages = queue.deliver(
         ctx.agent,
         ctx.session_id,
+        transcript_path=event.transcript_path,
+        since=ctx.started,
         min_priority=min_priority,
         budget=budget,
-        transcript_path=event.transcript_path,
         deadline=ctx.deadline,
     )
     if not messages:
