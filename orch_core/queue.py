@@ -409,14 +409,19 @@ class Queue:
             args,
         ).fetchall()
         stale = conn.execute(
-            "SELECT id, transcript FROM messages WHERE state = 'delivered'"
+            "SELECT id, transcript, transcript_from FROM messages WHERE state = 'delivered'"
             f" AND session_id IS NOT NULL AND delivered <= ? {only}",
             (now - self.confirm_seconds, *args),
         ).fetchall()
         # Claude writes its transcript late: the hooks after a delivery may all have missed
         # it while the agent went idle. Look once more before putting it back in the queue.
-        tails = {path: marked(_transcript_tail(path)) for path in {t for _, t in stale if t}}
-        seen = [mid for mid, path in stale if path and mid in tails[path]]
+        starts: dict[str, int | None] = {}
+        for _, path, start in stale:
+            if path:
+                known = starts.get(path, start)
+                starts[path] = None if known is None or start is None else min(known, start)
+        tails = {path: marked(_transcript_tail(path, start)) for path, start in starts.items()}
+        seen = [mid for mid, path, _ in stale if path and mid in tails[path]]
         if not (expired or orphans or stale):
             return
         with self.store.transaction() as tx:
@@ -425,7 +430,7 @@ class Queue:
             for message_id, after_id, after_state in orphans:
                 why = f"waited for {after_id}, which ended {after_state}"
                 _set(tx, message_id, "dead", now, why, "queued")
-            for message_id, _ in stale:
+            for message_id, _, _ in stale:
                 if message_id in seen:
                     _set(tx, message_id, "confirmed", now, "found in the transcript", "delivered")
                 else:
@@ -543,17 +548,18 @@ class Queue:
         """This session's deliveries found in its transcript, and those it missed (with their
         misses so far): read before any transaction, the transcript being a file."""
         inflight = self.store.conn.execute(
-            "SELECT id, checks, answered_by FROM messages WHERE agent = ? AND state = 'delivered'"
-            " AND session_id = ?",
+            "SELECT id, checks, answered_by, transcript_from FROM messages WHERE agent = ?"
+            " AND state = 'delivered' AND session_id = ?",
             (agent, session_id),
         ).fetchall()
         if not inflight:
             return [], []
-        ids = marked(_transcript_tail(transcript_path))
-        found = [mid for mid, _, _ in inflight if mid in ids]
+        starts = [start for *_, start in inflight]
+        ids = marked(_transcript_tail(transcript_path, None if None in starts else min(starts)))
+        found = [mid for mid, *_ in inflight if mid in ids]
         missed = [
             (mid, checks)
-            for mid, checks, answered_by in inflight
+            for mid, checks, answered_by, _ in inflight
             if mid not in ids and (answered_by is None or answered_by < since)
         ]
         return found, missed
@@ -589,10 +595,11 @@ class Queue:
         if session_id:
             found, missed = self._look(agent, session_id, transcript_path, since or now)
         self.sweep(now, agent)
+        start = _size(transcript_path)
         with self.store.transaction() as tx:
             self._account(tx, found, missed, now)
             return self._claim(tx, agent, session_id, min_priority, budget, transcript_path,
-                               deadline, now)  # fmt: skip
+                               start, deadline, now)  # fmt: skip
 
     def claim(
         self,
@@ -612,9 +619,10 @@ class Queue:
         of time could not hand the messages over. Each message records by when its hook has
         answered (``answered_by``), for :meth:`confirm`."""
         now = time.time() if now is None else now
+        start = _size(transcript_path)
         with self.store.transaction() as tx:
             return self._claim(tx, agent, session_id, min_priority, budget, transcript_path,
-                               deadline, now)  # fmt: skip
+                               start, deadline, now)  # fmt: skip
 
     def _claim(
         self,
@@ -624,6 +632,7 @@ class Queue:
         min_priority: int,
         budget: int,
         transcript_path: str | None,
+        transcript_from: int | None,
         deadline: float | None,
         now: float,
     ) -> list[Message]:
@@ -654,9 +663,9 @@ class Queue:
             used += size
             tx.execute(
                 "UPDATE messages SET state = 'delivered', delivered = ?, session_id = ?,"
-                " transcript = ?, answered_by = ?, attempts = attempts + 1, checks = 0"
-                " WHERE id = ?",
-                (now, session_id, transcript_path, answered_by, message["id"]),
+                " transcript = ?, transcript_from = ?, answered_by = ?, attempts = attempts + 1,"
+                " checks = 0 WHERE id = ?",
+                (now, session_id, transcript_path, transcript_from, answered_by, message["id"]),
             )
             _event(tx, message["id"], now, "delivered", session_id)
             taken.append(message)
@@ -800,10 +809,21 @@ def marked(text: str) -> set[str]:
     return set(re.findall(re.escape(MARK) + r"(m[0-9a-z]+) ", text))
 
 
-def _transcript_tail(path: str | None, size: int = 4 * 1024 * 1024) -> str:
-    """The last ``size`` bytes of a session's transcript, where recent deliveries show up.
-    The path comes from a hook payload: anything but a regular file (a FIFO, a device) reads
-    as empty, without blocking, and no more than ``size`` bytes are ever read."""
+def _size(path: str | None) -> int | None:
+    """How long a transcript is now: a delivery's text is written after this point."""
+    try:
+        return os.stat(path).st_size if path else None
+    except OSError:
+        return None
+
+
+def _transcript_tail(
+    path: str | None, start: int | None = None, size: int = 4 * 1024 * 1024
+) -> str:
+    """A session's transcript from ``start`` (where it ended when the deliveries now looked
+    for were made), or its last ``size`` bytes, where recent deliveries show up. The path
+    comes from a hook payload: anything but a regular file (a FIFO, a device) reads as empty,
+    without blocking, and no more than ``size`` bytes are ever read."""
     if not path:
         return ""
     try:
@@ -814,8 +834,10 @@ def _transcript_tail(path: str | None, size: int = 4 * 1024 * 1024) -> str:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             return ""
-        start = max(0, info.st_size - size)
-        return os.pread(fd, info.st_size - start, start).decode("utf-8", "replace")
+        first = max(0, info.st_size - size)
+        if start is not None and first <= start <= info.st_size:
+            first = start
+        return os.pread(fd, info.st_size - first, first).decode("utf-8", "replace")
     except OSError:
         return ""
     finally:

@@ -23,7 +23,7 @@ TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -171,6 +171,9 @@ MIGRATIONS: dict[int, str] = {
     DELETE FROM message_events WHERE rowid IN (
         SELECT e.rowid FROM message_events e JOIN messages m ON m.id = e.message_id
         WHERE e.state = 'queued' AND e.ts = m.created);
+    """,
+    9: """
+    ALTER TABLE messages ADD COLUMN transcript_from INTEGER;
     """,
 }
 #: Hook runs kept; older ones are pruned now and then, so the table stays small.

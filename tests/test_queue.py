@@ -554,3 +554,24 @@ def test_a_schema_7_database_keeps_its_messages_and_history(tmp_path: Path) -> N
     assert record is not None
     assert record["events"] == [{"ts": T0, "state": "queued", "detail": "lead"}]  # once
     assert q.send("p:1", "new one", now=T0 + 1)["seq"] == 6
+
+
+def test_confirmation_reads_the_transcript_only_from_where_it_ended_at_delivery(
+    q: Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = Path(transcript(tmp_path / "t.jsonl", "x" * 1_000_000))  # a long session so far
+    before = log.stat().st_size
+    sent = q.send("p:1", "read me", now=T0)
+    taken = q.deliver("p:1", "s", transcript_path=str(log), now=T0)
+    transcript(log, q.render(taken, now=T0))
+    read: list[int] = []
+    pread = os.pread
+
+    def counted(fd: int, length: int, offset: int) -> bytes:
+        read.append(length)
+        return pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", counted)
+    assert q.deliver("p:1", "s", transcript_path=str(log), now=T0 + 1) == []
+    assert state(q, sent["id"]) == "confirmed"
+    assert read == [log.stat().st_size - before]  # what was written after the delivery
