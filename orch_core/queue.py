@@ -188,15 +188,17 @@ class Queue:
                     f"message {n + 1}: {exc}" if len(items) > 1 else str(exc)
                 ) from None
         receipts = []
+        known: dict[str, bool] = {}  # agent: whether orch has heard from it
         with self.store.transaction() as tx:
             for item in items:
-                receipts.append(self._insert(tx, now, **item))
+                receipts.append(self._insert(tx, now, known, **item))
         return receipts
 
     def _insert(
         self,
         tx: Any,
         now: float,
+        known: dict[str, bool],
         *,
         agent: str,
         text: str,
@@ -229,20 +231,20 @@ class Queue:
         values = (agent, seq, priority, sender, text, key, after, not_before,
                   now + ttl if ttl else None, now)  # fmt: skip
         for _ in range(8):  # two sends in one millisecond may draw the same id: draw again
-            message_id = new_id(now)
-            cur = tx.execute(
+            row = tx.execute(
                 "INSERT OR IGNORE INTO messages (id, agent, seq, priority, sender, body, key,"
                 " state, after_id, not_before, expires, created)"
-                " VALUES (?,?,?,?,?,?,?,'queued',?,?,?,?)",
-                (message_id, *values),
-            )
-            if cur.rowcount:
+                " VALUES (?,?,?,?,?,?,?,'queued',?,?,?,?) RETURNING *",
+                (new_id(now), *values),
+            ).fetchone()
+            if row is not None:
                 break
         else:
             raise QueueError("could not draw a unique message id")
-        known = tx.execute("SELECT 1 FROM agents WHERE id = ?", (agent,)).fetchone()
-        row = tx.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
-        return {**self._record(tx, row), "known_agent": known is not None}
+        if agent not in known:
+            heard = tx.execute("SELECT 1 FROM agents WHERE id = ?", (agent,)).fetchone()
+            known[agent] = heard is not None
+        return {**self._record(tx, row), "known_agent": known[agent]}
 
     def _check(self, agent: str, text: str, priority: int, ttl: float | None) -> None:
         if not agents.valid_id(agent):
@@ -650,7 +652,6 @@ class Queue:
         ).fetchall()
         taken: list[Message] = []
         used = 0
-        answered_by = (now if deadline is None else deadline) + ANSWER_MARGIN
         for row in rows:
             message = self._record(tx, row)
             if message["attempts"] >= self.max_attempts:
@@ -661,17 +662,24 @@ class Queue:
             if taken and used + size > budget:
                 break
             used += size
-            tx.execute(
-                "UPDATE messages SET state = 'delivered', delivered = ?, session_id = ?,"
-                " transcript = ?, transcript_from = ?, answered_by = ?, attempts = attempts + 1,"
-                " checks = 0 WHERE id = ?",
-                (now, session_id, transcript_path, transcript_from, answered_by, message["id"]),
-            )
-            _event(tx, message["id"], now, "delivered", session_id)
             taken.append(message)
-        if taken and deadline is not None and time.time() > deadline - CLAIM_MARGIN:
+        if not taken:
+            return []
+        if deadline is not None and time.time() > deadline - CLAIM_MARGIN:
             tx.execute("ROLLBACK")
             return []
+        ids = [m["id"] for m in taken]
+        answered_by = (now if deadline is None else deadline) + ANSWER_MARGIN
+        tx.execute(
+            "UPDATE messages SET state = 'delivered', delivered = ?, session_id = ?,"
+            " transcript = ?, transcript_from = ?, answered_by = ?, attempts = attempts + 1,"
+            f" checks = 0 WHERE id IN ({', '.join('?' * len(ids))})",
+            (now, session_id, transcript_path, transcript_from, answered_by, *ids),
+        )
+        tx.executemany(
+            "INSERT INTO message_events (message_id, ts, state, detail) VALUES (?, ?, ?, ?)",
+            [(mid, now, "delivered", session_id) for mid in ids],
+        )
         return taken
 
     def _cost(self, message: Message, budget: int) -> int:
