@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import __version__, install, lifecycle_cli, plugins, queue_cli
+from orch_core import __version__, install
 from orch_core.cli_errors import OrchGroup
 
 if TYPE_CHECKING:
     from typing import Any
+
+    from orch_core import plugins
 
 
 def _project(directory: str | None) -> str:
@@ -21,6 +23,8 @@ def _project(directory: str | None) -> str:
 
 
 def _loaded() -> plugins.Loaded:
+    from orch_core import plugins
+
     return plugins.load(os.environ, _project(None))
 
 
@@ -162,19 +166,26 @@ def _core_settings() -> dict[str, Any]:
     return plan.load(os.environ, _project(None)).settings
 
 
-for command in (*queue_cli.COMMANDS, *lifecycle_cli.COMMANDS):
-    cli.add_command(command)
+cli.lazy = {
+    **{name: f"orch_core.queue_cli:{attribute}" for name, attribute in (
+        ("send", "send_command"), ("queue", "queue_group"), ("agents", "agents_command"),
+        ("export", "export_command"), ("import", "import_command"))},
+    **{name: f"orch_core.lifecycle_cli:{name}_command"
+       for name in ("spawn", "restart", "stop", "adopt", "supervise")},
+}  # fmt: skip
 
 
 def main() -> None:
-    """Entry point of ``orch``: built-in commands plus those plugins register. Plugins are
-    loaded only when the command is not a built-in one (or for help), which keeps
-    ``orch send`` quick."""
+    """Entry point of ``orch``: built-in commands plus those plugins register. Plugins'
+    commands are looked up (in the cached plan, each import bounded) only when the command is
+    not a built-in one, or for help, which keeps ``orch send`` quick."""
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
-    if command not in cli.commands:
+    if command not in cli.commands and command not in cli.lazy:
         try:
-            loaded = plugins.load(os.environ, _project(None))
-            loaded.pm.hook.orch_register_commands(cli=cli)
+            from orch_core import plan
+
+            for impl in plan.load(os.environ, _project(None)).impls("orch_register_commands"):
+                impl.function(cli=cli)
         except Exception as exc:  # a broken plugin must not take the CLI down with it
             click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
     cli()

@@ -24,7 +24,22 @@ if TYPE_CHECKING:
 
 class OrchGroup(click.Group):
     """A click group whose commands' expected errors become one line, while parsing (eager
-    options such as ``--version``) and while running."""
+    options such as ``--version``) and while running; and whose commands listed in ``lazy``
+    (name: ``"module:attribute"``) are imported only when asked for, so ``orch send`` does not
+    pay for every other command's imports."""
+
+    lazy: dict[str, str] = {}  # noqa: RUF012 - set once, by the module that builds the group
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in self.lazy:
+            import importlib
+
+            module, _, attribute = self.lazy[name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return self.commands.get(name)
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         with one_line():

@@ -161,6 +161,3 @@ def supervise_command(seconds: float | None) -> None:
         raise click.ClickException(
             f"a supervisor already runs (pid {lifecycle.supervisor_running(os.environ)})"
         )
-
-
-COMMANDS = (spawn_command, restart_command, stop_command, adopt_command, supervise_command)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import sqlite3
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import api, lifecycle, paths
+from orch_core import api, paths
 from orch_core.cli_errors import damaged, database_error
 from orch_core.cli_params import agent_name, optional_agent_name
 from orch_core.queue import MAX_SEND_PRIORITY, STATES, Queue, QueueError, age, parse_duration
@@ -38,6 +37,8 @@ def _queue() -> Queue:
 
 def _at(text: str) -> float:
     """``--at``: an ISO 8601 time, or ``HH:MM`` (today, or tomorrow if already past)."""
+    import datetime
+
     try:
         if len(text) <= 5 and ":" in text:
             hour, minute = (int(part) for part in text.split(":"))
@@ -298,6 +299,8 @@ def purge_command(agent: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def agents_command(as_json: bool) -> None:
     """Each agent orch knows, with its state, when it was last seen, and what waits for it."""
+    from orch_core import lifecycle
+
     queue = _queue()
     rows = {row["id"]: row for row in queue.store.agents()}
     pending = queue.pending_counts()
@@ -373,6 +376,3 @@ def import_command(file: Any) -> None:
     every = list(records())
     added = _queue().import_(every)
     click.echo(f"imported {added} messages ({len(every) - added} already present)")
-
-
-COMMANDS = (send_command, queue_group, agents_command, export_command, import_command)
