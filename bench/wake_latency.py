@@ -9,7 +9,7 @@ UserPromptSubmit hook adds the message. Target: median at most 300 ms.
 Each run is also split into steps from timestamps the pieces record themselves (the message's
 ``created``, Claude's transcript entry for the submitted prompt, the hook run, the request), and a
 second series runs the steps of ``orch send`` one by one in a timed copy of the CLI path
-(interpreter, imports, plugin loading for CLI commands, queue insert, plan, wake-up typing).
+(interpreter, imports, queue insert, plan, wake-up typing).
 
     ORCH_CLAUDE_BIN=... python bench/wake_latency.py --runs 15
 """
@@ -51,19 +51,14 @@ TIMED_SEND = """\
 import time
 t = {"start": time.time()}
 import json, os, sys
-from orch_core import cli, dispatch, plugins, paths, plan as plans
+from orch_core import cli, paths, queue_cli
 from orch_core.context import Runtime
 from orch_core.queue import Queue
 t["imports"] = time.time()
-loaded = plugins.load(os.environ, os.getcwd())
-loaded.pm.hook.orch_register_commands(cli=cli.cli)
-t["cli_plugins"] = time.time()
 queue = Queue.open(os.environ)
 receipt = queue.send(sys.argv[1], sys.argv[2])
 t["queued"] = time.time()
-plan = plans.load(os.environ, paths.project_dir(os.environ))
-runtime = Runtime(store=queue.store, env=os.environ, project_dir=os.getcwd(), config=plan.config)
-runtime.fire = dispatch.observers(plan, runtime)
+runtime = Runtime.open(os.environ, paths.project_dir(os.environ), store=queue.store)
 t["plan"] = time.time()
 runtime.fire("orch_message_enqueued", {"message": receipt})
 t["typed"] = time.time()
@@ -266,7 +261,7 @@ def steps_table(runs: list[Run]) -> str:
     return table(
         "step of a wake-up (headline runs)",
         [
-            ("`orch send` start -> message queued (interpreter, imports, CLI plugins)",
+            ("`orch send` start -> message queued (interpreter, imports)",
              ms(runs, lambda r: r.start, lambda r: r.queued)),
             ("queued -> Claude took the wake line (plan, typing, Claude's submit)",
              ms(runs, lambda r: r.queued, lambda r: r.submitted)),
@@ -292,10 +287,9 @@ def timed_table(runs: list[Run]) -> str:
         "step of `orch send` (timed copy of the CLI path)",
         [
             ("interpreter start", ms(runs, lambda r: r.start, lambda r: r.steps["start"])),
-            ("imports (orch_core.cli, click, queue, plan)", step("start", "imports")),
-            ("plugins.load + orch_register_commands (CLI commands)",
-             step("imports", "cli_plugins")),
-            ("Queue.send (validate, insert, commit)", step("cli_plugins", "queued")),
+            ("imports (orch_core.cli, click, the send command, queue)",
+             step("start", "imports")),
+            ("Queue.send (validate, insert, commit)", step("imports", "queued")),
             ("plan load + observers (api.notify)", step("queued", "plan")),
             ("idle plugin: idle->waking, tmux send-keys -l + Enter", step("plan", "typed")),
             ("typed -> Claude took the wake line",

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from orch_core import dispatch, paths
-from orch_core import plan as plans
+from orch_core import paths
 from orch_core.context import Runtime
 from orch_core.queue import Queue, QueueError
 
@@ -83,14 +82,6 @@ def notify(
     fresh = [r for r in receipts if not r.get("duplicate")]
     if not fresh:
         return
-    plan = plans.load(env, project_dir)
-    runtime = Runtime(
-        store=queue.store,
-        env=env,
-        project_dir=project_dir,
-        config=plan.config,
-        from_project=plan.from_project,
-    )
-    runtime.fire = dispatch.observers(plan, runtime)
+    runtime = Runtime.open(env, project_dir, store=queue.store)
     for receipt in fresh:
         runtime.fire("orch_message_enqueued", {"message": receipt})

@@ -1,8 +1,16 @@
-"""The context each plugin implementation receives beside the event."""
+"""The one runtime of a project, and the context each plugin implementation receives.
+
+``orch-hook``, the Python API, the CLI and the supervisor all open a :class:`Runtime` for the
+project in question: its store, its plan (which plugins, in which order, with which settings)
+and ``fire``, which calls an observer hook on every plugin that implements it.
+"""
 
 from __future__ import annotations
 
 import time
+
+from orch_core import log
+from orch_core.plan import Plan
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -14,7 +22,8 @@ if TYPE_CHECKING:
 
 
 class Runtime:
-    """What one ``orch-hook`` run (or one CLI command) shares with every plugin it calls."""
+    """What one ``orch-hook`` run, one command or one supervisor step shares with every
+    plugin it calls, for one project."""
 
     def __init__(
         self,
@@ -22,27 +31,64 @@ class Runtime:
         store: Store,
         env: Mapping[str, str],
         project_dir: str,
+        plan: Plan | None = None,
         agent: str | None = None,
         session_id: str | None = None,
-        config: Mapping[str, dict[str, Any]] | None = None,
-        fire: Any = None,
-        from_project: Mapping[str, list[str]] | None = None,
     ) -> None:
         self.store = store
         self.env = env
         self.project_dir = project_dir
+        self.plan = plan if plan is not None else Plan({}, {}, {})
         self.agent = agent
         self.session_id = session_id
-        self.config = config or {}
-        self.from_project = from_project or {}
-        self.fire = fire
         #: When this run began: what plugins do during the run comes after it.
         self.started = time.time()
         #: When the dispatcher stops waiting for plugins (``time.time()``); ``None``: never.
         self.deadline: float | None = None
 
+    @classmethod
+    def open(
+        cls,
+        env: Mapping[str, str],
+        project_dir: str,
+        *,
+        store: Store | None = None,
+        agent: str | None = None,
+    ) -> Runtime:
+        """The runtime of ``project_dir``, its plan loaded (cached, or built with each import
+        bounded): what the API, the CLI and the supervisor use."""
+        from orch_core import paths
+        from orch_core import plan as plans
+
+        if store is None:
+            from orch_core.store import SQLiteStore
+
+            store = SQLiteStore(paths.db_path(env))
+        return cls(
+            store=store,
+            env=env,
+            project_dir=project_dir,
+            plan=plans.load(env, project_dir),
+            agent=agent,
+        )
+
+    @property
+    def config(self) -> Mapping[str, dict[str, Any]]:
+        return self.plan.config
+
     def context(self, plugin: str) -> HookContext:
         return HookContext(self, plugin)
+
+    def fire(self, hook: str, kwargs: dict[str, Any]) -> None:
+        """Call observer ``hook`` on each plugin that implements it, in turn; an error is
+        logged, never raised."""
+        for impl in self.plan.impls(hook):
+            args = {**kwargs, "ctx": self.context(impl.plugin)}
+            try:
+                impl.function(**{name: args[name] for name in impl.argnames if name in args})
+            except Exception as exc:
+                log.write("error", "observer failed", self.env, hook=hook, plugin=impl.plugin,
+                          error=f"{type(exc).__name__}: {exc}")  # fmt: skip
 
 
 class HookContext:
@@ -80,7 +126,7 @@ class HookContext:
         """Whether this plugin's setting ``key`` came from the project's ``.claude/orch.toml``
         (which a cloned repository writes) rather than the user's own config or the default:
         a path from there must stay inside the project."""
-        return key in self._runtime.from_project.get(self.plugin, ())
+        return key in self._runtime.plan.from_project.get(self.plugin, ())
 
     @property
     def started(self) -> float:
@@ -106,5 +152,4 @@ class HookContext:
 
     def fire(self, hook: str, **kwargs: Any) -> None:
         """Tell observers (e.g. ``orch_agent_state_changed``); their errors are logged only."""
-        if self._runtime.fire is not None:
-            self._runtime.fire(hook, kwargs)
+        self._runtime.fire(hook, kwargs)

@@ -193,14 +193,8 @@ def dispatch(
     if store is None:
         store = SQLiteStore(paths.db_path(env), timeout=budget, durable=False)
     runtime = Runtime(
-        store=store,
-        env=env,
-        project_dir=project_dir,
-        session_id=event.session_id,
-        config=plan.config,
-        from_project=plan.from_project,
+        store=store, env=env, project_dir=project_dir, plan=plan, session_id=event.session_id
     )
-    runtime.fire = observers(plan, runtime)
     runtime.deadline = runtime.started + (deadline - time.perf_counter())
     try:
         runtime.agent = agents.resolve(
@@ -231,28 +225,6 @@ def dispatch(
     result = Outcome(reply, event, runtime.agent, outcomes, armed)
     _record(result, store, env, start, deadline)
     return result
-
-
-def observers(plan: Plan, runtime: Runtime) -> Any:
-    """``ctx.fire`` for this run (or a CLI command): call each observer in turn, logging (never
-    raising) errors."""
-
-    def fire(hook: str, kwargs: dict[str, Any]) -> None:
-        for impl in plan.impls(hook):
-            args = {**kwargs, "ctx": runtime.context(impl.plugin)}
-            try:
-                impl.function(**{name: args[name] for name in impl.argnames if name in args})
-            except Exception as exc:
-                log.write(
-                    "error",
-                    "observer failed",
-                    runtime.env,
-                    hook=hook,
-                    plugin=impl.plugin,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-
-    return fire
 
 
 def _record(

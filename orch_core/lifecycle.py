@@ -387,14 +387,8 @@ class Supervisor:
         """The auto_restart settings of the agent's project."""
         from orch_core import plan
 
-        row = self.store.conn.execute(
-            "SELECT coalesce(s.cwd, a.project_dir) FROM agents a LEFT JOIN launch_specs s"
-            " ON s.agent = a.id WHERE a.id = ?",
-            (agent,),
-        ).fetchone()
-        project = row[0] if row and row[0] else paths.project_dir(self.env)
         try:
-            return settings(plan.load(self.env, project).config.get("auto_restart"))
+            return settings(plan.load(self.env, self.project_of(agent)).config.get("auto_restart"))
         except Exception:
             return settings(None)
 
@@ -583,20 +577,23 @@ class Supervisor:
                 idle.wake(self.store, agent, self.env, float(idle.DEFAULTS["rewake_seconds"]))
 
     def fire(self, hook: str, **kwargs: Any) -> None:
-        from orch_core import dispatch, plan
+        """Observer ``hook`` for ``kwargs["agent"]``, with the plugins and settings of the
+        agent's own project."""
         from orch_core.context import Runtime
 
-        project = paths.project_dir(self.env)
-        loaded = plan.load(self.env, project)
-        runtime = Runtime(
-            store=self.store,
-            env=self.env,
-            project_dir=project,
-            agent=kwargs.get("agent"),
-            config=loaded.config,
-            from_project=loaded.from_project,
-        )
-        dispatch.observers(loaded, runtime)(hook, kwargs)
+        agent = kwargs.get("agent")
+        runtime = Runtime.open(self.env, self.project_of(agent), store=self.store, agent=agent)
+        runtime.fire(hook, kwargs)
+
+    def project_of(self, agent: str | None) -> str:
+        """The project an agent works in (its launch spec, or where its hooks came from);
+        the supervisor's own for an agent orch knows nothing of."""
+        row = self.store.conn.execute(
+            "SELECT coalesce(s.cwd, a.project_dir) FROM agents a LEFT JOIN launch_specs s"
+            " ON s.agent = a.id WHERE a.id = ?",
+            (agent,),
+        ).fetchone()
+        return row[0] if row and row[0] else paths.project_dir(self.env)
 
     def run(self, seconds: float | None = None, interval: float = 0.5) -> bool:
         """Tick until ``seconds`` pass (for ever when ``None``); ``False`` if another
