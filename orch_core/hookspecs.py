@@ -390,3 +390,33 @@ def orch_agent_restarted(agent: str, attempt: int, reason: str, ctx: HookContext
     :param attempt: how many restarts in the current window, this one included.
     :param reason: why, e.g. ``stop_failure:overloaded`` or ``pane_dead``.
     """
+
+
+@hookspec
+def orch_agent_spawned(agent: str, briefing: str | None, ctx: HookContext) -> None:
+    """``orch spawn`` is starting ``agent`` in ``ctx.project_dir``, its process not yet running:
+    keep what its first SessionStart needs (the rebrief plugin keeps the briefing).
+
+    :param briefing: the text of ``--brief``, or ``None``.
+    """
+
+
+@hookspec
+def orch_before_restart(agent: str, ctx: HookContext) -> None:
+    """``agent`` is about to be restarted (by the supervisor or ``orch restart``), in its own
+    project: save what the restarted session should get back (the rebrief plugin saves a
+    checkpoint).
+    """
+
+
+@hookspec
+def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> None:
+    """A step of ``orch supervise`` (twice a second), once per project, with the agents that
+    work in it (``ctx.project_dir``) and that project's settings: the queue plugin expires
+    TTLs and sweeps unconfirmed deliveries, the idle plugin wakes agents whose messages came
+    due. A plugin disabled in the project is not called for its agents. Keep it short: every
+    project waits for it.
+
+    :param now: the tick's time (``time.time()``).
+    :param agents: the agents of this project that orch knows, or that have messages waiting.
+    """

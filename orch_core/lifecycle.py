@@ -42,8 +42,6 @@ FATAL = (
     "invalid_request",
 )
 LADDER = ("reprompt", "restart", "fresh", "give_up")
-#: Seconds an agent may be ``starting`` before the supervisor takes it for idle.
-STARTING_GRACE = 30.0
 ACTIVE = ("scheduled", "running", "verifying")
 
 
@@ -187,7 +185,8 @@ def relaunch(
     config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Restart the agent in its own window (a new one if that is gone), keeping the
-    conversation unless ``fresh``. A checkpoint is saved first, so the rebrief follows."""
+    conversation unless ``fresh``. ``orch_before_restart`` comes first (the rebrief plugin
+    saves a checkpoint there, so the rebrief follows)."""
     spec = get_spec(store, agent)
     if spec is None:
         raise LifecycleError(
@@ -198,7 +197,11 @@ def relaunch(
     if not fresh:
         argv += list(settings(config)["continue_args"])
     variables = pane_env(agent, spec["env"], env)
-    save_checkpoint(store, agent, spec["cwd"])
+    from orch_core.context import Runtime
+
+    Runtime.open(env, spec["cwd"], store=store, agent=agent).fire(
+        "orch_before_restart", {"agent": agent}
+    )
     try:
         if spec["pane"] and tmux.pane_state(spec["pane"], spec["tmux_socket"]) != "gone":
             tmux.respawn(spec["pane"], spec["tmux_socket"], spec["cwd"], variables, argv)
@@ -220,15 +223,6 @@ def relaunch(
         raise LifecycleError(str(exc)) from None
     store.set_agent_state(agent, "starting", session_id=None, project_dir=spec["cwd"])
     return spec
-
-
-def save_checkpoint(store: SQLiteStore, agent: str, cwd: str) -> None:
-    """Keep what the agent was doing, so its SessionStart after the restart is rebriefed."""
-    from orch_builtin import rebrief
-
-    data = rebrief.checkpoint(store, agent, cwd, dict(rebrief.DEFAULTS))
-    data["trigger"] = "restart"
-    rebrief.update_context(store, agent, checkpoint_data=json.dumps(data), checkpoint_at=data["at"])
 
 
 def stop(store: SQLiteStore, agent: str) -> None:
@@ -381,7 +375,6 @@ class Supervisor:
         self.house_every = house_every
         self._watched = 0.0
         self._housekept = 0.0
-        self._nudged: dict[str, float] = {}  # agent: the wake-up it was nudged for
 
     def config(self, agent: str) -> dict[str, Any]:
         """The auto_restart settings of the agent's project."""
@@ -543,38 +536,29 @@ class Supervisor:
             )
 
     def upkeep(self, now: float) -> None:
-        """Expire TTLs, wake idle agents whose messages became deliverable (``--in``), and
-        press Enter again for a wake-up that brought no prompt. An agent still ``starting``
-        after :data:`STARTING_GRACE` with messages waiting is taken for idle: its SessionStart
-        came without a word from presence (a hook past its budget), or its pane is dead, which
-        :meth:`watch` sees."""
-        from orch_builtin import idle
+        """``orch_supervisor_tick`` once per project, with its agents and its own plugins and
+        settings (the queue plugin sweeps, the idle plugin wakes agents whose messages came
+        due). Agents orch has not heard from, with messages waiting, count as the
+        supervisor's own project's."""
+        from orch_core.context import Runtime
+        from orch_core.queue import PENDING_SQL
 
-        from orch_core.queue import Queue
-
-        queue = Queue(self.store)
-        queue.sweep(now)
-        idle_agents = self.store.conn.execute(
-            "SELECT id, state, state_changed FROM agents"
-            " WHERE state IN ('idle', 'waking', 'starting')"
+        home = paths.project_dir(self.env)
+        projects: dict[str, list[str]] = {}
+        rows = self.store.conn.execute(
+            "SELECT a.id, coalesce(s.cwd, a.project_dir) FROM agents a"
+            " LEFT JOIN launch_specs s ON s.agent = a.id"
         ).fetchall()
-        for agent, state, changed in idle_agents:
-            waited = now - changed
-            if state == "starting":
-                if waited < STARTING_GRACE or not queue.has_ready(agent, now):
-                    continue
-                self.store.transition(
-                    agent, "idle", only_from=(), or_stale=("starting", STARTING_GRACE)
-                )
-            if (
-                state == "waking"
-                and float(idle.DEFAULTS["nudge_seconds"]) <= waited
-                and self._nudged.get(agent) != changed
-            ):
-                self._nudged[agent] = changed
-                idle.nudge(self.store, agent, self.env)
-            elif queue.has_ready(agent, now):
-                idle.wake(self.store, agent, self.env, float(idle.DEFAULTS["rewake_seconds"]))
+        for agent, project in rows:
+            projects.setdefault(project or home, []).append(agent)
+        known = {agent for agent, _ in rows}
+        waiting = self.store.conn.execute(
+            f"SELECT DISTINCT agent FROM messages WHERE {PENDING_SQL}"
+        ).fetchall()
+        projects.setdefault(home, []).extend(a for (a,) in waiting if a not in known)
+        for project, agents in projects.items():
+            runtime = Runtime.open(self.env, project, store=self.store)
+            runtime.fire("orch_supervisor_tick", {"now": now, "agents": sorted(agents)})
 
     def fire(self, hook: str, **kwargs: Any) -> None:
         """Observer ``hook`` for ``kwargs["agent"]``, with the plugins and settings of the

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import install, lifecycle, paths, plan
+from orch_core import install, lifecycle, paths
 from orch_core.cli_params import agent_name
+from orch_core.context import Runtime
 from orch_core.store import SQLiteStore
 
 if TYPE_CHECKING:
@@ -68,14 +69,11 @@ def spawn_command(
     store = _store()
     lifecycle.check_name(name)
     install.install(cwd)
-    # the agent's first hook finds its plan built (Claude names the project by its real path)
     extra_env = _env_pairs(env_pairs)
-    plan.load({**os.environ, **extra_env}, os.path.realpath(cwd))
-    if brief is not None:
-        from orch_builtin import rebrief
-
-        text = brief.read()
-        rebrief.update_context(store, name, briefing_content=text)
+    # opening the project's runtime builds its plan, so the agent's first hook finds it ready
+    # (Claude names the project by its real path)
+    runtime = Runtime.open({**os.environ, **extra_env}, os.path.realpath(cwd), store=store)
+    runtime.fire("orch_agent_spawned", {"agent": name, "briefing": brief and brief.read()})
     spec = lifecycle.spawn(
         store,
         name,

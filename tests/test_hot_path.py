@@ -36,3 +36,21 @@ def test_a_cached_plan_keeps_heavy_imports_off_the_hook_path(orch: OrchState) ->
     assert report["loaded"] == []
     assert sorted(p["plugin"] for p in report["plugins"]) == ["presence", "queue", "rebrief"]
     assert orch.store.agents()[0]["state"] == "busy"
+
+
+def test_the_core_imports_no_built_in_plugin() -> None:
+    """The core is a framework: what it needs of a capability goes through hooks. The built-ins
+    are ordinary plugins, registered by name (orch_core/plugins.py) like any other."""
+    import ast
+    from pathlib import Path
+
+    core = Path(__file__).resolve().parents[1] / "orch_core"
+    found = []
+    for path in core.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [alias.name for alias in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )  # fmt: skip
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "orch_builtin"]
+    assert found == []

@@ -228,3 +228,58 @@ def test_an_adopted_agent_started_by_hand_is_restarted(fleet: OrchState) -> None
     crash(fleet, "solo")
     until(lambda: starts(fleet, "solo") == 2, "SessionStart after the restart")
     assert [h["step"] for h in lifecycle.history(fleet.store, "solo")] == ["restart"]
+
+
+LIFECYCLE_OBSERVER = """
+import json, os
+from orch_core import hookimpl
+
+def note(*fields):
+    with open(os.environ["OBSERVED_LOG"], "a") as log:
+        log.write(json.dumps(fields) + "\\n")
+
+@hookimpl
+def orch_agent_spawned(agent, briefing, ctx):
+    note("spawned", agent, briefing, ctx.project_dir)
+
+@hookimpl
+def orch_before_restart(agent, ctx):
+    note("before restart", agent, ctx.agent, ctx.project_dir)
+"""
+
+
+def observed(orch: OrchState) -> list[list[object]]:
+    path = Path(orch.env["OBSERVED_LOG"])
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_hook_orch_agent_spawned_hears_the_agent_and_its_briefing_before_it_starts(
+    fleet: OrchState,
+) -> None:
+    fleet.plugin_module("lifecycle_observer", LIFECYCLE_OBSERVER)
+    fleet.env["OBSERVED_LOG"] = str(fleet.root / "observed.log")
+    fleet.write_config('[plugins]\nload = ["lifecycle_observer"]\n')
+    command = f"{sys.executable} {fleet.env['FAKE_AGENT']}"
+    done = fleet.cli("spawn", "briefed", "--dir", str(fleet.project_dir), "--command", command,
+                     "--brief", "-", stdin="You review pull requests.")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    project = os.path.realpath(fleet.project_dir)
+    assert observed(fleet) == [["spawned", "briefed", "You review pull requests.", project]]
+    context = json.loads(fleet.cli("context", "briefed", "--json").stdout)
+    assert context["briefing_content"] == "You review pull requests."  # the rebrief plugin's
+
+
+def test_hook_orch_before_restart_hears_each_restart_in_the_agents_project(
+    fleet: OrchState,
+) -> None:
+    fleet.plugin_module("lifecycle_observer", LIFECYCLE_OBSERVER)
+    fleet.env["OBSERVED_LOG"] = str(fleet.root / "observed.log")
+    fleet.write_config('[plugins]\nload = ["lifecycle_observer"]\n')
+    spawn(fleet)
+    until(lambda: starts(fleet) == 1, "the first SessionStart")
+    assert fleet.cli("restart", "worker", "--fresh").returncode == 0
+    until(lambda: starts(fleet) == 2, "SessionStart after the restart")
+    restarts = [line for line in observed(fleet) if line[0] == "before restart"]
+    assert restarts == [["before restart", "worker", "worker", str(fleet.project_dir)]]
+    checkpoint = json.loads(fleet.cli("context", "worker", "--json").stdout)["checkpoint_data"]
+    assert checkpoint["trigger"] == "restart"  # saved by the rebrief plugin, in its own hook

@@ -6,9 +6,10 @@ the pane to a file, so the test sees exactly what orch typed, and that nothing r
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ AGENT = "proj:1"
 SESSION = "sess-wake"
 SENTINEL = "--- end of test input ---"
 RECORDER = """
+import json
 import sys
 with open(sys.argv[1], "ab", buffering=0) as out:
     out.write(b"ready\\n")
@@ -216,3 +218,56 @@ def test_an_agent_left_starting_is_woken_by_the_supervisor(
     supervisor.upkeep(time.time())
     assert pane.lines() == [SENTINEL, WAKE_LINE]
     assert agent_state(orch) == "waking"
+
+
+TICK_OBSERVER = """
+import json, os
+from orch_core import Setting, hookimpl
+
+@hookimpl
+def orch_config_defaults():
+    return {"label": Setting("default")}
+
+@hookimpl
+def orch_supervisor_tick(now, agents, ctx):
+    with open(ctx.env["TICKS_LOG"], "a") as log:
+        log.write(json.dumps([ctx.project_dir, agents, ctx.config["label"]]) + "\\n")
+"""
+
+
+def test_hook_orch_supervisor_tick_runs_per_project_with_its_own_plugins_and_settings(
+    tmux: TmuxServer, orch: OrchState, tmp_path: Path, orch_module: Callable[[str, str], Path]
+) -> None:
+    """Two projects: the second labels the tick its own way and switches the idle plugin off,
+    so the supervisor wakes the first project's agent and leaves the second's alone."""
+    from orch_core import lifecycle
+
+    orch_module("tick_observer", TICK_OBSERVER)  # the supervisor runs in this process here
+    orch.env["TICKS_LOG"] = str(tmp_path / "ticks.log")
+    orch.write_config('[plugins]\nload = ["tick_observer"]\n', user=True)
+    other = tmp_path / "other"
+    (other / ".claude").mkdir(parents=True)
+    (other / ".claude" / "orch.toml").write_text(
+        '[plugins]\ndisable = ["idle"]\n[plugin.tick_observer]\nlabel = "other"\n'
+    )
+    panes = {}
+    for agent, project in (("a:1", orch.project_dir), ("b:1", other)):
+        log = tmp_path / f"{agent[0]}.typed"
+        argv = [sys.executable, "-c", RECORDER, str(log)]
+        panes[agent] = (tmux.new_window(agent[0], argv, cwd=project), log)
+        poll(lambda log=log: log.exists(), "the recorder")
+        socket = tmux.cmd("display-message", "-p", "#{socket_path}").strip()
+        orch.store.remember_session(f"s-{agent}", agent, panes[agent][0], socket)
+        orch.run_hook(payload("Stop", session_id=f"s-{agent}"), ORCH_AGENT=agent,
+                      CLAUDE_PROJECT_DIR=str(project))  # fmt: skip
+        Queue(orch.store).send(agent, "due now", not_before=time.time() - 1)
+    lifecycle.Supervisor(orch.env).upkeep(time.time())
+    ticks = [json.loads(line) for line in (tmp_path / "ticks.log").read_text().splitlines()]
+    assert sorted(ticks) == sorted([[str(orch.project_dir), ["a:1"], "default"],
+                                    [str(other), ["b:1"], "other"]])  # fmt: skip
+    for agent, woken in (("a:1", True), ("b:1", False)):
+        pane, log = panes[agent]
+        tmux.send_text(pane, SENTINEL)
+        poll(lambda log=log: log.read_bytes().endswith(f"{SENTINEL}\n".encode()), "sentinel")
+        typed = log.read_bytes().decode().removeprefix("ready\n").splitlines()[:-1]
+        assert typed == ([WAKE_LINE] if woken else []), agent

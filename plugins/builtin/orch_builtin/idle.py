@@ -68,6 +68,46 @@ def orch_hook_answered(event: ev.Event, ctx: HookContext) -> None:
         lifecycle.ensure_supervisor(ctx.env)  # to press Enter again if the start ate it
 
 
+#: Seconds an agent may be ``starting`` before it is taken for idle: its SessionStart came
+#: without a word from presence (a hook past its budget), or its pane is dead (which the
+#: supervisor's watch sees).
+STARTING_GRACE = 30.0
+#: agent: the wake-up it was pressed Enter again for (this process is the supervisor)
+_nudged: dict[str, float] = {}
+
+
+@hookimpl
+def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> None:
+    """Wake the project's idle agents whose messages became deliverable (``--in``), press
+    Enter again for a wake-up that brought no prompt, and take an agent still ``starting``
+    after :data:`STARTING_GRACE` with messages waiting for idle."""
+    if not isinstance(ctx.store, SQLiteStore) or not agents:
+        return
+    queue = Queue(ctx.store)
+    settings = {**DEFAULTS, **ctx.config}
+    marks = ", ".join("?" for _ in agents)
+    rows = ctx.store.conn.execute(
+        "SELECT id, state, state_changed FROM agents WHERE state IN ('idle', 'waking', 'starting')"
+        f" AND id IN ({marks})",
+        agents,
+    ).fetchall()
+    for agent, state, changed in rows:
+        waited = now - changed
+        if state == "starting":
+            if waited < STARTING_GRACE or not queue.has_ready(agent, now):
+                continue
+            ctx.store.transition(agent, "idle", only_from=(), or_stale=("starting", STARTING_GRACE))
+        if (
+            state == "waking"
+            and float(settings["nudge_seconds"]) <= waited
+            and _nudged.get(agent) != changed
+        ):
+            _nudged[agent] = changed
+            nudge(ctx.store, agent, ctx.env)
+        elif queue.has_ready(agent, now):
+            wake(ctx.store, agent, ctx.env, float(settings["rewake_seconds"]))
+
+
 def nudge(store: Store, agent: str, env: Mapping[str, str]) -> bool:
     """Press Enter once more in the pane of an agent that was woken but sent no prompt."""
     from orch_core import tmux

@@ -70,6 +70,16 @@ def deliver(event: ev.Event, ctx: HookContext, min_priority: int = 0) -> str | N
 
 
 @hookimpl
+def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> None:
+    """Expire what outlived its TTL, and put back (or kill) deliveries left unconfirmed past
+    ``confirm_seconds``, with this project's settings."""
+    queue = queue_for(ctx)
+    if queue is not None:
+        for agent in agents:
+            queue.sweep(now, agent)
+
+
+@hookimpl
 def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> str | None:
     return deliver(event, ctx)
 

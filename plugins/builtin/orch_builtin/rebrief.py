@@ -253,6 +253,23 @@ def orch_pre_compact(event: ev.PreCompact, ctx: HookContext) -> None:
     update_context(store, ctx.agent, checkpoint_data=json.dumps(data), checkpoint_at=data["at"])
 
 
+@hookimpl
+def orch_before_restart(agent: str, ctx: HookContext) -> None:
+    """Keep what the agent was doing, so its SessionStart after the restart is rebriefed."""
+    if not isinstance(ctx.store, SQLiteStore):
+        return
+    data = checkpoint(ctx.store, agent, ctx.project_dir, _settings(ctx))
+    data["trigger"] = "restart"
+    update_context(ctx.store, agent, checkpoint_data=json.dumps(data), checkpoint_at=data["at"])
+
+
+@hookimpl
+def orch_agent_spawned(agent: str, briefing: str | None, ctx: HookContext) -> None:
+    """``orch spawn --brief``: the briefing its first SessionStart gives it."""
+    if briefing is not None and isinstance(ctx.store, SQLiteStore):
+        update_context(ctx.store, agent, briefing_content=briefing)
+
+
 @hookimpl(tryfirst=True)
 def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> str | None:
     store = _store(ctx)
