@@ -376,14 +376,16 @@ class Supervisor:
         self._watched = 0.0
         self._housekept = 0.0
 
-    def config(self, agent: str) -> dict[str, Any]:
-        """The auto_restart settings of the agent's project."""
+    def config(self, agent: str) -> dict[str, Any] | None:
+        """The auto_restart settings of the agent's project; ``None`` where that project
+        switched the plugin off (the supervisor then restarts none of its agents)."""
         from orch_core import plan
 
         try:
-            return settings(plan.load(self.env, self.project_of(agent)).config.get("auto_restart"))
+            found = plan.load(self.env, self.project_of(agent)).config.get("auto_restart")
         except Exception:
             return settings(None)
+        return None if found is None else settings(found)
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -421,30 +423,21 @@ class Supervisor:
                 log.write("error", f"supervisor could not {what}", self.env, error=repr(exc))
 
     def watch(self, now: float) -> None:
-        """Dead or vanished panes of spawned agents, and agents busy without a hook too long."""
+        """Dead or vanished panes of spawned agents, and agents busy without a hook too long:
+        a restart is scheduled for each, unless its project switched auto_restart off."""
         rows = self.store.conn.execute(
             "SELECT s.agent, s.pane, s.tmux_socket, a.state, a.last_seen FROM launch_specs s"
             " LEFT JOIN agents a ON a.id = s.agent"
         ).fetchall()
         for agent, pane, socket, state, last_seen in rows:
-            if state in ("failed", "stopped"):
+            conf = self.config(agent)
+            if state in ("failed", "stopped") or conf is None:
                 continue
             found = tmux.pane_state(pane or "", socket)
             if found != "alive":
-                schedule(self.store, agent, f"pane {found}", "restart", self.config(agent), now=now)
-            elif (
-                state == "busy"
-                and last_seen
-                and now - last_seen > float(self.config(agent)["hung_after"])
-            ):
-                schedule(
-                    self.store,
-                    agent,
-                    "hung: busy with no hook",
-                    "restart",
-                    self.config(agent),
-                    now=now,
-                )
+                schedule(self.store, agent, f"pane {found}", "restart", conf, now=now)
+            elif state == "busy" and last_seen and now - last_seen > float(conf["hung_after"]):
+                schedule(self.store, agent, "hung: busy with no hook", "restart", conf, now=now)
 
     def run_due(self, now: float) -> None:
         due = self.store.conn.execute(
@@ -464,6 +457,9 @@ class Supervisor:
 
     def carry_out(self, recovery_id: int, agent: str, step: str, reason: str, now: float) -> None:
         conf = self.config(agent)
+        if conf is None:
+            self.finish(recovery_id, "cancelled", "auto_restart is off in the agent's project", now)
+            return
         try:
             if step == "reprompt":
                 target = self.store.agent_pane(agent)
@@ -518,12 +514,15 @@ class Supervisor:
     def escalate(self, agent: str, step: str, reason: str, now: float) -> None:
         """The next rung of the ladder, right away (its limits still apply)."""
         following = LADDER[min(LADDER.index(step) + 1, len(LADDER) - 1)]
+        conf = self.config(agent)
+        if conf is None:
+            return
         schedule(
             self.store,
             agent,
             f"{reason}; {step} did not work",
             following,
-            self.config(agent),
+            conf,
             wait=0.0,
             now=now,
         )

@@ -283,3 +283,22 @@ def test_hook_orch_before_restart_hears_each_restart_in_the_agents_project(
     assert restarts == [["before restart", "worker", "worker", str(fleet.project_dir)]]
     checkpoint = json.loads(fleet.cli("context", "worker", "--json").stdout)["checkpoint_data"]
     assert checkpoint["trigger"] == "restart"  # saved by the rebrief plugin, in its own hook
+
+
+def test_no_restart_where_the_project_switched_auto_restart_off(fleet: OrchState) -> None:
+    spawned = spawn(fleet)
+    until(lambda: starts(fleet) == 1, "the first SessionStart")
+    pid = lifecycle.supervisor_running(fleet.env)  # spawn started one: this test drives its own
+    if pid and pid > 0:
+        os.kill(pid, signal.SIGTERM)
+    fleet.write_config('[plugins]\ndisable = ["auto_restart"]\n')
+    pane = str(spawned["pane"])
+    crash(fleet)
+    socket = fleet.env["ORCH_TMUX_SOCKET"]
+    until(lambda: tmux.pane_state(pane, socket) == "dead", "the dead pane")
+    supervisor = lifecycle.Supervisor(fleet.env)
+    supervisor.watch(time.time())
+    assert lifecycle.history(fleet.store, "worker") == []
+    fleet.write_config("")  # switched on again: the same dead pane is restarted
+    supervisor.watch(time.time())
+    assert [h["step"] for h in lifecycle.history(fleet.store, "worker")] == ["restart"]
