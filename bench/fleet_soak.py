@@ -43,9 +43,10 @@ from typing import Any
 
 from regular_install import regular_venv
 
-from orch_core import api, lifecycle, tmux
+from orch_core import api
 from orch_core.queue import MARK, Queue
-from orch_core.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore
+from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.claude import PROMPT_MARK, ClaudeSession
 from orch_core.testing.kit import orch_script
 from orch_core.testing.standin import RecordedRequest, Reply, StandInAPI

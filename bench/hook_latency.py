@@ -68,7 +68,7 @@ def time_once(
 def queue_ten(db: str, agent: str) -> list[str]:
     """Queue 10 messages of 200 characters for ``agent`` (as ``orch send`` would); their ids."""
     from orch_core.queue import Queue
-    from orch_core.store import SQLiteStore
+    from orch_core.storage.store import SQLiteStore
 
     store = SQLiteStore(db)
     try:

@@ -98,7 +98,7 @@ def run_orch(
     folder: Path, messages: list[tuple[str, str]], sync: str, claim_budget: int, batch: int = 1
 ) -> dict[str, Any]:
     from orch_core.queue import Queue
-    from orch_core.store import SQLiteStore
+    from orch_core.storage.store import SQLiteStore
 
     store = SQLiteStore(str(folder / "orch.db"), durable=sync == "FULL")
     queue = Queue(store)
@@ -205,7 +205,7 @@ def inner(args: argparse.Namespace) -> None:
 def wal_pages(messages: list[tuple[str, str]]) -> dict[str, float]:
     """WAL pages written per message sent, checkpoints off, for each way of sending."""
     from orch_core.queue import Queue
-    from orch_core.store import SQLiteStore
+    from orch_core.storage.store import SQLiteStore
 
     def grown(db: Path, conn: sqlite3.Connection, send: Any) -> float:
         conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -251,7 +251,7 @@ def profile(messages: list[tuple[str, str]], sync: str) -> None:
     import pstats
     from unittest import mock
 
-    from orch_core.store import SQLiteStore
+    from orch_core.storage.store import SQLiteStore
 
     connect = SQLiteStore._connect
     for key in ("orch", "orch1"):

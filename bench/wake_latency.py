@@ -38,21 +38,22 @@ from typing import Any
 from orch_builtin.idle import WAKE_LINE
 from regular_install import regular_venv
 
-from orch_core.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore
 from orch_core.testing.claude import ClaudeSession, claude_binary, wait_until
 from orch_core.testing.standin import RecordedRequest, StandInAPI
 from orch_core.testing.tmux import TmuxServer
 
 TARGET_MS = 300.0
 
-# What `orch send AGENT TEXT --json` does (orch_core.cli.main, then queue_cli.send_command and
+# What `orch send AGENT TEXT --json` does (orch_core.cli.main.main, then queue_cli.send_command and
 # api.send), step by step with a clock; prints the step times as JSON.
 TIMED_SEND = """\
 import time
 t = {"start": time.time()}
 import json, os, sys
-from orch_core import cli, paths, queue_cli
-from orch_core.context import Runtime
+from orch_core.cli import main as cli, queue as queue_cli
+from orch_core import paths
+from orch_core.hook.context import Runtime
 from orch_core.queue import Queue
 t["imports"] = time.time()
 queue = Queue.open(os.environ)
@@ -287,7 +288,7 @@ def timed_table(runs: list[Run]) -> str:
         "step of `orch send` (timed copy of the CLI path)",
         [
             ("interpreter start", ms(runs, lambda r: r.start, lambda r: r.steps["start"])),
-            ("imports (orch_core.cli, click, the send command, queue)",
+            ("imports (orch_core.cli.main, click, the send command, queue)",
              step("start", "imports")),
             ("Queue.send (validate, insert, commit)", step("imports", "queued")),
             ("plan load + observers (api.notify)", step("queued", "plan")),

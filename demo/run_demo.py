@@ -26,7 +26,7 @@ from typing import Any
 from orch_builtin.idle import WAKE_LINE
 
 from orch_core.queue import MARK
-from orch_core.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore
 from orch_core.testing.claude import PROMPT_MARK, ClaudeSession, wait_until
 from orch_core.testing.standin import RecordedRequest, StandInAPI
 from orch_core.testing.tmux import TmuxServer
@@ -247,8 +247,8 @@ def crash_and_recovery(
     project: Path, api: StandInAPI, tmux: TmuxServer, root: Path, env: dict[str, str]
 ) -> None:
     """An agent started by ``orch spawn`` is killed; the supervisor restarts it, verified."""
-    from orch_core import lifecycle
-    from orch_core import tmux as tmux_calls
+    from orch_core.supervisor import lifecycle
+    from orch_core.supervisor import tmux as tmux_calls
 
     step("orch spawn starts an agent orch can restart; it is killed with SIGKILL")
     claude = ClaudeSession(project, api, tmux, home=root / "home-fixer")
@@ -286,7 +286,7 @@ def crash_and_recovery(
 
 def stop_fixer(env: dict[str, str], root: Path) -> None:
     """The demo leaves nothing running: the spawned agent's tmux server and the supervisor."""
-    from orch_core import lifecycle
+    from orch_core.supervisor import lifecycle
 
     orch({**env, "ORCH_TMUX_SOCKET": str(root / "tmux.sock")}, "stop", "fixer")
     subprocess.run(["tmux", "-S", str(root / "tmux.sock"), "kill-server"], capture_output=True)

@@ -4,9 +4,9 @@ Plugin authors need one name, ``from orch_core import hookimpl``; plugins that b
 also return an :class:`Answer`, and plugins with settings declare each as a :class:`Setting`.
 """
 
-from orch_core.answers import Answer
-from orch_core.markers import hookimpl
-from orch_core.settings import Setting
+from orch_core.hook.answers import Answer
+from orch_core.plugins.markers import hookimpl
+from orch_core.plugins.settings import Setting
 
 __version__ = "0.1.0"
 __all__ = ["Answer", "Setting", "__version__", "hookimpl"]

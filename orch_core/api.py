@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING
 
 from orch_core import paths
-from orch_core.context import Runtime
+from orch_core.hook.context import Runtime
 from orch_core.queue import Queue, QueueError
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def send_many(
     if fire:
         notify(receipts, env, project_dir or paths.project_dir(env), queue)
     if any(item.get("not_before") for item in expanded):  # wake an idle agent when it is due
-        from orch_core import lifecycle
+        from orch_core.supervisor import lifecycle
 
         lifecycle.ensure_supervisor(env)
     return receipts

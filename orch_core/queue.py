@@ -20,10 +20,11 @@ import re
 import stat
 import time
 
-from orch_core import agents, paths
+from orch_core import paths
 from orch_core.errors import OrchError
-from orch_core.plan import ANSWER_MARGIN
-from orch_core.store import SQLiteStore
+from orch_core.hook import agents
+from orch_core.plugins.plan import ANSWER_MARGIN
+from orch_core.storage.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 

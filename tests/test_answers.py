@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orch_core import Answer, events
-from orch_core.answers import check, fold
+from orch_core import Answer
+from orch_core.hook import events
+from orch_core.hook.answers import check, fold
 from orch_core.testing.payloads import payload
 
 #: Events that have no hookSpecificOutput variant: any such output fails Claude's validation.

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from orch_core import lifecycle
+from orch_core.supervisor import lifecycle
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from orch_core import backup, lifecycle
 from orch_core.queue import Queue
+from orch_core.storage import backup
+from orch_core.supervisor import lifecycle
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
 

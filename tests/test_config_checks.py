@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from orch_core.plugins.settings import Setting
 from orch_core.queue import MARK, Queue
-from orch_core.settings import Setting
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 

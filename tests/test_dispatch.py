@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from orch_core import Answer, events, hookimpl
+from orch_core import Answer, hookimpl
+from orch_core.hook import events
 from orch_core.testing.payloads import payload
 
 if TYPE_CHECKING:

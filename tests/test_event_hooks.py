@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from orch_core import Answer, events, hookimpl, hookspecs
+from orch_core import Answer, hookimpl
+from orch_core.hook import events
+from orch_core.plugins import hookspecs
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 

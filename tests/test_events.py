@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orch_core import events, hookspecs
+from orch_core.hook import events
+from orch_core.plugins import hookspecs
 from orch_core.testing.payloads import payload
 
 #: The 31 events of the reference (§1), by the name Claude sends.

@@ -9,7 +9,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from orch_core.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS
+from orch_core.plugins.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS
 from orch_core.queue import MARK, Queue
 from orch_core.testing.payloads import payload
 

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from orch_core import api, events, hookimpl, hookspecs
+from orch_core import api, hookimpl
+from orch_core.hook import events
+from orch_core.plugins import hookspecs
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 

@@ -17,7 +17,7 @@ HEAVY = ("pluggy", "attrs", "attr", "click", "tomllib", "typing", "threading", "
 
 PROBE = """
 import json, sys
-from orch_core import dispatch
+from orch_core.hook import dispatch
 outcome = dispatch.dispatch(sys.stdin.buffer.read())
 print(json.dumps({"loaded": [m for m in json.loads(sys.argv[1]) if m in sys.modules],
                   "plugins": outcome.plugins}))
@@ -40,7 +40,7 @@ def test_a_cached_plan_keeps_heavy_imports_off_the_hook_path(orch: OrchState) ->
 
 def test_the_core_imports_no_built_in_plugin() -> None:
     """The core is a framework: what it needs of a capability goes through hooks. The built-ins
-    are ordinary plugins, registered by name (orch_core/plugins.py) like any other."""
+    are ordinary plugins, registered by name (orch_core/plugins/loader.py) like any other."""
     import ast
     from pathlib import Path
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orch_core import install
+from orch_core.cli import install
 from orch_core.testing.kit import OrchState
 
 THEIRS: dict[str, Any] = {

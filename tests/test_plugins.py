@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orch_core import plan, plugins
+from orch_core.plugins import loader, plan
 from orch_core.testing.kit import hook_script
 from orch_core.testing.payloads import payload
 
@@ -31,12 +31,12 @@ def orch_stop(ctx):
 
 
 def names(orch: OrchState, **env: str) -> list[str]:
-    loaded = plugins.load({**orch.env, **env}, str(orch.project_dir))
+    loaded = loader.load({**orch.env, **env}, str(orch.project_dir))
     return [info.name for info in loaded.plugins]
 
 
 def test_builtins_and_entry_points_load_by_default(orch: OrchState) -> None:
-    loaded = plugins.load(orch.env, str(orch.project_dir))
+    loaded = loader.load(orch.env, str(orch.project_dir))
     sources = {info.name: info.source for info in loaded.plugins}
     assert sources["presence"] == "builtin"
     assert sources["guard"] == "entry point"  # plugins/contrib/orch-guard, installed with pip
@@ -86,7 +86,7 @@ def test_broken_plugins_are_left_out_with_a_reason(
     orch_module("crashes", "raise ImportError('missing dependency')\n")
     orch_module("hello_plugin", HELLO)
     env = {**orch.env, "ORCH_LOAD_PLUGINS": "typo,wrongargs,crashes,hello_plugin"}
-    loaded = plugins.load(env, str(orch.project_dir))
+    loaded = loader.load(env, str(orch.project_dir))
     assert [info.name for info in loaded.plugins] == ["hello_plugin"]
     joined = "\n".join(loaded.errors)
     assert "plugin typo: unknown hook orch_post_tool_usee" in joined
@@ -138,7 +138,7 @@ def test_the_venvs_python_and_python3_share_one_plan(orch: OrchState) -> None:
     """``orch-hook`` runs as ``python3``, a program sending messages often as ``python``: they
     must not rebuild the plan for each other (a soak found every hook rebuilding it)."""
     project = str(orch.project_dir)
-    probe = "from orch_core import plan; import os; plan.load(os.environ, os.environ['P'])"
+    probe = "from orch_core.plugins import plan; import os; plan.load(os.environ, os.environ['P'])"
     env = {**orch.env, "P": project}
     interpreters = [os.path.join(sys.prefix, "bin", name) for name in ("python3", "python")]
     subprocess.run([interpreters[0], "-c", probe], env=env, check=True, timeout=60)

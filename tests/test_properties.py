@@ -18,9 +18,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orch_core import cli, dispatch, lifecycle, plugins
-from orch_core.events import EVENTS
-from orch_core.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS
+from orch_core.cli import main as cli
+from orch_core.hook import dispatch
+from orch_core.hook.events import EVENTS
+from orch_core.plugins import loader
+from orch_core.plugins.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS
+from orch_core.supervisor import lifecycle
 from orch_core.testing.kit import OrchState, hook_script
 from orch_core.testing.payloads import COMMON, TYPICAL
 
@@ -134,7 +137,7 @@ def events_with_any_fields() -> st.SearchStrategy[dict[str, Any]]:
 @given(event=events_with_any_fields())
 def test_any_event_field_in_process(sandbox: OrchState, event: dict[str, Any]) -> None:
     env = {**sandbox.env, "ORCH_AGENT": "prop:1"}
-    plan = plugins.build_plan(env, str(sandbox.project_dir))
+    plan = loader.build_plan(env, str(sandbox.project_dir))
     outcome = dispatch.dispatch(json.dumps(event).encode(), env, plan=plan)
     assert outcome.reply.exit_code in (0, 2)
     assert all(p["outcome"] == "ok" for p in outcome.plugins), outcome.plugins

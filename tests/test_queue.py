@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from orch_core import api
-from orch_core.plan import ANSWER_MARGIN
+from orch_core.plugins.plan import ANSWER_MARGIN
 from orch_core.queue import MARK, PENDING_SQL, PREVIEW, Queue, QueueError, band
-from orch_core.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore
 from orch_core.testing.kit import OrchState
 
 T0 = 1_700_000_000.0
@@ -533,7 +533,7 @@ def test_send_many_stores_all_in_one_transaction_or_none(
 def test_a_schema_7_database_keeps_its_messages_and_history(tmp_path: Path) -> None:
     import sqlite3
 
-    from orch_core.store import MIGRATIONS
+    from orch_core.storage.store import MIGRATIONS
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from orch_core.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS
+from orch_core.plugins.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS
 from orch_core.queue import MARK, Queue
 from orch_core.testing.kit import HookResult, OrchState
 from orch_core.testing.payloads import payload

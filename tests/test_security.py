@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from orch_core import lifecycle, tmux
 from orch_core.queue import Queue
+from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
 from orch_core.testing.tmux import TmuxServer

@@ -11,8 +11,10 @@ from typing import Any
 
 import attrs
 
-from orch_core import dispatch, log, plugins
-from orch_core.store import SQLiteStore
+from orch_core import log
+from orch_core.hook import dispatch
+from orch_core.plugins import loader
+from orch_core.storage.store import SQLiteStore
 
 #: Variables a developer's own shell or Claude session may set that would leak into tests.
 LEAKY_PREFIXES = ("ORCH_", "CLAUDE", "TMUX")
@@ -112,8 +114,8 @@ class OrchState:
         """Dispatch in process, with the registered plugins; the plan is built afresh."""
         raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         full_env = {**self.env, **env}
-        loaded = plugins.load(full_env, str(self.project_dir), extra=self.extra)
-        plan = plugins.build_plan(full_env, str(self.project_dir), loaded=loaded)
+        loaded = loader.load(full_env, str(self.project_dir), extra=self.extra)
+        plan = loader.build_plan(full_env, str(self.project_dir), loaded=loaded)
         outcome = dispatch.dispatch(raw, full_env, plan=plan)
         reply = outcome.reply
         return HookResult(reply.exit_code, reply.stdout(), reply.stderr, outcome.plugins)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orch_core.events import EVENTS
+from orch_core.hook.events import EVENTS
 
 COMMON: dict[str, Any] = {
     "session_id": "test-session",

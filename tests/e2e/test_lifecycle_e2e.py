@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from orch_builtin.idle import WAKE_LINE
 
-from orch_core import lifecycle, tmux
 from orch_core.queue import MARK
-from orch_core.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore
+from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.claude import PROMPT_MARK, ClaudeSession
 from orch_core.testing.kit import orch_script
 from orch_core.testing.standin import StandInAPI

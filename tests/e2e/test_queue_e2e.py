@@ -34,7 +34,7 @@ import pytest
 from orch_builtin.idle import WAKE_LINE
 
 from orch_core.queue import MARK, PREVIEW, Queue
-from orch_core.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore
 from orch_core.testing.claude import ClaudeFactory, ClaudeSession, wait_until
 from orch_core.testing.standin import RecordedRequest, StandInAPI
 from orch_core.testing.tmux import TmuxServer

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orch_core.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore
 from orch_core.testing.claude import ClaudeFactory, wait_until
 from orch_core.testing.standin import StandInAPI
 

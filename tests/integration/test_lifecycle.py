@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from orch_core import lifecycle, tmux
+from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.kit import OrchState, hook_script, orch_script
 
 pytestmark = pytest.mark.tmux

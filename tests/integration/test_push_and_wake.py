@@ -204,7 +204,7 @@ def test_an_agent_left_starting_is_woken_by_the_supervisor(
 ) -> None:
     """Its SessionStart went by without presence (out of budget at a fleet's start): the
     supervisor takes an agent still `starting` after the grace period for idle."""
-    from orch_core import lifecycle
+    from orch_core.supervisor import lifecycle
 
     pane = Pane(tmux, orch)
     store = orch.store
@@ -240,7 +240,7 @@ def test_hook_orch_supervisor_tick_runs_per_project_with_its_own_plugins_and_set
 ) -> None:
     """Two projects: the second labels the tick its own way and switches the idle plugin off,
     so the supervisor wakes the first project's agent and leaves the second's alone."""
-    from orch_core import lifecycle
+    from orch_core.supervisor import lifecycle
 
     orch_module("tick_observer", TICK_OBSERVER)  # the supervisor runs in this process here
     orch.env["TICKS_LOG"] = str(tmp_path / "ticks.log")

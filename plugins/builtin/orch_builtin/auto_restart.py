@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import re
 
-from orch_core import hookimpl, lifecycle
-from orch_core.store import SQLiteStore
+from orch_core import hookimpl
+from orch_core.storage.store import SQLiteStore
+from orch_core.supervisor import lifecycle
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
     from typing import Any
 
-    from orch_core import events as ev
-    from orch_core.context import HookContext
+    from orch_core.hook import events as ev
+    from orch_core.hook.context import HookContext
 
 
 @hookimpl

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from orch_core import hookimpl
 from orch_core.queue import Queue
-from orch_core.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
-    from orch_core import events as ev
-    from orch_core.context import HookContext
+    from orch_core.hook import events as ev
+    from orch_core.hook.context import HookContext
 
 
 @hookimpl

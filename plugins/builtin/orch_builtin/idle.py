@@ -16,9 +16,9 @@ more when no prompt followed within ``nudge_seconds``, and types the line again 
 from __future__ import annotations
 
 from orch_core import Setting, hookimpl, log, paths
+from orch_core.plugins.settings import defaults
 from orch_core.queue import Queue
-from orch_core.settings import defaults
-from orch_core.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-    from orch_core import events as ev
-    from orch_core.context import HookContext
-    from orch_core.store import Store
+    from orch_core.hook import events as ev
+    from orch_core.hook.context import HookContext
+    from orch_core.storage.store import Store
 
 WAKE_LINE = "orch: new messages are waiting for you."
 SETTINGS: dict[str, Any] = {
@@ -63,7 +63,7 @@ def orch_hook_answered(event: ev.Event, ctx: HookContext) -> None:
     stale = float({**DEFAULTS, **ctx.config}["rewake_seconds"])
     if wake(ctx.store, ctx.agent, ctx.env, stale):
         ctx.fire("orch_agent_state_changed", agent=ctx.agent, old="idle", new="waking")
-        from orch_core import lifecycle
+        from orch_core.supervisor import lifecycle
 
         lifecycle.ensure_supervisor(ctx.env)  # to press Enter again if the start ate it
 
@@ -110,7 +110,7 @@ def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> Non
 
 def nudge(store: Store, agent: str, env: Mapping[str, str]) -> bool:
     """Press Enter once more in the pane of an agent that was woken but sent no prompt."""
-    from orch_core import tmux
+    from orch_core.supervisor import tmux
 
     target = store.agent_pane(agent)
     return target is not None and tmux.press_enter(target[0], target[1], paths.state_dir(env))
@@ -118,7 +118,7 @@ def nudge(store: Store, agent: str, env: Mapping[str, str]) -> bool:
 
 def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float) -> bool:
     """Type the wake-up line into an idle agent's pane, once per batch; whether it did."""
-    from orch_core import tmux  # subprocess: only when there is something to type
+    from orch_core.supervisor import tmux  # subprocess: only when there is something to type
 
     target = store.agent_pane(agent)
     if target is None:

@@ -12,13 +12,14 @@ can wake the agent. ``orch agents`` lists the result.
 
 from __future__ import annotations
 
-from orch_core import agents, hookimpl
+from orch_core import hookimpl
+from orch_core.hook import agents
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
-    from orch_core import events as ev
-    from orch_core.context import HookContext
+    from orch_core.hook import events as ev
+    from orch_core.hook.context import HookContext
 
 
 LIVE = ("starting", "busy", "idle", "waking", "offline", "unknown")

@@ -10,17 +10,17 @@ finds in the session's transcript. With nothing pending, a hook costs one indexe
 from __future__ import annotations
 
 from orch_core import Answer, Setting, hookimpl
+from orch_core.plugins.settings import defaults
 from orch_core.queue import Queue
-from orch_core.settings import defaults
-from orch_core.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
     from typing import Any
 
-    from orch_core import events as ev
-    from orch_core.context import HookContext
+    from orch_core.hook import events as ev
+    from orch_core.hook.context import HookContext
 
 SETTINGS: dict[str, Any] = {
     "budget": Setting(8000, min=500, max=9500),  # characters per hook, below Claude's cap

@@ -20,9 +20,9 @@ import os
 import time
 
 from orch_core import Setting, hookimpl
+from orch_core.plugins.settings import defaults
 from orch_core.queue import PENDING_SQL, age
-from orch_core.settings import defaults
-from orch_core.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
     import click
 
-    from orch_core import events as ev
-    from orch_core.context import HookContext
+    from orch_core.hook import events as ev
+    from orch_core.hook.context import HookContext
 
 SECTIONS = ("agent", "briefing", "rules", "activity", "task", "git", "pending")
 
@@ -445,7 +445,7 @@ def orch_register_commands(cli: click.Group) -> None:
     import click
 
     from orch_core import paths
-    from orch_core.cli_params import agent_name
+    from orch_core.cli.params import agent_name
 
     def store() -> SQLiteStore:
         return SQLiteStore(paths.db_path(os.environ))

@@ -14,15 +14,15 @@ from __future__ import annotations
 import re
 
 from orch_core import Answer, Setting, hookimpl
-from orch_core.settings import regexes
+from orch_core.plugins.settings import regexes
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
     from typing import Any
 
-    from orch_core import events as ev
-    from orch_core.context import HookContext
+    from orch_core.hook import events as ev
+    from orch_core.hook.context import HookContext
 
 SETTINGS: dict[str, Any] = {
     "deny": Setting(

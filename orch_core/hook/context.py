@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from orch_core import log
-from orch_core.plan import Plan
+from orch_core.plugins.plan import Plan
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-    from orch_core.store import Store
+    from orch_core.storage.store import Store
 
 
 class Runtime:
@@ -58,10 +58,10 @@ class Runtime:
         """The runtime of ``project_dir``, its plan loaded (cached, or built with each import
         bounded): what the API, the CLI and the supervisor use."""
         from orch_core import paths
-        from orch_core import plan as plans
+        from orch_core.plugins import plan as plans
 
         if store is None:
-            from orch_core.store import SQLiteStore
+            from orch_core.storage.store import SQLiteStore
 
             store = SQLiteStore(paths.db_path(env))
         return cls(

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import click
 
 from orch_core import api, paths
-from orch_core.cli_errors import damaged, database_error
-from orch_core.cli_params import agent_name, optional_agent_name
+from orch_core.cli.errors import damaged, database_error
+from orch_core.cli.params import agent_name, optional_agent_name
 from orch_core.queue import MAX_SEND_PRIORITY, STATES, Queue, QueueError, age, parse_duration
-from orch_core.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore
 from orch_core.text import inert
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def _queue() -> Queue:
     """The queue with this project's ``[plugin.queue]`` settings (confirmation bounds)."""
-    from orch_core import plan
+    from orch_core.plugins import plan
 
     store = SQLiteStore(paths.db_path(os.environ))
     try:
@@ -199,7 +199,7 @@ def _lines(file: Any) -> Iterator[dict[str, Any]]:
 def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
     """Type the message into the agent's pane the old way, safely: argv, -l, a separate Enter.
     It is marked delivered first, so the prompt that Enter starts does not deliver it again."""
-    from orch_core.tmux import paste_text
+    from orch_core.supervisor.tmux import paste_text
 
     target = queue.store.agent_pane(receipt["agent"]) or (receipt["agent"], None)
     if not queue.mark_pushed(receipt["id"]):
@@ -299,7 +299,7 @@ def purge_command(agent: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def agents_command(as_json: bool) -> None:
     """Each agent orch knows, with its state, when it was last seen, and what waits for it."""
-    from orch_core import lifecycle
+    from orch_core.supervisor import lifecycle
 
     queue = _queue()
     rows = {row["id"]: row for row in queue.store.agents()}
@@ -338,7 +338,7 @@ def export_command(state: str) -> None:
     except sqlite3.DatabaseError as exc:
         if not damaged(exc):
             raise click.ClickException(database_error(exc)) from None
-        from orch_core import backup
+        from orch_core.storage import backup
 
         records, lost = backup.salvage(queue.store.path, pending_only=state == "pending")
         if state not in ("pending", "all"):

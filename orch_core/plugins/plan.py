@@ -1,10 +1,11 @@
 """The dispatch plan: which implementations run, in which order, for each hook.
 
-Building it needs pluggy, TOML and a scan of installed distributions (:mod:`orch_core.plugins`),
-tens of milliseconds that ``orch-hook`` cannot spend on every tool call. So the plan is built once,
-saved as JSON in the state directory, and reused until something it was built from changes: a
-config file, an installed distribution (the mtime of each ``sys.path`` folder), a plugin's source
-file, or the ``ORCH_*_PLUGINS`` variables. Plugin modules are imported only when their hook fires.
+Building it needs pluggy, TOML and a scan of installed distributions
+(:mod:`orch_core.plugins.loader`), tens of milliseconds that ``orch-hook`` cannot spend on every
+tool call. So the plan is built once, saved as JSON in the state directory, and reused until
+something it was built from changes: a config file, an installed distribution (the mtime of each
+``sys.path`` folder), a plugin's source file, or the ``ORCH_*_PLUGINS`` variables. Plugin
+modules are imported only when their hook fires.
 """
 
 from __future__ import annotations
@@ -188,9 +189,9 @@ def load(env: Mapping[str, str], project_dir: str, *, import_timeout: float | No
         return cached
     import fcntl
 
-    from orch_core import plugins
+    from orch_core.plugins import loader
 
-    timeout = plugins.IMPORT_TIMEOUT if import_timeout is None else import_timeout
+    timeout = loader.IMPORT_TIMEOUT if import_timeout is None else import_timeout
     paths.ensure_private_dir(os.path.dirname(path))
     lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
@@ -206,7 +207,7 @@ def load(env: Mapping[str, str], project_dir: str, *, import_timeout: float | No
         cached = _cached(env, project_dir, path)  # another process may have built it
         if cached is not None:
             return cached
-        plan = plugins.build_plan(env, project_dir, import_timeout=timeout)
+        plan = loader.build_plan(env, project_dir, import_timeout=timeout)
         if plan.cacheable:
             save(plan, path)
         return plan

@@ -1,12 +1,13 @@
 """The hard time limit of one ``orch-hook`` run, and the record of the runs it stopped.
 
-The dispatcher stops waiting for plugins at the deadline, but a plugin that holds the interpreter
-lock (a catastrophic regular expression, a busy C extension) keeps the dispatcher itself from
-running. :func:`arm` starts :mod:`faulthandler`'s watchdog, a C thread that needs no lock: past
-the deadline plus :data:`~orch_core.plan.ANSWER_MARGIN` it writes every thread's stack to the
-run's file under ``STATE/running/`` and ends the process (exit 1: Claude Code goes on without
-the hook's answer). A run that ends normally removes its file. :func:`collect` turns the files
-of runs that never ended into hook-run records naming the plugins that were still running.
+The dispatcher stops waiting for plugins at the deadline, but a plugin that holds the
+interpreter lock (a catastrophic regular expression, a busy C extension) keeps the dispatcher
+itself from running. :func:`arm` starts :mod:`faulthandler`'s watchdog, a C thread that needs no
+lock: past the deadline plus :data:`~orch_core.plugins.plan.ANSWER_MARGIN` it writes every
+thread's stack to the run's file under ``STATE/running/`` and ends the process (exit 1: Claude
+Code goes on without the hook's answer). A run that ends normally removes its file.
+:func:`collect` turns the files of runs that never ended into hook-run records naming the
+plugins that were still running.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-    from orch_core.plan import Impl
-    from orch_core.store import Store
+    from orch_core.plugins.plan import Impl
+    from orch_core.storage.store import Store
 
 #: A run file this old belongs to a process that is gone, whatever its pid now names (hooks
 #: end within their budget).

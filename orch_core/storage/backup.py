@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from orch_core import paths
 from orch_core.errors import OrchError
-from orch_core.store import SCHEMA_VERSION
+from orch_core.storage.store import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -109,7 +109,7 @@ def check(file: str) -> dict[str, Any]:
 def restore(env: Mapping[str, str], file: str) -> str:
     """Put backup ``file`` in place of the database; the current one (and its WAL) is kept
     aside under a new name, returned. Refused while ``orch supervise`` runs."""
-    from orch_core import lifecycle
+    from orch_core.supervisor import lifecycle
 
     pid = lifecycle.supervisor_running(env)
     if pid:

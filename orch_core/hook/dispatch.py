@@ -7,7 +7,7 @@ time budget is logged and skipped while the others still answer; bad input gives
 log line; a missing, locked or corrupt database costs at most the budget. Plugins cannot reach
 the reply channel: stdout and stderr lead nowhere while they run (the reply goes out on a
 private copy), ``os._exit`` from a plugin is refused, and a plugin that holds the interpreter
-lock past the deadline meets :mod:`orch_core.backstop`.
+lock past the deadline meets :mod:`orch_core.hook.backstop`.
 
 This module is the hot path: it imports only the standard library pieces it needs, and the
 plugin machinery (pluggy, TOML, entry points) only when the cached plan is stale.
@@ -21,10 +21,11 @@ import os
 import sys
 import time
 
-from orch_core import agents, answers, backstop, events, log, paths
-from orch_core import plan as plans
-from orch_core.context import Runtime
-from orch_core.store import SQLiteStore
+from orch_core import log, paths
+from orch_core.hook import agents, answers, backstop, events
+from orch_core.hook.context import Runtime
+from orch_core.plugins import plan as plans
+from orch_core.storage.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-    from orch_core.plan import Impl, Plan
-    from orch_core.store import Store
+    from orch_core.plugins.plan import Impl, Plan
+    from orch_core.storage.store import Store
 
 #: Payloads larger than this are not parsed: exit 0, one log line.
 MAX_PAYLOAD = 4 * 1024 * 1024

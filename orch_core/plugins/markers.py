@@ -2,7 +2,7 @@
 
 ``orch-hook`` imports plugin modules on every tool call; pluggy costs about 10 ms to import, more
 than the hook's whole budget for overhead. The marker only records options on the function; the
-plugin manager (:mod:`orch_core.plugins`, off the hot path) turns them into pluggy's own.
+plugin manager (:mod:`orch_core.plugins.loader`, off the hot path) turns them into pluggy's own.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from orch_core.errors import OrchError
-from orch_core.events import EVENTS
+from orch_core.hook.events import EVENTS
 
 if TYPE_CHECKING:
     from typing import Any

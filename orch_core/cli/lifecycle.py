@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import install, lifecycle, paths
-from orch_core.cli_params import agent_name
-from orch_core.context import Runtime
-from orch_core.store import SQLiteStore
+from orch_core import paths
+from orch_core.cli import install
+from orch_core.cli.params import agent_name
+from orch_core.hook.context import Runtime
+from orch_core.storage.store import SQLiteStore
+from orch_core.supervisor import lifecycle
 
 if TYPE_CHECKING:
     from typing import TextIO

@@ -9,23 +9,24 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import __version__, install
-from orch_core.cli_errors import OrchGroup
+from orch_core import __version__
+from orch_core.cli import install
+from orch_core.cli.errors import OrchGroup
 
 if TYPE_CHECKING:
     from typing import Any
 
-    from orch_core import plugins
+    from orch_core.plugins import loader
 
 
 def _project(directory: str | None) -> str:
     return os.path.abspath(directory or os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd())
 
 
-def _loaded() -> plugins.Loaded:
-    from orch_core import plugins
+def _loaded() -> loader.Loaded:
+    from orch_core.plugins import loader
 
-    return plugins.load(os.environ, _project(None))
+    return loader.load(os.environ, _project(None))
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -61,7 +62,7 @@ def cli(ctx: click.Context) -> None:
 def check_config() -> None:
     """A configured value orch cannot use is a one-line error naming its file and key (the
     hooks meanwhile use that key's default)."""
-    from orch_core import plan
+    from orch_core.plugins import plan
 
     errors = plan.load(os.environ, _project(None)).config_errors
     if errors:
@@ -128,7 +129,7 @@ def plugins_command(show_all: bool, as_json: bool) -> None:
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 def doctor_command(directory: str | None) -> None:
     """Check settings, database, plugins and recent hook runs; exit 1 when unhealthy."""
-    from orch_core import doctor
+    from orch_core.cli import doctor
     from orch_core.text import inert
 
     checks = doctor.run(os.environ, _project(directory))
@@ -141,7 +142,8 @@ def doctor_command(directory: str | None) -> None:
 @cli.command("backup")
 def backup_command() -> None:
     """Take a backup of the database now, beside the supervisor's scheduled ones."""
-    from orch_core import backup, paths
+    from orch_core import paths
+    from orch_core.storage import backup
 
     db = paths.db_path(os.environ)
     keep = int(_core_settings().get("backup_keep", 8))
@@ -153,7 +155,7 @@ def backup_command() -> None:
 def restore_command(file: str) -> None:
     """Put backup FILE in place of the database; the current one is kept aside. Refused while
     `orch supervise` runs."""
-    from orch_core import backup
+    from orch_core.storage import backup
 
     held = backup.check(file)
     aside = backup.restore(os.environ, file)
@@ -161,16 +163,16 @@ def restore_command(file: str) -> None:
 
 
 def _core_settings() -> dict[str, Any]:
-    from orch_core import plan
+    from orch_core.plugins import plan
 
     return plan.load(os.environ, _project(None)).settings
 
 
 cli.lazy = {
-    **{name: f"orch_core.queue_cli:{attribute}" for name, attribute in (
+    **{name: f"orch_core.cli.queue:{attribute}" for name, attribute in (
         ("send", "send_command"), ("queue", "queue_group"), ("agents", "agents_command"),
         ("export", "export_command"), ("import", "import_command"))},
-    **{name: f"orch_core.lifecycle_cli:{name}_command"
+    **{name: f"orch_core.cli.lifecycle:{name}_command"
        for name in ("spawn", "restart", "stop", "adopt", "supervise")},
 }  # fmt: skip
 
@@ -182,7 +184,7 @@ def main() -> None:
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     if command not in cli.commands and command not in cli.lazy:
         try:
-            from orch_core import plan
+            from orch_core.plugins import plan
 
             for impl in plan.load(os.environ, _project(None)).impls("orch_register_commands"):
                 impl.function(cli=cli)

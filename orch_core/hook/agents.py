@@ -11,7 +11,7 @@ TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from orch_core.store import Store
+    from orch_core.storage.store import Store
 
 MAX_ID = 128
 
@@ -55,7 +55,7 @@ def tmux_socket(env: Mapping[str, str]) -> str | None:
 
 def pane_agent(pane: str, timeout: float = 1.0) -> str | None:
     """``session:window`` of ``pane`` (e.g. ``%3``), asked of the tmux server in ``$TMUX``."""
-    from orch_core import tmux
+    from orch_core.supervisor import tmux
 
     try:
         out = tmux.tmux(

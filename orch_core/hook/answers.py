@@ -16,7 +16,7 @@ TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 if TYPE_CHECKING:
     from typing import Any
 
-    from orch_core.events import Event
+    from orch_core.hook.events import Event
 
 PERMISSIONS = ("allow", "ask", "deny")
 

@@ -3,8 +3,9 @@
 Event hooks are called by ``orch-hook`` with two arguments, of which an implementation takes
 whichever it names:
 
-:param event: the event, an :mod:`orch_core.events` object; ``event.data`` holds the raw payload.
-:param ctx: the :class:`~orch_core.context.HookContext`: the resolved ``agent`` (``None`` when
+:param event: the event, an :mod:`orch_core.hook.events` object; ``event.data`` holds the raw
+    payload.
+:param ctx: the :class:`~orch_core.hook.context.HookContext`: the resolved ``agent`` (``None`` when
     orch cannot tell which agent this is; agent-bound plugins then do nothing), this plugin's
     ``config``, the ``store``, ``log()`` and ``fire()``.
 
@@ -16,7 +17,7 @@ event cannot carry is logged as invalid and dropped. Each event hook ends with `
 what its answer can carry: ``context`` (``additionalContext``), ``block (decision)`` (top-level
 ``decision:"block"``), ``block (exit)`` (exit 2 and stderr), ``block (context)`` (Stop: the text
 keeps the agent working), ``permission`` (PreToolUse), or ``none`` (observe only). The flags in
-:mod:`orch_core.events` follow these lines; a test holds them together.
+:mod:`orch_core.hook.events` follow these lines; a test holds them together.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ if TYPE_CHECKING:
 
     import click
 
-    from orch_core import events as ev
-    from orch_core.answers import Answer
-    from orch_core.context import HookContext
+    from orch_core.hook import events as ev
+    from orch_core.hook.answers import Answer
+    from orch_core.hook.context import HookContext
 
     Result = Answer | str | None
 

@@ -8,10 +8,14 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from orch_core import backstop, backup, install, lifecycle, paths
-from orch_core import plan as plans
-from orch_core.cli_errors import damaged
-from orch_core.store import SQLiteStore
+from orch_core import paths
+from orch_core.cli import install
+from orch_core.cli.errors import damaged
+from orch_core.hook import backstop
+from orch_core.plugins import plan as plans
+from orch_core.storage import backup
+from orch_core.storage.store import SQLiteStore
+from orch_core.supervisor import lifecycle
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

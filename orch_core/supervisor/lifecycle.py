@@ -19,10 +19,11 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from orch_core import paths, tmux
+from orch_core import paths
 from orch_core.errors import OrchError
-from orch_core.settings import Setting, defaults, regexes
-from orch_core.store import SQLiteStore
+from orch_core.plugins.settings import Setting, defaults, regexes
+from orch_core.storage.store import SQLiteStore
+from orch_core.supervisor import tmux
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -197,7 +198,7 @@ def relaunch(
     if not fresh:
         argv += list(settings(config)["continue_args"])
     variables = pane_env(agent, spec["env"], env)
-    from orch_core.context import Runtime
+    from orch_core.hook.context import Runtime
 
     Runtime.open(env, spec["cwd"], store=store, agent=agent).fire(
         "orch_before_restart", {"agent": agent}
@@ -379,7 +380,7 @@ class Supervisor:
     def config(self, agent: str) -> dict[str, Any] | None:
         """The auto_restart settings of the agent's project; ``None`` where that project
         switched the plugin off (the supervisor then restarts none of its agents)."""
-        from orch_core import plan
+        from orch_core.plugins import plan
 
         try:
             found = plan.load(self.env, self.project_of(agent)).config.get("auto_restart")
@@ -402,8 +403,11 @@ class Supervisor:
     def housekeeping(self, now: float) -> None:
         """A backup when one is due, old large-message files removed, stopped hook runs
         recorded. Each step on its own: one that fails (a full disk) is logged, not fatal."""
-        from orch_core import backstop, backup, log, plan
+        from orch_core import log
+        from orch_core.hook import backstop
+        from orch_core.plugins import plan
         from orch_core.queue import Queue
+        from orch_core.storage import backup
 
         loaded = plan.load(self.env, paths.project_dir(self.env))
         every = float(loaded.settings.get("backup_every", 900))
@@ -539,7 +543,7 @@ class Supervisor:
         settings (the queue plugin sweeps, the idle plugin wakes agents whose messages came
         due). Agents orch has not heard from, with messages waiting, count as the
         supervisor's own project's."""
-        from orch_core.context import Runtime
+        from orch_core.hook.context import Runtime
         from orch_core.queue import PENDING_SQL
 
         home = paths.project_dir(self.env)
@@ -562,7 +566,7 @@ class Supervisor:
     def fire(self, hook: str, **kwargs: Any) -> None:
         """Observer ``hook`` for ``kwargs["agent"]``, with the plugins and settings of the
         agent's own project."""
-        from orch_core.context import Runtime
+        from orch_core.hook.context import Runtime
 
         agent = kwargs.get("agent")
         runtime = Runtime.open(self.env, self.project_of(agent), store=self.store, agent=agent)

@@ -68,7 +68,7 @@ def one_line() -> Iterator[None]:
 def database_error(exc: sqlite3.Error) -> str:
     db = paths.db_path(os.environ)
     if damaged(exc):
-        from orch_core import backup
+        from orch_core.storage import backup
 
         return f"{db}: {exc}; {backup.advice(db)}"
     return f"{db}: {exc}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from orch_core import agents
+from orch_core.hook import agents
 
 
 def check_agent(value: str) -> str:

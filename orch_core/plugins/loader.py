@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 import attrs
 import pluggy
 
-from orch_core import hookspecs, paths
+from orch_core import paths
 from orch_core.errors import OrchError
-from orch_core.markers import ATTRIBUTE
-from orch_core.plan import Impl, Plan, cache_key, watched_mtimes
-from orch_core.settings import Setting, resolve
+from orch_core.plugins import hookspecs
+from orch_core.plugins.markers import ATTRIBUTE
+from orch_core.plugins.plan import Impl, Plan, cache_key, watched_mtimes
+from orch_core.plugins.settings import Setting, resolve
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -340,7 +341,7 @@ def _drop_unknown_hooks(
 
 
 def _budgets(value: dict[str, Any]) -> None:
-    from orch_core.events import EVENTS
+    from orch_core.hook.events import EVENTS
 
     for event, ms in value.items():
         if event not in EVENTS:

@@ -1,0 +1,1 @@
+"""What orch keeps: the SQLite store and its schema, backups and restores."""

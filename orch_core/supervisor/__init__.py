@@ -1,0 +1,3 @@
+"""Agents orch runs: launch specs, the recovery ladder, ``orch supervise``, and every tmux
+call.
+"""
