@@ -243,6 +243,12 @@ def compaction(
     print("  ...")
 
 
+def stopped_once(store: SQLiteStore, agent: str) -> bool:
+    """The agent answered a prompt (its Stop hook ran), so it has a conversation to continue."""
+    query = "SELECT 1 FROM hook_runs WHERE agent = ? AND event = 'Stop'"
+    return store.conn.execute(query, (agent,)).fetchone() is not None
+
+
 def crash_and_recovery(
     project: Path, api: StandInAPI, tmux: TmuxServer, root: Path, env: dict[str, str]
 ) -> None:
@@ -269,7 +275,7 @@ def crash_and_recovery(
     )
     api.reply_text("Looking at the flaky test.")
     tmux_calls.type_line(pane, socket, "Fix the flaky test.", env["ORCH_STATE_DIR"])
-    wait_until(lambda: state(store, "fixer") == "idle", what="fixer idle")
+    wait_until(lambda: stopped_once(store, "fixer"), what="fixer's answer")
     pid = tmux_calls.tmux(socket, "display-message", "-p", "-t", pane, "#{pane_pid}")
     os.kill(int(pid), 9)
     print(f"  kill -9 {pid.strip()}   (the claude process of fixer)")
