@@ -117,7 +117,7 @@ def run_orch(
     for agent in agents:
         hook_rounds(queue, agent, folder / f"{agent}.jsonl", claim_budget)
     done = time.perf_counter()
-    confirmed = queue.store.conn.execute(
+    confirmed = queue.store.execute(
         "SELECT count(*) FROM messages WHERE state = 'confirmed'"
     ).fetchone()[0]
     if confirmed != len(messages):

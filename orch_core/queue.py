@@ -24,13 +24,14 @@ from orch_core import paths
 from orch_core.errors import OrchError
 from orch_core.hook import agents
 from orch_core.plugins.plan import ANSWER_MARGIN
-from orch_core.storage.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
     from typing import Any
+
+    from orch_core.storage.store import Store
 
     Message = dict[str, Any]
 
@@ -119,7 +120,7 @@ class Queue:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         *,
         max_attempts: int = 3,
         confirm_hooks: int = 4,
@@ -132,7 +133,7 @@ class Queue:
         self._columns: list[str] | None = None
 
     @classmethod
-    def configured(cls, store: SQLiteStore, config: Mapping[str, Any] | None) -> Queue:
+    def configured(cls, store: Store, config: Mapping[str, Any] | None) -> Queue:
         """A queue with the ``[plugin.queue]`` settings of a project (``None``: defaults)."""
         config = config or {}
         return cls(
@@ -145,7 +146,9 @@ class Queue:
     @classmethod
     def open(cls, env: Any = os.environ, **settings: Any) -> Queue:
         """The machine's queue (``ORCH_DB``), for programs that send messages."""
-        return cls(SQLiteStore(paths.db_path(env)), **settings)
+        from orch_core.storage import open_store
+
+        return cls(open_store(env), **settings)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -263,13 +266,13 @@ class Queue:
 
     def targets(self, pattern: str) -> list[str]:
         """Agents matching ``pattern`` (``*`` for all), among those orch has heard from."""
-        rows = self.store.conn.execute("SELECT id FROM agents ORDER BY id").fetchall()
+        rows = self.store.execute("SELECT id FROM agents ORDER BY id").fetchall()
         return [r[0] for r in rows if fnmatch.fnmatchcase(r[0], pattern)]
 
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, message_id: str) -> Message | None:
-        conn = self.store.conn
+        conn = self.store
         row = conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
         if row is None:
             return None
@@ -298,19 +301,19 @@ class Queue:
                 raise QueueError(f"unknown state {state!r}: one of pending, {', '.join(STATES)}")
             sql += " AND state = ?"
             args.append(state)
-        conn = self.store.conn
+        conn = self.store
         rows = conn.execute(sql + " ORDER BY agent, priority DESC, seq", args).fetchall()
         return [self._record(conn, row) for row in rows]
 
     def pending_counts(self) -> dict[str, int]:
-        rows = self.store.conn.execute(
+        rows = self.store.execute(
             f"SELECT agent, count(*) FROM messages WHERE {PENDING_SQL} GROUP BY agent"
         ).fetchall()
         return dict(rows)
 
     def has_pending(self, agent: str) -> bool:
         """Whether ``agent`` has anything queued or in flight: the hook's one read when idle."""
-        row = self.store.conn.execute(
+        row = self.store.execute(
             f"SELECT 1 FROM messages WHERE agent = ? AND {PENDING_SQL} LIMIT 1",
             (agent,),
         ).fetchone()
@@ -319,7 +322,7 @@ class Queue:
     def has_ready(self, agent: str, now: float | None = None) -> bool:
         """Whether a message could be delivered to ``agent`` right now."""
         now = time.time() if now is None else now
-        row = self.store.conn.execute(
+        row = self.store.execute(
             "SELECT 1 FROM messages WHERE agent = ? AND state = 'queued'"
             " AND (not_before IS NULL OR not_before <= ?) LIMIT 1",
             (agent, now),
@@ -399,7 +402,7 @@ class Queue:
         kill) deliveries left unconfirmed past ``confirm_seconds``."""
         now = time.time() if now is None else now
         only, args = ("AND agent = ?", (agent,)) if agent else ("", ())
-        conn = self.store.conn
+        conn = self.store
         expired = conn.execute(
             f"SELECT id FROM messages WHERE state = 'queued' AND expires <= ? {only}",
             (now, *args),
@@ -457,7 +460,7 @@ class Queue:
         seconds ago; the model may still read one for a while after its delivery. Returns how
         many were deleted."""
         now = time.time() if now is None else now
-        folder = os.path.join(os.path.dirname(os.path.abspath(self.store.path)), "messages")
+        folder = os.path.join(self.store.folder, "messages")
         try:
             names = [n for n in os.listdir(folder) if n.endswith(".txt")]
         except OSError:
@@ -465,7 +468,7 @@ class Queue:
         removed = 0
         for name in names:
             path = os.path.join(folder, name)
-            row = self.store.conn.execute(
+            row = self.store.execute(
                 "SELECT state, coalesce(ended, confirmed) FROM messages WHERE id = ?",
                 (name[: -len(".txt")],),
             ).fetchone()
@@ -550,7 +553,7 @@ class Queue:
     ) -> tuple[list[str], list[tuple[str, int]]]:
         """This session's deliveries found in its transcript, and those it missed (with their
         misses so far): read before any transaction, the transcript being a file."""
-        inflight = self.store.conn.execute(
+        inflight = self.store.execute(
             "SELECT id, checks, answered_by, transcript_from FROM messages WHERE agent = ?"
             " AND state = 'delivered' AND session_id = ?",
             (agent, session_id),
@@ -715,7 +718,7 @@ class Queue:
         return "\n\n".join(parts)
 
     def _spill_path(self, message: Message) -> str:
-        folder = os.path.join(os.path.dirname(os.path.abspath(self.store.path)), "messages")
+        folder = os.path.join(self.store.folder, "messages")
         return os.path.join(folder, f"{message['id']}.txt")
 
     def _spill(self, message: Message) -> str:

@@ -76,8 +76,8 @@ def test_the_supervisor_backs_up_on_schedule_and_keeps_the_newest(orch: OrchStat
     for step in range(5):  # every 1,000 s a backup falls due
         supervisor.housekeeping(start + step * 1000)
         supervisor.housekeeping(start + step * 1000 + 10)  # not due again yet
-        os.utime(backup.newest(supervisor.store.path) or "", (start + step * 1000,) * 2)
-    kept = backup.backups(supervisor.store.path)
+        os.utime(backup.newest(orch.env["ORCH_DB"]) or "", (start + step * 1000,) * 2)
+    kept = backup.backups(orch.env["ORCH_DB"])
     assert len(kept) == 3
     assert all(backup.check(path)["messages"] == 1 for path in kept)
 

@@ -45,7 +45,13 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
     max_leaves=6,
 )
-relative_paths = texts.map(lambda s: "./" + s.replace("/", "_")[:60] or "./x")
+#: Folder names as a file system holds them: any bytes but / and NUL, as Python reads them.
+folder_names = st.binary(min_size=1, max_size=40).map(
+    lambda b: os.fsdecode(b.replace(b"/", b"_").replace(b"\x00", b"_"))
+)
+relative_paths = st.one_of(
+    texts.filter(lambda s: not any("\ud800" <= c <= "\udfff" for c in s)), folder_names
+).map(lambda s: "./" + s.replace("/", "_")[:60] or "./x")
 
 PROPERTY = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

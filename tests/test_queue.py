@@ -16,7 +16,7 @@ import pytest
 from orch_core import api
 from orch_core.plugins.plan import ANSWER_MARGIN
 from orch_core.queue import MARK, PENDING_SQL, PREVIEW, Queue, QueueError, band
-from orch_core.storage.store import SQLiteStore
+from orch_core.storage.store import SQLiteStore, Store
 from orch_core.testing.kit import OrchState
 
 T0 = 1_700_000_000.0
@@ -31,8 +31,8 @@ def q(orch: OrchState) -> Queue:
     return Queue(orch.store)
 
 
-def rows(store: SQLiteStore, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    return store.conn.execute(sql, args).fetchall()
+def rows(store: Store, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    return store.execute(sql, args).fetchall()
 
 
 def state(q: Queue, message_id: str) -> str:
@@ -41,7 +41,7 @@ def state(q: Queue, message_id: str) -> str:
     return str(record["state"])
 
 
-def know(store: SQLiteStore, *agents: str) -> None:
+def know(store: Store, *agents: str) -> None:
     """Agents orch has heard from (as a hook would record them)."""
     for agent in agents:
         store.set_agent_state(agent, "busy", session_id=None, project_dir=None)
@@ -510,7 +510,7 @@ def test_send_many_stores_all_in_one_transaction_or_none(
     q: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transactions: list[object] = []
-    assert q.store.conn  # opened and migrated: not counted below
+    assert q.store.execute("SELECT 1")  # opened and migrated: not counted below
     real = q.store.transaction
 
     def counted(*args: Any) -> Any:

@@ -13,8 +13,7 @@ from orch_core.cli import install
 from orch_core.cli.errors import damaged
 from orch_core.hook import backstop
 from orch_core.plugins import plan as plans
-from orch_core.storage import backup
-from orch_core.storage.store import SQLiteStore
+from orch_core.storage import backup, open_store
 from orch_core.supervisor import lifecycle
 
 if TYPE_CHECKING:
@@ -50,17 +49,18 @@ def check_settings(project_dir: str) -> Check:
 
 
 def check_database(env: Mapping[str, str]) -> Check:
-    store = SQLiteStore(paths.db_path(env), timeout=2.0)
+    store = open_store(env, timeout=2.0)
     try:
         health = store.health()
     except Exception as exc:
-        advice = f"; {backup.advice(store.path)}" if damaged(exc) else ""
+        advice = f"; {backup.advice(paths.db_path(env))}" if damaged(exc) else ""
         return Check("database", False, f"{paths.db_path(env)}: {exc}{advice}")
     finally:
         store.close()
     problems = []
     if health["integrity"] != "ok":
-        problems.append(f"integrity check: {health['integrity']}; {backup.advice(store.path)}")
+        advice = backup.advice(paths.db_path(env))
+        problems.append(f"integrity check: {health['integrity']}; {advice}")
     if health["journal_mode"] != "wal":
         problems.append(f"journal mode {health['journal_mode']}, expected wal")
     if health["schema_version"] != health["expected_schema_version"]:
@@ -92,7 +92,7 @@ def check_plugins(env: Mapping[str, str], project_dir: str) -> Check:
 
 
 def check_recent_runs(env: Mapping[str, str]) -> Check:
-    store = SQLiteStore(paths.db_path(env), timeout=2.0)
+    store = open_store(env, timeout=2.0)
     try:
         backstop.collect(env, store)
         failed = [r for r in store.runs(100, failed=True) if r["ts"] > time.time() - RECENT_SECONDS]
@@ -123,9 +123,9 @@ def check_supervisor(env: Mapping[str, str]) -> Check:
     pid = lifecycle.supervisor_running(env)
     if pid:
         return Check("supervisor", True, f"orch supervise runs (pid {pid})")
-    store = SQLiteStore(paths.db_path(env), timeout=2.0)
+    store = open_store(env, timeout=2.0)
     try:
-        spawned = store.conn.execute("SELECT count(*) FROM launch_specs").fetchone()[0]
+        spawned = store.execute("SELECT count(*) FROM launch_specs").fetchone()[0]
     except Exception:
         spawned = 0
     finally:
@@ -142,9 +142,9 @@ def check_supervisor(env: Mapping[str, str]) -> Check:
 
 def check_alerts(env: Mapping[str, str]) -> Check:
     """Agents orch gave up on: unhealthy until a user restarts (or stops) them."""
-    store = SQLiteStore(paths.db_path(env), timeout=2.0)
+    store = open_store(env, timeout=2.0)
     try:
-        rows = store.conn.execute(
+        rows = store.execute(
             "SELECT l.agent, l.message FROM alerts l JOIN agents a ON a.id = l.agent"
             " WHERE a.state = 'failed' AND l.ts >= a.state_changed - 1 ORDER BY l.id DESC"
         ).fetchall()
@@ -160,14 +160,14 @@ def check_alerts(env: Mapping[str, str]) -> Check:
 def check_messages(env: Mapping[str, str]) -> Check:
     """Messages that went dead: delivered too often without a sign the model saw them, or
     waiting for one that ended. Each needs a look (``orch queue show``, ``orch queue retry``)."""
-    store = SQLiteStore(paths.db_path(env), timeout=2.0)
+    store = open_store(env, timeout=2.0)
     try:
-        count, newest = store.conn.execute(
+        count, newest = store.execute(
             "SELECT count(*), max(ended) FROM messages WHERE state = 'dead'"
         ).fetchone()
         if not count:
             return Check("messages", True, "no dead messages")
-        mid, reason = store.conn.execute(
+        mid, reason = store.execute(
             "SELECT id, reason FROM messages WHERE state = 'dead' AND ended = ?", (newest,)
         ).fetchone()
     finally:

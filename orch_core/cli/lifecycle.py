@@ -8,21 +8,22 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import paths
 from orch_core.cli import install
 from orch_core.cli.params import agent_name
 from orch_core.hook.context import Runtime
-from orch_core.storage.store import SQLiteStore
+from orch_core.storage import open_store
 from orch_core.supervisor import lifecycle
 
 if TYPE_CHECKING:
     from typing import TextIO
 
+    from orch_core.storage.store import Store
+
 DEFAULT_COMMAND = "claude"
 
 
-def _store() -> SQLiteStore:
-    return SQLiteStore(paths.db_path(os.environ))
+def _store() -> Store:
+    return open_store(os.environ)
 
 
 def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:

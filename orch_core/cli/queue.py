@@ -15,7 +15,7 @@ from orch_core import api, paths
 from orch_core.cli.errors import damaged, database_error
 from orch_core.cli.params import agent_name, optional_agent_name
 from orch_core.queue import MAX_SEND_PRIORITY, STATES, Queue, QueueError, age, parse_duration
-from orch_core.storage.store import SQLiteStore
+from orch_core.storage import open_store
 from orch_core.text import inert
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def _queue() -> Queue:
     """The queue with this project's ``[plugin.queue]`` settings (confirmation bounds)."""
     from orch_core.plugins import plan
 
-    store = SQLiteStore(paths.db_path(os.environ))
+    store = open_store(os.environ)
     try:
         config = plan.load(os.environ, paths.project_dir(os.environ)).config.get("queue")
     except Exception:  # a broken config is reported by `orch doctor`, not here
@@ -340,7 +340,7 @@ def export_command(state: str) -> None:
             raise click.ClickException(database_error(exc)) from None
         from orch_core.storage import backup
 
-        records, lost = backup.salvage(queue.store.path, pending_only=state == "pending")
+        records, lost = backup.salvage(paths.db_path(os.environ), pending_only=state == "pending")
         if state not in ("pending", "all"):
             records = [r for r in records if r["state"] == state]
         _print_records(records)

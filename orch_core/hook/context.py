@@ -57,20 +57,38 @@ class Runtime:
     ) -> Runtime:
         """The runtime of ``project_dir``, its plan loaded (cached, or built with each import
         bounded): what the API, the CLI and the supervisor use."""
-        from orch_core import paths
         from orch_core.plugins import plan as plans
 
         if store is None:
-            from orch_core.storage.store import SQLiteStore
+            from orch_core.storage import open_store
 
-            store = SQLiteStore(paths.db_path(env))
-        return cls(
+            store = open_store(env)
+        runtime = cls(
             store=store,
             env=env,
             project_dir=project_dir,
             plan=plans.load(env, project_dir),
             agent=agent,
         )
+        runtime.ensure_schemas()
+        return runtime
+
+    def ensure_schemas(self, timeout: float | None = None) -> None:
+        """The project's plugins' own tables, brought to their plan's versions (one read when
+        they are), waiting at most ``timeout`` for another writer. A failure is logged; the
+        next run tries again, and the plugin concerned meanwhile fails in its own hooks."""
+        if not self.plan.schemas:
+            return
+        try:
+            self.store.ensure_schemas(
+                self.plan.schemas,
+                lambda plugin: self.plan.migrations(plugin, self.store.dialect),
+                timeout=timeout,
+            )
+        except Exception as exc:
+            log.write("error", "cannot create plugins' tables", self.env, error=repr(exc))
+        finally:
+            self.store.release()
 
     @property
     def config(self) -> Mapping[str, dict[str, Any]]:

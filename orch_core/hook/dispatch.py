@@ -25,7 +25,7 @@ from orch_core import log, paths
 from orch_core.hook import agents, answers, backstop, events
 from orch_core.hook.context import Runtime
 from orch_core.plugins import plan as plans
-from orch_core.storage.store import SQLiteStore
+from orch_core.storage import open_store
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -192,7 +192,7 @@ def dispatch(
         running = [*impls, *plan.impls("orch_hook_answered")]
         armed.rearm(deadline + plans.ANSWER_MARGIN - time.perf_counter(), running)
     if store is None:
-        store = SQLiteStore(paths.db_path(env), timeout=budget, durable=False)
+        store = open_store(env, timeout=budget, durable=False)
     runtime = Runtime(
         store=store, env=env, project_dir=project_dir, plan=plan, session_id=event.session_id
     )
@@ -203,6 +203,7 @@ def dispatch(
         )
     except Exception as exc:
         log.write("error", "cannot resolve the agent", env, error=repr(exc))
+    runtime.ensure_schemas(timeout=max(0.01, deadline - time.perf_counter()) / 4)
 
     calls = call_all(impls, {"event": event}, runtime, deadline)
     given, outcomes = [], []
@@ -245,9 +246,7 @@ def _record(
             plugins=failed,
         )
     try:
-        if isinstance(store, SQLiteStore):
-            remaining_ms = max(10, int((deadline - time.perf_counter()) * 1000))
-            store.conn.execute(f"PRAGMA busy_timeout={remaining_ms}")
+        store.set_timeout(max(0.01, deadline - time.perf_counter()))
         store.record_run(
             event=event_name,
             agent=result.agent,

@@ -348,6 +348,20 @@ def orch_config_defaults() -> dict[str, Any] | None:
 
 
 @hookspec
+def orch_schema(dialect: str) -> dict[int, str] | None:
+    """This plugin's own tables, as migration steps: ``{1: "CREATE TABLE …; CREATE INDEX …",
+    2: "ALTER TABLE …"}``, statements separated by ``;``. orch applies the steps a database
+    lacks, each plugin's in one transaction with its version, before the plugin's hooks,
+    commands or supervisor ticks touch the store. Append steps, never edit a released one.
+    Called when the plan is built (to learn the version) and when a database is behind it.
+
+    :param dialect: the store's SQL dialect (``"sqlite"``); the steps must be numbered the
+        same for every dialect a plugin supports.
+    :return: step number (1, 2, …) to SQL, or ``None`` for no tables.
+    """
+
+
+@hookspec
 def orch_hook_answered(event: ev.Event, blocked: bool, ctx: HookContext) -> None:
     """The plugins' answers to ``event`` were folded into the reply. Observe only: this is
     where the outcome of all plugins together is known, e.g. whether a Stop really stops.

@@ -456,6 +456,26 @@ def build_plan(
         import time
 
         fingerprint["retry_at"] = time.time() + RETRY_LATE
-    return Plan(
-        hooks, per_plugin, core, fingerprint, list(loaded.errors), config_errors, from_project
-    )
+    errors = list(loaded.errors)
+    schemas = schema_versions(hooks.get("orch_schema", []), errors)
+    return Plan(hooks, per_plugin, core, fingerprint, errors, config_errors, from_project, schemas)
+
+
+def schema_versions(impls: list[Impl], errors: list[str]) -> dict[str, int]:
+    """The version each plugin's ``orch_schema`` reaches: the highest of its steps, which
+    must be numbered 1, 2, … with SQL for each."""
+    versions = {}
+    for impl in impls:
+        try:
+            steps = impl.function(dialect="sqlite") or {}
+            if sorted(steps) != list(range(1, len(steps) + 1)) or not all(
+                isinstance(sql, str) for sql in steps.values()
+            ):
+                raise ValueError("give SQL for steps numbered 1, 2, …")
+        except Exception as exc:
+            errors.append(f"plugin {impl.plugin}: orch_schema: {exc}")
+            _warn(errors[-1])
+            continue
+        if steps:
+            versions[impl.plugin] = len(steps)
+    return versions

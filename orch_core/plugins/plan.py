@@ -75,8 +75,9 @@ class Impl:
 class Plan:
     """Implementations per hook in call order, each plugin's settings, core settings (all of
     them checked), and what went wrong building it: plugins left out (``errors``) and
-    configured values not used (``config_errors``); and per plugin, the keys a project's own
-    config set (``from_project``: what a cloned repository chose)."""
+    configured values not used (``config_errors``); per plugin, the keys a project's own
+    config set (``from_project``: what a cloned repository chose), and the version of its own
+    tables (``schemas``, from ``orch_schema``)."""
 
     __slots__ = (
         "config",
@@ -85,6 +86,7 @@ class Plan:
         "fingerprint",
         "from_project",
         "hooks",
+        "schemas",
         "settings",
     )
 
@@ -97,6 +99,7 @@ class Plan:
         errors: list[str] | None = None,
         config_errors: list[str] | None = None,
         from_project: dict[str, list[str]] | None = None,
+        schemas: dict[str, int] | None = None,
     ) -> None:
         self.hooks = hooks
         self.config = config
@@ -105,9 +108,17 @@ class Plan:
         self.errors = errors or []
         self.config_errors = config_errors or []
         self.from_project = from_project or {}
+        self.schemas = schemas or {}
 
     def impls(self, hook: str) -> list[Impl]:
         return self.hooks.get(hook, [])
+
+    def migrations(self, plugin: str, dialect: str) -> dict[int, str]:
+        """The steps of ``plugin``'s own tables in ``dialect`` (its ``orch_schema``)."""
+        for impl in self.impls("orch_schema"):
+            if impl.plugin == plugin:
+                return dict(impl.function(dialect=dialect) or {})
+        return {}
 
     def budget(self, event_name: str) -> float:
         """Seconds the dispatcher gives this event's plugins together (``[orch] budget_ms``,
@@ -131,6 +142,7 @@ class Plan:
             "errors": self.errors,
             "config_errors": self.config_errors,
             "from_project": self.from_project,
+            "schemas": self.schemas,
         }
 
     @classmethod
@@ -144,6 +156,7 @@ class Plan:
             data["errors"],
             data["config_errors"],
             data["from_project"],
+            data["schemas"],
         )
 
 

@@ -1,7 +1,10 @@
 """The state store: SQLite in WAL mode, short transactions, schema migrated on first use.
 
-:class:`Store` is the interface the core and plugins program against, so that a multi-machine
-backend can replace :class:`SQLiteStore` later. Each thread gets its own SQLite connection (the
+:class:`Store` is all the core and plugins know of it, so that another backend can take
+:class:`SQLiteStore`'s place: SQL through :meth:`Store.execute` and :meth:`Store.transaction`,
+with ``?`` placeholders and the SQL both SQLite and PostgreSQL speak (``ON CONFLICT``,
+``RETURNING``); the core's own tables migrated by the store, each plugin's by its
+``orch_schema`` (:meth:`Store.ensure_schemas`). Each thread gets its own SQLite connection (the
 dispatcher runs plugins in threads, and transactions must not interleave); a thread that is done
 hands its connection back with :meth:`SQLiteStore.release`, so the next one needs no new open.
 """
@@ -21,9 +24,29 @@ from orch_core.errors import OrchError
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+    from contextlib import AbstractContextManager
+    from typing import Any, Protocol
 
-SCHEMA_VERSION = 9
+    class Rows(Protocol):
+        """What a statement returns: its rows, and how many it changed."""
+
+        @property
+        def rowcount(self) -> int: ...
+        @property
+        def description(self) -> Any: ...
+        def fetchone(self) -> Any: ...
+        def fetchall(self) -> list[Any]: ...
+        def __iter__(self) -> Iterator[Any]: ...
+
+    class Connection(Protocol):
+        """Where a transaction's statements go."""
+
+        def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Rows: ...
+        def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Rows: ...
+
+
+SCHEMA_VERSION = 10
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -94,29 +117,7 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE sessions ADD COLUMN tmux_socket TEXT;
     ALTER TABLE sessions ADD COLUMN stop_blocks INTEGER NOT NULL DEFAULT 0;
     """,
-    3: """
-    CREATE TABLE activity (
-        id INTEGER PRIMARY KEY,
-        agent TEXT NOT NULL,
-        ts REAL NOT NULL,
-        kind TEXT NOT NULL,
-        tool TEXT,
-        target TEXT,
-        ok INTEGER NOT NULL DEFAULT 1
-    );
-    CREATE INDEX activity_agent ON activity(agent, id);
-    CREATE TABLE agent_context (
-        agent_id TEXT PRIMARY KEY,
-        role TEXT,
-        briefing_content TEXT,
-        last_briefing REAL,
-        checkpoint_data TEXT,
-        checkpoint_at REAL,
-        rebrief_pending INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    """,
+    3: "",  # the rebrief plugin's tables, created by its own orch_schema since schema 10
     4: """
     CREATE TABLE launch_specs (
         agent TEXT PRIMARY KEY,
@@ -175,6 +176,14 @@ MIGRATIONS: dict[int, str] = {
     9: """
     ALTER TABLE messages ADD COLUMN transcript_from INTEGER;
     """,
+    10: """
+    CREATE TABLE plugin_schemas (
+        plugin TEXT PRIMARY KEY,
+        version INTEGER NOT NULL
+    );
+    INSERT INTO plugin_schemas (plugin, version)
+        SELECT 'rebrief', 1 FROM sqlite_master WHERE type = 'table' AND name = 'agent_context';
+    """,
 }
 #: Hook runs kept; older ones are pruned now and then, so the table stays small.
 KEEP_RUNS = 20_000
@@ -185,7 +194,74 @@ class StoreError(OrchError):
 
 
 class Store(abc.ABC):
-    """What orch keeps: sessions, agents and hook runs (later: the queue, context, restarts)."""
+    """What orch keeps, and the one way to it: the core's records (sessions, agents, hook
+    runs) as methods, everything else as SQL in short transactions."""
+
+    #: The SQL dialect, as ``orch_schema`` receives it.
+    dialect = "sqlite"
+    #: Seconds a statement waits for another writer, unless :meth:`set_timeout` says less.
+    timeout: float
+    #: A private folder on this machine for files that go with the store (the text of large
+    #: messages, which the model reads from there).
+    folder: str
+
+    @abc.abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        """One statement on its own: a read, or a write that needs no transaction."""
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """``with store.transaction() as tx:`` a short write transaction, committed at the
+        end of the block and rolled back on an exception. Keep tmux, git and network calls
+        outside it."""
+
+    def set_timeout(self, seconds: float) -> None:  # noqa: B027 - a store may not wait at all
+        """Wait at most this long for another writer from now on (the hook's budget left)."""
+
+    def back_up(self, keep: int, now: float, *, older_than: float = 0.0) -> str | None:
+        """A backup, unless the newest is younger than ``older_than`` seconds; where it went.
+        A store that a server backs up takes none here (``None``)."""
+        return None
+
+    def ensure_schemas(
+        self,
+        wanted: Mapping[str, int],
+        migrations: Callable[[str], Mapping[int, str]],
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Bring each plugin's own tables to the version its plan names: one read when they
+        are there already; otherwise ``migrations(plugin)`` gives the steps (version to SQL
+        statements, separated by ``;``), applied with the version in one transaction, waiting
+        at most ``timeout`` for another writer."""
+        have = dict(self.execute("SELECT plugin, version FROM plugin_schemas").fetchall())
+        behind = [(p, v) for p, v in wanted.items() if have.get(p, 0) < v]
+        if not behind:
+            return
+        if timeout is not None:
+            self.set_timeout(timeout)
+        try:
+            for plugin, version in behind:
+                self._migrate_plugin(plugin, version, migrations(plugin))
+        finally:
+            if timeout is not None:
+                self.set_timeout(self.timeout)
+
+    def _migrate_plugin(self, plugin: str, version: int, steps: Mapping[int, str]) -> None:
+        """Apply ``plugin``'s steps past the version it has, and record ``version``."""
+        with self.transaction() as tx:
+            row = tx.execute(
+                "SELECT version FROM plugin_schemas WHERE plugin = ?", (plugin,)
+            ).fetchone()
+            for step in range((row[0] if row else 0) + 1, version + 1):
+                for statement in steps[step].split(";"):
+                    if statement.strip():
+                        tx.execute(statement)
+            tx.execute(
+                "INSERT INTO plugin_schemas (plugin, version) VALUES (?, ?)"
+                " ON CONFLICT (plugin) DO UPDATE SET version = excluded.version",
+                (plugin, version),
+            )
 
     @abc.abstractmethod
     def session_agent(self, session_id: str) -> str | None:
@@ -265,6 +341,7 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str, *, timeout: float = 5.0, durable: bool = True) -> None:
         self.path = path
+        self.folder = os.path.dirname(os.path.abspath(path))
         self.timeout = timeout
         self.durable = durable
         self._conns: dict[int, sqlite3.Connection] = {}
@@ -363,10 +440,25 @@ class SQLiteStore(Store):
                         tx.execute(statement)
             tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
-    def transaction(self, conn: sqlite3.Connection | None = None) -> _Transaction:
-        """``with store.transaction() as tx:`` a short ``BEGIN IMMEDIATE`` write transaction.
-        Keep tmux, git and network calls outside it."""
-        return _Transaction(conn or self.conn)
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def transaction(self, conn: sqlite3.Connection | None = None) -> Transaction:
+        """A ``BEGIN IMMEDIATE`` transaction: it takes the write lock first, so it never
+        fails half-way for another writer."""
+        return Transaction(conn or self.conn)
+
+    def set_timeout(self, seconds: float) -> None:
+        self.conn.execute(f"PRAGMA busy_timeout={max(1, int(seconds * 1000))}")
+
+    def back_up(self, keep: int, now: float, *, older_than: float = 0.0) -> str | None:
+        """An online backup into ``backups/`` beside the file (:mod:`orch_core.storage.backup`)."""
+        from orch_core.storage import backup
+
+        latest = backup.newest(self.path)
+        if older_than > 0 and latest is not None and now - os.path.getmtime(latest) < older_than:
+            return None
+        return backup.take(self.path, keep, now)
 
     def session_agent(self, session_id: str) -> str | None:
         row = self.conn.execute(
@@ -516,7 +608,7 @@ class SQLiteStore(Store):
             conn.close()
 
 
-class _Transaction:
+class Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception (or by the block
     itself, with ``ROLLBACK``)."""
 

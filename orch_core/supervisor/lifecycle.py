@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING
 from orch_core import paths
 from orch_core.errors import OrchError
 from orch_core.plugins.settings import Setting, defaults, regexes
-from orch_core.storage.store import SQLiteStore
+from orch_core.storage import open_store
 from orch_core.supervisor import tmux
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any
+
+    from orch_core.storage.store import Store
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: StopFailure ``error`` values that no restart can fix: a person must act (credentials,
@@ -90,8 +92,8 @@ def classify(error: str | None) -> str:
 # -- launch specs ------------------------------------------------------------------------------
 
 
-def get_spec(store: SQLiteStore, agent: str) -> dict[str, Any] | None:
-    cur = store.conn.execute("SELECT * FROM launch_specs WHERE agent = ?", (agent,))
+def get_spec(store: Store, agent: str) -> dict[str, Any] | None:
+    cur = store.execute("SELECT * FROM launch_specs WHERE agent = ?", (agent,))
     row = cur.fetchone()
     if row is None:
         return None
@@ -101,7 +103,7 @@ def get_spec(store: SQLiteStore, agent: str) -> dict[str, Any] | None:
 
 
 def save_spec(
-    store: SQLiteStore,
+    store: Store,
     agent: str,
     *,
     argv: list[str],
@@ -139,7 +141,7 @@ def pane_env(agent: str, extra: Mapping[str, str], env: Mapping[str, str]) -> di
 
 
 def spawn(
-    store: SQLiteStore,
+    store: Store,
     name: str,
     *,
     cwd: str,
@@ -178,7 +180,7 @@ def spawn(
 
 
 def relaunch(
-    store: SQLiteStore,
+    store: Store,
     agent: str,
     *,
     fresh: bool,
@@ -226,7 +228,7 @@ def relaunch(
     return spec
 
 
-def stop(store: SQLiteStore, agent: str) -> None:
+def stop(store: Store, agent: str) -> None:
     """Stop the agent and everything scheduled for it; the supervisor leaves it alone."""
     spec = get_spec(store, agent)
     if spec and spec["pane"]:
@@ -241,7 +243,7 @@ def stop(store: SQLiteStore, agent: str) -> None:
 # -- recoveries ---------------------------------------------------------------------------------
 
 
-def cancel_recoveries(store: SQLiteStore, agent: str, why: str) -> None:
+def cancel_recoveries(store: Store, agent: str, why: str) -> None:
     with store.transaction() as tx:
         tx.execute(
             "UPDATE recoveries SET state = 'cancelled', outcome = ?, finished = ?"
@@ -250,7 +252,7 @@ def cancel_recoveries(store: SQLiteStore, agent: str, why: str) -> None:
         )
 
 
-def alert(store: SQLiteStore, agent: str, kind: str, message: str) -> None:
+def alert(store: Store, agent: str, kind: str, message: str) -> None:
     with store.transaction() as tx:
         tx.execute(
             "INSERT INTO alerts (agent, ts, kind, message) VALUES (?, ?, ?, ?)",
@@ -258,7 +260,7 @@ def alert(store: SQLiteStore, agent: str, kind: str, message: str) -> None:
         )
 
 
-def give_up(store: SQLiteStore, agent: str, reason: str) -> None:
+def give_up(store: Store, agent: str, reason: str) -> None:
     """No more automatic recovery: ``failed`` and an alert, until a user acts."""
     now = time.time()
     cancel_recoveries(store, agent, "gave up")
@@ -272,11 +274,11 @@ def give_up(store: SQLiteStore, agent: str, reason: str) -> None:
     alert(store, agent, "failed", f"{agent} failed: {reason}; no automatic restart")
 
 
-def restarts_last_hour(store: SQLiteStore, agent: str, now: float) -> int:
+def restarts_last_hour(store: Store, agent: str, now: float) -> int:
     """Restarts carried out in the last hour. A step that failed at once (``--continue`` with
     no conversation to continue) is not one: the ladder's next step is."""
     return int(
-        store.conn.execute(
+        store.execute(
             "SELECT count(*) FROM recoveries WHERE agent = ? AND step IN ('restart', 'fresh')"
             " AND started IS NOT NULL AND state != 'failed' AND created > ?",
             (agent, now - 3600),
@@ -285,7 +287,7 @@ def restarts_last_hour(store: SQLiteStore, agent: str, now: float) -> int:
 
 
 def schedule(
-    store: SQLiteStore,
+    store: Store,
     agent: str,
     reason: str,
     step: str,
@@ -322,21 +324,21 @@ def schedule(
             wait *= 1 + random.uniform(-1, 1) * float(conf["jitter"])
         if step == "reprompt":
             wait = max(wait, float(conf["reprompt_min_wait"]))
-        cur = tx.execute(
+        (added,) = tx.execute(
             "INSERT INTO recoveries (agent, created, reason, step, due, state)"
-            " VALUES (?, ?, ?, ?, ?, 'scheduled')",
+            " VALUES (?, ?, ?, ?, ?, 'scheduled') RETURNING id",
             (agent, now, reason, step, now + wait),
-        )
-        return {"id": cur.lastrowid, "agent": agent, "step": step, "due": now + wait}
+        ).fetchone()
+        return {"id": added, "agent": agent, "step": step, "due": now + wait}
 
 
 NO_RECOVERY: dict[str, Any] = {"restarts_last_hour": 0, "next_action": None}
 
 
-def overview(store: SQLiteStore, now: float) -> dict[str, dict[str, Any]]:
+def overview(store: Store, now: float) -> dict[str, dict[str, Any]]:
     """Per agent, for ``orch agents``: restarts in the last hour and the next planned step."""
     result: dict[str, dict[str, Any]] = {}
-    rows = store.conn.execute(
+    rows = store.execute(
         "SELECT agent, step, state, due, started FROM recoveries WHERE created > ?"
         " OR state IN ('scheduled', 'running', 'verifying') ORDER BY id",
         (now - 3600,),
@@ -350,11 +352,11 @@ def overview(store: SQLiteStore, now: float) -> dict[str, dict[str, Any]]:
     return result
 
 
-def history(store: SQLiteStore, agent: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+def history(store: Store, agent: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     sql, args = "SELECT * FROM recoveries", []
     if agent:
         sql, args = sql + " WHERE agent = ?", [agent]
-    cur = store.conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+    cur = store.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
@@ -371,7 +373,7 @@ class Supervisor:
         self, env: Mapping[str, str], *, watch_every: float = 2.0, house_every: float = 10.0
     ) -> None:
         self.env = env
-        self.store = SQLiteStore(paths.db_path(env))
+        self.store = open_store(env)
         self.watch_every = watch_every
         self.house_every = house_every
         self._watched = 0.0
@@ -407,7 +409,6 @@ class Supervisor:
         from orch_core.hook import backstop
         from orch_core.plugins import plan
         from orch_core.queue import Queue
-        from orch_core.storage import backup
 
         loaded = plan.load(self.env, paths.project_dir(self.env))
         every = float(loaded.settings.get("backup_every", 900))
@@ -417,9 +418,8 @@ class Supervisor:
             "collect stopped hook runs": lambda: backstop.collect(self.env, self.store, now),
             "remove old message files": lambda: Queue(self.store).prune_spills(retention, now),
         }
-        latest = backup.newest(self.store.path)
-        if every > 0 and (latest is None or now - os.path.getmtime(latest) >= every):
-            steps["back up the database"] = lambda: backup.take(self.store.path, keep, now)
+        if every > 0:
+            steps["back up the database"] = lambda: self.store.back_up(keep, now, older_than=every)
         for what, step in steps.items():
             try:
                 step()
@@ -429,7 +429,7 @@ class Supervisor:
     def watch(self, now: float) -> None:
         """Dead or vanished panes of spawned agents, and agents busy without a hook too long:
         a restart is scheduled for each, unless its project switched auto_restart off."""
-        rows = self.store.conn.execute(
+        rows = self.store.execute(
             "SELECT s.agent, s.pane, s.tmux_socket, a.state, a.last_seen FROM launch_specs s"
             " LEFT JOIN agents a ON a.id = s.agent"
         ).fetchall()
@@ -444,7 +444,7 @@ class Supervisor:
                 schedule(self.store, agent, "hung: busy with no hook", "restart", conf, now=now)
 
     def run_due(self, now: float) -> None:
-        due = self.store.conn.execute(
+        due = self.store.execute(
             "SELECT id, agent, step, reason FROM recoveries WHERE state = 'scheduled'"
             " AND due <= ? ORDER BY due",
             (now,),
@@ -494,13 +494,13 @@ class Supervisor:
 
     def verify(self, now: float) -> None:
         """A re-prompt worked when a prompt hook followed; a restart when SessionStart did."""
-        rows = self.store.conn.execute(
+        rows = self.store.execute(
             "SELECT id, agent, step, reason, started, verify_by FROM recoveries"
             " WHERE state = 'verifying'"
         ).fetchall()
         for recovery_id, agent, step, reason, started, verify_by in rows:
             event = "UserPromptSubmit" if step == "reprompt" else "SessionStart"
-            seen = self.store.conn.execute(
+            seen = self.store.execute(
                 "SELECT 1 FROM hook_runs WHERE agent = ? AND event = ? AND ts > ? LIMIT 1",
                 (agent, event, started),
             ).fetchone()
@@ -548,14 +548,14 @@ class Supervisor:
 
         home = paths.project_dir(self.env)
         projects: dict[str, list[str]] = {}
-        rows = self.store.conn.execute(
+        rows = self.store.execute(
             "SELECT a.id, coalesce(s.cwd, a.project_dir) FROM agents a"
             " LEFT JOIN launch_specs s ON s.agent = a.id"
         ).fetchall()
         for agent, project in rows:
             projects.setdefault(project or home, []).append(agent)
         known = {agent for agent, _ in rows}
-        waiting = self.store.conn.execute(
+        waiting = self.store.execute(
             f"SELECT DISTINCT agent FROM messages WHERE {PENDING_SQL}"
         ).fetchall()
         projects.setdefault(home, []).extend(a for (a,) in waiting if a not in known)
@@ -575,7 +575,7 @@ class Supervisor:
     def project_of(self, agent: str | None) -> str:
         """The project an agent works in (its launch spec, or where its hooks came from);
         the supervisor's own for an agent orch knows nothing of."""
-        row = self.store.conn.execute(
+        row = self.store.execute(
             "SELECT coalesce(s.cwd, a.project_dir) FROM agents a LEFT JOIN launch_specs s"
             " ON s.agent = a.id WHERE a.id = ?",
             (agent,),

@@ -67,7 +67,12 @@ class OrchState:
 
     @property
     def store(self) -> SQLiteStore:
-        return SQLiteStore(self.env["ORCH_DB"])
+        """The database as orch in the project sees it: with its plugins' own tables."""
+        from orch_core.hook.context import Runtime
+
+        store = SQLiteStore(self.env["ORCH_DB"])
+        Runtime.open(self.env, str(self.project_dir), store=store)
+        return store
 
     def log(self) -> list[dict[str, Any]]:
         return log.read(self.env, limit=1000)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 
 from orch_core import hookimpl
-from orch_core.storage.store import SQLiteStore
 from orch_core.supervisor import lifecycle
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
@@ -47,7 +46,7 @@ def _reset_in(details: Any, fallback: float) -> float:
 
 @hookimpl
 def orch_stop_failure(event: ev.StopFailure, ctx: HookContext) -> None:
-    if ctx.agent is None or not isinstance(ctx.store, SQLiteStore):
+    if ctx.agent is None:
         return
     kind = lifecycle.classify(event.error)
     reason = f"StopFailure {event.error or 'unknown'}"
@@ -63,7 +62,7 @@ def orch_stop_failure(event: ev.StopFailure, ctx: HookContext) -> None:
 
 @hookimpl
 def orch_notification(event: ev.Notification, ctx: HookContext) -> None:
-    if ctx.agent is None or not isinstance(ctx.store, SQLiteStore) or not event.message:
+    if ctx.agent is None or not event.message:
         return
     for pattern in lifecycle.settings(ctx.config)["error_patterns"]:
         if isinstance(pattern, str) and re.search(pattern, event.message):

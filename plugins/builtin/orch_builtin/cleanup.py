@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from orch_core import hookimpl
 from orch_core.queue import Queue
-from orch_core.storage.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
 
 @hookimpl
 def orch_session_end(event: ev.SessionEnd, ctx: HookContext) -> None:
-    if not ctx.session_id or not isinstance(ctx.store, SQLiteStore):
+    if not ctx.session_id:
         return
     count = Queue(ctx.store).requeue_session(ctx.session_id, event.reason or "unknown")
     if count:

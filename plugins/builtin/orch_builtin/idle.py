@@ -18,7 +18,6 @@ from __future__ import annotations
 from orch_core import Setting, hookimpl, log, paths
 from orch_core.plugins.settings import defaults
 from orch_core.queue import Queue
-from orch_core.storage.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -45,7 +44,7 @@ def orch_config_defaults() -> dict[str, Any]:
 
 @hookimpl
 def orch_message_enqueued(message: dict[str, Any], ctx: HookContext) -> None:
-    if not isinstance(ctx.store, SQLiteStore) or not Queue(ctx.store).has_ready(message["agent"]):
+    if not Queue(ctx.store).has_ready(message["agent"]):
         return  # e.g. sent with --in: the supervisor wakes the agent when it falls due
     if message.get("state", "queued") != "queued":  # typed in already (orch send --push)
         return
@@ -58,7 +57,7 @@ def orch_message_enqueued(message: dict[str, Any], ctx: HookContext) -> None:
 def orch_hook_answered(event: ev.Event, ctx: HookContext) -> None:
     if event.name != "SessionStart" or ctx.agent is None or event.in_subagent:
         return
-    if not isinstance(ctx.store, SQLiteStore) or not Queue(ctx.store).has_pending(ctx.agent):
+    if not Queue(ctx.store).has_pending(ctx.agent):
         return
     stale = float({**DEFAULTS, **ctx.config}["rewake_seconds"])
     if wake(ctx.store, ctx.agent, ctx.env, stale):
@@ -81,12 +80,12 @@ def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> Non
     """Wake the project's idle agents whose messages became deliverable (``--in``), press
     Enter again for a wake-up that brought no prompt, and take an agent still ``starting``
     after :data:`STARTING_GRACE` with messages waiting for idle."""
-    if not isinstance(ctx.store, SQLiteStore) or not agents:
+    if not agents:
         return
     queue = Queue(ctx.store)
     settings = {**DEFAULTS, **ctx.config}
     marks = ", ".join("?" for _ in agents)
-    rows = ctx.store.conn.execute(
+    rows = ctx.store.execute(
         "SELECT id, state, state_changed FROM agents WHERE state IN ('idle', 'waking', 'starting')"
         f" AND id IN ({marks})",
         agents,

@@ -12,7 +12,6 @@ from __future__ import annotations
 from orch_core import Answer, Setting, hookimpl
 from orch_core.plugins.settings import defaults
 from orch_core.queue import Queue
-from orch_core.storage.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -39,9 +38,7 @@ def orch_config_defaults() -> dict[str, Any]:
     return SETTINGS
 
 
-def queue_for(ctx: HookContext) -> Queue | None:
-    if not isinstance(ctx.store, SQLiteStore):
-        return None
+def queue_for(ctx: HookContext) -> Queue:
     return Queue.configured(ctx.store, {**DEFAULTS, **ctx.config})
 
 
@@ -50,7 +47,7 @@ def deliver(event: ev.Event, ctx: HookContext, min_priority: int = 0) -> str | N
     if ctx.agent is None or event.in_subagent:
         return None
     queue = queue_for(ctx)
-    if queue is None or not queue.has_pending(ctx.agent):
+    if not queue.has_pending(ctx.agent):
         return None
     budget = int({**DEFAULTS, **ctx.config}["budget"])
     messages = queue.deliver(
@@ -74,9 +71,8 @@ def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> Non
     """Expire what outlived its TTL, and put back (or kill) deliveries left unconfirmed past
     ``confirm_seconds``, with this project's settings."""
     queue = queue_for(ctx)
-    if queue is not None:
-        for agent in agents:
-            queue.sweep(now, agent)
+    for agent in agents:
+        queue.sweep(now, agent)
 
 
 @hookimpl

@@ -22,7 +22,6 @@ import time
 from orch_core import Setting, hookimpl
 from orch_core.plugins.settings import defaults
 from orch_core.queue import PENDING_SQL, age
-from orch_core.storage.store import SQLiteStore
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
 
     from orch_core.hook import events as ev
     from orch_core.hook.context import HookContext
+    from orch_core.storage.store import Store
 
 SECTIONS = ("agent", "briefing", "rules", "activity", "task", "git", "pending")
 
@@ -67,13 +67,43 @@ def _settings(ctx: HookContext) -> dict[str, Any]:
     return settings
 
 
-def _store(ctx: HookContext) -> SQLiteStore | None:
-    return ctx.store if isinstance(ctx.store, SQLiteStore) and ctx.agent else None
+def _store(ctx: HookContext) -> Store | None:
+    return ctx.store if ctx.agent else None
 
 
 @hookimpl
 def orch_config_defaults() -> dict[str, Any]:
     return SETTINGS
+
+
+@hookimpl
+def orch_schema(dialect: str) -> dict[int, str]:
+    """The activity record and, per agent, its briefing and checkpoint."""
+    return {
+        1: """
+        CREATE TABLE activity (
+            id INTEGER PRIMARY KEY,
+            agent TEXT NOT NULL,
+            ts REAL NOT NULL,
+            kind TEXT NOT NULL,
+            tool TEXT,
+            target TEXT,
+            ok INTEGER NOT NULL DEFAULT 1
+        );
+        CREATE INDEX activity_agent ON activity(agent, id);
+        CREATE TABLE agent_context (
+            agent_id TEXT PRIMARY KEY,
+            role TEXT,
+            briefing_content TEXT,
+            last_briefing REAL,
+            checkpoint_data TEXT,
+            checkpoint_at REAL,
+            rebrief_pending INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        """
+    }
 
 
 # -- what is kept as the agent works ------------------------------------------------------------
@@ -95,11 +125,12 @@ def record(ctx: HookContext, kind: str, tool: str | None, target: str, ok: bool 
         return
     assert ctx.agent is not None
     with store.transaction() as tx:
-        cur = tx.execute(
-            "INSERT INTO activity (agent, ts, kind, tool, target, ok) VALUES (?, ?, ?, ?, ?, ?)",
+        (added,) = tx.execute(
+            "INSERT INTO activity (agent, ts, kind, tool, target, ok) VALUES (?, ?, ?, ?, ?, ?)"
+            " RETURNING id",
             (ctx.agent, time.time(), kind, tool, target, int(ok)),
-        )
-        if cur.lastrowid and cur.lastrowid % 50 == 0:  # keep the record bounded per agent
+        ).fetchone()
+        if added % 50 == 0:  # keep the record bounded per agent
             tx.execute(
                 "DELETE FROM activity WHERE agent = ? AND id <= (SELECT id FROM activity"
                 " WHERE agent = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
@@ -135,13 +166,13 @@ def orch_message_delivered(message: dict[str, Any], ctx: HookContext) -> None:
 # -- checkpoint and rebrief ----------------------------------------------------------------------
 
 
-def context_row(store: SQLiteStore, agent: str) -> dict[str, Any] | None:
-    cur = store.conn.execute("SELECT * FROM agent_context WHERE agent_id = ?", (agent,))
+def context_row(store: Store, agent: str) -> dict[str, Any] | None:
+    cur = store.execute("SELECT * FROM agent_context WHERE agent_id = ?", (agent,))
     row = cur.fetchone()
     return dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
 
 
-def update_context(store: SQLiteStore, agent: str, **fields: Any) -> None:
+def update_context(store: Store, agent: str, **fields: Any) -> None:
     now = time.time()
     names = list(fields)
     with store.transaction() as tx:
@@ -184,9 +215,9 @@ def git_state(cwd: str, timeout: float) -> dict[str, Any] | None:
 
 
 def recent_activity(
-    store: SQLiteStore, agent: str, limit: int, before: float | None = None
+    store: Store, agent: str, limit: int, before: float | None = None
 ) -> list[dict[str, Any]]:
-    cur = store.conn.execute(
+    cur = store.execute(
         "SELECT ts, kind, tool, target, ok FROM activity WHERE agent = ? AND ts < ?"
         " ORDER BY id DESC LIMIT ?",
         (agent, before or time.time() + 1, limit),
@@ -195,10 +226,10 @@ def recent_activity(
 
 
 def task_messages(
-    store: SQLiteStore, agent: str, limit: int = 3, before: float | None = None
+    store: Store, agent: str, limit: int = 3, before: float | None = None
 ) -> list[dict[str, Any]]:
     """The latest messages handed to the agent: what it was asked to do, newest first."""
-    cur = store.conn.execute(
+    cur = store.execute(
         "SELECT id, sender, priority, body, delivered FROM messages WHERE agent = ?"
         " AND state IN ('delivered', 'confirmed') AND priority < 200 AND delivered < ?"
         " ORDER BY delivered DESC LIMIT ?",
@@ -208,18 +239,16 @@ def task_messages(
     return [dict(zip(names, r, strict=True)) for r in cur]
 
 
-def pending_count(store: SQLiteStore, agent: str) -> int:
+def pending_count(store: Store, agent: str) -> int:
     return int(
-        store.conn.execute(
+        store.execute(
             f"SELECT count(*) FROM messages WHERE agent = ? AND {PENDING_SQL}",
             (agent,),
         ).fetchone()[0]
     )
 
 
-def checkpoint(
-    store: SQLiteStore, agent: str, cwd: str, settings: dict[str, Any]
-) -> dict[str, Any]:
+def checkpoint(store: Store, agent: str, cwd: str, settings: dict[str, Any]) -> dict[str, Any]:
     """What the agent was doing, saved before compaction."""
     activity = recent_activity(store, agent, int(settings["activity_kept"]))
     tools: dict[str, int] = {}
@@ -256,8 +285,6 @@ def orch_pre_compact(event: ev.PreCompact, ctx: HookContext) -> None:
 @hookimpl
 def orch_before_restart(agent: str, ctx: HookContext) -> None:
     """Keep what the agent was doing, so its SessionStart after the restart is rebriefed."""
-    if not isinstance(ctx.store, SQLiteStore):
-        return
     data = checkpoint(ctx.store, agent, ctx.project_dir, _settings(ctx))
     data["trigger"] = "restart"
     update_context(ctx.store, agent, checkpoint_data=json.dumps(data), checkpoint_at=data["at"])
@@ -266,7 +293,7 @@ def orch_before_restart(agent: str, ctx: HookContext) -> None:
 @hookimpl
 def orch_agent_spawned(agent: str, briefing: str | None, ctx: HookContext) -> None:
     """``orch spawn --brief``: the briefing its first SessionStart gives it."""
-    if briefing is not None and isinstance(ctx.store, SQLiteStore):
+    if briefing is not None:
         update_context(ctx.store, agent, briefing_content=briefing)
 
 
@@ -294,14 +321,15 @@ def forced(ctx: HookContext) -> str | None:
     if store is None:
         return None
     assert ctx.agent is not None
-    asked = store.conn.execute(  # a read on every tool call; the write only when asked
-        "SELECT 1 FROM agent_context WHERE agent_id = ? AND rebrief_pending", (ctx.agent,)
+    asked = store.execute(  # a read on every tool call; the write only when asked
+        "SELECT 1 FROM agent_context WHERE agent_id = ? AND rebrief_pending <> 0", (ctx.agent,)
     ).fetchone()
     if asked is None:
         return None
     with store.transaction() as tx:
         cur = tx.execute(
-            "UPDATE agent_context SET rebrief_pending = 0 WHERE agent_id = ? AND rebrief_pending",
+            "UPDATE agent_context SET rebrief_pending = 0"
+            " WHERE agent_id = ? AND rebrief_pending <> 0",
             (ctx.agent,),
         )
     if not cur.rowcount:  # another hook of the same agent took it
@@ -309,9 +337,7 @@ def forced(ctx: HookContext) -> str | None:
     return rebrief(ctx, store, ctx.project_dir, "a request (orch rebrief)")
 
 
-def rebrief(
-    ctx: HookContext, store: SQLiteStore, cwd: str, why: str, *, first: bool = False
-) -> str:
+def rebrief(ctx: HookContext, store: Store, cwd: str, why: str, *, first: bool = False) -> str:
     """The rebrief text: each section marked, the whole within the budget. ``first``: the
     briefing a new agent gets at its first SessionStart."""
     assert ctx.agent is not None
@@ -446,9 +472,10 @@ def orch_register_commands(cli: click.Group) -> None:
 
     from orch_core import paths
     from orch_core.cli.params import agent_name
+    from orch_core.hook.context import Runtime
 
-    def store() -> SQLiteStore:
-        return SQLiteStore(paths.db_path(os.environ))
+    def store() -> Store:
+        return Runtime.open(os.environ, paths.project_dir(os.environ)).store
 
     @cli.command("brief")
     @click.argument("agent", callback=agent_name)
