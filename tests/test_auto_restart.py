@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from orch_builtin import auto_restart
 
 from orch_core.supervisor import lifecycle
 from orch_core.testing.kit import OrchState
@@ -28,7 +29,7 @@ def failure(error: str, **fields: object) -> dict[str, object]:
      ("model_not_found", "fatal"), ("invalid_request", "fatal")],
 )  # fmt: skip
 def test_failures_are_classified_by_the_error_field(error: str, kind: str) -> None:
-    assert lifecycle.classify(error) == kind
+    assert auto_restart.classify(error) == kind
 
 
 def test_a_transient_failure_schedules_a_reprompt_after_a_backoff(orch: OrchState) -> None:
@@ -83,17 +84,17 @@ def test_backoff_doubles_up_to_its_cap_and_restarts_are_limited(orch: OrchState)
     config = {"backoff_base": 10, "backoff_cap": 35, "jitter": 0, "max_restarts_per_hour": 2}
     waits = []
     for i in range(3):
-        planned = lifecycle.schedule(store, "a:1", "test", "reprompt", config, now=now + i)
+        planned = auto_restart.schedule(store, "a:1", "test", "reprompt", config, now=now + i)
         assert planned is not None
         waits.append(planned["due"] - (now + i))
         lifecycle.cancel_recoveries(store, "a:1", "next")
     assert waits == [10, 20, 35]
     for _ in range(2):
-        assert lifecycle.schedule(store, "a:1", "crash", "restart", config, wait=0) is not None
+        assert auto_restart.schedule(store, "a:1", "crash", "restart", config, wait=0) is not None
         with store.transaction() as db:
             db.execute("UPDATE recoveries SET state = 'done', started = ? WHERE state ="
                        " 'scheduled'", (time.time(),))  # fmt: skip
-    assert lifecycle.schedule(store, "a:1", "crash", "restart", config, wait=0) is None
+    assert auto_restart.schedule(store, "a:1", "crash", "restart", config, wait=0) is None
     assert orch.store.agents()[0]["state"] == "failed"
     assert lifecycle.history(store, "a:1")[0]["step"] == "give_up"
 
@@ -101,7 +102,7 @@ def test_backoff_doubles_up_to_its_cap_and_restarts_are_limited(orch: OrchState)
 def test_the_supervisor_escalates_a_reprompt_that_did_not_work(orch: OrchState) -> None:
     supervisor = lifecycle.Supervisor(orch.env)
     store = supervisor.store
-    lifecycle.schedule(store, "a:1", "StopFailure overloaded", "reprompt", wait=0)
+    auto_restart.schedule(store, "a:1", "StopFailure overloaded", "reprompt", wait=0)
     supervisor.tick(time.time() + 5)  # no pane known: the reprompt fails at once, escalates
     steps = [(h["step"], h["state"]) for h in reversed(lifecycle.history(store, "a:1"))]
     assert steps[0] == ("reprompt", "failed")

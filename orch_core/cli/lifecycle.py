@@ -97,7 +97,8 @@ def restart_command(agent: str, fresh: bool) -> None:
     """Restart AGENT in its window now, keeping its conversation unless --fresh."""
     store = _store()
     lifecycle.cancel_recoveries(store, agent, "replaced by orch restart")
-    spec = lifecycle.relaunch(store, agent, fresh=fresh, env=os.environ)
+    keep = () if fresh else lifecycle.KEEP_CONVERSATION
+    spec = lifecycle.relaunch(store, agent, env=os.environ, continue_args=keep)
     click.echo(f"restarted {agent} in pane {spec['pane']}" + (" (fresh)" if fresh else ""))
 
 

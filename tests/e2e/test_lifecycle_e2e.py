@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from orch_builtin import auto_restart
 from orch_builtin.idle import WAKE_LINE
 
 from orch_core.queue import MARK
@@ -27,7 +28,7 @@ from orch_core.testing.tmux import TmuxServer
 
 pytestmark = pytest.mark.claude
 
-REPROMPT = lifecycle.DEFAULTS["reprompt_line"]
+REPROMPT = auto_restart.DEFAULTS["reprompt_line"]
 
 
 class Fleet:

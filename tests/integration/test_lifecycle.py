@@ -297,8 +297,8 @@ def test_no_restart_where_the_project_switched_auto_restart_off(fleet: OrchState
     socket = fleet.env["ORCH_TMUX_SOCKET"]
     until(lambda: tmux.pane_state(pane, socket) == "dead", "the dead pane")
     supervisor = lifecycle.Supervisor(fleet.env)
-    supervisor.watch(time.time())
+    supervisor.upkeep(time.time())
     assert lifecycle.history(fleet.store, "worker") == []
     fleet.write_config("")  # switched on again: the same dead pane is restarted
-    supervisor.watch(time.time())
+    supervisor.upkeep(time.time())
     assert [h["step"] for h in lifecycle.history(fleet.store, "worker")] == ["restart"]

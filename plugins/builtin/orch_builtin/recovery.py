@@ -1,0 +1,159 @@
+"""The recovery ladder the auto_restart plugin runs on the supervisor's ticks.
+
+A scheduled step is carried out, then verified: a re-prompt counts when the agent's next prompt
+hook arrives, a restart when its SessionStart arrives, each within ``verify_seconds``. A failed
+step climbs the ladder: re-prompt → restart in the same window keeping the conversation
+(``continue_args``) → fresh start → give up (``failed`` plus an alert).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from orch_builtin import auto_restart
+from orch_core import paths
+from orch_core.supervisor import lifecycle, tmux
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from orch_core.hook.context import HookContext
+
+LADDER = ("reprompt", "restart", "fresh", "give_up")
+#: Seconds between looks at the panes of one project's agents (a tmux call each).
+WATCH_EVERY = 2.0
+_watched: dict[str, float] = {}
+
+
+class Ladder:
+    """One project's recoveries, for one supervisor tick."""
+
+    def __init__(self, ctx: HookContext, agents: list[str], settings: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
+        self.agents = agents
+        self.settings = settings
+
+    def tick(self, now: float) -> None:
+        if not self.agents:
+            return
+        if now - _watched.get(self.ctx.project_dir, 0.0) >= WATCH_EVERY:
+            _watched[self.ctx.project_dir] = now
+            self.watch(now)
+        self.verify(now)
+        self.run_due(now)
+
+    def _rows(self, sql: str, *args: Any) -> list[Any]:
+        """``sql``'s rows for this project's agents (``{agents}`` in ``sql``)."""
+        marks = ", ".join("?" for _ in self.agents)
+        return self.store.execute(sql.format(agents=marks), (*args, *self.agents)).fetchall()
+
+    def watch(self, now: float) -> None:
+        """Dead or vanished panes of spawned agents, and agents busy without a hook for
+        ``hung_after``: a restart is scheduled for each."""
+        rows = self._rows(
+            "SELECT s.agent, s.pane, s.tmux_socket, a.state, a.last_seen FROM launch_specs s"
+            " LEFT JOIN agents a ON a.id = s.agent WHERE s.agent IN ({agents})"
+        )
+        for agent, pane, socket, state, last_seen in rows:
+            if state in ("failed", "stopped"):
+                continue
+            found = tmux.pane_state(pane or "", socket)
+            if found != "alive":
+                self.schedule(agent, f"pane {found}", "restart", now)
+            elif (
+                state == "busy"
+                and last_seen
+                and now - last_seen > float(self.settings["hung_after"])
+            ):
+                self.schedule(agent, "hung: busy with no hook", "restart", now)
+
+    def schedule(self, agent: str, reason: str, step: str, now: float, **kw: Any) -> None:
+        auto_restart.schedule(self.store, agent, reason, step, self.settings, now=now, **kw)
+
+    def run_due(self, now: float) -> None:
+        due = self._rows(
+            "SELECT id, agent, step, reason FROM recoveries WHERE state = 'scheduled'"
+            " AND due <= ? AND agent IN ({agents}) ORDER BY due",
+            now,
+        )
+        for recovery_id, agent, step, reason in due:
+            with self.store.transaction() as tx:
+                claimed = tx.execute(
+                    "UPDATE recoveries SET state = 'running', started = ? WHERE id = ?"
+                    " AND state = 'scheduled'",
+                    (now, recovery_id),
+                ).rowcount
+            if claimed:
+                self.carry_out(recovery_id, agent, step, reason, now)
+
+    def carry_out(self, recovery_id: int, agent: str, step: str, reason: str, now: float) -> None:
+        try:
+            if step == "reprompt":
+                self.reprompt(agent)
+            else:
+                args = () if step == "fresh" else self.settings["continue_args"]
+                lifecycle.relaunch(self.store, agent, env=self.ctx.env, continue_args=args)
+                self.ctx.fire(
+                    "orch_agent_restarted",
+                    agent=agent,
+                    attempt=auto_restart.restarts_last_hour(self.store, agent, now),
+                    reason=reason,
+                )
+        except lifecycle.LifecycleError as exc:
+            self.finish(recovery_id, "failed", str(exc), now)
+            self.escalate(agent, step, reason, now)
+            return
+        with self.store.transaction() as tx:
+            tx.execute(
+                "UPDATE recoveries SET state = 'verifying', verify_by = ? WHERE id = ?",
+                (now + float(self.settings["verify_seconds"]), recovery_id),
+            )
+
+    def reprompt(self, agent: str) -> None:
+        """Type ``reprompt_line`` into the agent's pane (its spawned one, else the one its
+        hooks came from)."""
+        target = self.store.agent_pane(agent)
+        spec = lifecycle.get_spec(self.store, agent)
+        if spec and spec["pane"]:
+            target = (spec["pane"], spec["tmux_socket"])
+        line = str(self.settings["reprompt_line"])
+        if target is None or not tmux.type_line(
+            target[0], target[1], line, paths.state_dir(self.ctx.env)
+        ):
+            raise lifecycle.LifecycleError("could not type into the agent's pane")
+
+    def verify(self, now: float) -> None:
+        """A re-prompt worked when a prompt hook followed; a restart when SessionStart did."""
+        rows = self._rows(
+            "SELECT id, agent, step, reason, started, verify_by FROM recoveries"
+            " WHERE state = 'verifying' AND agent IN ({agents})"
+        )
+        for recovery_id, agent, step, reason, started, verify_by in rows:
+            event = "UserPromptSubmit" if step == "reprompt" else "SessionStart"
+            seen = self.store.execute(
+                "SELECT 1 FROM hook_runs WHERE agent = ? AND event = ? AND ts > ? LIMIT 1",
+                (agent, event, started),
+            ).fetchone()
+            if seen:
+                self.finish(recovery_id, "done", f"{event} arrived", now)
+            elif now > verify_by or (step != "reprompt" and self.exited(agent)):
+                self.finish(recovery_id, "failed", f"no {event}", now)
+                self.escalate(agent, step, reason, now)
+
+    def exited(self, agent: str) -> bool:
+        """The restarted program already exited (e.g. no conversation to ``--continue``)."""
+        spec = lifecycle.get_spec(self.store, agent)
+        return bool(spec and tmux.pane_state(spec["pane"] or "", spec["tmux_socket"]) != "alive")
+
+    def escalate(self, agent: str, step: str, reason: str, now: float) -> None:
+        """The next rung of the ladder, right away (its limits still apply)."""
+        following = LADDER[min(LADDER.index(step) + 1, len(LADDER) - 1)]
+        self.schedule(agent, f"{reason}; {step} did not work", following, now, wait=0.0)
+
+    def finish(self, recovery_id: int, state: str, outcome: str, now: float) -> None:
+        with self.store.transaction() as tx:
+            tx.execute(
+                "UPDATE recoveries SET state = ?, outcome = ?, finished = ? WHERE id = ?",
+                (state, outcome, now, recovery_id),
+            )
