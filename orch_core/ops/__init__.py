@@ -1,0 +1,1 @@
+"""The operator's side: what the fleet looks like now, metrics over time, alerts, logs."""

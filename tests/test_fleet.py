@@ -1,0 +1,50 @@
+"""The fleet snapshot ``orch top`` and ``orch serve`` show, from hooks run through the real
+dispatcher and messages sent through the queue."""
+
+from __future__ import annotations
+
+import time
+
+from orch_builtin import auto_restart
+
+from orch_core.ops import fleet
+from orch_core.queue import Queue
+from orch_core.testing.kit import OrchState
+from orch_core.testing.payloads import payload
+
+
+def test_the_snapshot_counts_each_agents_pending_messages_by_band(orch: OrchState) -> None:
+    orch.run(payload("SessionStart", session_id="s1"), ORCH_AGENT="lead")
+    queue = Queue(orch.store)
+    for priority in (0, 0, 10, 60):
+        queue.send("worker", f"job {priority}", priority=priority)
+    queue.send("lead", "urgent", priority=120)
+    view = fleet.snapshot(orch.store, time.time())
+    agents = {a["id"]: a for a in view["agents"]}
+    assert sorted(agents) == ["lead", "worker"]  # worker is known only by its messages
+    assert agents["worker"]["pending"] == {
+        "rebrief": 0, "emergency": 0, "critical": 1, "high": 1, "normal": 2,
+    }  # fmt: skip
+    assert agents["lead"]["pending"]["emergency"] == 1
+    assert agents["lead"]["state"] == "idle"
+    assert agents["worker"]["state"] == "unknown"
+    assert [m["state"] for m in view["messages"]] == ["queued"] * 5
+    assert view["messages"][0]["text"] == "urgent"  # newest first
+
+
+def test_the_snapshot_shows_the_task_compaction_restarts_and_hook_health(
+    orch: OrchState,
+) -> None:
+    orch.run(payload("SessionStart", session_id="s1"), ORCH_AGENT="a")
+    Queue(orch.store).send("a", "write the parser " + "x" * 500)
+    orch.run(payload("UserPromptSubmit", session_id="s1", prompt="go"), ORCH_AGENT="a")
+    orch.run(payload("PreCompact", session_id="s1", trigger="auto"), ORCH_AGENT="a")
+    auto_restart.schedule(orch.store, "a", "test", "restart", wait=60)
+    view = fleet.snapshot(orch.store, time.time())
+    (agent,) = view["agents"]
+    assert agent["task"]["text"] == ("write the parser " + "x" * 500)[: fleet.PREVIEW]
+    assert agent["last_compaction"] is not None
+    assert agent["pending"]["normal"] == 1  # delivered, not yet confirmed: still in flight
+    assert agent["next_action"]["step"] == "restart"
+    assert view["hooks"]["runs"] == 3
+    assert view["hooks"]["failed"] == 0
