@@ -57,7 +57,7 @@ def test_doctor_is_healthy_after_install_and_a_hook_run(orch: OrchState) -> None
     orch.run_hook(payload("SessionStart"), ORCH_AGENT="p:1")
     done = orch.cli("doctor")
     assert done.returncode == 0, done.stdout
-    assert done.stdout.count("ok  ") == 9
+    assert done.stdout.count("ok  ") == 11
     assert "ok   supervisor: not running (no agents with a launch spec)" in done.stdout
 
 

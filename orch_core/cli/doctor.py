@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from typing import TYPE_CHECKING
 
@@ -21,13 +22,22 @@ if TYPE_CHECKING:
 
 #: Hook runs that failed this recently make the installation unhealthy.
 RECENT_SECONDS = 600
+#: Pending messages for one agent, and the age of the oldest, past which the queue is stuck.
+QUEUE_DEPTH = 100
+OLDEST_SECONDS = 900.0
+#: Agent states in which its pane should be there.
+LIVE_STATES = ("starting", "idle", "waking", "busy", "needs_input")
+GUIDE = "docs/troubleshooting.md"
 
 
 @attrs.frozen
 class Check:
+    """One line of the report; a failing check says the one thing that fixes it."""
+
     name: str
     ok: bool
     detail: str
+    fix: str = ""
 
 
 def check_settings(project_dir: str) -> Check:
@@ -35,16 +45,29 @@ def check_settings(project_dir: str) -> Check:
         found = install.installed_events(project_dir)
     except install.InstallError as exc:
         return Check("settings", False, str(exc))
+    reinstall = f"orch install {shlex.quote(project_dir)}"
     missing = [name for name in install.INSTALLED_EVENTS if name not in found]
     if len(missing) == len(install.INSTALLED_EVENTS):
         return Check(
-            "settings", False, f"orch-hook is not registered in {project_dir}; run `orch install`"
+            "settings",
+            False,
+            f"orch-hook is not registered in {project_dir}; run `orch install`",
+            reinstall,
         )
     broken = sorted({c for cs in found.values() for c in cs if not os.access(c, os.X_OK)})
     if broken:
-        return Check("settings", False, f"orch-hook not executable: {', '.join(broken)}")
+        return Check("settings", False, f"orch-hook not executable: {', '.join(broken)}", reinstall)
+    ours = install.hook_command()
+    other = sorted({c for cs in found.values() for c in cs if c != ours})
+    if other:
+        return Check(
+            "settings",
+            False,
+            f"settings call {', '.join(other)}, not this orch's {ours} (another install)",
+            reinstall,
+        )
     if missing:
-        return Check("settings", False, f"orch-hook missing for: {', '.join(missing)}")
+        return Check("settings", False, f"orch-hook missing for: {', '.join(missing)}", reinstall)
     return Check("settings", True, f"orch-hook registered for {len(found)} events")
 
 
@@ -54,7 +77,7 @@ def check_database(env: Mapping[str, str]) -> Check:
         health = store.health()
     except Exception as exc:
         advice = f"; {backup.advice(paths.db_path(env))}" if damaged(exc) else ""
-        return Check("database", False, f"{paths.db_path(env)}: {exc}{advice}")
+        return Check("database", False, f"{paths.db_path(env)}: {exc}{advice}", GUIDE)
     finally:
         store.close()
     problems = []
@@ -70,14 +93,16 @@ def check_database(env: Mapping[str, str]) -> Check:
     detail = "; ".join(problems) or f"{health['path']}: integrity ok, WAL, schema " + str(
         health["schema_version"]
     )
-    return Check("database", not problems, detail)
+    return Check("database", not problems, detail, "" if not problems else GUIDE)
 
 
 def check_config(env: Mapping[str, str], project_dir: str) -> Check:
     """Values in the config files that orch does not use (the hooks use the defaults)."""
     plan = plans.load(env, project_dir)
     if plan.config_errors:
-        return Check("config", False, "; ".join(plan.config_errors))
+        return Check(
+            "config", False, "; ".join(plan.config_errors), "correct or remove the key named"
+        )
     return Check("config", True, "every configured value is in use")
 
 
@@ -86,7 +111,12 @@ def check_plugins(env: Mapping[str, str], project_dir: str) -> Check:
     left out of it, and why."""
     plan = plans.load(env, project_dir)
     if plan.errors:
-        return Check("plugins", False, "; ".join(plan.errors))
+        return Check(
+            "plugins",
+            False,
+            "; ".join(plan.errors),
+            "fix the plugin named, or switch it off: [plugins] disable = [NAME]",
+        )
     names = sorted({impl.plugin for impls in plan.hooks.values() for impl in impls})
     return Check("plugins", True, f"loaded: {', '.join(names) or 'none'}")
 
@@ -115,6 +145,7 @@ def check_recent_runs(env: Mapping[str, str]) -> Check:
         False,
         f"{len(failed)} failed in the last {RECENT_SECONDS} s{killed}; "
         f"latest ({last['event']}): {errors}",
+        f"orch logs --event {last['event']}",
     )
 
 
@@ -136,6 +167,7 @@ def check_supervisor(env: Mapping[str, str]) -> Check:
             False,
             f"orch supervise is not running, but {spawned} "
             "agents have launch specs: run `orch supervise`",
+            "orch supervise &",
         )
     return Check("supervisor", True, "not running (no agents with a launch spec)")
 
@@ -153,7 +185,8 @@ def check_alerts(env: Mapping[str, str]) -> Check:
     finally:
         store.close()
     if rows:
-        return Check("alerts", False, "; ".join(f"{message}" for _, message in rows))
+        fix = f"fix the cause, then `orch restart {rows[0][0]}` (or `orch stop {rows[0][0]}`)"
+        return Check("alerts", False, "; ".join(f"{message}" for _, message in rows), fix)
     return Check("alerts", True, "no agent left failed")
 
 
@@ -177,7 +210,78 @@ def check_messages(env: Mapping[str, str]) -> Check:
         False,
         f"{count} dead; newest {mid}: {reason} (see `orch queue show {mid}`, "
         f"`orch queue retry {mid}`)",
+        f"orch queue retry {mid}",
     )
+
+
+def check_queue(env: Mapping[str, str]) -> Check:
+    """Queues that grow or wait too long: an agent that takes no messages."""
+    from orch_core.ops import fleet
+
+    store = open_store(env, timeout=2.0)
+    try:
+        agents = fleet.snapshot(store, time.time())["agents"]
+    finally:
+        store.close()
+    now = time.time()
+    stuck = []
+    for agent in agents:
+        depth = sum(agent["pending"].values())
+        age = now - agent["oldest_pending"] if agent["oldest_pending"] else 0.0
+        if depth > QUEUE_DEPTH or age > OLDEST_SECONDS:
+            stuck.append(
+                f"{agent['id']} ({depth} pending, oldest {age / 60:.0f} min, {agent['state']})"
+            )
+    if stuck:
+        first = stuck[0].split(" ", 1)[0]
+        return Check(
+            "queue",
+            False,
+            f"more than {QUEUE_DEPTH} pending or older than {OLDEST_SECONDS / 60:.0f} min: "
+            + "; ".join(stuck),
+            f"orch queue {first} (then see {GUIDE}, messages stuck queued)",
+        )
+    total = sum(sum(a["pending"].values()) for a in agents)
+    return Check("queue", True, f"{total} pending, none stuck")
+
+
+def check_panes(env: Mapping[str, str]) -> Check:
+    """Agents orch believes are running whose tmux pane is gone, and agents waiting for a
+    person (a permission prompt, a question)."""
+    from orch_core.supervisor import tmux
+
+    store = open_store(env, timeout=2.0)
+    try:
+        rows = store.execute(
+            f"SELECT id, state FROM agents WHERE state IN ({', '.join('?' for _ in LIVE_STATES)})",
+            LIVE_STATES,
+        ).fetchall()
+        panes = {agent: store.agent_pane(agent) for agent, _ in rows}
+        for agent in panes:
+            spec = lifecycle.get_spec(store, agent)
+            if spec and spec["pane"]:
+                panes[agent] = (spec["pane"], spec["tmux_socket"])
+    finally:
+        store.close()
+    gone = [a for a, p in panes.items() if p and tmux.pane_state(p[0], p[1]) == "gone"]
+    waiting = [agent for agent, state in rows if state == "needs_input"]
+    if gone:
+        return Check(
+            "panes",
+            False,
+            f"no tmux pane for {', '.join(gone)}",
+            f"orch restart {gone[0]} (or `orch stop {gone[0]}` if it should not run)",
+        )
+    if waiting:
+        pane = panes.get(waiting[0])
+        where = f" (tmux pane {pane[0]})" if pane else ""
+        return Check(
+            "panes",
+            False,
+            f"waiting for a person: {', '.join(waiting)}",
+            f"answer {waiting[0]}'s prompt in its window{where}",
+        )
+    return Check("panes", True, f"{len(rows)} agents running, each in its pane")
 
 
 def check_backups(env: Mapping[str, str]) -> Check:
@@ -191,7 +295,9 @@ def check_backups(env: Mapping[str, str]) -> Check:
     detail = f"{len(found)} kept; newest {found[0]}, {age / 60:.0f} min old"
     late = every > 0 and age > 2 * every + 60 and lifecycle.supervisor_running(env)
     if late:
-        return Check("backups", False, f"{detail}: the supervisor has not taken one since")
+        return Check(
+            "backups", False, f"{detail}: the supervisor has not taken one since", "orch backup"
+        )
     return Check("backups", True, detail)
 
 
@@ -205,6 +311,8 @@ def run(env: Mapping[str, str], project_dir: str) -> list[Check]:
         "plugins": lambda: check_plugins(env, project_dir),
         "hook runs": lambda: check_recent_runs(env),
         "messages": lambda: check_messages(env),
+        "queue": lambda: check_queue(env),
+        "panes": lambda: check_panes(env),
         "supervisor": lambda: check_supervisor(env),
         "alerts": lambda: check_alerts(env),
         "backups": lambda: check_backups(env),

@@ -135,6 +135,8 @@ def doctor_command(directory: str | None) -> None:
     checks = doctor.run(os.environ, _project(directory))
     for check in checks:
         click.echo(inert(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}"))
+        if not check.ok and check.fix:
+            click.echo(inert(f"     fix: {check.fix}"))
     if not all(check.ok for check in checks):
         sys.exit(1)
 

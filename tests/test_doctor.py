@@ -1,0 +1,79 @@
+"""``orch doctor``'s operational checks: each failing check names the one thing that fixes it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from orch_core.queue import Queue
+from orch_core.testing.kit import OrchState
+from orch_core.testing.payloads import payload
+from orch_core.testing.tmux import TmuxServer
+
+
+def report(orch: OrchState) -> list[str]:
+    done = orch.cli("doctor")
+    return done.stdout.splitlines()
+
+
+def line_after(lines: list[str], start: str) -> str:
+    (index,) = [i for i, line in enumerate(lines) if line.startswith(start)]
+    return lines[index + 1]
+
+
+def test_a_deep_queue_fails_and_says_where_to_look(orch: OrchState) -> None:
+    Queue(orch.store).send_many([{"agent": "w", "text": f"job {i}"} for i in range(101)])
+    lines = report(orch)
+    assert any(line.startswith("FAIL queue: more than 100 pending") and "w (101 pending" in line
+               for line in lines)  # fmt: skip
+    assert line_after(lines, "FAIL queue").startswith("     fix: orch queue w ")
+
+
+def test_an_old_message_fails_the_queue_check(orch: OrchState) -> None:
+    (receipt,) = Queue(orch.store).send_many([{"agent": "w", "text": "old"}])
+    assert any(line.startswith("ok   queue: 1 pending, none stuck") for line in report(orch))
+    with orch.store.transaction() as tx:
+        tx.execute("UPDATE messages SET created = ? WHERE id = ?",
+                   (time.time() - 3600, receipt["id"]))  # fmt: skip
+    assert any("w (1 pending, oldest 60 min" in line for line in report(orch))
+
+
+def test_an_agent_whose_pane_is_gone_fails_with_the_restart_command(orch: OrchState) -> None:
+    orch.run(payload("SessionStart", session_id="s1"), ORCH_AGENT="a")
+    with TmuxServer() as server:
+        pane = server.new_window("agent", [sys.executable, "-c", "import time; time.sleep(60)"])
+        socket = server.cmd("display-message", "-p", "#{socket_path}").strip()
+        orch.store.remember_session("s1", "a", pane, socket)
+        assert any(line.startswith("ok   panes: 1 agents running") for line in report(orch))
+        server.cmd("kill-pane", "-t", pane)
+        lines = report(orch)
+    assert "FAIL panes: no tmux pane for a" in lines
+    assert line_after(lines, "FAIL panes") == "     fix: orch restart a (or `orch stop a` if it " \
+        "should not run)"  # fmt: skip
+
+
+def test_an_agent_waiting_for_a_person_fails_the_panes_check(orch: OrchState) -> None:
+    orch.run(payload("SessionStart", session_id="s1"), ORCH_AGENT="a")
+    orch.store.set_agent_state("a", "needs_input", session_id="s1", project_dir=None)
+    lines = report(orch)
+    assert "FAIL panes: waiting for a person: a" in lines
+    assert line_after(lines, "FAIL panes") == "     fix: answer a's prompt in its window"
+
+
+def test_settings_that_call_another_orch_hook_are_drift(orch: OrchState, tmp_path: Path) -> None:
+    assert orch.cli("install").returncode == 0
+    other = tmp_path / "old-venv" / "bin" / "orch-hook"  # another install's, still there
+    other.parent.mkdir(parents=True)
+    other.write_text("#!/bin/sh\nexit 0\n")
+    other.chmod(0o700)
+    settings = orch.project_dir / ".claude" / "settings.json"
+    data = json.loads(settings.read_text())
+    ours = data["hooks"]["Stop"][0]["hooks"][0]["command"]
+    data["hooks"]["Stop"][0]["hooks"][0]["command"] = str(other)
+    settings.write_text(json.dumps(data))
+    lines = report(orch)
+    (line,) = [line for line in lines if line.startswith("FAIL settings")]
+    assert line == f"FAIL settings: settings call {other}, not this orch's {ours} (another install)"
+    assert line_after(lines, "FAIL settings") == f"     fix: orch install {orch.project_dir}"
