@@ -19,13 +19,14 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from orch_core import paths
+from orch_core import alerts, paths
 from orch_core.errors import OrchError
 from orch_core.plugins.settings import Setting, defaults, regexes
 from orch_core.storage import open_store
 from orch_core.supervisor import tmux
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable, Mapping
     from typing import Any
 
@@ -71,6 +72,8 @@ SETTINGS: dict[str, Any] = {
 }
 DEFAULTS = defaults(SETTINGS)
 SPAWN_ENV = ("ORCH_DB", "ORCH_STATE_DIR", "XDG_CONFIG_HOME", "XDG_STATE_HOME")
+#: Seconds a stopping supervisor waits for the alerts it is sending.
+SETTLE_SECONDS = 10.0
 
 
 class LifecycleError(OrchError):
@@ -252,16 +255,9 @@ def cancel_recoveries(store: Store, agent: str, why: str) -> None:
         )
 
 
-def alert(store: Store, agent: str, kind: str, message: str) -> None:
-    with store.transaction() as tx:
-        tx.execute(
-            "INSERT INTO alerts (agent, ts, kind, message) VALUES (?, ?, ?, ?)",
-            (agent, time.time(), kind, message),
-        )
-
-
 def give_up(store: Store, agent: str, reason: str) -> None:
-    """No more automatic recovery: ``failed`` and an alert, until a user acts."""
+    """No more automatic recovery: ``failed`` and an alert, until a user acts. An agent
+    already failed (its prompt answered with the same error again) gets no second alert."""
     now = time.time()
     cancel_recoveries(store, agent, "gave up")
     with store.transaction() as tx:
@@ -270,8 +266,9 @@ def give_up(store: Store, agent: str, reason: str) -> None:
             " finished, outcome) VALUES (?, ?, ?, 'give_up', ?, 'done', ?, ?, 'failed')",
             (agent, now, reason, now, now, now),
         )
-    store.set_agent_state(agent, "failed", session_id=None, project_dir=None)
-    alert(store, agent, "failed", f"{agent} failed: {reason}; no automatic restart")
+    if store.set_agent_state(agent, "failed", session_id=None, project_dir=None) != "failed":
+        message = f"{agent} failed: {reason}; no automatic restart"
+        alerts.record(store, "failed", message, agent=agent, renew=True, now=now)
 
 
 def restarts_last_hour(store: Store, agent: str, now: float) -> int:
@@ -378,6 +375,7 @@ class Supervisor:
         self.house_every = house_every
         self._watched = 0.0
         self._housekept = 0.0
+        self._sending: threading.Thread | None = None
 
     def config(self, agent: str) -> dict[str, Any] | None:
         """The auto_restart settings of the agent's project; ``None`` where that project
@@ -398,6 +396,7 @@ class Supervisor:
         self.verify(now)
         self.run_due(now)
         self.upkeep(now)
+        self.send_alerts(now)
         if now - self._housekept >= self.house_every:
             self._housekept = now
             self.housekeeping(now)
@@ -563,6 +562,33 @@ class Supervisor:
             runtime = Runtime.open(self.env, project, store=self.store)
             runtime.fire("orch_supervisor_tick", {"now": now, "agents": sorted(agents)})
 
+    def send_alerts(self, now: float) -> None:
+        """Alerts whose time has come go to their channels in a thread of their own, one pass
+        at a time: a channel that is slow to answer must not hold up restarts and wake-ups."""
+        if self._sending is not None and self._sending.is_alive():
+            return
+        if not alerts.due(self.store, now):
+            return
+        import threading
+
+        def send() -> None:
+            try:
+                alerts.send_due(self.env, self.store, now, self.project_of)
+            except Exception as exc:  # the next pass tries again
+                from orch_core import log
+
+                log.write("error", "supervisor could not send alerts", self.env, error=repr(exc))
+            finally:
+                self.store.release()
+
+        self._sending = threading.Thread(target=send, name="orch-alerts", daemon=True)
+        self._sending.start()
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait for the alerts being sent, at most ``timeout`` seconds."""
+        if self._sending is not None:
+            self._sending.join(timeout)
+
     def fire(self, hook: str, **kwargs: Any) -> None:
         """Observer ``hook`` for ``kwargs["agent"]``, with the plugins and settings of the
         agent's own project."""
@@ -599,6 +625,7 @@ class Supervisor:
                     log.write("error", "supervisor tick failed", self.env, error=repr(exc))
                 time.sleep(interval)
         finally:
+            self.settle(SETTLE_SECONDS)
             os.close(lock)
         return True
 
