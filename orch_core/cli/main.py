@@ -176,6 +176,7 @@ cli.lazy = {
         ("export", "export_command"), ("import", "import_command"))},
     **{name: f"orch_core.cli.lifecycle:{name}_command"
        for name in ("spawn", "restart", "stop", "adopt", "supervise")},
+    "alerts": "orch_core.cli.alerts:alerts_group",
 }  # fmt: skip
 
 

@@ -435,3 +435,19 @@ def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> Non
     :param now: the tick's time (``time.time()``).
     :param agents: the agents of this project that orch knows, or that have messages waiting.
     """
+
+
+@hookspec
+def orch_alert(alert: dict[str, Any], ctx: HookContext) -> bool | None:
+    """Send ``alert`` through this plugin's channel: the alerts plugin sends it to
+    ``[alerts] urls`` through apprise; a plugin of the user's adds a channel of its own here.
+    Called by ``orch supervise`` (never by ``orch-hook``), with the plugins and settings of the
+    project the alert belongs to, until this plugin has taken the alert once.
+
+    :param alert: the alert, as ``orch alerts --json`` prints it: ``id``, ``time``, ``agent``
+        (or ``None``), ``kind`` (``failed``, ``dead``, ``needs_input``, ``hook_failures``,
+        ``queue_depth``, ``queue_age``, or a plugin's own), ``message``, ``project``.
+    :return: ``True`` when the alert went out, ``None`` when this plugin has nowhere to send
+        it. Raise when it could not be sent: it is tried again after 30 s, then 60 s, 120 s (4
+        times in all), each failure logged; the other channels are not sent it twice.
+    """

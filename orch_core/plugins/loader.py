@@ -61,6 +61,9 @@ class Config:
     files: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
     origins: dict[tuple[str, ...], str] = attrs.field(factory=dict)
+    #: What the user's own file says, table by table: a ``trusted`` setting a project's file
+    #: tries to change keeps this value.
+    own: dict[str, Any] = attrs.field(factory=dict)
 
     def where(self, *key: str) -> str:
         """The file that set ``key`` (e.g. ``"plugin", "queue", "budget"``)."""
@@ -170,8 +173,16 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 #: The tables a config file may have, and the keys of ``[plugins]``.
-SECTIONS = ("orch", "plugins", "plugin")
+SECTIONS = ("orch", "plugins", "plugin", "alerts")
 PLUGIN_LISTS = ("disable", "load")
+#: Plugins whose settings have a top-level table of their own name: ``[alerts]`` is
+#: ``[plugin.alerts]``.
+OWN_TABLES = ("alerts",)
+
+
+def table_name(plugin: str) -> str:
+    """The table a plugin's settings are written in, as errors name it."""
+    return plugin if plugin in OWN_TABLES else f"plugin.{plugin}"
 
 
 def _checked(data: dict[str, Any], path: str, errors: list[str]) -> dict[str, Any]:
@@ -197,6 +208,10 @@ def _checked(data: dict[str, Any], path: str, errors: list[str]) -> dict[str, An
         if not isinstance(value, dict):
             errors.append(f"{path}: [plugin] {name} must be a table ([plugin.{name}])")
             del kept["plugin"][name]
+    for name in OWN_TABLES:
+        if name in kept:
+            plugins = kept.setdefault("plugin", {})
+            plugins[name] = {**plugins.get(name, {}), **kept.pop(name)}
     return kept
 
 
@@ -208,12 +223,15 @@ def load_config(env: Mapping[str, str], project_dir: str) -> Config:
     merged: dict[str, Any] = {}
     errors: list[str] = []
     origins: dict[tuple[str, ...], str] = {}
+    own: dict[str, Any] = {}
     for path in files:
         try:
             data = _checked(_read_toml(path), path, errors)
         except ConfigError as exc:
             errors.append(str(exc))
             continue
+        if path == files[0]:
+            own = data
         for section, table in data.items():
             for key, value in table.items():
                 origins[(section, key)] = path
@@ -230,6 +248,7 @@ def load_config(env: Mapping[str, str], project_dir: str) -> Config:
         files=files,
         errors=tuple(errors),
         origins=origins,
+        own=own,
     )
 
 
@@ -374,6 +393,7 @@ def settings_of(
         errors,
         table="orch",
         from_project=lambda k: config.where("orch", k) == project_file,
+        own=config.own.get("orch", {}),
     )
     declared: dict[str, dict[str, Any]] = {}
     for impl in loaded.pm.hook.orch_config_defaults.get_hookimpls():
@@ -396,8 +416,9 @@ def settings_of(
             config.plugin.get(name, {}),
             where,
             errors,
-            table=f"plugin.{name}",
+            table=table_name(name),
             from_project=lambda k, where=where: where(k) == project_file,  # type: ignore[misc]
+            own=config.own.get("plugin", {}).get(name, {}),
         )
         keys = [k for k in config.plugin.get(name, {}) if where(k) == project_file]
         if keys:

@@ -107,12 +107,15 @@ def resolve(
     *,
     table: str,
     from_project: Callable[[str], bool] = lambda key: False,
+    own: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The declared defaults with each valid value of ``given`` over them; every invalid or
-    unknown key, and a ``trusted`` one set by the project (``from_project``), is left out,
-    with an error naming ``where(key)`` (the file) and the key."""
+    unknown key is left out, with an error naming ``where(key)`` (the file) and the key. A
+    ``trusted`` one set by the project (``from_project``) is refused the same way, and keeps
+    the value of the user's ``own`` file, if it has one."""
     import json
 
+    own = own or {}
     result = defaults(declared)
     for key, value in given.items():
         setting = declared.get(key)
@@ -125,11 +128,14 @@ def resolve(
         if not isinstance(setting, Setting):
             setting = Setting(setting)
         if setting.trusted and from_project(key):
+            kept = "your own value" if key in own else f"the default {json.dumps(setting.default)}"
             errors.append(
                 f"{where(key)}: [{table}] {key}: only your own config may set this, not a "
-                f"project's; the default {json.dumps(setting.default)} is used"
+                f"project's; {kept} is used"
             )
-            continue
+            if key not in own:
+                continue
+            value = own[key]
         try:
             setting.validate(value)
         except ValueError as exc:

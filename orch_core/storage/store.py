@@ -46,7 +46,7 @@ if TYPE_CHECKING:
         def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Rows: ...
 
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -183,6 +183,20 @@ MIGRATIONS: dict[int, str] = {
     );
     INSERT INTO plugin_schemas (plugin, version)
         SELECT 'rebrief', 1 FROM sqlite_master WHERE type = 'table' AND name = 'agent_context';
+    """,
+    11: """
+    ALTER TABLE alerts ADD COLUMN key TEXT;
+    ALTER TABLE alerts ADD COLUMN project_dir TEXT;
+    ALTER TABLE alerts ADD COLUMN cleared REAL;
+    ALTER TABLE alerts ADD COLUMN acked REAL;
+    ALTER TABLE alerts ADD COLUMN sent REAL;
+    ALTER TABLE alerts ADD COLUMN channels TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE alerts ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE alerts ADD COLUMN next_try REAL;
+    ALTER TABLE alerts ADD COLUMN error TEXT;
+    CREATE UNIQUE INDEX alerts_open ON alerts(key) WHERE cleared IS NULL;
+    CREATE INDEX alerts_due ON alerts(next_try) WHERE next_try IS NOT NULL;
+    CREATE INDEX messages_dead ON messages(agent, ended) WHERE state = 'dead';
     """,
 }
 #: Hook runs kept; older ones are pruned now and then, so the table stays small.

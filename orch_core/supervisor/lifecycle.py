@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 
 from orch_core import paths
 from orch_core.errors import OrchError
+from orch_core.ops import alerts
 from orch_core.storage import open_store
 from orch_core.supervisor import tmux
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
@@ -32,6 +34,8 @@ ACTIVE = ("scheduled", "running", "verifying")
 #: What ``orch restart`` adds to keep the conversation (Claude Code's own flag).
 KEEP_CONVERSATION = ("--continue",)
 SPAWN_ENV = ("ORCH_DB", "ORCH_STATE_DIR", "XDG_CONFIG_HOME", "XDG_STATE_HOME")
+#: Seconds a stopping supervisor waits for the alerts it is sending.
+SETTLE_SECONDS = 10.0
 
 
 class LifecycleError(OrchError):
@@ -198,14 +202,6 @@ def cancel_recoveries(store: Store, agent: str, why: str) -> None:
         )
 
 
-def alert(store: Store, agent: str, kind: str, message: str) -> None:
-    with store.transaction() as tx:
-        tx.execute(
-            "INSERT INTO alerts (agent, ts, kind, message) VALUES (?, ?, ?, ?)",
-            (agent, time.time(), kind, message),
-        )
-
-
 NO_RECOVERY: dict[str, Any] = {"restarts_last_hour": 0, "next_action": None}
 
 
@@ -248,10 +244,12 @@ class Supervisor:
         self.store = open_store(env)
         self.house_every = house_every
         self._housekept = 0.0
+        self._sending: threading.Thread | None = None
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         self.upkeep(now)
+        self.send_alerts(now)
         if now - self._housekept >= self.house_every:
             self._housekept = now
             self.housekeeping(now)
@@ -306,6 +304,43 @@ class Supervisor:
             runtime = Runtime.open(self.env, project, store=self.store)
             runtime.fire("orch_supervisor_tick", {"now": now, "agents": sorted(agents)})
 
+    def send_alerts(self, now: float) -> None:
+        """Alerts whose time has come go to their channels in a thread of their own, one pass
+        at a time: a channel that is slow to answer must not hold up restarts and wake-ups."""
+        if self._sending is not None and self._sending.is_alive():
+            return
+        if not alerts.due(self.store, now):
+            return
+        import threading
+
+        def send() -> None:
+            try:
+                alerts.send_due(self.env, self.store, now, self.project_of)
+            except Exception as exc:  # the next pass tries again
+                from orch_core import log
+
+                log.write("error", "supervisor could not send alerts", self.env, error=repr(exc))
+            finally:
+                self.store.release()
+
+        self._sending = threading.Thread(target=send, name="orch-alerts", daemon=True)
+        self._sending.start()
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait for the alerts being sent, at most ``timeout`` seconds."""
+        if self._sending is not None:
+            self._sending.join(timeout)
+
+    def project_of(self, agent: str | None) -> str:
+        """The project an agent works in (its launch spec, or where its hooks came from);
+        the supervisor's own for an agent orch knows nothing of."""
+        row = self.store.execute(
+            "SELECT coalesce(s.cwd, a.project_dir) FROM agents a LEFT JOIN launch_specs s"
+            " ON s.agent = a.id WHERE a.id = ?",
+            (agent,),
+        ).fetchone()
+        return row[0] if row and row[0] else paths.project_dir(self.env)
+
     def run(self, seconds: float | None = None, interval: float = 0.5) -> bool:
         """Tick until ``seconds`` pass (for ever when ``None``); ``False`` if another
         supervisor holds the lock."""
@@ -323,6 +358,7 @@ class Supervisor:
                     log.write("error", "supervisor tick failed", self.env, error=repr(exc))
                 time.sleep(interval)
         finally:
+            self.settle(SETTLE_SECONDS)
             os.close(lock)
         return True
 

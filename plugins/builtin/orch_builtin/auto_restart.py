@@ -81,7 +81,10 @@ def classify(error: str | None) -> str:
 
 
 def give_up(store: Store, agent: str, reason: str) -> None:
-    """No more automatic recovery: ``failed`` and an alert, until a user acts."""
+    """No more automatic recovery: ``failed`` and an alert, until a user acts. An agent
+    already failed (its prompt answered with the same error again) gets no second alert."""
+    from orch_core.ops import alerts
+
     now = time.time()
     lifecycle.cancel_recoveries(store, agent, "gave up")
     with store.transaction() as tx:
@@ -90,8 +93,9 @@ def give_up(store: Store, agent: str, reason: str) -> None:
             " finished, outcome) VALUES (?, ?, ?, 'give_up', ?, 'done', ?, ?, 'failed')",
             (agent, now, reason, now, now, now),
         )
-    store.set_agent_state(agent, "failed", session_id=None, project_dir=None)
-    lifecycle.alert(store, agent, "failed", f"{agent} failed: {reason}; no automatic restart")
+    if store.set_agent_state(agent, "failed", session_id=None, project_dir=None) != "failed":
+        message = f"{agent} failed: {reason}; no automatic restart"
+        alerts.record(store, "failed", message, agent=agent, renew=True, now=now)
 
 
 def restarts_last_hour(store: Store, agent: str, now: float) -> int:
