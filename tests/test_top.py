@@ -82,10 +82,10 @@ def test_the_table_shows_each_agent_its_state_and_pending_counts_by_band(
     async def script(app: TopApp, pilot: Pilot[None]) -> None:
         assert app.agent_ids == [LEAD, WORKER]
         lead, worker = row(app, LEAD), row(app, WORKER)
-        assert (lead["state"], lead["pending"], lead["emergency"], lead["normal"]) == (
+        assert (lead["state"], lead["pending"], lead["emer"], lead["norm"]) == (
             "idle", "1", "1", "·",
         )  # fmt: skip
-        assert (worker["state"], worker["pending"], worker["critical"], worker["normal"]) == (
+        assert (worker["state"], worker["pending"], worker["crit"], worker["norm"]) == (
             "busy", "3", "1", "2",
         )  # fmt: skip
         assert "orch top  2 agents  4 pending" in header(app)

@@ -43,11 +43,14 @@ SENDER = "orch top"
 #: Seconds ``orch rebrief`` may take.
 REBRIEF_TIMEOUT = 30.0
 BAND_NAMES = tuple(name for _, name in BANDS)
-AGENT_COLUMNS = ("agent", "state", "seen", "pending", *BAND_NAMES, "oldest", "restarts/h",
+#: Each band's column, by the start of its name: rebr, emer, crit, high, norm.
+BAND_COLUMNS = tuple(name[:4] for name in BAND_NAMES)
+AGENT_COLUMNS = ("agent", "state", "seen", "pending", *BAND_COLUMNS, "oldest", "restarts",
                  "next", "compacted", "task")  # fmt: skip
 MESSAGE_COLUMNS = ("changed", "id", "agent", "from", "band", "state", "text")
-STATE_STYLES = {"busy": "green", "idle": "cyan", "starting": "yellow", "failed": "bold red",
-                "stopped": "dim", "unknown": "dim"}  # fmt: skip
+STATE_STYLES = {"busy": "green", "idle": "cyan", "starting": "yellow", "waking": "yellow",
+                "error": "red", "failed": "bold red", "offline": "dim", "stopped": "dim",
+                "unknown": "dim"}  # fmt: skip
 
 
 def plain(value: object, width: int | None = None) -> Text:
@@ -250,7 +253,7 @@ class TopApp(App[None]):
             Text(str(agent["restarts_last_hour"])),
             Text(f"{step['step']} in {age(step['due'] - now)}" if step else "-"),
             Text(ago(now, agent["last_compaction"])),
-            plain(task["text"], 60) if task else Text("-"),
+            plain(task["text"], 40) if task else Text("-"),
         ]
 
     @staticmethod
