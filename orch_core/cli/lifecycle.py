@@ -95,10 +95,7 @@ def spawn_command(
 @click.option("--fresh", is_flag=True, help="Start a new conversation instead of continuing.")
 def restart_command(agent: str, fresh: bool) -> None:
     """Restart AGENT in its window now, keeping its conversation unless --fresh."""
-    store = _store()
-    lifecycle.cancel_recoveries(store, agent, "replaced by orch restart")
-    keep = () if fresh else lifecycle.KEEP_CONVERSATION
-    spec = lifecycle.relaunch(store, agent, env=os.environ, continue_args=keep)
+    spec = lifecycle.restart(_store(), agent, env=os.environ, fresh=fresh)
     click.echo(f"restarted {agent} in pane {spec['pane']}" + (" (fresh)" if fresh else ""))
 
 

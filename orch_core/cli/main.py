@@ -177,6 +177,7 @@ cli.lazy = {
     **{name: f"orch_core.cli.lifecycle:{name}_command"
        for name in ("spawn", "restart", "stop", "adopt", "supervise")},
     "alerts": "orch_core.cli.alerts:alerts_group",
+    "top": "orch_core.cli.top:top_command",
 }  # fmt: skip
 
 

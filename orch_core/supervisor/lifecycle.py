@@ -178,6 +178,15 @@ def relaunch(
     return spec
 
 
+def restart(
+    store: Store, agent: str, *, env: Mapping[str, str], fresh: bool = False
+) -> dict[str, Any]:
+    """What ``orch restart`` does: the agent now, in its window, its conversation kept unless
+    ``fresh``; a recovery the supervisor had planned for it is dropped."""
+    cancel_recoveries(store, agent, "replaced by orch restart")
+    return relaunch(store, agent, env=env, continue_args=() if fresh else KEEP_CONVERSATION)
+
+
 def stop(store: Store, agent: str) -> None:
     """Stop the agent and everything scheduled for it; the supervisor leaves it alone."""
     spec = get_spec(store, agent)
