@@ -174,6 +174,7 @@ cli.lazy = {
         ("export", "export_command"), ("import", "import_command"))},
     **{name: f"orch_core.cli.lifecycle:{name}_command"
        for name in ("spawn", "restart", "stop", "adopt", "supervise")},
+    "serve": "orch_core.cli.serve:serve_command",
 }  # fmt: skip
 
 
