@@ -1,5 +1,6 @@
 # Two commands for a fresh machine: `make demo` and `make test`.
-# Everything they need (the venv, tmux, the Claude Code binary) is installed here.
+# Everything they need (the venv, tmux, chromium for the dashboard's browser test, the Claude
+# Code binary) is installed here.
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,9 +10,9 @@ CLAUDE_PREFIX := .cache/claude-code
 CLAUDE_BIN := $(CLAUDE_PREFIX)/node_modules/@anthropic-ai/claude-code-linux-x64/claude
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test demo lint bench soak hooks clean
+.PHONY: setup tmux chromium test demo lint bench soak hooks clean
 
-setup: $(VENV)/.installed tmux $(CLAUDE_BIN)
+setup: $(VENV)/.installed tmux chromium $(CLAUDE_BIN)
 
 $(VENV)/.installed: pyproject.toml plugins/contrib/orch-guard/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ $(VENV)/.installed: pyproject.toml plugins/contrib/orch-guard/pyproject.toml
 
 tmux:
 	@command -v tmux >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq tmux; }
+
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
 $(CLAUDE_BIN):
 	npm install --no-audit --no-fund --prefix $(CLAUDE_PREFIX) \

@@ -48,3 +48,5 @@ def test_the_snapshot_shows_the_task_compaction_restarts_and_hook_health(
     assert agent["next_action"]["step"] == "restart"
     assert view["hooks"]["runs"] == 3
     assert view["hooks"]["failed"] == 0
+    assert view["delivery"]["delivered"] == 1  # the prompt's hook handed the message over
+    assert 0 <= view["delivery"]["p50_s"] == view["delivery"]["max_s"]

@@ -13,7 +13,8 @@ from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 
 HEAVY = ("pluggy", "attrs", "attr", "click", "tomllib", "typing", "threading", "logging",
-         "importlib.metadata", "subprocess", "apprise", "textual", "rich")  # fmt: skip
+         "importlib.metadata", "subprocess", "apprise", "textual", "rich",
+         "prometheus_client")  # fmt: skip
 
 PROBE = """
 import json, sys

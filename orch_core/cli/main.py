@@ -178,6 +178,7 @@ cli.lazy = {
        for name in ("spawn", "restart", "stop", "adopt", "supervise")},
     "alerts": "orch_core.cli.alerts:alerts_group",
     "top": "orch_core.cli.top:top_command",
+    "serve": "orch_core.cli.serve:serve_command",
 }  # fmt: skip
 
 

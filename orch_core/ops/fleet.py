@@ -24,7 +24,8 @@ PREVIEW = 120
 def snapshot(store: Store, now: float, *, recent: int = 20) -> dict[str, Any]:
     """Agents (state, last seen, pending by band, oldest pending, restarts in the last hour,
     next recovery step, last compaction, current task), the ``recent`` latest message state
-    changes, and hook health over :data:`HEALTH_WINDOW`; plain data, JSON-ready."""
+    changes, and hook health and delivery latency over :data:`HEALTH_WINDOW`; plain data,
+    JSON-ready."""
     agents = {row["id"]: _agent(row) for row in store.agents()}
     for agent, priority, count, oldest in store.execute(
         f"SELECT agent, priority, count(*), min(created) FROM messages WHERE {PENDING_SQL}"
@@ -62,6 +63,7 @@ def snapshot(store: Store, now: float, *, recent: int = 20) -> dict[str, Any]:
         "agents": [agents[name] for name in sorted(agents)],
         "messages": _recent_messages(store, recent),
         "hooks": _hook_health(store, now),
+        "delivery": _delivery_latency(store, now),
     }
 
 
@@ -111,3 +113,22 @@ def _hook_health(store: Store, now: float) -> dict[str, Any]:
         durations.sort()
         p50 = durations[len(durations) // 2]
     return {"window": HEALTH_WINDOW, "runs": runs, "failed": failed, "p50_ms": p50}
+
+
+def _delivery_latency(store: Store, now: float) -> dict[str, Any]:
+    """What senders waited: from a message being due (sent, or its ``--in``/``--at`` time) to
+    each of its deliveries within the window."""
+    waits = sorted(
+        ts - max(created, not_before or created)
+        for ts, created, not_before in store.execute(
+            "SELECT e.ts, m.created, m.not_before FROM message_events e JOIN messages m"
+            " ON m.id = e.message_id WHERE e.state = 'delivered' AND e.ts > ?",
+            (now - HEALTH_WINDOW,),
+        )
+    )
+    return {
+        "window": HEALTH_WINDOW,
+        "delivered": len(waits),
+        "p50_s": waits[len(waits) // 2] if waits else None,
+        "max_s": waits[-1] if waits else None,
+    }
