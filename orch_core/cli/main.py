@@ -38,9 +38,9 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     ctx.exit()
 
 
-#: Commands that run whatever the configuration says: the one that reports it, and those that
-#: put a database back.
-UNCHECKED = ("doctor", "backup", "restore")
+#: Commands that run whatever the configuration says: those that report it (doctor, the log),
+#: and those that put a database back.
+UNCHECKED = ("doctor", "logs", "backup", "restore")
 
 
 @click.group(cls=OrchGroup)
@@ -174,6 +174,7 @@ cli.lazy = {
         ("export", "export_command"), ("import", "import_command"))},
     **{name: f"orch_core.cli.lifecycle:{name}_command"
        for name in ("spawn", "restart", "stop", "adopt", "supervise")},
+    **{name: f"orch_core.cli.ops:{name}_command" for name in ("stats", "logs")},
 }  # fmt: skip
 
 

@@ -1,0 +1,1 @@
+"""What operators look at: the metrics of ``orch stats`` and the log of ``orch logs``."""
