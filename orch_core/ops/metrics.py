@@ -542,7 +542,8 @@ def _bands(present: Iterable[str]) -> list[str]:
 
 
 def restart_stats(store: Store, since: float, now: float, agent: str | None) -> dict[str, Any]:
-    """Recoveries the supervisor started in the window, per step, and those that failed."""
+    """Recoveries started in the window (a give-up when it is decided), per step, and those
+    that failed."""
     mine = " AND agent = ?" if agent else ""
     rows = store.execute(
         f"SELECT agent, step, state FROM recoveries WHERE started >= ?{mine}",
