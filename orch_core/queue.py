@@ -50,6 +50,12 @@ PENDING_SQL = (  # written so that the (agent, state, ...) index serves it
 STATES = ("queued", "delivered", "confirmed", "expired", "cancelled", "dead")
 #: Seconds a hook needs between its claim and its reply reaching Claude.
 CLAIM_MARGIN = 0.02
+#: Why a message is delivered outside any hook (``orch send --push``).
+PUSHED = "typed into the pane (--push)"
+#: Why a message that had ended is queued again (``orch queue retry``).
+RETRIED = "retried by a user"
+#: The most of a transcript read at once.
+TRANSCRIPT_READ = 4 * 1024 * 1024
 #: Header that starts every delivered message; confirmation looks for it in the transcript.
 MARK = "[orch message "
 PREVIEW = 500
@@ -360,7 +366,7 @@ class Queue:
                 " reason = NULL, ended = NULL, session_id = NULL WHERE id = ?",
                 (message_id,),
             )
-            _event(tx, message_id, now, "queued", "retried by a user")
+            _event(tx, message_id, now, "queued", RETRIED)
         record = self.get(message_id)
         assert record is not None
         return record
@@ -426,7 +432,7 @@ class Queue:
             if path:
                 known = starts.get(path, start)
                 starts[path] = None if known is None or start is None else min(known, start)
-        tails = {path: marked(_transcript_tail(path, start)) for path, start in starts.items()}
+        tails = {path: marked(transcript_tail(path, start)) for path, start in starts.items()}
         seen = [mid for mid, path, _ in stale if path and mid in tails[path]]
         if not (expired or orphans or stale):
             return
@@ -491,11 +497,11 @@ class Queue:
         with self.store.transaction() as tx:
             cur = tx.execute(
                 "UPDATE messages SET state = 'delivered', delivered = ?, attempts = attempts + 1,"
-                " reason = 'typed into the pane (--push)' WHERE id = ? AND state = 'queued'",
-                (now, message_id),
+                " reason = ? WHERE id = ? AND state = 'queued'",
+                (now, PUSHED, message_id),
             )
             if cur.rowcount:
-                _event(tx, message_id, now, "delivered", "typed into the pane (--push)")
+                _event(tx, message_id, now, "delivered", PUSHED)
         return bool(cur.rowcount)
 
     def unpush(self, message_id: str, why: str, now: float | None = None) -> None:
@@ -561,7 +567,7 @@ class Queue:
         if not inflight:
             return [], []
         starts = [start for *_, start in inflight]
-        ids = marked(_transcript_tail(transcript_path, None if None in starts else min(starts)))
+        ids = marked(transcript_tail(transcript_path, None if None in starts else min(starts)))
         found = [mid for mid, *_ in inflight if mid in ids]
         missed = [
             (mid, checks)
@@ -829,13 +835,14 @@ def _size(path: str | None) -> int | None:
         return None
 
 
-def _transcript_tail(
-    path: str | None, start: int | None = None, size: int = 4 * 1024 * 1024
+def transcript_tail(
+    path: str | None, start: int | None = None, size: int = TRANSCRIPT_READ, *, ahead: bool = False
 ) -> str:
     """A session's transcript from ``start`` (where it ended when the deliveries now looked
-    for were made), or its last ``size`` bytes, where recent deliveries show up. The path
-    comes from a hook payload: anything but a regular file (a FIFO, a device) reads as empty,
-    without blocking, and no more than ``size`` bytes are ever read."""
+    for were made), or its last ``size`` bytes, where recent deliveries show up; with ``ahead``,
+    the ``size`` bytes from ``start`` on (what was written right after it). The path comes from
+    a hook payload: anything but a regular file (a FIFO, a device) reads as empty, without
+    blocking, and no more than ``size`` bytes are ever read."""
     if not path:
         return ""
     try:
@@ -846,6 +853,10 @@ def _transcript_tail(
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             return ""
+        if ahead and start is not None:
+            return os.pread(fd, min(size, max(0, info.st_size - start)), start).decode(
+                "utf-8", "replace"
+            )
         first = max(0, info.st_size - size)
         if start is not None and first <= start <= info.st_size:
             first = start

@@ -113,6 +113,8 @@ def test_the_cli_takes_any_text_as_names_paths_and_bodies(
         (["restart", name], ""),
         (["stop", name], ""),
         (["agents"], ""),
+        (["stats", "--agent", name, "--since", other], ""),
+        (["logs", "--agent", name, "--event", other], ""),
     ):
         invoke(sandbox, args, stdin)
 

@@ -38,9 +38,9 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     ctx.exit()
 
 
-#: Commands that run whatever the configuration says: the one that reports it, and those that
-#: put a database back.
-UNCHECKED = ("doctor", "backup", "restore")
+#: Commands that run whatever the configuration says: those that report it (doctor, the log),
+#: and those that put a database back.
+UNCHECKED = ("doctor", "logs", "backup", "restore")
 
 
 @click.group(cls=OrchGroup)
@@ -179,6 +179,7 @@ cli.lazy = {
     "alerts": "orch_core.cli.alerts:alerts_group",
     "top": "orch_core.cli.top:top_command",
     "serve": "orch_core.cli.serve:serve_command",
+    **{name: f"orch_core.cli.ops:{name}_command" for name in ("stats", "logs")},
 }  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""What every command checks of the names it is given: one rule for an agent's name."""
+"""What every command checks of what it is given: one rule for an agent's name, one reading
+of a length of time."""
 
 from __future__ import annotations
 
@@ -28,3 +29,19 @@ def optional_agent_name(
 ) -> str | None:
     """:func:`agent_name` for an argument that may be left out."""
     return None if value is None else check_agent(value)
+
+
+def duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+    """A length of time, ``30m``, ``2h``, ``1d``, ``1h30m`` or seconds, in seconds; else a
+    one-line error."""
+    import math
+
+    from orch_core.queue import QueueError, parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except QueueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not math.isfinite(seconds):
+        raise click.BadParameter(f"{value!r} is too long a time")
+    return seconds

@@ -41,6 +41,8 @@ class Runtime:
         self.plan = plan if plan is not None else Plan({}, {}, {})
         self.agent = agent
         self.session_id = session_id
+        #: The Claude Code event this run answers (``None`` outside ``orch-hook``).
+        self.event_name: str | None = None
         #: When this run began: what plugins do during the run comes after it.
         self.started = time.time()
         #: When the dispatcher stops waiting for plugins (``time.time()``); ``None``: never.
@@ -106,6 +108,7 @@ class Runtime:
                 impl.function(**{name: args[name] for name in impl.argnames if name in args})
             except Exception as exc:
                 log.write("error", "observer failed", self.env, hook=hook, plugin=impl.plugin,
+                          agent=self.agent, hook_event_name=self.event_name,
                           error=f"{type(exc).__name__}: {exc}")  # fmt: skip
 
 
@@ -163,9 +166,11 @@ class HookContext:
         return self._runtime.store
 
     def log(self, msg: str, level: str = "info", **fields: Any) -> None:
-        """One line in orch's JSON-lines log, tagged with this plugin and agent."""
+        """One line in orch's JSON-lines log, tagged with this plugin, agent and event."""
         from orch_core import log
 
+        if self._runtime.event_name:
+            fields.setdefault("hook_event_name", self._runtime.event_name)
         log.write(level, msg, self._runtime.env, plugin=self.plugin, agent=self.agent, **fields)
 
     def fire(self, hook: str, **kwargs: Any) -> None:

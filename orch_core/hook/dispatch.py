@@ -197,6 +197,7 @@ def dispatch(
         store=store, env=env, project_dir=project_dir, plan=plan, session_id=event.session_id
     )
     runtime.deadline = runtime.started + (deadline - time.perf_counter())
+    runtime.event_name = event.name
     try:
         runtime.agent = agents.resolve(
             env, event.session_id, store, timeout=max(0.01, deadline - time.perf_counter())

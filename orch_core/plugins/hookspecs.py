@@ -388,8 +388,8 @@ def orch_message_delivered(message: dict[str, Any], ctx: HookContext) -> None:
 
 @hookspec
 def orch_agent_state_changed(agent: str, old: str | None, new: str, ctx: HookContext) -> None:
-    """An agent moved between states (``starting``, ``busy``, ``idle``, ``offline``, ...).
-    Observe only.
+    """An agent moved between states (``starting``, ``busy``, ``idle``, ``needs_input``,
+    ``waking``, ``offline``, ...). Observe only.
 
     :param agent: the agent id (``session:window`` or ``ORCH_AGENT``).
     :param old: the previous state, ``None`` the first time orch sees the agent.
@@ -450,4 +450,20 @@ def orch_alert(alert: dict[str, Any], ctx: HookContext) -> bool | None:
     :return: ``True`` when the alert went out, ``None`` when this plugin has nowhere to send
         it. Raise when it could not be sent: it is tried again after 30 s, then 60 s, 120 s (4
         times in all), each failure logged; the other channels are not sent it twice.
+    """
+
+
+@hookspec
+def orch_stats(
+    since: float, now: float, agent: str | None, ctx: HookContext
+) -> dict[str, Any] | None:
+    """This plugin's section of ``orch stats``: metrics from its own tables (which the core
+    never reads), over the window from ``since`` to ``now`` (``time.time()`` values). Called by
+    ``orch stats``, never by ``orch-hook``; read, do not write. An exception becomes the
+    section ``{"error": ...}``.
+
+    :param agent: only this agent's metrics, or ``None`` for every agent's.
+    :return: a dict that JSON can hold (names to numbers, strings, lists, dicts), shown under
+        the plugin's name in ``orch stats`` and under ``plugins`` in ``orch stats --json``;
+        ``None`` for no section.
     """

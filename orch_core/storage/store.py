@@ -46,7 +46,7 @@ if TYPE_CHECKING:
         def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Rows: ...
 
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -198,8 +198,49 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX alerts_due ON alerts(next_try) WHERE next_try IS NOT NULL;
     CREATE INDEX messages_dead ON messages(agent, ended) WHERE state = 'dead';
     """,
+    12: """
+    ALTER TABLE sessions ADD COLUMN transcript TEXT;
+    CREATE TABLE run_hours (
+        hour INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        runs INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        timeouts INTEGER NOT NULL,
+        killed INTEGER NOT NULL,
+        durations TEXT NOT NULL,
+        PRIMARY KEY (hour, event)
+    );
+    CREATE TABLE plugin_hours (
+        hour INTEGER NOT NULL,
+        plugin TEXT NOT NULL,
+        runs INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        invalid INTEGER NOT NULL,
+        timeouts INTEGER NOT NULL,
+        killed INTEGER NOT NULL,
+        PRIMARY KEY (hour, plugin)
+    );
+    CREATE TABLE agent_hours (
+        hour INTEGER NOT NULL,
+        agent TEXT NOT NULL,
+        event TEXT NOT NULL,
+        runs INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        timeouts INTEGER NOT NULL,
+        killed INTEGER NOT NULL,
+        durations TEXT NOT NULL,
+        PRIMARY KEY (hour, agent, event)
+    );
+    CREATE INDEX agent_hours_agent ON agent_hours(agent, hour);
+    CREATE TABLE rollups (
+        name TEXT PRIMARY KEY,
+        done INTEGER NOT NULL
+    );
+    """,
 }
-#: Hook runs kept; older ones are pruned now and then, so the table stays small.
+#: Hook runs kept; older ones are pruned now and then, so the table stays small (their hourly
+#: sums outlive them: :mod:`orch_core.ops.metrics`).
 KEEP_RUNS = 20_000
 
 
@@ -283,8 +324,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def remember_session(
-        self, session_id: str, agent: str, pane: str | None, tmux_socket: str | None = None
-    ) -> None: ...
+        self,
+        session_id: str,
+        agent: str,
+        pane: str | None,
+        tmux_socket: str | None = None,
+        transcript: str | None = None,
+    ) -> None:
+        """Which agent a Claude session is, and where: its tmux pane and server, and its
+        transcript (where ``orch stats`` counts its tokens)."""
 
     @abc.abstractmethod
     def agent_pane(self, agent: str) -> tuple[str, str | None] | None:
@@ -481,16 +529,22 @@ class SQLiteStore(Store):
         return row[0] if row else None
 
     def remember_session(
-        self, session_id: str, agent: str, pane: str | None, tmux_socket: str | None = None
+        self,
+        session_id: str,
+        agent: str,
+        pane: str | None,
+        tmux_socket: str | None = None,
+        transcript: str | None = None,
     ) -> None:
         with self.transaction() as tx:
             tx.execute(
-                """INSERT INTO sessions (session_id, agent, pane, tmux_socket, created)
-                   VALUES (?1, ?2, ?3, ?4, ?5)
+                """INSERT INTO sessions (session_id, agent, pane, tmux_socket, transcript, created)
+                   VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                    ON CONFLICT (session_id) DO UPDATE SET
                      agent = ?2, pane = coalesce(?3, pane),
-                     tmux_socket = coalesce(?4, tmux_socket)""",
-                (session_id, agent, pane, tmux_socket, time.time()),
+                     tmux_socket = coalesce(?4, tmux_socket),
+                     transcript = coalesce(?5, transcript)""",
+                (session_id, agent, pane, tmux_socket, transcript, time.time()),
             )
 
     def stop_blocks(

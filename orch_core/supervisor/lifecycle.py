@@ -265,9 +265,11 @@ class Supervisor:
 
     def housekeeping(self, now: float) -> None:
         """A backup when one is due, old large-message files removed, stopped hook runs
-        recorded. Each step on its own: one that fails (a full disk) is logged, not fatal."""
+        recorded, ended hours of hook runs summed for ``orch stats``. Each step on its own: one
+        that fails (a full disk) is logged, not fatal."""
         from orch_core import log
         from orch_core.hook import backstop
+        from orch_core.ops import metrics
         from orch_core.plugins import plan
         from orch_core.queue import Queue
 
@@ -278,6 +280,7 @@ class Supervisor:
         steps: dict[str, Callable[[], object]] = {
             "collect stopped hook runs": lambda: backstop.collect(self.env, self.store, now),
             "remove old message files": lambda: Queue(self.store).prune_spills(retention, now),
+            "sum up hook runs": lambda: metrics.roll_up(self.store, now),
         }
         if every > 0:
             steps["back up the database"] = lambda: self.store.back_up(keep, now, older_than=every)

@@ -123,6 +123,29 @@ def test_an_agent_that_is_not_idle_is_not_woken(
     assert agent_state(orch) == "busy"
 
 
+def test_an_agent_waiting_at_a_permission_prompt_is_not_woken(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    """The wake-up line would land in the dialog: neither a send nor the supervisor types it
+    while the agent needs a person; once it works and stops, it is woken as usual."""
+    from orch_core.supervisor import lifecycle
+
+    pane = Pane(tmux, orch)
+    hook(orch, "UserPromptSubmit")
+    hook(orch, "Notification", notification_type="permission_prompt",
+         message="Claude needs your permission to use Bash")  # fmt: skip
+    assert agent_state(orch) == "needs_input"
+    assert orch.cli("send", AGENT, "for later").returncode == 0
+    lifecycle.Supervisor(orch.env).upkeep(time.time())
+    assert pane.lines() == []
+    assert agent_state(orch) == "needs_input"
+    assert "for later" in hook(orch, "PostToolUse")  # the person allowed the tool
+    assert hook(orch, "Stop") == ""
+    assert agent_state(orch) == "idle"
+    assert orch.cli("send", AGENT, "next").returncode == 0
+    assert pane.lines() == [SENTINEL, WAKE_LINE]
+
+
 @pytest.mark.parametrize("source", ["startup", "resume", "clear"])
 def test_an_agent_waiting_at_its_first_prompt_is_woken(
     tmux: TmuxServer, orch: OrchState, source: str

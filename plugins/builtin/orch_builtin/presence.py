@@ -4,10 +4,14 @@
 prompt given on the command line follows at once, and makes it ``busy``); after a compaction the
 agent carries on as it was. ``busy`` on prompts and tool events, and on a Stop that a plugin
 kept going; ``idle`` on a Stop that really stops and on the ``idle_prompt`` notification;
-``error`` on StopFailure; ``offline`` on SessionEnd. (``starting`` is set by ``orch spawn`` and
-restarts, until the SessionStart.) A change fires
-``orch_agent_state_changed``. It also remembers each session's tmux pane, so that the idle plugin
-can wake the agent. ``orch agents`` lists the result.
+``needs_input`` on the notifications that say a dialog waits for a person (a permission prompt,
+an MCP server's question) and when the agent asks one (AskUserQuestion), until the next prompt,
+tool or Stop hook shows it at work again: nothing types a wake-up line into its dialog, and the
+supervisor never takes it for hung. ``error`` on StopFailure; ``offline`` on SessionEnd.
+(``starting`` is set by ``orch spawn`` and restarts, until the SessionStart.) A change fires
+``orch_agent_state_changed``. It also remembers each session's tmux pane (and transcript), so
+that the idle plugin can wake the agent and ``orch stats`` count its tokens. ``orch agents``
+lists the result.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ if TYPE_CHECKING:
     from orch_core.hook.context import HookContext
 
 
-LIVE = ("starting", "busy", "idle", "waking", "offline", "unknown")
+LIVE = ("starting", "busy", "idle", "needs_input", "waking", "offline", "unknown")
+#: Notifications that mean a dialog waits for a person: a permission prompt (Claude sends it
+#: after about 6 s), an MCP elicitation (a form or a URL), a question to the user.
+NEEDS_INPUT = frozenset(
+    ("permission_prompt", "elicitation_dialog", "elicitation_url_dialog", "agent_needs_input")
+)
+#: The tool whose call waits for a person's choice (no notification comes for it).
+ASKS_A_PERSON = "AskUserQuestion"
 
 
 def _seen(ctx: HookContext, state: str) -> None:
@@ -35,28 +46,30 @@ def _seen(ctx: HookContext, state: str) -> None:
         ctx.fire("orch_agent_state_changed", agent=ctx.agent, old=old, new=state)
 
 
-def _remember_pane(ctx: HookContext) -> None:
+def _remember_pane(event: ev.Event, ctx: HookContext) -> None:
     pane = ctx.env.get("TMUX_PANE")
     if ctx.agent and ctx.session_id and pane:
-        ctx.store.remember_session(ctx.session_id, ctx.agent, pane, agents.tmux_socket(ctx.env))
+        ctx.store.remember_session(
+            ctx.session_id, ctx.agent, pane, agents.tmux_socket(ctx.env), event.transcript_path
+        )
 
 
 @hookimpl
 def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> None:
-    _remember_pane(ctx)
+    _remember_pane(event, ctx)
     if event.source != "compact":
         _seen(ctx, "idle")
 
 
 @hookimpl
-def orch_user_prompt_submit(ctx: HookContext) -> None:
-    _remember_pane(ctx)
+def orch_user_prompt_submit(event: ev.UserPromptSubmit, ctx: HookContext) -> None:
+    _remember_pane(event, ctx)
     _seen(ctx, "busy")
 
 
 @hookimpl
 def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> None:
-    _seen(ctx, "busy")
+    _seen(ctx, "needs_input" if event.tool_name == ASKS_A_PERSON else "busy")
 
 
 @hookimpl
@@ -79,6 +92,8 @@ def orch_hook_answered(event: ev.Event, blocked: bool, ctx: HookContext) -> None
 def orch_notification(event: ev.Notification, ctx: HookContext) -> None:
     if event.notification_type == "idle_prompt":
         _seen(ctx, "idle")
+    elif event.notification_type in NEEDS_INPUT:
+        _seen(ctx, "needs_input")
 
 
 @hookimpl

@@ -10,7 +10,9 @@ recent activity, current task, git state read at that moment, pending count; eac
 the whole trimmed to a budget. The same restore, labelled a restart, follows a ``startup`` or
 ``resume`` when a recent checkpoint exists; ``orch rebrief AGENT`` forces one at the agent's next
 delivery point; an agent with a briefing (``orch spawn --brief``) gets it at its first start.
-``orch brief`` sets a briefing, ``orch context`` shows what is kept.
+``orch brief`` sets a briefing, ``orch context`` shows what is kept. Each rebrief is recorded
+(when, what brought it, where the transcript ended, what its checkpoint held) in the transaction
+that marks the agent briefed, and its section of ``orch stats`` says how well rebriefing works.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
     from orch_core.hook import events as ev
     from orch_core.hook.context import HookContext
-    from orch_core.storage.store import Store
+    from orch_core.storage.store import Connection, Store
 
 SECTIONS = ("agent", "briefing", "rules", "activity", "task", "git", "pending")
 
@@ -78,7 +80,8 @@ def orch_config_defaults() -> dict[str, Any]:
 
 @hookimpl
 def orch_schema(dialect: str) -> dict[int, str]:
-    """The activity record and, per agent, its briefing and checkpoint."""
+    """The activity record; per agent, its briefing and checkpoint; each rebrief given, with
+    what its checkpoint held (for ``orch stats``)."""
     return {
         1: """
         CREATE TABLE activity (
@@ -102,7 +105,22 @@ def orch_schema(dialect: str) -> dict[int, str]:
             created_at REAL NOT NULL,
             updated_at REAL NOT NULL
         );
-        """
+        """,
+        2: """
+        CREATE TABLE rebriefs (
+            id INTEGER PRIMARY KEY,
+            agent TEXT NOT NULL,
+            ts REAL NOT NULL,
+            kind TEXT NOT NULL,
+            transcript TEXT,
+            transcript_from INTEGER,
+            branch TEXT,
+            checkpoint_at REAL,
+            checkpoint_branch TEXT,
+            checkpoint_files TEXT
+        );
+        CREATE INDEX rebriefs_ts ON rebriefs(ts);
+        """,
     }
 
 
@@ -142,20 +160,20 @@ def record(ctx: HookContext, kind: str, tool: str | None, target: str, ok: bool 
 def orch_post_tool_use(event: ev.PostToolUse, ctx: HookContext) -> str | None:
     if not event.in_subagent:
         record(ctx, "tool", event.tool_name, tool_target(event))
-    return forced(ctx)
+    return forced(ctx, event.transcript_path)
 
 
 @hookimpl(tryfirst=True)
 def orch_post_tool_use_failure(event: ev.PostToolUseFailure, ctx: HookContext) -> str | None:
     if not event.in_subagent:
         record(ctx, "tool", event.tool_name, tool_target(event), ok=False)
-    return forced(ctx)
+    return forced(ctx, event.transcript_path)
 
 
 @hookimpl(tryfirst=True)
 def orch_user_prompt_submit(event: ev.UserPromptSubmit, ctx: HookContext) -> str | None:
     record(ctx, "prompt", None, (event.prompt or "").strip()[:200])
-    return forced(ctx)
+    return forced(ctx, event.transcript_path)
 
 
 @hookimpl
@@ -173,16 +191,19 @@ def context_row(store: Store, agent: str) -> dict[str, Any] | None:
 
 
 def update_context(store: Store, agent: str, **fields: Any) -> None:
-    now = time.time()
-    names = list(fields)
     with store.transaction() as tx:
-        tx.execute(
-            f"INSERT INTO agent_context (agent_id, created_at, updated_at, {', '.join(names)})"
-            f" VALUES (?, ?, ?, {', '.join('?' for _ in names)}) ON CONFLICT (agent_id) DO UPDATE"
-            f" SET updated_at = excluded.updated_at,"
-            f" {', '.join(f'{n} = excluded.{n}' for n in names)}",
-            (agent, now, now, *fields.values()),
-        )
+        _update_context(tx, agent, time.time(), fields)
+
+
+def _update_context(tx: Connection, agent: str, now: float, fields: dict[str, Any]) -> None:
+    names = list(fields)
+    tx.execute(
+        f"INSERT INTO agent_context (agent_id, created_at, updated_at, {', '.join(names)})"
+        f" VALUES (?, ?, ?, {', '.join('?' for _ in names)}) ON CONFLICT (agent_id) DO UPDATE"
+        f" SET updated_at = excluded.updated_at,"
+        f" {', '.join(f'{n} = excluded.{n}' for n in names)}",
+        (agent, now, now, *fields.values()),
+    )
 
 
 def git_state(cwd: str, timeout: float) -> dict[str, Any] | None:
@@ -305,17 +326,18 @@ def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> str | None:
     assert ctx.agent is not None
     row = context_row(store, ctx.agent) or {}
     settings = _settings(ctx)
+    cwd = event.cwd or ctx.project_dir
     if event.source == "compact":
-        return rebrief(ctx, store, event.cwd or ctx.project_dir, "compaction")
+        return rebrief(ctx, store, cwd, "compaction", event.transcript_path)
     recent = time.time() - float(settings["restore_within_hours"]) * 3600
     if event.source in ("startup", "resume") and (row.get("checkpoint_at") or 0) > recent:
-        return rebrief(ctx, store, event.cwd or ctx.project_dir, "a restart")
+        return rebrief(ctx, store, cwd, "restart", event.transcript_path)
     if event.source == "startup" and row.get("briefing_content") and not row.get("last_briefing"):
-        return rebrief(ctx, store, event.cwd or ctx.project_dir, "", first=True)
-    return forced(ctx)
+        return rebrief(ctx, store, cwd, "briefing", event.transcript_path)
+    return forced(ctx, event.transcript_path)
 
 
-def forced(ctx: HookContext) -> str | None:
+def forced(ctx: HookContext, transcript: str | None) -> str | None:
     """The rebrief ``orch rebrief AGENT`` asked for, once, at this delivery point."""
     store = _store(ctx)
     if store is None:
@@ -334,12 +356,24 @@ def forced(ctx: HookContext) -> str | None:
         )
     if not cur.rowcount:  # another hook of the same agent took it
         return None
-    return rebrief(ctx, store, ctx.project_dir, "a request (orch rebrief)")
+    return rebrief(ctx, store, ctx.project_dir, "request", transcript)
 
 
-def rebrief(ctx: HookContext, store: Store, cwd: str, why: str, *, first: bool = False) -> str:
-    """The rebrief text: each section marked, the whole within the budget. ``first``: the
-    briefing a new agent gets at its first SessionStart."""
+#: What brings a rebrief, and how its first line says so (a briefing is a new agent's first).
+KINDS = {
+    "compaction": "[orch rebrief: context restored after compaction]",
+    "restart": "[orch rebrief: context restored after a restart]",
+    "request": "[orch rebrief: context restored after a request (orch rebrief)]",
+    "briefing": "[orch briefing: a new session]",
+}
+#: Rebriefs kept for ``orch stats``.
+REBRIEFS_KEPT = 1000
+
+
+def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str | None) -> str:
+    """The rebrief text for ``kind`` (of :data:`KINDS`): each section marked, the whole within
+    the budget. It is recorded with where the transcript ended then, so ``orch stats`` can look
+    for it there."""
     assert ctx.agent is not None
     settings = _settings(ctx)
     row = context_row(store, ctx.agent) or {}
@@ -384,17 +418,16 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, why: str, *, first: bool =
                 f" {t['body'][:600]}"
                 for t in tasks
             )
-    if on["git"]:
-        git = git_state(cwd, float(settings["git_timeout"]))
-        if git:
-            sections["git"] = "\n".join(
-                [
-                    f"Branch {git['branch']} at {git['head']}.",
-                    "Uncommitted: " + (", ".join(git["uncommitted"]) or "nothing"),
-                    "Last commits:",
-                    *git["last_commits"],
-                ]
-            )
+    git = git_state(cwd, float(settings["git_timeout"])) if on["git"] else None
+    if git:
+        sections["git"] = "\n".join(
+            [
+                f"Branch {git['branch']} at {git['head']}.",
+                "Uncommitted: " + (", ".join(git["uncommitted"]) or "nothing"),
+                "Last commits:",
+                *git["last_commits"],
+            ]
+        )
     if on["pending"]:
         count = pending_count(store, ctx.agent)
         sections["pending"] = (
@@ -411,14 +444,37 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, why: str, *, first: bool =
         "git": "Git state (read now)",
         "pending": "Pending messages",
     }
-    head = (
-        "[orch briefing: a new session]"
-        if first
-        else f"[orch rebrief: context restored after {why}]"
-    )
+    head = KINDS[kind]
     fit(sections, int(settings["budget"]) - len(head) - 30 * len(sections))
-    update_context(store, ctx.agent, last_briefing=now)
+    given = {"agent": ctx.agent, "ts": now, "kind": kind, "transcript": transcript,
+             "transcript_from": _size(transcript), "branch": git and git["branch"]}  # fmt: skip
+    if kind in ("compaction", "restart") and saved:
+        given.update(checkpoint_at=saved.get("at"), checkpoint_branch=saved.get("branch"),
+                     checkpoint_files=json.dumps(saved.get("touched_files") or []))  # fmt: skip
+    _given(store, given)
     return "\n\n".join([head, *(f"## {titles[n]}\n{t}" for n, t in sections.items())])
+
+
+def _given(store: Store, rebrief: dict[str, Any]) -> None:
+    """Record a rebrief, in the transaction that marks the agent briefed (a hook that
+    rebriefs writes no more than before); the oldest beyond :data:`REBRIEFS_KEPT` go."""
+    names = list(rebrief)
+    with store.transaction() as tx:
+        _update_context(tx, rebrief["agent"], rebrief["ts"], {"last_briefing": rebrief["ts"]})
+        (added,) = tx.execute(
+            f"INSERT INTO rebriefs ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
+            " RETURNING id",
+            list(rebrief.values()),
+        ).fetchone()
+        if added % 100 == 0:
+            tx.execute("DELETE FROM rebriefs WHERE id <= ?", (added - REBRIEFS_KEPT,))
+
+
+def _size(path: str | None) -> int | None:
+    try:
+        return os.stat(path).st_size if path else None
+    except OSError:
+        return None
 
 
 def fit(sections: dict[str, str], budget: int) -> None:
@@ -461,6 +517,87 @@ def _read(ctx: HookContext, name: str, setting: str) -> str:
         return os.read(fd, 200_000).decode("utf-8", "replace")
     finally:
         os.close(fd)
+
+
+# -- stats ------------------------------------------------------------------------------------
+
+#: Rebriefs whose effect is looked into, newest first.
+CHECKED = 100
+#: How much of the transcript written after a rebrief is looked through for it.
+FOUND_WITHIN = 256 * 1024
+#: The tool calls after a rebrief that show whether the agent took up its work again.
+NEXT_CALLS = 5
+#: How long after a rebrief its agent's next tool call is looked for, and among how many runs.
+NEXT_CALL_WITHIN = 3600.0
+NEXT_CALL_AMONG = 20_000
+
+
+@hookimpl
+def orch_stats(since: float, now: float, agent: str | None, ctx: HookContext) -> dict[str, Any]:
+    """How well rebriefing works: the rebriefs given in the window, by kind; and of the newest
+    :data:`CHECKED`: how many the transcript shows the model took in, the time from each to
+    the agent's next tool call (its PreToolUse), whether the agent's next :data:`NEXT_CALLS`
+    tool calls name a file the checkpoint recorded as touched, and whether git showed the
+    checkpoint's branch when it was given."""
+    from orch_core.ops.metrics import first_run_at, summary
+    from orch_core.queue import transcript_tail
+
+    store = ctx.store
+    mine = " AND agent = ?" if agent else ""
+    rows = store.execute(
+        "SELECT agent, ts, kind, transcript, transcript_from, branch, checkpoint_branch,"
+        f" checkpoint_files FROM rebriefs WHERE ts >= ? AND ts <= ?{mine} ORDER BY id DESC",
+        (since, now, *([agent] if agent else [])),
+    ).fetchall()
+    given = dict.fromkeys(KINDS, 0)
+    found = [0, 0]  # checked, found
+    files = [0, 0]
+    branches = [0, 0]
+    waits = []
+    oldest_run = store.execute("SELECT ts FROM hook_runs ORDER BY id LIMIT 1").fetchone()
+    for n, (who, ts, kind, transcript, start, branch, old_branch, old_files) in enumerate(rows):
+        given[kind] = given.get(kind, 0) + 1
+        if n >= CHECKED:
+            continue
+        if transcript and start is not None:
+            text = transcript_tail(transcript, start, FOUND_WITHIN, ahead=True)
+            if text:  # nothing written since yet, or the file is gone: not known
+                found[0] += 1
+                found[1] += KINDS[kind] in text
+        if oldest_run and oldest_run[0] <= ts:
+            low = first_run_at(store, ts)
+            call = store.execute(
+                "SELECT ts FROM hook_runs WHERE id >= ? AND id < ? AND agent = ?"
+                " AND event = 'PreToolUse' AND ts <= ? ORDER BY id LIMIT 1",
+                (low, low + NEXT_CALL_AMONG, who, ts + NEXT_CALL_WITHIN),
+            ).fetchone()
+            if call is not None:
+                waits.append(call[0] - ts)
+        touched = json.loads(old_files) if old_files else []
+        reaches = store.execute("SELECT min(ts) FROM activity WHERE agent = ?", (who,)).fetchone()
+        if touched and reaches[0] is not None and reaches[0] <= ts:
+            targets = [
+                target
+                for (target,) in store.execute(
+                    "SELECT target FROM activity WHERE agent = ? AND kind = 'tool' AND ts > ?"
+                    " ORDER BY id LIMIT ?",
+                    (who, ts, NEXT_CALLS),
+                )
+            ]
+            if targets:
+                files[0] += 1
+                files[1] += any(path in target for path in touched for target in targets)
+        if branch and old_branch:
+            branches[0] += 1
+            branches[1] += branch == old_branch
+    return {
+        "given": given,
+        "total": len(rows),
+        "in_transcript": {"checked": found[0], "found": found[1]},
+        "to_next_tool_seconds": summary(waits),
+        "same_files": {"checked": files[0], "yes": files[1]},
+        "same_branch": {"checked": branches[0], "yes": branches[1]},
+    }
 
 
 # -- commands ---------------------------------------------------------------------------------

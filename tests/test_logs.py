@@ -1,0 +1,120 @@
+"""``orch logs``: the JSON-lines log, filtered by agent and hook event, readable or as JSON, and
+followed as it grows and rotates (a real ``orch logs -f`` process, stopped with Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from orch_core import log
+from orch_core.testing.kit import OrchState, orch_script
+from orch_core.testing.payloads import payload
+
+RAISES = """
+from orch_core import hookimpl
+
+@hookimpl
+def orch_post_tool_use(ctx):
+    ctx.log("looked at the tool call", tool="Bash")
+    raise RuntimeError("broken")
+"""
+
+
+def records(orch: OrchState, *args: str) -> list[dict[str, object]]:
+    done = orch.cli("logs", "--json", *args)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_filters_by_agent_and_hook_event(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """What a plugin logs in a hook carries the agent and the event; so does the dispatcher's
+    own line about the plugin that failed."""
+    orch_module("raises", RAISES)
+    orch.write_config('[plugins]\nload = ["raises"]\n')
+    orch.run(payload("PostToolUse"), ORCH_AGENT="p:1")
+    orch.run(payload("PostToolUse"), ORCH_AGENT="p:2")
+    orch.run(payload("Stop"), ORCH_AGENT="p:1")
+    log.write("info", "not about an agent", orch.env)
+
+    every = records(orch)
+    assert [r["msg"] for r in every] == ["looked at the tool call", "plugins failed"] * 2 + [
+        "not about an agent"
+    ]
+    mine = records(orch, "--agent", "p:1")
+    assert [(r["msg"], r["agent"], r["hook_event_name"]) for r in mine] == [
+        ("looked at the tool call", "p:1", "PostToolUse"),
+        ("plugins failed", "p:1", "PostToolUse"),
+    ]
+    assert mine[0]["plugin"] == "raises" and mine[0]["tool"] == "Bash"
+    assert records(orch, "--event", "Stop") == []
+    assert len(records(orch, "--event", "PostToolUse", "--agent", "p:2")) == 2
+    assert records(orch, "--agent", "p:3") == []
+
+
+def test_readable_lines_and_rotated_files_oldest_first(orch: OrchState) -> None:
+    state = Path(orch.env["ORCH_STATE_DIR"])
+    state.mkdir(mode=0o700)
+    for name, msg in (("orch.log.2", "oldest"), ("orch.log.1", "older")):
+        record = {"ts": 1_700_000_000.25, "level": "warning", "msg": msg, "agent": "p:1"}
+        (state / name).write_text(json.dumps(record) + "\n" + "not json\n")
+    log.write("error", "newest\x1b]0;title\x07", orch.env, agent="p:1", plugins=[{"a": 1}])
+    done = orch.cli("logs")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[3] for line in lines] == ["oldest", "older", "newest\\x1b]0;title\\x07"]
+    assert lines[0].endswith(".250 warning oldest  agent=p:1")
+    assert lines[2].endswith('  agent=p:1 plugins=[{"a": 1}]')
+
+
+def test_a_broken_config_does_not_hide_the_log(orch: OrchState) -> None:
+    orch.write_config("[plugins]\ndisable = 3\n")
+    log.write("warning", "something", orch.env)
+    assert [r["msg"] for r in records(orch)] == ["something"]
+
+
+def test_follow_prints_what_is_written_across_a_rotation_until_ctrl_c(orch: OrchState) -> None:
+    log.write("info", "before", orch.env, agent="p:1")
+    process = subprocess.Popen(
+        [orch_script(), "logs", "-f", "--json", "--agent", "p:1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=orch.env,
+        cwd=orch.project_dir,
+    )
+    out = process.stdout
+    assert out is not None
+    lines: queue.Queue[bytes] = queue.Queue()
+
+    def read() -> None:
+        for line in out:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def next_msg() -> str:
+        return str(json.loads(lines.get(timeout=20))["msg"])
+
+    try:
+        assert next_msg() == "before"
+        log.write("info", "about another agent", orch.env, agent="p:2")
+        log.write("info", "after", orch.env, agent="p:1")
+        assert next_msg() == "after"
+        path = orch.env["ORCH_STATE_DIR"] + "/orch.log"
+        log.write("info", "last in the old file", orch.env, agent="p:1")
+        os.replace(path, path + ".1")  # as log rotation does
+        log.write("info", "first in the new file", orch.env, agent="p:1")
+        assert [next_msg(), next_msg()] == ["last in the old file", "first in the new file"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=20)
+    assert code == 0
+    assert process.stderr is not None and process.stderr.read() == b""
+    assert lines.empty()
