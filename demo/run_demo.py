@@ -204,6 +204,9 @@ def main() -> None:
             )
         step("orch doctor")
         print(orch(env, "doctor", str(project)))
+        step("orch stats: the fleet's numbers over the last hour")
+        print(orch(env, "stats"))
+        dashboard(env)
         builder.close()
         reviewer.close()
         stop_fixer(env, root)
@@ -288,6 +291,37 @@ def crash_and_recovery(
     print(f"  supervisor: {restart['step']} ({restart['reason']}) -> {restart['outcome']}")
     print("  $ orch agents")
     show(orch(env, "agents"), "  ")
+
+
+def dashboard(env: dict[str, str]) -> None:
+    """``orch serve`` on a free port, asked once for what it shows; it stays up for
+    ``ORCH_DEMO_SERVE`` seconds (0 by default) so a person can open the page."""
+    import time
+    import urllib.request
+
+    step("orch serve: the same fleet in a browser, live")
+    server = subprocess.Popen(
+        [str(BIN / "orch"), "serve", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split("orch serve: ", 1)[-1].strip()
+        with urllib.request.urlopen(f"{url}api/fleet", timeout=10) as answer:
+            fleet = json.load(answer)["snapshot"]
+        agents = ", ".join(f"{a['id']} ({a['state']})" for a in fleet["agents"])
+        print(f"  $ orch serve   ->   {url}")
+        print(f"  its /api/fleet shows: {agents}")
+        keep = float(os.environ.get("ORCH_DEMO_SERVE", "0"))
+        if keep > 0:
+            print(f"  open {url} now: it stays up {keep:.0f} s (ORCH_DEMO_SERVE)")
+            time.sleep(keep)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def stop_fixer(env: dict[str, str], root: Path) -> None:
