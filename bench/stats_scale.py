@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from orch_core.hook.context import Runtime
-from orch_core.ops import metrics
+from orch_core.ops import fleet, metrics
 from orch_core.storage.store import SQLiteStore
 from orch_core.testing.kit import orch_script
 
@@ -234,6 +234,9 @@ def measure(folder: Path, args: argparse.Namespace) -> None:
 
         cli = median_seconds(run, args.rounds)
         print(f"| {label} | {in_process * 1000:.0f} ms | {cli * 1000:.0f} ms |")
+    snapshot = median_seconds(lambda: fleet.snapshot(store, now), args.rounds)
+    print(f"\nfleet.snapshot (what orch serve and orch top read each second, whatever the number "
+          f"of pages): {snapshot * 1000:.0f} ms")  # fmt: skip
     result = metrics.report(runtime, now - span, now)
     waited = result["messages"]["queued_to_delivered"]["all"]
     print(f"\nwhole span: {result['hooks']['runs']:,} runs, {waited['n']:,} delivered, "
