@@ -1,5 +1,5 @@
 # Two commands for a fresh machine: `make demo` and `make test`.
-# Everything they need (the venv, tmux, the Claude Code binary) is installed here.
+# Everything they need (the venv, tmux, PostgreSQL, the Claude Code binary) is installed here.
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,9 +9,9 @@ CLAUDE_PREFIX := .cache/claude-code
 CLAUDE_BIN := $(CLAUDE_PREFIX)/node_modules/@anthropic-ai/claude-code-linux-x64/claude
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test demo lint bench soak hooks clean
+.PHONY: setup test demo lint bench soak hooks clean tmux postgresql
 
-setup: $(VENV)/.installed tmux $(CLAUDE_BIN)
+setup: $(VENV)/.installed tmux postgresql $(CLAUDE_BIN)
 
 $(VENV)/.installed: pyproject.toml plugins/contrib/orch-guard/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml plugins/contrib/orch-guard/pyproject.toml
 
 tmux:
 	@command -v tmux >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq tmux; }
+
+# The server binaries only: the tests start a private cluster of their own (orch_core/testing).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
 
 $(CLAUDE_BIN):
 	npm install --no-audit --no-fund --prefix $(CLAUDE_PREFIX) \
