@@ -408,3 +408,23 @@ def test_a_plugin_without_postgresql_tables_fails_alone(
 
 def schemas_of(store: Store) -> dict[str, int]:
     return dict(store.execute("SELECT plugin, version FROM plugin_schemas").fetchall())
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_backups_restores_and_doctor_leave_a_postgresql_store_to_its_server(
+    orch: OrchState,
+) -> None:
+    from orch_core.storage import backup
+
+    done = orch.cli("backup")
+    assert (done.returncode, done.stderr) == (
+        1,
+        "Error: the store is postgresql, which orch does not back up: use the server's own "
+        "tools (pg_dump)\n",
+    )
+    with pytest.raises(backup.BackupError, match="the store is PostgreSQL"):
+        backup.restore(orch.env, str(orch.root / "some-backup.db"))
+    assert orch.cli("install").returncode == 0
+    report = orch.cli("doctor").stdout
+    assert f"ok   database: {orch.env['ORCH_DB']}: schema {SCHEMA_VERSION}\n" in report
+    assert "ok   backups: the PostgreSQL server's to take (pg_dump): orch takes none\n" in report
