@@ -428,3 +428,18 @@ def test_backups_restores_and_doctor_leave_a_postgresql_store_to_its_server(
     report = orch.cli("doctor").stdout
     assert f"ok   database: {orch.env['ORCH_DB']}: schema {SCHEMA_VERSION}\n" in report
     assert "ok   backups: the PostgreSQL server's to take (pg_dump): orch takes none\n" in report
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_an_empty_postgresql_database_gets_the_core_tables_on_first_use(orch: OrchState) -> None:
+    env = {**orch.env, "ORCH_DB": orch.new_database(empty=True)}
+    first, second = open_store(env), open_store(env)
+    try:
+        assert first.health()["schema_version"] == SCHEMA_VERSION
+        assert second.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    finally:
+        first.close()
+        second.close()
+    latin = open_store({**orch.env, "ORCH_DB": orch.new_database(empty=True, encoding="LATIN1")})
+    with pytest.raises(StoreError, match="create the database with ENCODING 'UTF8'"):
+        latin.execute("SELECT 1")

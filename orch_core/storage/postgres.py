@@ -290,7 +290,7 @@ class PostgresStore(Store):
                 return
         except psycopg.errors.UndefinedTable:
             pass
-        with Transaction(conn) as tx:
+        with Transaction(self, conn) as tx:
             found = _value(tx.execute("SELECT to_regclass('schema_version') IS NOT NULL"))
             have = _value(tx.execute("SELECT version FROM schema_version")) if found else 0
             if have > SCHEMA_VERSION:
@@ -315,7 +315,7 @@ class PostgresStore(Store):
 
     def transaction(self) -> Transaction:
         """A transaction that holds the write lock from its first statement on."""
-        return Transaction(self.conn)
+        return Transaction(self, self.conn)
 
     def set_timeout(self, seconds: float) -> None:
         wait = str(_ms(seconds))
@@ -358,7 +358,8 @@ class Transaction:
     transaction when one of its statements fails: a block that went on after such a failure
     is rolled back, and says so."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any]) -> None:
+        self.store = store  # a store nobody else holds closes its connections: not mid-block
         self.conn = conn
 
     def __enter__(self) -> Statements:

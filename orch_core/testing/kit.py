@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,8 +57,9 @@ class OrchState:
     project_dir: Path
     extra: dict[str, object] = attrs.field(factory=dict)
     cluster: Cluster | None = None
-    #: Stores the kit opened and databases it made, closed and dropped by :meth:`close`.
-    opened: list[Store] = attrs.field(factory=list)
+    #: Stores the kit opened that are still in use, and databases it made: closed and dropped
+    #: by :meth:`close` (a store nobody holds closes itself, as a test polling ``store`` needs).
+    opened: weakref.WeakSet[Store] = attrs.field(factory=weakref.WeakSet)
     databases: list[str] = attrs.field(factory=list)
 
     @classmethod
@@ -89,20 +91,21 @@ class OrchState:
         where = str(self.root / f"{name}.db") if self.cluster is None else self.new_database()
         return self._kept(open_store({**self.env, "ORCH_DB": where}))
 
-    def new_database(self) -> str:
-        """A new, empty PostgreSQL database of ``cluster``, dropped by :meth:`close`."""
+    def new_database(self, *, empty: bool = False, encoding: str = "UTF8") -> str:
+        """A new PostgreSQL database of ``cluster``, with orch's core tables unless ``empty``
+        (then in ``encoding``), dropped by :meth:`close`."""
         assert self.cluster is not None, "a PostgreSQL database needs the orch_postgres cluster"
-        url = self.cluster.create_database()
+        url = self.cluster.create_database(empty=empty, encoding=encoding)
         self.databases.append(url)
         return url
 
     def _kept(self, store: Store) -> Store:
-        self.opened.append(store)
+        self.opened.add(store)
         return store
 
     def close(self) -> None:
         """Close what the kit opened; drop the databases it made (with any connection left)."""
-        for store in self.opened:
+        for store in list(self.opened):
             store.close()
         self.opened.clear()
         if self.cluster is not None:
