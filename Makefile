@@ -1,6 +1,6 @@
 # Two commands for a fresh machine: `make demo` and `make test`.
-# Everything they need (the venv, tmux, chromium for the dashboard's browser test, the Claude
-# Code binary) is installed here.
+# Everything they need (the venv, tmux, PostgreSQL, chromium for the dashboard's browser test,
+# the Claude Code binary) is installed here.
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,9 +10,9 @@ CLAUDE_PREFIX := .cache/claude-code
 CLAUDE_BIN := $(CLAUDE_PREFIX)/node_modules/@anthropic-ai/claude-code-linux-x64/claude
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup tmux chromium test demo lint bench soak hooks clean
+.PHONY: setup tmux chromium postgresql test demo lint bench soak hooks clean
 
-setup: $(VENV)/.installed tmux chromium $(CLAUDE_BIN)
+setup: $(VENV)/.installed tmux chromium postgresql $(CLAUDE_BIN)
 
 $(VENV)/.installed: pyproject.toml plugins/contrib/orch-guard/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ tmux:
 
 chromium:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+# The server binaries only: the tests start a private cluster of their own (orch_core/testing).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
 
 $(CLAUDE_BIN):
 	npm install --no-audit --no-fund --prefix $(CLAUDE_PREFIX) \

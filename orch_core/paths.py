@@ -12,11 +12,21 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 
+#: How a PostgreSQL database is named, in ``ORCH_DB`` or ``[orch] database``.
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(database: str) -> bool:
+    """Whether ``database`` names a PostgreSQL server rather than a SQLite file."""
+    return database.startswith(URL_SCHEMES)
+
+
 def state_dir(env: Mapping[str, str] = os.environ) -> str:
-    """``ORCH_STATE_DIR``, else the folder of ``ORCH_DB``, else ``$XDG_STATE_HOME/orch``."""
+    """``ORCH_STATE_DIR``, else the folder of an ``ORCH_DB`` file, else ``$XDG_STATE_HOME/orch``
+    (also beside a PostgreSQL database: logs, plans and large messages stay on this machine)."""
     if env.get("ORCH_STATE_DIR"):
         return env["ORCH_STATE_DIR"]
-    if env.get("ORCH_DB"):
+    if env.get("ORCH_DB") and not is_url(env["ORCH_DB"]):
         return os.path.dirname(os.path.abspath(env["ORCH_DB"]))
     base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "orch")

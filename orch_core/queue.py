@@ -193,6 +193,7 @@ class Queue:
                 )
             try:
                 self._check(item["agent"], item["text"], item.get("priority", 0), item.get("ttl"))
+                _storable(text=item["text"], sender=item.get("sender"), key=item.get("key"))
             except QueueError as exc:
                 raise QueueError(
                     f"message {n + 1}: {exc}" if len(items) > 1 else str(exc)
@@ -242,9 +243,9 @@ class Queue:
                   now + ttl if ttl else None, now)  # fmt: skip
         for _ in range(8):  # two sends in one millisecond may draw the same id: draw again
             row = tx.execute(
-                "INSERT OR IGNORE INTO messages (id, agent, seq, priority, sender, body, key,"
-                " state, after_id, not_before, expires, created)"
-                " VALUES (?,?,?,?,?,?,?,'queued',?,?,?,?) RETURNING *",
+                "INSERT INTO messages (id, agent, seq, priority, sender, body, key, state,"
+                " after_id, not_before, expires, created)"
+                " VALUES (?,?,?,?,?,?,?,'queued',?,?,?,?) ON CONFLICT DO NOTHING RETURNING *",
                 (new_id(now), *values),
             ).fetchone()
             if row is not None:
@@ -756,6 +757,7 @@ class Queue:
             if record["state"] not in STATES:
                 raise QueueError(f"message {record['id']}: unknown state {record['state']!r}")
             self._check(record["agent"], record["body"], record["priority"], None)
+            _storable(body=record["body"], sender=record.get("sender"), key=record.get("key"))
         added = 0
         for record in records:
             with self.store.transaction() as tx:
@@ -790,6 +792,14 @@ class Queue:
                 _event(tx, record["id"], now, state, "imported")
                 added += 1
         return added
+
+
+def _storable(**fields: object) -> None:
+    """Text every store keeps as it is: PostgreSQL's cannot hold a NUL character, so no store
+    takes one (a message must not depend on where the fleet keeps its queue)."""
+    for name, value in fields.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise QueueError(f"the message's {name} contains a NUL character (\\x00)")
 
 
 def _event(tx: Any, message_id: str, now: float, state: str, detail: str | None) -> None:

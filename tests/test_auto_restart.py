@@ -12,6 +12,8 @@ from orch_core.supervisor import lifecycle
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 
+pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
+
 
 def failure(error: str, **fields: object) -> dict[str, object]:
     return payload("StopFailure", error=error, **fields)

@@ -248,5 +248,5 @@ def test_a_lone_surrogate_in_the_payload_is_no_plugins_error(orch: OrchState) ->
     assert result.exit_code == 0
     (run,) = orch.store.runs(1)
     assert run["ok"], run["plugins"]
-    prompts = orch.store.conn.execute("SELECT target FROM activity WHERE kind = 'prompt'")
+    prompts = orch.store.execute("SELECT target FROM activity WHERE kind = 'prompt'")
     assert [t for (t,) in prompts] == ["half \ufffd pair, whole 🚀"]

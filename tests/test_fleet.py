@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from orch_builtin import auto_restart
 
 from orch_core.ops import fleet
 from orch_core.queue import Queue
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
+
+pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
 
 
 def test_the_snapshot_counts_each_agents_pending_messages_by_band(orch: OrchState) -> None:

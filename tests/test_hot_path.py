@@ -14,7 +14,7 @@ from orch_core.testing.payloads import payload
 
 HEAVY = ("pluggy", "attrs", "attr", "click", "tomllib", "typing", "threading", "logging",
          "importlib.metadata", "subprocess", "apprise", "textual", "rich",
-         "prometheus_client")  # fmt: skip
+         "prometheus_client", "psycopg")  # fmt: skip
 
 PROBE = """
 import json, sys
@@ -26,6 +26,10 @@ print(json.dumps({"loaded": [m for m in json.loads(sys.argv[1]) if m in sys.modu
 
 
 def test_a_cached_plan_keeps_heavy_imports_off_the_hook_path(orch: OrchState) -> None:
+    """Also with a user config, which the hook reads for ``[orch] database``: SQLite's path
+    parses no TOML and never imports psycopg."""
+    orch.write_config("[plugin.queue]\nbudget = 8000\n", user=True)
+    del orch.env["ORCH_DB"]  # the store is the state folder's file unless the config says
     event = json.dumps(payload("PostToolUse")).encode()
     env = {**orch.env, "ORCH_AGENT": "proj:1"}
     assert orch.run_hook(event, ORCH_AGENT="proj:1").exit_code == 0  # builds and caches the plan

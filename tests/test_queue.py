@@ -1,5 +1,6 @@
-"""The Queue API in process, on a real SQLite file: order, isolation, keys, time, dependencies,
-confirmation, dead letters, management, export/import, rendering and the event history."""
+"""The Queue API in process, on a real SQLite file and a real PostgreSQL database: order,
+isolation, keys, time, dependencies, confirmation, dead letters, management, export/import,
+rendering and the event history."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import pytest
 from orch_core import api
 from orch_core.plugins.plan import ANSWER_MARGIN
 from orch_core.queue import MARK, PENDING_SQL, PREVIEW, Queue, QueueError, band
+from orch_core.storage import open_store
 from orch_core.storage.store import SQLiteStore, Store
 from orch_core.testing.kit import OrchState
+
+pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
 
 T0 = 1_700_000_000.0
 WEIRD = (
@@ -375,7 +379,7 @@ def test_export_import_round_trip_into_a_fresh_db(orch: OrchState, q: Queue) -> 
     ids = fill(q)
     exported = [json.loads(json.dumps(r)) for r in q.export()]  # as the JSON lines carry it
     assert {r["id"] for r in exported} == {ids[k] for k in ("plain", "urgent", "other", "inflight")}
-    fresh = Queue(SQLiteStore(str(orch.root / "fresh.db")))
+    fresh = Queue(orch.other_store("fresh"))
     assert fresh.import_(exported) == 4
     assert fresh.import_(exported) == 0
     before = {r["id"]: r for r in exported}
@@ -487,23 +491,43 @@ def test_an_imported_message_whose_dependency_stayed_behind_is_delivered(
     q.confirm("p:1", "s", transcript(tmp_path / "t", q.render(taken)), now=T0 + 1)
     exported = list(q.export())  # pending only: the confirmed dependency is not in it
     assert [r["id"] for r in exported] == [then["id"]]
-    fresh = Queue(SQLiteStore(str(orch.root / "fresh.db")))
+    fresh = Queue(orch.other_store("fresh"))
     fresh.import_(exported)
     assert [m["id"] for m in fresh.claim("p:1", "s", now=T0 + 2)] == [then["id"]]
 
 
 def test_sends_in_the_same_millisecond_all_get_stored(orch: OrchState) -> None:
-    queue = Queue(SQLiteStore(orch.env["ORCH_DB"], durable=False))
+    queue = Queue(open_store(orch.env, durable=False))
     ids = {queue.send("p:1", f"burst {i}", now=1_700_000_000.0)["id"] for i in range(5000)}
+    queue.store.close()
     assert len(ids) == 5000
 
 
+@pytest.mark.orch_backends("sqlite")
 def test_the_hooks_pending_read_uses_the_agent_state_index(orch: OrchState) -> None:
-    plan = orch.store.conn.execute(
+    store = orch.store
+    assert isinstance(store, SQLiteStore)
+    plan = store.conn.execute(
         f"EXPLAIN QUERY PLAN SELECT 1 FROM messages WHERE agent = ? AND {PENDING_SQL} LIMIT 1",
         ("p:1",),
     ).fetchall()
     assert "USING INDEX messages_ready (agent=? AND state=?)" in plan[0][3]
+
+
+def test_a_nul_character_is_refused_whatever_the_store(q: Queue) -> None:
+    """PostgreSQL's text cannot hold one, so no store takes one: what a sender may send does
+    not depend on where the fleet keeps its queue."""
+    for fields in (
+        {"text": "a\x00b"},
+        {"text": "ok", "sender": "x\x00"},
+        {"text": "ok", "key": "\x00"},
+    ):
+        with pytest.raises(QueueError, match="contains a NUL character"):
+            q.send_many([{"agent": "p:1", **fields}])
+    record = {"id": "m1", "agent": "p:1", "body": "\x00", "priority": 0, "state": "queued"}
+    with pytest.raises(QueueError, match="body contains a NUL character"):
+        q.import_([record])
+    assert q.messages() == []
 
 
 def test_send_many_stores_all_in_one_transaction_or_none(

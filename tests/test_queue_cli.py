@@ -17,6 +17,8 @@ from orch_core.queue import MAX_TEXT, Queue
 from orch_core.testing.kit import OrchState, hook_script
 from orch_core.testing.payloads import payload
 
+pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
+
 ORCH = os.path.join(os.path.dirname(sys.executable), "orch")
 WEIRD = (
     "  leading spaces\n\ttab, \"double\" and 'single' quotes, $HOME and ${PATH},\n"
@@ -52,7 +54,7 @@ def ok(orch: OrchState, *args: str, stdin: bytes = b"") -> str:
 def db(orch: OrchState, sql: str, *args: object) -> list[tuple[Any, ...]]:
     store = orch.store
     try:
-        return store.conn.execute(sql, args).fetchall()
+        return store.execute(sql, args).fetchall()
     finally:
         store.close()
 

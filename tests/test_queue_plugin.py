@@ -16,6 +16,8 @@ from orch_core.queue import MARK, Queue
 from orch_core.testing.kit import HookResult, OrchState
 from orch_core.testing.payloads import payload
 
+pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
+
 AGENT = "proj:1"
 SESSION = "sess-1"
 WEIRD = (
@@ -56,13 +58,13 @@ def send(orch: OrchState, text: str, agent: str = AGENT, **options: Any) -> str:
 
 
 def state_of(orch: OrchState, message_id: str) -> str:
-    return str(orch.store.conn.execute(
+    return str(orch.store.execute(
         "SELECT state FROM messages WHERE id = ?", (message_id,)
     ).fetchone()[0])  # fmt: skip
 
 
 def agent_state(orch: OrchState, agent: str = AGENT) -> str | None:
-    row = orch.store.conn.execute("SELECT state FROM agents WHERE id = ?", (agent,)).fetchone()
+    row = orch.store.execute("SELECT state FROM agents WHERE id = ?", (agent,)).fetchone()
     return None if row is None else str(row[0])
 
 
@@ -85,7 +87,7 @@ def test_messages_arrive_as_additional_context(orch: OrchState, event: str) -> N
     assert result.context is not None
     assert result.context.startswith(header)
     assert result.context.split("\n", 1)[1] == WEIRD  # byte for byte, after the header
-    row = orch.store.conn.execute(
+    row = orch.store.execute(
         "SELECT state, session_id, attempts FROM messages WHERE id = ?", (message_id,)
     ).fetchone()
     assert row == ("delivered", SESSION, 1)

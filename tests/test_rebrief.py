@@ -14,6 +14,8 @@ from orch_core.queue import Queue
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
 
+pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
+
 
 def git(project: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(project), *args], check=True, capture_output=True)

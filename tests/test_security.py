@@ -294,8 +294,8 @@ def test_human_output_escapes_control_characters_and_json_stays_exact(orch: Orch
 def test_every_command_checks_agent_names(orch: OrchState, name: str, command: list[str]) -> None:
     args = [name if part == "{}" else part for part in command]
     one_line_error(orch.cli(*args, stdin="brief"), "is not an agent name")
-    assert orch.store.conn.execute("SELECT count(*) FROM agent_context").fetchone() == (0,)
-    assert orch.store.conn.execute("SELECT count(*) FROM launch_specs").fetchone() == (0,)
+    assert orch.store.execute("SELECT count(*) FROM agent_context").fetchone() == (0,)
+    assert orch.store.execute("SELECT count(*) FROM launch_specs").fetchone() == (0,)
 
 
 def test_a_name_that_looks_like_a_pattern_can_be_addressed(orch: OrchState) -> None:

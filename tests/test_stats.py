@@ -18,7 +18,7 @@ from orch_core import api
 from orch_core.hook.context import Runtime
 from orch_core.ops import metrics
 from orch_core.queue import Queue
-from orch_core.storage.store import SQLiteStore
+from orch_core.storage.store import Store
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 
@@ -36,9 +36,7 @@ def stats_json(orch: OrchState, *args: str) -> dict[str, Any]:
     return result
 
 
-def add_runs(
-    store: SQLiteStore, runs: list[tuple[float, str, str | None, float, list[Any]]]
-) -> None:
+def add_runs(store: Store, runs: list[tuple[float, str, str | None, float, list[Any]]]) -> None:
     """Hook runs as ``record_run`` writes them, at given times: (ts, event, agent, ms, plugins)."""
     with store.transaction() as tx:
         tx.executemany(

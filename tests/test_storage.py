@@ -1,16 +1,23 @@
-"""The storage layer: each plugin's own tables (``orch_schema``), and what the core asks of a
-store, on a real SQLite file."""
+"""The storage layer: each plugin's own tables (``orch_schema``), what the core asks of a
+store, on a real SQLite file and a real PostgreSQL database, and how the backend is chosen."""
 
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orch_core.storage import open_store
-from orch_core.storage.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
+import pytest
+
+from orch_core.hook.context import Runtime
+from orch_core.queue import Queue
+from orch_core.storage import open_store, postgres
+from orch_core.storage.postgres import PostgresStore
+from orch_core.storage.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, Store, StoreError
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 
@@ -117,12 +124,14 @@ CREATE TABLE agent_context (agent_id TEXT PRIMARY KEY, role TEXT, briefing_conte
 """
 
 
+@pytest.mark.orch_backends("sqlite", "postgresql")
 def test_the_store_is_opened_in_one_place_and_speaks_through_execute_and_transaction(
-    orch: OrchState,
+    orch: OrchState, orch_backend: str
 ) -> None:
-    store = open_store(orch.env)
-    assert isinstance(store, SQLiteStore) and store.dialect == "sqlite"
-    assert store.folder == str(Path(orch.env["ORCH_DB"]).parent)
+    store = orch.store
+    kind = {"sqlite": SQLiteStore, "postgresql": PostgresStore}[orch_backend]
+    assert isinstance(store, kind) and store.dialect == orch_backend
+    assert store.folder == orch.env["ORCH_STATE_DIR"]
     with store.transaction() as tx:
         tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (1, 'test', 'kept')")
     try:
@@ -145,7 +154,292 @@ def test_orch_core_speaks_to_the_store_only_through_its_interface() -> None:
             if "storage" in path.parts or "testing" in path.parts:
                 continue
             text = path.read_text()
-            for needle in (".conn.", "isinstance(ctx.store", "SQLiteStore", "lastrowid"):
+            for needle in (".conn.", "isinstance(ctx.store", "SQLiteStore", "PostgresStore",
+                           "psycopg", "lastrowid"):  # fmt: skip
                 if needle in text:
                     offenders.append(f"{path.relative_to(root)}: {needle}")
     assert offenders == []
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def test_a_postgresql_url_in_orch_db_or_the_users_own_config_picks_postgresql(
+    tmp_path: Path,
+) -> None:
+    """Choosing needs no server: the store connects on first use."""
+    env = {"ORCH_STATE_DIR": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    for url, shown in [
+        ("postgresql://fleet:secret@db.internal:5433/orch", "fleet@db.internal:5433/orch"),
+        ("postgres://fleet@db/orch", "fleet@db/orch"),
+    ]:
+        store = open_store({**env, "ORCH_DB": url})
+        assert isinstance(store, PostgresStore) and store.dialect == "postgresql"
+        assert store.where == f"postgresql://{shown}"  # no password in any message
+        assert store.folder == env["ORCH_STATE_DIR"]  # large messages stay on this machine
+    assert isinstance(open_store(env), SQLiteStore)  # nothing configured
+    config = tmp_path / "cfg" / "orch" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("[orch]\nbackup_keep = 3\n")
+    assert isinstance(open_store(env), SQLiteStore)  # a config that does not name one
+    config.write_text('[orch]\ndatabase = "postgresql://fleet@db.internal/orch"\n')
+    store = open_store(env)
+    assert isinstance(store, PostgresStore)
+    assert store.where == "postgresql://fleet@db.internal/orch"
+    assert isinstance(open_store({**env, "ORCH_DB": str(tmp_path / "x.db")}), SQLiteStore)
+    config.write_text('[orch]\ndatabase = "/srv/orch.db"\n')
+    with pytest.raises(StoreError, match=r"\[orch\] database must be a postgresql:// URL"):
+        open_store(env)
+
+
+def test_a_projects_config_cannot_choose_the_database(orch: OrchState) -> None:
+    """A cloned repository must not send an agent's messages to a server of its choosing."""
+    del orch.env["ORCH_DB"]  # as on a real machine: the state folder's file, or the user's pick
+    orch.write_config('[orch]\ndatabase = "postgresql://them@203.0.113.9/inbox"\n')
+    done = orch.cli("queue")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"Error: {orch.project_dir}/.claude/orch.toml: [orch] database: only your own config "
+        'may set this, not a project\'s; the default "" is used'
+    ]
+    assert orch.run_hook(payload("PostToolUse"), ORCH_AGENT="p:1").exit_code == 0
+    assert [a["id"] for a in orch.store.agents()] == ["p:1"]  # in the state folder's file
+    assert isinstance(orch.store, SQLiteStore)
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_the_users_own_config_sends_every_hook_and_command_to_postgresql(
+    orch: OrchState,
+) -> None:
+    url = orch.env.pop("ORCH_DB")
+    orch.write_config(f'[orch]\ndatabase = "{url}"\n', user=True)
+    assert orch.run_hook(payload("PostToolUse"), ORCH_AGENT="p:1").exit_code == 0
+    done = orch.cli("send", "p:1", "hello")
+    assert done.returncode == 0, done.stderr
+    store = orch.store
+    assert isinstance(store, PostgresStore)
+    assert [a["id"] for a in store.agents()] == ["p:1"]
+    assert store.execute("SELECT body FROM messages").fetchall() == [("hello",)]
+    assert not os.path.exists(os.path.join(orch.env["ORCH_STATE_DIR"], "orch.db"))
+
+
+def test_every_core_migration_has_its_postgresql_step() -> None:
+    """PostgreSQL starts from the whole schema at its first version; each core migration after
+    it needs a step in postgres.MIGRATIONS too."""
+    first = min(postgres.MIGRATIONS)
+    assert sorted(postgres.MIGRATIONS) == list(range(first, SCHEMA_VERSION + 1))
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_the_postgresql_schema_is_sqlites_in_postgresql_types(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """Same tables, same columns in the same order (``SELECT *`` gives the same records), same
+    types and constraints, same indexes: the core's and the rebrief plugin's."""
+    reference = SQLiteStore(str(tmp_path / "reference.db"))
+    Runtime.open({**orch.env, "ORCH_DB": reference.path}, str(orch.project_dir), store=reference)
+    sqlite_types = {"TEXT": "text", "REAL": "double precision", "INTEGER": "bigint"}
+    tables = [
+        name
+        for (name,) in reference.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+        )
+    ]
+    expected = {
+        table: [
+            (name, sqlite_types[kind], bool(notnull or pk))
+            for _, name, kind, notnull, _, pk in reference.execute(f"PRAGMA table_info({table})")
+        ]
+        for table in tables
+    }
+    expected["message_events"].append(("rowid", "bigint", True))  # SQLite's, made explicit
+    expected["schema_version"] = [("version", "bigint", True)]  # SQLite: PRAGMA user_version
+    store = orch.store
+    found: dict[str, list[tuple[str, str, bool]]] = {}
+    for table, name, kind, nullable in store.execute(
+        "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns"
+        " WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+    ):
+        found.setdefault(table, []).append((name, kind, nullable == "NO"))
+    assert found == expected
+    sqlite_indexes = reference.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+    ).fetchall()
+    pg_indexes = store.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+        " AND indexname NOT IN (SELECT conname FROM pg_constraint)"  # keys' own
+    ).fetchall()
+    assert sorted(pg_indexes) == sorted(sqlite_indexes)
+    assert store.health()["schema_version"] == SCHEMA_VERSION
+    reference.close()
+
+
+@pytest.mark.orch_backends("sqlite", "postgresql")
+def test_concurrent_claims_never_hand_a_message_over_twice(orch: OrchState) -> None:
+    """Each claim reads the deliverable messages, then marks them delivered: writers must take
+    turns (SQLite's BEGIN IMMEDIATE, PostgreSQL's advisory lock) or two hooks would both take
+    the same ones."""
+    sent = {
+        receipt["id"]
+        for receipt in Queue(orch.store).send_many(
+            [{"agent": "p:1", "text": f"task {i}"} for i in range(120)]
+        )
+    }
+    taken: list[str] = []
+    errors: list[BaseException] = []
+
+    def hook(session: str) -> None:
+        store = open_store(orch.env)
+        try:
+            queue = Queue(store)
+            while batch := queue.claim("p:1", session, budget=1):
+                taken.extend(m["id"] for m in batch)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=hook, args=(f"s{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert sorted(taken) == sorted(sent)  # each once
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_postgresql_writers_take_turns_and_wait_no_longer_than_the_timeout(
+    orch: OrchState,
+) -> None:
+    import psycopg
+
+    first, second = orch.store, orch.store
+    with first.transaction() as tx:
+        tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (1, 'test', 'first')")
+        assert second.execute("SELECT count(*) FROM alerts").fetchone() == (0,)  # reads go on
+        second.set_timeout(0.05)
+        with pytest.raises(psycopg.OperationalError, match="timeout"), second.transaction():
+            pass  # the write lock is the first writer's until it commits
+    second.set_timeout(second.timeout)
+    with second.transaction() as tx:
+        tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (2, 'test', 'second')")
+    rows = first.execute("SELECT message FROM alerts ORDER BY id").fetchall()
+    assert rows == [("first",), ("second",)]
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_postgresql_timeouts_and_durability_are_the_stores(orch: OrchState) -> None:
+    def shown(store: Store, setting: str) -> str:
+        return str(store.execute(f"SHOW {setting}").fetchone()[0])
+
+    hook = open_store(orch.env, timeout=1.5, durable=False)
+    cli = open_store(orch.env)
+    try:
+        assert [shown(hook, s) for s in ("lock_timeout", "statement_timeout")] == ["1500ms"] * 2
+        assert (shown(hook, "synchronous_commit"), shown(cli, "synchronous_commit")) == (
+            "off", "on",
+        )  # fmt: skip
+        hook.set_timeout(0.25)  # what is left of the hook's budget
+        assert [shown(hook, s) for s in ("lock_timeout", "statement_timeout")] == ["250ms"] * 2
+        with pytest.raises(Exception, match="statement timeout"):
+            hook.execute("SELECT pg_sleep(2)")
+    finally:
+        hook.close()
+        cli.close()
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_a_transaction_that_went_on_past_a_failed_statement_is_rolled_back_and_says_so(
+    orch: OrchState,
+) -> None:
+    """SQLite undoes only the failed statement; PostgreSQL gives up the whole transaction, so
+    a block that carried on must not look committed."""
+    store = orch.store
+    with pytest.raises(StoreError, match="rolled back"), store.transaction() as tx:
+        tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (1, 'test', 'lost')")
+        try:
+            tx.execute("SELECT * FROM no_such_table")
+        except Exception:
+            pass
+    assert store.execute("SELECT count(*) FROM alerts").fetchone() == (0,)
+    with store.transaction() as tx:  # the connection is fine afterwards
+        tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (1, 'test', 'kept')")
+        tx.execute("ROLLBACK")  # a block may give up by itself, as the queue's claim does
+    assert store.execute("SELECT count(*) FROM alerts").fetchone() == (0,)
+
+
+def test_a_server_that_is_not_there_is_a_one_line_error_without_the_password(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nobody listens there once it is closed
+    url = f"postgresql://fleet:hunter2@127.0.0.1:{port}/orch"
+    store = open_store({"ORCH_DB": url, "ORCH_STATE_DIR": str(tmp_path)}, timeout=0.5)
+    with pytest.raises(StoreError) as caught:
+        store.execute("SELECT 1")
+    message = str(caught.value)
+    assert message.startswith(f"postgresql://fleet@127.0.0.1:{port}/orch: ")
+    assert "hunter2" not in message
+
+
+def test_question_marks_become_psycopg_placeholders_outside_quoted_literals() -> None:
+    assert postgres.translate("SELECT '?', ? FROM t WHERE a LIKE '%x' AND b = ?") == (
+        "SELECT '?', %s FROM t WHERE a LIKE '%%x' AND b = %s"
+    )
+    assert postgres.translate("SELECT 'it''s ?', ?") == "SELECT 'it''s ?', %s"
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_a_plugin_without_postgresql_tables_fails_alone(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """A plugin written for SQLite only: its hooks fail for want of tables, and say why; the
+    other plugins get theirs."""
+    orch_module("notes", NOTES)
+    orch.write_config('[plugins]\nload = ["notes"]\n')
+    assert orch.run_hook(payload("Stop"), ORCH_AGENT="p:1").exit_code == 0
+    (run,) = orch.store.runs()
+    assert [p["outcome"] for p in run["plugins"] if p["plugin"] == "notes"] == ["error"]
+    assert "plugin notes: orch_schema gives no postgresql SQL" in str(orch.log())
+    assert "notes" not in schemas_of(orch.store) and "rebrief" in schemas_of(orch.store)
+
+
+def schemas_of(store: Store) -> dict[str, int]:
+    return dict(store.execute("SELECT plugin, version FROM plugin_schemas").fetchall())
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_backups_restores_and_doctor_leave_a_postgresql_store_to_its_server(
+    orch: OrchState,
+) -> None:
+    from orch_core.storage import backup
+
+    done = orch.cli("backup")
+    assert (done.returncode, done.stderr) == (
+        1,
+        "Error: the store is postgresql, which orch does not back up: use the server's own "
+        "tools (pg_dump)\n",
+    )
+    with pytest.raises(backup.BackupError, match="the store is PostgreSQL"):
+        backup.restore(orch.env, str(orch.root / "some-backup.db"))
+    assert orch.cli("install").returncode == 0
+    report = orch.cli("doctor").stdout
+    assert f"ok   database: {orch.env['ORCH_DB']}: schema {SCHEMA_VERSION}\n" in report
+    assert "ok   backups: the PostgreSQL server's to take (pg_dump): orch takes none\n" in report
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_an_empty_postgresql_database_gets_the_core_tables_on_first_use(orch: OrchState) -> None:
+    env = {**orch.env, "ORCH_DB": orch.new_database(empty=True)}
+    first, second = open_store(env), open_store(env)
+    try:
+        assert first.health()["schema_version"] == SCHEMA_VERSION
+        assert second.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    finally:
+        first.close()
+        second.close()
+    latin = open_store({**orch.env, "ORCH_DB": orch.new_database(empty=True, encoding="LATIN1")})
+    with pytest.raises(StoreError, match="create the database with ENCODING 'UTF8'"):
+        latin.execute("SELECT 1")

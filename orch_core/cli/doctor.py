@@ -14,7 +14,7 @@ from orch_core.cli import install
 from orch_core.cli.errors import damaged
 from orch_core.hook import backstop
 from orch_core.plugins import plan as plans
-from orch_core.storage import backup, open_store
+from orch_core.storage import backup, database, open_store
 from orch_core.supervisor import lifecycle
 
 if TYPE_CHECKING:
@@ -72,27 +72,30 @@ def check_settings(project_dir: str) -> Check:
 
 
 def check_database(env: Mapping[str, str]) -> Check:
-    store = open_store(env, timeout=2.0)
     try:
-        health = store.health()
+        store = open_store(env, timeout=2.0)
+        try:
+            health = store.health()
+        finally:
+            store.close()
     except Exception as exc:
+        if paths.is_url(database(env)):  # the error names the server, without its password
+            return Check("database", False, str(exc), GUIDE)
         advice = f"; {backup.advice(paths.db_path(env))}" if damaged(exc) else ""
         return Check("database", False, f"{paths.db_path(env)}: {exc}{advice}", GUIDE)
-    finally:
-        store.close()
     problems = []
     if health["integrity"] != "ok":
         advice = backup.advice(paths.db_path(env))
         problems.append(f"integrity check: {health['integrity']}; {advice}")
-    if health["journal_mode"] != "wal":
-        problems.append(f"journal mode {health['journal_mode']}, expected wal")
+    journal = health["journal_mode"]  # None: a server's, not a file's
+    if journal is not None and journal != "wal":
+        problems.append(f"journal mode {journal}, expected wal")
     if health["schema_version"] != health["expected_schema_version"]:
         problems.append(
             f"schema {health['schema_version']}, expected {health['expected_schema_version']}"
         )
-    detail = "; ".join(problems) or f"{health['path']}: integrity ok, WAL, schema " + str(
-        health["schema_version"]
-    )
+    file = "integrity ok, WAL, " if journal else ""
+    detail = "; ".join(problems) or f"{health['path']}: {file}schema {health['schema_version']}"
     return Check("database", not problems, detail, "" if not problems else GUIDE)
 
 
@@ -286,6 +289,8 @@ def check_panes(env: Mapping[str, str]) -> Check:
 
 def check_backups(env: Mapping[str, str]) -> Check:
     """The newest backup, and whether the supervisor keeps taking them."""
+    if paths.is_url(database(env)):
+        return Check("backups", True, "the PostgreSQL server's to take (pg_dump): orch takes none")
     db = paths.db_path(env)
     found = backup.backups(db)
     if not found:

@@ -144,12 +144,19 @@ def doctor_command(directory: str | None) -> None:
 @cli.command("backup")
 def backup_command() -> None:
     """Take a backup of the database now, beside the supervisor's scheduled ones."""
-    from orch_core import paths
-    from orch_core.storage import backup
+    import time
 
-    db = paths.db_path(os.environ)
+    from orch_core.storage import database, open_store
+
+    store = open_store(os.environ)
     keep = int(_core_settings().get("backup_keep", 8))
-    click.echo(f"backed up {db} to {backup.take(db, keep)}")
+    taken = store.back_up(keep, time.time())
+    if taken is None:
+        raise click.ClickException(
+            f"the store is {store.dialect}, which orch does not back up: use the server's own "
+            "tools (pg_dump)"
+        )
+    click.echo(f"backed up {database(os.environ)} to {taken}")
 
 
 @cli.command("restore")

@@ -53,10 +53,13 @@ def snapshot(store: Store, now: float, *, recent: int = 20) -> dict[str, Any]:
         if agent in agents:
             agents[agent]["last_compaction"] = ts
     for agent, body, delivered in store.execute(
-        "SELECT agent, body, max(delivered) FROM messages WHERE state IN ('delivered',"
-        " 'confirmed') AND priority < 200 GROUP BY agent"
+        "SELECT m.agent, m.body, m.delivered FROM messages m JOIN (SELECT agent, max(delivered)"
+        " AS latest FROM messages WHERE state IN ('delivered', 'confirmed') AND priority < 200"
+        " GROUP BY agent) t ON t.agent = m.agent AND m.delivered = t.latest"
+        " WHERE m.state IN ('delivered', 'confirmed') AND m.priority < 200"
+        " ORDER BY m.priority DESC, m.seq"  # of one hook's messages, the first it showed
     ):
-        if agent in agents:
+        if agent in agents and agents[agent]["task"] is None:
             agents[agent]["task"] = {"text": (body or "")[:PREVIEW], "delivered": delivered}
     return {
         "now": now,
@@ -87,8 +90,8 @@ def _recent_messages(store: Store, limit: int) -> list[dict[str, Any]]:
     cur = store.execute(
         "SELECT m.id, m.agent, m.sender, m.priority, e.state, e.ts, m.body FROM"
         " (SELECT * FROM (SELECT message_id, state, ts FROM message_events"
-        "  ORDER BY ts DESC LIMIT ?) UNION ALL SELECT * FROM (SELECT id, 'queued', created"
-        "  FROM messages ORDER BY created DESC LIMIT ?)) e"
+        "  ORDER BY ts DESC LIMIT ?) changed UNION ALL SELECT * FROM (SELECT id, 'queued',"
+        "  created FROM messages ORDER BY created DESC LIMIT ?) arrived) e"
         " JOIN messages m ON m.id = e.message_id ORDER BY e.ts DESC LIMIT ?",
         (limit, limit, limit),
     )

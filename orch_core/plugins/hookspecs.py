@@ -355,8 +355,8 @@ def orch_schema(dialect: str) -> dict[int, str] | None:
     commands or supervisor ticks touch the store. Append steps, never edit a released one.
     Called when the plan is built (to learn the version) and when a database is behind it.
 
-    :param dialect: the store's SQL dialect (``"sqlite"``); the steps must be numbered the
-        same for every dialect a plugin supports.
+    :param dialect: the store's SQL dialect (``"sqlite"`` or ``"postgresql"``); the steps
+        must be numbered the same for every dialect a plugin supports.
     :return: step number (1, 2, …) to SQL, or ``None`` for no tables.
     """
 

@@ -368,12 +368,20 @@ def _budgets(value: dict[str, Any]) -> None:
         Setting(1.0, min=1, max=60_000).validate(ms)
 
 
+def _database(value: str) -> None:
+    if value and not paths.is_url(value):
+        raise ValueError("must be a postgresql:// URL (or empty: the SQLite file)")
+
+
 #: orch's own settings, ``[orch]``.
 CORE_SETTINGS: dict[str, Any] = {
     "budget_ms": Setting(500.0, min=1, max=60_000),  # all plugins of one event together
     "budget_ms_per_event": Setting({}, check=_budgets),  # e.g. { SessionEnd = 1000 }
     "backup_every": Setting(900.0, min=0, trusted=True),  # seconds between backups; 0: none
     "backup_keep": Setting(8, min=1, trusted=True),
+    # read by open_store itself, from the user's config only: a cloned repository must not
+    # send an agent's messages to a server of its choosing
+    "database": Setting("", check=_database, trusted=True),
 }
 
 

@@ -11,12 +11,54 @@ if TYPE_CHECKING:
 
 
 def open_store(env: Mapping[str, str], *, timeout: float = 5.0, durable: bool = True) -> Store:
-    """The machine's store (``ORCH_DB``): the one place that picks a backend.
+    """The machine's store (:func:`database`): the one place that picks a backend.
 
     :param timeout: seconds to wait for another writer.
     :param durable: whether each commit must reach the disk before it returns.
     """
     from orch_core import paths
+
+    where = database(env)
+    if paths.is_url(where):
+        from orch_core.storage.postgres import PostgresStore
+
+        return PostgresStore(where, paths.state_dir(env), timeout=timeout, durable=durable)
     from orch_core.storage.store import SQLiteStore
 
-    return SQLiteStore(paths.db_path(env), timeout=timeout, durable=durable)
+    return SQLiteStore(where, timeout=timeout, durable=durable)
+
+
+def database(env: Mapping[str, str]) -> str:
+    """``ORCH_DB`` (a SQLite file or a ``postgresql://`` URL), else ``[orch] database`` of the
+    user's own config, else the SQLite file in the state folder. A project's ``orch.toml`` is
+    never read here: a cloned repository must not send an agent's messages elsewhere (the plan
+    reports a ``database`` there as an error)."""
+    from orch_core import paths
+
+    if env.get("ORCH_DB"):
+        return env["ORCH_DB"]
+    return configured_database(paths.user_config_path(env)) or paths.db_path(env)
+
+
+def configured_database(config_file: str) -> str:
+    """``[orch] database`` of ``config_file``, or ``""``. On every hook: a config that does
+    not mention the word costs one read and no TOML parser."""
+    try:
+        with open(config_file, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ""
+    if b"database" not in raw:
+        return ""
+    import tomllib
+
+    from orch_core import paths
+    from orch_core.storage.store import StoreError
+
+    try:
+        value = tomllib.loads(raw.decode("utf-8")).get("orch", {}).get("database", "")
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError) as exc:
+        raise StoreError(f"{config_file}: cannot tell which database to use: {exc}") from None
+    if value and not (isinstance(value, str) and paths.is_url(value)):
+        raise StoreError(f"{config_file}: [orch] database must be a postgresql:// URL")
+    return str(value)

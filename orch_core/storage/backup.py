@@ -109,13 +109,16 @@ def check(file: str) -> dict[str, Any]:
 def restore(env: Mapping[str, str], file: str) -> str:
     """Put backup ``file`` in place of the database; the current one (and its WAL) is kept
     aside under a new name, returned. Refused while ``orch supervise`` runs."""
+    from orch_core.storage import database
     from orch_core.supervisor import lifecycle
 
+    db = database(env)
+    if paths.is_url(db):
+        raise BackupError("the store is PostgreSQL: restore it with the server's own tools")
     pid = lifecycle.supervisor_running(env)
     if pid:
         raise BackupError(f"orch supervise is running (pid {pid}): stop it, then restore")
     check(file)
-    db = paths.db_path(env)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = f"{db}.before-restore-{stamp}"
     incoming = f"{db}.restoring"

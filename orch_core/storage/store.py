@@ -1,12 +1,13 @@
 """The state store: SQLite in WAL mode, short transactions, schema migrated on first use.
 
 :class:`Store` is all the core and plugins know of it, so that another backend can take
-:class:`SQLiteStore`'s place: SQL through :meth:`Store.execute` and :meth:`Store.transaction`,
-with ``?`` placeholders and the SQL both SQLite and PostgreSQL speak (``ON CONFLICT``,
-``RETURNING``); the core's own tables migrated by the store, each plugin's by its
-``orch_schema`` (:meth:`Store.ensure_schemas`). Each thread gets its own SQLite connection (the
-dispatcher runs plugins in threads, and transactions must not interleave); a thread that is done
-hands its connection back with :meth:`SQLiteStore.release`, so the next one needs no new open.
+:class:`SQLiteStore`'s place (PostgreSQL: :mod:`orch_core.storage.postgres`): SQL through
+:meth:`Store.execute` and :meth:`Store.transaction`, with ``?`` placeholders and the SQL both
+SQLite and PostgreSQL speak (``ON CONFLICT``, ``RETURNING``); the core's own tables migrated by
+the store, each plugin's by its ``orch_schema`` (:meth:`Store.ensure_schemas`). Each thread gets
+its own SQLite connection (the dispatcher runs plugins in threads, and transactions must not
+interleave); a thread that is done hands its connection back with :meth:`SQLiteStore.release`,
+so the next one needs no new open.
 """
 
 from __future__ import annotations
@@ -250,7 +251,9 @@ class StoreError(OrchError):
 
 class Store(abc.ABC):
     """What orch keeps, and the one way to it: the core's records (sessions, agents, hook
-    runs) as methods, everything else as SQL in short transactions."""
+    runs) as methods, everything else as SQL in short transactions. The methods are written
+    once, in the SQL every backend speaks, so that they mean the same on each; a backend
+    gives the connection, the transactions and the schema."""
 
     #: The SQL dialect, as ``orch_schema`` receives it.
     dialect = "sqlite"
@@ -288,19 +291,31 @@ class Store(abc.ABC):
         """Bring each plugin's own tables to the version its plan names: one read when they
         are there already; otherwise ``migrations(plugin)`` gives the steps (version to SQL
         statements, separated by ``;``), applied with the version in one transaction, waiting
-        at most ``timeout`` for another writer."""
+        at most ``timeout`` in all for other writers. A plugin whose steps fail (written for
+        another dialect) leaves the others their tables; the first failure is raised at the
+        end."""
         have = dict(self.execute("SELECT plugin, version FROM plugin_schemas").fetchall())
         behind = [(p, v) for p, v in wanted.items() if have.get(p, 0) < v]
         if not behind:
             return
-        if timeout is not None:
-            self.set_timeout(timeout)
+        start = time.monotonic()
+        failed: Exception | None = None
         try:
             for plugin, version in behind:
-                self._migrate_plugin(plugin, version, migrations(plugin))
+                if timeout is not None:
+                    left = timeout - (time.monotonic() - start)
+                    if left <= 0:
+                        break  # the rest next time
+                    self.set_timeout(left)
+                try:
+                    self._migrate_plugin(plugin, version, migrations(plugin))
+                except Exception as exc:
+                    failed = failed or exc
         finally:
             if timeout is not None:
                 self.set_timeout(self.timeout)
+        if failed is not None:
+            raise failed
 
     def _migrate_plugin(self, plugin: str, version: int, steps: Mapping[int, str]) -> None:
         """Apply ``plugin``'s steps past the version it has, and record ``version``."""
@@ -309,6 +324,8 @@ class Store(abc.ABC):
                 "SELECT version FROM plugin_schemas WHERE plugin = ?", (plugin,)
             ).fetchone()
             for step in range((row[0] if row else 0) + 1, version + 1):
+                if step not in steps:
+                    raise StoreError(f"plugin {plugin}: orch_schema gives no {self.dialect} SQL")
                 for statement in steps[step].split(";"):
                     if statement.strip():
                         tx.execute(statement)
@@ -318,11 +335,13 @@ class Store(abc.ABC):
                 (plugin, version),
             )
 
-    @abc.abstractmethod
     def session_agent(self, session_id: str) -> str | None:
         """The agent a Claude session was resolved to, if known."""
+        row = self.execute(
+            "SELECT agent FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        return row[0] if row else None
 
-    @abc.abstractmethod
     def remember_session(
         self,
         session_id: str,
@@ -333,24 +352,85 @@ class Store(abc.ABC):
     ) -> None:
         """Which agent a Claude session is, and where: its tmux pane and server, and its
         transcript (where ``orch stats`` counts its tokens)."""
+        with self.transaction() as tx:
+            tx.execute(
+                """INSERT INTO sessions (session_id, agent, pane, tmux_socket, transcript, created)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (session_id) DO UPDATE SET
+                     agent = excluded.agent, pane = coalesce(excluded.pane, sessions.pane),
+                     tmux_socket = coalesce(excluded.tmux_socket, sessions.tmux_socket),
+                     transcript = coalesce(excluded.transcript, sessions.transcript)""",
+                (session_id, agent, pane, tmux_socket, transcript, time.time()),
+            )
 
-    @abc.abstractmethod
     def agent_pane(self, agent: str) -> tuple[str, str | None] | None:
         """The tmux pane (and server socket) of the agent's latest session, if known."""
+        row = self.execute(
+            "SELECT pane, tmux_socket FROM sessions WHERE agent = ? AND pane IS NOT NULL"
+            " ORDER BY created DESC LIMIT 1",
+            (agent,),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
 
-    @abc.abstractmethod
     def stop_blocks(
         self, session_id: str, agent: str, *, reset: bool = False, add: bool = False
     ) -> int:
         """Consecutive Stop blocks in a session, after resetting it or adding one."""
+        if reset or add:
+            with self.transaction() as tx:
+                tx.execute(
+                    """INSERT INTO sessions (session_id, agent, created, stop_blocks)
+                       VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET
+                         stop_blocks = CASE WHEN excluded.stop_blocks = 1
+                                       THEN sessions.stop_blocks + 1 ELSE 0 END""",
+                    (session_id, agent, time.time(), int(add)),
+                )
+        row = self.execute(
+            "SELECT stop_blocks FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
 
-    @abc.abstractmethod
     def set_agent_state(
         self, agent: str, state: str, *, session_id: str | None, project_dir: str | None
     ) -> str | None:
         """Record that ``agent`` was seen in ``state``; return its previous state."""
+        now = time.time()
+        row = self.execute(
+            "SELECT state, last_seen, session_id FROM agents WHERE id = ?", (agent,)
+        ).fetchone()
+        if row and row[0] == state and row[2] == session_id and now - row[1] < 1.0:
+            return str(row[0])  # nothing new worth a write
+        with self.transaction() as tx:
+            row = tx.execute("SELECT state FROM agents WHERE id = ?", (agent,)).fetchone()
+            previous = row[0] if row else None
+            tx.execute(
+                """INSERT INTO agents (id, state, session_id, project_dir, first_seen, last_seen,
+                                       state_changed)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (id) DO UPDATE SET
+                     state = excluded.state, last_seen = excluded.last_seen,
+                     session_id = coalesce(excluded.session_id, agents.session_id),
+                     project_dir = coalesce(excluded.project_dir, agents.project_dir),
+                     state_changed = CASE WHEN agents.state = excluded.state
+                                     THEN agents.state_changed ELSE excluded.state_changed END""",
+                (agent, state, session_id, project_dir, now, now, now),
+            )
+        return previous
 
-    @abc.abstractmethod
+    def add_agent(
+        self, agent: str, state: str, *, session_id: str | None, project_dir: str | None
+    ) -> bool:
+        """Record an agent orch has not heard from, in ``state``; ``False`` when it is known
+        already, whatever another hook made of it meanwhile."""
+        now = time.time()
+        with self.transaction() as tx:
+            cur = tx.execute(
+                "INSERT INTO agents (id, state, session_id, project_dir, first_seen, last_seen,"
+                " state_changed) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (agent, state, session_id, project_dir, now, now, now),
+            )
+            return cur.rowcount > 0
+
     def transition(
         self,
         agent: str,
@@ -361,11 +441,19 @@ class Store(abc.ABC):
     ) -> bool:
         """Atomically move ``agent`` to ``new`` if it is in one of ``only_from`` (or in state
         ``or_stale[0]`` for more than ``or_stale[1]`` seconds); return whether it moved."""
+        now = time.time()
+        marks = ", ".join("?" for _ in only_from)
+        with self.transaction() as tx:
+            cur = tx.execute(
+                f"UPDATE agents SET state = ?, state_changed = ? WHERE id = ? AND"
+                f" (state IN ({marks}) OR (state = ? AND state_changed < ?))",
+                (new, now, agent, *only_from, or_stale[0], now - or_stale[1]),
+            )
+            return cur.rowcount > 0
 
-    @abc.abstractmethod
-    def agents(self) -> list[dict[str, Any]]: ...
+    def agents(self) -> list[dict[str, Any]]:
+        return _dicts(self.execute("SELECT * FROM agents ORDER BY id"))
 
-    @abc.abstractmethod
     def record_run(
         self,
         *,
@@ -377,9 +465,32 @@ class Store(abc.ABC):
         plugins: list[dict[str, Any]],
     ) -> None:
         """Record one ``orch-hook`` run and each plugin's outcome."""
+        ok = all(p.get("outcome") == "ok" for p in plugins)
+        with self.transaction() as tx:
+            (added,) = tx.execute(
+                "INSERT INTO hook_runs (ts, event, agent, session_id, duration_ms, exit_code, ok,"
+                " plugins) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    time.time(),
+                    event,
+                    agent,
+                    session_id,
+                    round(duration_ms, 3),
+                    exit_code,
+                    int(ok),
+                    json.dumps(plugins, ensure_ascii=False),
+                ),
+            ).fetchone()
+            if added % 1000 == 0:
+                tx.execute("DELETE FROM hook_runs WHERE id <= ?", (added - KEEP_RUNS,))
 
-    @abc.abstractmethod
-    def runs(self, limit: int = 50, *, failed: bool = False) -> list[dict[str, Any]]: ...
+    def runs(self, limit: int = 50, *, failed: bool = False) -> list[dict[str, Any]]:
+        where = "WHERE ok = 0" if failed else ""
+        cur = self.execute(f"SELECT * FROM hook_runs {where} ORDER BY id DESC LIMIT ?", (limit,))
+        rows = _dicts(cur)
+        for row in rows:
+            row["plugins"] = json.loads(row["plugins"])
+        return rows
 
     @abc.abstractmethod
     def health(self) -> dict[str, Any]:
@@ -522,141 +633,6 @@ class SQLiteStore(Store):
             return None
         return backup.take(self.path, keep, now)
 
-    def session_agent(self, session_id: str) -> str | None:
-        row = self.conn.execute(
-            "SELECT agent FROM sessions WHERE session_id = ?", (session_id,)
-        ).fetchone()
-        return row[0] if row else None
-
-    def remember_session(
-        self,
-        session_id: str,
-        agent: str,
-        pane: str | None,
-        tmux_socket: str | None = None,
-        transcript: str | None = None,
-    ) -> None:
-        with self.transaction() as tx:
-            tx.execute(
-                """INSERT INTO sessions (session_id, agent, pane, tmux_socket, transcript, created)
-                   VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                   ON CONFLICT (session_id) DO UPDATE SET
-                     agent = ?2, pane = coalesce(?3, pane),
-                     tmux_socket = coalesce(?4, tmux_socket),
-                     transcript = coalesce(?5, transcript)""",
-                (session_id, agent, pane, tmux_socket, transcript, time.time()),
-            )
-
-    def stop_blocks(
-        self, session_id: str, agent: str, *, reset: bool = False, add: bool = False
-    ) -> int:
-        if reset or add:
-            with self.transaction() as tx:
-                tx.execute(
-                    """INSERT INTO sessions (session_id, agent, created, stop_blocks)
-                       VALUES (?1, ?2, ?3, ?4) ON CONFLICT (session_id) DO UPDATE SET
-                         stop_blocks = CASE WHEN ?4 THEN stop_blocks + 1 ELSE 0 END""",
-                    (session_id, agent, time.time(), int(add)),
-                )
-        row = self.conn.execute(
-            "SELECT stop_blocks FROM sessions WHERE session_id = ?", (session_id,)
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    def agent_pane(self, agent: str) -> tuple[str, str | None] | None:
-        row = self.conn.execute(
-            "SELECT pane, tmux_socket FROM sessions WHERE agent = ? AND pane IS NOT NULL"
-            " ORDER BY created DESC LIMIT 1",
-            (agent,),
-        ).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def set_agent_state(
-        self, agent: str, state: str, *, session_id: str | None, project_dir: str | None
-    ) -> str | None:
-        now = time.time()
-        row = self.conn.execute(
-            "SELECT state, last_seen, session_id FROM agents WHERE id = ?", (agent,)
-        ).fetchone()
-        if row and row[0] == state and row[2] == session_id and now - row[1] < 1.0:
-            return str(row[0])  # nothing new worth a write
-        with self.transaction() as tx:
-            row = tx.execute("SELECT state FROM agents WHERE id = ?", (agent,)).fetchone()
-            previous = row[0] if row else None
-            tx.execute(
-                """INSERT INTO agents (id, state, session_id, project_dir, first_seen, last_seen,
-                                       state_changed)
-                   VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)
-                   ON CONFLICT (id) DO UPDATE SET
-                     state = ?2, last_seen = ?5,
-                     session_id = coalesce(?3, session_id),
-                     project_dir = coalesce(?4, project_dir),
-                     state_changed = CASE WHEN state = ?2 THEN state_changed ELSE ?5 END""",
-                (agent, state, session_id, project_dir, now),
-            )
-        return previous
-
-    def transition(
-        self,
-        agent: str,
-        new: str,
-        *,
-        only_from: tuple[str, ...],
-        or_stale: tuple[str, float] = ("", 0.0),
-    ) -> bool:
-        now = time.time()
-        marks = ", ".join("?" for _ in only_from)
-        with self.transaction() as tx:
-            cur = tx.execute(
-                f"UPDATE agents SET state = ?, state_changed = ? WHERE id = ? AND"
-                f" (state IN ({marks}) OR (state = ? AND state_changed < ?))",
-                (new, now, agent, *only_from, or_stale[0], now - or_stale[1]),
-            )
-            return cur.rowcount > 0
-
-    def agents(self) -> list[dict[str, Any]]:
-        cur = self.conn.execute("SELECT * FROM agents ORDER BY id")
-        return _dicts(cur)
-
-    def record_run(
-        self,
-        *,
-        event: str,
-        agent: str | None,
-        session_id: str | None,
-        duration_ms: float,
-        exit_code: int,
-        plugins: list[dict[str, Any]],
-    ) -> None:
-        ok = all(p.get("outcome") == "ok" for p in plugins)
-        with self.transaction() as tx:
-            cur = tx.execute(
-                "INSERT INTO hook_runs (ts, event, agent, session_id, duration_ms, exit_code, ok,"
-                " plugins) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    time.time(),
-                    event,
-                    agent,
-                    session_id,
-                    round(duration_ms, 3),
-                    exit_code,
-                    int(ok),
-                    json.dumps(plugins, ensure_ascii=False),
-                ),
-            )
-            if cur.lastrowid and cur.lastrowid % 1000 == 0:
-                tx.execute("DELETE FROM hook_runs WHERE id <= ?", (cur.lastrowid - KEEP_RUNS,))
-
-    def runs(self, limit: int = 50, *, failed: bool = False) -> list[dict[str, Any]]:
-        where = "WHERE ok = 0" if failed else ""
-        cur = self.conn.execute(
-            f"SELECT * FROM hook_runs {where} ORDER BY id DESC LIMIT ?", (limit,)
-        )
-        rows = _dicts(cur)
-        for row in rows:
-            row["plugins"] = json.loads(row["plugins"])
-        return rows
-
     def health(self) -> dict[str, Any]:
         conn = self.conn
         return {
@@ -695,6 +671,6 @@ class Transaction:
             self.conn.execute("ROLLBACK")
 
 
-def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+def _dicts(cur: Rows) -> list[dict[str, Any]]:
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -71,10 +71,11 @@ def save_spec(
         tx.execute(
             """INSERT INTO launch_specs (agent, argv, cwd, env, tmux_socket, tmux_session, pane,
                                          created, updated)
-               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) ON CONFLICT (agent) DO UPDATE SET
-                 argv = ?2, cwd = ?3, env = ?4, tmux_socket = ?5, tmux_session = ?6, pane = ?7,
-                 updated = ?8""",
-            (agent, json.dumps(argv), cwd, json.dumps(env), socket, session, pane, now),
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent) DO UPDATE SET
+                 argv = excluded.argv, cwd = excluded.cwd, env = excluded.env,
+                 tmux_socket = excluded.tmux_socket, tmux_session = excluded.tmux_session,
+                 pane = excluded.pane, updated = excluded.updated""",
+            (agent, json.dumps(argv), cwd, json.dumps(env), socket, session, pane, now, now),
         )
 
 

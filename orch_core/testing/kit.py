@@ -6,15 +6,20 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from orch_core import log
 from orch_core.hook import dispatch
 from orch_core.plugins import loader
-from orch_core.storage.store import SQLiteStore
+from orch_core.storage import open_store
+
+if TYPE_CHECKING:
+    from orch_core.storage.store import Store
+    from orch_core.testing.postgres import Cluster
 
 #: Variables a developer's own shell or Claude session may set that would leak into tests.
 LEAKY_PREFIXES = ("ORCH_", "CLAUDE", "TMUX")
@@ -44,12 +49,18 @@ class HookResult:
 
 @attrs.define
 class OrchState:
-    """An isolated orch installation for one test: state dir, config dirs, project dir."""
+    """An isolated orch installation for one test: state dir, config dirs, project dir, and
+    its store: a SQLite file in the state dir, or a database of ``cluster`` of its own."""
 
     root: Path
     env: dict[str, str]
     project_dir: Path
     extra: dict[str, object] = attrs.field(factory=dict)
+    cluster: Cluster | None = None
+    #: Stores the kit opened that are still in use, and databases it made: closed and dropped
+    #: by :meth:`close` (a store nobody holds closes itself, as a test polling ``store`` needs).
+    opened: weakref.WeakSet[Store] = attrs.field(factory=weakref.WeakSet)
+    databases: list[str] = attrs.field(factory=list)
 
     @classmethod
     def create(cls, root: Path) -> OrchState:
@@ -66,13 +77,41 @@ class OrchState:
         return cls(root, env, project)
 
     @property
-    def store(self) -> SQLiteStore:
+    def store(self) -> Store:
         """The database as orch in the project sees it: with its plugins' own tables."""
         from orch_core.hook.context import Runtime
 
-        store = SQLiteStore(self.env["ORCH_DB"])
+        store = self._kept(open_store(self.env))
         Runtime.open(self.env, str(self.project_dir), store=store)
         return store
+
+    def other_store(self, name: str) -> Store:
+        """A store of the same kind, empty, as another installation has: the SQLite file
+        ``name.db`` or a new PostgreSQL database."""
+        where = str(self.root / f"{name}.db") if self.cluster is None else self.new_database()
+        return self._kept(open_store({**self.env, "ORCH_DB": where}))
+
+    def new_database(self, *, empty: bool = False, encoding: str = "UTF8") -> str:
+        """A new PostgreSQL database of ``cluster``, with orch's core tables unless ``empty``
+        (then in ``encoding``), dropped by :meth:`close`."""
+        assert self.cluster is not None, "a PostgreSQL database needs the orch_postgres cluster"
+        url = self.cluster.create_database(empty=empty, encoding=encoding)
+        self.databases.append(url)
+        return url
+
+    def _kept(self, store: Store) -> Store:
+        self.opened.add(store)
+        return store
+
+    def close(self) -> None:
+        """Close what the kit opened; drop the databases it made (with any connection left)."""
+        for store in list(self.opened):
+            store.close()
+        self.opened.clear()
+        if self.cluster is not None:
+            for url in self.databases:
+                self.cluster.drop_database(url)
+        self.databases.clear()
 
     def log(self) -> list[dict[str, Any]]:
         return log.read(self.env, limit=1000)

@@ -21,7 +21,7 @@ import pytest
 from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.kit import OrchState, hook_script, orch_script
 
-pytestmark = pytest.mark.tmux
+pytestmark = [pytest.mark.tmux, pytest.mark.orch_backends("sqlite", "postgresql")]
 
 FAKE_AGENT = """
 import json, os, subprocess, sys, time
@@ -35,8 +35,12 @@ time.sleep(120)
 
 
 @pytest.fixture
-def fleet(orch: OrchState, tmp_path: Path) -> Iterator[OrchState]:
+def fleet(orch: OrchState, orch_backend: str, tmp_path: Path) -> Iterator[OrchState]:
     """orch with a private tmux server, fast backoff, and a supervisor that stops by itself."""
+    if orch_backend == "postgresql":
+        # a hook that opens PostgreSQL imports psycopg inside its budget (about 100 ms, more
+        # on a busy machine: docs/benchmarks.md); these tests are about restarts, not time
+        orch.write_config("[orch]\nbudget_ms = 3000\n", user=True)
     socket = str(tmp_path / "tmux.sock")
     agent = tmp_path / "fake_agent.py"
     agent.write_text(FAKE_AGENT)

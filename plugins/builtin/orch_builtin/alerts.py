@@ -67,12 +67,15 @@ def orch_config_defaults() -> dict[str, Any]:
 def orch_schema(dialect: str) -> dict[int, str]:
     """Which URL (by a hash: the URLs hold tokens) took which alert, so that a retry after one
     URL failed sends nothing twice to the others."""
+    integer, real = (
+        ("BIGINT", "DOUBLE PRECISION") if dialect == "postgresql" else ("INTEGER", "REAL")
+    )
     return {
-        1: """
+        1: f"""
         CREATE TABLE alert_urls (
-            alert_id INTEGER NOT NULL,
+            alert_id {integer} NOT NULL,
             url_hash TEXT NOT NULL,
-            ts REAL NOT NULL,
+            ts {real} NOT NULL,
             PRIMARY KEY (alert_id, url_hash)
         )
         """

@@ -98,13 +98,15 @@ def orch_notification(event: ev.Notification, ctx: HookContext) -> None:
 
 @hookimpl
 def orch_stop_failure(ctx: HookContext) -> None:
-    # auto_restart may have marked the agent failed in the same hook: that verdict stands
+    # auto_restart may mark the agent failed in the same hook, before or after this: that
+    # verdict stands, so an agent orch has not heard from is only added, never overwritten
     if ctx.agent is None:
         return
-    if ctx.store.transition(ctx.agent, "error", only_from=LIVE):
+    store = ctx.store
+    if store.transition(ctx.agent, "error", only_from=LIVE) or store.add_agent(
+        ctx.agent, "error", session_id=ctx.session_id, project_dir=ctx.project_dir
+    ):
         ctx.fire("orch_agent_state_changed", agent=ctx.agent, old=None, new="error")
-    elif all(row["id"] != ctx.agent for row in ctx.store.agents()):
-        _seen(ctx, "error")
 
 
 @hookimpl
