@@ -15,6 +15,7 @@ from orch_core.cli.errors import damaged
 from orch_core.hook import backstop
 from orch_core.plugins import plan as plans
 from orch_core.storage import backup, database, open_store
+from orch_core.storage.store import DatabaseUnreachable
 from orch_core.supervisor import lifecycle
 
 if TYPE_CHECKING:
@@ -71,6 +72,15 @@ def check_settings(project_dir: str) -> Check:
     return Check("settings", True, f"orch-hook registered for {len(found)} events")
 
 
+def unreachable_fix(env: Mapping[str, str]) -> str:
+    """What brings an unreachable database back."""
+    return (
+        "start the PostgreSQL server, or correct [orch] database in "
+        f"{paths.user_config_path(env)} (ORCH_DB if set); meanwhile hooks answer without it "
+        "and messages wait"
+    )
+
+
 def check_database(env: Mapping[str, str]) -> Check:
     try:
         store = open_store(env, timeout=2.0)
@@ -78,6 +88,8 @@ def check_database(env: Mapping[str, str]) -> Check:
             health = store.health()
         finally:
             store.close()
+    except DatabaseUnreachable as exc:
+        return Check("database", False, str(exc), unreachable_fix(env))
     except Exception as exc:
         if paths.is_url(database(env)):  # the error names the server, without its password
             return Check("database", False, str(exc), GUIDE)
@@ -155,11 +167,23 @@ def check_recent_runs(env: Mapping[str, str]) -> Check:
 def check_supervisor(env: Mapping[str, str]) -> Check:
     """``orch supervise`` must run when orch has agents to restart."""
     pid = lifecycle.supervisor_running(env)
+    outage = lifecycle.read_outage(env) if pid else None
+    if outage:
+        down = time.time() - float(outage.get("since", time.time()))
+        return Check(
+            "supervisor",
+            False,
+            f"orch supervise runs (pid {pid}) but has not reached the database for {down:.0f} s"
+            f" (it tries again every {outage.get('retry_in')} s): {outage.get('error')}",
+            unreachable_fix(env),
+        )
     if pid:
         return Check("supervisor", True, f"orch supervise runs (pid {pid})")
     store = open_store(env, timeout=2.0)
     try:
         spawned = store.execute("SELECT count(*) FROM launch_specs").fetchone()[0]
+    except DatabaseUnreachable:
+        raise
     except Exception:
         spawned = 0
     finally:
@@ -326,6 +350,8 @@ def run(env: Mapping[str, str], project_dir: str) -> list[Check]:
     for name, check in checks.items():
         try:
             results.append(check())
+        except DatabaseUnreachable:
+            results.append(Check(name, False, "not checked: the database is unreachable"))
         except Exception as exc:
             results.append(Check(name, False, f"cannot check: {type(exc).__name__}: {exc}"))
     return results

@@ -53,7 +53,7 @@ class OrchGroup(click.Group):
 @contextlib.contextmanager
 def one_line() -> Iterator[None]:
     """An :class:`OrchError` or an unusable database becomes a click error (a damaged one names
-    the newest backup and how to put it back)."""
+    the newest backup and how to put it back; a server's error names the server)."""
     try:
         yield
     except OrchError as exc:
@@ -63,6 +63,13 @@ def one_line() -> Iterator[None]:
     except UnicodeEncodeError as exc:  # bytes in argv that are not UTF-8 come as surrogates
         bad = exc.object[exc.start : exc.end]
         raise click.ClickException(f"{bad!r} is not text (not UTF-8)") from None
+    except Exception as exc:
+        from orch_core.storage import server_error
+
+        said = server_error(exc, os.environ)
+        if said is None:
+            raise
+        raise click.ClickException(said) from None
 
 
 def database_error(exc: sqlite3.Error) -> str:

@@ -28,6 +28,21 @@ def open_store(env: Mapping[str, str], *, timeout: float = 5.0, durable: bool = 
     return SQLiteStore(where, timeout=timeout, durable=durable)
 
 
+def server_error(exc: BaseException, env: Mapping[str, str]) -> str | None:
+    """``exc`` as one line naming the database (without its password) if it is an error of a
+    server store's driver (a timeout, a refused statement), else ``None``. The driver is looked
+    up among the loaded modules, never imported: SQLite's commands do not pay for it, and none
+    of its errors exists unless it was loaded."""
+    import sys
+
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None or not isinstance(exc, psycopg.Error):
+        return None
+    from orch_core.storage.postgres import one_line, public
+
+    return f"{public(database(env))}: {one_line(exc)}"
+
+
 def database(env: Mapping[str, str]) -> str:
     """``ORCH_DB`` (a SQLite file or a ``postgresql://`` URL), else ``[orch] database`` of the
     user's own config, else the SQLite file in the state folder. A project's ``orch.toml`` is

@@ -24,6 +24,11 @@ core and the plugins run on it unchanged:
 - **Schema**: :data:`MIGRATIONS` are the core's tables in PostgreSQL's types, by core schema
   version; the first step is the whole SQLite schema at that version, each later core migration
   adds its step here as in SQLite's. The version is the one row of ``schema_version``.
+- **Outages**: a connection the server dropped (it stopped, restarted, or the network went) is
+  noticed on its next use, which fails with :class:`~orch_core.storage.store.DatabaseUnreachable`
+  (never a half-done transaction: the server rolls it back); the use after opens a fresh one.
+  A failed connection attempt is answered from memory for :data:`HOLDOFF`, so the threads of one
+  hook, or the steps of one command, do not each wait for the server in turn.
 - **Backups**: none here (:meth:`Store.back_up` gives ``None``): ``pg_dump`` and the server's
   own are the operator's tools. :attr:`folder` is still this machine's private state folder,
   where the text of large messages goes.
@@ -34,8 +39,9 @@ psycopg is imported only here, when a ``postgresql://`` store is opened: never o
 from __future__ import annotations
 
 import _thread  # the documented low-level API, as in store.py
+import time
 
-from orch_core.storage.store import SCHEMA_VERSION, Store, StoreError
+from orch_core.storage.store import SCHEMA_VERSION, DatabaseUnreachable, Store, StoreError
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -49,6 +55,8 @@ if TYPE_CHECKING:
 WRITE_LOCK = 0x6F726368
 BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
 IDLE_IN_TRANSACTION = "60s"
+#: Seconds a failed connection attempt is remembered (and repeated without asking the server).
+HOLDOFF = 1.0
 #: Statements translated so far, by their text; cleared when it grows past :data:`KEEP_SQL`
 #: (``IN (?, ?, …)`` lists make statements of many lengths).
 _translated: dict[str, str] = {}
@@ -263,29 +271,28 @@ class PostgresStore(Store):
         self._idle: list[psycopg.Connection[Any]] = []
         self._migrated = False
         self._lock = _thread.allocate_lock()
+        #: Until when (``time.monotonic()``) connecting is known to fail, and how.
+        self._down: tuple[float, str] | None = None
 
     @property
     def where(self) -> str:
         """The database, as messages may show it: without its password."""
-        from psycopg.conninfo import conninfo_to_dict
-
-        try:
-            info = conninfo_to_dict(self.url)
-        except Exception:
-            return "postgresql://?"
-        host = info.get("host") or "localhost"
-        port = f":{info['port']}" if info.get("port") else ""
-        user = f"{info['user']}@" if info.get("user") else ""
-        return f"postgresql://{user}{host}{port}/{info.get('dbname') or ''}"
+        return public(self.url)
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
-        """This thread's connection, opened (and the schema migrated) on first use."""
+        """This thread's connection, opened (and the schema migrated) on first use, and again
+        after the server dropped it."""
         me = _thread.get_ident()
         conn = self._conns.get(me)
+        if conn is not None and conn.closed:
+            del self._conns[me]
+            conn = None
         if conn is None:
             with self._lock:
-                conn = self._idle.pop() if self._idle else None
+                while self._idle and conn is None:
+                    conn = self._idle.pop()
+                    conn = None if conn.closed else conn
             conn = conn or self._connect()
             self._conns[me] = conn
         return conn
@@ -307,6 +314,9 @@ class PostgresStore(Store):
         import psycopg
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+        down = self._down
+        if down is not None and time.monotonic() < down[0]:
+            raise DatabaseUnreachable(down[1])
         wait = _ms(self.timeout)
         try:
             given = conninfo_to_dict(self.url)
@@ -322,9 +332,15 @@ class PostgresStore(Store):
                 application_name=given.get("application_name") or "orch",
                 client_encoding="UTF8",
             )
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: {one_line(exc)}") from None
+        try:
             conn = psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as exc:
-            raise StoreError(f"{self.where}: {str(exc).strip()}") from None
+            said = f"{self.where} is unreachable: {one_line(exc)}"
+            self._down = (time.monotonic() + HOLDOFF, said)
+            raise DatabaseUnreachable(said) from None
+        self._down = None
         try:
             with self._lock:
                 if not self._migrated:
@@ -365,7 +381,18 @@ class PostgresStore(Store):
             tx.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        return self.conn.execute(translate(sql), params)
+        conn = self.conn
+        try:
+            return conn.execute(translate(sql), params)
+        except Exception as exc:
+            raise self.lost(conn, exc) from exc
+
+    def lost(self, conn: psycopg.Connection[Any], exc: Exception, doing: str = "") -> Exception:
+        """``exc`` as :class:`DatabaseUnreachable` if it cost the connection (the next use
+        opens another), else ``exc`` itself."""
+        if not conn.closed:
+            return exc
+        return DatabaseUnreachable(f"{self.where}: the connection was lost{doing}: {one_line(exc)}")
 
     def transaction(self) -> Transaction:
         """A transaction that holds the write lock from its first statement on."""
@@ -373,9 +400,9 @@ class PostgresStore(Store):
 
     def set_timeout(self, seconds: float) -> None:
         wait = str(_ms(seconds))
-        self.conn.execute(
-            "SELECT set_config('lock_timeout', %s, false),"
-            " set_config('statement_timeout', %s, false)",
+        self.execute(
+            "SELECT set_config('lock_timeout', ?, false),"
+            " set_config('statement_timeout', ?, false)",
             (wait, wait),
         )
 
@@ -419,11 +446,12 @@ class Transaction:
     def __enter__(self) -> Statements:
         try:
             self.conn.execute(BEGIN_WRITE)
-        except BaseException:  # the lock not had in time: leave no transaction open
-            if not self.conn.closed:
-                self.conn.execute("ROLLBACK")
+        except Exception as exc:  # the lock not had in time: leave no transaction open
+            if self.conn.closed:
+                raise self.store.lost(self.conn, exc) from exc
+            self.conn.execute("ROLLBACK")
             raise
-        return Statements(self.conn)
+        return Statements(self.store, self.conn)
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         from psycopg.pq import TransactionStatus
@@ -431,33 +459,59 @@ class Transaction:
         status = self.conn.info.transaction_status
         if status == TransactionStatus.IDLE:
             return  # the block rolled back itself
-        if exc_type is None and status == TransactionStatus.INTRANS:
-            self.conn.execute("COMMIT")
-            return
+        committing = exc_type is None and status == TransactionStatus.INTRANS
         try:
-            self.conn.execute("ROLLBACK")
-        except Exception:
-            if exc_type is None:
-                raise
-        if exc_type is None:
+            self.conn.execute("COMMIT" if committing else "ROLLBACK")
+        except Exception as exc:
+            if exc_type is not None:
+                return  # the block's own error says more
+            doing = " as it committed (whether the transaction took effect is unknown)"
+            raise self.store.lost(self.conn, exc, doing if committing else "") from exc
+        if exc_type is None and not committing:
             raise StoreError("a statement of the transaction failed: it was rolled back")
 
 
 class Statements:
     """What a transaction block gets: ``execute`` and ``executemany`` with ``?`` SQL."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "store")
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any]) -> None:
+        self.store = store
         self.conn = conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        return self.conn.execute(translate(sql), params)
+        try:
+            return self.conn.execute(translate(sql), params)
+        except Exception as exc:
+            raise self.store.lost(self.conn, exc) from exc
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
         cur = self.conn.cursor()
-        cur.executemany(translate(sql), params)
+        try:
+            cur.executemany(translate(sql), params)
+        except Exception as exc:
+            raise self.store.lost(self.conn, exc) from exc
         return cur
+
+
+def public(url: str) -> str:
+    """The database of ``url``, as messages may show it: without its password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(url)
+    except Exception:
+        return "postgresql://?"
+    host = info.get("host") or "localhost"
+    port = f":{info['port']}" if info.get("port") else ""
+    user = f"{info['user']}@" if info.get("user") else ""
+    return f"postgresql://{user}{host}{port}/{info.get('dbname') or ''}"
+
+
+def one_line(exc: BaseException) -> str:
+    """What the server or libpq said, on one line (libpq adds a hint on a line of its own)."""
+    return " ".join(str(exc).split())
 
 
 def _value(cur: psycopg.Cursor[Any]) -> Any:

@@ -249,6 +249,12 @@ class StoreError(OrchError):
     """The store cannot be used: a clear, one-line reason."""
 
 
+class DatabaseUnreachable(StoreError):
+    """The database server cannot be reached, or the connection to it was lost: a command
+    fails with this line, a hook answers without the store, the supervisor tries again later.
+    The next use opens a fresh connection."""
+
+
 class Store(abc.ABC):
     """What orch keeps, and the one way to it: the core's records (sessions, agents, hook
     runs) as methods, everything else as SQL in short transactions. The methods are written

@@ -20,6 +20,7 @@ from orch_core import paths
 from orch_core.errors import OrchError
 from orch_core.ops import alerts
 from orch_core.storage import open_store
+from orch_core.storage.store import DatabaseUnreachable
 from orch_core.supervisor import tmux
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ KEEP_CONVERSATION = ("--continue",)
 SPAWN_ENV = ("ORCH_DB", "ORCH_STATE_DIR", "XDG_CONFIG_HOME", "XDG_STATE_HOME")
 #: Seconds a stopping supervisor waits for the alerts it is sending.
 SETTLE_SECONDS = 10.0
+#: Seconds between the supervisor's tries while the database is unreachable: the first wait,
+#: doubled after each failed try up to the last.
+RECONNECT_FIRST = 1.0
+RECONNECT_CAP = 30.0
 
 
 class LifecycleError(OrchError):
@@ -255,6 +260,8 @@ class Supervisor:
         self.house_every = house_every
         self._housekept = 0.0
         self._sending: threading.Thread | None = None
+        #: While the database is unreachable: since when, and the wait before the next try.
+        self._outage: dict[str, Any] | None = None
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -363,21 +370,92 @@ class Supervisor:
         end = None if seconds is None else time.monotonic() + seconds
         try:
             while end is None or time.monotonic() < end:
+                pause = interval
                 try:
                     self.tick()
+                except DatabaseUnreachable as exc:
+                    pause = self.unreachable(exc)
                 except Exception as exc:  # keep supervising; say what went wrong
                     from orch_core import log
 
                     log.write("error", "supervisor tick failed", self.env, error=repr(exc))
-                time.sleep(interval)
+                else:
+                    self.reachable()
+                left = None if end is None else end - time.monotonic()
+                time.sleep(pause if left is None else max(0.0, min(pause, left)))
         finally:
             self.settle(SETTLE_SECONDS)
+            write_outage(self.env, None)
             os.close(lock)
         return True
+
+    def unreachable(self, exc: DatabaseUnreachable) -> float:
+        """The database cannot be reached: said in the log and in the status ``orch doctor``
+        reads; returns the wait before the next try (doubling, up to :data:`RECONNECT_CAP`).
+        Meanwhile the hooks answer without the store, and nothing is restarted or woken."""
+        from orch_core import log
+
+        now = time.time()
+        first = self._outage is None
+        if self._outage is None:
+            self._outage = {"since": now, "retry_in": RECONNECT_FIRST}
+        else:
+            self._outage["retry_in"] = min(2 * self._outage["retry_in"], RECONNECT_CAP)
+        self._outage.update(error=str(exc), tried=now, pid=os.getpid())
+        wait = float(self._outage["retry_in"])
+        said = "database unreachable" if first else "database still unreachable"
+        log.write("error" if first else "warning", f"{said}: the supervisor tries again in "
+                  f"{wait:g} s", self.env, error=str(exc), retry_in=wait)  # fmt: skip
+        write_outage(self.env, self._outage)
+        return wait
+
+    def reachable(self) -> None:
+        """A tick went through: an outage, if there was one, is over."""
+        if self._outage is None:
+            return
+        from orch_core import log
+
+        down = time.time() - self._outage["since"]
+        log.write("info", f"database reachable again after {down:.0f} s", self.env,
+                  down_seconds=round(down, 3))  # fmt: skip
+        self._outage = None
+        write_outage(self.env, None)
 
 
 def lock_path(env: Mapping[str, str]) -> str:
     return os.path.join(paths.state_dir(env), "supervise.lock")
+
+
+def outage_path(env: Mapping[str, str]) -> str:
+    return os.path.join(paths.state_dir(env), "supervise.outage.json")
+
+
+def write_outage(env: Mapping[str, str], outage: Mapping[str, Any] | None) -> None:
+    """What the supervisor knows of a database outage (``None``: none), for ``orch doctor``.
+    Best effort: a full disk must not stop the supervisor."""
+    path = outage_path(env)
+    try:
+        if outage is None:
+            if os.path.exists(path):
+                os.unlink(path)
+            return
+        partial = f"{path}.{os.getpid()}"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(outage, f)
+        os.replace(partial, path)
+    except OSError:
+        pass
+
+
+def read_outage(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The outage the running supervisor reported, if any."""
+    try:
+        with open(outage_path(env), encoding="utf-8") as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def supervisor_lock(env: Mapping[str, str], *, blocking: bool, claim: bool = True) -> int | None:

@@ -80,11 +80,8 @@ class Cluster:
                      "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions")  # fmt: skip
         for _ in range(3):  # another process may take the free port first
             cluster.port = free_port()
-            options = f"-h 127.0.0.1 -p {cluster.port} -k {folder} {SERVER_OPTIONS}"
-            log = os.path.join(folder, "server.log")
             try:
-                cluster._run("pg_ctl", "-D", cluster.data, "-l", log, "-w", "-t", "60",
-                             "-o", options, "start")  # fmt: skip
+                cluster.resume()
             except subprocess.CalledProcessError:
                 continue
             cluster._make_template()
@@ -93,6 +90,23 @@ class Cluster:
             tail = f.read()[-2000:]
         cluster.stop()
         raise OrchError(f"the test PostgreSQL server did not start:\n{tail}")
+
+    def pause(self) -> None:
+        """Stop the server as an operator would (``pg_ctl stop``, fast mode: open transactions
+        are rolled back, connections dropped); :meth:`resume` starts it again on its port."""
+        if self._admin is not None:
+            self._admin.close()
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "stop")
+
+    def resume(self) -> None:
+        """Start the server (again) on :attr:`port`, and wait until it takes connections."""
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.folder} {SERVER_OPTIONS}"
+        log = os.path.join(self.folder, "server.log")
+        self._run("pg_ctl", "-D", self.data, "-l", log, "-w", "-t", "60", "-o", options, "start")
+
+    @property
+    def running(self) -> bool:
+        return os.path.exists(os.path.join(self.data, "postmaster.pid"))
 
     @property
     def data(self) -> str:
@@ -144,7 +158,7 @@ class Cluster:
     def stop(self) -> None:
         if self._admin is not None:
             self._admin.close()
-        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+        if self.running:
             try:
                 self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
             except subprocess.CalledProcessError:

@@ -1,0 +1,309 @@
+"""PostgreSQL unreachable or restarting: hooks still answer within their budget, ``orch send``
+fails in one line and stores nothing, the supervisor waits with backoff and says so (in the log
+and in ``orch doctor``), and across a restart of the server in the middle of a stream of
+messages nothing is lost or handed over twice. The server is the test kit's own, stopped and
+started with ``pg_ctl`` as an operator would; hooks are real ``orch-hook`` processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from orch_core.plugins.plan import DEFAULT_BUDGET_MS
+from orch_core.queue import Queue
+from orch_core.storage.postgres import HOLDOFF, WRITE_LOCK
+from orch_core.storage.store import DatabaseUnreachable
+from orch_core.testing.kit import OrchState, orch_script
+from orch_core.testing.payloads import payload
+from orch_core.testing.postgres import Cluster, free_port
+
+pytestmark = pytest.mark.orch_backends("postgresql")
+
+AGENT = "p:1"
+HEADER = re.compile(r"\[orch message (m[0-9a-z]+) from ")
+#: What a hook may take past its budget while the database is down: process start and exit.
+MARGIN = 1.0
+EVENTS = ("SessionStart", "UserPromptSubmit", "PreToolUse", "PostToolUse", "Stop")
+
+
+@pytest.fixture
+def cluster(orch: OrchState) -> Iterator[Cluster]:
+    """The session's server, running again after the test whatever happened in it."""
+    assert orch.cluster is not None
+    yield orch.cluster
+    if not orch.cluster.running:
+        orch.cluster.resume()
+
+
+def wait_for(predicate: Any, seconds: float, what: str) -> None:
+    end = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < end, f"no {what} within {seconds} s"
+        time.sleep(0.1)
+
+
+def logged(orch: OrchState, msg: str) -> list[dict[str, Any]]:
+    return [line for line in orch.log() if line["msg"].startswith(msg)]
+
+
+def timed_hook(orch: OrchState, event: str, session: str) -> tuple[float, Any]:
+    data = payload(event, session_id=session, transcript_path=str(orch.root / f"{session}.jsonl"))
+    start = time.monotonic()
+    result = orch.run_hook(data, ORCH_AGENT=AGENT, timeout=30)
+    return time.monotonic() - start, result
+
+
+# -- hooks -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("down", ["stopped", "closed port"])
+def test_hooks_answer_within_their_budget_while_the_database_is_down(
+    orch: OrchState, cluster: Cluster, down: str
+) -> None:
+    queue = Queue(orch.store)
+    sent = queue.send(AGENT, "waits out the outage")["id"]
+    assert orch.run_hook(payload("Stop"), ORCH_AGENT="warm:1").exit_code == 0  # plan cached
+    if down == "stopped":
+        cluster.pause()
+    else:
+        orch.env["ORCH_DB"] = cluster.url("orch").replace(str(cluster.port), str(free_port()))
+    timings = {}
+    for event in EVENTS:
+        elapsed, result = timed_hook(orch, event, "outage")
+        timings[event] = elapsed
+        assert result.exit_code == 0, result.stderr
+        assert result.context is None and HEADER.findall(result.stdout) == []
+        assert elapsed < DEFAULT_BUDGET_MS / 1000 + MARGIN, f"{event} took {elapsed:.2f} s"
+    print(f"hooks while the database is {down}: " + ", ".join(
+        f"{event} {ms * 1000:.0f} ms" for event, ms in timings.items()))  # fmt: skip
+    # each run says why it went without the store, naming the server (never its password)
+    unrecorded = logged(orch, "cannot record the hook run")
+    assert len(unrecorded) == len(EVENTS)
+    assert all("is unreachable" in line["error"] for line in unrecorded), unrecorded
+    failed = logged(orch, "plugins failed")
+    assert {p["plugin"] for line in failed for p in line["plugins"]} >= {"queue", "presence"}
+    if down == "stopped":
+        cluster.resume()
+    else:
+        orch.env["ORCH_DB"] = orch.databases[-1]
+    # back: the message waited, and goes out once
+    _, first = timed_hook(orch, "PostToolUse", "after")
+    assert HEADER.findall(first.context or "") == [sent]
+    _, second = timed_hook(orch, "PostToolUse", "after")
+    assert second.context is None
+
+
+# -- orch send ---------------------------------------------------------------------------------
+
+
+def test_orch_send_fails_in_one_line_and_stores_nothing_while_the_database_is_down(
+    orch: OrchState, cluster: Cluster
+) -> None:
+    Queue(orch.store).has_pending(AGENT)  # tables made
+    cluster.pause()
+    done = orch.cli("send", AGENT, "lost in the outage?")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    where = f"postgresql://orch@127.0.0.1:{cluster.port}/{orch.databases[-1].rsplit('/', 1)[1]}"
+    assert lines[0].startswith(f"Error: {where} is unreachable: "), lines
+    listing = orch.cli("queue", "--json")
+    assert listing.returncode == 1 and "Traceback" not in listing.stderr
+    cluster.resume()
+    assert Queue(orch.store).messages() == []
+    again = orch.cli("send", AGENT, "after the outage")
+    assert again.returncode == 0, again.stderr
+    assert [m["body"] for m in Queue(orch.store).messages()] == ["after the outage"]
+
+
+def test_a_server_error_mid_command_is_one_line_not_a_traceback(orch: OrchState) -> None:
+    """Past connecting, psycopg's own errors (here the write lock not had within the command's
+    5 s) reach the CLI's boundary: one line naming the server, exit 1, nothing stored."""
+    import psycopg
+
+    Queue(orch.store).has_pending(AGENT)
+    holder = psycopg.connect(orch.env["ORCH_DB"], autocommit=True)
+    try:
+        holder.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        done = orch.cli("send", AGENT, "behind a held lock")
+    finally:
+        holder.close()
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    said = r"Error: postgresql://orch@127\.0\.0\.1:\d+/\w+: canceling statement due to \w+ timeout"
+    assert re.fullmatch(said, done.stderr.strip()), done.stderr
+    assert Queue(orch.store).messages() == []
+
+
+# -- the store and the supervisor ----------------------------------------------------------------
+
+
+def test_the_store_opens_a_fresh_connection_after_the_server_dropped_it(
+    orch: OrchState, cluster: Cluster
+) -> None:
+    store = orch.store
+    assert store.execute("SELECT 1").fetchone() == (1,)
+    cluster.pause()
+    cluster.resume()
+    with pytest.raises(DatabaseUnreachable, match="the connection was lost"):
+        store.execute("SELECT 1")  # the old connection: the server ended it
+    assert store.execute("SELECT 1").fetchone() == (1,)
+    cluster.pause()
+    for said in ("the connection was lost", "is unreachable"):  # then no server to connect to
+        with pytest.raises(DatabaseUnreachable, match=said), store.transaction() as tx:
+            tx.execute("SELECT 1")
+    cluster.resume()
+    # a failed attempt is remembered a moment (a hook's threads do not each try), then retried
+    with pytest.raises(DatabaseUnreachable, match="is unreachable"):
+        store.execute("SELECT 1")
+    time.sleep(HOLDOFF)
+    with store.transaction() as tx:
+        assert tx.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_the_supervisor_waits_with_backoff_and_doctor_names_the_outage(
+    orch: OrchState, cluster: Cluster
+) -> None:
+    Queue(orch.store).has_pending(AGENT)
+    supervisor = subprocess.Popen(
+        [orch_script(), "supervise", "--for", "60"],
+        env=orch.env,
+        cwd=orch.project_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: "supervisor" in doctor(orch)[1], 20, "supervisor")
+        cluster.pause()
+        wait_for(lambda: logged(orch, "database still unreachable"), 20, "second try")
+        code, report = doctor(orch)
+        assert code == 1
+        where = f"postgresql://orch@127.0.0.1:{cluster.port}/"
+        assert re.search(rf"FAIL database: {re.escape(where)}\w+ is unreachable: ", report)
+        assert "fix: start the PostgreSQL server, or correct [orch] database in" in report
+        assert re.search(rf"FAIL supervisor: orch supervise runs \(pid {supervisor.pid}\) but has"
+                         r" not reached the database for \d+ s", report), report  # fmt: skip
+        assert "FAIL queue: not checked: the database is unreachable" in report
+        assert "Traceback" not in report
+        time.sleep(3)
+        cluster.resume()
+        wait_for(lambda: logged(orch, "database reachable again"), 40, "reconnection")
+        code, report = doctor(orch)
+        assert f"ok   supervisor: orch supervise runs (pid {supervisor.pid})" in report, report
+        assert "ok   database:" in report
+        assert supervisor.poll() is None, "the supervisor did not survive the outage"
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        _, err = supervisor.communicate(timeout=30)
+    first = logged(orch, "database unreachable")
+    assert len(first) == 1 and first[0]["retry_in"] == 1.0
+    waits = [line["retry_in"] for line in logged(orch, "database still unreachable")]
+    assert waits[:3] == [2.0, 4.0, 8.0][: len(waits[:3])] and len(waits) >= 1, waits
+    assert logged(orch, "supervisor tick failed") == []
+    assert b"Traceback" not in err
+
+
+def doctor(orch: OrchState) -> tuple[int, str]:
+    done = orch.cli("doctor")
+    return done.returncode, done.stdout + done.stderr
+
+
+# -- a stream of messages across a restart -----------------------------------------------------
+
+SENDER = """
+import json, sys, time
+from orch_core import api
+from orch_core.queue import Queue
+
+count, progress = int(sys.argv[1]), sys.argv[2]
+queue = Queue.open()  # one store throughout: its connection is lost, and opened again
+failures = []
+for i in range(count):
+    while True:  # as a script would: try again, with the same key, until it is taken
+        try:
+            (receipt,) = api.send(sys.argv[3], f"stream {i}", key=f"stream-{i}", sender="stream",
+                                  queue=queue)
+            break
+        except Exception as exc:
+            failures.append(type(exc).__name__)
+            time.sleep(0.2)
+    with open(progress, "a") as f:
+        f.write(json.dumps({"i": i, "id": receipt["id"]}) + "\\n")
+    time.sleep(0.05)
+print(json.dumps(failures))
+"""
+
+
+def restart(cluster: Cluster, seconds: float) -> None:
+    """``pg_ctl stop``, a while down, ``pg_ctl start``."""
+    cluster.pause()
+    time.sleep(seconds)
+    cluster.resume()
+
+
+def test_nothing_is_lost_or_doubled_across_a_restart_of_the_server(
+    orch: OrchState, cluster: Cluster
+) -> None:
+    orch.write_config("[orch]\nbudget_ms = 3000\n[plugin.queue]\nmax_attempts = 1000\n")
+    assert orch.run_hook(payload("Stop"), ORCH_AGENT="warm:1").exit_code == 0
+    count = 80
+    progress = orch.root / "progress.jsonl"
+    progress.touch()
+    sender = subprocess.Popen(
+        [sys.executable, "-c", SENDER, str(count), str(progress), AGENT],
+        env=orch.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    transcript = orch.root / "stream.jsonl"
+    printed: list[str] = []
+    outage = threading.Thread(target=restart, args=(cluster, 3.0))
+    during = 0  # hooks that ran while the server was down
+    try:
+        for _ in range(400):
+            if outage.ident is None and len(progress.read_text().splitlines()) >= count // 3:
+                outage.start()
+            down = not cluster.running
+            result = orch.run_hook(
+                payload("PostToolUse", session_id="stream", transcript_path=str(transcript)),
+                ORCH_AGENT=AGENT,
+                timeout=30,
+            )
+            assert result.exit_code == 0, result.stderr
+            during += down and not cluster.running
+            printed += HEADER.findall(result.context or "")
+            with transcript.open("a") as f:  # Claude writes each answer down
+                f.write(json.dumps({"type": "attachment", "content": result.stdout}) + "\n")
+            if sender.poll() is not None and not Queue(orch.store).has_ready(AGENT):
+                break
+        out, err = sender.communicate(timeout=60)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.communicate()
+        if outage.ident is not None:
+            outage.join()
+    assert sender.returncode == 0, err.decode()
+    assert during >= 2, "no hook ran while the server was down"
+    failures = json.loads(out)
+    assert failures, "no send met the outage"
+    receipts = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert [r["i"] for r in receipts] == list(range(count))
+    ids = [r["id"] for r in receipts]
+    # every message stored once, and handed to the model once
+    assert len(set(ids)) == count
+    assert Counter(printed) == Counter(dict.fromkeys(ids, 1)), "lost or doubled"
+    rows = orch.store.execute("SELECT body, count(*) FROM messages GROUP BY body").fetchall()
+    assert sorted(rows) == sorted((f"stream {i}", 1) for i in range(count))
+    print(f"{during} hooks while down; sends retried: {Counter(failures)}")
