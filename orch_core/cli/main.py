@@ -184,6 +184,7 @@ cli.lazy = {
     **{name: f"orch_core.cli.lifecycle:{name}_command"
        for name in ("spawn", "restart", "stop", "adopt", "supervise")},
     "alerts": "orch_core.cli.alerts:alerts_group",
+    "migrate": "orch_core.cli.migrate:migrate_command",
     "top": "orch_core.cli.top:top_command",
     "serve": "orch_core.cli.serve:serve_command",
     **{name: f"orch_core.cli.ops:{name}_command" for name in ("stats", "logs")},
