@@ -141,6 +141,8 @@ def check_recent_runs(env: Mapping[str, str]) -> Check:
     try:
         backstop.collect(env, store)
         failed = [r for r in store.runs(100, failed=True) if r["ts"] > time.time() - RECENT_SECONDS]
+    except DatabaseUnreachable:
+        raise
     except Exception as exc:
         return Check("hook runs", False, f"cannot read hook runs: {exc}")
     finally:
@@ -207,6 +209,8 @@ def check_alerts(env: Mapping[str, str]) -> Check:
             "SELECT l.agent, l.message FROM alerts l JOIN agents a ON a.id = l.agent"
             " WHERE a.state = 'failed' AND l.ts >= a.state_changed - 1 ORDER BY l.id DESC"
         ).fetchall()
+    except DatabaseUnreachable:
+        raise
     except Exception as exc:
         return Check("alerts", False, f"cannot read alerts: {exc}")
     finally:
