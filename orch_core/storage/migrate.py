@@ -46,6 +46,9 @@ OWN_TABLES = ("plugin_schemas", "schema_version")
 #: Seconds a statement of the copy may take (a large table's read).
 COPY_TIMEOUT = 300.0
 BATCH = 1000
+NO_TABLE = (
+    "no such table in the target: its plugin is not loaded here, or gives no PostgreSQL schema"
+)
 
 
 class MigrateError(OrchError):
@@ -166,7 +169,7 @@ def _tables(here: Store, there: Store, report: Report) -> list[Table]:
         if name in OWN_TABLES:
             continue
         if name not in theirs:
-            report.left_behind[name] = "the target has no such table (its plugin is not loaded)"
+            report.left_behind[name] = NO_TABLE
             continue
         mine = [row[1] for row in here.execute(f"PRAGMA table_info({quote(name)})")]
         lacking = [c for c in mine if c not in theirs[name]]
