@@ -20,6 +20,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 from textual.worker import Worker
@@ -212,6 +213,10 @@ class TopApp(App[None]):
 
     def show(self, view: dict[str, Any]) -> None:
         """Redraw everything from one snapshot, keeping the selected rows."""
+        try:
+            heading = self.query_one("#header", Static)
+        except NoMatches:
+            return  # the view is being taken down (quitting): nothing left to draw on
         self.view = view
         now = view["now"]
         agents = view["agents"]
@@ -225,7 +230,7 @@ class TopApp(App[None]):
             (f"{hooks['failed']} failed", "bold red" if hooks["failed"] else ""),
             f", median {hooks['p50_ms']:.0f} ms" if hooks["p50_ms"] is not None else "",
         )
-        self.query_one("#header", Static).update(header)
+        heading.update(header)
         self.agent_ids = self._fill(
             self.agents_table, self.agent_ids, [(a["id"], self._agent_row(a, now)) for a in agents]
         )
