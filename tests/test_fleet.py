@@ -53,3 +53,15 @@ def test_the_snapshot_shows_the_task_compaction_restarts_and_hook_health(
     assert view["hooks"]["failed"] == 0
     assert view["delivery"]["delivered"] == 1  # the prompt's hook handed the message over
     assert 0 <= view["delivery"]["p50_s"] == view["delivery"]["max_s"]
+
+
+def test_the_current_task_is_the_first_message_of_the_latest_hook(orch: OrchState) -> None:
+    orch.run(payload("SessionStart", session_id="s1"), ORCH_AGENT="a")
+    queue = Queue(orch.store)
+    queue.send("a", "an old job")
+    orch.run(payload("UserPromptSubmit", session_id="s1", prompt="go"), ORCH_AGENT="a")
+    queue.send("a", "a side note")
+    queue.send("a", "the urgent job", priority=20)  # shown first in the next hook's batch
+    orch.run(payload("UserPromptSubmit", session_id="s1", prompt="go"), ORCH_AGENT="a")
+    (agent,) = fleet.snapshot(orch.store, time.time())["agents"]
+    assert agent["task"]["text"] == "the urgent job"

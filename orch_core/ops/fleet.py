@@ -1,14 +1,19 @@
 """The fleet at a glance: one snapshot that ``orch top`` and ``orch serve`` both show.
 
-A handful of indexed reads over the core's own tables (agents, messages, recoveries, hook
-runs), so a live view can take one every second at no real cost to the store.
+``orch serve`` takes one a second whatever the number of pages, so it reads only what indexes
+reach in a few steps, however large the store: each agent's pending messages, the latest
+:data:`EVENTS` message events and arrivals (by rowid and by time-ordered id), the hook runs of the
+last :data:`HEALTH_WINDOW` (found by id, see :func:`orch_core.ops.metrics.first_run_at`) and
+compactions among the newest runs orch keeps.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from orch_core.ops.metrics import first_run_at
 from orch_core.queue import BANDS, PENDING_SQL, band
+from orch_core.storage.store import KEEP_RUNS
 
 if TYPE_CHECKING:
     from typing import Any
@@ -19,6 +24,9 @@ if TYPE_CHECKING:
 HEALTH_WINDOW = 300.0
 #: Characters of a message body shown as a preview.
 PREVIEW = 120
+#: The latest message events a snapshot reads: recent changes, current tasks and delivery
+#: latency come from them (an agent given nothing in that many events shows no current task).
+EVENTS = 2000
 
 
 def snapshot(store: Store, now: float, *, recent: int = 20) -> dict[str, Any]:
@@ -46,27 +54,24 @@ def snapshot(store: Store, now: float, *, recent: int = 20) -> dict[str, Any]:
             agents[agent]["restarts_last_hour"] += 1
         if state in ("scheduled", "running", "verifying"):
             agents[agent]["next_action"] = {"step": step, "state": state, "due": due}
+    newest = store.execute("SELECT coalesce(max(id), 0) FROM hook_runs").fetchone()[0]
     for agent, ts in store.execute(
-        "SELECT agent, max(ts) FROM hook_runs WHERE event = 'PreCompact' AND agent IS NOT NULL"
-        " GROUP BY agent"
+        "SELECT agent, max(ts) FROM hook_runs WHERE id > ? AND event = 'PreCompact'"
+        " AND agent IS NOT NULL GROUP BY agent",
+        (newest - KEEP_RUNS,),
     ):
         if agent in agents:
             agents[agent]["last_compaction"] = ts
-    for agent, body, delivered in store.execute(
-        "SELECT m.agent, m.body, m.delivered FROM messages m JOIN (SELECT agent, max(delivered)"
-        " AS latest FROM messages WHERE state IN ('delivered', 'confirmed') AND priority < 200"
-        " GROUP BY agent) t ON t.agent = m.agent AND m.delivered = t.latest"
-        " WHERE m.state IN ('delivered', 'confirmed') AND m.priority < 200"
-        " ORDER BY m.priority DESC, m.seq"  # of one hook's messages, the first it showed
-    ):
-        if agent in agents and agents[agent]["task"] is None:
-            agents[agent]["task"] = {"text": (body or "")[:PREVIEW], "delivered": delivered}
+    events = _latest_events(store)
+    for agent, task in _current_tasks(events).items():
+        if agent in agents:
+            agents[agent]["task"] = {"text": (task.body or "")[:PREVIEW], "delivered": task.ts}
     return {
         "now": now,
         "agents": [agents[name] for name in sorted(agents)],
-        "messages": _recent_messages(store, recent),
+        "messages": _recent_messages(store, events, recent),
         "hooks": _hook_health(store, now),
-        "delivery": _delivery_latency(store, now),
+        "delivery": _delivery_latency(events, now),
     }
 
 
@@ -85,18 +90,56 @@ def _agent(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _recent_messages(store: Store, limit: int) -> list[dict[str, Any]]:
-    """The latest state changes; a message's arrival is its ``created`` (no event row)."""
+class Event:
+    """One message event of the latest :data:`EVENTS`, with what the snapshot shows of its
+    message."""
+
+    __slots__ = ("agent", "body", "created", "due", "id", "priority", "rowid", "sender", "state",
+                 "ts")  # fmt: skip
+
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        (self.rowid, self.id, self.state, self.ts, self.agent, self.sender, self.priority,
+         self.body, self.created, not_before) = row  # fmt: skip
+        self.due = max(self.created, not_before or self.created)
+
+
+def _latest_events(store: Store) -> list[Event]:
+    """The latest :data:`EVENTS` message events, newest first, found through the rowid."""
     cur = store.execute(
-        "SELECT m.id, m.agent, m.sender, m.priority, e.state, e.ts, m.body FROM"
-        " (SELECT * FROM (SELECT message_id, state, ts FROM message_events"
-        "  ORDER BY ts DESC LIMIT ?) changed UNION ALL SELECT * FROM (SELECT id, 'queued',"
-        "  created FROM messages ORDER BY created DESC LIMIT ?) arrived) e"
-        " JOIN messages m ON m.id = e.message_id ORDER BY e.ts DESC LIMIT ?",
-        (limit, limit, limit),
+        "SELECT e.rowid, e.message_id, e.state, e.ts, m.agent, m.sender, m.priority, m.body,"
+        " m.created, m.not_before FROM (SELECT rowid, message_id, state, ts FROM"
+        " message_events ORDER BY rowid DESC LIMIT ?) e JOIN messages m ON m.id = e.message_id"
+        " ORDER BY e.rowid DESC",
+        (EVENTS,),
     )
+    return [Event(row) for row in cur]
+
+
+def _current_tasks(events: list[Event]) -> dict[str, Event]:
+    """Per agent, the latest message handed to it (of one hook's, the first it showed)."""
+    tasks: dict[str, Event] = {}
+    for event in events:  # newest first; one hook's deliveries share their time
+        if event.state != "delivered" or event.priority >= 200:
+            continue
+        known = tasks.get(event.agent)
+        if known is None or (known.ts == event.ts and event.rowid < known.rowid):
+            tasks[event.agent] = event
+    return tasks
+
+
+def _recent_messages(store: Store, events: list[Event], limit: int) -> list[dict[str, Any]]:
+    """The latest state changes; a message's arrival is its ``created`` (no event row), found
+    through its time-ordered id."""
+    arrivals = store.execute(
+        "SELECT id, agent, sender, priority, created, body FROM messages ORDER BY id DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    changes = [(e.id, e.agent, e.sender, e.priority, e.state, e.ts, e.body) for e in events]
+    changes += [(mid, agent, sender, priority, "queued", created, body)
+                for mid, agent, sender, priority, created, body in arrivals]  # fmt: skip
+    changes.sort(key=lambda change: change[5], reverse=True)
     names = ("id", "agent", "sender", "priority", "state", "ts", "text")
-    rows = [dict(zip(names, row, strict=True)) for row in cur]
+    rows = [dict(zip(names, change, strict=True)) for change in changes[:limit]]
     for row in rows:
         row["band"] = band(row["priority"])
         row["text"] = (row["text"] or "")[:PREVIEW]
@@ -107,7 +150,8 @@ def _hook_health(store: Store, now: float) -> dict[str, Any]:
     runs, failed, p50 = 0, 0, None
     durations = []
     for ok, duration in store.execute(
-        "SELECT ok, duration_ms FROM hook_runs WHERE ts > ?", (now - HEALTH_WINDOW,)
+        "SELECT ok, duration_ms FROM hook_runs WHERE id >= ?",
+        (first_run_at(store, now - HEALTH_WINDOW),),
     ):
         runs += 1
         failed += not ok
@@ -118,16 +162,11 @@ def _hook_health(store: Store, now: float) -> dict[str, Any]:
     return {"window": HEALTH_WINDOW, "runs": runs, "failed": failed, "p50_ms": p50}
 
 
-def _delivery_latency(store: Store, now: float) -> dict[str, Any]:
+def _delivery_latency(events: list[Event], now: float) -> dict[str, Any]:
     """What senders waited: from a message being due (sent, or its ``--in``/``--at`` time) to
-    each of its deliveries within the window."""
+    each of its deliveries within the window (of the latest :data:`EVENTS` events)."""
     waits = sorted(
-        ts - max(created, not_before or created)
-        for ts, created, not_before in store.execute(
-            "SELECT e.ts, m.created, m.not_before FROM message_events e JOIN messages m"
-            " ON m.id = e.message_id WHERE e.state = 'delivered' AND e.ts > ?",
-            (now - HEALTH_WINDOW,),
-        )
+        e.ts - e.due for e in events if e.state == "delivered" and e.ts > now - HEALTH_WINDOW
     )
     return {
         "window": HEALTH_WINDOW,
