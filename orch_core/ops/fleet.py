@@ -1,13 +1,14 @@
 """The fleet at a glance: one snapshot that ``orch top`` and ``orch serve`` both show.
 
 A handful of indexed reads over the core's own tables (agents, messages, recoveries, hook
-runs), so a live view can take one every second at no real cost to the store.
+runs, hosts), so a live view can take one every second at no real cost to the store.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from orch_core import hosts
 from orch_core.queue import BANDS, PENDING_SQL, band
 
 if TYPE_CHECKING:
@@ -21,12 +22,19 @@ HEALTH_WINDOW = 300.0
 PREVIEW = 120
 
 
-def snapshot(store: Store, now: float, *, recent: int = 20) -> dict[str, Any]:
-    """Agents (state, last seen, pending by band, oldest pending, restarts in the last hour,
-    next recovery step, last compaction, current task), the ``recent`` latest message state
-    changes, and hook health and delivery latency over :data:`HEALTH_WINDOW`; plain data,
-    JSON-ready."""
+def snapshot(
+    store: Store, now: float, *, recent: int = 20, host_timeout: float = hosts.HOST_TIMEOUT
+) -> dict[str, Any]:
+    """Agents (state, host, whether that host is unreachable, last seen, pending by band,
+    oldest pending, restarts in the last hour, next recovery step, last compaction, current
+    task), the ``recent`` latest message state changes, and hook health and delivery latency
+    over :data:`HEALTH_WINDOW`; plain data, JSON-ready. An agent's ``state`` is what its hooks
+    last said; ``unreachable`` is true when its host's supervisor has not been heard from for
+    ``host_timeout`` seconds (a shared store only)."""
     agents = {row["id"]: _agent(row) for row in store.agents()}
+    gone = hosts.unreachable(store, now, host_timeout)
+    for entry in agents.values():
+        entry["unreachable"] = entry["host"] in gone
     for agent, priority, count, oldest in store.execute(
         f"SELECT agent, priority, count(*), min(created) FROM messages WHERE {PENDING_SQL}"
         " GROUP BY agent, priority"
@@ -74,6 +82,8 @@ def _agent(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "state": row.get("state", "unknown"),
+        "host": row.get("host"),
+        "unreachable": False,
         "last_seen": row.get("last_seen"),
         "project_dir": row.get("project_dir"),
         "pending": {name: 0 for _, name in BANDS},

@@ -438,6 +438,19 @@ def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> Non
 
 
 @hookspec
+def orch_wake_agent(agent: str, ctx: HookContext) -> None:
+    """Messages were queued for ``agent``, an agent of this host, from a process on another
+    (or this) host of a fleet that shares one store: the store notified this host's
+    ``orch supervise``, which calls this at once, in the agent's project, rather than leave
+    the agent to its next tick. The idle plugin types its wake-up line here, if the agent
+    waits at its prompt (its pane is in this host's tmux, which no other host reaches).
+    Called by the supervisor only, and only on a store several machines share.
+
+    :param agent: the agent id.
+    """
+
+
+@hookspec
 def orch_alert(alert: dict[str, Any], ctx: HookContext) -> bool | None:
     """Send ``alert`` through this plugin's channel: the alerts plugin sends it to
     ``[alerts] urls`` through apprise; a plugin of the user's adds a channel of its own here.
