@@ -121,6 +121,24 @@ def test_orch_send_delivers_to_the_agent_the_name_means_and_refuses_a_name_of_tw
     ]
 
 
+def test_every_command_that_takes_an_agent_reads_its_name_the_same_way(
+    orch: OrchState, orch_backend: str
+) -> None:
+    seen(orch.store)
+    assert cli(orch, "gamma", "send", "beta/reviewer", "read the diff").returncode == 0
+    lines = cli(orch, "gamma", "queue").stdout.splitlines()
+    shown = "beta/reviewer" if orch_backend == "postgresql" else "reviewer"  # addressable
+    assert [line.split("  ")[1] for line in lines] == [shown]
+    done = cli(orch, "alpha", "rebrief", "proj:1")
+    assert done.stdout == "alpha/proj:1 will be rebriefed at its next hook\n"
+    done = cli(orch, "gamma", "queue", "purge", "proj:1")
+    assert done.stderr == (
+        "Error: 'proj:1' is on 2 hosts: alpha/proj:1, beta/proj:1; name one as host/name\n"
+    )
+    done = cli(orch, "gamma", "queue", "purge", "solo:3")
+    assert done.stdout == "cancelled 0 pending messages of beta/solo:3\n"
+
+
 def test_a_pattern_fans_out_over_the_names_of_every_host(orch: OrchState) -> None:
     seen(orch.store)
     names = Names(orch.store, on(orch, "alpha"))

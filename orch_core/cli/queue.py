@@ -52,10 +52,10 @@ def _at(text: str) -> float:
         raise QueueError(f"--at: cannot read {text!r}; use HH:MM or an ISO 8601 time") from None
 
 
-def _line(m: dict[str, Any], now: float) -> str:
+def _line(m: dict[str, Any], now: float, agent: str) -> str:
     preview = inert(m["body"]).replace("\n", " ")
     preview = preview[:48] + "…" if len(preview) > 49 else preview
-    return (f"{m['id']}  {m['agent']}  #{m['seq']}  {m['priority']:>3} {m['band']:<9}  "
+    return (f"{m['id']}  {agent}  #{m['seq']}  {m['priority']:>3} {m['band']:<9}  "
             f"{m['state']:<9}  {age(now - m['created']):>4}  {preview}")  # fmt: skip
 
 
@@ -258,8 +258,11 @@ def list_command(agent: str | None, state: str | None, as_json: bool) -> None:
         click.echo(json.dumps(shown, ensure_ascii=False))
         return
     now = time.time()
-    for m in messages:
-        click.echo(_line(m, now))
+    for m in messages:  # on a shared store, each agent as it is named from any host
+        shown_as = (
+            hosts.full_name(m["agent"], names.host_of(m["agent"])) if names.shared else m["agent"]
+        )
+        click.echo(_line(m, now, shown_as))
 
 
 def _acted(result: dict[str, Any], as_json: bool) -> None:
