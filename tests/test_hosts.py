@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -322,3 +323,55 @@ def test_only_the_agents_host_touches_its_pane(orch: OrchState, orch_backend: st
         1, "Error: agent reviewer runs on host beta: stop it there first, or choose another name\n",
     )  # fmt: skip
     assert lifecycle.get_spec(store, "reviewer")["host"] == "beta"  # type: ignore[index]
+
+
+CHANNEL = """
+import json
+import time
+from orch_core import hookimpl
+
+@hookimpl
+def orch_alert(alert, ctx):
+    time.sleep(0.3)  # a channel that takes its time: the other supervisor looks meanwhile
+    with open(ctx.env["SENT_LOG"], "a") as log:
+        log.write(json.dumps([ctx.env["ORCH_HOST"], alert["agent"]]) + "\\n")
+    return True
+"""
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_each_host_looks_for_its_own_agents_alerts_and_each_alert_goes_out_once(
+    orch: OrchState, tmp_path: Path, orch_module: Callable[[str, str], Path]
+) -> None:
+    """Both hosts work in the same project folder: neither closes the alerts of the other's
+    agents, and the two supervisors, sending from one store, send each alert once."""
+    from orch_core.ops import alerts
+
+    orch_module("channel", CHANNEL)
+    orch.write_config('[plugins]\nload = ["channel"]\n[alerts]\ncheck_every = 0\n', user=True)
+    store = orch.store
+    seen(store, {"lead": "alpha", "reviewer": "beta"}, state="needs_input")
+    with store.transaction() as tx:  # both have waited for a person for 20 minutes
+        tx.execute("UPDATE agents SET state_changed = ?", (time.time() - 1200,))
+    log = tmp_path / "sent.log"
+    supervisors = [
+        lifecycle.Supervisor({**on(orch, host), "SENT_LOG": str(log)}) for host in ("alpha", "beta")
+    ]
+    now = time.time()
+    for _ in range(2):
+        for supervisor in supervisors:
+            supervisor.upkeep(now)
+            now += 1
+    opened = [(a["agent"], a["kind"]) for a in alerts.listing(store) if a["sent"] is None]
+    assert sorted(opened) == [("lead", "needs_input"), ("reviewer", "needs_input")]
+    senders = [
+        threading.Thread(target=alerts.send_due, args=(s.env, s.store, now, s.project_of))
+        for s in supervisors
+    ]  # at once, as two hosts' supervisors would
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(timeout=30)
+    sent = sorted(agent for _, agent in observed(log))
+    assert sent == ["lead", "reviewer"]  # once each, by whichever supervisor came first
+    assert all(a["sent"] is not None for a in alerts.listing(store))

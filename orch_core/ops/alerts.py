@@ -235,6 +235,7 @@ def send(
     with runtime.store.transaction() as tx:
         tx.execute(
             "UPDATE alerts SET attempts = ?, channels = ?, error = ?, sent = ?,"
-            " next_try = CASE WHEN acked IS NULL THEN ? END WHERE id = ?",
+            # typed: PostgreSQL cannot tell a NULL's type inside CASE (SQLite reads it as REAL)
+            " next_try = CASE WHEN acked IS NULL THEN CAST(? AS DOUBLE PRECISION) END WHERE id = ?",
             (attempts, json.dumps(sorted(took)), error, sent, next_try, alert["id"]),
         )
