@@ -291,6 +291,17 @@ def test_the_agents_of_a_host_not_heard_from_are_unreachable_and_keep_their_mess
                                            "unreachable": False}  # fmt: skip
         text = cli(orch, "alpha", "stats").stdout.splitlines()
         assert "hosts: alpha (2 agents), beta (3 agents)" in text
+    report = cli(orch, "alpha", "doctor").stdout.splitlines()
+    found = [n for n, line in enumerate(report) if line.startswith(("ok   hosts", "FAIL hosts"))]
+    if shared:
+        (n,) = found
+        assert report[n].startswith("FAIL hosts: this host is alpha; supervisors last heard: ")
+        assert report[n].endswith("; unreachable: beta (their agents' messages wait)")
+        assert report[n + 1] == (
+            "     fix: start `orch supervise` on beta, or see whether that machine is up"
+        )
+    else:
+        assert found == []  # one machine's store: no hosts to hear from
     orch.write_config("[orch]\nhost_timeout = 60\n", user=True)
     listing = {a["id"]: a for a in json.loads(cli(orch, "alpha", "agents", "--json").stdout)}
     assert listing["reviewer"]["unreachable"] is False
