@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from orch_core import paths
+from orch_core import hosts, paths
+from orch_core.hook import agents as agents_module
 from orch_core.hook.context import Runtime
 from orch_core.queue import Queue, QueueError
 
@@ -33,9 +34,12 @@ def send(
     exact: bool = False,
     **options: Any,
 ) -> list[dict[str, Any]]:
-    """Queue ``text`` for ``target``: an agent id, or a pattern such as ``proj:*`` (``*`` for
-    every agent orch knows) that fans out into one copy per agent; with ``exact``, ``target``
-    is a name even if it holds ``*``, ``?`` or ``[``. ``options`` are those of
+    """Queue ``text`` for ``target``: an agent's name, or a pattern such as ``proj:*`` (``*``
+    for every agent orch knows) that fans out into one copy per agent; with ``exact``,
+    ``target`` is a name even if it holds ``*``, ``?`` or ``[``. On a store several hosts
+    share, a bare name is this host's agent of that name, else the only one in the fleet
+    (names on several hosts are an error listing them), and ``host/name`` names the agent of
+    that host (:class:`orch_core.hosts.Names`). ``options`` are those of
     :meth:`Queue.send`; with ``fire=False`` the caller calls :func:`notify` itself. Returns
     the receipts."""
     item = {"agent": target, "text": text, "exact": exact, **options}
@@ -54,16 +58,19 @@ def send_many(
     name (``agent``, which may be a pattern unless ``exact``, and ``text``). All are checked
     before any is stored. Returns the receipts, in order, patterns fanned out in place."""
     queue = queue or Queue.open(env)
+    names = hosts.Names(queue.store, env)
     expanded = []
     for item in items:
         options = dict(item)
         target, exact = options.pop("agent", ""), options.pop("exact", False)
         if not exact and isinstance(target, str) and any(c in target for c in PATTERN_CHARS):
-            agents = queue.targets(target)
+            agents = names.matching(target)
             if not agents:
                 raise QueueError(f"no known agent matches {target!r}")
+        elif isinstance(target, str) and agents_module.valid_id(target):
+            agents = [names.resolve(target)]
         else:
-            agents = [target]
+            agents = [target]  # refused with the others' checks, nothing stored
         expanded += [{**options, "agent": agent} for agent in agents]
     receipts = queue.send_many(expanded)
     if fire:

@@ -21,6 +21,39 @@ def is_url(database: str) -> bool:
     return database.startswith(URL_SCHEMES)
 
 
+#: What a host's name may hold: it starts the names of its agents on a shared store
+#: (``host/session:window``), so no ``/``, and nothing tmux or a shell would read.
+HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+MAX_HOST = 64
+_hostname: list[str] = []  # the machine's name, asked once per process
+
+
+class HostError(OrchError):
+    """This machine has no name orch can use in the fleet."""
+
+
+def valid_host(name: str) -> bool:
+    """A usable host name: 1-64 letters, digits, ``.``, ``_`` or ``-``, starting with a letter
+    or digit."""
+    return 0 < len(name) <= MAX_HOST and name[0].isalnum() and HOST_CHARS.issuperset(name)
+
+
+def host(env: Mapping[str, str] = os.environ) -> str:
+    """This machine's name in the fleet: ``ORCH_HOST``, else its hostname (what
+    ``socket.gethostname()`` gives, read once, without importing socket)."""
+    name = env.get("ORCH_HOST")
+    if not name:
+        if not _hostname:
+            _hostname.append(os.uname().nodename)
+        name = _hostname[0]
+    if not valid_host(name):
+        raise HostError(
+            f"{name!r} cannot name this host: set ORCH_HOST to 1-{MAX_HOST} letters, digits, "
+            "'.', '_' or '-'"
+        )
+    return name
+
+
 def state_dir(env: Mapping[str, str] = os.environ) -> str:
     """``ORCH_STATE_DIR``, else the folder of an ``ORCH_DB`` file, else ``$XDG_STATE_HOME/orch``
     (also beside a PostgreSQL database: logs, plans and large messages stay on this machine)."""

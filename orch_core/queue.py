@@ -14,7 +14,6 @@ module runs in ``orch-hook``: standard library only.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import stat
@@ -59,6 +58,9 @@ TRANSCRIPT_READ = 4 * 1024 * 1024
 #: Header that starts every delivered message; confirmation looks for it in the transcript.
 MARK = "[orch message "
 PREVIEW = 500
+#: The store's channel for "messages are ready for this agent": its host's supervisor wakes it
+#: (a store several machines share; ``orch supervise`` listens).
+WAKE_CHANNEL = "orch_wake"
 #: What :meth:`Queue.send_many` takes of each message.
 SEND_FIELDS = frozenset(
     ("agent", "text", "priority", "sender", "key", "ttl", "after", "not_before")
@@ -203,6 +205,9 @@ class Queue:
         with self.store.transaction() as tx:
             for item in items:
                 receipts.append(self._insert(tx, now, known, **item))
+            ready = {r["agent"] for r in receipts if _ready(r, now) and not r.get("duplicate")}
+            for agent in sorted(ready):
+                self.store.notify(tx, WAKE_CHANNEL, agent)
         return receipts
 
     def _insert(
@@ -272,9 +277,11 @@ class Queue:
             raise QueueError("ttl must be positive")
 
     def targets(self, pattern: str) -> list[str]:
-        """Agents matching ``pattern`` (``*`` for all), among those orch has heard from."""
-        rows = self.store.execute("SELECT id FROM agents ORDER BY id").fetchall()
-        return [r[0] for r in rows if fnmatch.fnmatchcase(r[0], pattern)]
+        """Agents matching ``pattern`` (``*`` for all), among those orch has heard from, on
+        every host (:meth:`orch_core.hosts.Names.matching`)."""
+        from orch_core import hosts
+
+        return hosts.Names(self.store).matching(pattern)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -362,12 +369,15 @@ class Queue:
                     f"message {message_id} is {row[0]}; only dead, expired or "
                     "cancelled messages can be retried"
                 )
-            tx.execute(
+            row = tx.execute(
                 "UPDATE messages SET state = 'queued', attempts = 0, checks = 0, expires = NULL,"
-                " reason = NULL, ended = NULL, session_id = NULL WHERE id = ?",
+                " reason = NULL, ended = NULL, session_id = NULL WHERE id = ?"
+                " RETURNING agent, not_before",
                 (message_id,),
-            )
+            ).fetchone()
             _event(tx, message_id, now, "queued", RETRIED)
+            if _ready({"not_before": row[1]}, now):
+                self.store.notify(tx, WAKE_CHANNEL, row[0])
         record = self.get(message_id)
         assert record is not None
         return record
@@ -792,6 +802,11 @@ class Queue:
                 _event(tx, record["id"], now, state, "imported")
                 added += 1
         return added
+
+
+def _ready(message: Mapping[str, Any], now: float) -> bool:
+    """Whether a message may be delivered now (not held back by ``--in`` or ``--at``)."""
+    return message.get("not_before") is None or message["not_before"] <= now
 
 
 def _storable(**fields: object) -> None:

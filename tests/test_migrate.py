@@ -67,7 +67,8 @@ def a_working_state(orch: OrchState) -> None:
     hook(orch, "SessionStart", session="s2", source="compact")
     store = orch.store
     lifecycle.save_spec(store, AGENT, argv=["claude"], cwd=str(orch.project_dir),
-                        env={"A": "1"}, socket=None, session="proj", pane="%1")  # fmt: skip
+                        env={"A": "1"}, socket=None, session="proj", pane="%1",
+                        host="here")  # fmt: skip
     with store.transaction() as tx:
         tx.execute(
             "INSERT INTO recoveries (agent, created, reason, step, due, state, finished,"

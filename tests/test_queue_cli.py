@@ -297,7 +297,7 @@ def test_agents_json_lists_state_last_seen_and_pending(orch: OrchState) -> None:
     assert (by_id["proj:2"]["state"], by_id["proj:2"]["pending"]) == ("idle", 0)
     assert by_id["ghost:1"] == {
         "id": "ghost:1", "state": "unknown", "last_seen": None, "pending": 1,
-        "restarts_last_hour": 0, "next_action": None,
+        "restarts_last_hour": 0, "next_action": None, "host": None, "unreachable": False,
     }  # fmt: skip
     assert isinstance(by_id["proj:1"]["last_seen"], float)
     text = ok(orch, "agents").splitlines()

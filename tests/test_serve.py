@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from orch_core import paths
 from orch_core.ops import fleet, serve
 from orch_core.queue import Queue
 from orch_core.testing.browser import Browser
@@ -243,12 +244,16 @@ def test_metrics_are_prometheus_text_with_the_fleets_values_and_labels(
     assert all(name.startswith("orch_") for name in names)  # no process_ or python_ defaults
     assert samples["orch_agents", (("state", "busy"),)] == 1
     assert samples["orch_agents", (("state", "idle"),)] == 1
-    assert samples["orch_queue_depth", (("agent", "worker"), ("band", "high"))] == 1
-    assert samples["orch_queue_depth", (("agent", "worker"), ("band", "normal"))] == 1
-    assert samples["orch_queue_depth", (("agent", "lead"), ("band", "critical"))] == 1  # in flight
-    assert samples["orch_queue_depth", (("agent", "lead"), ("band", "normal"))] == 0
-    assert samples["orch_queue_oldest_seconds", (("agent", "worker"),)] > 0
-    assert samples["orch_restarts_last_hour", (("agent", "worker"),)] == 0
+    here = ("host", paths.host({}))  # each agent's series carry its host
+    lead, worker = (("agent", "lead"), here), (("agent", "worker"), here)
+    assert samples["orch_queue_depth", (worker[0], ("band", "high"), here)] == 1
+    assert samples["orch_queue_depth", (worker[0], ("band", "normal"), here)] == 1
+    assert samples["orch_queue_depth", (lead[0], ("band", "critical"), here)] == 1  # in flight
+    assert samples["orch_queue_depth", (lead[0], ("band", "normal"), here)] == 0
+    assert samples["orch_queue_oldest_seconds", worker] > 0
+    assert samples["orch_restarts_last_hour", worker] == 0
+    assert samples["orch_agent_last_seen_timestamp_seconds", lead] > 0
+    assert samples["orch_agent_unreachable", lead] == 0
     assert samples["orch_hook_runs", ()] == 3
     assert samples["orch_hook_failures", ()] == 0
     assert samples["orch_deliveries", ()] == 1

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from orch_core import paths
+from orch_core import hosts, paths
 from orch_core.cli import install
 from orch_core.cli.errors import damaged
 from orch_core.hook import backstop
@@ -283,10 +283,13 @@ def check_panes(env: Mapping[str, str]) -> Check:
 
     store = open_store(env, timeout=2.0)
     try:
-        rows = store.execute(
-            f"SELECT id, state FROM agents WHERE state IN ({', '.join('?' for _ in LIVE_STATES)})",
+        found = store.execute(
+            "SELECT a.id, a.state, coalesce(s.host, a.host) FROM agents a LEFT JOIN launch_specs"
+            f" s ON s.agent = a.id WHERE a.state IN ({', '.join('?' for _ in LIVE_STATES)})",
             LIVE_STATES,
         ).fetchall()
+        mine = set(hosts.owned(store, paths.host(env), [(a, host) for a, _, host in found]))
+        rows = [(agent, state) for agent, state, _ in found if agent in mine]  # panes here
         panes = {agent: store.agent_pane(agent) for agent, _ in rows}
         for agent in panes:
             spec = lifecycle.get_spec(store, agent)
@@ -313,6 +316,30 @@ def check_panes(env: Mapping[str, str]) -> Check:
             f"answer {waiting[0]}'s prompt in its window{where}",
         )
     return Check("panes", True, f"{len(rows)} agents running, each in its pane")
+
+
+def check_hosts(env: Mapping[str, str]) -> Check:
+    """On a store several machines share: this machine's name in the fleet, and the hosts
+    whose supervisor has gone silent (their agents are unreachable)."""
+    here = paths.host(env)
+    store = open_store(env, timeout=2.0)
+    try:
+        now = time.time()
+        known = hosts.listing(store)
+        gone = hosts.unreachable(store, now, lifecycle.host_timeout(env))
+    finally:
+        store.close()
+    others = ", ".join(f"{row['host']} ({now - row['last_seen']:.0f} s ago)" for row in known)
+    detail = f"this host is {here}; supervisors last heard: {others or 'none yet'}"
+    if gone:
+        first = sorted(gone)[0]
+        return Check(
+            "hosts",
+            False,
+            f"{detail}; unreachable: {', '.join(sorted(gone))} (their agents' messages wait)",
+            f"start `orch supervise` on {first}, or see whether that machine is up",
+        )
+    return Check("hosts", True, detail)
 
 
 def check_backups(env: Mapping[str, str]) -> Check:
@@ -350,6 +377,8 @@ def run(env: Mapping[str, str], project_dir: str) -> list[Check]:
         "alerts": lambda: check_alerts(env),
         "backups": lambda: check_backups(env),
     }
+    if paths.is_url(database(env)):  # a fleet's store: which hosts are heard from
+        checks["hosts"] = lambda: check_hosts(env)
     results = []
     for name, check in checks.items():
         try:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from orch_core import hosts, paths
 from orch_core.cli import install
 from orch_core.cli.params import agent_name
 from orch_core.hook.context import Runtime
@@ -71,6 +72,7 @@ def spawn_command(
     cwd = os.path.abspath(directory)
     store = _store()
     lifecycle.check_name(name)
+    lifecycle.check_free(store, name, os.environ)
     install.install(cwd)
     extra_env = _env_pairs(env_pairs)
     # opening the project's runtime builds its plan, so the agent's first hook finds it ready
@@ -94,16 +96,21 @@ def spawn_command(
 @click.argument("agent", callback=agent_name)
 @click.option("--fresh", is_flag=True, help="Start a new conversation instead of continuing.")
 def restart_command(agent: str, fresh: bool) -> None:
-    """Restart AGENT in its window now, keeping its conversation unless --fresh."""
-    spec = lifecycle.restart(_store(), agent, env=os.environ, fresh=fresh)
+    """Restart AGENT in its window now, keeping its conversation unless --fresh. On its own
+    host only."""
+    store = _store()
+    agent = hosts.Names(store).resolve(agent)
+    spec = lifecycle.restart(store, agent, env=os.environ, fresh=fresh)
     click.echo(f"restarted {agent} in pane {spec['pane']}" + (" (fresh)" if fresh else ""))
 
 
 @click.command("stop")
 @click.argument("agent", callback=agent_name)
 def stop_command(agent: str) -> None:
-    """Stop AGENT; orch will not restart it until you do."""
-    lifecycle.stop(_store(), agent)
+    """Stop AGENT; orch will not restart it until you do. On its own host only."""
+    store = _store()
+    agent = hosts.Names(store).resolve(agent)
+    lifecycle.stop(store, agent, os.environ)
     click.echo(f"stopped {agent}")
 
 
@@ -128,9 +135,14 @@ def adopt_command(
     session: str,
     env_pairs: tuple[str, ...],
 ) -> None:
-    """Give a hand-started AGENT a launch spec, so orch can restart it."""
+    """Give a hand-started AGENT of this host a launch spec, so orch can restart it."""
     store = _store()
-    known = store.agent_pane(agent)
+    agent = hosts.Names(store).resolve(agent)
+    here = paths.host(os.environ)
+    where = hosts.Names(store).host_of(agent)
+    if store.shared and where not in (None, here):
+        raise click.ClickException(f"{agent} runs on host {where}: run `orch adopt` there")
+    known = store.agent_pane(agent, host=here)
     pane = pane or (known[0] if known else None)
     socket = known[1] if known else os.environ.get("ORCH_TMUX_SOCKET")
     lifecycle.save_spec(
@@ -142,6 +154,7 @@ def adopt_command(
         socket=socket,
         session=session,
         pane=pane,
+        host=here,
     )
     click.echo(f"{agent} adopted" + (f" (pane {pane})" if pane else " (no pane known yet)"))
 
@@ -155,7 +168,8 @@ def adopt_command(
     help="Stop after this many seconds (default: run until stopped).",
 )
 def supervise_command(seconds: float | None) -> None:
-    """Run the supervisor: restarts, pane watching, TTLs, wake-ups. One per machine."""
+    """Run the supervisor: restarts, pane watching, TTLs, wake-ups. One per machine, for
+    this host's agents."""
     if not lifecycle.Supervisor(os.environ).run(seconds):
         raise click.ClickException(
             f"a supervisor already runs (pid {lifecycle.supervisor_running(os.environ)})"

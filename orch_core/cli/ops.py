@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import paths
+from orch_core import hosts, paths
 from orch_core.cli.params import duration, optional_agent_name
 from orch_core.queue import age
 from orch_core.text import inert
@@ -32,6 +32,8 @@ def stats_command(since: float, agent: str | None, as_json: bool) -> None:
 
     now = time.time()
     runtime = Runtime.open(os.environ, paths.project_dir(os.environ))
+    if agent is not None:
+        agent = hosts.Names(runtime.store).resolve(agent)
     result = metrics.report(runtime, max(0.0, now - since), now, agent)
     if as_json:  # a plugin's section may hold what JSON cannot: it is shown as text
         click.echo(json.dumps(result, ensure_ascii=False, default=str))
@@ -89,6 +91,9 @@ def render(result: Mapping[str, Any]) -> Iterator[str]:
     states = ", ".join(f"{n} {state}" for state, n in agents["by_state"].items())
     yield ""
     yield f"agents: {agents['total']}" + (f" ({states})" if states else "")
+    if result["hosts"]:
+        yield "hosts: " + ", ".join(_host(name, row, window["until"])
+                                    for name, row in result["hosts"].items())  # fmt: skip
 
     messages = result["messages"]
     yield ""
@@ -213,6 +218,18 @@ def _health(row: Mapping[str, Any]) -> list[str]:
 
 def _summary(s: Mapping[str, Any]) -> list[str]:
     return [str(s["n"]), _seconds(s["p50"]), _seconds(s["p90"]), _seconds(s["p99"])]
+
+
+def _host(name: str, row: Mapping[str, Any], now: float) -> str:
+    """``b (2 agents, unreachable, supervisor last heard 3m ago)``."""
+    said = [f"{row['agents']} agent{'s' * (row['agents'] != 1)}"]
+    if row["unreachable"]:
+        said.append(hosts.UNREACHABLE)
+    if row["last_seen"] is None:
+        said.append("no supervisor")
+    elif row["unreachable"]:
+        said.append(f"supervisor last heard {age(now - row['last_seen'])} ago")
+    return f"{name} ({', '.join(said)})"
 
 
 def _when(ts: float) -> str:

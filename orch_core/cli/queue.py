@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import api, paths
+from orch_core import api, hosts, paths
 from orch_core.cli.errors import damaged, database_error
 from orch_core.cli.params import agent_name, optional_agent_name
 from orch_core.queue import MAX_SEND_PRIORITY, STATES, Queue, QueueError, age, parse_duration
@@ -52,10 +52,10 @@ def _at(text: str) -> float:
         raise QueueError(f"--at: cannot read {text!r}; use HH:MM or an ISO 8601 time") from None
 
 
-def _line(m: dict[str, Any], now: float) -> str:
+def _line(m: dict[str, Any], now: float, agent: str) -> str:
     preview = inert(m["body"]).replace("\n", " ")
     preview = preview[:48] + "…" if len(preview) > 49 else preview
-    return (f"{m['id']}  {m['agent']}  #{m['seq']}  {m['priority']:>3} {m['band']:<9}  "
+    return (f"{m['id']}  {agent}  #{m['seq']}  {m['priority']:>3} {m['band']:<9}  "
             f"{m['state']:<9}  {age(now - m['created']):>4}  {preview}")  # fmt: skip
 
 
@@ -201,6 +201,11 @@ def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
     It is marked delivered first, so the prompt that Enter starts does not deliver it again."""
     from orch_core.supervisor.tmux import paste_text
 
+    where = hosts.Names(queue.store).host_of(receipt["agent"])
+    if queue.store.shared and where not in (None, paths.host(os.environ)):
+        raise click.ClickException(f"{receipt['agent']} runs on host {where}: --push types into "
+                                   f"this host's panes only; the message {receipt['id']} stays "
+                                   "queued")  # fmt: skip
     target = queue.store.agent_pane(receipt["agent"]) or (receipt["agent"], None)
     if not queue.mark_pushed(receipt["id"]):
         return
@@ -244,13 +249,20 @@ def list_command(agent: str | None, state: str | None, as_json: bool) -> None:
     """Messages in delivery order, of AGENT or of every agent."""
     queue = _queue()
     queue.sweep()
+    names = hosts.Names(queue.store)
+    if agent is not None:
+        agent = names.resolve(agent)
     messages = queue.messages(agent, state)
     if as_json:
-        click.echo(json.dumps(messages, ensure_ascii=False))
+        shown = [{**m, "host": names.host_of(m["agent"])} for m in messages]
+        click.echo(json.dumps(shown, ensure_ascii=False))
         return
     now = time.time()
-    for m in messages:
-        click.echo(_line(m, now))
+    for m in messages:  # on a shared store, each agent as it is named from any host
+        shown_as = (
+            hosts.full_name(m["agent"], names.host_of(m["agent"])) if names.shared else m["agent"]
+        )
+        click.echo(_line(m, now, shown_as))
 
 
 def _acted(result: dict[str, Any], as_json: bool) -> None:
@@ -292,32 +304,41 @@ def retry_command(message_id: str, as_json: bool) -> None:
 @click.argument("agent", callback=agent_name)
 def purge_command(agent: str) -> None:
     """Cancel every pending message of AGENT."""
-    click.echo(f"cancelled {_queue().purge(agent)} pending messages of {agent}")
+    queue = _queue()
+    agent = hosts.Names(queue.store).resolve(agent)
+    click.echo(f"cancelled {queue.purge(agent)} pending messages of {agent}")
 
 
 @click.command("agents")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def agents_command(as_json: bool) -> None:
-    """Each agent orch knows, with its state, when it was last seen, and what waits for it."""
+    """Each agent orch knows, with its state, its host, when it was last seen, and what waits
+    for it."""
     from orch_core.supervisor import lifecycle
 
     queue = _queue()
     rows = {row["id"]: row for row in queue.store.agents()}
     pending = queue.pending_counts()
     for agent in pending.keys() - rows.keys():
-        rows[agent] = {"id": agent, "state": "unknown", "last_seen": None}
+        rows[agent] = {"id": agent, "state": "unknown", "last_seen": None, "host": None}
     now = time.time()
     recovery = lifecycle.overview(queue.store, now)
+    gone = hosts.unreachable(queue.store, now, lifecycle.host_timeout(os.environ))
     listing = [
-        {**rows[a], "pending": pending.get(a, 0), **recovery.get(a, lifecycle.NO_RECOVERY)}
+        {**rows[a], "pending": pending.get(a, 0), **recovery.get(a, lifecycle.NO_RECOVERY),
+         "unreachable": rows[a]["host"] in gone}
         for a in sorted(rows)
-    ]
+    ]  # fmt: skip
     if as_json:
         click.echo(json.dumps(listing))
         return
     for row in listing:
         seen = f"seen {age(now - row['last_seen'])} ago" if row["last_seen"] else "never seen"
-        line = f"{row['id']}\t{row['state']}\t{seen}\t{row['pending']} pending"
+        state = hosts.UNREACHABLE if row["unreachable"] else row["state"]
+        line = f"{row['id']}\t{state}\t{seen}"
+        if row["host"]:
+            line += f"\ton {row['host']}"
+        line += f"\t{row['pending']} pending"
         if row["restarts_last_hour"]:
             line += f"\t{row['restarts_last_hour']} restarts this hour"
         if row["next_action"]:

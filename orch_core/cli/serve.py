@@ -33,12 +33,16 @@ def serve_command(host: str, port: int, token: str | None) -> None:
     """Show the fleet in a browser, updated live: agents, queues, recent messages, hook
     health, charts; JSON under /api, server-sent events at /events, Prometheus at /metrics.
     The store is read once a second, however many pages are open."""
-    from orch_core.ops import serve
+    import functools
+
+    from orch_core.ops import fleet, serve
+    from orch_core.supervisor import lifecycle
 
     serve.check_access(host, token)  # before anything is opened
     store = open_store(os.environ)
     try:
-        dashboard = serve.Dashboard(store, host=host, port=port, token=token)
+        take = functools.partial(fleet.snapshot, host_timeout=lifecycle.host_timeout(os.environ))
+        dashboard = serve.Dashboard(store, host=host, port=port, token=token, take=take)
         try:
             click.echo(f"orch serve: {dashboard.url}" + (" (token required)" if token else ""))
             dashboard.serve_forever()

@@ -1,7 +1,10 @@
 """Which agent a hook runs for: ``ORCH_AGENT``, else the hook's own tmux pane.
 
 The pane is resolved with ``tmux display-message -t $TMUX_PANE`` (never the client's active
-window) and cached per Claude ``session_id``, so tmux is asked once per session.
+window) and cached per Claude ``session_id``, so tmux is asked once per session. tmux names
+windows per machine: on a store several machines share, the name is this host's,
+``host/session:window``. ``ORCH_AGENT`` (which ``orch spawn`` sets) is the name as given: a
+name someone chose names one agent fleet-wide.
 """
 
 from __future__ import annotations
@@ -41,9 +44,15 @@ def resolve(
         cached = store.session_agent(session_id)
         if cached:
             return cached
+    from orch_core import paths
+
     agent = pane_agent(pane, timeout)
+    host = paths.host(env)
+    if agent and store.shared:
+        agent = f"{host}/{agent}"
+        agent = agent if valid_id(agent) else None
     if agent and session_id:
-        store.remember_session(session_id, agent, pane, tmux_socket(env))
+        store.remember_session(session_id, agent, pane, tmux_socket(env), host=host)
     return agent
 
 

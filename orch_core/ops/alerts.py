@@ -21,7 +21,7 @@ from orch_core.errors import OrchError
 TYPE_CHECKING = False  # lifecycle imports this in orch-hook; typing costs it ~7 ms
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Collection, Iterable, Mapping
     from typing import Any
 
     from orch_core.hook.context import Runtime
@@ -98,19 +98,28 @@ def observe(
     kinds: Iterable[str],
     seen: Iterable[Condition],
     now: float,
+    *,
+    agents: Collection[str] | None = None,
+    general: Collection[str] = (),
 ) -> list[int]:
     """The conditions of ``kinds`` in ``project_dir`` as they are now: an alert for each one
     that fires and has none open, and the open alerts of those kinds no longer seen closed.
-    The ids of the new alerts."""
+    The ids of the new alerts. Given ``agents``, the look covered only those agents (one host
+    of a fleet: the others look at their own), and only their alerts are closed, with the
+    alerts of no agent whose subject is in ``general``."""
     seen = list(seen)
     kinds = list(kinds)
     still = {condition.key for condition in seen}
     marks = ", ".join("?" for _ in kinds)
-    opened = store.execute(
-        "SELECT id, key FROM alerts WHERE cleared IS NULL AND project_dir = ?"
-        f" AND kind IN ({marks})",
-        (project_dir, *kinds),
-    ).fetchall()
+    opened = [
+        (alert_id, found)
+        for alert_id, found, agent in store.execute(
+            "SELECT id, key, agent FROM alerts WHERE cleared IS NULL AND project_dir = ?"
+            f" AND kind IN ({marks})",
+            (project_dir, *kinds),
+        ).fetchall()
+        if agents is None or agent in agents or (agent is None and json.loads(found)[2] in general)
+    ]
     ended = [(now, alert_id) for alert_id, found in opened if found not in still]
     if ended:
         with store.transaction() as tx:
@@ -178,10 +187,25 @@ def send_due(
     runtimes: dict[str, Runtime] = {}
     for row in rows:
         alert, channels, attempts = _shown(row[:-2]), row[-2], row[-1]
+        if not _taken(store, alert, now):
+            continue  # another host's supervisor sends it
         project = alert["project"] or project_of(alert["agent"])
         if project not in runtimes:
             runtimes[project] = Runtime.open(env, project, store=store)
         send(runtimes[project], alert, set(json.loads(channels)), attempts, now)
+
+
+def _taken(store: Store, alert: Mapping[str, Any], now: float) -> bool:
+    """Whether this supervisor is the one to send ``alert`` now: its next try moved on at
+    once, so that another host's supervisor, which shares the store, does not send it too. A
+    supervisor that dies while sending leaves it to be tried again after :data:`RETRY_AFTER`."""
+    with store.transaction() as tx:
+        return bool(
+            tx.execute(
+                "UPDATE alerts SET next_try = ? WHERE id = ? AND next_try = ?",
+                (now + RETRY_AFTER, alert["id"], alert["next_try"]),
+            ).rowcount
+        )
 
 
 def send(
@@ -211,6 +235,7 @@ def send(
     with runtime.store.transaction() as tx:
         tx.execute(
             "UPDATE alerts SET attempts = ?, channels = ?, error = ?, sent = ?,"
-            " next_try = CASE WHEN acked IS NULL THEN ? END WHERE id = ?",
+            # typed: PostgreSQL cannot tell a NULL's type inside CASE (SQLite reads it as REAL)
+            " next_try = CASE WHEN acked IS NULL THEN CAST(? AS DOUBLE PRECISION) END WHERE id = ?",
             (attempts, json.dumps(sorted(took)), error, sent, next_try, alert["id"]),
         )

@@ -4,13 +4,14 @@
 reach in a few steps, however large the store: each agent's pending messages, the latest
 :data:`EVENTS` message events and arrivals (by rowid and by time-ordered id), the hook runs of the
 last :data:`HEALTH_WINDOW` (found by id, see :func:`orch_core.ops.metrics.first_run_at`) and
-compactions among the newest runs orch keeps.
+compactions among the newest runs orch keeps. Each agent carries its host (:mod:`orch_core.hosts`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from orch_core import hosts
 from orch_core.ops.metrics import first_run_at
 from orch_core.queue import BANDS, PENDING_SQL, band
 from orch_core.storage.store import KEEP_RUNS
@@ -29,12 +30,19 @@ PREVIEW = 120
 EVENTS = 2000
 
 
-def snapshot(store: Store, now: float, *, recent: int = 20) -> dict[str, Any]:
-    """Agents (state, last seen, pending by band, oldest pending, restarts in the last hour,
-    next recovery step, last compaction, current task), the ``recent`` latest message state
-    changes, and hook health and delivery latency over :data:`HEALTH_WINDOW`; plain data,
-    JSON-ready."""
+def snapshot(
+    store: Store, now: float, *, recent: int = 20, host_timeout: float = hosts.HOST_TIMEOUT
+) -> dict[str, Any]:
+    """Agents (state, host, whether that host is unreachable, last seen, pending by band,
+    oldest pending, restarts in the last hour, next recovery step, last compaction, current
+    task), the ``recent`` latest message state changes, and hook health and delivery latency
+    over :data:`HEALTH_WINDOW`; plain data, JSON-ready. An agent's ``state`` is what its hooks
+    last said; ``unreachable`` is true when its host's supervisor has not been heard from for
+    ``host_timeout`` seconds (a shared store only)."""
     agents = {row["id"]: _agent(row) for row in store.agents()}
+    gone = hosts.unreachable(store, now, host_timeout)
+    for entry in agents.values():
+        entry["unreachable"] = entry["host"] in gone
     for agent, priority, count, oldest in store.execute(
         f"SELECT agent, priority, count(*), min(created) FROM messages WHERE {PENDING_SQL}"
         " GROUP BY agent, priority"
@@ -79,6 +87,8 @@ def _agent(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "state": row.get("state", "unknown"),
+        "host": row.get("host"),
+        "unreachable": False,
         "last_seen": row.get("last_seen"),
         "project_dir": row.get("project_dir"),
         "pending": {name: 0 for _, name in BANDS},

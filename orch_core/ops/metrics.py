@@ -18,11 +18,11 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from orch_core import log
+from orch_core import hosts, log
 from orch_core.queue import BANDS, PUSHED, RETRIED, transcript_tail
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Collection, Iterable, Mapping
     from typing import Any
 
     from orch_core.hook.context import Runtime
@@ -62,18 +62,28 @@ def report(runtime: Runtime, since: float, now: float, agent: str | None = None)
     store = runtime.store
     backstop.collect(runtime.env, store, now)
     roll_up(store, now)
-    result = collect(store, since, now, agent)
+    timeout = float(runtime.plan.settings.get("host_timeout", hosts.HOST_TIMEOUT))
+    result = collect(store, since, now, agent, host_timeout=timeout)
     result["plugins"] = plugin_sections(runtime, since, now, agent)
     return result
 
 
-def collect(store: Store, since: float, now: float, agent: str | None = None) -> dict[str, Any]:
+def collect(
+    store: Store,
+    since: float,
+    now: float,
+    agent: str | None = None,
+    *,
+    host_timeout: float = hosts.HOST_TIMEOUT,
+) -> dict[str, Any]:
     """The core's metrics over ``[since, now]``, of ``agent`` alone or of every agent."""
     messages, queue = message_stats(store, since, now, agent)
     hooks, compactions = hook_stats(store, since, now, agent)
+    gone = hosts.unreachable(store, now, host_timeout)
     return {
         "window": {"since": since, "until": now, "agent": agent},
-        "agents": agent_stats(store, agent),
+        "agents": agent_stats(store, agent, gone),
+        "hosts": host_stats(store, agent, gone),
         "messages": messages,
         "queue": queue,
         "hooks": hooks,
@@ -574,14 +584,34 @@ def alert_stats(store: Store, since: float, agent: str | None) -> dict[str, int]
     return {kind: int(n) for kind, n in rows}
 
 
-def agent_stats(store: Store, agent: str | None) -> dict[str, Any]:
-    """Agents by state, now."""
+def agent_stats(store: Store, agent: str | None, gone: Collection[str] = ()) -> dict[str, Any]:
+    """Agents by state, now; those of the hosts in ``gone`` are ``unreachable``."""
     mine = " WHERE id = ?" if agent else ""
     rows = store.execute(
-        f"SELECT state, count(*) FROM agents{mine} GROUP BY state ORDER BY state",
+        f"SELECT state, host, count(*) FROM agents{mine} GROUP BY state, host",
         [agent] if agent else [],
     ).fetchall()
-    return {"total": sum(n for _, n in rows), "by_state": {state: int(n) for state, n in rows}}
+    by_state: dict[str, int] = {}
+    for state, host, n in rows:
+        shown = hosts.UNREACHABLE if host in gone else state
+        by_state[shown] = by_state.get(shown, 0) + int(n)
+    return {"total": sum(by_state.values()), "by_state": dict(sorted(by_state.items()))}
+
+
+def host_stats(store: Store, agent: str | None, gone: Collection[str]) -> dict[str, Any]:
+    """Per host, now: its agents, when its supervisor last said it was alive (``None``: no
+    supervisor ran there), and whether it is unreachable. Agents no hook has placed yet are
+    left out."""
+    mine = " AND id = ?" if agent else ""
+    counts = store.execute(
+        f"SELECT host, count(*) FROM agents WHERE host IS NOT NULL{mine} GROUP BY host",
+        [agent] if agent else [],
+    ).fetchall()
+    seen = {row["host"]: row["last_seen"] for row in hosts.listing(store)}
+    return {
+        host: {"agents": int(n), "last_seen": seen.get(host), "unreachable": host in gone}
+        for host, n in sorted(counts)
+    }
 
 
 # -- tokens --------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from orch_core.hosts import UNREACHABLE
 from orch_core.queue import BANDS
 
 if TYPE_CHECKING:
@@ -49,39 +50,46 @@ class FleetCollector(Collector):
         )
         by_state: dict[str, int] = {}
         for agent in agents:
-            by_state[agent["state"]] = by_state.get(agent["state"], 0) + 1
+            shown = UNREACHABLE if agent["unreachable"] else str(agent["state"])
+            by_state[shown] = by_state.get(shown, 0) + 1
         yield _gauge(
             "orch_agents",
-            "Agents in each state.",
+            f"Agents in each state ({UNREACHABLE}: their host's supervisor is not heard from).",
             [((s,), n) for s, n in sorted(by_state.items())],
             ["state"],
         )
         yield _gauge(
             "orch_agent_last_seen_timestamp_seconds",
             "When each agent's last hook ran.",
-            [((a["id"],), a["last_seen"]) for a in agents if a["last_seen"]],
-            ["agent"],
+            [(_who(a), a["last_seen"]) for a in agents if a["last_seen"]],
+            ["agent", "host"],
+        )
+        yield _gauge(
+            "orch_agent_unreachable",
+            "1 when the agent's host's supervisor has not been heard from for host_timeout.",
+            [(_who(a), float(a["unreachable"])) for a in agents],
+            ["agent", "host"],
         )
         yield _gauge(
             "orch_queue_depth",
             "Messages queued or delivered but not confirmed, per agent and priority band.",
-            [((a["id"], name), a["pending"][name]) for a in agents for _, name in BANDS],
-            ["agent", "band"],
+            [((*_who(a), name), a["pending"][name]) for a in agents for _, name in BANDS],
+            ["agent", "host", "band"],
         )
         yield _gauge(
             "orch_queue_oldest_seconds",
             "How long each agent's oldest pending message has waited (0: none).",
             [
-                ((a["id"],), view["now"] - a["oldest_pending"] if a["oldest_pending"] else 0.0)
+                (_who(a), view["now"] - a["oldest_pending"] if a["oldest_pending"] else 0.0)
                 for a in agents
             ],
-            ["agent"],
+            ["agent", "host"],
         )
         yield _gauge(
             "orch_restarts_last_hour",
             "Restarts orch made of each agent in the last hour.",
-            [((a["id"],), a["restarts_last_hour"]) for a in agents],
-            ["agent"],
+            [(_who(a), a["restarts_last_hour"]) for a in agents],
+            ["agent", "host"],
         )
         hooks, delivery = view["hooks"], view["delivery"]
         window = f"in the last {hooks['window']:g} s"
@@ -107,6 +115,11 @@ class FleetCollector(Collector):
             f"Longest wait from a message being due to its delivery {window}.",
             _maybe(delivery["max_s"]),
         )
+
+
+def _who(agent: dict[str, Any]) -> tuple[str, str]:
+    """An agent's labels: its id and its host (empty when no hook has said)."""
+    return (agent["id"], agent["host"] or "")
 
 
 def _gauge(

@@ -25,7 +25,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 from textual.worker import Worker
 
-from orch_core import api, paths
+from orch_core import api, hosts, paths
 from orch_core.errors import OrchError
 from orch_core.ops import fleet
 from orch_core.queue import BANDS, Queue, age
@@ -46,12 +46,12 @@ REBRIEF_TIMEOUT = 30.0
 BAND_NAMES = tuple(name for _, name in BANDS)
 #: Each band's column, by the start of its name: rebr, emer, crit, high, norm.
 BAND_COLUMNS = tuple(name[:4] for name in BAND_NAMES)
-AGENT_COLUMNS = ("agent", "state", "seen", "pending", *BAND_COLUMNS, "oldest", "restarts",
-                 "next", "compacted", "task")  # fmt: skip
+AGENT_COLUMNS = ("agent", "host", "state", "seen", "pending", *BAND_COLUMNS, "oldest",
+                 "restarts", "next", "compacted", "task")  # fmt: skip
 MESSAGE_COLUMNS = ("changed", "id", "agent", "from", "band", "state", "text")
 STATE_STYLES = {"busy": "green", "idle": "cyan", "starting": "yellow", "waking": "yellow",
                 "error": "red", "failed": "bold red", "offline": "dim", "stopped": "dim",
-                "unknown": "dim"}  # fmt: skip
+                "unknown": "dim", hosts.UNREACHABLE: "bold red"}  # fmt: skip
 
 
 def plain(value: object, width: int | None = None) -> Text:
@@ -148,6 +148,7 @@ class TopApp(App[None]):
         self.message_ids: list[str] = []
         self._snapshotting: Worker[dict[str, Any]] | None = None
         self._again = False
+        self.host_timeout = lifecycle.host_timeout(env)
 
     def compose(self) -> ComposeResult:
         yield Static(id="header")
@@ -192,7 +193,7 @@ class TopApp(App[None]):
     @work(thread=True, name="snapshot", exit_on_error=False)
     def _snapshot(self) -> dict[str, Any]:
         try:
-            return fleet.snapshot(self.store, time.time())
+            return fleet.snapshot(self.store, time.time(), host_timeout=self.host_timeout)
         finally:
             self.store.release()
 
@@ -248,9 +249,11 @@ class TopApp(App[None]):
         counts = agent["pending"]
         step = agent["next_action"]
         task = agent["task"]
+        state = hosts.UNREACHABLE if agent["unreachable"] else agent["state"]
         return [
             plain(agent["id"], 40),
-            Text(agent["state"], style=STATE_STYLES.get(agent["state"], "")),
+            plain(agent["host"] or "-", 20),
+            Text(state, style=STATE_STYLES.get(state, "")),
             Text(ago(now, agent["last_seen"])),
             Text(str(sum(counts.values())), style="bold"),
             *(Text(str(counts[name]) if counts[name] else "·") for name in BAND_NAMES),

@@ -391,7 +391,8 @@ def orch_agent_state_changed(agent: str, old: str | None, new: str, ctx: HookCon
     """An agent moved between states (``starting``, ``busy``, ``idle``, ``needs_input``,
     ``waking``, ``offline``, ...). Observe only.
 
-    :param agent: the agent id (``session:window`` or ``ORCH_AGENT``).
+    :param agent: the agent id (``session:window``, ``host/session:window`` on a store
+        several machines share, or ``ORCH_AGENT``).
     :param old: the previous state, ``None`` the first time orch sees the agent.
     :param new: the new state.
     """
@@ -434,6 +435,21 @@ def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> Non
 
     :param now: the tick's time (``time.time()``).
     :param agents: the agents of this project that orch knows, or that have messages waiting.
+        On a store several machines share, only this host's (and those no host has heard of
+        yet): each host's supervisor looks after the agents whose panes it can reach.
+    """
+
+
+@hookspec
+def orch_wake_agent(agent: str, ctx: HookContext) -> None:
+    """Messages were queued for ``agent``, an agent of this host, from a process on another
+    (or this) host of a fleet that shares one store: the store notified this host's
+    ``orch supervise``, which calls this at once, in the agent's project, rather than leave
+    the agent to its next tick. The idle plugin types its wake-up line here, if the agent
+    waits at its prompt (its pane is in this host's tmux, which no other host reaches).
+    Called by the supervisor only, and only on a store several machines share.
+
+    :param agent: the agent id.
     """
 
 

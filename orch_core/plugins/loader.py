@@ -379,6 +379,8 @@ CORE_SETTINGS: dict[str, Any] = {
     "budget_ms_per_event": Setting({}, check=_budgets),  # e.g. { SessionEnd = 1000 }
     "backup_every": Setting(900.0, min=0, trusted=True),  # seconds between backups; 0: none
     "backup_keep": Setting(8, min=1, trusted=True),
+    # seconds without a heartbeat from a host's supervisor before its agents are unreachable
+    "host_timeout": Setting(30.0, min=10),  # past two heartbeats (every 5 s)
     # read by open_store itself, from the user's config only: a cloned repository must not
     # send an agent's messages to a server of its choosing
     "database": Setting("", check=_database, trusted=True),

@@ -29,6 +29,11 @@ core and the plugins run on it unchanged:
   (never a half-done transaction: the server rolls it back); the use after opens a fresh one.
   A failed connection attempt is answered from memory for :data:`HOLDOFF`, so the threads of one
   hook, or the steps of one command, do not each wait for the server in turn.
+- **Several machines**: :attr:`shared` is true, so each machine is a host of the fleet
+  (:mod:`orch_core.hosts`). :meth:`PostgresStore.notify` is ``pg_notify`` inside the
+  transaction that wrote (delivered when it commits, never if it rolls back), and
+  :meth:`PostgresStore.listen` a connection of its own that runs ``LISTEN``: how a message sent on
+  one host wakes an agent on another at once.
 - **Backups**: none here (:meth:`Store.back_up` gives ``None``): ``pg_dump`` and the server's
   own are the operator's tools. :attr:`folder` is still this machine's private state folder,
   where the text of large messages goes.
@@ -50,6 +55,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     import psycopg
+
+    from orch_core.storage.store import Connection
 
 #: The advisory lock every write transaction takes first ("orch" in ASCII).
 WRITE_LOCK = 0x6F726368
@@ -231,6 +238,16 @@ MIGRATIONS: dict[int, str] = {
         done BIGINT NOT NULL
     )
     """,
+    13: """
+    ALTER TABLE agents ADD COLUMN host TEXT COLLATE "C";
+    ALTER TABLE sessions ADD COLUMN host TEXT;
+    ALTER TABLE launch_specs ADD COLUMN host TEXT;
+    CREATE TABLE hosts (
+        host TEXT COLLATE "C" PRIMARY KEY,
+        last_seen DOUBLE PRECISION NOT NULL,
+        pid BIGINT
+    )
+    """,
 }
 
 
@@ -259,6 +276,7 @@ class PostgresStore(Store):
     """
 
     dialect = "postgresql"
+    shared = True
 
     def __init__(
         self, url: str, folder: str, *, timeout: float = 5.0, durable: bool = True
@@ -308,30 +326,35 @@ class PostgresStore(Store):
         elif conn is not None:
             conn.close()
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _conninfo(self) -> str:
+        """The URL with orch's session settings: its timeouts, durability, name, encoding."""
         import math
 
-        import psycopg
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
         down = self._down
         if down is not None and time.monotonic() < down[0]:
             raise DatabaseUnreachable(down[1])
         wait = _ms(self.timeout)
+        given = conninfo_to_dict(self.url)
+        options = (
+            f" -c lock_timeout={wait} -c statement_timeout={wait}"
+            f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION}"
+            f" -c synchronous_commit={'on' if self.durable else 'off'}"
+        )
+        return make_conninfo(
+            self.url,
+            options=(str(given.get("options") or "") + options).strip(),
+            connect_timeout=given.get("connect_timeout") or max(2, math.ceil(self.timeout)),
+            application_name=given.get("application_name") or "orch",
+            client_encoding="UTF8",
+        )
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        import psycopg
+
         try:
-            given = conninfo_to_dict(self.url)
-            options = (
-                f" -c lock_timeout={wait} -c statement_timeout={wait}"
-                f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION}"
-                f" -c synchronous_commit={'on' if self.durable else 'off'}"
-            )
-            conninfo = make_conninfo(
-                self.url,
-                options=(str(given.get("options") or "") + options).strip(),
-                connect_timeout=given.get("connect_timeout") or max(2, math.ceil(self.timeout)),
-                application_name=given.get("application_name") or "orch",
-                client_encoding="UTF8",
-            )
+            conninfo = self._conninfo()
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: {one_line(exc)}") from None
         try:
@@ -406,6 +429,16 @@ class PostgresStore(Store):
             (wait, wait),
         )
 
+    def notify(self, tx: Connection, channel: str, payload: str) -> None:
+        """``pg_notify`` in ``tx``: the listeners hear of it when it commits. The server sends
+        one of identical notifications of a transaction."""
+        tx.execute("SELECT pg_notify(?, ?)", (channel, payload))
+
+    def listen(self, channel: str) -> Listener:
+        """A connection of its own, listening on ``channel`` (the schema made first)."""
+        self.execute("SELECT 1")
+        return Listener(self, channel)
+
     def health(self) -> dict[str, Any]:
         version = _value(self.execute("SELECT version FROM schema_version"))
         return {
@@ -431,6 +464,37 @@ class PostgresStore(Store):
             self.close()
         except Exception:
             pass
+
+
+class Listener:
+    """Notifications of one channel, on a connection that does nothing else (it would miss
+    none while a transaction of the store's runs). A lost connection is a :class:`StoreError`
+    from :meth:`wait`; the listener is done then."""
+
+    def __init__(self, store: PostgresStore, channel: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        self.where = store.where
+        try:
+            self.conn = psycopg.connect(store._conninfo(), autocommit=True)
+            self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: {str(exc).strip()}") from None
+
+    def wait(self, timeout: float) -> list[str]:
+        """The payloads that came within ``timeout`` seconds: the wait ends with the first
+        arrival, which brings along every other one already there."""
+        import psycopg
+
+        try:
+            return [n.payload for n in self.conn.notifies(timeout=timeout, stop_after=1)]
+        except psycopg.Error as exc:
+            self.close()
+            raise StoreError(f"{self.where}: {str(exc).strip()}") from None
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class Transaction:

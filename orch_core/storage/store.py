@@ -46,8 +46,14 @@ if TYPE_CHECKING:
         def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Rows: ...
         def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Rows: ...
 
+    class Listener(Protocol):
+        """A channel's notifications, as they come (:meth:`Store.listen`)."""
 
-SCHEMA_VERSION = 12
+        def wait(self, timeout: float) -> list[str]: ...
+        def close(self) -> None: ...
+
+
+SCHEMA_VERSION = 13
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -239,6 +245,16 @@ MIGRATIONS: dict[int, str] = {
         done INTEGER NOT NULL
     );
     """,
+    13: """
+    ALTER TABLE agents ADD COLUMN host TEXT;
+    ALTER TABLE sessions ADD COLUMN host TEXT;
+    ALTER TABLE launch_specs ADD COLUMN host TEXT;
+    CREATE TABLE hosts (
+        host TEXT PRIMARY KEY,
+        last_seen REAL NOT NULL,
+        pid INTEGER
+    );
+    """,
 }
 #: Hook runs kept; older ones are pruned now and then, so the table stays small (their hourly
 #: sums outlive them: :mod:`orch_core.ops.metrics`).
@@ -263,6 +279,10 @@ class Store(abc.ABC):
 
     #: The SQL dialect, as ``orch_schema`` receives it.
     dialect = "sqlite"
+    #: Whether the agents of several machines may share this store (a server's database):
+    #: then each machine is a host, names of its tmux windows carry its name, and each host's
+    #: supervisor looks after its own agents (:mod:`orch_core.hosts`).
+    shared = False
     #: Seconds a statement waits for another writer, unless :meth:`set_timeout` says less.
     timeout: float
     #: A private folder on this machine for files that go with the store (the text of large
@@ -281,6 +301,16 @@ class Store(abc.ABC):
 
     def set_timeout(self, seconds: float) -> None:  # noqa: B027 - a store may not wait at all
         """Wait at most this long for another writer from now on (the hook's budget left)."""
+
+    def notify(self, tx: Connection, channel: str, payload: str) -> None:  # noqa: B027
+        """Tell whoever listens on ``channel``, when ``tx`` commits (never if it rolls
+        back). A store only one machine uses has nobody to tell: the process that wrote acts
+        itself."""
+
+    def listen(self, channel: str) -> Listener | None:
+        """``channel``'s notifications from every machine, on a connection of their own;
+        ``None`` where nobody else writes (:attr:`shared` is false)."""
+        return None
 
     def back_up(self, keep: int, now: float, *, older_than: float = 0.0) -> str | None:
         """A backup, unless the newest is younger than ``older_than`` seconds; where it went.
@@ -355,28 +385,35 @@ class Store(abc.ABC):
         pane: str | None,
         tmux_socket: str | None = None,
         transcript: str | None = None,
+        host: str | None = None,
     ) -> None:
-        """Which agent a Claude session is, and where: its tmux pane and server, and its
+        """Which agent a Claude session is, and where: its host, tmux pane and server, and its
         transcript (where ``orch stats`` counts its tokens)."""
         with self.transaction() as tx:
             tx.execute(
-                """INSERT INTO sessions (session_id, agent, pane, tmux_socket, transcript, created)
-                   VALUES (?, ?, ?, ?, ?, ?)
+                """INSERT INTO sessions (session_id, agent, pane, tmux_socket, transcript, created,
+                                         host)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (session_id) DO UPDATE SET
                      agent = excluded.agent, pane = coalesce(excluded.pane, sessions.pane),
                      tmux_socket = coalesce(excluded.tmux_socket, sessions.tmux_socket),
-                     transcript = coalesce(excluded.transcript, sessions.transcript)""",
-                (session_id, agent, pane, tmux_socket, transcript, time.time()),
+                     transcript = coalesce(excluded.transcript, sessions.transcript),
+                     host = coalesce(excluded.host, sessions.host)""",
+                (session_id, agent, pane, tmux_socket, transcript, time.time(), host),
             )
 
-    def agent_pane(self, agent: str) -> tuple[str, str | None] | None:
-        """The tmux pane (and server socket) of the agent's latest session, if known."""
+    def agent_pane(self, agent: str, *, host: str | None = None) -> tuple[str, str | None] | None:
+        """The tmux pane (and server socket) of the agent's latest session, if known; given
+        ``host``, only if that session runs there: on a shared store, another host's tmux is
+        out of reach (its panes' ids mean something else here)."""
         row = self.execute(
-            "SELECT pane, tmux_socket FROM sessions WHERE agent = ? AND pane IS NOT NULL"
+            "SELECT pane, tmux_socket, host FROM sessions WHERE agent = ? AND pane IS NOT NULL"
             " ORDER BY created DESC LIMIT 1",
             (agent,),
         ).fetchone()
-        return (row[0], row[1]) if row else None
+        if row is None or (host is not None and self.shared and row[2] != host):
+            return None
+        return (row[0], row[1])
 
     def stop_blocks(
         self, session_id: str, agent: str, *, reset: bool = False, add: bool = False
@@ -397,34 +434,54 @@ class Store(abc.ABC):
         return int(row[0]) if row else 0
 
     def set_agent_state(
-        self, agent: str, state: str, *, session_id: str | None, project_dir: str | None
+        self,
+        agent: str,
+        state: str,
+        *,
+        session_id: str | None,
+        project_dir: str | None,
+        host: str | None = None,
     ) -> str | None:
-        """Record that ``agent`` was seen in ``state``; return its previous state."""
+        """Record that ``agent`` was seen in ``state`` (on ``host``, when given); return its
+        previous state."""
         now = time.time()
         row = self.execute(
-            "SELECT state, last_seen, session_id FROM agents WHERE id = ?", (agent,)
+            "SELECT state, last_seen, session_id, host FROM agents WHERE id = ?", (agent,)
         ).fetchone()
-        if row and row[0] == state and row[2] == session_id and now - row[1] < 1.0:
+        if (
+            row
+            and row[0] == state
+            and row[2] == session_id
+            and host in (None, row[3])
+            and now - row[1] < 1.0
+        ):
             return str(row[0])  # nothing new worth a write
         with self.transaction() as tx:
             row = tx.execute("SELECT state FROM agents WHERE id = ?", (agent,)).fetchone()
             previous = row[0] if row else None
             tx.execute(
                 """INSERT INTO agents (id, state, session_id, project_dir, first_seen, last_seen,
-                                       state_changed)
-                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                                       state_changed, host)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (id) DO UPDATE SET
                      state = excluded.state, last_seen = excluded.last_seen,
                      session_id = coalesce(excluded.session_id, agents.session_id),
                      project_dir = coalesce(excluded.project_dir, agents.project_dir),
                      state_changed = CASE WHEN agents.state = excluded.state
-                                     THEN agents.state_changed ELSE excluded.state_changed END""",
-                (agent, state, session_id, project_dir, now, now, now),
+                                     THEN agents.state_changed ELSE excluded.state_changed END,
+                     host = coalesce(excluded.host, agents.host)""",
+                (agent, state, session_id, project_dir, now, now, now, host),
             )
         return previous
 
     def add_agent(
-        self, agent: str, state: str, *, session_id: str | None, project_dir: str | None
+        self,
+        agent: str,
+        state: str,
+        *,
+        session_id: str | None,
+        project_dir: str | None,
+        host: str | None = None,
     ) -> bool:
         """Record an agent orch has not heard from, in ``state``; ``False`` when it is known
         already, whatever another hook made of it meanwhile."""
@@ -432,8 +489,8 @@ class Store(abc.ABC):
         with self.transaction() as tx:
             cur = tx.execute(
                 "INSERT INTO agents (id, state, session_id, project_dir, first_seen, last_seen,"
-                " state_changed) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (agent, state, session_id, project_dir, now, now, now),
+                " state_changed, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (agent, state, session_id, project_dir, now, now, now, host),
             )
             return cur.rowcount > 0
 

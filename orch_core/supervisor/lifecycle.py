@@ -5,6 +5,12 @@ ticks twice a second and fires ``orch_supervisor_tick`` once per project, with t
 agents and plugins: the auto_restart plugin carries recoveries out and verifies them there, the
 queue plugin sweeps, the idle plugin wakes. The supervisor itself keeps house (backups, old
 large-message files, hook runs the backstop stopped).
+
+On a store several machines share, each host runs its own supervisor, and each looks after its
+own host's agents only (tmux reaches no other machine's panes): it records a heartbeat for its
+host, and listens for the store's notifications, so that a message sent on another host wakes
+an agent of this one at once (``orch_wake_agent``). Launch specs keep their host, and a
+command that would touch another host's pane refuses, naming the host.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from orch_core import paths
+from orch_core import hosts, paths
 from orch_core.errors import OrchError
 from orch_core.ops import alerts
+from orch_core.queue import WAKE_CHANNEL
 from orch_core.storage import open_store
 from orch_core.storage.store import DatabaseUnreachable
 from orch_core.supervisor import tmux
@@ -28,13 +35,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
-    from orch_core.storage.store import Store
+    from orch_core.storage.store import Listener, Store
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ACTIVE = ("scheduled", "running", "verifying")
 #: What ``orch restart`` adds to keep the conversation (Claude Code's own flag).
 KEEP_CONVERSATION = ("--continue",)
-SPAWN_ENV = ("ORCH_DB", "ORCH_STATE_DIR", "XDG_CONFIG_HOME", "XDG_STATE_HOME")
+SPAWN_ENV = ("ORCH_DB", "ORCH_HOST", "ORCH_STATE_DIR", "XDG_CONFIG_HOME", "XDG_STATE_HOME")
+#: Seconds before a supervisor tries again to listen, after losing the connection.
+RELISTEN_AFTER = 5.0
 #: Seconds a stopping supervisor waits for the alerts it is sending.
 SETTLE_SECONDS = 10.0
 #: Seconds between the supervisor's tries while the database is unreachable: the first wait,
@@ -70,18 +79,39 @@ def save_spec(
     socket: str | None,
     session: str,
     pane: str | None,
+    host: str | None,
 ) -> None:
+    """Keep how to start ``agent`` again, and where: the tmux server, session and pane of
+    ``host``."""
     now = time.time()
     with store.transaction() as tx:
         tx.execute(
             """INSERT INTO launch_specs (agent, argv, cwd, env, tmux_socket, tmux_session, pane,
-                                         created, updated)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent) DO UPDATE SET
+                                         created, updated, host)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent) DO UPDATE SET
                  argv = excluded.argv, cwd = excluded.cwd, env = excluded.env,
                  tmux_socket = excluded.tmux_socket, tmux_session = excluded.tmux_session,
-                 pane = excluded.pane, updated = excluded.updated""",
-            (agent, json.dumps(argv), cwd, json.dumps(env), socket, session, pane, now, now),
-        )
+                 pane = excluded.pane, updated = excluded.updated, host = excluded.host""",
+            (agent, json.dumps(argv), cwd, json.dumps(env), socket, session, pane, now, now,
+             host),
+        )  # fmt: skip
+
+
+def elsewhere(store: Store, spec: Mapping[str, Any] | None, env: Mapping[str, str]) -> str | None:
+    """The other host whose tmux holds ``spec``'s pane, or ``None`` when this host may touch
+    it (always, on a store one machine uses)."""
+    if spec is None or not store.shared or spec.get("host") in (None, paths.host(env)):
+        return None
+    return str(spec["host"])
+
+
+def check_here(
+    store: Store, agent: str, spec: Mapping[str, Any] | None, env: Mapping[str, str], verb: str
+) -> None:
+    """A one-line error when ``agent`` runs on another host: only that host reaches its pane."""
+    other = elsewhere(store, spec, env)
+    if other is not None:
+        raise LifecycleError(f"{agent} runs on host {other}: run `orch {verb}` there")
 
 
 def check_name(name: str) -> str:
@@ -114,8 +144,14 @@ def spawn(
     if not os.path.isdir(cwd):
         raise LifecycleError(f"no such directory: {cwd}")
     existing = get_spec(store, name)
-    if existing and tmux.pane_state(existing["pane"] or "", existing["tmux_socket"]) == "alive":
+    other = check_free(store, name, env)
+    if (
+        other is None
+        and existing
+        and tmux.pane_state(existing["pane"] or "", existing["tmux_socket"]) == "alive"
+    ):
         raise LifecycleError(f"agent {name} is already running in pane {existing['pane']}")
+    host = paths.host(env)
     socket = env.get("ORCH_TMUX_SOCKET") or None
     variables = pane_env(name, extra_env, env)
     try:
@@ -131,11 +167,43 @@ def spawn(
         socket=socket,
         session=session,
         pane=pane,
+        host=host,
     )
-    store.set_agent_state(name, "starting", session_id=None, project_dir=cwd)
+    store.set_agent_state(name, "starting", session_id=None, project_dir=cwd, host=host)
     spec = get_spec(store, name)
     assert spec is not None
     return spec
+
+
+def check_free(store: Store, name: str, env: Mapping[str, str]) -> str | None:
+    """A one-line error when another host runs an agent of that name (unless it stopped
+    there, or that host went silent); else that other host, if any."""
+    other = elsewhere(store, get_spec(store, name), env)
+    if other is not None and not _let_go(store, name, other, env):
+        raise LifecycleError(
+            f"agent {name} runs on host {other}: stop it there first, or choose another name"
+        )
+    return other
+
+
+def _let_go(store: Store, agent: str, host: str, env: Mapping[str, str]) -> bool:
+    """Whether another host's agent may start here instead: stopped there, or its host gone
+    silent."""
+    row = store.execute("SELECT state FROM agents WHERE id = ?", (agent,)).fetchone()
+    return (row is not None and row[0] == "stopped") or host in hosts.unreachable(
+        store, time.time(), host_timeout(env)
+    )
+
+
+def host_timeout(env: Mapping[str, str]) -> float:
+    """``[orch] host_timeout``: seconds without a heartbeat before a host is unreachable."""
+    from orch_core.plugins import plan
+
+    try:
+        settings = plan.load(env, paths.project_dir(env)).settings
+    except Exception:  # a broken config is `orch doctor`'s to report
+        return hosts.HOST_TIMEOUT
+    return float(settings.get("host_timeout", hosts.HOST_TIMEOUT))
 
 
 def relaunch(
@@ -154,6 +222,7 @@ def relaunch(
             f"no launch spec for {agent}: start it with `orch spawn` or "
             "describe it with `orch adopt`"
         )
+    check_here(store, agent, spec, env, "restart")
     argv = [*spec["argv"], *continue_args]
     variables = pane_env(agent, spec["env"], env)
     from orch_core.hook.context import Runtime
@@ -177,10 +246,13 @@ def relaunch(
                 socket=spec["tmux_socket"],
                 session=spec["tmux_session"],
                 pane=spec["pane"],
+                host=spec["host"],
             )
     except tmux.TmuxError as exc:
         raise LifecycleError(str(exc)) from None
-    store.set_agent_state(agent, "starting", session_id=None, project_dir=spec["cwd"])
+    store.set_agent_state(
+        agent, "starting", session_id=None, project_dir=spec["cwd"], host=spec["host"]
+    )
     return spec
 
 
@@ -188,14 +260,18 @@ def restart(
     store: Store, agent: str, *, env: Mapping[str, str], fresh: bool = False
 ) -> dict[str, Any]:
     """What ``orch restart`` does: the agent now, in its window, its conversation kept unless
-    ``fresh``; a recovery the supervisor had planned for it is dropped."""
+    ``fresh``; a recovery the supervisor had planned for it is dropped. Only on the agent's
+    own host."""
+    check_here(store, agent, get_spec(store, agent), env, "restart")
     cancel_recoveries(store, agent, "replaced by orch restart")
     return relaunch(store, agent, env=env, continue_args=() if fresh else KEEP_CONVERSATION)
 
 
-def stop(store: Store, agent: str) -> None:
-    """Stop the agent and everything scheduled for it; the supervisor leaves it alone."""
+def stop(store: Store, agent: str, env: Mapping[str, str] = os.environ) -> None:
+    """Stop the agent and everything scheduled for it; the supervisor leaves it alone. Only on
+    the agent's own host."""
     spec = get_spec(store, agent)
+    check_here(store, agent, spec, env, "stop")
     if spec and spec["pane"]:
         try:
             tmux.tmux(spec["tmux_socket"], "kill-pane", "-t", spec["pane"])
@@ -250,21 +326,29 @@ def history(store: Store, agent: str | None = None, limit: int = 50) -> list[dic
 
 
 class Supervisor:
-    """Ticks every project's plugins (recoveries, sweeps, wake-ups) and keeps house: backups,
-    old large-message files, hook runs the backstop stopped. One per machine (a lock in the
-    state directory)."""
+    """Ticks every project's plugins (recoveries, sweeps, wake-ups) for this host's agents and
+    keeps house: backups, old large-message files, hook runs the backstop stopped, the host's
+    heartbeat. One per machine (a lock in the state directory)."""
 
     def __init__(self, env: Mapping[str, str], *, house_every: float = 10.0) -> None:
         self.env = env
         self.store = open_store(env)
+        self.host = paths.host(env)
         self.house_every = house_every
         self._housekept = 0.0
+        self._beat = 0.0
         self._sending: threading.Thread | None = None
         #: While the database is unreachable: since when, and the wait before the next try.
         self._outage: dict[str, Any] | None = None
+        self._listener: Listener | None = None
+        self._listen_again = 0.0
+        self._listen_failed = False
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
+        if now - self._beat >= hosts.BEAT_EVERY:
+            self._beat = now
+            hosts.beat(self.store, self.host, now)
         self.upkeep(now)
         self.send_alerts(now)
         if now - self._housekept >= self.house_every:
@@ -299,30 +383,94 @@ class Supervisor:
                 log.write("error", f"supervisor could not {what}", self.env, error=repr(exc))
 
     def upkeep(self, now: float) -> None:
-        """``orch_supervisor_tick`` once per project, with its agents and its own plugins and
-        settings (auto_restart recovers, the queue plugin sweeps, the idle plugin wakes agents
-        whose messages came due). Agents orch has not heard from, with messages waiting or a
-        recovery under way, count as the supervisor's own project's."""
+        """``orch_supervisor_tick`` once per project, with its agents of this host and its own
+        plugins and settings (auto_restart recovers, the queue plugin sweeps, the idle plugin
+        wakes agents whose messages came due). Agents orch has not heard from, with messages
+        waiting or a recovery under way, count as the supervisor's own project's."""
         from orch_core.hook.context import Runtime
         from orch_core.queue import PENDING_SQL
 
         home = paths.project_dir(self.env)
-        projects: dict[str, list[str]] = {}
         rows = self.store.execute(
-            "SELECT a.id, coalesce(s.cwd, a.project_dir) FROM agents a"
+            "SELECT a.id, coalesce(s.cwd, a.project_dir), coalesce(s.host, a.host) FROM agents a"
             " LEFT JOIN launch_specs s ON s.agent = a.id"
         ).fetchall()
-        for agent, project in rows:
-            projects.setdefault(project or home, []).append(agent)
-        known = {agent for agent, _ in rows}
+        project_of = {agent: project or home for agent, project, _ in rows}
+        projects: dict[str, list[str]] = {}
+        for agent in hosts.owned(self.store, self.host, [(a, host) for a, _, host in rows]):
+            projects.setdefault(project_of[agent], []).append(agent)
         waiting = self.store.execute(
             f"SELECT DISTINCT agent FROM messages WHERE {PENDING_SQL} UNION"
             " SELECT agent FROM recoveries WHERE state IN ('scheduled', 'running', 'verifying')"
         ).fetchall()
-        projects.setdefault(home, []).extend(a for (a,) in waiting if a not in known)
+        projects.setdefault(home, []).extend(a for (a,) in waiting if a not in project_of)
         for project, agents in projects.items():
             runtime = Runtime.open(self.env, project, store=self.store)
             runtime.fire("orch_supervisor_tick", {"now": now, "agents": sorted(agents)})
+
+    def wait(self, seconds: float) -> None:
+        """Until the next tick: asleep, or, on a shared store, listening, so that a message
+        sent on any host for an agent of this one wakes it at once (the tick would only in
+        ``seconds``)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            listener = self._listening()
+            if listener is None:
+                time.sleep(left)
+                return
+            try:
+                agents = listener.wait(left)
+            except OrchError as exc:
+                self._lost(exc)
+                continue
+            if agents:
+                self.wake(sorted(set(agents)))
+
+    def _listening(self) -> Listener | None:
+        """The store's wake-up channel, opened on first use and after a lost connection."""
+        if self._listener is None and self.store.shared:
+            if time.monotonic() < self._listen_again:
+                return None
+            try:
+                self._listener = self.store.listen(WAKE_CHANNEL)
+                self._listen_failed = False
+            except OrchError as exc:
+                self._lost(exc)
+        return self._listener
+
+    def _lost(self, exc: Exception) -> None:
+        """The listening connection failed: the ticks still wake every agent; try again after
+        :data:`RELISTEN_AFTER`, and say so once until it works again."""
+        from orch_core import log
+
+        if self._listener is not None:
+            self._listener.close()
+        self._listener = None
+        self._listen_again = time.monotonic() + RELISTEN_AFTER
+        if not self._listen_failed:
+            self._listen_failed = True
+            log.write("warning", "supervisor cannot listen for wake-ups; its ticks still wake",
+                      self.env, error=str(exc))  # fmt: skip
+
+    def wake(self, agents: list[str]) -> None:
+        """``orch_wake_agent`` for each of ``agents`` that is this host's, in its project."""
+        from orch_core.hook.context import Runtime
+
+        for agent in agents:
+            try:
+                if hosts.this_hosts(self.store, self.host, agent):
+                    runtime = Runtime.open(self.env, self.project_of(agent), store=self.store)
+                    runtime.fire("orch_wake_agent", {"agent": agent})
+            except Exception as exc:  # the next tick wakes it all the same
+                from orch_core import log
+
+                log.write("error", "supervisor could not wake an agent", self.env,
+                          agent=agent, error=repr(exc))  # fmt: skip
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     def send_alerts(self, now: float) -> None:
         """Alerts whose time has come go to their channels in a thread of their own, one pass
@@ -382,8 +530,9 @@ class Supervisor:
                 else:
                     self.reachable()
                 left = None if end is None else end - time.monotonic()
-                time.sleep(pause if left is None else max(0.0, min(pause, left)))
+                self.wait(pause if left is None else max(0.0, min(pause, left)))
         finally:
+            self.close()
             self.settle(SETTLE_SECONDS)
             write_outage(self.env, None)
             os.close(lock)

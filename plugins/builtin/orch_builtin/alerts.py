@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 
-from orch_core import Setting, hookimpl
+from orch_core import Setting, hookimpl, paths
 from orch_core.ops import alerts
 from orch_core.plugins.settings import defaults
 from orch_core.queue import PENDING_SQL, age
@@ -88,13 +88,33 @@ def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> Non
     if 0 <= now - _looked.get(ctx.project_dir, float("-inf")) < float(settings["check_every"]):
         return  # looked lately (a clock set back counts as long ago)
     _looked[ctx.project_dir] = now
-    seen = list(conditions(ctx.store, ctx.project_dir, agents, settings, now)) if agents else []
-    for alert_id in alerts.observe(ctx.store, ctx.project_dir, KINDS, seen, now):
+    subject = failures_subject(ctx)
+    seen = (
+        list(conditions(ctx.store, ctx.project_dir, agents, settings, now, subject))
+        if agents
+        else []
+    )
+    # on a shared store this host looked at its own agents: it closes only their alerts
+    scope = agents if ctx.store.shared else None
+    for alert_id in alerts.observe(
+        ctx.store, ctx.project_dir, KINDS, seen, now, agents=scope, general=(subject,)
+    ):
         ctx.log("alert recorded", alert=alert_id)
 
 
+def failures_subject(ctx: HookContext) -> str:
+    """What the ``hook_failures`` alert is about: the project, and on a shared store the host
+    whose agents' hooks failed (each host counts its own)."""
+    return f"{ctx.project_dir} on {paths.host(ctx.env)}" if ctx.store.shared else ctx.project_dir
+
+
 def conditions(
-    store: Store, project: str, agents: list[str], settings: dict[str, Any], now: float
+    store: Store,
+    project: str,
+    agents: list[str],
+    settings: dict[str, Any],
+    now: float,
+    subject: str | None = None,
 ) -> Iterator[alerts.Condition]:
     """What holds now for the project's ``agents``; a threshold of 0 switches its kind off.
     A count or an age keeps its alert open down to half its threshold."""
@@ -120,12 +140,17 @@ def conditions(
             text = f"{agent} has been waiting for input for {age(now - since)}"
             yield alerts.Condition("needs_input", agent, str(since), text,
                                    fires=now - since >= after)  # fmt: skip
-    yield from hook_failures(store, project, agents, settings, now)
+    yield from hook_failures(store, project, agents, settings, now, subject or project)
     yield from queues(store, agents, settings, now)
 
 
 def hook_failures(
-    store: Store, project: str, agents: list[str], settings: dict[str, Any], now: float
+    store: Store,
+    project: str,
+    agents: list[str],
+    settings: dict[str, Any],
+    now: float,
+    subject: str,
 ) -> Iterator[alerts.Condition]:
     limit, window = int(settings["hook_failures"]), float(settings["hook_failure_window"])
     if limit <= 0:
@@ -146,7 +171,7 @@ def hook_failures(
         if plugin.get("outcome") != "ok":
             text += f": {plugin.get('plugin')} {plugin.get('outcome')} {plugin.get('error', '')}"
             break
-    yield alerts.Condition("hook_failures", None, project, text, fires=count >= limit)
+    yield alerts.Condition("hook_failures", None, subject, text, fires=count >= limit)
 
 
 def queues(

@@ -11,6 +11,10 @@ messages reach its context then, but the model acts on them only in a turn. A pr
 starting may take the line but not its Enter: the supervisor (started here) presses Enter once
 more when no prompt followed within ``nudge_seconds``, and types the line again after
 ``rewake_seconds``.
+
+tmux reaches this machine's panes only. On a store several hosts share, the sender wakes an
+agent of its own host as above, and leaves any other to its host's supervisor, which the store
+notifies as the message is queued (``orch_wake_agent``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,16 @@ def orch_message_enqueued(message: dict[str, Any], ctx: HookContext) -> None:
     stale = float({**DEFAULTS, **ctx.config}["rewake_seconds"])
     if wake(ctx.store, message["agent"], ctx.env, stale):
         ctx.fire("orch_agent_state_changed", agent=message["agent"], old="idle", new="waking")
+
+
+@hookimpl
+def orch_wake_agent(agent: str, ctx: HookContext) -> None:
+    """A message for ``agent`` was queued somewhere in the fleet: wake it here, at once."""
+    if not Queue(ctx.store).has_ready(agent):
+        return
+    stale = float({**DEFAULTS, **ctx.config}["rewake_seconds"])
+    if wake(ctx.store, agent, ctx.env, stale):
+        ctx.fire("orch_agent_state_changed", agent=agent, old="idle", new="waking")
 
 
 @hookimpl
@@ -111,15 +125,16 @@ def nudge(store: Store, agent: str, env: Mapping[str, str]) -> bool:
     """Press Enter once more in the pane of an agent that was woken but sent no prompt."""
     from orch_core.supervisor import tmux
 
-    target = store.agent_pane(agent)
+    target = store.agent_pane(agent, host=paths.host(env))
     return target is not None and tmux.press_enter(target[0], target[1], paths.state_dir(env))
 
 
 def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float) -> bool:
-    """Type the wake-up line into an idle agent's pane, once per batch; whether it did."""
+    """Type the wake-up line into an idle agent's pane, once per batch; whether it did. An
+    agent whose pane is on another host is left to that host's supervisor."""
     from orch_core.supervisor import tmux  # subprocess: only when there is something to type
 
-    target = store.agent_pane(agent)
+    target = store.agent_pane(agent, host=paths.host(env))
     if target is None:
         return False
     if not store.transition(

@@ -11,12 +11,12 @@ supervisor never takes it for hung. ``error`` on StopFailure; ``offline`` on Ses
 (``starting`` is set by ``orch spawn`` and restarts, until the SessionStart.) A change fires
 ``orch_agent_state_changed``. It also remembers each session's tmux pane (and transcript), so
 that the idle plugin can wake the agent and ``orch stats`` count its tokens. ``orch agents``
-lists the result.
+lists the result, each agent with its host (the machine whose hooks it last came from).
 """
 
 from __future__ import annotations
 
-from orch_core import hookimpl
+from orch_core import hookimpl, paths
 from orch_core.hook import agents
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
@@ -40,7 +40,11 @@ def _seen(ctx: HookContext, state: str) -> None:
     if ctx.agent is None:
         return
     old = ctx.store.set_agent_state(
-        ctx.agent, state, session_id=ctx.session_id, project_dir=ctx.project_dir
+        ctx.agent,
+        state,
+        session_id=ctx.session_id,
+        project_dir=ctx.project_dir,
+        host=paths.host(ctx.env),
     )
     if old != state:
         ctx.fire("orch_agent_state_changed", agent=ctx.agent, old=old, new=state)
@@ -50,7 +54,12 @@ def _remember_pane(event: ev.Event, ctx: HookContext) -> None:
     pane = ctx.env.get("TMUX_PANE")
     if ctx.agent and ctx.session_id and pane:
         ctx.store.remember_session(
-            ctx.session_id, ctx.agent, pane, agents.tmux_socket(ctx.env), event.transcript_path
+            ctx.session_id,
+            ctx.agent,
+            pane,
+            agents.tmux_socket(ctx.env),
+            event.transcript_path,
+            host=paths.host(ctx.env),
         )
 
 
@@ -104,7 +113,11 @@ def orch_stop_failure(ctx: HookContext) -> None:
         return
     store = ctx.store
     if store.transition(ctx.agent, "error", only_from=LIVE) or store.add_agent(
-        ctx.agent, "error", session_id=ctx.session_id, project_dir=ctx.project_dir
+        ctx.agent,
+        "error",
+        session_id=ctx.session_id,
+        project_dir=ctx.project_dir,
+        host=paths.host(ctx.env),
     ):
         ctx.fire("orch_agent_state_changed", agent=ctx.agent, old=None, new="error")
 

@@ -650,12 +650,17 @@ def orch_stats(since: float, now: float, agent: str | None, ctx: HookContext) ->
 def orch_register_commands(cli: click.Group) -> None:
     import click
 
-    from orch_core import paths
+    from orch_core import hosts, paths
     from orch_core.cli.params import agent_name
     from orch_core.hook.context import Runtime
 
     def store() -> Store:
         return Runtime.open(os.environ, paths.project_dir(os.environ)).store
+
+    def named(agent: str) -> tuple[Store, str]:
+        """The store, and the agent ``agent`` names from this host (``orch_core.hosts``)."""
+        db = store()
+        return db, hosts.Names(db).resolve(agent)
 
     @cli.command("brief")
     @click.argument("agent", callback=agent_name)
@@ -669,7 +674,8 @@ def orch_register_commands(cli: click.Group) -> None:
         fields: dict[str, Any] = {"briefing_content": text}
         if role:
             fields["role"] = role
-        update_context(store(), agent, **fields)
+        db, agent = named(agent)
+        update_context(db, agent, **fields)
         click.echo(f"briefing for {agent} set ({len(text)} characters)")
 
     @cli.command("context")
@@ -677,7 +683,7 @@ def orch_register_commands(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def context_command(agent: str, as_json: bool) -> None:
         """What orch keeps for AGENT: briefing, checkpoint, recent activity."""
-        db = store()
+        db, agent = named(agent)
         row = context_row(db, agent) or {"agent_id": agent}
         if row.get("checkpoint_data"):
             row["checkpoint_data"] = json.loads(row["checkpoint_data"])
@@ -698,5 +704,6 @@ def orch_register_commands(cli: click.Group) -> None:
     @click.argument("agent", callback=agent_name)
     def rebrief_command(agent: str) -> None:
         """Rebrief AGENT at its next delivery point (prompt, tool call or session start)."""
-        update_context(store(), agent, rebrief_pending=1)
+        db, agent = named(agent)
+        update_context(db, agent, rebrief_pending=1)
         click.echo(f"{agent} will be rebriefed at its next hook")

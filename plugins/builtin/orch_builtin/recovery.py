@@ -1,5 +1,8 @@
 """The recovery ladder the auto_restart plugin runs on the supervisor's ticks.
 
+Each host's supervisor runs it for its own agents (their panes are in its tmux); the limits
+and the history are the store's, so they hold fleet-wide.
+
 A scheduled step is carried out, then verified: a re-prompt counts when the agent's next prompt
 hook arrives, a restart when its SessionStart arrives, each within ``verify_seconds``. A failed
 step climbs the ladder: re-prompt → restart in the same window keeping the conversation
@@ -113,7 +116,7 @@ class Ladder:
     def reprompt(self, agent: str) -> None:
         """Type ``reprompt_line`` into the agent's pane (its spawned one, else the one its
         hooks came from)."""
-        target = self.store.agent_pane(agent)
+        target = self.store.agent_pane(agent, host=paths.host(self.ctx.env))
         spec = lifecycle.get_spec(self.store, agent)
         if spec and spec["pane"]:
             target = (spec["pane"], spec["tmux_socket"])

@@ -1,0 +1,160 @@
+"""The machines of a fleet: which host each agent is on, names across hosts, heartbeats.
+
+Each machine is a host, named by ``ORCH_HOST`` (else its hostname: :func:`paths.host`), and
+every agent, session and launch spec records the host it runs on. On a store that only one
+machine uses (SQLite) every agent is this host's, and names are what they always were. On a
+store several machines share (PostgreSQL, :attr:`Store.shared`):
+
+- **Names**: a tmux window's agent is ``host/session:window`` (two hosts may both have a
+  ``proj:1``); a name someone chose (``ORCH_AGENT``, ``orch spawn NAME``) is the agent's id as
+  given, one agent fleet-wide. :class:`Names` reads what a person or a program writes: an id
+  orch knows is that agent; ``host/name`` is the agent ``name`` of that host; a bare name is
+  this host's, else the one agent of that name in the fleet, and names on several hosts are an
+  error that lists them.
+- **Owners**: each host's supervisor looks after its own agents: its panes, wake-ups,
+  restarts (:func:`owned`). What the store keeps for all (restart limits, history, queues) is
+  shared.
+- **Heartbeats**: each supervisor records its host's (:func:`beat`); the agents of a host not
+  heard from for ``[orch] host_timeout`` seconds are ``unreachable`` (:func:`unreachable`),
+  their messages kept for them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from typing import TYPE_CHECKING
+
+from orch_core import paths
+from orch_core.errors import OrchError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any
+
+    from orch_core.storage.store import Store
+
+#: Seconds between a supervisor's heartbeats.
+BEAT_EVERY = 5.0
+#: Seconds without a heartbeat before a host's agents are unreachable (``[orch]
+#: host_timeout``).
+HOST_TIMEOUT = 30.0
+#: What a host's agents show as when it is not heard from.
+UNREACHABLE = "unreachable"
+
+
+class AmbiguousName(OrchError, ValueError):
+    """A bare name that agents of several hosts have."""
+
+
+def name_of(agent: str, host: str | None) -> str:
+    """``agent`` without its host: ``proj:1`` for ``a/proj:1`` of host ``a``."""
+    if host and agent.startswith(host + "/"):
+        return agent[len(host) + 1 :]
+    return agent
+
+
+def full_name(agent: str, host: str | None) -> str:
+    """``host/name``, as a person may address ``agent`` of ``host`` from anywhere."""
+    return f"{host}/{name_of(agent, host)}" if host else agent
+
+
+class Names:
+    """The agents orch knows and their hosts, read once, to turn what someone wrote into ids."""
+
+    def __init__(self, store: Store, env: Mapping[str, str] = os.environ) -> None:
+        self.shared = store.shared
+        self.here = paths.host(env)
+        rows = store.execute(
+            "SELECT a.id, coalesce(s.host, a.host) FROM agents a"
+            " LEFT JOIN launch_specs s ON s.agent = a.id ORDER BY a.id"
+        ).fetchall()
+        self.hosts: dict[str, str | None] = dict(rows)
+
+    def resolve(self, target: str) -> str:
+        """The agent id ``target`` names (rules: the module's docstring). A name orch has not
+        heard of yet is taken as it is: its messages wait for that agent's first hook."""
+        if target in self.hosts:
+            return target
+        host, slash, name = target.partition("/")
+        if slash and paths.valid_host(host):
+            for agent, where in self.hosts.items():
+                if where == host and name_of(agent, where) == name:
+                    return agent
+            return target
+        found = [a for a, where in self.hosts.items() if where and a == f"{where}/{target}"]
+        mine = [a for a in found if self.hosts[a] == self.here]
+        if mine or len(found) == 1:
+            return (mine or found)[0]
+        if found:
+            raise AmbiguousName(
+                f"{target!r} is on {len(found)} hosts: {', '.join(found)}; name one as host/name"
+            )
+        return target
+
+    def matching(self, pattern: str) -> list[str]:
+        """Agents matching ``pattern`` on every host: a pattern with ``/`` is matched against
+        ``host/name``, one without against the names (``proj:*``: every host's ``proj``
+        windows); either may also match the id itself."""
+        whole = "/" in pattern
+        return [
+            agent
+            for agent, host in self.hosts.items()
+            if fnmatch.fnmatchcase(agent, pattern)
+            or fnmatch.fnmatchcase(
+                full_name(agent, host) if whole else name_of(agent, host), pattern
+            )
+        ]
+
+    def host_of(self, agent: str) -> str | None:
+        return self.hosts.get(agent)
+
+
+def this_hosts(store: Store, host: str, agent: str) -> bool:
+    """Whether ``agent`` is ``host``'s to look after: always on a store one machine uses;
+    on a shared one when it runs there (its launch spec's host, else its hooks'), or when no
+    host knows it yet."""
+    if not store.shared:
+        return True
+    row = store.execute(
+        "SELECT coalesce(s.host, a.host) FROM agents a LEFT JOIN launch_specs s"
+        " ON s.agent = a.id WHERE a.id = ?",
+        (agent,),
+    ).fetchone()
+    return row is None or row[0] == host
+
+
+def owned(store: Store, host: str, agents: Iterable[tuple[str, str | None]]) -> list[str]:
+    """Of ``(agent, its host)`` pairs, those ``host`` looks after: all on a store one machine
+    uses; on a shared one, those that run there (one whose host is not recorded, from before
+    hosts were, waits for its next hook to say)."""
+    if not store.shared:
+        return [agent for agent, _ in agents]
+    return [agent for agent, where in agents if where == host]
+
+
+def beat(store: Store, host: str, now: float | None = None) -> None:
+    """This host's supervisor is alive."""
+    with store.transaction() as tx:
+        tx.execute(
+            "INSERT INTO hosts (host, last_seen, pid) VALUES (?, ?, ?) ON CONFLICT (host)"
+            " DO UPDATE SET last_seen = excluded.last_seen, pid = excluded.pid",
+            (host, time.time() if now is None else now, os.getpid()),
+        )
+
+
+def listing(store: Store) -> list[dict[str, Any]]:
+    """Every host that ran a supervisor: name, last heartbeat, pid."""
+    rows = store.execute("SELECT host, last_seen, pid FROM hosts ORDER BY host").fetchall()
+    return [{"host": host, "last_seen": seen, "pid": pid} for host, seen, pid in rows]
+
+
+def unreachable(store: Store, now: float, timeout: float = HOST_TIMEOUT) -> set[str]:
+    """Hosts whose supervisor has not been heard from for ``timeout`` seconds. A store one
+    machine uses has none (its agents are this machine's, supervised or not), and a host that
+    never ran a supervisor is not judged."""
+    if not store.shared:
+        return set()
+    rows = store.execute("SELECT host FROM hosts WHERE last_seen < ?", (now - timeout,))
+    return {host for (host,) in rows.fetchall()}

@@ -1,0 +1,206 @@
+"""Two hosts of a fleet on one machine: two private tmux servers, two ``ORCH_HOST`` values and
+state folders, one store. Names come from each host's real tmux; wake-ups and restarts happen
+on the host whose tmux holds the pane, never from the other one (which, on one machine, could
+reach it: only orch's own rules keep it out)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from orch_builtin.idle import WAKE_LINE
+
+from orch_core.supervisor import lifecycle
+from orch_core.testing.kit import OrchState, orch_script
+from orch_core.testing.payloads import payload
+from orch_core.testing.tmux import TmuxServer
+
+pytestmark = pytest.mark.tmux
+
+HOSTS = ("alpha", "beta")
+SENTINEL = "--- end of test input ---"
+RECORDER = """
+import sys
+with open(sys.argv[1], "ab", buffering=0) as out:
+    out.write(b"ready\\n")
+    for line in iter(sys.stdin.buffer.readline, b""):
+        out.write(line)
+"""
+
+
+def poll(predicate: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+class Host:
+    """One machine of the fleet: its tmux server, its state folder, its ``ORCH_HOST``."""
+
+    def __init__(self, name: str, orch: OrchState) -> None:
+        self.name = name
+        self.tmux = TmuxServer()
+        self.orch = orch
+        state = orch.root / f"state-{name}"
+        self.env = {**orch.env, "ORCH_HOST": name, "ORCH_STATE_DIR": str(state)}
+
+    def socket(self) -> str:
+        return self.tmux.cmd("display-message", "-p", "#{socket_path}").strip()
+
+    def recorder(self) -> Pane:
+        """A window whose program keeps every line typed into it."""
+        return Pane(self)
+
+    def hook(self, pane: str, event: str, **fields: Any) -> None:
+        """``event`` of the Claude session in ``pane``, through the real orch-hook, which
+        names its agent from this host's tmux (no ``ORCH_AGENT``)."""
+        pid = self.tmux.cmd("display-message", "-p", "#{pid}").strip()
+        data = payload(event, session_id=f"s-{self.name}-{pane}", **fields)
+        result = self.orch.run_hook(data, ORCH_HOST=self.name, ORCH_STATE_DIR=self.env[
+            "ORCH_STATE_DIR"], TMUX=f"{self.socket()},{pid},0", TMUX_PANE=pane)  # fmt: skip
+        assert result.exit_code == 0
+
+    def cli(self, *args: str, host: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``orch ARGS`` on this host (or as if on ``host``)."""
+        return subprocess.run(
+            [orch_script(), *args], capture_output=True, text=True,
+            env={**self.env, "ORCH_HOST": host or self.name}, cwd=self.orch.project_dir,
+            timeout=60, check=False,
+        )  # fmt: skip
+
+
+class Pane:
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.log = host.orch.root / f"typed-{host.name}.bin"
+        argv = [sys.executable, "-c", RECORDER, str(self.log)]
+        self.pane = host.tmux.new_window("agent", argv, cwd=host.orch.project_dir)
+        poll(lambda: self.log.exists() and self.log.read_bytes() == b"ready\n", "the recorder")
+
+    def lines(self) -> list[str]:
+        """Everything typed so far (a sentinel line, typed and read back, shows all came)."""
+        self.host.tmux.send_text(self.pane, SENTINEL)
+        poll(lambda: self.log.read_bytes().endswith(f"{SENTINEL}\n".encode()), "the sentinel")
+        typed = self.log.read_bytes().decode().removeprefix("ready\n").splitlines()
+        return [line for line in typed if line != SENTINEL]
+
+
+@pytest.fixture
+def fleet(orch: OrchState) -> Iterator[dict[str, Host]]:
+    # a hook that opens PostgreSQL imports psycopg within its budget (about 100 ms, more on a
+    # busy machine: docs/benchmarks.md); these tests are about where things happen, not time
+    orch.write_config("[orch]\nbudget_ms = 3000\n", user=True)
+    found = {name: Host(name, orch) for name in HOSTS}
+    try:
+        yield found
+    finally:
+        for host in found.values():
+            host.tmux.kill()
+
+
+@pytest.mark.orch_backends("sqlite", "postgresql")
+def test_a_tmux_window_is_named_for_its_host_when_the_store_is_shared(
+    orch: OrchState, orch_backend: str, fleet: dict[str, Host]
+) -> None:
+    """Both hosts have an ``orch-test:0`` window; on a shared store each is its host's."""
+    for host in fleet.values():
+        host.hook(host.recorder().pane, "SessionStart")
+        if orch_backend == "sqlite":  # one machine's store: names as they always were
+            break
+    found = sorted((a["id"], a["host"]) for a in orch.store.agents())
+    if orch_backend == "sqlite":
+        assert found == [("orch-test:0", "alpha")]
+    else:
+        assert found == [("alpha/orch-test:0", "alpha"), ("beta/orch-test:0", "beta")]
+        sessions = orch.store.execute("SELECT agent, host FROM sessions ORDER BY agent")
+        assert sessions.fetchall() == found
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_a_message_sent_on_one_host_wakes_the_other_hosts_agent_through_its_supervisor(
+    orch: OrchState, fleet: dict[str, Host]
+) -> None:
+    alpha = fleet["alpha"]
+    panes = {name: host.recorder() for name, host in fleet.items()}
+    for name, host in fleet.items():
+        host.hook(panes[name].pane, "SessionStart")  # at its prompt: idle
+    supervisors = {name: lifecycle.Supervisor(host.env) for name, host in fleet.items()}
+    try:
+        for supervisor in supervisors.values():
+            supervisor.wait(0.01)  # listening from here on
+        done = alpha.cli("send", "orch-test:0", "for alpha's own")  # a bare name: this host's
+        assert done.returncode == 0, done.stderr
+        assert panes["alpha"].lines() == [WAKE_LINE]  # the sender wakes its host's agent
+        done = alpha.cli("send", "beta/orch-test:0", "for beta's", "--json")
+        assert json.loads(done.stdout)["agent"] == "beta/orch-test:0"
+        assert panes["beta"].lines() == []  # alpha's sender leaves beta's pane alone
+        supervisors["alpha"].wait(1.0)  # hears of it too, and leaves it to beta
+        assert panes["beta"].lines() == []
+        supervisors["beta"].wait(1.0)  # no tick: the notification alone
+        assert panes["beta"].lines() == [WAKE_LINE]
+        assert panes["alpha"].lines() == [WAKE_LINE]
+        states = {a["id"]: a["state"] for a in orch.store.agents()}
+        assert states == {"alpha/orch-test:0": "waking", "beta/orch-test:0": "waking"}
+    finally:
+        for supervisor in supervisors.values():
+            supervisor.close()
+    refused = alpha.cli("send", "orch-test:0", "which?", host="gamma")
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        "Error: 'orch-test:0' is on 2 hosts: alpha/orch-test:0, beta/orch-test:0; name one as "
+        "host/name\n",
+    )
+
+
+SLEEPER = "import time; time.sleep(600)"
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_each_hosts_supervisor_restarts_its_own_dead_panes_only(
+    orch: OrchState, fleet: dict[str, Host], tmp_path: Path
+) -> None:
+    """Both hosts' supervisors tick; beta's agent's pane dies. alpha's supervisor, which on
+    this one machine could see that pane, leaves it be: beta's restarts it, in beta's tmux."""
+    orch.write_config(
+        "[orch]\nbudget_ms = 3000\n[plugin.auto_restart]\nbackoff_base = 0\njitter = 0\n",
+        user=True,
+    )
+    store = orch.store
+    for name, host in fleet.items():
+        project = tmp_path / f"project-{name}"  # each host's agent in a project of its own
+        project.mkdir()
+        host.tmux.new_window("keep", [sys.executable, "-c", SLEEPER])  # the server, running
+        env = {**host.env, "ORCH_TMUX_SOCKET": host.socket(), "CLAUDE_PROJECT_DIR": str(project)}
+        lifecycle.spawn(store, f"{name}-worker", cwd=str(project), argv=[sys.executable, "-c",
+                        SLEEPER], session="orch", extra_env={}, env=env)  # fmt: skip
+    spec = lifecycle.get_spec(store, "beta-worker")
+    assert spec is not None and spec["host"] == "beta"
+    fleet["beta"].tmux.kill_pane(spec["pane"])
+    supervisors = {name: lifecycle.Supervisor(host.env) for name, host in fleet.items()}
+    now = time.time()
+    for _ in range(3):  # watch, schedule, carry out: alpha's ticks do none of it
+        supervisors["alpha"].upkeep(now)
+        now += 3  # past the watch's pause
+    assert lifecycle.history(store) == []
+    for _ in range(3):
+        supervisors["beta"].upkeep(now)
+        now += 3
+    (recovery,) = lifecycle.history(store, "beta-worker")
+    assert (recovery["step"], recovery["reason"], recovery["state"]) == (
+        "restart", "pane gone", "verifying",
+    )  # fmt: skip
+    restarted = lifecycle.get_spec(store, "beta-worker")
+    assert restarted is not None and restarted["pane"] != spec["pane"]
+    assert fleet["beta"].tmux.is_alive(restarted["pane"])
+    windows = {
+        name: sorted(host.tmux.cmd("list-windows", "-a", "-F", "#{window_name}").split())
+        for name, host in fleet.items()
+    }
+    assert windows == {"alpha": ["alpha-worker", "keep"], "beta": ["beta-worker", "keep"]}
