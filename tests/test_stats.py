@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+
 from orch_core import api
 from orch_core.hook.context import Runtime
 from orch_core.ops import metrics
@@ -23,6 +24,8 @@ from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 
 HOUR = 3600
+
+pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
 
 
 def collect(orch: OrchState, since: float, now: float, agent: str | None = None) -> dict[str, Any]:
@@ -385,16 +388,17 @@ def test_tokens_from_the_transcript_presence_remembered(orch: OrchState, tmp_pat
 # -- plugins' sections ---------------------------------------------------------------------------
 
 NOTES = """
+import time
 from orch_core import hookimpl
 
 @hookimpl
 def orch_schema(dialect):
-    return {1: "CREATE TABLE notes (agent TEXT, ts REAL)"}
+    return {1: "CREATE TABLE notes (agent TEXT, ts DOUBLE PRECISION)"}
 
 @hookimpl
 def orch_stop(ctx):
     with ctx.store.transaction() as tx:
-        tx.execute("INSERT INTO notes VALUES (?, strftime('%s', 'now'))", (ctx.agent,))
+        tx.execute("INSERT INTO notes VALUES (?, ?)", (ctx.agent, time.time()))
 
 @hookimpl
 def orch_stats(since, now, agent, ctx):

@@ -224,10 +224,12 @@ class RunSums:
         tx.executemany(
             "INSERT INTO plugin_hours (hour, plugin, runs, failed, errors, invalid, timeouts,"
             " killed) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hour, plugin) DO UPDATE SET"
-            " runs = runs + excluded.runs, failed = failed + excluded.failed,"
-            " errors = errors + excluded.errors,"
-            " invalid = invalid + excluded.invalid, timeouts = timeouts + excluded.timeouts,"
-            " killed = killed + excluded.killed",
+            " runs = plugin_hours.runs + excluded.runs,"
+            " failed = plugin_hours.failed + excluded.failed,"
+            " errors = plugin_hours.errors + excluded.errors,"
+            " invalid = plugin_hours.invalid + excluded.invalid,"
+            " timeouts = plugin_hours.timeouts + excluded.timeouts,"
+            " killed = plugin_hours.killed + excluded.killed",
             [(*key, *counts) for key, counts in self.plugins.items()],
         )
 
@@ -283,9 +285,10 @@ def _save_runs(
         tx.execute(
             f"INSERT INTO {table} ({', '.join(keys)}, runs, failed, timeouts, killed, durations)"
             f" VALUES ({', '.join('?' for _ in keys)}, ?, ?, ?, ?, ?)"
-            f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET runs = runs + excluded.runs,"
-            " failed = failed + excluded.failed, timeouts = timeouts + excluded.timeouts,"
-            " killed = killed + excluded.killed, durations = excluded.durations",
+            f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET runs = {table}.runs + excluded.runs,"
+            f" failed = {table}.failed + excluded.failed,"
+            f" timeouts = {table}.timeouts + excluded.timeouts,"
+            f" killed = {table}.killed + excluded.killed, durations = excluded.durations",
             (*key, runs, failed, timeouts, killed, json.dumps(durations, separators=(",", ":"))),
         )
 
@@ -452,28 +455,31 @@ def message_stats(
     to its confirmation. A message's events are read only when it was delivered more than once
     (or not by a hook), or is pending."""
     mine, only = (" AND agent = ?", [agent]) if agent else ("", [])
+    latest = "greatest" if store.dialect == "postgresql" else "max"  # of several values
     retried = "(SELECT max(r.ts) FROM message_events r WHERE r.message_id = m.id AND r.detail = ?)"
     waited, confirming = _latencies(
         store.execute(
-            f"SELECT m.agent, {BAND_SQL}, CASE WHEN m.first >= ?1 THEN m.first - max(m.created,"
-            " coalesce(m.not_before, 0), coalesce(r.at, 0)) END, CASE WHEN m.confirmed >= ?1"
-            " THEN m.confirmed - m.delivered END FROM (SELECT id, agent, priority, created,"
-            " not_before, delivered, confirmed, CASE WHEN delivered < ?1 THEN"
+            f"SELECT m.agent, {BAND_SQL}, CASE WHEN m.first >= ? THEN m.first - {latest}("
+            "m.created, coalesce(m.not_before, 0), coalesce(r.at, 0)) END, CASE WHEN"
+            " m.confirmed >= ? THEN m.confirmed - m.delivered END FROM (SELECT id, agent,"
+            " priority, created, not_before, delivered, confirmed, CASE WHEN delivered < ? THEN"
             " NULL WHEN attempts = 1 AND session_id IS NOT NULL THEN delivered ELSE (SELECT"
             " min(e.ts) FROM message_events e WHERE e.message_id = m.id AND e.state ="
-            " 'delivered' AND e.detail IS NOT ?2 AND e.ts > coalesce((SELECT max(q.ts) FROM"
-            " message_events q WHERE q.message_id = m.id AND q.detail = ?3), 0)) END AS first"
-            " FROM messages m WHERE (delivered >= ?1 OR confirmed >= ?1)"
-            f"{mine.replace('?', '?4')}) m LEFT JOIN (SELECT message_id, max(ts) AS at FROM"
-            " message_events WHERE detail = ?3 GROUP BY message_id) r ON r.message_id = m.id",
-            [since, PUSHED, RETRIED, *only],
+            " 'delivered' AND (e.detail IS NULL OR e.detail <> ?) AND e.ts > coalesce((SELECT"
+            " max(q.ts) FROM message_events q WHERE q.message_id = m.id AND q.detail = ?), 0))"
+            " END AS first FROM messages m WHERE (delivered >= ? OR confirmed >= ?)"
+            f"{mine}) m LEFT JOIN (SELECT message_id, max(ts) AS at FROM"
+            " message_events WHERE detail = ? GROUP BY message_id) r ON r.message_id = m.id",
+            [since, since, since, PUSHED, RETRIED, since, since, *only, RETRIED],
         )
     )
     sent, dead, expired, cancelled = store.execute(
-        "SELECT total(created >= ?1), total(state = 'dead' AND ended >= ?1),"
-        " total(state = 'expired' AND ended >= ?1), total(state = 'cancelled' AND ended >= ?1)"
-        f" FROM messages WHERE (created >= ?1 OR ended >= ?1){mine.replace('?', '?2')}",
-        [since, *only],
+        "SELECT coalesce(sum(CASE WHEN created >= ? THEN 1 ELSE 0 END), 0),"
+        " coalesce(sum(CASE WHEN state = 'dead' AND ended >= ? THEN 1 ELSE 0 END), 0),"
+        " coalesce(sum(CASE WHEN state = 'expired' AND ended >= ? THEN 1 ELSE 0 END), 0),"
+        " coalesce(sum(CASE WHEN state = 'cancelled' AND ended >= ? THEN 1 ELSE 0 END), 0)"
+        f" FROM messages WHERE (created >= ? OR ended >= ?){mine}",
+        [since] * 6 + only,
     ).fetchone()
     messages: dict[str, Any] = {
         "sent": int(sent),
@@ -490,7 +496,7 @@ def message_stats(
     oldest: dict[str, float] = {}
     scheduled = 0
     for who, level, state, ready in store.execute(
-        f"SELECT agent, {BAND_SQL}, state, max(created, coalesce(not_before, 0),"
+        f"SELECT agent, {BAND_SQL}, state, {latest}(created, coalesce(not_before, 0),"
         f" coalesce({retried}, 0)) FROM messages m WHERE state IN ('queued', 'delivered')"
         f" AND (state = 'queued' OR session_id IS NOT NULL){mine}",
         [RETRIED, *only],
