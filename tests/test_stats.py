@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-
 from orch_core import api
 from orch_core.hook.context import Runtime
 from orch_core.ops import metrics
