@@ -58,6 +58,10 @@ def fleet(orch: OrchState, orch_backend: str, tmp_path: Path) -> Iterator[OrchSt
     pid = lifecycle.supervisor_running(orch.env)
     if pid and pid > 0:
         os.kill(pid, signal.SIGTERM)
+        # a tick still under way could start the tmux server again after it is killed
+        deadline = time.monotonic() + 10
+        while lifecycle.supervisor_running(orch.env) and time.monotonic() < deadline:
+            time.sleep(0.05)
     subprocess.run(["tmux", "-S", socket, "kill-server"], capture_output=True, check=False)
 
 
