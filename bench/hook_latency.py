@@ -13,7 +13,15 @@ in two cases:
   nothing in flight); the timed hook confirms (nothing), sweeps, claims all 10, renders them and
   prints them as additionalContext (checked: all 10 ids, in order).
 
+With ``--store postgresql`` the store is a PostgreSQL database over 127.0.0.1 (``--url``, else
+a private cluster started by the test kit, fsync off), and the hand-written hook is python +
+json + psycopg: it connects to the same database and does the one indexed read orch does when
+nothing is pending (does this agent have messages queued or in flight?), no output. A fourth
+row is the same hook ending with ``os._exit(0)``: orch-hook skips the interpreter's teardown
+that way, which with psycopg loaded is worth tens of milliseconds.
+
     make bench            # or: python bench/hook_latency.py --runs 300
+    python bench/hook_latency.py --store postgresql [--url postgresql://...]
 """
 
 from __future__ import annotations
@@ -38,6 +46,21 @@ event = json.loads(sys.stdin.buffer.read())
 db = sqlite3.connect(os.environ["ORCH_DB"], timeout=0.5)
 row = db.execute("SELECT state FROM agents WHERE id = ?", (os.environ["ORCH_AGENT"],)).fetchone()
 """
+
+HAND_WRITTEN_PG = """\
+import json, os, sys
+import psycopg
+event = json.loads(sys.stdin.buffer.read())
+db = psycopg.connect(os.environ["ORCH_DB"], autocommit=True)
+row = db.execute(
+    "SELECT 1 FROM messages WHERE agent = %s AND state IN ('queued', 'delivered')"
+    " AND (state = 'queued' OR session_id IS NOT NULL) LIMIT 1",
+    (os.environ["ORCH_AGENT"],),
+).fetchone()
+"""
+
+BASE = "hand-written hook"
+NO_TEARDOWN = "hand-written hook, os._exit(0) at its end"
 
 PAYLOAD = {
     "hook_event_name": "PostToolUse",
@@ -65,12 +88,12 @@ def time_once(
     return elapsed
 
 
-def queue_ten(db: str, agent: str) -> list[str]:
+def queue_ten(env: dict[str, str], agent: str) -> list[str]:
     """Queue 10 messages of 200 characters for ``agent`` (as ``orch send`` would); their ids."""
     from orch_core.queue import Queue
-    from orch_core.storage.store import SQLiteStore
+    from orch_core.storage import open_store
 
-    store = SQLiteStore(db)
+    store = open_store(env)
     try:
         queue = Queue(store)
         return [queue.send(agent, f"{i:02d} " + "x" * 197, sender="bench")["id"] for i in range(10)]
@@ -81,52 +104,34 @@ def queue_ten(db: str, agent: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--url", help="a PostgreSQL database to use (default: a private one)")
     args = parser.parse_args()
     venv_bin = regular_venv("bench-venv")
-    python = venv_bin / "python"
+    cluster = None
     with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "hand_written_hook.py"
-        script.write_text(HAND_WRITTEN)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "CLAUDE"))}
-        env.update(ORCH_STATE_DIR=tmp, ORCH_DB=f"{tmp}/orch.db", ORCH_AGENT="bench:1",
-                   XDG_CONFIG_HOME=f"{tmp}/config", CLAUDE_PROJECT_DIR=tmp)  # fmt: skip
-        hook = [str(venv_bin / "orch-hook")]
-        commands = {
-            "hand-written hook": [str(python), str(script)],
-            "orch-hook, 0 pending": hook,
-            "orch-hook, 10 pending": hook,
-        }
-        payload = json.dumps(PAYLOAD).encode()
-        pending = 0
+        if args.store == "sqlite":
+            database, hand_written = f"{tmp}/orch.db", {BASE: HAND_WRITTEN}
+        else:
+            from orch_core.testing.postgres import Cluster
 
-        def once(name: str, argv: list[str]) -> float:
-            """One timed run; for the pending case, queue 10 fresh messages first, untimed."""
-            nonlocal pending
-            if name != "orch-hook, 10 pending":
-                return time_once(argv, payload, env)
-            pending += 1
-            agent = f"bench:pending-{pending}"
-            ids = queue_ten(env["ORCH_DB"], agent)
-            return time_once(argv, payload, {**env, "ORCH_AGENT": agent}, expect=ids)
-
-        for name, argv in reversed(commands.items()):  # warm-up: schema, plan cache, page cache
-            for _ in range(10):
-                once(name, argv)
-        times: dict[str, list[float]] = {name: [] for name in commands}
-        for _ in range(args.runs):
-            for name, argv in commands.items():
-                times[name].append(once(name, argv))
-        conn = sqlite3.connect(env["ORCH_DB"])
-        recorded = conn.execute("SELECT count(*) FROM hook_runs").fetchone()[0]
-        delivered = conn.execute(
-            "SELECT count(*) FROM messages WHERE state = 'delivered'"
-        ).fetchone()[0]
-        conn.close()
-    base = statistics.median(times["hand-written hook"])
+            if args.url:
+                database = args.url
+            else:
+                cluster = Cluster.start()
+                database = cluster.create_database()
+            hand_written = {BASE: HAND_WRITTEN_PG, NO_TEARDOWN: HAND_WRITTEN_PG + "os._exit(0)\n"}
+        try:
+            times, counts, server = measure(venv_bin, tmp, database, hand_written, args.runs)
+        finally:
+            if cluster is not None:
+                cluster.stop()
+    base = statistics.median(times[BASE])
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}")  # fmt: skip
-    print(f"runs: {args.runs} each, interleaved; orch-hook recorded {recorded} runs and "
-          f"delivered {delivered} messages")  # fmt: skip
+          f"{platform.python_version()}, {server}; load average "
+          f"{', '.join(f'{n:.2f}' for n in os.getloadavg())}")  # fmt: skip
+    print(f"runs: {args.runs} each, interleaved; orch-hook recorded {counts[0]} runs and "
+          f"delivered {counts[1]} messages")  # fmt: skip
     print("0 pending: nothing queued for the agent, no output. 10 pending: 10 messages of 200 "
           "characters queued for a fresh agent just before each call (untimed); the hook "
           "claims, renders and prints all 10\n")  # fmt: skip
@@ -136,6 +141,61 @@ def main() -> None:
         values.sort()
         median, p90 = statistics.median(values), values[int(len(values) * 0.9)]
         print(f"| {name} | {median * 1000:.2f} | {p90 * 1000:.2f} | {median / base:.2f}x |")
+
+
+def measure(
+    venv_bin: Path, tmp: str, database: str, hand_written: dict[str, str], runs: int
+) -> tuple[dict[str, list[float]], tuple[int, int], str]:
+    """Each contender's times, interleaved; the runs orch-hook recorded and the messages it
+    delivered; the store's name and version."""
+    from orch_core.storage import open_store
+
+    commands = {}
+    for n, (name, text) in enumerate(hand_written.items()):
+        script = Path(tmp) / f"hand_written_hook_{n}.py"
+        script.write_text(text)
+        commands[name] = [str(venv_bin / "python"), str(script)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "CLAUDE"))}
+    env.update(ORCH_STATE_DIR=tmp, ORCH_DB=database, ORCH_AGENT="bench:1",
+               XDG_CONFIG_HOME=f"{tmp}/config", CLAUDE_PROJECT_DIR=tmp)  # fmt: skip
+    hook = [str(venv_bin / "orch-hook")]
+    commands.update({"orch-hook, 0 pending": hook, "orch-hook, 10 pending": hook})
+    payload = json.dumps(PAYLOAD).encode()
+    pending = 0
+
+    def once(name: str, argv: list[str]) -> float:
+        """One timed run; for the pending case, queue 10 fresh messages first, untimed."""
+        nonlocal pending
+        if name != "orch-hook, 10 pending":
+            return time_once(argv, payload, env)
+        pending += 1
+        agent = f"bench:pending-{pending}"
+        ids = queue_ten(env, agent)
+        return time_once(argv, payload, {**env, "ORCH_AGENT": agent}, expect=ids)
+
+    for name, argv in reversed(commands.items()):  # warm-up: schema, plan cache, page cache
+        for _ in range(10):
+            once(name, argv)
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, argv in commands.items():
+            times[name].append(once(name, argv))
+    store = open_store(env)
+    try:
+        recorded = store.execute("SELECT count(*) FROM hook_runs").fetchone()[0]
+        delivered = store.execute(
+            "SELECT count(*) FROM messages WHERE state = 'delivered'"
+        ).fetchone()[0]
+        if store.dialect == "sqlite":
+            server = f"SQLite {sqlite3.sqlite_version}"
+        else:
+            from orch_core.storage.postgres import public
+
+            version = store.execute("SELECT version()").fetchone()[0].split(" on ")[0]
+            server = f"{version} at {public(database)}"
+    finally:
+        store.close()
+    return times, (recorded, delivered), server
 
 
 if __name__ == "__main__":

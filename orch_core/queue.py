@@ -61,6 +61,8 @@ PREVIEW = 500
 #: The store's channel for "messages are ready for this agent": its host's supervisor wakes it
 #: (a store several machines share; ``orch supervise`` listens).
 WAKE_CHANNEL = "orch_wake"
+#: Messages :meth:`Queue.send_many` stores a statement (9 values each; SQLite takes 32,766).
+INSERT_ROWS = 500
 #: What :meth:`Queue.send_many` takes of each message.
 SEND_FIELDS = frozenset(
     ("agent", "text", "priority", "sender", "key", "ttl", "after", "not_before")
@@ -203,11 +205,64 @@ class Queue:
         receipts = []
         known: dict[str, bool] = {}  # agent: whether orch has heard from it
         with self.store.transaction() as tx:
-            for item in items:
-                receipts.append(self._insert(tx, now, known, **item))
+            if len(items) > 1 and not any(i.get("key") or i.get("after") for i in items):
+                for start in range(0, len(items), INSERT_ROWS):
+                    receipts += self._insert_rows(tx, now, items[start : start + INSERT_ROWS])
+            else:
+                for item in items:
+                    receipts.append(self._insert(tx, now, known, **item))
             ready = {r["agent"] for r in receipts if _ready(r, now) and not r.get("duplicate")}
-            for agent in sorted(ready):
-                self.store.notify(tx, WAKE_CHANNEL, agent)
+            self.store.notify(tx, WAKE_CHANNEL, sorted(ready))
+        return receipts
+
+    def _insert_rows(self, tx: Any, now: float, items: list[Mapping[str, Any]]) -> list[Message]:
+        """Messages without a key or a dependency into the open transaction ``tx``, in two
+        statements (two round trips to a server, not one a message): each agent's last
+        number, then one insert of them all."""
+        agents = sorted({item["agent"] for item in items})
+        last = dict(
+            tx.execute(
+                "SELECT agent, max(seq) FROM messages"
+                f" WHERE agent IN ({', '.join('?' * len(agents))}) GROUP BY agent",
+                agents,
+            ).fetchall()
+        )
+        drawn: set[str] = set()
+
+        def draw() -> str:
+            while (message_id := new_id(now)) in drawn:
+                pass
+            drawn.add(message_id)
+            return message_id
+
+        rows: list[tuple[Any, ...]] = []
+        for item in items:
+            agent, ttl = item["agent"], item.get("ttl")
+            last[agent] = seq = last.get(agent, 0) + 1
+            rows.append((draw(), agent, seq, item.get("priority", 0), item.get("sender"),
+                         item["text"], item.get("not_before"), now + ttl if ttl else None,
+                         now))  # fmt: skip
+        stored: dict[str, tuple[Any, ...]] = {}
+        for _ in range(8):  # an id another send drew in the same millisecond: draw again
+            waiting = [row for row in rows if row[0] not in stored]
+            for *got, heard in tx.execute(
+                "INSERT INTO messages (id, agent, seq, priority, sender, body, state, not_before,"
+                " expires, created) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)"] * len(waiting))
+                + " ON CONFLICT DO NOTHING"
+                " RETURNING *, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)",
+                [value for row in waiting for value in row],
+            ).fetchall():
+                stored[got[0]] = (*got, heard)
+            if len(stored) == len(rows):
+                break
+            rows = [row if row[0] in stored else (draw(), *row[1:]) for row in rows]
+        else:
+            raise QueueError("could not draw a unique message id")
+        receipts = []
+        for message_id, *_ in rows:
+            *row, heard = stored[message_id]
+            receipts.append({**self._record(tx, tuple(row)), "known_agent": bool(heard)})
         return receipts
 
     def _insert(
@@ -227,7 +282,8 @@ class Queue:
     ) -> Message:
         """One message into the open transaction ``tx``: four b-trees written (the table, its
         id, the agent's sequence, the delivery order); its creation is the ``created`` column,
-        not an event row."""
+        not an event row. Its number and whether orch knows the agent come with the insert:
+        one statement (one round trip to a server) for the message."""
         if key is not None:
             row = tx.execute(
                 "SELECT * FROM messages WHERE agent = ? AND key = ? AND state = 'queued'"
@@ -241,26 +297,24 @@ class Queue:
             and tx.execute("SELECT 1 FROM messages WHERE id = ?", (after,)).fetchone() is None
         ):
             raise QueueError(f"--after: no message with id {after!r}")
-        seq = tx.execute(
-            "SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE agent = ?", (agent,)
-        ).fetchone()[0]
-        values = (agent, seq, priority, sender, text, key, after, not_before,
+        values = (agent, agent, priority, sender, text, key, after, not_before,
                   now + ttl if ttl else None, now)  # fmt: skip
         for _ in range(8):  # two sends in one millisecond may draw the same id: draw again
             row = tx.execute(
                 "INSERT INTO messages (id, agent, seq, priority, sender, body, key, state,"
                 " after_id, not_before, expires, created)"
-                " VALUES (?,?,?,?,?,?,?,'queued',?,?,?,?) ON CONFLICT DO NOTHING RETURNING *",
+                " VALUES (?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE agent = ?),"
+                " ?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+                " RETURNING *, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)",
                 (new_id(now), *values),
             ).fetchone()
             if row is not None:
                 break
         else:
             raise QueueError("could not draw a unique message id")
-        if agent not in known:
-            heard = tx.execute("SELECT 1 FROM agents WHERE id = ?", (agent,)).fetchone()
-            known[agent] = heard is not None
-        return {**self._record(tx, row), "known_agent": known[agent]}
+        *stored, heard = row
+        known.setdefault(agent, bool(heard))
+        return {**self._record(tx, tuple(stored)), "known_agent": known[agent]}
 
     def _check(self, agent: str, text: str, priority: int, ttl: float | None) -> None:
         if not agents.valid_id(agent):
@@ -377,7 +431,7 @@ class Queue:
             ).fetchone()
             _event(tx, message_id, now, "queued", RETRIED)
             if _ready({"not_before": row[1]}, now):
-                self.store.notify(tx, WAKE_CHANNEL, row[0])
+                self.store.notify(tx, WAKE_CHANNEL, [row[0]])
         record = self.get(message_id)
         assert record is not None
         return record
@@ -419,23 +473,23 @@ class Queue:
         kill) deliveries left unconfirmed past ``confirm_seconds``."""
         now = time.time() if now is None else now
         only, args = ("AND agent = ?", (agent,)) if agent else ("", ())
-        conn = self.store
-        expired = conn.execute(
-            f"SELECT id FROM messages WHERE state = 'queued' AND expires <= ? {only}",
-            (now, *args),
-        ).fetchall()
-        orphans = conn.execute(
-            f"""SELECT m.id, a.id, a.state FROM messages m JOIN messages a ON a.id = m.after_id
+        scoped = only.replace("agent", "m.agent")
+        found = self.store.execute(  # one read (one round trip to a server) for the three
+            f"""SELECT 'expired', id, NULL, NULL, NULL, CAST(NULL AS BIGINT) FROM messages
+                WHERE state = 'queued' AND expires <= ? {only}
+                UNION ALL
+                SELECT 'orphan', m.id, a.id, a.state, NULL, CAST(NULL AS BIGINT)
+                FROM messages m JOIN messages a ON a.id = m.after_id
                 WHERE m.state = 'queued' AND m.after_id IS NOT NULL
-                  AND a.state IN ('expired', 'cancelled', 'dead')
-                {only.replace("agent", "m.agent")}""",
-            args,
+                  AND a.state IN ('expired', 'cancelled', 'dead') {scoped}
+                UNION ALL
+                SELECT 'stale', id, NULL, NULL, transcript, transcript_from FROM messages
+                WHERE state = 'delivered' AND session_id IS NOT NULL AND delivered <= ? {only}""",
+            (now, *args, *args, now - self.confirm_seconds, *args),
         ).fetchall()
-        stale = conn.execute(
-            "SELECT id, transcript, transcript_from FROM messages WHERE state = 'delivered'"
-            f" AND session_id IS NOT NULL AND delivered <= ? {only}",
-            (now - self.confirm_seconds, *args),
-        ).fetchall()
+        expired = [row[1] for row in found if row[0] == "expired"]
+        orphans = [row[1:4] for row in found if row[0] == "orphan"]
+        stale = [(row[1], *row[4:]) for row in found if row[0] == "stale"]
         # Claude writes its transcript late: the hooks after a delivery may all have missed
         # it while the agent went idle. Look once more before putting it back in the queue.
         starts: dict[str, int | None] = {}
@@ -448,7 +502,7 @@ class Queue:
         if not (expired or orphans or stale):
             return
         with self.store.transaction() as tx:
-            for (message_id,) in expired:
+            for message_id in expired:
                 _set(tx, message_id, "expired", now, "not delivered before its TTL", "queued")
             for message_id, after_id, after_state in orphans:
                 why = f"waited for {after_id}, which ended {after_state}"
@@ -590,8 +644,18 @@ class Queue:
     def _account(
         self, tx: Any, found: list[str], missed: list[tuple[str, int]], now: float
     ) -> None:
-        for message_id in found:
-            _set(tx, message_id, "confirmed", now, "found in the transcript", "delivered")
+        if found:  # one statement for them all (a round trip each to a server otherwise)
+            why = "found in the transcript"
+            done = {
+                row[0]
+                for row in tx.execute(
+                    "UPDATE messages SET state = 'confirmed', reason = ?, confirmed = ?"
+                    f" WHERE id IN ({', '.join('?' * len(found))}) AND state = 'delivered'"
+                    " RETURNING id",
+                    (why, now, *found),
+                ).fetchall()
+            }
+            _events(tx, [mid for mid in found if mid in done], now, "confirmed", why)
         for message_id, checks in missed:
             if checks + 1 >= self.confirm_hooks:
                 self._unconfirmed(tx, message_id, now, "not found in the transcript")
@@ -697,10 +761,7 @@ class Queue:
             f" checks = 0 WHERE id IN ({', '.join('?' * len(ids))})",
             (now, session_id, transcript_path, transcript_from, answered_by, *ids),
         )
-        tx.executemany(
-            "INSERT INTO message_events (message_id, ts, state, detail) VALUES (?, ?, ?, ?)",
-            [(mid, now, "delivered", session_id) for mid in ids],
-        )
+        _events(tx, ids, now, "delivered", session_id)
         return taken
 
     def _cost(self, message: Message, budget: int) -> int:
@@ -822,6 +883,16 @@ def _event(tx: Any, message_id: str, now: float, state: str, detail: str | None)
         "INSERT INTO message_events (message_id, ts, state, detail) VALUES (?, ?, ?, ?)",
         (message_id, now, state, detail),
     )
+
+
+def _events(tx: Any, ids: list[str], now: float, state: str, detail: str | None) -> None:
+    """The same event for each of ``ids``, in one statement (one round trip to a server)."""
+    if ids:
+        tx.execute(
+            "INSERT INTO message_events (message_id, ts, state, detail) SELECT id, ?, ?, ?"
+            f" FROM messages WHERE id IN ({', '.join('?' * len(ids))})",
+            (now, state, detail, *ids),
+        )
 
 
 def _requeue(tx: Any, message_id: str, now: float, why: str) -> None:

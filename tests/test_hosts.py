@@ -166,7 +166,7 @@ def test_the_store_tells_listeners_which_agents_have_messages_ready_when_the_sen
     queue.send("b:1", "again", key="k")  # a duplicate of a pending message: nothing new
     queue.send("c:1", "later", not_before=time.time() + 3600)  # its supervisor's tick wakes it
     with pytest.raises(RuntimeError), store.transaction() as tx:
-        store.notify(tx, WAKE_CHANNEL, "d:1")
+        store.notify(tx, WAKE_CHANNEL, ["d:1"])
         raise RuntimeError("rolled back")
     assert listener.wait(0.3) == []
     (gone,) = queue.send_many([{"agent": "e:1", "text": "cancelled, then retried"}])

@@ -554,6 +554,60 @@ def test_send_many_stores_all_in_one_transaction_or_none(
     assert len(q.messages("p:1")) == 3  # nothing of the bad batches
 
 
+def test_a_batch_without_keys_goes_in_one_insert_in_order_and_numbered_after_the_last(
+    q: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``send_many`` stores a batch of plain messages in one statement (a round trip to a
+    server, not one a message): each agent's messages still numbered on from its last, in the
+    order given, and an id another send took in the same millisecond drawn again."""
+    from orch_core import queue as queue_module
+
+    know(q.store, "p:2")
+    first = q.send("p:1", "before", now=T0)
+    taken = q.send("p:3", "holds an id", now=T0)
+    draws = iter([taken["id"], *(f"m{n:09d}" for n in range(100))])
+    monkeypatch.setattr(queue_module, "new_id", lambda now: next(draws))
+    statements: list[str] = []
+    real = q.store.transaction
+
+    def watched() -> Any:
+        tx = real()
+
+        class Counting:
+            def __enter__(self) -> Any:
+                inner = tx.__enter__()
+
+                class Statements:
+                    def execute(self, sql: str, args: Any = ()) -> Any:
+                        statements.append(sql.split()[0])
+                        return inner.execute(sql, args)
+
+                    def __getattr__(self, name: str) -> Any:
+                        return getattr(inner, name)
+
+                return Statements()
+
+            def __exit__(self, *exc: Any) -> Any:
+                return tx.__exit__(*exc)
+
+        return Counting()
+
+    monkeypatch.setattr(q.store, "transaction", watched)
+    items = [{"agent": f"p:{1 + i % 2}", "text": f"n{i}", "priority": i % 3} for i in range(6)]
+    receipts = q.send_many(items, now=T0 + 1)
+    woken = ["SELECT"] if q.store.shared else []  # one notification for both agents
+    assert statements == ["SELECT", "INSERT", "INSERT", *woken]  # the taken id, drawn again
+    assert [(r["agent"], r["seq"], r["body"]) for r in receipts] == [
+        ("p:1", 2, "n0"), ("p:2", 1, "n1"), ("p:1", 3, "n2"),
+        ("p:2", 2, "n3"), ("p:1", 4, "n4"), ("p:2", 3, "n5"),
+    ]  # fmt: skip
+    assert [r["id"] for r in receipts] == [f"m{n:09d}" for n in (5, 0, 1, 2, 3, 4)]
+    assert [r["known_agent"] for r in receipts] == [False, True] * 3
+    assert [r["priority"] for r in receipts] == [0, 1, 2, 0, 1, 2]
+    assert [m["body"] for m in q.messages("p:1")] == ["n2", "n4", "before", "n0"]
+    assert q.get(first["id"]) is not None and len(q.messages("p:3")) == 1
+
+
 def test_a_schema_7_database_keeps_its_messages_and_history(tmp_path: Path) -> None:
     import sqlite3
 

@@ -3,6 +3,7 @@ store, on a real SQLite file and a real PostgreSQL database, and how the backend
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -326,6 +327,78 @@ def test_postgresql_writers_take_turns_and_wait_no_longer_than_the_timeout(
         tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (2, 'test', 'second')")
     rows = first.execute("SELECT message FROM alerts ORDER BY id").fetchall()
     assert rows == [("first",), ("second",)]
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_threads_sharing_a_postgresql_connection_take_turns_a_transaction_at_a_time(
+    orch: OrchState,
+) -> None:
+    """With ``one_connection``, a thread's statement never runs inside another thread's
+    transaction: it waits for the transaction to end, and no longer than the store's timeout.
+    The store is still one several hosts share."""
+    store = open_store(orch.env, one_connection=True)
+    assert store.shared
+    seen: list[object] = []
+
+    def read() -> None:
+        try:
+            seen.append(store.execute("SELECT count(*) FROM alerts").fetchone())
+        except StoreError as exc:
+            seen.append(str(exc))
+
+    try:
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (1, 'test', 'undone')")
+            reader = threading.Thread(target=read)
+            reader.start()
+            reader.join(timeout=0.5)  # it waits for its turn, which comes after this block
+            tx.execute("ROLLBACK")
+        reader.join()
+        assert seen == [(0,)]  # never the row of a transaction not its own
+        seen.clear()
+        with store.transaction():
+            store.set_timeout(0.05)
+            reader = threading.Thread(target=read)
+            reader.start()
+            reader.join()
+        assert len(seen) == 1 and "kept the connection for 0.050s" in str(seen[0])
+        store.set_timeout(store.timeout)
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (1, 'test', 'kept')")
+        seen.clear()
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join()
+        assert seen == [(1,)]
+    finally:
+        store.close()
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_a_hook_on_postgresql_opens_one_connection_for_all_its_plugins(
+    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each connection costs the server a process and the hook milliseconds: the plugins,
+    each in its thread, take turns on one, and still read and write what they must."""
+    from orch_core.hook import dispatch
+
+    sent = Queue(orch.store).send("p:1", "Rebase on main")["id"]
+    opened: list[PostgresStore] = []
+    connect = PostgresStore._connect
+
+    def counted(store: PostgresStore) -> object:
+        opened.append(store)
+        return connect(store)
+
+    monkeypatch.setattr(PostgresStore, "_connect", counted)
+    event = json.dumps(payload("PostToolUse")).encode()
+    outcome = dispatch.dispatch(event, {**orch.env, "ORCH_AGENT": "p:1"})
+    assert sorted((p["plugin"], p["outcome"]) for p in outcome.plugins) == [
+        ("presence", "ok"), ("queue", "ok"), ("rebrief", "ok"),
+    ]  # fmt: skip
+    assert sent in (outcome.reply.stdout() or "")
+    assert len(opened) == 1
+    assert orch.store.execute("SELECT count(*) FROM hook_runs").fetchone() == (1,)
 
 
 @pytest.mark.orch_backends("postgresql")

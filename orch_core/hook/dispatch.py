@@ -192,7 +192,9 @@ def dispatch(
         running = [*impls, *plan.impls("orch_hook_answered")]
         armed.rearm(deadline + plans.ANSWER_MARGIN - time.perf_counter(), running)
     if store is None:
-        store = open_store(env, timeout=budget, durable=False)
+        # the plugins' few short statements take turns on one connection: a server's store
+        # would cost a connection per plugin thread, several milliseconds each
+        store = open_store(env, timeout=budget, durable=False, one_connection=True)
     runtime = Runtime(
         store=store, env=env, project_dir=project_dir, plan=plan, session_id=event.session_id
     )

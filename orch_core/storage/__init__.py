@@ -10,11 +10,20 @@ if TYPE_CHECKING:
     from orch_core.storage.store import Store
 
 
-def open_store(env: Mapping[str, str], *, timeout: float = 5.0, durable: bool = True) -> Store:
+def open_store(
+    env: Mapping[str, str],
+    *,
+    timeout: float = 5.0,
+    durable: bool = True,
+    one_connection: bool = False,
+) -> Store:
     """The machine's store (:func:`database`): the one place that picks a backend.
 
     :param timeout: seconds to wait for another writer.
     :param durable: whether each commit must reach the disk before it returns.
+    :param one_connection: a server's store gives the process's threads one connection, on
+        which they take turns (SQLite's connections cost no more than opening the file: one
+        a thread).
     """
     from orch_core import paths
 
@@ -22,7 +31,13 @@ def open_store(env: Mapping[str, str], *, timeout: float = 5.0, durable: bool = 
     if paths.is_url(where):
         from orch_core.storage.postgres import PostgresStore
 
-        return PostgresStore(where, paths.state_dir(env), timeout=timeout, durable=durable)
+        return PostgresStore(
+            where,
+            paths.state_dir(env),
+            timeout=timeout,
+            durable=durable,
+            one_connection=one_connection,
+        )
     from orch_core.storage.store import SQLiteStore
 
     return SQLiteStore(where, timeout=timeout, durable=durable)

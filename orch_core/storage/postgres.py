@@ -24,6 +24,12 @@ core and the plugins run on it unchanged:
 - **Schema**: :data:`MIGRATIONS` are the core's tables in PostgreSQL's types, by core schema
   version; the first step is the whole SQLite schema at that version, each later core migration
   adds its step here as in SQLite's. The version is the one row of ``schema_version``.
+- **Connections**: one per thread (handed to the next thread by :meth:`PostgresStore.release`),
+  or with ``one_connection`` one for the whole process, on which threads take turns: a
+  statement at a time, a transaction from its ``BEGIN`` to its ``COMMIT``. Each connection
+  costs the server a process and the client a few milliseconds; orch-hook's plugins, which run
+  at once in threads of their own and each make a few short statements, share one
+  (docs/benchmarks.md).
 - **Outages**: a connection the server dropped (it stopped, restarted, or the network went) is
   noticed on its next use, which fails with :class:`~orch_core.storage.store.DatabaseUnreachable`
   (never a half-done transaction: the server rolls it back); the use after opens a fresh one.
@@ -273,18 +279,32 @@ class PostgresStore(Store):
     :param timeout: seconds a statement may wait or run; the hook passes what is left of its
         budget.
     :param durable: wait for each commit to reach the server's disk (``synchronous_commit``).
+    :param one_connection: the process's threads take turns on one connection instead of one each,
+        waiting for their turn no longer than a statement may wait.
     """
 
     dialect = "postgresql"
     shared = True
 
     def __init__(
-        self, url: str, folder: str, *, timeout: float = 5.0, durable: bool = True
+        self,
+        url: str,
+        folder: str,
+        *,
+        timeout: float = 5.0,
+        durable: bool = True,
+        one_connection: bool = False,
     ) -> None:
         self.url = url
         self.folder = folder
         self.timeout = timeout
         self.durable = durable
+        self.one_connection = one_connection
+        #: With ``one_connection``: held by the thread whose turn it is on the connection, how long
+        #: another waits for it (the statement timeout), and which thread has it.
+        self._turn = _thread.allocate_lock()
+        self._turn_wait = timeout
+        self._turn_holder: int | None = None
         self._conns: dict[int, psycopg.Connection[Any]] = {}
         self._idle: list[psycopg.Connection[Any]] = []
         self._migrated = False
@@ -299,9 +319,9 @@ class PostgresStore(Store):
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
-        """This thread's connection, opened (and the schema migrated) on first use, and again
-        after the server dropped it."""
-        me = _thread.get_ident()
+        """This thread's connection (with ``one_connection``, the process's), opened (and the schema
+        migrated) on first use, and again after the server dropped it."""
+        me = 0 if self.one_connection else _thread.get_ident()
         conn = self._conns.get(me)
         if conn is not None and conn.closed:
             del self._conns[me]
@@ -317,6 +337,8 @@ class PostgresStore(Store):
 
     def release(self) -> None:
         """This thread is done with the store: keep its connection for the next thread."""
+        if self.one_connection:
+            return
         from psycopg.pq import TransactionStatus
 
         conn = self._conns.pop(_thread.get_ident(), None)
@@ -404,11 +426,34 @@ class PostgresStore(Store):
             tx.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        conn = self.conn
+        taken = self.take_turn()
         try:
-            return conn.execute(translate(sql), params)
-        except Exception as exc:
-            raise self.lost(conn, exc) from exc
+            conn = self.conn
+            try:
+                return conn.execute(translate(sql), params)  # the rows are fetched already
+            except Exception as exc:
+                raise self.lost(conn, exc) from exc
+        finally:
+            if taken:
+                self.give_turn()
+
+    def take_turn(self) -> bool:
+        """With ``one_connection``, wait for this thread's turn on the connection; whether it was
+        taken here (``False``: every thread has its own, or this one has its turn already)."""
+        me = _thread.get_ident()
+        if not self.one_connection or self._turn_holder == me:
+            return False
+        if not self._turn.acquire(timeout=max(0.001, self._turn_wait)):
+            raise StoreError(
+                f"{self.where}: another thread of this process kept the connection for "
+                f"{self._turn_wait:.3f}s"
+            )
+        self._turn_holder = me
+        return True
+
+    def give_turn(self) -> None:
+        self._turn_holder = None
+        self._turn.release()
 
     def lost(self, conn: psycopg.Connection[Any], exc: Exception, doing: str = "") -> Exception:
         """``exc`` as :class:`DatabaseUnreachable` if it cost the connection (the next use
@@ -419,9 +464,10 @@ class PostgresStore(Store):
 
     def transaction(self) -> Transaction:
         """A transaction that holds the write lock from its first statement on."""
-        return Transaction(self, self.conn)
+        return Transaction(self)
 
     def set_timeout(self, seconds: float) -> None:
+        self._turn_wait = seconds
         wait = str(_ms(seconds))
         self.execute(
             "SELECT set_config('lock_timeout', ?, false),"
@@ -429,10 +475,15 @@ class PostgresStore(Store):
             (wait, wait),
         )
 
-    def notify(self, tx: Connection, channel: str, payload: str) -> None:
-        """``pg_notify`` in ``tx``: the listeners hear of it when it commits. The server sends
-        one of identical notifications of a transaction."""
-        tx.execute("SELECT pg_notify(?, ?)", (channel, payload))
+    def notify(self, tx: Connection, channel: str, payloads: Sequence[str]) -> None:
+        """``pg_notify`` in ``tx``, one statement for all ``payloads``: the listeners hear of
+        them when it commits. The server sends one of identical notifications of a
+        transaction."""
+        if payloads:
+            tx.execute(
+                "SELECT pg_notify(?, p) FROM unnest(CAST(? AS text[])) AS p",
+                (channel, list(payloads)),
+            )
 
     def listen(self, channel: str) -> Listener:
         """A connection of its own, listening on ``channel`` (the schema made first)."""
@@ -503,21 +554,45 @@ class Transaction:
     transaction when one of its statements fails: a block that went on after such a failure
     is rolled back, and says so."""
 
-    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any] | None = None) -> None:
         self.store = store  # a store nobody else holds closes its connections: not mid-block
-        self.conn = conn
+        self._conn = conn  # the store's own (taken on entry) unless given
+        self.taken = False
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None:
+            self._conn = self.store.conn
+        return self._conn
 
     def __enter__(self) -> Statements:
+        self.taken = self.store.take_turn()  # with ``one_connection``, the turn lasts to the end
         try:
-            self.conn.execute(BEGIN_WRITE)
-        except Exception as exc:  # the lock not had in time: leave no transaction open
-            if self.conn.closed:
-                raise self.store.lost(self.conn, exc) from exc
-            self.conn.execute("ROLLBACK")
+            conn = self.conn
+            try:
+                conn.execute(BEGIN_WRITE)
+            except Exception as exc:  # the lock not had in time: leave no transaction open
+                if conn.closed:
+                    raise self.store.lost(conn, exc) from exc
+                conn.execute("ROLLBACK")
+                raise
+        except BaseException:
+            self._give_turn()
             raise
-        return Statements(self.store, self.conn)
+        return Statements(self.store, conn)
 
     def __exit__(self, exc_type: object, *_: object) -> None:
+        try:
+            self._end(exc_type)
+        finally:
+            self._give_turn()
+
+    def _give_turn(self) -> None:
+        if self.taken:
+            self.taken = False
+            self.store.give_turn()
+
+    def _end(self, exc_type: object) -> None:
         from psycopg.pq import TransactionStatus
 
         status = self.conn.info.transaction_status

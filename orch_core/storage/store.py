@@ -302,10 +302,10 @@ class Store(abc.ABC):
     def set_timeout(self, seconds: float) -> None:  # noqa: B027 - a store may not wait at all
         """Wait at most this long for another writer from now on (the hook's budget left)."""
 
-    def notify(self, tx: Connection, channel: str, payload: str) -> None:  # noqa: B027
-        """Tell whoever listens on ``channel``, when ``tx`` commits (never if it rolls
-        back). A store only one machine uses has nobody to tell: the process that wrote acts
-        itself."""
+    def notify(self, tx: Connection, channel: str, payloads: Sequence[str]) -> None:  # noqa: B027
+        """Tell whoever listens on ``channel`` each of ``payloads``, when ``tx`` commits (never
+        if it rolls back). A store only one machine uses has nobody to tell: the process that
+        wrote acts itself."""
 
     def listen(self, channel: str) -> Listener | None:
         """``channel``'s notifications from every machine, on a connection of their own;

@@ -60,22 +60,25 @@ def free_port() -> int:
 class Cluster:
     """A private PostgreSQL cluster in a folder of its own; :meth:`start` it, :meth:`stop` it."""
 
-    def __init__(self, folder: str, bin_dir: str, owner: str | None) -> None:
+    def __init__(self, folder: str, bin_dir: str, owner: str | None, settings: str = "") -> None:
         self.folder = folder
         self.bin_dir = bin_dir
         self.owner = owner
+        self.settings = settings
         self.port = 0
         self._names = itertools.count(1)
         self._admin: psycopg.Connection[tuple[object, ...]] | None = None
 
     @classmethod
-    def start(cls) -> Cluster:
+    def start(cls, settings: str = "") -> Cluster:
+        """``settings``: server options after :data:`SERVER_OPTIONS`, which they override
+        (a benchmark's ``-c fsync=on``)."""
         bin_dir = binaries()
         folder = tempfile.mkdtemp(prefix="orch-pg-")
         owner = "postgres" if os.geteuid() == 0 else None
         if owner:
             shutil.chown(folder, owner, owner)
-        cluster = cls(folder, bin_dir, owner)
+        cluster = cls(folder, bin_dir, owner, settings)
         cluster._run("initdb", "-D", cluster.data, "-U", SUPERUSER, "--auth=trust",
                      "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions")  # fmt: skip
         for _ in range(3):  # another process may take the free port first
@@ -100,7 +103,7 @@ class Cluster:
 
     def resume(self) -> None:
         """Start the server (again) on :attr:`port`, and wait until it takes connections."""
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.folder} {SERVER_OPTIONS}"
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.folder} {SERVER_OPTIONS} {self.settings}"
         log = os.path.join(self.folder, "server.log")
         self._run("pg_ctl", "-D", self.data, "-l", log, "-w", "-t", "60", "-o", options, "start")
 
