@@ -886,12 +886,14 @@ def _event(tx: Any, message_id: str, now: float, state: str, detail: str | None)
 
 
 def _events(tx: Any, ids: list[str], now: float, state: str, detail: str | None) -> None:
-    """The same event for each of ``ids``, in one statement (one round trip to a server)."""
-    if ids:
+    """The same event for each of ``ids``, in their order (the fleet view's current task is
+    the first a hook showed), in one statement (one round trip to a server)."""
+    for start in range(0, len(ids), INSERT_ROWS):
+        chunk = ids[start : start + INSERT_ROWS]
         tx.execute(
-            "INSERT INTO message_events (message_id, ts, state, detail) SELECT id, ?, ?, ?"
-            f" FROM messages WHERE id IN ({', '.join('?' * len(ids))})",
-            (now, state, detail, *ids),
+            "INSERT INTO message_events (message_id, ts, state, detail) VALUES "
+            + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
+            [value for mid in chunk for value in (mid, now, state, detail)],
         )
 
 
