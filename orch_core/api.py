@@ -9,12 +9,13 @@ prompt. Reading and managing the queue is
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from orch_core import hosts, paths
 from orch_core.hook import agents as agents_module
 from orch_core.hook.context import Runtime
 from orch_core.queue import Queue, QueueError
+
+TYPE_CHECKING = False  # importing typing costs each orch send ~4 ms
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+from orch_core.queue import Queue
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 
@@ -59,3 +60,28 @@ def test_the_core_imports_no_built_in_plugin() -> None:
             )  # fmt: skip
             found += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "orch_builtin"]
     assert found == []
+
+
+#: Never imported by a plain ``orch send``: the CLI framework, typing, plugin loading, TOML.
+SEND_HEAVY = ("click", "typing", "pluggy", "attr", "tomllib", "importlib.metadata",
+              "subprocess", "orch_core.supervisor.lifecycle", "psycopg")  # fmt: skip
+
+
+def test_a_plain_orch_send_imports_no_click_and_no_plugin_machinery(orch: OrchState) -> None:
+    """Scripts run ``orch send`` once a message: its plain forms skip click (whose import costs
+    more than the insert), typing and, with a cached plan, plugin loading. The agent is at its
+    prompt without a pane, so the idle plugin runs and finds nothing to type."""
+    orch.store.add_agent("proj:1", "idle", session_id="s1", project_dir=None)
+    assert orch.cli("send", "proj:1", "warm the plan cache").returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "orch_core.cli", "send", "proj:1", "hello",
+         "--from", "ci", "-p", "12"],
+        capture_output=True, text=True, env=orch.env, cwd=orch.project_dir, check=True,
+        timeout=30,
+    )  # fmt: skip
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "orch_core.cli.send" in imported
+    assert sorted(imported & set(SEND_HEAVY)) == []
+    assert done.stdout.startswith("queued ") and "priority 12 high" in done.stdout
+    (last,) = [m for m in Queue(orch.store).messages("proj:1") if m["body"] == "hello"]
+    assert (last["sender"], last["priority"]) == ("ci", 12)

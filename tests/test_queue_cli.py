@@ -467,3 +467,58 @@ def test_a_bad_batch_line_stores_nothing(orch: OrchState, lines: str, reason: st
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and reason in done.stderr, done.stderr
     assert db(orch, "SELECT count(*) FROM messages") == [(0,)]
+
+
+SEND_FORMS = [
+    ["p:1", "hello"],
+    ["p:1", "hello", "--json"],
+    ["-p", "20", "p:1", "hi"],
+    ["p:1", "-p20", "hi", "--from", "lead"],
+    ["--priority=5", "--from=lead", "--key", "k1", "--ttl", "30m", "p:1", "hi"],
+    ["p:1", "hi", "--in", "10m", "--at", "14:30", "--after", "m1", "--exact", "--push"],
+    ["p:1", "--", "-starts with a dash"],
+    ["p:1", "-"],
+    ["p:1", "hi", "--from", "--json"],  # an option's value may look like an option
+    ["p:1", "hi", "-p", "1", "-p", "2"],  # the last one counts
+    ["p:1", ""],
+    # not plain: click reads them (help, usage errors, a pattern of --all, --batch)
+    ["p:1", "hi", "--help"],
+    ["p:1", "hi", "--nope"],
+    ["p:1", "hi", "--json=yes"],
+    ["p:1", "-x"],
+    ["p:1"],
+    ["p:1", "a", "b"],
+    ["--all", "hi"],
+    [":bad", "hi"],
+    ["--batch", "-"],
+    ["p:1", "hi", "--from"],
+]
+
+
+@pytest.mark.orch_backends("sqlite")
+@pytest.mark.parametrize("argv", SEND_FORMS, ids=" ".join)
+def test_the_quick_send_reads_a_plain_form_as_click_does_and_leaves_the_rest_to_it(
+    argv: list[str],
+) -> None:
+    """``orch send``'s quick path and its click command read one table of options: a form the
+    quick path takes gives what click gives; any other goes to click, to help or refuse."""
+    import click
+
+    from orch_core.cli import send
+    from orch_core.cli.queue import send_command
+
+    quick = send.parse(argv)
+    try:
+        clicked: dict[str, Any] | None = send_command.make_context("send", list(argv)).params
+    except (click.exceptions.Exit, click.ClickException):
+        clicked = None  # --help, or a usage error: only click says these
+    if quick is None:
+        assert (
+            clicked is None
+            or clicked["batch"] is not None
+            or clicked["all_agents"]
+            or (argv == ["p:1"])
+        )
+    else:
+        assert clicked is not None
+        assert quick == {k: v for k, v in clicked.items() if k != "batch"}

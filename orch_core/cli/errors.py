@@ -1,75 +1,39 @@
-"""How every ``orch`` command reports an expected error: one line on stderr, exit 1.
+"""What an expected error says: one line, for every ``orch`` command.
 
-The boundary is :class:`OrchGroup`, the class of the ``orch`` group: whatever a command raises
-that orch expects (an :class:`OrchError`, an unusable database) becomes ``Error: ...``, for
-built-in commands and the commands plugins register alike. Commands just raise.
+Commands just raise. Whatever orch expects (an :class:`OrchError`, an unusable database, a
+server that cannot be reached) becomes ``Error: ...`` and exit 1 at one boundary: the ``orch``
+group (:class:`orch_core.cli.group.OrchGroup`) for every command, built-in or a plugin's, and
+``orch send``'s quick path (:mod:`orch_core.cli.send`). This module imports no click.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
-from typing import TYPE_CHECKING
-
-import click
 
 from orch_core import paths
 from orch_core.errors import OrchError
 
+TYPE_CHECKING = False  # importing typing costs each orch send ~4 ms
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from typing import Any
+    from collections.abc import Mapping
 
 
-class OrchGroup(click.Group):
-    """A click group whose commands' expected errors become one line, while parsing (eager
-    options such as ``--version``) and while running; and whose commands listed in ``lazy``
-    (name: ``"module:attribute"``) are imported only when asked for, so ``orch send`` does not
-    pay for every other command's imports."""
-
-    lazy: dict[str, str] = {}  # noqa: RUF012 - set once, by the module that builds the group
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*self.commands, *self.lazy})
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in self.commands and name in self.lazy:
-            import importlib
-
-            module, _, attribute = self.lazy[name].partition(":")
-            self.add_command(getattr(importlib.import_module(module), attribute), name)
-        return self.commands.get(name)
-
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        with one_line():
-            return super().make_context(*args, **kwargs)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        with one_line():
-            return super().invoke(ctx)
-
-
-@contextlib.contextmanager
-def one_line() -> Iterator[None]:
-    """An :class:`OrchError` or an unusable database becomes a click error (a damaged one names
-    the newest backup and how to put it back; a server's error names the server)."""
-    try:
-        yield
-    except OrchError as exc:
-        raise click.ClickException(str(exc)) from None
-    except sqlite3.Error as exc:
-        raise click.ClickException(database_error(exc)) from None
-    except UnicodeEncodeError as exc:  # bytes in argv that are not UTF-8 come as surrogates
-        bad = exc.object[exc.start : exc.end]
-        raise click.ClickException(f"{bad!r} is not text (not UTF-8)") from None
-    except Exception as exc:
+def said(exc: BaseException) -> str | None:
+    """The one line an expected error says (a damaged database names the newest backup and how
+    to put it back; a server's error names the server); ``None`` for anything else, a bug."""
+    if isinstance(exc, OrchError):
+        return str(exc)
+    if isinstance(exc, sqlite3.Error):
+        return database_error(exc)
+    if isinstance(exc, UnicodeEncodeError):  # bytes in argv that are not UTF-8 come as surrogates
+        return f"{exc.object[exc.start : exc.end]!r} is not text (not UTF-8)"
+    if isinstance(exc, Exception):
         from orch_core.storage import server_error
 
-        said = server_error(exc, os.environ)
-        if said is None:
-            raise
-        raise click.ClickException(said) from None
+        return server_error(exc, os.environ)
+    return None
 
 
 def database_error(exc: sqlite3.Error) -> str:
@@ -84,3 +48,19 @@ def database_error(exc: sqlite3.Error) -> str:
 def damaged(exc: BaseException) -> bool:
     """Whether ``exc`` says the database file itself is damaged (not busy, not missing)."""
     return getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def check_config(env: Mapping[str, str]) -> None:
+    """A configured value orch cannot use is a one-line error naming its file and key (the
+    hooks meanwhile use that key's default)."""
+    from orch_core.plugins import plan
+
+    errors = plan.load(env, project(env)).config_errors
+    if errors:
+        more = f" (and {len(errors) - 1} more: see `orch doctor`)" if len(errors) > 1 else ""
+        raise OrchError(errors[0] + more)
+
+
+def project(env: Mapping[str, str], directory: str | None = None) -> str:
+    """The project a command acts on: ``directory``, else Claude's, else the current one."""
+    return os.path.abspath(directory or env.get("CLAUDE_PROJECT_DIR") or os.getcwd())

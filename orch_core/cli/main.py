@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import click
 
 from orch_core import __version__
-from orch_core.cli import install
-from orch_core.cli.errors import OrchGroup
+from orch_core.cli import errors, install
+from orch_core.cli.group import OrchGroup
 
 if TYPE_CHECKING:
     from typing import Any
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def _project(directory: str | None) -> str:
-    return os.path.abspath(directory or os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd())
+    return errors.project(os.environ, directory)
 
 
 def _loaded() -> loader.Loaded:
@@ -56,18 +56,7 @@ UNCHECKED = ("doctor", "logs", "backup", "restore")
 def cli(ctx: click.Context) -> None:
     """Keep a fleet of Claude Code agents fed, rebriefed and running, through hooks."""
     if ctx.invoked_subcommand not in UNCHECKED:
-        check_config()
-
-
-def check_config() -> None:
-    """A configured value orch cannot use is a one-line error naming its file and key (the
-    hooks meanwhile use that key's default)."""
-    from orch_core.plugins import plan
-
-    errors = plan.load(os.environ, _project(None)).config_errors
-    if errors:
-        more = f" (and {len(errors) - 1} more: see `orch doctor`)" if len(errors) > 1 else ""
-        raise click.ClickException(errors[0] + more)
+        errors.check_config(os.environ)
 
 
 @cli.command("install")
@@ -194,7 +183,8 @@ cli.lazy = {
 def main() -> None:
     """Entry point of ``orch``: built-in commands plus those plugins register. Plugins'
     commands are looked up (in the cached plan, each import bounded) only when the command is
-    not a built-in one, or for help, which keeps ``orch send`` quick."""
+    not a built-in one, or for help, which keeps built-in commands quick. ``orch send`` in its
+    plain forms does not come here at all (:func:`orch_core.cli.run`)."""
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     if command not in cli.commands and command not in cli.lazy:
         try:

@@ -5,51 +5,55 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import sys
 import time
 from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import api, hosts, paths
+from orch_core import hosts, paths
+from orch_core.cli import send
 from orch_core.cli.errors import damaged, database_error
 from orch_core.cli.params import agent_name, optional_agent_name
-from orch_core.queue import MAX_SEND_PRIORITY, STATES, Queue, QueueError, age, parse_duration
-from orch_core.storage import open_store
+from orch_core.cli.send import project_queue
+from orch_core.queue import STATES, QueueError, age
 from orch_core.text import inert
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import Any
 
 
-def _queue() -> Queue:
-    """The queue with this project's ``[plugin.queue]`` settings (confirmation bounds)."""
-    from orch_core.plugins import plan
-
-    store = open_store(os.environ)
-    try:
-        config = plan.load(os.environ, paths.project_dir(os.environ)).config.get("queue")
-    except Exception:  # a broken config is reported by `orch doctor`, not here
-        config = None
-    return Queue.configured(store, config)
+def _send_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``orch send``'s options, from the table its quick path reads too."""
+    for option in reversed(send.OPTIONS):
+        default = send.DEFAULTS[option.dest]
+        command = click.option(*option.flags, option.dest, is_flag=option.is_flag,
+                               default=default, help=option.help)(command)  # fmt: skip
+    return command
 
 
-def _at(text: str) -> float:
-    """``--at``: an ISO 8601 time, or ``HH:MM`` (today, or tomorrow if already past)."""
-    import datetime
-
-    try:
-        if len(text) <= 5 and ":" in text:
-            hour, minute = (int(part) for part in text.split(":"))
-            now = datetime.datetime.now()
-            when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-            if when <= now:
-                when += datetime.timedelta(days=1)
-            return when.timestamp()
-        return datetime.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise QueueError(f"--at: cannot read {text!r}; use HH:MM or an ISO 8601 time") from None
+@click.command("send")
+@click.argument("agent", required=False, callback=optional_agent_name)
+@click.argument("text", required=False)
+@_send_options
+@click.option("--batch", type=click.File("r", encoding="utf-8"), help="Queue every message of "
+              "FILE ('-': stdin) in one transaction: a JSON object a line with agent, text and "
+              "any of priority, from, key, ttl, after, in, at, exact. One bad line stores "
+              "nothing.")  # fmt: skip
+def send_command(batch: Any, **given: Any) -> None:
+    """Queue TEXT for AGENT (a pattern such as 'proj:*' fans out; TEXT '-' reads stdin), or
+    every message of a --batch file."""
+    if batch is None:
+        send.send(**given)
+        return
+    if (
+        given["agent"] is not None
+        or given["text"] is not None
+        or given["push"]
+        or given["all_agents"]
+    ):
+        raise click.ClickException("--batch takes its messages from the file alone")
+    send.send_batch(batch, given["as_json"])
 
 
 def _line(m: dict[str, Any], now: float, agent: str) -> str:
@@ -57,163 +61,6 @@ def _line(m: dict[str, Any], now: float, agent: str) -> str:
     preview = preview[:48] + "…" if len(preview) > 49 else preview
     return (f"{m['id']}  {agent}  #{m['seq']}  {m['priority']:>3} {m['band']:<9}  "
             f"{m['state']:<9}  {age(now - m['created']):>4}  {preview}")  # fmt: skip
-
-
-@click.command("send")
-@click.argument("agent", required=False, callback=optional_agent_name)
-@click.argument("text", required=False)
-@click.option("--priority", "-p", default="0", help="0-9 normal, 10-49 high, 50-99 critical, "
-              f"100-{MAX_SEND_PRIORITY} emergency.")  # fmt: skip
-@click.option("--from", "sender", help="Who sends it (shown to the agent).")
-@click.option("--key", help="Idempotency key: a repeat while the first is pending stores nothing.")
-@click.option("--ttl", help="Expire if not delivered within this long (e.g. 30m).")
-@click.option("--after", "after", help="Deliver only after this message id was delivered.")
-@click.option("--in", "delay", help="Do not deliver before this long from now (e.g. 10m).")
-@click.option("--at", "at", help="Do not deliver before this time (HH:MM or ISO 8601).")
-@click.option("--all", "all_agents", is_flag=True, help="One copy for every known agent.")
-@click.option("--exact", is_flag=True, help="AGENT is a name, even with * ? or [ in it.")
-@click.option("--push", is_flag=True, help="Also type the text into the agent's tmux pane "
-              "(migrating agents without hooks).")  # fmt: skip
-@click.option("--batch", type=click.File("r", encoding="utf-8"), help="Queue every message of "
-              "FILE ('-': stdin) in one transaction: a JSON object a line with agent, text and "
-              "any of priority, from, key, ttl, after, in, at, exact. One bad line stores "
-              "nothing.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the receipt as JSON.")
-def send_command(agent: str | None, text: str | None, priority: str, sender: str | None,
-                 key: str | None, ttl: str | None, after: str | None, delay: str | None,
-                 at: str | None, all_agents: bool, exact: bool, push: bool, batch: Any,
-                 as_json: bool) -> None:  # fmt: skip
-    """Queue TEXT for AGENT (a pattern such as 'proj:*' fans out; TEXT '-' reads stdin), or
-    every message of a --batch file."""
-    if batch is not None:
-        if agent is not None or text is not None or push or all_agents:
-            raise click.ClickException("--batch takes its messages from the file alone")
-        items = [_item(**line) for line in _lines(batch)]
-        receipts = api.send_many(items)
-        for receipt in receipts:
-            click.echo(json.dumps(receipt, ensure_ascii=False) if as_json else _said(receipt))
-        return
-    if (agent is None and not all_agents) or text is None:
-        raise click.ClickException("give AGENT and TEXT (or --all and TEXT, or --batch FILE)")
-    if text == "-":
-        try:
-            text = sys.stdin.buffer.read().decode("utf-8")
-        except UnicodeDecodeError:
-            raise click.ClickException("stdin is not UTF-8 text") from None
-    item = _item(agent="*" if all_agents else agent, text=text, priority=priority, sender=sender,
-                 key=key, ttl=ttl, after=after, delay=delay, at=at,
-                 exact=exact and not all_agents)  # fmt: skip
-    receipts = api.send_many([item], fire=not push)
-    if push:  # observers hear of it after typing: the idle plugin must not wake it as well
-        queue = _queue()
-        try:
-            for receipt in receipts:
-                if not receipt.get("duplicate"):
-                    _push(queue, receipt, text)
-        finally:
-            api.notify(receipts, os.environ, paths.project_dir(os.environ), queue)
-    if as_json:
-        out: Any = receipts[0] if len(receipts) == 1 and not all_agents else receipts
-        click.echo(json.dumps(out, ensure_ascii=False))
-        return
-    for r in receipts:
-        click.echo(_said(r))
-
-
-def _said(r: dict[str, Any]) -> str:
-    """One receipt, for a person."""
-    if r.get("duplicate"):
-        return (
-            f"{r['id']} already queued for {r['agent']} with key {r['key']!r}: nothing new stored"
-        )
-    said = f"queued {r['id']} for {r['agent']} (#{r['seq']}, priority {r['priority']} {r['band']})"
-    if not r.get("known_agent"):
-        said += (f"\nnote: orch has not heard from {r['agent']} yet; the message waits for its "
-                 "first hook (or use --push)")  # fmt: skip
-    return said
-
-
-def _item(
-    *,
-    agent: str | None,
-    text: str,
-    priority: str | int = 0,
-    sender: str | None = None,
-    key: str | None = None,
-    ttl: str | float | None = None,
-    after: str | None = None,
-    delay: str | float | None = None,
-    at: str | None = None,
-    exact: bool = False,
-) -> dict[str, Any]:
-    """A message for :func:`api.send_many`, from what a person writes (``30m``, ``14:30``)."""
-    try:
-        level = int(priority)
-    except (TypeError, ValueError):
-        raise QueueError(f"priority must be an integer, not {priority!r}") from None
-    if not 0 <= level <= MAX_SEND_PRIORITY:
-        raise QueueError(f"priority {level} is out of range 0-{MAX_SEND_PRIORITY}")
-    if delay is not None and at is not None:
-        raise QueueError("give --in or --at, not both")
-    not_before = (
-        time.time() + _seconds(delay) if delay is not None
-        else _at(at) if at is not None else None
-    )  # fmt: skip
-    return {"agent": agent, "text": text, "priority": level, "sender": sender, "key": key,
-            "ttl": _seconds(ttl) if ttl is not None else None, "after": after,
-            "not_before": not_before, "exact": exact}  # fmt: skip
-
-
-def _seconds(value: str | float) -> float:
-    """``30m`` or ``90`` on the command line; in a batch line, a number of seconds as well."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return parse_duration(str(value))
-
-
-#: Batch-line keys, and the option each stands for.
-BATCH_KEYS = {"agent": "agent", "text": "text", "priority": "priority", "from": "sender",
-              "key": "key", "ttl": "ttl", "after": "after", "in": "delay", "at": "at",
-              "exact": "exact"}  # fmt: skip
-
-
-def _lines(file: Any) -> Iterator[dict[str, Any]]:
-    """The messages of a ``--batch`` file; a line that is not one names its number."""
-    for number, line in enumerate(file, 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            unknown = data.keys() - BATCH_KEYS.keys()
-            if unknown:
-                raise ValueError(f"unknown keys {sorted(unknown)}")
-            if not isinstance(data.get("agent"), str) or not isinstance(data.get("text"), str):
-                raise ValueError("agent and text must be strings")
-        except ValueError as exc:
-            raise QueueError(f"--batch line {number}: {exc}") from None
-        yield {BATCH_KEYS[k]: v for k, v in data.items()}
-
-
-def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
-    """Type the message into the agent's pane the old way, safely: argv, -l, a separate Enter.
-    It is marked delivered first, so the prompt that Enter starts does not deliver it again."""
-    from orch_core.supervisor.tmux import paste_text
-
-    where = hosts.Names(queue.store).host_of(receipt["agent"])
-    if queue.store.shared and where not in (None, paths.host(os.environ)):
-        raise click.ClickException(f"{receipt['agent']} runs on host {where}: --push types into "
-                                   f"this host's panes only; the message {receipt['id']} stays "
-                                   "queued")  # fmt: skip
-    target = queue.store.agent_pane(receipt["agent"]) or (receipt["agent"], None)
-    if not queue.mark_pushed(receipt["id"]):
-        return
-    if not paste_text(target[0], target[1], text, paths.state_dir(os.environ)):
-        queue.unpush(receipt["id"], f"could not type into tmux pane {target[0]}")
-        raise click.ClickException(f"could not type into tmux pane {target[0]}; the message "
-                                   f"{receipt['id']} stays queued")  # fmt: skip
-    receipt["state"] = "delivered"
 
 
 class ListUnlessVerb(click.Group):
@@ -247,7 +94,7 @@ def queue_group(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(agent: str | None, state: str | None, as_json: bool) -> None:
     """Messages in delivery order, of AGENT or of every agent."""
-    queue = _queue()
+    queue = project_queue()
     queue.sweep()
     names = hosts.Names(queue.store)
     if agent is not None:
@@ -277,7 +124,7 @@ def _acted(result: dict[str, Any], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print exact JSON (no escapes).")
 def show_command(message_id: str, as_json: bool) -> None:
     """One message with its history of states."""
-    record = _queue().get(message_id)
+    record = project_queue().get(message_id)
     if record is None:
         raise QueueError(f"no message with id {message_id!r}")
     shown = json.dumps(record, ensure_ascii=False, indent=None if as_json else 2)
@@ -289,7 +136,7 @@ def show_command(message_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the message as JSON.")
 def cancel_command(message_id: str, as_json: bool) -> None:
     """Cancel a pending message."""
-    _acted(_queue().cancel(message_id), as_json)
+    _acted(project_queue().cancel(message_id), as_json)
 
 
 @queue_group.command("retry")
@@ -297,14 +144,14 @@ def cancel_command(message_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the message as JSON.")
 def retry_command(message_id: str, as_json: bool) -> None:
     """Queue a dead, expired or cancelled message again, with fresh attempts."""
-    _acted(_queue().retry(message_id), as_json)
+    _acted(project_queue().retry(message_id), as_json)
 
 
 @queue_group.command("purge")
 @click.argument("agent", callback=agent_name)
 def purge_command(agent: str) -> None:
     """Cancel every pending message of AGENT."""
-    queue = _queue()
+    queue = project_queue()
     agent = hosts.Names(queue.store).resolve(agent)
     click.echo(f"cancelled {queue.purge(agent)} pending messages of {agent}")
 
@@ -316,7 +163,7 @@ def agents_command(as_json: bool) -> None:
     for it."""
     from orch_core.supervisor import lifecycle
 
-    queue = _queue()
+    queue = project_queue()
     rows = {row["id"]: row for row in queue.store.agents()}
     pending = queue.pending_counts()
     for agent in pending.keys() - rows.keys():
@@ -353,7 +200,7 @@ def agents_command(as_json: bool) -> None:
 def export_command(state: str) -> None:
     """Write messages as JSON lines on stdout (the rollback path: export, revert, import). From
     a damaged database, what can still be read is written, and the command fails saying so."""
-    queue = _queue()
+    queue = project_queue()
     try:
         records = list(queue.export(None if state == "all" else state))
     except sqlite3.DatabaseError as exc:
@@ -395,5 +242,5 @@ def import_command(file: Any) -> None:
             yield record
 
     every = list(records())
-    added = _queue().import_(every)
+    added = project_queue().import_(every)
     click.echo(f"imported {added} messages ({len(every) - added} already present)")

@@ -132,8 +132,6 @@ def nudge(store: Store, agent: str, env: Mapping[str, str]) -> bool:
 def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float) -> bool:
     """Type the wake-up line into an idle agent's pane, once per batch; whether it did. An
     agent whose pane is on another host is left to that host's supervisor."""
-    from orch_core.supervisor import tmux  # subprocess: only when there is something to type
-
     target = store.agent_pane(agent, host=paths.host(env))
     if target is None:
         return False
@@ -141,6 +139,8 @@ def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float
         agent, "waking", only_from=("idle",), or_stale=("waking", rewake_seconds)
     ):
         return False
+    from orch_core.supervisor import tmux  # subprocess: only when there is something to type
+
     pane, socket = target
     if tmux.type_line(pane, socket, WAKE_LINE, paths.state_dir(env)):
         return True
