@@ -49,6 +49,10 @@ PENDING_SQL = (  # written so that the (agent, state, ...) index serves it
 STATES = ("queued", "delivered", "confirmed", "expired", "cancelled", "dead")
 #: Seconds a hook needs between its claim and its reply reaching Claude.
 CLAIM_MARGIN = 0.02
+#: The most messages one claim looks at, and the fewest characters a rendered message takes
+#: (its header alone is longer): a claim reads no more rows than its budget could hold.
+CLAIM_ROWS = 50
+LEAST_RENDERED = 100
 #: Why a message is delivered outside any hook (``orch send --push``).
 PUSHED = "typed into the pane (--push)"
 #: Why a message that had ended is queued again (``orch queue retry``).
@@ -723,31 +727,35 @@ class Queue:
         deadline: float | None,
         now: float,
     ) -> list[Message]:
-        # ``after``: held back while the other message is here and not delivered; one that is
-        # not here (an import without it: it was confirmed and not exported) holds nothing.
-        rows = tx.execute(
-            """SELECT * FROM messages m
-               WHERE m.agent = ? AND m.state = 'queued' AND m.priority >= ?
-                 AND (m.not_before IS NULL OR m.not_before <= ?)
-                 AND (m.expires IS NULL OR m.expires > ?)
-                 AND NOT EXISTS (SELECT 1 FROM messages a WHERE a.id = m.after_id
-                      AND a.state NOT IN ('delivered', 'confirmed'))
-               ORDER BY m.priority DESC, m.seq LIMIT 50""",
-            (agent, min_priority, now, now),
-        ).fetchall()
+        limit = min(CLAIM_ROWS, budget // LEAST_RENDERED + 1)
         taken: list[Message] = []
         used = 0
-        for row in rows:
-            message = self._record(tx, row)
-            if message["attempts"] >= self.max_attempts:
-                why = f"delivered {message['attempts']} times without confirmation"
-                _set(tx, message["id"], "dead", now, why, "queued")
-                continue
-            size = self._cost(message, budget)
-            if taken and used + size > budget:
-                break
-            used += size
-            taken.append(message)
+        full = True
+        while not taken and full:  # rows that were all dead: the next ones may not be
+            # ``after``: held back while the other message is here and not delivered; one that
+            # is not here (an import without it: confirmed and not exported) holds nothing.
+            rows = tx.execute(
+                """SELECT * FROM messages m
+                   WHERE m.agent = ? AND m.state = 'queued' AND m.priority >= ?
+                     AND (m.not_before IS NULL OR m.not_before <= ?)
+                     AND (m.expires IS NULL OR m.expires > ?)
+                     AND NOT EXISTS (SELECT 1 FROM messages a WHERE a.id = m.after_id
+                          AND a.state NOT IN ('delivered', 'confirmed'))
+                   ORDER BY m.priority DESC, m.seq LIMIT ?""",
+                (agent, min_priority, now, now, limit),
+            ).fetchall()
+            full = len(rows) == limit
+            for row in rows:
+                message = self._record(tx, row)
+                if message["attempts"] >= self.max_attempts:
+                    why = f"delivered {message['attempts']} times without confirmation"
+                    _set(tx, message["id"], "dead", now, why, "queued")
+                    continue
+                size = self._cost(message, budget)
+                if taken and used + size > budget:
+                    break
+                used += size
+                taken.append(message)
         if not taken:
             return []
         if deadline is not None and time.time() > deadline - CLAIM_MARGIN:

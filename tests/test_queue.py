@@ -251,6 +251,19 @@ def test_a_delivery_found_in_the_transcript_is_confirmed_and_never_delivered_aga
     assert state(q, sent["id"]) == "confirmed"
 
 
+def test_a_claim_reads_what_its_budget_holds_and_reads_on_past_dead_letters(q: Queue) -> None:
+    """A one-message budget reads one row at a time; rows that turn out dead (delivered too
+    often) do not end the claim while live messages wait behind them."""
+    q.max_attempts = 2
+    sent = [q.send("p:1", f"m{n}", now=T0)["id"] for n in range(4)]
+    with q.store.transaction() as tx:
+        tx.execute("UPDATE messages SET attempts = 2 WHERE id IN (?, ?)", sent[:2])
+    (taken,) = q.claim("p:1", "s", budget=1, now=T0 + 1)
+    assert taken["id"] == sent[2]
+    assert [state(q, mid) for mid in sent] == ["dead", "dead", "delivered", "queued"]
+    assert [m["id"] for m in q.claim("p:1", "s", budget=1, now=T0 + 2)] == [sent[3]]
+
+
 def test_hooks_that_began_before_the_delivering_hook_answered_do_not_count(q: Queue) -> None:
     """Parallel tool calls: hooks running beside the one that delivered cannot see it in the
     transcript yet, however many there are."""
