@@ -52,7 +52,13 @@ from __future__ import annotations
 import _thread  # the documented low-level API, as in store.py
 import time
 
-from orch_core.storage.store import SCHEMA_VERSION, DatabaseUnreachable, Store, StoreError
+from orch_core.storage.store import (
+    SCHEMA_VERSION,
+    DatabaseUnreachable,
+    Pool,
+    Store,
+    StoreError,
+)
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -305,8 +311,7 @@ class PostgresStore(Store):
         self._turn = _thread.allocate_lock()
         self._turn_wait = timeout
         self._turn_holder: int | None = None
-        self._conns: dict[int, psycopg.Connection[Any]] = {}
-        self._idle: list[psycopg.Connection[Any]] = []
+        self._pool = Pool(self._connect, reusable=_idle, usable=lambda conn: not conn.closed)
         self._migrated = False
         self._lock = _thread.allocate_lock()
         #: Until when (``time.monotonic()``) connecting is known to fail, and how.
@@ -321,32 +326,15 @@ class PostgresStore(Store):
     def conn(self) -> psycopg.Connection[Any]:
         """This thread's connection (with ``one_connection``, the process's), opened (and the schema
         migrated) on first use, and again after the server dropped it."""
-        me = 0 if self.one_connection else _thread.get_ident()
-        conn = self._conns.get(me)
-        if conn is not None and conn.closed:
-            del self._conns[me]
-            conn = None
-        if conn is None:
-            with self._lock:
-                while self._idle and conn is None:
-                    conn = self._idle.pop()
-                    conn = None if conn.closed else conn
-            conn = conn or self._connect()
-            self._conns[me] = conn
+        conn: psycopg.Connection[Any] = self._pool.get(
+            0 if self.one_connection else _thread.get_ident()
+        )
         return conn
 
     def release(self) -> None:
         """This thread is done with the store: keep its connection for the next thread."""
-        if self.one_connection:
-            return
-        from psycopg.pq import TransactionStatus
-
-        conn = self._conns.pop(_thread.get_ident(), None)
-        if conn is not None and conn.info.transaction_status == TransactionStatus.IDLE:
-            with self._lock:
-                self._idle.append(conn)
-        elif conn is not None:
-            conn.close()
+        if not self.one_connection:
+            self._pool.give_back(_thread.get_ident())
 
     def _conninfo(self) -> str:
         """The URL with orch's session settings: its timeouts, durability, name, encoding."""
@@ -501,12 +489,7 @@ class PostgresStore(Store):
         }
 
     def close(self) -> None:
-        with self._lock:
-            conns = [*self._conns.values(), *self._idle]
-            self._conns.clear()
-            self._idle.clear()
-        for conn in conns:
-            conn.close()
+        self._pool.close()
 
     def __del__(self) -> None:
         """A store nobody holds any more closes its connections (orch-hook never closes its
@@ -658,6 +641,13 @@ def _value(cur: psycopg.Cursor[Any]) -> Any:
     row = cur.fetchone()
     assert row is not None
     return row[0]
+
+
+def _idle(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn`` is in no transaction: a thread done with it may hand it on."""
+    from psycopg.pq import TransactionStatus
+
+    return conn.info.transaction_status == TransactionStatus.IDLE
 
 
 def _ms(seconds: float) -> int:

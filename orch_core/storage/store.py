@@ -580,29 +580,19 @@ class SQLiteStore(Store):
         self.folder = os.path.dirname(os.path.abspath(path))
         self.timeout = timeout
         self.durable = durable
-        self._conns: dict[int, sqlite3.Connection] = {}
-        self._idle: list[sqlite3.Connection] = []
+        self._pool = Pool(self._connect, reusable=lambda conn: not conn.in_transaction)
         self._migrated = False
         self._lock = _thread.allocate_lock()
 
     @property
     def conn(self) -> sqlite3.Connection:
         """This thread's connection, opened (and the schema migrated) on first use."""
-        me = _thread.get_ident()
-        conn = self._conns.get(me)
-        if conn is None:
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-            conn = conn or self._connect()
-            self._conns[me] = conn
+        conn: sqlite3.Connection = self._pool.get(_thread.get_ident())
         return conn
 
     def release(self) -> None:
         """This thread is done with the store: keep its connection for the next thread."""
-        conn = self._conns.pop(_thread.get_ident(), None)
-        if conn is not None and not conn.in_transaction:
-            with self._lock:
-                self._idle.append(conn)
+        self._pool.give_back(_thread.get_ident())
 
     def _connect(self) -> sqlite3.Connection:
         folder = os.path.dirname(os.path.abspath(self.path))
@@ -707,9 +697,64 @@ class SQLiteStore(Store):
         }
 
     def close(self) -> None:
+        self._pool.close()
+
+
+class Pool:
+    """A store's connections, one per thread while it works (a connection is not for two
+    threads at once), handed to the next thread when one is done (:meth:`Store.release`):
+    orch-hook runs each plugin in a thread of its own, and opening a connection costs more
+    than the statements a plugin makes.
+
+    :param connect: opens a connection.
+    :param reusable: whether a connection a thread is done with may go to the next (one left
+        in a transaction is closed instead).
+    :param usable: whether a connection kept is still good (a server may have dropped it).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        reusable: Callable[[Any], bool],
+        usable: Callable[[Any], bool] = lambda conn: True,
+    ) -> None:
+        self._connect = connect
+        self._reusable = reusable
+        self._usable = usable
+        self._taken: dict[int, Any] = {}
+        self._idle: list[Any] = []
+        self._lock = _thread.allocate_lock()
+
+    def get(self, slot: int) -> Any:
+        """The connection of ``slot`` (a thread), opened or handed on when it has none."""
+        conn = self._taken.get(slot)
+        if conn is not None and not self._usable(conn):
+            del self._taken[slot]
+            conn = None
+        if conn is None:
+            with self._lock:
+                while self._idle and conn is None:
+                    conn = self._idle.pop()
+                    conn = conn if self._usable(conn) else None
+            conn = conn or self._connect()
+            self._taken[slot] = conn
+        return conn
+
+    def give_back(self, slot: int) -> None:
+        conn = self._taken.pop(slot, None)
+        if conn is None:
+            return
+        if self._reusable(conn):
+            with self._lock:
+                self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
         with self._lock:
-            conns = [*self._conns.values(), *self._idle]
-            self._conns.clear()
+            conns = [*self._taken.values(), *self._idle]
+            self._taken.clear()
             self._idle.clear()
         for conn in conns:
             conn.close()
