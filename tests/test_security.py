@@ -21,7 +21,7 @@ from orch_core.queue import Queue
 from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
-from orch_core.testing.tmux import TmuxServer
+from orch_core.testing.tmux import Recorder, TmuxServer, poll
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -144,34 +144,16 @@ def test_tmux_runs_nothing_from_a_name_or_a_directory(fleet: OrchState, tmp_path
 # -- 3. orch send --push and the paste it types --------------------------------------------------
 
 
-RECORDER = """
-import sys
-with open(sys.argv[1], "ab", buffering=0) as out:
-    out.write(b"ready\\n")
-    for line in iter(sys.stdin.buffer.readline, b""):
-        out.write(line)
-"""
-
-
 def test_a_pushed_body_is_typed_as_inert_text(orch: OrchState, tmp_path: Path) -> None:
-    log = tmp_path / "typed.bin"
     with TmuxServer() as server:
-        pane = server.new_window("agent", [sys.executable, "-c", RECORDER, str(log)])
-        deadline = time.monotonic() + 15
-        while not (log.exists() and log.read_bytes() == b"ready\n"):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        socket = server.cmd("display-message", "-p", "#{socket_path}").strip()
-        orch.store.remember_session("s", "a:1", pane, socket)
+        pane = Recorder(server, tmp_path / "typed.bin")
+        orch.store.remember_session("s", "a:1", pane.pane, pane.socket)
         body = ("before \x1b[201~ after\rCR \x03\x03 ^C \x1b]52;c;cHduZWQ=\x07 osc52 "
                 "\x1b]0;title\x07 \x9b31m c1 \x7f del\ttab\nsecond line")  # fmt: skip
         done = orch.cli("send", "a:1", body, "--push")
         assert done.returncode == 0, done.stderr
-        deadline = time.monotonic() + 15
-        while log.read_bytes().count(b"\n") < 3:
-            assert time.monotonic() < deadline, log.read_bytes()
-            time.sleep(0.02)
-    typed = log.read_bytes().decode().removeprefix("ready\n")
+        poll(lambda: pane.typed().count("\n") >= 2, "the pushed body")
+        typed = pane.typed()
     assert typed == (
         "before \\x1b[201~ after\\x0dCR \\x03\\x03 ^C \\x1b]52;c;cHduZWQ=\\x07 osc52 "
         "\\x1b]0;title\\x07 \\x9b31m c1 \\x7f del\ttab\nsecond line\n"

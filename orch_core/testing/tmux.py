@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -153,3 +154,48 @@ class TmuxServer:
 def _kill_server(argv: list[str], env: dict[str, str], folder: Path) -> None:
     subprocess.run(argv, capture_output=True, env=env, timeout=30, check=False)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+#: The recorder's program: appends every line typed into its pane to the file it is given.
+_RECORDER = """
+import sys
+with open(sys.argv[1], "ab", buffering=0) as out:
+    out.write(b"ready\\n")
+    for line in iter(sys.stdin.buffer.readline, b""):
+        out.write(line)
+"""
+#: What :meth:`Recorder.lines` types to know that every key sent before it was read.
+SENTINEL = "--- end of test input ---"
+
+
+def poll(predicate: Callable[[], object], what: str, timeout: float = 15.0) -> None:
+    """Wait until ``predicate()`` holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+class Recorder:
+    """A window whose program, in place of Claude Code, keeps every line typed into it: a test
+    sees exactly what orch typed, and that nothing ran."""
+
+    def __init__(self, server: TmuxServer, log: Path, *, name: str = "agent",
+                 cwd: Path | str | None = None) -> None:  # fmt: skip
+        self.server = server
+        self.log = log
+        argv = [sys.executable, "-c", _RECORDER, str(log)]
+        self.pane = server.new_window(name, argv, cwd=cwd)
+        self.socket = server.cmd("display-message", "-p", "#{socket_path}").strip()
+        poll(lambda: log.exists() and log.read_bytes() == b"ready\n", "the recorder")
+
+    def typed(self) -> str:
+        """Everything typed so far, as the program read it."""
+        return self.log.read_bytes().decode().removeprefix("ready\n")
+
+    def lines(self) -> list[str]:
+        """The lines typed so far, but the sentinels: it first types one and waits for it, so
+        all keys sent before have been read (one pty, first in first out)."""
+        self.server.send_text(self.pane, SENTINEL)
+        poll(lambda: self.log.read_bytes().endswith(f"{SENTINEL}\n".encode()), "the sentinel")
+        return [line for line in self.typed().splitlines() if line != SENTINEL]

@@ -19,26 +19,11 @@ from orch_builtin.idle import WAKE_LINE
 from orch_core.supervisor import lifecycle
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
-from orch_core.testing.tmux import TmuxServer
+from orch_core.testing.tmux import Recorder, TmuxServer
 
 pytestmark = pytest.mark.tmux
 
 HOSTS = ("alpha", "beta")
-SENTINEL = "--- end of test input ---"
-RECORDER = """
-import sys
-with open(sys.argv[1], "ab", buffering=0) as out:
-    out.write(b"ready\\n")
-    for line in iter(sys.stdin.buffer.readline, b""):
-        out.write(line)
-"""
-
-
-def poll(predicate: Any, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 class Host:
@@ -54,9 +39,10 @@ class Host:
     def socket(self) -> str:
         return self.tmux.cmd("display-message", "-p", "#{socket_path}").strip()
 
-    def recorder(self) -> Pane:
+    def recorder(self) -> Recorder:
         """A window whose program keeps every line typed into it."""
-        return Pane(self)
+        return Recorder(self.tmux, self.orch.root / f"typed-{self.name}.bin",
+                        cwd=self.orch.project_dir)  # fmt: skip
 
     def hook(self, pane: str, event: str, **fields: Any) -> None:
         """``event`` of the Claude session in ``pane``, through the real orch-hook, which
@@ -74,22 +60,6 @@ class Host:
             env={**self.env, "ORCH_HOST": host or self.name}, cwd=self.orch.project_dir,
             timeout=60, check=False,
         )  # fmt: skip
-
-
-class Pane:
-    def __init__(self, host: Host) -> None:
-        self.host = host
-        self.log = host.orch.root / f"typed-{host.name}.bin"
-        argv = [sys.executable, "-c", RECORDER, str(self.log)]
-        self.pane = host.tmux.new_window("agent", argv, cwd=host.orch.project_dir)
-        poll(lambda: self.log.exists() and self.log.read_bytes() == b"ready\n", "the recorder")
-
-    def lines(self) -> list[str]:
-        """Everything typed so far (a sentinel line, typed and read back, shows all came)."""
-        self.host.tmux.send_text(self.pane, SENTINEL)
-        poll(lambda: self.log.read_bytes().endswith(f"{SENTINEL}\n".encode()), "the sentinel")
-        typed = self.log.read_bytes().decode().removeprefix("ready\n").splitlines()
-        return [line for line in typed if line != SENTINEL]
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ the pane to a file, so the test sees exactly what orch typed, and that nothing r
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,21 +17,12 @@ from orch_builtin.idle import WAKE_LINE
 from orch_core.queue import Queue
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
-from orch_core.testing.tmux import TmuxServer
+from orch_core.testing.tmux import Recorder, TmuxServer
 
 pytestmark = pytest.mark.tmux
 
 AGENT = "proj:1"
 SESSION = "sess-wake"
-SENTINEL = "--- end of test input ---"
-RECORDER = """
-import json
-import sys
-with open(sys.argv[1], "ab", buffering=0) as out:
-    out.write(b"ready\\n")
-    for line in iter(sys.stdin.buffer.readline, b""):
-        out.write(line)
-"""
 
 
 @pytest.fixture
@@ -41,35 +31,12 @@ def tmux() -> Iterator[TmuxServer]:
         yield server
 
 
-def poll(predicate: object, what: str, timeout: float = 15.0) -> None:
-    """Bounded polling: wait until ``predicate()`` holds."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-class Pane:
-    """A pane whose recorder keeps every typed line, known to orch as AGENT's session pane."""
+class Pane(Recorder):
+    """A recorder known to orch as AGENT's session pane."""
 
     def __init__(self, tmux: TmuxServer, orch: OrchState) -> None:
-        self.tmux = tmux
-        self.log = orch.root / "typed.bin"
-        argv = [sys.executable, "-c", RECORDER, str(self.log)]
-        self.pane = tmux.new_window("agent", argv, cwd=orch.project_dir)
-        poll(lambda: self.log.exists() and self.log.read_bytes() == b"ready\n", "the recorder")
-        self.socket = tmux.cmd("display-message", "-p", "#{socket_path}").strip()
+        super().__init__(tmux, orch.root / "typed.bin", cwd=orch.project_dir)
         orch.store.remember_session(SESSION, AGENT, self.pane, self.socket)
-
-    def lines(self) -> list[str]:
-        """Everything typed so far: first types a sentinel line and waits for it, so all keys
-        sent before have been read (one pty, first in first out)."""
-        self.tmux.send_text(self.pane, SENTINEL)
-        poll(lambda: self.log.read_bytes().endswith(f"{SENTINEL}\n".encode()), "the sentinel")
-        typed = self.log.read_bytes().decode()
-        assert typed.startswith("ready\n")
-        return typed.removeprefix("ready\n").splitlines()[:-1]
 
 
 def hook(orch: OrchState, event: str, **fields: object) -> str:
@@ -104,7 +71,7 @@ def test_an_idle_agent_gets_one_wake_line_per_batch_and_never_the_body(
     assert hook(orch, "Stop", stop_hook_active=False) == ""
     assert agent_state(orch) == "idle"
     assert orch.cli("send", AGENT, "secret body three").returncode == 0
-    assert pane.lines() == [WAKE_LINE, SENTINEL, WAKE_LINE]
+    assert pane.lines() == [WAKE_LINE, WAKE_LINE]
 
 
 @pytest.mark.parametrize(
@@ -143,7 +110,7 @@ def test_an_agent_waiting_at_a_permission_prompt_is_not_woken(
     assert hook(orch, "Stop") == ""
     assert agent_state(orch) == "idle"
     assert orch.cli("send", AGENT, "next").returncode == 0
-    assert pane.lines() == [SENTINEL, WAKE_LINE]
+    assert pane.lines() == [WAKE_LINE]
 
 
 @pytest.mark.parametrize("source", ["startup", "resume", "clear"])
@@ -156,7 +123,7 @@ def test_an_agent_waiting_at_its_first_prompt_is_woken(
     assert pane.lines() == []
     done = orch.cli("send", AGENT, "first job")
     assert done.returncode == 0, done.stderr
-    assert pane.lines() == [SENTINEL, WAKE_LINE]
+    assert pane.lines() == [WAKE_LINE]
     assert agent_state(orch) == "waking"
     assert "first job" in hook(orch, "UserPromptSubmit", prompt=WAKE_LINE)
 
@@ -170,7 +137,7 @@ def test_an_agent_that_starts_with_messages_waiting_is_woken_to_act_on_them(
     assert pane.lines() == []  # orch did not know its pane yet
     started = hook(orch, "SessionStart", source="startup")
     assert "waiting since before it started" in started  # its context holds the backlog...
-    assert pane.lines() == [SENTINEL, WAKE_LINE]  # ...and a turn makes the model act on it
+    assert pane.lines() == [WAKE_LINE]  # ...and a turn makes the model act on it
     assert agent_state(orch) == "waking"
     assert "waiting since" not in hook(orch, "UserPromptSubmit", prompt=WAKE_LINE)  # once
 
@@ -239,7 +206,7 @@ def test_an_agent_left_starting_is_woken_by_the_supervisor(
     with store.transaction() as db:
         db.execute("UPDATE agents SET state_changed = ?", (time.time() - 31,))
     supervisor.upkeep(time.time())
-    assert pane.lines() == [SENTINEL, WAKE_LINE]
+    assert pane.lines() == [WAKE_LINE]
     assert agent_state(orch) == "waking"
 
 
@@ -275,12 +242,8 @@ def test_hook_orch_supervisor_tick_runs_per_project_with_its_own_plugins_and_set
     )
     panes = {}
     for agent, project in (("a:1", orch.project_dir), ("b:1", other)):
-        log = tmp_path / f"{agent[0]}.typed"
-        argv = [sys.executable, "-c", RECORDER, str(log)]
-        panes[agent] = (tmux.new_window(agent[0], argv, cwd=project), log)
-        poll(lambda log=log: log.exists(), "the recorder")
-        socket = tmux.cmd("display-message", "-p", "#{socket_path}").strip()
-        orch.store.remember_session(f"s-{agent}", agent, panes[agent][0], socket)
+        panes[agent] = Recorder(tmux, tmp_path / f"{agent[0]}.typed", name=agent[0], cwd=project)
+        orch.store.remember_session(f"s-{agent}", agent, panes[agent].pane, panes[agent].socket)
         orch.run_hook(payload("Stop", session_id=f"s-{agent}"), ORCH_AGENT=agent,
                       CLAUDE_PROJECT_DIR=str(project))  # fmt: skip
         Queue(orch.store).send(agent, "due now", not_before=time.time() - 1)
@@ -289,8 +252,4 @@ def test_hook_orch_supervisor_tick_runs_per_project_with_its_own_plugins_and_set
     assert sorted(ticks) == sorted([[str(orch.project_dir), ["a:1"], "default"],
                                     [str(other), ["b:1"], "other"]])  # fmt: skip
     for agent, woken in (("a:1", True), ("b:1", False)):
-        pane, log = panes[agent]
-        tmux.send_text(pane, SENTINEL)
-        poll(lambda log=log: log.read_bytes().endswith(f"{SENTINEL}\n".encode()), "sentinel")
-        typed = log.read_bytes().decode().removeprefix("ready\n").splitlines()[:-1]
-        assert typed == ([WAKE_LINE] if woken else []), agent
+        assert panes[agent].lines() == ([WAKE_LINE] if woken else []), agent
