@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from orch_core import log
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
@@ -118,3 +120,24 @@ def test_follow_prints_what_is_written_across_a_rotation_until_ctrl_c(orch: Orch
     assert code == 0
     assert process.stderr is not None and process.stderr.read() == b""
     assert lines.empty()
+
+
+@pytest.mark.orch_backends("sqlite", "postgresql")
+def test_an_agent_is_named_in_the_logs_filter_as_everywhere_in_the_fleet(
+    orch: OrchState, orch_backend: str
+) -> None:
+    """On a store hosts share, the log records this host's tmux agents by ``host/name``:
+    ``--agent proj:1`` is this host's, as for ``orch send``; with the database down the name
+    is taken as given, and the log still reads."""
+    orch.env["ORCH_HOST"] = "alpha"
+    shared = orch_backend == "postgresql"
+    mine = "alpha/proj:1" if shared else "proj:1"
+    orch.store.add_agent(mine, "idle", session_id="s", project_dir=None, host="alpha")
+    log.write("info", "about alpha's window", orch.env, agent=mine)
+    log.write("info", "about beta's window", orch.env, agent="beta/proj:1")
+    assert [r["msg"] for r in records(orch, "--agent", "proj:1")] == ["about alpha's window"]
+    assert [r["msg"] for r in records(orch, "--agent", "beta/proj:1")] == ["about beta's window"]
+    if shared:
+        orch.env["ORCH_DB"] = "postgresql://orch@127.0.0.1:9/nowhere"  # nothing listens there
+        assert records(orch, "--agent", "proj:1") == []
+        assert [r["msg"] for r in records(orch, "--agent", mine)] == ["about alpha's window"]

@@ -51,6 +51,8 @@ def logs_command(follow: bool, agent: str | None, event: str | None, as_json: bo
     """orch's log (warnings and errors of hooks, plugins and the supervisor), oldest first."""
     from orch_core.ops import logs
 
+    if agent is not None:
+        agent = _log_name(agent)
     records = logs.follow(os.environ) if follow else logs.history(os.environ)
     try:
         for record in records:
@@ -59,6 +61,27 @@ def logs_command(follow: bool, agent: str | None, event: str | None, as_json: bo
                 click.echo(shown if as_json else inert(shown))
     except KeyboardInterrupt:
         pass
+
+
+def _log_name(agent: str) -> str:
+    """The agent id the log knows ``agent`` by: on a store several hosts share, a bare name
+    is this host's agent of that name (``alpha/proj:1``), as everywhere. The log is this
+    host's file and must read with the database down: then the name is taken as given."""
+    from orch_core.storage import database, open_store
+    from orch_core.storage.store import StoreError
+
+    try:
+        if not paths.is_url(database(os.environ)):
+            return agent
+        store = open_store(os.environ)
+        try:
+            return hosts.Names(store).resolve(agent)
+        finally:
+            store.close()
+    except hosts.AmbiguousName:
+        raise
+    except StoreError:
+        return agent
 
 
 def readable(record: Mapping[str, Any]) -> str:
