@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from orch_core import log
 from orch_core.storage import open_store
 from orch_core.storage.store import Store
 from orch_core.supervisor import lifecycle, tmux
@@ -41,6 +42,7 @@ class Host:
 
     def __init__(self, name: str, root: Path, database: str, server: TmuxServer) -> None:
         self.name = name
+        self.database = database
         self.root = root / name
         self.project = self.root / "project"
         (self.project / ".claude").mkdir(parents=True)
@@ -106,6 +108,10 @@ class Host:
         with stored(self.env) as store:
             screen = tmux.tmux(self.socket, "capture-pane", "-p", "-t", self.pane(store, agent))
         return any(line.strip() == PROMPT_MARK for line in screen.splitlines())
+
+    def log(self) -> list[dict[str, Any]]:
+        """This host's orch log (hooks, commands and supervisor alike), oldest first."""
+        return log.read(self.env, limit=100_000)
 
     def requests(self) -> list[str]:
         return [r.text() for r in self.standin.requests_to_main_model()]
