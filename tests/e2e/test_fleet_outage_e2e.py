@@ -183,8 +183,9 @@ def test_a_ten_second_outage_in_a_stream_of_messages_loses_and_doubles_nothing(
     assert rows(alpha.env, "SELECT count(*) FROM recoveries") == [(0,)]
     starts = "SELECT count(*) FROM hook_runs WHERE agent = ? AND event = 'SessionStart'"
     assert rows(alpha.env, starts, AGENT) == [(1,)]
+    # two requests while the server was down: a tool call's hooks came and went in between
     during = [r for r in requests if down < r.received_at < up]
-    assert len(during) >= 3, f"{len(during)} requests of beta's model while the server was down"
+    assert len(during) >= 2, f"{len(during)} requests of beta's model while the server was down"
     unrecorded = [line for line in logged(beta, "cannot record the hook run")
                   if down < line["ts"] < up]  # fmt: skip
     assert unrecorded and all("is unreachable" in line["error"] for line in unrecorded)
@@ -197,6 +198,8 @@ def test_a_ten_second_outage_in_a_stream_of_messages_loses_and_doubles_nothing(
         again = functools.partial(logged, host, "database reachable again")
         wait(again, f"{host.name}'s supervisor reconnecting")
         assert logged(host, "database unreachable"), host.name
+        assert logged(host, "supervisor tick failed") == []
+        assert "Traceback" not in (host.root / "supervise.log").read_text()
     print(
         f"\n{len(sender.failures)} sends failed during the outage and went again; beta's model "
         f"got {len(during)} requests while the server was down, {len(requests)} in all"
