@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from orch_core.testing.claude import DEFAULT_ARGS, ClaudeFactory, ClaudeSession
+from orch_core.testing.hosts import Host
+from orch_core.testing.postgres import Cluster
 from orch_core.testing.standin import StandInAPI
 from orch_core.testing.tmux import TmuxServer
 
@@ -72,3 +74,21 @@ def claude(
         if session.pane is not None:
             print(f"--- final screen of {session.name} ---\n{session.screen()}")
         session.close()
+
+
+@pytest.fixture
+def hosts(
+    tmp_path: Path, orch_postgres: Cluster, tmux_server: TmuxServer
+) -> Iterator[dict[str, Host]]:
+    """Two hosts of a fleet, ``alpha`` and ``beta``, sharing a fresh database of the session's
+    PostgreSQL server; supervisors and agents are each test's to start."""
+    database = orch_postgres.create_database()
+    found = {name: Host(name, tmp_path, database, tmux_server) for name in ("alpha", "beta")}
+    try:
+        yield found
+    finally:
+        for host in found.values():
+            host.close()
+        if not orch_postgres.running:  # a test that stopped it failed before starting it again
+            orch_postgres.resume()
+        orch_postgres.drop_database(database)
