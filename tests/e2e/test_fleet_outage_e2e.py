@@ -171,10 +171,16 @@ def test_a_ten_second_outage_in_a_stream_of_messages_loses_and_doubles_nothing(
     newest = requests[-1].text()
     assert headers(requests[-1]) == Counter(dict.fromkeys(ids, 1)), "lost, doubled or extra"
     assert [newest.count(body(i)) for i in range(STREAM)] == [1] * STREAM
+    # one delivery each; a second only for a claim whose commit reached the server just as it
+    # stopped, which its hook never heard of and so never showed (the model's count above is
+    # what proves it arrived once): it came back unconfirmed, then went out again
+    attempts: Counter[int] = Counter()
     for message_id in ids:
         shown = json.loads(alpha.orch("queue", "show", message_id, "--json"))
         delivered = [e for e in shown["events"] if e["state"] == "delivered"]
-        assert (shown["state"], len(delivered), shown["attempts"]) == ("confirmed", 1, 1), shown
+        assert shown["state"] == "confirmed" and len(delivered) == shown["attempts"], shown
+        attempts[shown["attempts"]] += 1
+    assert attempts[1] >= STREAM - 2 and set(attempts) <= {1, 2}, attempts
 
     # the agent worked on through the outage: same Claude process, its model asked all along,
     # its hooks answered without the store and said why in beta's log
