@@ -118,20 +118,29 @@ def main() -> None:
             print(f"| `{label}` | {median * 1000:.1f} | {p90 * 1000:.1f} | "
                   f"{median / base:.2f}x |")  # fmt: skip
         print()
-        parallel(python, orch, env, args.parallel, args.messages)
+        parallel(python, orch, env, args.parallel, args.messages, plain)
         if args.importtime:
             importtime(python, orch, env)
 
 
-def parallel(python: str, orch: str, env: dict[str, str], senders: int, each: int) -> None:
-    """``senders`` at once, ``each`` messages each: through ``orch send`` processes, then
-    through ``Queue.send`` in one process per sender (time inside ``send`` reported)."""
-    script = f'for n in $(seq {each}); do "$0" send p:1 "parallel $n" >/dev/null || exit 1; done'
-    start = time.perf_counter()
-    procs = [subprocess.Popen(["sh", "-c", script, orch], env=env) for _ in range(senders)]
-    if any(p.wait() != 0 for p in procs):
-        raise SystemExit("a parallel orch send failed")
-    cli = time.perf_counter() - start
+def parallel(
+    python: str, orch: str, env: dict[str, str], senders: int, each: int, plain: str
+) -> None:
+    """``senders`` at once, ``each`` messages each: through ``python -c`` inserts and through
+    ``orch send``, a process a message; then through ``Queue.send`` in one process per sender
+    (time inside ``send`` reported: what waiting for the others' write locks costs)."""
+
+    def loops(argv: list[str]) -> float:
+        script = f'for n in $(seq {each}); do "$@" >/dev/null || exit 1; done'
+        start = time.perf_counter()
+        procs = [subprocess.Popen(["sh", "-c", script, "sh", *argv], env=env)
+                 for _ in range(senders)]  # fmt: skip
+        if any(p.wait() != 0 for p in procs):
+            raise SystemExit(f"a parallel {argv[:3]} failed")
+        return time.perf_counter() - start
+
+    insert = loops([python, "-c", INSERT, plain])
+    cli = loops([orch, "send", "p:1", "parallel"])
     start = time.perf_counter()
     senders_argv = [python, "-c", QUEUE_SENDER, str(each)]
     readers = [subprocess.Popen(senders_argv, env=env, stdout=subprocess.PIPE, text=True)
@@ -142,6 +151,8 @@ def parallel(python: str, orch: str, env: dict[str, str], senders: int, each: in
     total = senders * each
     print(f"| {senders} parallel senders x {each} | wall s | ms a message |")
     print("|---|---|---|")
+    print(f"| `python -c` insert + commit, one process a message | {insert:.2f} | "
+          f"{insert / total * 1000:.1f} |")  # fmt: skip
     print(f"| `orch send`, one process a message | {cli:.2f} | {cli / total * 1000:.1f} |")
     print(f"| `Queue.send` in {senders} processes | {api:.2f} | {api / total * 1000:.2f} |")
     print()
