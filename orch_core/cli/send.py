@@ -63,6 +63,9 @@ def quick(argv: Sequence[str]) -> int | None:
     try:
         errors.check_config(os.environ)
         send(**given)
+    except KeyboardInterrupt:  # as click says it
+        sys.stderr.write("\nAborted!\n")
+        return 1
     except Exception as exc:
         said = errors.said(exc)
         if said is None:
