@@ -522,3 +522,25 @@ def test_the_quick_send_reads_a_plain_form_as_click_does_and_leaves_the_rest_to_
     else:
         assert clicked is not None
         assert quick == {k: v for k, v in clicked.items() if k != "batch"}
+
+
+@pytest.mark.orch_backends("sqlite")
+def test_ctrl_c_while_orch_send_reads_stdin_stores_nothing(orch: OrchState) -> None:
+    """``orch send AGENT -`` waits for its text: Ctrl-C ends it as click ends a command
+    (``Aborted!``, exit 1), with nothing stored."""
+    import signal
+
+    proc = subprocess.Popen([ORCH, "send", "p:1", "-"], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=orch.env)  # fmt: skip
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.write("half a message")
+    proc.stdin.flush()
+    syscall = Path(f"/proc/{proc.pid}/syscall")  # Linux: "0 0x0 ..." is read(0, ...)
+    deadline = time.monotonic() + 30
+    while not syscall.read_text().startswith("0 0x0 "):  # at the read, not still starting
+        assert time.monotonic() < deadline, "orch send never waited for stdin"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 1
+    assert proc.stderr.read().strip() == "Aborted!"
+    assert Queue(orch.store).messages("p:1") == []
