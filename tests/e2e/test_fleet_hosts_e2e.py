@@ -9,11 +9,9 @@ the shared store recorded: recoveries, hook runs, sessions and launch specs, eac
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,18 +21,19 @@ import pytest
 from orch_builtin.idle import WAKE_LINE
 
 from orch_core.queue import MARK
-from orch_core.storage import open_store
-from orch_core.storage.store import Store
 from orch_core.supervisor import lifecycle, tmux
-from orch_core.testing.claude import PROMPT_MARK, ClaudeSession
-from orch_core.testing.kit import orch_script
+from orch_core.testing.fleet import WAIT, Host, stored
 from orch_core.testing.postgres import Cluster
-from orch_core.testing.standin import StandInAPI
 from orch_core.testing.tmux import TmuxServer
 
 pytestmark = pytest.mark.claude
 
-WAIT = 60.0  # seconds, for anything a turn of the stand-in model or a restart should bring
+# PostgreSQL's hooks get more time than the default budget, as a loaded machine needs
+# (docs/benchmarks.md); agents restart without waiting long
+SETTINGS = "budget_ms = 3000\nhost_timeout = 10\n"
+RESTART_FAST = (
+    "[plugin.auto_restart]\nbackoff_base = 0.5\nbackoff_cap = 1\njitter = 0\nverify_seconds = 30\n"
+)
 
 
 def wait(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
@@ -44,100 +43,16 @@ def wait(condition: Callable[[], object], what: str, timeout: float = WAIT) -> N
         time.sleep(0.1)
 
 
-class Host:
-    """One machine of the fleet: its tmux server, state, user config, supervisor and model."""
-
-    def __init__(self, name: str, root: Path, database: str, server: TmuxServer) -> None:
-        self.name = name
-        self.root = root / name
-        self.project = self.root / "project"
-        (self.project / ".claude").mkdir(parents=True)
-        (self.project / ".claude" / "orch.toml").write_text(
-            "[plugin.auto_restart]\nbackoff_base = 0.5\nbackoff_cap = 1\njitter = 0\n"
-            "verify_seconds = 30\n"
-        )
-        config = self.root / "config" / "orch" / "config.toml"
-        config.parent.mkdir(parents=True)
-        # each host's own config names the shared database; PostgreSQL's hooks get more time
-        # than the default budget, as a loaded machine needs (docs/benchmarks.md)
-        config.write_text(f'[orch]\ndatabase = "{database}"\nbudget_ms = 3000\nhost_timeout = 10\n')
-        self.socket = str(self.root / "tmux.sock")
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-        self.env.update(ORCH_HOST=name, ORCH_STATE_DIR=str(self.root / "state"),
-                        XDG_CONFIG_HOME=str(self.root / "config"), ORCH_TMUX_SOCKET=self.socket,
-                        ORCH_SUPERVISE_FOR="300")  # fmt: skip
-        self.standin = StandInAPI().start()
-        # the harness prepares HOME and the environment Claude needs; orch spawn starts it
-        self.claude = ClaudeSession(self.project, self.standin, server, home=self.root / "home")
-        self.claude._write_home()
-        self.supervisor: subprocess.Popen[bytes] | None = None
-
-    def orch(self, *args: str) -> str:
-        done = subprocess.run([orch_script(), *args], env=self.env, capture_output=True,
-                              text=True, timeout=60, check=False)  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def supervise(self) -> None:
-        """``orch supervise`` for this host, as its user would start it."""
-        with open(self.root / "supervise.log", "ab") as log:
-            self.supervisor = subprocess.Popen(
-                [orch_script(), "supervise"], env=self.env, stdout=log, stderr=log,
-                start_new_session=True,
-            )  # fmt: skip
-        wait(lambda: lifecycle.supervisor_running(self.env), f"{self.name}'s supervisor")
-
-    def spawn(self, agent: str) -> None:
-        pairs = [f"--env={k}={v}" for k, v in self.claude.environment().items()]
-        command = f"{self.claude.binary} --allowedTools Bash"
-        self.orch("spawn", agent, "--dir", str(self.project), "--command", command, *pairs)
-        wait(lambda: self.ready(agent), f"{agent}'s prompt")
-
-    def pane(self, store: Store, agent: str) -> str:
-        spec = lifecycle.get_spec(store, agent)
-        assert spec is not None and spec["pane"]
-        return str(spec["pane"])
-
-    def ready(self, agent: str) -> bool:
-        with stored(self.env) as store:
-            screen = tmux.tmux(self.socket, "capture-pane", "-p", "-t", self.pane(store, agent))
-        return any(line.strip() == PROMPT_MARK for line in screen.splitlines())
-
-    def requests(self) -> list[str]:
-        return [r.text() for r in self.standin.requests_to_main_model()]
-
-    def transcript_written(self, text: str) -> bool:
-        files = (self.root / "home" / ".claude" / "projects").glob("*/*.jsonl")
-        return any(text in f.read_text() for f in files)
-
-    def close(self) -> None:
-        if self.supervisor is not None and self.supervisor.poll() is None:
-            self.supervisor.send_signal(signal.SIGTERM)
-            try:
-                self.supervisor.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.supervisor.kill()
-        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True,
-                       timeout=30, check=False)  # fmt: skip
-        self.standin.stop()
-
-
-@contextlib.contextmanager
-def stored(env: dict[str, str]) -> Iterator[Store]:
-    """The shared store, opened for one look and closed after."""
-    store = open_store(env)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
 @pytest.fixture
 def hosts(
     tmp_path: Path, orch_postgres: Cluster, tmux_server: TmuxServer
 ) -> Iterator[dict[str, Host]]:
     database = orch_postgres.create_database()
-    found = {name: Host(name, tmp_path, database, tmux_server) for name in ("alpha", "beta")}
+    found = {
+        name: Host(name, tmp_path, database, tmux_server, settings=SETTINGS,
+                   project_config=RESTART_FAST)
+        for name in ("alpha", "beta")
+    }  # fmt: skip
     try:
         yield found
     finally:
