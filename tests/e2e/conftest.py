@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orch_core.testing.claude import DEFAULT_ARGS, ClaudeFactory, ClaudeSession
-from orch_core.testing.hosts import Host
+from orch_core.testing.fleet import Host
 from orch_core.testing.postgres import Cluster
 from orch_core.testing.standin import StandInAPI
 from orch_core.testing.tmux import TmuxServer
@@ -76,6 +76,15 @@ def claude(
         session.close()
 
 
+#: Each host's user config: PostgreSQL's hooks get more time than the default budget, as a
+#: loaded machine needs (docs/benchmarks.md); a silent host is unreachable after 10 s.
+FLEET_SETTINGS = "budget_ms = 3000\nhost_timeout = 10\n"
+#: Each host's project: agents restart without waiting long.
+RESTART_FAST = (
+    "[plugin.auto_restart]\nbackoff_base = 0.5\nbackoff_cap = 1\njitter = 0\nverify_seconds = 30\n"
+)
+
+
 @pytest.fixture
 def hosts(
     tmp_path: Path, orch_postgres: Cluster, tmux_server: TmuxServer
@@ -83,7 +92,11 @@ def hosts(
     """Two hosts of a fleet, ``alpha`` and ``beta``, sharing a fresh database of the session's
     PostgreSQL server; supervisors and agents are each test's to start."""
     database = orch_postgres.create_database()
-    found = {name: Host(name, tmp_path, database, tmux_server) for name in ("alpha", "beta")}
+    found = {
+        name: Host(name, tmp_path, database, tmux_server, settings=FLEET_SETTINGS,
+                   project_config=RESTART_FAST)
+        for name in ("alpha", "beta")
+    }  # fmt: skip
     try:
         yield found
     finally:

@@ -19,7 +19,7 @@ from orch_builtin.idle import WAKE_LINE
 
 from orch_core.queue import MARK
 from orch_core.supervisor import lifecycle, tmux
-from orch_core.testing.hosts import Host, rows, stored, wait
+from orch_core.testing.fleet import Host, rows, stored, wait
 
 pytestmark = pytest.mark.claude
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from orch_core.queue import MARK
-from orch_core.testing.hosts import Host, rows, stored, wait
+from orch_core.testing.fleet import Host, rows, stored, wait
 from orch_core.testing.postgres import Cluster
 from orch_core.testing.standin import RecordedRequest, Reply
 

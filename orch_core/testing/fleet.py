@@ -1,8 +1,9 @@
-"""Hosts of a fleet on one machine, for tests across machines: each its own tmux server,
-``ORCH_HOST``, state folder and user config naming one shared database, its own ``orch
-supervise``, and real Claude Code agents started with ``orch spawn`` against a stand-in model of
-its own. The harness's tmux server only prepares each agent's HOME; orch spawns the agents on the
-host's socket.
+"""A fleet across machines, on one machine: each :class:`Host` has its own ``ORCH_HOST``, state
+folder, user config (naming the one PostgreSQL database they share), tmux server, ``orch
+supervise`` and stand-in model, and starts real Claude Code agents with ``orch spawn``.
+
+The end to end tests (the ``hosts`` fixture) and the cross-host benchmark build their fleet
+from it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,64 +39,86 @@ def wait(condition: Callable[[], object], what: str, timeout: float = WAIT) -> N
 
 
 class Host:
-    """One machine of the fleet: its tmux server, state, user config, supervisor and model."""
+    """One machine of the fleet: its tmux server, state, user config, supervisor and model.
 
-    def __init__(self, name: str, root: Path, database: str, server: TmuxServer) -> None:
+    Its store is ``database`` (the fleet's), or with ``None`` a SQLite file in its state folder
+    (a machine on its own, as a baseline). ``settings`` go into the ``[orch]`` table of the user
+    config after the database, ``project_config`` into the project's ``.claude/orch.toml``;
+    ``bin_dir`` holds the ``orch`` that runs (the running interpreter's by default: a benchmark
+    passes a regular install's).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        database: str | None,
+        server: TmuxServer,
+        *,
+        settings: str = "",
+        project_config: str = "",
+        bin_dir: Path | None = None,
+        supervise_for: float = 300.0,
+        model_lifetime: float = 900.0,
+    ) -> None:
         self.name = name
         self.database = database
         self.root = root / name
         self.project = self.root / "project"
         (self.project / ".claude").mkdir(parents=True)
-        (self.project / ".claude" / "orch.toml").write_text(
-            "[plugin.auto_restart]\nbackoff_base = 0.5\nbackoff_cap = 1\njitter = 0\n"
-            "verify_seconds = 30\n"
-        )
+        (self.project / ".claude" / "orch.toml").write_text(project_config)
         config = self.root / "config" / "orch" / "config.toml"
         config.parent.mkdir(parents=True)
-        # each host's own config names the shared database; PostgreSQL's hooks get more time
-        # than the default budget, as a loaded machine needs (docs/benchmarks.md)
-        config.write_text(f'[orch]\ndatabase = "{database}"\nbudget_ms = 3000\nhost_timeout = 10\n')
+        shared = f'database = "{database}"\n' if database else ""
+        config.write_text(f"[orch]\n{shared}{settings}")
         self.socket = str(self.root / "tmux.sock")
+        self.orch_bin = str(bin_dir / "orch") if bin_dir else orch_script()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
         self.env.update(ORCH_HOST=name, ORCH_STATE_DIR=str(self.root / "state"),
                         XDG_CONFIG_HOME=str(self.root / "config"), ORCH_TMUX_SOCKET=self.socket,
-                        ORCH_SUPERVISE_FOR="300")  # fmt: skip
-        self.standin = StandInAPI().start()
+                        ORCH_SUPERVISE_FOR=f"{supervise_for:g}")  # fmt: skip
+        self.standin = StandInAPI(model_lifetime)
         # the harness prepares HOME and the environment Claude needs; orch spawn starts it
         self.claude = ClaudeSession(self.project, self.standin, server, home=self.root / "home")
         self.claude._write_home()
+        self.standin.start()
         self.supervisor: subprocess.Popen[bytes] | None = None
 
     def orch(self, *args: str) -> str:
-        """Run the ``orch`` command line as this host's user; its stdout (it must succeed)."""
+        """Run ``orch`` as this host's user; its stdout, or a RuntimeError with its stderr."""
         done = self.run_orch(*args)
         if done.returncode != 0:
-            raise AssertionError(f"orch {args[0]} on {self.name} failed: {done.stderr}")
+            raise RuntimeError(f"orch {args[0]} on {self.name} failed: {done.stderr.strip()}")
         return done.stdout
 
     def run_orch(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run the ``orch`` command line as this host's user, whatever comes of it."""
-        return subprocess.run([orch_script(), *args], env=self.env, capture_output=True,
+        """Run ``orch`` as this host's user, whatever comes of it."""
+        return subprocess.run([self.orch_bin, *args], env=self.env, capture_output=True,
                               text=True, timeout=timeout, check=False)  # fmt: skip
 
     def supervise(self) -> None:
         """``orch supervise`` for this host, as its user would start it."""
         with open(self.root / "supervise.log", "ab") as log:
             self.supervisor = subprocess.Popen(
-                [orch_script(), "supervise"], env=self.env, stdout=log, stderr=log,
+                [self.orch_bin, "supervise"], env=self.env, stdout=log, stderr=log,
                 start_new_session=True,
             )  # fmt: skip
-        wait(lambda: lifecycle.supervisor_running(self.env), f"{self.name}'s supervisor")
+        wait(
+            lambda: lifecycle.supervisor_running(self.env) is not None, f"{self.name}'s supervisor"
+        )
 
     def spawn(self, agent: str) -> None:
+        """``orch spawn`` a real Claude Code agent in the project; wait for its prompt."""
         pairs = [f"--env={k}={v}" for k, v in self.claude.environment().items()]
         command = f"{self.claude.binary} --allowedTools Bash"
         self.orch("spawn", agent, "--dir", str(self.project), "--command", command, *pairs)
-        wait(lambda: self.ready(agent), f"{agent}'s prompt")
+        with stored(self.env) as store:
+            wait(lambda: self.ready(store, agent), f"{agent}'s prompt")
 
     def pane(self, store: Store, agent: str) -> str:
         spec = lifecycle.get_spec(store, agent)
-        assert spec is not None and spec["pane"]
+        if spec is None or not spec["pane"]:
+            raise RuntimeError(f"{agent} has no pane on {self.name}")
         return str(spec["pane"])
 
     def pane_pid(self, store: Store, agent: str) -> int:
@@ -104,9 +127,9 @@ class Host:
                           "#{pane_pid}")  # fmt: skip
         return int(shown)
 
-    def ready(self, agent: str) -> bool:
-        with stored(self.env) as store:
-            screen = tmux.tmux(self.socket, "capture-pane", "-p", "-t", self.pane(store, agent))
+    def ready(self, store: Store, agent: str) -> bool:
+        """The agent's input box is on screen and empty."""
+        screen = tmux.tmux(self.socket, "capture-pane", "-p", "-t", self.pane(store, agent))
         return any(line.strip() == PROMPT_MARK for line in screen.splitlines())
 
     def log(self) -> list[dict[str, Any]]:
@@ -116,24 +139,36 @@ class Host:
     def requests(self) -> list[str]:
         return [r.text() for r in self.standin.requests_to_main_model()]
 
+    def transcripts(self) -> list[Path]:
+        return sorted((self.root / "home" / ".claude" / "projects").glob("*/*.jsonl"))
+
     def transcript_written(self, text: str) -> bool:
-        files = (self.root / "home" / ".claude" / "projects").glob("*/*.jsonl")
-        return any(text in f.read_text() for f in files)
+        return any(text in f.read_text() for f in self.transcripts())
 
     def close(self) -> None:
+        """Stop the supervisor (before the tmux server, which a tick under way could start
+        again), the tmux server and the model."""
         if self.supervisor is not None and self.supervisor.poll() is None:
             self.supervisor.send_signal(signal.SIGTERM)
             try:
                 self.supervisor.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.supervisor.kill()
+                self.supervisor.wait(timeout=20)
+        listed = subprocess.run(["tmux", "-S", self.socket, "list-panes", "-a", "-F",
+                                 "#{pane_pid}"], capture_output=True, text=True, timeout=30,
+                                check=False)  # fmt: skip
         subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True,
                        timeout=30, check=False)  # fmt: skip
+        # Claude runs its SessionEnd hooks as it goes: done before the folders are removed,
+        # or a hook that finds no config starts a store of its own there
+        with contextlib.suppress(TimeoutError):
+            wait(lambda: not any(map(alive, listed.stdout.split())), "the agents' end", 20)
         self.standin.stop()
 
 
 @contextlib.contextmanager
-def stored(env: dict[str, str]) -> Iterator[Store]:
+def stored(env: Mapping[str, str]) -> Iterator[Store]:
     """The shared store, opened for one look and closed after."""
     store = open_store(env)
     try:
@@ -142,6 +177,16 @@ def stored(env: dict[str, str]) -> Iterator[Store]:
         store.close()
 
 
-def rows(env: dict[str, str], sql: str, *args: Any) -> list[tuple[Any, ...]]:
+def rows(env: Mapping[str, str], sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """The rows of one query of the store ``env`` names."""
     with stored(env) as store:
         return [tuple(row) for row in store.execute(sql, args).fetchall()]
+
+
+def alive(pid: str) -> bool:
+    """Whether process ``pid`` runs (a zombie no longer does)."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
