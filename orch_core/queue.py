@@ -224,10 +224,10 @@ class Queue:
         statements (two round trips to a server, not one a message): each agent's last
         number, then one insert of them all."""
         agents = sorted({item["agent"] for item in items})
-        last = dict(
+        last = dict(  # a max per agent, each one index lookup (GROUP BY would read them all)
             tx.execute(
-                "SELECT agent, max(seq) FROM messages"
-                f" WHERE agent IN ({', '.join('?' * len(agents))}) GROUP BY agent",
+                "SELECT v.column1, (SELECT max(seq) FROM messages WHERE agent = v.column1)"
+                f" FROM (VALUES {', '.join(['(?)'] * len(agents))}) AS v",
                 agents,
             ).fetchall()
         )
@@ -242,7 +242,7 @@ class Queue:
         rows: list[tuple[Any, ...]] = []
         for item in items:
             agent, ttl = item["agent"], item.get("ttl")
-            last[agent] = seq = last.get(agent, 0) + 1
+            last[agent] = seq = (last.get(agent) or 0) + 1
             rows.append((draw(), agent, seq, item.get("priority", 0), item.get("sender"),
                          item["text"], item.get("not_before"), now + ttl if ttl else None,
                          now))  # fmt: skip
