@@ -200,6 +200,11 @@ def inner(args: argparse.Namespace) -> None:
     print("|---|---|")
     for label, pages in wal_pages(messages[:500]).items():
         print(f"| {label} | {pages:.2f} |")
+    print()
+    print("| delivering one message | WAL pages |")
+    print("|---|---|")
+    for label, pages in wal_pages_delivered(messages[:300]).items():
+        print(f"| {label} | {pages:.2f} |")
 
 
 def wal_pages(messages: list[tuple[str, str]]) -> dict[str, float]:
@@ -241,6 +246,53 @@ def wal_pages(messages: list[tuple[str, str]]) -> dict[str, float]:
 
             found[label] = grown(Path(f"{tmp}/orch.db"), store.conn, send)
             store.close()
+    return found
+
+
+def wal_pages_delivered(messages: list[tuple[str, str]]) -> dict[str, float]:
+    """WAL pages written per message taken, checkpoints off: persist-queue's ``get`` + ``ack``
+    against orch's hook rounds of one message each (a commit each, of the confirmation of the
+    message before and the claim of the next)."""
+    from orch_core.queue import Queue
+    from orch_core.storage.store import SQLiteStore
+
+    def pages(wal: Path, conn: sqlite3.Connection, take: Any) -> float:
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        before = wal.stat().st_size
+        taken: int = take()
+        return float(wal.stat().st_size - before) / (page + 24) / taken
+
+    persistqueue: Any = importlib.import_module("persistqueue")
+    found = {}
+    with tempfile.TemporaryDirectory(prefix="queue-bench-") as tmp:
+        q = persistqueue.SQLiteAckQueue(tmp, auto_commit=True)
+        for agent, text in messages:
+            q.put({"agent": agent, "text": text, "sender": "bench"})
+
+        def get_ack() -> int:
+            taken = 0
+            while True:
+                try:
+                    q.ack(q.get(block=False))
+                except persistqueue.Empty:
+                    return taken
+                taken += 1
+
+        found["persist-queue `get` + `ack`"] = pages(Path(tmp) / "data.db-wal", q._conn, get_ack)
+    with tempfile.TemporaryDirectory(prefix="queue-bench-") as tmp:
+        store = SQLiteStore(f"{tmp}/orch.db")
+        queue = Queue(store)
+        agent = messages[0][0]
+        queue.send_many({"agent": agent, "text": t, "sender": "bench"} for _, t in messages)
+
+        def rounds() -> int:
+            hook_rounds(queue, agent, Path(tmp) / "t.jsonl", 1)
+            return len(messages)
+
+        found["orch, a hook round a message"] = pages(Path(f"{tmp}/orch.db-wal"), store.conn,
+                                                      rounds)  # fmt: skip
+        store.close()
     return found
 
 
