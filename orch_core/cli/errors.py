@@ -55,12 +55,7 @@ def check_config(env: Mapping[str, str]) -> None:
     hooks meanwhile use that key's default)."""
     from orch_core.plugins import plan
 
-    errors = plan.load(env, project(env)).config_errors
+    errors = plan.load(env, os.path.abspath(paths.project_dir(env))).config_errors
     if errors:
         more = f" (and {len(errors) - 1} more: see `orch doctor`)" if len(errors) > 1 else ""
         raise OrchError(errors[0] + more)
-
-
-def project(env: Mapping[str, str], directory: str | None = None) -> str:
-    """The project a command acts on: ``directory``, else Claude's, else the current one."""
-    return os.path.abspath(directory or env.get("CLAUDE_PROJECT_DIR") or os.getcwd())

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def _project(directory: str | None) -> str:
-    return errors.project(os.environ, directory)
+    return os.path.abspath(directory or os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd())
 
 
 def _loaded() -> loader.Loaded:
