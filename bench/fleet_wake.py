@@ -50,9 +50,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orch_builtin.idle import WAKE_LINE
 from regular_install import regular_venv
-from wake_latency import TARGET_MS, claude_version, iso_time, pctl
+from wake_latency import TARGET_MS, claude_version, pctl, wake_line_taken
 
 from orch_core.queue import WAKE_CHANNEL, Queue
 from orch_core.storage import open_store
@@ -328,26 +327,7 @@ class Agent:
 
     def submitted_at(self, since: float) -> float:
         """When Claude took the wake line as a prompt: its transcript entry's timestamp."""
-        found: list[float] = []
-
-        def look() -> bool:
-            for path in self.host.transcripts():
-                for line in path.read_text().splitlines():
-                    entry = json.loads(line)
-                    if entry.get("type") != "user" or "timestamp" not in entry:
-                        continue
-                    content = entry.get("message", {}).get("content")
-                    texts = [content] if isinstance(content, str) else [
-                        b.get("text") for b in content or [] if isinstance(b, dict)
-                    ]  # fmt: skip
-                    when = iso_time(entry["timestamp"])
-                    if WAKE_LINE in texts and when >= since - 0.001:
-                        found.append(when)
-                        return True
-            return False
-
-        wait_until(look, 10, "the wake line in the transcript")
-        return min(found)
+        return wake_line_taken(self.host.transcripts(), since)
 
     def close(self) -> None:
         if self.heard is not None:

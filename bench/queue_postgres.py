@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from queue_throughput import BODY, HOOK_BUDGET, hook_rounds, workload
+from queue_throughput import BODY, HOOK_BUDGET, send_and_deliver, workload
 from regular_install import regular_venv
 
 #: Messages a hand-written claim takes: as many as orch's 8,000-character claim takes of these
@@ -113,22 +113,8 @@ def run_orch(
 
     store = PostgresStore(url, str(folder), durable=sync == "on")
     queue = Queue(store)
-    agents = sorted({agent for agent, _ in messages})
     store.execute("SELECT 1")  # connected: the other side's connection is not timed either
-    start = time.perf_counter()
-    if batch == 1:
-        for agent, text in messages:
-            queue.send(agent, text, sender="bench")
-    else:
-        for i in range(0, len(messages), batch):
-            queue.send_many(
-                {"agent": agent, "text": text, "sender": "bench"}
-                for agent, text in messages[i : i + batch]
-            )
-    sent = time.perf_counter()
-    for agent in agents:
-        hook_rounds(queue, agent, folder / f"{agent}.jsonl", claim)
-    done = time.perf_counter()
+    sending, delivering = send_and_deliver(queue, messages, folder, claim, batch)
     confirmed, claims = store.execute(  # a claim marks its messages with one time
         "SELECT count(*), count(DISTINCT delivered) FROM messages WHERE state = 'confirmed'"
     ).fetchone() or (0, 1)
@@ -136,7 +122,7 @@ def run_orch(
         raise SystemExit(f"orch: {confirmed} confirmed of {len(messages)}")
     settings = _settings(store.conn)
     store.close()
-    return {"send": sent - start, "deliver": done - sent, "settings": settings,
+    return {"send": sending, "deliver": delivering, "settings": settings,
             "per_claim": confirmed / claims}  # fmt: skip
 
 

@@ -102,7 +102,22 @@ def run_orch(
 
     store = SQLiteStore(str(folder / "orch.db"), durable=sync == "FULL")
     queue = Queue(store)
-    agents = sorted({agent for agent, _ in messages})
+    sending, delivering = send_and_deliver(queue, messages, folder, claim_budget, batch)
+    confirmed = queue.store.execute(
+        "SELECT count(*) FROM messages WHERE state = 'confirmed'"
+    ).fetchone()[0]
+    if confirmed != len(messages):
+        raise SystemExit(f"orch: {confirmed} confirmed of {len(messages)}")
+    pragmas = _pragmas(store.conn)
+    store.close()
+    return {"send": sending, "deliver": delivering, "pragmas": pragmas}
+
+
+def send_and_deliver(
+    queue: Any, messages: list[tuple[str, str]], folder: Path, claim_budget: int, batch: int
+) -> tuple[float, float]:
+    """Seconds to send ``messages`` (``send`` each, or ``send_many`` by ``batch``), then to
+    deliver and confirm them all in each agent's hook rounds."""
     start = time.perf_counter()
     if batch == 1:
         for agent, text in messages:
@@ -114,17 +129,9 @@ def run_orch(
                 for agent, text in messages[i : i + batch]
             )
     sent = time.perf_counter()
-    for agent in agents:
+    for agent in sorted({agent for agent, _ in messages}):
         hook_rounds(queue, agent, folder / f"{agent}.jsonl", claim_budget)
-    done = time.perf_counter()
-    confirmed = queue.store.execute(
-        "SELECT count(*) FROM messages WHERE state = 'confirmed'"
-    ).fetchone()[0]
-    if confirmed != len(messages):
-        raise SystemExit(f"orch: {confirmed} confirmed of {len(messages)}")
-    pragmas = _pragmas(store.conn)
-    store.close()
-    return {"send": sent - start, "deliver": done - sent, "pragmas": pragmas}
+    return sent - start, time.perf_counter() - sent
 
 
 def hook_rounds(queue: Any, agent: str, transcript: Path, claim_budget: int) -> None:

@@ -102,6 +102,31 @@ def iso_time(stamp: str) -> float:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
+def wake_line_taken(transcripts: list[Path], since: float) -> float:
+    """When Claude took the wake line as a prompt at ``since`` or after: the timestamp of its
+    entry in one of the session ``transcripts`` (waited for, at most 10 s)."""
+    found: list[float] = []
+
+    def look() -> bool:
+        for path in transcripts:
+            for line in path.read_text().splitlines():
+                entry = json.loads(line)
+                if entry.get("type") != "user" or "timestamp" not in entry:
+                    continue
+                content = entry.get("message", {}).get("content")
+                texts = [content] if isinstance(content, str) else [
+                    b.get("text") for b in content or [] if isinstance(b, dict)
+                ]  # fmt: skip
+                when = iso_time(entry["timestamp"])
+                if WAKE_LINE in texts and when >= since - 0.001:
+                    found.append(when)
+                    return True
+        return False
+
+    wait_until(look, 10, "the wake line in the transcript")
+    return found[0]
+
+
 class Bench:
     def __init__(self, bin_dir: Path, root: Path, api: StandInAPI, tmux: TmuxServer) -> None:
         self.bin = bin_dir
@@ -219,25 +244,7 @@ class Bench:
         (path,) = (self.session.home / ".claude" / "projects").glob(
             f"*/{self.session.session_id}.jsonl"
         )
-        found: list[float] = []
-
-        def look() -> bool:
-            for line in path.read_text().splitlines():
-                entry = json.loads(line)
-                if entry.get("type") != "user" or "timestamp" not in entry:
-                    continue
-                content = entry.get("message", {}).get("content")
-                texts = [content] if isinstance(content, str) else [
-                    b.get("text") for b in content or [] if isinstance(b, dict)
-                ]  # fmt: skip
-                when = iso_time(entry["timestamp"])
-                if WAKE_LINE in texts and when >= since - 0.001:
-                    found.append(when)
-                    return True
-            return False
-
-        wait_until(look, 10, "the wake line in the transcript")
-        return found[0]
+        return wake_line_taken([path], since)
 
 
 def summary(values: Sequence[float]) -> tuple[float, float, float, float]:
