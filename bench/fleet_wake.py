@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from regular_install import regular_venv
-from wake_latency import TARGET_MS, claude_version, pctl, wake_line_taken
+from wake_latency import TARGET_MS, claude_version, pctl, send_until_asked, wake_line_taken
 
 from orch_core.queue import WAKE_CHANNEL, Queue
 from orch_core.storage import open_store
@@ -61,7 +61,6 @@ from orch_core.testing.claude import claude_binary, wait_until
 from orch_core.testing.fleet import Host
 from orch_core.testing.payloads import payload
 from orch_core.testing.postgres import Cluster
-from orch_core.testing.standin import RecordedRequest
 from orch_core.testing.tmux import TmuxServer
 
 STAMPER = """
@@ -269,30 +268,10 @@ class Agent:
     def wake(self, sender: Host, settle: float) -> Wake:
         self.wait_idle(settle)
         token = f"wake-{uuid.uuid4().hex}"
-        exited: list[float] = []
         start = time.time()
-        proc = subprocess.Popen([sender.orch_bin, "send", WORKER, f"bench message {token}",
-                                 "--json"], env=sender.env, cwd=sender.project,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)  # fmt: skip
-
-        def reap() -> None:
-            proc.wait()
-            exited.append(time.time())
-
-        reaper = threading.Thread(target=reap, daemon=True)
-        reaper.start()
-
-        def carries(request: RecordedRequest) -> bool:
-            return request.is_main_model and any(token in t for t in request.texts(-1))
-
-        requests = self.host.standin.wait_for(lambda rs: any(map(carries, rs)), 30,
-                                              what="the message")  # fmt: skip
-        request = next(r for r in requests if carries(r))
-        out, err = proc.communicate(timeout=30)
-        reaper.join(5)
-        if proc.returncode != 0:
-            raise SystemExit(f"orch send on {sender.name} failed: {err}")
+        argv = [sender.orch_bin, "send", WORKER, f"bench message {token}", "--json"]
+        request, out, exited = send_until_asked(argv, sender.env, sender.project,
+                                                self.host.standin, token)  # fmt: skip
         waking, pid = self.one(
             "SELECT ts, pid FROM bench_wakes WHERE agent = ? AND ts >= ? ORDER BY ts LIMIT 1",
             start,
@@ -312,7 +291,7 @@ class Agent:
             hook_start=ended - took_ms / 1000,
             hook_end=ended,
             received=request.received_at,
-            cli_exit=exited[0],
+            cli_exit=exited,
         )
 
     def one(self, sql: str, since: float) -> tuple[float, float]:

@@ -45,13 +45,13 @@ from orch_core.testing.tmux import TmuxServer
 
 TARGET_MS = 300.0
 
-# What `orch send AGENT TEXT --json` does (orch_core.cli.main.main, then queue_cli.send_command and
+# What `orch send AGENT TEXT --json` does (orch_core.cli.run, then cli.send.quick and
 # api.send), step by step with a clock; prints the step times as JSON.
 TIMED_SEND = """\
 import time
 t = {"start": time.time()}
 import json, os, sys
-from orch_core.cli import main as cli, queue as queue_cli
+from orch_core.cli import send
 from orch_core import paths
 from orch_core.hook.context import Runtime
 from orch_core.queue import Queue
@@ -100,6 +100,34 @@ def claude_version(binary: Path) -> str:
 
 def iso_time(stamp: str) -> float:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def send_until_asked(
+    argv: list[str], env: dict[str, str], cwd: Path, api: StandInAPI, token: str
+) -> tuple[RecordedRequest, str, float]:
+    """Run the sender ``argv`` and wait for the model's request that carries ``token``; that
+    request, the sender's stdout, and when its process ended."""
+    exited: list[float] = []
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def reap() -> None:
+        proc.wait()
+        exited.append(time.time())
+
+    reaper = threading.Thread(target=reap, daemon=True)
+    reaper.start()
+
+    def carries(request: RecordedRequest) -> bool:
+        return request.is_main_model and any(token in t for t in request.texts(-1))
+
+    requests = api.wait_for(lambda rs: any(map(carries, rs)), 30, what="the message")
+    request = next(r for r in requests if carries(r))
+    out, err = proc.communicate(timeout=30)
+    reaper.join(5)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:2])} failed: {err}")
+    return request, out, exited[0]
 
 
 def wake_line_taken(transcripts: list[Path], since: float) -> float:
@@ -185,33 +213,9 @@ class Bench:
         self.wait_idle(settle)
         token = f"wake-{uuid.uuid4().hex}"
         text = f"bench message {token}"
-        exited: list[float] = []
         start = time.time()
-        proc = subprocess.Popen(
-            argv_of(text),
-            env=self.env,
-            cwd=self.project,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-        def reap() -> None:
-            proc.wait()
-            exited.append(time.time())
-
-        reaper = threading.Thread(target=reap, daemon=True)
-        reaper.start()
-
-        def carries(request: RecordedRequest) -> bool:
-            return request.is_main_model and any(token in t for t in request.texts(-1))
-
-        requests = self.api.wait_for(lambda rs: any(map(carries, rs)), 30, what="the message")
-        request = next(r for r in requests if carries(r))
-        out, err = proc.communicate(timeout=30)
-        reaper.join(5)
-        if proc.returncode != 0:
-            raise SystemExit(f"orch send failed: {err}")
+        request, out, exited = send_until_asked(argv_of(text), self.env, self.project,
+                                                self.api, token)  # fmt: skip
         message = self.store.conn.execute(
             "SELECT created FROM messages WHERE body = ?", (text,)
         ).fetchone()
@@ -223,7 +227,7 @@ class Bench:
             hook_start=hook[0] - hook[1] / 1000,
             hook_end=hook[0],
             received=request.received_at,
-            cli_exit=exited[0],
+            cli_exit=exited,
             steps=json.loads(out) if out.startswith('{"start"') else {},
         )
 
@@ -295,7 +299,7 @@ def timed_table(runs: list[Run]) -> str:
         "step of `orch send` (timed copy of the CLI path)",
         [
             ("interpreter start", ms(runs, lambda r: r.start, lambda r: r.steps["start"])),
-            ("imports (orch_core.cli.main, click, the send command, queue)",
+            ("imports (orch_core.cli.send, the queue)",
              step("start", "imports")),
             ("Queue.send (validate, insert, commit)", step("imports", "queued")),
             ("plan load + observers (api.notify)", step("queued", "plan")),
