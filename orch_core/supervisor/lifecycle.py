@@ -105,6 +105,30 @@ def elsewhere(store: Store, spec: Mapping[str, Any] | None, env: Mapping[str, st
     return str(spec["host"])
 
 
+def heard_elsewhere(store: Store, agent: str, since: float, env: Mapping[str, str]) -> str | None:
+    """The other host whose hooks last spoke for ``agent``, after ``since`` (its launch spec's
+    last start): started there by hand, it runs there now. ``None`` on a store one machine
+    uses."""
+    if not store.shared:
+        return None
+    row = store.execute(
+        "SELECT host FROM agents WHERE id = ? AND last_seen > ?", (agent, since)
+    ).fetchone()
+    return None if row is None or row[0] in (None, paths.host(env)) else str(row[0])
+
+
+def let_go(store: Store, agent: str, host: str, env: Mapping[str, str]) -> None:
+    """``agent`` now runs on ``host``, started there by hand: this host forgets how it started
+    it and restarts it no more (like any agent started by hand, it is not restarted there)."""
+    from orch_core import log
+
+    with store.transaction() as tx:
+        tx.execute("DELETE FROM launch_specs WHERE agent = ?", (agent,))
+    cancel_recoveries(store, agent, f"now runs on host {host}")
+    log.write("warning", f"{agent} now runs on host {host}: not restarted here", env,
+              agent=agent, host=host)  # fmt: skip
+
+
 def check_here(
     store: Store, agent: str, spec: Mapping[str, Any] | None, env: Mapping[str, str], verb: str
 ) -> None:

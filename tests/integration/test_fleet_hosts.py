@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from orch_builtin.idle import WAKE_LINE
 
+from orch_core import log
 from orch_core.supervisor import lifecycle
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
@@ -174,3 +175,41 @@ def test_each_hosts_supervisor_restarts_its_own_dead_panes_only(
         for name, host in fleet.items()
     }
     assert windows == {"alpha": ["alpha-worker", "keep"], "beta": ["beta-worker", "keep"]}
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_an_agent_started_by_hand_on_another_host_is_not_restarted_where_it_was(
+    orch: OrchState, fleet: dict[str, Host], tmp_path: Path
+) -> None:
+    """alpha spawned ``lead``; a user stops it there (as ``orch spawn`` elsewhere asks) and
+    starts Claude by hand on beta with ``ORCH_AGENT=lead``. alpha's supervisor, which still
+    holds how it started ``lead``, must not bring a second ``lead`` back in its own tmux: it
+    lets the agent go, and says so in the log. Before that session on beta, the dead pane
+    would have been restarted (the test above)."""
+    orch.write_config(
+        "[orch]\nbudget_ms = 3000\n[plugin.auto_restart]\nbackoff_base = 0\njitter = 0\n",
+        user=True,
+    )
+    store = orch.store
+    alpha, beta = fleet["alpha"], fleet["beta"]
+    alpha.tmux.new_window("keep", [sys.executable, "-c", SLEEPER])  # the server, running
+    env = {**alpha.env, "ORCH_TMUX_SOCKET": alpha.socket()}
+    lifecycle.spawn(store, "lead", cwd=str(orch.project_dir), argv=[sys.executable, "-c",
+                    SLEEPER], session="orch", extra_env={}, env=env)  # fmt: skip
+    spec = lifecycle.get_spec(store, "lead")
+    assert spec is not None and spec["host"] == "alpha"
+    lifecycle.stop(store, "lead", env)
+    result = orch.run_hook(payload("SessionStart", session_id="s-by-hand"), ORCH_AGENT="lead",
+                           ORCH_HOST="beta", ORCH_STATE_DIR=beta.env["ORCH_STATE_DIR"])  # fmt: skip
+    assert result.exit_code == 0
+    assert [(a["id"], a["host"], a["state"]) for a in store.agents()] == [("lead", "beta", "idle")]
+    supervisor = lifecycle.Supervisor(alpha.env)
+    now = time.time()
+    for _ in range(3):  # watch, schedule, carry out: nothing of it for lead
+        supervisor.upkeep(now)
+        now += 3
+    assert lifecycle.history(store, "lead") == []
+    assert lifecycle.get_spec(store, "lead") is None
+    assert alpha.tmux.cmd("list-windows", "-a", "-F", "#{window_name}").split() == ["keep"]
+    (said,) = [r for r in log.read(alpha.env) if r.get("agent") == "lead"]
+    assert said["msg"] == "lead now runs on host beta: not restarted here"

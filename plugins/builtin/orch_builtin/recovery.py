@@ -55,15 +55,20 @@ class Ladder:
         """Dead or vanished panes of spawned agents, and agents busy without a hook for
         ``hung_after``: a restart is scheduled for each."""
         rows = self._rows(
-            "SELECT s.agent, s.pane, s.tmux_socket, a.state, a.last_seen FROM launch_specs s"
-            " LEFT JOIN agents a ON a.id = s.agent WHERE s.agent IN ({agents})"
+            "SELECT s.agent, s.pane, s.tmux_socket, s.updated, a.state, a.last_seen"
+            " FROM launch_specs s LEFT JOIN agents a ON a.id = s.agent"
+            " WHERE s.agent IN ({agents})"
         )
-        for agent, pane, socket, state, last_seen in rows:
+        for agent, pane, socket, started, state, last_seen in rows:
             if state in ("failed", "stopped"):
                 continue
             found = tmux.pane_state(pane or "", socket)
             if found != "alive":
-                self.schedule(agent, f"pane {found}", "restart", now)
+                moved = lifecycle.heard_elsewhere(self.store, agent, started, self.ctx.env)
+                if moved:  # its pane here is gone, and it was started again over there
+                    lifecycle.let_go(self.store, agent, moved, self.ctx.env)
+                else:
+                    self.schedule(agent, f"pane {found}", "restart", now)
             elif (
                 state == "busy"
                 and last_seen
