@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from orch_core.queue import Queue
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
@@ -77,3 +79,23 @@ def test_settings_that_call_another_orch_hook_are_drift(orch: OrchState, tmp_pat
     (line,) = [line for line in lines if line.startswith("FAIL settings")]
     assert line == f"FAIL settings: settings call {other}, not this orch's {ours} (another install)"
     assert line_after(lines, "FAIL settings") == f"     fix: orch install {orch.project_dir}"
+
+
+@pytest.mark.orch_backends("sqlite", "postgresql")
+def test_hooks_that_ran_out_of_time_on_postgresql_are_told_to_take_a_larger_budget(
+    orch: OrchState, orch_backend: str
+) -> None:
+    """A hook's start on PostgreSQL (psycopg's import, a connection) counts against its
+    budget: plugins that timed out there point at ``budget_ms``; on SQLite, at the log."""
+    timed_out = {"plugin": "queue", "ms": 500.0, "outcome": "timeout",
+                 "error": "still running after 0.500s budget"}  # fmt: skip
+    orch.store.record_run(event="PostToolUse", agent="a", session_id="s1", duration_ms=612.0,
+                          exit_code=0, plugins=[timed_out])  # fmt: skip
+    lines = report(orch)
+    assert any(line.startswith("FAIL hook runs: 1 failed") for line in lines)
+    fix = line_after(lines, "FAIL hook runs")
+    if orch_backend == "postgresql":
+        assert fix.startswith("     fix: raise budget_ms under [orch] in ")
+        assert fix.endswith("then orch logs --event PostToolUse")
+    else:
+        assert fix == "     fix: orch logs --event PostToolUse"

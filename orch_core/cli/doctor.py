@@ -138,6 +138,7 @@ def check_plugins(env: Mapping[str, str], project_dir: str) -> Check:
 
 def check_recent_runs(env: Mapping[str, str]) -> Check:
     store = open_store(env, timeout=2.0)
+    dialect = store.dialect
     try:
         backstop.collect(env, store)
         failed = [r for r in store.runs(100, failed=True) if r["ts"] > time.time() - RECENT_SECONDS]
@@ -157,12 +158,17 @@ def check_recent_runs(env: Mapping[str, str]) -> Check:
         if p["outcome"] != "ok"
     )
     killed = f" ({stopped} stopped by the backstop)" if stopped else ""
+    fix = f"orch logs --event {last['event']}"
+    if dialect == "postgresql" and any(p["outcome"] == "timeout" for p in last["plugins"]):
+        fix = (f"raise budget_ms under [orch] in {paths.user_config_path(env)}: on PostgreSQL a "
+               "hook's start (importing psycopg, connecting) counts against it (README, "
+               f"'Running a fleet across machines'); then {fix}")  # fmt: skip
     return Check(
         "hook runs",
         False,
         f"{len(failed)} failed in the last {RECENT_SECONDS} s{killed}; "
         f"latest ({last['event']}): {errors}",
-        f"orch logs --event {last['event']}",
+        fix,
     )
 
 
