@@ -161,7 +161,7 @@ def check_recent_runs(env: Mapping[str, str]) -> Check:
     fix = f"orch logs --event {last['event']}"
     if dialect == "postgresql" and any(p["outcome"] == "timeout" for p in last["plugins"]):
         fix = (f"raise budget_ms under [orch] in {paths.user_config_path(env)}: on PostgreSQL a "
-               "hook's start (importing psycopg, connecting) counts against it (README, "
+               "hook's start (importing its driver, connecting) counts against it (README, "
                f"'Running a fleet across machines'); then {fix}")  # fmt: skip
     return Check(
         "hook runs",
