@@ -117,7 +117,7 @@ def heard_elsewhere(store: Store, agent: str, since: float, env: Mapping[str, st
     return None if row is None or row[0] in (None, paths.host(env)) else str(row[0])
 
 
-def let_go(store: Store, agent: str, host: str, env: Mapping[str, str]) -> None:
+def hand_over(store: Store, agent: str, host: str, env: Mapping[str, str]) -> None:
     """``agent`` now runs on ``host``, started there by hand: this host forgets how it started
     it and restarts it no more (like any agent started by hand, it is not restarted there)."""
     from orch_core import log

@@ -66,7 +66,7 @@ class Ladder:
             if found != "alive":
                 moved = lifecycle.heard_elsewhere(self.store, agent, started, self.ctx.env)
                 if moved:  # its pane here is gone, and it was started again over there
-                    lifecycle.let_go(self.store, agent, moved, self.ctx.env)
+                    lifecycle.hand_over(self.store, agent, moved, self.ctx.env)
                 else:
                     self.schedule(agent, f"pane {found}", "restart", now)
             elif (
