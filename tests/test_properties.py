@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orch_core.cli import main as cli
+from orch_core.cli import send
 from orch_core.hook import dispatch
 from orch_core.hook.events import EVENTS
 from orch_core.plugins import loader
@@ -166,3 +167,58 @@ def test_any_event_field_through_the_real_hook(sandbox: OrchState, event: dict[s
     assert done.stderr == b"" or done.returncode == 2
     if done.stdout:
         json.loads(done.stdout)
+
+
+#: Words that look like ``orch send``'s own, or like options it does not have.
+SEND_WORDS = ["--", "-", "-p5", "--priority=7", "--from=", "--json=1", "--batch", "-x", "--nope",
+              "--help", "proj:*", ":bad", ""]  # fmt: skip
+
+
+@st.composite
+def send_lines(draw: st.DrawFn) -> list[str]:
+    """An ``orch send`` command line: a name and a text, any of its options in any spelling
+    (``--opt VALUE``, ``--opt=VALUE``, ``-pVALUE``) in any order around them, now and then a
+    word that is not one of its own."""
+    groups = []
+    for option in draw(st.lists(st.sampled_from(send.OPTIONS), max_size=5)):
+        flag = draw(st.sampled_from(option.flags))
+        if option.is_flag:
+            groups.append([flag])
+            continue
+        value = draw(texts | st.sampled_from(["5", "30m", "--json", "-"]))
+        if flag.startswith("--") and draw(st.booleans()):
+            groups.append([f"{flag}={value}"])
+        elif not flag.startswith("--") and value and draw(st.booleans()):
+            groups.append([flag + value])
+        else:
+            groups.append([flag, value])
+    agent = draw(st.sampled_from(["p:1", "build-1/proj:2", "a"]) | texts)
+    text = draw(texts | st.sampled_from(["-", "hello"]))
+    at = draw(st.integers(0, len(groups)))
+    groups.insert(at, [agent])
+    groups.insert(draw(st.integers(at + 1, len(groups))), [text])
+    if draw(st.integers(0, 4)) == 0:
+        groups.insert(draw(st.integers(0, len(groups))), [draw(st.sampled_from(SEND_WORDS))])
+    return [word for group in groups for word in group]
+
+
+@settings(max_examples=300, deadline=None)
+@given(argv=send_lines())
+def test_the_quick_send_reads_any_command_line_as_click_does_or_leaves_it_to_click(
+    argv: list[str],
+) -> None:
+    """``orch send``'s quick path reads a command line only when click would read it the
+    same: whatever it takes equals click's reading; what it leaves, click reads (to refuse or
+    help). Never a different message, agent or option."""
+    import click
+
+    from orch_core.cli.queue import send_command
+
+    quick = send.parse(argv)
+    if quick is None:
+        return  # click's to read, as before the quick path
+    try:
+        clicked = send_command.make_context("send", list(argv)).params
+    except (click.exceptions.Exit, click.ClickException) as exc:
+        raise AssertionError(f"the quick path took {argv!r}, which click refuses: {exc}") from exc
+    assert quick == {k: v for k, v in clicked.items() if k != "batch"}
