@@ -20,7 +20,12 @@ nothing is pending (does this agent have messages queued or in flight?), no outp
 row is the same hook ending with ``os._exit(0)``: orch-hook skips the interpreter's teardown
 that way, which with psycopg loaded is worth tens of milliseconds.
 
+With ``--against REV`` orch-hook as it was at git revision REV runs too, interleaved with the
+others (a regular install of that commit, built once into ``.cache``; nothing queued; a state
+folder and SQLite file of its own): a change to the hook path, measured side by side.
+
     make bench            # or: python bench/hook_latency.py --runs 300
+    python bench/hook_latency.py --against 3c8810e
     python bench/hook_latency.py --store postgresql [--url postgresql://...]
 """
 
@@ -38,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from regular_install import regular_venv
+from regular_install import regular_venv, revision_venv
 
 HAND_WRITTEN = """\
 import json, os, sqlite3, sys
@@ -106,8 +111,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--url", help="a PostgreSQL database to use (default: a private one)")
+    parser.add_argument("--against", metavar="REV", help="also orch-hook as it was at git "
+                        "revision REV (nothing queued; a state folder of its own)")  # fmt: skip
     args = parser.parse_args()
     venv_bin = regular_venv("bench-venv")
+    earlier = (args.against, revision_venv(args.against)) if args.against else None
     cluster = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.store == "sqlite":
@@ -122,7 +130,8 @@ def main() -> None:
                 database = cluster.create_database()
             hand_written = {BASE: HAND_WRITTEN_PG, NO_TEARDOWN: HAND_WRITTEN_PG + "os._exit(0)\n"}
         try:
-            times, counts, server = measure(venv_bin, tmp, database, hand_written, args.runs)
+            times, counts, server = measure(venv_bin, tmp, database, hand_written, args.runs,
+                                            earlier)  # fmt: skip
         finally:
             if cluster is not None:
                 cluster.stop()
@@ -144,10 +153,16 @@ def main() -> None:
 
 
 def measure(
-    venv_bin: Path, tmp: str, database: str, hand_written: dict[str, str], runs: int
+    venv_bin: Path,
+    tmp: str,
+    database: str,
+    hand_written: dict[str, str],
+    runs: int,
+    earlier: tuple[str, Path] | None = None,
 ) -> tuple[dict[str, list[float]], tuple[int, int], str]:
     """Each contender's times, interleaved; the runs orch-hook recorded and the messages it
-    delivered; the store's name and version."""
+    delivered; the store's name and version. ``earlier``: a revision and its install, whose
+    orch-hook runs too, with nothing queued, in a state folder (and SQLite file) of its own."""
     from orch_core.storage import open_store
 
     commands = {}
@@ -160,6 +175,15 @@ def measure(
                XDG_CONFIG_HOME=f"{tmp}/config", CLAUDE_PROJECT_DIR=tmp)  # fmt: skip
     hook = [str(venv_bin / "orch-hook")]
     commands.update({"orch-hook, 0 pending": hook, "orch-hook, 10 pending": hook})
+    envs = dict.fromkeys(commands, env)
+    if earlier is not None:
+        rev, bin_dir = earlier
+        name = f"orch-hook at {rev}, 0 pending"
+        commands[name] = [str(bin_dir / "orch-hook")]
+        old = f"{tmp}/earlier"
+        envs[name] = {**env, "ORCH_STATE_DIR": old, "XDG_CONFIG_HOME": f"{old}/config"}
+        if database.endswith(".db"):  # a SQLite file: its own, the schema may differ
+            envs[name]["ORCH_DB"] = f"{old}/orch.db"
     payload = json.dumps(PAYLOAD).encode()
     pending = 0
 
@@ -167,7 +191,7 @@ def measure(
         """One timed run; for the pending case, queue 10 fresh messages first, untimed."""
         nonlocal pending
         if name != "orch-hook, 10 pending":
-            return time_once(argv, payload, env)
+            return time_once(argv, payload, envs[name])
         pending += 1
         agent = f"bench:pending-{pending}"
         ids = queue_ten(env, agent)
