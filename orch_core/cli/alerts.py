@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core.cli.queue import ListUnlessVerb
+from orch_core.cli.group import listing_group
 from orch_core.ops import alerts
 from orch_core.storage import open_store
 from orch_core.text import inert
@@ -18,17 +18,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-@click.group(
-    "alerts",
-    cls=ListUnlessVerb,
-    invoke_without_command=True,
-    context_settings={"ignore_unknown_options": True},
+alerts_group = listing_group(
+    "alerts", "List alerts (orch alerts [--json]), or acknowledge one (orch alerts ack ID)."
 )
-@click.pass_context
-def alerts_group(ctx: click.Context) -> None:
-    """List alerts (orch alerts [--json]), or acknowledge one (orch alerts ack ID)."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(list_command)
 
 
 @alerts_group.command("list")

@@ -1,4 +1,5 @@
-"""The ``orch`` group's class: expected errors in one line, commands imported when asked for."""
+"""The ``orch`` group's class (expected errors in one line, commands imported when asked for),
+and the groups that list unless told a verb (``orch queue``, ``orch alerts``)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,33 @@ def one_line() -> Iterator[None]:
         if said is None:
             raise
         raise click.ClickException(said) from None
+
+
+class ListUnlessVerb(click.Group):
+    """``orch queue [AGENT]`` lists; ``orch queue VERB ...`` acts. Whatever does not start with
+    a verb is the listing's arguments, so ``orch queue proj:2 --json`` keeps working."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in self.commands:
+            return super().resolve_command(ctx, args)
+        return "list", self.commands["list"], args
+
+
+def listing_group(name: str, summary: str) -> ListUnlessVerb:
+    """A :class:`ListUnlessVerb` group; given nothing at all, it runs its ``list`` command."""
+
+    @click.pass_context
+    def list_unless_verb(ctx: click.Context) -> None:
+        if ctx.invoked_subcommand is None:
+            ctx.invoke(group.commands["list"])
+
+    group = ListUnlessVerb(
+        name,
+        callback=list_unless_verb,
+        help=summary,
+        invoke_without_command=True,
+        context_settings={"ignore_unknown_options": True},
+    )
+    return group

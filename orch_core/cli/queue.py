@@ -13,6 +13,7 @@ import click
 from orch_core import hosts, paths
 from orch_core.cli import send
 from orch_core.cli.errors import damaged, database_error
+from orch_core.cli.group import listing_group
 from orch_core.cli.params import agent_name, optional_agent_name
 from orch_core.cli.send import project_queue
 from orch_core.queue import STATES, QueueError, age
@@ -63,29 +64,9 @@ def _line(m: dict[str, Any], now: float, agent: str) -> str:
             f"{m['state']:<9}  {age(now - m['created']):>4}  {preview}")  # fmt: skip
 
 
-class ListUnlessVerb(click.Group):
-    """``orch queue [AGENT]`` lists; ``orch queue VERB ...`` acts. Whatever does not start with
-    a verb is the listing's arguments, so ``orch queue proj:2 --json`` keeps working."""
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        if args and args[0] in self.commands:
-            return super().resolve_command(ctx, args)
-        return "list", self.commands["list"], args
-
-
-@click.group(
-    "queue",
-    cls=ListUnlessVerb,
-    invoke_without_command=True,
-    context_settings={"ignore_unknown_options": True},
+queue_group = listing_group(
+    "queue", "List messages (orch queue [AGENT] [--state S] [--json]), or act on one."
 )
-@click.pass_context
-def queue_group(ctx: click.Context) -> None:
-    """List messages (orch queue [AGENT] [--state S] [--json]), or act on one."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(list_command)
 
 
 @queue_group.command("list")
