@@ -21,7 +21,7 @@ from orch_core.queue import Queue
 from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
-from orch_core.testing.tmux import Recorder, TmuxServer, poll
+from orch_core.testing.tmux import Recorder, TmuxServer, wait_until
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -152,7 +152,7 @@ def test_a_pushed_body_is_typed_as_inert_text(orch: OrchState, tmp_path: Path) -
                 "\x1b]0;title\x07 \x9b31m c1 \x7f del\ttab\nsecond line")  # fmt: skip
         done = orch.cli("send", "a:1", body, "--push")
         assert done.returncode == 0, done.stderr
-        poll(lambda: pane.typed().count("\n") >= 2, "the pushed body")
+        wait_until(lambda: pane.typed().count("\n") >= 2, 15, "the pushed body", 0.02)
         typed = pane.typed()
     assert typed == (
         "before \\x1b[201~ after\\x0dCR \\x03\\x03 ^C \\x1b]52;c;cHduZWQ=\\x07 osc52 "

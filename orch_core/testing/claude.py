@@ -13,13 +13,14 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
 from orch_core.testing.standin import DEFAULT_TIMEOUT, RecordedRequest, StandInAPI
 from orch_core.testing.tmux import TmuxServer
+from orch_core.testing.tmux import wait_until as wait_until  # the kit's bounded wait, here too
 
 CLAUDE_BIN_ENV = "ORCH_CLAUDE_BIN"
 DEFAULT_CLAUDE_BIN = (
@@ -229,17 +230,3 @@ class ClaudeFactory(Protocol):
         env: Mapping[str, str] | None = None,
         args: Sequence[str] = DEFAULT_ARGS,
     ) -> ClaudeSession: ...
-
-
-def wait_until(
-    condition: Callable[[], bool],
-    timeout: float = DEFAULT_TIMEOUT,
-    what: str = "condition",
-    interval: float = _POLL_SECONDS,
-) -> None:
-    """Poll ``condition`` until it holds; raise TimeoutError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"no {what} after {timeout:.0f}s")
-        time.sleep(interval)

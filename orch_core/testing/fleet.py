@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,18 +23,14 @@ from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.claude import PROMPT_MARK, ClaudeSession
 from orch_core.testing.kit import orch_script
 from orch_core.testing.standin import StandInAPI
-from orch_core.testing.tmux import TmuxServer
+from orch_core.testing.tmux import TmuxServer, wait_until
 
 WAIT = 60.0  # seconds, for anything a turn of the stand-in model or a restart should bring
 
 
 def wait(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    """Poll ``condition`` until it holds; raise TimeoutError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"no {what} after {timeout} s")
-        time.sleep(0.1)
+    """:func:`~orch_core.testing.tmux.wait_until`, with the fleet's patience."""
+    wait_until(condition, timeout, what)
 
 
 class Host:

@@ -168,12 +168,19 @@ with open(sys.argv[1], "ab", buffering=0) as out:
 SENTINEL = "--- end of test input ---"
 
 
-def poll(predicate: Callable[[], object], what: str, timeout: float = 15.0) -> None:
-    """Wait until ``predicate()`` holds; fail naming ``what`` after ``timeout`` seconds."""
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 60.0,
+    what: str = "condition",
+    interval: float = _POLL_SECONDS,
+) -> None:
+    """Poll ``condition`` until it holds; raise TimeoutError after ``timeout`` seconds. The
+    test kit's one bounded wait."""
     deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no {what} after {timeout:.0f}s")
+        time.sleep(interval)
 
 
 class Recorder:
@@ -187,7 +194,8 @@ class Recorder:
         argv = [sys.executable, "-c", _RECORDER, str(log)]
         self.pane = server.new_window(name, argv, cwd=cwd)
         self.socket = server.cmd("display-message", "-p", "#{socket_path}").strip()
-        poll(lambda: log.exists() and log.read_bytes() == b"ready\n", "the recorder")
+        wait_until(lambda: log.exists() and log.read_bytes() == b"ready\n", 15, "the recorder",
+                   0.02)  # fmt: skip
 
     def typed(self) -> str:
         """Everything typed so far, as the program read it."""
@@ -197,5 +205,6 @@ class Recorder:
         """The lines typed so far, but the sentinels: it first types one and waits for it, so
         all keys sent before have been read (one pty, first in first out)."""
         self.server.send_text(self.pane, SENTINEL)
-        poll(lambda: self.log.read_bytes().endswith(f"{SENTINEL}\n".encode()), "the sentinel")
+        wait_until(lambda: self.log.read_bytes().endswith(f"{SENTINEL}\n".encode()), 15,
+                   "the sentinel", 0.02)  # fmt: skip
         return [line for line in self.typed().splitlines() if line != SENTINEL]
