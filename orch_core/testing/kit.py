@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -104,7 +105,9 @@ class OrchState:
         return store
 
     def close(self) -> None:
-        """Close what the kit opened; drop the databases it made (with any connection left)."""
+        """Stop a supervisor the test started (a send or a hook may start one); close what the
+        kit opened; drop the databases it made (with any connection left)."""
+        self.stop_supervisor()
         for store in list(self.opened):
             store.close()
         self.opened.clear()
@@ -112,6 +115,37 @@ class OrchState:
             for url in self.databases:
                 self.cluster.drop_database(url)
         self.databases.clear()
+
+    def stop_supervisor(self, timeout: float = 20.0) -> None:
+        """End each ``orch supervise`` of this state with SIGTERM, as a user would, and wait
+        for it. A send or a hook may have started one just now, before it took its lock, so
+        they are found by what they run with (Linux's /proc), not by the lock."""
+        import signal
+        import time
+
+        mine = f"ORCH_STATE_DIR={self.env['ORCH_STATE_DIR']}".encode()
+        found = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"supervise" in argv and mine in env:
+                found.append(int(entry))
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(os.path.exists(f"/proc/{pid}") for pid in found):
+            if time.monotonic() > deadline:
+                for pid in found:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
 
     def log(self) -> list[dict[str, Any]]:
         return log.read(self.env, limit=1000)
