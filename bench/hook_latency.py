@@ -18,7 +18,9 @@ a private cluster started by the test kit, fsync off), and the hand-written hook
 json + psycopg: it connects to the same database and does the one indexed read orch does when
 nothing is pending (does this agent have messages queued or in flight?), no output. A fourth
 row is the same hook ending with ``os._exit(0)``: orch-hook skips the interpreter's teardown
-that way, which with psycopg loaded is worth tens of milliseconds.
+that way, which with psycopg loaded is worth tens of milliseconds. Two more rows are orch-hook
+in a state folder whose host runs ``orch supervise`` (same database): the hook hands the event
+to it over the state folder's socket and never imports psycopg (warm answers, README).
 
 With ``--against REV`` orch-hook as it was at git revision REV runs too, interleaved with the
 others (a regular install of that commit, built once into ``.cache``; nothing queued; a state
@@ -106,6 +108,21 @@ def queue_ten(env: dict[str, str], agent: str) -> list[str]:
         store.close()
 
 
+def start_supervisor(venv_bin: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``orch supervise`` for the state folder of ``env``, once it answers on its socket."""
+    from orch_core.hook import warm
+
+    process = subprocess.Popen([str(venv_bin / "orch"), "supervise"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not os.path.exists(warm.socket_path(env)):
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise SystemExit("orch supervise did not start answering")
+        time.sleep(0.05)
+    return process
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
@@ -184,26 +201,39 @@ def measure(
         envs[name] = {**env, "ORCH_STATE_DIR": old, "XDG_CONFIG_HOME": f"{old}/config"}
         if database.endswith(".db"):  # a SQLite file: its own, the schema may differ
             envs[name]["ORCH_DB"] = f"{old}/orch.db"
+    supervisor = None
+    if not database.endswith(".db"):  # a server store: also answered by the host's supervisor
+        warm = f"{tmp}/warm"
+        for pending_now in ("0 pending", "10 pending"):
+            name = f"orch-hook, {pending_now}, the host's supervisor answering"
+            commands[name] = hook
+            envs[name] = {**env, "ORCH_STATE_DIR": warm, "XDG_CONFIG_HOME": f"{warm}/config"}
+        supervisor = start_supervisor(venv_bin, envs[name])
     payload = json.dumps(PAYLOAD).encode()
     pending = 0
 
     def once(name: str, argv: list[str]) -> float:
-        """One timed run; for the pending case, queue 10 fresh messages first, untimed."""
+        """One timed run; for the pending cases, queue 10 fresh messages first, untimed."""
         nonlocal pending
-        if name != "orch-hook, 10 pending":
+        if "10 pending" not in name:
             return time_once(argv, payload, envs[name])
         pending += 1
         agent = f"bench:pending-{pending}"
         ids = queue_ten(env, agent)
-        return time_once(argv, payload, {**env, "ORCH_AGENT": agent}, expect=ids)
+        return time_once(argv, payload, {**envs[name], "ORCH_AGENT": agent}, expect=ids)
 
-    for name, argv in reversed(commands.items()):  # warm-up: schema, plan cache, page cache
-        for _ in range(10):
-            once(name, argv)
-    times: dict[str, list[float]] = {name: [] for name in commands}
-    for _ in range(runs):
-        for name, argv in commands.items():
-            times[name].append(once(name, argv))
+    try:
+        for name, argv in reversed(commands.items()):  # warm-up: schema, plan cache, page cache
+            for _ in range(10):
+                once(name, argv)
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(runs):
+            for name, argv in commands.items():
+                times[name].append(once(name, argv))
+    finally:
+        if supervisor is not None:
+            supervisor.terminate()
+            supervisor.wait(timeout=30)
     store = open_store(env)
     try:
         recorded = store.execute("SELECT count(*) FROM hook_runs").fetchone()[0]

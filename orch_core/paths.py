@@ -92,6 +92,14 @@ def project_dir(env: Mapping[str, str], cwd: str | None = None) -> str:
     return env.get("CLAUDE_PROJECT_DIR") or cwd or os.getcwd()
 
 
+def cwd() -> str:
+    """This process's working folder, ``""`` if it was removed."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
+
+
 class UnsafeState(OrchError, OSError):
     """State that someone else could have prepared or could change: refused, in one line."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from typing import TYPE_CHECKING
 
 import click
@@ -169,7 +170,10 @@ def adopt_command(
 )
 def supervise_command(seconds: float | None) -> None:
     """Run the supervisor: restarts, pane watching, TTLs, wake-ups. One per machine, for
-    this host's agents."""
+    this host's agents. SIGTERM ends it as Ctrl-C does: its socket and status go with it."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if not lifecycle.Supervisor(os.environ).run(seconds):
         raise click.ClickException(
             f"a supervisor already runs (pid {lifecycle.supervisor_running(os.environ)})"

@@ -25,12 +25,12 @@ from orch_core import log, paths
 from orch_core.hook import agents, answers, backstop, events
 from orch_core.hook.context import Runtime
 from orch_core.plugins import plan as plans
-from orch_core.storage import open_store
+from orch_core.storage import database, open_store
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
     from orch_core.plugins.plan import Impl, Plan
@@ -157,12 +157,19 @@ def dispatch(
     plan: Plan | None = None,
     store: Store | None = None,
     guard: bool = False,
+    began: float | None = None,
+    cwd: str | None = None,
+    answer_by: Callable[[float], object] | None = None,
 ) -> Outcome:
-    """Handle one hook event from its raw stdin bytes. The budget counts from here, a stale
-    plan's rebuild included, though the plugins always get at least half of it. With ``guard``
-    (``orch-hook`` itself), the backstop ends the process should the dispatcher not get to
-    answer in time."""
+    """Handle one hook event from its raw stdin bytes. The budget counts from here (or from
+    ``began``, the ``time.time()`` the hook process began, when the supervisor dispatches for
+    it), a stale plan's rebuild included, though the plugins always get at least half of it.
+    With ``guard`` (``orch-hook`` itself), the backstop ends the process should the dispatcher
+    not get to answer in time. ``cwd``: the hook process's, should the event name none.
+    ``answer_by`` hears, once the budget is known, by when (``time.time()``) the reply is due."""
     start = time.perf_counter()
+    if began is not None:
+        start -= max(0.0, time.time() - began)
     data = read_payload(raw, env)
     if data is None:
         return Outcome(answers.Reply(None))
@@ -172,7 +179,7 @@ def dispatch(
             "warning", "unknown event skipped", env, hook_event_name=data.get("hook_event_name")
         )
         return Outcome(answers.Reply(None), event)
-    project_dir = paths.project_dir(env, event.cwd)
+    project_dir = paths.project_dir(env, event.cwd or cwd)
     default_budget = plans.DEFAULT_BUDGET_MS / 1000
     armed = None
     if guard:
@@ -191,14 +198,23 @@ def dispatch(
     if armed is not None:
         running = [*impls, *plan.impls("orch_hook_answered")]
         armed.rearm(deadline + plans.ANSWER_MARGIN - time.perf_counter(), running)
+    if answer_by is not None:
+        answer_by(time.time() + deadline + plans.ANSWER_MARGIN - time.perf_counter())
     if store is None:
         # the plugins' few short statements take turns on one connection: a server's store
         # would cost a connection per plugin thread, several milliseconds each
         store = open_store(env, timeout=budget, durable=False, one_connection=True)
+    else:  # a store kept from an earlier event waits as long as the one opened here would
+        try:
+            store.set_timeout(budget)
+        except Exception:  # unreachable: the statements that follow say so, in the budget
+            pass
     runtime = Runtime(
         store=store, env=env, project_dir=project_dir, plan=plan, session_id=event.session_id
     )
-    runtime.deadline = runtime.started + (deadline - time.perf_counter())
+    if began is not None:
+        runtime.started = began
+    runtime.deadline = time.time() + (deadline - time.perf_counter())
     runtime.event_name = event.name
     try:
         runtime.agent = agents.resolve(
@@ -294,7 +310,13 @@ def main() -> None:
     os._exit = refuse_exit  # type: ignore[assignment]
     code = 0
     try:
-        outcome = dispatch(read_stdin(), guard=True)
+        raw = read_stdin()
+        warmed = _warm(raw)
+        if warmed is not None:
+            _write_all(reply_out, warmed.get("stdout", "").encode())
+            _write_all(reply_err, warmed.get("stderr", "").encode())
+            exit_now(int(warmed.get("exit_code", 0)))
+        outcome = dispatch(raw, guard=True)
         reply = outcome.reply
         if reply.output is not None:
             _write_all(reply_out, reply.stdout().encode())
@@ -308,6 +330,27 @@ def main() -> None:
     # Everything is committed and written. Skipping interpreter teardown saves the agent about
     # 4 ms per hook (docs/benchmarks.md) and never waits for a plugin past its budget.
     exit_now(code)
+
+
+def _warm(raw: bytes, env: Mapping[str, str] = os.environ) -> dict[str, Any] | None:
+    """The host's supervisor's reply to the event (:mod:`orch_core.hook.warm`), ``None`` to
+    dispatch here. Given no reply in time, an empty one: the event may have been handled."""
+    try:
+        where = database(env)
+    except Exception:  # a config that names no database: dispatch says why
+        return None
+    if not paths.is_url(where):
+        return None
+    from orch_core.hook import warm
+
+    header = {"op": "hook", "env": dict(env), "began": time.time(), "cwd": paths.cwd()}
+    try:
+        return warm.ask(env, where, header, raw,
+                        within=plans.DEFAULT_BUDGET_MS / 1000 + plans.ANSWER_MARGIN)  # fmt: skip
+    except warm.Unanswered as exc:
+        log.write("error", "no reply from the supervisor; the event is left unanswered", env,
+                  error=str(exc))  # fmt: skip
+        return {}
 
 
 def _private_channels() -> tuple[int, int]:

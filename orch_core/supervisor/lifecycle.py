@@ -540,6 +540,12 @@ class Supervisor:
         if lock is None:
             return False
         end = None if seconds is None else time.monotonic() + seconds
+        warm = None
+        if self.store.shared:  # the host's hooks and sends skip the driver's import and connecting
+            from orch_core.supervisor.warm import WarmServer
+
+            warm = WarmServer(self.env)
+            warm.start()
         try:
             while end is None or time.monotonic() < end:
                 pause = interval
@@ -556,6 +562,8 @@ class Supervisor:
                 left = None if end is None else end - time.monotonic()
                 self.wait(pause if left is None else max(0.0, min(pause, left)))
         finally:
+            if warm is not None:
+                warm.close()
             self.close()
             self.settle(SETTLE_SECONDS)
             write_outage(self.env, None)

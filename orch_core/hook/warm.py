@@ -1,0 +1,141 @@
+"""Asking the host's supervisor to do a hook's or a send's work warm (server stores only).
+
+On PostgreSQL, every ``orch-hook`` and ``orch send`` would import the database driver and
+connect, about 150 ms (docs/benchmarks.md), for a few statements. The host's ``orch supervise``
+holds both already: it answers on a socket in the owner-only state folder, for processes of
+its own user, doing the same work with the same budget (:mod:`orch_core.supervisor.warm`). A
+process that finds no supervisor there, or one of another orch version, database or Python
+path, does the work itself, as on SQLite. One that asked and got no answer in time does not do
+it again (the work may be done), and for :data:`COLD_FOR` seconds after that the host's
+processes do their own.
+
+The exchange: one JSON line and a body from the process, then JSON lines back, the last one
+the answer; a hook's first says by when the answer will come (the budget is the project's).
+"""
+
+from __future__ import annotations
+
+import _socket  # socket costs 7 ms to import (selectors, array); this needs none of it
+import json
+import os
+import sys
+import time
+
+from orch_core import __version__, paths
+from orch_core.errors import OrchError
+
+TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+SOCKET_NAME = "supervise.sock"
+#: Seconds the host's processes do their own work after a supervisor left one unanswered.
+COLD_FOR = 30.0
+#: The longest answer read (a hook's reply is bounded by its plugins' text).
+MAX_ANSWER = 16 * 1024 * 1024
+
+
+class Unanswered(OrchError):
+    """The supervisor took the request and gave no answer in time: the work may be done."""
+
+
+def socket_path(env: Mapping[str, str]) -> str:
+    return os.path.join(paths.state_dir(env), SOCKET_NAME)
+
+
+def cold_path(env: Mapping[str, str]) -> str:
+    """A file whose recent change says: do the work yourself (see :data:`COLD_FOR`)."""
+    return os.path.join(paths.state_dir(env), "warm.off")
+
+
+def ask(
+    env: Mapping[str, str],
+    database: str,
+    header: Mapping[str, Any],
+    body: bytes = b"",
+    *,
+    within: float,
+) -> dict[str, Any] | None:
+    """The supervisor's answer to one request, or ``None`` when there is none to ask or it
+    declines (do the work yourself).
+
+    :param database: the store this process would use: a supervisor of another declines.
+    :param header: the request; the orch version, database and Python path (beyond the
+        program's folder) a supervisor must share are this process's unless given.
+    :param within: seconds for the answer, or for a line saying by when it comes
+        (``answer_by``, ``time.time()``), which then counts instead.
+    :raises Unanswered: the request went out and no answer came in time.
+    """
+    if not paths.is_url(database) or _cooling(env):
+        return None
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(within)
+        try:
+            sock.connect(socket_path(env))
+        except OSError:  # nobody there (no file, refused), or too busy to take it
+            return None
+        request = {"version": __version__, "database": database, "path": sys.path[1:], **header}
+        lines = _Lines(sock)
+        deadline = time.monotonic() + within
+        try:
+            sock.sendall(json.dumps(request).encode() + b"\n" + body)
+            sock.shutdown(_socket.SHUT_WR)
+            answer = lines.next(deadline)
+            while "answer_by" in answer:
+                deadline = time.monotonic() + float(answer["answer_by"]) - time.time()
+                answer = lines.next(deadline)
+        except (OSError, ValueError, TypeError) as exc:
+            _cool(env)
+            raise Unanswered(f"the host's supervisor gave no answer: {exc}") from None
+    finally:
+        sock.close()
+    if answer.get("declined"):
+        return None
+    return answer
+
+
+def _cooling(env: Mapping[str, str]) -> bool:
+    try:
+        return time.time() - os.stat(cold_path(env)).st_mtime < COLD_FOR
+    except OSError:
+        return False
+
+
+def _cool(env: Mapping[str, str]) -> None:
+    """Say for :data:`COLD_FOR` seconds that the supervisor does not answer (best effort)."""
+    path = cold_path(env)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+        os.utime(path)
+    except OSError:
+        pass
+
+
+class _Lines:
+    """JSON lines read from a socket, each by a deadline (``time.monotonic()``)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = b""
+
+    def next(self, deadline: float) -> dict[str, Any]:
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out")
+            self._sock.settimeout(left)
+            chunk = self._sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("the supervisor closed the connection")
+            self._buffer += chunk
+            if len(self._buffer) > MAX_ANSWER:
+                raise ValueError("answer too long")
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        data = json.loads(line)
+        if not isinstance(data, dict):
+            raise ValueError("answer is not a JSON object")
+        return data

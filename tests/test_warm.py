@@ -1,0 +1,245 @@
+"""Warm answers: on PostgreSQL, the host's supervisor does the work of ``orch-hook`` and
+``orch send`` for them, over a socket in the state folder, so that neither imports psycopg.
+
+Real processes throughout: the real ``orch supervise``, the real hook and CLI (the hook's
+imports watched by an audit hook in its own process), a real PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orch_core.hook import warm
+from orch_core.queue import Queue
+from orch_core.supervisor import lifecycle
+from orch_core.supervisor.warm import WarmServer
+from orch_core.testing.kit import OrchState, orch_script
+from orch_core.testing.payloads import payload
+from orch_core.testing.tmux import wait_until
+
+pytestmark = pytest.mark.orch_backends("postgresql")
+
+#: orch-hook's own ``main``, in a process that notes each psycopg module it imports.
+HOOK = """
+import sys
+seen = sys.argv[1]
+def audit(event, args):
+    if event == "import" and args[0].split(".")[0] == "psycopg":
+        with open(seen, "a") as f:
+            f.write(args[0] + "\\n")
+sys.addaudithook(audit)
+if sys.argv[2] == "hook":
+    from orch_core.hook.dispatch import main
+else:
+    from orch_core.cli import run as main
+    sys.argv[1:] = sys.argv[3:]
+main()
+"""
+
+
+class Ran:
+    def __init__(self, done: subprocess.CompletedProcess[bytes], imported: list[str]) -> None:
+        self.code = done.returncode
+        self.stdout = done.stdout.decode()
+        self.stderr = done.stderr.decode()
+        self.imported_psycopg = bool(imported)
+
+    @property
+    def context(self) -> str:
+        output = json.loads(self.stdout) if self.stdout else {}
+        return str(output.get("hookSpecificOutput", {}).get("additionalContext", ""))
+
+
+def run(orch: OrchState, tmp_path: Path, what: str, *args: str, stdin: bytes = b"") -> Ran:
+    """The real hook (``what`` = "hook") or CLI ("orch" and its ``args``), watched."""
+    seen = tmp_path / f"imports-{os.urandom(4).hex()}"
+    done = subprocess.run(
+        [sys.executable, "-c", HOOK, str(seen), what, *args],
+        input=stdin, capture_output=True, env={**orch.env, "ORCH_AGENT": "p:1"},
+        cwd=orch.project_dir, timeout=60, check=False,
+    )  # fmt: skip
+    imported = seen.read_text().split() if seen.exists() else []
+    return Ran(done, imported)
+
+
+def prompt(orch: OrchState, tmp_path: Path, session: str = "s1") -> Ran:
+    event = payload("UserPromptSubmit", session_id=session, cwd=str(orch.project_dir))
+    return run(orch, tmp_path, "hook", stdin=json.dumps(event).encode())
+
+
+def state_of(queue: Queue, message_id: str) -> str:
+    message = queue.get(message_id)
+    assert message is not None
+    return str(message["state"])
+
+
+@pytest.fixture
+def supervisor(orch: OrchState) -> Iterator[subprocess.Popen[bytes]]:
+    """The host's real ``orch supervise``, answering on its socket."""
+    orch.store.add_agent("p:1", "busy", session_id="s1", project_dir=str(orch.project_dir))
+    process = subprocess.Popen(
+        [orch_script(), "supervise"], env=orch.env, cwd=orch.project_dir,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_until(lambda: os.path.exists(warm.socket_path(orch.env)), what="the supervisor's socket")
+    yield process
+    orch.stop_supervisor()
+    process.wait(timeout=30)
+
+
+def test_a_hook_is_answered_by_the_hosts_supervisor_without_importing_psycopg(
+    orch: OrchState, tmp_path: Path, supervisor: subprocess.Popen[bytes]
+) -> None:
+    queue = Queue(orch.store)
+    first = queue.send("p:1", "first, through the supervisor")
+    warmed = prompt(orch, tmp_path)
+    assert (warmed.code, warmed.imported_psycopg) == (0, False)
+    assert warmed.context.count("first, through the supervisor") == 1
+    assert state_of(queue, first["id"]) == "delivered"
+    # the supervisor gone, the hook does the same work itself
+    orch.stop_supervisor()
+    supervisor.wait(timeout=30)
+    assert not os.path.exists(warm.socket_path(orch.env))
+    second = queue.send("p:1", "second, by the hook itself")
+    cold = prompt(orch, tmp_path)
+    assert (cold.code, cold.imported_psycopg) == (0, True)
+    assert cold.context.count("second, by the hook itself") == 1
+    assert "first, through" not in cold.context
+    assert state_of(queue, second["id"]) == "delivered"
+    runs = orch.store.execute(
+        "SELECT count(*) FROM hook_runs WHERE event = 'UserPromptSubmit' AND agent = 'p:1'"
+    ).fetchone()[0]
+    assert runs == 2
+
+
+def test_orch_send_is_sent_by_the_hosts_supervisor_without_importing_psycopg(
+    orch: OrchState, tmp_path: Path, supervisor: subprocess.Popen[bytes]
+) -> None:
+    sent = run(orch, tmp_path, "orch", "send", "p:1", "hello warm", "--from", "ci", "-p", "12")
+    assert (sent.code, sent.imported_psycopg) == (0, False), sent.stderr
+    assert sent.stdout.startswith("queued ") and "priority 12 high" in sent.stdout
+    (message,) = Queue(orch.store).messages("p:1")
+    assert (message["body"], message["sender"], message["priority"]) == ("hello warm", "ci", 12)
+    batch = "\n".join(json.dumps({"agent": "p:1", "text": f"b{i}"}) for i in range(3))
+    sent = run(orch, tmp_path, "orch", "send", "--batch", "-", "--json", stdin=batch.encode())
+    assert (sent.code, sent.imported_psycopg) == (0, False), sent.stderr
+    assert [json.loads(line)["agent"] for line in sent.stdout.splitlines()] == ["p:1"] * 3
+    # what the supervisor refuses is said as the command would say it, and stores nothing
+    refused = run(orch, tmp_path, "orch", "send", "nobody*", "hi")
+    assert refused.code == 1
+    assert refused.stderr.strip() == "Error: no known agent matches 'nobody*'"
+    assert len(Queue(orch.store).messages()) == 4
+
+
+def test_a_supervisor_that_takes_a_hook_and_never_answers_costs_one_budget(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """The event may have been handled: it is not dispatched again (a message could arrive
+    twice), the hook answers nothing, exit 0, and the host's hooks do their own work for a
+    while after."""
+    orch.store.add_agent("p:1", "busy", session_id="s1", project_dir=str(orch.project_dir))
+    Queue(orch.store).send("p:1", "waits for a hook that does its own work")
+    taken: list[socket.socket] = []
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(warm.socket_path(orch.env))
+    listener.listen(8)
+
+    def take() -> None:
+        conn, _ = listener.accept()
+        taken.append(conn)  # and never a word back
+
+    threading.Thread(target=take, daemon=True).start()
+    try:
+        silent = prompt(orch, tmp_path)
+        assert (silent.code, silent.stdout, silent.imported_psycopg) == (0, "", False)
+        assert len(taken) == 1
+        said = [r for r in orch.log() if r["msg"].startswith("no reply from the supervisor")]
+        assert len(said) == 1 and "timed out" in said[0]["error"]
+        cold = prompt(orch, tmp_path)
+        assert (cold.code, cold.imported_psycopg) == (0, True)
+        assert cold.context.count("waits for a hook that does its own work") == 1
+        assert len(taken) == 1
+    finally:
+        listener.close()
+        for conn in taken:
+            conn.close()
+
+
+def _ask(orch: OrchState, **header: Any) -> dict[str, Any] | None:
+    event = json.dumps(payload("PostToolUse", cwd=str(orch.project_dir))).encode()
+    request = {"op": "hook", "env": {**orch.env, "ORCH_AGENT": "p:1"}, "began": 0.0, "cwd": ""}
+    return warm.ask(orch.env, orch.env["ORCH_DB"], {**request, **header}, event, within=10)
+
+
+def test_the_supervisor_declines_a_process_it_would_not_answer_as_that_process_would(
+    orch: OrchState,
+) -> None:
+    """Another orch version, another Python path (plugins found elsewhere), another database:
+    declined, and the process does its own work. Another user: no answer at all."""
+    server = WarmServer(orch.env)
+    assert server.start()
+    try:
+        assert _ask(orch, began=time.time()) == {"stdout": "", "stderr": "", "exit_code": 0}
+        assert _ask(orch, version="0.0.1") is None
+        assert _ask(orch, path=["/elsewhere", *sys.path[1:]]) is None
+        assert _ask(orch, database=orch.new_database()) is None
+        server.uid = os.geteuid() + 1
+        with pytest.raises(warm.Unanswered):
+            _ask(orch)
+        assert any(r["msg"] == "supervisor refused a request of another user" for r in orch.log())
+    finally:
+        server.close()
+    assert not os.path.exists(warm.socket_path(orch.env))
+
+
+PLUGIN = """
+import os
+from orch_core import hookimpl
+
+@hookimpl
+def orch_user_prompt_submit(event, ctx):
+    os._exit(3)
+"""
+
+
+def test_a_plugin_that_calls_os_exit_ends_its_own_call_not_the_supervisor(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """And once the plugin's code changes, the supervisor, which imported it before, lets the
+    hooks run it themselves."""
+    orch.store.add_agent("p:1", "busy", session_id="s1", project_dir=str(orch.project_dir))
+    module = orch.plugin_module("exits", PLUGIN)  # (after the test's store built its plan)
+    orch.write_config('[plugins]\nload = ["exits"]\n')
+    process = subprocess.Popen([orch_script(), "supervise"], env=orch.env, cwd=orch.project_dir)
+    try:
+        wait_until(
+            lambda: os.path.exists(warm.socket_path(orch.env)), what="the supervisor's socket"
+        )
+        Queue(orch.store).send("p:1", "still delivered")
+        warmed = prompt(orch, tmp_path)
+        assert (warmed.code, warmed.imported_psycopg) == (0, False)
+        assert warmed.context.count("still delivered") == 1
+        assert process.poll() is None
+        assert lifecycle.supervisor_running(orch.env) == process.pid
+        failed = [r for r in orch.log() if r["msg"] == "plugins failed"]
+        assert "os._exit(3) called by a plugin; refused" in json.dumps(failed)
+        module.write_text(PLUGIN.replace("os._exit(3)", "return 'changed'"))
+        later = time.time_ns() + 10**9  # whatever the file system's clock
+        os.utime(module, ns=(later, later))
+        cold = prompt(orch, tmp_path)
+        assert (cold.code, cold.imported_psycopg) == (0, True)
+        assert "changed" in cold.context
+    finally:
+        orch.stop_supervisor()
+        process.wait(timeout=30)
