@@ -170,6 +170,16 @@ def test_the_store_opens_a_fresh_connection_after_the_server_dropped_it(
     time.sleep(HOLDOFF)
     with store.transaction() as tx:
         assert tx.execute("SELECT 1").fetchone() == (1,)
+    # the next hook or command on a store kept by a long-lived process (the supervisor's warm
+    # answers) tries afresh at once
+    cluster.pause()
+    with pytest.raises(DatabaseUnreachable):
+        store.execute("SELECT 1")
+    with pytest.raises(DatabaseUnreachable, match="is unreachable"):
+        store.execute("SELECT 1")
+    cluster.resume()
+    store.anew()
+    assert store.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_the_supervisor_waits_with_backoff_and_doctor_names_the_outage(

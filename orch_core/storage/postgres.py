@@ -336,6 +336,9 @@ class PostgresStore(Store):
         if not self.one_connection:
             self._pool.give_back(_thread.get_ident())
 
+    def anew(self) -> None:
+        self._down = None
+
     def _conninfo(self) -> str:
         """The URL with orch's session settings: its timeouts, durability, name, encoding."""
         import math

@@ -565,6 +565,10 @@ class Store(abc.ABC):
     def release(self) -> None:  # noqa: B027 - optional for stores that keep nothing per thread
         """The calling thread is done with the store for now (a hint for pooling)."""
 
+    def anew(self) -> None:  # noqa: B027 - optional for stores that remember nothing
+        """Another hook or command starts on this store (a long-lived process keeps it): it
+        tries the server afresh, whatever failed for the one before."""
+
 
 class SQLiteStore(Store):
     """The default store: one SQLite file per machine.

@@ -240,9 +240,11 @@ class WarmServer:
 
     def _store(self, *, durable: bool) -> Store:
         with self._lock:
-            if self._idle[durable]:
-                return self._idle[durable].pop()
-        return open_store(self.env, durable=durable, one_connection=True)
+            store = self._idle[durable].pop() if self._idle[durable] else None
+        if store is None:
+            return open_store(self.env, durable=durable, one_connection=True)
+        store.anew()  # a new process's request: a failure remembered for the last is not its
+        return store
 
     def _give_back(self, store: Store, *, durable: bool) -> None:
         with self._lock:
