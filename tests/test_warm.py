@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from orch_core.cli import doctor
 from orch_core.hook import warm
 from orch_core.queue import Queue
 from orch_core.supervisor import lifecycle
@@ -107,6 +108,8 @@ def test_a_hook_is_answered_by_the_hosts_supervisor_without_importing_psycopg(
     assert (warmed.code, warmed.imported_psycopg) == (0, False)
     assert warmed.context.count("first, through the supervisor") == 1
     assert state_of(queue, first["id"]) == "delivered"
+    said = f"ok   supervisor: orch supervise runs (pid {supervisor.pid}), answering this host's"
+    assert said in orch.cli("doctor").stdout
     # the supervisor gone, the hook does the same work itself
     orch.stop_supervisor()
     supervisor.wait(timeout=30)
@@ -170,6 +173,9 @@ def test_a_supervisor_that_takes_a_hook_and_never_answers_costs_one_budget(
         assert (cold.code, cold.imported_psycopg) == (0, True)
         assert cold.context.count("waits for a hook that does its own work") == 1
         assert len(taken) == 1
+        assert doctor.warm_answers(orch.env).startswith(
+            "; it left a hook or send unanswered: they do their own work for "
+        )
     finally:
         listener.close()
         for conn in taken:

@@ -186,7 +186,7 @@ def check_supervisor(env: Mapping[str, str]) -> Check:
             unreachable_fix(env),
         )
     if pid:
-        return Check("supervisor", True, f"orch supervise runs (pid {pid})")
+        return Check("supervisor", True, f"orch supervise runs (pid {pid}){warm_answers(env)}")
     store = open_store(env, timeout=2.0)
     try:
         spawned = store.execute("SELECT count(*) FROM launch_specs").fetchone()[0]
@@ -205,6 +205,25 @@ def check_supervisor(env: Mapping[str, str]) -> Check:
             "orch supervise &",
         )
     return Check("supervisor", True, "not running (no agents with a launch spec)")
+
+
+def warm_answers(env: Mapping[str, str]) -> str:
+    """On a server store, whether the running supervisor answers the host's hooks and sends
+    (:mod:`orch_core.hook.warm`)."""
+    from orch_core.hook import warm
+
+    if not paths.is_url(database(env)):
+        return ""
+    if not os.path.exists(warm.socket_path(env)):
+        return "; it does not answer hooks and sends (they do their own work: see orch logs)"
+    try:
+        cold_for = warm.COLD_FOR - (time.time() - os.stat(warm.cold_path(env)).st_mtime)
+    except OSError:
+        cold_for = 0.0
+    if cold_for > 0:
+        return (f"; it left a hook or send unanswered: they do their own work for {cold_for:.0f} s"
+                " more (see orch logs)")  # fmt: skip
+    return ", answering this host's hooks and sends"
 
 
 def check_alerts(env: Mapping[str, str]) -> Check:
