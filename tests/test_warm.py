@@ -27,7 +27,7 @@ from orch_core.supervisor import lifecycle
 from orch_core.supervisor.warm import WarmServer
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
-from orch_core.testing.tmux import wait_until
+from orch_core.testing.tmux import TmuxServer, wait_until
 
 pytestmark = pytest.mark.orch_backends("postgresql")
 
@@ -62,12 +62,20 @@ class Ran:
         return str(output.get("hookSpecificOutput", {}).get("additionalContext", ""))
 
 
-def run(orch: OrchState, tmp_path: Path, what: str, *args: str, stdin: bytes = b"") -> Ran:
-    """The real hook (``what`` = "hook") or CLI ("orch" and its ``args``), watched."""
+def run(
+    orch: OrchState,
+    tmp_path: Path,
+    what: str,
+    *args: str,
+    stdin: bytes = b"",
+    env: dict[str, str] | None = None,
+) -> Ran:
+    """The real hook (``what`` = "hook") or CLI ("orch" and its ``args``), watched; the agent
+    is ``p:1`` unless ``env`` says otherwise."""
     seen = tmp_path / f"imports-{os.urandom(4).hex()}"
     done = subprocess.run(
         [sys.executable, "-c", HOOK, str(seen), what, *args],
-        input=stdin, capture_output=True, env={**orch.env, "ORCH_AGENT": "p:1"},
+        input=stdin, capture_output=True, env=env or {**orch.env, "ORCH_AGENT": "p:1"},
         cwd=orch.project_dir, timeout=60, check=False,
     )  # fmt: skip
     imported = seen.read_text().split() if seen.exists() else []
@@ -124,6 +132,22 @@ def test_a_hook_is_answered_by_the_hosts_supervisor_without_importing_psycopg(
         "SELECT count(*) FROM hook_runs WHERE event = 'UserPromptSubmit' AND agent = 'p:1'"
     ).fetchone()[0]
     assert runs == 2
+
+
+@pytest.mark.tmux
+def test_a_hook_answered_by_the_supervisor_names_its_agent_from_its_own_tmux_server(
+    orch: OrchState, tmp_path: Path, supervisor: subprocess.Popen[bytes]
+) -> None:
+    """The supervisor runs outside the hook's tmux: it asks the server the hook's ``$TMUX``
+    names, not its own (or none)."""
+    with TmuxServer() as tmux:
+        pane = tmux.new_window("work", ["sleep", "60"])
+        server = tmux.cmd("display-message", "-p", "#{socket_path},#{pid},0").strip()
+        env = {**orch.env, "TMUX": server, "TMUX_PANE": pane, "ORCH_HOST": "alpha"}
+        event = payload("SessionStart", session_id="s-pane", cwd=str(orch.project_dir))
+        warmed = run(orch, tmp_path, "hook", stdin=json.dumps(event).encode(), env=env)
+        assert (warmed.code, warmed.imported_psycopg) == (0, False)
+        assert orch.store.session_agent("s-pane") == "alpha/orch-test:0"
 
 
 def test_orch_send_is_sent_by_the_hosts_supervisor_without_importing_psycopg(

@@ -46,7 +46,7 @@ def resolve(
             return cached
     from orch_core import paths
 
-    agent = pane_agent(pane, timeout)
+    agent = pane_agent(pane, timeout, tmux_socket(env))
     host = paths.host(env)
     if agent and store.shared:
         agent = f"{host}/{agent}"
@@ -62,13 +62,14 @@ def tmux_socket(env: Mapping[str, str]) -> str | None:
     return value.split(",", 1)[0] or None
 
 
-def pane_agent(pane: str, timeout: float = 1.0) -> str | None:
-    """``session:window`` of ``pane`` (e.g. ``%3``), asked of the tmux server in ``$TMUX``."""
+def pane_agent(pane: str, timeout: float = 1.0, socket: str | None = None) -> str | None:
+    """``session:window`` of ``pane`` (e.g. ``%3``), asked of the tmux server at ``socket``
+    (the hook's ``$TMUX``: the supervisor answering for a hook has its own environment)."""
     from orch_core.supervisor import tmux
 
     try:
         out = tmux.tmux(
-            None,
+            socket,
             "display-message",
             "-p",
             "-t",
