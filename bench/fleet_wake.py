@@ -25,8 +25,10 @@ the agent sits idle for ``--settle`` seconds. Each wake-up is also split at time
 record: the message's ``created``, a notification heard by a listener of the bench's own, the
 agent's move from idle to waking (a trigger the bench adds to the ``agents`` table, with the
 database process that made it: the supervisor's or the sender's), Claude's transcript entry
-for the wake line, the hook run, the request. Target: median at most 300 ms across hosts. Two
-warm-up rounds are not counted.
+for the wake line, the hook run, the request. On PostgreSQL each host's supervisor answers
+its host's ``orch send`` and ``orch-hook`` (warm answers, README), so neither process imports
+psycopg or connects. Target: median at most 300 ms across hosts. Two warm-up rounds are not
+counted.
 
     ORCH_CLAUDE_BIN=... python bench/fleet_wake.py [--runs 15] [--settle 1.0] [--editable]
 """
@@ -363,7 +365,8 @@ def notified_or_queued(wake: Wake) -> float | None:
 
 
 STEPS: list[tuple[str, Moment, Moment]] = [
-    ("`orch send` start -> message queued (interpreter, imports, connect, insert)",
+    ("`orch send` start -> message queued (interpreter, imports, insert; on PostgreSQL the"
+     " host's supervisor inserts)",
      lambda w: w.start, lambda w: w.queued),
     ("queued -> notification heard (commit, NOTIFY)",
      lambda w: w.queued, lambda w: w.notified),
@@ -373,7 +376,7 @@ STEPS: list[tuple[str, Moment, Moment]] = [
      lambda w: w.waking, lambda w: w.submitted),
     ("submitted -> UserPromptSubmit dispatcher starts (spawn, interpreter, orch-hook's imports)",
      lambda w: w.submitted, lambda w: w.hook_start),
-    ("UserPromptSubmit dispatch (store: psycopg's import and a connection on PostgreSQL;"
+    ("UserPromptSubmit dispatch (on PostgreSQL by the host's supervisor: the hand-over;"
      " plugins, claim, render, record)", lambda w: w.hook_start, lambda w: w.hook_end),
     ("hook recorded -> request at the stand-in (reply, Claude builds and sends)",
      lambda w: w.hook_end, lambda w: w.received),

@@ -136,6 +136,8 @@ class HookContext:
 
     @property
     def env(self) -> Mapping[str, str]:
+        """The hook's environment: on PostgreSQL the host's supervisor may run the hook for
+        the hook process (:mod:`orch_core.supervisor.warm`), and ``os.environ`` is then its."""
         return self._runtime.env
 
     @property
