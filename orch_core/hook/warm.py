@@ -109,8 +109,10 @@ def _cool(env: Mapping[str, str]) -> None:
     path = cold_path(env)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        os.close(fd)
-        os.utime(path)
+        try:
+            os.utime(fd)
+        finally:
+            os.close(fd)
     except OSError:
         pass
 

@@ -82,7 +82,7 @@ class WarmServer:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(self.path)
-            os.chmod(self.path, 0o600, follow_symlinks=False)
+            os.chmod(self.path, 0o600)  # just made, in a folder nobody else may change
             self._inode = os.lstat(self.path).st_ino
             listener.listen(128)
         except OSError:
@@ -98,6 +98,10 @@ class WarmServer:
         try:
             if os.lstat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
+        except OSError:
+            pass
+        try:
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (close does not)
         except OSError:
             pass
         listener.close()
