@@ -141,8 +141,16 @@ def test_send_fans_out_to_known_agents(orch: OrchState) -> None:
     assert sorted(r["agent"] for r in receipts) == ["proj:1", "proj:2"]
     everyone = json.loads(ok(orch, "send", "ignored", "to all", "--all", "--json"))
     assert sorted(r["agent"] for r in everyone) == ["other:1", "proj:1", "proj:2"]
+    # with --all, the one argument is the text, whatever it looks like
+    text = "to everyone: " + "x" * 200
+    everyone = json.loads(ok(orch, "send", "--all", text, "--json"))
+    assert sorted((r["agent"], r["state"]) for r in everyone) == [
+        ("other:1", "queued"), ("proj:1", "queued"), ("proj:2", "queued"),
+    ]  # fmt: skip
+    each = "SELECT agent, count(*) FROM messages WHERE body = ? GROUP BY agent ORDER BY agent"
+    assert db(orch, each, text) == [("other:1", 1), ("proj:1", 1), ("proj:2", 1)]
     assert db(orch, "SELECT agent, count(*) FROM messages GROUP BY agent ORDER BY agent") == [
-        ("other:1", 1), ("proj:1", 2), ("proj:2", 2),
+        ("other:1", 2), ("proj:1", 3), ("proj:2", 3),
     ]  # fmt: skip
 
 
@@ -506,6 +514,7 @@ def test_the_quick_send_reads_a_plain_form_as_click_does_and_leaves_the_rest_to_
 
     from orch_core.cli import send
     from orch_core.cli.queue import send_command
+    from orch_core.hook.agents import valid_id
 
     quick = send.parse(argv)
     try:
@@ -518,6 +527,7 @@ def test_the_quick_send_reads_a_plain_form_as_click_does_and_leaves_the_rest_to_
             or clicked["batch"] is not None
             or clicked["all_agents"]
             or (argv == ["p:1"])
+            or not valid_id(clicked["agent"])  # the command refuses it, in one line
         )
     else:
         assert clicked is not None

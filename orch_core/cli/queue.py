@@ -14,7 +14,7 @@ from orch_core import hosts, paths
 from orch_core.cli import send
 from orch_core.cli.errors import damaged, database_error
 from orch_core.cli.group import listing_group
-from orch_core.cli.params import agent_name, optional_agent_name
+from orch_core.cli.params import agent_name, check_agent, optional_agent_name
 from orch_core.cli.send import project_queue
 from orch_core.queue import STATES, QueueError, age
 from orch_core.text import inert
@@ -34,7 +34,7 @@ def _send_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 @click.command("send")
-@click.argument("agent", required=False, callback=optional_agent_name)
+@click.argument("agent", required=False)
 @click.argument("text", required=False)
 @_send_options
 @click.option("--batch", type=click.File("r", encoding="utf-8"), help="Queue every message of "
@@ -43,7 +43,11 @@ def _send_options(command: Callable[..., None]) -> Callable[..., None]:
               "nothing.")  # fmt: skip
 def send_command(batch: Any, **given: Any) -> None:
     """Queue TEXT for AGENT (a pattern such as 'proj:*' fans out; TEXT '-' reads stdin), or
-    every message of a --batch file."""
+    every message of a --batch file; with --all, the one argument is TEXT."""
+    if given["all_agents"] and given["text"] is None:
+        given["agent"], given["text"] = None, given["agent"]
+    elif given["agent"] is not None:
+        check_agent(given["agent"])
     if batch is None:
         send.send(**given)
         return
