@@ -159,3 +159,39 @@ def unreachable(store: Store, now: float, timeout: float = HOST_TIMEOUT) -> set[
         return set()
     rows = store.execute("SELECT host FROM hosts WHERE last_seen < ?", (now - timeout,))
     return {host for (host,) in rows.fetchall()}
+
+
+#: How far back :func:`on_two_hosts` looks, in seconds, and in hook runs at most.
+TWICE_WITHIN = 600.0
+TWICE_RUNS = 20000
+
+
+def on_two_hosts(store: Store, now: float) -> dict[str, list[str]]:
+    """Names that answer on several hosts at once: hooks of one chosen name (two sessions
+    started by hand with one ``ORCH_AGENT``) came from two hosts during the same stretch of
+    the last :data:`TWICE_WITHIN` seconds, each session taking messages meant for the other.
+    An agent moved from one host to another leaves one stretch after the other, and does not
+    count. Per name, its hosts in order of their first hook."""
+    if not store.shared:
+        return {}
+    rows = store.execute(
+        "SELECT r.agent, s.host, min(r.ts), max(r.ts) FROM hook_runs r"
+        " JOIN sessions s ON s.session_id = r.session_id"
+        " WHERE r.id > (SELECT coalesce(max(id), 0) FROM hook_runs) - ? AND r.ts > ?"
+        " AND r.agent IS NOT NULL AND s.host IS NOT NULL"
+        " GROUP BY r.agent, s.host",
+        (TWICE_RUNS, now - TWICE_WITHIN),
+    ).fetchall()
+    spans: dict[str, list[tuple[float, float, str]]] = {}
+    for agent, host, first, last in rows:
+        spans.setdefault(agent, []).append((first, last, host))
+    found = {}
+    for agent, seen in spans.items():
+        seen.sort()
+        until = seen[0][1]  # the end of the stretches so far
+        for first, last, _ in seen[1:]:
+            if first < until:
+                found[agent] = [host for *_, host in seen]
+                break
+            until = max(until, last)
+    return found

@@ -386,3 +386,41 @@ def test_each_host_looks_for_its_own_agents_alerts_and_each_alert_goes_out_once(
     sent = sorted(agent for _, agent in observed(log))
     assert sent == ["lead", "reviewer"]  # once each, by whichever supervisor came first
     assert all(a["sent"] is not None for a in alerts.listing(store))
+
+
+def test_a_chosen_name_answering_on_two_hosts_at_once_is_named_by_doctor(
+    orch: OrchState, orch_backend: str
+) -> None:
+    """Two sessions started by hand with one ``ORCH_AGENT`` on two hosts both take its
+    messages: doctor names them. An agent moved from one host to the other does not count."""
+
+    def hook(event: str, session: str, agent: str, host: str) -> None:
+        result = orch.run(payload(event, session_id=session), ORCH_AGENT=agent, ORCH_HOST=host,
+                          TMUX_PANE="%1")  # fmt: skip
+        assert result.exit_code == 0
+
+    for event in ("SessionStart", "PostToolUse"):
+        hook(event, "moved-1", "mover", "alpha")
+    for event in ("SessionStart", "PostToolUse"):
+        hook(event, "moved-2", "mover", "beta")
+    hook("SessionStart", "twice-1", "reviewer", "alpha")
+    hook("SessionStart", "twice-2", "reviewer", "beta")
+    hook("PostToolUse", "twice-1", "reviewer", "alpha")  # the first is still at work
+    shared = orch_backend == "postgresql"
+    assert hosts.on_two_hosts(orch.store, time.time()) == (
+        {"reviewer": ["alpha", "beta"]} if shared else {}
+    )
+    report = cli(orch, "alpha", "doctor").stdout.splitlines()
+    found = [n for n, line in enumerate(report) if line.startswith(("ok   names", "FAIL names"))]
+    if shared:
+        (n,) = found
+        assert report[n] == (
+            "FAIL names: answering on two hosts at once in the last 10 min: reviewer on hosts "
+            "alpha, beta (each session takes messages meant for the other)"
+        )
+        assert report[n + 1] == (
+            "     fix: stop reviewer on all hosts but one (`orch stop reviewer` there), or start "
+            "the other under a name of its own"
+        )
+    else:
+        assert found == []  # one machine's store: one host

@@ -367,6 +367,27 @@ def check_hosts(env: Mapping[str, str]) -> Check:
     return Check("hosts", True, detail)
 
 
+def check_names(env: Mapping[str, str]) -> Check:
+    """On a store several machines share: no chosen name answers on two hosts at once."""
+    store = open_store(env, timeout=2.0)
+    try:
+        twice = hosts.on_two_hosts(store, time.time())
+    finally:
+        store.close()
+    if twice:
+        agent = min(twice)
+        said = "; ".join(f"{a} on hosts {', '.join(h)}" for a, h in sorted(twice.items()))
+        return Check(
+            "names",
+            False,
+            f"answering on two hosts at once in the last {hosts.TWICE_WITHIN / 60:.0f} min: "
+            f"{said} (each session takes messages meant for the other)",
+            f"stop {agent} on all hosts but one (`orch stop {agent}` there), or start the "
+            "other under a name of its own",
+        )
+    return Check("names", True, "each chosen name answers on one host")
+
+
 def check_backups(env: Mapping[str, str]) -> Check:
     """The newest backup, and whether the supervisor keeps taking them."""
     if paths.is_url(database(env)):
@@ -404,6 +425,7 @@ def run(env: Mapping[str, str], project_dir: str) -> list[Check]:
     }
     if paths.is_url(database(env)):  # a fleet's store: which hosts are heard from
         checks["hosts"] = lambda: check_hosts(env)
+        checks["names"] = lambda: check_names(env)
     results = []
     for name, check in checks.items():
         try:
