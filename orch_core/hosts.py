@@ -167,11 +167,11 @@ TWICE_RUNS = 20000
 
 
 def on_two_hosts(store: Store, now: float) -> dict[str, list[str]]:
-    """Names that answer on several hosts at once: hooks of one chosen name (two sessions
-    started by hand with one ``ORCH_AGENT``) came from two hosts during the same stretch of
-    the last :data:`TWICE_WITHIN` seconds, each session taking messages meant for the other.
-    An agent moved from one host to another leaves one stretch after the other, and does not
-    count. Per name, its hosts in order of their first hook."""
+    """Names that answer on several hosts at once: the hooks of two sessions of one chosen name
+    (started by hand with one ``ORCH_AGENT``), on two hosts, went on during the same stretch of
+    the last :data:`TWICE_WITHIN` seconds, each session taking messages meant for the other. An
+    agent moved from one host to another (and back) runs one session after the other, and
+    does not count. Per name, the hosts of those sessions in order of their first hook."""
     if not store.shared:
         return {}
     rows = store.execute(
@@ -179,19 +179,20 @@ def on_two_hosts(store: Store, now: float) -> dict[str, list[str]]:
         " JOIN sessions s ON s.session_id = r.session_id"
         " WHERE r.id > (SELECT coalesce(max(id), 0) FROM hook_runs) - ? AND r.ts > ?"
         " AND r.agent IS NOT NULL AND s.host IS NOT NULL"
-        " GROUP BY r.agent, s.host",
+        " GROUP BY r.agent, s.session_id, s.host",
         (TWICE_RUNS, now - TWICE_WITHIN),
     ).fetchall()
-    spans: dict[str, list[tuple[float, float, str]]] = {}
+    sessions: dict[str, list[tuple[float, float, str]]] = {}
     for agent, host, first, last in rows:
-        spans.setdefault(agent, []).append((first, last, host))
+        sessions.setdefault(agent, []).append((first, last, host))
     found = {}
-    for agent, seen in spans.items():
-        seen.sort()
-        until = seen[0][1]  # the end of the stretches so far
-        for first, last, _ in seen[1:]:
-            if first < until:
-                found[agent] = [host for *_, host in seen]
-                break
-            until = max(until, last)
+    for agent, spans in sessions.items():
+        spans.sort()  # by first hook: a later session overlaps one that had not ended
+        overlapping: set[int] = set()
+        for i, (_, last, host) in enumerate(spans):
+            for j in range(i + 1, len(spans)):
+                if spans[j][2] != host and spans[j][0] < last:
+                    overlapping |= {i, j}
+        if overlapping:
+            found[agent] = list(dict.fromkeys(spans[i][2] for i in sorted(overlapping)))
     return found

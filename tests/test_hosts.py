@@ -399,10 +399,9 @@ def test_a_chosen_name_answering_on_two_hosts_at_once_is_named_by_doctor(
                           TMUX_PANE="%1")  # fmt: skip
         assert result.exit_code == 0
 
-    for event in ("SessionStart", "PostToolUse"):
-        hook(event, "moved-1", "mover", "alpha")
-    for event in ("SessionStart", "PostToolUse"):
-        hook(event, "moved-2", "mover", "beta")
+    for session, host in (("moved-1", "alpha"), ("moved-2", "beta"), ("moved-3", "alpha")):
+        for event in ("SessionStart", "PostToolUse"):  # there and back again
+            hook(event, session, "mover", host)
     hook("SessionStart", "twice-1", "reviewer", "alpha")
     hook("SessionStart", "twice-2", "reviewer", "beta")
     hook("PostToolUse", "twice-1", "reviewer", "alpha")  # the first is still at work
