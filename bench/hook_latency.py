@@ -204,11 +204,12 @@ def measure(
     supervisor = None
     if not database.endswith(".db"):  # a server store: also answered by the host's supervisor
         warm = f"{tmp}/warm"
+        warm_env = {**env, "ORCH_STATE_DIR": warm, "XDG_CONFIG_HOME": f"{warm}/config"}
         for pending_now in ("0 pending", "10 pending"):
             name = f"orch-hook, {pending_now}, the host's supervisor answering"
             commands[name] = hook
-            envs[name] = {**env, "ORCH_STATE_DIR": warm, "XDG_CONFIG_HOME": f"{warm}/config"}
-        supervisor = start_supervisor(venv_bin, envs[name])
+            envs[name] = warm_env
+        supervisor = start_supervisor(venv_bin, warm_env)
     payload = json.dumps(PAYLOAD).encode()
     pending = 0
 
