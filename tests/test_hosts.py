@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -285,12 +286,17 @@ def test_the_agents_of_a_host_not_heard_from_are_unreachable_and_keep_their_mess
     assert metrics.host_stats(store, None, gone)["beta"] == {
         "agents": 3, "last_seen": pytest.approx(now - 31), "unreachable": shared,
     }  # fmt: skip
-    if not shared:  # (orch stats itself speaks SQLite's SQL only, so far)
-        stats = json.loads(cli(orch, "alpha", "stats", "--json").stdout)
-        assert stats["hosts"]["alpha"] == {"agents": 2, "last_seen": pytest.approx(now),
-                                           "unreachable": False}  # fmt: skip
-        text = cli(orch, "alpha", "stats").stdout.splitlines()
-        assert "hosts: alpha (2 agents), beta (3 agents)" in text
+    stats = json.loads(cli(orch, "alpha", "stats", "--json").stdout)
+    assert stats["hosts"]["alpha"] == {"agents": 2, "last_seen": pytest.approx(now),
+                                       "unreachable": False}  # fmt: skip
+    assert stats["hosts"]["beta"]["unreachable"] is shared
+    text = cli(orch, "alpha", "stats").stdout.splitlines()
+    (line,) = [line for line in text if line.startswith("hosts: ")]
+    if shared:
+        assert re.fullmatch(r"hosts: alpha \(2 agents\), beta \(3 agents, unreachable,"
+                            r" supervisor last heard 3\ds ago\)", line)  # fmt: skip
+    else:
+        assert line == "hosts: alpha (2 agents), beta (3 agents)"
     report = cli(orch, "alpha", "doctor").stdout.splitlines()
     found = [n for n, line in enumerate(report) if line.startswith(("ok   hosts", "FAIL hosts"))]
     if shared:
