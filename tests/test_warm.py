@@ -216,7 +216,8 @@ def test_the_supervisor_declines_a_process_it_would_not_answer_as_that_process_w
     orch: OrchState,
 ) -> None:
     """Another orch version, another Python path (plugins found elsewhere), another database:
-    declined, and the process does its own work. Another user: no answer at all."""
+    declined, and the process does its own work. A request cut short, and one of another user:
+    no answer, nothing done."""
     server = WarmServer(orch.env)
     assert server.start()
     try:
@@ -224,6 +225,12 @@ def test_the_supervisor_declines_a_process_it_would_not_answer_as_that_process_w
         assert _ask(orch, version="0.0.1") is None
         assert _ask(orch, path=["/elsewhere", *sys.path[1:]]) is None
         assert _ask(orch, database=orch.new_database()) is None
+        # a request cut short (its process went away) is not acted on
+        runs = orch.store.execute("SELECT count(*) FROM hook_runs").fetchone()[0]
+        with pytest.raises(warm.Unanswered):
+            _ask(orch, length=10**6)
+        assert orch.store.execute("SELECT count(*) FROM hook_runs").fetchone()[0] == runs
+        os.unlink(warm.cold_path(orch.env))  # (the host's processes would do their own a while)
         server.uid = os.geteuid() + 1
         with pytest.raises(warm.Unanswered):
             _ask(orch)

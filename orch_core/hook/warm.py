@@ -77,12 +77,18 @@ def ask(
             sock.connect(socket_path(env))
         except OSError:  # nobody there (no file, refused), or too busy to take it
             return None
-        request = {"version": __version__, "database": database, "path": sys.path[1:], **header}
+        request = {"version": __version__, "database": database, "path": sys.path[1:],
+                   "length": len(body), **header}  # fmt: skip
         lines = _Lines(sock)
         deadline = time.monotonic() + within
         try:
             sock.sendall(json.dumps(request).encode() + b"\n" + body)
             sock.shutdown(_socket.SHUT_WR)
+        except OSError as exc:  # it did not all go out, and a request cut short is never acted on
+            if isinstance(exc, TimeoutError):  # nobody reads: the supervisor is stuck
+                _cool(env)
+            return None
+        try:
             answer = lines.next(deadline)
             while "answer_by" in answer:
                 deadline = time.monotonic() + float(answer["answer_by"]) - time.time()

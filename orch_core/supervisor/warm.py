@@ -156,6 +156,8 @@ class WarmServer:
         request = json.loads(line)
         if not isinstance(request, dict):
             raise ValueError("request is not a JSON object")
+        if request.get("length") != len(body):  # the process went away mid-request
+            raise ValueError("request cut short")
         return request, body
 
     def _answer(
