@@ -238,6 +238,8 @@ class WarmServer:
             )
         except Exception as exc:
             said = errors.said(exc)
+            if said is None:  # not an expected error: a bug, for the log
+                log.write("error", "supervisor could not send", self.env, error=repr(exc))
             return {"error": said or f"the supervisor could not send: {exc!r}"}
         finally:
             store.release()
