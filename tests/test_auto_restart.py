@@ -15,6 +15,12 @@ from orch_core.testing.payloads import payload
 pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
 
 
+@pytest.fixture(autouse=True)
+def _room(request: pytest.FixtureRequest) -> None:
+    if "orch" in request.fixturenames:  # these tests are of what plugins do, not of time
+        request.getfixturevalue("orch").give_hooks_room()
+
+
 def failure(error: str, **fields: object) -> dict[str, object]:
     return payload("StopFailure", error=error, **fields)
 

@@ -17,6 +17,12 @@ from orch_core.testing.payloads import payload
 pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
 
 
+@pytest.fixture(autouse=True)
+def _room(request: pytest.FixtureRequest) -> None:
+    if "orch" in request.fixturenames:  # these tests are of what plugins do, not of time
+        request.getfixturevalue("orch").give_hooks_room()
+
+
 def git(project: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(project), *args], check=True, capture_output=True)
 

@@ -161,6 +161,14 @@ class OrchState:
         path.write_text(text)
         return path
 
+    def give_hooks_room(self) -> None:
+        """On PostgreSQL, the budget the end to end tests give hooks (3000 ms): a hook that
+        does its own work imports psycopg and connects within its budget, about 150 ms and more
+        on a loaded machine, and a test of what plugins do is not one of time. On SQLite,
+        nothing changes."""
+        if self.cluster is not None:
+            self.write_config("[orch]\nbudget_ms = 3000\n", user=True)
+
     def plugin_module(self, name: str, source: str) -> Path:
         """Write a plugin module importable by ``orch-hook`` processes (``PYTHONPATH``); load
         it with ``[plugins] load`` or ``ORCH_LOAD_PLUGINS``."""
