@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from orch_core import paths
 from orch_core.cli import doctor
 from orch_core.hook import warm
 from orch_core.queue import Queue
@@ -208,10 +209,10 @@ def test_a_supervisor_that_takes_a_hook_and_never_answers_costs_one_budget(
             conn.close()
 
 
-def _ask(orch: OrchState, **header: Any) -> dict[str, Any] | None:
+def _ask(orch: OrchState, within: float = 10, **header: Any) -> dict[str, Any] | None:
     event = json.dumps(payload("PostToolUse", cwd=str(orch.project_dir))).encode()
     request = {"op": "hook", "env": {**orch.env, "ORCH_AGENT": "p:1"}, "began": 0.0, "cwd": ""}
-    return warm.ask(orch.env, orch.env["ORCH_DB"], {**request, **header}, event, within=10)
+    return warm.ask(orch.env, orch.env["ORCH_DB"], {**request, **header}, event, within=within)
 
 
 def test_the_supervisor_declines_a_process_it_would_not_answer_as_that_process_would(
@@ -282,3 +283,32 @@ def test_a_plugin_that_calls_os_exit_ends_its_own_call_not_the_supervisor(
     finally:
         orch.stop_supervisor()
         process.wait(timeout=30)
+
+
+def test_nothing_is_written_or_removed_through_what_someone_planted_in_the_state_folder(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """A file where the socket goes is left alone (the supervisor answers nothing warm), and
+    a link where the cool-down mark goes is not written through."""
+    paths.ensure_private_dir(paths.state_dir(orch.env))  # the state folder, as orch makes it
+    planted = warm.socket_path(orch.env)
+    Path(planted).write_text("not a socket")
+    server = WarmServer(orch.env)
+    assert server.start() is False
+    assert Path(planted).read_text() == "not a socket"
+    assert any(r["msg"].startswith("supervisor cannot answer hooks warm") for r in orch.log())
+    os.unlink(planted)
+
+    target = tmp_path / "elsewhere"
+    target.write_text("kept")
+    os.utime(target, (1_000_000_000, 1_000_000_000))
+    os.symlink(target, warm.cold_path(orch.env))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(planted)
+    listener.listen(1)  # takes the request, never answers
+    try:
+        with pytest.raises(warm.Unanswered):
+            _ask(orch, within=0.2)
+    finally:
+        listener.close()
+    assert (target.read_text(), target.stat().st_mtime) == ("kept", 1_000_000_000)

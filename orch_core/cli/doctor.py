@@ -216,11 +216,8 @@ def warm_answers(env: Mapping[str, str]) -> str:
         return ""
     if not os.path.exists(warm.socket_path(env)):
         return "; it does not answer hooks and sends (they do their own work: see orch logs)"
-    try:
-        cold_for = warm.COLD_FOR - (time.time() - os.stat(warm.cold_path(env)).st_mtime)
-    except OSError:
-        cold_for = 0.0
-    if cold_for > 0:
+    cold_for = warm.cold_for(env)
+    if cold_for:
         return (f"; it left a hook or send unanswered: they do their own work for {cold_for:.0f} s"
                 " more (see orch logs)")  # fmt: skip
     return ", answering this host's hooks and sends"

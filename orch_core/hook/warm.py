@@ -68,7 +68,7 @@ def ask(
         (``answer_by``, ``time.time()``), which then counts instead.
     :raises Unanswered: the request went out and no answer came in time.
     """
-    if not paths.is_url(database) or _cooling(env):
+    if not paths.is_url(database) or cold_for(env):
         return None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
@@ -103,11 +103,13 @@ def ask(
     return answer
 
 
-def _cooling(env: Mapping[str, str]) -> bool:
+def cold_for(env: Mapping[str, str]) -> float:
+    """Seconds the host's processes still do their own work after a supervisor left one
+    unanswered (0 when they need not)."""
     try:
-        return time.time() - os.stat(cold_path(env)).st_mtime < COLD_FOR
+        return max(0.0, COLD_FOR - (time.time() - os.stat(cold_path(env)).st_mtime))
     except OSError:
-        return False
+        return 0.0
 
 
 def _cool(env: Mapping[str, str]) -> None:
