@@ -18,6 +18,17 @@ from orch_core.testing.payloads import payload
 
 pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
 
+
+@pytest.fixture(autouse=True)
+def budget(request: pytest.FixtureRequest) -> float:
+    """The hooks' budget in seconds: room on PostgreSQL, as these tests are of what plugins
+    do, not of time."""
+    if "orch" not in request.fixturenames:
+        return DEFAULT_BUDGET_MS / 1000
+    orch: OrchState = request.getfixturevalue("orch")
+    return orch.give_hooks_room()
+
+
 AGENT = "proj:1"
 SESSION = "sess-1"
 WEIRD = (
@@ -40,10 +51,10 @@ def hook(orch: OrchState, event: str, *, session: str = SESSION, **fields: Any) 
     return orch.run_hook(data, ORCH_AGENT=AGENT)
 
 
-def answered() -> None:
+def answered(budget: float) -> None:
     """Wait until the last hook has surely answered: only hooks that begin after that count
     as having missed its deliveries in the transcript."""
-    time.sleep(DEFAULT_BUDGET_MS / 1000 + ANSWER_MARGIN)
+    time.sleep(budget + ANSWER_MARGIN)
 
 
 def seen(orch: OrchState, text: str, session: str = SESSION) -> None:
@@ -197,11 +208,13 @@ def test_a_delivery_seen_in_the_transcript_is_confirmed_by_the_next_hook(
     assert events_of(orch, message_id)[-1] == ("confirmed", "found in the transcript")
 
 
-def test_an_unseen_delivery_is_delivered_again_after_confirm_hooks(orch: OrchState) -> None:
+def test_an_unseen_delivery_is_delivered_again_after_confirm_hooks(
+    orch: OrchState, budget: float
+) -> None:
     orch.write_config("[plugin.queue]\nconfirm_hooks = 2\n")
     message_id = send(orch, "lost in transit")
     assert hook(orch, "PostToolUse").context is not None
-    answered()
+    answered(budget)
     assert hook(orch, "PostToolUse").output is None  # one hook without it: still in flight
     again = hook(orch, "PostToolUse")  # the second: back in the queue, and out again
     assert again.context is not None and again.context.startswith(f"{MARK}{message_id} ")

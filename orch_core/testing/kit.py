@@ -48,6 +48,10 @@ class HookResult:
         return value if isinstance(value, str) else None
 
 
+#: What :meth:`OrchState.give_hooks_room` gives hooks on PostgreSQL.
+ROOMY_BUDGET_MS = 3000
+
+
 @attrs.define
 class OrchState:
     """An isolated orch installation for one test: state dir, config dirs, project dir, and
@@ -161,13 +165,17 @@ class OrchState:
         path.write_text(text)
         return path
 
-    def give_hooks_room(self) -> None:
+    def give_hooks_room(self) -> float:
         """On PostgreSQL, the budget the end to end tests give hooks (3000 ms): a hook that
         does its own work imports psycopg and connects within its budget, about 150 ms and more
         on a loaded machine, and a test of what plugins do is not one of time. On SQLite,
-        nothing changes."""
-        if self.cluster is not None:
-            self.write_config("[orch]\nbudget_ms = 3000\n", user=True)
+        nothing changes. Returns the hooks' budget, in seconds."""
+        from orch_core.plugins.plan import DEFAULT_BUDGET_MS
+
+        if self.cluster is None:
+            return DEFAULT_BUDGET_MS / 1000
+        self.write_config(f"[orch]\nbudget_ms = {ROOMY_BUDGET_MS}\n", user=True)
+        return ROOMY_BUDGET_MS / 1000
 
     def plugin_module(self, name: str, source: str) -> Path:
         """Write a plugin module importable by ``orch-hook`` processes (``PYTHONPATH``); load
