@@ -27,6 +27,13 @@ from orch_core.testing.payloads import payload
 
 pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
 
+
+@pytest.fixture(autouse=True)
+def _room(request: pytest.FixtureRequest) -> None:
+    if "orch" in request.fixturenames:  # these tests are of what plugins do, not of time
+        request.getfixturevalue("orch").give_hooks_room()
+
+
 #: Two hosts' agents as their hooks record them on a shared store: tmux windows named for
 #: their host, and names someone chose (``ORCH_AGENT``) as given.
 FLEET = {"alpha/proj:1": "alpha", "beta/proj:1": "beta", "beta/solo:3": "beta",

@@ -19,6 +19,13 @@ from orch_core.testing.payloads import payload
 
 pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
 
+
+@pytest.fixture(autouse=True)
+def _room(request: pytest.FixtureRequest) -> None:
+    if "orch" in request.fixturenames:  # these tests are of what plugins do, not of time
+        request.getfixturevalue("orch").give_hooks_room()
+
+
 ORCH = os.path.join(os.path.dirname(sys.executable), "orch")
 WEIRD = (
     "  leading spaces\n\ttab, \"double\" and 'single' quotes, $HOME and ${PATH},\n"
