@@ -67,6 +67,16 @@ PREVIEW = 500
 WAKE_CHANNEL = "orch_wake"
 #: Messages :meth:`Queue.send_many` stores a statement (9 values each; SQLite takes 32,766).
 INSERT_ROWS = 500
+#: One message in, with its agent's next number, and whether orch has heard from the agent.
+INSERT_ONE = (
+    "INSERT INTO messages (id, agent, seq, priority, sender, body, key, state, after_id,"
+    " not_before, expires, created)"
+    " VALUES (?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE agent = ?),"
+    " ?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    " RETURNING *, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)"
+)
+#: Tries of a send on its own before it waits for its turn (:meth:`Queue._insert_alone`).
+ALONE_TRIES = 3
 #: What :meth:`Queue.send_many` takes of each message.
 SEND_FIELDS = frozenset(
     ("agent", "text", "priority", "sender", "key", "ttl", "after", "not_before")
@@ -206,6 +216,10 @@ class Queue:
                 raise QueueError(
                     f"message {n + 1}: {exc}" if len(items) > 1 else str(exc)
                 ) from None
+        if len(items) == 1 and not (items[0].get("key") or items[0].get("after")):
+            alone = self._insert_alone(now, items[0])
+            if alone is not None:
+                return [alone]
         receipts = []
         known: dict[str, bool] = {}  # agent: whether orch has heard from it
         with self.store.transaction() as tx:
@@ -224,43 +238,45 @@ class Queue:
         statements (two round trips to a server, not one a message): each agent's last
         number, then one insert of them all."""
         agents = sorted({item["agent"] for item in items})
-        last = dict(  # a max per agent, each one index lookup (GROUP BY would read them all)
-            tx.execute(
-                "SELECT v.column1, (SELECT max(seq) FROM messages WHERE agent = v.column1)"
-                f" FROM (VALUES {', '.join(['(?)'] * len(agents))}) AS v",
-                agents,
-            ).fetchall()
-        )
-        drawn: set[str] = set()
-
-        def draw() -> str:
-            while (message_id := new_id(now)) in drawn:
-                pass
-            drawn.add(message_id)
-            return message_id
-
-        rows: list[tuple[Any, ...]] = []
-        for item in items:
-            agent, ttl = item["agent"], item.get("ttl")
-            last[agent] = seq = (last.get(agent) or 0) + 1
-            rows.append((draw(), agent, seq, item.get("priority", 0), item.get("sender"),
-                         item["text"], item.get("not_before"), now + ttl if ttl else None,
-                         now))  # fmt: skip
-        stored: dict[str, tuple[Any, ...]] = {}
-        for _ in range(8):  # an id another send drew in the same millisecond: draw again
-            waiting = [row for row in rows if row[0] not in stored]
-            for *got, heard in tx.execute(
-                "INSERT INTO messages (id, agent, seq, priority, sender, body, state, not_before,"
-                " expires, created) VALUES "
-                + ", ".join(["(?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)"] * len(waiting))
-                + " ON CONFLICT DO NOTHING"
-                " RETURNING *, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)",
-                [value for row in waiting for value in row],
-            ).fetchall():
-                stored[got[0]] = (*got, heard)
+        for _ in range(8):
+            last = dict(  # a max per agent, each one index lookup (GROUP BY reads them all)
+                tx.execute(
+                    "SELECT v.column1, (SELECT max(seq) FROM messages WHERE agent = v.column1)"
+                    f" FROM (VALUES {', '.join(['(?)'] * len(agents))}) AS v",
+                    agents,
+                ).fetchall()
+            )
+            drawn: set[str] = set()
+            rows: list[tuple[Any, ...]] = []
+            for item in items:
+                agent, ttl = item["agent"], item.get("ttl")
+                last[agent] = seq = (last.get(agent) or 0) + 1
+                while (message_id := new_id(now)) in drawn:
+                    pass
+                drawn.add(message_id)
+                rows.append((message_id, agent, seq, item.get("priority", 0), item.get("sender"),
+                             item["text"], item.get("not_before"), now + ttl if ttl else None,
+                             now))  # fmt: skip
+            stored = {
+                got[0]: (*got, heard)
+                for *got, heard in tx.execute(
+                    "INSERT INTO messages (id, agent, seq, priority, sender, body, state,"
+                    " not_before, expires, created) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)"] * len(rows))
+                    + " ON CONFLICT DO NOTHING"
+                    " RETURNING *, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)",
+                    [value for row in rows for value in row],
+                ).fetchall()
+            }
             if len(stored) == len(rows):
                 break
-            rows = [row if row[0] in stored else (draw(), *row[1:]) for row in rows]
+            # an id drawn by another send in the same millisecond, or a number taken by a send
+            # on its own (_insert_alone): all of them again, so that their order holds
+            if stored:
+                tx.execute(
+                    f"DELETE FROM messages WHERE id IN ({', '.join('?' * len(stored))})",
+                    list(stored),
+                )
         else:
             raise QueueError("could not draw a unique message id")
         receipts = []
@@ -303,15 +319,8 @@ class Queue:
             raise QueueError(f"--after: no message with id {after!r}")
         values = (agent, agent, priority, sender, text, key, after, not_before,
                   now + ttl if ttl else None, now)  # fmt: skip
-        for _ in range(8):  # two sends in one millisecond may draw the same id: draw again
-            row = tx.execute(
-                "INSERT INTO messages (id, agent, seq, priority, sender, body, key, state,"
-                " after_id, not_before, expires, created)"
-                " VALUES (?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE agent = ?),"
-                " ?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT DO NOTHING"
-                " RETURNING *, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)",
-                (new_id(now), *values),
-            ).fetchone()
+        for _ in range(8):  # an id drawn in the same millisecond, a number a send took first
+            row = tx.execute(INSERT_ONE, (new_id(now), *values)).fetchone()
             if row is not None:
                 break
         else:
@@ -319,6 +328,26 @@ class Queue:
         *stored, heard = row
         known.setdefault(agent, bool(heard))
         return {**self._record(tx, tuple(stored)), "known_agent": known[agent]}
+
+    def _insert_alone(self, now: float, item: Mapping[str, Any]) -> Message | None:
+        """A message without a key or a dependency in a write of its own: on a server one
+        round trip, without the write lock. Its number is the agent's last committed one plus
+        one, and ``(agent, seq)`` is unique: a number that another send takes first leaves
+        this insert undone, and the next try reads the number after it, so each agent's
+        numbering stays in commit order. ``None`` if other sends kept taking it first (the
+        caller then stores the message in a transaction, when its turn comes)."""
+        agent, ttl = item["agent"], item.get("ttl")
+        values = (agent, agent, item.get("priority", 0), item.get("sender"), item["text"],
+                  None, None, item.get("not_before"), now + ttl if ttl else None, now)  # fmt: skip
+        ready = [agent] if _ready(item, now) else []
+        for _ in range(ALONE_TRIES):  # or an id drawn by another send in the same millisecond
+            rows = self.store.write_alone(
+                INSERT_ONE, (new_id(now), *values), notify=(WAKE_CHANNEL, ready)
+            )
+            if rows:
+                *stored, heard = rows[0]
+                return {**self._record(self.store, tuple(stored)), "known_agent": bool(heard)}
+        return None
 
     def _check(self, agent: str, text: str, priority: int, ttl: float | None) -> None:
         if not agents.valid_id(agent):
@@ -842,32 +871,24 @@ class Queue:
             with self.store.transaction() as tx:
                 if tx.execute("SELECT 1 FROM messages WHERE id = ?", (record["id"],)).fetchone():
                     continue
-                seq = tx.execute(
-                    "SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE agent = ?",
-                    (record["agent"],),
-                ).fetchone()[0]
                 state = "queued" if record.get("state") == "delivered" else record["state"]
-                tx.execute(
-                    "INSERT INTO messages (id, agent, seq, priority, sender, body, key, state,"
-                    " after_id, not_before, expires, attempts, reason, created)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        record["id"],
-                        record["agent"],
-                        seq,
-                        record["priority"],
-                        record.get("sender"),
-                        record["body"],
-                        record.get("key"),
-                        state,
-                        record.get("after_id"),
-                        record.get("not_before"),
-                        record.get("expires"),
-                        record.get("attempts", 0),
-                        record.get("reason"),
-                        record.get("created", now),
-                    ),
-                )
+                values = (record["id"], record["agent"], record["agent"], record["priority"],
+                          record.get("sender"), record["body"], record.get("key"), state,
+                          record.get("after_id"), record.get("not_before"),
+                          record.get("expires"), record.get("attempts", 0),
+                          record.get("reason"), record.get("created", now))  # fmt: skip
+                for _ in range(8):  # a number a send on its own took first: read it again
+                    if tx.execute(
+                        "INSERT INTO messages (id, agent, seq, priority, sender, body, key,"
+                        " state, after_id, not_before, expires, attempts, reason, created)"
+                        " VALUES (?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM messages"
+                        " WHERE agent = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT DO NOTHING RETURNING id",
+                        values,
+                    ).fetchone():
+                        break
+                else:
+                    raise QueueError(f"message {record['id']}: other sends kept its number")
                 _event(tx, record["id"], now, state, "imported")
                 added += 1
         return added

@@ -128,17 +128,22 @@ def test_orch_send_fails_in_one_line_and_stores_nothing_while_the_database_is_do
 
 
 def test_a_server_error_mid_command_is_one_line_not_a_traceback(orch: OrchState) -> None:
-    """Past connecting, psycopg's own errors (here the write lock not had within the command's
-    5 s) reach the CLI's boundary: one line naming the server, exit 1, nothing stored."""
+    """Past connecting, psycopg's own errors (here a lock another client holds, not had
+    within the command's 5 s) reach the CLI's boundary: one line naming the server, exit 1,
+    nothing stored. A send on its own waits for no write lock; a batch does."""
     import psycopg
 
     Queue(orch.store).has_pending(AGENT)
     holder = psycopg.connect(orch.env["ORCH_DB"], autocommit=True)
     try:
         holder.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        lines = "".join(json.dumps({"agent": AGENT, "text": t}) + "\n" for t in ("a", "b"))
+        batch = orch.cli("send", "--batch", "-", stdin=lines)
+        holder.execute("LOCK TABLE messages IN SHARE MODE")
         done = orch.cli("send", AGENT, "behind a held lock")
     finally:
         holder.close()
+    assert batch.returncode == 1 and batch.stderr.count("\n") == 1, batch.stderr
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     said = r"Error: postgresql://orch@127\.0\.0\.1:\d+/\w+: canceling statement due to \w+ timeout"

@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orch_core.hook.context import Runtime
 from orch_core.queue import Queue
 from orch_core.storage import open_store, postgres
-from orch_core.storage.postgres import PostgresStore
+from orch_core.storage.postgres import WRITE_LOCK, PostgresStore
 from orch_core.storage.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, Store, StoreError
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
@@ -307,6 +308,58 @@ def test_concurrent_claims_never_hand_a_message_over_twice(orch: OrchState) -> N
         thread.join(timeout=120)
     assert errors == []
     assert sorted(taken) == sorted(sent)  # each once
+
+
+@pytest.mark.orch_backends("sqlite", "postgresql")
+def test_concurrent_sends_number_each_agents_messages_once_and_in_the_order_each_sender_sent(
+    orch: OrchState, orch_backend: str
+) -> None:
+    """A send on its own takes no turn on a server (one statement, numbered by the unique
+    ``(agent, seq)``); batches take theirs. Several senders at once, each of either kind:
+    every number once, each sender's messages in its order, each batch's in a row."""
+    errors: list[BaseException] = []
+    receipts: dict[str, list[list[dict[str, Any]]]] = {}
+
+    def sender(name: str, batch: int) -> None:
+        store = open_store(orch.env)
+        try:
+            queue = Queue(store)
+            sent = receipts.setdefault(name, [])
+            for n in range(30):
+                items = [{"agent": "p:1", "text": f"{name} {n}.{i}"} for i in range(batch)]
+                sent.append(queue.send_many(items))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=sender, args=(f"s{n}", 1)) for n in range(4)]
+    threads += [threading.Thread(target=sender, args=(f"b{n}", 3)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    stored = Queue(orch.store).messages("p:1")
+    assert sorted(m["seq"] for m in stored) == list(range(1, 4 * 30 + 2 * 30 * 3 + 1))
+    seq = {m["id"]: m["seq"] for m in stored}
+    for name, sends in receipts.items():
+        numbers = [seq[r["id"]] for sent in sends for r in sent]
+        assert numbers == sorted(numbers), name
+        assert [r["seq"] for sent in sends for r in sent] == numbers  # as the receipts said
+        for sent in sends:
+            first = seq[sent[0]["id"]]
+            assert [seq[r["id"]] for r in sent] == list(range(first, first + len(sent)))
+    if orch_backend == "postgresql":  # a send on its own does not wait for the write lock
+        import psycopg
+
+        holder = psycopg.connect(orch.env["ORCH_DB"], autocommit=True)
+        try:
+            holder.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+            alone = Queue(orch.store).send("p:1", "while a writer holds the lock")
+        finally:
+            holder.close()
+        assert alone["seq"] == len(stored) + 1
 
 
 @pytest.mark.orch_backends("postgresql")
