@@ -14,8 +14,8 @@ to reach the disk, orch's setting for ``orch send``; ``off``: orch's setting on 
   delivered, one ``UPDATE`` to confirmed. ``n`` is 25, what orch's 8,000-character claim takes
   of these messages (headers included), or 1.
 - orch: ``Queue.send`` each message (or ``send_many``, 100 a transaction), then the queue
-  plugin's hook rounds of bench/queue_throughput.py (``has_pending``, ``deliver``: confirm
-  against the transcript, sweep, claim; ``render``; the text appended to a fake transcript)
+  plugin's hook rounds of bench/queue_throughput.py (``deliver``: confirm against the
+  transcript, sweep, claim; ``render``; the text appended to a fake transcript)
   until every message is ``confirmed``; claims of 8,000 characters, or of one message.
 
 The contenders alternate, ``--rounds`` times; the table shows each one's median round. orch runs

@@ -8,11 +8,10 @@ commit per API call. Contenders:
 - persist-queue: one ``SQLiteAckQueue`` per agent (one table each, same file); ``put`` every
   message, then ``get`` + ``ack`` one at a time until empty. Three commits per message.
 - orch, as hooks deliver: ``Queue.send`` every message; then, per agent, what the queue plugin
-  does in each hook (``has_pending``, then ``deliver``: confirm against the session's
-  transcript, sweep, claim a batch of up to 8,000 characters, in one write transaction; then
-  ``render``), with the rendered text appended to a
-  fake transcript file as Claude Code would, so the next round's ``confirm`` finds it there. It
-  ends when every message is ``confirmed``.
+  does in each hook (``deliver``: one read, then confirm against the session's transcript and
+  claim a batch of up to 8,000 characters in one write transaction; then ``render``), with
+  the rendered text appended to a fake transcript file as Claude Code would, so the next
+  round's ``confirm`` finds it there. It ends when every message is ``confirmed``.
 - orch, one per claim: the same with a claim budget of one message, the granularity of
   persist-queue's get + ack.
 - orch, sent in batches: ``Queue.send_many`` 100 messages a transaction (``orch send --batch``
@@ -137,12 +136,14 @@ def send_and_deliver(
 def hook_rounds(queue: Any, agent: str, transcript: Path, claim_budget: int) -> None:
     """What the queue plugin does in each of one session's hooks, until all is confirmed."""
     session = f"session-{agent}"
-    while queue.has_pending(agent):
+    while True:
         batch = queue.deliver(agent, session, transcript_path=str(transcript), budget=claim_budget)
         if batch:
             text = queue.render(batch, HOOK_BUDGET)
             with transcript.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"type": "attachment", "content": text}) + "\n")
+        elif not queue.has_pending(agent):  # all confirmed
+            return
 
 
 def _pragmas(conn: sqlite3.Connection) -> str:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from orch_core.storage.store import Store
 
     Message = dict[str, Any]
+    #: Events of one time: the ids, the state they reached, and its detail.
+    Events = tuple[list[str], str, str | None]
 
 #: Priority bands of the plan; 200 is reserved for rebriefing.
 BANDS = ((200, "rebrief"), (100, "emergency"), (50, "critical"), (10, "high"), (0, "normal"))
@@ -505,24 +507,38 @@ class Queue:
         """Expire what outlived its TTL, end dependents of ended messages, and requeue (or
         kill) deliveries left unconfirmed past ``confirm_seconds``."""
         now = time.time() if now is None else now
-        only, args = ("AND agent = ?", (agent,)) if agent else ("", ())
+        sql, args = self._sweep_read(now, agent)
+        self._swept(self.store.execute(sql, args).fetchall(), now, agent)
+
+    def _sweep_read(self, now: float, agent: str | None) -> tuple[str, list[Any]]:
+        """The sweep's one read (one round trip to a server) for its three kinds of rows:
+        (kind, id, after_id, after_state, transcript, transcript_from, checks, answered_by),
+        the last two for :meth:`deliver`'s rows of the same shape."""
+        only, args = ("AND agent = ?", [agent]) if agent else ("", [])
         scoped = only.replace("agent", "m.agent")
-        found = self.store.execute(  # one read (one round trip to a server) for the three
-            f"""SELECT 'expired', id, NULL, NULL, NULL, CAST(NULL AS BIGINT) FROM messages
+        return (
+            f"""SELECT 'expired', id, NULL, NULL, NULL, CAST(NULL AS BIGINT),
+                       CAST(NULL AS BIGINT), CAST(NULL AS DOUBLE PRECISION) FROM messages
                 WHERE state = 'queued' AND expires <= ? {only}
                 UNION ALL
-                SELECT 'orphan', m.id, a.id, a.state, NULL, CAST(NULL AS BIGINT)
+                SELECT 'orphan', m.id, a.id, a.state, NULL, NULL, NULL, NULL
                 FROM messages m JOIN messages a ON a.id = m.after_id
                 WHERE m.state = 'queued' AND m.after_id IS NOT NULL
                   AND a.state IN ('expired', 'cancelled', 'dead') {scoped}
                 UNION ALL
-                SELECT 'stale', id, NULL, NULL, transcript, transcript_from FROM messages
+                SELECT 'stale', id, NULL, NULL, transcript, transcript_from, NULL, NULL
+                FROM messages
                 WHERE state = 'delivered' AND session_id IS NOT NULL AND delivered <= ? {only}""",
-            (now, *args, *args, now - self.confirm_seconds, *args),
-        ).fetchall()
+            [now, *args, *args, now - self.confirm_seconds, *args],
+        )
+
+    def _swept(self, found: list[tuple[Any, ...]], now: float, agent: str | None) -> None:
+        """End or requeue what :meth:`_sweep_read` found (rows of other kinds are not its)."""
         expired = [row[1] for row in found if row[0] == "expired"]
         orphans = [row[1:4] for row in found if row[0] == "orphan"]
-        stale = [(row[1], *row[4:]) for row in found if row[0] == "stale"]
+        stale = [(row[1], *row[4:6]) for row in found if row[0] == "stale"]
+        if not (expired or orphans or stale):
+            return
         # Claude writes its transcript late: the hooks after a delivery may all have missed
         # it while the agent went idle. Look once more before putting it back in the queue.
         starts: dict[str, int | None] = {}
@@ -532,8 +548,6 @@ class Queue:
                 starts[path] = None if known is None or start is None else min(known, start)
         tails = {path: marked(transcript_tail(path, start)) for path, start in starts.items()}
         seen = [mid for mid, path, _ in stale if path and mid in tails[path]]
-        if not (expired or orphans or stale):
-            return
         with self.store.transaction() as tx:
             for message_id in expired:
                 _set(tx, message_id, "expired", now, "not delivered before its TTL", "queued")
@@ -646,22 +660,23 @@ class Queue:
         one began (``since``): a hook running beside the delivering one (parallel tool calls)
         cannot find it yet. Returns the confirmed ids."""
         now = time.time() if now is None else now
-        found, missed = self._look(agent, session_id, transcript_path, since or now)
-        if found or missed:
-            with self.store.transaction() as tx:
-                self._account(tx, found, missed, now)
-        return found
-
-    def _look(
-        self, agent: str, session_id: str, transcript_path: str | None, since: float
-    ) -> tuple[list[str], list[tuple[str, int]]]:
-        """This session's deliveries found in its transcript, and those it missed (with their
-        misses so far): read before any transaction, the transcript being a file."""
         inflight = self.store.execute(
             "SELECT id, checks, answered_by, transcript_from FROM messages WHERE agent = ?"
             " AND state = 'delivered' AND session_id = ?",
             (agent, session_id),
         ).fetchall()
+        found, missed = self._look(inflight, transcript_path, since or now)
+        if found or missed:
+            with self.store.transaction() as tx:
+                _events(tx, now, self._account(tx, found, missed, now))
+        return found
+
+    def _look(
+        self, inflight: list[tuple[Any, ...]], transcript_path: str | None, since: float
+    ) -> tuple[list[str], list[tuple[str, int]]]:
+        """Which of a session's deliveries in flight (id, checks, answered_by,
+        transcript_from) its transcript shows, and those it missed (with their misses so
+        far): read before any transaction, the transcript being a file."""
         if not inflight:
             return [], []
         starts = [start for *_, start in inflight]
@@ -676,7 +691,10 @@ class Queue:
 
     def _account(
         self, tx: Any, found: list[str], missed: list[tuple[str, int]], now: float
-    ) -> None:
+    ) -> list[Events]:
+        """Confirm ``found``, count a miss for each of ``missed``; the confirmations' events,
+        for the caller to write with its own (one statement)."""
+        events: list[Events] = []
         if found:  # one statement for them all (a round trip each to a server otherwise)
             why = "found in the transcript"
             done = {
@@ -688,12 +706,13 @@ class Queue:
                     (why, now, *found),
                 ).fetchall()
             }
-            _events(tx, [mid for mid in found if mid in done], now, "confirmed", why)
+            events.append(([mid for mid in found if mid in done], "confirmed", why))
         for message_id, checks in missed:
             if checks + 1 >= self.confirm_hooks:
                 self._unconfirmed(tx, message_id, now, "not found in the transcript")
             else:
                 tx.execute("UPDATE messages SET checks = checks + 1 WHERE id = ?", (message_id,))
+        return events
 
     def deliver(
         self,
@@ -708,18 +727,40 @@ class Queue:
         now: float | None = None,
     ) -> list[Message]:
         """What a hook does: confirm this session's earlier deliveries, sweep, and claim what
-        is deliverable now, the confirmations and the claim in one write transaction."""
+        is deliverable now. One read finds all three (and is all a hook of an agent with
+        nothing pending does); the confirmations and the claim are one write transaction,
+        taken only when there is something to confirm or take."""
         now = time.time() if now is None else now
-        found: list[str] = []
-        missed: list[tuple[str, int]] = []
-        if session_id:
-            found, missed = self._look(agent, session_id, transcript_path, since or now)
-        self.sweep(now, agent)
+        read = self._hook_read(agent, session_id, min_priority, now)
+        rows = self.store.execute(*read).fetchall()
+        self._swept(rows, now, agent)
+        inflight = [(row[1], row[6], row[7], row[5]) for row in rows if row[0] == "inflight"]
+        found, missed = self._look(inflight, transcript_path, since or now)
+        if not (found or missed or any(row[0] == "ready" for row in rows)):
+            return []
         start = _size(transcript_path)
         with self.store.transaction() as tx:
-            self._account(tx, found, missed, now)
+            events = self._account(tx, found, missed, now)
             return self._claim(tx, agent, session_id, min_priority, budget, transcript_path,
-                               start, deadline, now)  # fmt: skip
+                               start, deadline, now, events)  # fmt: skip
+
+    def _hook_read(
+        self, agent: str, session_id: str | None, min_priority: int, now: float
+    ) -> tuple[str, list[Any]]:
+        """:meth:`deliver`'s one read: the sweep's rows, the session's deliveries in flight,
+        and a row if a message is ready, each found through an index."""
+        sweep, args = self._sweep_read(now, agent)
+        return (
+            f"""{sweep}
+                UNION ALL
+                SELECT 'inflight', id, NULL, NULL, NULL, transcript_from, checks, answered_by
+                FROM messages WHERE agent = ? AND state = 'delivered' AND session_id = ?
+                UNION ALL
+                SELECT 'ready', NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE EXISTS (
+                  SELECT 1 FROM messages WHERE agent = ? AND state = 'queued'
+                    AND priority >= ? AND (not_before IS NULL OR not_before <= ?))""",
+            [*args, agent, session_id, agent, min_priority, now],
+        )
 
     def claim(
         self,
@@ -742,7 +783,7 @@ class Queue:
         start = _size(transcript_path)
         with self.store.transaction() as tx:
             return self._claim(tx, agent, session_id, min_priority, budget, transcript_path,
-                               start, deadline, now)  # fmt: skip
+                               start, deadline, now, [])  # fmt: skip
 
     def _claim(
         self,
@@ -755,7 +796,10 @@ class Queue:
         transcript_from: int | None,
         deadline: float | None,
         now: float,
+        events: list[Events],
     ) -> list[Message]:
+        """:meth:`claim` in the open transaction ``tx``, whose ``events`` so far it writes
+        with its own, in one statement (unless it rolls ``tx`` back, out of time)."""
         limit = min(CLAIM_ROWS, budget // LEAST_RENDERED + 1)
         taken: list[Message] = []
         used = 0
@@ -785,20 +829,20 @@ class Queue:
                     break
                 used += size
                 taken.append(message)
-        if not taken:
-            return []
-        if deadline is not None and time.time() > deadline - CLAIM_MARGIN:
+        if taken and deadline is not None and time.time() > deadline - CLAIM_MARGIN:
             tx.execute("ROLLBACK")
             return []
-        ids = [m["id"] for m in taken]
-        answered_by = (now if deadline is None else deadline) + ANSWER_MARGIN
-        tx.execute(
-            "UPDATE messages SET state = 'delivered', delivered = ?, session_id = ?,"
-            " transcript = ?, transcript_from = ?, answered_by = ?, attempts = attempts + 1,"
-            f" checks = 0 WHERE id IN ({', '.join('?' * len(ids))})",
-            (now, session_id, transcript_path, transcript_from, answered_by, *ids),
-        )
-        _events(tx, ids, now, "delivered", session_id)
+        if taken:
+            ids = [m["id"] for m in taken]
+            answered_by = (now if deadline is None else deadline) + ANSWER_MARGIN
+            tx.execute(
+                "UPDATE messages SET state = 'delivered', delivered = ?, session_id = ?,"
+                " transcript = ?, transcript_from = ?, answered_by = ?, attempts = attempts + 1,"
+                f" checks = 0 WHERE id IN ({', '.join('?' * len(ids))})",
+                (now, session_id, transcript_path, transcript_from, answered_by, *ids),
+            )
+            events.append((ids, "delivered", session_id))
+        _events(tx, now, events)
         return taken
 
     def _cost(self, message: Message, budget: int) -> int:
@@ -914,15 +958,17 @@ def _event(tx: Any, message_id: str, now: float, state: str, detail: str | None)
     )
 
 
-def _events(tx: Any, ids: list[str], now: float, state: str, detail: str | None) -> None:
-    """The same event for each of ``ids``, in their order (the fleet view's current task is
-    the first a hook showed), in one statement (one round trip to a server)."""
-    for start in range(0, len(ids), INSERT_ROWS):
-        chunk = ids[start : start + INSERT_ROWS]
+def _events(tx: Any, now: float, events: list[Events]) -> None:
+    """Events of one time, each of ``(ids, state, detail)`` for each of its ids, in their
+    order (the fleet view's current task is the first a hook showed), in one statement (one
+    round trip to a server) for up to :data:`INSERT_ROWS` of them."""
+    rows = [(mid, now, state, detail) for ids, state, detail in events for mid in ids]
+    for start in range(0, len(rows), INSERT_ROWS):
+        chunk = rows[start : start + INSERT_ROWS]
         tx.execute(
             "INSERT INTO message_events (message_id, ts, state, detail) VALUES "
             + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
-            [value for mid in chunk for value in (mid, now, state, detail)],
+            [value for row in chunk for value in row],
         )
 
 

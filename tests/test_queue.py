@@ -527,6 +527,45 @@ def test_the_hooks_pending_read_uses_the_agent_state_index(orch: OrchState) -> N
     assert "USING INDEX messages_ready (agent=? AND state=?)" in plan[0][3]
 
 
+@pytest.mark.orch_backends("sqlite")
+def test_the_hooks_one_read_finds_everything_through_indexes(q: Queue) -> None:
+    """``deliver``'s read is all a hook of an agent with nothing pending does: each of its
+    parts an index search, none a scan of the messages."""
+    store = q.store
+    assert isinstance(store, SQLiteStore)
+    sql, args = q._hook_read("p:1", "s", 0, T0)
+    steps = [row[3] for row in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
+    searches = [step for step in steps if step.startswith("SEARCH")]
+    assert len(searches) == 6 and all(" USING INDEX " in step for step in searches), steps
+    assert not [step for step in steps if step.startswith("SCAN") and "CONSTANT" not in step]
+
+
+def test_a_hook_with_nothing_to_confirm_or_take_writes_nothing(
+    q: Queue, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A delivery in flight and a message due later: the hooks until either changes make
+    their one read and take no writer's turn."""
+    t0 = time.time()
+    q.send("p:1", "later", not_before=t0 + 3600, now=t0)
+    sent = q.send("p:1", "now", now=t0)
+    assert [m["id"] for m in q.deliver("p:1", "s", now=t0, deadline=t0 + 5)] == [sent["id"]]
+    transactions: list[object] = []
+    real = q.store.transaction
+
+    def counted(*args: Any) -> Any:
+        transactions.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(q.store, "transaction", counted)
+    log = transcript(tmp_path / "t.jsonl", "the model is still reading")
+    for hook in range(3):  # began before the delivering hook answered: no miss counted
+        assert q.deliver("p:1", "s", transcript_path=log, since=t0 + 1, now=t0 + 1 + hook) == []
+    assert transactions == []
+    transcript(tmp_path / "t.jsonl", q.render([q.get(sent["id"])]))  # type: ignore[list-item]
+    assert q.deliver("p:1", "s", transcript_path=log, since=t0 + 4, now=t0 + 4) == []
+    assert len(transactions) == 1 and state(q, sent["id"]) == "confirmed"
+
+
 def test_a_nul_character_is_refused_whatever_the_store(q: Queue) -> None:
     """PostgreSQL's text cannot hold one, so no store takes one: what a sender may send does
     not depend on where the fleet keeps its queue."""

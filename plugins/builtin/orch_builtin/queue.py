@@ -47,8 +47,6 @@ def deliver(event: ev.Event, ctx: HookContext, min_priority: int = 0) -> str | N
     if ctx.agent is None or event.in_subagent:
         return None
     queue = queue_for(ctx)
-    if not queue.has_pending(ctx.agent):
-        return None
     budget = int({**DEFAULTS, **ctx.config}["budget"])
     messages = queue.deliver(
         ctx.agent,
