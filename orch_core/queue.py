@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import time
+from itertools import groupby
 
 from orch_core import paths
 from orch_core.errors import OrchError
@@ -961,15 +962,26 @@ def _event(tx: Any, message_id: str, now: float, state: str, detail: str | None)
 def _events(tx: Any, now: float, events: list[Events]) -> None:
     """Events of one time, each of ``(ids, state, detail)`` for each of its ids, in their
     order (the fleet view's current task is the first a hook showed), in one statement (one
-    round trip to a server) for up to :data:`INSERT_ROWS` of them."""
-    rows = [(mid, now, state, detail) for ids, state, detail in events for mid in ids]
+    round trip to a server) for up to :data:`INSERT_ROWS` of them: each group's time, state
+    and detail given once, not once an id."""
+    rows = [(mid, state, detail) for ids, state, detail in events for mid in ids]
     for start in range(0, len(rows), INSERT_ROWS):
-        chunk = rows[start : start + INSERT_ROWS]
+        parts, args = [], []
+        for (state, detail), group in groupby(rows[start : start + INSERT_ROWS], _kind):
+            ids = [mid for mid, *_ in group]
+            parts.append(
+                f"SELECT v.column1, ?, ?, ? FROM (VALUES {', '.join(['(?)'] * len(ids))}) AS v"
+            )
+            args += [now, state, detail, *ids]
         tx.execute(
-            "INSERT INTO message_events (message_id, ts, state, detail) VALUES "
-            + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
-            [value for row in chunk for value in row],
+            "INSERT INTO message_events (message_id, ts, state, detail) "
+            + " UNION ALL ".join(parts),
+            args,
         )
+
+
+def _kind(row: tuple[str, str, str | None]) -> tuple[str, str | None]:
+    return row[1:]
 
 
 def _requeue(tx: Any, message_id: str, now: float, why: str) -> None:
