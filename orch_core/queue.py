@@ -661,9 +661,9 @@ class Queue:
         one began (``since``): a hook running beside the delivering one (parallel tool calls)
         cannot find it yet. Returns the confirmed ids."""
         now = time.time() if now is None else now
-        inflight = self.store.execute(
+        inflight = self.store.execute(  # through the agent's index, as in _hook_read
             "SELECT id, checks, answered_by, transcript_from FROM messages WHERE agent = ?"
-            " AND state = 'delivered' AND session_id = ?",
+            " AND state = 'delivered' AND coalesce(session_id, '') = ?",
             (agent, session_id),
         ).fetchall()
         found, missed = self._look(inflight, transcript_path, since or now)
@@ -749,13 +749,16 @@ class Queue:
         self, agent: str, session_id: str | None, min_priority: int, now: float
     ) -> tuple[str, list[Any]]:
         """:meth:`deliver`'s one read: the sweep's rows, the session's deliveries in flight,
-        and a row if a message is ready, each found through an index."""
+        and a row if a message is ready, each found through an index of the agent's (the
+        session's is kept from the planner with ``coalesce``: it may hold the deliveries of
+        other agents, where the agent's holds only its own)."""
         sweep, args = self._sweep_read(now, agent)
         return (
             f"""{sweep}
                 UNION ALL
                 SELECT 'inflight', id, NULL, NULL, NULL, transcript_from, checks, answered_by
-                FROM messages WHERE agent = ? AND state = 'delivered' AND session_id = ?
+                FROM messages WHERE agent = ? AND state = 'delivered'
+                  AND coalesce(session_id, '') = ?
                 UNION ALL
                 SELECT 'ready', NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE EXISTS (
                   SELECT 1 FROM messages WHERE agent = ? AND state = 'queued'
