@@ -23,8 +23,9 @@ in a state folder whose host runs ``orch supervise`` (same database): the hook h
 to it over the state folder's socket and never imports psycopg (warm answers, README).
 
 With ``--against REV`` orch-hook as it was at git revision REV runs too, interleaved with the
-others (a regular install of that commit, built once into ``.cache``; nothing queued; a state
-folder and SQLite file of its own): a change to the hook path, measured side by side.
+others (a regular install of that commit, built once into ``.cache``; a state folder and SQLite
+file of its own, where that revision queues the 10 pending): a change to the hook path,
+measured side by side.
 
     make bench            # or: python bench/hook_latency.py --runs 300
     python bench/hook_latency.py --against 3c8810e
@@ -95,8 +96,26 @@ def time_once(
     return elapsed
 
 
-def queue_ten(env: dict[str, str], agent: str) -> list[str]:
-    """Queue 10 messages of 200 characters for ``agent`` (as ``orch send`` would); their ids."""
+QUEUE_TEN = """\
+import json, os, sys
+from orch_core.queue import Queue
+from orch_core.storage import open_store
+
+store = open_store(os.environ)
+queue = Queue(store)
+print(json.dumps([queue.send(sys.argv[1], f"{i:02d} " + "x" * 197, sender="bench")["id"]
+                  for i in range(10)]))
+store.close()
+"""
+
+
+def queue_ten(env: dict[str, str], agent: str, python: Path | None = None) -> list[str]:
+    """Queue 10 messages of 200 characters for ``agent`` (as ``orch send`` would); their ids.
+    With ``python``, that interpreter's orch does it (an earlier revision's, in its store)."""
+    if python is not None:
+        done = subprocess.run([str(python), "-c", QUEUE_TEN, agent], env=env, check=True,
+                              capture_output=True, text=True)  # fmt: skip
+        return list(json.loads(done.stdout))
     from orch_core.queue import Queue
     from orch_core.storage import open_store
 
@@ -129,7 +148,7 @@ def main() -> None:
     parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--url", help="a PostgreSQL database to use (default: a private one)")
     parser.add_argument("--against", metavar="REV", help="also orch-hook as it was at git "
-                        "revision REV (nothing queued; a state folder of its own)")  # fmt: skip
+                        "revision REV (a state folder of its own)")  # fmt: skip
     args = parser.parse_args()
     venv_bin = regular_venv("bench-venv")
     earlier = (args.against, revision_venv(args.against)) if args.against else None
@@ -179,7 +198,7 @@ def measure(
 ) -> tuple[dict[str, list[float]], tuple[int, int], str]:
     """Each contender's times, interleaved; the runs orch-hook recorded and the messages it
     delivered; the store's name and version. ``earlier``: a revision and its install, whose
-    orch-hook runs too, with nothing queued, in a state folder (and SQLite file) of its own."""
+    orch-hook runs too, in a state folder (and SQLite file) of its own."""
     from orch_core.storage import open_store
 
     commands = {}
@@ -193,14 +212,18 @@ def measure(
     hook = [str(venv_bin / "orch-hook")]
     commands.update({"orch-hook, 0 pending": hook, "orch-hook, 10 pending": hook})
     envs = dict.fromkeys(commands, env)
+    pythons: dict[str, Path] = {}  # the earlier revision's, which queues its messages
     if earlier is not None:
         rev, bin_dir = earlier
-        name = f"orch-hook at {rev}, 0 pending"
-        commands[name] = [str(bin_dir / "orch-hook")]
         old = f"{tmp}/earlier"
-        envs[name] = {**env, "ORCH_STATE_DIR": old, "XDG_CONFIG_HOME": f"{old}/config"}
+        old_env = {**env, "ORCH_STATE_DIR": old, "XDG_CONFIG_HOME": f"{old}/config"}
         if database.endswith(".db"):  # a SQLite file: its own, the schema may differ
-            envs[name]["ORCH_DB"] = f"{old}/orch.db"
+            old_env["ORCH_DB"] = f"{old}/orch.db"
+        for pending_now in ("0 pending", "10 pending"):
+            name = f"orch-hook at {rev}, {pending_now}"
+            commands[name] = [str(bin_dir / "orch-hook")]
+            envs[name] = old_env
+            pythons[name] = bin_dir / "python"
     supervisor = None
     if not database.endswith(".db"):  # a server store: also answered by the host's supervisor
         warm = f"{tmp}/warm"
@@ -220,7 +243,7 @@ def measure(
             return time_once(argv, payload, envs[name])
         pending += 1
         agent = f"bench:pending-{pending}"
-        ids = queue_ten(env, agent)
+        ids = queue_ten(envs[name], agent, pythons.get(name))
         return time_once(argv, payload, {**envs[name], "ORCH_AGENT": agent}, expect=ids)
 
     try:
