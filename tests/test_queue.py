@@ -667,6 +667,34 @@ def test_a_batch_without_keys_goes_in_one_insert_in_order_and_numbered_after_the
     assert q.get(first["id"]) is not None and len(q.messages("p:3")) == 1
 
 
+def test_a_send_that_keeps_losing_its_id_or_number_waits_for_its_turn(
+    q: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send on its own tries a few times (another send may take its id or its number
+    first), then stores the message in a transaction of its own, as a batch does."""
+    from orch_core import queue as queue_module
+
+    taken = q.send("p:1", "holds an id", now=T0)
+    draws = iter([taken["id"]] * queue_module.ALONE_TRIES + ["m000000001"])
+    monkeypatch.setattr(queue_module, "new_id", lambda now: next(draws))
+    transactions: list[object] = []
+    real = q.store.transaction
+
+    def counted(*args: Any) -> Any:
+        transactions.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(q.store, "transaction", counted)
+    receipt = q.send("p:1", "after three tries", now=T0 + 1)
+    assert (receipt["id"], receipt["seq"], receipt["body"]) == (
+        "m000000001",
+        2,
+        "after three tries",
+    )
+    assert len(transactions) == (1 if q.store.shared else queue_module.ALONE_TRIES + 1)
+    assert [m["body"] for m in q.messages("p:1")] == ["holds an id", "after three tries"]
+
+
 def test_a_schema_7_database_keeps_its_messages_and_history(tmp_path: Path) -> None:
     import sqlite3
 
