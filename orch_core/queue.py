@@ -762,8 +762,9 @@ class Queue:
                 UNION ALL
                 SELECT 'ready', NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE EXISTS (
                   SELECT 1 FROM messages WHERE agent = ? AND state = 'queued'
-                    AND priority >= ? AND (not_before IS NULL OR not_before <= ?))""",
-            [*args, agent, session_id, agent, min_priority, now],
+                    AND priority >= ? AND (not_before IS NULL OR not_before <= ?)
+                    AND (expires IS NULL OR expires > ?))""",
+            [*args, agent, session_id, agent, min_priority, now, now],
         )
 
     def claim(
