@@ -51,6 +51,20 @@ def know(store: Store, *agents: str) -> None:
         store.set_agent_state(agent, "busy", session_id=None, project_dir=None)
 
 
+def counted_transactions(q: Queue, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The write transactions ``q`` opens from now on, as they are opened."""
+    assert q.store.execute("SELECT 1")  # opened and migrated: not counted
+    transactions: list[object] = []
+    real = q.store.transaction
+
+    def counted(*args: Any) -> Any:
+        transactions.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(q.store, "transaction", counted)
+    return transactions
+
+
 def transcript(path: Path, *texts: str) -> str:
     """A transcript file as Claude writes it: JSON lines, the hook output inside strings."""
     with path.open("a", encoding="utf-8") as f:
@@ -555,14 +569,7 @@ def test_a_hook_with_nothing_to_confirm_or_take_writes_nothing(
     q.send("p:1", "later", not_before=t0 + 3600, now=t0)
     sent = q.send("p:1", "now", now=t0)
     assert [m["id"] for m in q.deliver("p:1", "s", now=t0, deadline=t0 + 5)] == [sent["id"]]
-    transactions: list[object] = []
-    real = q.store.transaction
-
-    def counted(*args: Any) -> Any:
-        transactions.append(args)
-        return real(*args)
-
-    monkeypatch.setattr(q.store, "transaction", counted)
+    transactions = counted_transactions(q, monkeypatch)
     log = transcript(tmp_path / "t.jsonl", "the model is still reading")
     for hook in range(3):  # began before the delivering hook answered: no miss counted
         assert q.deliver("p:1", "s", transcript_path=log, since=t0 + 1, now=t0 + 1 + hook) == []
@@ -591,15 +598,7 @@ def test_a_nul_character_is_refused_whatever_the_store(q: Queue) -> None:
 def test_send_many_stores_all_in_one_transaction_or_none(
     q: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    transactions: list[object] = []
-    assert q.store.execute("SELECT 1")  # opened and migrated: not counted below
-    real = q.store.transaction
-
-    def counted(*args: Any) -> Any:
-        transactions.append(args)
-        return real(*args)
-
-    monkeypatch.setattr(q.store, "transaction", counted)
+    transactions = counted_transactions(q, monkeypatch)
     items = [{"agent": "p:1", "text": f"n{i}", "key": "same" if i < 2 else None} for i in range(4)]
     receipts = q.send_many(items, now=T0)
     assert len(transactions) == 1
@@ -677,14 +676,7 @@ def test_a_send_that_keeps_losing_its_id_or_number_waits_for_its_turn(
     taken = q.send("p:1", "holds an id", now=T0)
     draws = iter([taken["id"]] * queue_module.ALONE_TRIES + ["m000000001"])
     monkeypatch.setattr(queue_module, "new_id", lambda now: next(draws))
-    transactions: list[object] = []
-    real = q.store.transaction
-
-    def counted(*args: Any) -> Any:
-        transactions.append(args)
-        return real(*args)
-
-    monkeypatch.setattr(q.store, "transaction", counted)
+    transactions = counted_transactions(q, monkeypatch)
     receipt = q.send("p:1", "after three tries", now=T0 + 1)
     assert (receipt["id"], receipt["seq"], receipt["body"]) == (
         "m000000001",
