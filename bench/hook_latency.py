@@ -109,22 +109,12 @@ store.close()
 """
 
 
-def queue_ten(env: dict[str, str], agent: str, python: Path | None = None) -> list[str]:
-    """Queue 10 messages of 200 characters for ``agent`` (as ``orch send`` would); their ids.
-    With ``python``, that interpreter's orch does it (an earlier revision's, in its store)."""
-    if python is not None:
-        done = subprocess.run([str(python), "-c", QUEUE_TEN, agent], env=env, check=True,
-                              capture_output=True, text=True)  # fmt: skip
-        return list(json.loads(done.stdout))
-    from orch_core.queue import Queue
-    from orch_core.storage import open_store
-
-    store = open_store(env)
-    try:
-        queue = Queue(store)
-        return [queue.send(agent, f"{i:02d} " + "x" * 197, sender="bench")["id"] for i in range(10)]
-    finally:
-        store.close()
+def queue_ten(python: Path, env: dict[str, str], agent: str) -> list[str]:
+    """Queue 10 messages of 200 characters for ``agent`` (as ``orch send`` would) with the orch
+    of ``python`` (an earlier revision's queues into its own store); their ids."""
+    done = subprocess.run([str(python), "-c", QUEUE_TEN, agent], env=env, check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    return list(json.loads(done.stdout))
 
 
 def start_supervisor(venv_bin: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -212,7 +202,7 @@ def measure(
     hook = [str(venv_bin / "orch-hook")]
     commands.update({"orch-hook, 0 pending": hook, "orch-hook, 10 pending": hook})
     envs = dict.fromkeys(commands, env)
-    pythons: dict[str, Path] = {}  # the earlier revision's, which queues its messages
+    pythons: dict[str, Path] = {}  # whose orch queues the pending, where not this checkout's
     if earlier is not None:
         rev, bin_dir = earlier
         old = f"{tmp}/earlier"
@@ -243,7 +233,7 @@ def measure(
             return time_once(argv, payload, envs[name])
         pending += 1
         agent = f"bench:pending-{pending}"
-        ids = queue_ten(envs[name], agent, pythons.get(name))
+        ids = queue_ten(pythons.get(name, venv_bin / "python"), envs[name], agent)
         return time_once(argv, payload, {**envs[name], "ORCH_AGENT": agent}, expect=ids)
 
     try:

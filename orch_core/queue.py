@@ -80,6 +80,9 @@ INSERT_ONE = (
 )
 #: Tries of a send on its own before it waits for its turn (:meth:`Queue._insert_alone`).
 ALONE_TRIES = 3
+#: A session's deliveries in flight, found through the agent's index: ``coalesce`` keeps the
+#: planner off the session's, which may hold the deliveries of many other agents.
+INFLIGHT_SQL = "agent = ? AND state = 'delivered' AND coalesce(session_id, '') = ?"
 #: What :meth:`Queue.send_many` takes of each message.
 SEND_FIELDS = frozenset(
     ("agent", "text", "priority", "sender", "key", "ttl", "after", "not_before")
@@ -320,8 +323,7 @@ class Queue:
             and tx.execute("SELECT 1 FROM messages WHERE id = ?", (after,)).fetchone() is None
         ):
             raise QueueError(f"--after: no message with id {after!r}")
-        values = (agent, agent, priority, sender, text, key, after, not_before,
-                  now + ttl if ttl else None, now)  # fmt: skip
+        values = _values(now, agent, text, priority, sender, key, ttl, after, not_before)
         for _ in range(8):  # an id drawn in the same millisecond, a number a send took first
             row = tx.execute(INSERT_ONE, (new_id(now), *values)).fetchone()
             if row is not None:
@@ -339,9 +341,8 @@ class Queue:
         this insert undone, and the next try reads the number after it, so each agent's
         numbering stays in commit order. ``None`` if other sends kept taking it first (the
         caller then stores the message in a transaction, when its turn comes)."""
-        agent, ttl = item["agent"], item.get("ttl")
-        values = (agent, agent, item.get("priority", 0), item.get("sender"), item["text"],
-                  None, None, item.get("not_before"), now + ttl if ttl else None, now)  # fmt: skip
+        agent = item["agent"]
+        values = _values(now, **item)
         ready = [agent] if _ready(item, now) else []
         for _ in range(ALONE_TRIES):  # or an id drawn by another send in the same millisecond
             rows = self.store.write_alone(
@@ -661,9 +662,8 @@ class Queue:
         one began (``since``): a hook running beside the delivering one (parallel tool calls)
         cannot find it yet. Returns the confirmed ids."""
         now = time.time() if now is None else now
-        inflight = self.store.execute(  # through the agent's index, as in _hook_read
-            "SELECT id, checks, answered_by, transcript_from FROM messages WHERE agent = ?"
-            " AND state = 'delivered' AND coalesce(session_id, '') = ?",
+        inflight = self.store.execute(
+            f"SELECT id, checks, answered_by, transcript_from FROM messages WHERE {INFLIGHT_SQL}",
             (agent, session_id),
         ).fetchall()
         found, missed = self._look(inflight, transcript_path, since or now)
@@ -749,16 +749,13 @@ class Queue:
         self, agent: str, session_id: str | None, min_priority: int, now: float
     ) -> tuple[str, list[Any]]:
         """:meth:`deliver`'s one read: the sweep's rows, the session's deliveries in flight,
-        and a row if a message is ready, each found through an index of the agent's (the
-        session's is kept from the planner with ``coalesce``: it may hold the deliveries of
-        other agents, where the agent's holds only its own)."""
+        and a row if a message is ready, each found through an index of the agent's."""
         sweep, args = self._sweep_read(now, agent)
         return (
             f"""{sweep}
                 UNION ALL
                 SELECT 'inflight', id, NULL, NULL, NULL, transcript_from, checks, answered_by
-                FROM messages WHERE agent = ? AND state = 'delivered'
-                  AND coalesce(session_id, '') = ?
+                FROM messages WHERE {INFLIGHT_SQL}
                 UNION ALL
                 SELECT 'ready', NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE EXISTS (
                   SELECT 1 FROM messages WHERE agent = ? AND state = 'queued'
@@ -941,6 +938,22 @@ class Queue:
                 _event(tx, record["id"], now, state, "imported")
                 added += 1
         return added
+
+
+def _values(
+    now: float,
+    agent: str,
+    text: str,
+    priority: int = 0,
+    sender: str | None = None,
+    key: str | None = None,
+    ttl: float | None = None,
+    after: str | None = None,
+    not_before: float | None = None,
+) -> tuple[Any, ...]:
+    """:data:`INSERT_ONE`'s values after the id, from :meth:`Queue.send`'s arguments."""
+    return (agent, agent, priority, sender, text, key, after, not_before,
+            now + ttl if ttl else None, now)  # fmt: skip
 
 
 def _ready(message: Mapping[str, Any], now: float) -> bool:
