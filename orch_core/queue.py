@@ -28,7 +28,7 @@ from orch_core.plugins.plan import ANSWER_MARGIN
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
     from typing import Any
 
     from orch_core.storage.store import Store
@@ -669,7 +669,7 @@ class Queue:
         found, missed = self._look(inflight, transcript_path, since or now)
         if found or missed:
             with self.store.transaction() as tx:
-                _events(tx, now, self._account(tx, found, missed, now))
+                self._events(tx, now, self._account(tx, found, missed, now)())
         return found
 
     def _look(
@@ -692,27 +692,33 @@ class Queue:
 
     def _account(
         self, tx: Any, found: list[str], missed: list[tuple[str, int]], now: float
-    ) -> list[Events]:
-        """Confirm ``found``, count a miss for each of ``missed``; the confirmations' events,
-        for the caller to write with its own (one statement)."""
-        events: list[Events] = []
-        if found:  # one statement for them all (a round trip each to a server otherwise)
-            why = "found in the transcript"
-            done = {
-                row[0]
-                for row in tx.execute(
-                    "UPDATE messages SET state = 'confirmed', reason = ?, confirmed = ?"
-                    f" WHERE id IN ({', '.join('?' * len(found))}) AND state = 'delivered'"
-                    " RETURNING id",
-                    (why, now, *found),
-                ).fetchall()
-            }
-            events.append(([mid for mid in found if mid in done], "confirmed", why))
+    ) -> Callable[[], list[Events]]:
+        """Confirm ``found``, count a miss for each of ``missed``; what gives the confirmations'
+        events, for the caller to write with its own (one statement). The confirmations go
+        with the transaction's next statement (:meth:`Store.later`): read their events after
+        it."""
+        why = "found in the transcript"
+        confirmed = found and self.store.later(  # one statement for them all
+            tx,
+            "UPDATE messages SET state = 'confirmed', reason = ?, confirmed = ?"
+            f" WHERE id IN ({', '.join('?' * len(found))}) AND state = 'delivered'"
+            " RETURNING id",
+            (why, now, *found),
+        )
         for message_id, checks in missed:
             if checks + 1 >= self.confirm_hooks:
                 self._unconfirmed(tx, message_id, now, "not found in the transcript")
             else:
-                tx.execute("UPDATE messages SET checks = checks + 1 WHERE id = ?", (message_id,))
+                self.store.later(
+                    tx, "UPDATE messages SET checks = checks + 1 WHERE id = ?", (message_id,)
+                )
+
+        def events() -> list[Events]:
+            if not confirmed:
+                return []
+            done = {row[0] for row in confirmed.fetchall()}
+            return [([mid for mid in found if mid in done], "confirmed", why)]
+
         return events
 
     def deliver(
@@ -741,9 +747,9 @@ class Queue:
             return []
         start = _size(transcript_path)
         with self.store.transaction() as tx:
-            events = self._account(tx, found, missed, now)
+            confirmed = self._account(tx, found, missed, now)
             return self._claim(tx, agent, session_id, min_priority, budget, transcript_path,
-                               start, deadline, now, events)  # fmt: skip
+                               start, deadline, now, confirmed)  # fmt: skip
 
     def _hook_read(
         self, agent: str, session_id: str | None, min_priority: int, now: float
@@ -785,7 +791,7 @@ class Queue:
         start = _size(transcript_path)
         with self.store.transaction() as tx:
             return self._claim(tx, agent, session_id, min_priority, budget, transcript_path,
-                               start, deadline, now, [])  # fmt: skip
+                               start, deadline, now, list)  # fmt: skip
 
     def _claim(
         self,
@@ -798,10 +804,12 @@ class Queue:
         transcript_from: int | None,
         deadline: float | None,
         now: float,
-        events: list[Events],
+        confirmed: Callable[[], list[Events]],
     ) -> list[Message]:
-        """:meth:`claim` in the open transaction ``tx``, whose ``events`` so far it writes
-        with its own, in one statement (unless it rolls ``tx`` back, out of time)."""
+        """:meth:`claim` in the open transaction ``tx``, whose events so far (``confirmed``,
+        read after the claim's first statement) it writes with its own, in one statement
+        (unless it rolls ``tx`` back, out of time). Its update and the events go with the
+        ``COMMIT`` (:meth:`Store.later`)."""
         limit = min(CLAIM_ROWS, budget // LEAST_RENDERED + 1)
         taken: list[Message] = []
         used = 0
@@ -834,18 +842,42 @@ class Queue:
         if taken and deadline is not None and time.time() > deadline - CLAIM_MARGIN:
             tx.execute("ROLLBACK")
             return []
+        events = confirmed()
         if taken:
             ids = [m["id"] for m in taken]
             answered_by = (now if deadline is None else deadline) + ANSWER_MARGIN
-            tx.execute(
+            self.store.later(
+                tx,
                 "UPDATE messages SET state = 'delivered', delivered = ?, session_id = ?,"
                 " transcript = ?, transcript_from = ?, answered_by = ?, attempts = attempts + 1,"
                 f" checks = 0 WHERE id IN ({', '.join('?' * len(ids))})",
                 (now, session_id, transcript_path, transcript_from, answered_by, *ids),
             )
             events.append((ids, "delivered", session_id))
-        _events(tx, now, events)
+        self._events(tx, now, events)
         return taken
+
+    def _events(self, tx: Any, now: float, events: list[Events]) -> None:
+        """Events of one time, each of ``(ids, state, detail)`` for each of its ids, in their
+        order (the fleet view's current task is the first a hook showed), in one statement for
+        up to :data:`INSERT_ROWS` of them, sent with the transaction's next one (on a server,
+        one round trip with the ``COMMIT``): each group's time, state and detail given once,
+        not once an id."""
+        rows = [(mid, state, detail) for ids, state, detail in events for mid in ids]
+        for start in range(0, len(rows), INSERT_ROWS):
+            parts, args = [], []
+            for (state, detail), group in groupby(rows[start : start + INSERT_ROWS], _kind):
+                ids = [mid for mid, *_ in group]
+                parts.append(
+                    f"SELECT v.column1, ?, ?, ? FROM (VALUES {', '.join(['(?)'] * len(ids))}) AS v"
+                )
+                args += [now, state, detail, *ids]
+            self.store.later(
+                tx,
+                "INSERT INTO message_events (message_id, ts, state, detail) "
+                + " UNION ALL ".join(parts),
+                args,
+            )
 
     def _cost(self, message: Message, budget: int) -> int:
         """Characters ``render`` gives ``message`` (with room for the age and separator)."""
@@ -974,27 +1006,6 @@ def _event(tx: Any, message_id: str, now: float, state: str, detail: str | None)
         "INSERT INTO message_events (message_id, ts, state, detail) VALUES (?, ?, ?, ?)",
         (message_id, now, state, detail),
     )
-
-
-def _events(tx: Any, now: float, events: list[Events]) -> None:
-    """Events of one time, each of ``(ids, state, detail)`` for each of its ids, in their
-    order (the fleet view's current task is the first a hook showed), in one statement (one
-    round trip to a server) for up to :data:`INSERT_ROWS` of them: each group's time, state
-    and detail given once, not once an id."""
-    rows = [(mid, state, detail) for ids, state, detail in events for mid in ids]
-    for start in range(0, len(rows), INSERT_ROWS):
-        parts, args = [], []
-        for (state, detail), group in groupby(rows[start : start + INSERT_ROWS], _kind):
-            ids = [mid for mid, *_ in group]
-            parts.append(
-                f"SELECT v.column1, ?, ?, ? FROM (VALUES {', '.join(['(?)'] * len(ids))}) AS v"
-            )
-            args += [now, state, detail, *ids]
-        tx.execute(
-            "INSERT INTO message_events (message_id, ts, state, detail) "
-            + " UNION ALL ".join(parts),
-            args,
-        )
 
 
 def _kind(row: tuple[str, str, str | None]) -> tuple[str, str | None]:

@@ -373,8 +373,8 @@ def test_postgresql_writers_take_turns_and_wait_no_longer_than_the_timeout(
         tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (1, 'test', 'first')")
         assert second.execute("SELECT count(*) FROM alerts").fetchone() == (0,)  # reads go on
         second.set_timeout(0.05)
-        with pytest.raises(psycopg.OperationalError, match="timeout"), second.transaction():
-            pass  # the write lock is the first writer's until it commits
+        with pytest.raises(psycopg.OperationalError, match="timeout"), second.transaction() as tx:
+            tx.execute("SELECT 1")  # the write lock is the first writer's until it commits
     second.set_timeout(second.timeout)
     with second.transaction() as tx:
         tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (2, 'test', 'second')")
@@ -495,6 +495,101 @@ def test_a_transaction_that_went_on_past_a_failed_statement_is_rolled_back_and_s
     assert store.execute("SELECT count(*) FROM alerts").fetchone() == (0,)
 
 
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What psycopg sends from now on, a round trip each: a statement on its own, or a
+    pipeline of them ("pipeline")."""
+    import psycopg
+
+    sent: list[str] = []
+    execute, pipeline = psycopg.Connection.execute, psycopg.Connection.pipeline
+
+    def alone(conn: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if conn._pipeline is None:
+            sent.append(str(query).split()[0])
+        return execute(conn, query, *args, **kwargs)
+
+    def piped(conn: Any) -> Any:
+        sent.append("pipeline")
+        return pipeline(conn)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", alone)
+    monkeypatch.setattr(psycopg.Connection, "pipeline", piped)
+    return sent
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_postgresql_sends_a_transactions_statements_in_as_few_round_trips_as_they_allow(
+    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``BEGIN`` and the write lock go with the block's first statement; what the block reads
+    later, or never (``Store.later``), with its next statement or the ``COMMIT``."""
+    store = orch.store
+    store.execute("SELECT 1")
+    sent = round_trips(monkeypatch)
+    with store.transaction() as tx:
+        first = store.later(tx, "INSERT INTO alerts (ts, kind, message) VALUES (1, 't', 'a')"
+                                " RETURNING id")  # fmt: skip
+        store.later(tx, "INSERT INTO alerts (ts, kind, message) VALUES (2, 't', 'b')")
+        assert sent == []
+        assert tx.execute("SELECT count(*) FROM alerts").fetchone() == (2,)
+        assert sent == ["pipeline"]  # BEGIN, the lock, both inserts and the count
+        (alert,) = first.fetchone()
+        assert tx.execute("SELECT message FROM alerts WHERE id = ?", (alert,)).fetchone() == ("a",)
+        store.later(tx, "UPDATE alerts SET message = 'c' WHERE id = ?", (alert,))
+    assert sent == ["pipeline", "SELECT", "pipeline"]  # the update with the COMMIT
+    assert rows_of(store, "SELECT message FROM alerts ORDER BY ts") == [("c",), ("b",)]
+    with store.transaction():  # nothing in it: nothing sent, no lock taken
+        other = orch.store
+        other.set_timeout(0.05)
+        with other.transaction() as tx:
+            tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (3, 't', 'd')")
+    assert len(rows_of(store, "SELECT * FROM alerts")) == 3
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_a_postgresql_statement_sent_later_that_fails_rolls_back_its_transaction(
+    orch: OrchState,
+) -> None:
+    import psycopg
+
+    store = orch.store
+    with pytest.raises(psycopg.errors.UndefinedTable), store.transaction() as tx:
+        store.later(tx, "INSERT INTO alerts (ts, kind, message) VALUES (1, 't', 'lost')")
+        store.later(tx, "INSERT INTO no_such_table VALUES (1)")
+    assert rows_of(store, "SELECT * FROM alerts") == []
+    with store.transaction() as tx:  # the connection is fine afterwards
+        store.later(tx, "INSERT INTO alerts (ts, kind, message) VALUES (1, 't', 'kept')")
+    assert rows_of(store, "SELECT message FROM alerts") == [("kept",)]
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_a_hook_round_on_postgresql_is_three_round_trips(
+    orch: OrchState, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The one read; the lock, the confirmation and the claim's read; the claim's update,
+    the events and the ``COMMIT`` (seven round trips before they were sent together)."""
+    q = Queue(orch.store)
+    log = tmp_path / "t.jsonl"
+    first, second = (q.send("p:1", text)["id"] for text in ("one", "two"))
+    assert [m["id"] for m in q.deliver("p:1", "s", budget=1)] == [first]
+    log.write_text(json.dumps({"content": q.render([q.get(first) or {}])}) + "\n")
+    sent = round_trips(monkeypatch)
+    taken = q.deliver("p:1", "s", transcript_path=str(log), budget=1)
+    assert sent == ["SELECT", "pipeline", "pipeline"]
+    assert [m["id"] for m in taken] == [second]
+    assert (q.get(first) or {})["state"] == "confirmed"
+    assert [e["state"] for e in (q.get(first) or {})["events"]] == [
+        "queued",
+        "delivered",
+        "confirmed",
+    ]
+    assert [e["state"] for e in (q.get(second) or {})["events"]] == ["queued", "delivered"]
+
+
+def rows_of(store: Store, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in store.execute(sql).fetchall()]
+
+
 def test_a_server_that_is_not_there_is_a_one_line_error_without_the_password(
     tmp_path: Path,
 ) -> None:
@@ -510,11 +605,11 @@ def test_a_server_that_is_not_there_is_a_one_line_error_without_the_password(
     assert "hunter2" not in message and "\n" not in message
 
 
-def test_question_marks_become_psycopg_placeholders_outside_quoted_literals() -> None:
+def test_question_marks_become_numbered_placeholders_outside_quoted_literals() -> None:
     assert postgres.translate("SELECT '?', ? FROM t WHERE a LIKE '%x' AND b = ?") == (
-        "SELECT '?', %s FROM t WHERE a LIKE '%%x' AND b = %s"
+        "SELECT '?', $1 FROM t WHERE a LIKE '%x' AND b = $2"
     )
-    assert postgres.translate("SELECT 'it''s ?', ?") == "SELECT 'it''s ?', %s"
+    assert postgres.translate("SELECT 'it''s ?', ?") == "SELECT 'it''s ?', $1"
 
 
 @pytest.mark.orch_backends("postgresql")

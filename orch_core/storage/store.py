@@ -313,6 +313,12 @@ class Store(abc.ABC):
                 self.notify(tx, *notify)
         return rows
 
+    def later(self, tx: Connection, sql: str, params: Sequence[Any] = ()) -> Rows:
+        """A statement of ``tx`` whose rows are read after its next statement, or not at all
+        (the block's own updates and inserts): a server's store sends it with that statement
+        (or the ``COMMIT``) in one round trip. Here it runs now."""
+        return tx.execute(sql, params)
+
     def set_timeout(self, seconds: float) -> None:  # noqa: B027 - a store may not wait at all
         """Wait at most this long for another writer from now on (the hook's budget left)."""
 
