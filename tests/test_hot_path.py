@@ -15,7 +15,7 @@ from orch_core.testing.payloads import payload
 
 HEAVY = ("pluggy", "attrs", "attr", "click", "tomllib", "typing", "threading", "logging",
          "importlib.metadata", "subprocess", "apprise", "textual", "rich",
-         "prometheus_client", "psycopg")  # fmt: skip
+         "prometheus_client", "psycopg", "sqlite3", "datetime", "zlib")  # fmt: skip
 
 PROBE = """
 import json, sys

@@ -472,7 +472,8 @@ class PostgresStore(Store):
 
     def later(self, tx: Connection, sql: str, params: Sequence[Any] = ()) -> Later:
         """Sent with ``tx``'s next statement or its ``COMMIT`` (:class:`Transaction`)."""
-        return tx.later(sql, params)  # type: ignore[attr-defined] # Statements, or a wrapper
+        statements: Statements = tx  # type: ignore[assignment] # they are, or wrap them
+        return statements.later(sql, params)
 
     def set_timeout(self, seconds: float) -> None:
         self._turn_wait = seconds
