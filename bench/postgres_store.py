@@ -34,12 +34,14 @@ from typing import Any
 
 from orch_core.queue import Queue
 from orch_core.storage import open_store
-from orch_core.storage.postgres import BEGIN_WRITE
+from orch_core.storage.postgres import TAKE_WRITE_LOCK
 from orch_core.testing.kit import hook_script
 from orch_core.testing.payloads import payload
 from orch_core.testing.postgres import Cluster
 
 THREADS = 4
+#: How orch's transactions begin: BEGIN and the write lock (sent with the first statement).
+BEGIN_WRITE = f"BEGIN; {TAKE_WRITE_LOCK}"
 
 
 def timed(action: Callable[[], object], rounds: int) -> float:

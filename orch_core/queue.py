@@ -240,36 +240,35 @@ class Queue:
         return receipts
 
     def _insert_rows(self, tx: Any, now: float, items: list[Mapping[str, Any]]) -> list[Message]:
-        """Messages without a key or a dependency into the open transaction ``tx``, in two
-        statements (two round trips to a server, not one a message): each agent's last
-        number, then one insert of them all."""
-        agents = sorted({item["agent"] for item in items})
+        """Messages without a key or a dependency into the open transaction ``tx``, in one
+        statement (one round trip to a server, not one a message), which numbers each agent's
+        on from its last as it inserts them: a send on its own (:meth:`_insert_alone`) that
+        takes a number meanwhile has only that statement's time to do so."""
         for _ in range(8):
-            last = dict(  # a max per agent, each one index lookup (GROUP BY reads them all)
-                tx.execute(
-                    "SELECT v.column1, (SELECT max(seq) FROM messages WHERE agent = v.column1)"
-                    f" FROM (VALUES {', '.join(['(?)'] * len(agents))}) AS v",
-                    agents,
-                ).fetchall()
-            )
             drawn: set[str] = set()
             rows: list[tuple[Any, ...]] = []
+            nth: dict[str, int] = {}  # each agent's messages so far in this batch
             for item in items:
                 agent, ttl = item["agent"], item.get("ttl")
-                last[agent] = seq = (last.get(agent) or 0) + 1
+                nth[agent] = nth.get(agent, 0) + 1
                 while (message_id := new_id(now)) in drawn:
                     pass
                 drawn.add(message_id)
-                rows.append((message_id, agent, seq, item.get("priority", 0), item.get("sender"),
-                             item["text"], item.get("not_before"), now + ttl if ttl else None,
-                             now))  # fmt: skip
+                rows.append((message_id, agent, nth[agent], item.get("priority", 0),
+                             item.get("sender"), item["text"], item.get("not_before"),
+                             now + ttl if ttl else None, now))  # fmt: skip
+            # ``WHERE true``: without it SQLite would read ``ON CONFLICT`` as a join's ``ON``
             stored = {
                 got[0]: (*got, heard)
                 for *got, heard in tx.execute(
                     "INSERT INTO messages (id, agent, seq, priority, sender, body, state,"
-                    " not_before, expires, created) VALUES "
-                    + ", ".join(["(?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)"] * len(rows))
-                    + " ON CONFLICT DO NOTHING"
+                    " not_before, expires, created) SELECT v.column1, v.column2,"
+                    " (SELECT coalesce(max(seq), 0) FROM messages WHERE agent = v.column2)"
+                    " + v.column3, v.column4, v.column5, v.column6, 'queued',"
+                    " CAST(v.column7 AS DOUBLE PRECISION), CAST(v.column8 AS DOUBLE PRECISION),"
+                    " v.column9 FROM (VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+                    + ") AS v WHERE true ON CONFLICT DO NOTHING"
                     " RETURNING *, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)",
                     [value for row in rows for value in row],
                 ).fetchall()
@@ -277,14 +276,14 @@ class Queue:
             if len(stored) == len(rows):
                 break
             # an id drawn by another send in the same millisecond, or a number taken by a send
-            # on its own (_insert_alone): all of them again, so that their order holds
+            # on its own: all of them again, so that their order holds
             if stored:
                 tx.execute(
                     f"DELETE FROM messages WHERE id IN ({', '.join('?' * len(stored))})",
                     list(stored),
                 )
         else:
-            raise QueueError("could not draw a unique message id")
+            raise QueueError("other sends kept taking this batch's ids or numbers: try again")
         receipts = []
         for message_id, *_ in rows:
             *row, heard = stored[message_id]

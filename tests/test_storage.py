@@ -362,6 +362,29 @@ def test_concurrent_sends_number_each_agents_messages_once_and_in_the_order_each
         assert alone["seq"] == len(stored) + 1
 
 
+def test_a_new_sqlite_store_waits_for_another_connection_to_give_up_the_file(
+    tmp_path: Path,
+) -> None:
+    """SQLite switches a file to WAL without waiting for other connections (no busy handler):
+    a store opened while another writes to the new file (hooks and a supervisor starting at
+    once on a fresh store) tries again, within its timeout, instead of failing."""
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o700)
+    path = folder / "orch.db"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE creating (x)")
+    threading.Timer(0.3, other.execute, ("ROLLBACK",)).start()
+    store = SQLiteStore(str(path), timeout=5)
+    started = time.monotonic()
+    assert store.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert time.monotonic() - started >= 0.25  # it waited for the other connection
+    assert store.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    store.close()
+    other.close()
+
+
 @pytest.mark.orch_backends("postgresql")
 def test_postgresql_writers_take_turns_and_wait_no_longer_than_the_timeout(
     orch: OrchState,

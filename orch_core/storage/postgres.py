@@ -9,7 +9,7 @@ core and the plugins run on it unchanged:
   parsed in Python on every call of a statement with more than 50 of them (a batch of 100
   messages: 3.7 ms of parsing, docs/benchmarks.md).
 - **Writers take turns**, as SQLite's ``BEGIN IMMEDIATE`` makes them: every transaction begins
-  with ``pg_advisory_xact_lock`` on :data:`WRITE_LOCK`, in the same round trip as its ``BEGIN``.
+  with ``pg_advisory_xact_lock`` on :data:`WRITE_LOCK`, sent with its first statement.
   orch's claims read, then write, in one transaction (the messages an agent may take, the next
   sequence number, whether a recovery is under way) and count on nobody writing in between.
   SERIALIZABLE would abort one of two such transactions instead, and the block would have to
@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 
 #: The advisory lock every write transaction takes first ("orch" in ASCII).
 WRITE_LOCK = 0x6F726368
-BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+TAKE_WRITE_LOCK = f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"
 IDLE_IN_TRANSACTION = "60s"
 COMMITTING = " as it committed (whether the transaction took effect is unknown)"
 #: Seconds a failed connection attempt is remembered (and repeated without asking the server).
@@ -675,8 +675,7 @@ class Statements:
         conn, pending = self.conn, self.pending
         if self.begun is None:
             self.begun = False
-            lock = f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"
-            pending[:0] = [(Later(self), "BEGIN", ()), (Later(self), lock, ())]
+            pending[:0] = [(Later(self), "BEGIN", ()), (Later(self), TAKE_WRITE_LOCK, ())]
         self.pending = []
         cur = conn.cursor()
         try:

@@ -683,7 +683,7 @@ class SQLiteStore(Store):
         if version == SCHEMA_VERSION:
             return
         if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._to_wal(conn)
         with self.transaction(conn) as tx:
             version = tx.execute("PRAGMA user_version").fetchone()[0]
             for step in range(version + 1, SCHEMA_VERSION + 1):
@@ -691,6 +691,20 @@ class SQLiteStore(Store):
                     if statement.strip():
                         tx.execute(statement)
             tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _to_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch a new file to WAL. SQLite does not wait for other connections to do so (no
+        busy handler): while another creates the schema (hooks and a supervisor starting at
+        once on a fresh store), try again until the timeout."""
+        give_up = time.monotonic() + self.timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= give_up:
+                    raise
+                time.sleep(0.005)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
