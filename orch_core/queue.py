@@ -244,7 +244,7 @@ class Queue:
         statement (one round trip to a server, not one a message), which numbers each agent's
         on from its last as it inserts them: a send on its own (:meth:`_insert_alone`) that
         takes a number meanwhile has only that statement's time to do so."""
-        for _ in range(8):
+        for _ in _attempts(self.store):
             drawn: set[str] = set()
             rows: list[tuple[Any, ...]] = []
             nth: dict[str, int] = {}  # each agent's messages so far in this batch
@@ -323,12 +323,12 @@ class Queue:
         ):
             raise QueueError(f"--after: no message with id {after!r}")
         values = _values(now, agent, text, priority, sender, key, ttl, after, not_before)
-        for _ in range(8):  # an id drawn in the same millisecond, a number a send took first
+        for _ in _attempts(self.store):
             row = tx.execute(INSERT_ONE, (new_id(now), *values)).fetchone()
             if row is not None:
                 break
         else:
-            raise QueueError("could not draw a unique message id")
+            raise QueueError("other sends kept taking this message's id or number: try again")
         *stored, heard = row
         known.setdefault(agent, bool(heard))
         return {**self._record(tx, tuple(stored)), "known_agent": known[agent]}
@@ -954,7 +954,7 @@ class Queue:
                           record.get("after_id"), record.get("not_before"),
                           record.get("expires"), record.get("attempts", 0),
                           record.get("reason"), record.get("created", now))  # fmt: skip
-                for _ in range(8):  # a number a send on its own took first: read it again
+                for _ in _attempts(self.store):
                     if tx.execute(
                         "INSERT INTO messages (id, agent, seq, priority, sender, body, key,"
                         " state, after_id, not_before, expires, attempts, reason, created)"
@@ -985,6 +985,17 @@ def _values(
     """:data:`INSERT_ONE`'s values after the id, from :meth:`Queue.send`'s arguments."""
     return (agent, agent, priority, sender, text, key, after, not_before,
             now + ttl if ttl else None, now)  # fmt: skip
+
+
+def _attempts(store: Store) -> Iterator[None]:
+    """Tries at an insert that other sends may beat to its id (drawn in the same millisecond)
+    or its number (a send on its own): at least eight, then more until the store's timeout.
+    Each loss is another send's progress."""
+    give_up = time.monotonic() + store.timeout
+    tries = 0
+    while tries < 8 or time.monotonic() < give_up:
+        tries += 1
+        yield
 
 
 def _ready(message: Mapping[str, Any], now: float) -> bool:
