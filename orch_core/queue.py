@@ -261,14 +261,16 @@ class Queue:
             stored = {
                 got[0]: (*got, heard)
                 for *got, heard in tx.execute(
-                    "INSERT INTO messages (id, agent, seq, priority, sender, body, state,"
-                    " not_before, expires, created) SELECT v.column1, v.column2,"
-                    " (SELECT coalesce(max(seq), 0) FROM messages WHERE agent = v.column2)"
-                    " + v.column3, v.column4, v.column5, v.column6, 'queued',"
-                    " CAST(v.column7 AS DOUBLE PRECISION), CAST(v.column8 AS DOUBLE PRECISION),"
-                    " v.column9 FROM (VALUES "
+                    "WITH v AS (VALUES "
                     + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
-                    + ") AS v WHERE true ON CONFLICT DO NOTHING"
+                    + "), last AS (SELECT column2 AS agent, (SELECT coalesce(max(seq), 0)"
+                    " FROM messages WHERE agent = v.column2) AS seq FROM v GROUP BY column2)"
+                    " INSERT INTO messages (id, agent, seq, priority, sender, body, state,"
+                    " not_before, expires, created) SELECT v.column1, v.column2,"
+                    " last.seq + v.column3, v.column4, v.column5, v.column6, 'queued',"
+                    " CAST(v.column7 AS DOUBLE PRECISION), CAST(v.column8 AS DOUBLE PRECISION),"
+                    " v.column9 FROM v JOIN last ON last.agent = v.column2"
+                    " WHERE true ON CONFLICT DO NOTHING"
                     " RETURNING *, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)",
                     [value for row in rows for value in row],
                 ).fetchall()

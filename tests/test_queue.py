@@ -653,7 +653,7 @@ def test_a_batch_without_keys_goes_in_one_insert_in_order_and_numbered_after_the
     items = [{"agent": f"p:{1 + i % 2}", "text": f"n{i}", "priority": i % 3} for i in range(6)]
     receipts = q.send_many(items, now=T0 + 1)
     # the taken id: the others are taken back and all drawn again, so that their order holds
-    assert statements == ["INSERT", "DELETE", "INSERT"]
+    assert statements == ["WITH", "DELETE", "WITH"]  # WITH the batch's rows ... INSERT
     assert [(r["agent"], r["seq"], r["body"]) for r in receipts] == [
         ("p:1", 2, "n0"), ("p:2", 1, "n1"), ("p:1", 3, "n2"),
         ("p:2", 2, "n3"), ("p:1", 4, "n4"), ("p:2", 3, "n5"),
