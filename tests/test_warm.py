@@ -52,12 +52,19 @@ main()
 
 
 class Ran:
-    def __init__(self, done: subprocess.CompletedProcess[bytes], imported: list[str]) -> None:
+    def __init__(
+        self, done: subprocess.CompletedProcess[bytes], imported: list[str], state: Path
+    ) -> None:
         self.code = done.returncode
         self.stdout = done.stdout.decode()
         self.stderr = done.stderr.decode()
         self.heavy = set(imported)
         self.imported_psycopg = "psycopg" in self.heavy
+        # a run the backstop ended (exit 1) left its threads' stacks there: what held it up
+        self.stopped = [p.read_text(errors="replace") for p in state.glob("running/*")]
+
+    def __repr__(self) -> str:
+        return f"Ran(code={self.code}, stderr={self.stderr!r}, stopped={self.stopped!r})"
 
     @property
     def context(self) -> str:
@@ -82,7 +89,7 @@ def run(
         cwd=orch.project_dir, timeout=60, check=False,
     )  # fmt: skip
     imported = seen.read_text().split() if seen.exists() else []
-    return Ran(done, imported)
+    return Ran(done, imported, Path((env or orch.env)["ORCH_STATE_DIR"]))
 
 
 def prompt(orch: OrchState, tmp_path: Path, session: str = "s1") -> Ran:
@@ -127,7 +134,7 @@ def test_a_hook_is_answered_by_the_hosts_supervisor_without_importing_psycopg(
     assert not os.path.exists(warm.socket_path(orch.env))
     second = queue.send("p:1", "second, by the hook itself")
     cold = prompt(orch, tmp_path)
-    assert (cold.code, cold.imported_psycopg) == (0, True)
+    assert (cold.code, cold.imported_psycopg) == (0, True), cold
     assert cold.context.count("second, by the hook itself") == 1
     assert "first, through" not in cold.context
     assert state_of(queue, second["id"]) == "delivered"
@@ -197,7 +204,7 @@ def test_a_supervisor_that_takes_a_hook_and_never_answers_costs_one_budget(
         said = [r for r in orch.log() if r["msg"].startswith("no reply from the supervisor")]
         assert len(said) == 1 and "timed out" in said[0]["error"]
         cold = prompt(orch, tmp_path)
-        assert (cold.code, cold.imported_psycopg) == (0, True)
+        assert (cold.code, cold.imported_psycopg) == (0, True), cold
         assert cold.context.count("waits for a hook that does its own work") == 1
         assert len(taken) == 1
         assert doctor.warm_answers(orch.env).startswith(
@@ -278,7 +285,7 @@ def test_a_plugin_that_calls_os_exit_ends_its_own_call_not_the_supervisor(
         later = time.time_ns() + 10**9  # whatever the file system's clock
         os.utime(module, ns=(later, later))
         cold = prompt(orch, tmp_path)
-        assert (cold.code, cold.imported_psycopg) == (0, True)
+        assert (cold.code, cold.imported_psycopg) == (0, True), cold
         assert "changed" in cold.context
     finally:
         orch.stop_supervisor()
