@@ -18,7 +18,7 @@ import os
 import re
 import stat
 import time
-from itertools import groupby
+from itertools import count, groupby
 
 from orch_core import paths
 from orch_core.errors import OrchError
@@ -100,13 +100,35 @@ def band(priority: int) -> str:
     return "normal"
 
 
+class _Suffixes:
+    """The 6 hex digits that end a process's message ids: ascending from a random start,
+    which a forked child draws anew."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self._count = count(int.from_bytes(os.urandom(3), "big") + 1)  # atomic across threads
+
+    def next(self) -> str:
+        return f"{next(self._count) & 0xFFFFFF:06x}"
+
+
+_SUFFIXES = _Suffixes()
+os.register_at_fork(after_in_child=_SUFFIXES.restart)
+
+
 def new_id(now: float) -> str:
-    """Short, unique, roughly time-ordered: ``m`` + base-36 milliseconds + 6 random hex."""
+    """Short, unique, time-ordered: ``m`` + base-36 milliseconds + 6 hex digits, which ascend
+    from a random start in each process. A batch's ids, drawn in one millisecond, then sit side
+    by side in the indexes keyed by id (its history's too): a hook round writes fewer pages
+    than with random ones. Another process's ids of the same millisecond start elsewhere; the
+    insert draws again in the rare case they meet."""
     ms, digits = int(now * 1000), ""
     while ms:
         ms, r = divmod(ms, 36)
         digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
-    return f"m{digits}{os.urandom(3).hex()}"
+    return f"m{digits}{_SUFFIXES.next()}"
 
 
 def parse_duration(text: str) -> float:
@@ -245,16 +267,12 @@ class Queue:
         on from its last as it inserts them: a send on its own (:meth:`_insert_alone`) that
         takes a number meanwhile has only that statement's time to do so."""
         for _ in _attempts(self.store):
-            drawn: set[str] = set()
             rows: list[tuple[Any, ...]] = []
             nth: dict[str, int] = {}  # each agent's messages so far in this batch
             for item in items:
                 agent, ttl = item["agent"], item.get("ttl")
                 nth[agent] = nth.get(agent, 0) + 1
-                while (message_id := new_id(now)) in drawn:
-                    pass
-                drawn.add(message_id)
-                rows.append((message_id, agent, nth[agent], item.get("priority", 0),
+                rows.append((new_id(now), agent, nth[agent], item.get("priority", 0),
                              item.get("sender"), item["text"], item.get("not_before"),
                              now + ttl if ttl else None, now))  # fmt: skip
             # ``WHERE true``: without it SQLite would read ``ON CONFLICT`` as a join's ``ON``

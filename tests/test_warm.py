@@ -32,6 +32,14 @@ from orch_core.testing.tmux import TmuxServer, wait_until
 
 pytestmark = pytest.mark.orch_backends("postgresql")
 
+
+@pytest.fixture(autouse=True)
+def _room(request: pytest.FixtureRequest) -> None:
+    """Hooks that do their own work import psycopg and connect: on a loaded machine that may
+    outlast the default budget, and these tests are of who answers, not of time."""
+    if "orch" in request.fixturenames:
+        request.getfixturevalue("orch").give_hooks_room()
+
 #: orch-hook's own ``main`` (or orch's), in a process that notes each heavy module it imports:
 #: psycopg, and socket (7 ms: the hook's side of the exchange needs only ``_socket``).
 HOOK = """

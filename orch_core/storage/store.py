@@ -709,6 +709,14 @@ class SQLiteStore(Store):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
 
+    def write_alone(
+        self, sql: str, params: Sequence[Any] = (), *, notify: tuple[str, Sequence[str]] = ("", ())
+    ) -> list[Any]:
+        """The statement in autocommit: SQLite takes the write lock as it starts and commits
+        as it ends, one call where ``BEGIN IMMEDIATE`` ... ``COMMIT`` takes three (a tenth of
+        a send). Nobody else is told (``notify``): the store is this machine's."""
+        return self.conn.execute(sql, params).fetchall()
+
     def transaction(self, conn: sqlite3.Connection | None = None) -> Transaction:
         """A ``BEGIN IMMEDIATE`` transaction: it takes the write lock first, so it never
         fails half-way for another writer."""
