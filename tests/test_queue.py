@@ -673,13 +673,14 @@ def test_a_processes_ids_of_one_millisecond_ascend_and_a_forked_child_draws_its_
     parent and child would draw the same ids."""
     from orch_core import queue as queue_module
 
-    monkeypatch.setattr(queue_module.os, "urandom", lambda n: b"\x00\x10\x00"[:n])
+    monkeypatch.setattr(os, "urandom", lambda n: b"\x00\x10\x00"[:n])
     queue_module._SUFFIXES.restart()
     ids = [queue_module.new_id(T0) for _ in range(500)]
     assert ids == sorted(ids) and len(set(ids)) == 500
     assert (ids[0][-6:], ids[-1][-6:]) == ("001001", "0011f4")
     assert {i[:-6] for i in ids} == {queue_module.new_id(T0)[:-6]}  # the millisecond's part
     monkeypatch.undo()
+    queue_module._SUFFIXES.restart()  # a random start again
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child

@@ -40,6 +40,7 @@ def _room(request: pytest.FixtureRequest) -> None:
     if "orch" in request.fixturenames:
         request.getfixturevalue("orch").give_hooks_room()
 
+
 #: orch-hook's own ``main`` (or orch's), in a process that notes each heavy module it imports:
 #: psycopg, and socket (7 ms: the hook's side of the exchange needs only ``_socket``).
 HOOK = """
