@@ -70,13 +70,14 @@ PREVIEW = 500
 WAKE_CHANNEL = "orch_wake"
 #: Messages :meth:`Queue.send_many` stores a statement (9 values each; SQLite takes 32,766).
 INSERT_ROWS = 500
-#: One message in, with its agent's next number, and whether orch has heard from the agent.
+#: One message in, with its agent's next number, and whether orch has heard from the agent
+#: (the rest of its receipt is what was sent: :meth:`Queue._receipt`).
 INSERT_ONE = (
     "INSERT INTO messages (id, agent, seq, priority, sender, body, key, state, after_id,"
     " not_before, expires, created)"
     " VALUES (?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE agent = ?),"
     " ?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT DO NOTHING"
-    " RETURNING *, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)"
+    " RETURNING seq, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)"
 )
 #: Tries of a send on its own before it waits for its turn (:meth:`Queue._insert_alone`).
 ALONE_TRIES = 3
@@ -277,8 +278,8 @@ class Queue:
                              now + ttl if ttl else None, now))  # fmt: skip
             # ``WHERE true``: without it SQLite would read ``ON CONFLICT`` as a join's ``ON``
             stored = {
-                got[0]: (*got, heard)
-                for *got, heard in tx.execute(
+                message_id: (seq, heard)
+                for message_id, seq, heard in tx.execute(
                     "WITH v AS (VALUES "
                     + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
                     + "), last AS (SELECT column2 AS agent, (SELECT coalesce(max(seq), 0)"
@@ -289,7 +290,7 @@ class Queue:
                     " CAST(v.column7 AS DOUBLE PRECISION), CAST(v.column8 AS DOUBLE PRECISION),"
                     " v.column9 FROM v JOIN last ON last.agent = v.column2"
                     " WHERE true ON CONFLICT DO NOTHING"
-                    " RETURNING *, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)",
+                    " RETURNING id, seq, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)",
                     [value for row in rows for value in row],
                 ).fetchall()
             }
@@ -305,9 +306,10 @@ class Queue:
         else:
             raise QueueError("other sends kept taking this batch's ids or numbers: try again")
         receipts = []
-        for message_id, *_ in rows:
-            *row, heard = stored[message_id]
-            receipts.append({**self._record(tx, tuple(row)), "known_agent": bool(heard)})
+        for message_id, agent, _, priority, sender, text, not_before, expires, _ in rows:
+            seq, heard = stored[message_id]
+            values = (agent, agent, priority, sender, text, None, None, not_before, expires, now)
+            receipts.append(self._receipt(tx, message_id, seq, values, bool(heard)))
         return receipts
 
     def _insert(
@@ -344,14 +346,15 @@ class Queue:
             raise QueueError(f"--after: no message with id {after!r}")
         values = _values(now, agent, text, priority, sender, key, ttl, after, not_before)
         for _ in _attempts(self.store):
-            row = tx.execute(INSERT_ONE, (new_id(now), *values)).fetchone()
+            message_id = new_id(now)
+            row = tx.execute(INSERT_ONE, (message_id, *values)).fetchone()
             if row is not None:
                 break
         else:
             raise QueueError("other sends kept taking this message's id or number: try again")
-        *stored, heard = row
+        seq, heard = row
         known.setdefault(agent, bool(heard))
-        return {**self._record(tx, tuple(stored)), "known_agent": known[agent]}
+        return self._receipt(tx, message_id, seq, values, known[agent])
 
     def _insert_alone(self, now: float, item: Mapping[str, Any]) -> Message | None:
         """A message without a key or a dependency in a write of its own: on a server one
@@ -364,12 +367,13 @@ class Queue:
         values = _values(now, **item)
         ready = [agent] if _ready(item, now) else []
         for _ in range(ALONE_TRIES):  # or an id drawn by another send in the same millisecond
+            message_id = new_id(now)
             rows = self.store.write_alone(
-                INSERT_ONE, (new_id(now), *values), notify=(WAKE_CHANNEL, ready)
+                INSERT_ONE, (message_id, *values), notify=(WAKE_CHANNEL, ready)
             )
             if rows:
-                *stored, heard = rows[0]
-                return {**self._record(self.store, tuple(stored)), "known_agent": bool(heard)}
+                ((seq, heard),) = rows
+                return self._receipt(self.store, message_id, seq, values, bool(heard))
         return None
 
     def _check(self, agent: str, text: str, priority: int, ttl: float | None) -> None:
@@ -455,12 +459,32 @@ class Queue:
 
     def _record(self, conn: Any, row: tuple[Any, ...]) -> Message:
         """A ``SELECT *`` row of ``messages`` as a dict, with its priority band."""
+        record = dict(zip(self._columns_of(conn), row, strict=True))
+        record["band"] = band(record["priority"])
+        return record
+
+    def _receipt(
+        self, conn: Any, message_id: str, seq: int, values: tuple[Any, ...], known: bool
+    ) -> Message:
+        """The record of a message just stored, from its id, the values it was stored with
+        (:func:`_values`) and the number the store gave it, the other columns being a new
+        message's: not read back (a large body would come back whole)."""
+        agent, _, priority, sender, body, key, after_id, not_before, expires, created = values
+        record = dict.fromkeys(self._columns_of(conn))
+        record.update(
+            id=message_id, agent=agent, seq=seq, priority=priority, sender=sender, body=body,
+            key=key, state="queued", after_id=after_id, not_before=_real(not_before),
+            expires=_real(expires), attempts=0, checks=0, created=float(created),
+            band=band(priority), known_agent=known,
+        )  # fmt: skip
+        return record
+
+    def _columns_of(self, conn: Any) -> list[str]:
+        """The columns of ``messages``, in ``SELECT *``'s order (read once)."""
         if self._columns is None:
             cur = conn.execute("SELECT * FROM messages LIMIT 0")
             self._columns = [d[0] for d in cur.description]
-        record = dict(zip(self._columns, row, strict=True))
-        record["band"] = band(record["priority"])
-        return record
+        return self._columns
 
     # -- changing --------------------------------------------------------------------------
 
@@ -1005,6 +1029,11 @@ def _values(
     """:data:`INSERT_ONE`'s values after the id, from :meth:`Queue.send`'s arguments."""
     return (agent, agent, priority, sender, text, key, after, not_before,
             now + ttl if ttl else None, now)  # fmt: skip
+
+
+def _real(value: float | None) -> float | None:
+    """A time as the store keeps it (a floating-point column)."""
+    return None if value is None else float(value)
 
 
 def _attempts(store: Store) -> Iterator[None]:

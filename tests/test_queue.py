@@ -694,6 +694,28 @@ def test_a_processes_ids_of_one_millisecond_ascend_and_a_forked_child_draws_its_
     assert child.startswith("m") and child not in parents
 
 
+def test_a_receipt_is_the_stored_message_whichever_way_it_was_sent(q: Queue) -> None:
+    """Receipts are built from what was sent and the number the store gave (a large body is
+    not read back): each is the message as stored, for a send on its own, one in a
+    transaction (with a key) and a batch; times given as integers come back as stored."""
+    know(q.store, "p:2")
+    t0 = int(T0)
+    receipts = [
+        q.send("p:1", "alone", sender="a", ttl=60, now=t0),
+        q.send("p:2", "keyed", key="k", priority=50, not_before=t0 + 5, now=t0),
+        *q.send_many(
+            [{"agent": "p:1", "text": "b1", "not_before": t0 + 9}, {"agent": "p:2", "text": "b2"}],
+            now=t0,
+        ),
+    ]
+    stored = {m["id"]: m for m in q.messages()}
+    for receipt in receipts:
+        assert receipt == {**stored[receipt["id"]], "known_agent": receipt["agent"] == "p:2"}
+    assert [type(r["created"]) for r in receipts] == [float] * 4
+    assert (receipts[0]["expires"], receipts[1]["not_before"]) == (T0 + 60, T0 + 5)
+    assert [r["seq"] for r in receipts] == [1, 1, 2, 2]
+
+
 def test_a_send_that_keeps_losing_its_id_or_number_waits_for_its_turn(
     q: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
