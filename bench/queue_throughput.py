@@ -22,9 +22,12 @@ WAL file's growth over 500 sends, divided by the page size plus the frame header
 
 The contenders alternate, ``--rounds`` times, so machine noise hits all alike; the table shows
 each one's median round. orch is installed in ``.cache/bench-venv`` as users get it (regular, not
-editable), next to ``persist-queue`` (pinned), which is not a dependency of orch.
+editable), next to ``persist-queue`` (pinned), which is not a dependency of orch. With
+``--against REV``, orch as it was at git revision REV runs the same three ways in each round,
+in a process of its own (``.cache/rev-COMMIT``).
 
     .venv/bin/python bench/queue_throughput.py            # --rounds 3 --synchronous FULL
+    .venv/bin/python bench/queue_throughput.py --against ddb7166
     .venv/bin/python bench/queue_throughput.py --profile  # and where orch's time goes
 """
 
@@ -44,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from regular_install import regular_venv
+from regular_install import regular_venv, revision_venv
 
 PERSIST_QUEUE = "persist-queue==1.1.0"
 BODY = 200
@@ -154,8 +157,9 @@ def _pragmas(conn: sqlite3.Connection) -> str:
     return f"journal_mode={journal}, synchronous={sync}"
 
 
+PQ_LABEL = "persist-queue SQLiteAckQueue (put, get + ack each)"
 CONTENDERS = {
-    "persist-queue SQLiteAckQueue (put, get + ack each)": "pq",
+    PQ_LABEL: "pq",
     "orch (send, hook rounds: confirm + claim a batch)": "orch",
     "orch (send, hook rounds: confirm + claim one each)": "orch1",
     "orch (send_many by 100, hook rounds: confirm + claim a batch)": "orch_many",
@@ -178,26 +182,38 @@ def inner(args: argparse.Namespace) -> None:
     if args.profile:
         profile(messages, args.synchronous)
         return
-    results: dict[str, list[dict[str, Any]]] = {key: [] for key in CONTENDERS.values()}
+    if args.contender:  # one round of one contender, for a run --against a revision
+        print(json.dumps(run(args.contender, messages, args.synchronous)))
+        return
+    contenders = dict(CONTENDERS)
+    if args.against:  # then every round in a fresh process, this install's as the other's
+        rev, python = args.against.split("=", 1)
+        contenders = {label: f"{key}@{sys.executable}" for label, key in CONTENDERS.items()}
+        contenders.update({label.replace("orch", f"orch at {rev}", 1): f"{key}@{python}"
+                           for label, key in CONTENDERS.items() if key != "pq"})  # fmt: skip
+    results: dict[str, list[dict[str, Any]]] = {key: [] for key in contenders.values()}
     run("orch", messages[: len(messages) // 10], args.synchronous)  # warm-up: imports, cache
     run("pq", messages[: len(messages) // 10], args.synchronous)
     for _ in range(args.rounds):
-        for key in CONTENDERS.values():
-            results[key].append(run(key, messages, args.synchronous))
+        for key in contenders.values():
+            if "@" in key:
+                results[key].append(run_elsewhere(key, args))
+            else:
+                results[key].append(run(key, messages, args.synchronous))
     total = len(messages)
     fs = _filesystem(tempfile.gettempdir())
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}")  # fmt: skip
     print(f"messages: {args.agents} agents x {args.messages} = {total}, {BODY} characters each;"
           f" {args.rounds} rounds, alternating; median round shown")  # fmt: skip
+    first = {key.split("@")[0]: rounds[0] for key, rounds in results.items()}
     print(f"files: a fresh folder per round in {tempfile.gettempdir()} ({fs}); as read back: "
-          f"persist-queue {results['pq'][0]['pragmas']}, "
-          f"orch {results['orch'][0]['pragmas']}")  # fmt: skip
+          f"persist-queue {first['pq']['pragmas']}, orch {first['orch']['pragmas']}")  # fmt: skip
     print()
     print("| queue | send s | deliver + confirm s | total s | messages/s | vs persist-queue |")
     print("|---|---|---|---|---|---|")
-    base = statistics.median(r["send"] + r["deliver"] for r in results["pq"])
-    for label, key in CONTENDERS.items():
+    base = statistics.median(r["send"] + r["deliver"] for r in results[contenders[PQ_LABEL]])
+    for label, key in contenders.items():
         rounds = sorted(results[key], key=lambda r: r["send"] + r["deliver"])
         mid = rounds[len(rounds) // 2]
         seconds = mid["send"] + mid["deliver"]
@@ -213,6 +229,16 @@ def inner(args: argparse.Namespace) -> None:
     print("|---|---|")
     for label, pages in wal_pages_delivered(messages[:300]).items():
         print(f"| {label} | {pages:.2f} |")
+
+
+def run_elsewhere(key: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One round of contender ``KEY@PYTHON`` in that Python's install of orch."""
+    name, python = key.split("@", 1)
+    argv = [python, __file__, "--inner", "--contender", name, "--agents", str(args.agents),
+            "--messages", str(args.messages), "--synchronous", args.synchronous]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def wal_pages(messages: list[tuple[str, str]]) -> dict[str, float]:
@@ -402,13 +428,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     parser.add_argument("--profile", action="store_true", help="cProfile orch instead")
+    parser.add_argument("--against", metavar="REV", help="also orch as it was at git revision REV")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--contender", choices=sorted(CONTENDERS.values()), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
         inner(args)
         return
     python = regular_venv("bench-venv", PERSIST_QUEUE) / "python"
-    argv = [str(python), __file__, "--inner", *sys.argv[1:]]
+    argv = [str(python), __file__, "--inner", "--agents", str(args.agents),
+            "--messages", str(args.messages), "--rounds", str(args.rounds),
+            "--synchronous", args.synchronous]  # fmt: skip
+    if args.profile:
+        argv.append("--profile")
+    if args.against:
+        argv += ["--against", f"{args.against}={revision_venv(args.against) / 'python'}"]
     raise SystemExit(subprocess.run(argv, check=False).returncode)
 
 
