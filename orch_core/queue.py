@@ -120,11 +120,11 @@ os.register_at_fork(after_in_child=_SUFFIXES.restart)
 
 
 def new_id(now: float) -> str:
-    """Short, unique, time-ordered: ``m`` + base-36 milliseconds + 6 hex digits, which ascend
-    from a random start in each process. A batch's ids, drawn in one millisecond, then sit side
-    by side in the indexes keyed by id (its history's too): a hook round writes fewer pages
-    than with random ones. Another process's ids of the same millisecond start elsewhere; the
-    insert draws again in the rare case they meet."""
+    """Short, unique, ordered by time to the millisecond: ``m`` + base-36 milliseconds + 6 hex
+    digits, which ascend from a random start in each process. A batch's ids, drawn in one
+    millisecond, then sit side by side in the indexes keyed by id (its history's too): a hook
+    round writes fewer pages than with random ones. Another process's ids of the same
+    millisecond start elsewhere; the insert draws again in the rare case they meet."""
     ms, digits = int(now * 1000), ""
     while ms:
         ms, r = divmod(ms, 36)
