@@ -8,8 +8,9 @@ or seconds goes back to ``queued``: at-least-once, never a duplicate once confir
 change is a row in ``message_events`` with its time.
 
 Order: highest priority first, then the agent's own sequence number (gap-free, FIFO within a
-priority). Every write is one short ``BEGIN IMMEDIATE`` transaction with no I/O inside it. This
-module runs in ``orch-hook``: standard library only.
+priority). Every write is one short transaction with no I/O inside it: ``BEGIN IMMEDIATE``, or
+one statement for a plain send (:meth:`Store.write_alone`). This module runs in ``orch-hook``:
+standard library only.
 """
 
 from __future__ import annotations
