@@ -385,6 +385,30 @@ def test_a_new_sqlite_store_waits_for_another_connection_to_give_up_the_file(
     other.close()
 
 
+@pytest.mark.orch_backends("sqlite")
+def test_a_send_on_its_own_waits_for_another_sqlite_writer_then_stores_once(
+    orch: OrchState,
+) -> None:
+    """A plain send is one autocommit statement on SQLite: it waits for another writer's turn
+    within the store's timeout (no "database is locked"), and stores the message once."""
+    queue = Queue(orch.store)
+    queue.send("p:1", "first")
+    assert isinstance(orch.store, SQLiteStore)
+    other = sqlite3.connect(orch.store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO alerts (ts, kind, message) VALUES (1, 'test', 'held')")
+    threading.Timer(0.3, other.execute, ("COMMIT",)).start()
+    started = time.monotonic()
+    receipt = queue.send("p:1", "while another writes")
+    assert time.monotonic() - started >= 0.25  # it waited for the other writer
+    assert [(m["body"], m["seq"]) for m in queue.messages("p:1")] == [
+        ("first", 1),
+        ("while another writes", 2),
+    ]
+    assert receipt["seq"] == 2
+    other.close()
+
+
 @pytest.mark.orch_backends("postgresql")
 def test_postgresql_writers_take_turns_and_wait_no_longer_than_the_timeout(
     orch: OrchState,
