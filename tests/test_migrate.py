@@ -18,7 +18,7 @@ from orch_core.ops import alerts
 from orch_core.queue import Queue
 from orch_core.storage import migrate, open_store
 from orch_core.supervisor import lifecycle
-from orch_core.testing.kit import OrchState
+from orch_core.testing.kit import ROOMY_BUDGET_MS, OrchState
 from orch_core.testing.payloads import payload
 from orch_core.testing.postgres import Cluster
 
@@ -306,6 +306,8 @@ def test_export_and_import_work_across_stores(orch: OrchState, target: str, dire
         (sqlite_db, target) if direction == "sqlite to postgresql" else (target, sqlite_db)
     )
     orch.env["ORCH_DB"] = source
+    # hooks on PostgreSQL import psycopg and connect: a test of what moves, not of time
+    orch.write_config(f"[orch]\nbudget_ms = {ROOMY_BUDGET_MS}\n", user=True)
     queue = Queue(orch.store)
     queue.send(AGENT, "plain", sender="lead")
     queue.send(AGENT, "ünïcode ✓ and 'quotes' and %s", priority=60, key="k")

@@ -20,7 +20,7 @@ from orch_core.queue import Queue
 from orch_core.storage import open_store, postgres
 from orch_core.storage.postgres import WRITE_LOCK, PostgresStore
 from orch_core.storage.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, Store, StoreError
-from orch_core.testing.kit import OrchState
+from orch_core.testing.kit import ROOMY_BUDGET_MS, OrchState
 from orch_core.testing.payloads import payload
 
 NOTES = """
@@ -214,7 +214,7 @@ def test_the_users_own_config_sends_every_hook_and_command_to_postgresql(
     orch: OrchState,
 ) -> None:
     url = orch.env.pop("ORCH_DB")
-    orch.write_config(f'[orch]\ndatabase = "{url}"\n', user=True)
+    orch.write_config(f'[orch]\ndatabase = "{url}"\nbudget_ms = {ROOMY_BUDGET_MS}\n', user=True)
     assert orch.run_hook(payload("PostToolUse"), ORCH_AGENT="p:1").exit_code == 0
     done = orch.cli("send", "p:1", "hello")
     assert done.returncode == 0, done.stderr
