@@ -14,16 +14,23 @@ from typing import Any
 import pytest
 
 from orch_core.queue import MAX_TEXT, Queue
-from orch_core.testing.kit import OrchState, hook_script
+from orch_core.testing.kit import ROOMY_BUDGET_MS, OrchState, hook_script
 from orch_core.testing.payloads import payload
 
-pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
+# tests of what plugins do, not of time
+pytestmark = [pytest.mark.orch_backends("sqlite", "postgresql"), pytest.mark.orch_roomy_hooks]
 
 
-@pytest.fixture(autouse=True)
-def _room(request: pytest.FixtureRequest) -> None:
-    if "orch" in request.fixturenames:  # these tests are of what plugins do, not of time
-        request.getfixturevalue("orch").give_hooks_room()
+def test_the_roomy_hooks_marker_gives_hooks_room_on_postgresql_only(
+    orch: OrchState, orch_backend: str
+) -> None:
+    """``orch_roomy_hooks`` (this module's): the user's config gives hooks 3 s on PostgreSQL,
+    where each imports psycopg and connects; on SQLite the default budget stands."""
+    config = Path(orch.env["XDG_CONFIG_HOME"]) / "orch" / "config.toml"
+    if orch_backend == "postgresql":
+        assert config.read_text() == f"[orch]\nbudget_ms = {ROOMY_BUDGET_MS}\n"
+    else:
+        assert not config.exists()
 
 
 ORCH = os.path.join(os.path.dirname(sys.executable), "orch")

@@ -14,13 +14,8 @@ from orch_core.queue import Queue
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
 
-pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
-
-
-@pytest.fixture(autouse=True)
-def _room(request: pytest.FixtureRequest) -> None:
-    if "orch" in request.fixturenames:  # these tests are of what plugins do, not of time
-        request.getfixturevalue("orch").give_hooks_room()
+# tests of what plugins do, not of time
+pytestmark = [pytest.mark.orch_backends("sqlite", "postgresql"), pytest.mark.orch_roomy_hooks]
 
 
 def git(project: Path, *args: str) -> None:

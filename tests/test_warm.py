@@ -30,15 +30,9 @@ from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
 from orch_core.testing.tmux import TmuxServer, wait_until
 
-pytestmark = pytest.mark.orch_backends("postgresql")
-
-
-@pytest.fixture(autouse=True)
-def _room(request: pytest.FixtureRequest) -> None:
-    """Hooks that do their own work import psycopg and connect: on a loaded machine that may
-    outlast the default budget, and these tests are of who answers, not of time."""
-    if "orch" in request.fixturenames:
-        request.getfixturevalue("orch").give_hooks_room()
+# Hooks that do their own work import psycopg and connect: on a loaded machine that may outlast
+# the default budget, and these tests are of who answers, not of time.
+pytestmark = [pytest.mark.orch_backends("postgresql"), pytest.mark.orch_roomy_hooks]
 
 
 #: orch-hook's own ``main`` (or orch's), in a process that notes each heavy module it imports:

@@ -11,6 +11,9 @@
   marked ``@pytest.mark.orch_backends("sqlite", "postgresql")``: then it runs once on each,
   PostgreSQL with a fresh database of ``orch_postgres``, the session's private server (started
   on first use; a machine without PostgreSQL fails such tests, it does not skip them).
+- ``@pytest.mark.orch_roomy_hooks``: the test's ``orch`` gives hooks room on PostgreSQL
+  (:meth:`~orch_core.testing.kit.OrchState.give_hooks_room`), for tests of what hooks do, not
+  of their time.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "orch_backends(*names): run the test's `orch` on each store named "
         f"({', '.join(BACKENDS)})",
+    )  # fmt: skip
+    config.addinivalue_line(
+        "markers", "orch_roomy_hooks: the test's `orch` gives hooks room on PostgreSQL",
     )  # fmt: skip
 
 
@@ -72,6 +78,8 @@ def orch(tmp_path: Path, orch_backend: str, request: pytest.FixtureRequest) -> I
     if orch_backend == "postgresql":
         state.cluster = request.getfixturevalue("orch_postgres")
         state.env["ORCH_DB"] = state.new_database()
+    if request.node.get_closest_marker("orch_roomy_hooks"):
+        state.give_hooks_room()
     yield state
     state.close()
 
