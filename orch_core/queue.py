@@ -268,15 +268,14 @@ class Queue:
         statement (one round trip to a server, not one a message), which numbers each agent's
         on from its last as it inserts them: a send on its own (:meth:`_insert_alone`) that
         takes a number meanwhile has only that statement's time to do so."""
+        sent = [_values(now, **item) for item in items]
         for _ in _attempts(self.store):
             rows: list[tuple[Any, ...]] = []
             nth: dict[str, int] = {}  # each agent's messages so far in this batch
-            for item in items:
-                agent, ttl = item["agent"], item.get("ttl")
+            for agent, _, priority, sender, text, _, _, not_before, expires, created in sent:
                 nth[agent] = nth.get(agent, 0) + 1
-                rows.append((new_id(now), agent, nth[agent], item.get("priority", 0),
-                             item.get("sender"), item["text"], item.get("not_before"),
-                             now + ttl if ttl else None, now))  # fmt: skip
+                rows.append((new_id(now), agent, nth[agent], priority, sender, text, not_before,
+                             expires, created))  # fmt: skip
             # ``WHERE true``: without it SQLite would read ``ON CONFLICT`` as a join's ``ON``
             stored = {
                 message_id: (seq, heard)
@@ -307,9 +306,8 @@ class Queue:
         else:
             raise QueueError("other sends kept taking this batch's ids or numbers: try again")
         receipts = []
-        for message_id, agent, _, priority, sender, text, not_before, expires, _ in rows:
+        for (message_id, *_), values in zip(rows, sent, strict=True):
             seq, heard = stored[message_id]
-            values = (agent, agent, priority, sender, text, None, None, not_before, expires, now)
             receipts.append(self._receipt(tx, message_id, seq, values, bool(heard)))
         return receipts
 
@@ -1027,7 +1025,8 @@ def _values(
     after: str | None = None,
     not_before: float | None = None,
 ) -> tuple[Any, ...]:
-    """:data:`INSERT_ONE`'s values after the id, from :meth:`Queue.send`'s arguments."""
+    """A new message's values, from :meth:`Queue.send`'s arguments: :data:`INSERT_ONE`'s after
+    the id (the agent twice, the second for its number), and what its receipt is built from."""
     return (agent, agent, priority, sender, text, key, after, not_before,
             now + ttl if ttl else None, now)  # fmt: skip
 
