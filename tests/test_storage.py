@@ -18,6 +18,7 @@ import pytest
 from orch_core.hook.context import Runtime
 from orch_core.queue import Queue
 from orch_core.storage import open_store, postgres
+from orch_core.storage import store as sqlite_store
 from orch_core.storage.postgres import WRITE_LOCK, PostgresStore
 from orch_core.storage.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, Store, StoreError
 from orch_core.testing.kit import ROOMY_BUDGET_MS, OrchState
@@ -383,6 +384,32 @@ def test_a_new_sqlite_store_waits_for_another_connection_to_give_up_the_file(
     assert store.execute("SELECT count(*) FROM messages").fetchone() == (0,)
     store.close()
     other.close()
+
+
+def test_a_new_sqlite_file_gets_orchs_page_size_and_an_older_one_keeps_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite fixes a file's page size when it first writes it: the store sets orch's before
+    the switch to WAL. A store made with SQLite's default 4 KiB pages (every orch before the
+    change) keeps them and goes on working."""
+    folder = tmp_path / "state"
+    fresh = SQLiteStore(str(folder / "fresh.db"))
+    assert fresh.execute("PRAGMA page_size").fetchone() == (sqlite_store.PAGE_SIZE,)
+    assert sqlite_store.PAGE_SIZE != 4096
+    fresh.close()
+
+    monkeypatch.setattr(sqlite_store, "PAGE_SIZE", 4096)
+    made_before = SQLiteStore(str(folder / "older.db"))
+    assert made_before.execute("PRAGMA page_size").fetchone() == (4096,)
+    made_before.close()
+    monkeypatch.undo()
+    older = SQLiteStore(str(folder / "older.db"))
+    assert older.execute("PRAGMA page_size").fetchone() == (4096,)
+    sent = Queue(older).send("p:1", "still delivered")
+    assert older.execute("SELECT body FROM messages WHERE id = ?", (sent["id"],)).fetchall() == [
+        ("still delivered",)
+    ]
+    older.close()
 
 
 @pytest.mark.orch_backends("sqlite")

@@ -56,6 +56,11 @@ if TYPE_CHECKING:
 
 
 SCHEMA_VERSION = 13
+#: A new file's page size. A send or a hook round changes a few hundred bytes in four to six
+#: b-trees, and every page it touches goes to the WAL whole: sends one at a time are 10-20%
+#: faster than with SQLite's default 4 KiB, and batches lose nothing (docs/benchmarks.md,
+#: "Smaller pages"). A file made before keeps its own.
+PAGE_SIZE = 2048
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -683,6 +688,7 @@ class SQLiteStore(Store):
         if version == SCHEMA_VERSION:
             return
         if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self._to_wal(conn)
         with self.transaction(conn) as tx:
             version = tx.execute("PRAGMA user_version").fetchone()[0]
