@@ -55,12 +55,12 @@ if TYPE_CHECKING:
         def close(self) -> None: ...
 
 
-SCHEMA_VERSION = 13
 #: A new file's page size. A send or a hook round changes a few hundred bytes in four to six
 #: b-trees, and every page it touches goes to the WAL whole: sends one at a time are 7-18%
 #: faster than with SQLite's default 4 KiB, and batches lose nothing (docs/benchmarks.md,
 #: "Smaller pages"). A file made before keeps its own.
 PAGE_SIZE = 2048
+SCHEMA_VERSION = 13
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
