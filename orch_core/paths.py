@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from orch_core.errors import OrchError
 
@@ -107,7 +108,11 @@ class UnsafeState(OrchError, OSError):
 def check_private(path: str, info: os.stat_result) -> None:
     """Refuse a state file or folder that is not the user's own, or that others may write:
     another local user could otherwise queue messages into an agent's context or change the
-    command ``orch restart`` runs."""
+    command ``orch restart`` runs. Given ``os.lstat``'s answer, refuse a symbolic link too:
+    orch writes only through links it made itself, and it makes none."""
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafeState(f"{path} is a symbolic link: orch keeps its state in files of its "
+                          "own (to keep it elsewhere, set ORCH_STATE_DIR)")  # fmt: skip
     if info.st_uid != os.geteuid():
         raise UnsafeState(f"{path} belongs to another user (uid {info.st_uid}): orch keeps "
                           "its state only in files and folders of your own")  # fmt: skip

@@ -231,6 +231,25 @@ def test_state_that_others_could_change_is_refused(orch: OrchState, what: str) -
     assert (result.exit_code, result.stdout) == (0, "")  # the agent goes on; nothing delivered
 
 
+def test_a_database_that_is_a_link_is_refused_and_nothing_is_written_through_it(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """A link planted where the database goes would have orch make a database of whatever
+    file it names (or put the state somewhere else): the CLI refuses it in one line, the
+    hook lets the agent go on, and the file the link names stays as it was."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"")
+    database = Path(orch.env["ORCH_DB"])
+    database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    database.symlink_to(elsewhere)
+    one_line_error(orch.cli("send", "a:1", "hello"), str(database), "symbolic link")
+    one_line_error(orch.cli("queue"), "symbolic link")
+    result = orch.run_hook(payload("PostToolUse"), ORCH_AGENT="a:1")
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert elsewhere.read_bytes() == b""
+    assert database.is_symlink()
+
+
 def test_orch_db_in_a_shared_folder_does_not_make_it_the_state_folder(
     orch: OrchState, tmp_path: Path
 ) -> None:

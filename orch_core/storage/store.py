@@ -628,7 +628,7 @@ class SQLiteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         folder = os.path.dirname(os.path.abspath(self.path))
         try:
-            info = os.stat(self.path)
+            info = os.lstat(self.path)  # a link here is refused, not followed
         except FileNotFoundError:
             size: int | None = None
         else:
