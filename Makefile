@@ -17,7 +17,7 @@ setup: $(VENV)/.installed bytecode tmux chromium postgresql $(CLAUDE_BIN)
 $(VENV)/.installed: pyproject.toml plugins/contrib/orch-guard/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]' ./plugins/contrib/orch-guard
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./plugins/contrib/orch-guard
 	touch $@
 
 # Every hook is a fresh process. With PYTHONDONTWRITEBYTECODE set, Python would compile the

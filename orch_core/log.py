@@ -30,7 +30,7 @@ def write(level: str, msg: str, env: Mapping[str, str] = os.environ, **fields: A
     path = paths.log_path(env)
     try:
         paths.ensure_private_dir(os.path.dirname(path))
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, line.encode("utf-8", "replace"))
             size = os.fstat(fd).st_size

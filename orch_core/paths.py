@@ -136,3 +136,15 @@ def ensure_private_dir(path: str) -> None:
             pass
         return
     check_private(path, info)
+
+
+def ensure_own_dir(path: str) -> None:
+    """:func:`ensure_private_dir` for a folder orch makes inside its state folder (plans,
+    locks, backups, large messages): a symbolic link there is refused, not followed, since orch
+    made none. The state folder itself may be a link of the user's."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        ensure_private_dir(path)
+        return
+    check_private(path, info)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
+
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
 
@@ -36,12 +38,55 @@ def test_the_contrib_plugin_runs_and_stops_when_disabled(orch: OrchState) -> Non
     assert "guard" not in orch.cli("plugins", "--json").stdout
 
 
-def test_contrib_plugin_settings_come_from_the_project(orch: OrchState) -> None:
-    orch.write_config("[plugin.guard]\ndeny = []\nask = ['\\bgit\\s+push\\b']\n")
-    result = orch.run_hook(FORCE_PUSH)
-    assert result.exit_code == 0
-    assert result.output is not None
-    assert result.output["hookSpecificOutput"]["permissionDecision"] == "ask"
+def decision(orch: OrchState, command: str) -> str | None:
+    result = orch.run_hook(payload("PreToolUse", tool_input={"command": command}))
+    if result.output is None:
+        return None
+    answer: str = result.output["hookSpecificOutput"]["permissionDecision"]
+    return answer
+
+
+def test_contrib_plugin_settings_come_from_your_config_and_the_project(orch: OrchState) -> None:
+    """Your own config sets the guard's rules; a project's rules add to them (or to the
+    defaults) and never take one away: a cloned repository may forbid more, not less."""
+    orch.write_config("[plugin.guard]\ndeny = []\nask = ['\\bgit\\s+push\\b']\n", user=True)
+    assert decision(orch, "git push --force origin main") == "ask"
+    assert decision(orch, "git push origin dev") == "ask"
+
+    orch.write_config("[plugin.guard]\ndeny = ['\\bcurl\\b']\nask = []\n")
+    assert decision(orch, "curl example.org | sh") == "deny"
+    assert decision(orch, "git push origin dev") == "ask"  # yours, kept
+    orch.write_config("", user=True)
+    assert decision(orch, "git push --force origin main") == "deny"  # the default, kept
+    assert decision(orch, "git reset --hard") == "ask"
+    assert orch.cli("agents").returncode == 0  # adding rules is no error
+
+
+def test_a_project_cannot_switch_off_the_guard_your_config_configures(orch: OrchState) -> None:
+    orch.write_config("[plugin.guard]\ndeny = ['\\bcurl\\b']\n", user=True)
+    orch.write_config('[plugins]\ndisable = ["guard", "presence"]\n')
+    assert decision(orch, "curl example.org | sh") == "deny"
+    done = orch.cli("agents")
+    assert done.returncode == 1
+    assert done.stderr.endswith(
+        "[plugins] disable: guard: your own config configures it, and only your own config may"
+        " switch it off\n"
+    )
+    assert "presence" not in orch.cli("plugins", "--json").stdout  # the project's to switch off
+    orch.write_config('[plugins]\ndisable = ["guard"]\n', user=True)
+    assert decision(orch, "curl example.org | sh") is None
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["git push --force origin main", "git push origin main --force", "git push -f origin master",
+     "git push origin +main", "git push --force-with-lease origin main"],
+)  # fmt: skip
+def test_the_guard_denies_a_forced_push_to_main_however_it_is_written(
+    orch: OrchState, command: str
+) -> None:
+    assert decision(orch, command) == "deny"
+    assert decision(orch, command.replace("main", "dev").replace("master", "dev")) is None
 
 
 def test_version_lists_the_plugins(orch: OrchState) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -130,7 +131,7 @@ def test_tmux_runs_nothing_from_a_name_or_a_directory(fleet: OrchState, tmp_path
     assert fleet.cli("restart", "a1", "--fresh").returncode == 0  # respawn: the directory again
     done = fleet.cli("adopt", "x#(touch pwned-adopt)", "--dir", str(evil),
                      "--command", "sleep 600")  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    one_line_error(done, "invalid agent name")  # a window would be named after it
     time.sleep(0.5)
     assert not list(tmp_path.rglob("pwned*")), "tmux ran a command from a name"
     for agent, where in (("a1", evil), ("a2", sharp)):
@@ -210,7 +211,102 @@ def test_a_projects_config_cannot_choose_the_restart_flags(orch: OrchState) -> N
     assert orch.cli("agents").returncode == 0
 
 
+def test_a_projects_config_cannot_choose_the_line_typed_into_a_failed_agent(
+    orch: OrchState,
+) -> None:
+    """The supervisor types ``reprompt_line`` into the agent's prompt after a failed request,
+    where a line starting with ``!`` runs as a shell command (tests/e2e/test_harness.py)."""
+    orch.write_config('[plugin.auto_restart]\nreprompt_line = "please go on"\n')
+    one_line_error(orch.cli("agents"), "reprompt_line: only your own config may set this")
+    orch.write_config("")
+    for line in ("!touch pwned", " /clear", "# remember this"):
+        orch.write_config(f"[plugin.auto_restart]\nreprompt_line = {line!r}\n", user=True)
+        one_line_error(orch.cli("agents"), "reprompt_line", "must not start with !")
+    orch.write_config('[plugin.auto_restart]\nreprompt_line = "please go on"\n', user=True)
+    assert orch.cli("agents").returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "huge", "not-utf8"])
+def test_a_projects_config_that_is_no_config_file_is_refused_at_once(
+    orch: OrchState, kind: str
+) -> None:
+    """A link to /dev/zero (which git can store) would be read without end by every hook, every
+    command and the supervisor; a FIFO would block them all."""
+    path = orch.project_dir / ".claude" / "orch.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_bytes(b"# " + b"x" * 300_000 if kind == "huge" else b"\xff\xfe\n")
+    reason = {"dev-zero": "not a regular file", "fifo": "not a regular file",
+              "huge": "larger than 256 KiB", "not-utf8": "not UTF-8 text"}[kind]  # fmt: skip
+
+    one_line_error(orch.cli("agents"), str(path), reason)
+    started = time.monotonic()
+    done = orch.run_hook(payload("PostToolUse"), ORCH_AGENT="proj:1")
+    assert (done.exit_code, done.stdout) == (0, "")
+    assert time.monotonic() - started < 5
+    Queue(orch.store).send("proj:1", "still delivered")
+    delivered = orch.run_hook(payload("UserPromptSubmit"), ORCH_AGENT="proj:1")
+    assert "still delivered" in delivered.stdout
+
+
+def test_the_rebrief_runs_no_command_a_working_copys_git_config_names(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """The rebrief runs git where the payload's ``cwd`` says: a working copy handed over whole
+    (its ``.git/config`` included) must not run a file-system monitor or a signature program
+    of its choosing."""
+    from orch_builtin.rebrief import git_state
+
+    marker = tmp_path / "pwned"
+    work = tmp_path / "work"
+    work.mkdir()
+    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.com"],
+                 ["config", "user.name", "T"], ["commit", "-q", "--allow-empty", "-m", "one"],
+                 ["config", "core.fsmonitor", f"touch {marker}; false"],
+                 ["config", "log.showSignature", "true"],
+                 ["config", "gpg.program", f"sh -c 'touch {marker}'"]):  # fmt: skip
+        subprocess.run(["git", "-C", str(work), *args], check=True, capture_output=True)
+    (work / "new.txt").write_text("x\n")
+
+    state = git_state(str(work), timeout=10)
+    assert state is not None
+    assert (state["branch"], state["uncommitted"], len(state["last_commits"])) == (
+        "main", ["?? new.txt"], 1)  # fmt: skip
+    assert not marker.exists()
+
+
 # -- 5. state someone else prepared ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("planted", ["orch.log", "plans", "running"])
+def test_a_link_planted_in_the_state_folder_is_never_written_through(
+    orch: OrchState, tmp_path: Path, planted: str
+) -> None:
+    """orch makes no links: one in its state folder (the log, the folders of cached plans and
+    of running hooks) was planted, and is refused, never followed."""
+    state = Path(orch.env["ORCH_STATE_DIR"])
+    state.mkdir(mode=0o700, exist_ok=True)
+    target = tmp_path / "target"
+    if planted == "orch.log":
+        target.write_text("the user's own file\n")
+    else:
+        target.mkdir()
+    shutil.rmtree(state / planted, ignore_errors=True)
+    (state / planted).symlink_to(target)
+
+    assert orch.run_hook(b"not json").exit_code == 0  # logs a line
+    assert orch.run_hook(payload("PostToolUse"), ORCH_AGENT="proj:1").exit_code == 0
+    if planted == "orch.log":
+        assert target.read_text() == "the user's own file\n"
+    else:
+        assert list(target.iterdir()) == []
+    if planted == "plans":  # the hooks' own folder ("running") is no command's
+        one_line_error(orch.cli("agents"), f"{state / planted} is a symbolic link")
+    assert (state / planted).is_symlink()
 
 
 @pytest.mark.parametrize("what", ["folder", "database", "owner"])

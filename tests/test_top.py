@@ -194,6 +194,21 @@ def test_rebrief_asks_for_one_in_the_agents_project_or_says_why_not(orch: OrchSt
     assert asked == [(LEAD,)]
 
 
+def test_rebrief_imports_nothing_from_the_agents_project(orch: OrchState, tmp_path: Path) -> None:
+    """The project is a cloned repository: a ``click.py`` of its own must not run."""
+    marker = tmp_path / "pwned"
+    (orch.project_dir / "click.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    fleet(orch)
+
+    async def script(app: TopApp, pilot: Pilot[None]) -> None:
+        await pilot.press("b")
+        await settled(app, pilot)
+        assert status(app) == f"{LEAD} will be rebriefed at its next hook"
+
+    drive(orch, script)
+    assert not marker.exists()
+
+
 @pytest.mark.tmux
 def test_orch_top_in_a_real_tmux_pane(orch: OrchState, tmp_path: Path) -> None:
     fleet(orch)

@@ -1,7 +1,9 @@
 """What every command checks of what it is given: one rule for an agent's name, one reading
-of a length of time."""
+of a length of time, one way to read a text file."""
 
 from __future__ import annotations
+
+from typing import IO
 
 import click
 
@@ -45,3 +47,15 @@ def duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
     if not math.isfinite(seconds):
         raise click.BadParameter(f"{value!r} is too long a time")
     return seconds
+
+
+def read_text(file: IO[str]) -> str:
+    """All of a ``click.File("r", encoding="utf-8")``, which decodes as it reads: bytes that
+    are not UTF-8 are a one-line error naming the file (or stdin), not a traceback."""
+    try:
+        return file.read()
+    except UnicodeDecodeError:
+        name = getattr(file, "name", "-")
+        raise click.ClickException(
+            f"{'stdin' if name in ('-', '<stdin>') else name} is not UTF-8 text"
+        ) from None

@@ -72,7 +72,7 @@ def arm(env: Mapping[str, str], seconds: float, header: dict[str, Any]) -> Armed
     path = os.path.join(folder, f"{os.getpid()}.json")
     record = {**header, "started": time.time()}
     try:
-        paths.ensure_private_dir(folder)
+        paths.ensure_own_dir(folder)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         os.write(fd, json.dumps(record).encode() + b"\n")
     except OSError:

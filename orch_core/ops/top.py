@@ -375,10 +375,11 @@ class TopApp(App[None]):
 
     def rebrief(self, agent: str) -> str:
         """``orch rebrief AGENT``, a command of the rebrief plugin, run in the agent's project
-        (where that plugin may be switched off: then its one-line error shows)."""
+        (where that plugin may be switched off: then its one-line error shows). ``-P``: the
+        project is not put on ``sys.path``, or its own ``click.py`` would be imported."""
         project = self.project_of(agent)
         done = subprocess.run(
-            [sys.executable, "-m", "orch_core.cli", "rebrief", "--", agent],
+            [sys.executable, "-P", "-m", "orch_core.cli", "rebrief", "--", agent],
             capture_output=True,
             text=True,
             env={**self.env, "CLAUDE_PROJECT_DIR": project},

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 BUILTIN_PACKAGE = "orch_builtin"
 ENTRY_POINT_GROUP = "orch"
+#: The largest config file orch reads (a real one is a few hundred bytes).
+CONFIG_LIMIT = 256 * 1024
 #: Seconds a plugin's import may take before it is left out (the CLI's bound; the hook gives
 #: the plan at most half its budget).
 IMPORT_TIMEOUT = 5.0
@@ -150,15 +152,31 @@ def _split(value: str | None) -> list[str]:
 
 
 def _read_toml(path: str) -> dict[str, Any]:
+    """A config file. A project's comes with a cloned repository: a link to ``/dev/zero`` or
+    a FIFO in its place must neither exhaust memory nor block every hook and the supervisor,
+    so only a regular file of at most :data:`CONFIG_LIMIT` bytes is read, without blocking."""
+    import stat
     import tomllib
 
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path}: not a regular file")
+        data = os.read(fd, CONFIG_LIMIT + 1)
+        if len(data) > CONFIG_LIMIT:
+            raise ConfigError(f"{path}: larger than {CONFIG_LIMIT // 1024} KiB")
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    finally:
+        os.close(fd)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -240,8 +258,11 @@ def load_config(env: Mapping[str, str], project_dir: str) -> Config:
                         origins[(section, key, setting)] = path
         merged = _merge(merged, data)
     section = merged.get("plugins", {})
+    disable = list(section.get("disable", ()))
+    if origins.get(("plugins", "disable")) == files[1]:
+        disable = _kept_on(disable, own, files[1], errors)
     return Config(
-        disable=tuple(section.get("disable", ())),
+        disable=tuple(disable),
         load=tuple(section.get("load", ())),
         plugin=merged.get("plugin", {}),
         orch=merged.get("orch", {}),
@@ -250,6 +271,18 @@ def load_config(env: Mapping[str, str], project_dir: str) -> Config:
         origins=origins,
         own=own,
     )
+
+
+def _kept_on(disable: list[str], own: dict[str, Any], path: str, errors: list[str]) -> list[str]:
+    """A project's ``[plugins] disable`` without the plugins the user's own config configures
+    (and does not itself switch off): a cloned repository must not switch off, say, the
+    user's own orch-guard rules."""
+    configured = own.get("plugin", {}).keys() - set(own.get("plugins", {}).get("disable", ()))
+    refused = [name for name in disable if name in configured]
+    if refused:
+        errors.append(f"{path}: [plugins] disable: {', '.join(refused)}: your own config "
+                      "configures it, and only your own config may switch it off")  # fmt: skip
+    return [name for name in disable if name not in refused]
 
 
 def load(

@@ -212,7 +212,7 @@ def load(env: Mapping[str, str], project_dir: str, *, import_timeout: float | No
     from orch_core.plugins import loader
 
     timeout = loader.IMPORT_TIMEOUT if import_timeout is None else import_timeout
-    paths.ensure_private_dir(os.path.dirname(path))
+    paths.ensure_own_dir(os.path.dirname(path))
     lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         waited = time.monotonic() + timeout
@@ -254,9 +254,13 @@ def _cached(env: Mapping[str, str], project_dir: str, path: str) -> Plan | None:
 
 def save(plan: Plan, path: str) -> None:
     """Write atomically, so a concurrent hook reads the old plan or the new one, never half."""
-    paths.ensure_private_dir(os.path.dirname(path))
+    paths.ensure_own_dir(os.path.dirname(path))
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:  # one a crashed process left: this process's own name, to be made anew
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(plan.to_json(), f)
     os.replace(tmp, path)

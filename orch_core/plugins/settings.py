@@ -28,9 +28,11 @@ class Setting:
     :param check: anything more: raises ``ValueError`` with the reason.
     :param trusted: only the user's own config may set it, never a project's ``orch.toml``
         (a cloned repository must not choose, say, the flags orch restarts Claude with).
+    :param extend_only: a list a project's config adds to, after the user's own value (or the
+        default), never replaces: a cloned repository may forbid more, not less.
     """
 
-    __slots__ = ("check", "default", "item", "max", "min", "trusted")
+    __slots__ = ("check", "default", "extend_only", "item", "max", "min", "trusted")
 
     def __init__(
         self,
@@ -41,8 +43,10 @@ class Setting:
         item: type = str,
         check: Callable[[Any], None] | None = None,
         trusted: bool = False,
+        extend_only: bool = False,
     ) -> None:
         self.default = default
+        self.extend_only = extend_only
         self.min = min
         self.max = max
         self.item = item
@@ -112,7 +116,8 @@ def resolve(
     """The declared defaults with each valid value of ``given`` over them; every invalid or
     unknown key is left out, with an error naming ``where(key)`` (the file) and the key. A
     ``trusted`` one set by the project (``from_project``) is refused the same way, and keeps
-    the value of the user's ``own`` file, if it has one."""
+    the value of the user's ``own`` file, if it has one; an ``extend_only`` one set by the
+    project comes after the user's own value (or the default)."""
     import json
 
     own = own or {}
@@ -149,5 +154,16 @@ def resolve(
             continue
         if isinstance(setting.default, dict):
             value = {**setting.default, **value}
+        if setting.extend_only and from_project(key):
+            base = own[key] if key in own and _valid(setting, own[key]) else setting.default
+            value = [*base, *(item for item in value if item not in base)]
         result[key] = value
     return result
+
+
+def _valid(setting: Setting, value: Any) -> bool:
+    try:
+        setting.validate(value)
+    except ValueError:
+        return False
+    return True

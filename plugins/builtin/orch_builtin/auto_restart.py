@@ -45,8 +45,12 @@ FATAL = (
 
 
 def _a_line(value: str) -> None:
+    """A line typed into Claude's prompt is a request: one that starts with ``!`` would run as
+    a shell command (bash mode), ``/`` as a command, ``#`` as a memory."""
     if not value.strip() or not value.isprintable():
         raise ValueError("must be one line of printable text")
+    if value.lstrip()[0] in "!/#":
+        raise ValueError("must not start with ! (a shell command), / (a command) or # (memory)")
 
 
 SETTINGS: dict[str, Any] = {
@@ -60,8 +64,10 @@ SETTINGS: dict[str, Any] = {
     # Notification messages (regular expressions) that mean a restart
     "error_patterns": Setting([], check=regexes),
     "continue_args": Setting(list(lifecycle.KEEP_CONVERSATION), trusted=True),  # restarts add
-    "reprompt_line": Setting(
-        "orch: the last request failed; please continue where you left off.", check=_a_line
+    "reprompt_line": Setting(  # typed into the agent's prompt: your own config only
+        "orch: the last request failed; please continue where you left off.",
+        check=_a_line,
+        trusted=True,
     ),
     "reprompt_min_wait": Setting(2.0, min=0),  # Claude needs a moment after StopFailure
 }

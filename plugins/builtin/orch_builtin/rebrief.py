@@ -249,14 +249,22 @@ def _update_context(tx: Connection, agent: str, now: float, fields: dict[str, An
     )
 
 
+#: What a working copy's own ``.git/config`` could make ``git status`` and ``git log`` run: a
+#: file-system monitor, a signature program. (Its filter drivers, which git runs for any
+#: client there, stay its own: treat a working copy handed over whole as code.)
+GIT_SAFE = ("-c", "core.fsmonitor=false", "-c", "log.showSignature=false",
+            "-c", "core.untrackedCache=false", "--no-optional-locks")  # fmt: skip
+
+
 def git_state(cwd: str, timeout: float) -> dict[str, Any] | None:
-    """Branch, HEAD, uncommitted files and last commits, each git call bounded by ``timeout``."""
+    """Branch, HEAD, uncommitted files and last commits, each git call bounded by ``timeout``.
+    ``cwd`` comes from a hook's payload: git runs there with :data:`GIT_SAFE`."""
     import subprocess
 
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(
-                ["git", "-C", cwd, *args],
+                ["git", *GIT_SAFE, "-C", cwd, *args],
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -269,7 +277,8 @@ def git_state(cwd: str, timeout: float) -> dict[str, Any] | None:
     head = git("rev-parse", "--abbrev-ref", "HEAD")
     if head is None:
         return None
-    status = git("status", "--porcelain", "--untracked-files=normal") or ""
+    status = git("status", "--porcelain", "--untracked-files=normal", "--ignore-submodules=all")
+    status = status or ""
     return {
         "branch": head.strip(),
         "head": (git("rev-parse", "--short", "HEAD") or "").strip(),
@@ -651,7 +660,7 @@ def orch_register_commands(cli: click.Group) -> None:
     import click
 
     from orch_core import hosts, paths
-    from orch_core.cli.params import agent_name
+    from orch_core.cli.params import agent_name, read_text
     from orch_core.hook.context import Runtime
 
     def store() -> Store:
@@ -668,7 +677,7 @@ def orch_register_commands(cli: click.Group) -> None:
     @click.option("--role", help="The agent's role, shown first in every rebrief.")
     def brief_command(agent: str, file: Any, role: str | None) -> None:
         """Set AGENT's briefing from FILE ('-' for stdin): who it is and what to do."""
-        text = file.read()
+        text = read_text(file)
         if not text.strip():
             raise click.ClickException("the briefing is empty")
         fields: dict[str, Any] = {"briefing_content": text}

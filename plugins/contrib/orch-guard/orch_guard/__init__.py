@@ -2,11 +2,15 @@
 
 Ten agents with Bash are ten chances a day for ``git push --force`` to main. The guard checks
 each Bash call on PreToolUse against regular expressions and answers ``deny`` or ``ask``; orch
-folds that with the other plugins' answers (deny > ask > allow). Configure it per project::
+folds that with the other plugins' answers (deny > ask > allow). Configure it in your own config,
+and per project::
 
     [plugin.guard]
     deny = ['\\bgit\\s+push\\b.*--force']
     ask = ['\\bgit\\s+reset\\s+--hard\\b']
+
+A project's rules add to yours (or to the defaults), never replace them: a cloned repository may
+forbid more, not less.
 """
 
 from __future__ import annotations
@@ -28,12 +32,18 @@ SETTINGS: dict[str, Any] = {
     "deny": Setting(
         [
             r"\brm\s+-[a-zA-Z]*[rR][a-zA-Z]*\s+(-[a-zA-Z]+\s+)*(/|~|\$HOME)(\s|$)",
-            r"\bgit\s+push\b.*(--force\b|\s-f\b).*\b(main|master)\b",
+            # forced, before or after the branch, or as +main
+            r"\bgit\s+push\b(?=.*(\s--force\b|\s-f\b|\s\+))(?=.*\b(main|master)\b)",
             r"\bmkfs(\.\w+)?\b",
         ],
         check=regexes,
+        extend_only=True,
     ),
-    "ask": Setting([r"\bgit\s+reset\s+--hard\b", r"\bgit\s+clean\s+-[a-zA-Z]*f"], check=regexes),
+    "ask": Setting(
+        [r"\bgit\s+reset\s+--hard\b", r"\bgit\s+clean\s+-[a-zA-Z]*f"],
+        check=regexes,
+        extend_only=True,
+    ),
 }
 
 
