@@ -167,7 +167,7 @@ def test_an_agent_given_up_on_is_one_alert_until_it_runs_again_and_ack_silences_
     assert receiver.messages() == [alert["message"]]
 
 
-@pytest.mark.parametrize("given", ["999", "x", "0"])
+@pytest.mark.parametrize("given", ["999", "x", "0", "9" * 24])
 def test_acknowledging_an_unknown_alert_is_a_one_line_error(orch: OrchState, given: str) -> None:
     done = orch.cli("alerts", "ack", given)
     assert done.returncode == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +191,16 @@ def test_a_plugins_command_reports_expected_errors_in_one_line(orch: OrchState) 
     done = orch.cli("breaks-db")
     assert done.returncode == 1
     assert done.stderr == f"Error: {orch.env['ORCH_DB']}: database is locked\n"
+
+
+@pytest.mark.parametrize("command", [["queue"], ["send", "p:1", "hi"], ["agents"]])
+def test_a_state_folder_that_is_a_file_is_a_one_line_error(
+    orch: OrchState, tmp_path: Path, command: list[str]
+) -> None:
+    state = tmp_path / "not-a-folder"
+    state.write_text("x\n")
+    orch.env.update(ORCH_STATE_DIR=str(state), ORCH_DB="")
+    done = orch.cli(*command)
+    assert done.returncode == 1
+    assert done.stderr == f"Error: {state}/plans: Not a directory\n"
+    assert state.read_text() == "x\n"

@@ -76,6 +76,20 @@ def test_readable_lines_and_rotated_files_oldest_first(orch: OrchState) -> None:
     assert lines[2].endswith('  agent=p:1 plugins=[{"a": 1}]')
 
 
+def test_a_line_with_a_time_out_of_range_is_shown_without_one(orch: OrchState) -> None:
+    state = Path(orch.env["ORCH_STATE_DIR"])
+    state.mkdir(mode=0o700)
+    lines = [{"ts": ts, "level": "info", "msg": f"m{n}"}
+             for n, ts in enumerate([1e300, -1e300, "soon", None])]  # fmt: skip
+    (state / "orch.log").write_text(
+        "".join(json.dumps(r) + "\n" for r in lines) + '{"ts": 1e999}\n'
+    )
+    done = orch.cli("logs")
+    assert done.returncode == 0, done.stderr
+    shown = [line.split()[:3] for line in done.stdout.splitlines()]
+    assert shown == [["-", "info", f"m{n}"] for n in range(4)] + [["-", "-"]]
+
+
 def test_a_broken_config_does_not_hide_the_log(orch: OrchState) -> None:
     orch.write_config("[plugins]\ndisable = 3\n")
     log.write("warning", "something", orch.env)

@@ -49,6 +49,21 @@ def test_config_disables_any_plugin_by_name(orch: OrchState) -> None:
     assert "guard" not in names(orch)
 
 
+def test_a_misspelt_plugin_name_in_the_config_is_named(orch: OrchState) -> None:
+    """A table or a switch for no plugin at all would otherwise do nothing, silently."""
+    user = orch.write_config("[plugin.queu]\nbudget = 100\n", user=True)
+    project = orch.write_config('[plugins]\ndisable = ["gaurd", "guard"]\n')
+    loaded = loader.load(orch.env, str(orch.project_dir))
+    assert loaded.errors == (
+        f"{project}: no plugin named 'gaurd' (`orch plugins --all` lists them)",
+        f"{user}: no plugin named 'queu' (`orch plugins --all` lists them)",
+    )
+    assert "guard" not in [info.name for info in loaded.plugins]
+    orch.write_config('[plugins]\ndisable = ["guard"]\n[plugin.guard]\nask = []\n')
+    orch.write_config("[plugin.queue]\nbudget = 1000\n", user=True)
+    assert loader.load(orch.env, str(orch.project_dir)).errors == ()  # disabled, not unknown
+
+
 def test_environment_overrides_per_process(orch: OrchState) -> None:
     assert names(orch, ORCH_LOAD_PLUGINS="") == []
     assert names(orch, ORCH_LOAD_PLUGINS="guard") == ["guard"]

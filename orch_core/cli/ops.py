@@ -88,11 +88,13 @@ def readable(record: Mapping[str, Any]) -> str:
     """``TIME LEVEL MESSAGE key=value ...``, on one line."""
     rest = {k: v for k, v in record.items() if k not in ("ts", "level", "msg")}
     when = record.get("ts")
-    stamp = (
-        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) + f".{int(when * 1000) % 1000:03d}"
-        if isinstance(when, int | float)
-        else "-"
-    )
+    try:  # a line written by hand may hold any number (1e999, -1e300)
+        stamp = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+            + f".{int(when * 1000) % 1000:03d}"
+        )
+    except (TypeError, ValueError, OverflowError, OSError):
+        stamp = "-"
     fields = " ".join(
         f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
         for k, v in rest.items()

@@ -156,6 +156,8 @@ def ack(store: Store, alert_id: str, now: float | None = None) -> dict[str, Any]
         number = int(alert_id)
     except ValueError:
         number = -1
+    if not 0 < number < 2**63:  # beyond a store's integers: no alert's
+        raise AlertError(f"no alert with id {alert_id!r} (see `orch alerts`)")
     with store.transaction() as tx:
         tx.execute(
             "UPDATE alerts SET acked = coalesce(acked, ?), next_try = NULL WHERE id = ?",

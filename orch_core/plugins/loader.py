@@ -368,6 +368,11 @@ def load(
         add(name, obj, PluginInfo(name, "test", module=module))
 
     _drop_unknown_hooks(pm, infos, errors)
+    named = known | set(config.load) | {info.name for info in infos}
+    for name in sorted((config.plugin.keys() | set(config.disable)) - named):
+        where = config.where("plugin", name) if name in config.plugin else config.where(
+            "plugins", "disable")  # fmt: skip
+        errors.append(f"{where}: no plugin named {name!r} (`orch plugins --all` lists them)")
     return Loaded(pm, config, tuple(infos), tuple(errors), tuple(late))
 
 
