@@ -87,14 +87,15 @@ def _log_name(agent: str) -> str:
 def readable(record: Mapping[str, Any]) -> str:
     """``TIME LEVEL MESSAGE key=value ...``, on one line."""
     rest = {k: v for k, v in record.items() if k not in ("ts", "level", "msg")}
-    when = record.get("ts")
-    try:  # a line written by hand may hold any number (1e999, -1e300)
-        stamp = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
-            + f".{int(when * 1000) % 1000:03d}"
-        )
-    except (TypeError, ValueError, OverflowError, OSError):
-        stamp = "-"
+    when, stamp = record.get("ts"), "-"
+    if isinstance(when, int | float):
+        try:  # a line written by hand may hold any number (1e999, -1e300)
+            stamp = (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+                + f".{int(when * 1000) % 1000:03d}"
+            )
+        except (ValueError, OverflowError, OSError):
+            pass
     fields = " ".join(
         f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
         for k, v in rest.items()
