@@ -29,7 +29,7 @@ from orch_core.plugins.plan import ANSWER_MARGIN
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from typing import Any
 
     from orch_core.storage.store import Store
@@ -45,6 +45,17 @@ MAX_SEND_PRIORITY = 199
 #: The largest message accepted, in characters. Larger than the hook budget is fine: it is
 #: delivered as a file.
 MAX_TEXT = 1_000_000
+#: The longest length of time taken (``--ttl``, ``--in``, a ttl in seconds): a thousand years
+#: is longer than any queue or report could mean, and keeps every time finite (a huge number
+#: reads as infinity, which JSON cannot carry).
+MAX_DURATION = 365_250 * 86400
+#: The latest time a message may carry (9999-12-31T23:59:59Z, the last one a date can show).
+MAX_TIME = 253_402_300_799
+#: The largest count either store holds (a 64-bit integer).
+MAX_COUNT = 2**63 - 1
+#: What every message id looks like (:func:`new_id`); a delivery is confirmed by it
+#: (:func:`marked`), so no other is imported.
+MESSAGE_ID = r"m[0-9a-z]{1,63}"
 PENDING = ("queued", "delivered")
 #: Waiting or in flight through a hook; a message typed with ``--push`` is neither.
 PENDING_SQL = (  # written so that the (agent, state, ...) index serves it
@@ -152,6 +163,8 @@ def parse_duration(text: str) -> float:
         total = 0.0
     if not text.strip() or total <= 0:
         raise QueueError(f"malformed duration {text!r}: use e.g. 30s, 5m, 2h, 1d, 1h30m")
+    if total > MAX_DURATION:  # also infinity, from hundreds of digits
+        raise QueueError(f"{text!r} is too long a time (at most {MAX_DURATION // 86400}d)")
     return total
 
 
@@ -240,7 +253,8 @@ class Queue:
                     f"message {n + 1}: give agent and text; unknown: {sorted(unknown)}"
                 )
             try:
-                self._check(item["agent"], item["text"], item.get("priority", 0), item.get("ttl"))
+                self._check(item["agent"], item["text"], item.get("priority", 0), item.get("ttl"),
+                            item.get("not_before"))  # fmt: skip
                 _storable(text=item["text"], sender=item.get("sender"), key=item.get("key"))
             except QueueError as exc:
                 raise QueueError(
@@ -375,8 +389,12 @@ class Queue:
                 return self._receipt(self.store, message_id, seq, values, bool(heard))
         return None
 
-    def _check(self, agent: str, text: str, priority: int, ttl: float | None) -> None:
-        if not agents.valid_id(agent):
+    def _check(
+        self, agent: str, text: str, priority: int, ttl: float | None, not_before: float | None
+    ) -> None:
+        """A message as :meth:`send` takes it. Times are finite: an infinite one would be
+        stored, and exported as ``Infinity``, which no JSON reader takes."""
+        if not isinstance(agent, str) or not agents.valid_id(agent):
             raise QueueError(f"invalid agent id {agent!r}")
         if not isinstance(text, str) or not text.strip():
             raise QueueError("message text is empty")
@@ -386,8 +404,18 @@ class Queue:
             raise QueueError(f"priority must be an integer, not {priority!r}")
         if not 0 <= priority <= MAX_PRIORITY:
             raise QueueError(f"priority {priority} is out of range 0-{MAX_PRIORITY}")
-        if ttl is not None and ttl <= 0:
-            raise QueueError("ttl must be positive")
+        if ttl is not None:
+            if not _number(ttl):
+                raise QueueError(f"ttl must be a number of seconds, not {ttl!r}")
+            if not ttl > 0:  # also NaN
+                raise QueueError("ttl must be positive")
+            if ttl > MAX_DURATION:
+                raise QueueError(f"ttl {ttl!r} is too long a time (at most {MAX_DURATION}s)")
+        if not_before is not None and not (_number(not_before) and 0 <= not_before <= MAX_TIME):
+            raise QueueError(
+                f"not_before must be a time in seconds since 1970, up to the year 9999, not "
+                f"{not_before!r}"
+            )
 
     def targets(self, pattern: str) -> list[str]:
         """Agents matching ``pattern`` (``*`` for all), among those orch has heard from, on
@@ -958,8 +986,8 @@ class Queue:
 
     def _spill(self, message: Message) -> str:
         path = self._spill_path(message)
-        paths.ensure_private_dir(os.path.dirname(path))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        paths.ensure_own_dir(os.path.dirname(path))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(message["body"])
         return path
@@ -971,27 +999,37 @@ class Queue:
             record.pop("band", None)
             yield record
 
-    def import_(self, records: Iterable[Message], now: float | None = None) -> int:
-        """Add exported messages; ids already present are skipped, so importing twice adds
-        nothing. In-flight deliveries come back as queued. Returns how many were added."""
+    def import_(
+        self,
+        records: Iterable[Message],
+        now: float | None = None,
+        *,
+        lines: Sequence[int] | None = None,
+    ) -> int:
+        """Add exported messages in one transaction: every field of every record is checked
+        first (:data:`IMPORT_FIELDS`), and one bad record stores nothing; its error names it by
+        number, or by its line in ``lines`` (the file's). Ids already present are skipped, so
+        importing twice adds nothing. In-flight deliveries come back as queued. Returns how
+        many were added."""
         now = time.time() if now is None else now
         records = list(records)
-        for record in records:  # all checked before any is stored
-            missing = {"id", "agent", "body", "priority", "state"} - record.keys()
-            if missing:
-                raise QueueError(f"message {record.get('id')!r} lacks {', '.join(sorted(missing))}")
-            if not isinstance(record["id"], str) or not record["id"]:
-                raise QueueError(f"message id {record['id']!r} is not a string")
-            if record["state"] not in STATES:
-                raise QueueError(f"message {record['id']}: unknown state {record['state']!r}")
-            self._check(record["agent"], record["body"], record["priority"], None)
-            _storable(body=record["body"], sender=record.get("sender"), key=record.get("key"))
+        where = (
+            [f"line {n}" for n in lines]
+            if lines is not None
+            else [f"message {n}" for n in range(1, len(records) + 1)]
+        )
+        for place, record in zip(where, records, strict=True):
+            try:
+                _importable(record)
+            except QueueError as exc:
+                raise QueueError(f"{place}: {exc}") from None
+        _no_cycles(records, where)
         added = 0
-        for record in records:
-            with self.store.transaction() as tx:
+        with self.store.transaction() as tx:
+            for record in records:
                 if tx.execute("SELECT 1 FROM messages WHERE id = ?", (record["id"],)).fetchone():
                     continue
-                state = "queued" if record.get("state") == "delivered" else record["state"]
+                state = "queued" if record["state"] == "delivered" else record["state"]
                 values = (record["id"], record["agent"], record["agent"], record["priority"],
                           record.get("sender"), record["body"], record.get("key"), state,
                           record.get("after_id"), record.get("not_before"),
@@ -1012,6 +1050,84 @@ class Queue:
                 _event(tx, record["id"], now, state, "imported")
                 added += 1
         return added
+
+
+def _number(value: object) -> bool:
+    """A JSON number: ``true`` is none, though Python's ``bool`` is an ``int``."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+
+
+def _time(value: object) -> bool:
+    """A time as orch stores one: seconds since 1970, finite (NaN and infinity fail both)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_TIME
+
+
+def _message_id(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(MESSAGE_ID, value) is not None
+
+
+_TEXT = ("a string or null", lambda v: v is None or isinstance(v, str))
+_WHEN = "a time in seconds since 1970 (up to the year 9999)"
+#: What each column of an exported message must hold, said and tested: what orch itself
+#: writes there, as ``orch send`` checks what it is given. Keys that are not columns (an
+#: export of a newer orch may have more) are left out.
+IMPORT_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "id": ("a message id (m, then up to 63 lowercase letters or digits)", _message_id),
+    "agent": ("an agent name (1-128 printable characters, not starting or ending with ':')",
+              lambda v: isinstance(v, str) and agents.valid_id(v)),
+    "body": (f"text, not blank, of at most {MAX_TEXT} characters",
+             lambda v: isinstance(v, str) and bool(v.strip()) and len(v) <= MAX_TEXT),
+    "priority": (f"an integer 0-{MAX_PRIORITY}", lambda v: _count(v) and v <= MAX_PRIORITY),
+    "state": (f"one of {', '.join(STATES)}", lambda v: isinstance(v, str) and v in STATES),
+    "after_id": ("a message id or null", lambda v: v is None or _message_id(v)),
+    "created": (_WHEN, _time),
+    **dict.fromkeys(("not_before", "expires", "delivered", "confirmed", "ended",
+                     "answered_by"), (f"{_WHEN} or null", lambda v: v is None or _time(v))),
+    **dict.fromkeys(("seq", "attempts", "checks"), ("a whole number", _count)),
+    "transcript_from": ("a whole number or null", lambda v: v is None or _count(v)),
+    **dict.fromkeys(("sender", "key", "reason", "session_id", "transcript"), _TEXT),
+}  # fmt: skip
+
+
+def _importable(record: Message) -> None:
+    """One exported message, checked field by field; the first wrong field is named."""
+    if not isinstance(record, dict):
+        raise QueueError("not an exported message (a JSON object)")
+    missing = {"id", "agent", "body", "priority", "state"} - record.keys()
+    if missing:
+        raise QueueError(f"lacks {', '.join(sorted(missing))}")
+    for name, (what, good) in IMPORT_FIELDS.items():
+        if name in record and not good(record[name]):
+            shown = repr(record[name])
+            shown = shown if len(shown) <= 40 else f"{shown[:40]}… ({len(shown)} characters)"
+            raise QueueError(f"{name} must be {what}, not {shown}")
+    if record.get("after_id") == record["id"]:
+        raise QueueError("after_id is the message's own id: it would wait for itself forever")
+    _storable(**{name: record.get(name) for name in (
+        "body", "sender", "key", "reason", "session_id", "transcript")})  # fmt: skip
+
+
+def _no_cycles(records: list[Message], where: list[str]) -> None:
+    """Messages of an import that wait for each other (``after_id``) would wait forever:
+    refused, naming the first record of such a cycle."""
+    after = {r["id"]: r.get("after_id") for r in records}
+    ends: set[str] = set()  # ids whose waits are known to end
+    for place, record in zip(where, records, strict=True):
+        path, following = [record["id"]], record.get("after_id")
+        while following in after and following not in ends:
+            if following == record["id"]:
+                waits = " waits for ".join([*path, following])
+                raise QueueError(f"{place}: after_id: {waits}: none could ever be delivered")
+            if following in path:  # a cycle this one only leads into: its own record says so
+                break
+            path.append(following)
+            following = after[following]
+        else:
+            ends.update(path)
 
 
 def _values(

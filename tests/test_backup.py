@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -16,6 +17,7 @@ import pytest
 
 from orch_core.queue import Queue
 from orch_core.storage import backup
+from orch_core.storage.store import MIGRATIONS
 from orch_core.supervisor import lifecycle
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
@@ -121,6 +123,121 @@ def test_restore_is_refused_while_a_supervisor_runs_and_for_a_bad_file(
     finally:
         supervisor.terminate()
         supervisor.wait(10)
+    assert bodies(orch) == ["precious"]
+
+
+def held(db: str) -> list[str]:
+    """The message bodies of a database file set aside."""
+    conn = sqlite3.connect(db)
+    try:
+        return [b for (b,) in conn.execute("SELECT body FROM messages ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def test_restoring_twice_in_one_second_keeps_every_database_aside(
+    orch: OrchState, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The second restore once set its database aside under the first one's name, and the
+    first, with the only copy of "precious2", was gone. A link planted at that name is not
+    written through, nor replaced."""
+    send(orch, "precious")
+    path = backed_up(orch)
+    send(orch, "precious2")
+    second = time.gmtime()
+    monkeypatch.setattr(time, "gmtime", lambda *_: second)
+    victim = tmp_path / "victim"
+    victim.write_text("not orch's")
+    planted = Path(f"{orch.env['ORCH_DB']}.before-restore-{time.strftime('%Y%m%dT%H%M%SZ')}")
+    planted.symlink_to(victim)
+    first_aside = backup.restore(orch.env, str(path))
+    second_aside = backup.restore(orch.env, str(path))
+    assert len({first_aside, second_aside, str(planted)}) == 3
+    assert held(first_aside) == ["precious", "precious2"]
+    assert held(second_aside) == ["precious"]
+    assert bodies(orch) == ["precious"]
+    assert planted.is_symlink() and victim.read_text() == "not orch's"
+
+
+def orch_database(path: Path, version: int) -> None:
+    """An orch database of schema ``version``, as that orch made it, with one message."""
+    conn = sqlite3.connect(path)
+    for step in range(1, version + 1):
+        conn.executescript(MIGRATIONS[step])
+    conn.execute(
+        "INSERT INTO messages (id, agent, seq, priority, body, state, created)"
+        " VALUES ('m1', 'a:1', 1, 0, 'from an older orch', 'queued', 1700000000)"
+    )
+    conn.execute(f"PRAGMA user_version={version}")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (None, "it has no orch schema version"),
+        (
+            "ALTER TABLE messages DROP COLUMN transcript",
+            "it has schema 13 but no messages.transcript",
+        ),
+        ("DROP TABLE hosts", "it has schema 13 but no hosts"),
+    ],
+    ids=["a-messages-table-alone", "a-column-missing", "a-table-missing"],
+)
+def test_restore_refuses_a_file_that_is_not_an_orch_database(
+    orch: OrchState, tmp_path: Path, change: str | None, said: str
+) -> None:
+    """Such a file was put in place: every command then failed (``table messages already
+    exists``). It is refused before the current database is touched."""
+    send(orch, "current")
+    fake = tmp_path / "fake.db"
+    if change is None:
+        conn = sqlite3.connect(fake)
+        conn.execute("CREATE TABLE messages (x)")
+    else:
+        shutil.copy(backed_up(orch), fake)
+        conn = sqlite3.connect(fake)
+        conn.execute(change)
+    conn.commit()
+    conn.close()
+    done = orch.cli("restore", str(fake))
+    assert done.returncode == 1
+    assert done.stderr == f"Error: {fake} is not an orch database: {said}\n"
+    assert bodies(orch) == ["current"]
+    assert not list(Path(orch.env["ORCH_STATE_DIR"]).glob("orch.db.before-restore-*"))
+    assert orch.cli("queue").returncode == 0
+
+
+def test_restore_takes_a_database_of_an_older_schema(orch: OrchState, tmp_path: Path) -> None:
+    send(orch, "current")
+    older = tmp_path / "older.db"
+    orch_database(older, 10)
+    done = orch.cli("restore", str(older))
+    assert done.returncode == 0, done.stderr
+    assert bodies(orch) == ["from an older orch"]  # and migrated on the way
+
+
+def test_a_backup_into_a_folder_that_cannot_be_written_is_one_line(orch: OrchState) -> None:
+    send(orch, "precious")
+    state = Path(orch.env["ORCH_STATE_DIR"])
+    if os.geteuid() == 0:  # root writes any folder it may: only an immutable one stops it
+        locked = subprocess.run(["chattr", "+i", str(state)], capture_output=True, check=False)
+        if locked.returncode != 0:
+            pytest.skip(f"chattr +i: {locked.stderr.decode().strip()}")
+    else:
+        state.chmod(0o500)
+    try:
+        done = orch.cli("backup")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(state)], check=True)
+        else:
+            state.chmod(0o700)
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"Error: cannot back up {orch.env['ORCH_DB']}: "), line
+    assert not (state / "backups").exists()
     assert bodies(orch) == ["precious"]
 
 

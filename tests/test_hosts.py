@@ -60,7 +60,8 @@ def cli(orch: OrchState, host: str, *args: str) -> Any:
 def test_every_agent_session_and_launch_spec_keeps_its_host(orch: OrchState) -> None:
     orch.run_hook(payload("SessionStart", session_id="s1"), ORCH_AGENT="lead",
                   ORCH_HOST="alpha", TMUX_PANE="%7")  # fmt: skip
-    done = cli(orch, "alpha", "adopt", "lead", "--dir", str(orch.project_dir))
+    done = cli(orch, "alpha", "adopt", "lead", "--dir", str(orch.project_dir),
+               "--command", "sleep 600")  # fmt: skip
     assert done.returncode == 0, done.stderr
     store = orch.store
     assert [(a["id"], a["host"]) for a in store.agents()] == [("lead", "alpha")]

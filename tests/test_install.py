@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -87,20 +88,80 @@ def test_install_updates_a_moved_orch_hook_in_place(orch: OrchState) -> None:
     assert hooks["Stop"][0]["hooks"][0]["command"] == install.hook_command()
 
 
+def one_line_error(done: subprocess.CompletedProcess[str], message: str) -> None:
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("Error: ") and message in line, line
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{not json", "is not valid JSON"), ('{"hooks": []}', "expected an object")],
+    [
+        (b"{not json", "is not valid JSON"),
+        (b"\xff\xfe\n", "is not UTF-8 text"),
+        (b"[]", "the settings must be an object"),
+        (b'{"hooks": []}', "hooks must be an object"),
+        (b'{"hooks": {"Stop": {}}}', "hooks.Stop must be a list"),
+        (b'{"hooks": {"Stop": [5]}}', "hooks.Stop[0] must be an object"),
+        (b'{"hooks": {"Stop": [{"hooks": 5}]}}', "hooks.Stop[0].hooks must be a list"),
+        (b'{"hooks": {"Stop": [{}]}}', "hooks.Stop[0].hooks must be a list"),
+        (b'{"hooks": {"Stop": [{"matcher": 1, "hooks": []}]}}', "matcher must be a string"),
+        (b'{"hooks": {"Stop": [{"hooks": [5]}]}}', "hooks.Stop[0].hooks[0] must be an object"),
+        (b'{"hooks": {"Stop": [{"hooks": [{"command": "x"}]}]}}', "a string 'type'"),
+        (
+            b'{"hooks": {"Stop": [{"hooks": [{"type": "command", "command": 5}]}]}}',
+            "hooks.Stop[0].hooks[0].command must be a string",
+        ),
+        (b'{"hooks": {"NotOurs": [{"hooks": 5}]}}', "hooks.NotOurs[0].hooks must be a list"),
+    ],
 )
+@pytest.mark.parametrize("verb", ["install", "uninstall"])
 def test_bad_settings_give_a_one_line_error_and_stay_untouched(
-    orch: OrchState, content: str, message: str
+    orch: OrchState, content: bytes, message: str, verb: str
 ) -> None:
+    """Whatever Claude Code's settings would not allow is refused whole, never half changed."""
     path = orch.project_dir / ".claude" / "settings.json"
-    path.write_text(content)
-    done = orch.cli("install")
-    assert done.returncode == 1
-    assert message in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
-    assert path.read_text() == content
+    path.write_bytes(content)
+    one_line_error(orch.cli(verb), message)
+    assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("verb", ["install", "uninstall"])
+def test_a_directory_that_does_not_exist_is_refused_not_created(
+    orch: OrchState, tmp_path: Path, verb: str
+) -> None:
+    typo = tmp_path / "typo" / "path"
+    one_line_error(orch.cli(verb, str(typo)), f"no such directory: {typo}")
+    assert not (tmp_path / "typo").exists()
+
+
+class Failed(Exception):
+    """The step after installing that failed."""
+
+
+@pytest.mark.parametrize("before", [None, "folder", '{"permissions": {}}'])
+def test_installed_puts_the_settings_back_when_the_next_step_fails(
+    tmp_path: Path, before: str | None
+) -> None:
+    """What ``orch spawn`` relies on when tmux cannot start its agent."""
+    folder = tmp_path / ".claude"
+    path = folder / "settings.json"
+    if before is not None:
+        folder.mkdir()
+    if before not in (None, "folder"):
+        path.write_text(before)
+        path.chmod(0o640)
+    with pytest.raises(Failed), install.installed(str(tmp_path)) as changed:
+        assert len(changed) == len(install.INSTALLED_EVENTS)
+        assert "orch-hook" in path.read_text()
+        raise Failed
+    assert folder.exists() == (before is not None)
+    if before not in (None, "folder"):
+        assert path.read_text() == before
+        assert path.stat().st_mode & 0o777 == 0o640
+    else:
+        assert not path.exists()
+    assert not list(tmp_path.rglob(".settings.*"))  # no temporary file left behind
 
 
 def test_the_shipped_template_is_current() -> None:

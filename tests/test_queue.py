@@ -16,7 +16,17 @@ import pytest
 
 from orch_core import api
 from orch_core.plugins.plan import ANSWER_MARGIN
-from orch_core.queue import MARK, PENDING_SQL, PREVIEW, Queue, QueueError, band
+from orch_core.queue import (
+    MARK,
+    MAX_DURATION,
+    MAX_TIME,
+    PENDING_SQL,
+    PREVIEW,
+    Queue,
+    QueueError,
+    band,
+    parse_duration,
+)
 from orch_core.storage import open_store
 from orch_core.storage.store import SQLiteStore, Store
 from orch_core.testing.kit import OrchState
@@ -431,6 +441,63 @@ def test_import_twice_into_the_same_db_adds_nothing(q: Queue) -> None:
     assert q.import_(everything) == 0
     assert q.import_(everything) == 0
     assert rows(q.store, "SELECT count(*) FROM messages") == count
+
+
+def test_import_checks_every_field_of_every_record_before_storing_any(q: Queue) -> None:
+    """One bad record stores nothing, the good one before it included; the error names the
+    record and its field."""
+    good = {"id": "m1", "agent": "p:1", "body": "hi", "priority": 0, "state": "queued"}
+    for bad, said in (
+        ({"created": "yesterday"}, "message 2: created must be a time in seconds since 1970"),
+        ({"attempts": "many"}, "message 2: attempts must be a whole number, not 'many'"),
+        ({"expires": float("inf")}, "message 2: expires must be a time"),
+        ({"not_before": {}}, "message 2: not_before must be a time"),
+        ({"after_id": "nosuch"}, "message 2: after_id must be a message id or null"),
+        ({"after_id": "m2"}, "message 2: after_id is the message's own id"),
+        ({"priority": False}, "message 2: priority must be an integer 0-200, not False"),
+    ):
+        with pytest.raises(QueueError, match=f"^{re.escape(said)}"):
+            q.import_([good, {**good, "id": "m2", **bad}])
+    with pytest.raises(QueueError, match=r"^message 1: after_id: m1 waits for m2 waits for m1: "):
+        q.import_([{**good, "after_id": "m2"}, {**good, "id": "m2", "after_id": "m1"}])
+    assert q.messages() == []
+    # a dependency that is not here (confirmed, so not exported) holds nothing: taken
+    assert q.import_([{**good, "after_id": "m9"}]) == 1
+
+
+def test_import_stores_all_in_one_transaction(q: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    records = [{"id": f"m{n}", "agent": "p:1", "body": f"message {n}", "priority": 0,
+                "state": "queued"} for n in range(1, 4)]  # fmt: skip
+    transactions = counted_transactions(q, monkeypatch)
+    assert q.import_(records) == 3
+    assert len(transactions) == 1
+
+
+def test_times_that_are_not_finite_or_absurdly_far_are_refused(q: Queue) -> None:
+    """An infinite expiry was stored, and exported as ``Infinity``, which is not JSON."""
+    q.send("p:1", "kept", now=T0)
+    for fields, said in (
+        ({"ttl": float("inf")}, "ttl inf is too long a time"),
+        ({"ttl": MAX_DURATION + 1}, "is too long a time"),
+        ({"ttl": float("nan")}, "ttl must be positive"),
+        ({"ttl": "5m"}, "ttl must be a number of seconds, not '5m'"),
+        ({"ttl": True}, "ttl must be a number of seconds, not True"),
+        ({"not_before": float("inf")}, "not_before must be a time in seconds since 1970"),
+        ({"not_before": float("nan")}, "not_before must be a time in seconds since 1970"),
+        ({"not_before": "soon"}, "not_before must be a time in seconds since 1970"),
+    ):
+        with pytest.raises(QueueError, match=re.escape(said)):
+            q.send("p:1", "refused", now=T0, **fields)
+    assert [m["body"] for m in q.messages()] == ["kept"]
+    q.send("p:1", "at the bounds", ttl=MAX_DURATION, not_before=MAX_TIME, now=T0)
+    assert len(q.messages()) == 2
+
+
+def test_a_duration_too_long_is_refused() -> None:
+    assert parse_duration("365250d") == MAX_DURATION
+    for text in ("365251d", "1" + "0" * 400, "1" + "0" * 400 + "s"):  # the last two: infinity
+        with pytest.raises(QueueError, match=re.escape(f"{text!r} is too long a time")):
+            parse_duration(text)
 
 
 # -- rendering -----------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def test_send_fans_out_to_known_agents(orch: OrchState) -> None:
         hook(orch, agent)
     receipts = json.loads(ok(orch, "send", "proj:*", "to the project", "--json"))
     assert sorted(r["agent"] for r in receipts) == ["proj:1", "proj:2"]
-    everyone = json.loads(ok(orch, "send", "ignored", "to all", "--all", "--json"))
+    everyone = json.loads(cli(orch, "send", "ignored", "to all", "--all", "--json").stdout)
     assert sorted(r["agent"] for r in everyone) == ["other:1", "proj:1", "proj:2"]
     # with --all, the one argument is the text, whatever it looks like
     text = "to everyone: " + "x" * 200
@@ -372,10 +372,11 @@ def test_export_pending_then_import_twice_adds_no_duplicates(
         ('{"id": "m1", "agent": "p:1"}\n', "line 1: not an exported message"),
         ('{"id": "m1", "agent": "p:1", "body": "x"}\n', "lacks priority, state"),
         ('{"id": "m1", "agent": "p:1", "body": "x", "priority": 0, "state": "lost"}\n',
-         "unknown state 'lost'"),
+         "line 1: state must be one of queued, delivered, confirmed, expired, cancelled, dead, "
+         "not 'lost'"),
         ('{"id": "m1", "agent": "p:1", "body": "x", "priority": 0, "state": "queued"}\n'
          '{"id": "m2", "agent": "p:1", "body": "", "priority": 0, "state": "queued"}\n',
-         "message text is empty"),
+         "line 2: body must be text, not blank"),
     ],
     ids=["not-json", "no-body", "no-priority", "bad-state", "second-empty"],
 )  # fmt: skip
@@ -390,6 +391,125 @@ def test_bad_import_is_one_line_error_and_stores_nothing(
     assert reason in done.stderr
     assert done.stderr.count("\n") == 1
     assert db(orch, "SELECT count(*) FROM messages") == [(0,)]
+
+
+GOOD = {
+    "id": "m1good",
+    "agent": "a:1",
+    "body": "kept\u2028whole",
+    "priority": 0,
+    "state": "queued",
+    "created": 1_700_000_000.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("created", "yesterday", "created must be a time in seconds since 1970"),
+        ("created", None, "created must be a time in seconds since 1970"),
+        ("created", -1, "created must be a time"),
+        ("attempts", "many", "attempts must be a whole number, not 'many'"),
+        ("attempts", True, "attempts must be a whole number, not True"),
+        ("attempts", 2**63, "attempts must be a whole number"),
+        ("expires", "soon", "expires must be a time in seconds since 1970"),
+        ("expires", float("inf"), "expires must be a time in seconds since 1970"),
+        ("not_before", {}, "not_before must be a time in seconds since 1970"),
+        ("after_id", "nosuch", "after_id must be a message id or null, not 'nosuch'"),
+        ("after_id", "m2bad", "after_id is the message's own id"),
+        ("priority", True, "priority must be an integer 0-200, not True"),
+        ("priority", 1.5, "priority must be an integer 0-200"),
+        ("priority", 201, "priority must be an integer 0-200"),
+        ("id", "x5", "id must be a message id"),
+        ("agent", 5, "agent must be an agent name"),
+        ("body", 5, "body must be text"),
+        ("sender", ["lead"], "sender must be a string or null"),
+        ("key", "a\x00b", "the message's key contains a NUL character"),
+    ],
+)  # fmt: skip
+def test_an_import_checks_every_field_and_stores_nothing_of_a_bad_file(
+    orch: OrchState, tmp_path: Path, field: str, value: Any, said: str
+) -> None:
+    """The line and the field are named; the good line before it is not stored either, and
+    the queue still reads (a created of "yesterday" once broke orch queue, orch stats and the
+    hooks)."""
+    ok(orch, "send", "a:1", "good message")
+    bad = {**GOOD, "id": "m2bad", field: value}
+    dump = tmp_path / "poison.jsonl"
+    dump.write_text(f"{json.dumps(GOOD)}\n\n{json.dumps(bad)}\n", encoding="utf-8")
+    done = cli(orch, "import", str(dump))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"Error: line 3: {said}"), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert db(orch, "SELECT body FROM messages") == [("good message",)]
+    for command in (["queue"], ["queue", "--json"], ["stats"], ["export"]):
+        cli_ok = cli(orch, *command)
+        assert cli_ok.returncode == 0, cli_ok.stderr
+    dump.write_text(f"{json.dumps(GOOD, ensure_ascii=False)}\n", encoding="utf-8")
+    assert ok(orch, "import", str(dump)) == "imported 1 messages (0 already present)\n"
+    assert db(orch, "SELECT body FROM messages WHERE id = 'm1good'") == [("kept\u2028whole",)]
+
+
+def test_an_import_of_messages_that_wait_for_each_other_is_refused(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """Neither could ever be delivered."""
+    records = [{**GOOD, "id": "m1", "after_id": "m2"}, {**GOOD, "id": "m2", "after_id": "m1"}]
+    dump = tmp_path / "cycle.jsonl"
+    dump.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    done = cli(orch, "import", str(dump))
+    assert done.returncode == 1
+    assert done.stderr == (
+        "Error: line 1: after_id: m1 waits for m2 waits for m1: none could ever be delivered\n"
+    )
+    assert db(orch, "SELECT count(*) FROM messages") == [(0,)]
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_an_import_that_is_not_utf8_is_one_line_naming_it(
+    orch: OrchState, tmp_path: Path, source: str
+) -> None:
+    ok(orch, "send", "a:1", "good message")
+    dump = tmp_path / "bad.bin"
+    dump.write_bytes(json.dumps(GOOD).encode() + b"\n\xff\xfe\n")
+    if source == "file":
+        done = cli(orch, "import", str(dump))
+    else:
+        done = cli(orch, "import", "-", stdin=dump.read_bytes())
+    assert done.returncode == 1
+    assert done.stderr == f"Error: {dump if source == 'file' else 'stdin'} is not UTF-8 text\n"
+    assert db(orch, "SELECT body FROM messages") == [("good message",)]
+
+
+HUGE = "1" + "0" * 400 + "s"  # infinity, read as a number
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin"),
+    [
+        (["a:1", "hi", "--ttl", HUGE], b""),
+        (["a:1", "hi", "--in", HUGE], b""),
+        (["a:1", "hi", "--ttl", "365251d"], b""),
+        (["--batch", "-"], b'{"agent": "a:1", "text": "hi", "ttl": 1e300}\n'),
+        (["--batch", "-"], b'{"agent": "a:1", "text": "hi", "in": 1e300}\n'),
+    ],
+    ids=["ttl", "in", "ttl-1001-years", "batch-ttl", "batch-in"],
+)
+def test_a_time_too_long_is_refused_not_stored_as_infinity(
+    orch: OrchState, args: list[str], stdin: bytes
+) -> None:
+    """An infinite expiry was stored, and exported as ``Infinity``, which is not JSON."""
+    ok(orch, "send", "a:1", "good message")
+    done = cli(orch, "send", *args, stdin=stdin)
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "is too long a time" in done.stderr
+    assert done.stderr.startswith("Error: --batch line 1: ") == (args[0] == "--batch")
+    assert db(orch, "SELECT body FROM messages") == [("good message",)]
+    assert ok(orch, "send", "a:1", "in a while", "--ttl", "365250d", "--in", "1000d")
+    exported = ok(orch, "export")
+    assert "Infinity" not in exported
+    assert len([json.loads(line) for line in exported.splitlines()]) == 2
 
 
 # -- orch send --push, against a tmux that behaves like Claude Code ------------------------------
@@ -482,13 +602,68 @@ def test_send_batch_queues_json_lines_in_one_go(orch: OrchState) -> None:
         ('{"agent": "p:1", "text": "ok"}\n{"agent": "p:1", "text": "x", "priority": 500}\n',
          "out of range"),
         ('{"agent": ":bad", "text": "x"}\n', "invalid agent id"),
+        ('{"agent": "p:1", "text": "x", "at": 12}\n', "line 1: at must be a string or null"),
+        ('{"agent": "p:1", "text": "x", "priority": 1e999}\n', "priority must be an integer"),
+        ('{"agent": "p:1", "text": "x", "priority": 1.5}\n', "priority must be an integer"),
+        ('{"agent": "p:1", "text": "x", "priority": true}\n', "priority must be an integer"),
+        ('{"agent": "p:1", "text": "x", "exact": "no"}\n', "exact must be true or false"),
+        ('{"agent": "p:1", "text": "x", "from": {}}\n', "from must be a string or null"),
+        ('{"agent": "p:1", "text": "x", "key": [1]}\n', "key must be a string or null"),
+        ('{"agent": "p:1", "text": "x", "ttl": 1e999}\n', "ttl must be a finite number"),
+        ('{"agent": "p:1", "text": "ok"}\n\n{"agent": "p:1", "text": "x", "in": "soon"}\n',
+         "--batch line 3: malformed duration 'soon'"),
+        ('{"agent": "p:1"}\n', "--batch line 1: give agent and text"),
+        ('{"agent": "p:1", "text": "ok"}\n{"agent": "p:1", "text": "\xff"}\n'.replace(
+            "\xff", "\udcff"), "stdin is not UTF-8 text"),
     ],
 )  # fmt: skip
 def test_a_bad_batch_line_stores_nothing(orch: OrchState, lines: str, reason: str) -> None:
-    done = cli(orch, "send", "--batch", "-", stdin=lines.encode())
+    done = cli(orch, "send", "--batch", "-",
+               stdin=lines.encode("utf-8", "surrogateescape"))  # fmt: skip
     assert done.returncode == 1
+    assert done.stderr.startswith("Error: "), done.stderr
     assert done.stderr.count("\n") == 1 and reason in done.stderr, done.stderr
     assert db(orch, "SELECT count(*) FROM messages") == [(0,)]
+
+
+def test_a_batch_text_may_hold_any_line_separator_but_newline(orch: OrchState) -> None:
+    """JSON keeps U+2028, U+2029 and U+0085 unescaped: a line is a line only at ``\\n``."""
+    text = "one\u2028two\u2029three\x85four"
+    line = json.dumps({"agent": "p:1", "text": text}, ensure_ascii=False) + "\r\n"
+    ok(orch, "send", "--batch", "-", stdin=line.encode())
+    assert db(orch, "SELECT body FROM messages") == [(text,)]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--priority", "20"], ["--from", "lead"], ["--ttl", "5m"], ["--key", "k"], ["--exact"],
+     ["--in", "1m"], ["--all"], ["--push"]],
+    ids=lambda options: options[0],
+)  # fmt: skip
+def test_a_batch_with_options_of_one_message_is_refused(
+    orch: OrchState, options: list[str]
+) -> None:
+    """The options would silently not apply to the file's messages."""
+    line = b'{"agent": "p:1", "text": "hello"}\n'
+    done = cli(orch, "send", "--batch", "-", *options, stdin=line)
+    assert done.returncode == 1
+    assert done.stderr == (f"Error: --batch takes its messages from the file alone, not "
+                           f"{options[0]}: give them on each line\n")  # fmt: skip
+    assert db(orch, "SELECT count(*) FROM messages") == [(0,)]
+
+
+@pytest.mark.parametrize("agent", ["p:1", "p:*"], ids=["a-name", "a-pattern"])
+def test_all_with_an_agent_says_that_every_agent_gets_it(orch: OrchState, agent: str) -> None:
+    """``orch send AGENT TEXT --all`` sends to every agent, as scripts rely on; the sender is
+    told the name was not used. A name is a plain form (orch send's quick path), a pattern goes
+    to click: both say so."""
+    hook(orch, "p:1")
+    hook(orch, "q:1")
+    done = cli(orch, "send", "--all", agent, "for everyone")
+    assert done.returncode == 0
+    assert done.stderr == (f"note: --all sends to every known agent, not {agent} alone (a "
+                           "pattern such as 'proj:*' fans out to some)\n")  # fmt: skip
+    assert db(orch, "SELECT agent FROM messages ORDER BY agent") == [("p:1",), ("q:1",)]
 
 
 SEND_FORMS = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -140,6 +141,24 @@ def test_tmux_runs_nothing_from_a_name_or_a_directory(fleet: OrchState, tmp_path
         assert path.strip() == str(where)
     sessions = tmux.tmux(pane_of(fleet, "a1")[1], "list-sessions", "-F", "#{session_name}")
     assert "S#(touch pwned-session)" in sessions.splitlines()
+
+
+def test_a_command_of_one_word_runs_without_a_shell(fleet: OrchState, tmp_path: Path) -> None:
+    """tmux hands a command of one word to ``sh -c``: a directory's name in it would run."""
+    evil = tmp_path / "r$(touch${IFS}pwned-one)`touch pwned-two`"
+    evil.mkdir()
+    script = evil / "run.sh"
+    script.write_text("#!/bin/sh\nexec sleep 600\n")
+    script.chmod(0o755)
+    done = fleet.cli("spawn", "one", "--dir", str(evil), "--command", shlex.quote(str(script)))
+    assert done.returncode == 0, done.stderr
+    assert fleet.cli("restart", "one", "--fresh").returncode == 0  # respawn-pane too
+    pane, socket = pane_of(fleet, "one")
+    wait_until(lambda: tmux.pane_state(pane, socket) == "alive", timeout=10, what="the agent")
+    time.sleep(0.5)
+    assert not list(tmp_path.rglob("pwned*")), "a shell ran the directory's name"
+    command = tmux.tmux(socket, "display-message", "-p", "-t", pane, "#{pane_current_command}")
+    assert command.strip() == "sleep"
 
 
 # -- 3. orch send --push and the paste it types --------------------------------------------------
@@ -282,16 +301,19 @@ def test_the_rebrief_runs_no_command_a_working_copys_git_config_names(
 # -- 5. state someone else prepared ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("planted", ["orch.log", "plans", "running"])
+@pytest.mark.parametrize(
+    "planted", ["orch.log", "supervise.lock", "plans", "running", "messages", "backups"]
+)
 def test_a_link_planted_in_the_state_folder_is_never_written_through(
     orch: OrchState, tmp_path: Path, planted: str
 ) -> None:
-    """orch makes no links: one in its state folder (the log, the folders of cached plans and
-    of running hooks) was planted, and is refused, never followed."""
+    """orch makes no links: one in its state folder (the log, the supervisor's lock, the
+    folders of cached plans, running hooks, large messages and backups) was planted, and is
+    refused, never followed."""
+    Queue(orch.store).send("proj:1", "x" * 20_000)  # delivered as a file in messages/
     state = Path(orch.env["ORCH_STATE_DIR"])
-    state.mkdir(mode=0o700, exist_ok=True)
     target = tmp_path / "target"
-    if planted == "orch.log":
+    if "." in planted:
         target.write_text("the user's own file\n")
     else:
         target.mkdir()
@@ -299,13 +321,18 @@ def test_a_link_planted_in_the_state_folder_is_never_written_through(
     (state / planted).symlink_to(target)
 
     assert orch.run_hook(b"not json").exit_code == 0  # logs a line
-    assert orch.run_hook(payload("PostToolUse"), ORCH_AGENT="proj:1").exit_code == 0
-    if planted == "orch.log":
+    delivered = orch.run_hook(payload("UserPromptSubmit"), ORCH_AGENT="proj:1")
+    assert delivered.exit_code == 0
+    if planted == "supervise.lock":
+        one_line_error(orch.cli("supervise", "--for", "1"), "supervise.lock")
+    if planted == "backups":
+        one_line_error(orch.cli("backup"), f"{state / planted} is a symbolic link")
+    if planted == "plans":  # the hooks' own folders ("running", "messages") are no command's
+        one_line_error(orch.cli("agents"), f"{state / planted} is a symbolic link")
+    if "." in planted:
         assert target.read_text() == "the user's own file\n"
     else:
         assert list(target.iterdir()) == []
-    if planted == "plans":  # the hooks' own folder ("running") is no command's
-        one_line_error(orch.cli("agents"), f"{state / planted} is a symbolic link")
     assert (state / planted).is_symlink()
 
 

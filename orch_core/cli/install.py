@@ -7,6 +7,7 @@ the usual ``json.dumps`` style it comes back byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from orch_core.errors import OrchError
 from orch_core.hook.events import EVENTS
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 HOOK_SCRIPT = "orch-hook"
@@ -46,9 +48,12 @@ def settings_path(project_dir: str, local: bool = False) -> str:
 
 
 def _inside(project_dir: str, path: str) -> str:
-    """Where ``path`` really is (links followed), refusing a ``.claude`` folder or settings
-    file that leads outside the project: a cloned repository must not be able to make
-    ``orch install`` write the user's own settings, or anything else."""
+    """Where ``path`` really is (links followed), refusing a project that does not exist (a
+    mistyped one must not be created), and a ``.claude`` folder or settings file that leads
+    outside the project: a cloned repository must not be able to make ``orch install`` write
+    the user's own settings, or anything else."""
+    if not os.path.isdir(project_dir):
+        raise InstallError(f"no such directory: {project_dir}")
     root = os.path.realpath(project_dir)
     for link in (os.path.dirname(path), path):
         real = os.path.realpath(link)
@@ -85,13 +90,46 @@ def _read(path: str) -> tuple[dict[str, Any], str | None]:
         return {}, None
     except OSError as exc:
         raise InstallError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InstallError(f"{path} is not UTF-8 text") from None
     try:
         data = json.loads(text) if text.strip() else {}
     except ValueError as exc:
         raise InstallError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("hooks", {}), dict):
-        raise InstallError(f"{path}: expected an object with a 'hooks' object")
+    wrong = _misshapen(data)
+    if wrong:
+        raise InstallError(f"{path}: {wrong}")
     return data, text
+
+
+def _misshapen(data: object) -> str | None:
+    """What in ``data`` is not the shape Claude Code's settings give hooks, else ``None``: an
+    object, whose ``hooks`` maps each event to a list of groups, a group being an object with
+    an optional string ``matcher`` and a list ``hooks`` of handlers, each an object with a
+    string ``type`` (a ``command`` one with a string ``command``). Install and uninstall only
+    change a file they can read whole, so nothing they write is half a change."""
+    if not isinstance(data, dict):
+        return "the settings must be an object"
+    hooks = data.get("hooks", {})
+    if not isinstance(hooks, dict):
+        return "hooks must be an object"
+    for name, groups in hooks.items():
+        if not isinstance(groups, list):
+            return f"hooks.{name} must be a list"
+        for i, group in enumerate(groups):
+            where = f"hooks.{name}[{i}]"
+            if not isinstance(group, dict):
+                return f"{where} must be an object"
+            if not isinstance(group.get("matcher", ""), str):
+                return f"{where}.matcher must be a string"
+            if not isinstance(group.get("hooks"), list):
+                return f"{where}.hooks must be a list"
+            for j, handler in enumerate(group["hooks"]):
+                if not isinstance(handler, dict) or not isinstance(handler.get("type"), str):
+                    return f"{where}.hooks[{j}] must be an object with a string 'type'"
+                if handler["type"] == "command" and not isinstance(handler.get("command"), str):
+                    return f"{where}.hooks[{j}].command must be a string"
+    return None
 
 
 def _style(data: dict[str, Any], text: str | None) -> tuple[int | str, str]:
@@ -105,14 +143,18 @@ def _style(data: dict[str, Any], text: str | None) -> tuple[int | str, str]:
     return 2, "\n"
 
 
-def _write(path: str, data: dict[str, Any], style: tuple[int | str, str]) -> None:
+def _dumps(data: dict[str, Any], style: tuple[int | str, str]) -> bytes:
+    indent, end = style
+    return (json.dumps(data, indent=indent, ensure_ascii=False) + end).encode()
+
+
+def _write(path: str, content: bytes) -> None:
     """Write a new file beside ``path`` (a name of its own, created exclusively, so never
     through a link) and move it into place in one step."""
     import tempfile
 
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    indent, end = style
     try:
         mode = os.stat(path).st_mode & 0o777
     except FileNotFoundError:
@@ -121,8 +163,8 @@ def _write(path: str, data: dict[str, Any], style: tuple[int | str, str]) -> Non
         mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".settings.", suffix=".orch-tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=indent, ensure_ascii=False) + end)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -140,9 +182,7 @@ def install(project_dir: str, *, local: bool = False, command: str | None = None
     changed = []
     for name in INSTALLED_EVENTS:
         groups = hooks.setdefault(name, [])
-        if not isinstance(groups, list):
-            raise InstallError(f"{path}: hooks.{name} must be a list")
-        ours = [h for g in groups if isinstance(g, dict) for h in g.get("hooks", []) if is_ours(h)]
+        ours = [h for g in groups for h in g["hooks"] if is_ours(h)]
         if not ours:
             groups.append({"hooks": [handler(command)]})
             changed.append(name)
@@ -152,8 +192,38 @@ def install(project_dir: str, *, local: bool = False, command: str | None = None
                 h.update(wanted)
                 changed.append(name)
     if changed:
-        _write(path, data, style)
+        _write(path, _dumps(data, style))
     return changed
+
+
+@contextlib.contextmanager
+def installed(project_dir: str) -> Iterator[list[str]]:
+    """:func:`install` for a step that may yet fail (``orch spawn`` starting its agent): when
+    it does, the settings go back as they were, byte for byte (the file and the ``.claude``
+    folder removed when install created them), so a failed spawn leaves the project as it
+    found it. Yields the events changed."""
+    path = _inside(project_dir, settings_path(project_dir))
+    folder = os.path.dirname(path)
+    had_folder = os.path.isdir(folder)
+    try:
+        with open(path, "rb") as f:
+            before: bytes | None = f.read()
+    except FileNotFoundError:
+        before = None
+    except OSError as exc:
+        raise InstallError(f"cannot read {path}: {exc.strerror}") from None
+    changed = install(project_dir)
+    try:
+        yield changed
+    except BaseException:
+        if changed and before is not None:
+            _write(path, before)
+        elif changed:
+            os.remove(path)
+            if not had_folder:
+                with contextlib.suppress(OSError):  # something else was put there meanwhile
+                    os.rmdir(folder)
+        raise
 
 
 def uninstall(project_dir: str, *, local: bool = False) -> list[str]:
@@ -166,12 +236,10 @@ def uninstall(project_dir: str, *, local: bool = False) -> list[str]:
     hooks = data.get("hooks", {})
     changed = []
     for name, groups in list(hooks.items()):
-        if not isinstance(groups, list):
-            continue
         kept_groups = []
         for group in groups:
-            inner = group.get("hooks") if isinstance(group, dict) else None
-            if isinstance(inner, list) and any(is_ours(h) for h in inner):
+            inner = group["hooks"]
+            if any(is_ours(h) for h in inner):
                 changed.append(name)
                 kept = [h for h in inner if not is_ours(h)]
                 if kept:
@@ -188,7 +256,7 @@ def uninstall(project_dir: str, *, local: bool = False) -> list[str]:
     if not hooks:
         del data["hooks"]
     if data:
-        _write(path, data, style)
+        _write(path, _dumps(data, style))
     else:
         os.remove(path)
     return changed
@@ -200,8 +268,8 @@ def installed_events(project_dir: str) -> dict[str, list[str]]:
     for local in (False, True):
         data, _ = _read(settings_path(project_dir, local))
         for name, groups in data.get("hooks", {}).items():
-            for group in groups if isinstance(groups, list) else []:
-                for h in group.get("hooks", []) if isinstance(group, dict) else []:
+            for group in groups:
+                for h in group["hooks"]:
                     if is_ours(h):
                         found.setdefault(name, []).append(h["command"])
     return found

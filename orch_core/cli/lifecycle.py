@@ -11,7 +11,7 @@ import click
 
 from orch_core import hosts, paths
 from orch_core.cli import install
-from orch_core.cli.params import agent_name
+from orch_core.cli.params import agent_name, read_text
 from orch_core.hook.context import Runtime
 from orch_core.storage import open_store
 from orch_core.supervisor import lifecycle
@@ -26,6 +26,17 @@ DEFAULT_COMMAND = "claude"
 
 def _store() -> Store:
     return open_store(os.environ)
+
+
+def _argv(command: str) -> list[str]:
+    """``--command`` split as a shell would split it (no shell runs it), else a one-line error."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise click.ClickException(f"--command {command!r}: {exc}") from None
+    if not argv:
+        raise click.ClickException("--command is empty")
+    return argv
 
 
 def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -66,29 +77,28 @@ def spawn_command(
     env_pairs: tuple[str, ...],
 ) -> None:
     """Start agent NAME in a new tmux window, with orch's hooks, its briefing, and a launch
-    spec orch restarts it from."""
-    argv = shlex.split(command)
-    if not argv:
-        raise click.ClickException("--command is empty")
+    spec orch restarts it from. Everything is checked first; if tmux then cannot start it, the
+    hooks it installed are taken out again."""
+    argv = _argv(command)
+    extra_env = _env_pairs(env_pairs)
     cwd = os.path.abspath(directory)
     store = _store()
-    lifecycle.check_name(name)
-    lifecycle.check_free(store, name, os.environ)
-    install.install(cwd)
-    extra_env = _env_pairs(env_pairs)
-    # opening the project's runtime builds its plan, so the agent's first hook finds it ready
-    # (Claude names the project by its real path)
-    runtime = Runtime.open({**os.environ, **extra_env}, os.path.realpath(cwd), store=store)
-    runtime.fire("orch_agent_spawned", {"agent": name, "briefing": brief and brief.read()})
-    spec = lifecycle.spawn(
-        store,
-        name,
-        cwd=cwd,
-        argv=argv,
-        session=session,
-        extra_env=extra_env,
-        env=os.environ,
-    )
+    lifecycle.check_spawn(store, name, cwd=cwd, argv=argv, extra_env=extra_env, env=os.environ)
+    briefing = brief and read_text(brief)  # before anything changes
+    with install.installed(cwd):
+        # opening the project's runtime builds its plan, so the agent's first hook finds it
+        # ready (Claude names the project by its real path)
+        runtime = Runtime.open({**os.environ, **extra_env}, os.path.realpath(cwd), store=store)
+        runtime.fire("orch_agent_spawned", {"agent": name, "briefing": briefing})
+        spec = lifecycle.spawn(
+            store,
+            name,
+            cwd=cwd,
+            argv=argv,
+            session=session,
+            extra_env=extra_env,
+            env=os.environ,
+        )
     lifecycle.ensure_supervisor(os.environ)
     click.echo(f"spawned {name} in tmux pane {spec['pane']} (session {session}), in {cwd}")
 
@@ -136,22 +146,27 @@ def adopt_command(
     session: str,
     env_pairs: tuple[str, ...],
 ) -> None:
-    """Give a hand-started AGENT of this host a launch spec, so orch can restart it."""
+    """Give a hand-started AGENT of this host a launch spec, so orch can restart it. The name,
+    directory and command are checked as `orch spawn` checks them."""
     store = _store()
-    agent = hosts.Names(store).resolve(agent)
+    agent = lifecycle.check_adoptable(hosts.Names(store).resolve(agent))
     here = paths.host(os.environ)
     where = hosts.Names(store).host_of(agent)
     if store.shared and where not in (None, here):
         raise click.ClickException(f"{agent} runs on host {where}: run `orch adopt` there")
+    argv = _argv(command)
+    extra_env = _env_pairs(env_pairs)
+    cwd = os.path.abspath(directory)
+    lifecycle.check_launch(cwd, argv, extra_env, os.environ)
     known = store.agent_pane(agent, host=here)
     pane = pane or (known[0] if known else None)
     socket = known[1] if known else os.environ.get("ORCH_TMUX_SOCKET")
     lifecycle.save_spec(
         store,
         agent,
-        argv=shlex.split(command),
-        cwd=os.path.abspath(directory),
-        env=_env_pairs(env_pairs),
+        argv=argv,
+        cwd=cwd,
+        env=extra_env,
         socket=socket,
         session=session,
         pane=pane,

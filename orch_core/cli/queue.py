@@ -14,13 +14,13 @@ from orch_core import hosts, paths
 from orch_core.cli import send
 from orch_core.cli.errors import damaged, database_error
 from orch_core.cli.group import listing_group
-from orch_core.cli.params import agent_name, check_agent, optional_agent_name
+from orch_core.cli.params import agent_name, check_agent, optional_agent_name, read_text
 from orch_core.cli.send import project_queue
 from orch_core.queue import STATES, QueueError, age
 from orch_core.text import inert
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from typing import Any
 
 
@@ -51,14 +51,14 @@ def send_command(batch: Any, **given: Any) -> None:
     if batch is None:
         send.send(**given)
         return
-    if (
-        given["agent"] is not None
-        or given["text"] is not None
-        or given["push"]
-        or given["all_agents"]
-    ):
+    if given["agent"] is not None or given["text"] is not None:
         raise click.ClickException("--batch takes its messages from the file alone")
-    send.send_batch(batch, given["as_json"])
+    options = [o.flags[0] for o in send.OPTIONS if o.dest != "as_json"
+               and given[o.dest] != send.DEFAULTS[o.dest]]  # fmt: skip
+    if options:  # each line says its own (a line's "priority", "from", "ttl", ...)
+        raise click.ClickException(f"--batch takes its messages from the file alone, not "
+                                   f"{', '.join(options)}: give them on each line")  # fmt: skip
+    send.send_batch(read_text(batch).split("\n"), given["as_json"])  # not at U+2028
 
 
 def _line(m: dict[str, Any], now: float, agent: str) -> str:
@@ -212,20 +212,20 @@ def _print_records(records: list[dict[str, Any]]) -> None:
 @click.command("import")
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 def import_command(file: Any) -> None:
-    """Read messages exported as JSON lines (FILE '-' is stdin); ids already here are skipped."""
-
-    def records() -> Iterator[dict[str, Any]]:
-        for number, line in enumerate(file, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict) or not {"id", "agent", "body"} <= record.keys():
-                    raise ValueError("not an exported message")
-            except ValueError as exc:
-                raise QueueError(f"line {number}: {exc}") from None
-            yield record
-
-    every = list(records())
-    added = project_queue().import_(every)
+    """Read messages exported as JSON lines (FILE '-' is stdin); ids already here are skipped.
+    Every line is checked before any is stored: one bad line stores nothing."""
+    numbers: list[int] = []
+    every: list[dict[str, Any]] = []
+    for number, line in enumerate(read_text(file).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not {"id", "agent", "body"} <= record.keys():
+                raise ValueError("not an exported message")
+        except ValueError as exc:
+            raise QueueError(f"line {number}: {exc}") from None
+        numbers.append(number)
+        every.append(record)
+    added = project_queue().import_(every, lines=numbers)
     click.echo(f"imported {added} messages ({len(every) - added} already present)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from orch_core import api, hosts, paths
 from orch_core.cli import errors
 from orch_core.errors import OrchError
 from orch_core.hook import agents
-from orch_core.queue import MAX_SEND_PRIORITY, Queue, QueueError, parse_duration
+from orch_core.queue import MAX_DURATION, MAX_SEND_PRIORITY, Queue, QueueError, parse_duration
 
 TYPE_CHECKING = False  # importing typing costs each send ~4 ms
 
@@ -132,6 +133,9 @@ def send(
     receipts."""
     if (agent is None and not all_agents) or text is None:
         raise QueueError("give AGENT and TEXT (or --all and TEXT, or --batch FILE)")
+    if all_agents and agent is not None:  # scripts write `orch send AGENT TEXT --all`: say so
+        sys.stderr.write(f"note: --all sends to every known agent, not {agent} alone (a "
+                         "pattern such as 'proj:*' fans out to some)\n")  # fmt: skip
     if text == "-":
         try:
             text = sys.stdin.buffer.read().decode("utf-8")
@@ -161,7 +165,7 @@ def send(
 
 def send_batch(lines: Iterable[str], as_json: bool) -> None:
     """Queue every message of a ``--batch`` file in one transaction; print their receipts."""
-    items = [message(**line) for line in batch_lines(lines)]
+    items = list(batch_lines(lines))
     receipts = warm_send(items)
     if receipts is None:
         receipts = api.send_many(items)
@@ -253,6 +257,8 @@ def message(
 def _seconds(value: str | float) -> float:
     """``30m`` or ``90`` on the command line; in a batch line, a number of seconds as well."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        if value > MAX_DURATION:
+            raise QueueError(f"{value!r} is too long a time (at most {MAX_DURATION // 86400}d)")
         return float(value)
     return parse_duration(str(value))
 
@@ -274,14 +280,21 @@ def _at(text: str) -> float:
         raise QueueError(f"--at: cannot read {text!r}; use HH:MM or an ISO 8601 time") from None
 
 
-#: Batch-line keys, and the option each stands for.
-BATCH_KEYS = {"agent": "agent", "text": "text", "priority": "priority", "from": "sender",
-              "key": "key", "ttl": "ttl", "after": "after", "in": "delay", "at": "at",
-              "exact": "exact"}  # fmt: skip
+#: Batch-line keys, the option each stands for, and the JSON types it takes (``None``: null).
+BATCH_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "agent": ("agent", (str,)), "text": ("text", (str,)), "priority": ("priority", (int,)),
+    "from": ("sender", (str, type(None))), "key": ("key", (str, type(None))),
+    "ttl": ("ttl", (str, int, float, type(None))), "after": ("after", (str, type(None))),
+    "in": ("delay", (str, int, float, type(None))), "at": ("at", (str, type(None))),
+    "exact": ("exact", (bool,)),
+}  # fmt: skip
+_JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               type(None): "null"}  # fmt: skip
 
 
 def batch_lines(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """The messages of a ``--batch`` file; a line that is not one names its number."""
+    """The messages of a ``--batch`` file, each as :func:`message` makes it; a line that is not
+    one names its number (and its key, when one value is wrong)."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -292,11 +305,24 @@ def batch_lines(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             unknown = data.keys() - BATCH_KEYS.keys()
             if unknown:
                 raise ValueError(f"unknown keys {sorted(unknown)}")
-            if not isinstance(data.get("agent"), str) or not isinstance(data.get("text"), str):
-                raise ValueError("agent and text must be strings")
-        except ValueError as exc:
+            if "agent" not in data or "text" not in data:
+                raise ValueError("give agent and text")
+            for name, value in data.items():
+                _check_type(name, value)
+            yield message(**{BATCH_KEYS[k][0]: v for k, v in data.items()})
+        except (ValueError, QueueError) as exc:  # json's errors are ValueErrors
             raise QueueError(f"--batch line {number}: {exc}") from None
-        yield {BATCH_KEYS[k]: v for k, v in data.items()}
+
+
+def _check_type(name: str, value: object) -> None:
+    """A batch line's ``name`` holds one of the JSON types it takes, and a number is finite
+    (JSON's ``1e999`` reads as infinity): ``true`` is no priority, ``"no"`` is no ``exact``."""
+    types = BATCH_KEYS[name][1]
+    if type(value) not in types:  # not isinstance: a bool is an int to Python
+        wanted = " or ".join(dict.fromkeys(_JSON_TYPES[t] for t in types))
+        raise ValueError(f"{name} must be {wanted}, not {json.dumps(value)[:40]}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number")
 
 
 def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:

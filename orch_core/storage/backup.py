@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from orch_core import paths
 from orch_core.errors import OrchError
-from orch_core.storage.store import SCHEMA_VERSION
+from orch_core.storage.store import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -56,11 +56,11 @@ def take(db: str, keep: int = 8, now: float | None = None) -> str:
     """An online backup of ``db``; the oldest beyond ``keep`` are removed. Returns its path."""
     now = time.time() if now is None else now
     target_dir = paths.backups_dir(db)
-    paths.ensure_private_dir(target_dir)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{now % 1:.6f}"[1:]
     final = os.path.join(target_dir, f"{PREFIX}{stamp}Z{SUFFIX}")
     partial = f"{final}.partial"
     try:
+        paths.ensure_own_dir(target_dir)  # a folder that cannot be written: one line
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         if not os.path.isfile(db):
             raise BackupError(f"{db}: no database to back up")
@@ -86,7 +86,9 @@ def take(db: str, keep: int = 8, now: float | None = None) -> str:
 
 
 def check(file: str) -> dict[str, Any]:
-    """What ``file`` holds, if it is a whole orch database; else :class:`BackupError`."""
+    """What ``file`` holds, if it is a whole orch database: undamaged, of a schema this orch
+    knows, with every table and column that schema has (orch would migrate it from there);
+    else :class:`BackupError`."""
     if not os.path.isfile(file):
         raise BackupError(f"{file}: no such file")
     try:
@@ -94,6 +96,7 @@ def check(file: str) -> dict[str, Any]:
         try:
             verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            have = _columns(conn)
             messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
         finally:
             conn.close()
@@ -103,7 +106,37 @@ def check(file: str) -> dict[str, Any]:
         raise BackupError(f"{file} is damaged: {verdict}")
     if version > SCHEMA_VERSION:
         raise BackupError(f"{file} has schema {version}, newer than this orch ({SCHEMA_VERSION})")
+    if version < 1:
+        raise BackupError(f"{file} is not an orch database: it has no orch schema version")
+    wanted = _columns_of_schema(version)
+    tables = {table for table, _ in have}
+    lacking = sorted({table for table, _ in wanted} - tables) or sorted(
+        f"{table}.{column}" for table, column in wanted - have
+    )
+    if lacking:
+        more = f" (and {len(lacking) - 3} more)" if len(lacking) > 3 else ""
+        raise BackupError(f"{file} is not an orch database: it has schema {version} but no "
+                          f"{', '.join(lacking[:3])}{more}")  # fmt: skip
     return {"schema_version": version, "messages": messages}
+
+
+def _columns(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+    """Every (table, column) of a database."""
+    return set(conn.execute(
+        "SELECT m.name, p.name FROM sqlite_master AS m, pragma_table_info(m.name) AS p"
+        " WHERE m.type = 'table'"
+    ).fetchall())  # fmt: skip
+
+
+def _columns_of_schema(version: int) -> set[tuple[str, str]]:
+    """Every (table, column) of orch's schema ``version``, as its migrations make them."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for step in range(1, version + 1):
+            conn.executescript(MIGRATIONS[step])
+        return _columns(conn)
+    finally:
+        conn.close()
 
 
 def restore(env: Mapping[str, str], file: str) -> str:
@@ -119,8 +152,6 @@ def restore(env: Mapping[str, str], file: str) -> str:
     if pid:
         raise BackupError(f"orch supervise is running (pid {pid}): stop it, then restore")
     check(file)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = f"{db}.before-restore-{stamp}"
     incoming = f"{db}.restoring"
     try:
         os.close(os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
@@ -134,14 +165,41 @@ def restore(env: Mapping[str, str], file: str) -> str:
                 copy.close()
         finally:
             source.close()
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.lexists(db + suffix):
-                os.replace(db + suffix, aside + suffix)
+        aside = _set_aside(db)
         os.replace(incoming, db)
     except (OSError, sqlite3.Error) as exc:
         _remove(incoming)
         raise BackupError(f"cannot restore {file}: {exc}") from None
     return aside
+
+
+def _set_aside(db: str) -> str:
+    """Move ``db`` and its WAL to a name of their own, returned: a name none of whose files
+    exists, each created exclusively (never an existing file, nor through a symbolic link)
+    before the move replaces it, so no database set aside before, even in the same second, is
+    ever overwritten."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    suffixes = ("", "-wal", "-shm")
+    present = [suffix for suffix in suffixes if os.path.lexists(db + suffix)]
+    n = 0
+    while True:
+        n += 1
+        aside = f"{db}.before-restore-{stamp}" + (f"-{n}" if n > 1 else "")
+        if any(os.path.lexists(aside + suffix) for suffix in suffixes):
+            continue
+        made: list[str] = []
+        try:
+            for suffix in present:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                os.close(os.open(aside + suffix, flags, 0o600))
+                made.append(aside + suffix)
+        except FileExistsError:  # made meanwhile by another restore
+            for path in made:
+                _remove(path)
+            continue
+        for suffix in present:
+            os.replace(db + suffix, aside + suffix)
+        return aside
 
 
 def _readonly(path: str) -> sqlite3.Connection:

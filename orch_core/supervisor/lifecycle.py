@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from orch_core.storage.store import Listener, Store
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: What ``orch adopt`` takes: a name :data:`NAME` allows, or the id hooks give an agent started
+#: by hand in a tmux session so named, ``session:window`` (``host/session:window`` on a store
+#: several machines share).
+ADOPTABLE = re.compile(rf"{NAME.pattern}|(?:{NAME.pattern}/)?{NAME.pattern}:[0-9]+")
 ACTIVE = ("scheduled", "running", "verifying")
 #: What ``orch restart`` adds to keep the conversation (Claude Code's own flag).
 KEEP_CONVERSATION = ("--continue",)
@@ -147,6 +151,39 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_adoptable(name: str) -> str:
+    """The name ``orch adopt`` gives a launch spec: one ``orch spawn`` would take, or such a
+    tmux session's ``session:window`` (:data:`ADOPTABLE`); restarting the agent names its
+    window and its ``ORCH_AGENT`` after it."""
+    if not ADOPTABLE.fullmatch(name):
+        raise LifecycleError(
+            f"invalid agent name {name!r}: a name `orch spawn` takes (letters, digits, '.', "
+            "'_', '-'; at most 64, starting with a letter or digit), or SESSION:WINDOW of a "
+            "tmux session so named"
+        )
+    return name
+
+
+def check_launch(
+    cwd: str, argv: Sequence[str], extra_env: Mapping[str, str], env: Mapping[str, str]
+) -> None:
+    """A one-line error unless tmux can start ``argv`` in ``cwd``: the directory exists and the
+    program is an executable file (a path, from ``cwd`` as tmux takes it) or on the PATH the
+    pane gets (``extra_env``'s, else this process's). Else tmux opens a window that closes at
+    once and says nothing, and a restart later fails the same way."""
+    import shutil
+
+    if not os.path.isdir(cwd):
+        raise LifecycleError(f"no such directory: {cwd}")
+    program = argv[0]
+    if os.sep in program:
+        path = os.path.join(cwd, program)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise LifecycleError(f"{path} is not an executable file")
+    elif shutil.which(program, path=extra_env.get("PATH", env.get("PATH", os.defpath))) is None:
+        raise LifecycleError(f"command {program!r} not found on PATH")
+
+
 def pane_env(agent: str, extra: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
     """What the agent's pane gets: its extra variables, orch's state location, ORCH_AGENT."""
     inherited = {key: env[key] for key in SPAWN_ENV if env.get(key)}
@@ -164,24 +201,14 @@ def spawn(
     env: Mapping[str, str],
 ) -> dict[str, Any]:
     """Start an agent in a new tmux window and keep its launch spec; return the spec."""
-    check_name(name)
-    if not os.path.isdir(cwd):
-        raise LifecycleError(f"no such directory: {cwd}")
-    existing = get_spec(store, name)
-    other = check_free(store, name, env)
-    if (
-        other is None
-        and existing
-        and tmux.pane_state(existing["pane"] or "", existing["tmux_socket"]) == "alive"
-    ):
-        raise LifecycleError(f"agent {name} is already running in pane {existing['pane']}")
+    check_spawn(store, name, cwd=cwd, argv=argv, extra_env=extra_env, env=env)
     host = paths.host(env)
     socket = env.get("ORCH_TMUX_SOCKET") or None
     variables = pane_env(name, extra_env, env)
     try:
         pane = tmux.start(socket, session, name, cwd, variables, argv)
     except tmux.TmuxError as exc:
-        raise LifecycleError(str(exc)) from None
+        raise LifecycleError(f"cannot start {name}: {exc}") from None
     save_spec(
         store,
         name,
@@ -197,6 +224,28 @@ def spawn(
     spec = get_spec(store, name)
     assert spec is not None
     return spec
+
+
+def check_spawn(
+    store: Store,
+    name: str,
+    *,
+    cwd: str,
+    argv: Sequence[str],
+    extra_env: Mapping[str, str],
+    env: Mapping[str, str],
+) -> None:
+    """Every reason :func:`spawn` refuses, all read-only: ``orch spawn`` asks before it
+    installs the hooks, so a refused spawn changes nothing."""
+    check_name(name)
+    existing = get_spec(store, name)
+    if (
+        check_free(store, name, env) is None
+        and existing
+        and tmux.pane_state(existing["pane"] or "", existing["tmux_socket"]) == "alive"
+    ):
+        raise LifecycleError(f"agent {name} is already running in pane {existing['pane']}")
+    check_launch(cwd, argv, extra_env, env)
 
 
 def check_free(store: Store, name: str, env: Mapping[str, str]) -> str | None:
@@ -293,9 +342,12 @@ def restart(
 
 def stop(store: Store, agent: str, env: Mapping[str, str] = os.environ) -> None:
     """Stop the agent and everything scheduled for it; the supervisor leaves it alone. Only on
-    the agent's own host."""
+    the agent's own host, and only an agent orch knows: a mistyped name would otherwise become
+    a ``stopped`` agent of its own."""
     spec = get_spec(store, agent)
     check_here(store, agent, spec, env, "stop")
+    if spec is None and not store.execute("SELECT 1 FROM agents WHERE id = ?", (agent,)).fetchone():
+        raise LifecycleError(f"no agent {agent}: orch neither started it nor heard from it")
     if spec and spec["pane"]:
         try:
             tmux.tmux(spec["tmux_socket"], "kill-pane", "-t", spec["pane"])
@@ -645,7 +697,7 @@ def supervisor_lock(env: Mapping[str, str], *, blocking: bool, claim: bool = Tru
     import fcntl
 
     paths.ensure_private_dir(paths.state_dir(env))
-    fd = os.open(lock_path(env), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(lock_path(env), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
     except OSError:
@@ -681,7 +733,7 @@ def ensure_supervisor(env: Mapping[str, str]) -> None:
         return
     orch = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "orch")
     log = os.path.join(paths.state_dir(env), "supervise.log")
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         subprocess.Popen(
             [orch, "supervise"],

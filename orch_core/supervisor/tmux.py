@@ -82,13 +82,13 @@ class _pane_lock:
     def __init__(self, pane: str, socket: str | None, state_dir: str) -> None:
         name = "".join(c if c.isalnum() else "_" for c in f"{socket or 'default'}{pane}")
         folder = os.path.join(state_dir, "locks")
-        paths.ensure_private_dir(folder)
+        paths.ensure_own_dir(folder)
         self.path = os.path.join(folder, f"{name}.lock")
 
     def __enter__(self) -> None:
         import fcntl
 
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def __exit__(self, *_: object) -> None:
@@ -122,6 +122,13 @@ def env_flags(env: dict[str, str]) -> list[str]:
     return flags
 
 
+def exec_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` as tmux runs it without a shell: tmux hands a command of one word to ``sh -c``,
+    where a directory's name in it (``/src/$(rm -rf ~)/run.sh``) would run, so one word goes
+    through ``env``, which runs it as it is."""
+    return ["env", "--", *argv] if len(argv) == 1 else list(argv)
+
+
 def start(
     socket: str | None,
     session: str,
@@ -135,13 +142,22 @@ def start(
     place."""
     common = ["-d", "-P", "-F", "#{pane_id}", "-n", literal(window), "-c", literal(cwd)]
     common += env_flags(env)
+    run = exec_argv(argv)
     try:
         tmux(socket, "has-session", "-t", f"={session}")
     except TmuxError:
-        pane = tmux(socket, "new-session", "-s", literal(session), *common, "--", *argv).strip()
+        pane = tmux(socket, "new-session", "-s", literal(session), *common, "--", *run).strip()
     else:
-        pane = tmux(socket, "new-window", "-t", f"={session}:", *common, "--", *argv).strip()
-    tmux(socket, "set-option", "-w", "-t", pane, "remain-on-exit", "on")
+        pane = tmux(socket, "new-window", "-t", f"={session}:", *common, "--", *run).strip()
+    if not pane:  # tmux exits 0 when it cannot create its server (a socket in no folder)
+        raise TmuxError(f"tmux new-session: no server could be started at {socket or 'its socket'}")
+    try:
+        tmux(socket, "set-option", "-w", "-t", pane, "remain-on-exit", "on")
+    except TmuxError:
+        if pane_state(pane, socket) != "gone":
+            raise
+        # tmux's own error, "no such window", would not say that the program ended
+        raise TmuxError(f"{argv[0]} exited at once, and its window closed") from None
     return pane
 
 
@@ -150,4 +166,4 @@ def respawn(
 ) -> None:
     """Kill whatever runs in ``pane`` and start ``argv`` there instead."""
     tmux(socket, "respawn-pane", "-k", "-t", pane, "-c", literal(cwd), *env_flags(env), "--",
-         *argv)  # fmt: skip
+         *exec_argv(argv))  # fmt: skip

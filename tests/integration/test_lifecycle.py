@@ -20,6 +20,7 @@ import pytest
 
 from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.kit import OrchState, hook_script, orch_script
+from orch_core.testing.payloads import payload
 
 pytestmark = [pytest.mark.tmux, pytest.mark.orch_backends("sqlite", "postgresql")]
 
@@ -186,6 +187,127 @@ def test_four_crashes_in_an_hour_give_three_restarts_then_failed(fleet: OrchStat
     assert alerts == [
         ("worker", "failed", "worker failed: pane dead; 3 restarts this hour; no automatic restart")
     ]
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("Error: ") and all(w in line for w in words), line
+
+
+def nothing_started(orch: OrchState) -> None:
+    """No launch spec, agent, briefing, tmux server or supervisor."""
+    for table in ("launch_specs", "agents", "agent_context"):
+        assert orch.store.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
+    assert not os.path.exists(orch.env["ORCH_TMUX_SOCKET"])
+    assert not lifecycle.supervisor_running(orch.env)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("w", ["--command", 'claude "x'], "--command 'claude \"x': No closing quotation"),
+        ("w", ["--command", ""], "--command is empty"),
+        ("w", ["--command", "no-such-binary-xyz"], "command 'no-such-binary-xyz' not found"),
+        ("w", ["--command", "./agent.sh"], "agent.sh is not an executable file"),
+        ("w", ["--command", "sleep 600", "--brief", "{brief}"], "not UTF-8 text"),
+        ("w", ["--command", "sleep 600", "--dir", "{typo}"], "no such directory: "),
+        ("bad name", ["--command", "sleep 600"], "invalid agent name"),
+    ],
+)
+def test_spawn_refuses_bad_input_before_changing_anything(
+    fleet: OrchState, tmp_path: Path, name: str, options: list[str], message: str
+) -> None:
+    """Checked before the hooks go in: a refused spawn installs nothing, starts nothing, and
+    no plugin hears of it."""
+    project = tmp_path / "fresh"
+    project.mkdir()
+    brief = tmp_path / "brief.md"
+    brief.write_bytes(b"\xff\xfe\n")
+    typo = tmp_path / "typo" / "path"
+    given = [o.format(brief=brief, typo=typo) for o in options]
+    one_line_error(fleet.cli("spawn", name, "--dir", str(project), *given), message)
+    assert list(project.iterdir()) == []
+    assert not typo.parent.exists()
+    nothing_started(fleet)
+
+
+@pytest.mark.parametrize("settings", [None, '{"permissions": {}}'])
+def test_a_spawn_tmux_cannot_start_leaves_the_project_as_it_found_it(
+    fleet: OrchState, tmp_path: Path, settings: str | None
+) -> None:
+    """The hooks go in before the agent starts (its first hook needs them) and come out again
+    when tmux fails."""
+    fleet.env["ORCH_TMUX_SOCKET"] = str(tmp_path / "no-such-folder" / "tmux.sock")
+    project = tmp_path / "fresh"
+    project.mkdir()
+    if settings is not None:
+        (project / ".claude").mkdir()
+        (project / ".claude" / "settings.json").write_text(settings)
+    done = fleet.cli("spawn", "w", "--dir", str(project), "--command", "sleep 600")
+    one_line_error(done, "cannot start w: tmux new-session: no server could be started at")
+    if settings is None:
+        assert list(project.iterdir()) == []
+    else:
+        assert [p.name for p in (project / ".claude").iterdir()] == ["settings.json"]
+        assert (project / ".claude" / "settings.json").read_text() == settings
+    nothing_started(fleet)
+
+
+def test_a_program_that_ends_before_tmux_keeps_its_window_is_said_so(
+    fleet: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tmux keeps a window only once told to; a program that ended before then took its window
+    with it, and tmux's own error ("no such window") would not say so."""
+    real = tmux.tmux
+
+    def late(socket: str | None, *args: str, timeout: float = 5.0, stdin: str | None = None) -> str:
+        if args[0] == "set-option":  # the program has ended by now
+            until(lambda: tmux.pane_state(args[3], socket) == "gone", "the window closed", 10)
+        return real(socket, *args, timeout=timeout, stdin=stdin)
+
+    monkeypatch.setattr(tmux, "tmux", late)
+    with pytest.raises(tmux.TmuxError, match=r"^true exited at once, and its window closed$"):
+        tmux.start(fleet.env["ORCH_TMUX_SOCKET"], "s", "w", str(fleet.project_dir), {}, ["true"])
+
+
+@pytest.mark.parametrize(
+    ("name", "directory", "command", "message"),
+    [
+        ("ad:1", None, "", "--command is empty"),
+        ("ad:1", None, 'claude "x', "No closing quotation"),
+        ("ad:1", None, "no-such-binary-xyz", "command 'no-such-binary-xyz' not found"),
+        ("ad:1", "/nonexistent", "sleep 600", "no such directory: /nonexistent"),
+        ("bad name", None, "sleep 600", "invalid agent name 'bad name'"),
+        ("proj:x", None, "sleep 600", "invalid agent name 'proj:x'"),
+    ],
+)
+def test_adopt_checks_what_spawn_checks(
+    fleet: OrchState, name: str, directory: str | None, command: str, message: str
+) -> None:
+    done = fleet.cli("adopt", name, "--dir", directory or str(fleet.project_dir),
+                     "--command", command)  # fmt: skip
+    one_line_error(done, message)
+    nothing_started(fleet)
+
+
+@pytest.mark.parametrize("name", ["solo", "proj:2", "alpha/proj:2"])
+def test_adopt_takes_the_names_hooks_give_agents_started_by_hand(
+    fleet: OrchState, name: str
+) -> None:
+    done = fleet.cli("adopt", name, "--dir", str(fleet.project_dir), "--command", "sleep 600")
+    assert done.returncode == 0, done.stderr
+    spec = lifecycle.get_spec(fleet.store, name)
+    assert spec is not None and spec["argv"] == ["sleep", "600"]
+
+
+def test_stop_refuses_an_agent_orch_does_not_know(fleet: OrchState) -> None:
+    """It would otherwise make up a ``stopped`` agent of that name."""
+    one_line_error(fleet.cli("stop", "nosuch:1"), "no agent nosuch:1")
+    nothing_started(fleet)
+    fleet.run_hook(payload("SessionStart", session_id="s1"), ORCH_AGENT="hand")  # heard from
+    assert fleet.cli("stop", "hand").returncode == 0
+    assert [(a["id"], a["state"]) for a in fleet.store.agents()] == [("hand", "stopped")]
 
 
 def test_stop_means_no_restart(fleet: OrchState) -> None:
