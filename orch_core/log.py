@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 MAX_BYTES = 5 * 1024 * 1024
 KEEP = 3
+#: The longest text a line keeps of one field: a hook payload's fields are anyone's, and a
+#: field of megabytes would push the log's history out.
+MAX_FIELD = 2000
 
 
 def write(level: str, msg: str, env: Mapping[str, str] = os.environ, **fields: Any) -> None:
@@ -27,10 +30,14 @@ def write(level: str, msg: str, env: Mapping[str, str] = os.environ, **fields: A
     a log that cannot be written must never break a hook."""
     record = {"ts": round(time.time(), 3), "level": level, "msg": msg, **fields}
     line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+    if len(line) > 4 * MAX_FIELD:
+        record = {key: _short(value) for key, value in record.items()}
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
     path = paths.log_path(env)
     try:
         paths.ensure_private_dir(os.path.dirname(path))
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO
+        fd = os.open(path, flags, 0o600)
         try:
             os.write(fd, line.encode("utf-8", "replace"))
             size = os.fstat(fd).st_size
@@ -40,6 +47,14 @@ def write(level: str, msg: str, env: Mapping[str, str] = os.environ, **fields: A
             _rotate(path)
     except OSError:
         pass
+
+
+def _short(value: Any) -> Any:
+    """``value``, or at most :data:`MAX_FIELD` characters of its text."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) <= MAX_FIELD:
+        return value
+    return f"{text[:MAX_FIELD]}... ({len(text)} characters)"
 
 
 def _rotate(path: str) -> None:

@@ -88,9 +88,19 @@ def project_config_path(project_dir: str) -> str:
     return os.path.join(project_dir, ".claude", "orch.toml")
 
 
+#: The longest path a folder can have (Linux's ``PATH_MAX``): a payload's ``cwd`` longer
+#: than that is no folder, and each would cost a plan of its own in the state folder.
+PATH_MAX = 4096
+
+
 def project_dir(env: Mapping[str, str], cwd: str | None = None) -> str:
-    """The project a hook runs for: ``CLAUDE_PROJECT_DIR``, else the event's cwd."""
-    return env.get("CLAUDE_PROJECT_DIR") or cwd or os.getcwd()
+    """The project a hook runs for: ``CLAUDE_PROJECT_DIR``, else the event's cwd (when it can
+    be a folder's path), else this process's."""
+    if env.get("CLAUDE_PROJECT_DIR"):
+        return env["CLAUDE_PROJECT_DIR"]
+    if cwd and len(cwd) < PATH_MAX and os.path.isabs(cwd):
+        return cwd
+    return os.getcwd()
 
 
 def cwd() -> str:

@@ -6,11 +6,18 @@ answer must still arrive where it can, and checks what ``orch doctor`` then says
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
+from orch_core import log
 from orch_core.plugins.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS
 from orch_core.queue import MARK, Queue
+from orch_core.testing.kit import hook_script
 from orch_core.testing.payloads import payload
 
 if TYPE_CHECKING:
@@ -149,3 +156,73 @@ def orch_user_prompt_submit():
     outcomes = {p["plugin"]: p for p in run["plugins"]}
     assert outcomes["exits"]["outcome"] == "error"
     assert "os._exit(2) called by a plugin; refused" in outcomes["exits"]["error"]
+
+
+def test_a_stdin_that_never_closes_costs_at_most_the_budget(orch: OrchState) -> None:
+    """The backstop is armed before stdin is read: a writer that keeps it open holds no
+    agent longer than the budget, and the queued message waits for the next hook."""
+    Queue(orch.store).send("a:1", "still queued")
+    env = {**orch.env, "ORCH_AGENT": "a:1"}
+    start = time.monotonic()
+    with subprocess.Popen([hook_script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          env=env, cwd=orch.project_dir) as hook:  # fmt: skip
+        assert hook.stdin is not None
+        hook.stdin.write(json.dumps(payload("UserPromptSubmit")).encode())
+        hook.stdin.flush()
+        code = hook.wait(timeout=30)
+        elapsed = time.monotonic() - start
+        assert hook.stdout is not None and hook.stdout.read() == b""
+        hook.stdin.close()
+    assert elapsed < BUDGET + ANSWER_MARGIN + STARTUP, elapsed
+    assert code == 1  # Claude goes on without the hook
+    assert [m["state"] for m in Queue(orch.store).messages("a:1")] == ["queued"]
+    assert MARK in orch.run_hook(payload("UserPromptSubmit"), ORCH_AGENT="a:1").stdout
+
+
+@pytest.mark.parametrize("where", ["orch.log", "plan"])
+def test_a_fifo_in_the_state_folder_blocks_no_hook(orch: OrchState, where: str) -> None:
+    """Only orch writes its state folder; should a FIFO be there all the same (the log, a
+    cached plan), a hook neither blocks on it nor stops answering."""
+    Queue(orch.store).send("a:1", "delivered all the same")
+    assert orch.run_hook(payload("PostToolUse")).exit_code == 0  # the plan, cached
+    state = Path(orch.env["ORCH_STATE_DIR"])
+    path = state / "orch.log" if where == "orch.log" else next((state / "plans").glob("*.json"))
+    path.unlink(missing_ok=True)
+    os.mkfifo(path, 0o600)
+    for data in (b"not json", payload("UserPromptSubmit")):
+        elapsed, result = timed(orch, data, ORCH_AGENT="a:1")  # type: ignore[arg-type]
+        assert elapsed < BUDGET + ANSWER_MARGIN + STARTUP, elapsed
+        assert result.exit_code == 0
+    assert "delivered all the same" in result.stdout
+    start = time.monotonic()
+    assert orch.cli("queue").returncode == 0
+    assert time.monotonic() - start < 5
+
+
+def test_a_huge_payload_field_is_logged_short(orch: OrchState) -> None:
+    """A field of megabytes in each of a few bad payloads would rotate the log's history out."""
+    log.write("info", "the history", orch.env)
+    for _ in range(3):
+        orch.run_hook({"hook_event_name": "Z" * 3_000_000, "session_id": "s"})
+    text = (Path(orch.env["ORCH_STATE_DIR"]) / "orch.log").read_text()
+    assert "the history" in text
+    assert len(text) < 20_000
+    assert "... (3000000 characters)" in text
+
+
+def test_a_cwd_no_folder_could_have_costs_no_plan_of_its_own(orch: OrchState) -> None:
+    """Without ``CLAUDE_PROJECT_DIR``, the project is the payload's ``cwd``: one longer than
+    any path is none, and would each leave a plan three times its size in the state folder."""
+    env = {k: v for k, v in orch.env.items() if k != "CLAUDE_PROJECT_DIR"}
+    Queue(orch.store).send("a:1", "delivered all the same")
+    plans = Path(orch.env["ORCH_STATE_DIR"]) / "plans"
+    replies = []
+    for n in range(3):
+        data = payload("UserPromptSubmit", cwd="/tmp/" + str(n) * 100_000)
+        done = subprocess.run([hook_script()], input=json.dumps(data).encode(),
+                              capture_output=True, env={**env, "ORCH_AGENT": "a:1"},
+                              cwd=orch.project_dir, timeout=30, check=False)  # fmt: skip
+        assert done.returncode == 0
+        replies.append(done.stdout.decode())
+    assert sum(reply.count("delivered all the same") for reply in replies) == 1
+    assert sum(f.stat().st_size for f in plans.glob("*.json")) < 100_000

@@ -13,12 +13,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from orch_core.plugins import loader
 from orch_core.queue import Queue
 from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.kit import OrchState, orch_script
@@ -296,6 +297,63 @@ def test_the_rebrief_runs_no_command_a_working_copys_git_config_names(
     assert (state["branch"], state["uncommitted"], len(state["last_commits"])) == (
         "main", ["?? new.txt"], 1)  # fmt: skip
     assert not marker.exists()
+
+
+def test_the_rebrief_runs_nothing_from_a_bare_repository_committed_in_a_project(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """A cloned project may carry a bare repository (``vendor/cache.git``) whose config names
+    a promisor remote: ``git status`` there would fetch the missing objects through the remote's
+    ``uploadpack``, run by a shell."""
+    from orch_builtin.rebrief import git_state
+
+    marker = tmp_path / "pwned"
+    bare = tmp_path / "project" / "vendor" / "cache.git"
+    (bare / "refs" / "heads").mkdir(parents=True)
+    (bare / "objects").mkdir()
+    (bare / "HEAD").write_text("ref: refs/heads/main\n")
+    (bare / "refs" / "heads" / "main").write_text("1234567890" * 4 + "\n")
+    (bare / "config").write_text(
+        "[core]\n\trepositoryformatversion = 1\n\tbare = true\n[extensions]\n"
+        '\tpartialClone = origin\n[remote "origin"]\n\turl = .\n\tpromisor = true\n'
+        f'\tuploadpack = "touch {marker}; false"\n'
+    )
+    assert git_state(str(bare), timeout=10) is None
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("module", ["unittest.__main__", "venv.__main__", "this"])
+def test_a_projects_config_cannot_load_a_module_that_runs_as_it_loads(
+    orch: OrchState, tmp_path: Path, module: str
+) -> None:
+    """``unittest.__main__`` would import the project's own ``test_*.py`` (run in the hook's
+    folder); ``venv.__main__`` would exit every hook. Installed plugins a project may load."""
+    marker = tmp_path / "pwned"
+    (orch.project_dir / "test_pwn.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    orch.write_config(f'[plugins]\nload = ["{module}"]\n')
+    Queue(orch.store).send("proj:1", "delivered all the same")
+
+    one_line_error(orch.cli("agents"), f"[plugins] load: {module}: a project may load installed")
+    delivered = orch.run_hook(payload("UserPromptSubmit"), ORCH_AGENT="proj:1")
+    assert (delivered.exit_code, delivered.stdout.count("delivered all the same")) == (0, 1)
+    assert not marker.exists()
+    orch.write_config(f'[plugins]\nload = ["{module}"]\n', user=True)  # your own: your call
+    orch.write_config("")
+    assert "a project may load" not in orch.cli("agents").stderr
+
+
+def test_a_plugin_that_exits_as_it_loads_stops_no_other(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    orch_module("exits_early", "raise SystemExit(2)\n")
+    orch.write_config('[plugins]\nload = ["exits_early"]\n')
+    Queue(orch.store).send("proj:1", "delivered all the same")
+    delivered = orch.run_hook(payload("UserPromptSubmit"), ORCH_AGENT="proj:1")
+    assert (delivered.exit_code, delivered.stdout.count("delivered all the same")) == (0, 1)
+    loaded = loader.load(orch.env, str(orch.project_dir))
+    assert "plugin exits_early: cannot import exits_early: it exits as it loads (2)" in (
+        loaded.errors
+    )
 
 
 # -- 5. state someone else prepared ---------------------------------------------------------------

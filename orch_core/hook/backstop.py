@@ -41,17 +41,27 @@ class Armed:
         self.path = path
         self.fd = fd
 
-    def rearm(self, seconds: float, impls: list[Impl]) -> None:
-        """Move the limit to ``seconds`` from now, once the plan tells the budget and which
-        plugins this run calls."""
-        import faulthandler
-
-        line = {"plugins": [[i.plugin, i.module] for i in impls]}
+    def note(self, fields: dict[str, Any]) -> None:
+        """Add what is now known of the run (its event, its plugins) to its file."""
         try:
-            os.write(self.fd, json.dumps(line).encode() + b"\n")
+            os.write(self.fd, json.dumps(fields).encode() + b"\n")
         except OSError:
             pass
+
+    def rearm(self, seconds: float, impls: list[Impl] | None = None) -> None:
+        """Move the limit to ``seconds`` from now (once the plan tells the budget, and which
+        plugins this run calls)."""
+        import faulthandler
+
+        if impls is not None:
+            self.note({"plugins": [[i.plugin, i.module] for i in impls]})
         faulthandler.dump_traceback_later(max(seconds, 0.001), exit=True, file=self.fd)
+
+    def hold(self) -> None:
+        """No limit for now: a wait with a bound of its own (the supervisor's answer) follows."""
+        import faulthandler
+
+        faulthandler.cancel_dump_traceback_later()
 
     def disarm(self) -> None:
         import faulthandler

@@ -86,10 +86,9 @@ class Call:
 
 
 class Outcome:
-    """Everything one dispatch did: the reply, each plugin's outcome for the record, and the
-    backstop still armed (disarmed once the reply is out)."""
+    """Everything one dispatch did: the reply, and each plugin's outcome for the record."""
 
-    __slots__ = ("agent", "armed", "event", "plugins", "reply")
+    __slots__ = ("agent", "event", "plugins", "reply")
 
     def __init__(
         self,
@@ -97,13 +96,11 @@ class Outcome:
         event: events.Event | None = None,
         agent: str | None = None,
         plugins: list[dict[str, Any]] | None = None,
-        armed: backstop.Armed | None = None,
     ) -> None:
         self.reply = reply
         self.event = event
         self.agent = agent
         self.plugins = plugins or []
-        self.armed = armed
 
 
 def call_all(
@@ -156,7 +153,7 @@ def dispatch(
     *,
     plan: Plan | None = None,
     store: Store | None = None,
-    guard: bool = False,
+    armed: backstop.Armed | None = None,
     began: float | None = None,
     cwd: str | None = None,
     answer_by: Callable[[float], object] | None = None,
@@ -164,9 +161,10 @@ def dispatch(
     """Handle one hook event from its raw stdin bytes. The budget counts from here (or from
     ``began``, the ``time.time()`` the hook process began, when the supervisor dispatches for
     it), a stale plan's rebuild included, though the plugins always get at least half of it.
-    With ``guard`` (``orch-hook`` itself), the backstop ends the process should the dispatcher
-    not get to answer in time. ``cwd``: the hook process's, should the event name none.
-    ``answer_by`` hears, once the budget is known, by when (``time.time()``) the reply is due."""
+    ``armed``: ``orch-hook``'s backstop, which ends the process should the dispatcher not get to
+    answer in time, moved here to the event's budget. ``cwd``: the hook process's, should the
+    event name none. ``answer_by`` hears, once the budget is known, by when (``time.time()``)
+    the reply is due."""
     start = time.perf_counter()
     if began is not None:
         start -= max(0.0, time.time() - began)
@@ -181,10 +179,8 @@ def dispatch(
         return Outcome(answers.Reply(None), event)
     project_dir = paths.project_dir(env, event.cwd or cwd)
     default_budget = plans.DEFAULT_BUDGET_MS / 1000
-    armed = None
-    if guard:
-        header = {"event": event.name, "session_id": event.session_id}
-        armed = backstop.arm(env, default_budget + plans.ANSWER_MARGIN, header)
+    if armed is not None:
+        armed.note({"event": event.name, "session_id": event.session_id})
     if plan is None:
         try:  # a rebuild gives each plugin's import at most half the default budget
             plan = plans.load(env, project_dir, import_timeout=default_budget / 2)
@@ -243,7 +239,7 @@ def dispatch(
         kwargs = {"event": event, "blocked": reply.blocked}
         observed = [c.outcome(budget) for c in call_all(answered, kwargs, runtime, deadline)]
         outcomes += [outcome for outcome in observed if outcome["outcome"] != "ok"]
-    result = Outcome(reply, event, runtime.agent, outcomes, armed)
+    result = Outcome(reply, event, runtime.agent, outcomes)
     _record(result, store, env, start, deadline)
     return result
 
@@ -309,24 +305,32 @@ def main() -> None:
 
     os._exit = refuse_exit  # type: ignore[assignment]
     code = 0
+    # from the start: a stdin that never closes, or a payload slow to read, is bounded too
+    limit = plans.DEFAULT_BUDGET_MS / 1000 + plans.ANSWER_MARGIN
+    armed = backstop.arm(os.environ, limit, {})
     try:
         raw = read_stdin()
+        if armed is not None:  # the supervisor's answer has its own bound
+            armed.hold()
         warmed = _warm(raw)
         if warmed is not None:
+            if armed is not None:
+                armed.disarm()
             _write_all(reply_out, warmed.get("stdout", "").encode())
             _write_all(reply_err, warmed.get("stderr", "").encode())
             exit_now(int(warmed.get("exit_code", 0)))
-        outcome = dispatch(raw, guard=True)
-        reply = outcome.reply
+        if armed is not None:
+            armed.rearm(limit)
+        reply = dispatch(raw, armed=armed).reply
         if reply.output is not None:
             _write_all(reply_out, reply.stdout().encode())
         if reply.stderr:
             _write_all(reply_err, (reply.stderr + "\n").encode())
         code = reply.exit_code
-        if outcome.armed is not None:
-            outcome.armed.disarm()
     except BaseException as exc:  # the last line of defence: never break the agent
         log.write("error", "orch-hook failed", error=repr(exc))
+    if armed is not None:
+        armed.disarm()
     # Everything is committed and written. Skipping interpreter teardown saves the agent about
     # 4 ms per hook (docs/benchmarks.md) and never waits for a plugin past its budget.
     exit_now(code)

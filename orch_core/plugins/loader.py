@@ -261,9 +261,12 @@ def load_config(env: Mapping[str, str], project_dir: str) -> Config:
     disable = list(section.get("disable", ()))
     if origins.get(("plugins", "disable")) == files[1]:
         disable = _kept_on(disable, own, files[1], errors)
+    load = list(section.get("load", ()))
+    if origins.get(("plugins", "load")) == files[1]:
+        load = _loadable(load, files[1], errors)
     return Config(
         disable=tuple(disable),
-        load=tuple(section.get("load", ())),
+        load=tuple(load),
         plugin=merged.get("plugin", {}),
         orch=merged.get("orch", {}),
         files=files,
@@ -283,6 +286,20 @@ def _kept_on(disable: list[str], own: dict[str, Any], path: str, errors: list[st
         errors.append(f"{path}: [plugins] disable: {', '.join(refused)}: your own config "
                       "configures it, and only your own config may switch it off")  # fmt: skip
     return [name for name in disable if name not in refused]
+
+
+def _loadable(load: list[str], path: str, errors: list[str]) -> list[str]:
+    """A project's ``[plugins] load`` without the modules of Python's own library and any
+    ``__main__``: a cloned repository must not have a hook import one that runs as it loads
+    (``unittest.__main__`` imports the project's test files). Installed plugins it may load."""
+    refused = [
+        name for name in load
+        if name.partition(".")[0] in sys.stdlib_module_names or "__main__" in name.split(".")
+    ]  # fmt: skip
+    if refused:
+        errors.append(f"{path}: [plugins] load: {', '.join(refused)}: a project may load "
+                      "installed plugins, not Python's own modules or a __main__")  # fmt: skip
+    return [name for name in load if name not in refused]
 
 
 def load(
@@ -331,8 +348,8 @@ def load(
             late.append(name)
             errors.append(f"plugin {name}: {dotted}: {exc}; left out")
             return
-        except Exception as exc:
-            errors.append(f"plugin {name}: cannot import {dotted}: {exc}")
+        except (Exception, SystemExit) as exc:  # a module that exits as it loads, too
+            errors.append(f"plugin {name}: cannot import {dotted}: {_why(exc)}")
             return
         add(name, module, PluginInfo(name, source, version, module=dotted))
 
@@ -350,8 +367,8 @@ def load(
                 late.append(ep.name)
                 errors.append(f"plugin {ep.name}: {ep.value}: {exc}; left out")
                 continue
-            except Exception as exc:
-                errors.append(f"plugin {ep.name}: cannot load entry point {ep.value}: {exc}")
+            except (Exception, SystemExit) as exc:
+                errors.append(f"plugin {ep.name}: cannot load entry point {ep.value}: {_why(exc)}")
                 continue
             dist = ep.dist.version if ep.dist else None
             add(ep.name, obj, PluginInfo(ep.name, "entry point", dist, ep.module, ep.attr))
@@ -374,6 +391,10 @@ def load(
             "plugins", "disable")  # fmt: skip
         errors.append(f"{where}: no plugin named {name!r} (`orch plugins --all` lists them)")
     return Loaded(pm, config, tuple(infos), tuple(errors), tuple(late))
+
+
+def _why(exc: BaseException) -> str:
+    return f"it exits as it loads ({exc.code!r})" if isinstance(exc, SystemExit) else str(exc)
 
 
 def _entry_points() -> list[Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import time
 
@@ -236,9 +237,13 @@ def load(env: Mapping[str, str], project_dir: str, *, import_timeout: float | No
 
 
 def _cached(env: Mapping[str, str], project_dir: str, path: str) -> Plan | None:
-    """The plan saved at ``path``, if it is still true."""
+    """The plan saved at ``path``, if it is still true (and a file of orch's: a FIFO or a link
+    put there would block or lead elsewhere)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        with os.fdopen(fd, encoding="utf-8") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
             data = json.load(f)
         fingerprint = data["fingerprint"]
         if (

@@ -250,10 +250,13 @@ def _update_context(tx: Connection, agent: str, now: float, fields: dict[str, An
 
 
 #: What a working copy's own ``.git/config`` could make ``git status`` and ``git log`` run: a
-#: file-system monitor, a signature program. (Its filter drivers, which git runs for any
-#: client there, stay its own: treat a working copy handed over whole as code.)
+#: file-system monitor, a signature program, a fetch of missing objects (a remote's
+#: ``uploadpack`` runs in a shell), a bare repository committed inside a project found as the
+#: repository. (Its filter drivers, which git runs for any client there, stay its own: treat a
+#: working copy handed over whole as code.)
 GIT_SAFE = ("-c", "core.fsmonitor=false", "-c", "log.showSignature=false",
-            "-c", "core.untrackedCache=false", "--no-optional-locks")  # fmt: skip
+            "-c", "core.untrackedCache=false", "-c", "protocol.allow=never",
+            "-c", "safe.bareRepository=explicit", "--no-optional-locks")  # fmt: skip
 
 
 def git_state(cwd: str, timeout: float) -> dict[str, Any] | None:
