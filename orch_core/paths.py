@@ -60,7 +60,7 @@ def state_dir(env: Mapping[str, str] = os.environ) -> str:
     (also beside a PostgreSQL database: logs, plans and large messages stay on this machine)."""
     if env.get("ORCH_STATE_DIR"):
         return env["ORCH_STATE_DIR"]
-    if env.get("ORCH_DB") and not is_url(env["ORCH_DB"]):
+    if env.get("ORCH_DB") and "://" not in env["ORCH_DB"]:  # a file's, not a server's
         return os.path.dirname(os.path.abspath(env["ORCH_DB"]))
     base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "orch")

@@ -204,3 +204,15 @@ def test_a_state_folder_that_is_a_file_is_a_one_line_error(
     assert done.returncode == 1
     assert done.stderr == f"Error: {state}/plans: Not a directory\n"
     assert state.read_text() == "x\n"
+
+
+def test_an_orch_db_url_of_another_kind_is_refused_not_made_a_file(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    orch.env.update(ORCH_DB="sqlite:///tmp/x.db", ORCH_STATE_DIR="")
+    for command in (["queue"], ["send", "p:1", "hi"]):
+        done = orch.cli(*command)
+        assert done.returncode == 1
+        assert done.stderr == ("Error: sqlite:// is no store orch knows: give ORCH_DB a "
+                               "postgresql:// URL or a SQLite file's path\n")  # fmt: skip
+    assert not list(orch.project_dir.glob("sqlite*"))

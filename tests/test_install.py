@@ -167,3 +167,13 @@ def test_installed_puts_the_settings_back_when_the_next_step_fails(
 def test_the_shipped_template_is_current() -> None:
     shipped = Path(__file__).parent.parent / "hooks" / "settings.template.json"
     assert json.loads(shipped.read_text()) == install.template()
+
+
+def test_a_settings_file_that_is_a_fifo_is_refused_at_once(orch: OrchState) -> None:
+    """A FIFO (an archive can carry one) would block install and doctor for ever."""
+    path = orch.project_dir / ".claude" / "settings.json"
+    os.mkfifo(path)
+    for command in (["install"], ["uninstall"]):
+        done = orch.cli(*command)
+        assert (done.returncode, done.stderr) == (1, f"Error: {path} is not a regular file\n")
+    assert f"FAIL settings: {path} is not a regular file" in orch.cli("doctor").stdout

@@ -83,8 +83,15 @@ def template(command: str = "${ORCH_HOOK}") -> dict[str, Any]:
 
 
 def _read(path: str) -> tuple[dict[str, Any], str | None]:
+    """The settings at ``path``: a regular file (a FIFO a project put there would block), its
+    JSON of the shape Claude Code reads."""
+    import stat
+
     try:
-        with open(path, encoding="utf-8") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, encoding="utf-8") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InstallError(f"{path} is not a regular file")
             text = f.read()
     except FileNotFoundError:
         return {}, None

@@ -38,6 +38,11 @@ def open_store(
             durable=durable,
             one_connection=one_connection,
         )
+    if "://" in where:  # a URL of another kind would become a file named after it
+        from orch_core.errors import OrchError
+
+        raise OrchError(f"{where.partition('://')[0]}:// is no store orch knows: give ORCH_DB a "
+                        "postgresql:// URL or a SQLite file's path")  # fmt: skip
     from orch_core.storage.store import SQLiteStore
 
     return SQLiteStore(where, timeout=timeout, durable=durable)
