@@ -519,10 +519,13 @@ class Queue:
         return self._end(message_id, "cancelled", PENDING, "cancelled by a user", now)
 
     def retry(self, message_id: str, now: float | None = None) -> Message:
-        """Queue a dead, expired or cancelled message again, with fresh attempts and no TTL."""
+        """Queue a dead, expired or cancelled message again, with fresh attempts and no TTL;
+        not while another message of its key is queued (a key stands for one pending message)."""
         now = time.time() if now is None else now
         with self.store.transaction() as tx:
-            row = tx.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+            row = tx.execute(
+                "SELECT state, agent, key FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
             if row is None:
                 raise QueueError(f"no message with id {message_id!r}")
             if row[0] not in ("dead", "expired", "cancelled"):
@@ -530,6 +533,13 @@ class Queue:
                     f"message {message_id} is {row[0]}; only dead, expired or "
                     "cancelled messages can be retried"
                 )
+            twin = row[2] is not None and tx.execute(
+                "SELECT id FROM messages WHERE agent = ? AND key = ? AND state = 'queued'",
+                (row[1], row[2]),
+            ).fetchone()
+            if twin:
+                raise QueueError(f"{twin[0]} is queued for {row[1]} with the same key "
+                                 f"{row[2]!r}: retry it once that one is delivered")  # fmt: skip
             row = tx.execute(
                 "UPDATE messages SET state = 'queued', attempts = 0, checks = 0, expires = NULL,"
                 " reason = NULL, ended = NULL, session_id = NULL WHERE id = ?"

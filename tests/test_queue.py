@@ -368,6 +368,18 @@ def test_a_requeued_message_past_max_attempts_dies_at_the_next_claim(q: Queue) -
 # -- managing -----------------------------------------------------------------------------------
 
 
+def test_a_retry_never_leaves_two_messages_of_one_key_queued(q: Queue) -> None:
+    first = q.send("p:1", "deploy", key="deploy-42", now=T0)
+    q.cancel(first["id"], now=T0 + 1)
+    second = q.send("p:1", "deploy again", key="deploy-42", now=T0 + 2)
+    assert not second.get("duplicate")
+    with pytest.raises(QueueError, match=f"{second['id']} is queued for p:1 with the same key"):
+        q.retry(first["id"], now=T0 + 3)
+    assert [m["id"] for m in q.messages("p:1", "queued")] == [second["id"]]
+    q.claim("p:1", "s", now=T0 + 4)  # the second is delivered: the key is free again
+    assert q.retry(first["id"], now=T0 + 5)["state"] == "queued"
+
+
 def test_cancel_retry_and_purge(q: Queue) -> None:
     one = q.send("p:1", "one", ttl=5, now=T0)
     assert q.cancel(one["id"], now=T0 + 1)["state"] == "cancelled"
