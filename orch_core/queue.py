@@ -533,10 +533,13 @@ class Queue:
                     f"message {message_id} is {row[0]}; only dead, expired or "
                     "cancelled messages can be retried"
                 )
-            twin = row[2] is not None and tx.execute(
-                "SELECT id FROM messages WHERE agent = ? AND key = ? AND state = 'queued'",
-                (row[1], row[2]),
-            ).fetchone()
+            twin = (
+                row[2] is not None
+                and tx.execute(
+                    "SELECT id FROM messages WHERE agent = ? AND key = ? AND state = 'queued'",
+                    (row[1], row[2]),
+                ).fetchone()
+            )
             if twin:
                 raise QueueError(f"{twin[0]} is queued for {row[1]} with the same key "
                                  f"{row[2]!r}: retry it once that one is delivered")  # fmt: skip

@@ -310,17 +310,13 @@ def main() -> None:
     armed = backstop.arm(os.environ, limit, {})
     try:
         raw = read_stdin()
-        if armed is not None:  # the supervisor's answer has its own bound
-            armed.hold()
-        warmed = _warm(raw)
+        warmed = _warm(raw, armed, limit)
         if warmed is not None:
             if armed is not None:
                 armed.disarm()
             _write_all(reply_out, warmed.get("stdout", "").encode())
             _write_all(reply_err, warmed.get("stderr", "").encode())
             exit_now(int(warmed.get("exit_code", 0)))
-        if armed is not None:
-            armed.rearm(limit)
         reply = dispatch(raw, armed=armed).reply
         if reply.output is not None:
             _write_all(reply_out, reply.stdout().encode())
@@ -336,9 +332,13 @@ def main() -> None:
     exit_now(code)
 
 
-def _warm(raw: bytes, env: Mapping[str, str] = os.environ) -> dict[str, Any] | None:
+def _warm(
+    raw: bytes, armed: backstop.Armed | None, limit: float, env: Mapping[str, str] = os.environ
+) -> dict[str, Any] | None:
     """The host's supervisor's reply to the event (:mod:`orch_core.hook.warm`), ``None`` to
-    dispatch here. Given no reply in time, an empty one: the event may have been handled."""
+    dispatch here. Given no reply in time, an empty one: the event may have been handled. The
+    backstop waits meanwhile (the answer has a bound of its own), and starts ``limit`` afresh
+    for a dispatch here."""
     try:
         where = database(env)
     except Exception:  # a config that names no database: dispatch says why
@@ -348,13 +348,17 @@ def _warm(raw: bytes, env: Mapping[str, str] = os.environ) -> dict[str, Any] | N
     from orch_core.hook import warm
 
     header = {"op": "hook", "env": dict(env), "began": time.time(), "cwd": paths.cwd()}
+    if armed is not None:
+        armed.hold()
     try:
-        return warm.ask(env, where, header, raw,
-                        within=plans.DEFAULT_BUDGET_MS / 1000 + plans.ANSWER_MARGIN)  # fmt: skip
+        answer = warm.ask(env, where, header, raw, within=limit)
     except warm.Unanswered as exc:
         log.write("error", "no reply from the supervisor; the event is left unanswered", env,
                   error=str(exc))  # fmt: skip
         return {}
+    if answer is None and armed is not None:
+        armed.rearm(limit)
+    return answer
 
 
 def _private_channels() -> tuple[int, int]:
