@@ -606,6 +606,7 @@ def test_send_batch_queues_json_lines_in_one_go(orch: OrchState) -> None:
         ('{"agent": "p:1", "text": "x", "priority": 1e999}\n', "priority must be an integer"),
         ('{"agent": "p:1", "text": "x", "priority": 1.5}\n', "priority must be an integer"),
         ('{"agent": "p:1", "text": "x", "priority": true}\n', "priority must be an integer"),
+        ('{"agent": "p:1", "text": "x", "priority": "high"}\n', "priority must be an integer"),
         ('{"agent": "p:1", "text": "x", "exact": "no"}\n', "exact must be true or false"),
         ('{"agent": "p:1", "text": "x", "from": {}}\n', "from must be a string or null"),
         ('{"agent": "p:1", "text": "x", "key": [1]}\n', "key must be a string or null"),
@@ -624,6 +625,13 @@ def test_a_bad_batch_line_stores_nothing(orch: OrchState, lines: str, reason: st
     assert done.stderr.startswith("Error: "), done.stderr
     assert done.stderr.count("\n") == 1 and reason in done.stderr, done.stderr
     assert db(orch, "SELECT count(*) FROM messages") == [(0,)]
+
+
+def test_a_batch_priority_may_be_a_number_or_its_digits(orch: OrchState) -> None:
+    lines = (b'{"agent": "p:1", "text": "a", "priority": 20}\n'
+             b'{"agent": "p:1", "text": "b", "priority": "30"}\n')  # fmt: skip
+    ok(orch, "send", "--batch", "-", stdin=lines)
+    assert db(orch, "SELECT body, priority FROM messages ORDER BY body") == [("a", 20), ("b", 30)]
 
 
 def test_a_batch_text_may_hold_any_line_separator_but_newline(orch: OrchState) -> None:

@@ -282,7 +282,7 @@ def _at(text: str) -> float:
 
 #: Batch-line keys, the option each stands for, and the JSON types it takes (``None``: null).
 BATCH_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
-    "agent": ("agent", (str,)), "text": ("text", (str,)), "priority": ("priority", (int,)),
+    "agent": ("agent", (str,)), "text": ("text", (str,)), "priority": ("priority", (int, str)),
     "from": ("sender", (str, type(None))), "key": ("key", (str, type(None))),
     "ttl": ("ttl", (str, int, float, type(None))), "after": ("after", (str, type(None))),
     "in": ("delay", (str, int, float, type(None))), "at": ("at", (str, type(None))),
@@ -310,7 +310,7 @@ def batch_lines(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             for name, value in data.items():
                 _check_type(name, value)
             yield message(**{BATCH_KEYS[k][0]: v for k, v in data.items()})
-        except (ValueError, QueueError) as exc:  # json's errors are ValueErrors
+        except ValueError as exc:  # json's errors, and QueueError
             raise QueueError(f"--batch line {number}: {exc}") from None
 
 
