@@ -61,13 +61,18 @@ def state_dir(env: Mapping[str, str] = os.environ) -> str:
     if env.get("ORCH_STATE_DIR"):
         return env["ORCH_STATE_DIR"]
     if env.get("ORCH_DB") and "://" not in env["ORCH_DB"]:  # a file's, not a server's
-        return os.path.dirname(os.path.abspath(env["ORCH_DB"]))
+        return os.path.dirname(db_path(env))
     base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "orch")
 
 
 def db_path(env: Mapping[str, str] = os.environ) -> str:
-    return env.get("ORCH_DB") or os.path.join(state_dir(env), "orch.db")
+    """The SQLite file: ``ORCH_DB`` as a path from here (``~`` is the home folder; never read
+    by SQLite as a ``file:`` URI, which could open it through a link, or in memory), else
+    ``orch.db`` in the state folder."""
+    if env.get("ORCH_DB"):
+        return os.path.abspath(os.path.expanduser(env["ORCH_DB"]))
+    return os.path.join(state_dir(env), "orch.db")
 
 
 def backups_dir(db: str) -> str:

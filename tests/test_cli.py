@@ -81,13 +81,20 @@ def test_a_project_cannot_switch_off_the_guard_your_config_configures(orch: Orch
 @pytest.mark.parametrize(
     "command",
     ["git push --force origin main", "git push origin main --force", "git push -f origin master",
-     "git push origin +main", "git push --force-with-lease origin main"],
+     "git push origin +main", "git push --force-with-lease origin main", "git push -uf origin main",
+     "git -C . push -f origin main", "git push origin main \\\n  --force"],
 )  # fmt: skip
 def test_the_guard_denies_a_forced_push_to_main_however_it_is_written(
     orch: OrchState, command: str
 ) -> None:
     assert decision(orch, command) == "deny"
     assert decision(orch, command.replace("main", "dev").replace("master", "dev")) is None
+
+
+def test_the_guard_lets_an_unforced_push_to_main_through(orch: OrchState) -> None:
+    for command in ("git push origin main", "git push --follow-tags origin main",
+                    "git push origin feature-fix:main"):  # fmt: skip
+        assert decision(orch, command) is None, command
 
 
 def test_version_lists_the_plugins(orch: OrchState) -> None:

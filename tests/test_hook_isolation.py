@@ -158,10 +158,14 @@ def orch_user_prompt_submit():
     assert "os._exit(2) called by a plugin; refused" in outcomes["exits"]["error"]
 
 
-def test_a_stdin_that_never_closes_costs_at_most_the_budget(orch: OrchState) -> None:
+@pytest.mark.parametrize("running", ["a folder", "a file"])
+def test_a_stdin_that_never_closes_costs_at_most_the_budget(orch: OrchState, running: str) -> None:
     """The backstop is armed before stdin is read: a writer that keeps it open holds no
-    agent longer than the budget, and the queued message waits for the next hook."""
+    agent longer than the budget, and the queued message waits for the next hook. Where the
+    run's file cannot be written (a file where its folder goes), the limit holds all the same."""
     Queue(orch.store).send("a:1", "still queued")
+    if running == "a file":
+        (Path(orch.env["ORCH_STATE_DIR"]) / "running").write_text("")
     env = {**orch.env, "ORCH_AGENT": "a:1"}
     start = time.monotonic()
     with subprocess.Popen([hook_script()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

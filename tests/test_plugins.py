@@ -187,3 +187,19 @@ def test_agents_starting_together_build_the_plan_once(orch: OrchState) -> None:
     for hook in hooks:
         assert hook.wait(30) == 0
     assert len(builds.read_text().splitlines()) == 1  # imported by the one that built the plan
+
+
+def test_plans_beyond_the_last_two_hundred_are_pruned_oldest_first(orch: OrchState) -> None:
+    """Each project a payload names gets a plan: their number stays bounded."""
+    folder = Path(orch.env["ORCH_STATE_DIR"]) / "plans"
+    folder.mkdir(parents=True)
+    for n in range(plan.MAX_PLANS + 5):
+        old = folder / f"{n:08x}.json"
+        old.write_text("{}")
+        (folder / f"{n:08x}.json.lock").write_text("")
+        os.utime(old, (1_000_000 + n, 1_000_000 + n))
+    plan.load(orch.env, str(orch.project_dir))  # builds and saves this project's plan
+    kept = sorted(p.name for p in folder.glob("*.json"))
+    assert len(kept) == plan.MAX_PLANS
+    assert "00000000.json" not in kept and "00000006.json" in kept
+    assert not (folder / "00000005.json.lock").exists()

@@ -359,6 +359,17 @@ def test_a_plugin_that_exits_as_it_loads_stops_no_other(
 # -- 5. state someone else prepared ---------------------------------------------------------------
 
 
+def test_a_fifo_where_the_supervisors_log_goes_blocks_no_send(orch: OrchState) -> None:
+    """``orch send --in`` starts the supervisor with its output to ``supervise.log``."""
+    orch.env["ORCH_SUPERVISE_FOR"] = "2"
+    Queue(orch.store).send("a:1", "first")
+    os.mkfifo(Path(orch.env["ORCH_STATE_DIR"]) / "supervise.log", 0o600)
+    started = time.monotonic()
+    assert orch.cli("send", "a:1", "later", "--in", "5m").returncode == 0
+    assert time.monotonic() - started < 10
+    assert len(Queue(orch.store).messages("a:1")) == 2
+
+
 @pytest.mark.parametrize(
     "planted", ["orch.log", "supervise.lock", "plans", "running", "messages", "backups"]
 )
@@ -429,6 +440,23 @@ def test_a_database_that_is_a_link_is_refused_and_nothing_is_written_through_it(
     assert (result.exit_code, result.stdout) == (0, "")
     assert elsewhere.read_bytes() == b""
     assert database.is_symlink()
+
+
+def test_orch_db_is_a_path_never_a_sqlite_uri(orch: OrchState, tmp_path: Path) -> None:
+    """SQLite reads a name starting with ``file:`` as a URI, which would open a planted link
+    (or a database in memory that keeps nothing): ORCH_DB is a path, ``~`` the home folder."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"")
+    (orch.project_dir / "link.db").symlink_to(victim)
+    orch.env.update(ORCH_DB="file:link.db", ORCH_STATE_DIR="")
+    assert orch.cli("send", "p:1", "hi").returncode == 0
+    assert victim.read_bytes() == b""
+    assert (orch.project_dir / "file:link.db").is_file()
+    orch.env.update(ORCH_DB="~/orch.db", HOME=str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    assert orch.cli("send", "p:1", "hi").returncode == 0
+    assert (tmp_path / "home" / "orch.db").is_file()
+    assert not (orch.project_dir / "~").exists()
 
 
 def test_orch_db_in_a_shared_folder_does_not_make_it_the_state_folder(

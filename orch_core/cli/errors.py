@@ -29,6 +29,8 @@ def said(exc: BaseException) -> str | None:
         return database_error(exc)
     if isinstance(exc, UnicodeEncodeError):  # bytes in argv that are not UTF-8 come as surrogates
         return f"{exc.object[exc.start : exc.end]!r} is not text (not UTF-8)"
+    if isinstance(exc, RecursionError):  # JSON given to a command, nested beyond reading
+        return "the input is nested too deeply to read"
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"  # a state folder that is a file, or read-only
     if isinstance(exc, Exception):

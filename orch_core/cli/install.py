@@ -100,13 +100,28 @@ def _read(path: str) -> tuple[dict[str, Any], str | None]:
     except UnicodeDecodeError:
         raise InstallError(f"{path} is not UTF-8 text") from None
     try:
-        data = json.loads(text) if text.strip() else {}
+        data = (
+            json.loads(text, parse_constant=_no_number, parse_float=_finite) if text.strip() else {}
+        )
     except ValueError as exc:
         raise InstallError(f"{path} is not valid JSON: {exc}") from None
     wrong = _misshapen(data)
     if wrong:
         raise InstallError(f"{path}: {wrong}")
     return data, text
+
+
+def _no_number(word: str) -> None:
+    """``NaN`` and ``Infinity``, which Python reads but install could not write back as JSON."""
+    raise ValueError(f"{word} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    """A number of the file, unless it is too large to be one (``1e999``: infinity)."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        _no_number(text)
+    return value
 
 
 def _misshapen(data: object) -> str | None:

@@ -67,15 +67,18 @@ class Armed:
         import faulthandler
 
         faulthandler.cancel_dump_traceback_later()
+        if self.path == os.devnull:
+            return
         try:
             os.unlink(self.path)
         except OSError:
             pass
 
 
-def arm(env: Mapping[str, str], seconds: float, header: dict[str, Any]) -> Armed | None:
+def arm(env: Mapping[str, str], seconds: float, header: dict[str, Any]) -> Armed:
     """Stop this process ``seconds`` from now unless :meth:`Armed.disarm` comes first.
-    ``header`` says what the run is (event, session)."""
+    ``header`` says what the run is (event, session). Without a run file (its folder unusable)
+    the limit holds all the same, its stacks written nowhere."""
     import faulthandler
 
     folder = os.path.join(paths.state_dir(env), "running")
@@ -86,7 +89,7 @@ def arm(env: Mapping[str, str], seconds: float, header: dict[str, Any]) -> Armed
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         os.write(fd, json.dumps(record).encode() + b"\n")
     except OSError:
-        return None
+        path, fd = os.devnull, os.open(os.devnull, os.O_WRONLY)
     faulthandler.dump_traceback_later(max(seconds, 0.001), exit=True, file=fd)
     return Armed(path, fd)
 

@@ -312,8 +312,7 @@ def main() -> None:
         raw = read_stdin()
         warmed = _warm(raw, armed, limit)
         if warmed is not None:
-            if armed is not None:
-                armed.disarm()
+            armed.disarm()
             _write_all(reply_out, warmed.get("stdout", "").encode())
             _write_all(reply_err, warmed.get("stderr", "").encode())
             exit_now(int(warmed.get("exit_code", 0)))
@@ -325,15 +324,14 @@ def main() -> None:
         code = reply.exit_code
     except BaseException as exc:  # the last line of defence: never break the agent
         log.write("error", "orch-hook failed", error=repr(exc))
-    if armed is not None:
-        armed.disarm()
+    armed.disarm()
     # Everything is committed and written. Skipping interpreter teardown saves the agent about
     # 4 ms per hook (docs/benchmarks.md) and never waits for a plugin past its budget.
     exit_now(code)
 
 
 def _warm(
-    raw: bytes, armed: backstop.Armed | None, limit: float, env: Mapping[str, str] = os.environ
+    raw: bytes, armed: backstop.Armed, limit: float, env: Mapping[str, str] = os.environ
 ) -> dict[str, Any] | None:
     """The host's supervisor's reply to the event (:mod:`orch_core.hook.warm`), ``None`` to
     dispatch here. Given no reply in time, an empty one: the event may have been handled. The
@@ -348,15 +346,14 @@ def _warm(
     from orch_core.hook import warm
 
     header = {"op": "hook", "env": dict(env), "began": time.time(), "cwd": paths.cwd()}
-    if armed is not None:
-        armed.hold()
+    armed.hold()
     try:
         answer = warm.ask(env, where, header, raw, within=limit)
     except warm.Unanswered as exc:
         log.write("error", "no reply from the supervisor; the event is left unanswered", env,
                   error=str(exc))  # fmt: skip
         return {}
-    if answer is None and armed is not None:
+    if answer is None:
         armed.rearm(limit)
     return answer
 

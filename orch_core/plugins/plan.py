@@ -269,3 +269,25 @@ def save(plan: Plan, path: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(plan.to_json(), f)
     os.replace(tmp, path)
+    _prune(os.path.dirname(path))
+
+
+#: Plans kept, the newest: one a project (and environment), and a payload names the project.
+MAX_PLANS = 200
+
+
+def _prune(folder: str) -> None:
+    """Remove the oldest plans (and their locks) beyond :data:`MAX_PLANS`: a plan left out is
+    only built again."""
+    try:
+        plans = [entry for entry in os.scandir(folder) if entry.name.endswith(".json")]
+        if len(plans) > MAX_PLANS:
+            plans.sort(key=lambda entry: entry.stat(follow_symlinks=False).st_mtime)
+    except OSError:
+        return
+    for entry in plans[: max(0, len(plans) - MAX_PLANS)]:
+        for name in (entry.path, f"{entry.path}.lock"):
+            try:
+                os.unlink(name)
+            except OSError:  # pruned by another process first
+                pass

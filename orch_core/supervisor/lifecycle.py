@@ -733,7 +733,11 @@ def ensure_supervisor(env: Mapping[str, str]) -> None:
         return
     orch = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "orch")
     log = os.path.join(paths.state_dir(env), "supervise.log")
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:  # not through a link, nor waiting on a FIFO put there
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
+                     0o600)  # fmt: skip
+    except OSError:
+        fd = os.open(os.devnull, os.O_WRONLY)
     try:
         subprocess.Popen(
             [orch, "supervise"],

@@ -32,8 +32,9 @@ SETTINGS: dict[str, Any] = {
     "deny": Setting(
         [
             r"\brm\s+-[a-zA-Z]*[rR][a-zA-Z]*\s+(-[a-zA-Z]+\s+)*(/|~|\$HOME)(\s|$)",
-            # forced, before or after the branch, or as +main
-            r"\bgit\s+push\b(?=.*(\s--force\b|\s-f\b|\s\+))(?=.*\b(main|master)\b)",
+            # forced (--force, -f, -uf, +main), before or after the branch, over lines too
+            r"(?s)\bgit\b.*?\bpush\b(?=.*(\s--force\b|\s-[a-zA-Z]*f|\s\+))"
+            r"(?=.*\b(main|master)\b)",
             r"\bmkfs(\.\w+)?\b",
         ],
         check=regexes,
