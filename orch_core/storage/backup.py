@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from orch_core import paths
 from orch_core.errors import OrchError
+from orch_core.queue import STATES
 from orch_core.storage.store import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -87,21 +88,24 @@ def take(db: str, keep: int = 8, now: float | None = None) -> str:
 
 def check(file: str) -> dict[str, Any]:
     """What ``file`` holds, if it is a whole orch database: undamaged, of a schema this orch
-    knows, with every table and column that schema has (orch would migrate it from there);
-    else :class:`BackupError`."""
+    knows, with every table and column that schema has (orch would migrate it from there), its
+    messages of the types orch writes; else :class:`BackupError`."""
     if not os.path.isfile(file):
         raise BackupError(f"{file}: no such file")
     try:
         conn = _readonly(file)
         try:
-            verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            have = _columns(conn)
-            messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+            return _whole(file, conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise BackupError(f"{file} is not an orch database: {exc}") from None
+
+
+def _whole(file: str, conn: sqlite3.Connection) -> dict[str, Any]:
+    verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    have = _columns(conn)
     if verdict != "ok":
         raise BackupError(f"{file} is damaged: {verdict}")
     if version > SCHEMA_VERSION:
@@ -117,7 +121,23 @@ def check(file: str) -> dict[str, Any]:
         more = f" (and {len(lacking) - 3} more)" if len(lacking) > 3 else ""
         raise BackupError(f"{file} is not an orch database: it has schema {version} but no "
                           f"{', '.join(lacking[:3])}{more}")  # fmt: skip
+    mistyped = conn.execute(MISTYPED).fetchone()
+    if mistyped:
+        raise BackupError(f"{file} is not an orch database: message {mistyped[0]!r} holds "
+                          "values orch never writes")  # fmt: skip
+    messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
     return {"schema_version": version, "messages": messages}
+
+
+#: A message whose values orch could not read (a text where a number goes), which every
+#: command would then trip over: a file edited by hand, not a backup.
+MISTYPED = f"""SELECT id FROM messages WHERE typeof(id) <> 'text' OR typeof(agent) <> 'text'
+    OR typeof(body) <> 'text' OR typeof(priority) <> 'integer' OR typeof(seq) <> 'integer'
+    OR typeof(attempts) <> 'integer' OR typeof(checks) <> 'integer'
+    OR typeof(created) NOT IN ('integer', 'real') OR state NOT IN {STATES!r}
+    OR typeof(not_before) NOT IN ('null', 'integer', 'real')
+    OR typeof(expires) NOT IN ('null', 'integer', 'real')
+    LIMIT 1"""
 
 
 def _columns(conn: sqlite3.Connection) -> set[tuple[str, str]]:
