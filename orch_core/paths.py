@@ -116,6 +116,24 @@ def cwd() -> str:
         return ""
 
 
+class NotRegularFile(OSError):
+    """A FIFO, a device or a folder where a file was to be read."""
+
+
+def read_regular(path: str, limit: int, *, follow: bool = True) -> bytes:
+    """At most ``limit`` bytes of the file at ``path``, opened without blocking and read only
+    if it is a regular file: a FIFO in its place would block, ``/dev/zero`` would never end
+    (:class:`NotRegularFile`). With ``follow`` false, a link there is refused (``ELOOP``)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(0, "not a regular file", path)
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
 class UnsafeState(OrchError, OSError):
     """State that someone else could have prepared or could change: refused, in one line."""
 

@@ -411,7 +411,7 @@ class Queue:
                 raise QueueError("ttl must be positive")
             if ttl > MAX_DURATION:
                 raise QueueError(f"ttl {ttl!r} is too long a time (at most {MAX_DURATION}s)")
-        if not_before is not None and not (_number(not_before) and 0 <= not_before <= MAX_TIME):
+        if not_before is not None and not _time(not_before):
             raise QueueError(
                 f"not_before must be a time in seconds since 1970, up to the year 9999, not "
                 f"{not_before!r}"
@@ -1071,12 +1071,12 @@ def _number(value: object) -> bool:
 
 
 def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+    return _number(value) and isinstance(value, int) and 0 <= value <= MAX_COUNT
 
 
 def _time(value: object) -> bool:
     """A time as orch stores one: seconds since 1970, finite (NaN and infinity fail both)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_TIME
+    return _number(value) and 0 <= value <= MAX_TIME  # type: ignore[operator]
 
 
 def _message_id(value: object) -> bool:

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from orch_core import paths
 from orch_core.errors import OrchError
 from orch_core.hook.events import EVENTS
 
@@ -82,19 +83,19 @@ def template(command: str = "${ORCH_HOOK}") -> dict[str, Any]:
     return {"hooks": {name: [{"hooks": [handler(command)]}] for name in INSTALLED_EVENTS}}
 
 
+#: The largest settings file read (one cut short is no JSON, and refused as such).
+SETTINGS_LIMIT = 16 * 1024 * 1024
+
+
 def _read(path: str) -> tuple[dict[str, Any], str | None]:
     """The settings at ``path``: a regular file (a FIFO a project put there would block), its
     JSON of the shape Claude Code reads."""
-    import stat
-
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, encoding="utf-8") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise InstallError(f"{path} is not a regular file")
-            text = f.read()
+        text = paths.read_regular(path, SETTINGS_LIMIT).decode("utf-8")
     except FileNotFoundError:
         return {}, None
+    except paths.NotRegularFile:
+        raise InstallError(f"{path} is not a regular file") from None
     except OSError as exc:
         raise InstallError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:

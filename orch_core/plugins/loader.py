@@ -155,28 +155,22 @@ def _read_toml(path: str) -> dict[str, Any]:
     """A config file. A project's comes with a cloned repository: a link to ``/dev/zero`` or
     a FIFO in its place must neither exhaust memory nor block every hook and the supervisor,
     so only a regular file of at most :data:`CONFIG_LIMIT` bytes is read, without blocking."""
-    import stat
     import tomllib
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        data = paths.read_regular(path, CONFIG_LIMIT + 1)
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    if len(data) > CONFIG_LIMIT:
+        raise ConfigError(f"{path}: larger than {CONFIG_LIMIT // 1024} KiB")
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"{path}: not a regular file")
-        data = os.read(fd, CONFIG_LIMIT + 1)
-        if len(data) > CONFIG_LIMIT:
-            raise ConfigError(f"{path}: larger than {CONFIG_LIMIT // 1024} KiB")
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    finally:
-        os.close(fd)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import sys
 import time
 
@@ -236,15 +235,15 @@ def load(env: Mapping[str, str], project_dir: str, *, import_timeout: float | No
         os.close(lock)
 
 
+#: The largest plan read back (a plan is a few kilobytes; one cut short is built again).
+PLAN_LIMIT = 16 * 1024 * 1024
+
+
 def _cached(env: Mapping[str, str], project_dir: str, path: str) -> Plan | None:
     """The plan saved at ``path``, if it is still true (and a file of orch's: a FIFO or a link
     put there would block or lead elsewhere)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-        with os.fdopen(fd, encoding="utf-8") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            data = json.load(f)
+        data = json.loads(paths.read_regular(path, PLAN_LIMIT, follow=False))
         fingerprint = data["fingerprint"]
         if (
             fingerprint["key"] == cache_key(env, project_dir)

@@ -70,10 +70,8 @@ def database(env: Mapping[str, str]) -> str:
     reports a ``database`` there as an error)."""
     from orch_core import paths
 
-    if env.get("ORCH_DB") and "://" in env["ORCH_DB"]:
-        return env["ORCH_DB"]
-    if env.get("ORCH_DB"):
-        return paths.db_path(env)
+    if env.get("ORCH_DB"):  # a server's URL as it is, a file's path from here
+        return env["ORCH_DB"] if "://" in env["ORCH_DB"] else paths.db_path(env)
     return configured_database(paths.user_config_path(env)) or paths.db_path(env)
 
 

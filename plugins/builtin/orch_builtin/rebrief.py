@@ -21,7 +21,7 @@ import json
 import os
 import time
 
-from orch_core import Setting, hookimpl
+from orch_core import Setting, hookimpl, paths
 from orch_core.plugins.settings import defaults
 from orch_core.queue import PENDING_SQL, age
 
@@ -551,8 +551,6 @@ def _read(ctx: HookContext, name: str, setting: str) -> str:
     path. A cloned repository (its ``orch.toml``, or a planted link such as ``CLAUDE.md ->
     ~/.ssh/id_rsa``) must not put files from outside into the model's context, around Claude's
     own read permissions."""
-    import stat
-
     if not name:
         return ""
     path = os.path.join(ctx.project_dir, name)
@@ -563,15 +561,9 @@ def _read(ctx: HookContext, name: str, setting: str) -> str:
                     setting=setting, path=name)  # fmt: skip
             return ""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        return paths.read_regular(path, 200_000).decode("utf-8", "replace")
     except OSError:
         return ""
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
-        return os.read(fd, 200_000).decode("utf-8", "replace")
-    finally:
-        os.close(fd)
 
 
 # -- stats ------------------------------------------------------------------------------------
@@ -662,7 +654,7 @@ def orch_stats(since: float, now: float, agent: str | None, ctx: HookContext) ->
 def orch_register_commands(cli: click.Group) -> None:
     import click
 
-    from orch_core import hosts, paths
+    from orch_core import hosts
     from orch_core.cli.params import agent_name, read_text
     from orch_core.hook.context import Runtime
 
