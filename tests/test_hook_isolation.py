@@ -96,6 +96,25 @@ def test_a_plugin_that_hangs_at_import_costs_at_most_the_budget(orch: OrchState)
     assert "FAIL plugins: plugin sleepy: sleepy: import did not finish within" in report
 
 
+def test_a_slow_rebuild_of_the_plan_finishes_and_is_kept(orch: OrchState) -> None:
+    """Five plugins each well within their import bound, together past the hook's budget (a
+    loaded machine, a cold disk): the backstop gives the rebuild its own time, so the plan is
+    cached and the runs after it are quick. Cut short, every later hook would rebuild it."""
+    slow = "import time\ntime.sleep(0.15)\n" + WELL_BEHAVED.replace("well-behaved", "slow")
+    plugins_of(orch, "polite", *(f"slow{i}" for i in range(5)), source=slow)
+    elapsed, result = timed(orch, payload("PostToolUse"), ORCH_AGENT="a:1")
+    assert elapsed > BUDGET + ANSWER_MARGIN, elapsed  # past the limit a run has otherwise
+    assert result.exit_code == 0
+    assert result.context is not None and result.context.count("slow context") == 5
+    assert "well-behaved context" in result.context
+    elapsed, result = timed(orch, payload("PostToolUse"), ORCH_AGENT="a:1")
+    assert elapsed < BUDGET + ANSWER_MARGIN + STARTUP, elapsed
+    assert result.exit_code == 0
+    assert result.context is not None and result.context.count("slow context") == 5
+    report = doctor(orch)
+    assert "FAIL plugins" not in report and "FAIL hook runs" not in report
+
+
 def test_a_plugin_that_prints_cannot_corrupt_the_reply(orch: OrchState) -> None:
     noisy = """
 import os, sys

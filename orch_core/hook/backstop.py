@@ -5,7 +5,8 @@ interpreter lock (a catastrophic regular expression, a busy C extension) keeps t
 itself from running. :func:`arm` starts :mod:`faulthandler`'s watchdog, a C thread that needs no
 lock: past the deadline plus :data:`~orch_core.plugins.plan.ANSWER_MARGIN` it writes every
 thread's stack to the run's file under ``STATE/running/`` and ends the process (exit 1: Claude
-Code goes on without the hook's answer). A run that ends normally removes its file.
+Code goes on without the hook's answer). A stale plan's rebuild moves the limit to
+:data:`~orch_core.plugins.plan.REBUILD_SECONDS` first. A run that ends normally removes its file.
 :func:`collect` turns the files of runs that never ended into hook-run records naming the
 plugins that were still running.
 """

@@ -182,8 +182,15 @@ def dispatch(
     if armed is not None:
         armed.note({"event": event.name, "session_id": event.session_id})
     if plan is None:
+
+        def rebuilding() -> None:  # a rebuild that could not finish would start again each run
+            if armed is not None:
+                armed.rearm(plans.REBUILD_SECONDS)
+
         try:  # a rebuild gives each plugin's import at most half the default budget
-            plan = plans.load(env, project_dir, import_timeout=default_budget / 2)
+            plan = plans.load(
+                env, project_dir, import_timeout=default_budget / 2, rebuilding=rebuilding
+            )
         except Exception as exc:
             log.write("error", "cannot build the plugin plan", env, error=repr(exc))
             plan = plans.Plan({}, {}, {})

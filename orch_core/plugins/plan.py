@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 DEFAULT_BUDGET_MS = 500
 #: Seconds past its plugins' budget by which ``orch-hook`` has answered, whatever they do.
 ANSWER_MARGIN = 0.1
+#: Seconds a plan's rebuild may take before the backstop ends ``orch-hook`` (under Claude's
+#: own 5 s limit). Rebuilds are rare (an install, a config change), but one that could not
+#: finish would leave no plan cached, so every later hook would start it again.
+REBUILD_SECONDS = 3.0
 ENV_KEYS = ("ORCH_LOAD_PLUGINS", "ORCH_DISABLE_PLUGINS")
 
 
@@ -198,15 +202,24 @@ def _fnv1a(data: bytes) -> int:
     return digest
 
 
-def load(env: Mapping[str, str], project_dir: str, *, import_timeout: float | None = None) -> Plan:
+def load(
+    env: Mapping[str, str],
+    project_dir: str,
+    *,
+    import_timeout: float | None = None,
+    rebuilding: Callable[[], None] | None = None,
+) -> Plan:
     """The cached plan if it is still true, else a fresh one (saved for the next run), whose
     plugins each get ``import_timeout`` seconds to import (default: the CLI's bound). One
     process builds it at a time: a fleet's agents starting together wait for that one (up to
-    ``import_timeout``) instead of each importing every plugin at once."""
+    ``import_timeout``) instead of each importing every plugin at once. ``rebuilding`` is told
+    before a rebuild starts (``orch-hook`` then gives its backstop :data:`REBUILD_SECONDS`)."""
     path = cache_path(env, project_dir)
     cached = _cached(env, project_dir, path)
     if cached is not None:
         return cached
+    if rebuilding is not None:
+        rebuilding()
     import fcntl
 
     from orch_core.plugins import loader
