@@ -60,12 +60,14 @@ def post_tool_use(session: str, transcript: Path | None = None) -> dict[str, Any
     return payload("PostToolUse", **fields)
 
 
-def drain(orch: OrchState, session: str, rounds: int = 40) -> list[str]:
+def drain(orch: OrchState, session: str) -> list[str]:
     """Run one hook at a time until nothing is deliverable, each answer appended to the
     session's transcript as Claude Code does (so the next hook confirms it); the ids handed
-    out, in order."""
+    out, in order. Bounded by the messages waiting (each hook hands out one at least, but a
+    hook on a loaded machine may find its deadline too near to claim)."""
     transcript = orch.root / f"{session}.jsonl"
     given: list[str] = []
+    rounds = 2 * sum(state == "queued" for state in states(orch).values()) + 5
     for _ in range(rounds):
         if not Queue(orch.store).has_ready(AGENT):
             return given
