@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -197,3 +198,81 @@ def test_a_new_agent_gets_its_briefing_at_its_first_start_only(orch: OrchState) 
     assert "## Briefing\nYou own the billing service." in first.context
     again = orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="proj:7")
     assert again.context is None
+
+
+# -- the git state, read in two calls side by side ----------------------------------------------
+
+
+def test_git_state_reads_branch_head_changes_and_commits(repo: Path) -> None:
+    from orch_builtin.rebrief import git_state
+
+    (repo / "notes.txt").write_text("new\n")
+    state = git_state(str(repo), timeout=10)
+    assert state is not None
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert state == {
+        "branch": "feature-x",
+        "head": head,
+        "uncommitted": [" M app.py", "?? notes.txt"],
+        "last_commits": [f"{head} Add the app", state["last_commits"][1]],
+    }
+    assert state["last_commits"][1].endswith(" Add the rules")
+
+
+def test_git_state_with_an_upstream_a_detached_head_and_no_commit_yet(
+    repo: Path, tmp_path: Path
+) -> None:
+    from orch_builtin.rebrief import git_state
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True, capture_output=True)
+    git(clone, "config", "user.email", "t@example.com")
+    git(clone, "config", "user.name", "T")
+    git(clone, "commit", "-q", "--allow-empty", "-m", "Ahead of the remote")
+    state = git_state(str(clone), timeout=10)  # "## feature-x...origin/feature-x [ahead 1]"
+    assert state is not None and state["branch"] == "feature-x"
+    assert state["uncommitted"] == []
+    git(clone, "checkout", "-q", "--detach", "HEAD~1")
+    state = git_state(str(clone), timeout=10)
+    assert state is not None and state["branch"] == "HEAD"  # as `git rev-parse --abbrev-ref`
+    assert state["last_commits"][0].endswith(" Add the app")
+    unborn = tmp_path / "unborn"
+    subprocess.run(["git", "init", "-q", str(unborn)], check=True, capture_output=True)
+    assert git_state(str(unborn), timeout=10) is None
+    assert git_state(str(tmp_path / "missing"), timeout=10) is None
+
+
+def test_git_state_takes_a_log_that_is_not_utf8(repo: Path) -> None:
+    """A working copy whose git prints its log in Latin-1 (``i18n.logOutputEncoding``): once
+    the rebrief's end, now a replacement character."""
+    from orch_builtin.rebrief import git_state
+
+    git(repo, "config", "i18n.logOutputEncoding", "latin-1")
+    git(repo, "commit", "-qam", "Caf\xe9")
+    state = git_state(str(repo), timeout=10)
+    assert state is not None
+    assert state["last_commits"][0].endswith(" Caf\ufffd")
+
+
+def test_git_state_gives_up_after_its_timeout_and_leaves_no_git_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A git that hangs (a network file system, a huge working copy): both calls together
+    cost the timeout, and neither outlives it."""
+    from orch_builtin.rebrief import git_state
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pids = tmp_path / "pids"
+    (bin_dir / "git").write_text(f"#!/bin/sh\necho $$ >> {pids}\nexec sleep 30\n")
+    (bin_dir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    start = time.monotonic()
+    assert git_state(str(tmp_path), timeout=1.0) is None
+    assert time.monotonic() - start < 4  # 30 s if either call were waited for
+    started = pids.read_text().split()
+    assert len(started) == 2
+    for pid in started:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)

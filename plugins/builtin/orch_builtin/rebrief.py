@@ -56,7 +56,7 @@ SETTINGS: dict[str, Any] = {
     "activity_kept": Setting(200, min=1),  # records per agent
     "activity_shown": Setting(12, min=0),
     "restore_within_hours": Setting(24.0, min=0),  # an older checkpoint is not restored
-    "git_timeout": Setting(1.0, min=0.05, max=10),
+    "git_timeout": Setting(1.0, min=0.05, max=10),  # seconds, for git's two calls together
 }
 DEFAULTS = defaults(SETTINGS)
 #: Trimmed first when the rebrief is over budget; the agent line is never trimmed.
@@ -260,33 +260,55 @@ GIT_SAFE = ("-c", "core.fsmonitor=false", "-c", "log.showSignature=false",
 
 
 def git_state(cwd: str, timeout: float) -> dict[str, Any] | None:
-    """Branch, HEAD, uncommitted files and last commits, each git call bounded by ``timeout``.
-    ``cwd`` comes from a hook's payload: git runs there with :data:`GIT_SAFE`."""
+    """Branch, HEAD, uncommitted files and last commits, from two git calls run side by side
+    and bounded by ``timeout`` together (a compaction's rebrief has the hook's budget, and a
+    loaded machine starts processes slowly). ``None`` outside a working copy or before its
+    first commit. ``cwd`` comes from a hook's payload: git runs there with :data:`GIT_SAFE`."""
     import subprocess
 
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", *GIT_SAFE, "-C", cwd, *args],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
+    calls = (
+        ("status", "--porcelain", "--branch", "--untracked-files=normal",
+         "--ignore-submodules=all"),
+        ("log", "-5", "--format=%h %s"),
+    )  # fmt: skip
+    end = time.monotonic() + timeout
+    running: list[subprocess.Popen[str]] = []
+    outputs: list[str | None] = []
+    try:
+        for args in calls:
+            running.append(
+                subprocess.Popen(
+                    ["git", *GIT_SAFE, "-C", cwd, *args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                    errors="replace",  # a commit message in another encoding
+                )
             )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout if done.returncode == 0 else None
-
-    head = git("rev-parse", "--abbrev-ref", "HEAD")
-    if head is None:
+        for proc in running:
+            out, _ = proc.communicate(timeout=max(0.0, end - time.monotonic()))
+            outputs.append(out if proc.returncode == 0 else None)
+    except (OSError, subprocess.SubprocessError):
         return None
-    status = git("status", "--porcelain", "--untracked-files=normal", "--ignore-submodules=all")
-    status = status or ""
+    finally:
+        for proc in running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    status, log = outputs
+    if status is None or not log:
+        return None
+    lines = status.splitlines()
+    # "## main", "## main...origin/main [ahead 1]", "## HEAD (no branch)": ref names hold no
+    # "..." and no space
+    branch = lines[0][3:].partition("...")[0].partition(" ")[0] if lines else ""
+    commits = log.splitlines()
     return {
-        "branch": head.strip(),
-        "head": (git("rev-parse", "--short", "HEAD") or "").strip(),
-        "uncommitted": [line for line in status.splitlines() if line.strip()][:50],
-        "last_commits": (git("log", "-5", "--oneline", "--no-decorate") or "").splitlines(),
+        "branch": branch,
+        "head": commits[0].partition(" ")[0],
+        "uncommitted": [line for line in lines[1:] if line.strip()][:50],
+        "last_commits": commits,
     }
 
 
