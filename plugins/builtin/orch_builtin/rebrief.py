@@ -283,7 +283,7 @@ def git_state(cwd: str, timeout: float) -> dict[str, Any] | None:
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
                     text=True,
-                    errors="replace",  # a commit message in another encoding
+                    errors="replace",  # a log git prints in another encoding
                 )
             )
         for proc in running:
