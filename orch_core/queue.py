@@ -970,10 +970,16 @@ class Queue:
         return header + len(message["body"])
 
     def render(
-        self, messages: Iterable[Message], budget: int = 8000, now: float | None = None
+        self,
+        messages: Iterable[Message],
+        budget: int = 8000,
+        now: float | None = None,
+        log: Callable[..., None] | None = None,
     ) -> str:
         """The text the model gets: per message a header (id, sender, band, age), then the
-        body byte for byte; a body that does not fit goes to a file, with path and preview."""
+        body byte for byte; a body that does not fit goes to a file, with path and preview (a
+        file that cannot be written leaves the preview and the command that prints the text, and
+        a line for ``log``, a plugin's ``ctx.log``)."""
         now = time.time() if now is None else now
         parts = []
         for m in messages:
@@ -982,15 +988,20 @@ class Queue:
                 f"(priority {m['priority']}) · queued {age(now - m['created'])} ago]"
             )
             body = m["body"]
-            if len(body) > budget - 200:
-                path = self._spill(m)
-                parts.append(
-                    f"{header}\nThis message has {len(body)} characters, too long to "
-                    f"show here; the full text is in {path}\nPreview:\n"
-                    f"{body[:PREVIEW]}"
-                )
-            else:
+            if len(body) <= budget - 200:
                 parts.append(f"{header}\n{body}")
+                continue
+            try:
+                where = f"the full text is in {self._spill(m)}"
+            except OSError as exc:  # a full disk, a planted link: the preview goes out all the same
+                if log is not None:
+                    log("cannot write a large message to its file", level="error",
+                        message_id=m["id"], error=str(exc))  # fmt: skip
+                where = f"orch could not write it to a file; `orch queue show {m['id']}` prints it"
+            parts.append(
+                f"{header}\nThis message has {len(body)} characters, too long to show here; "
+                f"{where}\nPreview:\n{body[:PREVIEW]}"
+            )
         return "\n\n".join(parts)
 
     def _spill_path(self, message: Message) -> str:

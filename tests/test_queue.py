@@ -546,6 +546,31 @@ def test_a_body_over_the_budget_goes_to_a_private_file(orch: OrchState, q: Queue
     assert text.endswith(f"Preview:\n{body[:PREVIEW]}")
 
 
+def test_a_body_whose_file_cannot_be_written_still_goes_out_as_a_preview(
+    orch: OrchState, q: Queue, tmp_path: Path
+) -> None:
+    """A full disk, or a link in place of the messages' folder (orch writes through none): the
+    model gets the preview and the command that prints the whole text, and the log says why."""
+    body = "z" * 20_000
+    sent = q.send("p:1", body, now=T0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (Path(orch.env["ORCH_STATE_DIR"]) / "messages").symlink_to(elsewhere)
+    logged: list[tuple[str, dict[str, Any]]] = []
+    (taken,) = q.claim("p:1", "s", budget=8000, now=T0)
+    text = q.render([taken], budget=8000, now=T0, log=lambda msg, **f: logged.append((msg, f)))
+    assert len(text) < 8000
+    assert (
+        f"This message has 20000 characters, too long to show here; orch could not write it to"
+        f" a file; `orch queue show {sent['id']}` prints it\nPreview:\n{body[:PREVIEW]}"
+    ) in text
+    assert list(elsewhere.iterdir()) == []
+    ((msg, fields),) = logged
+    assert (msg, fields["level"], fields["message_id"]) == (
+        "cannot write a large message to its file", "error", sent["id"])  # fmt: skip
+    assert "symbolic link" in fields["error"]
+
+
 def test_several_messages_per_hook_up_to_the_budget_highest_first(q: Queue) -> None:
     budget = 8000
     sent = [q.send("p:1", chr(97 + i) * 3000, priority=i, now=T0) for i in range(6)]

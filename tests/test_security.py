@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from orch_core.plugins import loader
-from orch_core.queue import Queue
+from orch_core.queue import MARK, Queue
 from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
@@ -379,7 +379,7 @@ def test_a_link_planted_in_the_state_folder_is_never_written_through(
     """orch makes no links: one in its state folder (the log, the supervisor's lock, the
     folders of cached plans, running hooks, large messages and backups) was planted, and is
     refused, never followed."""
-    Queue(orch.store).send("proj:1", "x" * 20_000)  # delivered as a file in messages/
+    sent = Queue(orch.store).send("proj:1", "x" * 20_000)  # delivered as a file in messages/
     state = Path(orch.env["ORCH_STATE_DIR"])
     target = tmp_path / "target"
     if "." in planted:
@@ -392,6 +392,10 @@ def test_a_link_planted_in_the_state_folder_is_never_written_through(
     assert orch.run_hook(b"not json").exit_code == 0  # logs a line
     delivered = orch.run_hook(payload("UserPromptSubmit"), ORCH_AGENT="proj:1")
     assert delivered.exit_code == 0
+    if planted != "plans":  # without its plans' folder no plugin runs, and commands say why
+        assert delivered.context is not None and f"{MARK}{sent['id']} " in delivered.context
+    if planted == "messages":  # its preview all the same, and where the whole text is
+        assert f"`orch queue show {sent['id']}` prints it" in delivered.context
     if planted == "supervise.lock":
         one_line_error(orch.cli("supervise", "--for", "1"), "supervise.lock")
     if planted == "backups":

@@ -61,7 +61,7 @@ def deliver(event: ev.Event, ctx: HookContext, min_priority: int = 0) -> str | N
         return None
     for message in messages:
         ctx.fire("orch_message_delivered", message=message)
-    return queue.render(messages, budget)
+    return queue.render(messages, budget, log=ctx.log)
 
 
 @hookimpl
