@@ -395,7 +395,7 @@ def test_a_link_planted_in_the_state_folder_is_never_written_through(
     if planted != "plans":  # without its plans' folder no plugin runs, and commands say why
         assert delivered.context is not None and f"{MARK}{sent['id']} " in delivered.context
     if planted == "messages":  # its preview all the same, and where the whole text is
-        assert f"`orch queue show {sent['id']}` prints it" in delivered.context
+        assert f"`orch queue show {sent['id']}` prints it" in (delivered.context or "")
     if planted == "supervise.lock":
         one_line_error(orch.cli("supervise", "--for", "1"), "supervise.lock")
     if planted == "backups":
