@@ -45,8 +45,9 @@ def claude(
 ) -> Iterator[ClaudeFactory]:
     """Start Claude Code sessions (in ``project`` unless told otherwise), closed after the test.
 
-    Write the hook settings first: Claude reads them at startup. Each session's final screen
-    is printed at teardown, so a failing test shows what Claude displayed.
+    Write the hook settings first: Claude reads them at startup. Each session's final screen,
+    and the end of orch's log where the session names its state folder, are printed at
+    teardown, so a failing test shows what Claude displayed and what orch's hooks met.
     """
     sessions: list[ClaudeSession] = []
 
@@ -73,6 +74,10 @@ def claude(
     for session in sessions:
         if session.pane is not None:
             print(f"--- final screen of {session.name} ---\n{session.screen()}")
+        state = session.extra_env.get("ORCH_STATE_DIR")
+        log = Path(state, "orch.log") if state else None
+        if log is not None and log.is_file():
+            print(f"--- the end of {session.name}'s orch.log ---\n{log.read_text()[-4000:]}")
         session.close()
 
 
