@@ -22,6 +22,12 @@ def is_url(database: str) -> bool:
     return database.startswith(URL_SCHEMES)
 
 
+def is_file_path(database: str) -> bool:
+    """Whether ``database`` is a SQLite file's path, not a URL of any kind (one orch does not
+    know is refused, never made into a file named after it)."""
+    return "://" not in database
+
+
 #: What a host's name may hold: it starts the names of its agents on a shared store
 #: (``host/session:window``), so no ``/``, and nothing tmux or a shell would read.
 HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -60,7 +66,7 @@ def state_dir(env: Mapping[str, str] = os.environ) -> str:
     (also beside a PostgreSQL database: logs, plans and large messages stay on this machine)."""
     if env.get("ORCH_STATE_DIR"):
         return env["ORCH_STATE_DIR"]
-    if env.get("ORCH_DB") and "://" not in env["ORCH_DB"]:  # a file's, not a server's
+    if env.get("ORCH_DB") and is_file_path(env["ORCH_DB"]):
         return os.path.dirname(db_path(env))
     base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "orch")

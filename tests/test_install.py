@@ -170,10 +170,11 @@ def test_the_shipped_template_is_current() -> None:
 
 
 def test_a_settings_file_that_is_a_fifo_is_refused_at_once(orch: OrchState) -> None:
-    """A FIFO (an archive can carry one) would block install and doctor for ever."""
+    """A FIFO (an archive can carry one) would block install, spawn and doctor for ever."""
     path = orch.project_dir / ".claude" / "settings.json"
     os.mkfifo(path)
-    for command in (["install"], ["uninstall"]):
+    spawn = ["spawn", "fifo1", "--dir", str(orch.project_dir), "--command", "sleep 1"]
+    for command in (["install"], ["uninstall"], spawn):
         done = orch.cli(*command)
         assert (done.returncode, done.stderr) == (1, f"Error: {path} is not a regular file\n")
     assert f"FAIL settings: {path} is not a regular file" in orch.cli("doctor").stdout

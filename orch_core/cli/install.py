@@ -87,17 +87,26 @@ def template(command: str = "${ORCH_HOOK}") -> dict[str, Any]:
 SETTINGS_LIMIT = 16 * 1024 * 1024
 
 
-def _read(path: str) -> tuple[dict[str, Any], str | None]:
-    """The settings at ``path``: a regular file (a FIFO a project put there would block), its
-    JSON of the shape Claude Code reads."""
+def _raw(path: str) -> bytes | None:
+    """The settings file's bytes, ``None`` without one; only a regular file is read (a FIFO a
+    project put there would block)."""
     try:
-        text = paths.read_regular(path, SETTINGS_LIMIT).decode("utf-8")
+        return paths.read_regular(path, SETTINGS_LIMIT)
     except FileNotFoundError:
-        return {}, None
+        return None
     except paths.NotRegularFile:
         raise InstallError(f"{path} is not a regular file") from None
     except OSError as exc:
         raise InstallError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _read(path: str) -> tuple[dict[str, Any], str | None]:
+    """The settings at ``path`` (:func:`_raw`), their JSON of the shape Claude Code reads."""
+    raw = _raw(path)
+    if raw is None:
+        return {}, None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InstallError(f"{path} is not UTF-8 text") from None
     try:
@@ -228,13 +237,7 @@ def installed(project_dir: str) -> Iterator[list[str]]:
     path = _inside(project_dir, settings_path(project_dir))
     folder = os.path.dirname(path)
     had_folder = os.path.isdir(folder)
-    try:
-        with open(path, "rb") as f:
-            before: bytes | None = f.read()
-    except FileNotFoundError:
-        before = None
-    except OSError as exc:
-        raise InstallError(f"cannot read {path}: {exc.strerror}") from None
+    before = _raw(path)
     changed = install(project_dir)
     try:
         yield changed

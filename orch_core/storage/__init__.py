@@ -38,7 +38,7 @@ def open_store(
             durable=durable,
             one_connection=one_connection,
         )
-    if "://" in where:  # a URL of another kind would become a file named after it
+    if not paths.is_file_path(where):
         from orch_core.errors import OrchError
 
         raise OrchError(f"{where.partition('://')[0]}:// is no store orch knows: give ORCH_DB a "
@@ -71,7 +71,7 @@ def database(env: Mapping[str, str]) -> str:
     from orch_core import paths
 
     if env.get("ORCH_DB"):  # a server's URL as it is, a file's path from here
-        return env["ORCH_DB"] if "://" in env["ORCH_DB"] else paths.db_path(env)
+        return paths.db_path(env) if paths.is_file_path(env["ORCH_DB"]) else env["ORCH_DB"]
     return configured_database(paths.user_config_path(env)) or paths.db_path(env)
 
 
