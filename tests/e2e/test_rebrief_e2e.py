@@ -50,12 +50,15 @@ def test_the_request_after_compact_holds_the_rebrief_once(
     session.wait_for_requests(2)
     store = SQLiteStore(env["ORCH_DB"])
 
-    def compactions() -> int:
-        return [(r["event"], r["exit_code"]) for r in store.runs(100)].count(("SessionStart", 0))
+    def runs(event: str) -> int:
+        return [(r["event"], r["exit_code"]) for r in store.runs(100)].count((event, 0))
 
+    # the turn is over once its Stop hook ran: ``/compact`` then meets an idle Claude, not
+    # a turn still closing
+    wait_until(lambda: runs("Stop") == 1, what="the first turn's Stop")
     session.prompt("/compact")
     try:
-        wait_until(lambda: compactions() == 2, what="SessionStart after /compact")
+        wait_until(lambda: runs("SessionStart") == 2, what="SessionStart after /compact")
     except TimeoutError:  # what orch saw instead (its log is printed at teardown)
         runs = [(r["event"], r["exit_code"], r["plugins"]) for r in store.runs(100)]
         running = tmp_path / "state" / "running"
