@@ -29,10 +29,14 @@ def write(level: str, msg: str, env: Mapping[str, str] = os.environ, **fields: A
     """Append one line; rotate when the file passes :data:`MAX_BYTES`. Errors are swallowed:
     a log that cannot be written must never break a hook."""
     record = {"ts": round(time.time(), 3), "level": level, "msg": msg, **fields}
-    line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-    if len(line) > 4 * MAX_FIELD:
-        record = {key: _short(value) for key, value in record.items()}
+    try:
         line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        if len(line) > 4 * MAX_FIELD:
+            record = {key: _short(value) for key, value in record.items()}
+            line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+    except (ValueError, RecursionError) as exc:  # a field nested past what JSON writes
+        record = {key: record[key] for key in ("ts", "level", "msg")}
+        line = json.dumps({**record, "fields_unwritten": repr(exc)}, ensure_ascii=False) + "\n"
     path = paths.log_path(env)
     try:
         paths.ensure_private_dir(os.path.dirname(path))

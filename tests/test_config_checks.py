@@ -37,6 +37,17 @@ BAD = {
         "[plugin.auto_restart] error_patterns",
         "is not a regular expression",
     ),
+    "regex nested too deep": (
+        '[plugin.auto_restart]\nerror_patterns = ["' + "(" * 1200 + ")" * 1200 + '"]\n',
+        "[plugin.auto_restart] error_patterns",
+        "is not a regular expression",
+    ),
+    "regex repeated too often": (
+        '[plugin.auto_restart]\nerror_patterns = ["a{99999999999}"]\n',
+        "[plugin.auto_restart] error_patterns",
+        "is not a regular expression",
+    ),
+    "arrays nested too deep": ("x = " + "[" * 2000 + "]" * 2000 + "\n", "nested too deeply", ""),
     "typo": ("[plugin.queue]\nmax_attemps = 5\n", "[plugin.queue] max_attemps", "no such setting"),
     "unknown table": ("[plugins.queue]\nbudget = 1\n", "[plugins] queue", "no such setting"),
 }

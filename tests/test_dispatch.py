@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -12,6 +14,7 @@ import pytest
 
 from orch_core import Answer, hookimpl
 from orch_core.hook import events
+from orch_core.testing.kit import hook_script
 from orch_core.testing.payloads import payload
 
 if TYPE_CHECKING:
@@ -115,9 +118,11 @@ def test_a_hanging_plugin_does_not_hold_the_real_hook(orch: OrchState) -> None:
         b"[1, 2]",
         b'"a string"',
         b"{" * 100_000,
+        b"[" * 100_000 + b"]" * 100_000,
         b'{"hook_event_name": "PostToolUse", "x": "' + b"a" * 10_000_000 + b'"}',
+        b'{"hook_event_name": "PostToolUse", "session_id": "s", "x": "\xed\xa0\x80"}',
     ],
-    ids=["empty", "blank", "text", "binary", "array", "string", "deep", "10MB"],
+    ids=["empty", "blank", "text", "binary", "array", "string", "deep", "nested", "10MB", "cesu"],
 )
 def test_bad_input_exits_0_silently_with_one_log_line(orch: OrchState, raw: bytes) -> None:
     orch.register(Says("should not run"), "says")
@@ -126,6 +131,53 @@ def test_bad_input_exits_0_silently_with_one_log_line(orch: OrchState, raw: byte
     lines = orch.log()
     assert len(lines) == 1
     assert lines[0]["msg"] == "bad hook input skipped"
+
+
+def test_a_lone_surrogate_in_an_answer_does_not_cost_the_reply(orch: OrchState) -> None:
+    """A file name that is not UTF-8 comes to Python with a lone surrogate in it; a plugin
+    that quotes it must not lose the whole reply, another plugin's deny included."""
+    orch.plugin_module(
+        "quotes_file",
+        "import os\nfrom orch_core import Answer, hookimpl\n\n"
+        "@hookimpl\ndef orch_pre_tool_use():\n"
+        "    return Answer(context='touches ' + os.fsdecode(b'report-\\xff.txt'))\n",
+    )
+    orch.plugin_module(
+        "denies",
+        "from orch_core import Answer, hookimpl\n\n"
+        "@hookimpl\ndef orch_pre_tool_use():\n"
+        "    return Answer(permission='deny', reason='not here')\n",
+    )
+    result = orch.run_hook(
+        payload("PreToolUse", tool_name="Bash", tool_input={"command": "ls"}),
+        ORCH_LOAD_PLUGINS="quotes_file,denies",
+    )
+    output = json.loads(result.stdout)["hookSpecificOutput"]
+    assert output["permissionDecision"] == "deny"
+    assert output["additionalContext"] == "touches report-?.txt"
+    assert not [line for line in orch.log() if line["msg"] == "orch-hook failed"]
+
+
+@pytest.mark.parametrize("closed", [1, 2], ids=["stdout", "stderr"])
+def test_a_hook_started_with_stdout_or_stderr_closed_still_answers(
+    orch: OrchState, closed: int
+) -> None:
+    orch.plugin_module("chatty", CHATTY)
+    closes = f"import os, sys; os.close({closed}); os.execv(sys.argv[1], sys.argv[1:])"
+    done = subprocess.run(
+        [sys.executable, "-c", closes, hook_script()],
+        input=json.dumps(payload("Stop")).encode(),
+        stdout=subprocess.PIPE,
+        env={**orch.env, "ORCH_LOAD_PLUGINS": "chatty"},
+        cwd=orch.project_dir,
+        timeout=10,
+        check=False,
+    )
+    assert done.returncode == 0
+    if closed == 2:  # the reply goes to stdout whole, not to /dev/null
+        assert json.loads(done.stdout)["hookSpecificOutput"]["additionalContext"] == "ctx"
+    assert not [line for line in orch.log() if line["msg"] == "orch-hook failed"]
+    assert [run["event"] for run in orch.store.runs()] == ["Stop"]
 
 
 def test_unknown_event_gets_no_output(orch: OrchState) -> None:

@@ -123,14 +123,13 @@ def read_payload(raw: bytes, env: Mapping[str, str]) -> dict[str, Any] | None:
     elif not raw.strip():
         problem = "empty payload"
     else:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            problem = f"payload is not JSON: {exc}"
-        else:
+        try:  # strict UTF-8: encoded surrogates would be text no reply could carry
+            data = json.loads(raw.decode("utf-8-sig"))
             if isinstance(data, dict):
                 return _whole(data) if b"\\ud" in raw.lower() else data
             problem = f"payload is a JSON {type(data).__name__}, not an object"
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            problem = f"payload is not JSON: {exc}"
     log.write("warning", "bad hook input skipped", env, problem=problem)
     return None
 
@@ -320,14 +319,14 @@ def main() -> None:
         warmed = _warm(raw, armed, limit)
         if warmed is not None:
             armed.disarm()
-            _write_all(reply_out, warmed.get("stdout", "").encode())
-            _write_all(reply_err, warmed.get("stderr", "").encode())
+            _write_all(reply_out, _utf8(warmed.get("stdout", "")))
+            _write_all(reply_err, _utf8(warmed.get("stderr", "")))
             exit_now(int(warmed.get("exit_code", 0)))
         reply = dispatch(raw, armed=armed).reply
         if reply.output is not None:
-            _write_all(reply_out, reply.stdout().encode())
+            _write_all(reply_out, _utf8(reply.stdout()))
         if reply.stderr:
-            _write_all(reply_err, (reply.stderr + "\n").encode())
+            _write_all(reply_err, _utf8(reply.stderr + "\n"))
         code = reply.exit_code
     except BaseException as exc:  # the last line of defence: never break the agent
         log.write("error", "orch-hook failed", error=repr(exc))
@@ -367,13 +366,26 @@ def _warm(
 
 def _private_channels() -> tuple[int, int]:
     """Copies of stdout and stderr for the reply alone; fds 1 and 2 then lead nowhere, so a
-    plugin that prints (or closes them) cannot corrupt or lose the reply."""
+    plugin that prints (or closes them) cannot corrupt or lose the reply. One of 0-2 that was
+    closed when the hook started is opened on ``/dev/null`` first, or a copy would take its
+    number."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
     out, err = os.dup(1), os.dup(2)
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.dup2(null, 2)
     os.close(null)
     return out, err
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` for Claude Code: a lone surrogate in a plugin's answer (a file name that is not
+    UTF-8, say) becomes ``?`` rather than costing the whole reply, a deny included."""
+    return text.encode("utf-8", "replace")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -171,6 +171,8 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:  # a cloned project's file may nest arrays past the parser's depth
+        raise ConfigError(f"{path}: nested too deeply to read") from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -99,8 +99,8 @@ def regexes(value: list[str]) -> None:
     for pattern in value:
         try:
             re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        except (re.error, RecursionError, OverflowError) as exc:  # nested or repeated too far
+            raise ValueError(f"{pattern[:60]!r} is not a regular expression: {exc}") from None
 
 
 def resolve(

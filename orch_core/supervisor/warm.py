@@ -269,13 +269,13 @@ def _event_cwd(raw: bytes, env: Mapping[str, str]) -> str | None:
         return None
     try:
         cwd = json.loads(raw).get("cwd")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return cwd if isinstance(cwd, str) and cwd else None
 
 
 def _answer(conn: socket.socket, line: Mapping[str, Any]) -> None:
-    conn.sendall(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+    conn.sendall(json.dumps(line, ensure_ascii=False).encode("utf-8", "replace") + b"\n")
 
 
 def _refuse_exit_from_threads() -> None:

@@ -60,10 +60,10 @@ def test_the_request_after_compact_holds_the_rebrief_once(
     try:
         wait_until(lambda: runs("SessionStart") == 2, what="SessionStart after /compact")
     except TimeoutError:  # what orch saw instead (its log is printed at teardown)
-        runs = [(r["event"], r["exit_code"], r["plugins"]) for r in store.runs(100)]
+        recorded = [(r["event"], r["exit_code"], r["plugins"]) for r in store.runs(100)]
         running = tmp_path / "state" / "running"
         stopped = {p.name: p.read_text() for p in running.glob("*")}
-        raise AssertionError(f"runs: {runs}\nstopped by the backstop: {stopped}") from None
+        raise AssertionError(f"runs: {recorded}\nstopped by the backstop: {stopped}") from None
     standin.reply_text("Continuing.")
     session.prompt("Go on.")
     requests = session.wait_for_requests(3)
