@@ -101,6 +101,18 @@ def test_restore_puts_a_backup_back_and_keeps_the_current_file_aside(orch: OrchS
     assert os.stat(orch.env["ORCH_DB"]).st_mode & 0o777 == 0o600
 
 
+@pytest.mark.parametrize("seconds", ["nan", "-1", "inf"])
+def test_supervise_for_a_time_that_is_no_time_is_refused(orch: OrchState, seconds: str) -> None:
+    """``--for nan`` or ``-1`` ended at once, exit 0, saying nothing."""
+    done = orch.cli("supervise", "--for", seconds)
+    assert done.returncode == 2
+    assert "give a number of seconds, 0 or more" in done.stderr
+    orch.env["ORCH_SUPERVISE_FOR"] = seconds
+    done = orch.cli("supervise")
+    assert done.returncode == 2
+    assert "give a number of seconds, 0 or more" in done.stderr
+
+
 def test_restore_is_refused_while_a_supervisor_runs_and_for_a_bad_file(
     orch: OrchState, tmp_path: Path
 ) -> None:

@@ -11,7 +11,7 @@ import click
 
 from orch_core import hosts, paths
 from orch_core.cli import install
-from orch_core.cli.params import agent_name, read_text
+from orch_core.cli.params import agent_name, non_negative_seconds, read_text, session_name
 from orch_core.hook.context import Runtime
 from orch_core.storage import open_store
 from orch_core.supervisor import lifecycle
@@ -58,7 +58,13 @@ def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
     type=click.Path(file_okay=False),
     help="The project the agent works in (hooks are installed there).",
 )
-@click.option("--session", default="orch", show_default=True, help="tmux session to use.")
+@click.option(
+    "--session",
+    default="orch",
+    show_default=True,
+    callback=session_name,
+    help="tmux session to use (no '.' or ':').",
+)
 @click.option("--brief", type=click.File("r", encoding="utf-8"), help="Briefing for the agent.")
 @click.option(
     "--command",
@@ -136,7 +142,7 @@ def stop_command(agent: str) -> None:
 )
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
 @click.option("--pane", help="Its tmux pane (e.g. %3); default: the pane its hooks reported.")
-@click.option("--session", default="orch", show_default=True)
+@click.option("--session", default="orch", show_default=True, callback=session_name)
 @click.option("--env", "env_pairs", multiple=True, help="KEY=VALUE for the agent's pane.")
 def adopt_command(
     agent: str,
@@ -181,6 +187,7 @@ def adopt_command(
     "seconds",
     type=float,
     envvar="ORCH_SUPERVISE_FOR",
+    callback=non_negative_seconds,
     help="Stop after this many seconds (default: run until stopped).",
 )
 def supervise_command(seconds: float | None) -> None:

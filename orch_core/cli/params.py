@@ -33,6 +33,25 @@ def optional_agent_name(
     return None if value is None else check_agent(value)
 
 
+def session_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A tmux session's name without ``.`` or ``:``: tmux turns them into ``_`` when it makes
+    the session, so orch, asking for the name it was given, would not find it again (the next
+    spawn or restart would try to make it a second time)."""
+    if "." in value or ":" in value:
+        raise click.BadParameter(f"{value!r}: tmux session names cannot contain '.' or ':'")
+    return value
+
+
+def non_negative_seconds(
+    _ctx: click.Context, _param: click.Parameter, value: float | None
+) -> float | None:
+    """A number of seconds that is finite and not negative (``nan`` or ``-1`` would end at
+    once, saying nothing), or ``None`` where it may be left out."""
+    if value is not None and not 0 <= value < float("inf"):
+        raise click.BadParameter(f"{value}: give a number of seconds, 0 or more")
+    return value
+
+
 def duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
     """A length of time, ``30m``, ``2h``, ``1d``, ``1h30m`` or seconds, in seconds (at most a
     thousand years); else a one-line error."""
