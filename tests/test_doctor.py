@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,52 @@ def test_an_agent_waiting_for_a_person_fails_the_panes_check(orch: OrchState) ->
     lines = report(orch)
     assert "FAIL panes: waiting for a person: a" in lines
     assert line_after(lines, "FAIL panes") == "     fix: answer a's prompt in its window"
+
+
+#: An agent's name comes from a hook payload or a tmux window: a fix line pasted as printed
+#: must not run what the name says.
+EVIL = "my agent; touch pwned"
+
+
+def test_fix_lines_quote_the_agent_they_name(orch: OrchState, tmp_path: Path) -> None:
+    Queue(orch.store).send_many([{"agent": EVIL, "text": f"job {i}"} for i in range(101)])
+    orch.run(payload("SessionStart", session_id="s1"), ORCH_AGENT=EVIL)
+    with TmuxServer() as server:
+        pane = server.new_window("agent", [sys.executable, "-c", "import time; time.sleep(60)"])
+        socket = server.cmd("display-message", "-p", "#{socket_path}").strip()
+        orch.store.remember_session("s1", EVIL, pane, socket)
+        server.cmd("kill-pane", "-t", pane)
+        lines = report(orch)
+    quoted = "'my agent; touch pwned'"
+    assert line_after(lines, "FAIL queue").startswith(f"     fix: orch queue {quoted} (then")
+    assert line_after(lines, "FAIL panes") == (
+        f"     fix: orch restart {quoted} (or `orch stop {quoted}` if it should not run)"
+    )
+    fix = line_after(lines, "FAIL panes").removeprefix("     fix: ").split(" (or")[0]
+    subprocess.run(["sh", "-c", f"echo {fix}"], cwd=tmp_path, check=True, capture_output=True)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_settings_that_are_not_json_fail_with_a_fix(orch: OrchState) -> None:
+    """The README promises a fix line after every failure."""
+    settings = orch.project_dir / ".claude" / "settings.json"
+    settings.write_text("{not json")
+    lines = report(orch)
+    (line,) = [line for line in lines if line.startswith("FAIL settings")]
+    assert line.startswith(f"FAIL settings: {settings} is not valid JSON")
+    assert line_after(lines, "FAIL settings") == (
+        "     fix: correct or remove the file named (Claude Code cannot read it either), then "
+        f"orch install {orch.project_dir}"
+    )
+
+
+def test_every_failure_is_followed_by_a_fix_line(orch: OrchState) -> None:
+    """Checks that cannot run (here: a database that is a folder) say where to look too."""
+    orch.env["ORCH_DB"] = str(orch.project_dir)
+    lines = report(orch)
+    failures = [i for i, line in enumerate(lines) if line.startswith("FAIL")]
+    assert failures
+    assert all(lines[i + 1].startswith("     fix: ") for i in failures), lines
 
 
 def test_settings_that_call_another_orch_hook_are_drift(orch: OrchState, tmp_path: Path) -> None:

@@ -33,7 +33,9 @@ GUIDE = "docs/troubleshooting.md"
 
 @attrs.frozen
 class Check:
-    """One line of the report; a failing check says the one thing that fixes it."""
+    """One line of the report; a failing check says the one thing that fixes it. Names in
+    ``fix`` that come from hooks or tmux (agents, hosts) are quoted as a shell would need
+    them (:func:`shlex.quote`): the line is meant to be pasted."""
 
     name: str
     ok: bool
@@ -45,7 +47,13 @@ def check_settings(project_dir: str) -> Check:
     try:
         found = install.installed_events(project_dir)
     except install.InstallError as exc:
-        return Check("settings", False, str(exc))
+        return Check(
+            "settings",
+            False,
+            str(exc),
+            f"correct or remove the file named (Claude Code cannot read it either), then "
+            f"orch install {shlex.quote(project_dir)}",
+        )
     reinstall = f"orch install {shlex.quote(project_dir)}"
     missing = [name for name in install.INSTALLED_EVENTS if name not in found]
     if len(missing) == len(install.INSTALLED_EVENTS):
@@ -145,7 +153,7 @@ def check_recent_runs(env: Mapping[str, str]) -> Check:
     except DatabaseUnreachable:
         raise
     except Exception as exc:
-        return Check("hook runs", False, f"cannot read hook runs: {exc}")
+        return Check("hook runs", False, f"cannot read hook runs: {exc}", GUIDE)
     finally:
         store.close()
     if not failed:
@@ -234,11 +242,12 @@ def check_alerts(env: Mapping[str, str]) -> Check:
     except DatabaseUnreachable:
         raise
     except Exception as exc:
-        return Check("alerts", False, f"cannot read alerts: {exc}")
+        return Check("alerts", False, f"cannot read alerts: {exc}", GUIDE)
     finally:
         store.close()
     if rows:
-        fix = f"fix the cause, then `orch restart {rows[0][0]}` (or `orch stop {rows[0][0]}`)"
+        agent = shlex.quote(rows[0][0])
+        fix = f"fix the cause, then `orch restart {agent}` (or `orch stop {agent}`)"
         return Check("alerts", False, "; ".join(f"{message}" for _, message in rows), fix)
     return Check("alerts", True, "no agent left failed")
 
@@ -283,16 +292,15 @@ def check_queue(env: Mapping[str, str]) -> Check:
         age = now - agent["oldest_pending"] if agent["oldest_pending"] else 0.0
         if depth > QUEUE_DEPTH or age > OLDEST_SECONDS:
             stuck.append(
-                f"{agent['id']} ({depth} pending, oldest {age / 60:.0f} min, {agent['state']})"
+                (agent["id"], f"{depth} pending, oldest {age / 60:.0f} min, {agent['state']}")
             )
     if stuck:
-        first = stuck[0].split(" ", 1)[0]
         return Check(
             "queue",
             False,
             f"more than {QUEUE_DEPTH} pending or older than {OLDEST_SECONDS / 60:.0f} min: "
-            + "; ".join(stuck),
-            f"orch queue {first} (then see {GUIDE}, messages stuck queued)",
+            + "; ".join(f"{agent} ({state})" for agent, state in stuck),
+            f"orch queue {shlex.quote(stuck[0][0])} (then see {GUIDE}, messages stuck queued)",
         )
     total = sum(sum(a["pending"].values()) for a in agents)
     return Check("queue", True, f"{total} pending, none stuck")
@@ -322,11 +330,12 @@ def check_panes(env: Mapping[str, str]) -> Check:
     gone = [a for a, p in panes.items() if p and tmux.pane_state(p[0], p[1]) == "gone"]
     waiting = [agent for agent, state in rows if state == "needs_input"]
     if gone:
+        agent = shlex.quote(gone[0])
         return Check(
             "panes",
             False,
             f"no tmux pane for {', '.join(gone)}",
-            f"orch restart {gone[0]} (or `orch stop {gone[0]}` if it should not run)",
+            f"orch restart {agent} (or `orch stop {agent}` if it should not run)",
         )
     if waiting:
         pane = panes.get(waiting[0])
@@ -372,7 +381,7 @@ def check_names(env: Mapping[str, str]) -> Check:
     finally:
         store.close()
     if twice:
-        agent = min(twice)
+        agent = shlex.quote(min(twice))
         said = "; ".join(f"{a} on hosts {', '.join(h)}" for a, h in sorted(twice.items()))
         return Check(
             "names",
@@ -428,7 +437,9 @@ def run(env: Mapping[str, str], project_dir: str) -> list[Check]:
         try:
             results.append(check())
         except DatabaseUnreachable:
-            results.append(Check(name, False, "not checked: the database is unreachable"))
+            results.append(
+                Check(name, False, "not checked: the database is unreachable", unreachable_fix(env))
+            )
         except Exception as exc:
-            results.append(Check(name, False, f"cannot check: {type(exc).__name__}: {exc}"))
+            results.append(Check(name, False, f"cannot check: {type(exc).__name__}: {exc}", GUIDE))
     return results
