@@ -63,10 +63,17 @@ def test_a_planted_temporary_file_link_writes_nothing_outside(
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("inside", [False, True])
 @pytest.mark.parametrize("link", [".claude", ".claude/settings.json"])
-def test_settings_that_lead_outside_the_project_are_refused(
-    orch: OrchState, users_settings: Path, link: str
+def test_settings_that_are_a_link_are_refused(
+    orch: OrchState, users_settings: Path, link: str, inside: bool
 ) -> None:
+    """orch writes through no link it did not make: not one leading outside the project (the
+    user's own settings), nor one inside it."""
+    if inside:
+        users_settings = orch.project_dir / "config" / users_settings.parent.name / "settings.json"
+        users_settings.parent.mkdir(parents=True)
+        users_settings.write_text("{}\n")
     before = users_settings.read_text()
     target = orch.project_dir / link
     if link == ".claude":
@@ -74,19 +81,14 @@ def test_settings_that_lead_outside_the_project_are_refused(
         target.symlink_to(users_settings.parent)
     else:
         target.symlink_to(users_settings)
-    for command in (["install"], ["uninstall"]):
-        one_line_error(orch.cli(*command), "is a link that leads outside the project")
+    spawn = ["spawn", "l1", "--dir", str(orch.project_dir), "--command", "sleep 1"]
+    kind = "folder" if link == ".claude" else "file"
+    for command in (["install"], ["uninstall"], spawn):
+        one_line_error(orch.cli(*command), f"{target} is a symbolic link",
+                       f"replace it with a {kind} of its own")  # fmt: skip
     assert users_settings.read_text() == before
-
-
-def test_a_link_inside_the_project_is_followed(orch: OrchState) -> None:
-    real = orch.project_dir / "config" / "claude-settings.json"
-    real.parent.mkdir()
-    real.write_text("{}\n")
-    (orch.project_dir / ".claude" / "settings.json").symlink_to(real)
-    assert orch.cli("install").returncode == 0
-    assert (orch.project_dir / ".claude" / "settings.json").is_symlink()
-    assert "Stop" in json.loads(real.read_text())["hooks"]
+    assert target.is_symlink()
+    assert lifecycle.get_spec(orch.store, "l1") is None
 
 
 def test_concurrent_installs_leave_one_valid_file(orch: OrchState) -> None:

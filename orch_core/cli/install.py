@@ -48,19 +48,21 @@ def settings_path(project_dir: str, local: bool = False) -> str:
     return os.path.join(project_dir, ".claude", name)
 
 
-def _inside(project_dir: str, path: str) -> str:
-    """Where ``path`` really is (links followed), refusing a project that does not exist (a
-    mistyped one must not be created), and a ``.claude`` folder or settings file that leads
-    outside the project: a cloned repository must not be able to make ``orch install`` write
-    the user's own settings, or anything else."""
+def _own(project_dir: str, path: str) -> str:
+    """``path``, refusing a project that does not exist (a mistyped one must not be created),
+    and a ``.claude`` folder or settings file that is a symbolic link: orch writes through no
+    link it did not make, and a cloned repository must not be able to make ``orch install``
+    write the user's own settings, or anything else."""
     if not os.path.isdir(project_dir):
         raise InstallError(f"no such directory: {project_dir}")
-    root = os.path.realpath(project_dir)
     for link in (os.path.dirname(path), path):
-        real = os.path.realpath(link)
-        if os.path.islink(link) and real != root and not real.startswith(root + os.sep):
-            raise InstallError(f"{link} is a link that leads outside the project ({real})")
-    return os.path.realpath(path)
+        if os.path.islink(link):
+            kind = "file" if link == path else "folder"
+            raise InstallError(
+                f"{link} is a symbolic link, which orch does not write through: replace it "
+                f"with a {kind} of its own"
+            )
+    return path
 
 
 def is_ours(handler: object) -> bool:
@@ -207,7 +209,7 @@ def _write(path: str, content: bytes) -> None:
 def install(project_dir: str, *, local: bool = False, command: str | None = None) -> list[str]:
     """Register ``orch-hook`` for every event; return the events changed (empty: nothing to do)."""
     command = command or hook_command()
-    path = _inside(project_dir, settings_path(project_dir, local))
+    path = _own(project_dir, settings_path(project_dir, local))
     data, text = _read(path)
     style = _style(data, text)
     hooks = data.setdefault("hooks", {})
@@ -234,7 +236,7 @@ def installed(project_dir: str) -> Iterator[list[str]]:
     it does, the settings go back as they were, byte for byte (the file and the ``.claude``
     folder removed when install created them), so a failed spawn leaves the project as it
     found it. Yields the events changed."""
-    path = _inside(project_dir, settings_path(project_dir))
+    path = _own(project_dir, settings_path(project_dir))
     folder = os.path.dirname(path)
     had_folder = os.path.isdir(folder)
     before = _raw(path)
@@ -254,7 +256,7 @@ def installed(project_dir: str) -> Iterator[list[str]]:
 
 def uninstall(project_dir: str, *, local: bool = False) -> list[str]:
     """Remove every ``orch-hook`` handler install added; return the events changed."""
-    path = _inside(project_dir, settings_path(project_dir, local))
+    path = _own(project_dir, settings_path(project_dir, local))
     data, text = _read(path)
     if text is None:
         return []
