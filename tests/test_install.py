@@ -79,6 +79,44 @@ def test_uninstall_removes_a_file_that_install_created(orch: OrchState) -> None:
     assert not path.exists()
 
 
+@pytest.mark.parametrize(
+    "original",
+    [
+        b"{}",
+        b"{}\n",
+        b'{\n  "hooks": {}\n}\n',
+        b'{\n  "hooks": {\n    "PreToolUse": []\n  },\n  "model": "x"\n}\n',
+        b'{"model":"x",  "hooks":{"Stop":[]}}',  # not json.dumps's style
+    ],
+)
+def test_uninstall_gives_back_the_file_install_found(orch: OrchState, original: bytes) -> None:
+    """Empty lists and objects of the user's, and the file itself, were dropped."""
+    path = orch.project_dir / ".claude" / "settings.json"
+    path.write_bytes(original)
+    assert orch.cli("install").returncode == 0
+    assert orch.cli("install").returncode == 0  # a second run changes nothing, nor forgets
+    assert orch.cli("uninstall").returncode == 0
+    assert path.read_bytes() == original
+
+
+def test_uninstall_of_a_file_changed_since_keeps_the_change_and_the_file(
+    orch: OrchState,
+) -> None:
+    """What install found cannot come back over a later change: only orch's handlers go, and a
+    file left empty stays, as ``{}``, since whose it now is cannot be known."""
+    path = orch.project_dir / ".claude" / "settings.json"
+    assert orch.cli("install").returncode == 0
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({"model": "x", **data}, indent=2) + "\n")
+    assert orch.cli("uninstall").returncode == 0
+    assert path.read_text() == '{\n  "model": "x"\n}\n'
+    path.unlink()
+    assert orch.cli("install").returncode == 0
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=4))  # another tool wrote it
+    assert orch.cli("uninstall").returncode == 0
+    assert path.read_text() == "{}"
+
+
 def test_install_updates_a_moved_orch_hook_in_place(orch: OrchState) -> None:
     path = orch.project_dir / ".claude" / "settings.json"
     path.write_text(json.dumps(install.template("/old/venv/bin/orch-hook"), indent=2) + "\n")
@@ -144,14 +182,17 @@ def test_installed_puts_the_settings_back_when_the_next_step_fails(
     tmp_path: Path, before: str | None
 ) -> None:
     """What ``orch spawn`` relies on when tmux cannot start its agent."""
-    folder = tmp_path / ".claude"
+    project = tmp_path / "project"
+    project.mkdir()
+    folder = project / ".claude"
     path = folder / "settings.json"
     if before is not None:
         folder.mkdir()
     if before not in (None, "folder"):
         path.write_text(before)
         path.chmod(0o640)
-    with pytest.raises(Failed), install.installed(str(tmp_path)) as changed:
+    env = {"ORCH_STATE_DIR": str(tmp_path / "state")}
+    with pytest.raises(Failed), install.installed(str(project), env) as changed:
         assert len(changed) == len(install.INSTALLED_EVENTS)
         assert "orch-hook" in path.read_text()
         raise Failed
@@ -162,6 +203,7 @@ def test_installed_puts_the_settings_back_when_the_next_step_fails(
     else:
         assert not path.exists()
     assert not list(tmp_path.rglob(".settings.*"))  # no temporary file left behind
+    assert not list((tmp_path / "state").rglob("*.json"))  # nor install's record of it
 
 
 def test_the_shipped_template_is_current() -> None:

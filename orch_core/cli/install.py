@@ -1,13 +1,17 @@
 """Registering ``orch-hook`` in a project's Claude Code settings, and taking it out again.
 
 Install merges with the hooks already there and never drops one; a second run leaves the file
-byte-identical; uninstall removes exactly what install added, and when the file was written in
-the usual ``json.dumps`` style it comes back byte for byte.
+byte-identical; uninstall removes exactly what install added. Install keeps, in orch's state
+folder, the bytes it found (none: it created the file) and a digest of the bytes it wrote; while
+the file is still as install left it, uninstall puts back what install found, byte for byte (or
+removes the file install created). A file changed since keeps all but orch's handlers and the
+event lists that held nothing else, and is never removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -18,7 +22,7 @@ from orch_core.errors import OrchError
 from orch_core.hook.events import EVENTS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
     from typing import Any
 
 HOOK_SCRIPT = "orch-hook"
@@ -206,11 +210,66 @@ def _write(path: str, content: bytes) -> None:
         raise
 
 
-def install(project_dir: str, *, local: bool = False, command: str | None = None) -> list[str]:
+def _digest(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def _record_path(env: Mapping[str, str], path: str) -> str:
+    """Where install keeps what it found at ``path``: in orch's state folder, never in the
+    project (a file there would show in its ``git status``)."""
+    name = _digest(os.path.realpath(path).encode()) + ".json"
+    return os.path.join(paths.state_dir(env), "installs", name)
+
+
+def _recorded(env: Mapping[str, str], path: str, raw: bytes | None) -> dict[str, Any] | None:
+    """What install found at ``path`` (``{"before": text or None}``) if the file is still as
+    install left it (``raw``), else ``None``."""
+    try:
+        record = json.loads(
+            paths.read_regular(_record_path(env, path), 4 * SETTINGS_LIMIT, follow=False)
+        )
+    except (OSError, ValueError):
+        return None
+    if raw is None or not isinstance(record, dict) or record.get("after") != _digest(raw):
+        return None
+    before = record.get("before")
+    return {"before": before} if before is None or isinstance(before, str) else None
+
+
+def _record(env: Mapping[str, str], path: str, before: str | None, after: bytes) -> None:
+    """Keep what install found at ``path`` (``before``) beside a digest of what it wrote."""
+    record = _record_path(env, path)
+    paths.ensure_private_dir(paths.state_dir(env))
+    paths.ensure_own_dir(os.path.dirname(record))
+    kept = {"settings": path, "before": before, "after": _digest(after)}
+    _write(record, json.dumps(kept).encode())
+
+
+def _forget(env: Mapping[str, str], path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(_record_path(env, path))
+
+
+def _has_ours(data: dict[str, Any]) -> bool:
+    return any(
+        is_ours(h) for groups in data.get("hooks", {}).values() for g in groups for h in g["hooks"]
+    )
+
+
+def install(
+    project_dir: str,
+    *,
+    local: bool = False,
+    command: str | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> list[str]:
     """Register ``orch-hook`` for every event; return the events changed (empty: nothing to do)."""
     command = command or hook_command()
     path = _own(project_dir, settings_path(project_dir, local))
     data, text = _read(path)
+    raw = None if text is None else text.encode()
+    earlier = _recorded(env, path, raw)  # a second install: the first one's find stays
+    found = earlier or (None if _has_ours(data) else {"before": text})
     style = _style(data, text)
     hooks = data.setdefault("hooks", {})
     changed = []
@@ -226,12 +285,17 @@ def install(project_dir: str, *, local: bool = False, command: str | None = None
                 h.update(wanted)
                 changed.append(name)
     if changed:
-        _write(path, _dumps(data, style))
+        content = _dumps(data, style)
+        if found is None:  # an older orch's handlers: what was there before them is unknown
+            _forget(env, path)
+        else:
+            _record(env, path, found["before"], content)
+        _write(path, content)
     return changed
 
 
 @contextlib.contextmanager
-def installed(project_dir: str) -> Iterator[list[str]]:
+def installed(project_dir: str, env: Mapping[str, str] = os.environ) -> Iterator[list[str]]:
     """:func:`install` for a step that may yet fail (``orch spawn`` starting its agent): when
     it does, the settings go back as they were, byte for byte (the file and the ``.claude``
     folder removed when install created them), so a failed spawn leaves the project as it
@@ -240,10 +304,19 @@ def installed(project_dir: str) -> Iterator[list[str]]:
     folder = os.path.dirname(path)
     had_folder = os.path.isdir(folder)
     before = _raw(path)
-    changed = install(project_dir)
+    record = _record_path(env, path)
+    try:
+        kept = paths.read_regular(record, 4 * SETTINGS_LIMIT, follow=False)
+    except OSError:
+        kept = None
+    changed = install(project_dir, env=env)
     try:
         yield changed
     except BaseException:
+        if changed and kept is not None:
+            _write(record, kept)
+        elif changed:
+            _forget(env, path)
         if changed and before is not None:
             _write(path, before)
         elif changed:
@@ -254,12 +327,17 @@ def installed(project_dir: str) -> Iterator[list[str]]:
         raise
 
 
-def uninstall(project_dir: str, *, local: bool = False) -> list[str]:
-    """Remove every ``orch-hook`` handler install added; return the events changed."""
+def uninstall(
+    project_dir: str, *, local: bool = False, env: Mapping[str, str] = os.environ
+) -> list[str]:
+    """Remove every ``orch-hook`` handler install added; return the events changed. The file
+    install found comes back as it was while it is as install left it; otherwise an event
+    list (or ``hooks``) goes only when orch's handlers were all it held."""
     path = _own(project_dir, settings_path(project_dir, local))
     data, text = _read(path)
     if text is None:
         return []
+    found = _recorded(env, path, text.encode())
     style = _style(data, text)
     hooks = data.get("hooks", {})
     changed = []
@@ -283,10 +361,13 @@ def uninstall(project_dir: str, *, local: bool = False) -> list[str]:
         return []
     if not hooks:
         del data["hooks"]
-    if data:
-        _write(path, _dumps(data, style))
+    if found is None:
+        _write(path, _dumps(data, style))  # "{}" at least: whose file it was is not known
+    elif found["before"] is None:
+        os.remove(path)  # install created it
     else:
-        os.remove(path)
+        _write(path, found["before"].encode())
+    _forget(env, path)
     return changed
 
 
