@@ -1033,8 +1033,9 @@ class Queue:
         """Add exported messages in one transaction: every field of every record is checked
         first (:data:`IMPORT_FIELDS`), and one bad record stores nothing; its error names it by
         number, or by its line in ``lines`` (the file's). Ids already present are skipped, so
-        importing twice adds nothing. In-flight deliveries come back as queued. Returns how
-        many were added."""
+        importing twice adds nothing. Each message keeps every column as exported
+        (:func:`_imported`), but its number and a delivery in flight, which comes back as
+        queued. Returns how many were added."""
         now = time.time() if now is None else now
         records = list(records)
         where = (
@@ -1053,25 +1054,13 @@ class Queue:
             for record in records:
                 if tx.execute("SELECT 1 FROM messages WHERE id = ?", (record["id"],)).fetchone():
                     continue
-                state = "queued" if record["state"] == "delivered" else record["state"]
-                values = (record["id"], record["agent"], record["agent"], record["priority"],
-                          record.get("sender"), record["body"], record.get("key"), state,
-                          record.get("after_id"), record.get("not_before"),
-                          record.get("expires"), record.get("attempts", 0),
-                          record.get("reason"), record.get("created", now))  # fmt: skip
+                row = _imported(record, now)
                 for _ in _attempts(self.store):
-                    if tx.execute(
-                        "INSERT INTO messages (id, agent, seq, priority, sender, body, key,"
-                        " state, after_id, not_before, expires, attempts, reason, created)"
-                        " VALUES (?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM messages"
-                        " WHERE agent = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                        " ON CONFLICT DO NOTHING RETURNING id",
-                        values,
-                    ).fetchone():
+                    if tx.execute(IMPORT_ONE, (*row.values(), row["agent"])).fetchone():
                         break
                 else:
                     raise QueueError(f"message {record['id']}: other sends kept its number")
-                _event(tx, record["id"], now, state, "imported")
+                _event(tx, record["id"], now, row["state"], "imported")
                 added += 1
         return added
 
@@ -1115,6 +1104,36 @@ IMPORT_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "transcript_from": ("a whole number or null", lambda v: v is None or _count(v)),
     **dict.fromkeys(("sender", "key", "reason", "session_id", "transcript"), _TEXT),
 }  # fmt: skip
+
+
+#: The columns an import stores as given (:func:`_imported`); ``seq`` is numbered afresh.
+IMPORTED = tuple(name for name in IMPORT_FIELDS if name != "seq")
+#: One imported message in, numbered after its agent's last.
+IMPORT_ONE = (
+    f"INSERT INTO messages ({', '.join(IMPORTED)}, seq) VALUES ({', '.join('?' * len(IMPORTED))},"
+    " (SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE agent = ?))"
+    " ON CONFLICT DO NOTHING RETURNING id"
+)
+
+
+def in_flight(record: Mapping[str, Any]) -> bool:
+    """A delivery by a hook, not yet confirmed; one typed with ``--push`` has no session."""
+    return record.get("state") == "delivered" and record.get("session_id") is not None
+
+
+def _imported(record: Message, now: float) -> Message:
+    """An exported message's columns (:data:`IMPORTED`) as an import stores them: as exported,
+    times, reason, session and transcript included, so that an ended message reads as it did
+    where it came from. A delivery in flight comes back queued, as the end of its session
+    would leave it (:func:`_requeue`): the session is not here to confirm it. One typed with
+    ``--push`` stays delivered, as it does where it came from: its text is already in the
+    pane, and no hook delivers it again."""
+    row = {name: record.get(name) for name in IMPORTED}
+    row.update(attempts=record.get("attempts", 0), checks=record.get("checks", 0),
+               created=record.get("created", now))  # fmt: skip
+    if in_flight(record):
+        row.update(state="queued", checks=0, session_id=None)
+    return row
 
 
 def _importable(record: Message) -> None:

@@ -446,6 +446,64 @@ def test_export_import_round_trip_into_a_fresh_db(orch: OrchState, q: Queue) -> 
     assert order == ["urgent", WEIRD]
 
 
+STATES_KEPT = ("queued", "requeued", "inflight", "pushed", "confirmed", "cancelled", "expired")
+
+
+def every_state(q: Queue, tmp_path: Path) -> dict[str, str]:
+    """A message in each state a store holds (one agent each), with the columns its way there
+    filled in: delivered, requeued, confirmed, typed with ``--push``, ended three ways."""
+    ids = {name: q.send(f"p:{name}", f"the {name} one", sender="lead", key=name,
+                        ttl=60 if name == "expired" else None, now=T0)["id"]
+           for name in STATES_KEPT}  # fmt: skip
+    ids["dead"] = q.send("p:dead", "the dead one", after=ids["cancelled"], now=T0)["id"]
+    log = transcript(tmp_path / "t.jsonl", "the session starts")
+    for name, session in (("requeued", "s1"), ("confirmed", "s2"), ("inflight", "s3")):
+        q.claim(f"p:{name}", session, transcript_path=log, now=T0 + 1)
+    q.requeue_session("s1", "exited", now=T0 + 2)
+    transcript(tmp_path / "t.jsonl", q.render([q.get(ids["confirmed"])]))  # type: ignore[list-item]
+    assert q.confirm("p:confirmed", "s2", log, now=T0 + 3) == [ids["confirmed"]]
+    assert q.mark_pushed(ids["pushed"], now=T0 + 3)
+    q.cancel(ids["cancelled"], now=T0 + 4)  # and the dead one, which waited for it
+    q.sweep(now=T0 + 90)  # the expired one
+    return ids
+
+
+def test_an_export_of_every_state_reads_the_same_once_imported(
+    orch: OrchState, q: Queue, tmp_path: Path
+) -> None:
+    """Every column survives the trip (times, reason, session, transcript), but the numbers,
+    given afresh in the same order, and a delivery in flight, which comes back queued as its
+    session's end would leave it. A message typed with --push stays delivered: not again."""
+    ids = every_state(q, tmp_path)
+    exported = [json.loads(json.dumps(r)) for r in q.export(state=None)]  # as JSON lines carry it
+    assert {r["id"]: r["state"] for r in exported} == {
+        ids["queued"]: "queued", ids["requeued"]: "queued", ids["inflight"]: "delivered",
+        ids["pushed"]: "delivered", ids["confirmed"]: "confirmed",
+        ids["cancelled"]: "cancelled", ids["expired"]: "expired", ids["dead"]: "dead",
+    }  # fmt: skip
+    fresh = Queue(orch.other_store("fresh"))
+    assert fresh.import_(exported, now=T0 + 100) == len(ids)
+    again = [json.loads(json.dumps(r)) for r in fresh.export(state=None)]
+    for record in (*exported, *again):
+        record.pop("seq")
+    wanted = {r["id"]: r for r in exported}
+    inflight = wanted[ids["inflight"]]
+    assert (inflight["session_id"], inflight["attempts"]) == ("s3", 1)
+    wanted[ids["inflight"]] = {**inflight, "state": "queued", "session_id": None, "checks": 0}
+    assert again == list(wanted.values())
+    confirmed = fresh.get(ids["confirmed"])
+    assert confirmed is not None and confirmed["confirmed"] == T0 + 3
+    assert confirmed["events"] == [{"ts": T0 + 100, "state": "confirmed", "detail": "imported"}]
+    # the pushed one is neither pending nor delivered again; the one in flight is, once more
+    pending = {ids["queued"], ids["requeued"], ids["inflight"]}
+    assert {r["id"] for r in fresh.export()} == {r["id"] for r in q.export()} == pending
+    assert "p:pushed" not in fresh.pending_counts()
+    assert fresh.deliver("p:pushed", "s9", now=T0 + 500) == []
+    assert state(fresh, ids["pushed"]) == "delivered"
+    assert [m["id"] for m in fresh.deliver("p:inflight", "s9", now=T0 + 500)] == [ids["inflight"]]
+    assert fresh.get(ids["inflight"])["attempts"] == 2  # type: ignore[index]
+
+
 def test_import_twice_into_the_same_db_adds_nothing(q: Queue) -> None:
     fill(q)
     everything = list(q.export(state=None))

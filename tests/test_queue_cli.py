@@ -364,6 +364,41 @@ def test_export_pending_then_import_twice_adds_no_duplicates(
     assert ok(fresh, "import", "-", stdin=exported.encode()).startswith("imported 0 messages")
 
 
+def test_export_all_then_import_reads_the_same_but_for_deliveries_in_flight(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """`orch export --state all | orch import -`: confirmed and cancelled keep their times and
+    reasons; a message typed with --push stays delivered (its text is in the pane already);
+    one delivered by a hook to a session comes back queued."""
+    queue = Queue(orch.store)
+    sent = {name: send_json(orch, f"proj:{name}", f"the {name} one")["id"]
+            for name in ("confirmed", "cancelled", "pushed", "inflight")}  # fmt: skip
+    log = tmp_path / "transcript.jsonl"
+    log.write_text(json.dumps({"content": queue.render(queue.claim("proj:confirmed", "s1"))}))
+    assert queue.confirm("proj:confirmed", "s1", str(log)) == [sent["confirmed"]]
+    ok(orch, "queue", "cancel", sent["cancelled"])
+    assert queue.mark_pushed(sent["pushed"])
+    queue.claim("proj:inflight", "s2")
+    exported = ok(orch, "export", "--state", "all")
+
+    fresh = OrchState.create(tmp_path / "fresh")
+    assert ok(fresh, "import", "-", stdin=exported.encode()) == (
+        "imported 4 messages (0 already present)\n"
+    )
+    again = ok(fresh, "export", "--state", "all")
+    before, after = ({r["id"]: r for r in map(json.loads, out.splitlines())}
+                     for out in (exported, again))  # fmt: skip
+    for record in (*before.values(), *after.values()):
+        record.pop("seq")
+    inflight = before.pop(sent["inflight"])
+    assert after.pop(sent["inflight"]) == {**inflight, "state": "queued", "session_id": None}
+    assert after == before
+    assert before[sent["confirmed"]]["confirmed"] and before[sent["cancelled"]]["ended"]
+    assert before[sent["pushed"]]["state"] == "delivered"
+    pending = [json.loads(line)["id"] for line in ok(fresh, "export").splitlines()]
+    assert pending == [sent["inflight"]]
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
