@@ -1121,6 +1121,11 @@ def in_flight(record: Mapping[str, Any]) -> bool:
     return record.get("state") == "delivered" and record.get("session_id") is not None
 
 
+def pending(record: Mapping[str, Any]) -> bool:
+    """:data:`PENDING_SQL` for one record: queued, or in flight through a hook."""
+    return record.get("state") == "queued" or in_flight(record)
+
+
 def _imported(record: Message, now: float) -> Message:
     """An exported message's columns (:data:`IMPORTED`) as an import stores them: as exported,
     times, reason, session and transcript included, so that an ended message reads as it did

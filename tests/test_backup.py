@@ -294,6 +294,22 @@ def test_export_reads_what_a_damaged_file_still_holds(orch: OrchState) -> None:
     assert f"the {len(exported)} messages" in line
 
 
+def test_a_salvaged_pending_export_is_what_a_pending_export_is(orch: OrchState) -> None:
+    """Not a message typed with --push (delivered, no session): imported, it would be
+    delivered a second time."""
+    queue = Queue(orch.store)
+    inflight, pushed, cancelled, queued = send(orch, "in flight", "pushed", "gone", "queued")
+    assert queue.mark_pushed(pushed)
+    queue.cancel(cancelled)
+    assert [m["id"] for m in queue.claim("a:1", "s", budget=100)] == [inflight]
+    pending = {r["id"] for r in queue.export()}
+    assert pending == {queued, inflight}
+    records, lost = backup.salvage(orch.env["ORCH_DB"], pending_only=True)
+    assert ({r["id"] for r in records}, lost) == (pending, 0)
+    records, _ = backup.salvage(orch.env["ORCH_DB"], pending_only=False)
+    assert {r["id"] for r in records} == {queued, inflight, pushed, cancelled}
+
+
 @pytest.mark.parametrize("evidence", ["backups", "wal"])
 def test_an_emptied_database_is_refused_not_started_over(orch: OrchState, evidence: str) -> None:
     send(orch, "precious")

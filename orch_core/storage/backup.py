@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from orch_core import paths
 from orch_core.errors import OrchError
-from orch_core.queue import STATES
+from orch_core.queue import STATES, pending
 from orch_core.storage.store import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -237,8 +237,9 @@ def _remove(path: str) -> None:
 
 def salvage(db: str, pending_only: bool) -> tuple[list[dict[str, Any]], int]:
     """The messages a damaged database still lets read, row by row, and how many rows could
-    not be read (at least: rows behind a damaged inner page are not even seen). In-flight
-    deliveries come back as queued when imported, as from any export."""
+    not be read (at least: rows behind a damaged inner page are not even seen). With
+    ``pending_only``, what ``orch export`` calls pending (:func:`orch_core.queue.pending`): not a
+    message typed with ``--push``. Imported, they come back as from any export."""
     conn = _readonly(db)
     conn.row_factory = sqlite3.Row
     rowids: set[int] = set()
@@ -261,7 +262,7 @@ def salvage(db: str, pending_only: bool) -> tuple[list[dict[str, Any]], int]:
         if row is None:
             continue
         record = dict(row)
-        if pending_only and record.get("state") not in ("queued", "delivered"):
+        if pending_only and not pending(record):
             continue
         records.append(record)
     conn.close()
