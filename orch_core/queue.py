@@ -91,6 +91,13 @@ INSERT_ONE = (
     " ?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT DO NOTHING"
     " RETURNING seq, EXISTS (SELECT 1 FROM agents WHERE id = messages.agent)"
 )
+#: The message an agent's key stands for at a time: queued and not past its TTL (an expired
+#: one that no sweep has ended yet will never be delivered). Found through ``messages_key``:
+#: ordered by ``seq``, SQLite would read all the agent's messages through ``(agent, seq)``.
+KEYED_SQL = (
+    "SELECT * FROM messages WHERE agent = ? AND key = ? AND state = 'queued'"
+    " AND (expires IS NULL OR expires > ?) ORDER BY +seq LIMIT 1"
+)
 #: Tries of a send on its own before it waits for its turn (:meth:`Queue._insert_alone`).
 ALONE_TRIES = 3
 #: A session's deliveries in flight, found through the agent's index: ``coalesce`` keeps the
@@ -345,11 +352,7 @@ class Queue:
         not an event row. Its number and whether orch knows the agent come with the insert:
         one statement (one round trip to a server) for the message."""
         if key is not None:
-            row = tx.execute(
-                "SELECT * FROM messages WHERE agent = ? AND key = ? AND state = 'queued'"
-                " ORDER BY seq LIMIT 1",
-                (agent, key),
-            ).fetchone()
+            row = tx.execute(KEYED_SQL, (agent, key, now)).fetchone()
             if row is not None:
                 return {**self._record(tx, row), "duplicate": True}
         if (
@@ -533,15 +536,10 @@ class Queue:
                     f"message {message_id} is {row[0]}; only dead, expired or "
                     "cancelled messages can be retried"
                 )
-            twin = (
-                row[2] is not None
-                and tx.execute(
-                    "SELECT id FROM messages WHERE agent = ? AND key = ? AND state = 'queued'",
-                    (row[1], row[2]),
-                ).fetchone()
-            )
+            twin = row[2] is not None and tx.execute(KEYED_SQL, (row[1], row[2], now)).fetchone()
             if twin:
-                raise QueueError(f"{twin[0]} is queued for {row[1]} with the same key "
+                twin_id = self._record(tx, twin)["id"]
+                raise QueueError(f"{twin_id} is queued for {row[1]} with the same key "
                                  f"{row[2]!r}: retry it once that one is delivered")  # fmt: skip
             row = tx.execute(
                 "UPDATE messages SET state = 'queued', attempts = 0, checks = 0, expires = NULL,"

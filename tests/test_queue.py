@@ -17,6 +17,7 @@ import pytest
 from orch_core import api
 from orch_core.plugins.plan import ANSWER_MARGIN
 from orch_core.queue import (
+    KEYED_SQL,
     MARK,
     MAX_DURATION,
     MAX_TIME,
@@ -169,6 +170,32 @@ def test_a_key_repeated_while_pending_stores_nothing(q: Queue) -> None:
     assert rows(q.store, "SELECT max(seq) FROM messages WHERE agent = 'p:1'") == [(1,)]
     # the key is the agent's own: another agent's message with it is stored
     assert not q.send("p:2", "deploy", key="k1").get("duplicate")
+
+
+def test_a_key_is_free_again_once_its_message_outlived_its_ttl(q: Queue) -> None:
+    """A message past its TTL that no sweep has ended yet will never be delivered: a resend
+    with its key is stored, not taken for a duplicate of it (nor is a retry refused)."""
+    first = q.send("p:1", "deploy v1", key="deploy", ttl=1, now=T0)
+    assert q.send("p:1", "deploy v1", key="deploy", now=T0 + 0.5)["duplicate"] is True
+    again = q.send("p:1", "deploy v1 (retry)", key="deploy", ttl=1, now=T0 + 2)
+    assert not again.get("duplicate")
+    q.sweep(now=T0 + 2)
+    assert state(q, first["id"]) == "expired"
+    assert [m["body"] for m in q.claim("p:1", "s", now=T0 + 2)] == ["deploy v1 (retry)"]
+    third = q.send("p:1", "deploy v1 (third)", key="deploy", ttl=1, now=T0 + 3)
+    assert not third.get("duplicate")
+    # the third outlived its TTL, unswept: the first may be retried
+    assert q.retry(first["id"], now=T0 + 10)["state"] == "queued"
+    q.sweep(now=T0 + 10)
+    assert [m["id"] for m in q.messages("p:1", "queued")] == [first["id"]]
+
+
+@pytest.mark.orch_backends("sqlite")
+def test_the_key_lookup_uses_the_key_index(q: Queue) -> None:
+    store = q.store
+    assert isinstance(store, SQLiteStore)
+    plan = store.conn.execute(f"EXPLAIN QUERY PLAN {KEYED_SQL}", ("p:1", "k", T0)).fetchall()
+    assert "USING INDEX messages_key (agent=? AND key=?)" in plan[0][3], plan
 
 
 def test_a_key_is_free_again_once_delivered_and_once_confirmed(q: Queue, tmp_path: Path) -> None:

@@ -146,6 +146,15 @@ def test_send_with_a_pending_key_stores_nothing_new(orch: OrchState) -> None:
     assert again["id"] == first["id"]
     assert again["duplicate"] is True
     assert db(orch, "SELECT id, body FROM messages") == [(first["id"], "deploy")]
+    # past its TTL, unswept, the first is no longer pending: a resend is stored, and delivered
+    short = send_json(orch, "proj:2", "deploy v1", "--key", "d2", "--ttl", "0.3s")
+    time.sleep(0.5)
+    resent = send_json(orch, "proj:2", "deploy v1 (retry)", "--key", "d2")
+    assert not resent.get("duplicate")
+    listing = json.loads(ok(orch, "queue", "proj:2", "--json"))
+    assert {m["id"]: m["state"] for m in listing} == {
+        short["id"]: "expired", resent["id"]: "queued",
+    }  # fmt: skip
 
 
 def test_send_fans_out_to_known_agents(orch: OrchState) -> None:
