@@ -261,20 +261,22 @@ class Queue:
                 )
             try:
                 self._check(item["agent"], item["text"], item.get("priority", 0), item.get("ttl"),
-                            item.get("not_before"))  # fmt: skip
+                            item.get("not_before"), item.get("key"), item.get("after"))  # fmt: skip
                 _storable(text=item["text"], sender=item.get("sender"), key=item.get("key"))
             except QueueError as exc:
                 raise QueueError(
                     f"message {n + 1}: {exc}" if len(items) > 1 else str(exc)
                 ) from None
-        if len(items) == 1 and not (items[0].get("key") or items[0].get("after")):
+        if len(items) == 1 and items[0].get("key") is None and items[0].get("after") is None:
             alone = self._insert_alone(now, items[0])
             if alone is not None:
                 return [alone]
         receipts = []
         known: dict[str, bool] = {}  # agent: whether orch has heard from it
         with self.store.transaction() as tx:
-            if len(items) > 1 and not any(i.get("key") or i.get("after") for i in items):
+            if len(items) > 1 and all(
+                i.get("key") is None and i.get("after") is None for i in items
+            ):
                 for start in range(0, len(items), INSERT_ROWS):
                     receipts += self._insert_rows(tx, now, items[start : start + INSERT_ROWS])
             else:
@@ -393,10 +395,18 @@ class Queue:
         return None
 
     def _check(
-        self, agent: str, text: str, priority: int, ttl: float | None, not_before: float | None
+        self,
+        agent: str,
+        text: str,
+        priority: int,
+        ttl: float | None,
+        not_before: float | None,
+        key: str | None,
+        after: str | None,
     ) -> None:
         """A message as :meth:`send` takes it. Times are finite: an infinite one would be
-        stored, and exported as ``Infinity``, which no JSON reader takes."""
+        stored, and exported as ``Infinity``, which no JSON reader takes. An empty key or
+        ``after`` is refused rather than taken for none (``--key "$UNSET"``)."""
         if not isinstance(agent, str) or not agents.valid_id(agent):
             raise QueueError(f"invalid agent id {agent!r}")
         if not isinstance(text, str) or not text.strip():
@@ -414,6 +424,10 @@ class Queue:
                 raise QueueError("ttl must be positive")
             if ttl > MAX_DURATION:
                 raise QueueError(f"ttl {ttl!r} is too long a time (at most {MAX_DURATION}s)")
+        if key == "":
+            raise QueueError("the key is empty: give a key, or none")
+        if after == "":
+            raise QueueError("after is empty: give the id of the message to wait for, or none")
         if not_before is not None and not _time(not_before):
             raise QueueError(
                 f"not_before must be a time in seconds since 1970, up to the year 9999, not "

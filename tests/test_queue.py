@@ -198,6 +198,19 @@ def test_the_key_lookup_uses_the_key_index(q: Queue) -> None:
     assert "USING INDEX messages_key (agent=? AND key=?)" in plan[0][3], plan
 
 
+def test_an_empty_key_or_after_is_refused_not_taken_for_none(q: Queue) -> None:
+    """``--key "$UNSET"`` would store duplicates (or, in a batch, no key at all), and
+    ``--after ''`` a dependency no export could carry."""
+    with pytest.raises(QueueError, match=r"^the key is empty"):
+        q.send("p:1", "x", key="")
+    with pytest.raises(QueueError, match=r"^after is empty"):
+        q.send("p:1", "x", after="")
+    for name, reason in (("key", "the key is empty"), ("after", "after is empty")):
+        with pytest.raises(QueueError, match=f"^message 2: {reason}"):
+            q.send_many([{"agent": "p:1", "text": "ok"}, {"agent": "p:1", "text": "x", name: ""}])
+    assert q.messages() == []
+
+
 def test_a_key_is_free_again_once_delivered_and_once_confirmed(q: Queue, tmp_path: Path) -> None:
     first = q.send("p:1", "check in", key="k", now=T0)
     (taken,) = q.claim("p:1", "s", now=T0 + 1)
