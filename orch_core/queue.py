@@ -630,12 +630,21 @@ class Queue:
         )
 
     def _swept(self, found: list[tuple[Any, ...]], now: float, agent: str | None) -> None:
-        """End or requeue what :meth:`_sweep_read` found (rows of other kinds are not its)."""
+        """End or requeue what :meth:`_sweep_read` found, then read again until nothing is
+        left: what just ended may be another message's dependency, and its dependents' in
+        turn (a loop, not a recursion: an ``--after`` chain may be thousands long)."""
+        while self._sweep_once(found, now):
+            sql, args = self._sweep_read(now, agent)
+            found = self.store.execute(sql, args).fetchall()
+
+    def _sweep_once(self, found: list[tuple[Any, ...]], now: float) -> bool:
+        """End or requeue what :meth:`_sweep_read` found (rows of other kinds are not its);
+        whether there was anything."""
         expired = [row[1] for row in found if row[0] == "expired"]
         orphans = [row[1:4] for row in found if row[0] == "orphan"]
         stale = [(row[1], *row[4:6]) for row in found if row[0] == "stale"]
         if not (expired or orphans or stale):
-            return
+            return False
         # Claude writes its transcript late: the hooks after a delivery may all have missed
         # it while the agent went idle. Look once more before putting it back in the queue.
         starts: dict[str, int | None] = {}
@@ -656,8 +665,7 @@ class Queue:
                     _set(tx, message_id, "confirmed", now, "found in the transcript", "delivered")
                 else:
                     self._unconfirmed(tx, message_id, now, "not confirmed in time")
-        # what just ended may be another message's dependency, and its dependents' in turn
-        self.sweep(now, agent)
+        return True
 
     def _unconfirmed(self, tx: Any, message_id: str, now: float, why: str) -> None:
         row = tx.execute(

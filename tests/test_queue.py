@@ -8,6 +8,7 @@ import json
 import os
 import re
 import stat
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,31 @@ def test_after_ends_dead_when_the_other_ends_undelivered(q: Queue, ending: str) 
     assert record["events"][-1]["state"] == "dead"
     assert state(q, later["id"]) == "dead"  # and its own dependents, in the same sweep
     assert q.claim("p:1", "s", now=now + 1) == []
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "expired"])
+def test_an_after_chain_longer_than_the_recursion_limit_ends_whole(q: Queue, ending: str) -> None:
+    """Each level of dependents is another read of the same sweep, in a loop: a chain longer
+    than Python's recursion limit ends whole, and neither the cancel (after its commit) nor the
+    hook's sweep fails, nor every later one."""
+    length = sys.getrecursionlimit() + 100
+    ids = [f"mchain{n}" for n in range(length)]
+    with q.store.transaction() as tx:
+        tx.executemany(
+            "INSERT INTO messages (id, agent, seq, priority, body, state, after_id, expires,"
+            " created) VALUES (?, 'p:1', ?, 0, 'step', 'queued', ?, ?, ?)",
+            [(mid, n + 1, ids[n - 1] if n else None, None if n else T0 + 60, T0)
+             for n, mid in enumerate(ids)],
+        )  # fmt: skip
+    if ending == "cancelled":
+        q.cancel(ids[0], now=T0 + 1)
+    else:  # the hook's sweep
+        assert q.deliver("p:1", "s", now=T0 + 61) == []
+    assert state(q, ids[0]) == ending
+    assert rows(q.store, "SELECT state, count(*) FROM messages WHERE id != ? GROUP BY state",
+                ids[0]) == [("dead", length - 1)]  # fmt: skip
+    q.sweep(now=T0 + 62)
+    assert q.deliver("p:1", "s", now=T0 + 62) == []
 
 
 # -- confirmation and dead letters --------------------------------------------------------------
