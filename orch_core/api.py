@@ -9,6 +9,7 @@ prompt. Reading and managing the queue is
 from __future__ import annotations
 
 import os
+import sys
 
 from orch_core import hosts, paths
 from orch_core.hook import agents as agents_module
@@ -77,10 +78,22 @@ def send_many(
     if fire:
         notify(receipts, env, project_dir or paths.project_dir(env), queue)
     if any(item.get("not_before") for item in expanded):  # wake an idle agent when it is due
-        from orch_core.supervisor import lifecycle
-
-        lifecycle.ensure_supervisor(env)
+        _start_supervisor(env, len(receipts))
     return receipts
+
+
+def _start_supervisor(env: Mapping[str, str], stored: int) -> None:
+    """Start the supervisor that delivers a message held back (``--in``, ``--at``) when it is
+    due. The messages are stored by now: a supervisor that cannot be started is a warning, not
+    a failed send (a script would send again, and store them twice)."""
+    from orch_core.supervisor import lifecycle
+
+    try:
+        lifecycle.ensure_supervisor(env)
+    except Exception as exc:  # whatever it was, the send succeeded
+        what = "the message is" if stored == 1 else f"the {stored} messages are"
+        sys.stderr.write(f"warning: {what} stored, but orch could not start its supervisor "
+                         f"({exc}): start orch supervise to deliver when due\n")  # fmt: skip
 
 
 def notify(

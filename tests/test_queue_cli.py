@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import site
 import subprocess
 import sys
 import time
@@ -130,6 +131,44 @@ def test_send_json_with_every_option(orch: OrchState) -> None:
     local = datetime.datetime.fromtimestamp(when)
     assert (local.hour, local.minute, local.second) == (7, 30, 0)
     assert created < when <= created + 86400
+
+
+def test_send_in_through_python_m_starts_the_supervisor_with_that_python(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """``python -m orch_core.cli`` of an interpreter with no ``orch`` beside it (a ``pip install
+    --user``): the supervisor that delivers the message when due is started through it."""
+    from orch_core.supervisor import lifecycle
+
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.symlink_to(sys.executable)
+    env = {**orch.env, "PYTHONPATH": os.pathsep.join(
+        [orch.env.get("PYTHONPATH", ""), *site.getsitepackages()])}  # fmt: skip
+    done = subprocess.run(
+        [str(python), "-m", "orch_core.cli", "send", "proj:1", "later", "--in", "10m"],
+        capture_output=True, text=True, env=env, cwd=orch.project_dir, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert db(orch, "SELECT body, state FROM messages") == [("later", "queued")]
+    deadline = time.monotonic() + 20
+    while not lifecycle.supervisor_running(orch.env):
+        assert time.monotonic() < deadline, Path(orch.env["ORCH_STATE_DIR"], "supervise.log")
+        time.sleep(0.05)
+
+
+def test_send_in_stores_and_succeeds_when_the_supervisor_cannot_start(orch: OrchState) -> None:
+    """The message is committed before the supervisor is started: a failure there is a
+    warning and exit 0, or a script that retries would store the message twice."""
+    os.makedirs(Path(orch.env["ORCH_STATE_DIR"], "supervise.lock"))  # cannot be opened
+    done = cli(orch, "send", "proj:1", "later", "--in", "10m")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("queued ")
+    assert done.stderr.startswith("warning: the message is stored, but orch could not start its "
+                                  "supervisor (")  # fmt: skip
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "supervise.lock" in done.stderr and "start orch supervise" in done.stderr
+    assert db(orch, "SELECT body, state FROM messages") == [("later", "queued")]
 
 
 def test_send_reads_the_text_from_stdin_byte_for_byte(orch: OrchState) -> None:

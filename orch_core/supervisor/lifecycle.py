@@ -725,13 +725,23 @@ def supervisor_running(env: Mapping[str, str]) -> int | None:
         return -1
 
 
+def supervise_command() -> list[str]:
+    """``orch supervise`` with this interpreter: the ``orch`` beside it, or, when there is none
+    (``python -m orch_core.cli`` run by another interpreter, a ``pip install --user``), the
+    interpreter itself; ``-P`` keeps the folder it is started in off its path (a ``click.py``
+    there would be imported)."""
+    orch = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "orch")
+    if os.access(orch, os.X_OK):
+        return [orch, "supervise"]
+    return [sys.executable, "-P", "-m", "orch_core.cli", "supervise"]
+
+
 def ensure_supervisor(env: Mapping[str, str]) -> None:
     """Start ``orch supervise`` in the background unless one runs already."""
     import subprocess
 
     if supervisor_running(env):
         return
-    orch = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "orch")
     log = os.path.join(paths.state_dir(env), "supervise.log")
     try:  # not through a link, nor waiting on a FIFO put there
         fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
@@ -740,7 +750,7 @@ def ensure_supervisor(env: Mapping[str, str]) -> None:
         fd = os.open(os.devnull, os.O_WRONLY)
     try:
         subprocess.Popen(
-            [orch, "supervise"],
+            supervise_command(),
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=fd,
