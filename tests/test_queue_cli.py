@@ -17,6 +17,7 @@ import pytest
 from orch_core.queue import MAX_TEXT, Queue
 from orch_core.testing.kit import ROOMY_BUDGET_MS, OrchState, hook_script
 from orch_core.testing.payloads import payload
+from orch_core.testing.tmux import Recorder, TmuxServer, wait_until
 
 # tests of what plugins do, not of time
 pytestmark = [pytest.mark.orch_backends("sqlite", "postgresql"), pytest.mark.orch_roomy_hooks]
@@ -644,6 +645,21 @@ def test_push_is_never_also_delivered_by_the_prompt_it_starts(
     receipt = json.loads(done.stdout)
     assert receipt["state"] == "delivered"
     assert db(orch, "SELECT state, attempts FROM messages") == [("delivered", 1)]
+
+
+def test_a_push_to_an_agent_orch_has_not_heard_from_prints_no_note_to_push(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """The note says the message waits for the agent's first hook (or ``--push``): not so
+    once it was typed into the pane."""
+    with TmuxServer() as server:
+        pane = Recorder(server, tmp_path / "typed.bin")
+        orch.store.remember_session("s", "a:1", pane.pane, pane.socket)  # no hook yet
+        out = ok(orch, "send", "a:1", "typed into the pane", "--push")
+        wait_until(lambda: pane.typed() == "typed into the pane\n", 15, "the pushed text", 0.02)
+    ((message_id, state),) = db(orch, "SELECT id, state FROM messages")
+    assert state == "delivered"
+    assert out == f"queued {message_id} for a:1 (#1, priority 0 normal)\n"
 
 
 def test_orch_queue_sweeps_with_the_projects_queue_settings(orch: OrchState) -> None:

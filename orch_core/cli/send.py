@@ -210,14 +210,15 @@ def project_queue() -> Queue:
 
 
 def said(receipt: dict[str, Any]) -> str:
-    """One receipt, for a person."""
+    """One receipt, for a person. A message pushed into the pane (``delivered``) waits for no
+    hook: no note that orch has not heard from the agent."""
     r = receipt
     if r.get("duplicate"):
         return (
             f"{r['id']} already queued for {r['agent']} with key {r['key']!r}: nothing new stored"
         )
     line = f"queued {r['id']} for {r['agent']} (#{r['seq']}, priority {r['priority']} {r['band']})"
-    if not r.get("known_agent"):
+    if not r.get("known_agent") and r["state"] == "queued":
         line += (f"\nnote: orch has not heard from {r['agent']} yet; the message waits for its "
                  "first hook (or use --push)")  # fmt: skip
     return line
