@@ -167,17 +167,9 @@ def adopt_command(
     known = store.agent_pane(agent, host=here)
     pane = pane or (known[0] if known else None)
     socket = known[1] if known else os.environ.get("ORCH_TMUX_SOCKET")
-    lifecycle.save_spec(
-        store,
-        agent,
-        argv=argv,
-        cwd=cwd,
-        env=extra_env,
-        socket=socket,
-        session=session,
-        pane=pane,
-        host=here,
-    )
+    spec = lifecycle.adopt(store, agent, argv=argv, cwd=cwd, extra_env=extra_env, socket=socket,
+                           session=session, pane=pane, env=os.environ)  # fmt: skip
+    pane = spec["pane"]
     click.echo(f"{agent} adopted" + (f" (pane {pane})" if pane else " (no pane known yet)"))
 
 

@@ -101,6 +101,17 @@ def save_spec(
         )  # fmt: skip
 
 
+def spec_pane_state(spec: Mapping[str, Any]) -> str:
+    """The state of the pane ``spec`` records, as its agent's: ``gone`` when it records none,
+    or when that id now names a pane that is not the agent's (tmux numbers panes from ``%0``
+    again after its server restarts)."""
+    if not spec["pane"]:
+        return "gone"
+    return tmux.pane_state(
+        spec["pane"], spec["tmux_socket"], spec["agent"], since=float(spec["updated"])
+    )
+
+
 def elsewhere(store: Store, spec: Mapping[str, Any] | None, env: Mapping[str, str]) -> str | None:
     """The other host whose tmux holds ``spec``'s pane, or ``None`` when this host may touch
     it (always, on a store one machine uses)."""
@@ -207,6 +218,7 @@ def spawn(
     variables = pane_env(name, extra_env, env)
     try:
         pane = tmux.start(socket, session, name, cwd, variables, argv)
+        tmux.mark(pane, socket, name)
     except tmux.TmuxError as exc:
         raise LifecycleError(f"cannot start {name}: {exc}") from None
     save_spec(
@@ -239,11 +251,7 @@ def check_spawn(
     installs the hooks, so a refused spawn changes nothing."""
     check_name(name)
     existing = get_spec(store, name)
-    if (
-        check_free(store, name, env) is None
-        and existing
-        and tmux.pane_state(existing["pane"] or "", existing["tmux_socket"]) == "alive"
-    ):
+    if check_free(store, name, env) is None and existing and spec_pane_state(existing) == "alive":
         raise LifecycleError(f"agent {name} is already running in pane {existing['pane']}")
     check_launch(cwd, argv, extra_env, env)
 
@@ -304,12 +312,14 @@ def relaunch(
         "orch_before_restart", {"agent": agent}
     )
     try:
-        if spec["pane"] and tmux.pane_state(spec["pane"], spec["tmux_socket"]) != "gone":
+        if spec_pane_state(spec) != "gone":
             tmux.respawn(spec["pane"], spec["tmux_socket"], spec["cwd"], variables, argv)
+            tmux.mark(spec["pane"], spec["tmux_socket"], agent)  # if it was one from before marks
         else:
             spec["pane"] = tmux.start(
                 spec["tmux_socket"], spec["tmux_session"], agent, spec["cwd"], variables, argv
             )
+            tmux.mark(spec["pane"], spec["tmux_socket"], agent)
             save_spec(
                 store,
                 agent,
@@ -326,6 +336,32 @@ def relaunch(
     store.set_agent_state(
         agent, "starting", session_id=None, project_dir=spec["cwd"], host=spec["host"]
     )
+    return spec
+
+
+def adopt(
+    store: Store,
+    agent: str,
+    *,
+    argv: list[str],
+    cwd: str,
+    extra_env: dict[str, str],
+    socket: str | None,
+    session: str,
+    pane: str | None,
+    env: Mapping[str, str],
+) -> dict[str, Any]:
+    """Keep a launch spec for an agent started by hand, in ``pane``; return the spec. The pane
+    is marked as the agent's: orch restarts and stops only panes so marked."""
+    save_spec(store, agent, argv=argv, cwd=cwd, env=extra_env, socket=socket, session=session,
+              pane=pane, host=paths.host(env))  # fmt: skip
+    if pane:
+        try:
+            tmux.mark(pane, socket, agent)
+        except tmux.TmuxError:
+            pass  # no such pane: the supervisor restarts the agent in a new window
+    spec = get_spec(store, agent)
+    assert spec is not None
     return spec
 
 
@@ -348,11 +384,11 @@ def stop(store: Store, agent: str, env: Mapping[str, str] = os.environ) -> None:
     check_here(store, agent, spec, env, "stop")
     if spec is None and not store.execute("SELECT 1 FROM agents WHERE id = ?", (agent,)).fetchone():
         raise LifecycleError(f"no agent {agent}: orch neither started it nor heard from it")
-    if spec and spec["pane"]:
+    if spec and spec_pane_state(spec) != "gone":  # never a pane that is not the agent's
         try:
             tmux.tmux(spec["tmux_socket"], "kill-pane", "-t", spec["pane"])
         except tmux.TmuxError:
-            pass  # already gone
+            pass  # gone meanwhile
     cancel_recoveries(store, agent, "stopped by a user")
     store.set_agent_state(agent, "stopped", session_id=None, project_dir=None)
 

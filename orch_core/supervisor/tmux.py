@@ -95,16 +95,38 @@ class _pane_lock:
         os.close(self.fd)
 
 
-def pane_state(pane: str, socket: str | None) -> str:
-    """``alive``, ``dead`` (its program exited, the pane remains) or ``gone``."""
+#: The pane option that says which agent a pane is: tmux numbers panes from ``%0`` again on a
+#: new server, so a pane id alone may name someone else's pane after a restart.
+MARK = "@orch_agent"
+
+
+def pane_state(
+    pane: str, socket: str | None, agent: str | None = None, since: float | None = None
+) -> str:
+    """``alive``, ``dead`` (its program exited, the pane remains) or ``gone``. Given ``agent``,
+    a pane that is not that agent's counts as ``gone``: one marked for another, or an unmarked
+    one unless its server already ran at ``since`` (when the pane id was recorded: ids are
+    unique for a server's life; tmux gives its start in whole seconds). Panes orch's hooks
+    reported, and those orch started before it marked them, have no mark."""
     try:
-        out = tmux(socket, "display-message", "-p", "-t", pane, "#{pane_id} #{pane_dead}")
+        out = tmux(socket, "display-message", "-p", "-t", pane,
+                   f"#{{pane_id}} #{{pane_dead}} #{{start_time}} #{{{MARK}}}")  # fmt: skip
     except TmuxError:
         return "gone"
-    found, _, dead = out.strip().partition(" ")
+    found, dead, started, mark = [*out.rstrip("\n").split(" ", 3), "", "", ""][:4]
     if found != pane:
         return "gone"
+    if agent is not None and mark != agent:
+        older = since is not None and started.isdigit() and int(started) <= since
+        if mark or not older:
+            return "gone"
     return "dead" if dead == "1" else "alive"
+
+
+def mark(pane: str, socket: str | None, agent: str) -> None:
+    """Mark ``pane`` as ``agent``'s (an option tmux keeps with the pane, through respawns;
+    ``set-option`` without ``-F`` expands no formats in the name)."""
+    tmux(socket, "set-option", "-p", "-t", pane, MARK, agent)
 
 
 def literal(value: str) -> str:

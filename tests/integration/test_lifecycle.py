@@ -433,3 +433,72 @@ def test_no_restart_where_the_project_switched_auto_restart_off(fleet: OrchState
     fleet.write_config("")  # switched on again: the same dead pane is restarted
     supervisor.upkeep(time.time())
     assert [h["step"] for h in lifecycle.history(fleet.store, "worker")] == ["restart"]
+
+
+def stop_supervisor(orch: OrchState) -> None:
+    """End the supervisor ``orch spawn`` started (once it holds its lock): the test drives its
+    own."""
+    deadline = time.monotonic() + 10
+    while (pid := lifecycle.supervisor_running(orch.env) or 0) <= 0:
+        assert time.monotonic() < deadline, "no supervisor after 10 s"
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGTERM)
+    until(lambda: not lifecycle.supervisor_running(orch.env), "the supervisor's end", 10)
+
+
+def pane_process(socket: str, pane: str) -> str:
+    return tmux.tmux(socket, "display-message", "-p", "-t", pane, "#{pane_pid} #{pane_dead}")
+
+
+def new_server_pane(socket: str) -> str:
+    """A user's own pane, the first of a new tmux server: tried again while the old server,
+    killed a moment ago, is still ending (tmux then says "server exited unexpectedly")."""
+    argv = ["tmux", "-S", socket, "new-session", "-d", "-P", "-F", "#{pane_id}", "-s",
+            "users-own", "--", "sleep", "600"]  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            return done.stdout.strip()
+        assert time.monotonic() < deadline, done.stderr
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("action", ["restart", "stop", "spawn", "supervisor"])
+def test_a_pane_of_a_new_tmux_server_with_the_agents_old_pane_id_is_left_alone(
+    fleet: OrchState, action: str
+) -> None:
+    """tmux numbers panes from %0 again on a new server: after a restart of tmux, the id orch
+    kept for its agent names someone else's pane, which orch neither kills nor respawns."""
+    socket = fleet.env["ORCH_TMUX_SOCKET"]
+    spawned = fleet.cli("spawn", "r2", "--dir", str(fleet.project_dir), "--command", "sleep 600")
+    assert spawned.returncode == 0, spawned.stderr
+    stop_supervisor(fleet)
+    subprocess.run(["tmux", "-S", socket, "kill-server"], check=True)
+    old = lifecycle.get_spec(fleet.store, "r2")
+    assert old is not None
+    # tmux gives its server's start in whole seconds: the new one's must be a later second
+    time.sleep(max(0.0, int(old["updated"]) + 1 - time.time()))
+    users = new_server_pane(socket)
+    assert old["pane"] == users
+    before = pane_process(socket, users)
+    if action == "supervisor":  # `sleep 600 --continue` would exit at once
+        fleet.write_config(
+            "[orch]\nbudget_ms = 3000\n[plugin.auto_restart]\ncontinue_args = []\n", user=True
+        )
+        supervisor = lifecycle.Supervisor(fleet.env)
+        supervisor.upkeep(time.time())  # the pane is gone: a restart is scheduled
+        supervisor.upkeep(time.time() + 10)  # and carried out, in a new window
+        assert [h["step"] for h in lifecycle.history(fleet.store, "r2")] == ["restart"]
+    else:
+        argv = {"restart": ["restart", "r2", "--fresh"], "stop": ["stop", "r2"]}.get(
+            action, ["spawn", "r2", "--dir", str(fleet.project_dir), "--command", "sleep 600"]
+        )
+        done = fleet.cli(*argv)
+        assert done.returncode == 0, done.stderr
+    assert pane_process(socket, users) == before
+    spec = lifecycle.get_spec(fleet.store, "r2")
+    assert spec is not None
+    if action != "stop":
+        assert spec["pane"] != users
+        assert tmux.pane_state(spec["pane"], socket, "r2") != "gone"

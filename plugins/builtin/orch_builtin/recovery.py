@@ -62,7 +62,8 @@ class Ladder:
         for agent, pane, socket, started, state, last_seen in rows:
             if state in ("failed", "stopped"):
                 continue
-            found = tmux.pane_state(pane or "", socket)
+            spec = {"agent": agent, "pane": pane, "tmux_socket": socket, "updated": started}
+            found = lifecycle.spec_pane_state(spec)
             if found != "alive":
                 moved = lifecycle.heard_elsewhere(self.store, agent, started, self.ctx.env)
                 if moved:  # its pane here is gone, and it was started again over there
@@ -119,12 +120,13 @@ class Ladder:
             )
 
     def reprompt(self, agent: str) -> None:
-        """Type ``reprompt_line`` into the agent's pane (its spawned one, else the one its
-        hooks came from)."""
+        """Type ``reprompt_line`` into the agent's pane: its launch spec's while that is still
+        the agent's, else the one its hooks came from."""
         target = self.store.agent_pane(agent, host=paths.host(self.ctx.env))
         spec = lifecycle.get_spec(self.store, agent)
-        if spec and spec["pane"]:
-            target = (spec["pane"], spec["tmux_socket"])
+        if spec and spec["pane"]:  # never typed into a pane that is not the agent's
+            alive = lifecycle.spec_pane_state(spec) == "alive"
+            target = (spec["pane"], spec["tmux_socket"]) if alive else None
         line = str(self.settings["reprompt_line"])
         if target is None or not tmux.type_line(
             target[0], target[1], line, paths.state_dir(self.ctx.env)
@@ -152,7 +154,7 @@ class Ladder:
     def exited(self, agent: str) -> bool:
         """The restarted program already exited (e.g. no conversation to ``--continue``)."""
         spec = lifecycle.get_spec(self.store, agent)
-        return bool(spec and tmux.pane_state(spec["pane"] or "", spec["tmux_socket"]) != "alive")
+        return bool(spec and lifecycle.spec_pane_state(spec) != "alive")
 
     def escalate(self, agent: str, step: str, reason: str, now: float) -> None:
         """The next rung of the ladder, right away (its limits still apply)."""
