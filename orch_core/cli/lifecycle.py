@@ -165,7 +165,6 @@ def adopt_command(
     cwd = os.path.abspath(directory)
     lifecycle.check_launch(cwd, argv, extra_env, os.environ)
     known = store.agent_pane(agent, host=here)
-    pane = pane or (known[0] if known else None)
     socket = known[1] if known else os.environ.get("ORCH_TMUX_SOCKET")
     spec = lifecycle.adopt(store, agent, argv=argv, cwd=cwd, extra_env=extra_env, socket=socket,
                            session=session, pane=pane, env=os.environ)  # fmt: skip

@@ -112,6 +112,38 @@ def spec_pane_state(spec: Mapping[str, Any]) -> str:
     )
 
 
+def with_reported_pane(
+    store: Store, spec: Mapping[str, Any], env: Mapping[str, str]
+) -> dict[str, Any]:
+    """``spec``, and when it records no pane (``orch adopt`` before the agent's first hook),
+    the pane the agent's hooks reported on this host since, if it is still there and no other
+    agent's: marked as the agent's and kept in the launch spec. While there is none, the pane
+    stays ``None``: no pane known yet is not a dead pane."""
+    agent = spec["agent"]
+    if spec["pane"]:
+        return dict(spec)
+    row = store.execute(
+        "SELECT pane, tmux_socket, host, created FROM sessions WHERE agent = ?"
+        " AND pane IS NOT NULL ORDER BY created DESC LIMIT 1",
+        (agent,),
+    ).fetchone()
+    if row is None or (store.shared and row[2] != paths.host(env)):
+        return dict(spec)
+    pane, socket, _, reported = row
+    if tmux.pane_state(pane, socket, agent, since=float(reported)) == "gone":
+        return dict(spec)
+    try:
+        tmux.mark(pane, socket, agent)
+    except tmux.TmuxError:
+        return dict(spec)
+    with store.transaction() as tx:
+        tx.execute(
+            "UPDATE launch_specs SET pane = ?, tmux_socket = ? WHERE agent = ? AND pane IS NULL",
+            (pane, socket, agent),
+        )
+    return {**spec, "pane": pane, "tmux_socket": socket}
+
+
 def elsewhere(store: Store, spec: Mapping[str, Any] | None, env: Mapping[str, str]) -> str | None:
     """The other host whose tmux holds ``spec``'s pane, or ``None`` when this host may touch
     it (always, on a store one machine uses)."""
@@ -311,6 +343,7 @@ def relaunch(
     Runtime.open(env, spec["cwd"], store=store, agent=agent).fire(
         "orch_before_restart", {"agent": agent}
     )
+    spec = with_reported_pane(store, spec, env)
     try:
         if spec_pane_state(spec) != "gone":
             tmux.respawn(spec["pane"], spec["tmux_socket"], spec["cwd"], variables, argv)
@@ -351,8 +384,9 @@ def adopt(
     pane: str | None,
     env: Mapping[str, str],
 ) -> dict[str, Any]:
-    """Keep a launch spec for an agent started by hand, in ``pane``; return the spec. The pane
-    is marked as the agent's: orch restarts and stops only panes so marked."""
+    """Keep a launch spec for an agent started by hand, in ``pane`` if given, else in the pane
+    its hooks reported (if any yet); return the spec. The pane is marked as the agent's: orch
+    restarts and stops only panes so marked."""
     save_spec(store, agent, argv=argv, cwd=cwd, env=extra_env, socket=socket, session=session,
               pane=pane, host=paths.host(env))  # fmt: skip
     if pane:
@@ -362,7 +396,7 @@ def adopt(
             pass  # no such pane: the supervisor restarts the agent in a new window
     spec = get_spec(store, agent)
     assert spec is not None
-    return spec
+    return with_reported_pane(store, spec, env)
 
 
 def restart(
@@ -384,6 +418,8 @@ def stop(store: Store, agent: str, env: Mapping[str, str] = os.environ) -> None:
     check_here(store, agent, spec, env, "stop")
     if spec is None and not store.execute("SELECT 1 FROM agents WHERE id = ?", (agent,)).fetchone():
         raise LifecycleError(f"no agent {agent}: orch neither started it nor heard from it")
+    if spec:
+        spec = with_reported_pane(store, spec, env)
     if spec and spec_pane_state(spec) != "gone":  # never a pane that is not the agent's
         try:
             tmux.tmux(spec["tmux_socket"], "kill-pane", "-t", spec["pane"])

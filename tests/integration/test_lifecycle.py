@@ -502,3 +502,31 @@ def test_a_pane_of_a_new_tmux_server_with_the_agents_old_pane_id_is_left_alone(
     if action != "stop":
         assert spec["pane"] != users
         assert tmux.pane_state(spec["pane"], socket, "r2") != "gone"
+
+
+def test_an_agent_adopted_before_its_first_hook_is_watched_in_the_pane_its_hooks_report(
+    fleet: OrchState,
+) -> None:
+    """Not restarted in a second window as though its pane were gone: the pane its hooks
+    report becomes its launch spec's."""
+    socket = fleet.env["ORCH_TMUX_SOCKET"]
+    command = [sys.executable, fleet.env["FAKE_AGENT"]]
+    variables = {k: fleet.env[k] for k in ("ORCH_DB", "ORCH_STATE_DIR", "FAKE_LOG", "ORCH_HOOK")}
+    done = fleet.cli("adopt", "solo", "--dir", str(fleet.project_dir), "--session", "hand",
+                     "--command", " ".join(command),
+                     *(f"--env={k}={v}" for k, v in variables.items()))  # fmt: skip
+    assert done.returncode == 0 and "no pane known yet" in done.stdout, done.stderr
+    pane = tmux.start(
+        socket, "hand", "solo", str(fleet.project_dir), {**variables, "ORCH_AGENT": "solo"}, command
+    )
+    until(lambda: starts(fleet, "solo") == 1, "the hand-started agent's SessionStart")
+    supervisor = lifecycle.Supervisor(fleet.env)
+    supervisor.upkeep(time.time())
+    supervisor.upkeep(time.time() + 10)  # a restart it had scheduled would run now
+    assert lifecycle.history(fleet.store, "solo") == []
+    assert tmux.tmux(socket, "list-windows", "-a", "-F", "#{window_name}").split() == ["solo"]
+    spec = lifecycle.get_spec(fleet.store, "solo")
+    assert spec is not None and spec["pane"] == pane
+    assert tmux.pane_state(pane, socket, "solo") == "alive"  # marked as the agent's
+    restarted = fleet.cli("restart", "solo")
+    assert restarted.returncode == 0 and f"in pane {pane}" in restarted.stdout, restarted.stderr

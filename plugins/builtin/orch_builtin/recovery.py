@@ -63,7 +63,13 @@ class Ladder:
             if state in ("failed", "stopped"):
                 continue
             spec = {"agent": agent, "pane": pane, "tmux_socket": socket, "updated": started}
-            found = lifecycle.spec_pane_state(spec)
+            spec = lifecycle.with_reported_pane(self.store, spec, self.ctx.env)
+            if spec["pane"]:
+                found = lifecycle.spec_pane_state(spec)
+            elif self.store.agent_pane(agent, host=paths.host(self.ctx.env)) is None:
+                continue  # adopted before its first hook: no pane to watch yet
+            else:
+                found = "gone"  # the pane its hooks reported
             if found != "alive":
                 moved = lifecycle.heard_elsewhere(self.store, agent, started, self.ctx.env)
                 if moved:  # its pane here is gone, and it was started again over there
@@ -121,10 +127,12 @@ class Ladder:
 
     def reprompt(self, agent: str) -> None:
         """Type ``reprompt_line`` into the agent's pane: its launch spec's while that is still
-        the agent's, else the one its hooks came from."""
-        target = self.store.agent_pane(agent, host=paths.host(self.ctx.env))
+        the agent's, else (one started by hand, never adopted) the one its hooks came from."""
         spec = lifecycle.get_spec(self.store, agent)
-        if spec and spec["pane"]:  # never typed into a pane that is not the agent's
+        if spec is None:
+            target = self.store.agent_pane(agent, host=paths.host(self.ctx.env))
+        else:  # never typed into a pane that is not the agent's
+            spec = lifecycle.with_reported_pane(self.store, spec, self.ctx.env)
             alive = lifecycle.spec_pane_state(spec) == "alive"
             target = (spec["pane"], spec["tmux_socket"]) if alive else None
         line = str(self.settings["reprompt_line"])
