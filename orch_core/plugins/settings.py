@@ -147,11 +147,14 @@ def resolve(
             shown = json.dumps(value, default=str)
             if len(shown) > 60:
                 shown = shown[:57] + "..."
-            default = json.dumps(setting.default)
-            errors.append(
-                f"{where(key)}: [{table}] {key} = {shown}: {exc}; the default {default} is used"
-            )
-            continue
+            # a project's bad value falls back to the user's own, never past it to the default
+            # (a cloned repository must not drop the user's guard rules by breaking its own)
+            ours = from_project(key) and key in own and _valid(setting, own[key])
+            kept = "your own value" if ours else f"the default {json.dumps(setting.default)}"
+            errors.append(f"{where(key)}: [{table}] {key} = {shown}: {exc}; {kept} is used")
+            if not ours:
+                continue
+            value = own[key]
         if isinstance(setting.default, dict):
             value = {**setting.default, **value}
         if setting.extend_only and from_project(key):
