@@ -275,6 +275,16 @@ def test_hook_orch_agent_state_changed_hears_what_presence_saw(orch: OrchState) 
     (agent,) = orch.store.agents()
     assert (agent["id"], agent["state"]) == ("proj:3", "offline")
 
+    heard.clear()  # a failed turn: from the state it failed in, or from none when first heard of
+    for name, agent_id in (("UserPromptSubmit", "proj:4"), ("StopFailure", "proj:4"),
+                           ("StopFailure", "proj:5")):  # fmt: skip
+        orch.run(payload(name), ORCH_AGENT=agent_id, ORCH_LOAD_PLUGINS="presence")
+    assert heard == [
+        ("proj:4", None, "busy"),
+        ("proj:4", "busy", "error"),
+        ("proj:5", None, "error"),
+    ]
+
 
 def test_state_files_are_private(orch: OrchState) -> None:
     orch.run_hook(payload("Stop"), ORCH_AGENT="proj:1")

@@ -112,14 +112,20 @@ def orch_stop_failure(ctx: HookContext) -> None:
     if ctx.agent is None:
         return
     store = ctx.store
-    if store.transition(ctx.agent, "error", only_from=LIVE) or store.add_agent(
+    before = store.execute("SELECT state FROM agents WHERE id = ?", (ctx.agent,)).fetchone()
+    if store.transition(ctx.agent, "error", only_from=LIVE):
+        old = before[0] if before else None
+    elif store.add_agent(
         ctx.agent,
         "error",
         session_id=ctx.session_id,
         project_dir=ctx.project_dir,
         host=paths.host(ctx.env),
     ):
-        ctx.fire("orch_agent_state_changed", agent=ctx.agent, old=None, new="error")
+        old = None  # the first orch hears of it
+    else:
+        return
+    ctx.fire("orch_agent_state_changed", agent=ctx.agent, old=old, new="error")
 
 
 @hookimpl
