@@ -141,21 +141,33 @@ def test_send_in_through_python_m_starts_the_supervisor_with_that_python(
     --user``): the supervisor that delivers the message when due is started through it."""
     from orch_core.supervisor import lifecycle
 
-    python = tmp_path / "bin" / "python"
-    python.parent.mkdir()
+    # a virtual environment of its own, with no scripts, that sees this one's packages (an
+    # editable install's too: its .pth files are read by addsitedir, not from PYTHONPATH)
+    venv = tmp_path / "venv"
+    python = venv / "bin" / "python"
+    python.parent.mkdir(parents=True)
     python.symlink_to(sys.executable)
-    env = {**orch.env, "PYTHONPATH": os.pathsep.join(
-        [orch.env.get("PYTHONPATH", ""), *site.getsitepackages()])}  # fmt: skip
+    (venv / "pyvenv.cfg").write_text(
+        f"home = {os.path.dirname(os.path.realpath(sys.executable))}\n"
+    )
+    packages = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    packages.mkdir(parents=True)
+    (packages / "outer.pth").write_text(
+        "".join(f"import site; site.addsitedir({folder!r})\n" for folder in site.getsitepackages())
+    )
     done = subprocess.run(
         [str(python), "-m", "orch_core.cli", "send", "proj:1", "later", "--in", "10m"],
-        capture_output=True, text=True, env=env, cwd=orch.project_dir, timeout=60, check=False,
+        capture_output=True, text=True, env=orch.env, cwd=orch.project_dir, timeout=60,
+        check=False,
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (0, "")
     assert db(orch, "SELECT body, state FROM messages") == [("later", "queued")]
     deadline = time.monotonic() + 20
-    while not lifecycle.supervisor_running(orch.env):
+    while (pid := lifecycle.supervisor_running(orch.env)) in (None, -1):
         assert time.monotonic() < deadline, Path(orch.env["ORCH_STATE_DIR"], "supervise.log")
         time.sleep(0.05)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    assert argv == [os.fsencode(python), b"-P", b"-m", b"orch_core.cli", b"supervise"]
 
 
 def test_send_in_stores_and_succeeds_when_the_supervisor_cannot_start(orch: OrchState) -> None:
