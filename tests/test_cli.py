@@ -97,6 +97,46 @@ def test_the_guard_lets_an_unforced_push_to_main_through(orch: OrchState) -> Non
         assert decision(orch, command) is None, command
 
 
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [("rm -rf /", "deny"), ("rm -rf --no-preserve-root /", "deny"), ("rm -rf /*", "deny"),
+     ("rm -rf ~", "deny"), ("rm -rf ~/", "deny"), ("rm -rf ~/*", "deny"), ("rm -rf ~/.*", "deny"),
+     ('rm -rf "$HOME"', "deny"), ("rm -rf ${HOME}", "deny"), ('rm -rf "${HOME}"/*', "deny"),
+     ("rm -r -f $HOME/", "deny"), ("rm --recursive --force -- '/'", "deny"),
+     ("cd /tmp && sudo rm -fR / 2>&1", "deny"), ("mkfs.ext4 /dev/sda1", "deny"),
+     ("git reset --hard", "ask"), ("git reset -q --hard HEAD~1", "ask"),
+     ("git status; git -C . reset --hard", "ask"), ("git clean -f", "ask"),
+     ("git clean -d -f", "ask"), ("git clean -xdf", "ask"), ("git clean --force", "ask"),
+     ("rm -rf ./build", None), ("rm -rf /tmp/x/y", None), ("rm -rf ~/.cache/pip", None),
+     ('rm -rf "$HOME/.npm"', None), ("rm -rf /var/tmp/*", None), ("ls -la / ~", None),
+     ("git clean -nd", None), ("git reset --soft HEAD~1", None), ("make 2>&1 | tail", None)],
+)  # fmt: skip
+def test_the_guards_built_in_rules(orch: OrchState, command: str, expected: str | None) -> None:
+    """rm of the root or home folder is denied (whatever the options), a hard reset and a
+    forced clean asked; other deletions and resets pass."""
+    assert decision(orch, command) == expected
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [("git push " * 6000 + "; git reset --hard", "ask"),
+     ("git push " * 6000 + "--force origin main", "deny"),
+     ("rm -" + "r" * 50_000 + "x; rm -rf /", "deny"),
+     ("ls " + "x" * 100_001, "ask")],
+)  # fmt: skip
+def test_the_guard_decides_a_long_adversarial_command(
+    orch: OrchState, command: str, expected: str
+) -> None:
+    """The built-in rules take time linear in the command (a slow one let the backstop end
+    orch-hook, and Claude ran the command unchecked); past 100,000 characters the guard asks."""
+    assert decision(orch, command) == expected
+
+
+def test_the_guard_leaves_a_long_command_alone_when_it_has_no_rules(orch: OrchState) -> None:
+    orch.write_config("[plugin.guard]\ndeny = []\nask = []\n", user=True)
+    assert decision(orch, "ls " + "x" * 100_001) is None
+
+
 def test_version_lists_the_plugins(orch: OrchState) -> None:
     done = orch.cli("--version")
     assert done.returncode == 0

@@ -11,6 +11,12 @@ and per project::
 
 A project's rules add to yours (or to the defaults), never replace them: a cloned repository may
 forbid more, not less.
+
+A rule is searched for anywhere in the command's text. The built-in rules are the exception:
+each is matched once from the start of every simple command (the text between ``;``, ``&&``,
+``||``, ``|``, ``&`` and line ends, continued lines joined), with atomic groups, so that checking
+takes time linear in the command's length: a slow rule would let the hook's backstop end the
+process, and Claude would run the command unchecked.
 """
 
 from __future__ import annotations
@@ -28,23 +34,35 @@ if TYPE_CHECKING:
     from orch_core.hook import events as ev
     from orch_core.hook.context import HookContext
 
+#: A longer command is asked about rather than checked: a user's rule may be slow on it.
+MAX_COMMAND = 100_000
+
+#: Where a simple command ends; ``2>&1``, ``>&2`` and ``&>`` are redirections, not ``&``.
+_SEPARATOR = re.compile(r"&&|\|\||(?<![<>])&(?!>)|[;|\n]")
+
+# Each built-in rule finds the first ``git`` (``rm``, ...) of a simple command and commits to it
+# (atomic ``(?>...)``); lookaheads then look at the rest once. A later ``git`` could only see
+# less of the command than the first, so nothing is missed, and nothing is tried twice.
+_RM_ROOT_OR_HOME = (  # /, ~, $HOME, ${HOME}; then /, /*, /.*; quoted or not; any options
+    r"(?>.*?\brm\s)"
+    r"(?=.*?(?<!\S)[\"']?+(?:/|~|\$HOME|\$\{HOME\})/*+[\"']?+/*+(?:\.?+\*)?+[\"']?+(?!\S))"
+)
+_FORCED_PUSH_TO_MAIN = (
+    r"(?>.*?\bgit\b)(?>.*?\bpush\b)"
+    r"(?=.*?(?:\s--force\b|\s-[a-zA-Z]*f|\s\+))"  # --force, -f, -uf, +main
+    r"(?=.*?\b(?:main|master)\b)"
+)
+_MKFS = r"(?>.*?\bmkfs\b)"
+_RESET_HARD = r"(?>.*?\bgit\b)(?>.*?\breset\b)(?=.*?\s--hard\b)"
+_CLEAN_FORCED = r"(?>.*?\bgit\b)(?>.*?\bclean\b)(?=.*?\s(?:-[a-zA-Z]*f|--force\b))"
+
+BUILT_IN = frozenset({_RM_ROOT_OR_HOME, _FORCED_PUSH_TO_MAIN, _MKFS, _RESET_HARD, _CLEAN_FORCED})
+
 SETTINGS: dict[str, Any] = {
     "deny": Setting(
-        [
-            r"\brm\s+-[a-zA-Z]*[rR][a-zA-Z]*\s+(-[a-zA-Z]+\s+)*(/|~|\$HOME)(\s|$)",
-            # forced (--force, -f, -uf, +main), before or after the branch, over lines too
-            r"(?s)\bgit\b.*?\bpush\b(?=.*(\s--force\b|\s-[a-zA-Z]*f|\s\+))"
-            r"(?=.*\b(main|master)\b)",
-            r"\bmkfs(\.\w+)?\b",
-        ],
-        check=regexes,
-        extend_only=True,
+        [_RM_ROOT_OR_HOME, _FORCED_PUSH_TO_MAIN, _MKFS], check=regexes, extend_only=True
     ),
-    "ask": Setting(
-        [r"\bgit\s+reset\s+--hard\b", r"\bgit\s+clean\s+-[a-zA-Z]*f"],
-        check=regexes,
-        extend_only=True,
-    ),
+    "ask": Setting([_RESET_HARD, _CLEAN_FORCED], check=regexes, extend_only=True),
 }
 
 
@@ -53,11 +71,21 @@ def orch_config_defaults() -> dict[str, Any]:
     return SETTINGS
 
 
-def _first_match(patterns: object, command: str) -> str | None:
+def simple_commands(command: str) -> list[str]:
+    """The command's simple commands, continued lines joined (in linear time)."""
+    return _SEPARATOR.split(command.replace("\\\n", " "))
+
+
+def _first_match(patterns: object, command: str, parts: list[str]) -> str | None:
     if not isinstance(patterns, list):
         return None
     for pattern in patterns:
-        if isinstance(pattern, str) and re.search(pattern, command):
+        if not isinstance(pattern, str):
+            continue
+        if pattern in BUILT_IN:
+            if any(re.match(pattern, part) for part in parts):
+                return pattern
+        elif re.search(pattern, command):
             return pattern
     return None
 
@@ -69,8 +97,12 @@ def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> Answer | None:
     command = event.tool_input.get("command")
     if not isinstance(command, str):
         return None
+    if len(command) > MAX_COMMAND and (ctx.config.get("deny") or ctx.config.get("ask")):
+        reason = f"orch-guard: a command over {MAX_COMMAND} characters is too long to check"
+        return Answer(permission="ask", reason=reason)
+    parts = simple_commands(command)
     for decision in ("deny", "ask"):
-        pattern = _first_match(ctx.config.get(decision), command)
+        pattern = _first_match(ctx.config.get(decision), command, parts)
         if pattern:
             reason = f"orch-guard: this command matches the project's {decision} rule {pattern!r}"
             return Answer(permission=decision, reason=reason)
