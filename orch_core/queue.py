@@ -1146,6 +1146,19 @@ def pending(record: Mapping[str, Any]) -> bool:
     return record.get("state") == "queued" or in_flight(record)
 
 
+def ready_sql(dialect: str, until: str | None = None) -> str:
+    """When message ``m`` could first be delivered, in SQL: the latest of its sending, its
+    ``--in``/``--at`` time and its last retry (at or before ``until``, an SQL time, if given),
+    so that ``orch stats``, the fleet snapshot and the ``queue_age`` alert count a wait alike.
+    Takes :data:`RETRIED` as its one parameter; each retry is found through the events' index."""
+    latest = "greatest" if dialect == "postgresql" else "max"  # of several values
+    before = f" AND r.ts <= {until}" if until else ""
+    return (
+        f"{latest}(m.created, coalesce(m.not_before, 0), coalesce((SELECT max(r.ts) FROM"
+        f" message_events r WHERE r.message_id = m.id AND r.detail = ?{before}), 0))"
+    )
+
+
 def _imported(record: Message, now: float) -> Message:
     """An exported message's columns (:data:`IMPORTED`) as an import stores them: as exported,
     times, reason, session and transcript included, so that an ended message reads as it did

@@ -224,6 +224,24 @@ def test_a_deep_queue_and_an_old_message_are_alerts_with_the_projects_thresholds
     ]
 
 
+def test_a_retried_message_waits_from_its_retry_for_the_queue_age_alert(
+    orch: OrchState, receiver: Receiver
+) -> None:
+    channel(orch, receiver, "queue_age = 600\n")
+    store = orch.store
+    store.set_agent_state("a:1", "busy", session_id=None, project_dir=str(orch.project_dir))
+    queue = Queue(store)
+    now = time.time()
+    sent = queue.send("a:1", "from yesterday", now=now - 86_400)["id"]
+    queue.cancel(sent, now=now - 86_000)
+    queue.retry(sent, now=now)
+    supervisor = lifecycle.Supervisor(orch.env)
+    ticks(supervisor, now + 1, now + 2)
+    assert receiver.messages() == []  # it has waited since its retry, not since yesterday
+    ticks(supervisor, now + 700)
+    assert receiver.messages() == ["the oldest message for a:1 has waited 11m"]
+
+
 FAILING = """
 from orch_core import hookimpl
 

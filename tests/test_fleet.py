@@ -8,7 +8,7 @@ import time
 import pytest
 from orch_builtin import auto_restart
 
-from orch_core.ops import fleet
+from orch_core.ops import fleet, metrics
 from orch_core.queue import Queue
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
@@ -65,3 +65,52 @@ def test_the_current_task_is_the_first_message_of_the_latest_hook(orch: OrchStat
     orch.run(payload("UserPromptSubmit", session_id="s1", prompt="go"), ORCH_AGENT="a")
     (agent,) = fleet.snapshot(orch.store, time.time())["agents"]
     assert agent["task"]["text"] == "the urgent job"
+
+
+def test_the_oldest_pending_waits_from_when_it_could_first_be_delivered_as_in_stats(
+    orch: OrchState,
+) -> None:
+    """Not from its sending: a message due later waits for nothing yet, and one retried waits
+    from its retry; ``orch stats`` says the same."""
+    queue = Queue(orch.store)
+    now = time.time()
+    queue.send("later", "in an hour", not_before=now + 3600, now=now - 3600)
+    retried = queue.send("again", "from two days ago", now=now - 172_800)["id"]
+    queue.cancel(retried, now=now - 172_000)
+    queue.retry(retried, now=now - 5)
+    agents = {a["id"]: a for a in fleet.snapshot(orch.store, now)["agents"]}
+    assert agents["later"]["pending"]["normal"] == 1
+    assert agents["later"]["oldest_pending"] is None
+    assert now - agents["again"]["oldest_pending"] == pytest.approx(5)
+    stats = metrics.collect(orch.store, now - 3600, now)["queue"]["by_agent"]
+    assert stats["later"]["oldest_seconds"] is None
+    assert stats["again"]["oldest_seconds"] == pytest.approx(5)
+
+
+def test_delivery_latency_counts_from_the_latest_retry_and_its_median_is_nearest_rank(
+    orch: OrchState,
+) -> None:
+    """Waits of 1 s (a day-old message retried) and 100 s: the median is 1 s, as in
+    ``orch stats``."""
+    queue = Queue(orch.store)
+    now = time.time()
+    retried = queue.send("a", "from yesterday", now=now - 86_400)["id"]
+    queue.cancel(retried, now=now - 86_000)
+    queue.retry(retried, now=now - 3)
+    queue.send("b", "waited", now=now - 102)
+    for agent in ("a", "b"):
+        assert len(queue.claim(agent, f"s-{agent}", now=now - 2)) == 1
+    delivery = fleet.snapshot(orch.store, now)["delivery"]
+    assert delivery["delivered"] == 2
+    assert delivery["p50_s"] == pytest.approx(1)
+    assert delivery["max_s"] == pytest.approx(100)
+    stats = metrics.collect(orch.store, now - 3600, now)["messages"]["queued_to_delivered"]
+    assert (stats["all"]["p50"], stats["all"]["p99"]) == (pytest.approx(1), pytest.approx(100))
+
+
+def test_the_hooks_median_time_is_nearest_rank(orch: OrchState) -> None:
+    for duration_ms in (1.0, 100.0):
+        orch.store.record_run(event="Stop", agent="a", session_id="s1", duration_ms=duration_ms,
+                              exit_code=0, plugins=[])  # fmt: skip
+    hooks = fleet.snapshot(orch.store, time.time())["hooks"]
+    assert (hooks["runs"], hooks["p50_ms"]) == (2, 1.0)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from orch_core import hosts
-from orch_core.ops.metrics import first_run_at
-from orch_core.queue import BANDS, PENDING_SQL, band
+from orch_core.ops.metrics import first_run_at, percentile
+from orch_core.queue import BANDS, PENDING_SQL, RETRIED, band, ready_sql
 from orch_core.storage.store import KEEP_RUNS
 
 if TYPE_CHECKING:
@@ -44,13 +44,16 @@ def snapshot(
     for entry in agents.values():
         entry["unreachable"] = entry["host"] in gone
     for agent, priority, count, oldest in store.execute(
-        f"SELECT agent, priority, count(*), min(created) FROM messages WHERE {PENDING_SQL}"
-        " GROUP BY agent, priority"
+        "SELECT agent, priority, count(*), min(CASE WHEN coalesce(not_before, 0) <= ? THEN"
+        f" {ready_sql(store.dialect)} END) FROM messages m WHERE {PENDING_SQL}"
+        " GROUP BY agent, priority",
+        (now, RETRIED),
     ):
         entry = agents.setdefault(agent, _agent({"id": agent}))
         pending = entry["pending"]
         pending[band(priority)] += count
-        entry["oldest_pending"] = min(entry["oldest_pending"] or oldest, oldest)
+        if oldest is not None:  # else all of them are due later
+            entry["oldest_pending"] = min(entry["oldest_pending"] or oldest, oldest)
     for agent, step, state, due, started in store.execute(
         "SELECT agent, step, state, due, started FROM recoveries WHERE created > ?"
         " OR state IN ('scheduled', 'running', 'verifying') ORDER BY id",
@@ -70,7 +73,7 @@ def snapshot(
     ):
         if agent in agents:
             agents[agent]["last_compaction"] = ts
-    events = _latest_events(store)
+    events = _latest_events(store, now)
     for agent, task in _current_tasks(events).items():
         if agent in agents:
             agents[agent]["task"] = {"text": (task.body or "")[:PREVIEW], "delivered": task.ts}
@@ -79,7 +82,7 @@ def snapshot(
         "agents": [agents[name] for name in sorted(agents)],
         "messages": _recent_messages(store, events, recent),
         "hooks": _hook_health(store, now),
-        "delivery": _delivery_latency(events, now),
+        "delivery": _delivery_latency(events),
     }
 
 
@@ -102,25 +105,26 @@ def _agent(row: dict[str, Any]) -> dict[str, Any]:
 
 class Event:
     """One message event of the latest :data:`EVENTS`, with what the snapshot shows of its
-    message."""
+    message; ``due`` only for a delivery within :data:`HEALTH_WINDOW`."""
 
-    __slots__ = ("agent", "body", "created", "due", "id", "priority", "rowid", "sender", "state",
-                 "ts")  # fmt: skip
+    __slots__ = ("agent", "body", "due", "id", "priority", "rowid", "sender", "state", "ts")
 
     def __init__(self, row: tuple[Any, ...]) -> None:
         (self.rowid, self.id, self.state, self.ts, self.agent, self.sender, self.priority,
-         self.body, self.created, not_before) = row  # fmt: skip
-        self.due = max(self.created, not_before or self.created)
+         self.body, self.due) = row  # fmt: skip
 
 
-def _latest_events(store: Store) -> list[Event]:
-    """The latest :data:`EVENTS` message events, newest first, found through the rowid."""
+def _latest_events(store: Store, now: float) -> list[Event]:
+    """The latest :data:`EVENTS` message events, newest first, found through the rowid; a
+    delivery within :data:`HEALTH_WINDOW` carries when its message was due (see
+    :func:`orch_core.queue.ready_sql`: retries before it count, not those after)."""
     cur = store.execute(
         "SELECT e.rowid, e.message_id, e.state, e.ts, m.agent, m.sender, m.priority, m.body,"
-        " m.created, m.not_before FROM (SELECT rowid, message_id, state, ts FROM"
-        " message_events ORDER BY rowid DESC LIMIT ?) e JOIN messages m ON m.id = e.message_id"
-        " ORDER BY e.rowid DESC",
-        (EVENTS,),
+        " CASE WHEN e.state = 'delivered' AND e.ts > ? THEN"
+        f" {ready_sql(store.dialect, until='e.ts')} END FROM (SELECT rowid, message_id, state,"
+        " ts FROM message_events ORDER BY rowid DESC LIMIT ?) e JOIN messages m"
+        " ON m.id = e.message_id ORDER BY e.rowid DESC",
+        (now - HEALTH_WINDOW, RETRIED, EVENTS),
     )
     return [Event(row) for row in cur]
 
@@ -157,8 +161,8 @@ def _recent_messages(store: Store, events: list[Event], limit: int) -> list[dict
 
 
 def _hook_health(store: Store, now: float) -> dict[str, Any]:
-    runs, failed, p50 = 0, 0, None
-    durations = []
+    runs, failed = 0, 0
+    durations: list[float] = []
     for ok, duration in store.execute(
         "SELECT ok, duration_ms FROM hook_runs WHERE id >= ?",
         (first_run_at(store, now - HEALTH_WINDOW),),
@@ -166,21 +170,23 @@ def _hook_health(store: Store, now: float) -> dict[str, Any]:
         runs += 1
         failed += not ok
         durations.append(duration)
-    if durations:
-        durations.sort()
-        p50 = durations[len(durations) // 2]
-    return {"window": HEALTH_WINDOW, "runs": runs, "failed": failed, "p50_ms": p50}
+    durations.sort()
+    return {
+        "window": HEALTH_WINDOW,
+        "runs": runs,
+        "failed": failed,
+        "p50_ms": percentile(durations, 50),
+    }
 
 
-def _delivery_latency(events: list[Event], now: float) -> dict[str, Any]:
-    """What senders waited: from a message being due (sent, or its ``--in``/``--at`` time) to
-    each of its deliveries within the window (of the latest :data:`EVENTS` events)."""
-    waits = sorted(
-        e.ts - e.due for e in events if e.state == "delivered" and e.ts > now - HEALTH_WINDOW
-    )
+def _delivery_latency(events: list[Event]) -> dict[str, Any]:
+    """What senders waited: from a message being due (sent, retried, or its ``--in``/``--at``
+    time) to each of its deliveries within the window (of the latest :data:`EVENTS` events),
+    with its median the nearest rank, as in ``orch stats``."""
+    waits = sorted(e.ts - e.due for e in events if e.due is not None)  # deliveries in the window
     return {
         "window": HEALTH_WINDOW,
         "delivered": len(waits),
-        "p50_s": waits[len(waits) // 2] if waits else None,
+        "p50_s": percentile(waits, 50),
         "max_s": waits[-1] if waits else None,
     }

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from orch_core import hosts, log
-from orch_core.queue import BANDS, PUSHED, RETRIED, transcript_tail
+from orch_core.queue import BANDS, PENDING_SQL, PUSHED, RETRIED, ready_sql, transcript_tail
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping
@@ -456,7 +456,6 @@ def message_stats(
     (or not by a hook), or is pending."""
     mine, only = (" AND agent = ?", [agent]) if agent else ("", [])
     latest = "greatest" if store.dialect == "postgresql" else "max"  # of several values
-    retried = "(SELECT max(r.ts) FROM message_events r WHERE r.message_id = m.id AND r.detail = ?)"
     waited, confirming = _latencies(
         store.execute(
             f"SELECT m.agent, {BAND_SQL}, CASE WHEN m.first >= ? THEN m.first - {latest}("
@@ -496,9 +495,8 @@ def message_stats(
     oldest: dict[str, float] = {}
     scheduled = 0
     for who, level, state, ready in store.execute(
-        f"SELECT agent, {BAND_SQL}, state, {latest}(created, coalesce(not_before, 0),"
-        f" coalesce({retried}, 0)) FROM messages m WHERE state IN ('queued', 'delivered')"
-        f" AND (state = 'queued' OR session_id IS NOT NULL){mine}",
+        f"SELECT agent, {BAND_SQL}, state, {ready_sql(store.dialect)} FROM messages m"
+        f" WHERE {PENDING_SQL}{mine}",
         [RETRIED, *only],
     ):
         bands = depth.setdefault(who, {})

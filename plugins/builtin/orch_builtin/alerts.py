@@ -19,7 +19,7 @@ import re
 from orch_core import Setting, hookimpl, paths
 from orch_core.ops import alerts
 from orch_core.plugins.settings import defaults
-from orch_core.queue import PENDING_SQL, age
+from orch_core.queue import PENDING_SQL, RETRIED, age, ready_sql
 
 TYPE_CHECKING = False  # the hook imports built-ins to build its plan; typing costs it ~7 ms
 
@@ -180,10 +180,10 @@ def queues(
     depth, oldest = int(settings["queue_depth"]), float(settings["queue_age"])
     marks = ", ".join("?" for _ in agents)
     rows = store.execute(
-        "SELECT agent, count(*), min(CASE WHEN not_before IS NULL OR not_before <= ? THEN"
-        " CASE WHEN not_before > created THEN not_before ELSE created END END)"
-        f" FROM messages WHERE {PENDING_SQL} AND agent IN ({marks}) GROUP BY agent",
-        (now, *agents),
+        "SELECT agent, count(*), min(CASE WHEN coalesce(not_before, 0) <= ? THEN"
+        f" {ready_sql(store.dialect)} END) FROM messages m WHERE {PENDING_SQL}"
+        f" AND agent IN ({marks}) GROUP BY agent",
+        (now, RETRIED, *agents),
     ).fetchall()
     for agent, count, since in rows:
         if depth > 0 and 2 * count >= depth:
