@@ -435,6 +435,30 @@ def test_hook_orch_stats_gives_each_plugin_its_own_section(
         "broken_stats", "broken_stats", "broken_stats"]  # fmt: skip
 
 
+DATED = """
+from datetime import datetime
+
+from orch_core import hookimpl
+
+@hookimpl
+def orch_stats():
+    return {"last": {"at": datetime(2026, 12, 7, 1, 2, 3)}, "since": datetime(2026, 12, 1)}
+"""
+
+
+def test_a_plugin_section_with_values_json_cannot_hold_reads_as_text_too(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    orch_module("dated", DATED)
+    orch.write_config('[plugins]\nload = ["dated"]\n')
+    assert stats_json(orch)["plugins"]["dated"]["since"] == "2026-12-01 00:00:00"
+    done = orch.cli("stats")
+    assert done.returncode == 0, done.stderr
+    assert '\ndated:\n  last: at "2026-12-07 01:02:03"\n  since: "2026-12-01 00:00:00"\n' in (
+        done.stdout
+    )
+
+
 def git(project: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(project), *args], check=True, capture_output=True)
 

@@ -223,7 +223,7 @@ def _tree(value: Any, depth: int) -> Iterator[str]:
 def _plain(value: Any) -> str:
     if value is None:
         return "-"
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _table(rows: list[list[str]]) -> Iterator[str]:
