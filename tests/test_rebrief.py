@@ -143,6 +143,35 @@ def test_sections_toggle_and_the_budget_holds(orch: OrchState, repo: Path) -> No
     assert "## Agent\nAgent: proj:7." in text
 
 
+def test_a_long_role_is_shortened_and_the_rebrief_keeps_its_budget(
+    orch: OrchState, repo: Path
+) -> None:
+    """A role of any length (``orch brief --role``) shows shortened, and leaves the other
+    sections their room: the rebrief stays within its budget."""
+    done = orch.cli("brief", "proj:7", "-", "--role", "R" * 12_000, stdin="Review the app.\n")
+    assert done.returncode == 0, done.stderr
+    work(orch, repo)
+    text = orch.run_hook(
+        payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7"
+    ).context
+    assert text is not None
+    assert len(text) <= 9000
+    assert f"## Agent\nAgent: proj:7; role: {'R' * 199}…. Project: " in text
+    assert "## Briefing\nReview the app." in text
+    assert "## Project rules\n(CLAUDE.md)\nRule 1: run the tests before committing." in text
+    assert "[… trimmed to fit]" not in text
+
+
+def test_fit_trims_the_agent_line_last_and_always_keeps_the_budget() -> None:
+    from orch_builtin.rebrief import fit
+
+    sections = {"agent": "A" * 3000, "briefing": "B" * 3000, "pending": "P" * 100}
+    fit(sections, 1000)
+    assert sum(len(t) for t in sections.values()) == 1000
+    assert sections["briefing"] == sections["pending"] == "[… trimmed to fit]"
+    assert sections["agent"].startswith("A" * 900) and sections["agent"].endswith("to fit]")
+
+
 def test_restart_restores_a_recent_checkpoint_only(orch: OrchState, repo: Path) -> None:
     work(orch, repo)
     assert (

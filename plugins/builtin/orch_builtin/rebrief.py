@@ -59,8 +59,11 @@ SETTINGS: dict[str, Any] = {
     "git_timeout": Setting(1.0, min=0.05, max=10),  # seconds, for git's two calls together
 }
 DEFAULTS = defaults(SETTINGS)
-#: Trimmed first when the rebrief is over budget; the agent line is never trimmed.
-TRIM_ORDER = ("activity", "rules", "briefing", "task", "git", "pending")
+#: Trimmed first when the rebrief is over budget; the agent line last, once all else is.
+TRIM_ORDER = ("activity", "rules", "briefing", "task", "git", "pending", "agent")
+#: The most of the role and of the project path the agent line shows: a role of any length
+#: (``orch brief --role``, a project's ``role``) must leave the other sections their room.
+AGENT_LINE_PART = 200
 
 
 def _settings(ctx: HookContext) -> dict[str, Any]:
@@ -462,8 +465,8 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
     if on["agent"]:
         sections["agent"] = (
             f"Agent: {ctx.agent}"
-            + (f"; role: {role}" if role else "")
-            + f". Project: {ctx.project_dir}."
+            + (f"; role: {_shortened(role)}" if role else "")
+            + f". Project: {_shortened(ctx.project_dir)}."
         )
     briefing = row.get("briefing_content") or _read(ctx, settings["briefing_file"], "briefing_file")
     if on["briefing"] and briefing:
@@ -554,8 +557,13 @@ def _size(path: str | None) -> int | None:
         return None
 
 
+def _shortened(text: str, most: int = AGENT_LINE_PART) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
 def fit(sections: dict[str, str], budget: int) -> None:
-    """Trim sections, least important first, until the texts fit in ``budget`` characters."""
+    """Trim sections, least important first and the agent line last, until the texts fit in
+    ``budget`` characters (any budget that holds a marker per section)."""
     marker = "\n[… trimmed to fit]"
     for name in TRIM_ORDER:
         excess = sum(len(t) for t in sections.values()) - budget
