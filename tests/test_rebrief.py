@@ -172,6 +172,25 @@ def test_fit_trims_the_agent_line_last_and_always_keeps_the_budget() -> None:
     assert sections["agent"].startswith("A" * 900) and sections["agent"].endswith("to fit]")
 
 
+def test_a_nul_byte_in_cwd_leaves_out_the_git_state_only(orch: OrchState, repo: Path) -> None:
+    """A payload's ``cwd`` with a NUL byte, which no process can be started in: the
+    checkpoint and the rebrief still come, without the git state."""
+    from orch_builtin.rebrief import git_state
+
+    assert git_state(f"{repo}\0x", timeout=10) is None
+    work(orch, repo)
+    orch.run_hook(payload("PreCompact", cwd=f"{repo}\0x"), ORCH_AGENT="proj:7")
+    saved = context(orch)["checkpoint_data"]
+    assert saved["branch"] is None and saved["touched_files"] == [str(repo / "app.py")]
+    text = orch.run_hook(
+        payload("SessionStart", source="compact", cwd=f"{repo}\0x"), ORCH_AGENT="proj:7"
+    ).context
+    assert text is not None
+    assert text.startswith("[orch rebrief: context restored after compaction]")
+    assert "## Recent activity\nBefore compaction: 4 tool calls" in text
+    assert "## Git state" not in text
+
+
 def test_restart_restores_a_recent_checkpoint_only(orch: OrchState, repo: Path) -> None:
     work(orch, repo)
     assert (

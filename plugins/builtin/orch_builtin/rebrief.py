@@ -292,7 +292,7 @@ def git_state(cwd: str, timeout: float) -> dict[str, Any] | None:
         for proc in running:
             out, _ = proc.communicate(timeout=max(0.0, end - time.monotonic()))
             outputs.append(out if proc.returncode == 0 else None)
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError, ValueError):  # ValueError: a NUL in ``cwd``
         return None
     finally:
         for proc in running:
