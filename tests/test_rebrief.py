@@ -77,7 +77,22 @@ def test_activity_is_recorded_short_and_bounded(orch: OrchState, repo: Path) -> 
         orch.run(tool("Bash", command=f"echo {i}"), ORCH_AGENT="proj:7")
     with orch.store.transaction() as db:
         kept = db.execute("SELECT count(*) FROM activity WHERE agent = 'proj:7'").fetchone()[0]
-    assert kept <= 20 + 50  # pruned every 50 records down to activity_kept
+    assert kept == 20
+
+
+def test_each_agents_activity_stays_bounded_beside_another_agents(orch: OrchState) -> None:
+    """Two agents working in turn: each keeps its own ``activity_kept`` records, not only the
+    one whose records happened to get the ids the trimming once waited for."""
+    orch.write_config("[plugin.rebrief]\nactivity_kept = 10\n")
+    for i in range(60):
+        for agent in ("proj:1", "proj:2"):
+            orch.run(tool("Bash", command=f"echo {i}"), ORCH_AGENT=agent)
+    with orch.store.transaction() as db:
+        kept = dict(db.execute("SELECT agent, count(*) FROM activity GROUP BY agent").fetchall())
+    assert kept == {"proj:1": 10, "proj:2": 10}
+    assert [a["target"] for a in context(orch, "proj:1")["activity"]] == [
+        f"echo {i}" for i in range(59, 49, -1)
+    ]
 
 
 def test_pre_compact_saves_a_checkpoint(orch: OrchState, repo: Path) -> None:

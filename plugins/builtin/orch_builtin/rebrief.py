@@ -189,17 +189,18 @@ def record(ctx: HookContext, kind: str, tool: str | None, target: str, ok: bool 
         return
     assert ctx.agent is not None
     with store.transaction() as tx:
-        (added,) = tx.execute(
-            "INSERT INTO activity (agent, ts, kind, tool, target, ok) VALUES (?, ?, ?, ?, ?, ?)"
-            " RETURNING id",
+        tx.execute(
+            "INSERT INTO activity (agent, ts, kind, tool, target, ok) VALUES (?, ?, ?, ?, ?, ?)",
             (ctx.agent, time.time(), kind, tool, target, int(ok)),
-        ).fetchone()
-        if added % 50 == 0:  # keep the record bounded per agent
-            tx.execute(
-                "DELETE FROM activity WHERE agent = ? AND id <= (SELECT id FROM activity"
-                " WHERE agent = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (ctx.agent, ctx.agent, int(_settings(ctx)["activity_kept"])),
-            )
+        )
+        # each agent's record bounded on each insert, whatever the other agents add: one
+        # statement through the index on (agent, id), which deletes the one record that
+        # fell out (none until the record is full)
+        tx.execute(
+            "DELETE FROM activity WHERE agent = ? AND id <= (SELECT id FROM activity"
+            " WHERE agent = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (ctx.agent, ctx.agent, int(_settings(ctx)["activity_kept"])),
+        )
 
 
 @hookimpl(tryfirst=True)
