@@ -232,6 +232,21 @@ def test_orch_rebrief_forces_one_at_the_next_delivery_point(orch: OrchState, rep
     assert orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7").context is None
 
 
+def test_a_compactions_rebrief_answers_a_pending_orch_rebrief(orch: OrchState, repo: Path) -> None:
+    """``orch rebrief``, then a compaction before the agent's next hook: the compaction's
+    rebrief is the one asked for, and the next tool call gives no second one."""
+    work(orch, repo)
+    assert orch.cli("rebrief", "proj:7").returncode == 0
+    orch.run_hook(payload("PreCompact", cwd=str(repo)), ORCH_AGENT="proj:7")
+    text = orch.run_hook(
+        payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7"
+    ).context
+    assert text is not None
+    assert text.startswith("[orch rebrief: context restored after compaction]")
+    assert orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7").context is None
+    assert context(orch)["rebrief_pending"] == 0
+
+
 def test_briefing_from_stdin_and_from_the_project(orch: OrchState, repo: Path) -> None:
     (repo / "BRIEF.md").write_text("Project-wide briefing.\n")
     orch.write_config('[plugin.rebrief]\nbriefing_file = "BRIEF.md"\n')

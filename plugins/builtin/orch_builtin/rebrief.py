@@ -538,10 +538,13 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
 
 def _given(store: Store, rebrief: dict[str, Any]) -> None:
     """Record a rebrief, in the transaction that marks the agent briefed (a hook that
-    rebriefs writes no more than before); the oldest beyond :data:`REBRIEFS_KEPT` go."""
+    rebriefs writes no more than before) and takes any ``orch rebrief`` request still pending,
+    which this one answers (a compaction's rebrief, then no second one at the next tool call);
+    the oldest beyond :data:`REBRIEFS_KEPT` go."""
     names = list(rebrief)
+    briefed = {"last_briefing": rebrief["ts"], "rebrief_pending": 0}
     with store.transaction() as tx:
-        _update_context(tx, rebrief["agent"], rebrief["ts"], {"last_briefing": rebrief["ts"]})
+        _update_context(tx, rebrief["agent"], rebrief["ts"], briefed)
         (added,) = tx.execute(
             f"INSERT INTO rebriefs ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
             " RETURNING id",
