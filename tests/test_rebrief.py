@@ -223,6 +223,26 @@ def test_restart_restores_a_recent_checkpoint_only(orch: OrchState, repo: Path) 
     )
 
 
+def test_a_restart_rebrief_says_what_its_checkpoint_was_saved_before(
+    orch: OrchState, repo: Path
+) -> None:
+    from orch_core.hook.context import Runtime
+
+    work(orch, repo)
+    Runtime.open(orch.env, str(orch.project_dir), store=orch.store).fire(
+        "orch_before_restart", {"agent": "proj:7"}
+    )  # as orch restart does
+    text = orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="proj:7").context
+    assert text is not None
+    assert text.startswith("[orch rebrief: context restored after a restart]")
+    assert "## Recent activity\nBefore the restart: 4 tool calls (Bash 2, Edit 1, Read 1)" in text
+    assert "Before compaction" not in text
+    orch.run_hook(payload("PreCompact", cwd=str(repo)), ORCH_AGENT="proj:7")
+    text = orch.run_hook(payload("SessionStart", source="resume"), ORCH_AGENT="proj:7").context
+    assert text is not None
+    assert "## Recent activity\nBefore compaction: 4 tool calls" in text
+
+
 def test_orch_rebrief_forces_one_at_the_next_delivery_point(orch: OrchState, repo: Path) -> None:
     work(orch, repo)
     assert orch.cli("rebrief", "proj:7").returncode == 0

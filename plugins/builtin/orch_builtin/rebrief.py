@@ -486,7 +486,8 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
             for i in items
         ]
         if saved.get("activity_summary"):
-            lines.insert(0, f"Before compaction: {saved['activity_summary']}.")
+            before = "the restart" if saved.get("trigger") == "restart" else "compaction"
+            lines.insert(0, f"Before {before}: {saved['activity_summary']}.")
         if saved.get("recent_commands"):
             lines.append("Recent commands: " + "; ".join(saved["recent_commands"][:5]))
         if lines:
