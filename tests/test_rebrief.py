@@ -55,6 +55,15 @@ def work(orch: OrchState, project: Path) -> None:
     orch.run_hook(failed, ORCH_AGENT="proj:7")
 
 
+def compacted(orch: OrchState, project: Path) -> str:
+    """The rebrief proj:7's SessionStart after a compaction gives."""
+    text = orch.run_hook(
+        payload("SessionStart", source="compact", cwd=str(project)), ORCH_AGENT="proj:7"
+    ).context
+    assert text is not None
+    return text
+
+
 def context(orch: OrchState, agent: str = "proj:7") -> dict[str, Any]:
     done = orch.cli("context", agent, "--json")
     assert done.returncode == 0, done.stderr
@@ -148,10 +157,7 @@ def test_sections_toggle_and_the_budget_holds(orch: OrchState, repo: Path) -> No
     (repo / "CLAUDE.md").write_text("A long rule. " * 3000)
     orch.write_config("[plugin.rebrief]\nbudget = 3000\n[plugin.rebrief.sections]\ngit = false\n")
     work(orch, repo)
-    text = orch.run_hook(
-        payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7"
-    ).context
-    assert text is not None
+    text = compacted(orch, repo)
     assert len(text) <= 3000
     assert "## Git state" not in text
     assert "## Project rules" in text and "[… trimmed to fit]" in text
@@ -166,10 +172,7 @@ def test_a_long_role_is_shortened_and_the_rebrief_keeps_its_budget(
     done = orch.cli("brief", "proj:7", "-", "--role", "R" * 12_000, stdin="Review the app.\n")
     assert done.returncode == 0, done.stderr
     work(orch, repo)
-    text = orch.run_hook(
-        payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7"
-    ).context
-    assert text is not None
+    text = compacted(orch, repo)
     assert len(text) <= 9000
     assert f"## Agent\nAgent: proj:7; role: {'R' * 199}…. Project: " in text
     assert "## Briefing\nReview the app." in text
@@ -258,10 +261,7 @@ def test_a_compactions_rebrief_answers_a_pending_orch_rebrief(orch: OrchState, r
     work(orch, repo)
     assert orch.cli("rebrief", "proj:7").returncode == 0
     orch.run_hook(payload("PreCompact", cwd=str(repo)), ORCH_AGENT="proj:7")
-    text = orch.run_hook(
-        payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7"
-    ).context
-    assert text is not None
+    text = compacted(orch, repo)
     assert text.startswith("[orch rebrief: context restored after compaction]")
     assert orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7").context is None
     assert context(orch)["rebrief_pending"] == 0
@@ -270,19 +270,15 @@ def test_a_compactions_rebrief_answers_a_pending_orch_rebrief(orch: OrchState, r
 def test_briefing_from_stdin_and_from_the_project(orch: OrchState, repo: Path) -> None:
     (repo / "BRIEF.md").write_text("Project-wide briefing.\n")
     orch.write_config('[plugin.rebrief]\nbriefing_file = "BRIEF.md"\n')
-    text = orch.run_hook(
-        payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7"
-    ).context
-    assert text is not None and "## Briefing\nProject-wide briefing." in text
+    text = compacted(orch, repo)
+    assert "## Briefing\nProject-wide briefing." in text
     done = subprocess.run(
         [orch_script(), "brief", "proj:7", "-"], input="Own briefing.\n",
         capture_output=True, text=True, env=orch.env, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    text = orch.run_hook(
-        payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7"
-    ).context
-    assert text is not None and "## Briefing\nOwn briefing." in text
+    text = compacted(orch, repo)
+    assert "## Briefing\nOwn briefing." in text
     empty = orch.cli("brief", "proj:7", "/dev/null")
     assert empty.returncode == 1 and "the briefing is empty" in empty.stderr
 
