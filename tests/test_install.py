@@ -95,6 +95,8 @@ def test_uninstall_gives_back_the_file_install_found(orch: OrchState, original: 
     path.write_bytes(original)
     assert orch.cli("install").returncode == 0
     assert orch.cli("install").returncode == 0  # a second run changes nothing, nor forgets
+    kept = [p for p in (orch.root / "state").rglob("*") if p.is_file()]
+    assert kept and [p for p in kept if p.stat().st_mode & 0o077] == []  # what it found: ours
     assert orch.cli("uninstall").returncode == 0
     assert path.read_bytes() == original
 

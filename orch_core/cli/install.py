@@ -186,15 +186,16 @@ def _dumps(data: dict[str, Any], style: tuple[int | str, str]) -> bytes:
     return (json.dumps(data, indent=indent, ensure_ascii=False) + end).encode()
 
 
-def _write(path: str, content: bytes) -> None:
+def _write(path: str, content: bytes, *, private: bool = False) -> None:
     """Write a new file beside ``path`` (a name of its own, created exclusively, so never
-    through a link) and move it into place in one step."""
+    through a link) and move it into place in one step: with the mode the file had (a new one
+    as the umask says), or owner-only when ``private`` (orch's own state)."""
     import tempfile
 
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     try:
-        mode = os.stat(path).st_mode & 0o777
+        mode = 0o600 if private else os.stat(path).st_mode & 0o777
     except FileNotFoundError:
         umask = os.umask(0)
         os.umask(umask)
@@ -242,7 +243,7 @@ def _record(env: Mapping[str, str], path: str, before: str | None, after: bytes)
     paths.ensure_private_dir(paths.state_dir(env))
     paths.ensure_own_dir(os.path.dirname(record))
     kept = {"settings": path, "before": before, "after": _digest(after)}
-    _write(record, json.dumps(kept).encode())
+    _write(record, json.dumps(kept).encode(), private=True)
 
 
 def _forget(env: Mapping[str, str], path: str) -> None:
@@ -314,7 +315,7 @@ def installed(project_dir: str, env: Mapping[str, str] = os.environ) -> Iterator
         yield changed
     except BaseException:
         if changed and kept is not None:
-            _write(record, kept)
+            _write(record, kept, private=True)
         elif changed:
             _forget(env, path)
         if changed and before is not None:
