@@ -289,6 +289,21 @@ def test_a_projects_config_that_is_no_config_file_is_refused_at_once(
     assert "still delivered" in delivered.stdout
 
 
+@pytest.mark.parametrize("command", [["backup"], ["doctor"], ["agents"], ["send", "a:1", "x"]])
+def test_a_fifo_as_your_own_config_blocks_no_command(orch: OrchState, command: list[str]) -> None:
+    """Where your config names the database (no ``ORCH_DB``), a FIFO in the config's place
+    must not hold a command, the ones that read nothing else of it included."""
+    from orch_core import paths
+
+    del orch.env["ORCH_DB"]
+    config = Path(paths.user_config_path(orch.env))
+    config.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(config)
+    done = orch.cli(*command)  # raises TimeoutExpired if it blocks
+    if command[0] in ("agents", "send"):  # these read the config whole: one line says why
+        one_line_error(done, str(config), "not a regular file")
+
+
 def test_the_rebrief_runs_no_command_a_working_copys_git_config_names(
     orch: OrchState, tmp_path: Path
 ) -> None:

@@ -75,19 +75,24 @@ def database(env: Mapping[str, str]) -> str:
     return configured_database(paths.user_config_path(env)) or paths.db_path(env)
 
 
+#: The most of the user's config read for its ``database`` (the plan refuses a larger file).
+CONFIG_READ = 1 << 20
+
+
 def configured_database(config_file: str) -> str:
     """``[orch] database`` of ``config_file``, or ``""``. On every hook: a config that does
-    not mention the word costs one read and no TOML parser."""
+    not mention the word costs one read and no TOML parser. Only a regular file is read (a
+    FIFO there would block every command; the plan names it as a config error)."""
+    from orch_core import paths
+
     try:
-        with open(config_file, "rb") as f:
-            raw = f.read()
+        raw = paths.read_regular(config_file, CONFIG_READ)
     except OSError:
         return ""
     if b"database" not in raw:
         return ""
     import tomllib
 
-    from orch_core import paths
     from orch_core.storage.store import StoreError
 
     try:
