@@ -111,7 +111,17 @@ def project_dir(env: Mapping[str, str], cwd: str | None = None) -> str:
         return env["CLAUDE_PROJECT_DIR"]
     if cwd and len(cwd) < PATH_MAX and os.path.isabs(cwd):
         return cwd
-    return os.getcwd()
+    return working_folder()
+
+
+def working_folder() -> str:
+    """This process's working folder, or a one-line error if it was removed meanwhile."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        raise FolderGone(
+            "the current folder no longer exists: run orch from one that does"
+        ) from None
 
 
 def cwd() -> str:
@@ -138,6 +148,10 @@ def read_regular(path: str, limit: int, *, follow: bool = True) -> bytes:
         return os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+class FolderGone(OrchError):
+    """The folder a command runs in was removed."""
 
 
 class UnsafeState(OrchError, OSError):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from orch_core.testing.kit import OrchState
+from orch_core.queue import Queue
+from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
 
 FORCE_PUSH = payload("PreToolUse", tool_input={"command": "git push --force origin main"})
@@ -263,3 +266,25 @@ def test_an_orch_db_url_of_another_kind_is_refused_not_made_a_file(
         assert done.stderr == ("Error: sqlite:// is no store orch knows: give ORCH_DB a "
                                "postgresql:// URL or a SQLite file's path\n")  # fmt: skip
     assert not list(orch.project_dir.glob("sqlite*"))
+
+
+@pytest.mark.parametrize("command", [["agents"], ["send", "proj:1", "hi"], ["backup"], ["doctor"]])
+def test_a_current_folder_removed_meanwhile_is_a_one_line_error(
+    orch: OrchState, tmp_path: Path, command: list[str]
+) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    env = {key: value for key, value in orch.env.items() if key != "CLAUDE_PROJECT_DIR"}
+    script = (
+        "import os, sys; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]);"
+        " os.execv(sys.argv[2], sys.argv[2:])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(gone), orch_script(), *command],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (
+        1,
+        "Error: the current folder no longer exists: run orch from one that does\n",
+    )
+    assert Queue(orch.store).messages() == []  # nothing stored

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orch_core import __version__
+from orch_core import __version__, paths
 from orch_core.cli import errors, install
 from orch_core.cli.group import OrchGroup
 
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 
 def _project(directory: str | None) -> str:
-    return os.path.abspath(directory or os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd())
+    return os.path.abspath(
+        directory or os.environ.get("CLAUDE_PROJECT_DIR") or paths.working_folder()
+    )
 
 
 def _loaded() -> loader.Loaded:

@@ -19,7 +19,7 @@ def migrate_command(target: str) -> None:
     recoveries, alerts, hook runs, each plugin's tables) into PostgreSQL. Running it again
     adds only what is missing. Refused while `orch supervise` runs. orch keeps using SQLite
     until you set [orch] database in your own config."""
-    project = os.path.abspath(os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd())
+    project = os.path.abspath(os.environ.get("CLAUDE_PROJECT_DIR") or paths.working_folder())
     report = migrate.migrate(os.environ, project, target)
     width = max([len(t.name) for t in report.tables] + [5])
     if report.changed:
