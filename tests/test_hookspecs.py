@@ -109,6 +109,36 @@ def test_hook_orch_config_defaults_declares_checked_settings(
     assert "[plugin.declares] times = 9: must be at most 3; the default 1 is used" in doctor
 
 
+CHECK_FAILS = """
+from orch_core import Setting, hookimpl
+
+def fussy(value):
+    return {"ok": None}[value]  # a KeyError for anything else: the check's own bug
+
+@hookimpl
+def orch_config_defaults():
+    return {"mode": Setting("ok", check=fussy)}
+
+@hookimpl
+def orch_stop(ctx):
+    return "mode " + ctx.config["mode"]
+"""
+
+
+def test_a_settings_check_that_raises_costs_that_key_not_the_plan(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """A project's value that makes a plugin's check fail some other way than ``ValueError``
+    is that key's error: every plugin still runs, orch-guard too."""
+    orch_module("fussy", CHECK_FAILS)
+    orch.write_config('[plugins]\nload = ["fussy"]\n[plugin.fussy]\nmode = "odd"\n')
+    assert orch.run_hook(payload("Stop"), ORCH_LOAD_PLUGINS="fussy").context == "mode ok"
+    forced = payload("PreToolUse", tool_input={"command": "git push --force origin main"})
+    assert orch.run_hook(forced).output is not None  # the guard, in the same plan
+    doctor = orch.cli("doctor").stdout
+    assert "[plugin.fussy] mode = \"odd\": cannot be checked (KeyError('odd'))" in doctor
+
+
 DELIVERED = """
 import json
 from orch_core import hookimpl

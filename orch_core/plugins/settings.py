@@ -81,7 +81,12 @@ class Setting:
         elif kind is dict and not isinstance(value, dict):
             raise ValueError("must be a table")
         if self.check is not None:
-            self.check(value)
+            try:
+                self.check(value)
+            except ValueError:
+                raise
+            except Exception as exc:  # a check's own bug: this key's error, not the plan's
+                raise ValueError(f"cannot be checked ({exc!r})") from None
 
 
 _NAMES = {str: "strings", int: "whole numbers", bool: "true/false values"}
