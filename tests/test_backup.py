@@ -101,6 +101,97 @@ def test_restore_puts_a_backup_back_and_keeps_the_current_file_aside(orch: OrchS
     assert os.stat(orch.env["ORCH_DB"]).st_mode & 0o777 == 0o600
 
 
+def logged(orch: OrchState, msg: str) -> list[dict[str, object]]:
+    """The lines of orch's log that say ``msg``."""
+    log = Path(orch.env["ORCH_STATE_DIR"]) / "orch.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [record for record in map(json.loads, lines) if record["msg"] == msg]
+
+
+@pytest.mark.parametrize("harm", ["emptied", "damaged"])
+def test_an_emptied_or_damaged_database_never_replaces_the_good_backups(
+    orch: OrchState, harm: str
+) -> None:
+    """Each such backup once rotated a good one out: ``backup_keep`` supervisor runs after
+    the harm, every backup held nothing, and the error named one of them."""
+    orch.write_config("[orch]\nbackup_every = 900\nbackup_keep = 2\n", user=True)
+    send(orch, *(f"message {i:03d} " + "x" * 300 for i in range(100)))
+    good = [backed_up(orch), backed_up(orch)]
+    orch.store.close()
+    if harm == "emptied":
+        Path(orch.env["ORCH_DB"]).write_bytes(b"")
+    else:
+        damage_a_page_of(orch.env["ORCH_DB"])
+    for _ in range(3):
+        done = orch.cli("backup")
+        assert done.returncode == 1
+        (line,) = done.stderr.splitlines()
+        said = "is empty" if harm == "emptied" else "is damaged"
+        assert f"{orch.env['ORCH_DB']} {said}" in line, line
+        assert f"not backed up, the backups there are kept: put the newest back with `orch " \
+            f"restore {good[-1]}`" in line, line  # fmt: skip
+    supervisor = lifecycle.Supervisor(orch.env)
+    start = time.time() + 1000
+    for after in (0, 10, 20, 1000):  # tried again after backup_every, not on each housekeeping
+        supervisor.housekeeping(start + after)
+    refused = logged(orch, "supervisor could not back up the database")
+    assert len(refused) == 2 and "not backed up" in str(refused[0]["error"])
+    assert backup.backups(orch.env["ORCH_DB"]) == [str(path) for path in reversed(good)]
+    assert sorted(os.listdir(good[0].parent)) == sorted(path.name for path in good)
+    assert all(backup.check(str(path))["messages"] == 100 for path in good)
+
+
+def test_orch_backup_refuses_a_link_at_the_database_path(orch: OrchState, tmp_path: Path) -> None:
+    """The link was followed: the backup read another database, and SQLite wrote beside it
+    (a checkpoint into it, its -wal and -shm made and removed)."""
+    send(orch, "mine")
+    orch.store.close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    other = elsewhere / "other.db"
+    orch_database(other, 13)
+    before = (other.read_bytes(), other.stat().st_mtime_ns)
+    db = Path(orch.env["ORCH_DB"])
+    db.rename(elsewhere / "mine.db")
+    db.symlink_to(other)
+    done = orch.cli("backup")
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert f"{db} is a symbolic link" in line, line
+    assert (other.read_bytes(), other.stat().st_mtime_ns) == before
+    assert sorted(os.listdir(elsewhere)) == ["mine.db", "other.db"]
+    assert backup.backups(str(db)) == []
+    db.unlink()
+    os.mkfifo(db, 0o600)  # nor anything else that is no regular file
+    done = orch.cli("backup")
+    assert done.returncode == 1
+    assert done.stderr == f"Error: {db} is not a regular file: not backed up\n"
+
+
+def test_backups_leave_no_wal_beside_them_once_read(orch: OrchState) -> None:
+    """Backups were WAL files: each read (a check, a restore) left a -wal and a -shm beside
+    it, which no rotation removed. A backup of an older orch still has its removed too."""
+    orch.write_config("[orch]\nbackup_keep = 2\n", user=True)
+    send(orch, "kept")
+    folder = Path(orch.env["ORCH_STATE_DIR"]) / "backups"
+    folder.mkdir(mode=0o700)
+    older = folder / "orch-20000101T000000.000000Z.db"
+    source = sqlite3.connect(orch.env["ORCH_DB"])
+    copy = sqlite3.connect(older)
+    source.backup(copy)
+    copy.close()
+    source.close()
+    backup.check(str(older))  # as an older orch's backup, read once
+    assert {p.name for p in folder.iterdir()} >= {f"{older.name}-wal", f"{older.name}-shm"}
+    taken = []
+    for _ in range(3):
+        taken.append(backed_up(orch))
+        backup.check(str(taken[-1]))
+        assert taken[-1].read_bytes()[18:20] == b"\x01\x01"  # a rollback journal, not a WAL
+    assert sorted(p.name for p in folder.iterdir()) == [p.name for p in taken[1:]]
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in taken[1:])
+
+
 @pytest.mark.parametrize("seconds", ["nan", "-1", "inf"])
 def test_supervise_for_a_time_that_is_no_time_is_refused(orch: OrchState, seconds: str) -> None:
     """``--for nan`` or ``-1`` ended at once, exit 0, saying nothing."""

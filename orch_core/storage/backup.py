@@ -2,14 +2,16 @@
 
 ``orch supervise`` takes an online backup (SQLite's backup API: consistent while hooks write)
 every ``[orch] backup_every`` seconds into ``backups/`` beside the database, owner-only, and keeps
-the newest ``backup_keep``; ``orch backup`` takes one now. ``orch restore FILE`` checks FILE, sets
-the current database aside (never deleted) and puts FILE in its place.
+the newest ``backup_keep``; ``orch backup`` takes one now. A database that is not whole (emptied,
+damaged) is not backed up: its copies would push the good backups out. ``orch restore FILE``
+checks FILE, sets the current database aside (never deleted) and puts FILE in its place.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import time
 from typing import TYPE_CHECKING
 
@@ -54,7 +56,13 @@ def advice(db: str) -> str:
 
 
 def take(db: str, keep: int = 8, now: float | None = None) -> str:
-    """An online backup of ``db``; the oldest beyond ``keep`` are removed. Returns its path."""
+    """An online backup of ``db``; the oldest beyond ``keep`` are removed. Returns its path.
+
+    Refused, keeping every backup there is, when ``db`` is not a file of orch's own (a link
+    is not followed: it could lead to another database) or when what it holds is no whole
+    orch database (emptied, damaged): the backups would otherwise be replaced, one every
+    ``backup_every``, by copies of nothing. Each backup is a rollback-journal file, so that
+    opening it read-only leaves no ``-wal`` or ``-shm`` beside it."""
     now = time.time() if now is None else now
     target_dir = paths.backups_dir(db)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{now % 1:.6f}"[1:]
@@ -62,18 +70,19 @@ def take(db: str, keep: int = 8, now: float | None = None) -> str:
     partial = f"{final}.partial"
     try:
         paths.ensure_own_dir(target_dir)  # a folder that cannot be written: one line
+        _refuse_unless_own_file(db)
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-        if not os.path.isfile(db):
-            raise BackupError(f"{db}: no database to back up")
-        source = sqlite3.connect(db, timeout=10)
+        source = _readonly(db)
         try:
             copy = sqlite3.connect(partial)
             try:
                 source.backup(copy)
+                copy.execute("PRAGMA journal_mode=DELETE")
             finally:
                 copy.close()
         finally:
             source.close()
+        _refuse_unless_whole(db, partial)
         os.replace(partial, final)
     except BackupError:
         _remove(partial)
@@ -81,9 +90,46 @@ def take(db: str, keep: int = 8, now: float | None = None) -> str:
     except (OSError, sqlite3.Error) as exc:
         _remove(partial)
         raise BackupError(f"cannot back up {db}: {exc}") from None
-    for old in backups(db)[keep:]:
-        _remove(old)
+    for old in backups(db)[max(keep, 1) :]:  # the new one, checked whole, always stays
+        for suffix in ("", "-wal", "-shm"):
+            _remove(old + suffix)
     return final
+
+
+def _refuse_unless_own_file(db: str) -> None:
+    """Refuse a database path that holds a link, anything but a regular file, or nothing, as
+    the store does (:meth:`~orch_core.storage.store.SQLiteStore._connect`)."""
+    try:
+        info = os.lstat(db)
+    except FileNotFoundError:
+        raise BackupError(f"{db}: no database to back up") from None
+    paths.check_private(db, info)
+    if not stat.S_ISREG(info.st_mode):
+        raise BackupError(f"{db} is not a regular file: not backed up")
+    if info.st_size == 0:
+        raise BackupError(f"{db} is empty: not backed up, {_kept(db)}")
+
+
+def _refuse_unless_whole(db: str, copy: str) -> None:
+    """Refuse a copy of ``db`` that :func:`check` would refuse to restore."""
+    try:
+        conn = _readonly(copy)
+        try:
+            _whole(db, conn)
+        finally:
+            conn.close()
+    except BackupError as exc:
+        raise BackupError(f"{exc}: not backed up, {_kept(db)}") from None
+    except sqlite3.Error as exc:
+        raise BackupError(f"{db} is damaged: {exc}: not backed up, {_kept(db)}") from None
+
+
+def _kept(db: str) -> str:
+    """What is left to a database that is not backed up: the backups taken before it."""
+    latest = newest(db)
+    if latest is None:
+        return "and no backup exists"
+    return f"the backups there are kept: put the newest back with `orch restore {latest}`"
 
 
 def check(file: str) -> dict[str, Any]:
@@ -107,7 +153,7 @@ def _whole(file: str, conn: sqlite3.Connection) -> dict[str, Any]:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     have = _columns(conn)
     if verdict != "ok":
-        raise BackupError(f"{file} is damaged: {verdict}")
+        raise BackupError(f"{file} is damaged: {' '.join(verdict.split())}")  # one line
     if version > SCHEMA_VERSION:
         raise BackupError(f"{file} has schema {version}, newer than this orch ({SCHEMA_VERSION})")
     if version < 1:

@@ -484,6 +484,9 @@ class Supervisor:
         self.host = paths.host(env)
         self.house_every = house_every
         self._housekept = 0.0
+        #: A backup refused (the database emptied or damaged) is tried again only after
+        #: ``backup_every``: each try copies the whole file and logs a line.
+        self._backup_refused = 0.0
         self._beat = 0.0
         self._sending: threading.Thread | None = None
         #: While the database is unreachable: since when, and the wait before the next try.
@@ -522,13 +525,23 @@ class Supervisor:
             "remove old message files": lambda: Queue(self.store).prune_spills(retention, now),
             "sum up hook runs": lambda: metrics.roll_up(self.store, now),
         }
-        if every > 0:
-            steps["back up the database"] = lambda: self.store.back_up(keep, now, older_than=every)
+        if every > 0 and now - self._backup_refused >= every:
+            steps["back up the database"] = lambda: self.back_up(keep, now, every)
         for what, step in steps.items():
             try:
                 step()
             except Exception as exc:
                 log.write("error", f"supervisor could not {what}", self.env, error=repr(exc))
+
+    def back_up(self, keep: int, now: float, every: float) -> None:
+        """A backup when the newest is older than ``every`` seconds."""
+        from orch_core.storage.backup import BackupError
+
+        try:
+            self.store.back_up(keep, now, older_than=every)
+        except BackupError:
+            self._backup_refused = now
+            raise
 
     def upkeep(self, now: float) -> None:
         """``orch_supervisor_tick`` once per project, with its agents of this host and its own
