@@ -255,6 +255,7 @@ def test_restoring_twice_in_one_second_keeps_every_database_aside(
     planted.symlink_to(victim)
     first_aside = backup.restore(orch.env, str(path))
     second_aside = backup.restore(orch.env, str(path))
+    assert first_aside is not None and second_aside is not None
     assert len({first_aside, second_aside, str(planted)}) == 3
     assert held(first_aside) == ["precious", "precious2"]
     assert held(second_aside) == ["precious"]
@@ -315,6 +316,37 @@ def test_restore_refuses_a_file_that_is_not_an_orch_database(
     assert bodies(orch) == ["current"]
     assert not list(Path(orch.env["ORCH_STATE_DIR"]).glob("orch.db.before-restore-*"))
     assert orch.cli("queue").returncode == 0
+
+
+def test_restore_where_there_was_no_database_says_none_was_set_aside(orch: OrchState) -> None:
+    """It named an ``orch.db.before-restore-...`` that was never made."""
+    send(orch, "precious")
+    path = backed_up(orch)
+    orch.store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(orch.env["ORCH_DB"] + suffix).unlink(missing_ok=True)
+    done = orch.cli("restore", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"restored {path} (1 messages); there was none to set aside\n"
+    assert not list(Path(orch.env["ORCH_STATE_DIR"]).glob("orch.db.before-restore-*"))
+    assert bodies(orch) == ["precious"]
+
+
+def test_restore_refuses_a_url_orch_does_not_know(orch: OrchState) -> None:
+    """``ORCH_DB=mysql://x`` was taken for a path: the backup went into a file ``x`` of a
+    folder ``mysql:``."""
+    send(orch, "precious")
+    path = backed_up(orch)
+    folder = orch.project_dir / "mysql:"
+    folder.mkdir()
+    orch.env["ORCH_DB"] = "mysql://x"
+    done = orch.cli("restore", str(path))
+    assert done.returncode == 1
+    assert done.stderr == (
+        "Error: mysql:// is no store orch knows: give ORCH_DB a postgresql:// URL or a SQLite "
+        "file's path\n"
+    )
+    assert list(folder.iterdir()) == []
 
 
 def test_restore_takes_a_database_of_an_older_schema(orch: OrchState, tmp_path: Path) -> None:

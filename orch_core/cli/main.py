@@ -159,7 +159,8 @@ def restore_command(file: str) -> None:
 
     held = backup.check(file)
     aside = backup.restore(os.environ, file)
-    click.echo(f"restored {file} ({held['messages']} messages); the one it replaced is {aside}")
+    replaced = f"the one it replaced is {aside}" if aside else "there was none to set aside"
+    click.echo(f"restored {file} ({held['messages']} messages); {replaced}")
 
 
 def _core_settings() -> dict[str, Any]:

@@ -205,15 +205,19 @@ def _columns_of_schema(version: int) -> set[tuple[str, str]]:
         conn.close()
 
 
-def restore(env: Mapping[str, str], file: str) -> str:
+def restore(env: Mapping[str, str], file: str) -> str | None:
     """Put backup ``file`` in place of the database; the current one (and its WAL) is kept
-    aside under a new name, returned. Refused while ``orch supervise`` runs."""
+    aside under a new name, returned (``None`` when there was none). Refused while ``orch
+    supervise`` runs."""
     from orch_core.storage import database
     from orch_core.supervisor import lifecycle
 
     db = database(env)
     if paths.is_url(db):
         raise BackupError("the store is PostgreSQL: restore it with the server's own tools")
+    if not paths.is_file_path(db):  # never a file named after a URL
+        raise BackupError(f"{db.partition('://')[0]}:// is no store orch knows: give ORCH_DB a "
+                          "postgresql:// URL or a SQLite file's path")  # fmt: skip
     pid = lifecycle.supervisor_running(env)
     if pid:
         raise BackupError(f"orch supervise is running (pid {pid}): stop it, then restore")
@@ -239,14 +243,16 @@ def restore(env: Mapping[str, str], file: str) -> str:
     return aside
 
 
-def _set_aside(db: str) -> str:
-    """Move ``db`` and its WAL to a name of their own, returned: a name none of whose files
-    exists, each created exclusively (never an existing file, nor through a symbolic link)
-    before the move replaces it, so no database set aside before, even in the same second, is
-    ever overwritten."""
+def _set_aside(db: str) -> str | None:
+    """Move ``db`` and its WAL to a name of their own, returned (``None`` when there is
+    nothing to move): a name none of whose files exists, each created exclusively (never an
+    existing file, nor through a symbolic link) before the move replaces it, so no database set
+    aside before, even in the same second, is ever overwritten."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     suffixes = ("", "-wal", "-shm")
     present = [suffix for suffix in suffixes if os.path.lexists(db + suffix)]
+    if not present:
+        return None
     n = 0
     while True:
         n += 1
