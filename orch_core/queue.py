@@ -72,6 +72,8 @@ LEAST_RENDERED = 100
 PUSHED = "typed into the pane (--push)"
 #: Why a message that had ended is queued again (``orch queue retry``).
 RETRIED = "retried by a user"
+#: The detail of a message's first event in a store it was imported into (``orch import``).
+IMPORTED_EVENT = "imported"
 #: The most of a transcript read at once.
 TRANSCRIPT_READ = 4 * 1024 * 1024
 #: Header that starts every delivered message; confirmation looks for it in the transcript.
@@ -454,7 +456,7 @@ class Queue:
             (message_id,),
         ).fetchall()
         created = {"ts": record["created"], "state": "queued", "detail": record["sender"]}
-        imported = events and events[0][2] == "imported"
+        imported = events and events[0][2] == IMPORTED_EVENT
         record["events"] = ([] if imported else [created]) + [
             {"ts": t, "state": s, "detail": d} for t, s, d in events
         ]
@@ -1080,7 +1082,7 @@ class Queue:
                         break
                 else:
                     raise QueueError(f"message {record['id']}: other sends kept its number")
-                _event(tx, record["id"], now, row["state"], "imported")
+                _event(tx, record["id"], now, row["state"], IMPORTED_EVENT)
                 added += 1
         return added
 

@@ -554,3 +554,18 @@ def test_percentiles_are_nearest_rank(values: list[float]) -> None:
     for p in (50, 90, 99):
         expected = ordered[math.ceil(p / 100 * len(ordered)) - 1] if ordered else None
         assert got[f"p{p}"] == expected
+
+
+def test_a_pushed_message_imported_is_no_hook_delivery(orch: OrchState) -> None:
+    """``orch import`` keeps a message typed with ``--push`` delivered; the event that says it
+    was imported is no hand-over by a hook, and counts in no delivery latency."""
+    queue = Queue(orch.store)
+    now = time.time()
+    pushed = queue.send("c:1", "typed", now=now - 60)["id"]
+    assert queue.mark_pushed(pushed, now=now - 60)
+    elsewhere = Queue(orch.other_store("elsewhere"))
+    assert elsewhere.import_(queue.export(None), now=now - 30) == 1
+    assert elsewhere.get(pushed)["state"] == "delivered"  # type: ignore[index]
+    report = metrics.collect(elsewhere.store, now - HOUR, now)
+    assert report["messages"]["delivered"] == 0
+    assert report["messages"]["queued_to_delivered"]["all"]["n"] == 0

@@ -19,7 +19,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from orch_core import hosts, log
-from orch_core.queue import BANDS, PENDING_SQL, PUSHED, RETRIED, ready_sql, transcript_tail
+from orch_core.queue import (
+    BANDS,
+    IMPORTED_EVENT,
+    PENDING_SQL,
+    PUSHED,
+    RETRIED,
+    ready_sql,
+    transcript_tail,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping
@@ -464,12 +472,13 @@ def message_stats(
             " priority, created, not_before, delivered, confirmed, CASE WHEN delivered < ? THEN"
             " NULL WHEN attempts = 1 AND session_id IS NOT NULL THEN delivered ELSE (SELECT"
             " min(e.ts) FROM message_events e WHERE e.message_id = m.id AND e.state ="
-            " 'delivered' AND (e.detail IS NULL OR e.detail <> ?) AND e.ts > coalesce((SELECT"
-            " max(q.ts) FROM message_events q WHERE q.message_id = m.id AND q.detail = ?), 0))"
+            " 'delivered' AND (e.detail IS NULL OR e.detail NOT IN (?, ?)) AND e.ts >"
+            " coalesce((SELECT max(q.ts) FROM message_events q WHERE q.message_id = m.id AND"
+            " q.detail = ?), 0))"
             " END AS first FROM messages m WHERE (delivered >= ? OR confirmed >= ?)"
             f"{mine}) m LEFT JOIN (SELECT message_id, max(ts) AS at FROM"
             " message_events WHERE detail = ? GROUP BY message_id) r ON r.message_id = m.id",
-            [since, since, since, PUSHED, RETRIED, since, since, *only, RETRIED],
+            [since, since, since, PUSHED, IMPORTED_EVENT, RETRIED, since, since, *only, RETRIED],
         )
     )
     sent, dead, expired, cancelled = store.execute(
