@@ -66,9 +66,22 @@ def timed_hook(orch: OrchState, event: str, session: str) -> tuple[float, Any]:
 # -- hooks -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("down", ["stopped", "closed port"])
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port whose listener takes connections and never answers, as a stopped server or a
+    network that drops the replies does."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+@pytest.mark.parametrize("down", ["stopped", "closed port", "silent"])
 def test_hooks_answer_within_their_budget_while_the_database_is_down(
-    orch: OrchState, cluster: Cluster, down: str
+    orch: OrchState, cluster: Cluster, silent_port: int, down: str
 ) -> None:
     queue = Queue(orch.store)
     sent = queue.send(AGENT, "waits out the outage")["id"]
@@ -76,7 +89,8 @@ def test_hooks_answer_within_their_budget_while_the_database_is_down(
     if down == "stopped":
         cluster.pause()
     else:
-        orch.env["ORCH_DB"] = cluster.url("orch").replace(str(cluster.port), str(free_port()))
+        port = silent_port if down == "silent" else free_port()
+        orch.env["ORCH_DB"] = cluster.url("orch").replace(str(cluster.port), str(port))
     timings = {}
     for event in EVENTS:
         elapsed, result = timed_hook(orch, event, "outage")
@@ -92,6 +106,12 @@ def test_hooks_answer_within_their_budget_while_the_database_is_down(
     assert all("is unreachable" in line["error"] for line in unrecorded), unrecorded
     failed = logged(orch, "plugins failed")
     assert {p["plugin"] for line in failed for p in line["plugins"]} >= {"queue", "presence"}
+    if down == "silent":  # the plugins that need no store still answer: orch-guard's deny
+        forced = payload("PreToolUse", session_id="outage",
+                         tool_input={"command": "git push --force origin main"})  # fmt: skip
+        denied = orch.run_hook(forced, ORCH_AGENT=AGENT, timeout=30)
+        assert denied.output is not None, denied
+        assert denied.output["hookSpecificOutput"]["permissionDecision"] == "deny"
     if down == "stopped":
         cluster.resume()
     else:

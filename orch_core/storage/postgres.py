@@ -83,6 +83,11 @@ IDLE_IN_TRANSACTION = "60s"
 COMMITTING = " as it committed (whether the transaction took effect is unknown)"
 #: Seconds a failed connection attempt is remembered (and repeated without asking the server).
 HOLDOFF = 1.0
+#: The share of the store's timeout that connecting may take (a hook's: a quarter of a second
+#: of its half second), bounded here: libpq's own bound is two seconds at least, and a server
+#: that takes the connection and never answers (stopped, or packets dropped on the way) would
+#: otherwise hold a hook past its backstop, its plugins' answers (a deny) with it.
+CONNECT_SHARE = 0.5
 #: Statements translated so far, by their text; cleared when it grows past :data:`KEEP_SQL`
 #: (``IN (?, ?, …)`` lists make statements of many lengths).
 _translated: dict[str, str] = {}
@@ -384,8 +389,8 @@ class PostgresStore(Store):
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: {one_line(exc)}") from None
         try:
-            conn = psycopg.connect(conninfo, autocommit=True, cursor_factory=psycopg.RawCursor)
-        except psycopg.Error as exc:
+            conn = _connect_within(conninfo, self.timeout * CONNECT_SHARE)
+        except (psycopg.Error, TimeoutError) as exc:
             said = f"{self.where} is unreachable: {one_line(exc)}"
             self._down = (time.monotonic() + HOLDOFF, said)
             raise DatabaseUnreachable(said) from None
@@ -733,6 +738,44 @@ class Later:
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._sent().fetchall())
+
+
+def _connect_within(conninfo: str, seconds: float) -> psycopg.Connection[Any]:
+    """``psycopg.connect`` that gives up after ``seconds`` (``TimeoutError``). The attempt goes
+    on in its thread until libpq's own bound, and closes what it got once nobody waits for it."""
+    import psycopg
+
+    got: list[Any] = []
+    done = _thread.allocate_lock()
+    done.acquire()
+    guard = _thread.allocate_lock()
+
+    def attempt() -> None:
+        conn: psycopg.Connection[Any] | None = None
+        error: BaseException | None = None
+        try:
+            conn = psycopg.connect(conninfo, autocommit=True, cursor_factory=psycopg.RawCursor)
+        except BaseException as exc:  # handed to the waiting thread
+            error = exc
+        with guard:
+            if got:  # the waiter gave up: this connection is nobody's
+                if conn is not None:
+                    conn.close()
+                return
+            got.append((conn, error))
+        done.release()
+
+    _thread.start_new_thread(attempt, ())
+    answered = done.acquire(timeout=max(0.001, seconds))
+    with guard:
+        if not answered and not got:
+            got.append((None, None))
+            raise TimeoutError(f"no answer within {seconds:.3f}s")
+    conn, error = got[0]
+    if error is not None:
+        raise error
+    connected: psycopg.Connection[Any] = conn
+    return connected
 
 
 def public(url: str) -> str:
