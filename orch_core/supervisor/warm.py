@@ -129,7 +129,9 @@ class WarmServer:
     def _serve(self, conn: socket.socket) -> None:
         try:
             request, body = self._read(conn)
-            if request is not None:
+            if request is None:  # declined, not dropped: the process does its own work
+                _answer(conn, {"declined": "another user's supervisor"})
+            else:
                 answer = self._answer(request, body, lambda line: _answer(conn, line))
                 _answer(conn, answer)
         except Exception as exc:  # a broken request or connection costs that request only
