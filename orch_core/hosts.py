@@ -8,9 +8,11 @@ store several machines share (PostgreSQL, :attr:`Store.shared`):
 - **Names**: a tmux window's agent is ``host/session:window`` (two hosts may both have a
   ``proj:1``); a name someone chose (``ORCH_AGENT``, ``orch spawn NAME``) is the agent's id as
   given, one agent fleet-wide. :class:`Names` reads what a person or a program writes: an id
-  orch knows is that agent; ``host/name`` is the agent ``name`` of that host; a bare name is
-  this host's, else the one agent of that name in the fleet, and names on several hosts are an
-  error that lists them.
+  orch knows is that agent; ``host/name`` is the agent ``name`` of that host, when ``host`` is
+  one of the fleet's (this one, one an agent runs on, one that ran a supervisor), even when
+  another host has a tmux session called ``host/...``; any other name is bare (a tmux session
+  may be called ``my/proj``): this host's, else the one agent of that name in the fleet, and
+  names on several hosts are an error that lists them.
 - **Owners**: each host's supervisor looks after its own agents: its panes, wake-ups,
   restarts (:func:`owned`). What the store keeps for all (restart limits, history, queues) is
   shared.
@@ -66,6 +68,7 @@ class Names:
 
     def __init__(self, store: Store, env: Mapping[str, str] = os.environ) -> None:
         self.shared = store.shared
+        self._store = store
         self.here = paths.host(env)
         rows = store.execute(
             "SELECT a.id, coalesce(s.host, a.host) FROM agents a"
@@ -79,7 +82,7 @@ class Names:
         if target in self.hosts:
             return target
         host, slash, name = target.partition("/")
-        if slash and paths.valid_host(host):
+        if slash and self._known_host(host):
             for agent, where in self.hosts.items():
                 if where == host and name_of(agent, where) == name:
                     return agent
@@ -93,6 +96,17 @@ class Names:
                 f"{target!r} is on {len(found)} hosts: {', '.join(found)}; name one as host/name"
             )
         return target
+
+    def _known_host(self, host: str) -> bool:
+        """Whether ``host`` is a host of the fleet: this one, one an agent runs on, or one that
+        ran a supervisor. Text before a ``/`` that names none is part of a bare name (tmux
+        takes ``my/proj`` as a session's name)."""
+        if host == self.here or host in self.hosts.values():
+            return True
+        if not paths.valid_host(host):
+            return False
+        row = self._store.execute("SELECT 1 FROM hosts WHERE host = ?", (host,)).fetchone()
+        return row is not None
 
     def matching(self, pattern: str) -> list[str]:
         """Agents matching ``pattern`` on every host: a pattern with ``/`` is matched against

@@ -100,6 +100,27 @@ def test_a_bare_name_is_this_hosts_agent_else_the_only_one_else_an_error_listing
     )
 
 
+def test_a_bare_name_may_hold_a_slash_and_a_host_of_the_fleet_before_one_wins(
+    orch: OrchState,
+) -> None:
+    """tmux takes ``my/proj`` as a session's name: its window 2 on host alpha is
+    ``alpha/my/proj:2``, and ``my/proj:2`` its bare name while no host is called ``my``."""
+    seen(orch.store, {**FLEET, "alpha/my/proj:2": "alpha"})
+    sent = json.loads(cli(orch, "alpha", "send", "my/proj:2", "hello", "--json").stdout)
+    assert sent["agent"] == "alpha/my/proj:2"
+    result = orch.run_hook(payload("UserPromptSubmit", session_id="s-my"),
+                           ORCH_AGENT="alpha/my/proj:2", ORCH_HOST="alpha")  # fmt: skip
+    assert result.context is not None and "hello" in result.context
+    assert Names(orch.store, on(orch, "gamma")).resolve("my/proj:2") == "alpha/my/proj:2"
+    # once a host is called my, my/proj:2 is its window, started or not: never alpha's
+    hosts.beat(orch.store, "my")
+    assert Names(orch.store, on(orch, "alpha")).resolve("my/proj:2") == "my/proj:2"
+    seen(orch.store, {"my/proj:2": "my"})
+    names = Names(orch.store, on(orch, "alpha"))
+    assert names.resolve("my/proj:2") == "my/proj:2"
+    assert names.resolve("alpha/my/proj:2") == "alpha/my/proj:2"  # the full name reaches it
+
+
 def test_orch_send_delivers_to_the_agent_the_name_means_and_refuses_a_name_of_two_hosts(
     orch: OrchState,
 ) -> None:
