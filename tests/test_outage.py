@@ -205,6 +205,11 @@ def test_the_store_opens_a_fresh_connection_after_the_server_dropped_it(
     cluster.resume()
     store.anew()
     assert store.execute("SELECT 1").fetchone() == (1,)
+    # ...and finds a connection the server dropped while it was kept, before using it
+    cluster.pause()
+    cluster.resume()
+    store.anew()
+    assert store.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_the_supervisor_waits_with_backoff_and_doctor_names_the_outage(

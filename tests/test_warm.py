@@ -182,6 +182,27 @@ def test_orch_send_is_sent_by_the_hosts_supervisor_without_importing_psycopg(
     assert len(Queue(orch.store).messages()) == 4
 
 
+def test_the_first_send_and_hook_after_the_server_dropped_the_supervisors_connections_succeed(
+    orch: OrchState, tmp_path: Path, supervisor: subprocess.Popen[bytes]
+) -> None:
+    """A server restart ends every session: the connections the supervisor keeps for the next
+    send and hook are found dropped and opened afresh, not used to fail that send or hook."""
+    sent = run(orch, tmp_path, "orch", "send", "p:1", "up-1")
+    assert (sent.code, sent.heavy) == (0, set()), sent.stderr
+    assert prompt(orch, tmp_path).context.count("up-1") == 1  # the hooks' connection is kept too
+    ended = orch.store.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE application_name = 'orch' AND pid <> pg_backend_pid()"
+    ).fetchone()[0]
+    assert ended >= 2
+    sent = run(orch, tmp_path, "orch", "send", "p:1", "after-restart", "--json")
+    assert (sent.code, sent.heavy, sent.stderr) == (0, set(), "")
+    warmed = prompt(orch, tmp_path)
+    assert (warmed.code, warmed.imported_psycopg) == (0, False), warmed
+    assert warmed.context.count("after-restart") == 1
+    assert state_of(Queue(orch.store), json.loads(sent.stdout)["id"]) == "delivered"
+
+
 def test_a_supervisor_that_takes_a_hook_and_never_answers_costs_one_budget(
     orch: OrchState, tmp_path: Path
 ) -> None:

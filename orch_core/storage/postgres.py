@@ -355,7 +355,11 @@ class PostgresStore(Store):
             self._pool.give_back(_thread.get_ident())
 
     def anew(self) -> None:
+        """As :meth:`Store.anew`, and a connection kept that the server has dropped meanwhile
+        (restarted, or the session ended) is replaced before the next statement would fail on
+        it: a look at its socket, no round trip."""
         self._down = None
+        self._pool.close_if(_dropped)
 
     def _conninfo(self) -> str:
         """The URL with orch's session settings: its timeouts, durability, name, encoding."""
@@ -809,6 +813,19 @@ def _idle(conn: psycopg.Connection[Any]) -> bool:
     from psycopg.pq import TransactionStatus
 
     return conn.info.transaction_status == TransactionStatus.IDLE
+
+
+def _dropped(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server has ended ``conn``'s session: at rest, with no statement running, a
+    connection hears from the server only when it ends the session (its last words, then the
+    end of the stream). Anything else said at rest costs a reconnection, no more."""
+    import select
+
+    if conn.closed or not _idle(conn):
+        return False
+    poll = select.poll()
+    poll.register(conn.fileno(), select.POLLIN)
+    return bool(poll.poll(0))
 
 
 def _ms(seconds: float) -> int:

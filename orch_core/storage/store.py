@@ -805,6 +805,15 @@ class Pool:
         else:
             conn.close()
 
+    def close_if(self, dropped: Callable[[Any], bool]) -> None:
+        """Close the connections kept that ``dropped`` says are gone, for :meth:`get` to open
+        others in their place; only while no thread uses them."""
+        with self._lock:
+            conns = [*self._taken.values(), *self._idle]
+        for conn in conns:
+            if dropped(conn):
+                conn.close()
+
     def close(self) -> None:
         with self._lock:
             conns = [*self._taken.values(), *self._idle]
