@@ -78,6 +78,40 @@ def test_a_plugin_holding_the_interpreter_lock_is_stopped_by_the_backstop(
     assert (run["event"], run["agent"], run["exit_code"]) == ("Notification", "a:1", 1)
 
 
+def test_a_reply_given_before_the_backstop_keeps_its_decision(orch: OrchState) -> None:
+    """The reply is written as soon as the plugins' answers are folded: an observer of
+    ``orch_hook_answered`` that then holds the interpreter lock ends the run with exit 1, and
+    the deny already on stdout still decides (Claude Code takes a valid JSON reply whatever
+    the exit code: tests/e2e/test_harness.py::test_how_each_pre_tool_use_answer_is_taken)."""
+    stuck = """
+import re
+from orch_core import Answer, hookimpl
+
+@hookimpl
+def orch_pre_tool_use():
+    return Answer(permission="deny", reason="not this one")
+
+@hookimpl
+def orch_hook_answered(event):
+    if event.name == "PreToolUse":
+        re.match("^(a+)+$", "a" * 30 + "!")
+"""
+    plugins_of(orch, "stuck", source=stuck)
+    assert orch.run_hook(payload("Stop"), ORCH_AGENT="a:1").exit_code == 0  # the plan, cached
+    elapsed, result = timed(orch, payload("PreToolUse"), ORCH_AGENT="a:1")
+    assert elapsed < BUDGET + ANSWER_MARGIN + STARTUP, elapsed
+    assert result.exit_code == 1  # the backstop's
+    assert result.output == {
+        "hookSpecificOutput": {
+            "hookEventName": "PreToolUse",
+            "permissionDecision": "deny",
+            "permissionDecisionReason": "not this one",
+        }
+    }
+    assert result.stderr == "not this one\n"
+    assert "stuck killed: still running when the backstop stopped orch-hook" in doctor(orch)
+
+
 def test_a_plugin_that_hangs_at_import_costs_at_most_the_budget(orch: OrchState) -> None:
     plugins_of(orch, "polite", "sleepy", source="import time\ntime.sleep(60)\n")
     event = payload("PostToolUse")

@@ -79,9 +79,71 @@ def silent_port() -> Iterator[int]:
     listener.close()
 
 
-@pytest.mark.parametrize("down", ["stopped", "closed port", "silent"])
+@pytest.fixture
+def mute_port(cluster: Cluster) -> Iterator[int]:
+    """A port that passes each connection to the server until the server is ready for its
+    first statement, and then nothing either way: a server that took the connection and
+    stopped answering (stopped, stuck on its disk, or behind a network that went)."""
+    import select
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    open_sockets: list[socket.socket] = [listener]
+    closing = threading.Event()
+
+    def relay(client: socket.socket) -> None:
+        server = socket.create_connection(("127.0.0.1", cluster.port))
+        open_sockets.append(server)
+        first = client.recv(8)  # SSL or GSS encryption asked for: refused, as a server may
+        while first[4:8] in (b"\x04\xd2\x16\x2f", b"\x04\xd2\x16\x30"):
+            client.sendall(b"N")
+            first = client.recv(8)
+        server.sendall(first)
+        from_server, ready = b"", False
+        while not closing.is_set():
+            readable, _, _ = select.select([client, server], [], [], 0.2)
+            for sock in readable:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                if ready:
+                    continue  # taken, and never answered
+                if sock is client:
+                    server.sendall(data)
+                    continue
+                client.sendall(data)
+                from_server += data
+                while len(from_server) >= 5:  # each message: its type, its length, the rest
+                    size = 1 + int.from_bytes(from_server[1:5], "big")
+                    if len(from_server) < size:
+                        break
+                    ready = ready or from_server[:1] == b"Z"
+                    from_server = from_server[size:]
+
+    def accept() -> None:
+        while not closing.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            open_sockets.append(client)
+            threading.Thread(target=relay, args=(client,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    closing.set()
+    thread.join(5)
+    for sock in open_sockets:
+        sock.close()
+
+
+@pytest.mark.parametrize("down", ["stopped", "closed port", "silent", "mute"])
 def test_hooks_answer_within_their_budget_while_the_database_is_down(
-    orch: OrchState, cluster: Cluster, silent_port: int, down: str
+    orch: OrchState, cluster: Cluster, silent_port: int, mute_port: int, down: str
 ) -> None:
     queue = Queue(orch.store)
     sent = queue.send(AGENT, "waits out the outage")["id"]
@@ -89,8 +151,8 @@ def test_hooks_answer_within_their_budget_while_the_database_is_down(
     if down == "stopped":
         cluster.pause()
     else:
-        port = silent_port if down == "silent" else free_port()
-        orch.env["ORCH_DB"] = cluster.url("orch").replace(str(cluster.port), str(port))
+        ports = {"silent": silent_port, "mute": mute_port, "closed port": free_port()}
+        orch.env["ORCH_DB"] = orch.env["ORCH_DB"].replace(f":{cluster.port}/", f":{ports[down]}/")
     timings = {}
     for event in EVENTS:
         elapsed, result = timed_hook(orch, event, "outage")
@@ -103,10 +165,13 @@ def test_hooks_answer_within_their_budget_while_the_database_is_down(
     # each run says why it went without the store, naming the server (never its password)
     unrecorded = logged(orch, "cannot record the hook run")
     assert len(unrecorded) == len(EVENTS)
-    assert all("is unreachable" in line["error"] for line in unrecorded), unrecorded
+    said = "kept the connection" if down == "mute" else "is unreachable"
+    assert all(said in line["error"] for line in unrecorded), unrecorded
     failed = logged(orch, "plugins failed")
     assert {p["plugin"] for line in failed for p in line["plugins"]} >= {"queue", "presence"}
-    if down == "silent":  # the plugins that need no store still answer: orch-guard's deny
+    if down == "mute":  # each hook waited for its first statement half of what was left
+        assert len(logged(orch, "the store did not answer in time")) == len(EVENTS)
+    if down in ("silent", "mute"):  # the plugins that need no store still answer: orch-guard's deny
         forced = payload("PreToolUse", session_id="outage",
                          tool_input={"command": "git push --force origin main"})  # fmt: skip
         denied = orch.run_hook(forced, ORCH_AGENT=AGENT, timeout=30)

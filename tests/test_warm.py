@@ -316,6 +316,47 @@ def test_a_plugin_that_calls_os_exit_ends_its_own_call_not_the_supervisor(
         process.wait(timeout=30)
 
 
+SLOW_OBSERVER = """
+import pathlib, time
+from orch_core import hookimpl
+
+@hookimpl
+def orch_user_prompt_submit():
+    return "answered early"
+
+@hookimpl
+def orch_hook_answered(event):
+    time.sleep(0.4)
+    pathlib.Path(event.cwd, "observed").write_text("done")
+"""
+
+
+def test_the_supervisor_gives_a_hooks_reply_before_its_observers_and_record(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """The asking process writes the reply and ends as soon as the answers are folded; the
+    supervisor then runs the ``orch_hook_answered`` observers and records the run."""
+    orch.store.add_agent("p:1", "busy", session_id="s1", project_dir=str(orch.project_dir))
+    orch.plugin_module("slow_observer", SLOW_OBSERVER)
+    orch.write_config('[plugins]\nload = ["slow_observer"]\n')
+    process = subprocess.Popen([orch_script(), "supervise"], env=orch.env, cwd=orch.project_dir)
+    try:
+        wait_until(
+            lambda: os.path.exists(warm.socket_path(orch.env)), what="the supervisor's socket"
+        )
+        warmed = prompt(orch, tmp_path)
+        observed = orch.project_dir / "observed"
+        assert not observed.exists(), "the reply waited for the observer"
+        assert (warmed.code, warmed.imported_psycopg) == (0, False), warmed
+        assert warmed.context == "answered early"
+        wait_until(observed.exists, what="the observer")
+        recorded = "SELECT count(*) FROM hook_runs WHERE event = 'UserPromptSubmit'"
+        wait_until(lambda: orch.store.execute(recorded).fetchone()[0] == 1, what="the record")
+    finally:
+        orch.stop_supervisor()
+        process.wait(timeout=30)
+
+
 def test_nothing_is_written_or_removed_through_what_someone_planted_in_the_state_folder(
     orch: OrchState, tmp_path: Path
 ) -> None:

@@ -86,9 +86,11 @@ class Call:
 
 
 class Outcome:
-    """Everything one dispatch did: the reply, and each plugin's outcome for the record."""
+    """Everything one dispatch did: the reply, and each plugin's outcome for the record.
+    ``abandoned``: a thread of the run was left running (a plugin past its budget, or a store
+    that did not answer), which may still use the store."""
 
-    __slots__ = ("agent", "event", "plugins", "reply")
+    __slots__ = ("abandoned", "agent", "event", "plugins", "reply")
 
     def __init__(
         self,
@@ -96,11 +98,14 @@ class Outcome:
         event: events.Event | None = None,
         agent: str | None = None,
         plugins: list[dict[str, Any]] | None = None,
+        *,
+        abandoned: bool = False,
     ) -> None:
         self.reply = reply
         self.event = event
         self.agent = agent
         self.plugins = plugins or []
+        self.abandoned = abandoned or any(p["outcome"] == "timeout" for p in self.plugins)
 
 
 def call_all(
@@ -156,6 +161,7 @@ def dispatch(
     began: float | None = None,
     cwd: str | None = None,
     answer_by: Callable[[float], object] | None = None,
+    reply_to: Callable[[answers.Reply], object] | None = None,
 ) -> Outcome:
     """Handle one hook event from its raw stdin bytes. The budget counts from here (or from
     ``began``, the ``time.time()`` the hook process began, when the supervisor dispatches for
@@ -163,7 +169,10 @@ def dispatch(
     ``armed``: ``orch-hook``'s backstop, which ends the process should the dispatcher not get to
     answer in time, moved here to the event's budget. ``cwd``: the hook process's, should the
     event name none. ``answer_by`` hears, once the budget is known, by when (``time.time()``)
-    the reply is due."""
+    the reply is due. ``reply_to`` hears the reply as soon as it is folded, before the
+    ``orch_hook_answered`` observers and the run's record: a reply written there keeps its
+    decision even if the process is ended after (Claude Code takes a valid JSON reply whatever
+    the exit code: tests/e2e/test_harness.py)."""
     start = time.perf_counter()
     if began is not None:
         start -= max(0.0, time.time() - began)
@@ -218,13 +227,7 @@ def dispatch(
         runtime.started = began
     runtime.deadline = time.time() + (deadline - time.perf_counter())
     runtime.event_name = event.name
-    try:
-        runtime.agent = agents.resolve(
-            env, event.session_id, store, timeout=max(0.01, deadline - time.perf_counter())
-        )
-    except Exception as exc:
-        log.write("error", "cannot resolve the agent", env, error=repr(exc))
-    runtime.ensure_schemas(timeout=max(0.01, deadline - time.perf_counter()) / 4)
+    runtime.agent, prepared = _prepare(runtime, event.session_id, deadline)
 
     calls = call_all(impls, {"event": event}, runtime, deadline)
     given, outcomes = [], []
@@ -240,14 +243,51 @@ def dispatch(
                     given.append(answer)
         outcomes.append(outcome)
     reply = answers.fold(event, given)
+    if reply_to is not None:
+        try:
+            reply_to(reply)
+        except Exception as exc:  # the caller went away: the run is still recorded
+            log.write("error", "cannot give the reply", env, error=repr(exc))
     answered = plan.impls("orch_hook_answered")
     if answered:
         kwargs = {"event": event, "blocked": reply.blocked}
         observed = [c.outcome(budget) for c in call_all(answered, kwargs, runtime, deadline)]
         outcomes += [outcome for outcome in observed if outcome["outcome"] != "ok"]
-    result = Outcome(reply, event, runtime.agent, outcomes)
+    result = Outcome(reply, event, runtime.agent, outcomes, abandoned=not prepared)
     _record(result, store, env, start, deadline)
     return result
+
+
+def _prepare(runtime: Runtime, session_id: str | None, deadline: float) -> tuple[str | None, bool]:
+    """The agent, and the plugins' tables brought to their versions, in a thread of its own
+    given half of what is left of the budget: a database that took the connection and then
+    stopped answering must leave the plugins that need no store their time (orch-guard's
+    deny). The agent (``None`` if not known by then), and whether it all finished."""
+    env, store = runtime.env, runtime.store
+    found: list[str | None] = []
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def prepare() -> None:
+        try:
+            found.append(agents.resolve(
+                env, session_id, store, timeout=max(0.01, deadline - time.perf_counter())
+            ))  # fmt: skip
+        except Exception as exc:
+            found.append(None)
+            log.write("error", "cannot resolve the agent", env, error=repr(exc))
+        try:
+            runtime.ensure_schemas(timeout=max(0.01, deadline - time.perf_counter()) / 4)
+        finally:
+            store.release()
+            done.release()
+
+    _thread.start_new_thread(prepare, ())
+    finished = done.acquire(timeout=max(0.01, deadline - time.perf_counter()) / 2)
+    if not finished:
+        log.write("error", "the store did not answer in time; plugins go on without it", env,
+                  agent=found[0] if found else None)  # fmt: skip
+    return (found[0] if found else None), finished
 
 
 def _record(
@@ -322,12 +362,19 @@ def main() -> None:
             _write_all(reply_out, _utf8(warmed.get("stdout", "")))
             _write_all(reply_err, _utf8(warmed.get("stderr", "")))
             exit_now(int(warmed.get("exit_code", 0)))
-        reply = dispatch(raw, armed=armed).reply
-        if reply.output is not None:
-            _write_all(reply_out, _utf8(reply.stdout()))
-        if reply.stderr:
-            _write_all(reply_err, _utf8(reply.stderr + "\n"))
-        code = reply.exit_code
+        given: list[answers.Reply] = []
+
+        def reply_now(reply: answers.Reply) -> None:
+            given.append(reply)
+            if reply.output is not None:
+                _write_all(reply_out, _utf8(reply.stdout()))
+            if reply.stderr:
+                _write_all(reply_err, _utf8(reply.stderr + "\n"))
+
+        outcome = dispatch(raw, armed=armed, reply_to=reply_now)
+        if not given:  # bad input or an unknown event: nothing was folded
+            reply_now(outcome.reply)
+        code = outcome.reply.exit_code
     except BaseException as exc:  # the last line of defence: never break the agent
         log.write("error", "orch-hook failed", error=repr(exc))
     armed.disarm()

@@ -24,6 +24,7 @@ from typing import Any
 
 from orch_core import __version__, log, paths
 from orch_core.hook import warm
+from orch_core.hook.answers import Reply
 from orch_core.plugins.plan import Plan
 from orch_core.storage import database, open_store
 from orch_core.storage.store import Store
@@ -133,7 +134,8 @@ class WarmServer:
                 _answer(conn, {"declined": "another user's supervisor"})
             else:
                 answer = self._answer(request, body, lambda line: _answer(conn, line))
-                _answer(conn, answer)
+                if answer is not None:
+                    _answer(conn, answer)
         except Exception as exc:  # a broken request or connection costs that request only
             log.write("error", "supervisor could not answer a request", self.env,
                       error=repr(exc))  # fmt: skip
@@ -164,7 +166,8 @@ class WarmServer:
 
     def _answer(
         self, request: dict[str, Any], body: bytes, say: Callable[[dict[str, Any]], None]
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
+        """The answer to ``request``; ``None`` when ``say`` gave it already."""
         if request.get("version") != __version__:
             return {"declined": f"orch {__version__} answers here"}
         if request.get("database") != self.database:
@@ -186,7 +189,9 @@ class WarmServer:
         raw: bytes,
         request: dict[str, Any],
         say: Callable[[dict[str, Any]], None],
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
+        """The hook's reply, said as soon as it is folded: the process that asked writes it and
+        ends while this one records the run. ``None`` once said."""
         from orch_core.hook import dispatch
         from orch_core.plugins import plan as plans
 
@@ -198,6 +203,12 @@ class WarmServer:
         if plan is not None and self._changed_since_start(plan):
             return {"declined": "plugin code changed since the supervisor started"}
         store = self._store(durable=False)
+        said: list[bool] = []
+
+        def tell(reply: Reply) -> None:
+            say(_reply(reply))
+            said.append(True)
+
         outcome = dispatch.dispatch(
             raw,
             env,
@@ -206,11 +217,11 @@ class WarmServer:
             began=float(request["began"]),
             cwd=str(request["cwd"]),
             answer_by=lambda by: say({"answer_by": by}),
+            reply_to=tell,
         )
-        if all(p["outcome"] != "timeout" for p in outcome.plugins):
-            self._give_back(store, durable=False)  # else a plugin thread may still use it
-        reply = outcome.reply
-        return {"stdout": reply.stdout(), "stderr": reply.stderr, "exit_code": reply.exit_code}
+        if not outcome.abandoned:
+            self._give_back(store, durable=False)  # else a thread of the run may still use it
+        return None if said else _reply(outcome.reply)
 
     def _changed_since_start(self, plan: Plan) -> bool:
         """Whether code the plan runs changed after this process started: modules it imported
@@ -294,3 +305,8 @@ def _refuse_exit_from_threads() -> None:
 
     refuse_exit.refuses_threads = True  # type: ignore[attr-defined]
     os._exit = refuse_exit  # type: ignore[assignment]
+
+
+def _reply(reply: Reply) -> dict[str, Any]:
+    """A hook's reply as the asking process writes it."""
+    return {"stdout": reply.stdout(), "stderr": reply.stderr, "exit_code": reply.exit_code}

@@ -204,6 +204,62 @@ def test_post_tool_use_block_reason_reaches_model(
     assert "orch-e2e stderr" not in second.text()
 
 
+# What a PreToolUse hook may answer: (a deny on stdout, exit code). Exit 1 is what orch-hook's
+# backstop leaves when it ends a run that had already written its reply.
+DENY_REASON = "orch-e2e deny: not this command"
+DENY = {"hookSpecificOutput": {"hookEventName": "PreToolUse", "permissionDecision": "deny",
+                               "permissionDecisionReason": DENY_REASON}}  # fmt: skip
+PRE_TOOL_USE_SHAPES: dict[str, tuple[dict[str, Any] | None, int]] = {
+    "deny, exit 0": (DENY, 0),
+    "deny, exit 2": (DENY, 2),
+    "deny, exit 1": (DENY, 1),
+    "nothing, exit 1": (None, 1),
+}
+PRE_TOOL_USE_HOOK = (
+    HOOK_PREAMBLE
+    + """\
+output, code = json.loads(pathlib.Path(sys.argv[1]).read_text())
+if output is not None:
+    print(json.dumps(output))
+print("orch-e2e stderr", file=sys.stderr)
+sys.exit(code)
+"""
+)
+
+
+@pytest.mark.claude
+@pytest.mark.parametrize("shape", list(PRE_TOOL_USE_SHAPES))
+def test_how_each_pre_tool_use_answer_is_taken(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path, shape: str
+) -> None:
+    """A deny on stdout stops the call whatever the exit code, 1 included: a reply written
+    before the process is ended keeps its decision. With nothing on stdout, exit 1 lets the
+    call run (fails open)."""
+    answer = tmp_path / "answer.json"
+    answer.write_text(json.dumps(PRE_TOOL_USE_SHAPES[shape]))
+    command, log = install_hook(tmp_path, "pre_tool_use", PRE_TOOL_USE_HOOK, str(answer))
+    write_hook_settings(project, {"PreToolUse": command})
+    marker = project / "ran"  # in the working folder: a call there needs no other permission
+    tool_id = standin.reply_tool_use("Bash", {"command": "touch ran", "description": "Touch"})
+    standin.reply_text("done")
+
+    session = claude()
+    session.prompt("Touch the file with Bash.")
+    second = session.wait_for_requests(2)[1]
+
+    assert len(logged_events(log, "PreToolUse")) == 1
+    index = second.tool_result_index(tool_id)
+    assert index is not None, "the call's result never reached the model"
+    if PRE_TOOL_USE_SHAPES[shape][0] is None:
+        assert marker.exists(), "exit 1 without a decision lets the call run"
+        assert DENY_REASON not in second.text()
+    else:
+        assert not marker.exists(), f"{shape}: the denied command ran"
+        assert [t for t in second.texts(index) if DENY_REASON in t], second.texts(index)
+        assert second.text().count(DENY_REASON) == 1
+    assert "orch-e2e stderr" not in second.text()
+
+
 @pytest.mark.claude
 def test_session_lifecycle_hooks_see_the_callers_env(
     claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
