@@ -79,71 +79,88 @@ def silent_port() -> Iterator[int]:
     listener.close()
 
 
-@pytest.fixture
-def mute_port(cluster: Cluster) -> Iterator[int]:
-    """A port that passes each connection to the server until the server is ready for its
-    first statement, and then nothing either way: a server that took the connection and
-    stopped answering (stopped, stuck on its disk, or behind a network that went)."""
-    import select
-    import socket
+class Mute:
+    """A port in front of the server that, while :attr:`muted` is set, passes a connection
+    until the server is ready for its first statement, and then nothing either way: a server
+    that took the connection and stopped answering (stuck on its disk, or behind a network
+    gone mid-session). Unmuted, it passes everything."""
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    open_sockets: list[socket.socket] = [listener]
-    closing = threading.Event()
+    def __init__(self, server_port: int) -> None:
+        import socket
 
-    def relay(client: socket.socket) -> None:
-        server = socket.create_connection(("127.0.0.1", cluster.port))
-        open_sockets.append(server)
+        self.server_port = server_port
+        self.muted = threading.Event()
+        self.muted.set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def url(self, url: str) -> str:
+        return url.replace(f":{self.server_port}/", f":{self.port}/")
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(5)
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._sockets.append(client)
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: Any) -> None:
+        import select
+        import socket
+
+        server = socket.create_connection(("127.0.0.1", self.server_port))
+        self._sockets.append(server)
         first = client.recv(8)  # SSL or GSS encryption asked for: refused, as a server may
         while first[4:8] in (b"\x04\xd2\x16\x2f", b"\x04\xd2\x16\x30"):
             client.sendall(b"N")
             first = client.recv(8)
         server.sendall(first)
         from_server, ready = b"", False
-        while not closing.is_set():
+        while not self._closing.is_set():
             readable, _, _ = select.select([client, server], [], [], 0.2)
             for sock in readable:
                 data = sock.recv(65536)
                 if not data:
                     return
-                if ready:
+                if ready and self.muted.is_set():
                     continue  # taken, and never answered
-                if sock is client:
-                    server.sendall(data)
-                    continue
-                client.sendall(data)
-                from_server += data
-                while len(from_server) >= 5:  # each message: its type, its length, the rest
-                    size = 1 + int.from_bytes(from_server[1:5], "big")
-                    if len(from_server) < size:
-                        break
-                    ready = ready or from_server[:1] == b"Z"
-                    from_server = from_server[size:]
+                (client if sock is server else server).sendall(data)
+                if sock is server and not ready:
+                    from_server += data
+                    while len(from_server) >= 5:  # each message: its type, its length, the rest
+                        size = 1 + int.from_bytes(from_server[1:5], "big")
+                        if len(from_server) < size:
+                            break
+                        ready = ready or from_server[:1] == b"Z"
+                        from_server = from_server[size:]
 
-    def accept() -> None:
-        while not closing.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            open_sockets.append(client)
-            threading.Thread(target=relay, args=(client,), daemon=True).start()
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    closing.set()
-    thread.join(5)
-    for sock in open_sockets:
-        sock.close()
+@pytest.fixture
+def mute(cluster: Cluster) -> Iterator[Mute]:
+    proxy = Mute(cluster.port)
+    yield proxy
+    proxy.close()
 
 
 @pytest.mark.parametrize("down", ["stopped", "closed port", "silent", "mute"])
 def test_hooks_answer_within_their_budget_while_the_database_is_down(
-    orch: OrchState, cluster: Cluster, silent_port: int, mute_port: int, down: str
+    orch: OrchState, cluster: Cluster, silent_port: int, mute: Mute, down: str
 ) -> None:
     queue = Queue(orch.store)
     sent = queue.send(AGENT, "waits out the outage")["id"]
@@ -151,7 +168,7 @@ def test_hooks_answer_within_their_budget_while_the_database_is_down(
     if down == "stopped":
         cluster.pause()
     else:
-        ports = {"silent": silent_port, "mute": mute_port, "closed port": free_port()}
+        ports = {"silent": silent_port, "mute": mute.port, "closed port": free_port()}
         orch.env["ORCH_DB"] = orch.env["ORCH_DB"].replace(f":{cluster.port}/", f":{ports[down]}/")
     timings = {}
     for event in EVENTS:
@@ -210,6 +227,28 @@ def test_orch_send_fails_in_one_line_and_stores_nothing_while_the_database_is_do
     again = orch.cli("send", AGENT, "after the outage")
     assert again.returncode == 0, again.stderr
     assert [m["body"] for m in Queue(orch.store).messages()] == ["after the outage"]
+
+
+def test_a_command_fails_in_one_line_when_the_server_stops_answering(
+    orch: OrchState, mute: Mute
+) -> None:
+    """A server that took the connection and answers no statement (stuck on its disk, or a
+    network gone mid-session): its own ``statement_timeout`` never comes, so orch bounds each
+    wait for it itself, a little past the store's timeout, and gives up on the connection."""
+    Queue(orch.store).has_pending(AGENT)  # tables made
+    orch.env["ORCH_DB"] = mute.url(orch.env["ORCH_DB"])
+    for command in (["send", AGENT, "into the silence"], ["queue", "--json"]):
+        start = time.monotonic()
+        done = orch.cli(*command)
+        elapsed = time.monotonic() - start
+        assert done.returncode == 1, done
+        assert done.stdout == ""
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].endswith(": the connection was lost: no answer within 6.0s"), lines
+        assert elapsed < 30, elapsed
+    orch.env["ORCH_DB"] = orch.databases[-1]
+    assert Queue(orch.store).messages() == []  # nothing reached the server
 
 
 def test_a_server_error_mid_command_is_one_line_not_a_traceback(orch: OrchState) -> None:
@@ -315,6 +354,38 @@ def test_the_supervisor_waits_with_backoff_and_doctor_names_the_outage(
     assert len(first) == 1 and first[0]["retry_in"] == 1.0
     waits = [line["retry_in"] for line in logged(orch, "database still unreachable")]
     assert waits[:3] == [2.0, 4.0, 8.0][: len(waits[:3])] and len(waits) >= 1, waits
+    assert logged(orch, "supervisor tick failed") == []
+    assert b"Traceback" not in err
+
+
+def test_the_supervisor_gives_up_on_a_server_that_stops_answering_and_goes_on_after(
+    orch: OrchState, mute: Mute
+) -> None:
+    """Its statements would wait for ever; each gives up a second past the store's timeout,
+    the supervisor waits with backoff as in any outage, and takes up its work once the server
+    answers again."""
+    Queue(orch.store).has_pending(AGENT)
+    mute.muted.clear()
+    orch.env["ORCH_DB"] = mute.url(orch.env["ORCH_DB"])
+    supervisor = subprocess.Popen(
+        [orch_script(), "supervise", "--for", "120"],
+        env=orch.env,
+        cwd=orch.project_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: "supervisor" in doctor(orch)[1], 20, "supervisor")
+        mute.muted.set()
+        wait_for(lambda: logged(orch, "database unreachable"), 30, "the outage noticed")
+        mute.muted.clear()
+        wait_for(lambda: logged(orch, "database reachable again"), 60, "reconnection")
+        assert supervisor.poll() is None, "the supervisor did not survive the outage"
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        _, err = supervisor.communicate(timeout=30)
+    (first,) = logged(orch, "database unreachable")
+    assert "no answer within 6.0s" in first["error"], first
     assert logged(orch, "supervisor tick failed") == []
     assert b"Traceback" not in err
 

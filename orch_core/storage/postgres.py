@@ -19,9 +19,11 @@ core and the plugins run on it unchanged:
   A write whose unique keys keep it right goes alone (:meth:`PostgresStore.write_alone`: a
   plain ``orch send``, one round trip instead of three).
 - **Time**: the store's timeout is the session's ``lock_timeout`` and ``statement_timeout``
-  (the hook passes what is left of its budget); ``connect_timeout`` bounds the connection, at
-  psycopg's floor of 2 s, beyond which orch-hook's backstop ends the run: a server that hangs
-  costs an agent no more than a locked SQLite file. A transaction left idle (a process stopped
+  (the hook passes what is left of its budget). orch bounds the rest itself, as libpq would
+  not: connecting gets :data:`CONNECT_SHARE` of the timeout, and each wait for the server's
+  answer the timeout and :data:`ANSWER_SLACK` (:mod:`orch_core.storage.bounded`), so a server
+  that stopped answering costs an agent no more than a locked SQLite file, and a command or
+  the supervisor a few seconds, never for ever. A transaction left idle (a process stopped
   while it held the write lock) is ended by the server after :data:`IDLE_IN_TRANSACTION`.
 - **Durability**: ``durable=False`` (the hook path) commits with ``synchronous_commit = off``:
   like SQLite's ``synchronous=NORMAL``, a commit survives the crash of any client; a crash of
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
 
     import psycopg
 
+    from orch_core.storage.bounded import BoundedConnection
     from orch_core.storage.store import Connection
 
 #: The advisory lock every write transaction takes first ("orch" in ASCII).
@@ -88,6 +91,11 @@ HOLDOFF = 1.0
 #: that takes the connection and never answers (stopped, or packets dropped on the way) would
 #: otherwise hold a hook past its backstop, its plugins' answers (a deny) with it.
 CONNECT_SHARE = 0.5
+#: Seconds past the store's timeout that orch waits for the server to answer a statement
+#: before it gives up on the connection: the server ends a statement at its own
+#: ``statement_timeout``, but one that stopped answering altogether (stuck on its disk, or
+#: behind a network gone mid-session) never does, and would hold a command for ever.
+ANSWER_SLACK = 1.0
 #: Statements translated so far, by their text; cleared when it grows past :data:`KEEP_SQL`
 #: (``IN (?, ?, …)`` lists make statements of many lengths).
 _translated: dict[str, str] = {}
@@ -341,12 +349,10 @@ class PostgresStore(Store):
         return public(self.url)
 
     @property
-    def conn(self) -> psycopg.Connection[Any]:
+    def conn(self) -> BoundedConnection:
         """This thread's connection (with ``one_connection``, the process's), opened (and the schema
         migrated) on first use, and again after the server dropped it."""
-        conn: psycopg.Connection[Any] = self._pool.get(
-            0 if self.one_connection else _thread.get_ident()
-        )
+        conn: BoundedConnection = self._pool.get(0 if self.one_connection else _thread.get_ident())
         return conn
 
     def release(self) -> None:
@@ -385,7 +391,7 @@ class PostgresStore(Store):
             client_encoding="UTF8",
         )
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self) -> BoundedConnection:
         import psycopg
 
         try:
@@ -394,6 +400,7 @@ class PostgresStore(Store):
             raise StoreError(f"{self.where}: {one_line(exc)}") from None
         try:
             conn = _connect_within(conninfo, self.timeout * CONNECT_SHARE)
+            conn.bound = self.timeout + ANSWER_SLACK
         except (psycopg.Error, TimeoutError) as exc:
             said = f"{self.where} is unreachable: {one_line(exc)}"
             self._down = (time.monotonic() + HOLDOFF, said)
@@ -404,6 +411,12 @@ class PostgresStore(Store):
                 if not self._migrated:
                     self._migrate(conn)
                     self._migrated = True
+        except Exception as exc:
+            lost = self.lost(conn, exc)
+            conn.close()
+            if lost is exc:
+                raise
+            raise lost from exc
         except BaseException:
             conn.close()
             raise
@@ -438,10 +451,16 @@ class PostgresStore(Store):
                         tx.execute(statement)
             tx.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+    def execute(
+        self, sql: str, params: Sequence[Any] = (), *, bound: float | None = None
+    ) -> psycopg.Cursor[Any]:
+        """``sql`` on this thread's connection, in its turn; ``bound``: the connection's new
+        :attr:`~orch_core.storage.bounded.BoundedConnection.bound`, from this statement on."""
         taken = self.take_turn()
         try:
             conn = self.conn
+            if bound is not None:
+                conn.bound = bound
             try:
                 return conn.execute(translate(sql), params)  # the rows are fetched already
             except Exception as exc:
@@ -491,6 +510,7 @@ class PostgresStore(Store):
             "SELECT set_config('lock_timeout', ?, false),"
             " set_config('statement_timeout', ?, false)",
             (wait, wait),
+            bound=seconds + ANSWER_SLACK,
         )
 
     def notify(self, tx: Connection, channel: str, payloads: Sequence[str]) -> None:
@@ -558,9 +578,10 @@ class Listener:
 
         self.where = store.where
         try:
-            self.conn = psycopg.connect(store._conninfo(), autocommit=True)
+            self.conn = _connect_within(store._conninfo(), store.timeout * CONNECT_SHARE)
+            self.conn.bound = store.timeout + ANSWER_SLACK
             self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-        except psycopg.Error as exc:
+        except (psycopg.Error, TimeoutError) as exc:
             raise StoreError(f"{self.where}: {str(exc).strip()}") from None
 
     def wait(self, timeout: float) -> list[str]:
@@ -744,10 +765,13 @@ class Later:
         return iter(self._sent().fetchall())
 
 
-def _connect_within(conninfo: str, seconds: float) -> psycopg.Connection[Any]:
-    """``psycopg.connect`` that gives up after ``seconds`` (``TimeoutError``). The attempt goes
-    on in its thread until libpq's own bound, and closes what it got once nobody waits for it."""
+def _connect_within(conninfo: str, seconds: float) -> BoundedConnection:
+    """A :class:`BoundedConnection`, giving up after ``seconds`` (``TimeoutError``). The attempt
+    goes on in its thread until libpq's own bound, and closes what it got once nobody waits for
+    it."""
     import psycopg
+
+    from orch_core.storage.bounded import BoundedConnection
 
     got: list[Any] = []
     done = _thread.allocate_lock()
@@ -755,10 +779,12 @@ def _connect_within(conninfo: str, seconds: float) -> psycopg.Connection[Any]:
     guard = _thread.allocate_lock()
 
     def attempt() -> None:
-        conn: psycopg.Connection[Any] | None = None
+        conn: BoundedConnection | None = None
         error: BaseException | None = None
         try:
-            conn = psycopg.connect(conninfo, autocommit=True, cursor_factory=psycopg.RawCursor)
+            conn = BoundedConnection.connect(
+                conninfo, autocommit=True, cursor_factory=psycopg.RawCursor
+            )
         except BaseException as exc:  # handed to the waiting thread
             error = exc
         with guard:
@@ -778,7 +804,7 @@ def _connect_within(conninfo: str, seconds: float) -> psycopg.Connection[Any]:
     conn, error = got[0]
     if error is not None:
         raise error
-    connected: psycopg.Connection[Any] = conn
+    connected: BoundedConnection = conn
     return connected
 
 
