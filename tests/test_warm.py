@@ -249,9 +249,9 @@ def _ask(orch: OrchState, within: float = 10, **header: Any) -> dict[str, Any] |
 def test_the_supervisor_declines_a_process_it_would_not_answer_as_that_process_would(
     orch: OrchState,
 ) -> None:
-    """Another orch version, another Python path (plugins found elsewhere), another database,
-    another user: declined, and the process does its own work. A request cut short: no answer,
-    nothing done."""
+    """Another orch version, another Python path (plugins found elsewhere), another database
+    (or the same URL with other ``PG*`` variables), another user: declined, and the process
+    does its own work. A request cut short: no answer, nothing done."""
     server = WarmServer(orch.env)
     assert server.start()
     try:
@@ -259,6 +259,8 @@ def test_the_supervisor_declines_a_process_it_would_not_answer_as_that_process_w
         assert _ask(orch, version="0.0.1") is None
         assert _ask(orch, path=["/elsewhere", *sys.path[1:]]) is None
         assert _ask(orch, database=orch.new_database()) is None
+        for libpq in ({"PGPORT": "1"}, {"PGHOST": "db.elsewhere"}):  # the same URL, elsewhere
+            assert _ask(orch, env={**orch.env, "ORCH_AGENT": "p:1", **libpq}) is None
         # a request cut short (its process went away) is not acted on
         runs = orch.store.execute("SELECT count(*) FROM hook_runs").fetchone()[0]
         with pytest.raises(warm.Unanswered):

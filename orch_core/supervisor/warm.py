@@ -177,6 +177,8 @@ class WarmServer:
         env = request.get("env")
         if not isinstance(env, dict):
             raise ValueError("request without an environment")
+        if _libpq(env) != _libpq(self.env):  # the same URL may lead elsewhere for libpq
+            return {"declined": "another database (its PG* variables differ)"}
         if request.get("op") == "hook":
             return self._hook(env, body, request, say)
         if request.get("op") == "send":
@@ -305,6 +307,12 @@ def _refuse_exit_from_threads() -> None:
 
     refuse_exit.refuses_threads = True  # type: ignore[attr-defined]
     os._exit = refuse_exit  # type: ignore[assignment]
+
+
+def _libpq(env: Mapping[str, str]) -> dict[str, str]:
+    """What libpq reads from the environment besides the URL (``PGHOST``, ``PGPORT``,
+    ``PGPASSWORD``, ``PGSERVICE``, ...)."""
+    return {name: value for name, value in env.items() if name.startswith("PG")}
 
 
 def _reply(reply: Reply) -> dict[str, Any]:
