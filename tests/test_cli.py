@@ -135,6 +135,29 @@ def test_the_guard_decides_a_long_adversarial_command(
     assert decision(orch, command) == expected
 
 
+def test_a_projects_slow_rule_cannot_keep_yours_from_answering(orch: OrchState) -> None:
+    """Python's regular expressions have no time limit: a cloned repository's rule that never
+    finishes on a command would let the backstop end orch-hook, and Claude would run the
+    command unchecked. Your rules (and the defaults) are checked first, deny and ask alike, so
+    such a rule only costs the project's own."""
+    orch.write_config("[plugin.guard]\ndeny = ['(a+)+$']\n")
+    slow = " # " + "a" * 40 + "!"
+    result = orch.run_hook(payload("PreToolUse", tool_input={"command": "git reset --hard" + slow}))
+    assert result.exit_code == 0
+    assert result.output is not None, result
+    specific = result.output["hookSpecificOutput"]
+    assert specific["permissionDecision"] == "ask"
+    assert specific["permissionDecisionReason"].startswith("orch-guard: this command matches ask")
+    denied = orch.run_hook(payload("PreToolUse", tool_input={"command": "ls # aaa"})).output
+    assert denied is not None  # the project's rule still applies where it finishes
+    assert denied["hookSpecificOutput"] == {
+        "hookEventName": "PreToolUse",
+        "permissionDecision": "deny",
+        "permissionDecisionReason": "orch-guard: this command matches the project's deny rule"
+        " '(a+)+$'",
+    }
+
+
 def test_the_guard_leaves_a_long_command_alone_when_it_has_no_rules(orch: OrchState) -> None:
     orch.write_config("[plugin.guard]\ndeny = []\nask = []\n", user=True)
     assert decision(orch, "ls " + "x" * 100_001) is None

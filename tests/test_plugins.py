@@ -80,6 +80,37 @@ def test_dotted_modules_load_from_config_with_their_settings(orch: OrchState) ->
     assert result.context == "bonjour?"  # project over user over the plugin's defaults
 
 
+LISTS = """
+from orch_core import Setting, hookimpl
+
+@hookimpl
+def orch_config_defaults():
+    return {"rules": Setting(["default"], extend_only=True), "note": "default"}
+
+@hookimpl
+def orch_stop(ctx):
+    return repr((ctx.config["rules"], ctx.added_by_project("rules"), ctx.from_project("note"),
+                 ctx.added_by_project("note")))
+"""
+
+
+def test_a_plugin_tells_what_the_project_added_to_a_list_it_may_only_extend(
+    orch: OrchState,
+) -> None:
+    """``ctx.added_by_project``: the items after yours that a cloned repository chose (a
+    plugin may weigh them less, as orch-guard checks them last)."""
+    orch.plugin_module("lists", LISTS)
+    orch.write_config('[plugin.lists]\nrules = ["yours", "shared"]\n', user=True)
+    orch.write_config('[plugins]\nload = ["lists"]\n')
+    assert orch.run_hook(payload("Stop")).context == "(['yours', 'shared'], [], False, [])"
+    orch.write_config(
+        '[plugins]\nload = ["lists"]\n[plugin.lists]\nrules = ["shared", "theirs"]\n'
+        'note = "theirs"\n'
+    )
+    expected = "(['yours', 'shared', 'theirs'], ['theirs'], True, [])"
+    assert orch.run_hook(payload("Stop")).context == expected
+
+
 def test_project_config_replaces_user_lists(orch: OrchState) -> None:
     orch.write_config('[plugins]\ndisable = ["presence"]\n', user=True)
     assert "presence" not in names(orch)

@@ -151,6 +151,12 @@ class HookContext:
         a path from there must stay inside the project."""
         return key in self._runtime.plan.from_project.get(self.plugin, ())
 
+    def added_by_project(self, key: str) -> list[Any]:
+        """What the project's config added to this plugin's list ``key``, which a project may
+        only extend (``Setting(extend_only=True)``): the items of :attr:`config`'s list that
+        a cloned repository chose, after the user's own."""
+        return list(self._runtime.plan.added_by_project.get(self.plugin, {}).get(key, ()))
+
     @property
     def started(self) -> float:
         """When this hook run began (``time.time()``): the line between what happened before

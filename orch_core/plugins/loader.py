@@ -97,6 +97,19 @@ class Loaded:
     late: tuple[str, ...] = ()
 
 
+@attrs.frozen
+class Settings:
+    """Every setting of a plan, checked (:func:`settings_of`)."""
+
+    core: dict[str, Any]
+    per_plugin: dict[str, dict[str, Any]]
+    errors: list[str]
+    #: Per plugin, the keys the project's config set.
+    from_project: dict[str, list[str]]
+    #: Per plugin and key, what the project's config added to a list it may only extend.
+    added_by_project: dict[str, dict[str, list[Any]]]
+
+
 class ImportTooSlow(Exception):
     """An import that did not finish within its time."""
 
@@ -442,12 +455,11 @@ CORE_SETTINGS: dict[str, Any] = {
 }
 
 
-def settings_of(
-    loaded: Loaded,
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str], dict[str, list[str]]]:
+def settings_of(loaded: Loaded) -> Settings:
     """orch's own settings, each plugin's settings (its declared defaults, then user and
     project ``[plugin.NAME]``), the errors of the values left out, and per plugin the keys
-    whose value came from the project's config (less trusted than the user's own)."""
+    whose value came from the project's config (less trusted than the user's own) and what it
+    added to the lists it may only extend."""
     config = loaded.config
     project_file = config.files[-1] if config.files else ""
     errors = list(config.errors)
@@ -469,13 +481,16 @@ def settings_of(
             errors.append(f"plugin {impl.plugin_name}: orch_config_defaults failed: {exc}")
         if isinstance(value, dict):
             declared[impl.plugin_name] = value
-    per_plugin, from_project = {}, {}
+    per_plugin: dict[str, dict[str, Any]] = {}
+    from_project: dict[str, list[str]] = {}
+    added_by_project: dict[str, dict[str, list[Any]]] = {}
     for info in loaded.plugins:
         name = info.name
 
         def where(key: str, name: str = name) -> str:
             return config.where("plugin", name, key)
 
+        added: dict[str, list[Any]] = {}
         per_plugin[name] = resolve(
             declared.get(name, {}),
             config.plugin.get(name, {}),
@@ -484,11 +499,14 @@ def settings_of(
             table=table_name(name),
             from_project=lambda k, where=where: where(k) == project_file,  # type: ignore[misc]
             own=config.own.get("plugin", {}).get(name, {}),
+            added=added,
         )
         keys = [k for k in config.plugin.get(name, {}) if where(k) == project_file]
         if keys:
             from_project[name] = keys
-    return core, per_plugin, errors, from_project
+        if added:
+            added_by_project[name] = added
+    return Settings(core, per_plugin, errors, from_project, added_by_project)
 
 
 def _warn(msg: str) -> None:
@@ -508,8 +526,8 @@ def build_plan(
     plugin left out for a slow import is tried again after :data:`RETRY_LATE` seconds)."""
     project_dir = project_dir or paths.project_dir(env)
     loaded = loaded or load(env, project_dir, import_timeout=import_timeout)
-    core, per_plugin, config_errors, from_project = settings_of(loaded)
-    for error in (*loaded.errors, *config_errors):
+    settings = settings_of(loaded)
+    for error in (*loaded.errors, *settings.errors):
         _warn(error)  # once: the plan is cached
     where = {info.name: info for info in loaded.plugins}
     hooks: dict[str, list[Impl]] = {}
@@ -544,7 +562,17 @@ def build_plan(
         fingerprint["retry_at"] = time.time() + RETRY_LATE
     errors = list(loaded.errors)
     schemas = schema_versions(hooks.get("orch_schema", []), errors)
-    return Plan(hooks, per_plugin, core, fingerprint, errors, config_errors, from_project, schemas)
+    return Plan(
+        hooks,
+        settings.per_plugin,
+        settings.core,
+        fingerprint,
+        errors,
+        settings.errors,
+        settings.from_project,
+        schemas,
+        settings.added_by_project,
+    )
 
 
 def schema_versions(impls: list[Impl], errors: list[str]) -> dict[str, int]:

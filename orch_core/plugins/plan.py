@@ -80,10 +80,12 @@ class Plan:
     """Implementations per hook in call order, each plugin's settings, core settings (all of
     them checked), and what went wrong building it: plugins left out (``errors``) and
     configured values not used (``config_errors``); per plugin, the keys a project's own
-    config set (``from_project``: what a cloned repository chose), and the version of its own
-    tables (``schemas``, from ``orch_schema``)."""
+    config set (``from_project``: what a cloned repository chose) and what it added to the
+    lists it may only extend (``added_by_project``), and the version of its own tables
+    (``schemas``, from ``orch_schema``)."""
 
     __slots__ = (
+        "added_by_project",
         "config",
         "config_errors",
         "errors",
@@ -104,6 +106,7 @@ class Plan:
         config_errors: list[str] | None = None,
         from_project: dict[str, list[str]] | None = None,
         schemas: dict[str, int] | None = None,
+        added_by_project: dict[str, dict[str, list[Any]]] | None = None,
     ) -> None:
         self.hooks = hooks
         self.config = config
@@ -113,6 +116,7 @@ class Plan:
         self.config_errors = config_errors or []
         self.from_project = from_project or {}
         self.schemas = schemas or {}
+        self.added_by_project = added_by_project or {}
 
     def impls(self, hook: str) -> list[Impl]:
         return self.hooks.get(hook, [])
@@ -147,6 +151,7 @@ class Plan:
             "config_errors": self.config_errors,
             "from_project": self.from_project,
             "schemas": self.schemas,
+            "added_by_project": self.added_by_project,
         }
 
     @classmethod
@@ -161,6 +166,7 @@ class Plan:
             data["config_errors"],
             data["from_project"],
             data["schemas"],
+            data["added_by_project"],
         )
 
 

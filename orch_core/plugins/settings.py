@@ -117,12 +117,14 @@ def resolve(
     table: str,
     from_project: Callable[[str], bool] = lambda key: False,
     own: Mapping[str, Any] | None = None,
+    added: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
     """The declared defaults with each valid value of ``given`` over them; every invalid or
     unknown key is left out, with an error naming ``where(key)`` (the file) and the key. A
     ``trusted`` one set by the project (``from_project``) is refused the same way, and keeps
     the value of the user's ``own`` file, if it has one; an ``extend_only`` one set by the
-    project comes after the user's own value (or the default)."""
+    project comes after the user's own value (or the default), and what the project added
+    goes to ``added``, by key."""
     import json
 
     own = own or {}
@@ -164,7 +166,10 @@ def resolve(
             value = {**setting.default, **value}
         if setting.extend_only and from_project(key):
             base = own[key] if key in own and _valid(setting, own[key]) else setting.default
-            value = [*base, *(item for item in value if item not in base)]
+            extra = [item for item in value if item not in base]
+            value = [*base, *extra]
+            if added is not None and extra:
+                added[key] = extra
         result[key] = value
     return result
 

@@ -10,7 +10,9 @@ and per project::
     ask = ['\\bgit\\s+reset\\s+--hard\\b']
 
 A project's rules add to yours (or to the defaults), never replace them: a cloned repository may
-forbid more, not less.
+forbid more, not less. They are checked after yours, deny and ask alike: Python's regular
+expressions have no time limit, and a project's rule that never finishes could otherwise keep
+one of yours from answering.
 
 A rule is searched for anywhere in the command's text. The built-in rules are the exception:
 each is matched once from the start of every simple command (the text between ``;``, ``&&``,
@@ -101,9 +103,17 @@ def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> Answer | None:
         reason = f"orch-guard: a command over {MAX_COMMAND} characters is too long to check"
         return Answer(permission="ask", reason=reason)
     parts = simple_commands(command)
-    for decision in ("deny", "ask"):
-        pattern = _first_match(ctx.config.get(decision), command, parts)
-        if pattern:
-            reason = f"orch-guard: this command matches the project's {decision} rule {pattern!r}"
-            return Answer(permission=decision, reason=reason)
+    added = {decision: ctx.added_by_project(decision) for decision in ("deny", "ask")}
+    for yours in (True, False):
+        for decision in ("deny", "ask"):
+            patterns = ctx.config.get(decision)
+            if not isinstance(patterns, list):
+                continue
+            pattern = _first_match(
+                [p for p in patterns if (p not in added[decision]) == yours], command, parts
+            )
+            if pattern:
+                whose = "" if yours else "the project's "
+                reason = f"orch-guard: this command matches {whose}{decision} rule {pattern!r}"
+                return Answer(permission=decision, reason=reason)
     return None
