@@ -95,6 +95,8 @@ class Mute:
         self._listener.settimeout(0.2)
         self.port: int = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = []
+        #: Connections taken so far.
+        self.connections = 0
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -118,6 +120,7 @@ class Mute:
             except OSError:
                 return
             self._sockets.append(client)
+            self.connections += 1
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client: Any) -> None:
@@ -249,6 +252,18 @@ def test_a_command_fails_in_one_line_when_the_server_stops_answering(
         assert elapsed < 30, elapsed
     orch.env["ORCH_DB"] = orch.databases[-1]
     assert Queue(orch.store).messages() == []  # nothing reached the server
+
+
+def test_doctor_asks_a_server_that_stopped_answering_once(orch: OrchState, mute: Mute) -> None:
+    """Its first check waits for the server; the others are answered from memory, as after a
+    failed connection, rather than each waiting in turn."""
+    Queue(orch.store).has_pending(AGENT)
+    orch.env["ORCH_DB"] = mute.url(orch.env["ORCH_DB"])
+    code, report = doctor(orch)
+    assert code == 1
+    assert re.search(r"FAIL database: \S+: the connection was lost: no answer within 3\.0s", report)
+    assert "FAIL queue: not checked: the database is unreachable" in report
+    assert mute.connections == 1, report
 
 
 def test_a_server_error_mid_command_is_one_line_not_a_traceback(orch: OrchState) -> None:

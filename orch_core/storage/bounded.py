@@ -17,6 +17,8 @@ class BoundedConnection(psycopg.Connection[Any]):
     unusable. A wait with a bound of its own (for notifications) keeps that one."""
 
     bound: float | None = None
+    #: Whether it was closed for a wait past its bound.
+    gave_up = False
 
     def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         bound = self.bound
@@ -29,5 +31,6 @@ class BoundedConnection(psycopg.Connection[Any]):
         except psycopg.OperationalError:
             if self.closed or time.monotonic() - start < bound:
                 raise  # the server's own error, or a connection already gone
+            self.gave_up = True
             self.close()
             raise psycopg.OperationalError(f"no answer within {bound:.1f}s") from None

@@ -40,8 +40,9 @@ core and the plugins run on it unchanged:
 - **Outages**: a connection the server dropped (it stopped, restarted, or the network went) is
   noticed on its next use, which fails with :class:`~orch_core.storage.store.DatabaseUnreachable`
   (never a half-done transaction: the server rolls it back); the use after opens a fresh one.
-  A failed connection attempt is answered from memory for :data:`HOLDOFF`, so the threads of one
-  hook, or the steps of one command, do not each wait for the server in turn.
+  A failed connection attempt, or a server that stopped answering, is answered from memory for
+  :data:`HOLDOFF`, so the threads of one hook, or the steps of one command (each of
+  ``orch doctor``'s checks), do not each wait for the server in turn.
 - **Several machines**: :attr:`shared` is true, so each machine is a host of the fleet
   (:mod:`orch_core.hosts`). :meth:`PostgresStore.notify` is ``pg_notify`` inside the
   transaction that wrote (delivered when it commits, never if it rolls back), and
@@ -84,8 +85,11 @@ WRITE_LOCK = 0x6F726368
 TAKE_WRITE_LOCK = f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"
 IDLE_IN_TRANSACTION = "60s"
 COMMITTING = " as it committed (whether the transaction took effect is unknown)"
-#: Seconds a failed connection attempt is remembered (and repeated without asking the server).
+#: Seconds a failed connection attempt, or a server that stopped answering, is remembered (and
+#: repeated without asking the server) by every store of the process on that database.
 HOLDOFF = 1.0
+#: Per database URL, until when (``time.monotonic()``) it is known not to answer, and how.
+_DOWN: dict[str, tuple[float, str]] = {}
 #: The share of the store's timeout that connecting may take (a hook's: a quarter of a second
 #: of its half second), bounded here: libpq's own bound is two seconds at least, and a server
 #: that takes the connection and never answers (stopped, or packets dropped on the way) would
@@ -340,8 +344,6 @@ class PostgresStore(Store):
         self._pool = Pool(self._connect, reusable=_idle, usable=lambda conn: not conn.closed)
         self._migrated = False
         self._lock = _thread.allocate_lock()
-        #: Until when (``time.monotonic()``) connecting is known to fail, and how.
-        self._down: tuple[float, str] | None = None
 
     @property
     def where(self) -> str:
@@ -364,7 +366,7 @@ class PostgresStore(Store):
         """As :meth:`Store.anew`, and a connection kept that the server has dropped meanwhile
         (restarted, or the session ended) is replaced before the next statement would fail on
         it: a look at its socket, no round trip."""
-        self._down = None
+        _DOWN.pop(self.url, None)
         self._pool.close_if(_dropped)
 
     def _conninfo(self) -> str:
@@ -373,7 +375,7 @@ class PostgresStore(Store):
 
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-        down = self._down
+        down = _DOWN.get(self.url)
         if down is not None and time.monotonic() < down[0]:
             raise DatabaseUnreachable(down[1])
         wait = _ms(self.timeout)
@@ -403,9 +405,9 @@ class PostgresStore(Store):
             conn.bound = self.timeout + ANSWER_SLACK
         except (psycopg.Error, TimeoutError) as exc:
             said = f"{self.where} is unreachable: {one_line(exc)}"
-            self._down = (time.monotonic() + HOLDOFF, said)
+            _DOWN[self.url] = (time.monotonic() + HOLDOFF, said)
             raise DatabaseUnreachable(said) from None
-        self._down = None
+        _DOWN.pop(self.url, None)
         try:
             with self._lock:
                 if not self._migrated:
@@ -422,7 +424,7 @@ class PostgresStore(Store):
             raise
         return conn
 
-    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+    def _migrate(self, conn: BoundedConnection) -> None:
         """The core tables at :data:`SCHEMA_VERSION`: one read when they are."""
         import psycopg
 
@@ -487,12 +489,15 @@ class PostgresStore(Store):
         self._turn_holder = None
         self._turn.release()
 
-    def lost(self, conn: psycopg.Connection[Any], exc: Exception, doing: str = "") -> Exception:
+    def lost(self, conn: BoundedConnection, exc: Exception, doing: str = "") -> Exception:
         """``exc`` as :class:`DatabaseUnreachable` if it cost the connection (the next use
         opens another), else ``exc`` itself."""
         if not conn.closed:
             return exc
-        return DatabaseUnreachable(f"{self.where}: the connection was lost{doing}: {one_line(exc)}")
+        said = f"{self.where}: the connection was lost{doing}: {one_line(exc)}"
+        if conn.gave_up:  # the server stopped answering: ask it no sooner
+            _DOWN[self.url] = (time.monotonic() + HOLDOFF, said)
+        return DatabaseUnreachable(said)
 
     def transaction(self) -> Transaction:
         """A transaction that holds the write lock from its first statement on."""
@@ -610,14 +615,14 @@ class Transaction:
     in one round trip (psycopg's pipeline mode): a hook's claim is two round trips, not six.
     """
 
-    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any] | None = None) -> None:
+    def __init__(self, store: PostgresStore, conn: BoundedConnection | None = None) -> None:
         self.store = store  # a store nobody else holds closes its connections: not mid-block
         self._conn = conn  # the store's own (taken on entry) unless given
         self.taken = False
         self.statements: Statements | None = None
 
     @property
-    def conn(self) -> psycopg.Connection[Any]:
+    def conn(self) -> BoundedConnection:
         if self._conn is None:
             self._conn = self.store.conn
         return self._conn
@@ -680,7 +685,7 @@ class Statements:
 
     __slots__ = ("begun", "conn", "pending", "store")
 
-    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, store: PostgresStore, conn: BoundedConnection) -> None:
         self.store = store
         self.conn = conn
         #: The transaction's first statement has been sent (``None``: nothing was sent yet).
