@@ -254,6 +254,42 @@ def test_a_command_fails_in_one_line_when_the_server_stops_answering(
     assert Queue(orch.store).messages() == []  # nothing reached the server
 
 
+def test_a_transaction_that_waits_for_the_lock_and_then_works_is_not_given_up_on(
+    orch: OrchState, tmp_path: Any
+) -> None:
+    """The lock and the statement sent with it (or ``executemany``'s statements) come back in
+    one answer, and the server gives each of them its own timeout: together they may take
+    longer than the store's timeout and its slack, and the server is answering all along."""
+    from orch_core.storage.postgres import PostgresStore
+
+    url = orch.env["ORCH_DB"]
+    holder = PostgresStore(url, str(tmp_path), timeout=10)
+    store = PostgresStore(url, str(tmp_path), timeout=2)
+    store.execute("SELECT 1")
+    held = threading.Event()
+
+    def hold() -> None:
+        with holder.transaction() as tx:
+            tx.execute("SELECT 1")
+            held.set()
+            time.sleep(1.8)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        held.wait(10)
+        with store.transaction() as tx:  # the lock in 1.8 s, then 1.5 s of work: 3.3 s > 3 s
+            assert tx.execute("SELECT 7 FROM pg_sleep(1.5)").fetchone() == (7,)
+    finally:
+        thread.join()
+    with store.transaction() as tx:
+        tx.execute("SELECT 1")
+        tx.executemany("SELECT pg_sleep(?)", [(1.1,), (1.1,), (1.1,)])  # 3.3 s > 3 s
+    assert store.execute("SELECT 1").fetchone() == (1,)
+    holder.close()
+    store.close()
+
+
 def test_doctor_asks_a_server_that_stopped_answering_once(orch: OrchState, mute: Mute) -> None:
     """Its first check waits for the server; the others are answered from memory, as after a
     failed connection, rather than each waiting in turn."""

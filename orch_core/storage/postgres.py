@@ -21,7 +21,8 @@ core and the plugins run on it unchanged:
 - **Time**: the store's timeout is the session's ``lock_timeout`` and ``statement_timeout``
   (the hook passes what is left of its budget). orch bounds the rest itself, as libpq would
   not: connecting gets :data:`CONNECT_SHARE` of the timeout, and each wait for the server's
-  answer the timeout and :data:`ANSWER_SLACK` (:mod:`orch_core.storage.bounded`), so a server
+  answer the timeout for each statement answered (a pipeline's lock and statements alike) and
+  :data:`ANSWER_SLACK` (:mod:`orch_core.storage.bounded`), so a server
   that stopped answering costs an agent no more than a locked SQLite file, and a command or
   the supervisor a few seconds, never for ever. A transaction left idle (a process stopped
   while it held the write lock) is ended by the server after :data:`IDLE_IN_TRANSACTION`.
@@ -402,7 +403,7 @@ class PostgresStore(Store):
             raise StoreError(f"{self.where}: {one_line(exc)}") from None
         try:
             conn = _connect_within(conninfo, self.timeout * CONNECT_SHARE)
-            conn.bound = self.timeout + ANSWER_SLACK
+            conn.bound, conn.slack = self.timeout + ANSWER_SLACK, ANSWER_SLACK
         except (psycopg.Error, TimeoutError) as exc:
             said = f"{self.where} is unreachable: {one_line(exc)}"
             _DOWN[self.url] = (time.monotonic() + HOLDOFF, said)
@@ -584,7 +585,7 @@ class Listener:
         self.where = store.where
         try:
             self.conn = _connect_within(store._conninfo(), store.timeout * CONNECT_SHARE)
-            self.conn.bound = store.timeout + ANSWER_SLACK
+            self.conn.bound, self.conn.slack = store.timeout + ANSWER_SLACK, ANSWER_SLACK
             self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         except (psycopg.Error, TimeoutError) as exc:
             raise StoreError(f"{self.where}: {str(exc).strip()}") from None
@@ -708,13 +709,16 @@ class Statements:
     def send(self, sql: str = "", params: Sequence[Any] = (), *, doing: str = "") -> Any:
         """What is pending, then ``sql`` (if any), in one round trip; ``sql``'s cursor."""
         conn, pending = self.conn, self.pending
+        # one wait for every answer, each statement's up to the server's timeout
+        waiting = len(pending) + bool(sql)
         if self.begun is None:
             self.begun = False
             pending[:0] = [(Later(self), "BEGIN", ()), (Later(self), TAKE_WRITE_LOCK, ())]
+            waiting += 1  # the lock (the BEGIN waits for nothing)
         self.pending = []
         cur = conn.cursor()
         try:
-            with conn.pipeline():
+            with conn.answers(waiting), conn.pipeline():
                 for rows, query, args in pending:
                     rows.cur = conn.cursor()
                     rows.cur.execute(query, args)
@@ -729,8 +733,10 @@ class Statements:
         if self.pending or self.begun is None:
             self.send()
         cur = self.conn.cursor()
+        rows = list(params)  # one wait for the answers of them all
         try:
-            cur.executemany(translate(sql), params)
+            with self.conn.answers(len(rows)):
+                cur.executemany(translate(sql), rows)
         except Exception as exc:
             raise self.store.lost(self.conn, exc) from exc
         return cur
