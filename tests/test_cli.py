@@ -148,6 +148,7 @@ def test_a_projects_slow_rule_cannot_keep_yours_from_answering(orch: OrchState) 
     specific = result.output["hookSpecificOutput"]
     assert specific["permissionDecision"] == "ask"
     assert specific["permissionDecisionReason"].startswith("orch-guard: this command matches ask")
+    assert specific["permissionDecisionReason"].endswith("(the project's deny rules took too long)")
     denied = orch.run_hook(payload("PreToolUse", tool_input={"command": "ls # aaa"})).output
     assert denied is not None  # the project's rule still applies where it finishes
     assert denied["hookSpecificOutput"] == {
@@ -156,6 +157,19 @@ def test_a_projects_slow_rule_cannot_keep_yours_from_answering(orch: OrchState) 
         "permissionDecisionReason": "orch-guard: this command matches the project's deny rule"
         " '(a+)+$'",
     }
+
+
+def test_a_projects_deny_rule_still_beats_your_ask_rule(orch: OrchState) -> None:
+    """A cloned repository may forbid more, never less: where a default rule asks about
+    ``git clean -f`` and the project denies every ``git clean``, the command is denied."""
+    orch.write_config("[plugin.guard]\ndeny = ['\\bgit\\s+clean\\b']\n")
+    result = orch.run_hook(payload("PreToolUse", tool_input={"command": "git clean -fdx"}))
+    assert result.output is not None, result
+    assert result.output["hookSpecificOutput"]["permissionDecision"] == "deny"
+    assert "the project's deny rule" in result.output["hookSpecificOutput"][
+        "permissionDecisionReason"]  # fmt: skip
+    assert decision(orch, "git reset --hard") == "ask"  # the project's rule does not match
+    assert decision(orch, "git clean -n") == "deny"
 
 
 def test_the_guard_leaves_a_long_command_alone_when_it_has_no_rules(orch: OrchState) -> None:

@@ -10,9 +10,10 @@ and per project::
     ask = ['\\bgit\\s+reset\\s+--hard\\b']
 
 A project's rules add to yours (or to the defaults), never replace them: a cloned repository may
-forbid more, not less. They are checked after yours, deny and ask alike: Python's regular
-expressions have no time limit, and a project's rule that never finishes could otherwise keep
-one of yours from answering.
+forbid more, not less. They are checked after yours: Python's regular expressions have no time
+limit, and a project's rule that never finishes could otherwise keep one of yours from
+answering. Where one of your rules asks, the project's deny rules still beat it, checked in a
+process of their own given half of what is left of the budget (past it, the guard asks).
 
 A rule is searched for anywhere in the command's text. The built-in rules are the exception:
 each is matched once from the start of every simple command (the text between ``;``, ``&&``,
@@ -23,7 +24,10 @@ process, and Claude would run the command unchecked.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
+import time
 
 from orch_core import Answer, Setting, hookimpl
 from orch_core.plugins.settings import regexes
@@ -78,18 +82,60 @@ def simple_commands(command: str) -> list[str]:
     return _SEPARATOR.split(command.replace("\\\n", " "))
 
 
-def _first_match(patterns: object, command: str, parts: list[str]) -> str | None:
-    if not isinstance(patterns, list):
-        return None
+def _first_match(patterns: list[str], command: str, parts: list[str]) -> str | None:
     for pattern in patterns:
-        if not isinstance(pattern, str):
-            continue
         if pattern in BUILT_IN:
             if any(re.match(pattern, part) for part in parts):
                 return pattern
         elif re.search(pattern, command):
             return pattern
     return None
+
+
+#: :func:`_first_match` in a process of its own (``python -I -S``: nothing but ``re``).
+_MATCH_APART = """
+import json, re, sys
+patterns, command, parts = json.load(sys.stdin)
+for pattern, built_in in patterns:
+    if any(re.match(pattern, p) for p in parts) if built_in else re.search(pattern, command):
+        print(json.dumps(pattern))
+        break
+"""
+
+
+def _first_match_within(
+    patterns: list[str], command: str, parts: list[str], seconds: float
+) -> str | None:
+    """:func:`_first_match` in a process of its own, ended after ``seconds``
+    (``TimeoutError``): a rule that never finishes cannot hold this one's interpreter."""
+    import subprocess  # only here: 5 ms off the import of every hook that loads the guard
+
+    given = json.dumps([[[p, p in BUILT_IN] for p in patterns], command, parts])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _MATCH_APART],
+            input=given, capture_output=True, text=True, timeout=max(0.01, seconds), check=True,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise TimeoutError from None
+    found: str | None = json.loads(done.stdout) if done.stdout.strip() else None
+    return found
+
+
+def _rules(ctx: HookContext, decision: str) -> tuple[list[str], list[str]]:
+    """Your rules for ``decision`` (or the defaults), and the project's after them."""
+    patterns = ctx.config.get(decision)
+    if not isinstance(patterns, list):
+        return [], []
+    added = ctx.added_by_project(decision)
+    rules = [p for p in patterns if isinstance(p, str)]
+    return [p for p in rules if p not in added], [p for p in rules if p in added]
+
+
+def _answer(decision: str, pattern: str, yours: bool, also: str = "") -> Answer:
+    whose = "" if yours else "the project's "
+    reason = f"orch-guard: this command matches {whose}{decision} rule {pattern!r}{also}"
+    return Answer(permission=decision, reason=reason)
 
 
 @hookimpl
@@ -103,17 +149,26 @@ def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> Answer | None:
         reason = f"orch-guard: a command over {MAX_COMMAND} characters is too long to check"
         return Answer(permission="ask", reason=reason)
     parts = simple_commands(command)
-    added = {decision: ctx.added_by_project(decision) for decision in ("deny", "ask")}
-    for yours in (True, False):
-        for decision in ("deny", "ask"):
-            patterns = ctx.config.get(decision)
-            if not isinstance(patterns, list):
-                continue
-            pattern = _first_match(
-                [p for p in patterns if (p not in added[decision]) == yours], command, parts
-            )
-            if pattern:
-                whose = "" if yours else "the project's "
-                reason = f"orch-guard: this command matches {whose}{decision} rule {pattern!r}"
-                return Answer(permission=decision, reason=reason)
+    your_deny, their_deny = _rules(ctx, "deny")
+    your_ask, their_ask = _rules(ctx, "ask")
+    pattern = _first_match(your_deny, command, parts)
+    if pattern:
+        return _answer("deny", pattern, yours=True)
+    asked = _first_match(your_ask, command, parts)
+    if asked:
+        if not their_deny:
+            return _answer("ask", asked, yours=True)
+        left = (ctx.deadline or time.time() + 0.5) - time.time()
+        try:
+            pattern = _first_match_within(their_deny, command, parts, left / 2)
+        except Exception as exc:  # too slow, or no process to check them in: yours still asks
+            why = "took too long" if isinstance(exc, TimeoutError) else "could not be checked"
+            return _answer("ask", asked, True, f" (the project's deny rules {why})")
+        if pattern:
+            return _answer("deny", pattern, yours=False)
+        return _answer("ask", asked, yours=True)
+    for decision, theirs in (("deny", their_deny), ("ask", their_ask)):
+        pattern = _first_match(theirs, command, parts)
+        if pattern:
+            return _answer(decision, pattern, yours=False)
     return None
