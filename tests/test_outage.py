@@ -208,6 +208,43 @@ def test_hooks_answer_within_their_budget_while_the_database_is_down(
     assert second.context is None
 
 
+def test_the_hosts_supervisor_answers_a_hook_in_time_when_the_server_stops_answering(
+    orch: OrchState, mute: Mute
+) -> None:
+    """The supervisor's store was connected when the server stopped answering: the hook it
+    answers for a process still gets orch-guard's deny within the budget, as one that does
+    its own work does, rather than no answer at all (the command would then run)."""
+    from orch_core.hook import warm
+    from orch_core.plugins.plan import ANSWER_MARGIN
+    from orch_core.supervisor.warm import WarmServer
+
+    Queue(orch.store).has_pending(AGENT)  # tables made
+    orch.env["ORCH_DB"] = mute.url(orch.env["ORCH_DB"])
+    mute.muted.clear()
+    server = WarmServer(orch.env)
+    assert server.start()
+
+    def ask(event: dict[str, Any], within: float) -> dict[str, Any] | None:
+        header = {"op": "hook", "env": {**orch.env, "ORCH_AGENT": AGENT}, "began": time.time(),
+                  "cwd": str(orch.project_dir)}  # fmt: skip
+        raw = json.dumps({**event, "cwd": str(orch.project_dir)}).encode()
+        return warm.ask(orch.env, orch.env["ORCH_DB"], header, raw, within=within)
+
+    try:
+        assert ask(payload("Stop"), within=30) is not None  # the plan cached, the store kept
+        mute.muted.set()
+        forced = payload("PreToolUse", tool_input={"command": "git push --force origin main"})
+        start = time.monotonic()
+        answer = ask(forced, within=DEFAULT_BUDGET_MS / 1000 + ANSWER_MARGIN)  # as orch-hook
+        elapsed = time.monotonic() - start
+    finally:
+        server.close()
+    assert answer is not None
+    assert json.loads(answer["stdout"])["hookSpecificOutput"]["permissionDecision"] == "deny"
+    assert elapsed < DEFAULT_BUDGET_MS / 1000 + MARGIN, elapsed
+    assert logged(orch, "the store did not answer in time")
+
+
 # -- orch send ---------------------------------------------------------------------------------
 
 

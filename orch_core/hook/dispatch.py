@@ -211,15 +211,11 @@ def dispatch(
         armed.rearm(deadline + plans.ANSWER_MARGIN - time.perf_counter(), running)
     if answer_by is not None:
         answer_by(time.time() + deadline + plans.ANSWER_MARGIN - time.perf_counter())
+    kept = store is not None
     if store is None:
         # the plugins' few short statements take turns on one connection: a server's store
         # would cost a connection per plugin thread, several milliseconds each
         store = open_store(env, timeout=budget, durable=False, one_connection=True)
-    else:  # a store kept from an earlier event waits as long as the one opened here would
-        try:
-            store.set_timeout(budget)
-        except Exception:  # unreachable: the statements that follow say so, in the budget
-            pass
     runtime = Runtime(
         store=store, env=env, project_dir=project_dir, plan=plan, session_id=event.session_id
     )
@@ -227,7 +223,9 @@ def dispatch(
         runtime.started = began
     runtime.deadline = time.time() + (deadline - time.perf_counter())
     runtime.event_name = event.name
-    runtime.agent, prepared = _prepare(runtime, event.session_id, deadline)
+    runtime.agent, prepared = _prepare(
+        runtime, event.session_id, deadline, timeout=budget if kept else None
+    )
 
     calls = call_all(impls, {"event": event}, runtime, deadline)
     given, outcomes = [], []
@@ -258,11 +256,15 @@ def dispatch(
     return result
 
 
-def _prepare(runtime: Runtime, session_id: str | None, deadline: float) -> tuple[str | None, bool]:
+def _prepare(
+    runtime: Runtime, session_id: str | None, deadline: float, *, timeout: float | None = None
+) -> tuple[str | None, bool]:
     """The agent, and the plugins' tables brought to their versions, in a thread of its own
     given half of what is left of the budget: a database that took the connection and then
     stopped answering must leave the plugins that need no store their time (orch-guard's
-    deny). The agent (``None`` if not known by then), and whether it all finished."""
+    deny). ``timeout``: the event's, for a store kept from an earlier event (the supervisor's),
+    whose connection may be the one that stopped answering. The agent (``None`` if not known
+    by then), and whether it all finished."""
     env, store = runtime.env, runtime.store
     found: list[str | None] = []
     done = _thread.allocate_lock()
@@ -270,13 +272,18 @@ def _prepare(runtime: Runtime, session_id: str | None, deadline: float) -> tuple
 
     def prepare() -> None:
         try:
-            found.append(agents.resolve(
-                env, session_id, store, timeout=max(0.01, deadline - time.perf_counter())
-            ))  # fmt: skip
-        except Exception as exc:
-            found.append(None)
-            log.write("error", "cannot resolve the agent", env, error=repr(exc))
-        try:
+            if timeout is not None:  # a kept store waits as long as one opened here would
+                try:
+                    store.set_timeout(timeout)
+                except Exception:  # unreachable: the statements that follow say so
+                    pass
+            try:
+                found.append(agents.resolve(
+                    env, session_id, store, timeout=max(0.01, deadline - time.perf_counter())
+                ))  # fmt: skip
+            except Exception as exc:
+                found.append(None)
+                log.write("error", "cannot resolve the agent", env, error=repr(exc))
             runtime.ensure_schemas(timeout=max(0.01, deadline - time.perf_counter()) / 4)
         finally:
             store.release()
