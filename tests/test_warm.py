@@ -359,6 +359,51 @@ def test_the_supervisor_gives_a_hooks_reply_before_its_observers_and_record(
         process.wait(timeout=30)
 
 
+SLOW_ANSWER = """
+import time
+from orch_core import hookimpl
+
+@hookimpl
+def orch_user_prompt_submit():
+    time.sleep(0.3)
+    return "too late for anyone"
+"""
+
+
+def test_a_hook_whose_process_went_away_is_recorded_and_its_reply_tried_once(
+    orch: OrchState, orch_module: Any
+) -> None:
+    """The asking process ended before its reply came (killed, or past its wait): the run is
+    still recorded, and the reply that found nobody is not sent a second time (one line in
+    the log says so)."""
+    from orch_core import __version__
+
+    orch_module("slow_answer", SLOW_ANSWER)
+    orch.write_config('[plugins]\nload = ["slow_answer"]\n')
+    server = WarmServer(orch.env)
+    assert server.start()
+    try:
+        event = json.dumps(payload("UserPromptSubmit", cwd=str(orch.project_dir))).encode()
+        request = {"version": __version__, "database": orch.env["ORCH_DB"],
+                   "path": sys.path[1:], "length": len(event), "op": "hook",
+                   "env": {**orch.env, "ORCH_AGENT": "p:1"}, "began": time.time(),
+                   "cwd": str(orch.project_dir)}  # fmt: skip
+        asking = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        asking.settimeout(30)
+        asking.connect(warm.socket_path(orch.env))
+        asking.sendall(json.dumps(request).encode() + b"\n" + event)
+        asking.shutdown(socket.SHUT_WR)
+        assert b"answer_by" in asking.recv(1 << 16)
+        asking.close()  # gone before the reply
+        recorded = "SELECT count(*) FROM hook_runs WHERE event = 'UserPromptSubmit'"
+        wait_until(lambda: orch.store.execute(recorded).fetchone()[0] == 1, what="the record")
+        time.sleep(0.2)
+    finally:
+        server.close()
+    errors = [line["msg"] for line in orch.log() if line["level"] == "error"]
+    assert errors == ["cannot give the reply"], errors
+
+
 def test_nothing_is_written_or_removed_through_what_someone_planted_in_the_state_folder(
     orch: OrchState, tmp_path: Path
 ) -> None:

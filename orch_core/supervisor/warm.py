@@ -208,8 +208,8 @@ class WarmServer:
         said: list[bool] = []
 
         def tell(reply: Reply) -> None:
+            said.append(True)  # once: a process gone by now is not told again
             say(_reply(reply))
-            said.append(True)
 
         outcome = dispatch.dispatch(
             raw,
