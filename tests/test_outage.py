@@ -124,6 +124,12 @@ class Mute:
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client: Any) -> None:
+        try:
+            self._pass(client)
+        except OSError:  # closed, by either side or by close()
+            pass
+
+    def _pass(self, client: Any) -> None:
         import select
         import socket
 

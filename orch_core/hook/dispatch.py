@@ -372,7 +372,9 @@ def main() -> None:
         given: list[answers.Reply] = []
 
         def reply_now(reply: answers.Reply) -> None:
+            nonlocal code
             given.append(reply)
+            code = reply.exit_code  # whatever happens after: the reply is out
             if reply.output is not None:
                 _write_all(reply_out, _utf8(reply.stdout()))
             if reply.stderr:
@@ -381,7 +383,6 @@ def main() -> None:
         outcome = dispatch(raw, armed=armed, reply_to=reply_now)
         if not given:  # bad input or an unknown event: nothing was folded
             reply_now(outcome.reply)
-        code = outcome.reply.exit_code
     except BaseException as exc:  # the last line of defence: never break the agent
         log.write("error", "orch-hook failed", error=repr(exc))
     armed.disarm()
