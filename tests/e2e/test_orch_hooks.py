@@ -103,6 +103,29 @@ def test_plugin_context_and_stop_block_reach_the_model(
     assert all(run["agent"] == agent for run in store.runs(200))
 
 
+def test_orch_guard_denies_a_forced_push_to_main_before_it_runs(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, orch_env: dict[str, str]
+) -> None:
+    """The guard's deny (orch-hook's JSON, exit 2) stops the call: the command never runs,
+    and its reason reaches the model once, as the call's result."""
+    command = "git push --force origin main; touch pushed"
+    tool_id = standin.reply_tool_use("Bash", {"command": command, "description": "Push"})
+    standin.reply_text("understood")
+    session = claude(env=orch_env)
+    session.prompt("Push to main.")
+    second = session.wait_for_requests(2)[1]
+
+    index = second.tool_result_index(tool_id)
+    assert index is not None, "the call's result never reached the model"
+    reason = "orch-guard: this command matches deny rule"
+    assert [t for t in second.texts(index) if reason in t], second.texts(index)
+    assert second.text().count(reason) == 1
+    assert not (project / "pushed").exists(), "the denied command ran"
+    store = SQLiteStore(orch_env["ORCH_DB"])
+    (denied,) = [run for run in store.runs(200) if run["event"] == "PreToolUse"]
+    assert denied["exit_code"] == 2 and denied["ok"], denied
+
+
 def test_install_writes_the_hook_claude_runs(project: Path, orch_env: dict[str, str]) -> None:
     found = install.installed_events(str(project))
     assert set(found) == set(install.INSTALLED_EVENTS)
