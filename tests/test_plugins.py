@@ -170,6 +170,23 @@ def test_the_plan_is_cached_and_rebuilt_when_config_changes(
         assert json.load(f)["config"]["hello_plugin"]["greeting"] == "hi"
 
 
+def test_a_plan_that_cannot_be_cached_is_built_all_the_same(orch: OrchState) -> None:
+    """A full disk or a read-only state folder (here a file where the plans' folder goes):
+    each run builds its own plan, orch-guard's deny included, where every hook went without
+    plugins."""
+    state = Path(orch.env["ORCH_STATE_DIR"])
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "plans").write_text("")
+    forced = payload("PreToolUse", tool_input={"command": "git push --force origin main"})
+    for _ in range(2):
+        result = orch.run_hook(forced, ORCH_AGENT="a:1")
+        assert result.exit_code == 2, result
+        assert result.output is not None
+        assert result.output["hookSpecificOutput"]["permissionDecision"] == "deny"
+    said = [r for r in orch.log() if r["msg"].startswith("the plugin plan cannot be cached")]
+    assert len(said) == 2 and "NotADirectoryError" in said[0]["error"], said
+
+
 def test_the_plan_is_rebuilt_when_a_plugin_changes(orch: OrchState) -> None:
     module = orch.plugin_module("hello_plugin", HELLO)
     orch.write_config('[plugins]\nload = ["hello_plugin"]\n')

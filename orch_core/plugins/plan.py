@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from orch_core import __version__, paths
+from orch_core import __version__, log, paths
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -231,8 +231,13 @@ def load(
     from orch_core.plugins import loader
 
     timeout = loader.IMPORT_TIMEOUT if import_timeout is None else import_timeout
-    paths.ensure_own_dir(os.path.dirname(path))
-    lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        paths.ensure_own_dir(os.path.dirname(path))
+        lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:  # a full disk, a read-only state folder: the plugins all the same
+        log.write("warning", "the plugin plan cannot be cached: each run builds its own", env,
+                  error=repr(exc))  # fmt: skip
+        return loader.build_plan(env, project_dir, import_timeout=timeout)
     try:
         waited = time.monotonic() + timeout
         while True:
@@ -248,7 +253,10 @@ def load(
             return cached
         plan = loader.build_plan(env, project_dir, import_timeout=timeout)
         if plan.cacheable:
-            save(plan, path)
+            try:
+                save(plan, path)
+            except OSError as exc:  # the next run builds it again
+                log.write("warning", "the plugin plan cannot be cached", env, error=repr(exc))
         return plan
     finally:
         os.close(lock)
