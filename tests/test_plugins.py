@@ -185,6 +185,9 @@ def test_a_plan_that_cannot_be_cached_is_built_all_the_same(orch: OrchState) -> 
         assert result.output["hookSpecificOutput"]["permissionDecision"] == "deny"
     said = [r for r in orch.log() if r["msg"].startswith("the plugin plan cannot be cached")]
     assert len(said) == 2 and "NotADirectoryError" in said[0]["error"], said
+    report = orch.cli("doctor").stdout
+    assert "FAIL plugins: loaded: " in report and "but the plan cannot be cached at" in report
+    assert f"fix: free space on that disk, or make {state / 'plans'} a folder" in report
 
 
 def test_the_plan_is_rebuilt_when_a_plugin_changes(orch: OrchState) -> None:

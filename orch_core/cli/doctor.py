@@ -141,6 +141,15 @@ def check_plugins(env: Mapping[str, str], project_dir: str) -> Check:
             "fix the plugin named, or switch it off: [plugins] disable = [NAME]",
         )
     names = sorted({impl.plugin for impls in plan.hooks.values() for impl in impls})
+    cache = plans.cache_path(env, project_dir)
+    if plan.cacheable and not os.path.isfile(cache):
+        return Check(
+            "plugins",
+            False,
+            f"loaded: {', '.join(names) or 'none'}; but the plan cannot be cached at {cache}, "
+            "so each hook builds its own (slower)",
+            f"free space on that disk, or make {os.path.dirname(cache)} a folder orch can write",
+        )
     return Check("plugins", True, f"loaded: {', '.join(names) or 'none'}")
 
 
