@@ -414,13 +414,7 @@ def test_the_supervisor_waits_with_backoff_and_doctor_names_the_outage(
     orch: OrchState, cluster: Cluster
 ) -> None:
     Queue(orch.store).has_pending(AGENT)
-    supervisor = subprocess.Popen(
-        [orch_script(), "supervise", "--for", "60"],
-        env=orch.env,
-        cwd=orch.project_dir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    supervisor = supervise(orch, 60)
     try:
         wait_for(lambda: "supervisor" in doctor(orch)[1], 20, "supervisor")
         cluster.pause()
@@ -461,13 +455,7 @@ def test_the_supervisor_gives_up_on_a_server_that_stops_answering_and_goes_on_af
     Queue(orch.store).has_pending(AGENT)
     mute.muted.clear()
     orch.env["ORCH_DB"] = mute.url(orch.env["ORCH_DB"])
-    supervisor = subprocess.Popen(
-        [orch_script(), "supervise", "--for", "120"],
-        env=orch.env,
-        cwd=orch.project_dir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    supervisor = supervise(orch, 120)
     try:
         wait_for(lambda: "supervisor" in doctor(orch)[1], 20, "supervisor")
         mute.muted.set()
@@ -482,6 +470,17 @@ def test_the_supervisor_gives_up_on_a_server_that_stops_answering_and_goes_on_af
     assert "no answer within 6.0s" in first["error"], first
     assert logged(orch, "supervisor tick failed") == []
     assert b"Traceback" not in err
+
+
+def supervise(orch: OrchState, seconds: int) -> subprocess.Popen[bytes]:
+    """The real ``orch supervise --for SECONDS``, its stderr kept."""
+    return subprocess.Popen(
+        [orch_script(), "supervise", "--for", str(seconds)],
+        env=orch.env,
+        cwd=orch.project_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def doctor(orch: OrchState) -> tuple[int, str]:

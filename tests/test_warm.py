@@ -7,6 +7,7 @@ imports watched by an audit hook in its own process), a real PostgreSQL database
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -106,18 +107,36 @@ def state_of(queue: Queue, message_id: str) -> str:
     return str(message["state"])
 
 
-@pytest.fixture
-def supervisor(orch: OrchState) -> Iterator[subprocess.Popen[bytes]]:
-    """The host's real ``orch supervise``, answering on its socket."""
+def known(orch: OrchState) -> None:
+    """Agent ``p:1`` known, and the test's store's plan built (before any plugin of the
+    test's own is configured, which its process could not import)."""
     orch.store.add_agent("p:1", "busy", session_id="s1", project_dir=str(orch.project_dir))
+
+
+@contextlib.contextmanager
+def supervising(orch: OrchState) -> Iterator[subprocess.Popen[bytes]]:
+    """The host's real ``orch supervise``, answering on its socket, with the plugins the
+    test configured before."""
     process = subprocess.Popen(
         [orch_script(), "supervise"], env=orch.env, cwd=orch.project_dir,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    wait_until(lambda: os.path.exists(warm.socket_path(orch.env)), what="the supervisor's socket")
-    yield process
-    orch.stop_supervisor()
-    process.wait(timeout=30)
+    try:
+        wait_until(
+            lambda: os.path.exists(warm.socket_path(orch.env)), what="the supervisor's socket"
+        )
+        yield process
+    finally:
+        orch.stop_supervisor()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def supervisor(orch: OrchState) -> Iterator[subprocess.Popen[bytes]]:
+    """The host's real ``orch supervise``, agent ``p:1`` known."""
+    known(orch)
+    with supervising(orch) as process:
+        yield process
 
 
 def test_a_hook_is_answered_by_the_hosts_supervisor_without_importing_psycopg(
@@ -209,7 +228,7 @@ def test_a_supervisor_that_takes_a_hook_and_never_answers_costs_one_budget(
     """The event may have been handled: it is not dispatched again (a message could arrive
     twice), the hook answers nothing, exit 0, and the host's hooks do their own work for a
     while after."""
-    orch.store.add_agent("p:1", "busy", session_id="s1", project_dir=str(orch.project_dir))
+    known(orch)
     Queue(orch.store).send("p:1", "waits for a hook that does its own work")
     taken: list[socket.socket] = []
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -291,14 +310,10 @@ def test_a_plugin_that_calls_os_exit_ends_its_own_call_not_the_supervisor(
 ) -> None:
     """And once the plugin's code changes, the supervisor, which imported it before, lets the
     hooks run it themselves."""
-    orch.store.add_agent("p:1", "busy", session_id="s1", project_dir=str(orch.project_dir))
-    module = orch.plugin_module("exits", PLUGIN)  # (after the test's store built its plan)
+    known(orch)
+    module = orch.plugin_module("exits", PLUGIN)
     orch.write_config('[plugins]\nload = ["exits"]\n')
-    process = subprocess.Popen([orch_script(), "supervise"], env=orch.env, cwd=orch.project_dir)
-    try:
-        wait_until(
-            lambda: os.path.exists(warm.socket_path(orch.env)), what="the supervisor's socket"
-        )
+    with supervising(orch) as process:
         Queue(orch.store).send("p:1", "still delivered")
         warmed = prompt(orch, tmp_path)
         assert (warmed.code, warmed.imported_psycopg) == (0, False)
@@ -313,9 +328,6 @@ def test_a_plugin_that_calls_os_exit_ends_its_own_call_not_the_supervisor(
         cold = prompt(orch, tmp_path)
         assert (cold.code, cold.imported_psycopg) == (0, True), cold
         assert "changed" in cold.context
-    finally:
-        orch.stop_supervisor()
-        process.wait(timeout=30)
 
 
 SLOW_OBSERVER = """
@@ -338,14 +350,10 @@ def test_the_supervisor_gives_a_hooks_reply_before_its_observers_and_record(
 ) -> None:
     """The asking process writes the reply and ends as soon as the answers are folded; the
     supervisor then runs the ``orch_hook_answered`` observers and records the run."""
-    orch.store.add_agent("p:1", "busy", session_id="s1", project_dir=str(orch.project_dir))
+    known(orch)
     orch.plugin_module("slow_observer", SLOW_OBSERVER)
     orch.write_config('[plugins]\nload = ["slow_observer"]\n')
-    process = subprocess.Popen([orch_script(), "supervise"], env=orch.env, cwd=orch.project_dir)
-    try:
-        wait_until(
-            lambda: os.path.exists(warm.socket_path(orch.env)), what="the supervisor's socket"
-        )
+    with supervising(orch):
         warmed = prompt(orch, tmp_path)
         observed = orch.project_dir / "observed"
         assert not observed.exists(), "the reply waited for the observer"
@@ -354,9 +362,6 @@ def test_the_supervisor_gives_a_hooks_reply_before_its_observers_and_record(
         wait_until(observed.exists, what="the observer")
         recorded = "SELECT count(*) FROM hook_runs WHERE event = 'UserPromptSubmit'"
         wait_until(lambda: orch.store.execute(recorded).fetchone()[0] == 1, what="the record")
-    finally:
-        orch.stop_supervisor()
-        process.wait(timeout=30)
 
 
 SLOW_ANSWER = """

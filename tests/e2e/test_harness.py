@@ -78,6 +78,18 @@ def install_hook(tmp_path: Path, name: str, source: str, *args: str) -> tuple[st
     return command, script.with_suffix(".jsonl")
 
 
+def answering_hook(
+    tmp_path: Path, project: Path, event: str, source: str, answer: object
+) -> tuple[str, Path]:
+    """A hook for ``event`` that answers what ``answer`` says, read from a file (not argv: the
+    command line reaches the model too); its command line and its event log."""
+    given = tmp_path / "answer.json"
+    given.write_text(json.dumps(answer))
+    command, log = install_hook(tmp_path, event, source, str(given))
+    write_hook_settings(project, {event: command})
+    return command, log
+
+
 def logged_events(log: Path, name: str | None = None) -> list[dict[str, Any]]:
     """The events a hook logged so far, optionally only those of one ``hook_event_name``."""
     if not log.exists():
@@ -128,7 +140,8 @@ STOP_SHAPES: dict[str, tuple[dict[str, Any] | None, int, str]] = {
     ),
     "stderr only, exit 2": (None, 2, BLOCK_REASON),
 }
-STOP_SHAPE_HOOK = (
+#: Answers (stdout JSON, exit code, stderr) from its argv[1] file; a second Stop, nothing.
+SHAPE_HOOK = (
     HOOK_PREAMBLE
     + """\
 output, code, stderr = json.loads(pathlib.Path(sys.argv[1]).read_text())
@@ -149,10 +162,7 @@ def test_how_each_stop_answer_reaches_the_model(
     """Every shape keeps the agent working for exactly one more request; only
     ``additionalContext`` on exit 0 shows the reason once and calls nothing an error, which is
     why orch answers a blocking Stop that way."""
-    answer = tmp_path / "answer.json"  # not in argv: the command line reaches the model too
-    answer.write_text(json.dumps(STOP_SHAPES[shape]))
-    command, log = install_hook(tmp_path, "stop", STOP_SHAPE_HOOK, str(answer))
-    write_hook_settings(project, {"Stop": command})
+    command, log = answering_hook(tmp_path, project, "Stop", SHAPE_HOOK, STOP_SHAPES[shape])
     standin.reply_text("first answer")
 
     session = claude()
@@ -209,22 +219,12 @@ def test_post_tool_use_block_reason_reaches_model(
 DENY_REASON = "orch-e2e deny: not this command"
 DENY = {"hookSpecificOutput": {"hookEventName": "PreToolUse", "permissionDecision": "deny",
                                "permissionDecisionReason": DENY_REASON}}  # fmt: skip
-PRE_TOOL_USE_SHAPES: dict[str, tuple[dict[str, Any] | None, int]] = {
-    "deny, exit 0": (DENY, 0),
-    "deny, exit 2": (DENY, 2),
-    "deny, exit 1": (DENY, 1),
-    "nothing, exit 1": (None, 1),
+PRE_TOOL_USE_SHAPES: dict[str, tuple[dict[str, Any] | None, int, str]] = {
+    "deny, exit 0": (DENY, 0, "orch-e2e stderr"),
+    "deny, exit 2": (DENY, 2, "orch-e2e stderr"),
+    "deny, exit 1": (DENY, 1, "orch-e2e stderr"),
+    "nothing, exit 1": (None, 1, "orch-e2e stderr"),
 }
-PRE_TOOL_USE_HOOK = (
-    HOOK_PREAMBLE
-    + """\
-output, code = json.loads(pathlib.Path(sys.argv[1]).read_text())
-if output is not None:
-    print(json.dumps(output))
-print("orch-e2e stderr", file=sys.stderr)
-sys.exit(code)
-"""
-)
 
 
 @pytest.mark.claude
@@ -235,10 +235,8 @@ def test_how_each_pre_tool_use_answer_is_taken(
     """A deny on stdout stops the call whatever the exit code, 1 included: a reply written
     before the process is ended keeps its decision. With nothing on stdout, exit 1 lets the
     call run (fails open)."""
-    answer = tmp_path / "answer.json"
-    answer.write_text(json.dumps(PRE_TOOL_USE_SHAPES[shape]))
-    command, log = install_hook(tmp_path, "pre_tool_use", PRE_TOOL_USE_HOOK, str(answer))
-    write_hook_settings(project, {"PreToolUse": command})
+    answer = PRE_TOOL_USE_SHAPES[shape]
+    _, log = answering_hook(tmp_path, project, "PreToolUse", SHAPE_HOOK, answer)
     marker = project / "ran"  # in the working folder: a call there needs no other permission
     tool_id = standin.reply_tool_use("Bash", {"command": "touch ran", "description": "Touch"})
     standin.reply_text("done")
