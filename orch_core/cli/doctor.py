@@ -132,7 +132,7 @@ def check_config(env: Mapping[str, str], project_dir: str) -> Check:
 def check_plugins(env: Mapping[str, str], project_dir: str) -> Check:
     """What the hooks run: the plan (built here if stale, each import bounded) and what was
     left out of it, and why."""
-    plan = plans.load(env, project_dir)
+    plan = plans.load(env, project_dir, uncached=True)  # as the hooks would
     if plan.errors:
         return Check(
             "plugins",

@@ -197,7 +197,11 @@ def dispatch(
 
         try:  # a rebuild gives each plugin's import at most half the default budget
             plan = plans.load(
-                env, project_dir, import_timeout=default_budget / 2, rebuilding=rebuilding
+                env,
+                project_dir,
+                import_timeout=default_budget / 2,
+                rebuilding=rebuilding,
+                uncached=True,
             )
         except Exception as exc:
             log.write("error", "cannot build the plugin plan", env, error=repr(exc))

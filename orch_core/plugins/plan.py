@@ -214,12 +214,16 @@ def load(
     *,
     import_timeout: float | None = None,
     rebuilding: Callable[[], None] | None = None,
+    uncached: bool = False,
 ) -> Plan:
     """The cached plan if it is still true, else a fresh one (saved for the next run), whose
     plugins each get ``import_timeout`` seconds to import (default: the CLI's bound). One
     process builds it at a time: a fleet's agents starting together wait for that one (up to
     ``import_timeout``) instead of each importing every plugin at once. ``rebuilding`` is told
-    before a rebuild starts (``orch-hook`` then gives its backstop :data:`REBUILD_SECONDS`)."""
+    before a rebuild starts (``orch-hook`` then gives its backstop :data:`REBUILD_SECONDS`).
+    Where the cache cannot be written (a full disk, a read-only state folder), ``OSError``,
+    or with ``uncached`` a plan all the same, logged: a hook's plugins (orch-guard's deny)
+    matter more than its speed, where a command says what is wrong in one line."""
     path = cache_path(env, project_dir)
     cached = _cached(env, project_dir, path)
     if cached is not None:
@@ -234,7 +238,9 @@ def load(
     try:
         paths.ensure_own_dir(os.path.dirname(path))
         lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:  # a full disk, a read-only state folder: the plugins all the same
+    except OSError as exc:
+        if not uncached:
+            raise
         log.write("warning", "the plugin plan cannot be cached: each run builds its own", env,
                   error=repr(exc))  # fmt: skip
         return loader.build_plan(env, project_dir, import_timeout=timeout)
@@ -256,6 +262,8 @@ def load(
             try:
                 save(plan, path)
             except OSError as exc:  # the next run builds it again
+                if not uncached:
+                    raise
                 log.write("warning", "the plugin plan cannot be cached", env, error=repr(exc))
         return plan
     finally:

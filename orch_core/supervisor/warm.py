@@ -199,7 +199,9 @@ class WarmServer:
 
         project_dir = paths.project_dir(env, _event_cwd(raw, env) or str(request["cwd"]))
         try:
-            plan = plans.load(env, project_dir, import_timeout=plans.DEFAULT_BUDGET_MS / 2000)
+            plan = plans.load(
+                env, project_dir, import_timeout=plans.DEFAULT_BUDGET_MS / 2000, uncached=True
+            )
         except Exception:
             plan = None  # dispatch says why, and answers with what it has
         if plan is not None and self._changed_since_start(plan):
