@@ -19,3 +19,8 @@ def inert(text: str) -> str:
     """``text`` with every control character but newline and tab escaped (``\\r\\n`` is a
     newline)."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\r\n", "\n"))
+
+
+def shortened(text: str, most: int) -> str:
+    """``text`` cut to at most ``most`` characters, an ellipsis saying where."""
+    return text if len(text) <= most else text[: most - 1] + "…"

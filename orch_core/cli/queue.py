@@ -17,7 +17,7 @@ from orch_core.cli.group import listing_group
 from orch_core.cli.params import agent_name, check_agent, optional_agent_name, read_text
 from orch_core.cli.send import project_queue
 from orch_core.queue import STATES, QueueError, age
-from orch_core.text import inert
+from orch_core.text import inert, shortened
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,8 +62,7 @@ def send_command(batch: Any, **given: Any) -> None:
 
 
 def _line(m: dict[str, Any], now: float, agent: str) -> str:
-    preview = inert(m["body"]).replace("\n", " ")
-    preview = preview[:48] + "…" if len(preview) > 49 else preview
+    preview = shortened(inert(m["body"]).replace("\n", " "), 49)
     return (f"{m['id']}  {agent}  #{m['seq']}  {m['priority']:>3} {m['band']:<9}  "
             f"{m['state']:<9}  {age(now - m['created']):>4}  {preview}")  # fmt: skip
 

@@ -30,7 +30,7 @@ from orch_core.errors import OrchError
 from orch_core.ops import fleet
 from orch_core.queue import BANDS, Queue, age
 from orch_core.supervisor import lifecycle
-from orch_core.text import inert
+from orch_core.text import inert, shortened
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -57,8 +57,8 @@ STATE_STYLES = {"busy": "green", "idle": "cyan", "starting": "yellow", "waking":
 def plain(value: object, width: int | None = None) -> Text:
     """Untrusted text as one inert line (no markup, no control characters), cut to ``width``."""
     line = inert(str(value)).replace("\n", " ").replace("\t", " ")
-    if width is not None and len(line) > width:
-        line = line[: width - 1] + "…"
+    if width is not None:
+        line = shortened(line, width)
     return Text(line, no_wrap=True, end="")
 
 

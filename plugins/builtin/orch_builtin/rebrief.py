@@ -24,6 +24,7 @@ import time
 from orch_core import Setting, hookimpl, paths
 from orch_core.plugins.settings import defaults
 from orch_core.queue import PENDING_SQL, age
+from orch_core.text import shortened
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -466,8 +467,8 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
     if on["agent"]:
         sections["agent"] = (
             f"Agent: {ctx.agent}"
-            + (f"; role: {_shortened(role)}" if role else "")
-            + f". Project: {_shortened(ctx.project_dir)}."
+            + (f"; role: {shortened(role, AGENT_LINE_PART)}" if role else "")
+            + f". Project: {shortened(ctx.project_dir, AGENT_LINE_PART)}."
         )
     briefing = row.get("briefing_content") or _read(ctx, settings["briefing_file"], "briefing_file")
     if on["briefing"] and briefing:
@@ -560,10 +561,6 @@ def _size(path: str | None) -> int | None:
         return os.stat(path).st_size if path else None
     except OSError:
         return None
-
-
-def _shortened(text: str, most: int = AGENT_LINE_PART) -> str:
-    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def fit(sections: dict[str, str], budget: int) -> None:
