@@ -136,6 +136,10 @@ class NotRegularFile(OSError):
     """A FIFO, a device or a folder where a file was to be read."""
 
 
+#: The largest config file orch reads (a real one is a few hundred bytes).
+CONFIG_LIMIT = 256 * 1024
+
+
 def read_regular(path: str, limit: int, *, follow: bool = True) -> bytes:
     """At most ``limit`` bytes of the file at ``path``, opened without blocking and read only
     if it is a regular file: a FIFO in its place would block, ``/dev/zero`` would never end

@@ -193,6 +193,14 @@ def test_a_postgresql_url_in_orch_db_or_the_users_own_config_picks_postgresql(
     config.write_text('[orch]\ndatabase = "/srv/orch.db"\n')
     with pytest.raises(StoreError, match=r"\[orch\] database must be a postgresql:// URL"):
         open_store(env)
+    # what the plan refuses to read (too large, nested too deep) picks no database either
+    named = '[orch]\ndatabase = "postgresql://fleet@db.internal/orch"\n'
+    config.write_text(named + "# " + "x" * 256 * 1024 + "\n")
+    with pytest.raises(StoreError, match=r"config.toml: larger than 256 KiB$"):
+        open_store(env)
+    config.write_text(named + "x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(StoreError, match="cannot tell which database to use"):
+        open_store(env)
 
 
 def test_a_projects_config_cannot_choose_the_database(orch: OrchState) -> None:

@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
 BUILTIN_PACKAGE = "orch_builtin"
 ENTRY_POINT_GROUP = "orch"
-#: The largest config file orch reads (a real one is a few hundred bytes).
-CONFIG_LIMIT = 256 * 1024
 #: Seconds a plugin's import may take before it is left out (the CLI's bound; the hook gives
 #: the plan at most half its budget).
 IMPORT_TIMEOUT = 5.0
@@ -167,17 +165,18 @@ def _split(value: str | None) -> list[str]:
 def _read_toml(path: str) -> dict[str, Any]:
     """A config file. A project's comes with a cloned repository: a link to ``/dev/zero`` or
     a FIFO in its place must neither exhaust memory nor block every hook and the supervisor,
-    so only a regular file of at most :data:`CONFIG_LIMIT` bytes is read, without blocking."""
+    so only a regular file of at most :data:`~orch_core.paths.CONFIG_LIMIT` bytes is read,
+    without blocking."""
     import tomllib
 
     try:
-        data = paths.read_regular(path, CONFIG_LIMIT + 1)
+        data = paths.read_regular(path, paths.CONFIG_LIMIT + 1)
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
-    if len(data) > CONFIG_LIMIT:
-        raise ConfigError(f"{path}: larger than {CONFIG_LIMIT // 1024} KiB")
+    if len(data) > paths.CONFIG_LIMIT:
+        raise ConfigError(f"{path}: larger than {paths.CONFIG_LIMIT // 1024} KiB")
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

@@ -75,10 +75,6 @@ def database(env: Mapping[str, str]) -> str:
     return configured_database(paths.user_config_path(env)) or paths.db_path(env)
 
 
-#: The most of the user's config read for its ``database`` (the plan refuses a larger file).
-CONFIG_READ = 1 << 20
-
-
 def configured_database(config_file: str) -> str:
     """``[orch] database`` of ``config_file``, or ``""``. On every hook: a config that does
     not mention the word costs one read and no TOML parser. Only a regular file is read (a
@@ -86,7 +82,7 @@ def configured_database(config_file: str) -> str:
     from orch_core import paths
 
     try:
-        raw = paths.read_regular(config_file, CONFIG_READ)
+        raw = paths.read_regular(config_file, paths.CONFIG_LIMIT + 1)
     except OSError:
         return ""
     if b"database" not in raw:
@@ -95,9 +91,11 @@ def configured_database(config_file: str) -> str:
 
     from orch_core.storage.store import StoreError
 
+    if len(raw) > paths.CONFIG_LIMIT:  # what the plan refuses to read must not pick a server
+        raise StoreError(f"{config_file}: larger than {paths.CONFIG_LIMIT // 1024} KiB")
     try:
         value = tomllib.loads(raw.decode("utf-8")).get("orch", {}).get("database", "")
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError) as exc:
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError, RecursionError) as exc:
         raise StoreError(f"{config_file}: cannot tell which database to use: {exc}") from None
     if value and not (isinstance(value, str) and paths.is_url(value)):
         raise StoreError(f"{config_file}: [orch] database must be a postgresql:// URL")
