@@ -191,8 +191,10 @@ def test_hooks_answer_within_their_budget_while_the_database_is_down(
     # each run says why it went without the store, naming the server (never its password)
     unrecorded = logged(orch, "cannot record the hook run")
     assert len(unrecorded) == len(EVENTS)
-    said = "kept the connection" if down == "mute" else "is unreachable"
-    assert all(said in line["error"] for line in unrecorded), unrecorded
+    said = {"kept the connection"} if down == "mute" else {"is unreachable"}
+    if down == "silent":  # on a busy machine the hook stops waiting before the connect gives up
+        said.add("kept the connection")
+    assert all(any(s in line["error"] for s in said) for line in unrecorded), unrecorded
     failed = logged(orch, "plugins failed")
     assert {p["plugin"] for line in failed for p in line["plugins"]} >= {"queue", "presence"}
     if down == "mute":  # each hook waited for its first statement half of what was left

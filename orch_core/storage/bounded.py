@@ -10,37 +10,41 @@ from typing import Any
 
 import psycopg
 
+#: Seconds past the server's own statement timeout that orch waits for an answer before it
+#: gives up on the connection: the server ends a statement at its ``statement_timeout``, but
+#: one that stopped answering altogether (stuck on its disk, or behind a network gone
+#: mid-session) never does, and would hold a command for ever.
+SLACK = 1.0
+
 
 class BoundedConnection(psycopg.Connection[Any]):
     """A connection that waits for the server at most :attr:`bound` seconds at a time, then
-    gives up on it. The server ends a statement at its own ``statement_timeout``; one that
-    stopped answering altogether (stuck on its disk, or behind a network gone mid-session)
-    never does. The connection is closed then: a statement it never finished leaves it
-    unusable. A wait with a bound of its own (for notifications) keeps that one.
+    gives up on it. The connection is closed then: a statement it never finished leaves it
+    unusable. A wait with a bound of its own (for notifications) keeps that one."""
 
-    One wait may cover the answers of several statements (a pipeline, ``executemany``): the
-    server gives each of them its own ``statement_timeout``, so :meth:`answers` widens the
-    bound for them."""
-
-    bound: float | None = None
-    #: The part of :attr:`bound` past the server's own timeout for one statement.
-    slack = 0.0
+    #: The ``statement_timeout`` orch gave the server, in seconds (``None``: waits unbounded).
+    statement_timeout: float | None = None
     #: Whether it was closed for a wait past its bound.
     gave_up = False
+    #: How many statements' answers one wait may cover (:meth:`answers`).
+    _statements = 1
+
+    @property
+    def bound(self) -> float | None:
+        """Each statement a wait covers may take the server's timeout, and then :data:`SLACK`."""
+        if self.statement_timeout is None:
+            return None
+        return self.statement_timeout * self._statements + SLACK
 
     @contextlib.contextmanager
     def answers(self, statements: int) -> Iterator[None]:
-        """Within: each wait may be for ``statements`` statements' answers, each of which
-        the server may take up to its timeout on (the bound less :attr:`slack`)."""
-        bound = self.bound
-        if bound is None or statements <= 1:
-            yield
-            return
-        self.bound = (bound - self.slack) * statements + self.slack
+        """Within: each wait may be for ``statements`` statements' answers (a pipeline,
+        ``executemany``), each of which the server gives its own timeout."""
+        before, self._statements = self._statements, max(1, statements)
         try:
             yield
         finally:
-            self.bound = bound
+            self._statements = before
 
     def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         bound = self.bound

@@ -22,9 +22,9 @@ core and the plugins run on it unchanged:
   (the hook passes what is left of its budget). orch bounds the rest itself, as libpq would
   not: connecting gets :data:`CONNECT_SHARE` of the timeout, and each wait for the server's
   answer the timeout for each statement answered (a pipeline's lock and statements alike) and
-  :data:`ANSWER_SLACK` (:mod:`orch_core.storage.bounded`), so a server
-  that stopped answering costs an agent no more than a locked SQLite file, and a command or
-  the supervisor a few seconds, never for ever. A transaction left idle (a process stopped
+  :data:`~orch_core.storage.bounded.SLACK`, so a server that stopped answering costs an agent
+  no more than a locked SQLite file, and a command or the supervisor a few seconds, never for
+  ever. A transaction left idle (a process stopped
   while it held the write lock) is ended by the server after :data:`IDLE_IN_TRANSACTION`.
 - **Durability**: ``durable=False`` (the hook path) commits with ``synchronous_commit = off``:
   like SQLite's ``synchronous=NORMAL``, a commit survives the crash of any client; a crash of
@@ -96,11 +96,6 @@ _DOWN: dict[str, tuple[float, str]] = {}
 #: that takes the connection and never answers (stopped, or packets dropped on the way) would
 #: otherwise hold a hook past its backstop, its plugins' answers (a deny) with it.
 CONNECT_SHARE = 0.5
-#: Seconds past the store's timeout that orch waits for the server to answer a statement
-#: before it gives up on the connection: the server ends a statement at its own
-#: ``statement_timeout``, but one that stopped answering altogether (stuck on its disk, or
-#: behind a network gone mid-session) never does, and would hold a command for ever.
-ANSWER_SLACK = 1.0
 #: Statements translated so far, by their text; cleared when it grows past :data:`KEEP_SQL`
 #: (``IN (?, ?, …)`` lists make statements of many lengths).
 _translated: dict[str, str] = {}
@@ -403,7 +398,7 @@ class PostgresStore(Store):
             raise StoreError(f"{self.where}: {one_line(exc)}") from None
         try:
             conn = _connect_within(conninfo, self.timeout * CONNECT_SHARE)
-            conn.bound, conn.slack = self.timeout + ANSWER_SLACK, ANSWER_SLACK
+            conn.statement_timeout = self.timeout
         except (psycopg.Error, TimeoutError) as exc:
             said = f"{self.where} is unreachable: {one_line(exc)}"
             _DOWN[self.url] = (time.monotonic() + HOLDOFF, said)
@@ -455,15 +450,15 @@ class PostgresStore(Store):
             tx.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def execute(
-        self, sql: str, params: Sequence[Any] = (), *, bound: float | None = None
+        self, sql: str, params: Sequence[Any] = (), *, timeout: float | None = None
     ) -> psycopg.Cursor[Any]:
-        """``sql`` on this thread's connection, in its turn; ``bound``: the connection's new
-        :attr:`~orch_core.storage.bounded.BoundedConnection.bound`, from this statement on."""
+        """``sql`` on this thread's connection, in its turn; ``timeout``: the server's
+        statement timeout that ``sql`` sets, which bounds the wait for its answer and after."""
         taken = self.take_turn()
         try:
             conn = self.conn
-            if bound is not None:
-                conn.bound = bound
+            if timeout is not None:
+                conn.statement_timeout = timeout
             try:
                 return conn.execute(translate(sql), params)  # the rows are fetched already
             except Exception as exc:
@@ -516,7 +511,7 @@ class PostgresStore(Store):
             "SELECT set_config('lock_timeout', ?, false),"
             " set_config('statement_timeout', ?, false)",
             (wait, wait),
-            bound=seconds + ANSWER_SLACK,
+            timeout=seconds,
         )
 
     def notify(self, tx: Connection, channel: str, payloads: Sequence[str]) -> None:
@@ -585,7 +580,7 @@ class Listener:
         self.where = store.where
         try:
             self.conn = _connect_within(store._conninfo(), store.timeout * CONNECT_SHARE)
-            self.conn.bound, self.conn.slack = store.timeout + ANSWER_SLACK, ANSWER_SLACK
+            self.conn.statement_timeout = store.timeout
             self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         except (psycopg.Error, TimeoutError) as exc:
             raise StoreError(f"{self.where}: {str(exc).strip()}") from None
