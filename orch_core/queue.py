@@ -25,6 +25,7 @@ from orch_core import paths
 from orch_core.errors import OrchError
 from orch_core.hook import agents
 from orch_core.plugins.plan import ANSWER_MARGIN
+from orch_core.text import length
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -736,6 +737,25 @@ class Queue:
             if cur.rowcount:
                 _event(tx, message_id, now, "queued", why)
 
+    def take_back(self, message_ids: list[str], why: str, now: float | None = None) -> int:
+        """Put deliveries the model never got back in the queue, their attempt not counted
+        (their hook's reply left them out): the agent's next hook hands them over. How many
+        were still delivered."""
+        now = time.time() if now is None else now
+        with self.store.transaction() as tx:
+            back = [
+                row[0]
+                for row in tx.execute(
+                    "UPDATE messages SET state = 'queued', delivered = NULL, session_id = NULL,"
+                    " checks = 0, attempts = attempts - 1"
+                    f" WHERE id IN ({', '.join('?' * len(message_ids))}) AND state = 'delivered'"
+                    " RETURNING id",
+                    message_ids,
+                ).fetchall()
+            ]
+            self._events(tx, now, [(back, "queued", why)] if back else [])
+        return len(back)
+
     def requeue_session(self, session_id: str, reason: str, now: float | None = None) -> int:
         """Put a finished session's unconfirmed deliveries back in the queue."""
         now = time.time() if now is None else now
@@ -985,11 +1005,12 @@ class Queue:
             )
 
     def _cost(self, message: Message, budget: int) -> int:
-        """Characters ``render`` gives ``message`` (with room for the age and separator)."""
-        header = len(MARK) + len(message["id"]) + len(message["sender"] or "unknown") + 80
-        if len(message["body"]) > budget - 200:
-            return header + PREVIEW + len(self._spill_path(message)) + 120
-        return header + len(message["body"])
+        """Characters ``render`` gives ``message`` (with room for the age and separator), as
+        Claude Code counts them."""
+        header = len(MARK) + len(message["id"]) + length(message["sender"] or "unknown") + 80
+        if length(message["body"]) > budget - 200:
+            return header + length(message["body"][:PREVIEW]) + len(self._spill_path(message)) + 120
+        return header + length(message["body"])
 
     def render(
         self,
@@ -1010,7 +1031,7 @@ class Queue:
                 f"(priority {m['priority']}) · queued {age(now - m['created'])} ago]"
             )
             body = m["body"]
-            if len(body) <= budget - 200:
+            if length(body) <= budget - 200:
                 parts.append(f"{header}\n{body}")
                 continue
             try:

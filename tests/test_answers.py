@@ -6,7 +6,7 @@ import pytest
 
 from orch_core import Answer
 from orch_core.hook import events
-from orch_core.hook.answers import check, fold
+from orch_core.hook.answers import CONTEXT_CAP, check, fold, over_cap
 from orch_core.testing.payloads import payload
 
 #: Events that have no hookSpecificOutput variant: any such output fails Claude's validation.
@@ -109,3 +109,19 @@ def test_strings_and_none_are_accepted() -> None:
     assert check("ctx", event("Stop")) == Answer("ctx")
     assert check("", event("Stop")) is None
     assert check(None, event("Stop")) is None
+
+
+def test_texts_that_would_pass_claudes_cap_together_are_left_out_whole() -> None:
+    """Kept in call order while they fit; a later, shorter one still fits. Claude Code counts
+    UTF-16 code units: an emoji is two (tests/e2e/test_harness.py)."""
+    post = event("PostToolUse")
+    first, second, third = Answer("a" * 6000), Answer("b" * 6000), Answer("c" * 3000)
+    assert over_cap(post, [first, second, third]) == [1]
+    assert over_cap(post, [Answer("a" * CONTEXT_CAP)]) == []
+    assert over_cap(post, [Answer("a" * (CONTEXT_CAP - 2)), Answer("b")]) == [1]  # the "\n\n"
+    rockets = Answer("\U0001f680" * (CONTEXT_CAP // 2 + 1))  # 5,001 characters, 10,002 units
+    assert over_cap(post, [rockets]) == [0]
+    assert over_cap(post, [Answer(permission="deny", reason="x" * 20_000)]) == []
+    stop = event("Stop")  # a Stop's blocking text is text for the model too
+    assert over_cap(stop, [Answer(block="a" * 6000), Answer("b" * 6000)]) == [1]
+    assert over_cap(event("PreCompact"), [Answer("a" * 20_000)]) == []  # no text goes there

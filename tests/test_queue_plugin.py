@@ -251,6 +251,62 @@ def test_many_messages_fit_in_one_hook_below_claudes_cap(orch: OrchState) -> Non
     assert bodies == [f"{i:02d}" for i in reversed(range(12))]
 
 
+WORDY = """
+from orch_core import Answer, hookimpl
+
+@hookimpl
+def orch_post_tool_use(event):
+    return "w" * 9000
+
+@hookimpl
+def orch_pre_tool_use(event):
+    return Answer("w" * 9000, permission="deny", reason="wordy says no")
+"""
+
+
+def test_messages_left_out_of_a_reply_over_claudes_cap_go_back_to_the_queue(
+    orch: OrchState, orch_module: Any
+) -> None:
+    """Another plugin's text takes most of Claude Code's 10,000 characters: the queue's text
+    would push the reply past the cap, where the model sees only its start. It is left out,
+    and the messages go back to the queue, their attempt not counted."""
+    message_id = send(orch, "m" * 2000)
+    emergency = send(orch, "e" * 2000, priority=150)
+    orch_module("wordy", WORDY)  # a project's plugin: called before the built-ins
+    orch.write_config('[plugins]\nload = ["wordy"]\n')
+    result = hook(orch, "PostToolUse")
+    assert result.context == "w" * 9000
+    assert (state_of(orch, message_id), state_of(orch, emergency)) == ("queued", "queued")
+    row = orch.store.execute("SELECT attempts, session_id FROM messages WHERE id = ?",
+                             (message_id,)).fetchone()  # fmt: skip
+    assert tuple(row) == (0, None)
+    assert events_of(orch, message_id)[-2:] == [
+        ("delivered", SESSION),
+        ("queued", "left out of the hook's reply: over Claude Code's cap"),
+    ]
+    (line,) = [e for e in orch.log() if e["msg"].startswith("text for the model left out")]
+    assert (line["plugins"], line["cap"]) == (["queue"], 10_000)
+    denied = hook(orch, "PreToolUse")  # a decision stays when its text is left out
+    assert denied.output is not None
+    specific = denied.output["hookSpecificOutput"]
+    assert (specific["permissionDecision"], specific["additionalContext"]) == ("deny", "w" * 9000)
+    assert state_of(orch, emergency) == "queued"
+    orch.write_config("")
+    result = hook(orch, "PostToolUse")  # the next hook with room hands them over
+    assert result.context is not None and "m" * 2000 in result.context
+    assert "e" * 2000 in result.context
+    assert state_of(orch, message_id) == "delivered"
+
+
+def test_a_message_of_emoji_counts_as_claude_code_counts(orch: OrchState) -> None:
+    """5,000 emoji are 10,000 characters to Claude Code: past the queue's 8,000, a file."""
+    message_id = send(orch, "\U0001f680" * 5000)
+    result = hook(orch, "UserPromptSubmit")
+    assert result.context is not None
+    assert f"the full text is in {orch.store.folder}/messages/{message_id}.txt" in result.context
+    assert len(result.context.encode("utf-16-le")) // 2 <= 8000
+
+
 def test_session_end_requeues_unconfirmed_deliveries_and_keeps_the_rest(
     orch: OrchState,
 ) -> None:

@@ -188,6 +188,10 @@ def test_fit_trims_the_agent_line_last_and_always_keeps_the_budget() -> None:
     assert sum(len(t) for t in sections.values()) == 1000
     assert sections["briefing"] == sections["pending"] == "[… trimmed to fit]"
     assert sections["agent"].startswith("A" * 900) and sections["agent"].endswith("to fit]")
+    rockets = {"agent": "A" * 100, "briefing": "\U0001f680" * 3000}  # 6,000 as Claude counts
+    fit(rockets, 1000)
+    assert sum(len(t.encode("utf-16-le")) // 2 for t in rockets.values()) <= 1000
+    assert rockets["briefing"].startswith("\U0001f680" * 400)
 
 
 def test_a_nul_byte_in_cwd_leaves_out_the_git_state_only(orch: OrchState, repo: Path) -> None:

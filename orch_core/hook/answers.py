@@ -108,8 +108,38 @@ class Reply:
         return json.dumps(self.output, ensure_ascii=False) if self.output is not None else ""
 
 
+#: Claude Code's cap on a hook's text for the model: a longer text is put in a file, and the
+#: model gets a preview of about 2,000 characters and the file's path
+#: (tests/e2e/test_harness.py). Counted as :func:`orch_core.text.length` counts.
+CONTEXT_CAP = 10_000
+#: What :func:`_join` puts between two answers' texts.
+SEPARATOR = 2
+
+
 def _join(parts: list[str]) -> str:
     return "\n\n".join(p for p in parts if p)
+
+
+def over_cap(event: Event, answers: list[Answer]) -> list[int]:
+    """The answers (their indexes) to leave out so that the text the reply gives the model
+    stays within :data:`CONTEXT_CAP`: whole answers, kept in call order while they fit. Past
+    the cap the model would see only the start of the text, and a queued message that started
+    there would count as seen."""
+    if not (event.takes_context or event.blocks_by == "context"):
+        return []
+    from orch_core.text import length
+
+    left_out, used = [], -SEPARATOR
+    for index, answer in enumerate(answers):
+        texts = [answer.context] + ([answer.block] if event.blocks_by == "context" else [])
+        size = sum(length(text) + SEPARATOR for text in texts if text)
+        if not size:
+            continue
+        if used + size > CONTEXT_CAP:
+            left_out.append(index)
+        else:
+            used += size
+    return left_out
 
 
 def fold(event: Event, answers: list[Answer]) -> Reply:

@@ -47,6 +47,8 @@ class Runtime:
         self.started = time.time()
         #: When the dispatcher stops waiting for plugins (``time.time()``); ``None``: never.
         self.deadline: float | None = None
+        #: Each plugin's notes for this run (:attr:`HookContext.notes`).
+        self.notes: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def open(
@@ -172,6 +174,12 @@ class HookContext:
     @property
     def store(self) -> Store:
         return self._runtime.store
+
+    @property
+    def notes(self) -> dict[str, Any]:
+        """This plugin's notes for this run: what its event hook keeps for its own
+        ``orch_hook_answered`` (the queue: the messages it handed over)."""
+        return self._runtime.notes.setdefault(self.plugin, {})
 
     def log(self, msg: str, level: str = "info", **fields: Any) -> None:
         """One line in orch's JSON-lines log, tagged with this plugin, agent and event."""

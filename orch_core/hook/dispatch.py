@@ -232,7 +232,8 @@ def dispatch(
     )
 
     calls = call_all(impls, {"event": event}, runtime, deadline)
-    given, outcomes = [], []
+    given: list[tuple[str, answers.Answer]] = []
+    outcomes = []
     for call in calls:
         outcome = call.outcome(budget)
         if outcome["outcome"] == "ok":
@@ -242,9 +243,10 @@ def dispatch(
                 outcome.update(outcome="invalid", error=str(exc))
             else:
                 if answer is not None:
-                    given.append(answer)
+                    given.append((call.impl.plugin, answer))
         outcomes.append(outcome)
-    reply = answers.fold(event, given)
+    folded, left_out = _within_cap(event, given, runtime)
+    reply = answers.fold(event, folded)
     if reply_to is not None:
         try:
             reply_to(reply)
@@ -252,12 +254,37 @@ def dispatch(
             log.write("error", "cannot give the reply", env, error=repr(exc))
     answered = plan.impls("orch_hook_answered")
     if answered:
-        kwargs = {"event": event, "blocked": reply.blocked}
+        kwargs = {"event": event, "blocked": reply.blocked, "left_out": left_out}
         observed = [c.outcome(budget) for c in call_all(answered, kwargs, runtime, deadline)]
         outcomes += [outcome for outcome in observed if outcome["outcome"] != "ok"]
     result = Outcome(reply, event, runtime.agent, outcomes, abandoned=not prepared)
     _record(result, store, env, start, deadline)
     return result
+
+
+def _within_cap(
+    event: events.Event, given: list[tuple[str, answers.Answer]], runtime: Runtime
+) -> tuple[list[answers.Answer], frozenset[str]]:
+    """The answers, less the text for the model of those that would take it past Claude Code's
+    cap (:func:`~orch_core.hook.answers.over_cap`; their decisions stay), and the plugins that
+    gave those, whose ``orch_hook_answered`` learns it (the queue takes its messages back)."""
+    kept = [answer for _, answer in given]
+    over = answers.over_cap(event, kept)
+    if not over:
+        return kept, frozenset()
+    for index in over:
+        answer = kept[index]
+        kept[index] = answers.Answer(
+            block=answer.block if event.blocks_by != "context" else None,
+            permission=answer.permission,
+            reason=answer.reason,
+            system_message=answer.system_message,
+        )
+    left_out = frozenset(given[index][0] for index in over)
+    log.write("warning", "text for the model left out: over Claude Code's cap", runtime.env,
+              hook_event_name=event.name, agent=runtime.agent, plugins=sorted(left_out),
+              cap=answers.CONTEXT_CAP)  # fmt: skip
+    return kept, left_out
 
 
 def _prepare(

@@ -16,6 +16,8 @@ or on what the hooks themselves logged. Findings pinned here (Claude Code 2.1.32
 - PostToolUse ``{"decision":"block","reason":R}`` arrives once, as a system message after the
   (unchanged) tool_result: ``PostToolUse:Bash hook blocking error from command: "CMD": R``.
   Exit 2 with that JSON is again the same as exit 0, stderr ignored.
+- ``additionalContext`` of more than 10,000 characters, counted in UTF-16 code units (an emoji
+  is two), reaches the model as a ``<persisted-output>`` preview of its start and a file's path.
 """
 
 from __future__ import annotations
@@ -439,3 +441,38 @@ def test_tmux_server_runs_argv_with_env_and_keeps_dead_panes(tmux_server: TmuxSe
     assert "hey " in tmux_server.capture(pane)
     tmux_server.kill()
     assert not tmux_server.is_alive(pane)
+
+
+#: A context's length as Claude Code counts it, and whether its end reaches the model.
+CAPPED_CONTEXTS = {
+    "10,000 plain characters": ("a" * 9_990, True),
+    "10,001 plain characters": ("a" * 9_991, False),
+    "5,001 emoji (10,002 UTF-16 units)": ("\U0001f680" * 4_996, False),
+}
+
+
+@pytest.mark.claude
+@pytest.mark.parametrize("shape", list(CAPPED_CONTEXTS))
+def test_a_hooks_context_over_10000_characters_reaches_the_model_as_a_preview(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path, shape: str
+) -> None:
+    """Past 10,000 characters (UTF-16 code units: an emoji is two) Claude Code keeps the text
+    in a file and the model gets only its start and the path: what orch folds must stay
+    within that (orch_core.hook.answers.CONTEXT_CAP)."""
+    filler, whole = CAPPED_CONTEXTS[shape]
+    context = f"HEAD {filler} TAIL"  # 10 more characters
+    output = {"hookEventName": "UserPromptSubmit", "additionalContext": context}
+    answering_hook(tmp_path, project, "UserPromptSubmit", SHAPE_HOOK,
+                   [{"hookSpecificOutput": output}, 0, ""])  # fmt: skip
+    standin.reply_text("ok")
+
+    session = claude()
+    session.prompt("Answer briefly.")
+    (request,) = session.wait_for_requests(1)
+    text = request.text()
+    assert text.count("HEAD ") == 1
+    if whole:
+        assert text.count(context) == 1
+    else:
+        assert " TAIL" not in text
+        assert "<persisted-output>" in text

@@ -75,3 +75,48 @@ def test_the_request_after_compact_holds_the_rebrief_once(
     assert "Bash: git status --short" in after
     assert "Agent: pay:1." in after
     assert "[orch rebrief" not in requests[1].text()
+
+
+def test_a_message_waiting_beside_a_rebrief_follows_it_whole_and_once(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
+) -> None:
+    """``orch rebrief`` with a long briefing, and a long message, both answer the next
+    prompt: together they would pass Claude Code's 10,000 characters, and the model would see
+    only their start. The rebrief goes first, whole; the message goes back to the queue and
+    reaches the model with the next hook (the turn's Stop), whole and once."""
+    briefing = "".join(f"Release rule {n:03d}: check the payments ledger twice.\n"
+                       for n in range(130))  # fmt: skip
+    body = "".join(f"Step {n:03d} of the refund fix: run the ledger test.\n" for n in range(70))
+    assert len(briefing) > 6_500 and len(body) > 3_000
+    env = {
+        "ORCH_STATE_DIR": str(tmp_path / "state"),
+        "ORCH_DB": str(tmp_path / "state" / "orch.db"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "ORCH_AGENT": "pay:1",
+    }
+    run_env = {**os.environ, **env}
+    subprocess.run([ORCH, "install", str(project)], check=True, env=run_env)
+    subprocess.run([ORCH, "brief", "pay:1", "-"], input=briefing, text=True, check=True,
+                   env=run_env)  # fmt: skip
+    standin.reply_text("Ready.")
+    session = claude(env=env)
+    session.prompt("Start.")
+    session.wait_for_requests(1)
+    store = SQLiteStore(env["ORCH_DB"])
+    wait_until(lambda: any(r["event"] == "Stop" for r in store.runs(100)), what="the Stop")
+
+    subprocess.run([ORCH, "rebrief", "pay:1"], check=True, capture_output=True, env=run_env)
+    subprocess.run([ORCH, "send", "pay:1", "-"], input=body, text=True, check=True,
+                   capture_output=True, env=run_env)  # fmt: skip
+    standin.reply_text("Rebriefed.")
+    standin.reply_text("On the refund fix.")
+    session.prompt("Go on.")
+    requests = session.wait_for_requests(3)
+    rebriefed = "\n".join(requests[1].texts())
+    assert "<persisted-output>" not in rebriefed
+    assert rebriefed.count(briefing.strip()) == 2  # at the session's start, and now
+    assert body.strip() not in rebriefed
+    last = "\n".join(requests[2].texts())  # the whole conversation so far
+    assert "<persisted-output>" not in last
+    assert last.count(briefing.strip()) == 2
+    assert last.count(body.strip()) == 1

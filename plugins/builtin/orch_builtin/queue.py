@@ -59,9 +59,19 @@ def deliver(event: ev.Event, ctx: HookContext, min_priority: int = 0) -> str | N
     )
     if not messages:
         return None
+    ctx.notes["handed"] = [message["id"] for message in messages]
     for message in messages:
         ctx.fire("orch_message_delivered", message=message)
     return queue.render(messages, budget, log=ctx.log)
+
+
+@hookimpl
+def orch_hook_answered(left_out: frozenset[str], ctx: HookContext) -> None:
+    """Messages whose text the reply left out (with the other plugins' texts it would have
+    passed Claude Code's cap) go back to the queue at once, for the agent's next hook."""
+    handed = ctx.notes.get("handed")
+    if handed and ctx.plugin in left_out:
+        queue_for(ctx).take_back(handed, "left out of the hook's reply: over Claude Code's cap")
 
 
 @hookimpl

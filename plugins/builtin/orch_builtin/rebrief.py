@@ -24,7 +24,7 @@ import time
 from orch_core import Setting, hookimpl, paths
 from orch_core.plugins.settings import defaults
 from orch_core.queue import PENDING_SQL, age
-from orch_core.text import shortened
+from orch_core.text import head, length, shortened
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 
@@ -528,7 +528,7 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
         "pending": "Pending messages",
     }
     head = KINDS[kind]
-    fit(sections, int(settings["budget"]) - len(head) - 30 * len(sections))
+    fit(sections, int(settings["budget"]) - length(head) - 30 * len(sections))
     given = {"agent": ctx.agent, "ts": now, "kind": kind, "transcript": transcript,
              "transcript_from": _size(transcript), "branch": git and git["branch"]}  # fmt: skip
     if kind in ("compaction", "restart") and saved:
@@ -565,16 +565,17 @@ def _size(path: str | None) -> int | None:
 
 def fit(sections: dict[str, str], budget: int) -> None:
     """Trim sections, least important first and the agent line last, until the texts fit in
-    ``budget`` characters (any budget that holds a marker per section)."""
+    ``budget`` characters as Claude Code counts them (any budget that holds a marker per
+    section)."""
     marker = "\n[… trimmed to fit]"
     for name in TRIM_ORDER:
-        excess = sum(len(t) for t in sections.values()) - budget
+        excess = sum(length(t) for t in sections.values()) - budget
         if excess <= 0:
             return
         if name in sections:
             text = sections[name]
-            keep = max(0, len(text) - excess - len(marker))
-            sections[name] = text[:keep] + marker if keep else marker.strip()
+            keep = length(text) - excess - len(marker)
+            sections[name] = head(text, keep) + marker if keep > 0 else marker.strip()
 
 
 def _read(ctx: HookContext, name: str, setting: str) -> str:
