@@ -14,6 +14,7 @@ import pytest
 
 from orch_core import Answer, hookimpl
 from orch_core.hook import events
+from orch_core.queue import Queue
 from orch_core.testing.kit import hook_script
 from orch_core.testing.payloads import payload
 
@@ -312,3 +313,17 @@ def test_a_lone_surrogate_in_the_payload_is_no_plugins_error(orch: OrchState) ->
     assert run["ok"], run["plugins"]
     prompts = orch.store.execute("SELECT target FROM activity WHERE kind = 'prompt'")
     assert [t for (t,) in prompts] == ["half \ufffd pair, whole 🚀"]
+
+
+@pytest.mark.orch_backends("sqlite", "postgresql")
+@pytest.mark.orch_roomy_hooks
+@pytest.mark.parametrize("field", ["session_id", "transcript_path", "cwd"])
+def test_a_nul_in_the_payload_is_no_plugins_error(orch: OrchState, field: str) -> None:
+    """JSON may escape a NUL (``\\u0000``), which no path holds and PostgreSQL's text refuses:
+    it costs no plugin its answer (and, in the ``cwd`` that names the project, every plugin)."""
+    Queue(orch.store).send("p:1", "delivered all the same")
+    data = payload("UserPromptSubmit", **{field: "/nonexistent/nul\0here"})
+    result = orch.run_hook(data, ORCH_AGENT="p:1", TMUX_PANE="%0", CLAUDE_PROJECT_DIR="")
+    assert result.context is not None and "delivered all the same" in result.context
+    (run,) = orch.store.runs(1)
+    assert run["ok"], run["plugins"]

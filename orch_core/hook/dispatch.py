@@ -131,7 +131,7 @@ def read_payload(raw: bytes, env: Mapping[str, str]) -> dict[str, Any] | None:
         try:  # strict UTF-8: encoded surrogates would be text no reply could carry
             data = json.loads(raw.decode("utf-8-sig"))
             if isinstance(data, dict):
-                return _whole(data) if b"\\ud" in raw.lower() else data
+                return _whole(data) if b"\\ud" in raw.lower() or b"\\u0000" in raw else data
             problem = f"payload is a JSON {type(data).__name__}, not an object"
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             problem = f"payload is not JSON: {exc}"
@@ -141,9 +141,11 @@ def read_payload(raw: bytes, env: Mapping[str, str]) -> dict[str, Any] | None:
 
 def _whole(value: Any) -> Any:
     """``value`` with each lone surrogate (a ``\\ud800`` escape in the JSON, which is no text
-    and which SQLite refuses) replaced by U+FFFD."""
+    and which SQLite refuses) and each NUL (``\\u0000``: no path holds one, and PostgreSQL's
+    text refuses it) replaced by U+FFFD."""
     if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value.replace("\0", "\ufffd")
     if isinstance(value, list):
         return [_whole(v) for v in value]
     if isinstance(value, dict):
