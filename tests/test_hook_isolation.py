@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from orch_core import log
+from orch_core.hook import backstop
 from orch_core.plugins.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS
 from orch_core.queue import MARK, Queue
 from orch_core.testing.kit import hook_script
@@ -234,6 +236,19 @@ def test_a_stdin_that_never_closes_costs_at_most_the_budget(orch: OrchState, run
     assert code == 1  # Claude goes on without the hook
     assert [m["state"] for m in Queue(orch.store).messages("a:1")] == ["queued"]
     assert MARK in orch.run_hook(payload("UserPromptSubmit"), ORCH_AGENT="a:1").stdout
+
+
+def test_a_full_disk_leaves_no_run_file_taken_for_a_killed_run(orch: OrchState) -> None:
+    """Where the run's file can be made but not written (a full disk, here a file size limit
+    of 0), none is left behind: ``orch doctor`` would take each for a run killed from outside."""
+    assert orch.run_hook(payload("PostToolUse")).exit_code == 0  # the plan, cached
+    done = subprocess.run([hook_script()], input=json.dumps(payload("PostToolUse")).encode(),
+                          capture_output=True, env=orch.env, cwd=orch.project_dir, timeout=30,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)),
+                          check=False)  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert list((Path(orch.env["ORCH_STATE_DIR"]) / "running").iterdir()) == []
+    assert backstop.collect(orch.env, orch.store) == 0
 
 
 @pytest.mark.parametrize("where", ["orch.log", "plan"])

@@ -68,12 +68,15 @@ class Armed:
         import faulthandler
 
         faulthandler.cancel_dump_traceback_later()
-        if self.path == os.devnull:
-            return
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if self.path != os.devnull:
+            _remove(self.path)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def arm(env: Mapping[str, str], seconds: float, header: dict[str, Any]) -> Armed:
@@ -85,11 +88,15 @@ def arm(env: Mapping[str, str], seconds: float, header: dict[str, Any]) -> Armed
     folder = os.path.join(paths.state_dir(env), "running")
     path = os.path.join(folder, f"{os.getpid()}.json")
     record = {**header, "started": time.time()}
+    fd = -1
     try:
         paths.ensure_own_dir(folder)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         os.write(fd, json.dumps(record).encode() + b"\n")
     except OSError:
+        if fd >= 0:  # made but not written (a full disk): :func:`collect` would take it
+            os.close(fd)  # for the file of a run killed from outside
+            _remove(path)
         path, fd = os.devnull, os.open(os.devnull, os.O_WRONLY)
     faulthandler.dump_traceback_later(max(seconds, 0.001), exit=True, file=fd)
     return Armed(path, fd)
