@@ -60,6 +60,22 @@ def test_rate_limits_wait_for_the_reset(orch: OrchState) -> None:
     assert due["b:1"] == pytest.approx(42)
 
 
+@pytest.mark.parametrize(
+    "details",
+    [{"retry_after": float("nan")}, {"retry_after": float("inf")}, {"reset_at": float("inf")}],
+    ids=["nan", "infinite", "reset-never"],
+)
+def test_a_reset_that_is_no_time_waits_the_configured_time(
+    orch: OrchState, details: dict[str, float]
+) -> None:
+    """Python's JSON reads ``NaN``, ``Infinity`` and ``1e400``: none is a time to wait for (a
+    NaN cannot be stored, and an endless wait would hold every later recovery too)."""
+    orch.write_config("[plugin.auto_restart]\nrate_limit_wait = 600\n")
+    orch.run_hook(failure("rate_limit", error_details=details), ORCH_AGENT="a:1")
+    (recovery,) = lifecycle.history(orch.store, "a:1")
+    assert recovery["due"] - recovery["created"] == pytest.approx(600)
+
+
 def test_authentication_errors_fail_with_an_alert_and_no_restart(orch: OrchState) -> None:
     orch.run_hook(failure("authentication_failed"), ORCH_AGENT="a:1")
     assert orch.store.agents()[0]["state"] == "failed"

@@ -171,14 +171,19 @@ def orch_config_defaults() -> dict[str, Any]:
 
 def _reset_in(details: Any, fallback: float) -> float:
     """Seconds until a rate limit resets, when the error says so (``retry_after`` or a reset
-    timestamp), else ``fallback``."""
+    timestamp), else ``fallback``. Only a finite number says so: a ``NaN`` (which Python's
+    JSON reads) is no time to store, and an infinite wait would hold the agent's recovery,
+    and every later one, forever."""
+    import math
+
     if isinstance(details, dict):
         for key in ("retry_after", "retry_after_seconds"):
-            if isinstance(details.get(key), int | float):
+            if isinstance(details.get(key), int | float) and math.isfinite(details[key]):
                 return float(details[key])
         for key in ("reset_at", "resets_at", "reset"):
-            if isinstance(details.get(key), int | float) and details[key] > time.time():
-                return float(details[key]) - time.time()
+            value = details.get(key)
+            if isinstance(value, int | float) and math.isfinite(value) and value > time.time():
+                return float(value) - time.time()
     return fallback
 
 
