@@ -132,6 +132,21 @@ def test_a_plugin_that_hangs_at_import_costs_at_most_the_budget(orch: OrchState)
     assert "FAIL plugins: plugin sleepy: sleepy: import did not finish within" in report
 
 
+def test_a_project_naming_thousands_of_plugins_costs_one_slow_hook(orch: OrchState) -> None:
+    """A cloned project's ``[plugins] load`` may name thousands of modules, each imported in a
+    thread of its own: bounded together, the plan's rebuild ends before its backstop and is
+    kept, rather than cut short, and started again, by every hook."""
+    Queue(orch.store).send("a:1", "delivered all the same")
+    names = ",".join(f'"m{i}"' for i in range(20_000))  # within the config's 256 KiB
+    orch.write_config(f"[plugins]\nload = [{names}]\n")
+    elapsed, result = timed(orch, payload("UserPromptSubmit"), ORCH_AGENT="a:1")
+    assert result.exit_code == 0
+    assert "delivered all the same" in result.stdout
+    elapsed, result = timed(orch, payload("PostToolUse"), ORCH_AGENT="a:1")
+    assert elapsed < BUDGET + ANSWER_MARGIN + STARTUP, elapsed
+    assert result.exit_code == 0
+
+
 def test_a_slow_rebuild_of_the_plan_finishes_and_is_kept(orch: OrchState) -> None:
     """Five plugins each well within their import bound, together past the hook's budget (a
     loaded machine, a cold disk): the backstop gives the rebuild its own time, so the plan is

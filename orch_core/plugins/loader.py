@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 import types
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,11 @@ ENTRY_POINT_GROUP = "orch"
 #: Seconds a plugin's import may take before it is left out (the CLI's bound; the hook gives
 #: the plan at most half its budget).
 IMPORT_TIMEOUT = 5.0
+#: What the plugins a config or ``ORCH_LOAD_PLUGINS`` names may take to import all together,
+#: in ``import_timeout``s (a hook's: half the rebuild's backstop): a cloned project's
+#: ``[plugins] load`` of thousands of names (a thread each) or of many slow modules would
+#: otherwise keep every hook's rebuild of the plan past its backstop, the plan never cached.
+IMPORTS_TOGETHER = 6
 #: Seconds before a plan that left a plugin out for a slow import is built again.
 RETRY_LATE = 60.0
 #: Installing or removing a distribution changes the mtime of these folders on ``sys.path``.
@@ -344,6 +350,9 @@ def load(
         file = getattr(obj, "__file__", None) or getattr(module, "__file__", None)
         infos.append(attrs.evolve(info, hooks=hooks, file=file))
 
+    imports_end = time.monotonic() + IMPORTS_TOGETHER * import_timeout
+    not_tried: list[str] = []
+
     def add_module(name: str, dotted: str, source: str, version: str | None = None) -> None:
         if name in disabled:
             return
@@ -351,7 +360,11 @@ def load(
             if source == "builtin":
                 module = importlib.import_module(dotted)
             else:
-                module = bounded(lambda: importlib.import_module(dotted), import_timeout)
+                left = imports_end - time.monotonic()
+                if left <= 0:
+                    not_tried.append(name)
+                    return
+                module = bounded(lambda: importlib.import_module(dotted), min(left, import_timeout))
         except ImportTooSlow as exc:
             late.append(name)
             errors.append(f"plugin {name}: {dotted}: {exc}; left out")
@@ -388,6 +401,12 @@ def load(
         for dotted in only:
             if dotted not in known:
                 add_module(dotted, dotted, "env")
+    if not_tried:  # one error: thousands of lines would cost the rebuild as much again
+        late += not_tried
+        more = f" and {len(not_tried) - 3} more" if len(not_tried) > 3 else ""
+        within = IMPORTS_TOGETHER * import_timeout
+        errors.append(f"plugins {', '.join(not_tried[:3])}{more}: not imported, those before "
+                      f"took the {within:g} s all may; left out")  # fmt: skip
     for name, obj in (extra or {}).items():
         module = obj.__name__ if isinstance(obj, types.ModuleType) else None
         add(name, obj, PluginInfo(name, "test", module=module))
@@ -556,8 +575,6 @@ def build_plan(
         "mtimes": watched_mtimes(watched),
     }
     if loaded.late:
-        import time
-
         fingerprint["retry_at"] = time.time() + RETRY_LATE
     errors = list(loaded.errors)
     schemas = schema_versions(hooks.get("orch_schema", []), errors)
