@@ -90,6 +90,18 @@ def test_a_line_with_a_time_out_of_range_is_shown_without_one(orch: OrchState) -
     assert shown == [["-", "info", f"m{n}"] for n in range(4)] + [["-", "-"]]
 
 
+def test_a_level_that_is_not_text_is_shown_as_json(orch: OrchState) -> None:
+    """A plugin may log with any level (``ctx.log(msg, level=None)``): the line is shown, and
+    the lines after it too."""
+    for level in (None, ["a"], {"b": 1}, 5):
+        log.write(level, "odd", orch.env)  # type: ignore[arg-type]
+    log.write("info", "after", orch.env)
+    done = orch.cli("logs")
+    assert done.returncode == 0, done.stderr
+    shown = [line.split(maxsplit=2)[2] for line in done.stdout.splitlines()]
+    assert shown == ["null    odd", '["a"]   odd', '{"b": 1} odd', "5       odd", "info    after"]
+
+
 def test_a_broken_config_does_not_hide_the_log(orch: OrchState) -> None:
     orch.write_config("[plugins]\ndisable = 3\n")
     log.write("warning", "something", orch.env)

@@ -100,7 +100,10 @@ def readable(record: Mapping[str, Any]) -> str:
         f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
         for k, v in rest.items()
     )
-    line = f"{stamp} {record.get('level', '-'):<7} {record.get('msg', '')}"
+    level = record.get("level", "-")  # a plugin may log with any level (None, a list)
+    if not isinstance(level, str):
+        level = json.dumps(level, ensure_ascii=False)
+    line = f"{stamp} {level:<7} {record.get('msg', '')}"
     return f"{line}  {fields}".replace("\n", " ") if fields else line
 
 
