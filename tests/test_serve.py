@@ -340,6 +340,25 @@ def test_a_host_other_than_loopback_is_refused_without_a_token(orch: OrchState) 
     assert not serve.is_loopback("0.0.0.0") and not serve.is_loopback("example.org")
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [(["--token", "s3cret\udcff"], {}, "--token"),
+     ([], {"ORCH_SERVE_TOKEN": "s3cret\udcff"}, "--token"),
+     (["--host", "local\udcffhost", "--token", "s3cret"], {}, "--host")],
+)  # fmt: skip
+def test_a_token_or_host_that_is_not_text_is_refused_before_serving(
+    orch: OrchState, args: list[str], env: dict[str, str], said: str
+) -> None:
+    """Bytes that are not UTF-8 (in argv or ORCH_SERVE_TOKEN) are no token a client could send,
+    nor a name to listen on: one line, before anything listens (the token is not shown)."""
+    done = subprocess.run(
+        [orch_script(), "serve", "--port", "0", *args], capture_output=True, text=True,
+        env={**orch.env, **env}, cwd=orch.project_dir, timeout=30, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"Error: {said} is not text (not UTF-8)\n"
+
+
 def test_with_a_token_every_request_needs_it(orch: OrchState, start: Callable[..., Any]) -> None:
     seed(orch)
     dashboard = start(token="s3cret-token")

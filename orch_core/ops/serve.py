@@ -59,7 +59,14 @@ def is_loopback(host: str) -> bool:
 
 
 def check_access(host: str, token: str | None) -> None:
-    """Loopback, or a token: the fleet (message bodies included) is for its owner."""
+    """Loopback, or a token: the fleet (message bodies included) is for its owner. Both are
+    text: bytes that are not UTF-8 (argv, ``ORCH_SERVE_TOKEN``) would fail the bind, or every
+    request's check of the token."""
+    for option, value in (("--host", host), ("--token", token)):
+        try:
+            (value or "").encode()
+        except UnicodeEncodeError:
+            raise ServeError(f"{option} is not text (not UTF-8)") from None
     if not token and not is_loopback(host):
         raise ServeError(
             f"--host {host} is not a loopback address: anyone who reaches it would see the"
