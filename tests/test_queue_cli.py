@@ -848,6 +848,28 @@ def test_the_quick_send_reads_a_plain_form_as_click_does_and_leaves_the_rest_to_
 
 
 @pytest.mark.orch_backends("sqlite")
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+@pytest.mark.parametrize("form", [["p:1", "hi"], ["--batch", "-"]], ids=["quick", "click"])
+def test_a_reader_gone_before_the_receipt_ends_orch_send_as_click_does(
+    orch: OrchState, form: list[str], unbuffered: str
+) -> None:
+    """``orch send ... | head -0``: the message is stored, and a reader that left before the
+    receipt ends the command as click ends one (exit 1, nothing said), on either path."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [ORCH, "send", *form], input=b'{"agent": "p:1", "text": "hi"}', stdout=write,
+            stderr=subprocess.PIPE, env={**orch.env, "PYTHONUNBUFFERED": unbuffered},
+            timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr.decode()) == (1, "")
+    assert [m["body"] for m in Queue(orch.store).messages("p:1")] == ["hi"]
+
+
+@pytest.mark.orch_backends("sqlite")
 def test_ctrl_c_while_orch_send_reads_stdin_stores_nothing(orch: OrchState) -> None:
     """``orch send AGENT -`` waits for its text: Ctrl-C ends it as click ends a command
     (``Aborted!``, exit 1), with nothing stored."""

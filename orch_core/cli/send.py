@@ -69,6 +69,11 @@ def quick(argv: Sequence[str]) -> int | None:
     except KeyboardInterrupt:  # as click says it
         sys.stderr.write("\nAborted!\n")
         return 1
+    except BrokenPipeError:  # the reader left (`| head -0`): as click ends it, exit 1 quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)  # where what is still buffered goes at exit
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        return 1
     except Exception as exc:
         said = errors.said(exc)
         if said is None:
@@ -158,9 +163,10 @@ def send(
     if as_json:
         out: Any = receipts[0] if len(receipts) == 1 and not all_agents else receipts
         print(json.dumps(out, ensure_ascii=False))
-        return
-    for receipt in receipts:
-        print(said(receipt))
+    else:
+        for receipt in receipts:
+            print(said(receipt))
+    _flush()
 
 
 def send_batch(lines: Iterable[str], as_json: bool) -> None:
@@ -171,6 +177,14 @@ def send_batch(lines: Iterable[str], as_json: bool) -> None:
         receipts = api.send_many(items)
     for receipt in receipts:
         print(json.dumps(receipt, ensure_ascii=False) if as_json else said(receipt))
+    _flush()
+
+
+def _flush() -> None:
+    """The receipts out now: a reader that left is met while the command runs, which ends
+    with exit 1 (click's way), not at the interpreter's exit (a traceback, exit 120)."""
+    if sys.stdout is not None:  # None: stdout closed (>&-), print wrote nothing
+        sys.stdout.flush()
 
 
 def warm_send(items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
