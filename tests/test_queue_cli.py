@@ -870,6 +870,27 @@ def test_a_reader_gone_before_the_receipt_ends_orch_send_as_click_does(
 
 
 @pytest.mark.orch_backends("sqlite")
+@pytest.mark.parametrize(
+    ("args", "status", "said"),
+    [(["send", "p:1", "-"], 1, "Error: message text is empty\n"),
+     (["send", "--batch", "-"], 0, ""), (["import", "-"], 0, ""),
+     (["brief", "p:1", "-"], 1, "Error: the briefing is empty\n")],
+    ids=["send", "batch", "import", "brief"],
+)  # fmt: skip
+def test_a_closed_stdin_reads_as_empty(
+    orch: OrchState, args: list[str], status: int, said: str
+) -> None:
+    """A command started with stdin closed (``<&-``) that reads ``-`` finds nothing there, as
+    with an empty one: no traceback (Python gives such a process no ``sys.stdin``)."""
+    done = subprocess.run(
+        [ORCH, *args], preexec_fn=lambda: os.close(0), capture_output=True, text=True,
+        env=orch.env, cwd=orch.project_dir, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (status, said)
+    assert Queue(orch.store).messages() == []
+
+
+@pytest.mark.orch_backends("sqlite")
 def test_ctrl_c_while_orch_send_reads_stdin_stores_nothing(orch: OrchState) -> None:
     """``orch send AGENT -`` waits for its text: Ctrl-C ends it as click ends a command
     (``Aborted!``, exit 1), with nothing stored."""
