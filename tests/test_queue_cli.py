@@ -870,6 +870,24 @@ def test_a_reader_gone_before_the_receipt_ends_orch_send_as_click_does(
 
 
 @pytest.mark.orch_backends("sqlite")
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+@pytest.mark.parametrize("args", [["send", "p:1", "hi"], ["agents"], ["export"]],
+                         ids=["send", "agents", "export"])  # fmt: skip
+def test_output_to_a_full_disk_is_one_line(
+    orch: OrchState, args: list[str], unbuffered: str
+) -> None:
+    """``orch export > file`` on a full disk (Linux's /dev/full) says so in one line, exit 1,
+    on either path and however stdout is buffered (not a traceback, nor exit 120)."""
+    ok(orch, "send", "p:1", "first")
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [ORCH, *args], stdout=full, stderr=subprocess.PIPE, text=True,
+            env={**orch.env, "PYTHONUNBUFFERED": unbuffered}, timeout=60, check=False,
+        )  # fmt: skip
+    assert (done.returncode, done.stderr) == (1, "Error: No space left on device\n")
+
+
+@pytest.mark.orch_backends("sqlite")
 @pytest.mark.parametrize(
     ("args", "status", "said"),
     [(["send", "p:1", "-"], 1, "Error: message text is empty\n"),

@@ -8,6 +8,7 @@ group (:class:`orch_core.cli.group.OrchGroup`) for every command, built-in or a 
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 
@@ -33,6 +34,8 @@ def said(exc: BaseException) -> str | None:
         return "the input is nested too deeply to read"
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"  # a state folder that is a file, or read-only
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return str(exc.strerror)  # a write to a full disk: stdout sent to a file there, say
     if isinstance(exc, Exception):
         from orch_core.storage import server_error
 

@@ -70,9 +70,6 @@ def quick(argv: Sequence[str]) -> int | None:
         sys.stderr.write("\nAborted!\n")
         return 1
     except BrokenPipeError:  # the reader left (`| head -0`): as click ends it, exit 1 quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)  # where what is still buffered goes at exit
-        os.dup2(devnull, 1)
-        os.close(devnull)
         return 1
     except Exception as exc:
         said = errors.said(exc)
