@@ -189,6 +189,58 @@ def test_four_crashes_in_an_hour_give_three_restarts_then_failed(fleet: OrchStat
     ]
 
 
+SLOW_RESTART = """
+import os, time
+from orch_core import hookimpl
+
+@hookimpl
+def orch_before_restart(agent):
+    open(os.environ["RESTARTING"], "w").close()
+    time.sleep(600)
+"""
+
+
+def test_a_restart_cut_short_by_a_killed_supervisor_is_carried_out_by_the_next(
+    fleet: OrchState,
+) -> None:
+    """A supervisor claims a step (``running``) before it carries it out; killed meanwhile, it
+    left its claim, which held off every later recovery of the agent. The next one carries the
+    step out, once."""
+    spawn(fleet)
+    until(lambda: starts(fleet) == 1, "first SessionStart")
+    stop_supervisor(fleet)
+    crash(fleet)
+    # the store is not opened again before the supervisor's plan has the plugin (this process
+    # cannot import it: its plan would leave it out, and the supervisor would use that plan)
+    fleet.plugin_module("slow_restart", SLOW_RESTART)
+    fleet.write_config("[plugins]\nload = ['slow_restart']\n[plugin.auto_restart]\n"
+                       "backoff_base = 0.2\nbackoff_cap = 1.0\n")  # fmt: skip
+    fleet.env["RESTARTING"] = str(fleet.root / "restarting")
+    killed = subprocess.Popen([orch_script(), "supervise"], env=fleet.env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def history() -> list[dict[str, object]]:
+        return lifecycle.history(fleet.store, "worker")
+
+    until(lambda: os.path.exists(fleet.env["RESTARTING"]), "the restart under way")
+    assert [h["state"] for h in history()] == ["running"]
+    killed.kill()
+    killed.wait()
+    fleet.write_config("[plugin.auto_restart]\nverify_seconds = 1\n")
+    time.sleep(1.1)  # the cut-short step's time to show it worked is over
+    supervisor = lifecycle.Supervisor(fleet.env)
+    supervisor.upkeep(time.time())
+    until(lambda: starts(fleet) == 2, "SessionStart after the restart")
+    supervisor.upkeep(time.time())
+    assert [(h["step"], h["state"], h["outcome"]) for h in reversed(history())] == [
+        ("restart", "failed", "cut short: no SessionStart"),
+        ("restart", "done", "SessionStart arrived"),
+    ]
+    time.sleep(1.1)
+    supervisor.upkeep(time.time())
+    assert len(history()) == 2 and starts(fleet) == 2
+
+
 def one_line_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
     assert done.returncode == 1
     (line,) = done.stderr.splitlines()

@@ -43,6 +43,7 @@ class Ladder:
         if now - _watched.get(self.ctx.project_dir, 0.0) >= WATCH_EVERY:
             _watched[self.ctx.project_dir] = now
             self.watch(now)
+        self.resume(now)
         self.verify(now)
         self.run_due(now)
 
@@ -141,6 +142,41 @@ class Ladder:
         ):
             raise lifecycle.LifecycleError("could not type into the agent's pane")
 
+    def resume(self, now: float) -> None:
+        """A step still ``running`` after ``verify_seconds`` was cut short (its supervisor
+        killed mid-way): done if it worked all the same, else carried out again, the same step.
+        Left ``running``, it would hold off every later recovery of its agent."""
+        rows = self._rows(
+            "SELECT id, agent, step, reason, started FROM recoveries WHERE state = 'running'"
+            " AND started < ? AND agent IN ({agents})",
+            now - float(self.settings["verify_seconds"]),
+        )
+        for recovery_id, agent, step, reason, started in rows:
+            event = self.expected(step)
+            worked = self.arrived(agent, event, started)
+            outcome = f"{event} arrived" if worked else f"cut short: no {event}"
+            with self.store.transaction() as tx:
+                claimed = tx.execute(
+                    "UPDATE recoveries SET state = ?, outcome = ?, finished = ? WHERE id = ?"
+                    " AND state = 'running'",
+                    ("done" if worked else "failed", outcome, now, recovery_id),
+                ).rowcount
+            if claimed and not worked:
+                self.schedule(agent, reason, step, now, wait=0.0)
+
+    @staticmethod
+    def expected(step: str) -> str:
+        """The hook that shows ``step`` worked."""
+        return "UserPromptSubmit" if step == "reprompt" else "SessionStart"
+
+    def arrived(self, agent: str, event: str, since: float) -> bool:
+        return bool(
+            self.store.execute(
+                "SELECT 1 FROM hook_runs WHERE agent = ? AND event = ? AND ts > ? LIMIT 1",
+                (agent, event, since),
+            ).fetchone()
+        )
+
     def verify(self, now: float) -> None:
         """A re-prompt worked when a prompt hook followed; a restart when SessionStart did."""
         rows = self._rows(
@@ -148,12 +184,8 @@ class Ladder:
             " WHERE state = 'verifying' AND agent IN ({agents})"
         )
         for recovery_id, agent, step, reason, started, verify_by in rows:
-            event = "UserPromptSubmit" if step == "reprompt" else "SessionStart"
-            seen = self.store.execute(
-                "SELECT 1 FROM hook_runs WHERE agent = ? AND event = ? AND ts > ? LIMIT 1",
-                (agent, event, started),
-            ).fetchone()
-            if seen:
+            event = self.expected(step)
+            if self.arrived(agent, event, started):
                 self.finish(recovery_id, "done", f"{event} arrived", now)
             elif now > verify_by or (step != "reprompt" and self.exited(agent)):
                 self.finish(recovery_id, "failed", f"no {event}", now)
