@@ -16,6 +16,8 @@ TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from orch_core.storage.store import Store
+
 
 class TmuxError(Exception):
     """A tmux command failed: its one-line error."""
@@ -121,6 +123,25 @@ def pane_state(
         if mark or not older:
             return "gone"
     return "dead" if dead == "1" else "alive"
+
+
+def reported_pane(store: Store, agent: str, host: str) -> tuple[str, str | None] | None:
+    """The pane (and server) ``agent``'s hooks last reported on ``host``, while it is still the
+    agent's (:func:`pane_state`): after tmux restarts, that id may name another program's pane.
+    The agent's hooks spoke from there at its ``last_seen``, so a server started later is
+    another's."""
+    row = store.execute(
+        "SELECT s.pane, s.tmux_socket, s.host, s.created, a.last_seen FROM sessions s"
+        " LEFT JOIN agents a ON a.id = s.agent WHERE s.agent = ? AND s.pane IS NOT NULL"
+        " ORDER BY s.created DESC LIMIT 1",
+        (agent,),
+    ).fetchone()
+    if row is None or (store.shared and row[2] != host):
+        return None
+    pane, socket, _, created, seen = row
+    if pane_state(pane, socket, agent, since=max(float(created), float(seen or 0))) == "gone":
+        return None
+    return pane, socket
 
 
 def mark(pane: str, socket: str | None, agent: str) -> None:

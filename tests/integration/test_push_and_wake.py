@@ -189,6 +189,23 @@ def test_push_to_a_pane_that_is_gone_is_an_error_and_keeps_the_message(
     assert "hello" in hook(orch, "PostToolUse")  # still delivered, through the hook
 
 
+def test_a_pane_of_a_new_tmux_server_with_the_agents_old_pane_id_gets_no_wake_line(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    """tmux numbers panes from %0 again on a new server: after tmux restarts, the id the
+    agent's hooks reported names someone else's pane (a shell, an editor), which is not typed
+    into."""
+    pane = Pane(tmux, orch)
+    assert hook(orch, "Stop") == ""
+    assert agent_state(orch) == "idle"
+    tmux.cmd("kill-server")
+    time.sleep(int(time.time()) + 1 - time.time())  # tmux gives its start in whole seconds
+    users = Recorder(tmux, orch.root / "users.bin", name="users")
+    assert users.pane == pane.pane
+    assert orch.cli("send", AGENT, "hello").returncode == 0
+    assert users.lines() == []
+
+
 def test_an_agent_left_starting_is_woken_by_the_supervisor(
     tmux: TmuxServer, orch: OrchState
 ) -> None:

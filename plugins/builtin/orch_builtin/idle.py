@@ -125,15 +125,15 @@ def nudge(store: Store, agent: str, env: Mapping[str, str]) -> bool:
     """Press Enter once more in the pane of an agent that was woken but sent no prompt."""
     from orch_core.supervisor import tmux
 
-    target = store.agent_pane(agent, host=paths.host(env))
+    target = tmux.reported_pane(store, agent, paths.host(env))
     return target is not None and tmux.press_enter(target[0], target[1], paths.state_dir(env))
 
 
 def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float) -> bool:
     """Type the wake-up line into an idle agent's pane, once per batch; whether it did. An
-    agent whose pane is on another host is left to that host's supervisor."""
-    target = store.agent_pane(agent, host=paths.host(env))
-    if target is None:
+    agent whose pane is on another host is left to that host's supervisor; a pane that is no
+    longer the agent's (tmux restarted) gets nothing."""
+    if store.agent_pane(agent, host=paths.host(env)) is None:
         return False
     if not store.transition(
         agent, "waking", only_from=("idle",), or_stale=("waking", rewake_seconds)
@@ -141,8 +141,9 @@ def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float
         return False
     from orch_core.supervisor import tmux  # subprocess: only when there is something to type
 
-    pane, socket = target
-    if tmux.type_line(pane, socket, WAKE_LINE, paths.state_dir(env)):
+    target = tmux.reported_pane(store, agent, paths.host(env))
+    if target is not None and tmux.type_line(*target, WAKE_LINE, paths.state_dir(env)):
         return True
-    log.write("warning", "could not wake the agent", env, agent=agent, pane=pane)
+    log.write("warning", "could not wake the agent", env, agent=agent,
+              pane=target and target[0])  # fmt: skip
     return False

@@ -131,7 +131,7 @@ class Ladder:
         the agent's, else (one started by hand, never adopted) the one its hooks came from."""
         spec = lifecycle.get_spec(self.store, agent)
         if spec is None:
-            target = self.store.agent_pane(agent, host=paths.host(self.ctx.env))
+            target = tmux.reported_pane(self.store, agent, paths.host(self.ctx.env))
         else:  # never typed into a pane that is not the agent's
             spec = lifecycle.with_reported_pane(self.store, spec, self.ctx.env)
             alive = lifecycle.spec_pane_state(spec) == "alive"
