@@ -282,6 +282,16 @@ def test_each_supervisor_ticks_its_own_hosts_agents(
     assert beats == {"alpha": os.getpid(), "beta": os.getpid()}
 
 
+def test_a_clock_set_back_does_not_stop_the_heartbeat(orch: OrchState) -> None:
+    """The supervisor beats every few seconds of its clock: set back an hour, it did not beat
+    for that hour, and the other hosts took its agents for unreachable."""
+    supervisor = lifecycle.Supervisor(on(orch, "alpha"))
+    now = time.time()
+    supervisor.tick(now + 3600)  # then the clock goes back an hour
+    supervisor.tick(now + 10)
+    assert [row["last_seen"] for row in hosts.listing(orch.store)] == [now + 10]
+
+
 def test_the_agents_of_a_host_not_heard_from_are_unreachable_and_keep_their_messages(
     orch: OrchState, orch_backend: str
 ) -> None:

@@ -497,12 +497,12 @@ class Supervisor:
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        if now - self._beat >= hosts.BEAT_EVERY:
+        if due(now, self._beat, hosts.BEAT_EVERY):
             self._beat = now
             hosts.beat(self.store, self.host, now)
         self.upkeep(now)
         self.send_alerts(now)
-        if now - self._housekept >= self.house_every:
+        if due(now, self._housekept, self.house_every):
             self._housekept = now
             self.housekeeping(now)
 
@@ -738,6 +738,12 @@ class Supervisor:
                   down_seconds=round(down, 3))  # fmt: skip
         self._outage = None
         write_outage(self.env, None)
+
+
+def due(now: float, last: float, every: float) -> bool:
+    """Whether ``every`` seconds went by since ``last``, or the clock was set back before it:
+    a clock set back an hour would otherwise hold off the next time for that hour."""
+    return not last <= now < last + every
 
 
 def lock_path(env: Mapping[str, str]) -> str:

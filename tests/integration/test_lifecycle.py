@@ -241,6 +241,26 @@ def test_a_restart_cut_short_by_a_killed_supervisor_is_carried_out_by_the_next(
     assert len(history()) == 2 and starts(fleet) == 2
 
 
+def test_a_clock_set_back_does_not_stop_the_supervisor_watching_panes(fleet: OrchState) -> None:
+    """The supervisor looks at the panes every few seconds of its clock: set back an hour (a
+    machine resumed, NTP stepping it), it looked at none for that hour."""
+    spawned = fleet.cli("spawn", "r2", "--dir", str(fleet.project_dir), "--command", "sleep 600")
+    assert spawned.returncode == 0, spawned.stderr
+    stop_supervisor(fleet)
+    supervisor = lifecycle.Supervisor(fleet.env)
+    now = time.time()
+    supervisor.upkeep(now + 3600)  # then the clock goes back an hour
+    assert lifecycle.history(fleet.store, "r2") == []
+    crash(fleet, "r2")
+    spec = lifecycle.get_spec(fleet.store, "r2")
+    assert spec is not None
+    until(lambda: lifecycle.spec_pane_state(spec) == "dead", "the pane dead")
+    supervisor.upkeep(now)
+    assert [(h["step"], h["reason"]) for h in lifecycle.history(fleet.store, "r2")] == [
+        ("restart", "pane dead")
+    ]
+
+
 def one_line_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
     assert done.returncode == 1
     (line,) = done.stderr.splitlines()

@@ -40,7 +40,7 @@ class Ladder:
     def tick(self, now: float) -> None:
         if not self.agents:
             return
-        if now - _watched.get(self.ctx.project_dir, 0.0) >= WATCH_EVERY:
+        if lifecycle.due(now, _watched.get(self.ctx.project_dir, 0.0), WATCH_EVERY):
             _watched[self.ctx.project_dir] = now
             self.watch(now)
         self.resume(now)
