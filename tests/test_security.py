@@ -160,9 +160,14 @@ def test_a_session_name_tmux_would_rename_is_refused(fleet: OrchState, session: 
     assert not (fleet.project_dir / ".claude" / "settings.json").exists()
 
 
-def test_a_command_of_one_word_runs_without_a_shell(fleet: OrchState, tmp_path: Path) -> None:
-    """tmux hands a command of one word to ``sh -c``: a directory's name in it would run."""
-    evil = tmp_path / "r$(touch${IFS}pwned-one)`touch pwned-two`"
+@pytest.mark.parametrize("name", ["r$(touch${IFS}pwned-one)`touch pwned-two`", "key=value"])
+def test_a_command_of_one_word_runs_without_a_shell(
+    fleet: OrchState, tmp_path: Path, name: str
+) -> None:
+    """tmux hands a command of one word to ``sh -c``: a directory's name in it would run. Nor
+    is a path with ``=`` taken for a variable (by ``env``, which then lists the environment
+    in the pane instead of running the agent)."""
+    evil = tmp_path / name
     evil.mkdir()
     script = evil / "run.sh"
     script.write_text("#!/bin/sh\nexec sleep 600\n")

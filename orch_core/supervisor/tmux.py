@@ -168,8 +168,9 @@ def env_flags(env: dict[str, str]) -> list[str]:
 def exec_argv(argv: Sequence[str]) -> list[str]:
     """``argv`` as tmux runs it without a shell: tmux hands a command of one word to ``sh -c``,
     where a directory's name in it (``/src/$(rm -rf ~)/run.sh``) would run, so one word goes
-    through ``env``, which runs it as it is."""
-    return ["env", "--", *argv] if len(argv) == 1 else list(argv)
+    to a fixed ``sh -c 'exec "$@"'`` as an argument, which runs it as it is (``env`` would take
+    a path with ``=`` in it, ``/src/key=value/run.sh``, for a variable)."""
+    return ["sh", "-c", 'exec "$@"', "sh", *argv] if len(argv) == 1 else list(argv)
 
 
 def start(
