@@ -340,13 +340,19 @@ def _check_type(name: str, value: object) -> None:
 def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
     """Type the message into the agent's pane the old way, safely: argv, -l, a separate Enter.
     It is marked delivered first, so the prompt that Enter starts does not deliver it again."""
-    from orch_core.supervisor.tmux import paste_text
+    from orch_core.supervisor.tmux import paste_text, reported_pane
 
-    where = hosts.Names(queue.store).host_of(receipt["agent"])
-    if queue.store.shared and where not in (None, paths.host(os.environ)):
-        raise OrchError(f"{receipt['agent']} runs on host {where}: --push types into this "
+    agent, host = receipt["agent"], paths.host(os.environ)
+    where = hosts.Names(queue.store).host_of(agent)
+    if queue.store.shared and where not in (None, host):
+        raise OrchError(f"{agent} runs on host {where}: --push types into this "
                         f"host's panes only; the message {receipt['id']} stays queued")  # fmt: skip
-    target = queue.store.agent_pane(receipt["agent"]) or (receipt["agent"], None)
+    known = queue.store.agent_pane(agent)  # none: an agent without hooks, named session:window
+    target = reported_pane(queue.store, agent, host) if known else (agent, None)
+    if target is None:  # after tmux restarts, that id may be a shell's or an editor's
+        raise OrchError(f"{agent}'s tmux pane {known[0] if known else agent} is gone (or, after "
+                        f"tmux restarted, another program's); the message {receipt['id']} stays "
+                        "queued")  # fmt: skip
     if not queue.mark_pushed(receipt["id"]):
         return
     if not paste_text(target[0], target[1], text, paths.state_dir(os.environ)):

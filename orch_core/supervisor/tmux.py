@@ -136,7 +136,7 @@ def reported_pane(store: Store, agent: str, host: str) -> tuple[str, str | None]
         " ORDER BY s.created DESC LIMIT 1",
         (agent,),
     ).fetchone()
-    if row is None or (store.shared and row[2] != host):
+    if row is None or (store.shared and row[2] not in (None, host)):  # none: no host said
         return None
     pane, socket, _, created, seen = row
     if pane_state(pane, socket, agent, since=max(float(created), float(seen or 0))) == "gone":
