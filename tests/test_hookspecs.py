@@ -60,6 +60,37 @@ def test_hook_orch_hook_answered_sees_whether_the_event_was_blocked(orch: OrchSt
     assert seen == [("Stop", False), ("Stop", True)]
 
 
+def test_hook_orch_text_left_out_is_called_on_the_plugins_left_out_only(
+    orch: OrchState,
+) -> None:
+    """Two texts that would pass Claude Code's cap together: the second in call order is left
+    out, and only its plugin hears of it, with what its event hook kept in ``ctx.notes``."""
+    heard: list[tuple[str, str, object]] = []
+
+    def wordy(name: str, size: int) -> object:
+        class Wordy:
+            @hookimpl
+            def orch_post_tool_use(self, ctx: Any) -> str:
+                ctx.notes["said"] = size
+                return name * size
+
+            @hookimpl
+            def orch_text_left_out(self, event: events.Event, ctx: Any) -> None:
+                heard.append((ctx.plugin, event.name, ctx.notes.get("said")))
+
+        return Wordy()
+
+    orch.register(wordy("a", 6000), "first")  # the most recently registered is called first
+    orch.register(wordy("b", 3000), "second")
+    result = orch.run(payload("PostToolUse"), ORCH_LOAD_PLUGINS="")
+    assert result.context == "b" * 3000 + "\n\n" + "a" * 6000
+    assert heard == []
+    orch.register(wordy("c", 2000), "third")
+    result = orch.run(payload("PostToolUse"), ORCH_LOAD_PLUGINS="")
+    assert result.context == "c" * 2000 + "\n\n" + "b" * 3000
+    assert heard == [("first", "PostToolUse", 6000)]
+
+
 ENQUEUED = """
 import json
 from orch_core import hookimpl

@@ -178,7 +178,8 @@ class HookContext:
     @property
     def notes(self) -> dict[str, Any]:
         """This plugin's notes for this run: what its event hook keeps for its own
-        ``orch_hook_answered`` (the queue: the messages it handed over)."""
+        ``orch_hook_answered`` or ``orch_text_left_out`` (the queue: the messages it handed
+        over)."""
         return self._runtime.notes.setdefault(self.plugin, {})
 
     def log(self, msg: str, level: str = "info", **fields: Any) -> None:

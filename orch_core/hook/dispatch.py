@@ -213,7 +213,7 @@ def dispatch(
     deadline = max(start + budget, time.perf_counter() + budget / 2)
     impls = plan.impls(events.hook_name(event.name))
     if armed is not None:
-        running = [*impls, *plan.impls("orch_hook_answered")]
+        running = [*impls, *plan.impls("orch_hook_answered"), *plan.impls("orch_text_left_out")]
         armed.rearm(deadline + plans.ANSWER_MARGIN - time.perf_counter(), running)
     if answer_by is not None:
         answer_by(time.time() + deadline + plans.ANSWER_MARGIN - time.perf_counter())
@@ -254,9 +254,11 @@ def dispatch(
             reply_to(reply)
         except Exception as exc:  # the caller went away: the run is still recorded
             log.write("error", "cannot give the reply", env, error=repr(exc))
-    answered = plan.impls("orch_hook_answered")
+    answered = plan.impls("orch_hook_answered") + [
+        impl for impl in plan.impls("orch_text_left_out") if impl.plugin in left_out
+    ]
     if answered:
-        kwargs = {"event": event, "blocked": reply.blocked, "left_out": left_out}
+        kwargs = {"event": event, "blocked": reply.blocked}
         observed = [c.outcome(budget) for c in call_all(answered, kwargs, runtime, deadline)]
         outcomes += [outcome for outcome in observed if outcome["outcome"] != "ok"]
     result = Outcome(reply, event, runtime.agent, outcomes, abandoned=not prepared)
@@ -269,7 +271,7 @@ def _within_cap(
 ) -> tuple[list[answers.Answer], frozenset[str]]:
     """The answers, less the text for the model of those that would take it past Claude Code's
     cap (:func:`~orch_core.hook.answers.over_cap`; their decisions stay), and the plugins that
-    gave those, whose ``orch_hook_answered`` learns it (the queue takes its messages back)."""
+    gave those, whose ``orch_text_left_out`` is called (the queue takes its messages back)."""
     kept = [answer for _, answer in given]
     over = answers.over_cap(event, kept)
     if not over:

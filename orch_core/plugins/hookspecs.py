@@ -362,18 +362,23 @@ def orch_schema(dialect: str) -> dict[int, str] | None:
 
 
 @hookspec
-def orch_hook_answered(
-    event: ev.Event, blocked: bool, left_out: frozenset[str], ctx: HookContext
-) -> None:
+def orch_hook_answered(event: ev.Event, blocked: bool, ctx: HookContext) -> None:
     """The plugins' answers to ``event`` were folded into the reply, which is already on its
     way to Claude Code. Observe only: this is where the outcome of all plugins together is
     known, e.g. whether a Stop really stops. It has what is left of the event's budget.
 
     :param blocked: whether the reply blocks the event (a Stop that keeps the agent working).
-    :param left_out: the plugins whose text for the model was left out of the reply, because
-        with the texts before it (in call order) it would have passed Claude Code's cap of
-        10,000 characters (:data:`orch_core.hook.answers.CONTEXT_CAP`); the model never saw
-        it, and a plugin can take back what it handed over (the queue does).
+    """
+
+
+@hookspec
+def orch_text_left_out(event: ev.Event, ctx: HookContext) -> None:
+    """Called, with the ``orch_hook_answered`` observers, on this plugin only when its text for
+    the model was left out of the reply to ``event``: with the texts before it (in call
+    order) the reply would have passed Claude Code's cap of 10,000 characters
+    (:data:`orch_core.hook.answers.CONTEXT_CAP`), past which the model sees only the start.
+    The model never saw it; take back what it handed over (the queue does). Its decision, if
+    any, stayed. ``ctx.notes`` holds what the event hook kept for this.
     """
 
 

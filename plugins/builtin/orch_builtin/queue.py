@@ -66,11 +66,11 @@ def deliver(event: ev.Event, ctx: HookContext, min_priority: int = 0) -> str | N
 
 
 @hookimpl
-def orch_hook_answered(left_out: frozenset[str], ctx: HookContext) -> None:
+def orch_text_left_out(ctx: HookContext) -> None:
     """Messages whose text the reply left out (with the other plugins' texts it would have
     passed Claude Code's cap) go back to the queue at once, for the agent's next hook."""
     handed = ctx.notes.get("handed")
-    if handed and ctx.plugin in left_out:
+    if handed:
         queue_for(ctx).take_back(handed, "left out of the hook's reply: over Claude Code's cap")
 
 
