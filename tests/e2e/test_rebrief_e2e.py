@@ -25,13 +25,8 @@ def git(project: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(project), *args], check=True, capture_output=True)
 
 
-def test_the_request_after_compact_holds_the_rebrief_once(
-    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
-) -> None:
-    git(project, "init", "-q", "-b", "release-2.4")
-    git(project, "-c", "user.email=t@example.com", "-c", "user.name=T", "commit", "-q",
-        "--allow-empty", "-m", "Start the release")  # fmt: skip
-    (project / "CHANGELOG.md").write_text("2.4: faster refunds\n")
+def briefed(project: Path, tmp_path: Path, briefing: str) -> dict[str, str]:
+    """orch installed in ``project`` and agent pay:1 briefed; the agent's environment."""
     env = {
         "ORCH_STATE_DIR": str(tmp_path / "state"),
         "ORCH_DB": str(tmp_path / "state" / "orch.db"),
@@ -40,8 +35,19 @@ def test_the_request_after_compact_holds_the_rebrief_once(
     }
     run_env = {**os.environ, **env}
     subprocess.run([ORCH, "install", str(project)], check=True, env=run_env)
-    subprocess.run([ORCH, "brief", "pay:1", "-"], input=BRIEFING, text=True, check=True,
+    subprocess.run([ORCH, "brief", "pay:1", "-"], input=briefing, text=True, check=True,
                    env=run_env)  # fmt: skip
+    return env
+
+
+def test_the_request_after_compact_holds_the_rebrief_once(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
+) -> None:
+    git(project, "init", "-q", "-b", "release-2.4")
+    git(project, "-c", "user.email=t@example.com", "-c", "user.name=T", "commit", "-q",
+        "--allow-empty", "-m", "Start the release")  # fmt: skip
+    (project / "CHANGELOG.md").write_text("2.4: faster refunds\n")
+    env = briefed(project, tmp_path, BRIEFING)
 
     standin.reply_tool_use("Bash", {"command": "git status --short", "description": "Status"})
     standin.reply_text("The changelog is not committed yet.")
@@ -88,16 +94,8 @@ def test_a_message_waiting_beside_a_rebrief_follows_it_whole_and_once(
                        for n in range(130))  # fmt: skip
     body = "".join(f"Step {n:03d} of the refund fix: run the ledger test.\n" for n in range(70))
     assert len(briefing) > 6_500 and len(body) > 3_000
-    env = {
-        "ORCH_STATE_DIR": str(tmp_path / "state"),
-        "ORCH_DB": str(tmp_path / "state" / "orch.db"),
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "ORCH_AGENT": "pay:1",
-    }
+    env = briefed(project, tmp_path, briefing)
     run_env = {**os.environ, **env}
-    subprocess.run([ORCH, "install", str(project)], check=True, env=run_env)
-    subprocess.run([ORCH, "brief", "pay:1", "-"], input=briefing, text=True, check=True,
-                   env=run_env)  # fmt: skip
     standin.reply_text("Ready.")
     session = claude(env=env)
     session.prompt("Start.")
