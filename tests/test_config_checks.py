@@ -4,6 +4,8 @@ default, log it once, and keep delivering."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orch_core.plugins.settings import Setting
@@ -129,3 +131,24 @@ def test_a_projects_bad_rules_fall_back_to_yours_not_past_them(orch: OrchState, 
     (line,) = orch.cli("agents").stderr.splitlines()
     assert line.startswith(f"Error: {path}: [plugin.guard] deny = ")
     assert line.endswith("; your own value is used")
+
+
+def test_a_config_of_thousands_of_unknown_keys_costs_a_few_lines(orch: OrchState) -> None:
+    """A cloned project's ``orch.toml`` can name 20,000 keys in the size a config may have:
+    the plan keeps and logs the first few problems and how many more, not each, so that the
+    log keeps its history and the cached plan, which every hook reads, stays small."""
+    from orch_core.plugins.loader import MAX_PROBLEMS
+
+    orch.write_config("[plugin.queue]\n" + "".join(f"k{n} = 1\n" for n in range(5000)))
+    sent = Queue(orch.store).send("a:1", "still delivered")["id"]
+    result = orch.run_hook(payload("PostToolUse"), ORCH_AGENT="a:1")
+    assert result.exit_code == 0
+    assert result.context is not None and result.context.startswith(f"{MARK}{sent} ")
+    logged = [r["msg"] for r in orch.log() if "[plugin.queue] k" in r["msg"] or "more" in r["msg"]]
+    assert len(logged) == MAX_PROBLEMS + 1
+    assert logged[-1] == f"... and {5000 - MAX_PROBLEMS} more like these"
+    (plan,) = (Path(orch.env["ORCH_STATE_DIR"]) / "plans").glob("*.json")
+    assert plan.stat().st_size < 20_000
+    doctor = orch.cli("doctor").stdout
+    assert doctor.count("[plugin.queue] k") == MAX_PROBLEMS
+    assert f"... and {5000 - MAX_PROBLEMS} more like these" in doctor

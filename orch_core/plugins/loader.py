@@ -519,7 +519,8 @@ def settings_of(loaded: Loaded) -> Settings:
             own=config.own.get("plugin", {}).get(name, {}),
             added=added,
         )
-        keys = [k for k in config.plugin.get(name, {}) if where(k) == project_file]
+        keys = [k for k in per_plugin[name] if k in config.plugin.get(name, {})
+                and where(k) == project_file]  # fmt: skip
         if keys:
             from_project[name] = keys
         if added:
@@ -527,10 +528,17 @@ def settings_of(loaded: Loaded) -> Settings:
     return Settings(core, per_plugin, errors, from_project, added_by_project)
 
 
-def _warn(msg: str) -> None:
-    from orch_core import log
+#: The most problems of each kind (plugins left out, config values not used) a plan keeps and
+#: logs: a cloned project's config of thousands of unknown keys would otherwise fill orch's
+#: log at each rebuild and make the cached plan, which every hook reads, megabytes long.
+MAX_PROBLEMS = 20
 
-    log.write("warning", msg)
+
+def first_problems(problems: list[str]) -> list[str]:
+    """``problems``, the first :data:`MAX_PROBLEMS` of them and a line saying how many more."""
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more like these"]
 
 
 def build_plan(
@@ -545,8 +553,6 @@ def build_plan(
     project_dir = project_dir or paths.project_dir(env)
     loaded = loaded or load(env, project_dir, import_timeout=import_timeout)
     settings = settings_of(loaded)
-    for error in (*loaded.errors, *settings.errors):
-        _warn(error)  # once: the plan is cached
     where = {info.name: info for info in loaded.plugins}
     hooks: dict[str, list[Impl]] = {}
     for name, caller in vars(loaded.pm.hook).items():
@@ -578,13 +584,18 @@ def build_plan(
         fingerprint["retry_at"] = time.time() + RETRY_LATE
     errors = list(loaded.errors)
     schemas = schema_versions(hooks.get("orch_schema", []), errors)
+    errors, config_errors = first_problems(errors), first_problems(settings.errors)
+    from orch_core import log
+
+    for error in (*errors, *config_errors):
+        log.write("warning", error, env)  # once: the plan is cached
     return Plan(
         hooks,
         settings.per_plugin,
         settings.core,
         fingerprint,
         errors,
-        settings.errors,
+        config_errors,
         settings.from_project,
         schemas,
         settings.added_by_project,
@@ -604,7 +615,6 @@ def schema_versions(impls: list[Impl], errors: list[str]) -> dict[str, int]:
                 raise ValueError("give SQL for steps numbered 1, 2, …")
         except Exception as exc:
             errors.append(f"plugin {impl.plugin}: orch_schema: {exc}")
-            _warn(errors[-1])
             continue
         if steps:
             versions[impl.plugin] = len(steps)
