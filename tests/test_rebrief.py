@@ -285,6 +285,11 @@ def test_briefing_from_stdin_and_from_the_project(orch: OrchState, repo: Path) -
     assert "## Briefing\nOwn briefing." in text
     empty = orch.cli("brief", "proj:7", "/dev/null")
     assert empty.returncode == 1 and "the briefing is empty" in empty.stderr
+    nul = orch.cli("brief", "proj:7", "-", stdin="Own\0briefing.\n")  # PostgreSQL refuses it
+    assert (nul.returncode, nul.stderr) == (
+        1, "Error: the briefing contains a NUL character (\\x00)\n"
+    )
+    assert "## Briefing\nOwn briefing." in compacted(orch, repo)  # the briefing before stays
 
 
 def test_a_new_agent_gets_its_briefing_at_its_first_start_only(orch: OrchState) -> None:

@@ -11,7 +11,12 @@ import click
 
 from orch_core import hosts, paths
 from orch_core.cli import install
-from orch_core.cli.params import agent_name, non_negative_seconds, read_text, session_name
+from orch_core.cli.params import (
+    agent_name,
+    briefing_text,
+    non_negative_seconds,
+    session_name,
+)
 from orch_core.hook.context import Runtime
 from orch_core.storage import open_store
 from orch_core.supervisor import lifecycle
@@ -90,7 +95,7 @@ def spawn_command(
     cwd = os.path.abspath(directory)
     store = _store()
     lifecycle.check_spawn(store, name, cwd=cwd, argv=argv, extra_env=extra_env, env=os.environ)
-    briefing = brief and read_text(brief)  # before anything changes
+    briefing = brief and briefing_text(brief)  # before anything changes
     with install.installed(cwd):
         # opening the project's runtime builds its plan, so the agent's first hook finds it
         # ready (Claude names the project by its real path)

@@ -63,6 +63,15 @@ def duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
         raise click.BadParameter(str(exc)) from None
 
 
+def briefing_text(file: IO[str]) -> str:
+    """A briefing from ``file``, without NUL characters, which PostgreSQL's text refuses: a
+    briefing that works on one store works on the other."""
+    text = read_text(file)
+    if "\0" in text:
+        raise click.ClickException("the briefing contains a NUL character (\\x00)")
+    return text
+
+
 def read_text(file: IO[str]) -> str:
     """All of a ``click.File("r", encoding="utf-8")``, which decodes as it reads: bytes that
     are not UTF-8 are a one-line error naming the file (or stdin), not a traceback."""

@@ -688,7 +688,7 @@ def orch_register_commands(cli: click.Group) -> None:
     import click
 
     from orch_core import hosts
-    from orch_core.cli.params import agent_name, read_text
+    from orch_core.cli.params import agent_name, briefing_text
     from orch_core.hook.context import Runtime
 
     def store() -> Store:
@@ -705,7 +705,7 @@ def orch_register_commands(cli: click.Group) -> None:
     @click.option("--role", help="The agent's role, shown first in every rebrief.")
     def brief_command(agent: str, file: Any, role: str | None) -> None:
         """Set AGENT's briefing from FILE ('-' for stdin): who it is and what to do."""
-        text = read_text(file)
+        text = briefing_text(file)
         if not text.strip():
             raise click.ClickException("the briefing is empty")
         fields: dict[str, Any] = {"briefing_content": text}
