@@ -287,7 +287,8 @@ def test_briefing_from_stdin_and_from_the_project(orch: OrchState, repo: Path) -
     assert empty.returncode == 1 and "the briefing is empty" in empty.stderr
     nul = orch.cli("brief", "proj:7", "-", stdin="Own\0briefing.\n")  # PostgreSQL refuses it
     assert (nul.returncode, nul.stderr) == (
-        1, "Error: the briefing contains a NUL character (\\x00)\n"
+        1,
+        "Error: the briefing contains a NUL character (\\x00)\n",
     )
     assert "## Briefing\nOwn briefing." in compacted(orch, repo)  # the briefing before stays
 
