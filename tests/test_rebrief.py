@@ -293,6 +293,33 @@ def test_briefing_from_stdin_and_from_the_project(orch: OrchState, repo: Path) -
     assert "## Briefing\nOwn briefing." in compacted(orch, repo)  # the briefing before stays
 
 
+FIRST_AND_WORDY = """
+from orch_core import hookimpl
+
+@hookimpl(tryfirst=True)
+def orch_user_prompt_submit(event):
+    return "w" * 9800
+"""
+
+
+def test_a_rebrief_left_out_of_a_reply_comes_at_the_next_delivery_point(
+    orch: OrchState, orch_module: Any
+) -> None:
+    """A plugin called before the rebrief takes most of Claude Code's 10,000 characters: the
+    rebrief is left out of that reply, and asked for again, as ``orch rebrief`` asks."""
+    assert orch.cli("brief", "proj:7", "-", stdin="You own the billing service.\n").returncode == 0
+    assert orch.cli("rebrief", "proj:7").returncode == 0
+    orch_module("first_and_wordy", FIRST_AND_WORDY)
+    orch.write_config('[plugins]\nload = ["first_and_wordy"]\n')
+    prompt = orch.run_hook(payload("UserPromptSubmit"), ORCH_AGENT="proj:7")
+    assert prompt.context == "w" * 9800
+    after = orch.run_hook(payload("PostToolUse"), ORCH_AGENT="proj:7")
+    assert after.context is not None
+    assert after.context.startswith("[orch rebrief: context restored after a request")
+    assert "You own the billing service." in after.context
+    assert orch.run_hook(payload("PostToolUse"), ORCH_AGENT="proj:7").context is None  # once
+
+
 def test_a_new_agent_gets_its_briefing_at_its_first_start_only(orch: OrchState) -> None:
     done = orch.cli("brief", "proj:7", "-", stdin="You own the billing service.\n")
     assert done.returncode == 0, done.stderr

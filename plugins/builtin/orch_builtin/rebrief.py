@@ -375,6 +375,16 @@ def checkpoint(store: Store, agent: str, cwd: str, settings: dict[str, Any]) -> 
 
 
 @hookimpl
+def orch_text_left_out(ctx: HookContext) -> None:
+    """A rebrief the reply left out (the texts before it took Claude Code's cap) is asked for
+    again, as ``orch rebrief`` asks: the agent's next delivery point gives it."""
+    store = _store(ctx)
+    if store is not None and ctx.notes.get("rebriefed"):
+        assert ctx.agent is not None
+        update_context(store, ctx.agent, rebrief_pending=1)
+
+
+@hookimpl
 def orch_pre_compact(event: ev.PreCompact, ctx: HookContext) -> None:
     store = _store(ctx)
     if store is None:
@@ -535,6 +545,7 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
         given.update(checkpoint_at=saved.get("at"), checkpoint_branch=saved.get("branch"),
                      checkpoint_files=json.dumps(saved.get("touched_files") or []))  # fmt: skip
     _given(store, given)
+    ctx.notes["rebriefed"] = True
     return "\n\n".join([head, *(f"## {titles[n]}\n{t}" for n, t in sections.items())])
 
 
