@@ -60,6 +60,10 @@ class LifecycleError(OrchError):
     """A one-line reason a lifecycle command cannot proceed."""
 
 
+class Stopped(LifecycleError):
+    """The agent was stopped while its restart began: it stays stopped."""
+
+
 # -- launch specs ------------------------------------------------------------------------------
 
 
@@ -299,11 +303,15 @@ def check_free(store: Store, name: str, env: Mapping[str, str]) -> str | None:
     return other
 
 
+def agent_state(store: Store, agent: str) -> str | None:
+    row = store.execute("SELECT state FROM agents WHERE id = ?", (agent,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def _let_go(store: Store, agent: str, host: str, env: Mapping[str, str]) -> bool:
     """Whether another host's agent may start here instead: stopped there, or its host gone
     silent."""
-    row = store.execute("SELECT state FROM agents WHERE id = ?", (agent,)).fetchone()
-    return (row is not None and row[0] == "stopped") or host in hosts.unreachable(
+    return agent_state(store, agent) == "stopped" or host in hosts.unreachable(
         store, time.time(), host_timeout(env)
     )
 
@@ -340,9 +348,12 @@ def relaunch(
     variables = pane_env(agent, spec["env"], env)
     from orch_core.hook.context import Runtime
 
+    was = agent_state(store, agent)
     Runtime.open(env, spec["cwd"], store=store, agent=agent).fire(
         "orch_before_restart", {"agent": agent}
     )
+    if agent_state(store, agent) == "stopped" != was:  # `orch stop` while plugins saved
+        raise Stopped(f"{agent} was stopped meanwhile")
     spec = with_reported_pane(store, spec, env)
     try:
         if spec_pane_state(spec) != "gone":

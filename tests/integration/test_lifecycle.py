@@ -241,6 +241,67 @@ def test_a_restart_cut_short_by_a_killed_supervisor_is_carried_out_by_the_next(
     assert len(history()) == 2 and starts(fleet) == 2
 
 
+STOP_ON_RESTART = """
+from orch_core import hookimpl
+from orch_core.supervisor import lifecycle
+
+@hookimpl
+def orch_before_restart(agent, ctx):
+    lifecycle.stop(ctx.store, agent, env=ctx.env)  # a user's `orch stop` meanwhile
+"""
+
+
+def test_an_agent_stopped_while_its_restart_begins_stays_stopped(fleet: OrchState) -> None:
+    """``orch stop`` while a restart's plugins save what they keep: the restart must not start
+    the agent again after it (it killed the pane, and a new window would take its place)."""
+    spawned = fleet.cli("spawn", "r3", "--dir", str(fleet.project_dir), "--command", "sleep 600")
+    assert spawned.returncode == 0, spawned.stderr
+    stop_supervisor(fleet)
+    fleet.plugin_module("stop_on_restart", STOP_ON_RESTART)
+    fleet.write_config("[plugins]\nload = ['stop_on_restart']\n")
+    done = fleet.cli("restart", "r3", "--fresh")
+    assert (done.returncode, done.stderr) == (1, "Error: r3 was stopped meanwhile\n")
+    (row,) = [a for a in fleet.store.agents() if a["id"] == "r3"]
+    assert row["state"] == "stopped"
+    spec = lifecycle.get_spec(fleet.store, "r3")
+    assert spec is not None and lifecycle.spec_pane_state(spec) == "gone"
+    assert "r3" not in windows(fleet)
+
+
+def test_an_agent_stopped_while_the_supervisor_restarts_it_stays_stopped(
+    fleet: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """The same, with the restart the supervisor scheduled for a dead pane: the recovery stays
+    cancelled, and nothing is escalated."""
+    spawned = fleet.cli("spawn", "r4", "--dir", str(fleet.project_dir), "--command", "sleep 600")
+    assert spawned.returncode == 0, spawned.stderr
+    stop_supervisor(fleet)
+    orch_module("stop_on_restart", STOP_ON_RESTART)  # the supervisor here imports it too
+    fleet.write_config("[plugins]\nload = ['stop_on_restart']\n")
+    crash(fleet, "r4")
+    spec = lifecycle.get_spec(fleet.store, "r4")
+    assert spec is not None
+    until(lambda: lifecycle.spec_pane_state(spec) == "dead", "the pane dead")
+    supervisor = lifecycle.Supervisor(fleet.env)
+    supervisor.upkeep(time.time())  # schedules the restart
+    supervisor.upkeep(time.time() + 600)  # its time has come, whatever the backoff
+    assert [
+        (h["step"], h["state"], h["outcome"]) for h in lifecycle.history(fleet.store, "r4")
+    ] == [("restart", "cancelled", "stopped by a user")]
+    (row,) = [a for a in fleet.store.agents() if a["id"] == "r4"]
+    assert row["state"] == "stopped"
+    assert "r4" not in windows(fleet)
+
+
+def windows(orch: OrchState) -> list[str]:
+    """The names of the test's tmux windows (none once the server went with its last)."""
+    try:
+        listed = tmux.tmux(orch.env["ORCH_TMUX_SOCKET"], "list-windows", "-a", "-F", "#W")
+    except tmux.TmuxError:
+        return []
+    return listed.split()
+
+
 def test_a_clock_set_back_does_not_stop_the_supervisor_watching_panes(fleet: OrchState) -> None:
     """The supervisor looks at the panes every few seconds of its clock: set back an hour (a
     machine resumed, NTP stepping it), it looked at none for that hour."""

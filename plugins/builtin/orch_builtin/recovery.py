@@ -116,13 +116,16 @@ class Ladder:
                     attempt=auto_restart.restarts_last_hour(self.store, agent, now),
                     reason=reason,
                 )
+        except lifecycle.Stopped:
+            return  # `orch stop` cancelled this recovery as it began
         except lifecycle.LifecycleError as exc:
             self.finish(recovery_id, "failed", str(exc), now)
             self.escalate(agent, step, reason, now)
             return
-        with self.store.transaction() as tx:
+        with self.store.transaction() as tx:  # unless `orch stop` cancelled it meanwhile
             tx.execute(
-                "UPDATE recoveries SET state = 'verifying', verify_by = ? WHERE id = ?",
+                "UPDATE recoveries SET state = 'verifying', verify_by = ? WHERE id = ?"
+                " AND state = 'running'",
                 (now + float(self.settings["verify_seconds"]), recovery_id),
             )
 
