@@ -62,14 +62,16 @@ def test_rate_limits_wait_for_the_reset(orch: OrchState) -> None:
 
 @pytest.mark.parametrize(
     "details",
-    [{"retry_after": float("nan")}, {"retry_after": float("inf")}, {"reset_at": float("inf")}],
-    ids=["nan", "infinite", "reset-never"],
-)
+    [{"retry_after": float("nan")}, {"retry_after": float("inf")}, {"reset_at": float("inf")},
+     {"retry_after": 1e308}, {"reset_at": time.time() + 8 * 86400}],
+    ids=["nan", "infinite", "reset-never", "centuries", "past-a-week"],
+)  # fmt: skip
 def test_a_reset_that_is_no_time_waits_the_configured_time(
     orch: OrchState, details: dict[str, float]
 ) -> None:
     """Python's JSON reads ``NaN``, ``Infinity`` and ``1e400``: none is a time to wait for (a
-    NaN cannot be stored, and an endless wait would hold every later recovery too)."""
+    NaN cannot be stored, and an endless wait would hold every later recovery too), nor is
+    more than a week, the longest a rate limit holds."""
     orch.write_config("[plugin.auto_restart]\nrate_limit_wait = 600\n")
     orch.run_hook(failure("rate_limit", error_details=details), ORCH_AGENT="a:1")
     (recovery,) = lifecycle.history(orch.store, "a:1")

@@ -169,21 +169,25 @@ def orch_config_defaults() -> dict[str, Any]:
     return SETTINGS
 
 
+#: The longest a rate limit holds (a weekly one): a longer wait is no reset time.
+LONGEST_RESET = 7 * 86400.0
+
+
 def _reset_in(details: Any, fallback: float) -> float:
     """Seconds until a rate limit resets, when the error says so (``retry_after`` or a reset
-    timestamp), else ``fallback``. Only a finite number says so: a ``NaN`` (which Python's
-    JSON reads) is no time to store, and an infinite wait would hold the agent's recovery,
-    and every later one, forever."""
-    import math
-
+    timestamp), else ``fallback``. Only a number of at most :data:`LONGEST_RESET` says so: a
+    ``NaN`` (which Python's JSON reads) is no time to store, and an endless wait would hold
+    the agent's recovery, and every later one, forever."""
     if isinstance(details, dict):
+        now = time.time()
         for key in ("retry_after", "retry_after_seconds"):
-            if isinstance(details.get(key), int | float) and math.isfinite(details[key]):
-                return float(details[key])
+            value = details.get(key)
+            if isinstance(value, int | float) and 0 <= value <= LONGEST_RESET:
+                return float(value)
         for key in ("reset_at", "resets_at", "reset"):
             value = details.get(key)
-            if isinstance(value, int | float) and math.isfinite(value) and value > time.time():
-                return float(value) - time.time()
+            if isinstance(value, int | float) and now < value <= now + LONGEST_RESET:
+                return float(value) - now
     return fallback
 
 
