@@ -133,7 +133,8 @@ def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float
     """Type the wake-up line into an idle agent's pane, once per batch; whether it did. An
     agent whose pane is on another host is left to that host's supervisor; a pane that is no
     longer the agent's (tmux restarted) gets nothing."""
-    if store.agent_pane(agent, host=paths.host(env)) is None:
+    known = store.agent_pane(agent, host=paths.host(env))
+    if known is None:
         return False
     if not store.transition(
         agent, "waking", only_from=("idle",), or_stale=("waking", rewake_seconds)
@@ -144,6 +145,6 @@ def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float
     target = tmux.reported_pane(store, agent, paths.host(env))
     if target is not None and tmux.type_line(*target, WAKE_LINE, paths.state_dir(env)):
         return True
-    log.write("warning", "could not wake the agent", env, agent=agent,
-              pane=target and target[0])  # fmt: skip
+    why = "the pane is gone, or no longer the agent's" if target is None else "tmux failed"
+    log.write("warning", "could not wake the agent", env, agent=agent, pane=known[0], why=why)
     return False
