@@ -726,30 +726,24 @@ class Queue:
 
     def unpush(self, message_id: str, why: str, now: float | None = None) -> None:
         """Undo :meth:`mark_pushed` when typing failed: queued again, the attempt not counted."""
-        now = time.time() if now is None else now
-        with self.store.transaction() as tx:
-            cur = tx.execute(
-                "UPDATE messages SET state = 'queued', delivered = NULL, reason = NULL,"
-                " attempts = attempts - 1 WHERE id = ? AND state = 'delivered'"
-                " AND session_id IS NULL",
-                (message_id,),
-            )
-            if cur.rowcount:
-                _event(tx, message_id, now, "queued", why)
+        self.take_back([message_id], why, now, pushed=True)
 
-    def take_back(self, message_ids: list[str], why: str, now: float | None = None) -> int:
-        """Put deliveries the model never got back in the queue, their attempt not counted
-        (their hook's reply left them out): the agent's next hook hands them over. How many
-        were still delivered."""
+    def take_back(
+        self, message_ids: list[str], why: str, now: float | None = None, *, pushed: bool = False
+    ) -> int:
+        """Put deliveries the model never got back in the queue, their attempt not counted (a
+        hook's reply left them out, or typing a push failed): the agent's next hook hands them
+        over. ``pushed``: only deliveries outside any session. How many were still delivered."""
         now = time.time() if now is None else now
+        pushed_only = " AND session_id IS NULL" if pushed else ""
         with self.store.transaction() as tx:
             back = [
                 row[0]
                 for row in tx.execute(
                     "UPDATE messages SET state = 'queued', delivered = NULL, session_id = NULL,"
-                    " checks = 0, attempts = attempts - 1"
+                    " reason = NULL, checks = 0, attempts = attempts - 1"
                     f" WHERE id IN ({', '.join('?' * len(message_ids))}) AND state = 'delivered'"
-                    " RETURNING id",
+                    f"{pushed_only} RETURNING id",
                     message_ids,
                 ).fetchall()
             ]

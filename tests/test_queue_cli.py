@@ -618,6 +618,8 @@ args = sys.argv[1:]
 if "display-message" in args:  # the pane is alive, on a server older than the agent's hooks
     print(args[args.index("-t") + 1], 0, 1, "")
     sys.exit(0)
+if os.environ.get("FAKE_TMUX_FAILS"):  # the pane is there, but takes nothing
+    sys.exit(1)
 stdin = sys.stdin.read() if "load-buffer" in args else None
 with open(os.environ["FAKE_TMUX_LOG"], "a") as log:
     log.write(json.dumps({{"args": args, "stdin": stdin}}) + "\\n")
@@ -660,6 +662,35 @@ def test_push_is_never_also_delivered_by_the_prompt_it_starts(
     receipt = json.loads(done.stdout)
     assert receipt["state"] == "delivered"
     assert db(orch, "SELECT state, attempts FROM messages") == [("delivered", 1)]
+
+
+def test_a_push_tmux_fails_to_type_stays_queued_and_uncounted(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """Marked delivered before typing (so the prompt its Enter starts does not deliver it too);
+    when typing fails, it is queued again, the attempt not counted, and a hook delivers it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "tmux"
+    fake.write_text(FAKE_TMUX.format(python=sys.executable, hook=hook_script()))
+    fake.chmod(0o755)
+    orch.store.remember_session("s-push", "proj:1", "%7", "/nonexistent/socket")
+    env = {**orch.env, "PATH": f"{bin_dir}:{orch.env['PATH']}", "FAKE_TMUX_FAILS": "1",
+           "FAKE_TMUX_LOG": str(tmp_path / "tmux.log")}  # fmt: skip
+    done = cli(orch, "send", "proj:1", "the pushed body", "--push", env=env)
+    (message,) = Queue(orch.store).messages("proj:1")
+    assert (done.returncode, done.stderr) == (
+        1,
+        f"Error: could not type into tmux pane %7; the message {message['id']} stays queued\n",
+    )
+    assert (message["state"], message["attempts"], message["reason"]) == ("queued", 0, None)
+    record = Queue(orch.store).get(message["id"])
+    assert record is not None
+    assert [(e["state"], e["detail"]) for e in record["events"]] == [
+        ("queued", None),
+        ("delivered", "typed into the pane (--push)"),
+        ("queued", "could not type into tmux pane %7"),
+    ]
 
 
 def test_a_push_to_an_agent_orch_has_not_heard_from_prints_no_note_to_push(

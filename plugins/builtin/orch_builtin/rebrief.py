@@ -537,8 +537,8 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
         "git": "Git state (read now)",
         "pending": "Pending messages",
     }
-    head = KINDS[kind]
-    fit(sections, int(settings["budget"]) - length(head) - 30 * len(sections))
+    first = KINDS[kind]
+    fit(sections, int(settings["budget"]) - length(first) - 30 * len(sections))
     given = {"agent": ctx.agent, "ts": now, "kind": kind, "transcript": transcript,
              "transcript_from": _size(transcript), "branch": git and git["branch"]}  # fmt: skip
     if kind in ("compaction", "restart") and saved:
@@ -546,7 +546,7 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
                      checkpoint_files=json.dumps(saved.get("touched_files") or []))  # fmt: skip
     _given(store, given)
     ctx.notes["rebriefed"] = True
-    return "\n\n".join([head, *(f"## {titles[n]}\n{t}" for n, t in sections.items())])
+    return "\n\n".join([first, *(f"## {titles[n]}\n{t}" for n, t in sections.items())])
 
 
 def _given(store: Store, rebrief: dict[str, Any]) -> None:
