@@ -263,9 +263,9 @@ class Queue:
                     f"message {n + 1}: give agent and text; unknown: {sorted(unknown)}"
                 )
             try:
-                self._check(item["agent"], item["text"], item.get("priority", 0), item.get("ttl"),
-                            item.get("not_before"), item.get("key"), item.get("after"))  # fmt: skip
-                _storable(text=item["text"], sender=item.get("sender"), key=item.get("key"))
+                if not isinstance(item["agent"], str) or not agents.valid_id(item["agent"]):
+                    raise QueueError(f"invalid agent id {item['agent']!r}")
+                check_message(item)
             except QueueError as exc:
                 raise QueueError(
                     f"message {n + 1}: {exc}" if len(items) > 1 else str(exc)
@@ -396,46 +396,6 @@ class Queue:
                 ((seq, heard),) = rows
                 return self._receipt(self.store, message_id, seq, values, bool(heard))
         return None
-
-    def _check(
-        self,
-        agent: str,
-        text: str,
-        priority: int,
-        ttl: float | None,
-        not_before: float | None,
-        key: str | None,
-        after: str | None,
-    ) -> None:
-        """A message as :meth:`send` takes it. Times are finite: an infinite one would be
-        stored, and exported as ``Infinity``, which no JSON reader takes. An empty key or
-        ``after`` is refused rather than taken for none (``--key "$UNSET"``)."""
-        if not isinstance(agent, str) or not agents.valid_id(agent):
-            raise QueueError(f"invalid agent id {agent!r}")
-        if not isinstance(text, str) or not text.strip():
-            raise QueueError("message text is empty")
-        if len(text) > MAX_TEXT:
-            raise QueueError(f"message text is {len(text)} characters; the limit is {MAX_TEXT}")
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise QueueError(f"priority must be an integer, not {priority!r}")
-        if not 0 <= priority <= MAX_PRIORITY:
-            raise QueueError(f"priority {priority} is out of range 0-{MAX_PRIORITY}")
-        if ttl is not None:
-            if not _number(ttl):
-                raise QueueError(f"ttl must be a number of seconds, not {ttl!r}")
-            if not ttl > 0:  # also NaN
-                raise QueueError("ttl must be positive")
-            if ttl > MAX_DURATION:
-                raise QueueError(f"ttl {ttl!r} is too long a time (at most {MAX_DURATION}s)")
-        if key == "":
-            raise QueueError("the key is empty: give a key, or none")
-        if after == "":
-            raise QueueError("after is empty: give the id of the message to wait for, or none")
-        if not_before is not None and not _time(not_before):
-            raise QueueError(
-                f"not_before must be a time in seconds since 1970, up to the year 9999, not "
-                f"{not_before!r}"
-            )
 
     def targets(self, pattern: str) -> list[str]:
         """Agents matching ``pattern`` (``*`` for all), among those orch has heard from, on
@@ -1264,6 +1224,41 @@ def _attempts(store: Store) -> Iterator[None]:
 def _ready(message: Mapping[str, Any], now: float) -> bool:
     """Whether a message may be delivered now (not held back by ``--in`` or ``--at``)."""
     return message.get("not_before") is None or message["not_before"] <= now
+
+
+def check_message(item: Mapping[str, Any]) -> None:
+    """A message's fields but its agent (a pattern until it fans out) as :meth:`Queue.send`
+    takes them: ``orch send --batch`` checks each line with it, to name the line. Times are
+    finite: an infinite one would be stored, and exported as ``Infinity``, which no JSON
+    reader takes. An empty key or ``after`` is refused rather than taken for none
+    (``--key "$UNSET"``)."""
+    text, priority, ttl = item["text"], item.get("priority", 0), item.get("ttl")
+    key, after, not_before = item.get("key"), item.get("after"), item.get("not_before")
+    if not isinstance(text, str) or not text.strip():
+        raise QueueError("message text is empty")
+    if len(text) > MAX_TEXT:
+        raise QueueError(f"message text is {len(text)} characters; the limit is {MAX_TEXT}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise QueueError(f"priority must be an integer, not {priority!r}")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise QueueError(f"priority {priority} is out of range 0-{MAX_PRIORITY}")
+    if ttl is not None:
+        if not _number(ttl):
+            raise QueueError(f"ttl must be a number of seconds, not {ttl!r}")
+        if not ttl > 0:  # also NaN
+            raise QueueError("ttl must be positive")
+        if ttl > MAX_DURATION:
+            raise QueueError(f"ttl {ttl!r} is too long a time (at most {MAX_DURATION}s)")
+    if key == "":
+        raise QueueError("the key is empty: give a key, or none")
+    if after == "":
+        raise QueueError("after is empty: give the id of the message to wait for, or none")
+    if not_before is not None and not _time(not_before):
+        raise QueueError(
+            f"not_before must be a time in seconds since 1970, up to the year 9999, not "
+            f"{not_before!r}"
+        )
+    _storable(text=text, sender=item.get("sender"), key=key)
 
 
 def _storable(**fields: object) -> None:

@@ -22,7 +22,14 @@ from orch_core import api, hosts, paths
 from orch_core.cli import errors
 from orch_core.errors import OrchError
 from orch_core.hook import agents
-from orch_core.queue import MAX_DURATION, MAX_SEND_PRIORITY, Queue, QueueError, parse_duration
+from orch_core.queue import (
+    MAX_DURATION,
+    MAX_SEND_PRIORITY,
+    Queue,
+    QueueError,
+    check_message,
+    parse_duration,
+)
 
 TYPE_CHECKING = False  # importing typing costs each send ~4 ms
 
@@ -305,8 +312,9 @@ _JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "tru
 
 
 def batch_lines(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """The messages of a ``--batch`` file, each as :func:`message` makes it; a line that is not
-    one names its number (and its key, when one value is wrong)."""
+    """The messages of a ``--batch`` file, each as :func:`message` makes it and checked as a
+    send checks it; a line that is not one names its number (and its key, when one value is
+    wrong), which the queue's "message N" would not (patterns fan out, blank lines skip)."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -321,9 +329,14 @@ def batch_lines(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
                 raise ValueError("give agent and text")
             for name, value in data.items():
                 _check_type(name, value)
-            yield message(**{BATCH_KEYS[k][0]: v for k, v in data.items()})
+            item = message(**{BATCH_KEYS[k][0]: v for k, v in data.items()})
+            pattern = not item["exact"] and any(c in item["agent"] for c in api.PATTERN_CHARS)
+            if not (pattern or agents.valid_id(item["agent"])):
+                raise QueueError(f"invalid agent id {item['agent']!r}")
+            check_message(item)
         except ValueError as exc:  # json's errors, and QueueError
             raise QueueError(f"--batch line {number}: {exc}") from None
+        yield item
 
 
 def _check_type(name: str, value: object) -> None:
