@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -132,6 +133,19 @@ def test_bad_input_exits_0_silently_with_one_log_line(orch: OrchState, raw: byte
     lines = orch.log()
     assert len(lines) == 1
     assert lines[0]["msg"] == "bad hook input skipped"
+
+
+def test_a_closed_stdin_is_bad_input_too(orch: OrchState) -> None:
+    """``orch-hook <&-``: Python has no ``sys.stdin`` at all; this logged a failure."""
+    orch.register(Says("should not run"), "says")
+    done = subprocess.run(
+        [hook_script()], stdout=subprocess.PIPE, env=orch.env,
+        cwd=orch.project_dir, timeout=10, check=False, preexec_fn=lambda: os.close(0),
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert [(line["msg"], line.get("problem")) for line in orch.log()] == [
+        ("bad hook input skipped", "empty payload")
+    ]
 
 
 def test_a_lone_surrogate_in_an_answer_does_not_cost_the_reply(orch: OrchState) -> None:

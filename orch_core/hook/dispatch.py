@@ -371,7 +371,10 @@ def _record(
 
 
 def read_stdin(limit: int = MAX_PAYLOAD) -> bytes:
-    """Read stdin to the end, keeping at most ``limit + 1`` bytes (the rest is drained)."""
+    """Read stdin to the end, keeping at most ``limit + 1`` bytes (the rest is drained). A
+    closed stdin (``<&-``; Python's ``sys.stdin`` is then ``None``) reads as empty."""
+    if sys.stdin is None:
+        return b""
     stream = sys.stdin.buffer
     kept = stream.read(limit + 1)
     while stream.read(1 << 20):
