@@ -254,3 +254,24 @@ def test_plans_beyond_the_last_two_hundred_are_pruned_oldest_first(orch: OrchSta
     assert len(kept) == plan.MAX_PLANS
     assert "00000000.json" not in kept and "00000006.json" in kept
     assert not (folder / "00000005.json.lock").exists()
+
+
+def test_the_kits_plugin_modules_keep_the_authors_own_pythonpath(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """A plugin's author runs the tests with ``PYTHONPATH`` at the plugin's sources; a module
+    the kit writes must not take that away from the hooks the test runs."""
+    sources = tmp_path / "src"
+    sources.mkdir()
+    (sources / "authors_plugin.py").write_text(
+        "from orch_core import Answer, hookimpl\n\n"
+        "@hookimpl\ndef orch_post_tool_use():\n    return Answer(context='from the sources')\n"
+    )
+    orch.env["PYTHONPATH"] = str(sources)
+    orch.plugin_module(
+        "kits_module",
+        "from orch_core import Answer, hookimpl\n\n"
+        "@hookimpl\ndef orch_post_tool_use():\n    return Answer(context='from the kit')\n",
+    )
+    result = orch.run_hook(payload("PostToolUse"), ORCH_LOAD_PLUGINS="authors_plugin,kits_module")
+    assert sorted((result.context or "").split("\n\n")) == ["from the kit", "from the sources"]

@@ -178,13 +178,16 @@ class OrchState:
         return ROOMY_BUDGET_MS / 1000
 
     def plugin_module(self, name: str, source: str) -> Path:
-        """Write a plugin module importable by ``orch-hook`` processes (``PYTHONPATH``); load
-        it with ``[plugins] load`` or ``ORCH_LOAD_PLUGINS``."""
+        """Write a plugin module importable by ``orch-hook`` processes (``PYTHONPATH``, ahead
+        of what the test's own environment had there: a plugin's author's sources); load it
+        with ``[plugins] load`` or ``ORCH_LOAD_PLUGINS``."""
         lib = self.root / "lib"
         lib.mkdir(exist_ok=True)
         path = lib / f"{name}.py"
         path.write_text(source)
-        self.env["PYTHONPATH"] = str(lib)
+        already = [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if str(lib) not in already:
+            self.env["PYTHONPATH"] = os.pathsep.join([str(lib), *already])
         return path
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
