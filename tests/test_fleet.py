@@ -114,3 +114,20 @@ def test_the_hooks_median_time_is_nearest_rank(orch: OrchState) -> None:
                               exit_code=0, plugins=[])  # fmt: skip
     hooks = fleet.snapshot(orch.store, time.time())["hooks"]
     assert (hooks["runs"], hooks["p50_ms"]) == (2, 1.0)
+
+
+def test_a_pushed_or_imported_message_is_no_delivery_in_the_latency(orch: OrchState) -> None:
+    """As in ``orch stats``: a message typed with ``--push`` was handed over by no hook, and
+    ``orch import`` of one pushed a day ago is no day-long wait on the dashboard."""
+    queue = Queue(orch.store)
+    now = time.time()
+    old = queue.send("c:1", "typed yesterday", now=now - 86_400)["id"]
+    assert queue.mark_pushed(old, now=now - 86_400)
+    elsewhere = Queue(orch.other_store("elsewhere"))
+    assert elsewhere.import_(queue.export(None), now=now - 30) == 1
+    fresh = elsewhere.send("c:1", "typed now", now=now - 10)["id"]
+    assert elsewhere.mark_pushed(fresh, now=now - 10)
+    delivery = fleet.snapshot(elsewhere.store, now)["delivery"]
+    assert (delivery["delivered"], delivery["max_s"]) == (0, None)
+    stats = metrics.collect(elsewhere.store, now - 3600, now)["messages"]
+    assert stats["delivered"] == 0

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from orch_core import hosts
 from orch_core.ops.metrics import first_run_at, percentile
-from orch_core.queue import BANDS, PENDING_SQL, RETRIED, band, ready_sql
+from orch_core.queue import BANDS, IMPORTED_EVENT, PENDING_SQL, PUSHED, RETRIED, band, ready_sql
 from orch_core.storage.store import KEEP_RUNS
 
 if TYPE_CHECKING:
@@ -116,15 +116,17 @@ class Event:
 
 def _latest_events(store: Store, now: float) -> list[Event]:
     """The latest :data:`EVENTS` message events, newest first, found through the rowid; a
-    delivery within :data:`HEALTH_WINDOW` carries when its message was due (see
-    :func:`orch_core.queue.ready_sql`: retries before it count, not those after)."""
+    hook's delivery within :data:`HEALTH_WINDOW` carries when its message was due (see
+    :func:`orch_core.queue.ready_sql`: retries before it count, not those after). One typed
+    with ``--push``, or brought in by ``orch import``, carries none: as in ``orch stats``, no
+    hook handed it over (an import of a day-old push would read as a day's wait)."""
     cur = store.execute(
         "SELECT e.rowid, e.message_id, e.state, e.ts, m.agent, m.sender, m.priority, m.body,"
-        " CASE WHEN e.state = 'delivered' AND e.ts > ? THEN"
-        f" {ready_sql(store.dialect, until='e.ts')} END FROM (SELECT rowid, message_id, state,"
-        " ts FROM message_events ORDER BY rowid DESC LIMIT ?) e JOIN messages m"
-        " ON m.id = e.message_id ORDER BY e.rowid DESC",
-        (now - HEALTH_WINDOW, RETRIED, EVENTS),
+        " CASE WHEN e.state = 'delivered' AND e.ts > ? AND (e.detail IS NULL OR e.detail"
+        f" NOT IN (?, ?)) THEN {ready_sql(store.dialect, until='e.ts')} END FROM (SELECT"
+        " rowid, message_id, state, ts, detail FROM message_events ORDER BY rowid DESC"
+        " LIMIT ?) e JOIN messages m ON m.id = e.message_id ORDER BY e.rowid DESC",
+        (now - HEALTH_WINDOW, PUSHED, IMPORTED_EVENT, RETRIED, EVENTS),
     )
     return [Event(row) for row in cur]
 
@@ -181,8 +183,8 @@ def _hook_health(store: Store, now: float) -> dict[str, Any]:
 
 def _delivery_latency(events: list[Event]) -> dict[str, Any]:
     """What senders waited: from a message being due (sent, retried, or its ``--in``/``--at``
-    time) to each of its deliveries within the window (of the latest :data:`EVENTS` events),
-    with its median the nearest rank, as in ``orch stats``."""
+    time) to each of its deliveries by a hook within the window (of the latest :data:`EVENTS`
+    events), with its median the nearest rank, as in ``orch stats``."""
     waits = sorted(e.ts - e.due for e in events if e.due is not None)  # deliveries in the window
     return {
         "window": HEALTH_WINDOW,
