@@ -167,6 +167,26 @@ def test_an_agent_given_up_on_is_one_alert_until_it_runs_again_and_ack_silences_
     assert receiver.messages() == [alert["message"]]
 
 
+def test_an_alert_quoting_a_payload_is_one_line_in_the_listing(orch: OrchState) -> None:
+    """A notification's text (a hook payload's) reaches the message of the agent given up on:
+    its newline and tabs print no line that reads as another alert."""
+    orch.write_config(
+        '[plugin.auto_restart]\nmax_restarts_per_hour = 0\nerror_patterns = ["overloaded"]\n'
+    )
+    forged = "overloaded\n7\t2026-01-01 00:00:00\tlead\tfailed\tacked\tsent\tall is well"
+    orch.run_hook(payload("Notification", message=forged), ORCH_AGENT="a:1")
+    (alert,) = listed(orch)
+    assert forged in alert["message"]  # --json stays exact
+    done = orch.cli("alerts")
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    assert line.split("\t")[2:6] == ["a:1", "failed", "-", "sending"]
+    assert line.count("\t") == 6
+    done = orch.cli("alerts", "ack", str(alert["id"]))
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1 and "\t" not in done.stdout
+
+
 @pytest.mark.parametrize("given", ["999", "x", "0", "9" * 24])
 def test_acknowledging_an_unknown_alert_is_a_one_line_error(orch: OrchState, given: str) -> None:
     done = orch.cli("alerts", "ack", given)

@@ -35,12 +35,18 @@ def list_command(as_json: bool) -> None:
         click.echo(inert(_line(alert)))
 
 
+def one_line(text: str) -> str:
+    """An alert's message on one line: it may quote a hook payload (a notification's text, a
+    StopFailure's error), whose newlines and tabs would print what reads as another alert."""
+    return inert(text).replace("\n", " ").replace("\t", " ")
+
+
 def _line(alert: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(alert["time"]))
     sent = "sent" if alert["sent"] else "sending" if alert["next_try"] else "unsent"
     acked = "acked" if alert["acked"] else "-"
     return (f"{alert['id']}\t{when}\t{alert['agent'] or '-'}\t{alert['kind']}\t{acked}\t{sent}"
-            f"\t{alert['message']}")  # fmt: skip
+            f"\t{one_line(alert['message'])}")  # fmt: skip
 
 
 @alerts_group.command("ack")
@@ -49,4 +55,4 @@ def ack_command(alert_id: str) -> None:
     """Acknowledge alert ID: it is not sent (again), and what it is about raises no new alert
     while it lasts."""
     alert = alerts.ack(open_store(os.environ), alert_id)
-    click.echo(inert(f"acknowledged alert {alert['id']}: {alert['message']}"))
+    click.echo(f"acknowledged alert {alert['id']}: {one_line(alert['message'])}")
