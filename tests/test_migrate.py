@@ -328,3 +328,24 @@ def test_export_and_import_work_across_stores(orch: OrchState, target: str, dire
     assert orch.cli("import", str(file)).stdout.strip() == "imported 0 messages (3 already present)"
     result = hook(orch, "PostToolUse", session="s9")
     assert len(HEADER.findall(result.context or "")) == 2
+
+
+def test_a_table_left_behind_moves_on_a_later_run_though_rows_changed_here_since(
+    orch: OrchState, target: str
+) -> None:
+    orch.plugin_module("notes_plugin", NOTES_PLUGIN)
+    orch.write_config('[plugins]\nload = ["notes_plugin"]\n')
+    hook(orch, "PostToolUse")
+    a_working_state(orch)
+    orch.write_config("")  # migrated first from a project that does not load the plugin
+    first = orch.cli("migrate", "--to", target)
+    assert first.returncode == 1 and "left behind: notes:" in first.stdout, first.stdout
+    queue = Queue(orch.store)
+    queue.cancel(queue.messages("other:2")[0]["id"])  # a row that changed here since
+    orch.write_config('[plugins]\nload = ["notes_plugin"]\n')  # then from one that loads it
+    done = orch.cli("migrate", "--to", target)
+    assert done.returncode == 0, done.stderr
+    counts = moved(done.stdout)
+    assert counts["notes"][0] == counts["notes"][1] == counts["notes_parent"][1] > 0
+    assert re.search(r"^  messages +7 +1 \(1 changed here since\)$", done.stdout, re.M)
+    same_rows(orch, target)
