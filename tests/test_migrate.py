@@ -349,3 +349,40 @@ def test_a_table_left_behind_moves_on_a_later_run_though_rows_changed_here_since
     assert counts["notes"][0] == counts["notes"][1] == counts["notes_parent"][1] > 0
     assert re.search(r"^  messages +7 +1 \(1 changed here since\)$", done.stdout, re.M)
     same_rows(orch, target)
+
+
+CASED_PLUGIN = """
+from orch_core import hookimpl
+
+@hookimpl
+def orch_schema(dialect):
+    number = "BIGINT" if dialect == "postgresql" else "INTEGER"
+    return {1: f"CREATE TABLE ToolCalls (Id {number} PRIMARY KEY, Tool TEXT NOT NULL)"}
+
+@hookimpl
+def orch_post_tool_use(event, ctx):
+    with ctx.store.transaction() as tx:
+        n = tx.execute("SELECT count(*) FROM ToolCalls").fetchone()[0] + 1
+        tx.execute("INSERT INTO ToolCalls (Id, Tool) VALUES (?, ?)", (n, event.tool_name))
+"""
+
+
+def test_a_plugins_table_named_in_capitals_moves_as_the_server_folded_its_name(
+    orch: OrchState, target: str
+) -> None:
+    orch.plugin_module("cased_plugin", CASED_PLUGIN)
+    orch.write_config('[plugins]\nload = ["cased_plugin"]\n')
+    for _ in range(2):
+        hook(orch, "PostToolUse", tool_name="Edit")
+    done = orch.cli("migrate", "--to", target)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert moved(done.stdout)["ToolCalls"] == (2, 2)
+    assert "left behind" not in done.stdout
+    there = open_store({**orch.env, "ORCH_DB": target})
+    try:
+        copied = there.execute("SELECT Id, Tool FROM ToolCalls ORDER BY Id").fetchall()
+        assert copied == [(1, "Edit"), (2, "Edit")]
+    finally:
+        there.close()
+    again = orch.cli("migrate", "--to", target)
+    assert again.returncode == 0 and again.stdout.startswith("nothing to move"), again.stdout

@@ -36,7 +36,7 @@ from orch_core import paths
 from orch_core.errors import OrchError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
     from typing import Any
 
     from orch_core.storage.store import Store
@@ -56,11 +56,15 @@ class MigrateError(OrchError):
 
 
 class Table:
-    """One table's move: the columns copied, the rows here and what the target lacked."""
+    """One table's move: the columns copied, the rows here and what the target lacked.
 
-    def __init__(self, name: str, columns: list[str]) -> None:
+    :param there: the table's name and columns as the target spells them (:func:`_spelled`).
+    """
+
+    def __init__(self, name: str, columns: list[str], there: tuple[str, list[str]]) -> None:
         self.name = name
         self.columns = columns
+        self.there, self.there_columns = there
         self.rows: list[tuple[Any, ...]] = []
         self.added = 0
         self.replaced = 0
@@ -168,17 +172,21 @@ def _tables(here: Store, there: Store, report: Report) -> list[Table]:
     for name in names:
         if name in OWN_TABLES:
             continue
-        if name not in theirs:
+        spelling = _spelled(name, theirs)
+        if spelling is None:
             report.left_behind[name] = NO_TABLE
             continue
         mine = [row[1] for row in here.execute(f"PRAGMA table_info({quote(name)})")]
-        lacking = [c for c in mine if c not in theirs[name]]
+        spelled = [_spelled(c, theirs[spelling]) for c in mine]
+        lacking = [c for c, t in zip(mine, spelled, strict=True) if t is None]
         if lacking:
             report.left_behind[name] = f"the target's table has no column {', '.join(lacking)}"
             continue
-        if "rowid" in theirs[name] and "rowid" not in mine:
+        columns = [t for t in spelled if t is not None]
+        if "rowid" in theirs[spelling] and "rowid" not in columns:
             mine.append("rowid")  # SQLite's implicit row number, made explicit there
-        tables[name] = Table(name, mine)
+            columns.append("rowid")
+        tables[spelling] = Table(name, mine, (spelling, columns))
     order: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
     for name in tables:
         order.add(name)
@@ -192,6 +200,16 @@ def _tables(here: Store, there: Store, report: Report) -> list[Table]:
         if child in tables and parent in tables and child != parent:
             order.add(child, parent)
     return [tables[name] for name in order.static_order()]
+
+
+def _spelled(name: str, found: Iterable[str]) -> str | None:
+    """``name`` (of a table or column here) as the target spells it, if it has it: SQLite's
+    names ignore case, and PostgreSQL lowers the case of a name not in quotes (a plugin's
+    ``CREATE TABLE ToolCalls`` makes ``toolcalls`` there)."""
+    found = list(found)
+    if name in found:
+        return name
+    return next((f for f in found if f.lower() == name.lower()), None)
 
 
 def _read(here: Store, tables: list[Table], report: Report) -> None:
@@ -221,10 +239,10 @@ def _copy(tx: Any, tables: list[Table], report: Report, recorded: Mapping[str, s
     target untouched since this machine's last run, drop the rows that changed here since)."""
     found: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
     for table in tables:
-        columns = ", ".join(quote(c) for c in table.columns)
+        columns = ", ".join(quote(c) for c in table.there_columns)
         found[table.name] = [
             (row[0], tuple(row[1:]))
-            for row in tx.execute(f"SELECT ctid::text, {columns} FROM {quote(table.name)}")
+            for row in tx.execute(f"SELECT ctid::text, {columns} FROM {quote(table.there)}")
         ]
     # a table the last run left behind (its plugin not loaded there) was not recorded: still
     # empty in the target, nobody wrote there since
@@ -254,20 +272,20 @@ def _copy(tx: Any, tables: list[Table], report: Report, recorded: Mapping[str, s
         )
     for table in reversed(tables):  # children before the parents they name
         for ctid in strays.get(table.name, []):
-            tx.execute(f"DELETE FROM {quote(table.name)} WHERE ctid = ?::tid", (ctid,))
+            tx.execute(f"DELETE FROM {quote(table.there)} WHERE ctid = ?::tid", (ctid,))
         table.replaced = len(strays.get(table.name, []))
     for table in tables:
         rows = missing[table.name]
         table.added = len(rows)
-        columns = ", ".join(quote(c) for c in table.columns)
+        columns = ", ".join(quote(c) for c in table.there_columns)
         marks = ", ".join("?" for _ in table.columns)
         for start in range(0, len(rows), BATCH):
             tx.executemany(
-                f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({marks})",
+                f"INSERT INTO {quote(table.there)} ({columns}) VALUES ({marks})",
                 rows[start : start + BATCH],
             )
     if report.changed:
-        _advance_sequences(tx, {t.name for t in tables})
+        _advance_sequences(tx, {t.there for t in tables})
 
 
 def _advance_sequences(tx: Any, tables: set[str]) -> None:
