@@ -229,6 +229,30 @@ def test_restore_is_refused_while_a_supervisor_runs_and_for_a_bad_file(
     assert bodies(orch) == ["precious"]
 
 
+def test_no_supervisor_starts_while_a_restore_sets_the_database_aside(
+    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hook may start the supervisor (auto_restart, idle) while a restore copies: it then
+    opened the database being set aside, and went on writing there once the backup took its
+    place."""
+    send(orch, "precious")
+    path = backed_up(orch)
+    set_aside = backup._set_aside
+    started: list[int | None] = []
+
+    def a_supervisor_starts_meanwhile(db: str) -> str | None:
+        lock = lifecycle.supervisor_lock(orch.env, blocking=False)  # as Supervisor.run does
+        started.append(lock)
+        if lock is not None:
+            os.close(lock)
+        return set_aside(db)
+
+    monkeypatch.setattr(backup, "_set_aside", a_supervisor_starts_meanwhile)
+    assert backup.restore(orch.env, str(path)) is not None
+    assert started == [None]
+    assert lifecycle.supervisor_running(orch.env) is None  # and the restore let go of the lock
+
+
 def held(db: str) -> list[str]:
     """The message bodies of a database file set aside."""
     conn = sqlite3.connect(db)

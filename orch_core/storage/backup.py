@@ -208,7 +208,8 @@ def _columns_of_schema(version: int) -> set[tuple[str, str]]:
 def restore(env: Mapping[str, str], file: str) -> str | None:
     """Put backup ``file`` in place of the database; the current one (and its WAL) is kept
     aside under a new name, returned (``None`` when there was none). Refused while ``orch
-    supervise`` runs."""
+    supervise`` runs, and none starts meanwhile (a hook may start one): it would open the
+    database being set aside, and go on writing there after the backup took its place."""
     from orch_core.storage import database
     from orch_core.supervisor import lifecycle
 
@@ -218,9 +219,17 @@ def restore(env: Mapping[str, str], file: str) -> str | None:
     if not paths.is_file_path(db):  # never a file named after a URL
         raise BackupError(f"{db.partition('://')[0]}:// is no store orch knows: give ORCH_DB a "
                           "postgresql:// URL or a SQLite file's path")  # fmt: skip
-    pid = lifecycle.supervisor_running(env)
-    if pid:
+    lock = lifecycle.supervisor_lock(env, blocking=False, claim=False)
+    if lock is None:
+        pid = lifecycle.supervisor_running(env)
         raise BackupError(f"orch supervise is running (pid {pid}): stop it, then restore")
+    try:
+        return _restore(db, file)
+    finally:
+        os.close(lock)
+
+
+def _restore(db: str, file: str) -> str | None:
     check(file)
     incoming = f"{db}.restoring"
     try:
