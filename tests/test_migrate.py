@@ -227,6 +227,27 @@ def test_a_target_holding_other_rows_is_refused_and_left_as_it_was(
     there.close()
 
 
+def test_the_database_line_migrate_prints_names_the_target_as_given(
+    orch: OrchState, orch_postgres: Cluster, target: str
+) -> None:
+    """Over a Unix socket (``host=`` a folder), with libpq's parameters: the line once read
+    ``postgresql:///folder/db``, a database named after the folder, and dropped ``sslmode``."""
+    a_working_state(orch)
+    name = target.rsplit("/", 1)[1]
+    given = (f"postgresql://orch:pass%40word@/{name}?host={orch_postgres.folder}"
+             f"&port={orch_postgres.port}&application_name=orch-test")  # fmt: skip
+    done = orch.cli("migrate", "--to", given)
+    assert done.returncode == 0, done.stderr
+    line = re.search(r'^  database = "(.*)"  # with its password', done.stdout, re.M)
+    assert line is not None, done.stdout
+    assert line[1] == given.replace(":pass%40word", ""), line[1]
+    here = sorted(m["id"] for m in Queue(orch.store).messages())
+    orch.env["ORCH_DB"] = line[1]  # as the user's config would name it
+    listed = orch.cli("queue", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(m["id"] for m in json.loads(listed.stdout)) == here
+
+
 def test_migrate_is_refused_while_a_supervisor_runs_and_from_postgresql(
     orch: OrchState, target: str
 ) -> None:

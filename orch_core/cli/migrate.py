@@ -45,7 +45,7 @@ def migrate_command(target: str) -> None:
     also = " (and unset ORCH_DB, which names the SQLite file)" if os.environ.get("ORCH_DB") else ""
     click.echo(
         f"orch still uses {report.source}: to switch, set in {config}{also}\n"
-        f'  [orch]\n  database = "{report.target}"'
+        f'  [orch]\n  database = "{report.url}"'
         + ("  # with its password, or in ~/.pgpass" if report.password else "")
         + "\nthen start `orch supervise` again"
     )

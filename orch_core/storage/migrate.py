@@ -78,9 +78,11 @@ class Report:
     """What a run did: per table moved, per table left behind (and why), NUL characters
     replaced, and the databases on either side."""
 
-    def __init__(self, source: str, target: str) -> None:
+    def __init__(self, source: str, target: str, url: str = "") -> None:
         self.source = source
         self.target = target
+        #: The target's URL as given but for its password: what the user's config may name.
+        self.url = url or target
         self.tables: list[Table] = []
         self.left_behind: dict[str, str] = {}
         self.nuls = 0
@@ -131,7 +133,7 @@ def _move(env: Mapping[str, str], project_dir: str, source: str, target: str) ->
     from orch_core.storage import open_store
     from orch_core.storage.postgres import public
 
-    report = Report(source, public(target))
+    report = Report(source, public(target), without_password(target))
     try:
         report.password = bool(conninfo_to_dict(target).get("password"))
     except Exception:
@@ -301,6 +303,22 @@ def _advance_sequences(tx: Any, tables: set[str]) -> None:
                 f" + 1, false) FROM {quote(table)}",
                 (quote(table), column),
             )
+
+
+def without_password(url: str) -> str:
+    """``url`` as given (its host, a socket's folder, ``sslmode`` and every other parameter)
+    but for a password, in its user part or its ``password`` parameter."""
+    from urllib.parse import unquote
+
+    scheme, _, rest = url.partition("://")
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    if "@" in authority:
+        user, _, hosts = authority.rpartition("@")
+        authority = f"{user.partition(':')[0]}@{hosts}"
+    path, mark, query = path.partition("?")
+    kept = [p for p in query.split("&") if p and unquote(p.partition("=")[0]) != "password"]
+    return f"{scheme}://{authority}{path}" + (f"{mark}{'&'.join(kept)}" if kept else "")
 
 
 def digest(rows: Iterator[tuple[Any, ...]] | Sequence[tuple[Any, ...]]) -> str:
