@@ -695,6 +695,7 @@ def test_question_marks_become_numbered_placeholders_outside_quoted_literals() -
 
 
 @pytest.mark.orch_backends("postgresql")
+@pytest.mark.orch_roomy_hooks  # the first hook on a new database makes its tables
 def test_a_plugin_without_postgresql_tables_fails_alone(
     orch: OrchState, orch_module: Callable[[str, str], Path]
 ) -> None:
