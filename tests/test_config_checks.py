@@ -50,6 +50,12 @@ BAD = {
         "is not a regular expression",
     ),
     "arrays nested too deep": ("x = " + "[" * 2000 + "]" * 2000 + "\n", "nested too deeply", ""),
+    "a date": ("[plugin.presence]\nsince = 1979-05-27\n", "[plugin.presence] since", "a date"),
+    "a time in a table": (
+        "[plugin.rebrief.sections]\ngit = 07:32:00\n",
+        "[plugin.rebrief] sections",
+        "a date or time, which no setting takes",
+    ),
     "typo": ("[plugin.queue]\nmax_attemps = 5\n", "[plugin.queue] max_attemps", "no such setting"),
     "unknown table": ("[plugins.queue]\nbudget = 1\n", "[plugins] queue", "no such setting"),
 }

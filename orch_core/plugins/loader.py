@@ -244,7 +244,27 @@ def _checked(data: dict[str, Any], path: str, errors: list[str]) -> dict[str, An
         if name in kept:
             plugins = kept.setdefault("plugin", {})
             plugins[name] = {**plugins.get(name, {}), **kept.pop(name)}
+    tables = [("orch", kept.get("orch", {}))]
+    tables += [(table_name(name), table) for name, table in kept.get("plugin", {}).items()]
+    for name, table in tables:
+        for key, value in list(table.items()):
+            if _has_time(value):
+                errors.append(f"{path}: [{name}] {key}: a date or time, which no setting takes")
+                del table[key]
     return kept
+
+
+def _has_time(value: Any) -> bool:
+    """Whether ``value`` holds a TOML date or time: no setting takes one, and a plan holding
+    one could not be saved as JSON (every hook would then run without plugins, orch-guard's
+    deny included, and every command fail)."""
+    import datetime
+
+    if isinstance(value, datetime.date | datetime.time):
+        return True
+    if isinstance(value, dict):
+        return any(_has_time(v) for v in value.values())
+    return isinstance(value, list) and any(_has_time(v) for v in value)
 
 
 def load_config(env: Mapping[str, str], project_dir: str) -> Config:
