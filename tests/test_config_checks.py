@@ -66,7 +66,7 @@ def test_a_bad_value_is_named_everywhere_and_the_hooks_keep_delivering(
     orch: OrchState, case: str
 ) -> None:
     text, key, why = BAD[case]
-    path = orch.write_config(text)
+    path = orch.write_config(text, user=key.startswith("[orch] budget"))  # yours to set
     assert orch.cli("install").returncode == 1  # every command says so...
     sent = Queue(orch.store).send("a:1", "still delivered")["id"]
     result = orch.run_hook(payload("PostToolUse"), ORCH_AGENT="a:1")
@@ -95,8 +95,9 @@ def test_the_file_that_set_the_key_is_named(orch: OrchState) -> None:
 
 
 def test_good_values_pass_and_reach_the_plugins(orch: OrchState) -> None:
+    orch.write_config("[orch]\nbudget_ms = 300\n[orch.budget_ms_per_event]\nSessionEnd = 1000\n",
+                      user=True)  # fmt: skip
     orch.write_config(
-        "[orch]\nbudget_ms = 300\n[orch.budget_ms_per_event]\nSessionEnd = 1000\n"
         "[plugin.queue]\nconfirm_seconds = 1\nbudget = 4000\n"
         "[plugin.rebrief.sections]\ngit = false\n"
     )

@@ -59,7 +59,7 @@ class Garbage:
 
 def test_failing_plugins_are_skipped_and_the_others_answer(orch: OrchState) -> None:
     orch.env["ORCH_LOAD_PLUGINS"] = ""
-    orch.write_config("[orch]\nbudget_ms = 300\n")
+    orch.write_config("[orch]\nbudget_ms = 300\n", user=True)
     for plugin in (Says("first"), Raises(), Hangs(), Garbage(), Says("last")):
         orch.register(plugin, f"{type(plugin).__name__}-{id(plugin)}")
     start = time.monotonic()
@@ -101,7 +101,9 @@ def test_a_hanging_plugin_does_not_hold_the_real_hook(orch: OrchState) -> None:
         "@hookimpl\ndef orch_post_tool_use():\n    time.sleep(30)\n",
     )
     orch.plugin_module("chatty", CHATTY)
-    orch.write_config('[orch]\nbudget_ms = 200\n[plugins]\nload = ["sleepy", "chatty"]\n')
+    orch.write_config(
+        '[orch]\nbudget_ms = 200\n[plugins]\nload = ["sleepy", "chatty"]\n', user=True
+    )
     orch.run_hook(payload("Stop"))  # builds the plan: its time counts in the budget too
     start = time.monotonic()
     result = orch.run_hook(payload("PostToolUse"), timeout=20)
@@ -244,7 +246,7 @@ def test_a_corrupt_database_fails_open(orch: OrchState) -> None:
 
 
 def test_a_locked_database_costs_at_most_the_budget(orch: OrchState) -> None:
-    orch.write_config("[orch]\nbudget_ms = 300\n")
+    orch.write_config("[orch]\nbudget_ms = 300\n", user=True)
     orch.store.runs()  # create the schema
     holder = sqlite3.connect(orch.env["ORCH_DB"], isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")

@@ -528,7 +528,7 @@ def restart(cluster: Cluster, seconds: float) -> None:
 def test_nothing_is_lost_or_doubled_across_a_restart_of_the_server(
     orch: OrchState, cluster: Cluster
 ) -> None:
-    orch.write_config("[orch]\nbudget_ms = 3000\n[plugin.queue]\nmax_attempts = 1000\n")
+    orch.write_config("[orch]\nbudget_ms = 3000\n[plugin.queue]\nmax_attempts = 1000\n", user=True)
     assert orch.run_hook(payload("Stop"), ORCH_AGENT="warm:1").exit_code == 0
     count = 80
     progress = orch.root / "progress.jsonl"

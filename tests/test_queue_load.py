@@ -122,7 +122,7 @@ def test_parallel_hooks_deliver_each_message_exactly_once(orch: OrchState) -> No
     # generous on purpose: this is about the race between claims, not about time (the dispatcher
     # abandons a plugin thread past its budget, not its transaction: a late claim still commits,
     # and no reply carries it).
-    orch.write_config("[orch]\nbudget_ms = 10000\n" + PATIENT + "budget = 600\n")
+    orch.write_config("[orch]\nbudget_ms = 10000\n" + PATIENT + "budget = 600\n", user=True)
     queue = Queue(orch.store)
     warm = orch.run_hook(payload("Stop"), ORCH_AGENT="warm:1")  # builds and caches the plan
     assert warm.exit_code == 0
@@ -325,7 +325,7 @@ def test_a_hook_killed_at_any_point_loses_nothing(orch: OrchState) -> None:
 
 
 def test_a_held_write_lock_costs_the_budget_and_loses_nothing(orch: OrchState) -> None:
-    orch.write_config("[orch]\nbudget_ms = 300\n")
+    orch.write_config("[orch]\nbudget_ms = 300\n", user=True)
     queue = Queue(orch.store)
     sent = [queue.send(AGENT, f"locked {i}", sender="load")["id"] for i in range(10)]
     orch.run_hook(payload("Stop"), ORCH_AGENT="other:1")  # plan cached: a warm hook

@@ -359,7 +359,7 @@ def test_disabling_the_queue_plugin_stops_delivery(orch: OrchState) -> None:
 def test_a_claim_that_would_land_after_the_deadline_takes_nothing(
     orch: OrchState, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    orch.write_config("[orch]\nbudget_ms = 100\n")
+    orch.write_config("[orch]\nbudget_ms = 100\n", user=True)
     sent = Queue(orch.store).send("p:1", "hello")["id"]
     claim = Queue._claim
 

@@ -481,8 +481,11 @@ def _database(value: str) -> None:
 
 #: orch's own settings, ``[orch]``.
 CORE_SETTINGS: dict[str, Any] = {
-    "budget_ms": Setting(500.0, min=1, max=60_000),  # all plugins of one event together
-    "budget_ms_per_event": Setting({}, check=_budgets),  # e.g. { SessionEnd = 1000 }
+    # all plugins of one event together; your own config only: a cloned repository's 1 ms
+    # would skip orch-guard's deny, and its 60 s outlast Claude's 5 s hook timeout (the guard's
+    # answer never arrives, and Claude runs the command)
+    "budget_ms": Setting(500.0, min=1, max=60_000, trusted=True),
+    "budget_ms_per_event": Setting({}, check=_budgets, trusted=True),  # { SessionEnd = 1000 }
     "backup_every": Setting(900.0, min=0, trusted=True),  # seconds between backups; 0: none
     "backup_keep": Setting(8, min=1, trusted=True),
     # seconds without a heartbeat from a host's supervisor before its agents are unreachable
