@@ -111,11 +111,26 @@ def test_a_plugin_tells_what_the_project_added_to_a_list_it_may_only_extend(
     assert orch.run_hook(payload("Stop")).context == expected
 
 
-def test_project_config_replaces_user_lists(orch: OrchState) -> None:
-    orch.write_config('[plugins]\ndisable = ["presence"]\n', user=True)
-    assert "presence" not in names(orch)
-    orch.write_config("[plugins]\ndisable = []\n")
-    assert "presence" in names(orch)
+def test_a_projects_plugin_lists_add_to_yours(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """A cloned repository's ``[plugins] disable = []`` switched back on a plugin you switched
+    off, and its ``load = []`` left out the plugin your own config loads (a guard of your own,
+    say): a project may switch more off and load more, never undo your choice."""
+    orch_module("hello_plugin", HELLO)
+    orch.write_config('[plugins]\ndisable = ["presence"]\nload = ["hello_plugin"]\n', user=True)
+    orch.write_config('[plugins]\ndisable = ["idle"]\nload = []\n')
+    loaded = names(orch)
+    assert "presence" not in loaded and "idle" not in loaded
+    assert "hello_plugin" in loaded
+    assert orch.run_hook(payload("Stop")).context == "hello!"
+    orch.write_config('[plugins]\ndisable = ["hello_plugin"]\n')
+    assert "hello_plugin" in names(orch)
+    done = orch.cli("agents")
+    assert done.stderr.endswith(
+        "[plugins] disable: hello_plugin: your own config configures it, and only your own"
+        " config may switch it off\n"
+    )
 
 
 def test_broken_plugins_are_left_out_with_a_reason(

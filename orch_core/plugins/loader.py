@@ -292,12 +292,13 @@ def load_config(env: Mapping[str, str], project_dir: str) -> Config:
                         origins[(section, key, setting)] = path
         merged = _merge(merged, data)
     section = merged.get("plugins", {})
+    yours = own.get("plugins", {})
     disable = list(section.get("disable", ()))
     if origins.get(("plugins", "disable")) == files[1]:
-        disable = _kept_on(disable, own, files[1], errors)
+        disable = _after(yours.get("disable", []), _kept_on(disable, own, files[1], errors))
     load = list(section.get("load", ()))
     if origins.get(("plugins", "load")) == files[1]:
-        load = _loadable(load, files[1], errors)
+        load = _after(yours.get("load", []), _loadable(load, files[1], errors))
     return Config(
         disable=tuple(disable),
         load=tuple(load),
@@ -310,11 +311,20 @@ def load_config(env: Mapping[str, str], project_dir: str) -> Config:
     )
 
 
+def _after(yours: list[str], theirs: list[str]) -> list[str]:
+    """A project's ``[plugins]`` list after yours, not in its place: a cloned repository must
+    neither switch a plugin you switched off back on nor leave out one your config loads."""
+    return [*yours, *(name for name in theirs if name not in yours)]
+
+
 def _kept_on(disable: list[str], own: dict[str, Any], path: str, errors: list[str]) -> list[str]:
     """A project's ``[plugins] disable`` without the plugins the user's own config configures
-    (and does not itself switch off): a cloned repository must not switch off, say, the
-    user's own orch-guard rules."""
-    configured = own.get("plugin", {}).keys() - set(own.get("plugins", {}).get("disable", ()))
+    or loads (and does not itself switch off): a cloned repository must not switch off, say,
+    the user's own orch-guard rules."""
+    yours = own.get("plugins", {})
+    configured = (own.get("plugin", {}).keys() | set(yours.get("load", ()))) - set(
+        yours.get("disable", ())
+    )
     refused = [name for name in disable if name in configured]
     if refused:
         errors.append(f"{path}: [plugins] disable: {', '.join(refused)}: your own config "
