@@ -107,6 +107,8 @@ def test_the_guard_lets_an_unforced_push_to_main_through(orch: OrchState) -> Non
      ('rm -rf "$HOME"', "deny"), ("rm -rf ${HOME}", "deny"), ('rm -rf "${HOME}"/*', "deny"),
      ("rm -r -f $HOME/", "deny"), ("rm --recursive --force -- '/'", "deny"),
      ("cd /tmp && sudo rm -fR / 2>&1", "deny"), ("mkfs.ext4 /dev/sda1", "deny"),
+     ("(cd /tmp && rm -rf ~/*)", "deny"), ("echo $(rm -rf /)", "deny"),
+     ("x=`rm -rf $HOME`", "deny"), ("rm -rf ~>/dev/null", "deny"), ("(rm -rf ./build)", None),
      ("git reset --hard", "ask"), ("git reset -q --hard HEAD~1", "ask"),
      ("git status; git -C . reset --hard", "ask"), ("git clean -f", "ask"),
      ("git clean -d -f", "ask"), ("git clean -xdf", "ask"), ("git clean --force", "ask"),

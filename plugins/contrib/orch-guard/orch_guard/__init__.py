@@ -49,9 +49,11 @@ _SEPARATOR = re.compile(r"&&|\|\||(?<![<>])&(?!>)|[;|\n]")
 # Each built-in rule finds the first ``git`` (``rm``, ...) of a simple command and commits to it
 # (atomic ``(?>...)``); lookaheads then look at the rest once. A later ``git`` could only see
 # less of the command than the first, so nothing is missed, and nothing is tried twice.
-_RM_ROOT_OR_HOME = (  # /, ~, $HOME, ${HOME}; then /, /*, /.*; quoted or not; any options
+_RM_ROOT_OR_HOME = (  # /, ~, $HOME, ${HOME}; then /, /*, /.*; quoted or not; any options;
+    # ending the word, a subshell's ``(...)``, ``$(...)`` or backquotes, or at a redirection
     r"(?>.*?\brm\s)"
-    r"(?=.*?(?<!\S)[\"']?+(?:/|~|\$HOME|\$\{HOME\})/*+[\"']?+/*+(?:\.?+\*)?+[\"']?+(?!\S))"
+    r"(?=.*?(?<!\S)[\"']?+(?:/|~|\$HOME|\$\{HOME\})/*+[\"']?+/*+(?:\.?+\*)?+[\"']?+"
+    r"(?![^\s)`<>]))"
 )
 _FORCED_PUSH_TO_MAIN = (
     r"(?>.*?\bgit\b)(?>.*?\bpush\b)"
