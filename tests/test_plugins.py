@@ -205,6 +205,20 @@ def test_a_plan_that_cannot_be_cached_is_built_all_the_same(orch: OrchState) -> 
     assert f"fix: free space on that disk, or make {state / 'plans'} a folder" in report
 
 
+def test_a_plan_built_from_another_user_config_is_not_reused(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """A process with another ``XDG_CONFIG_HOME`` (that config switching the guard off) and
+    the same state folder: its cached plan watched only its own config, so it still looked
+    true to the hooks of your own, and the guard stayed off."""
+    other = tmp_path / "other-config"
+    (other / "orch").mkdir(parents=True)
+    (other / "orch" / "config.toml").write_text('[plugins]\ndisable = ["guard"]\n')
+    push = payload("PreToolUse", tool_input={"command": "git push --force origin main"})
+    assert orch.run_hook(push, XDG_CONFIG_HOME=str(other)).output is None
+    assert orch.run_hook(push).exit_code == 2  # denied
+
+
 def test_the_plan_is_rebuilt_when_a_plugin_changes(orch: OrchState) -> None:
     module = orch.plugin_module("hello_plugin", HELLO)
     orch.write_config('[plugins]\nload = ["hello_plugin"]\n')
