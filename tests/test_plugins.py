@@ -133,6 +133,35 @@ def test_a_projects_plugin_lists_add_to_yours(
     )
 
 
+NEVER_ANSWERS = """
+import time
+from orch_core import hookimpl
+
+@hookimpl
+def orch_config_defaults():
+    time.sleep(600)
+
+@hookimpl
+def orch_schema(dialect):
+    time.sleep(600)
+"""
+
+
+def test_a_plugin_whose_settings_never_come_holds_no_hook_and_no_command(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """Its import was bounded, not its ``orch_config_defaults`` or ``orch_schema``: one that
+    never returned kept the plan from being built, so the rebuild's backstop ended every hook
+    after 3 s with no answer (orch-guard's deny lost), and every command hung."""
+    orch_module("never_answers", NEVER_ANSWERS)
+    orch.write_config('[plugins]\nload = ["never_answers"]\n', user=True)
+    push = payload("PreToolUse", tool_input={"command": "git push --force origin main"})
+    assert orch.run_hook(push).exit_code == 2  # denied
+    done = orch.cli("agents")
+    assert done.stderr.startswith("Error: plugin never_answers: orch_config_defaults did not")
+    assert "orch_schema did not finish" in orch.cli("doctor").stdout
+
+
 def test_broken_plugins_are_left_out_with_a_reason(
     orch: OrchState, orch_module: Callable[[str, str], Path]
 ) -> None:

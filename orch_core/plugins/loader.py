@@ -12,6 +12,7 @@ does not finish in time (``import_timeout``): a module that hangs at import must
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -112,6 +113,8 @@ class Settings:
     from_project: dict[str, list[str]]
     #: Per plugin and key, what the project's config added to a list it may only extend.
     added_by_project: dict[str, dict[str, list[Any]]]
+    #: Plugins whose ``orch_config_defaults`` did not answer in time (tried again later).
+    late: tuple[str, ...] = ()
 
 
 class ImportTooSlow(Exception):
@@ -506,11 +509,13 @@ CORE_SETTINGS: dict[str, Any] = {
 }
 
 
-def settings_of(loaded: Loaded) -> Settings:
+def settings_of(loaded: Loaded, timeout: float = IMPORT_TIMEOUT) -> Settings:
     """orch's own settings, each plugin's settings (its declared defaults, then user and
     project ``[plugin.NAME]``), the errors of the values left out, and per plugin the keys
     whose value came from the project's config (less trusted than the user's own) and what it
-    added to the lists it may only extend."""
+    added to the lists it may only extend. Each ``orch_config_defaults`` gets ``timeout``
+    seconds, as each import does: one that never returns would keep the plan from being built
+    (every hook stopped by the rebuild's backstop, answering nothing; every command hung)."""
     config = loaded.config
     project_file = config.files[-1] if config.files else ""
     errors = list(config.errors)
@@ -524,9 +529,15 @@ def settings_of(loaded: Loaded) -> Settings:
         own=config.own.get("orch", {}),
     )
     declared: dict[str, dict[str, Any]] = {}
+    late: list[str] = []
     for impl in loaded.pm.hook.orch_config_defaults.get_hookimpls():
         try:
-            value = impl.function()
+            value = bounded(impl.function, timeout)
+        except ImportTooSlow:
+            value = None
+            late.append(impl.plugin_name)
+            errors.append(f"plugin {impl.plugin_name}: orch_config_defaults did not finish "
+                          f"within {timeout:g} s; tried again later")  # fmt: skip
         except Exception as exc:
             value = None
             errors.append(f"plugin {impl.plugin_name}: orch_config_defaults failed: {exc}")
@@ -558,7 +569,7 @@ def settings_of(loaded: Loaded) -> Settings:
             from_project[name] = keys
         if added:
             added_by_project[name] = added
-    return Settings(core, per_plugin, errors, from_project, added_by_project)
+    return Settings(core, per_plugin, errors, from_project, added_by_project, tuple(late))
 
 
 #: The most problems of each kind (plugins left out, config values not used) a plan keeps and
@@ -585,7 +596,7 @@ def build_plan(
     plugin left out for a slow import is tried again after :data:`RETRY_LATE` seconds)."""
     project_dir = project_dir or paths.project_dir(env)
     loaded = loaded or load(env, project_dir, import_timeout=import_timeout)
-    settings = settings_of(loaded)
+    settings = settings_of(loaded, import_timeout)
     where = {info.name: info for info in loaded.plugins}
     hooks: dict[str, list[Impl]] = {}
     for name, caller in vars(loaded.pm.hook).items():
@@ -613,10 +624,11 @@ def build_plan(
         "key": cache_key(env, project_dir),
         "mtimes": watched_mtimes(watched),
     }
-    if loaded.late:
-        fingerprint["retry_at"] = time.time() + RETRY_LATE
     errors = list(loaded.errors)
-    schemas = schema_versions(hooks.get("orch_schema", []), errors)
+    late = [*loaded.late, *settings.late]
+    schemas = schema_versions(hooks.get("orch_schema", []), errors, import_timeout, late)
+    if late:
+        fingerprint["retry_at"] = time.time() + RETRY_LATE
     errors, config_errors = first_problems(errors), first_problems(settings.errors)
     from orch_core import log
 
@@ -635,17 +647,29 @@ def build_plan(
     )
 
 
-def schema_versions(impls: list[Impl], errors: list[str]) -> dict[str, int]:
+def schema_versions(
+    impls: list[Impl],
+    errors: list[str],
+    timeout: float = IMPORT_TIMEOUT,
+    late: list[str] | None = None,
+) -> dict[str, int]:
     """The version each plugin's ``orch_schema`` reaches: the highest of its steps, which
-    must be numbered 1, 2, … with SQL for each."""
+    must be numbered 1, 2, … with SQL for each. Each gets ``timeout`` seconds (one that does
+    not answer goes to ``late``)."""
     versions = {}
     for impl in impls:
         try:
-            steps = impl.function(dialect="sqlite") or {}
+            steps = bounded(functools.partial(impl.function, dialect="sqlite"), timeout) or {}
             if sorted(steps) != list(range(1, len(steps) + 1)) or not all(
                 isinstance(sql, str) for sql in steps.values()
             ):
                 raise ValueError("give SQL for steps numbered 1, 2, …")
+        except ImportTooSlow:
+            if late is not None:
+                late.append(impl.plugin)
+            errors.append(f"plugin {impl.plugin}: orch_schema did not finish within "
+                          f"{timeout:g} s; tried again later")  # fmt: skip
+            continue
         except Exception as exc:
             errors.append(f"plugin {impl.plugin}: orch_schema: {exc}")
             continue
