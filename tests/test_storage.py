@@ -137,12 +137,9 @@ def test_the_store_is_opened_in_one_place_and_speaks_through_execute_and_transac
     assert store.folder == orch.env["ORCH_STATE_DIR"]
     with store.transaction() as tx:
         tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (1, 'test', 'kept')")
-    try:
-        with store.transaction() as tx:
-            tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (2, 'test', 'undone')")
-            raise RuntimeError("the block fails")
-    except RuntimeError:
-        pass
+    with pytest.raises(RuntimeError, match="the block fails"), store.transaction() as tx:
+        tx.execute("INSERT INTO alerts (ts, kind, message) VALUES (2, 'test', 'undone')")
+        raise RuntimeError("the block fails")  # rolled back, and raised on to the caller
     rows = store.execute("SELECT message FROM alerts ORDER BY id").fetchall()
     assert rows == [("kept",)]
 
