@@ -75,12 +75,18 @@ def test_the_supervisor_backs_up_on_schedule_and_keeps_the_newest(orch: OrchStat
     send(orch, "kept")
     supervisor = lifecycle.Supervisor(orch.env)
     start = time.time()
+    taken: list[str] = []
     for step in range(5):  # every 1,000 s a backup falls due
-        supervisor.housekeeping(start + step * 1000)
-        supervisor.housekeeping(start + step * 1000 + 10)  # not due again yet
-        os.utime(backup.newest(orch.env["ORCH_DB"]) or "", (start + step * 1000,) * 2)
+        now = start + step * 1000
+        supervisor.housekeeping(now)
+        newest = backup.newest(orch.env["ORCH_DB"])
+        assert newest is not None and newest not in taken, step  # a new one is taken
+        os.utime(newest, (now, now))  # taken at ``now`` on the test's clock, not the real one
+        taken.append(newest)
+        supervisor.housekeeping(now + 10)  # not due again yet
+        assert backup.newest(orch.env["ORCH_DB"]) == newest, step
     kept = backup.backups(orch.env["ORCH_DB"])
-    assert len(kept) == 3
+    assert kept == taken[:-4:-1]  # the newest three, newest first
     assert all(backup.check(path)["messages"] == 1 for path in kept)
 
 
