@@ -388,22 +388,31 @@ def test_restore_takes_a_database_of_an_older_schema(orch: OrchState, tmp_path: 
     assert bodies(orch) == ["from an older orch"]  # and migrated on the way
 
 
+def as_anyone() -> None:
+    """In a child about to run a program: drop the capabilities that let root write and search
+    any folder (``CAP_DAC_OVERRIDE``, ``CAP_DAC_READ_SEARCH``), so that a folder's mode stops
+    root as it stops any user, on any file system (``chattr +i`` needs one that has the flag:
+    not tmpfs or overlayfs). Failing, the test fails rather than run as root unchecked."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP, kept across exec
+            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {capability})")
+
+
 def test_a_backup_into_a_folder_that_cannot_be_written_is_one_line(orch: OrchState) -> None:
     send(orch, "precious")
     state = Path(orch.env["ORCH_STATE_DIR"])
-    if os.geteuid() == 0:  # root writes any folder it may: only an immutable one stops it
-        locked = subprocess.run(["chattr", "+i", str(state)], capture_output=True, check=False)
-        if locked.returncode != 0:
-            pytest.skip(f"chattr +i: {locked.stderr.decode().strip()}")
-    else:
-        state.chmod(0o500)
+    state.chmod(0o500)
     try:
-        done = orch.cli("backup")
+        done = subprocess.run(
+            [orch_script(), "backup"], capture_output=True, text=True, env=orch.env,
+            cwd=orch.project_dir, timeout=60, check=False,
+            preexec_fn=as_anyone if os.geteuid() == 0 else None,
+        )  # fmt: skip
     finally:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(state)], check=True)
-        else:
-            state.chmod(0o700)
+        state.chmod(0o700)
     assert done.returncode == 1
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"Error: cannot back up {orch.env['ORCH_DB']}: "), line
