@@ -549,5 +549,7 @@ def test_a_scheduled_message_wakes_an_idle_agent_when_due_not_before(
     receipt = orch.send(agent, "check the CI run", "--in", "3s")
     last = session.wait_for_requests(2, 30)[-1]
     assert time.time() - sent >= 3, "woken before the message was due"
-    assert f"{MARK}{receipt['id']} " in last.text()
+    assert last.text().count(f"{MARK}{receipt['id']} ") == 1
+    assert last.text().count("check the CI run") == 1
+    prompt_index(last, WAKE_LINE)  # typed once
     assert sum(WAKE_LINE in r.texts() for r in session.requests()) == 1
