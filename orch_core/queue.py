@@ -608,15 +608,7 @@ class Queue:
         stale = [(row[1], *row[4:6]) for row in found if row[0] == "stale"]
         if not (expired or orphans or stale):
             return False
-        # Claude writes its transcript late: the hooks after a delivery may all have missed
-        # it while the agent went idle. Look once more before putting it back in the queue.
-        starts: dict[str, int | None] = {}
-        for _, path, start in stale:
-            if path:
-                known = starts.get(path, start)
-                starts[path] = None if known is None or start is None else min(known, start)
-        tails = {path: marked(transcript_tail(path, start)) for path, start in starts.items()}
-        seen = [mid for mid, path, _ in stale if path and mid in tails[path]]
+        seen = seen_late(stale)
         with self.store.transaction() as tx:
             for message_id in expired:
                 _set(tx, message_id, "expired", now, "not delivered before its TTL", "queued")
@@ -711,8 +703,20 @@ class Queue:
         return len(back)
 
     def requeue_session(self, session_id: str, reason: str, now: float | None = None) -> int:
-        """Put a finished session's unconfirmed deliveries back in the queue."""
+        """Put a finished session's unconfirmed deliveries back in the queue; how many. Those
+        its transcript shows are confirmed instead: Claude writes a turn down after its Stop
+        hook, so a session that ends while its agent idles (``/exit``, a restart) holds
+        deliveries no hook of it could confirm, and the model has them (after ``--continue``
+        in its history too)."""
         now = time.time() if now is None else now
+        seen = seen_late(
+            self.store.execute(
+                "SELECT id, transcript, transcript_from FROM messages WHERE state = 'delivered'"
+                " AND session_id = ?",
+                (session_id,),
+            ).fetchall()
+        )
+        why = f"session ended ({reason})"
         with self.store.transaction() as tx:
             ids = [
                 r[0]
@@ -722,8 +726,11 @@ class Queue:
                 )
             ]
             for message_id in ids:
-                _requeue(tx, message_id, now, f"session ended ({reason})")
-        return len(ids)
+                if message_id in seen:
+                    _set(tx, message_id, "confirmed", now, "found in the transcript", "delivered")
+                else:
+                    _requeue(tx, message_id, now, why)
+        return len([message_id for message_id in ids if message_id not in seen])
 
     # -- delivering (called by the queue plugin inside orch-hook) ---------------------------
 
@@ -1301,6 +1308,21 @@ def _set(
     )
     if cur.rowcount:
         _event(tx, message_id, now, state, why)
+
+
+def seen_late(delivered: Iterable[tuple[str, str | None, int | None]]) -> set[str]:
+    """Which of ``delivered`` (id, transcript, transcript_from) their transcripts show, each
+    file read once from the earliest start. Claude writes its transcript late: the hooks
+    after a delivery may all have missed it while the agent went idle, so this is looked at
+    once more before a delivery goes back in the queue."""
+    rows = list(delivered)
+    starts: dict[str, int | None] = {}
+    for _, path, start in rows:
+        if path:
+            known = starts.get(path, start)
+            starts[path] = None if known is None or start is None else min(known, start)
+    tails = {path: marked(transcript_tail(path, start)) for path, start in starts.items()}
+    return {mid for mid, path, _ in rows if path and mid in tails[path]}
 
 
 def marked(text: str) -> set[str]:

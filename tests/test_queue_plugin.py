@@ -334,6 +334,32 @@ def test_session_end_requeues_unconfirmed_deliveries_and_keeps_the_rest(
     assert backlog.context is not None and backlog.context.startswith(f"{MARK}{inflight} ")
 
 
+def test_session_end_confirms_a_delivery_its_transcript_shows_instead_of_requeueing_it(
+    orch: OrchState,
+) -> None:
+    """Claude writes a turn down after its Stop hook: a woken agent's delivery is in the
+    transcript only once the agent idles, and no hook looks then. A session ended before the
+    sweep (``/exit``, ``orch restart``) must not hand it over a second time."""
+    message_id = send(orch, "deploy at noon")
+    delivered = hook(orch, "UserPromptSubmit", prompt="orch: new messages are waiting for you.")
+    assert delivered.context is not None
+    assert hook(orch, "Stop").output is None  # the turn is not in the transcript yet
+    seen(orch, delivered.context)  # written as the agent went idle
+    not_seen = send(orch, "never handed over")
+    other = hook(orch, "PostToolUse", session="sess-2")  # in flight, not in sess-2's transcript
+    assert other.context is not None and not_seen in other.context
+
+    assert hook(orch, "SessionEnd", reason="prompt_input_exit").exit_code == 0
+    assert state_of(orch, message_id) == "confirmed"
+    assert events_of(orch, message_id)[-1] == ("confirmed", "found in the transcript")
+    assert hook(orch, "SessionEnd", session="sess-2", reason="other").exit_code == 0
+    assert state_of(orch, not_seen) == "queued"
+    backlog = hook(orch, "SessionStart", session="sess-3", source="resume")
+    assert backlog.context is not None
+    assert f"{MARK}{message_id} " not in backlog.context  # delivered once
+    assert backlog.context.startswith(f"{MARK}{not_seen} ")
+
+
 def test_presence_follows_what_the_stop_hook_did(orch: OrchState) -> None:
     hook(orch, "UserPromptSubmit")
     assert agent_state(orch) == "busy"
