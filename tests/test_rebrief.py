@@ -259,6 +259,24 @@ def test_orch_rebrief_forces_one_at_the_next_delivery_point(orch: OrchState, rep
     assert orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7").context is None
 
 
+@pytest.mark.parametrize("event", ["PostToolUse", "PostToolUseFailure"])
+def test_orch_rebrief_waits_for_the_main_agent_not_a_subagents_tool_call(
+    orch: OrchState, repo: Path, event: str
+) -> None:
+    """A subagent's tool calls fire the session's hooks too, but their context goes to the
+    subagent, whose conversation ends with its task: the rebrief asked for is the main
+    agent's, at its own next delivery point (as the queue does with messages)."""
+    work(orch, repo)
+    assert orch.cli("rebrief", "proj:7").returncode == 0
+    inside = payload(event, tool_name="Grep", tool_input={"pattern": "x"}, cwd="",
+                     agent_id="sub-1", agent_type="Explore")  # fmt: skip
+    assert orch.run_hook(inside, ORCH_AGENT="proj:7").context is None
+    assert context(orch)["rebrief_pending"] == 1
+    main = orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7").context
+    assert main is not None
+    assert main.startswith("[orch rebrief: context restored after a request (orch rebrief)]")
+
+
 def test_a_compactions_rebrief_answers_a_pending_orch_rebrief(orch: OrchState, repo: Path) -> None:
     """``orch rebrief``, then a compaction before the agent's next hook: the compaction's
     rebrief is the one asked for, and the next tool call gives no second one."""

@@ -206,15 +206,17 @@ def record(ctx: HookContext, kind: str, tool: str | None, target: str, ok: bool 
 
 @hookimpl(tryfirst=True)
 def orch_post_tool_use(event: ev.PostToolUse, ctx: HookContext) -> str | None:
-    if not event.in_subagent:
-        record(ctx, "tool", event.tool_name, tool_target(event))
+    if event.in_subagent:  # its context goes to the subagent, whose conversation ends
+        return None
+    record(ctx, "tool", event.tool_name, tool_target(event))
     return forced(ctx, event.transcript_path)
 
 
 @hookimpl(tryfirst=True)
 def orch_post_tool_use_failure(event: ev.PostToolUseFailure, ctx: HookContext) -> str | None:
-    if not event.in_subagent:
-        record(ctx, "tool", event.tool_name, tool_target(event), ok=False)
+    if event.in_subagent:  # its context goes to the subagent, whose conversation ends
+        return None
+    record(ctx, "tool", event.tool_name, tool_target(event), ok=False)
     return forced(ctx, event.transcript_path)
 
 
