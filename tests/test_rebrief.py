@@ -153,6 +153,30 @@ def test_rebrief_after_compaction_comes_first_once_then_the_queue(
     assert after.context is None  # exactly once: no repeat at the next tool call
 
 
+@pytest.mark.orch_backends("sqlite")  # the default budget: PostgreSQL's tests give hooks more
+def test_a_slow_git_leaves_out_the_git_state_not_the_checkpoint_or_the_rebrief(
+    orch: OrchState, repo: Path, tmp_path: Path
+) -> None:
+    """git on a large working copy (or a loaded machine) takes longer than the hook's budget
+    of 500 ms, within ``git_timeout`` (1 s): the checkpoint and the rebrief must still be
+    given, without the git state, not skipped as a plugin past its budget."""
+    folder = tmp_path / "slow-bin"
+    folder.mkdir()
+    (folder / "git").write_text("#!/bin/sh\nexec sleep 30\n")
+    (folder / "git").chmod(0o755)
+    path = f"{folder}{os.pathsep}{os.environ['PATH']}"
+    work(orch, repo)
+    orch.run_hook(payload("PreCompact", cwd=str(repo)), ORCH_AGENT="proj:7", PATH=path)
+    saved = context(orch)["checkpoint_data"]
+    assert saved is not None and saved["branch"] is None
+    text = orch.run_hook(
+        payload("SessionStart", source="compact", cwd=str(repo)), ORCH_AGENT="proj:7", PATH=path
+    ).context
+    assert text is not None
+    assert text.startswith("[orch rebrief: context restored after compaction]")
+    assert "Before compaction: 4 tool calls" in text and "## Git state" not in text
+
+
 def test_sections_toggle_and_the_budget_holds(orch: OrchState, repo: Path) -> None:
     (repo / "CLAUDE.md").write_text("A long rule. " * 3000)
     orch.write_config("[plugin.rebrief]\nbudget = 3000\n[plugin.rebrief.sections]\ngit = false\n")

@@ -266,6 +266,21 @@ GIT_SAFE = ("-c", "core.fsmonitor=false", "-c", "log.showSignature=false",
             "-c", "safe.bareRepository=explicit", "--no-optional-locks")  # fmt: skip
 
 
+#: Seconds of a hook's budget that git leaves the rest of a checkpoint or rebrief (its reads,
+#: its one write).
+GIT_MARGIN = 0.1
+
+
+def git_timeout(ctx: HookContext, settings: dict[str, Any]) -> float:
+    """``git_timeout``, within what is left of the hook's budget: a plugin still running at
+    the end of it is skipped, so a git slower than the budget would cost the whole checkpoint
+    or rebrief, not only its git state."""
+    timeout = float(settings["git_timeout"])
+    if ctx.deadline is not None:
+        timeout = min(timeout, ctx.deadline - time.time() - GIT_MARGIN)
+    return timeout
+
+
 def git_state(cwd: str, timeout: float) -> dict[str, Any] | None:
     """Branch, HEAD, uncommitted files and last commits, from two git calls run side by side
     and bounded by ``timeout`` together (a compaction's rebrief has the hook's budget, and a
@@ -278,6 +293,8 @@ def git_state(cwd: str, timeout: float) -> dict[str, Any] | None:
          "--ignore-submodules=all"),
         ("log", "-5", "--format=%h %s"),
     )  # fmt: skip
+    if timeout <= 0:
+        return None
     end = time.monotonic() + timeout
     running: list[subprocess.Popen[str]] = []
     outputs: list[str | None] = []
@@ -353,7 +370,9 @@ def pending_count(store: Store, agent: str) -> int:
     )
 
 
-def checkpoint(store: Store, agent: str, cwd: str, settings: dict[str, Any]) -> dict[str, Any]:
+def checkpoint(
+    store: Store, agent: str, cwd: str, settings: dict[str, Any], git_timeout: float
+) -> dict[str, Any]:
     """What the agent was doing, saved before compaction."""
     activity = recent_activity(store, agent, int(settings["activity_kept"]))
     tools: dict[str, int] = {}
@@ -362,7 +381,7 @@ def checkpoint(store: Store, agent: str, cwd: str, settings: dict[str, Any]) -> 
             tools[item["tool"] or "?"] = tools.get(item["tool"] or "?", 0) + 1
     failures = sum(1 for item in activity if item["kind"] == "tool" and not item["ok"])
     summary = ", ".join(f"{tool} {count}" for tool, count in sorted(tools.items()))
-    git = git_state(cwd, float(settings["git_timeout"]))
+    git = git_state(cwd, git_timeout)
     edited = [i["target"] for i in activity if i["tool"] in ("Edit", "Write", "NotebookEdit")]
     return {
         "at": time.time(),
@@ -392,7 +411,9 @@ def orch_pre_compact(event: ev.PreCompact, ctx: HookContext) -> None:
     if store is None:
         return
     assert ctx.agent is not None
-    data = checkpoint(store, ctx.agent, event.cwd or ctx.project_dir, _settings(ctx))
+    settings = _settings(ctx)
+    data = checkpoint(store, ctx.agent, event.cwd or ctx.project_dir, settings,
+                      git_timeout(ctx, settings))  # fmt: skip
     data["trigger"] = event.trigger
     update_context(store, ctx.agent, checkpoint_data=json.dumps(data), checkpoint_at=data["at"])
 
@@ -400,7 +421,8 @@ def orch_pre_compact(event: ev.PreCompact, ctx: HookContext) -> None:
 @hookimpl
 def orch_before_restart(agent: str, ctx: HookContext) -> None:
     """Keep what the agent was doing, so its SessionStart after the restart is rebriefed."""
-    data = checkpoint(ctx.store, agent, ctx.project_dir, _settings(ctx))
+    settings = _settings(ctx)
+    data = checkpoint(ctx.store, agent, ctx.project_dir, settings, git_timeout(ctx, settings))
     data["trigger"] = "restart"
     update_context(ctx.store, agent, checkpoint_data=json.dumps(data), checkpoint_at=data["at"])
 
@@ -513,7 +535,7 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
                 f" {t['body'][:600]}"
                 for t in tasks
             )
-    git = git_state(cwd, float(settings["git_timeout"])) if on["git"] else None
+    git = git_state(cwd, git_timeout(ctx, settings)) if on["git"] else None
     if git:
         sections["git"] = "\n".join(
             [
