@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import Any
 
+    from orch_core.storage.store import Store
+
 PATTERN_CHARS = "*?["
 
 
@@ -99,10 +101,35 @@ def _start_supervisor(env: Mapping[str, str], stored: int) -> None:
 def notify(
     receipts: list[dict[str, Any]], env: Mapping[str, str], project_dir: str, queue: Queue
 ) -> None:
-    """Fire ``orch_message_enqueued`` for each newly queued message."""
+    """Fire ``orch_message_enqueued`` for each newly queued message, with the plugins and
+    settings of the project its agent works in (as the supervisor does): a plugin switched off
+    there (the idle plugin's wake-up) does nothing for it, whoever sends. ``project_dir``, the
+    sender's, stands for an agent orch knows no project of."""
     fresh = [r for r in receipts if not r.get("duplicate")]
     if not fresh:
         return
-    runtime = Runtime.open(env, project_dir, store=queue.store)
+    where = projects_of(queue.store, sorted({r["agent"] for r in fresh}))
+    runtimes: dict[str, Runtime] = {}
     for receipt in fresh:
-        runtime.fire("orch_message_enqueued", {"message": receipt})
+        project = where.get(receipt["agent"]) or project_dir
+        if project not in runtimes:
+            runtimes[project] = Runtime.open(env, project, store=queue.store)
+        runtimes[project].fire("orch_message_enqueued", {"message": receipt})
+
+
+def projects_of(store: Store, agents: list[str]) -> dict[str, str]:
+    """The project each of ``agents`` works in, where orch knows it: its launch spec's, or
+    where its hooks came from."""
+    found: dict[str, str] = {}
+    for start in range(0, len(agents), 500):
+        chunk = agents[start : start + 500]
+        found.update(
+            (agent, project)
+            for agent, project in store.execute(
+                "SELECT a.id, coalesce(s.cwd, a.project_dir) FROM agents a LEFT JOIN"
+                f" launch_specs s ON s.agent = a.id WHERE a.id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            if project
+        )
+    return found

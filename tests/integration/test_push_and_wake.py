@@ -287,3 +287,28 @@ def test_hook_orch_supervisor_tick_runs_per_project_with_its_own_plugins_and_set
                                     [str(other), ["b:1"], "other"]])  # fmt: skip
     for agent, woken in (("a:1", True), ("b:1", False)):
         assert panes[agent].lines() == ([WAKE_LINE] if woken else []), agent
+
+
+def test_a_send_wakes_an_agent_as_its_own_project_says_not_the_senders(
+    tmux: TmuxServer, orch: OrchState, tmp_path: Path
+) -> None:
+    """The idle plugin switched off in a project stops its wake-ups for that project's agents
+    whoever sends: a lead working in another project (where it is on) types nothing into
+    their panes; and switched off where the sender works, it still wakes an agent of a
+    project that has it on."""
+    other = tmp_path / "other"
+    (other / ".claude").mkdir(parents=True)
+    (other / ".claude" / "orch.toml").write_text('[plugins]\ndisable = ["idle"]\n')
+    panes = {}
+    for agent, project in (("a:1", orch.project_dir), ("b:1", other)):
+        panes[agent] = Recorder(tmux, tmp_path / f"{agent[0]}.typed", name=agent[0], cwd=project)
+        orch.store.remember_session(f"s-{agent}", agent, panes[agent].pane, panes[agent].socket)
+        orch.run_hook(payload("Stop", session_id=f"s-{agent}"), ORCH_AGENT=agent,
+                      CLAUDE_PROJECT_DIR=str(project))  # fmt: skip
+    done = orch.cli("send", "b:1", "from the lead's project")  # run in orch.project_dir
+    assert done.returncode == 0, done.stderr
+    orch.env["CLAUDE_PROJECT_DIR"] = str(other)  # a sender in the project with idle off
+    done = orch.cli("send", "a:1", "from the other project")
+    assert done.returncode == 0, done.stderr
+    assert panes["b:1"].lines() == []
+    assert panes["a:1"].lines() == [WAKE_LINE]
