@@ -537,6 +537,36 @@ def test_a_message_the_model_saw_while_going_idle_is_not_delivered_again(
     assert last.text().count(f"{MARK}{receipt['id']} ") == 1  # the first delivery, in history
 
 
+def test_a_message_the_model_saw_before_its_session_ended_is_not_delivered_again(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
+    orch_env: dict[str, str],
+    project: Path,
+) -> None:
+    """The last Stop block hands over a message; the Stop after it, past ``stop_blocks``,
+    confirms nothing, and the agent idles. Its session ends (``/exit``, a restart) before a
+    sweep: SessionEnd finds the message in the transcript, and nothing hands it over again."""
+    (project / ".claude" / "orch.toml").write_text("[plugin.queue]\nstop_blocks = 1\n")
+    thinking = threading.Event()
+    standin.reply_text("first answer", hold=thinking)
+    standin.reply_text("on it")
+    session = claude(env=orch_env)
+    agent = agent_of(session, tmux_server)
+    session.prompt("Answer briefly.")
+    session.wait_for_requests(1)
+    receipt = orch.send(agent, "deploy at noon", "--from", "lead")
+    thinking.set()
+    session.wait_for_requests(2, WAIT)
+    orch.wait_for_state(agent, "idle")
+    wait_until(lambda: f"{MARK}{receipt['id']} " in transcript(session).read_text(), WAIT)
+    session.close()  # types /exit: SessionEnd
+    orch.wait_for_state(agent, "offline")
+    record = orch.show(receipt["id"])
+    assert record["state"] == "confirmed", record["events"]
+
+
 def test_a_scheduled_message_wakes_an_idle_agent_when_due_not_before(
     claude: ClaudeFactory,
     standin: StandInAPI,
