@@ -704,10 +704,9 @@ class Queue:
 
     def requeue_session(self, session_id: str, reason: str, now: float | None = None) -> int:
         """Put a finished session's unconfirmed deliveries back in the queue; how many. Those
-        its transcript shows are confirmed instead: Claude writes a turn down after its Stop
-        hook, so a session that ends while its agent idles (``/exit``, a restart) holds
-        deliveries no hook of it could confirm, and the model has them (after ``--continue``
-        in its history too)."""
+        its transcript shows are confirmed instead: the model has them (after ``--continue``
+        in its history too), though no later hook confirmed them (the Stop past
+        ``stop_blocks`` looks at nothing; Claude may write a turn down after its Stop hook)."""
         now = time.time() if now is None else now
         seen = seen_late(
             self.store.execute(

@@ -337,9 +337,10 @@ def test_session_end_requeues_unconfirmed_deliveries_and_keeps_the_rest(
 def test_session_end_confirms_a_delivery_its_transcript_shows_instead_of_requeueing_it(
     orch: OrchState,
 ) -> None:
-    """Claude writes a turn down after its Stop hook: a woken agent's delivery is in the
-    transcript only once the agent idles, and no hook looks then. A session ended before the
-    sweep (``/exit``, ``orch restart``) must not hand it over a second time."""
+    """A delivery no later hook of its session confirmed (the Stop past ``stop_blocks`` looks
+    at nothing; Claude may write a turn down after its Stop hook) is in the transcript once
+    the agent idles. A session ended before the sweep (``/exit``, ``orch restart``) must not
+    hand it over a second time."""
     message_id = send(orch, "deploy at noon")
     delivered = hook(orch, "UserPromptSubmit", prompt="orch: new messages are waiting for you.")
     assert delivered.context is not None

@@ -1,7 +1,8 @@
 """The cleanup plugin: when a session ends, its unconfirmed deliveries go back in the queue.
 
 Nothing pending is dropped; each message records why it was requeued. One its transcript shows
-(Claude writes a turn down after the turn's Stop hook) is confirmed instead: the model has it. One short transaction,
+(no later hook confirmed it: the Stop past ``stop_blocks`` looks at nothing) is confirmed
+instead: the model has it. One short transaction,
 well inside Claude's 1.5 s budget for SessionEnd hooks. (presence marks the agent offline.)
 """
 
