@@ -2,8 +2,8 @@
 
 Nothing pending is dropped; each message records why it was requeued. One its transcript shows
 (no later hook confirmed it: the Stop past ``stop_blocks`` looks at nothing) is confirmed
-instead: the model has it. One short transaction,
-well inside Claude's 1.5 s budget for SessionEnd hooks. (presence marks the agent offline.)
+instead: the model has it. One short transaction, well inside Claude's 1.5 s budget for
+SessionEnd hooks. (presence marks the agent offline.)
 """
 
 from __future__ import annotations
