@@ -90,7 +90,10 @@ def record(transcript: Path, text: str) -> None:
 def test_a_burst_of_one_sessions_hooks_hands_each_message_over_once(orch: OrchState) -> None:
     """Ten parallel tool calls of one session finish at once, ten messages waiting: the hook
     that takes them must not be undone by its siblings (which cannot see them in the
-    transcript yet), so nothing is handed over twice, burst after burst."""
+    transcript yet), so nothing is handed over twice, burst after burst. The budget is generous:
+    this is about the race between the siblings, not about time (on a busy machine ten hooks
+    at once passed 500 ms)."""
+    orch.write_config("[orch]\nbudget_ms = 10000\n", user=True)
     queue = Queue(orch.store)
     warm = orch.run_hook(payload("Stop"), ORCH_AGENT="warm:1")
     assert warm.exit_code == 0
@@ -112,9 +115,8 @@ def test_a_burst_of_one_sessions_hooks_hands_each_message_over_once(orch: OrchSt
                 handed.update(delivered_ids(result))
                 record(transcript, result.stdout)  # Claude writes each answer down
     assert [mid for mid, n in handed.items() if n > 1] == [], "handed over twice"
+    assert sorted(handed) == sorted(sent), "each burst's messages handed over in that burst"
     assert delivered_events(orch) == Counter({mid: 1 for mid in handed})
-    missing = [mid for mid in sent if mid not in handed]
-    assert all(states(orch)[mid] == "queued" for mid in missing), "a claim nobody saw"
 
 
 def test_parallel_hooks_deliver_each_message_exactly_once(orch: OrchState) -> None:
