@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orch_core.queue import Queue
-from orch_core.testing.kit import OrchState, orch_script
+from orch_core.testing.kit import ROOMY_BUDGET_MS, OrchState, orch_script
 from orch_core.testing.payloads import payload
 
 FORCE_PUSH = payload("PreToolUse", tool_input={"command": "git push --force origin main"})
@@ -163,7 +163,9 @@ def test_a_projects_slow_rule_cannot_keep_yours_from_answering(orch: OrchState) 
 
 def test_a_projects_deny_rule_still_beats_your_ask_rule(orch: OrchState) -> None:
     """A cloned repository may forbid more, never less: where a default rule asks about
-    ``git clean -f`` and the project denies every ``git clean``, the command is denied."""
+    ``git clean -f`` and the project denies every ``git clean``, the command is denied. (The
+    project's rules run in a process of their own within the budget: room for a busy machine.)"""
+    orch.write_config(f"[orch]\nbudget_ms = {ROOMY_BUDGET_MS}\n", user=True)
     orch.write_config("[plugin.guard]\ndeny = ['\\bgit\\s+clean\\b']\n")
     result = orch.run_hook(payload("PreToolUse", tool_input={"command": "git clean -fdx"}))
     assert result.output is not None, result

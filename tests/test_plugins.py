@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orch_core.plugins import loader, plan
-from orch_core.testing.kit import hook_script
+from orch_core.testing.kit import ROOMY_BUDGET_MS, hook_script
 from orch_core.testing.payloads import payload
 
 if TYPE_CHECKING:
@@ -283,6 +283,7 @@ def test_agents_starting_together_build_the_plan_once(orch: OrchState) -> None:
         "from orch_core import hookimpl\n\n@hookimpl\ndef orch_stop():\n    return 'stop'\n",
     )
     orch.write_config('[plugins]\nload = ["counted"]\n')
+    orch.write_config(f"[orch]\nbudget_ms = {ROOMY_BUDGET_MS}\n", user=True)  # a busy machine
     hooks = [
         subprocess.Popen(
             [hook_script()], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=orch.env
