@@ -108,3 +108,18 @@ def test_the_idle_plugin_types_nothing_into_a_dialog(orch: OrchState) -> None:
     api.send(AGENT, "for later, again", env=orch.env, project_dir=str(orch.project_dir))
     assert state(orch) == "waking"
     assert [r["pane"] for r in orch.log() if r["msg"] == "could not wake the agent"] == ["%991"]
+
+
+@pytest.mark.parametrize("verdict", ["stopped", "failed"])
+def test_the_session_end_of_a_stopped_or_failed_agent_leaves_it_so(
+    orch: OrchState, verdict: str
+) -> None:
+    """``orch stop`` kills the pane and Claude Code then ends its session: an ``offline``
+    there had the supervisor restart the agent stopped a moment before (or one given up on)."""
+    run(orch, "UserPromptSubmit")
+    orch.store.set_agent_state(AGENT, verdict, session_id=None, project_dir=None)
+    run(orch, "SessionEnd", reason="other")
+    assert state(orch) == verdict
+    run(orch, "SessionStart", source="startup")  # started again: it runs
+    run(orch, "SessionEnd", reason="other")
+    assert state(orch) == "offline"

@@ -192,3 +192,17 @@ def test_a_spawned_agent_waiting_at_its_first_prompt_is_woken_and_fed(fleet: Fle
     assert request.count(f"{MARK}{receipt['id']} ") == 1
     assert request.count("Cut the release branch.") == 1
     assert request.count(WAKE_LINE) == 1
+
+
+def test_a_stopped_claude_stays_stopped(fleet: Fleet) -> None:
+    """Claude Code ends its session when `orch stop` kills its pane: that SessionEnd must not
+    make the agent ``offline``, which the supervisor would take for a crash and restart."""
+    fleet.standin.reply_text("On it.")
+    fleet.spawn()
+    fleet.prompt("Watch the queue.")
+    fleet.wait(fleet.transcript_written, "the transcript of the first turn")
+    fleet.orch("stop", "pay")
+    fleet.wait(lambda: "SessionEnd" in [r["event"] for r in fleet.store.runs(50)],
+               "the SessionEnd of the killed session")  # fmt: skip
+    time.sleep(4)  # the supervisor watches panes every 2 s, and restarts after 0.5-1 s
+    assert (fleet.state(), fleet.steps(), fleet.starts()) == ("stopped", [], 1)

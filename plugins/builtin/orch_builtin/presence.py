@@ -7,7 +7,8 @@ kept going; ``idle`` on a Stop that really stops and on the ``idle_prompt`` noti
 ``needs_input`` on the notifications that say a dialog waits for a person (a permission prompt,
 an MCP server's question) and when the agent asks one (AskUserQuestion), until the next prompt,
 tool or Stop hook shows it at work again: nothing types a wake-up line into its dialog, and the
-supervisor never takes it for hung. ``error`` on StopFailure; ``offline`` on SessionEnd.
+supervisor never takes it for hung. ``error`` on StopFailure; ``offline`` on SessionEnd, except
+for an agent ``stopped`` or ``failed``, which stays so (else the supervisor restarts it).
 (``starting`` is set by ``orch spawn`` and restarts, until the SessionStart.) A change fires
 ``orch_agent_state_changed``. It also remembers each session's tmux pane (and transcript), so
 that the idle plugin can wake the agent and ``orch stats`` count its tokens. ``orch agents``
@@ -105,19 +106,18 @@ def orch_notification(event: ev.Notification, ctx: HookContext) -> None:
         _seen(ctx, "needs_input")
 
 
-@hookimpl
-def orch_stop_failure(ctx: HookContext) -> None:
-    # auto_restart may mark the agent failed in the same hook, before or after this: that
-    # verdict stands, so an agent orch has not heard from is only added, never overwritten
+def _unless_settled(ctx: HookContext, state: str, only_from: tuple[str, ...]) -> None:
+    """``state`` for an agent in one of ``only_from``, or one orch has not heard from: a
+    verdict another hook or a user reached (``failed``, ``stopped``) stands."""
     if ctx.agent is None:
         return
     store = ctx.store
     before = store.execute("SELECT state FROM agents WHERE id = ?", (ctx.agent,)).fetchone()
-    if store.transition(ctx.agent, "error", only_from=LIVE):
+    if store.transition(ctx.agent, state, only_from=only_from):
         old = before[0] if before else None
     elif store.add_agent(
         ctx.agent,
-        "error",
+        state,
         session_id=ctx.session_id,
         project_dir=ctx.project_dir,
         host=paths.host(ctx.env),
@@ -125,9 +125,19 @@ def orch_stop_failure(ctx: HookContext) -> None:
         old = None  # the first orch hears of it
     else:
         return
-    ctx.fire("orch_agent_state_changed", agent=ctx.agent, old=old, new="error")
+    if old != state:
+        ctx.fire("orch_agent_state_changed", agent=ctx.agent, old=old, new=state)
+
+
+@hookimpl
+def orch_stop_failure(ctx: HookContext) -> None:
+    # auto_restart may mark the agent failed in the same hook, before or after this: that
+    # verdict stands, so an agent orch has not heard from is only added, never overwritten
+    _unless_settled(ctx, "error", LIVE)
 
 
 @hookimpl
 def orch_session_end(ctx: HookContext) -> None:
-    _seen(ctx, "offline")
+    # `orch stop` kills the pane, and Claude Code ends its session with a SessionEnd: an
+    # `offline` over `stopped` (or `failed`) would have the supervisor restart the dead pane
+    _unless_settled(ctx, "offline", (*LIVE, "error"))
