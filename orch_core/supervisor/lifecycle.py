@@ -247,11 +247,14 @@ def spawn(
     extra_env: Mapping[str, str],
     env: Mapping[str, str],
 ) -> dict[str, Any]:
-    """Start an agent in a new tmux window and keep its launch spec; return the spec."""
+    """Start an agent in a new tmux window and keep its launch spec; return the spec. A
+    recovery planned for an agent of that name whose pane died is dropped: it would restart
+    the new agent."""
     check_spawn(store, name, cwd=cwd, argv=argv, extra_env=extra_env, env=env)
     host = paths.host(env)
     socket = env.get("ORCH_TMUX_SOCKET") or None
     variables = pane_env(name, extra_env, env)
+    cancel_recoveries(store, name, "replaced by orch spawn")
     try:
         pane = tmux.start(socket, session, name, cwd, variables, argv)
         tmux.mark(pane, socket, name)

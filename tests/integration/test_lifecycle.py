@@ -293,6 +293,30 @@ def test_an_agent_stopped_while_the_supervisor_restarts_it_stays_stopped(
     assert "r4" not in windows(fleet)
 
 
+def test_a_spawn_over_a_dead_pane_drops_the_restart_planned_for_it(fleet: OrchState) -> None:
+    """``orch spawn`` of an agent whose pane died, before the supervisor's planned restart came
+    due: that restart killed the new agent and started it again with ``--continue``."""
+    spawn(fleet)
+    until(lambda: starts(fleet) == 1, "first SessionStart")
+    stop_supervisor(fleet)
+    crash(fleet)
+    spec = lifecycle.get_spec(fleet.store, "worker")
+    assert spec is not None
+    until(lambda: lifecycle.spec_pane_state(spec) == "dead", "the pane dead")
+    supervisor = lifecycle.Supervisor(fleet.env)
+    supervisor.upkeep(time.time())  # schedules the restart, after its backoff
+    assert [h["state"] for h in lifecycle.history(fleet.store, "worker")] == ["scheduled"]
+    spawn(fleet)  # the user starts it again meanwhile
+    until(lambda: starts(fleet) == 2, "SessionStart of the new spawn")
+    supervisor.upkeep(time.time() + 600)  # the restart's time has come, whatever the backoff
+    time.sleep(2)  # and the supervisor the spawn started had its ticks
+    log = Path(fleet.env["FAKE_LOG"]).read_text().splitlines()
+    assert [json.loads(line) for line in log] == [[], []]
+    assert [(h["step"], h["state"]) for h in lifecycle.history(fleet.store, "worker")] == [
+        ("restart", "cancelled")
+    ]
+
+
 def windows(orch: OrchState) -> list[str]:
     """The names of the test's tmux windows (none once the server went with its last)."""
     try:
