@@ -295,6 +295,69 @@ def test_the_supervisor_declines_a_process_it_would_not_answer_as_that_process_w
     assert not os.path.exists(warm.socket_path(orch.env))
 
 
+#: A socket that answers as the supervisor would, in a process that runs as ``nobody`` from
+#: before it listens (the user its clients see), and prints how much it was told; the socket
+#: file is nobody's too with ``socket``, else the user's (taken over by another's process).
+PLANTED = """
+import json, os, socket, sys
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+if sys.argv[2] == "socket":
+    os.chown(sys.argv[1], 65534, 65534)
+os.setgid(65534)
+os.setuid(65534)
+listener.listen(8)
+print("ready", flush=True)
+conn, _ = listener.accept()
+told = b""
+while chunk := conn.recv(1 << 16):
+    told += chunk
+print(len(told), flush=True)
+if told:
+    conn.sendall(json.dumps({"stdout": "planted", "stderr": "", "exit_code": 0}).encode() + b"\\n")
+conn.close()
+"""
+
+
+def test_a_socket_another_user_planted_or_a_link_to_one_is_never_asked(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """The request carries the process's whole environment, and the answer is taken as the
+    hook's reply (a permission decision among them): only a socket of the user's own, in the
+    state folder itself, served by a process of the user's own, is asked; else the process
+    does its own work, telling nothing."""
+    other = {**orch.env, "ORCH_STATE_DIR": str(tmp_path / "elsewhere")}
+    server = WarmServer(other)
+    assert server.start()
+    paths.ensure_private_dir(orch.env["ORCH_STATE_DIR"])
+    try:  # a link to a supervisor's socket is not followed, even one of the user's own
+        os.symlink(warm.socket_path(other), warm.socket_path(orch.env))
+        assert _ask(orch, began=time.time()) is None
+        assert not os.path.exists(warm.cold_path(orch.env))
+    finally:
+        server.close()
+        os.unlink(warm.socket_path(orch.env))
+    if os.geteuid() != 0:
+        return  # another user's process is one this test cannot start
+    for owned in ("socket", "process"):
+        planted = subprocess.Popen(
+            [sys.executable, "-c", PLANTED, warm.socket_path(orch.env), owned],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert planted.stdout is not None and planted.stdout.readline() == "ready\n"
+            assert _ask(orch, began=time.time()) is None, owned
+            with socket.socket(socket.AF_UNIX) as done:  # its end, if it was not asked at all
+                done.connect(warm.socket_path(orch.env))
+            told, _ = planted.communicate(timeout=30)
+        finally:
+            planted.kill()
+            planted.wait()
+            os.unlink(warm.socket_path(orch.env))
+        assert told == "0\n"  # neither the environment nor the event
+        assert not os.path.exists(warm.cold_path(orch.env))
+
+
 PLUGIN = """
 import os
 from orch_core import hookimpl

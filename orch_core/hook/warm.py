@@ -18,6 +18,7 @@ from __future__ import annotations
 import _socket  # socket costs 7 ms to import (selectors, array); this needs none of it
 import json
 import os
+import stat
 import sys
 import time
 
@@ -70,12 +71,17 @@ def ask(
     """
     if not paths.is_url(database) or cold_for(env):
         return None
+    path = socket_path(env)
+    if not _own_socket(path):
+        return None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(within)
         try:
-            sock.connect(socket_path(env))
+            sock.connect(path)
         except OSError:  # nobody there (no file, refused), or too busy to take it
+            return None
+        if _peer_uid(sock) != os.geteuid():  # not this user's supervisor: told nothing
             return None
         request = {"version": __version__, "database": database, "path": sys.path[1:],
                    "length": len(body), **header}  # fmt: skip
@@ -101,6 +107,26 @@ def ask(
     if answer.get("declined"):
         return None
     return answer
+
+
+def _own_socket(path: str) -> bool:
+    """Whether ``path`` is a socket of this user's own, not a link: the request carries the
+    process's whole environment, and the answer is taken as the hook's reply (a permission
+    decision among them). One another user put there is never asked."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.geteuid()
+
+
+def _peer_uid(sock: Any) -> int | None:
+    """The user of the process at the other end (``SO_PEERCRED``: pid, uid, gid)."""
+    try:
+        creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    except OSError:
+        return None
+    return int.from_bytes(creds[4:8], sys.byteorder)
 
 
 def cold_for(env: Mapping[str, str]) -> float:
