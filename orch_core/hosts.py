@@ -7,12 +7,14 @@ store several machines share (PostgreSQL, :attr:`Store.shared`):
 
 - **Names**: a tmux window's agent is ``host/session:window`` (two hosts may both have a
   ``proj:1``); a name someone chose (``ORCH_AGENT``, ``orch spawn NAME``) is the agent's id as
-  given, one agent fleet-wide. :class:`Names` reads what a person or a program writes: an id
-  orch knows is that agent; ``host/name`` is the agent ``name`` of that host, when ``host`` is
-  one of the fleet's (this one, one an agent runs on, one that ran a supervisor), even when
-  another host has a tmux session called ``host/...``; any other name is bare (a tmux session
-  may be called ``my/proj``): this host's, else the one agent of that name in the fleet, and
-  names on several hosts are an error that lists them.
+  given, one agent fleet-wide. :class:`Names` reads what a person or a program writes:
+  ``host/name`` is the agent ``name`` of that host, when ``host`` is one of the fleet's (this
+  one, one an agent runs on, one that ran a supervisor), even when another host has a tmux
+  session called ``host/...``; any other name is bare (a tmux session may be called
+  ``my/proj``): this host's, else the one agent of that name in the fleet, and names on
+  several hosts are an error that lists them, each as ``host/name``. A bare name is read so
+  even when it is the id of another host's agent (a session that went on across ``orch
+  migrate`` keeps the id SQLite gave it, ``proj:1``).
 - **Owners**: each host's supervisor looks after its own agents: its panes, wake-ups,
   restarts (:func:`owned`). What the store keeps for all (restart limits, history, queues) is
   shared.
@@ -79,7 +81,7 @@ class Names:
     def resolve(self, target: str) -> str:
         """The agent id ``target`` names (rules: the module's docstring). A name orch has not
         heard of yet is taken as it is: its messages wait for that agent's first hook."""
-        if target in self.hosts:
+        if target in self.hosts and not self.shared:
             return target
         host, slash, name = target.partition("/")
         if slash and self._known_host(host):
@@ -87,13 +89,17 @@ class Names:
                 if where == host and name_of(agent, where) == name:
                     return agent
             return target
-        found = [a for a, where in self.hosts.items() if where and a == f"{where}/{target}"]
+        # by name, not by id: an agent's id may be a bare name (the module's docstring)
+        found = [a for a, where in self.hosts.items() if where and name_of(a, where) == target]
         mine = [a for a in found if self.hosts[a] == self.here]
+        if target in mine:
+            return target
         if mine or len(found) == 1:
             return (mine or found)[0]
         if found:
+            full = ", ".join(sorted(full_name(a, self.hosts[a]) for a in found))
             raise AmbiguousName(
-                f"{target!r} is on {len(found)} hosts: {', '.join(found)}; name one as host/name"
+                f"{target!r} is on {len(found)} hosts: {full}; name one as host/name"
             )
         return target
 

@@ -121,6 +121,30 @@ def test_a_bare_name_may_hold_a_slash_and_a_host_of_the_fleet_before_one_wins(
     assert names.resolve("alpha/my/proj:2") == "alpha/my/proj:2"  # the full name reaches it
 
 
+@pytest.mark.orch_backends("postgresql")
+def test_a_bare_name_is_this_hosts_agent_even_where_another_hosts_agent_has_it_as_its_id(
+    orch: OrchState,
+) -> None:
+    """An agent whose session went on across ``orch migrate`` keeps the id SQLite gave its
+    window, ``proj:1``, on host alpha; beta's window is ``beta/proj:1``. On beta, ``proj:1``
+    is beta's own: a message for it went to alpha's agent, and from a third host it was no
+    error."""
+    seen(orch.store, {"proj:1": "alpha", "beta/proj:1": "beta"})
+    sent = json.loads(cli(orch, "beta", "send", "proj:1", "for beta", "--json").stdout)
+    assert sent["agent"] == "beta/proj:1"
+    done = cli(orch, "gamma", "send", "proj:1", "which one?")
+    assert (done.returncode, done.stderr) == (
+        1,
+        "Error: 'proj:1' is on 2 hosts: alpha/proj:1, beta/proj:1; name one as host/name\n",
+    )
+    on_alpha = Names(orch.store, on(orch, "alpha"))
+    assert (on_alpha.resolve("proj:1"), on_alpha.resolve("alpha/proj:1")) == ("proj:1", "proj:1")
+    assert Names(orch.store, on(orch, "gamma")).resolve("beta/proj:1") == "beta/proj:1"
+    result = orch.run_hook(payload("UserPromptSubmit", session_id="s-alpha"),
+                           ORCH_AGENT="proj:1", ORCH_HOST="alpha")  # fmt: skip
+    assert "for beta" not in (result.context or "")
+
+
 def test_orch_send_delivers_to_the_agent_the_name_means_and_refuses_a_name_of_two_hosts(
     orch: OrchState,
 ) -> None:
