@@ -103,6 +103,11 @@ class Names:
             )
         return target
 
+    def host_named(self, target: str) -> str | None:
+        """The host ``target`` names as ``host/name``, a host of the fleet, else ``None``."""
+        host, slash, _ = target.partition("/")
+        return host if slash and self._known_host(host) else None
+
     def _known_host(self, host: str) -> bool:
         """Whether ``host`` is a host of the fleet: this one, one an agent runs on, or one that
         ran a supervisor. Text before a ``/`` that names none is part of a bare name (tmux

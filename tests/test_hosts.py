@@ -400,6 +400,25 @@ def test_only_the_agents_host_touches_its_pane(orch: OrchState, orch_backend: st
     assert lifecycle.get_spec(store, "reviewer")["host"] == "beta"  # type: ignore[index]
 
 
+@pytest.mark.orch_backends("postgresql")
+def test_adopt_refuses_another_hosts_window_not_heard_from_yet(orch: OrchState) -> None:
+    """``beta/work:1`` is beta's window whether its agent has spoken yet or not: adopted on
+    alpha, alpha's supervisor took it for its own (beta's never looked after it), and would
+    have restarted it in alpha's tmux."""
+    hosts.beat(orch.store, "beta")
+    done = cli(orch, "alpha", "adopt", "beta/work:1", "--dir", str(orch.project_dir),
+               "--command", "sleep 600")  # fmt: skip
+    assert (done.returncode, done.stderr) == (
+        1, "Error: beta/work:1 runs on host beta: run `orch adopt` there\n",
+    )  # fmt: skip
+    assert lifecycle.get_spec(orch.store, "beta/work:1") is None
+    # this host's own window, named in full before its first hook, is adopted as before
+    done = cli(orch, "alpha", "adopt", "alpha/work:1", "--dir", str(orch.project_dir),
+               "--command", "sleep 600")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert lifecycle.get_spec(orch.store, "alpha/work:1")["host"] == "alpha"  # type: ignore[index]
+
+
 CHANNEL = """
 import json
 import time

@@ -160,9 +160,10 @@ def adopt_command(
     """Give a hand-started AGENT of this host a launch spec, so orch can restart it. The name,
     directory and command are checked as `orch spawn` checks them."""
     store = _store()
-    agent = lifecycle.check_adoptable(hosts.Names(store).resolve(agent))
+    names = hosts.Names(store)
+    agent = lifecycle.check_adoptable(names.resolve(agent))
     here = paths.host(os.environ)
-    where = hosts.Names(store).host_of(agent)
+    where = names.host_of(agent) or names.host_named(agent)  # heard from or not
     if store.shared and where not in (None, here):
         raise click.ClickException(f"{agent} runs on host {where}: run `orch adopt` there")
     argv = _argv(command)
