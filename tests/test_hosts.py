@@ -419,6 +419,29 @@ def test_adopt_refuses_another_hosts_window_not_heard_from_yet(orch: OrchState) 
     assert lifecycle.get_spec(orch.store, "alpha/work:1")["host"] == "alpha"  # type: ignore[index]
 
 
+@pytest.mark.orch_backends("postgresql")
+def test_an_agent_adopted_before_its_first_hook_is_left_to_its_own_hosts_supervisor(
+    orch: OrchState,
+) -> None:
+    """Adopted on alpha in its pane there and sent a message before its first hook, ``lead``
+    was ticked by every host's supervisor: beta's found no such pane in its own tmux, tried
+    restarts that could only fail there, and gave the agent up (``failed``, no more restarts
+    on alpha either)."""
+    done = cli(orch, "alpha", "adopt", "lead", "--dir", str(orch.project_dir),
+               "--command", "sleep 600", "--pane", "%3")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    Queue(orch.store).send("lead", "before its first hook")
+    beta = lifecycle.Supervisor(on(orch, "beta"))
+    try:
+        now = time.time()
+        for tick in range(8):
+            beta.tick(now + 3 * tick)
+    finally:
+        beta.close()
+    assert orch.store.execute("SELECT agent, step, state FROM recoveries").fetchall() == []
+    assert lifecycle.agent_state(orch.store, "lead") is None  # not heard from, not failed
+
+
 CHANNEL = """
 import json
 import time

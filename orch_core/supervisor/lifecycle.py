@@ -578,7 +578,17 @@ class Supervisor:
             f"SELECT DISTINCT agent FROM messages WHERE {PENDING_SQL} UNION"
             " SELECT agent FROM recoveries WHERE state IN ('scheduled', 'running', 'verifying')"
         ).fetchall()
-        projects.setdefault(home, []).extend(a for (a,) in waiting if a not in project_of)
+        # one adopted on another host before its first hook is that host's: here its pane
+        # would be taken for gone, its restarts tried and failed, and the agent given up
+        elsewhere: set[str] = set()
+        if self.store.shared:
+            specs = self.store.execute(
+                "SELECT agent FROM launch_specs WHERE host <> ?", (self.host,)
+            ).fetchall()
+            elsewhere = {agent for (agent,) in specs}
+        projects.setdefault(home, []).extend(
+            a for (a,) in waiting if a not in project_of and a not in elsewhere
+        )
         for project, agents in projects.items():
             runtime = Runtime.open(self.env, project, store=self.store)
             runtime.fire("orch_supervisor_tick", {"now": now, "agents": sorted(agents)})
