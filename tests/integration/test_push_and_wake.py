@@ -259,6 +259,23 @@ def orch_supervisor_tick(now, agents, ctx):
 """
 
 
+def idle_in_two_projects(
+    tmux: TmuxServer, orch: OrchState, tmp_path: Path, other_config: str
+) -> tuple[Path, dict[str, Recorder]]:
+    """Agent ``a:1`` idle in the test's project and ``b:1`` in another, configured with
+    ``other_config``, each in a pane that records what is typed into it."""
+    other = tmp_path / "other"
+    (other / ".claude").mkdir(parents=True)
+    (other / ".claude" / "orch.toml").write_text(other_config)
+    panes = {}
+    for agent, project in (("a:1", orch.project_dir), ("b:1", other)):
+        panes[agent] = Recorder(tmux, tmp_path / f"{agent[0]}.typed", name=agent[0], cwd=project)
+        orch.store.remember_session(f"s-{agent}", agent, panes[agent].pane, panes[agent].socket)
+        orch.run_hook(payload("Stop", session_id=f"s-{agent}"), ORCH_AGENT=agent,
+                      CLAUDE_PROJECT_DIR=str(project))  # fmt: skip
+    return other, panes
+
+
 def test_hook_orch_supervisor_tick_runs_per_project_with_its_own_plugins_and_settings(
     tmux: TmuxServer, orch: OrchState, tmp_path: Path, orch_module: Callable[[str, str], Path]
 ) -> None:
@@ -269,17 +286,13 @@ def test_hook_orch_supervisor_tick_runs_per_project_with_its_own_plugins_and_set
     orch_module("tick_observer", TICK_OBSERVER)  # the supervisor runs in this process here
     orch.env["TICKS_LOG"] = str(tmp_path / "ticks.log")
     orch.write_config('[plugins]\nload = ["tick_observer"]\n', user=True)
-    other = tmp_path / "other"
-    (other / ".claude").mkdir(parents=True)
-    (other / ".claude" / "orch.toml").write_text(
-        '[plugins]\ndisable = ["idle"]\n[plugin.tick_observer]\nlabel = "other"\n'
+    other, panes = idle_in_two_projects(
+        tmux,
+        orch,
+        tmp_path,
+        '[plugins]\ndisable = ["idle"]\n[plugin.tick_observer]\nlabel = "other"\n',
     )
-    panes = {}
-    for agent, project in (("a:1", orch.project_dir), ("b:1", other)):
-        panes[agent] = Recorder(tmux, tmp_path / f"{agent[0]}.typed", name=agent[0], cwd=project)
-        orch.store.remember_session(f"s-{agent}", agent, panes[agent].pane, panes[agent].socket)
-        orch.run_hook(payload("Stop", session_id=f"s-{agent}"), ORCH_AGENT=agent,
-                      CLAUDE_PROJECT_DIR=str(project))  # fmt: skip
+    for agent in panes:
         Queue(orch.store).send(agent, "due now", not_before=time.time() - 1)
     lifecycle.Supervisor(orch.env).upkeep(time.time())
     ticks = [json.loads(line) for line in (tmp_path / "ticks.log").read_text().splitlines()]
@@ -296,15 +309,7 @@ def test_a_send_wakes_an_agent_as_its_own_project_says_not_the_senders(
     whoever sends: a lead working in another project (where it is on) types nothing into
     their panes; and switched off where the sender works, it still wakes an agent of a
     project that has it on."""
-    other = tmp_path / "other"
-    (other / ".claude").mkdir(parents=True)
-    (other / ".claude" / "orch.toml").write_text('[plugins]\ndisable = ["idle"]\n')
-    panes = {}
-    for agent, project in (("a:1", orch.project_dir), ("b:1", other)):
-        panes[agent] = Recorder(tmux, tmp_path / f"{agent[0]}.typed", name=agent[0], cwd=project)
-        orch.store.remember_session(f"s-{agent}", agent, panes[agent].pane, panes[agent].socket)
-        orch.run_hook(payload("Stop", session_id=f"s-{agent}"), ORCH_AGENT=agent,
-                      CLAUDE_PROJECT_DIR=str(project))  # fmt: skip
+    other, panes = idle_in_two_projects(tmux, orch, tmp_path, '[plugins]\ndisable = ["idle"]\n')
     done = orch.cli("send", "b:1", "from the lead's project")  # run in orch.project_dir
     assert done.returncode == 0, done.stderr
     orch.env["CLAUDE_PROJECT_DIR"] = str(other)  # a sender in the project with idle off
