@@ -22,9 +22,13 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import Any
 
-    from orch_core.storage.store import Store
 
 PATTERN_CHARS = "*?["
+
+
+def is_pattern(target: object, exact: bool = False) -> bool:
+    """Whether ``target`` names agents by a pattern (``proj:*``), not one agent by name."""
+    return not exact and isinstance(target, str) and any(c in target for c in PATTERN_CHARS)
 
 
 def send(
@@ -67,7 +71,7 @@ def send_many(
     for item in items:
         options = dict(item)
         target, exact = options.pop("agent", ""), options.pop("exact", False)
-        if not exact and isinstance(target, str) and any(c in target for c in PATTERN_CHARS):
+        if is_pattern(target, exact):
             agents = names.matching(target)
             if not agents:
                 raise QueueError(f"no known agent matches {target!r}")
@@ -108,28 +112,10 @@ def notify(
     fresh = [r for r in receipts if not r.get("duplicate")]
     if not fresh:
         return
-    where = projects_of(queue.store, sorted({r["agent"] for r in fresh}))
+    where = queue.store.projects_of(sorted({r["agent"] for r in fresh}))
     runtimes: dict[str, Runtime] = {}
     for receipt in fresh:
         project = where.get(receipt["agent"]) or project_dir
         if project not in runtimes:
             runtimes[project] = Runtime.open(env, project, store=queue.store)
         runtimes[project].fire("orch_message_enqueued", {"message": receipt})
-
-
-def projects_of(store: Store, agents: list[str]) -> dict[str, str]:
-    """The project each of ``agents`` works in, where orch knows it: its launch spec's, or
-    where its hooks came from."""
-    found: dict[str, str] = {}
-    for start in range(0, len(agents), 500):
-        chunk = agents[start : start + 500]
-        found.update(
-            (agent, project)
-            for agent, project in store.execute(
-                "SELECT a.id, coalesce(s.cwd, a.project_dir) FROM agents a LEFT JOIN"
-                f" launch_specs s ON s.agent = a.id WHERE a.id IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            )
-            if project
-        )
-    return found

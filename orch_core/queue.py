@@ -263,8 +263,7 @@ class Queue:
                     f"message {n + 1}: give agent and text; unknown: {sorted(unknown)}"
                 )
             try:
-                if not isinstance(item["agent"], str) or not agents.valid_id(item["agent"]):
-                    raise QueueError(f"invalid agent id {item['agent']!r}")
+                check_agent(item["agent"])
                 check_message(item)
             except QueueError as exc:
                 raise QueueError(
@@ -729,7 +728,7 @@ class Queue:
                     _set(tx, message_id, "confirmed", now, "found in the transcript", "delivered")
                 else:
                     _requeue(tx, message_id, now, why)
-        return len([message_id for message_id in ids if message_id not in seen])
+        return len(set(ids) - seen)
 
     # -- delivering (called by the queue plugin inside orch-hook) ---------------------------
 
@@ -1230,6 +1229,12 @@ def _attempts(store: Store) -> Iterator[None]:
 def _ready(message: Mapping[str, Any], now: float) -> bool:
     """Whether a message may be delivered now (not held back by ``--in`` or ``--at``)."""
     return message.get("not_before") is None or message["not_before"] <= now
+
+
+def check_agent(agent: object) -> None:
+    """An agent's name as every command takes it (:func:`orch_core.hook.agents.valid_id`)."""
+    if not isinstance(agent, str) or not agents.valid_id(agent):
+        raise QueueError(f"invalid agent id {agent!r}")
 
 
 def check_message(item: Mapping[str, Any]) -> None:

@@ -27,6 +27,7 @@ from orch_core.queue import (
     MAX_SEND_PRIORITY,
     Queue,
     QueueError,
+    check_agent,
     check_message,
     parse_duration,
 )
@@ -330,9 +331,8 @@ def batch_lines(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             for name, value in data.items():
                 _check_type(name, value)
             item = message(**{BATCH_KEYS[k][0]: v for k, v in data.items()})
-            pattern = not item["exact"] and any(c in item["agent"] for c in api.PATTERN_CHARS)
-            if not (pattern or agents.valid_id(item["agent"])):
-                raise QueueError(f"invalid agent id {item['agent']!r}")
+            if not api.is_pattern(item["agent"], item["exact"]):
+                check_agent(item["agent"])
             check_message(item)
         except ValueError as exc:  # json's errors, and QueueError
             raise QueueError(f"--batch line {number}: {exc}") from None

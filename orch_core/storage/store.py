@@ -442,6 +442,21 @@ class Store(abc.ABC):
             return None
         return (row[0], row[1])
 
+    def projects_of(self, agents: Sequence[str]) -> dict[str, str]:
+        """The project each of ``agents`` works in, where orch knows it: its launch spec's
+        folder, else where its hooks came from (its plugins and their settings are that
+        project's)."""
+        found: dict[str, str] = {}
+        for start in range(0, len(agents), 500):  # within SQLite's variables a statement
+            chunk = list(agents[start : start + 500])
+            rows = self.execute(
+                "SELECT a.id, coalesce(s.cwd, a.project_dir) FROM agents a LEFT JOIN"
+                f" launch_specs s ON s.agent = a.id WHERE a.id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update((agent, project) for agent, project in rows if project)
+        return found
+
     def stop_blocks(
         self, session_id: str, agent: str, *, reset: bool = False, add: bool = False
     ) -> int:

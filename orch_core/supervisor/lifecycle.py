@@ -687,12 +687,8 @@ class Supervisor:
     def project_of(self, agent: str | None) -> str:
         """The project an agent works in (its launch spec, or where its hooks came from);
         the supervisor's own for an agent orch knows nothing of."""
-        row = self.store.execute(
-            "SELECT coalesce(s.cwd, a.project_dir) FROM agents a LEFT JOIN launch_specs s"
-            " ON s.agent = a.id WHERE a.id = ?",
-            (agent,),
-        ).fetchone()
-        return row[0] if row and row[0] else paths.project_dir(self.env)
+        known = self.store.projects_of([agent]) if agent else {}
+        return known.get(agent or "") or paths.project_dir(self.env)
 
     def run(self, seconds: float | None = None, interval: float = 0.5) -> bool:
         """Tick until ``seconds`` pass (for ever when ``None``); ``False`` if another
