@@ -123,3 +123,76 @@ def test_the_session_end_of_a_stopped_or_failed_agent_leaves_it_so(
     run(orch, "SessionStart", source="startup")  # started again: it runs
     run(orch, "SessionEnd", reason="other")
     assert state(orch) == "offline"
+
+
+#: A transcript's lines as Claude Code writes them when its person presses Esc during a Bash
+#: call (shapes from the real binary: tests/e2e/test_lifecycle_e2e.py shows it end to end).
+ESC_DURING_A_TOOL = [
+    {"type": "user", "message": {"role": "user", "content": "Wait a bit."}},
+    {"type": "assistant", "message": {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "make"}}]}},
+    {"type": "user", "message": {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
+         "content": "The user doesn't want to proceed with this tool use."}]}},
+    {"type": "user", "message": {"role": "user", "content": [
+        {"type": "text", "text": "[Request interrupted by user for tool use]"}]}},
+    {"type": "last-prompt", "lastPrompt": "Wait a bit."},
+    {"type": "permission-mode", "permissionMode": "auto"},
+]  # fmt: skip
+
+
+def _tick(orch: OrchState, after: float = 0.0) -> None:
+    from orch_builtin import presence
+
+    runtime = Runtime.open(orch.env, str(orch.project_dir))
+    presence.orch_supervisor_tick(time.time() + after, [AGENT], runtime.context("presence"))
+
+
+@pytest.mark.parametrize("lines", [len(ESC_DURING_A_TOOL), 2])
+def test_an_agent_its_person_stopped_with_esc_is_needs_input(
+    orch: OrchState, tmp_path: Any, lines: int
+) -> None:
+    """Esc ends the turn without a Stop or any other hook. A ``busy`` agent that has gone
+    quiet, whose transcript's last message is Claude Code's record of the interrupt, waits for
+    its person: ``needs_input``, so its messages are not typed into the question Claude asks,
+    and the supervisor does not restart it as hung. An agent quiet in a long tool call (its
+    transcript ends with the call, ``lines == 2``) stays ``busy``."""
+    from orch_builtin import presence
+
+    transcript = tmp_path / "session.jsonl"
+    transcript.write_text("".join(json.dumps(e) + "\n" for e in ESC_DURING_A_TOOL[:lines]))
+    for event in ("SessionStart", "UserPromptSubmit", "PreToolUse"):
+        run(orch, event, transcript_path=str(transcript))
+    presence._read.clear()
+    _tick(orch)  # not quiet yet
+    assert state(orch) == "busy"
+    _tick(orch, after=presence.QUIET_SECONDS + 1)
+    assert state(orch) == ("needs_input" if lines > 2 else "busy")
+
+    run(orch, "UserPromptSubmit", transcript_path=str(transcript))  # the person answers
+    assert state(orch) == "busy"
+    _tick(orch, after=presence.QUIET_SECONDS + 1)  # the same transcript is not read again
+    assert state(orch) == "busy"
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"type": "user", "message": {"content": "[Request interrupted by user]"}}, True),
+        ({"type": "user", "message": {"content": "Please go on."}}, False),
+        ({"type": "assistant", "message": {"content": [{"type": "text", "text": "Done."}]}},
+         False),
+        ({"type": "user", "isSidechain": True, "message": {"content": "Go."}}, True),
+        ({"type": "user", "message": "not an object"}, False),
+    ],
+)  # fmt: skip
+def test_what_reads_as_an_interrupt(tmp_path: Any, entry: dict[str, Any], expected: bool) -> None:
+    """The main conversation's last message decides; a subagent's lines after it do not."""
+    from orch_builtin import presence
+
+    transcript = tmp_path / "t.jsonl"
+    interrupt = {"type": "user", "message": {"content": [
+        {"type": "text", "text": "[Request interrupted by user for tool use]"}]}}  # fmt: skip
+    transcript.write_text("\n".join(json.dumps(e) for e in (interrupt, entry)) + "\n")
+    assert presence.interrupted(str(transcript)) is expected
+    assert presence.interrupted(str(tmp_path / "missing.jsonl")) is False

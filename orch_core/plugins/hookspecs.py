@@ -442,8 +442,9 @@ def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> Non
     """A step of ``orch supervise`` (twice a second), once per project, with the agents that
     work in it (``ctx.project_dir``) and that project's settings: the auto_restart plugin
     carries out and verifies recoveries, the queue plugin expires TTLs and sweeps unconfirmed
-    deliveries, the idle plugin wakes agents whose messages came due. A plugin disabled in the
-    project is not called for its agents. Keep it short: every project waits for it.
+    deliveries, the idle plugin wakes agents whose messages came due, the presence plugin
+    reads an Esc from a quiet agent's transcript. A plugin disabled in the project is not
+    called for its agents. Keep it short: every project waits for it.
 
     :param now: the tick's time (``time.time()``).
     :param agents: the agents of this project that orch knows, or that have messages waiting.

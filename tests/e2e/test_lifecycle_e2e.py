@@ -206,3 +206,40 @@ def test_a_stopped_claude_stays_stopped(fleet: Fleet) -> None:
                "the SessionEnd of the killed session")  # fmt: skip
     time.sleep(4)  # the supervisor watches panes every 2 s, and restarts after 0.5-1 s
     assert (fleet.state(), fleet.steps(), fleet.starts()) == ("stopped", [], 1)
+
+
+def test_an_agent_its_person_stopped_with_esc_waits_for_them_and_gets_its_messages_once(
+    fleet: Fleet,
+) -> None:
+    """Esc during a tool call: Claude Code asks what to do instead and fires no hook at all
+    (no PostToolUseFailure, no Stop, no idle notification within a minute, as tried on this
+    binary). The supervisor reads the interrupt from the transcript: ``needs_input``, so a
+    message sent meanwhile is not typed into the question, and goes with the person's answer,
+    once."""
+    fleet.standin.reply_tool_use(
+        "Bash", {"command": "python3 -c 'import time; time.sleep(60)'", "description": "Wait"}
+    )
+    fleet.standin.reply_text("On it.")
+    fleet.spawn()
+    fleet.prompt("Run the long job.")
+    fleet.wait(lambda: "PreToolUse" in [r["event"] for r in fleet.store.runs(50)], "the call")
+    time.sleep(1)  # running
+    tmux.tmux(fleet.socket, "send-keys", "-t", fleet.pane, "Escape")
+    fleet.wait(lambda: fleet.state() == "needs_input", "the interrupt seen", timeout=30)
+    events = [r["event"] for r in fleet.store.runs(50)]
+    assert "Stop" not in events and "PostToolUseFailure" not in events
+
+    receipt = json.loads(fleet.orch("send", "pay", "Ship the hotfix.", "--json"))
+    time.sleep(3)  # the supervisor ticks twice a second: it would have woken an idle agent
+    assert fleet.state() == "needs_input"
+    assert len(fleet.requests()) == 1
+    assert WAKE_LINE not in fleet.screen()
+
+    fleet.prompt("Skip the job.")
+    fleet.wait(lambda: len(fleet.requests()) >= 2, "the answer's request")
+    time.sleep(1)
+    requests = fleet.requests()
+    assert len(requests) == 2
+    assert requests[1].count(f"{MARK}{receipt['id']} ") == 1
+    assert requests[1].count("Ship the hotfix.") == 1
+    assert fleet.steps() == []  # never taken for hung, never restarted

@@ -7,8 +7,11 @@ kept going; ``idle`` on a Stop that really stops and on the ``idle_prompt`` noti
 ``needs_input`` on the notifications that say a dialog waits for a person (a permission prompt,
 an MCP server's question) and when the agent asks one (AskUserQuestion), until the next prompt,
 tool or Stop hook shows it at work again: nothing types a wake-up line into its dialog, and the
-supervisor never takes it for hung. ``error`` on StopFailure; ``offline`` on SessionEnd, except
-for an agent ``stopped`` or ``failed``, which stays so (else the supervisor restarts it).
+supervisor never takes it for hung. An agent whose person pressed Esc is ``needs_input`` too:
+Claude Code asks what to do instead and fires no hook, so the supervisor reads it from the
+transcript of a ``busy`` agent that has gone quiet. ``error`` on StopFailure; ``offline`` on
+SessionEnd, except for an agent ``stopped`` or ``failed``, which stays so (else the supervisor
+restarts it).
 (``starting`` is set by ``orch spawn`` and restarts, until the SessionStart.) A change fires
 ``orch_agent_state_changed``. It also remembers each session's tmux pane (and transcript), so
 that the idle plugin can wake the agent and ``orch stats`` count its tokens. ``orch agents``
@@ -35,6 +38,13 @@ NEEDS_INPUT = frozenset(
 )
 #: The tool whose call waits for a person's choice (no notification comes for it).
 ASKS_A_PERSON = "AskUserQuestion"
+#: How Claude Code's transcript records a turn its person ended with Esc (during a tool call:
+#: "... for tool use]").
+INTERRUPTED = "[Request interrupted by user"
+#: Seconds a ``busy`` agent goes without a hook before its transcript is read for an interrupt.
+QUIET_SECONDS = 3.0
+#: agent: its transcript's size and mtime when last read (this process is the supervisor)
+_read: dict[str, tuple[int, int]] = {}
 
 
 def _seen(ctx: HookContext, state: str) -> None:
@@ -141,3 +151,73 @@ def orch_session_end(ctx: HookContext) -> None:
     # `orch stop` kills the pane, and Claude Code ends its session with a SessionEnd: an
     # `offline` over `stopped` (or `failed`) would have the supervisor restart the dead pane
     _unless_settled(ctx, "offline", (*LIVE, "error"))
+
+
+@hookimpl
+def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> None:
+    """``needs_input`` for a quiet ``busy`` agent whose person pressed Esc: Claude Code then
+    waits at its prompt without a Stop (or any hook), and the agent would stay ``busy`` (no
+    wake-up for its messages) until taken for hung and restarted. A transcript is read again
+    only once it has changed; a hook meanwhile keeps the agent ``busy``."""
+    if not agents:
+        return
+    marks = ", ".join("?" for _ in agents)
+    rows = ctx.store.execute(
+        "SELECT a.id, a.last_seen, s.transcript FROM agents a"
+        " JOIN sessions s ON s.session_id = a.session_id"
+        f" WHERE a.state = 'busy' AND a.last_seen < ? AND a.id IN ({marks})",
+        (now - QUIET_SECONDS, *agents),
+    ).fetchall()
+    for agent, last_seen, transcript in rows:
+        if not _changed(agent, transcript) or not interrupted(transcript):
+            continue
+        with ctx.store.transaction() as tx:
+            moved = tx.execute(
+                "UPDATE agents SET state = 'needs_input', state_changed = ?"
+                " WHERE id = ? AND state = 'busy' AND last_seen = ?",
+                (now, agent, last_seen),
+            ).rowcount
+        if moved:
+            ctx.fire("orch_agent_state_changed", agent=agent, old="busy", new="needs_input")
+
+
+def _changed(agent: str, transcript: str | None) -> bool:
+    """Whether ``transcript`` changed since this agent's last look (or was never looked at)."""
+    import os
+
+    try:
+        info = os.stat(transcript or "")
+    except OSError:
+        return False
+    seen = (info.st_size, info.st_mtime_ns)
+    if _read.get(agent) == seen:
+        return False
+    _read[agent] = seen
+    return True
+
+
+def interrupted(transcript: str | None) -> bool:
+    """Whether the main conversation's last message in ``transcript`` is Claude Code's record
+    of an Esc (other entries, such as its settings, may follow it)."""
+    import json
+
+    from orch_core.queue import transcript_tail
+
+    for line in reversed(transcript_tail(transcript).splitlines()):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # the tail's first line, cut
+        if not isinstance(entry, dict) or entry.get("isSidechain"):
+            continue
+        if entry.get("type") == "assistant":
+            return False
+        if entry.get("type") == "user":
+            message = entry.get("message")
+            content = message.get("content") if isinstance(message, dict) else None
+            blocks = content if isinstance(content, list) else [{"type": "text", "text": content}]
+            return any(
+                isinstance(b, dict) and str(b.get("text", "")).startswith(INTERRUPTED)
+                for b in blocks
+            )
+    return False
