@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,27 @@ def test_install_updates_a_moved_orch_hook_in_place(orch: OrchState) -> None:
     hooks = json.loads(path.read_text())["hooks"]
     assert all(len(groups) == 1 for groups in hooks.values())
     assert hooks["Stop"][0]["hooks"][0]["command"] == install.hook_command()
+
+
+def test_install_finds_the_hook_where_pip_put_it_away_from_python(
+    orch: OrchState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pip install --user`` puts orch-hook in ~/.local/bin, a system pip in /usr/local/bin:
+    neither beside /usr/bin/python3, where alone install looked ("reinstall orch")."""
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    info = site / "orch-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: orch\nVersion: 0.1.0\n")
+    (info / "RECORD").write_text("../../../bin/orch-hook,,\n")
+    script = tmp_path / "bin" / "orch-hook"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "usr" / "bin" / "python3"))
+    install.install(str(orch.project_dir), env=orch.env)
+    settings = json.loads((orch.project_dir / ".claude" / "settings.json").read_text())
+    assert settings["hooks"]["Stop"][0]["hooks"][0]["command"] == str(script)
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], message: str) -> None:

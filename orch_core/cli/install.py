@@ -40,11 +40,30 @@ class InstallError(OrchError):
 
 
 def hook_command() -> str:
-    """Absolute path of the ``orch-hook`` beside this interpreter: no PATH lookup, no shim."""
+    """Absolute path of this orch's ``orch-hook``: no PATH lookup, no shim. Beside the
+    interpreter in a virtual environment; else where the installer recorded putting it, since
+    ``pip install --user`` puts scripts in ~/.local/bin and a system pip in /usr/local/bin,
+    neither beside /usr/bin/python3."""
     path = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), HOOK_SCRIPT)
+    if not os.access(path, os.X_OK):
+        path = _installed_script() or path
     if not os.access(path, os.X_OK):
         raise InstallError(f"{path} is missing or not executable; reinstall orch")
     return path
+
+
+def _installed_script() -> str | None:
+    """The ``orch-hook`` the installed ``orch`` distribution lists among its files."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("orch").files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == HOOK_SCRIPT:
+            return os.path.normpath(os.path.abspath(str(file.locate())))
+    return None
 
 
 def settings_path(project_dir: str, local: bool = False) -> str:
