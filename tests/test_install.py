@@ -230,6 +230,25 @@ def test_installed_puts_the_settings_back_when_the_next_step_fails(
     assert not list((tmp_path / "state").rglob("*.json"))  # nor install's record of it
 
 
+def test_installed_keeps_to_settings_local_after_install_local(orch: OrchState) -> None:
+    """``orch install --local`` keeps orch out of the shared, committed settings.json; ``orch
+    spawn`` wrote it there all the same (its absolute path, in the user's ``git status``)."""
+    folder = orch.project_dir / ".claude"
+    assert orch.cli("install", "--local").returncode == 0
+    with install.installed(str(orch.project_dir), orch.env) as changed:
+        assert changed == []
+    assert not (folder / "settings.json").exists()
+    local = folder / "settings.local.json"
+    moved = json.dumps(install.template("/old/venv/bin/orch-hook"), indent=2) + "\n"
+    local.write_text(moved)
+    with pytest.raises(Failed), install.installed(str(orch.project_dir), orch.env) as changed:
+        assert len(changed) == len(install.INSTALLED_EVENTS)  # brought up to date, there
+        assert install.hook_command() in local.read_text()
+        raise Failed
+    assert local.read_text() == moved
+    assert not (folder / "settings.json").exists()
+
+
 def test_the_shipped_template_is_current() -> None:
     shipped = Path(__file__).parent.parent / "hooks" / "settings.template.json"
     assert json.loads(shipped.read_text()) == install.template()

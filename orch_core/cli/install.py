@@ -319,8 +319,10 @@ def installed(project_dir: str, env: Mapping[str, str] = os.environ) -> Iterator
     """:func:`install` for a step that may yet fail (``orch spawn`` starting its agent): when
     it does, the settings go back as they were, byte for byte (the file and the ``.claude``
     folder removed when install created them), so a failed spawn leaves the project as it
-    found it. Yields the events changed."""
-    path = _own(project_dir, settings_path(project_dir))
+    found it. Yields the events changed. The hooks go where ``orch install`` put them: in
+    settings.local.json after ``orch install --local``, never then also in the shared file."""
+    local = _has_ours(_read(settings_path(project_dir, local=True))[0])
+    path = _own(project_dir, settings_path(project_dir, local))
     folder = os.path.dirname(path)
     had_folder = os.path.isdir(folder)
     before = _raw(path)
@@ -329,7 +331,7 @@ def installed(project_dir: str, env: Mapping[str, str] = os.environ) -> Iterator
         kept = paths.read_regular(record, 4 * SETTINGS_LIMIT, follow=False)
     except OSError:
         kept = None
-    changed = install(project_dir, env=env)
+    changed = install(project_dir, local=local, env=env)
     try:
         yield changed
     except BaseException:
