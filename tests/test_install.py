@@ -73,11 +73,25 @@ def test_install_registers_every_event_but_those_that_change_behaviour(orch: Orc
 
 
 def test_uninstall_removes_a_file_that_install_created(orch: OrchState) -> None:
-    path = orch.project_dir / ".claude" / "settings.json"
+    """And the ``.claude`` folder install made for it (left behind, empty), but no folder that
+    was there before, or that holds something else since."""
+    folder = orch.project_dir / ".claude"
+    path = folder / "settings.json"
+    folder.rmdir()  # the kit's project has one
     assert orch.cli("install").returncode == 0
     assert path.exists()
+    assert orch.cli("install").returncode == 0  # a second run remembers the folder too
     assert orch.cli("uninstall").returncode == 0
-    assert not path.exists()
+    assert not folder.exists()
+    folder.mkdir()
+    assert orch.cli("install").returncode == 0
+    assert orch.cli("uninstall").returncode == 0
+    assert folder.exists() and not path.exists()
+    folder.rmdir()
+    assert orch.cli("install").returncode == 0
+    (folder / "orch.toml").write_text("")
+    assert orch.cli("uninstall").returncode == 0
+    assert [p.name for p in folder.iterdir()] == ["orch.toml"]
 
 
 @pytest.mark.parametrize(

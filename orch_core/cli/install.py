@@ -4,8 +4,9 @@ Install merges with the hooks already there and never drops one; a second run le
 byte-identical; uninstall removes exactly what install added. Install keeps, in orch's state
 folder, the bytes it found (none: it created the file) and a digest of the bytes it wrote; while
 the file is still as install left it, uninstall puts back what install found, byte for byte (or
-removes the file install created). A file changed since keeps all but orch's handlers and the
-event lists that held nothing else, and is never removed.
+removes the file install created, and the ``.claude`` folder it made, if left empty). A file
+changed since keeps all but orch's handlers and the event lists that held nothing else, and is
+never removed.
 """
 
 from __future__ import annotations
@@ -242,8 +243,8 @@ def _record_path(env: Mapping[str, str], path: str) -> str:
 
 
 def _recorded(env: Mapping[str, str], path: str, raw: bytes | None) -> dict[str, Any] | None:
-    """What install found at ``path`` (``{"before": text or None}``) if the file is still as
-    install left it (``raw``), else ``None``."""
+    """What install found at ``path`` (``{"before": text or None, "folder": whether it made
+    the .claude folder}``) if the file is still as install left it (``raw``), else ``None``."""
     try:
         record = json.loads(
             paths.read_regular(_record_path(env, path), 4 * SETTINGS_LIMIT, follow=False)
@@ -253,15 +254,18 @@ def _recorded(env: Mapping[str, str], path: str, raw: bytes | None) -> dict[str,
     if raw is None or not isinstance(record, dict) or record.get("after") != _digest(raw):
         return None
     before = record.get("before")
-    return {"before": before} if before is None or isinstance(before, str) else None
+    if before is not None and not isinstance(before, str):
+        return None
+    return {"before": before, "folder": before is None and record.get("folder") is True}
 
 
-def _record(env: Mapping[str, str], path: str, before: str | None, after: bytes) -> None:
-    """Keep what install found at ``path`` (``before``) beside a digest of what it wrote."""
+def _record(env: Mapping[str, str], path: str, found: dict[str, Any], after: bytes) -> None:
+    """Keep what install found at ``path`` (:func:`_recorded`) beside a digest of what it
+    wrote."""
     record = _record_path(env, path)
     paths.ensure_private_dir(paths.state_dir(env))
     paths.ensure_own_dir(os.path.dirname(record))
-    kept = {"settings": path, "before": before, "after": _digest(after)}
+    kept = {"settings": path, **found, "after": _digest(after)}
     _write(record, json.dumps(kept).encode(), private=True)
 
 
@@ -289,7 +293,8 @@ def install(
     data, text = _read(path)
     raw = None if text is None else text.encode()
     earlier = _recorded(env, path, raw)  # a second install: the first one's find stays
-    found = earlier or (None if _has_ours(data) else {"before": text})
+    made = not os.path.isdir(os.path.dirname(path))
+    found = earlier or (None if _has_ours(data) else {"before": text, "folder": made})
     style = _style(data, text)
     hooks = data.setdefault("hooks", {})
     changed = []
@@ -309,7 +314,7 @@ def install(
         if found is None:  # an older orch's handlers: what was there before them is unknown
             _forget(env, path)
         else:
-            _record(env, path, found["before"], content)
+            _record(env, path, found, content)
         _write(path, content)
     return changed
 
@@ -387,6 +392,9 @@ def uninstall(
         _write(path, _dumps(data, style))  # "{}" at least: whose file it was is not known
     elif found["before"] is None:
         os.remove(path)  # install created it
+        if found["folder"]:  # and its folder, unless something else was put there since
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(path))
     else:
         _write(path, found["before"].encode())
     _forget(env, path)
