@@ -148,6 +148,8 @@ def _tick(orch: OrchState, after: float = 0.0) -> None:
     presence.orch_supervisor_tick(time.time() + after, [AGENT], runtime.context("presence"))
 
 
+@pytest.mark.orch_backends("sqlite", "postgresql")
+@pytest.mark.orch_roomy_hooks
 @pytest.mark.parametrize("lines", [len(ESC_DURING_A_TOOL), 2])
 def test_an_agent_its_person_stopped_with_esc_is_needs_input(
     orch: OrchState, tmp_path: Any, lines: int
