@@ -191,6 +191,10 @@ def start(
         tmux(socket, "has-session", "-t", f"={session}")
     except TmuxError:
         pane = tmux(socket, "new-session", "-s", literal(session), *common, "--", *run).strip()
+        # new-session's -e also sets the session's environment: a window opened there later
+        # by hand would inherit ORCH_AGENT and answer as this agent, taking its messages
+        for key in sorted(env) if pane else ():
+            tmux(socket, "set-environment", "-t", f"={session}", "-u", key)
     else:
         pane = tmux(socket, "new-window", "-t", f"={session}:", *common, "--", *run).strip()
     if not pane:  # tmux exits 0 when it cannot create its server (a socket in no folder)

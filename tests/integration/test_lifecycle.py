@@ -428,6 +428,26 @@ def test_a_program_that_ends_before_tmux_keeps_its_window_is_said_so(
         tmux.start(fleet.env["ORCH_TMUX_SOCKET"], "s", "w", str(fleet.project_dir), {}, ["true"])
 
 
+def test_a_window_opened_by_hand_in_a_spawned_session_is_not_the_agent(tmp_path: Path) -> None:
+    """``new-session -e`` would also set the session's environment: a window a person opens
+    there later, with Claude in it, would then answer as the spawned agent and take its
+    messages."""
+    socket = str(tmp_path / "tmux.sock")
+    variables = {"ORCH_AGENT": "reviewer", "ORCH_HOST": "build-1"}
+    try:
+        tmux.start(socket, "orch", "reviewer", str(tmp_path), variables, ["sleep", "60"])
+        pane = tmux.tmux(
+            socket, "new-window", "-d", "-P", "-F", "#{pane_pid}", "-t", "=orch:", "sleep 60"
+        )
+        mine = Path(f"/proc/{pane.strip()}/environ").read_bytes().split(b"\0")
+        assert not [v for v in mine if v.startswith((b"ORCH_AGENT=", b"ORCH_HOST="))]
+        spawned = tmux.tmux(socket, "display-message", "-p", "-t", "=orch:reviewer", "#{pane_pid}")
+        theirs = Path(f"/proc/{spawned.strip()}/environ").read_bytes().split(b"\0")
+        assert b"ORCH_AGENT=reviewer" in theirs and b"ORCH_HOST=build-1" in theirs
+    finally:
+        subprocess.run(["tmux", "-S", socket, "kill-server"], capture_output=True, check=False)
+
+
 @pytest.mark.parametrize(
     ("name", "directory", "command", "message"),
     [
