@@ -401,6 +401,29 @@ def test_only_the_agents_host_touches_its_pane(orch: OrchState, orch_backend: st
 
 
 @pytest.mark.orch_backends("postgresql")
+def test_an_agent_started_by_hand_on_another_host_is_that_hosts_to_stop_and_its_name_taken(
+    orch: OrchState,
+) -> None:
+    """Started by hand on beta (``ORCH_AGENT=reviewer``, no launch spec), ``reviewer`` was
+    stopped from alpha, fleet-wide, while it went on running, and alpha then spawned a second
+    ``reviewer``: two sessions taking one name's messages."""
+    seen(orch.store, {"reviewer": "beta"})
+    done = cli(orch, "alpha", "stop", "reviewer")
+    assert (done.returncode, done.stderr) == (
+        1, "Error: reviewer runs on host beta: run `orch stop` there\n",
+    )  # fmt: skip
+    with pytest.raises(lifecycle.LifecycleError) as refused:  # what orch spawn asks first
+        lifecycle.check_spawn(orch.store, "reviewer", cwd=str(orch.project_dir), argv=["claude"],
+                              extra_env={}, env=on(orch, "alpha"))  # fmt: skip
+    assert str(refused.value) == (
+        "agent reviewer runs on host beta: stop it there first, or choose another name"
+    )
+    assert lifecycle.agent_state(orch.store, "reviewer") == "idle"
+    done = cli(orch, "beta", "stop", "reviewer")  # on its own host, as doctor's names fix says
+    assert (done.returncode, done.stdout) == (0, "stopped reviewer\n"), done.stderr
+
+
+@pytest.mark.orch_backends("postgresql")
 def test_adopt_refuses_another_hosts_window_not_heard_from_yet(orch: OrchState) -> None:
     """``beta/work:1`` is beta's window whether its agent has spoken yet or not: adopted on
     alpha, alpha's supervisor took it for its own (beta's never looked after it), and would

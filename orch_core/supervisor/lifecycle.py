@@ -148,10 +148,18 @@ def with_reported_pane(
     return {**spec, "pane": pane, "tmux_socket": socket}
 
 
-def elsewhere(store: Store, spec: Mapping[str, Any] | None, env: Mapping[str, str]) -> str | None:
-    """The other host whose tmux holds ``spec``'s pane, or ``None`` when this host may touch
-    it (always, on a store one machine uses)."""
-    if spec is None or not store.shared or spec.get("host") in (None, paths.host(env)):
+def elsewhere(
+    store: Store, spec: Mapping[str, Any] | None, env: Mapping[str, str], agent: str | None = None
+) -> str | None:
+    """The other host whose tmux holds ``spec``'s pane (without one, the host ``agent``'s hooks
+    come from: started there by hand), or ``None`` when this host may touch it (always, on a
+    store one machine uses)."""
+    if not store.shared:
+        return None
+    if spec is None and agent is not None:
+        row = store.execute("SELECT host FROM agents WHERE id = ?", (agent,)).fetchone()
+        spec = {"host": row[0]} if row else None
+    if spec is None or spec.get("host") in (None, paths.host(env)):
         return None
     return str(spec["host"])
 
@@ -184,7 +192,7 @@ def check_here(
     store: Store, agent: str, spec: Mapping[str, Any] | None, env: Mapping[str, str], verb: str
 ) -> None:
     """A one-line error when ``agent`` runs on another host: only that host reaches its pane."""
-    other = elsewhere(store, spec, env)
+    other = elsewhere(store, spec, env, agent)
     if other is not None:
         raise LifecycleError(f"{agent} runs on host {other}: run `orch {verb}` there")
 
@@ -298,7 +306,7 @@ def check_spawn(
 def check_free(store: Store, name: str, env: Mapping[str, str]) -> str | None:
     """A one-line error when another host runs an agent of that name (unless it stopped
     there, or that host went silent); else that other host, if any."""
-    other = elsewhere(store, get_spec(store, name), env)
+    other = elsewhere(store, get_spec(store, name), env, name)
     if other is not None and not _let_go(store, name, other, env):
         raise LifecycleError(
             f"agent {name} runs on host {other}: stop it there first, or choose another name"
