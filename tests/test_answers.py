@@ -34,12 +34,13 @@ def test_context_goes_only_where_claude_takes_it(name: str) -> None:
         assert "hookSpecificOutput" not in (reply.output or {})
 
 
-def test_stop_block_is_one_context_on_exit_0() -> None:
+@pytest.mark.parametrize("name", ["Stop", "SubagentStop"])
+def test_stop_block_is_one_context_on_exit_0(name: str) -> None:
     """Blocks first, then contexts, in one ``additionalContext``: Claude shows it once."""
-    reply = fold(event("Stop"), [Answer(block="first"), Answer("ctx"), Answer(block="second")])
+    reply = fold(event(name), [Answer(block="first"), Answer("ctx"), Answer(block="second")])
     context = "first\n\nsecond\n\nctx"
     assert reply.output == {
-        "hookSpecificOutput": {"hookEventName": "Stop", "additionalContext": context}
+        "hookSpecificOutput": {"hookEventName": name, "additionalContext": context}
     }
     assert (reply.exit_code, reply.stderr, reply.blocked) == (0, "", True)
 

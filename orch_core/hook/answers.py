@@ -4,9 +4,10 @@ An event hook returns ``None``, a ``str`` (context for the model) or an :class:`
 dispatcher folds the answers of all plugins, in call order, into a :class:`Reply`: the JSON on
 stdout, the exit code and stderr, following the contract in the reference (§3): context only
 where Claude takes it, ``decision:"block"`` where the event blocks that way, deny > ask > allow on
-PreToolUse, and nothing at all on the events that reject ``hookSpecificOutput``. A Stop is kept
-going with ``additionalContext`` alone: Claude Code 2.1.328 shows a ``decision:"block"`` reason to
-the model twice, once as a "blocking error" (tests/e2e/test_harness.py).
+PreToolUse, and nothing at all on the events that reject ``hookSpecificOutput``. A Stop (and a
+SubagentStop) is kept going with ``additionalContext`` alone: Claude Code 2.1.328 shows a
+``decision:"block"`` reason to the model twice, once as a "blocking error"
+(tests/e2e/test_harness.py, tests/e2e/test_orch_hooks.py).
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def fold(event: Event, answers: list[Answer]) -> Reply:
     specific: dict[str, Any] = {}
     exit_code, stderr, blocked = 0, "", False
 
-    if event.blocks_by == "context":  # Stop: any text keeps the agent working, shown once
+    if event.blocks_by == "context":  # (Subagent)Stop: any text keeps it working, shown once
         contexts = blocks + contexts
         blocked = bool(contexts)
     if event.takes_context and contexts:

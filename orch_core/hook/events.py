@@ -50,8 +50,8 @@ class Event:
     takes_context: ClassVar[bool] = False
     #: How a plugin's ``Answer(block=...)`` is expressed: "decision" (top-level
     #: ``decision:"block"``), "permission" (PreToolUse deny), "exit" (exit 2 and stderr
-    #: only), "context" (``additionalContext``, which keeps a Stop going), or "" when the event
-    #: cannot be blocked.
+    #: only), "context" (``additionalContext``, which keeps a Stop or SubagentStop going), or
+    #: "" when the event cannot be blocked.
     blocks_by: ClassVar[str] = ""
     #: Whether Claude shows ``systemMessage`` for this event (reference §3.3).
     takes_system_message: ClassVar[bool] = True
@@ -283,10 +283,13 @@ class SubagentStart(Event):
 
 
 class SubagentStop(_LastMessage):
+    """Blocked as Stop is, by ``additionalContext``: Claude Code 2.1.328 shows the subagent a
+    ``decision:"block"`` reason twice, once as a "blocking error" (tests/e2e/test_orch_hooks.py)."""
+
     __slots__ = ()
     name = "SubagentStop"
     takes_context = True
-    blocks_by = "decision"
+    blocks_by = "context"
 
     @property
     def stop_hook_active(self) -> bool:

@@ -185,9 +185,10 @@ def orch_subagent_start(event: ev.SubagentStart, ctx: HookContext) -> Result:
 
 @hookspec
 def orch_subagent_stop(event: ev.SubagentStop, ctx: HookContext) -> Result:
-    """A subagent finished. ``block`` keeps it working, as on Stop.
+    """A subagent finished. ``block`` (or plain context) keeps it working, shown to it once
+    as ``additionalContext``, as on Stop.
 
-    :answers: context, block (decision)
+    :answers: context, block (context)
     """
 
 

@@ -31,6 +31,11 @@ def orch_post_tool_use(event, ctx):
 def orch_stop(event):
     if not event.stop_hook_active:
         return Answer(block="orch-e2e: one more thing, check the tests")
+
+@hookimpl
+def orch_subagent_stop(event):
+    if not event.stop_hook_active:
+        return Answer(block="orch-e2e: subagent, look once more")
 """
 
 
@@ -46,7 +51,8 @@ def orch_env(project: Path, tmp_path: Path) -> dict[str, str]:
         "ORCH_STATE_DIR": str(tmp_path / "state"),
         "ORCH_DB": str(tmp_path / "state" / "orch.db"),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "PYTHONPATH": str(lib),
+        # the environment's own path after it: the hooks run the orch under test
+        "PYTHONPATH": os.pathsep.join(p for p in (str(lib), os.environ.get("PYTHONPATH")) if p),
     }
     orch = os.path.join(os.path.dirname(sys.executable), "orch")
     subprocess.run([orch, "install", str(project)], check=True, env={**os.environ, **env})
@@ -124,6 +130,30 @@ def test_orch_guard_denies_a_forced_push_to_main_before_it_runs(
     store = SQLiteStore(orch_env["ORCH_DB"])
     (denied,) = [run for run in store.runs(200) if run["event"] == "PreToolUse"]
     assert denied["exit_code"] == 2 and denied["ok"], denied
+
+
+def test_a_subagent_stop_block_reaches_the_subagent_once(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, orch_env: dict[str, str]
+) -> None:
+    """A plugin's block on SubagentStop keeps the subagent working, its reason shown once
+    and called no error: ``decision:"block"`` would show it twice, the second time as a
+    "SubagentStop hook blocking error"."""
+    standin.reply_tool_use("Agent", {"description": "Check", "prompt": "Say ok.",
+                                     "subagent_type": "general-purpose"})  # fmt: skip
+    session = claude(env=orch_env, args=("--permission-mode", "acceptEdits",
+                                         "--allowedTools", "Bash,Agent"))  # fmt: skip
+    session.prompt("Check it with a subagent.")
+    store = SQLiteStore(orch_env["ORCH_DB"])
+
+    def subagent_stops() -> list[dict[str, object]]:
+        return [run for run in store.runs(200) if run["event"] == "SubagentStop"]
+
+    wait_until(lambda: len(subagent_stops()) == 2, what="the second SubagentStop")
+    reason = "orch-e2e: subagent, look once more"
+    (told,) = [r for r in session.requests() if reason in r.text()]
+    assert told.text().count(reason) == 1, told.texts(-2)
+    assert "blocking error" not in told.text()
+    assert all(run["exit_code"] == 0 and run["ok"] for run in subagent_stops())
 
 
 def test_install_writes_the_hook_claude_runs(project: Path, orch_env: dict[str, str]) -> None:
