@@ -18,6 +18,17 @@ BAD = {
     "budget_ms text": ('[orch]\nbudget_ms = "x"\n', "[orch] budget_ms", "must be a number"),
     "budget_ms inf": ("[orch]\nbudget_ms = inf\n", "[orch] budget_ms", "finite"),
     "budget_ms nan": ("[orch]\nbudget_ms = nan\n", "[orch] budget_ms", "finite"),
+    # Claude Code ends a hook after 5 s and reads none of its reply, orch-guard's deny included
+    "budget_ms past Claude's timeout": (
+        "[orch]\nbudget_ms = 8000\n",
+        "[orch] budget_ms",
+        "must be at most 4000; the default 500.0 is used",
+    ),
+    "budget per event past Claude's timeout": (
+        "[orch.budget_ms_per_event]\nPreToolUse = 8000\n",
+        "[orch] budget_ms_per_event",
+        "must be at most 4000",
+    ),
     "budget per event": (
         "[orch.budget_ms_per_event]\nStpo = 100\n",
         "[orch] budget_ms_per_event",

@@ -93,7 +93,7 @@ def test_a_burst_of_one_sessions_hooks_hands_each_message_over_once(orch: OrchSt
     transcript yet), so nothing is handed over twice, burst after burst. The budget is generous:
     this is about the race between the siblings, not about time (on a busy machine ten hooks
     at once passed 500 ms)."""
-    orch.write_config("[orch]\nbudget_ms = 10000\n", user=True)
+    orch.write_config("[orch]\nbudget_ms = 4000\n", user=True)
     queue = Queue(orch.store)
     warm = orch.run_hook(payload("Stop"), ORCH_AGENT="warm:1")
     assert warm.exit_code == 0
@@ -124,7 +124,7 @@ def test_parallel_hooks_deliver_each_message_exactly_once(orch: OrchState) -> No
     # generous on purpose: this is about the race between claims, not about time (the dispatcher
     # abandons a plugin thread past its budget, not its transaction: a late claim still commits,
     # and no reply carries it).
-    orch.write_config("[orch]\nbudget_ms = 10000\n" + PATIENT + "budget = 600\n", user=True)
+    orch.write_config("[orch]\nbudget_ms = 4000\n" + PATIENT + "budget = 600\n", user=True)
     queue = Queue(orch.store)
     warm = orch.run_hook(payload("Stop"), ORCH_AGENT="warm:1")  # builds and caches the plan
     assert warm.exit_code == 0

@@ -27,7 +27,7 @@ from orch_core import paths
 from orch_core.errors import OrchError
 from orch_core.plugins import hookspecs
 from orch_core.plugins.markers import ATTRIBUTE
-from orch_core.plugins.plan import Impl, Plan, cache_key, watched_mtimes
+from orch_core.plugins.plan import MAX_BUDGET_MS, Impl, Plan, cache_key, watched_mtimes
 from orch_core.plugins.settings import Setting, resolve
 
 if TYPE_CHECKING:
@@ -484,7 +484,7 @@ def _budgets(value: dict[str, Any]) -> None:
     for event, ms in value.items():
         if event not in EVENTS:
             raise ValueError(f"{event!r} is not a Claude Code event")
-        Setting(1.0, min=1, max=60_000).validate(ms)
+        Setting(1.0, min=1, max=MAX_BUDGET_MS).validate(ms)
 
 
 def _database(value: str) -> None:
@@ -495,9 +495,9 @@ def _database(value: str) -> None:
 #: orch's own settings, ``[orch]``.
 CORE_SETTINGS: dict[str, Any] = {
     # all plugins of one event together; your own config only: a cloned repository's 1 ms
-    # would skip orch-guard's deny, and its 60 s outlast Claude's 5 s hook timeout (the guard's
-    # answer never arrives, and Claude runs the command)
-    "budget_ms": Setting(500.0, min=1, max=60_000, trusted=True),
+    # would skip orch-guard's deny. Past MAX_BUDGET_MS, anyone's would outlast Claude's 5 s
+    # hook timeout (the guard's answer never arrives, and Claude runs the command)
+    "budget_ms": Setting(500.0, min=1, max=MAX_BUDGET_MS, trusted=True),
     "budget_ms_per_event": Setting({}, check=_budgets, trusted=True),  # { SessionEnd = 1000 }
     "backup_every": Setting(900.0, min=0, trusted=True),  # seconds between backups; 0: none
     "backup_keep": Setting(8, min=1, trusted=True),

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_BUDGET_MS = 500
+#: The largest budget a config may give: Claude Code ends a hook after the ``timeout`` that
+#: ``orch install`` writes (5 s, :data:`orch_core.cli.install.TIMEOUT`) and discards its
+#: reply, orch-guard's deny included, so the budget, :data:`ANSWER_MARGIN` and the process's
+#: start must all fit within it.
+MAX_BUDGET_MS = 4000
 #: Seconds past its plugins' budget by which ``orch-hook`` has answered, whatever they do.
 ANSWER_MARGIN = 0.1
 #: Seconds a plan's rebuild may take before the backstop ends ``orch-hook`` (under Claude's

@@ -156,6 +156,46 @@ def test_a_subagent_stop_block_reaches_the_subagent_once(
     assert all(run["exit_code"] == 0 and run["ok"] for run in subagent_stops())
 
 
+SLOW_PLUGIN = """
+import time
+from orch_core import hookimpl
+
+@hookimpl
+def orch_pre_tool_use(event):
+    time.sleep(7)
+"""
+
+
+def test_a_budget_past_claudes_hook_timeout_is_refused_and_the_guard_still_denies(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    project: Path,
+    orch_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Claude Code ends a hook after the 5 s ``orch install`` gives it and reads none of its
+    reply: a budget of 8 s, with a plugin that took 7, let the guard's deny go unread and the
+    command run. Such a budget is refused (the default is used), and the deny arrives."""
+    (tmp_path / "lib" / "e2e_slow.py").write_text(SLOW_PLUGIN)
+    (project / ".claude" / "orch.toml").write_text('[plugins]\nload = ["e2e_slow"]\n')
+    config = Path(orch_env["XDG_CONFIG_HOME"], "orch", "config.toml")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[orch]\nbudget_ms = 8000\n")
+    command = "git push --force origin main; touch pushed"
+    tool_id = standin.reply_tool_use("Bash", {"command": command, "description": "Push"})
+    standin.reply_text("understood")
+    session = claude(env=orch_env, args=("--permission-mode", "acceptEdits",
+                                         "--allowedTools", "Bash"))  # fmt: skip
+    session.prompt("Push to main.")
+    second = session.wait_for_requests(2)[1]
+
+    index = second.tool_result_index(tool_id)
+    assert index is not None, "the call's result never reached the model"
+    assert not (project / "pushed").exists(), "the denied command ran"
+    reason = "orch-guard: this command matches deny rule"
+    assert [t for t in second.texts(index) if reason in t], second.texts(index)
+
+
 def test_install_writes_the_hook_claude_runs(project: Path, orch_env: dict[str, str]) -> None:
     found = install.installed_events(str(project))
     assert set(found) == set(install.INSTALLED_EVENTS)
