@@ -654,6 +654,7 @@ def test_push_is_never_also_delivered_by_the_prompt_it_starts(
     buffer = commands[0][2]
     assert commands == [
         ["load-buffer", "-b", buffer, "-"],
+        ["copy-mode", "-q", "-t", "%7"],  # out of copy mode, where Enter would be no key
         ["paste-buffer", "-p", "-d", "-b", buffer, "-t", "%7"],
         ["send-keys", "-t", "%7", "Enter"],
     ]

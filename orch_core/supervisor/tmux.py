@@ -42,6 +42,7 @@ def type_line(pane: str, socket: str | None, text: str, state_dir: str) -> bool:
     key, holding the pane's lock so two senders never interleave."""
     with _pane_lock(pane, socket, state_dir):
         try:
+            leave_mode(pane, socket)
             tmux(socket, "send-keys", "-t", pane, "-l", "--", text)
             tmux(socket, "send-keys", "-t", pane, "Enter")
             return True
@@ -54,6 +55,7 @@ def press_enter(pane: str, socket: str | None, state_dir: str) -> bool:
     ready to take it stays in its input box until then."""
     with _pane_lock(pane, socket, state_dir):
         try:
+            leave_mode(pane, socket)
             tmux(socket, "send-keys", "-t", pane, "Enter")
             return True
         except TmuxError:
@@ -71,11 +73,22 @@ def paste_text(pane: str, socket: str | None, text: str, state_dir: str) -> bool
     with _pane_lock(pane, socket, state_dir):
         try:
             tmux(socket, "load-buffer", "-b", buffer, "-", stdin=inert(text))
+            leave_mode(pane, socket)
             tmux(socket, "paste-buffer", "-p", "-d", "-b", buffer, "-t", pane)
             tmux(socket, "send-keys", "-t", pane, "Enter")
             return True
         except TmuxError:
             return False
+
+
+def leave_mode(pane: str, socket: str | None) -> None:
+    """Take ``pane`` out of copy mode (or any other mode), where a user reading back through
+    it left it: there, keys are copy-mode commands (Enter copies, ``q`` quits) and the program
+    gets none of them. A tmux without ``copy-mode -q`` (before 3.2) types as before."""
+    try:
+        tmux(socket, "copy-mode", "-q", "-t", pane)
+    except TmuxError:
+        pass  # a pane gone fails the keys that follow
 
 
 class _pane_lock:

@@ -188,6 +188,36 @@ def test_push_to_a_pane_that_is_gone_is_an_error_and_keeps_the_message(
     assert "hello" in hook(orch, "PostToolUse")  # still delivered, through the hook
 
 
+def typed_after_copy_mode(tmux: TmuxServer, pane: Pane) -> list[str]:
+    """The lines ``pane`` read, once the test takes it out of copy mode (if orch did not)."""
+    tmux.cmd("copy-mode", "-q", "-t", pane.pane)
+    return pane.lines()
+
+
+def test_an_agent_whose_pane_a_user_left_in_copy_mode_is_woken_all_the_same(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    """A user reading back through the agent's pane leaves it in copy mode, where keys are
+    copy-mode commands: the wake line and its Enter would never reach the program."""
+    pane = Pane(tmux, orch)
+    assert hook(orch, "Stop") == ""
+    tmux.cmd("copy-mode", "-t", pane.pane)
+    assert orch.cli("send", AGENT, "hello").returncode == 0
+    assert typed_after_copy_mode(tmux, pane) == [WAKE_LINE]
+
+
+def test_push_into_a_pane_left_in_copy_mode_submits_the_text(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    """tmux pastes into a pane in copy mode, but the Enter after it is a copy-mode command: the
+    text, marked delivered, would wait in the program's input unsent."""
+    pane = Pane(tmux, orch)
+    tmux.cmd("copy-mode", "-t", pane.pane)
+    done = orch.cli("send", AGENT, "hello there", "--push")
+    assert done.returncode == 0, done.stderr
+    assert typed_after_copy_mode(tmux, pane) == ["hello there"]
+
+
 def test_a_pane_of_a_new_tmux_server_with_the_agents_old_pane_id_gets_no_wake_line(
     tmux: TmuxServer, orch: OrchState
 ) -> None:
