@@ -265,6 +265,7 @@ def spawn(
     cancel_recoveries(store, name, "replaced by orch spawn")
     try:
         pane = tmux.start(socket, session, name, cwd, variables, argv)
+        socket = tmux.server_of(pane, socket)
         tmux.mark(pane, socket, name)
     except tmux.TmuxError as exc:
         raise LifecycleError(f"cannot start {name}: {exc}") from None
@@ -374,6 +375,7 @@ def relaunch(
             spec["pane"] = tmux.start(
                 spec["tmux_socket"], spec["tmux_session"], agent, spec["cwd"], variables, argv
             )
+            spec["tmux_socket"] = tmux.server_of(spec["pane"], spec["tmux_socket"])
             tmux.mark(spec["pane"], spec["tmux_socket"], agent)
             save_spec(
                 store,
@@ -409,13 +411,14 @@ def adopt(
     """Keep a launch spec for an agent started by hand, in ``pane`` if given, else in the pane
     its hooks reported (if any yet); return the spec. The pane is marked as the agent's: orch
     restarts and stops only panes so marked."""
-    save_spec(store, agent, argv=argv, cwd=cwd, env=extra_env, socket=socket, session=session,
-              pane=pane, host=paths.host(env))  # fmt: skip
     if pane:
         try:
             tmux.mark(pane, socket, agent)
+            socket = tmux.server_of(pane, socket)
         except tmux.TmuxError:
             pass  # no such pane: the supervisor restarts the agent in a new window
+    save_spec(store, agent, argv=argv, cwd=cwd, env=extra_env, socket=socket, session=session,
+              pane=pane, host=paths.host(env))  # fmt: skip
     spec = get_spec(store, agent)
     assert spec is not None
     return with_reported_pane(store, spec, env)

@@ -163,6 +163,13 @@ def mark(pane: str, socket: str | None, agent: str) -> None:
     tmux(socket, "set-option", "-p", "-t", pane, MARK, agent)
 
 
+def server_of(pane: str, socket: str | None) -> str:
+    """The socket of the server ``pane`` is on. Without one, tmux takes the server of the
+    caller's ``$TMUX`` (else its default): kept as ``None``, the pane would be looked for on
+    another server by a command run from another terminal, or a supervisor started there."""
+    return tmux(socket, "display-message", "-p", "-t", pane, "#{socket_path}").rstrip("\n")
+
+
 def literal(value: str) -> str:
     """``value`` as tmux must receive it where it expands formats (session and window names,
     start directories): ``#(cmd)`` there runs ``cmd`` through a shell, and ``##`` is a plain

@@ -707,3 +707,69 @@ def test_an_agent_adopted_before_its_first_hook_is_watched_in_the_pane_its_hooks
     assert tmux.pane_state(pane, socket, "solo") == "alive"  # marked as the agent's
     restarted = fleet.cli("restart", "solo")
     assert restarted.returncode == 0 and f"in pane {pane}" in restarted.stdout, restarted.stderr
+
+
+@pytest.fixture
+def own_server(fleet: OrchState, tmp_path: Path) -> Iterator[str]:
+    """A tmux server of the user's own (``tmux -L work``), whose session ``orch`` runs from
+    (``$TMUX`` names it, and tmux takes the server from there), with no ``ORCH_TMUX_SOCKET``;
+    the default server is a private one too (``TMUX_TMPDIR``). Yields the user's socket."""
+    default_dir = tmp_path / "tmux-default"
+    default_dir.mkdir()
+    work = str(tmp_path / "work.sock")
+    del fleet.env["ORCH_TMUX_SOCKET"]
+    fleet.env["TMUX_TMPDIR"] = str(default_dir)
+    subprocess.run(["tmux", "-S", work, "new-session", "-d", "-s", "mine", "--", "sleep", "600"],
+                   check=True)  # fmt: skip
+    fleet.env["TMUX"] = f"{work},1,0"
+    yield work
+    default = ["tmux", "-S", str(default_dir / f"tmux-{os.getuid()}" / "default")]
+    for argv in (["tmux", "-S", work], default):
+        subprocess.run([*argv, "kill-server"], capture_output=True, check=False)
+
+
+def in_another_terminal(orch: OrchState, *args: str) -> None:
+    """Run ``orch`` from a terminal outside that tmux server (no ``$TMUX``)."""
+    env = orch.env.pop("TMUX")
+    try:
+        done = orch.cli(*args)
+        assert done.returncode == 0, done.stderr
+    finally:
+        orch.env["TMUX"] = env
+
+
+def panes(socket: str) -> list[str]:
+    done = subprocess.run(["tmux", "-S", socket, "list-panes", "-a", "-F", "#{pane_id}"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    return done.stdout.split()
+
+
+def test_an_agent_spawned_in_the_users_own_tmux_server_is_restarted_and_stopped_there(
+    fleet: OrchState, own_server: str
+) -> None:
+    """Its launch spec keeps that server: `orch restart` and `orch stop` from another terminal
+    looked on the default server, took the agent for gone, started a second one there, and
+    said "stopped" while the first ran on."""
+    spawned = fleet.cli("spawn", "r3", "--dir", str(fleet.project_dir), "--command", "sleep 600")
+    assert spawned.returncode == 0, spawned.stderr
+    stop_supervisor(fleet)
+    spec = lifecycle.get_spec(fleet.store, "r3")
+    assert spec is not None and spec["pane"] in panes(own_server)
+    in_another_terminal(fleet, "restart", "r3", "--fresh")
+    default = str(Path(fleet.env["TMUX_TMPDIR"]) / f"tmux-{os.getuid()}" / "default")
+    assert panes(default) == []  # no second agent
+    assert tmux.pane_state(spec["pane"], own_server, "r3") == "alive"
+    in_another_terminal(fleet, "stop", "r3")
+    assert spec["pane"] not in panes(own_server)
+
+
+def test_an_agent_adopted_in_the_users_own_tmux_server_is_stopped_there(
+    fleet: OrchState, own_server: str
+) -> None:
+    pane = tmux.tmux(own_server, "new-window", "-d", "-P", "-F", "#{pane_id}", "--",
+                     "sleep", "600").strip()  # fmt: skip
+    done = fleet.cli("adopt", "solo", "--dir", str(fleet.project_dir), "--pane", pane,
+                     "--command", "sleep 600")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    in_another_terminal(fleet, "stop", "solo")
+    assert pane not in panes(own_server)
