@@ -353,7 +353,7 @@ def _check_type(name: str, value: object) -> None:
 def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
     """Type the message into the agent's pane the old way, safely: argv, -l, a separate Enter.
     It is marked delivered first, so the prompt that Enter starts does not deliver it again."""
-    from orch_core.supervisor.tmux import paste_text, reported_pane
+    from orch_core.supervisor.tmux import paste_text, reported_pane, window_pane
 
     agent, host = receipt["agent"], paths.host(os.environ)
     where = hosts.Names(queue.store).host_of(agent)
@@ -361,7 +361,14 @@ def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
         raise OrchError(f"{agent} runs on host {where}: --push types into this "
                         f"host's panes only; the message {receipt['id']} stays queued")  # fmt: skip
     known = queue.store.agent_pane(agent)  # none: an agent without hooks, named session:window
-    target = reported_pane(queue.store, agent, host) if known else (agent, None)
+    if known is None:
+        pane = window_pane(agent, None)
+        if pane is None:
+            raise OrchError(f"no tmux window {agent} (SESSION:INDEX) to type into; the message "
+                            f"{receipt['id']} stays queued")  # fmt: skip
+        target: tuple[str, str | None] | None = (pane, None)
+    else:
+        target = reported_pane(queue.store, agent, host)
     if target is None:  # after tmux restarts, that id may be a shell's or an editor's
         raise OrchError(f"{agent}'s tmux pane {known[0] if known else agent} is gone (or, after "
                         f"tmux restarted, another program's); the message {receipt['id']} stays "

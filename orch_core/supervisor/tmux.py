@@ -157,6 +157,20 @@ def reported_pane(store: Store, agent: str, host: str) -> tuple[str, str | None]
     return pane, socket
 
 
+def window_pane(window: str, socket: str | None) -> str | None:
+    """The active pane of the window that is ``session:index`` exactly (as an agent without
+    hooks is named), else ``None``: as a target, tmux takes a session whose name only starts
+    with that one's (``proj`` for ``project``), and a window by its name when none has that
+    index."""
+    try:
+        out = tmux(socket, "display-message", "-p", "-t", f"={window}",
+                   "#{pane_id} #{session_name}:#{window_index}")  # fmt: skip
+    except TmuxError:
+        return None
+    pane, _, found = out.rstrip("\n").partition(" ")
+    return pane if found == window else None
+
+
 def mark(pane: str, socket: str | None, agent: str) -> None:
     """Mark ``pane`` as ``agent``'s (an option tmux keeps with the pane, through respawns;
     ``set-option`` without ``-F`` expands no formats in the name)."""

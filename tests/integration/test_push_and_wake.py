@@ -218,6 +218,25 @@ def test_push_into_a_pane_left_in_copy_mode_submits_the_text(
     assert typed_after_copy_mode(tmux, pane) == ["hello there"]
 
 
+def test_push_to_an_agent_without_hooks_types_only_into_the_window_so_named(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    """An agent orch has not heard from is the window ``session:index`` of that name: as a
+    tmux target, ``orch:0`` is also window 0 of a session whose name only starts with
+    ``orch``, where the body, typed with its Enter, may be a shell's next command."""
+    pane = Recorder(tmux, orch.root / "typed.bin")  # window 0 of session orch-test
+    orch.env["TMUX"] = f"{pane.socket},0,0"  # run from that server, as tmux's default
+    done = orch.cli("send", "orch:0", "rm -rf ~", "--push")
+    (message,) = Queue(orch.store).messages("orch:0")
+    assert (done.returncode, done.stderr) == (1, f"Error: no tmux window orch:0 (SESSION:INDEX) "
+                                              f"to type into; the message {message['id']} "
+                                              "stays queued\n")  # fmt: skip
+    assert message["state"] == "queued"
+    done = orch.cli("send", "orch-test:0", "for the window so named", "--push")
+    assert done.returncode == 0, done.stderr
+    assert pane.lines() == ["for the window so named"]
+
+
 def test_a_pane_of_a_new_tmux_server_with_the_agents_old_pane_id_gets_no_wake_line(
     tmux: TmuxServer, orch: OrchState
 ) -> None:
