@@ -25,7 +25,7 @@ class TmuxError(Exception):
 
 def tmux(socket: str | None, *args: str, timeout: float = 5.0, stdin: str | None = None) -> str:
     """Run one tmux command and return its stdout."""
-    argv = ["tmux", *(["-S", socket] if socket else []), *args]
+    argv = ["tmux", *(["-S", socket] if socket else []), *map(_one_argument, args)]
     try:
         done = subprocess.run(
             argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
@@ -35,6 +35,13 @@ def tmux(socket: str | None, *args: str, timeout: float = 5.0, stdin: str | None
     if done.returncode != 0:
         raise TmuxError(f"tmux {args[0]}: {done.stderr.strip() or 'failed'}")
     return done.stdout
+
+
+def _one_argument(arg: str) -> str:
+    """``arg`` as tmux takes it as it is: tmux ends its command at an argument ending in ``;``
+    (taken off), and runs the arguments after it as another command (a directory ``proj;``, a
+    command ``sh -c 'make;' kill-server``), unless that ``;`` is escaped, ``\\;``."""
+    return f"{arg[:-1]}\\;" if arg.endswith(";") else arg
 
 
 def type_line(pane: str, socket: str | None, text: str, state_dir: str) -> bool:

@@ -773,3 +773,23 @@ def test_an_agent_adopted_in_the_users_own_tmux_server_is_stopped_there(
     assert done.returncode == 0, done.stderr
     in_another_terminal(fleet, "stop", "solo")
     assert pane not in panes(own_server)
+
+
+def test_arguments_ending_in_a_semicolon_reach_the_agent_as_they_are(
+    fleet: OrchState, tmp_path: Path
+) -> None:
+    """tmux ends a command at an argument ending in ``;`` (taken off) and runs the arguments
+    after it as another: a project directory ``semi;`` could not be spawned into, and a
+    command's ``'a;' kill-server`` would run tmux's kill-server."""
+    project = tmp_path / "semi;"
+    project.mkdir()
+    command = f"{sys.executable} {fleet.env['FAKE_AGENT']} 'a;' 'kill-server;'"
+    done = fleet.cli("spawn", "semi", "--dir", str(project), "--command", command)
+    assert done.returncode == 0, done.stderr
+    until(lambda: starts(fleet, "semi") == 1, "the agent's SessionStart")
+    assert json.loads(Path(fleet.env["FAKE_LOG"]).read_text()) == ["a;", "kill-server;"]
+    spec = lifecycle.get_spec(fleet.store, "semi")
+    assert spec is not None
+    where = tmux.tmux(spec["tmux_socket"], "display-message", "-p", "-t", spec["pane"],
+                      "#{pane_current_path}")  # fmt: skip
+    assert where.strip() == str(project)
