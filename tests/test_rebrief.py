@@ -335,6 +335,24 @@ def test_briefing_from_stdin_and_from_the_project(orch: OrchState, repo: Path) -
     assert "## Briefing\nOwn briefing." in compacted(orch, repo)  # the briefing before stays
 
 
+def test_spawn_refuses_an_empty_briefing_as_orch_brief_does(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """``orch spawn --brief`` of a blank file is an error before anything changes: stored, it
+    would wipe the briefing ``orch brief`` gave the agent."""
+    from orch_core.supervisor import lifecycle
+
+    assert orch.cli("brief", "sp1", "-", stdin="Own briefing.\n").returncode == 0
+    blank = tmp_path / "blank.md"
+    blank.write_text(" \n")
+    done = orch.cli("spawn", "sp1", "--dir", str(orch.project_dir), "--brief", str(blank),
+                    "--command", "sleep 1")  # fmt: skip
+    assert (done.returncode, done.stderr) == (1, "Error: the briefing is empty\n")
+    context = json.loads(orch.cli("context", "sp1", "--json").stdout)
+    assert context["briefing_content"] == "Own briefing.\n"
+    assert lifecycle.get_spec(orch.store, "sp1") is None
+
+
 FIRST_AND_WORDY = """
 from orch_core import hookimpl
 

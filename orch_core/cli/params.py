@@ -64,9 +64,12 @@ def duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
 
 
 def briefing_text(file: IO[str]) -> str:
-    """A briefing from ``file``, without NUL characters, which PostgreSQL's text refuses: a
+    """A briefing from ``file``: not blank (``orch spawn --brief`` would store it over the
+    briefing ``orch brief`` gave), without NUL characters, which PostgreSQL's text refuses: a
     briefing that works on one store works on the other."""
     text = read_text(file)
+    if not text.strip():
+        raise click.ClickException("the briefing is empty")
     if "\0" in text:
         raise click.ClickException("the briefing contains a NUL character (\\x00)")
     return text

@@ -741,8 +741,6 @@ def orch_register_commands(cli: click.Group) -> None:
     def brief_command(agent: str, file: Any, role: str | None) -> None:
         """Set AGENT's briefing from FILE ('-' for stdin): who it is and what to do."""
         text = briefing_text(file)
-        if not text.strip():
-            raise click.ClickException("the briefing is empty")
         fields: dict[str, Any] = {"briefing_content": text}
         if role:
             fields["role"] = role
