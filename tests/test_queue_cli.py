@@ -209,6 +209,20 @@ def test_send_with_a_pending_key_stores_nothing_new(orch: OrchState) -> None:
     }  # fmt: skip
 
 
+def test_a_pattern_prints_a_list_of_receipts_even_when_one_agent_matches(
+    orch: OrchState,
+) -> None:
+    """``--json`` of a fan-out (a pattern, as ``--all``) is a list however many agents it
+    reached: a script reading it must not find an object when the fleet is one agent."""
+    hook(orch, "proj:1")
+    receipts = json.loads(ok(orch, "send", "proj:*", "to the project", "--json"))
+    assert [r["agent"] for r in receipts] == ["proj:1"]
+    everyone = json.loads(ok(orch, "send", "--all", "to all", "--json"))
+    assert [r["agent"] for r in everyone] == ["proj:1"]
+    assert send_json(orch, "proj:1", "by name")["agent"] == "proj:1"  # one agent: its receipt
+    assert send_json(orch, "proj:*", "a name", "--exact")["agent"] == "proj:*"
+
+
 def test_send_fans_out_to_known_agents(orch: OrchState) -> None:
     for agent in ("proj:1", "proj:2", "other:1"):
         hook(orch, agent)

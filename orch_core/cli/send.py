@@ -55,7 +55,8 @@ OPTIONS = (
     Option(("--exact",), "exact", True, "AGENT is a name, even with * ? or [ in it."),
     Option(("--push",), "push", True,
            "Also type the text into the agent's tmux pane (migrating agents without hooks)."),
-    Option(("--json",), "as_json", True, "Print the receipt as JSON."),
+    Option(("--json",), "as_json", True,
+           "Print the receipt as JSON (a list of them for a pattern or --all)."),
 )  # fmt: skip
 #: What :func:`send` takes when an option is not given.
 DEFAULTS: dict[str, object] = {o.dest: False if o.is_flag else None for o in OPTIONS}
@@ -165,8 +166,9 @@ def send(
                     _push(queue, receipt, text)
         finally:
             api.notify(receipts, os.environ, paths.project_dir(os.environ), queue)
-    if as_json:
-        out: Any = receipts[0] if len(receipts) == 1 and not all_agents else receipts
+    if as_json:  # a fan-out is a list however many agents it reached: one is no object
+        fanned_out = all_agents or api.is_pattern(agent, exact)
+        out: Any = receipts if fanned_out else receipts[0]
         print(json.dumps(out, ensure_ascii=False))
     else:
         for receipt in receipts:
