@@ -329,3 +329,22 @@ def test_a_current_folder_removed_meanwhile_is_a_one_line_error(
         "Error: the current folder no longer exists: run orch from one that does\n",
     )
     assert Queue(orch.store).messages() == []  # nothing stored
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://orch:sekret@[::1/orch", "postgresql://orch@[::1/orch?password=sekret"]
+)
+@pytest.mark.parametrize("command", [["agents"], ["send", "p:1", "hi"]])
+def test_a_database_url_libpq_cannot_read_is_said_without_its_password(
+    orch: OrchState, url: str, command: list[str]
+) -> None:
+    """libpq quotes a URL it cannot read whole: the one line says what is wrong with it, but
+    not its password (as every other error about the database)."""
+    orch.env.update(ORCH_DB=url)
+    done = orch.cli(*command)
+    assert done.returncode == 1
+    assert done.stderr == (
+        'Error: postgresql://?: end of string reached when looking for matching "]" in IPv6 '
+        'host address in URI: "postgresql://orch@[::1/orch"\n'
+    )
+

@@ -60,7 +60,8 @@ def server_error(exc: BaseException, env: Mapping[str, str]) -> str | None:
         return None
     from orch_core.storage.postgres import one_line, public
 
-    return f"{public(database(env))}: {one_line(exc)}"
+    where = database(env)
+    return f"{public(where)}: {one_line(exc, where)}"
 
 
 def database(env: Mapping[str, str]) -> str:

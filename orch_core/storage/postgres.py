@@ -395,12 +395,12 @@ class PostgresStore(Store):
         try:
             conninfo = self._conninfo()
         except psycopg.Error as exc:
-            raise StoreError(f"{self.where}: {one_line(exc)}") from None
+            raise StoreError(f"{self.where}: {one_line(exc, self.url)}") from None
         try:
             conn = _connect_within(conninfo, self.timeout * CONNECT_SHARE)
             conn.statement_timeout = self.timeout
         except (psycopg.Error, TimeoutError) as exc:
-            said = f"{self.where} is unreachable: {one_line(exc)}"
+            said = f"{self.where} is unreachable: {one_line(exc, self.url)}"
             _DOWN[self.url] = (time.monotonic() + HOLDOFF, said)
             raise DatabaseUnreachable(said) from None
         _DOWN.pop(self.url, None)
@@ -828,9 +828,15 @@ def public(url: str) -> str:
     return f"postgresql://{user}{host}{port}/{info.get('dbname') or ''}"
 
 
-def one_line(exc: BaseException) -> str:
-    """What the server or libpq said, on one line (libpq adds a hint on a line of its own)."""
-    return " ".join(str(exc).split())
+def one_line(exc: BaseException, url: str | None = None) -> str:
+    """What the server or libpq said, on one line (libpq adds a hint on a line of its own),
+    with ``url``'s password taken out: libpq quotes a URL it cannot read whole."""
+    said = str(exc)
+    if url and url in said:
+        from orch_core.storage.migrate import without_password
+
+        said = said.replace(url, without_password(url))
+    return " ".join(said.split())
 
 
 def _value(cur: psycopg.Cursor[Any]) -> Any:
