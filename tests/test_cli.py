@@ -348,3 +348,38 @@ def test_a_database_url_libpq_cannot_read_is_said_without_its_password(
         'host address in URI: "postgresql://orch@[::1/orch"\n'
     )
 
+
+SLOW_COMMANDS = """
+import os
+import time
+from orch_core import hookimpl
+
+@hookimpl
+def orch_register_commands(cli):
+    open(os.environ["ORCH_TEST_MARK"], "w").close()
+    time.sleep(60)
+"""
+
+
+def test_ctrl_c_while_plugins_add_their_commands_is_aborted_not_a_traceback(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """Ctrl-C before click runs the command (its imports, plugins adding their commands) ends
+    it as click ends one: ``Aborted!``, exit 1."""
+    import signal
+    import time
+
+    orch.plugin_module("slow_commands", SLOW_COMMANDS)
+    orch.write_config('[plugins]\nload = ["slow_commands"]\n')
+    mark = tmp_path / "registering"
+    proc = subprocess.Popen([orch_script(), "plugin-command"], stderr=subprocess.PIPE, text=True,
+                            env={**orch.env, "ORCH_TEST_MARK": str(mark)},
+                            cwd=orch.project_dir)  # fmt: skip
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    while not mark.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "plugins were not loaded"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 1
+    assert proc.stderr.read() == "\nAborted!\n"

@@ -20,6 +20,9 @@ def run() -> None:
         from orch_core.cli.main import main
 
         main()
+    except KeyboardInterrupt:  # before click runs (its imports, plugins' commands): as it says it
+        sys.stderr.write("\nAborted!\n")
+        raise SystemExit(1) from None
     finally:
         _settle_stdout()
 
