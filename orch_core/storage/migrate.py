@@ -131,7 +131,7 @@ def _move(env: Mapping[str, str], project_dir: str, source: str, target: str) ->
 
     from orch_core.hook.context import Runtime
     from orch_core.storage import open_store
-    from orch_core.storage.postgres import public
+    from orch_core.storage.postgres import public, without_password
 
     report = Report(source, public(target), without_password(target))
     try:
@@ -303,22 +303,6 @@ def _advance_sequences(tx: Any, tables: set[str]) -> None:
                 f" + 1, false) FROM {quote(table)}",
                 (quote(table), column),
             )
-
-
-def without_password(url: str) -> str:
-    """``url`` as given (its host, a socket's folder, ``sslmode`` and every other parameter)
-    but for a password, in its user part or its ``password`` parameter."""
-    from urllib.parse import unquote
-
-    scheme, _, rest = url.partition("://")
-    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    authority, path = rest[:end], rest[end:]
-    if "@" in authority:
-        user, _, hosts = authority.rpartition("@")
-        authority = f"{user.partition(':')[0]}@{hosts}"
-    path, mark, query = path.partition("?")
-    kept = [p for p in query.split("&") if p and unquote(p.partition("=")[0]) != "password"]
-    return f"{scheme}://{authority}{path}" + (f"{mark}{'&'.join(kept)}" if kept else "")
 
 
 def digest(rows: Iterator[tuple[Any, ...]] | Sequence[tuple[Any, ...]]) -> str:

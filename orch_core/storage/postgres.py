@@ -828,13 +828,27 @@ def public(url: str) -> str:
     return f"postgresql://{user}{host}{port}/{info.get('dbname') or ''}"
 
 
+def without_password(url: str) -> str:
+    """``url`` as given (its host, a socket's folder, ``sslmode`` and every other parameter)
+    but for a password, in its user part or its ``password`` parameter."""
+    from urllib.parse import unquote
+
+    scheme, _, rest = url.partition("://")
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    if "@" in authority:
+        user, _, hosts = authority.rpartition("@")
+        authority = f"{user.partition(':')[0]}@{hosts}"
+    path, mark, query = path.partition("?")
+    kept = [p for p in query.split("&") if p and unquote(p.partition("=")[0]) != "password"]
+    return f"{scheme}://{authority}{path}" + (f"{mark}{'&'.join(kept)}" if kept else "")
+
+
 def one_line(exc: BaseException, url: str | None = None) -> str:
     """What the server or libpq said, on one line (libpq adds a hint on a line of its own),
     with ``url``'s password taken out: libpq quotes a URL it cannot read whole."""
     said = str(exc)
     if url and url in said:
-        from orch_core.storage.migrate import without_password
-
         said = said.replace(url, without_password(url))
     return " ".join(said.split())
 
