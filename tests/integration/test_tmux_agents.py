@@ -64,8 +64,10 @@ def test_the_agent_is_the_hooks_own_pane_not_the_active_window(
 def test_tmux_is_asked_once_per_session(tmux: TmuxServer, orch: OrchState) -> None:
     pane = run_in_pane(tmux, orch, "worker", payload("SessionStart", session_id="sess-b"))
     agent = orch.store.agents()[0]["id"]
+    socket = tmux.cmd("display-message", "-p", "#{socket_path}").strip()
     tmux.kill()  # from now on tmux cannot answer: only the cache can
-    env = {**orch.env, "TMUX_PANE": pane, "ORCH_LOAD_PLUGINS": "presence"}
+    # as in the pane: $TMUX names its server (not the user's own, which may have a pane so named)
+    env = {**orch.env, "TMUX_PANE": pane, "TMUX": f"{socket},1,0", "ORCH_LOAD_PLUGINS": "presence"}
     for session, state in (("sess-b", "busy"), ("sess-unknown", None)):
         subprocess.run(
             [hook_script()],
