@@ -348,7 +348,9 @@ def relaunch(
 ) -> dict[str, Any]:
     """Restart the agent in its own window (a new one if that is gone), with
     ``continue_args`` added to its command (none: a fresh start). ``orch_before_restart``
-    comes first (the rebrief plugin saves a checkpoint there, so the rebrief follows)."""
+    comes first (the rebrief plugin saves a checkpoint there, so the rebrief follows). A
+    directory since removed is refused: tmux would start the agent in the folder it runs in
+    (another project's, whose conversation ``--continue`` would take up)."""
     spec = get_spec(store, agent)
     if spec is None:
         raise LifecycleError(
@@ -356,6 +358,8 @@ def relaunch(
             "describe it with `orch adopt`"
         )
     check_here(store, agent, spec, env, "restart")
+    if not os.path.isdir(spec["cwd"]):
+        raise LifecycleError(f"no such directory: {spec['cwd']}")
     argv = [*spec["argv"], *continue_args]
     variables = pane_env(agent, spec["env"], env)
     from orch_core.hook.context import Runtime

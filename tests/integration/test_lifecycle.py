@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -494,6 +495,26 @@ def test_stop_means_no_restart(fleet: OrchState) -> None:
     time.sleep(3)
     assert fleet.store.agents()[0]["state"] == "stopped"
     assert lifecycle.history(fleet.store, "worker") == []
+
+
+def test_an_agent_whose_directory_was_removed_is_not_restarted_elsewhere(
+    fleet: OrchState, tmp_path: Path
+) -> None:
+    """tmux starts a window whose directory is gone in the folder it runs in (here the
+    project's, where the supervisor was started): the agent would take up another project's
+    conversation with ``--continue``, and its hooks say the restart worked."""
+    worktree = tmp_path / "worktree"
+    worktree.mkdir()
+    command = f"{sys.executable} {fleet.env['FAKE_AGENT']}"
+    done = fleet.cli("spawn", "worker", "--dir", str(worktree), "--command", command)
+    assert done.returncode == 0, done.stderr
+    until(lambda: starts(fleet) == 1, "first SessionStart")
+    shutil.rmtree(worktree)
+    crash(fleet)
+    until(lambda: lifecycle.agent_state(fleet.store, "worker") == "failed", "the agent given up")
+    assert len(Path(fleet.env["FAKE_LOG"]).read_text().splitlines()) == 1  # started once only
+    outcomes = [h["outcome"] for h in lifecycle.history(fleet.store, "worker")]
+    assert f"no such directory: {worktree}" in outcomes
 
 
 def test_a_hung_agent_is_restarted(fleet: OrchState) -> None:
