@@ -347,6 +347,29 @@ def test_a_clock_set_back_does_not_stop_the_supervisor_watching_panes(fleet: Orc
     ]
 
 
+def test_agents_busy_when_the_machine_went_to_sleep_are_not_taken_for_hung(
+    fleet: OrchState,
+) -> None:
+    """Asleep, the machine runs no agent and no hook, and the monotonic clock stands still
+    while the wall clock does not: the first tick after an hour's sleep took every agent busy
+    when the lid closed for hung, and restarted it. Silent while awake, it still is."""
+    fleet.write_config("[plugin.auto_restart]\nhung_after = 1\n")
+    spawned = fleet.cli("spawn", "r2", "--dir", str(fleet.project_dir), "--command", "sleep 600")
+    assert spawned.returncode == 0, spawned.stderr
+    stop_supervisor(fleet)
+    fleet.store.set_agent_state("r2", "busy", session_id=None, project_dir=None)
+    supervisor = lifecycle.Supervisor(fleet.env)
+    now = time.time()
+    supervisor.upkeep(now)
+    supervisor.upkeep(now + 3600)  # the next tick, an hour later by the wall clock
+    assert lifecycle.history(fleet.store, "r2") == []
+    time.sleep(2.1)  # awake, and still no hook
+    supervisor.upkeep(now + 3602.1)
+    assert [(h["step"], h["reason"]) for h in lifecycle.history(fleet.store, "r2")] == [
+        ("restart", "hung: busy with no hook")
+    ]
+
+
 def one_line_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
     assert done.returncode == 1
     (line,) = done.stderr.splitlines()

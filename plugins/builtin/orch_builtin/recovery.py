@@ -11,6 +11,7 @@ step climbs the ladder: re-prompt → restart in the same window keeping the con
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from orch_builtin import auto_restart
@@ -26,6 +27,23 @@ LADDER = ("reprompt", "restart", "fresh", "give_up")
 #: Seconds between looks at the panes of one project's agents (a tmux call each).
 WATCH_EVERY = 2.0
 _watched: dict[str, float] = {}
+#: Seconds the wall clock may run ahead of the monotonic one between two ticks before the
+#: supervisor takes it that the machine slept (or its clock was set forward).
+JUMP = 10.0
+#: The last tick's ``now`` and ``time.monotonic()``, and when the machine last woke.
+_clock: dict[str, float] = {}
+
+
+def awake_since(now: float) -> float:
+    """When the machine last woke (``now`` of the first tick after it slept, or after its
+    clock was set forward), else 0: no hook can come while it sleeps, and every agent busy
+    when the lid closed would be taken for hung when it opens (the monotonic clock stands
+    still while the wall clock does not)."""
+    mono = time.monotonic()
+    if _clock and (now - _clock["now"]) - (mono - _clock["mono"]) > JUMP:
+        _clock["woke"] = now
+    _clock.update(now=now, mono=mono)
+    return _clock.get("woke", 0.0)
 
 
 class Ladder:
@@ -38,6 +56,7 @@ class Ladder:
         self.settings = settings
 
     def tick(self, now: float) -> None:
+        self.woke = awake_since(now)
         if not self.agents:
             return
         if lifecycle.due(now, _watched.get(self.ctx.project_dir, 0.0), WATCH_EVERY):
@@ -54,7 +73,7 @@ class Ladder:
 
     def watch(self, now: float) -> None:
         """Dead or vanished panes of spawned agents, and agents busy without a hook for
-        ``hung_after``: a restart is scheduled for each."""
+        ``hung_after`` while the machine was awake: a restart is scheduled for each."""
         rows = self._rows(
             "SELECT s.agent, s.pane, s.tmux_socket, s.updated, a.state, a.last_seen"
             " FROM launch_specs s LEFT JOIN agents a ON a.id = s.agent"
@@ -80,7 +99,7 @@ class Ladder:
             elif (
                 state == "busy"
                 and last_seen
-                and now - last_seen > float(self.settings["hung_after"])
+                and now - max(last_seen, self.woke) > float(self.settings["hung_after"])
             ):
                 self.schedule(agent, "hung: busy with no hook", "restart", now)
 
