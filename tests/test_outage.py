@@ -450,6 +450,30 @@ def test_the_supervisor_waits_with_backoff_and_doctor_names_the_outage(
     assert b"Traceback" not in err
 
 
+def test_an_outage_a_killed_supervisor_saw_is_not_the_next_ones(
+    orch: OrchState, cluster: Cluster
+) -> None:
+    """A supervisor killed during an outage (SIGKILL, a closed terminal's SIGHUP) leaves its
+    status behind: the next, reaching the database, was said not to, for as long as it ran."""
+    Queue(orch.store).has_pending(AGENT)
+    first = supervise(orch, 60)
+    try:
+        cluster.pause()
+        wait_for(lambda: logged(orch, "database unreachable"), 30, "the outage noticed")
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+        cluster.resume()
+    second = supervise(orch, 60)
+    try:
+        wait_for(lambda: f"(pid {second.pid})" in doctor(orch)[1], 20, "the next supervisor")
+        report = doctor(orch)[1]
+        assert f"ok   supervisor: orch supervise runs (pid {second.pid})" in report, report
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=30)
+
+
 def test_the_supervisor_gives_up_on_a_server_that_stops_answering_and_goes_on_after(
     orch: OrchState, mute: Mute
 ) -> None:

@@ -711,6 +711,7 @@ class Supervisor:
         lock = supervisor_lock(self.env, blocking=False)
         if lock is None:
             return False
+        write_outage(self.env, None)  # one a supervisor killed during an outage left behind
         end = None if seconds is None else time.monotonic() + seconds
         warm = None
         if self.store.shared:  # the host's hooks and sends skip the driver's import and connecting
