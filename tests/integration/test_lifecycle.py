@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from orch_builtin import auto_restart
 
 from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.kit import OrchState, hook_script, orch_script
@@ -292,6 +293,33 @@ def test_an_agent_stopped_while_the_supervisor_restarts_it_stays_stopped(
     (row,) = [a for a in fleet.store.agents() if a["id"] == "r4"]
     assert row["state"] == "stopped"
     assert "r4" not in windows(fleet)
+
+
+def test_an_agent_stopped_while_the_supervisor_reprompts_it_stays_stopped(
+    fleet: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``orch stop`` while the supervisor types its re-prompt (it waits for the pane while
+    another sender types there): typing into the killed pane failed, and the ladder climbed
+    from the cancelled step to a restart, which started the stopped agent again."""
+    spawned = fleet.cli("spawn", "r5", "--dir", str(fleet.project_dir), "--command", "sleep 600")
+    assert spawned.returncode == 0, spawned.stderr
+    stop_supervisor(fleet)
+    auto_restart.schedule(fleet.store, "r5", "StopFailure overloaded", "reprompt")
+    typing = tmux.type_line
+
+    def stopped_meanwhile(pane: str, socket: str | None, text: str, state_dir: str) -> bool:
+        lifecycle.stop(fleet.store, "r5", env=fleet.env)  # the user's `orch stop`
+        return typing(pane, socket, text, state_dir)
+
+    monkeypatch.setattr(tmux, "type_line", stopped_meanwhile)
+    supervisor = lifecycle.Supervisor(fleet.env)
+    supervisor.upkeep(time.time() + 600)  # the re-prompt's time has come
+    supervisor.upkeep(time.time() + 1200)  # and that of anything planned after it
+    assert [(h["step"], h["state"]) for h in lifecycle.history(fleet.store, "r5")] == [
+        ("reprompt", "cancelled")
+    ]
+    assert lifecycle.agent_state(fleet.store, "r5") == "stopped"
+    assert "r5" not in windows(fleet)
 
 
 def test_a_spawn_over_a_dead_pane_drops_the_restart_planned_for_it(fleet: OrchState) -> None:

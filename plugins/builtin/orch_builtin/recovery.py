@@ -138,8 +138,7 @@ class Ladder:
         except lifecycle.Stopped:
             return  # `orch stop` cancelled this recovery as it began
         except lifecycle.LifecycleError as exc:
-            self.finish(recovery_id, "failed", str(exc), now)
-            self.escalate(agent, step, reason, now)
+            self.failed(recovery_id, agent, step, reason, str(exc), now)
             return
         with self.store.transaction() as tx:  # unless `orch stop` cancelled it meanwhile
             tx.execute(
@@ -210,8 +209,7 @@ class Ladder:
             if self.arrived(agent, event, started):
                 self.finish(recovery_id, "done", f"{event} arrived", now)
             elif now > verify_by or (step != "reprompt" and self.exited(agent)):
-                self.finish(recovery_id, "failed", f"no {event}", now)
-                self.escalate(agent, step, reason, now)
+                self.failed(recovery_id, agent, step, reason, f"no {event}", now)
 
     def exited(self, agent: str) -> bool:
         """The restarted program already exited (e.g. no conversation to ``--continue``)."""
@@ -223,9 +221,21 @@ class Ladder:
         following = LADDER[min(LADDER.index(step) + 1, len(LADDER) - 1)]
         self.schedule(agent, f"{reason}; {step} did not work", following, now, wait=0.0)
 
-    def finish(self, recovery_id: int, state: str, outcome: str, now: float) -> None:
+    def failed(
+        self, recovery_id: int, agent: str, step: str, reason: str, outcome: str, now: float
+    ) -> None:
+        """The step did not work: the ladder's next rung, unless ``orch stop`` (or a spawn, a
+        restart by hand) cancelled the step meanwhile: the stopped agent would be started."""
+        if self.finish(recovery_id, "failed", outcome, now):
+            self.escalate(agent, step, reason, now)
+
+    def finish(self, recovery_id: int, state: str, outcome: str, now: float) -> bool:
+        """Whether the step was still under way (not cancelled meanwhile)."""
         with self.store.transaction() as tx:
-            tx.execute(
-                "UPDATE recoveries SET state = ?, outcome = ?, finished = ? WHERE id = ?",
-                (state, outcome, now, recovery_id),
+            return bool(
+                tx.execute(
+                    "UPDATE recoveries SET state = ?, outcome = ?, finished = ? WHERE id = ?"
+                    " AND state IN ('running', 'verifying')",
+                    (state, outcome, now, recovery_id),
+                ).rowcount
             )
