@@ -318,7 +318,7 @@ def test_hook_orch_alert_is_a_channel_retried_a_bounded_number_of_times(
     orch.env.update(CHANNEL_LOG=str(tmp_path / "pager.log"), CHANNEL_FAILS="2")
     channel(orch, receiver, '[plugins]\nload = ["pager"]\n')
     store = orch.store
-    auto_restart.give_up(store, "a:1", "tests")
+    auto_restart.give_up(store, "a:1", "tests", orch.env)
     (alert_id,) = [a["id"] for a in alerts.listing(store)]
     supervisor = lifecycle.Supervisor(orch.env)
     now = time.time()
@@ -338,7 +338,7 @@ def test_a_channel_that_keeps_failing_is_given_up_and_the_supervisor_goes_on(
     receiver.status = 500
     channel(orch, receiver)
     store = orch.store
-    auto_restart.give_up(store, "a:1", "tests")
+    auto_restart.give_up(store, "a:1", "tests", orch.env)
     supervisor = lifecycle.Supervisor(orch.env)
     now = time.time()
     ticks(supervisor, *(now + step * 100 for step in range(12)))
@@ -348,7 +348,7 @@ def test_a_channel_that_keeps_failing_is_given_up_and_the_supervisor_goes_on(
     assert alert["error"].startswith(f"alerts: {receiver.url()}")
     (gave_up,) = [line for line in orch.log() if line["msg"] == "alert not sent, giving up"]
     assert gave_up["attempt"] == alerts.ATTEMPTS
-    auto_restart.give_up(store, "b:1", "tests")  # the supervisor still works
+    auto_restart.give_up(store, "b:1", "tests", orch.env)  # the supervisor still works
     receiver.status = 200
     ticks(supervisor, now + 2000)
     assert len(receiver.posts) == alerts.ATTEMPTS + 1

@@ -105,29 +105,39 @@ def test_backoff_doubles_up_to_its_cap_and_restarts_are_limited(orch: OrchState)
     config = {"backoff_base": 10, "backoff_cap": 35, "jitter": 0, "max_restarts_per_hour": 2}
     waits = []
     for i in range(3):
-        planned = auto_restart.schedule(store, "a:1", "test", "reprompt", config, now=now + i)
+        planned = auto_restart.schedule(store, "a:1", "test", "reprompt", config, env=orch.env,
+                                           now=now + i)  # fmt: skip
         assert planned is not None
         waits.append(planned["due"] - (now + i))
         lifecycle.cancel_recoveries(store, "a:1", "next")
     assert waits == [10, 20, 35]
     for _ in range(2):
-        assert auto_restart.schedule(store, "a:1", "crash", "restart", config, wait=0) is not None
+        assert auto_restart.schedule(store, "a:1", "crash", "restart", config, env=orch.env,
+                                     wait=0) is not None  # fmt: skip
         with store.transaction() as db:
             db.execute("UPDATE recoveries SET state = 'done', started = ? WHERE state ="
                        " 'scheduled'", (time.time(),))  # fmt: skip
-    assert auto_restart.schedule(store, "a:1", "crash", "restart", config, wait=0) is None
+    assert auto_restart.schedule(store, "a:1", "crash", "restart", config, env=orch.env,
+                                 wait=0) is None  # fmt: skip
     assert orch.store.agents()[0]["state"] == "failed"
     assert lifecycle.history(store, "a:1")[0]["step"] == "give_up"
+    (gave_up,) = [r for r in orch.log() if r["msg"].startswith("gave up")]
+    assert (gave_up["agent"], gave_up["reason"]) == ("a:1", "crash; 2 restarts this hour")
 
 
 def test_the_supervisor_escalates_a_reprompt_that_did_not_work(orch: OrchState) -> None:
     supervisor = lifecycle.Supervisor(orch.env)
     store = supervisor.store
-    auto_restart.schedule(store, "a:1", "StopFailure overloaded", "reprompt", wait=0)
+    auto_restart.schedule(store, "a:1", "StopFailure overloaded", "reprompt", env=orch.env, wait=0)
     supervisor.tick(time.time() + 5)  # no pane known: the reprompt fails at once, escalates
     steps = [(h["step"], h["state"]) for h in reversed(lifecycle.history(store, "a:1"))]
     assert steps[0] == ("reprompt", "failed")
     assert steps[1][0] == "restart"
+    said = [(r["msg"], r.get("step")) for r in orch.log() if r.get("agent") == "a:1"]
+    assert said == [("recovery planned", "reprompt"), ("recovery step failed", "reprompt"),
+                    ("recovery planned", "restart")]  # fmt: skip
+    logs = orch.cli("logs", "--agent", "a:1")
+    assert logs.returncode == 0 and logs.stdout.count("recovery") == 3
 
 
 def test_doctor_shows_an_agent_left_failed_until_it_runs_again(orch: OrchState) -> None:

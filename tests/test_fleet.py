@@ -42,7 +42,7 @@ def test_the_snapshot_shows_the_task_compaction_restarts_and_hook_health(
     Queue(orch.store).send("a", "write the parser " + "x" * 500)
     orch.run(payload("UserPromptSubmit", session_id="s1", prompt="go"), ORCH_AGENT="a")
     orch.run(payload("PreCompact", session_id="s1", trigger="auto"), ORCH_AGENT="a")
-    auto_restart.schedule(orch.store, "a", "test", "restart", wait=60)
+    auto_restart.schedule(orch.store, "a", "test", "restart", env=orch.env, wait=60)
     view = fleet.snapshot(orch.store, time.time())
     (agent,) = view["agents"]
     assert agent["task"]["text"] == ("write the parser " + "x" * 500)[: fleet.PREVIEW]

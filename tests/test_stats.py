@@ -346,7 +346,7 @@ def test_alerts_and_agents_by_state(orch: OrchState) -> None:
                           ("p:3", ["PreToolUse", "Notification"])):  # fmt: skip
         for event in events:
             orch.run(payload(event, notification_type="permission_prompt"), ORCH_AGENT=agent)
-    auto_restart.give_up(orch.store, "p:4", "StopFailure billing_error")
+    auto_restart.give_up(orch.store, "p:4", "StopFailure billing_error", orch.env)
     result = stats_json(orch)
     assert result["agents"] == {
         "total": 4, "by_state": {"busy": 1, "failed": 1, "idle": 1, "needs_input": 1}}  # fmt: skip

@@ -304,7 +304,7 @@ def test_an_agent_stopped_while_the_supervisor_reprompts_it_stays_stopped(
     spawned = fleet.cli("spawn", "r5", "--dir", str(fleet.project_dir), "--command", "sleep 600")
     assert spawned.returncode == 0, spawned.stderr
     stop_supervisor(fleet)
-    auto_restart.schedule(fleet.store, "r5", "StopFailure overloaded", "reprompt")
+    auto_restart.schedule(fleet.store, "r5", "StopFailure overloaded", "reprompt", env=fleet.env)
     typing = tmux.type_line
 
     def stopped_meanwhile(pane: str, socket: str | None, text: str, state_dir: str) -> bool:

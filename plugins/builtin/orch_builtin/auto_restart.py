@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 
-from orch_core import Setting, hookimpl
+from orch_core import Setting, hookimpl, log
 from orch_core.plugins.settings import defaults, regexes
 from orch_core.supervisor import lifecycle
 
@@ -86,12 +86,15 @@ def classify(error: str | None) -> str:
     return "wait" if error == "rate_limit" else "transient"
 
 
-def give_up(store: Store, agent: str, reason: str) -> None:
-    """No more automatic recovery: ``failed`` and an alert, until a user acts. An agent
-    already failed (its prompt answered with the same error again) gets no second alert."""
+def give_up(store: Store, agent: str, reason: str, env: Mapping[str, str]) -> None:
+    """No more automatic recovery: ``failed``, an alert and a log line, until a user acts. An
+    agent already failed (its prompt answered with the same error again) gets no second
+    alert."""
     from orch_core.ops import alerts
 
     now = time.time()
+    log.write("error", "gave up on the agent: no automatic restart", env, agent=agent,
+              reason=reason)  # fmt: skip
     lifecycle.cancel_recoveries(store, agent, "gave up")
     with store.transaction() as tx:
         tx.execute(
@@ -123,22 +126,24 @@ def schedule(
     step: str,
     config: Mapping[str, Any] | None = None,
     *,
+    env: Mapping[str, str],
     wait: float | None = None,
     now: float | None = None,
 ) -> dict[str, Any] | None:
-    """Plan ``step`` for ``agent`` after its backoff; ``None`` if a recovery is already under
-    way. A restart past the hourly limit gives up instead."""
+    """Plan ``step`` for ``agent`` after its backoff, and say so in the log (``env``'s); ``None``
+    if a recovery is already under way. A restart past the hourly limit gives up instead."""
     import random
 
     now = time.time() if now is None else now
     conf = settings(config)
     if step == "give_up":
-        give_up(store, agent, reason)
+        give_up(store, agent, reason, env)
         return None
     if step in ("restart", "fresh") and restarts_last_hour(store, agent, now) >= int(
         conf["max_restarts_per_hour"]
     ):
-        give_up(store, agent, f"{reason}; {conf['max_restarts_per_hour']} restarts this hour")
+        limit = conf["max_restarts_per_hour"]
+        give_up(store, agent, f"{reason}; {limit} restarts this hour", env)
         return None
     with store.transaction() as tx:
         busy = tx.execute(
@@ -161,7 +166,9 @@ def schedule(
             " VALUES (?, ?, ?, ?, ?, 'scheduled') RETURNING id",
             (agent, now, reason, step, now + wait),
         ).fetchone()
-        return {"id": added, "agent": agent, "step": step, "due": now + wait}
+    log.write("warning", "recovery planned", env, agent=agent, step=step, reason=reason,
+              wait=round(wait, 1))  # fmt: skip
+    return {"id": added, "agent": agent, "step": step, "due": now + wait}
 
 
 @hookimpl
@@ -198,12 +205,11 @@ def orch_stop_failure(event: ev.StopFailure, ctx: HookContext) -> None:
     kind = classify(event.error)
     reason = f"StopFailure {event.error or 'unknown'}"
     if kind == "fatal":
-        give_up(ctx.store, ctx.agent, reason)
-        ctx.log("agent failed: no restart for this error", level="error", error=event.error)
+        give_up(ctx.store, ctx.agent, reason, ctx.env)
         return
     conf = settings(ctx.config)
     wait = _reset_in(event.error_details, conf["rate_limit_wait"]) if kind == "wait" else None
-    if schedule(ctx.store, ctx.agent, reason, "reprompt", ctx.config, wait=wait):
+    if schedule(ctx.store, ctx.agent, reason, "reprompt", ctx.config, env=ctx.env, wait=wait):
         lifecycle.ensure_supervisor(ctx.env)
 
 
@@ -214,7 +220,7 @@ def orch_notification(event: ev.Notification, ctx: HookContext) -> None:
     for pattern in settings(ctx.config)["error_patterns"]:
         if isinstance(pattern, str) and re.search(pattern, event.message):
             reason = f"notification: {event.message[:200]}"
-            if schedule(ctx.store, ctx.agent, reason, "restart", ctx.config):
+            if schedule(ctx.store, ctx.agent, reason, "restart", ctx.config, env=ctx.env):
                 lifecycle.ensure_supervisor(ctx.env)
             return
 

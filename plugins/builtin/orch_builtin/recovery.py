@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from orch_builtin import auto_restart
-from orch_core import paths
+from orch_core import log, paths
 from orch_core.supervisor import lifecycle, tmux
 
 if TYPE_CHECKING:
@@ -104,7 +104,9 @@ class Ladder:
                 self.schedule(agent, "hung: busy with no hook", "restart", now)
 
     def schedule(self, agent: str, reason: str, step: str, now: float, **kw: Any) -> None:
-        auto_restart.schedule(self.store, agent, reason, step, self.settings, now=now, **kw)
+        auto_restart.schedule(
+            self.store, agent, reason, step, self.settings, env=self.ctx.env, now=now, **kw
+        )
 
     def run_due(self, now: float) -> None:
         due = self._rows(
@@ -207,7 +209,8 @@ class Ladder:
         for recovery_id, agent, step, reason, started, verify_by in rows:
             event = self.expected(step)
             if self.arrived(agent, event, started):
-                self.finish(recovery_id, "done", f"{event} arrived", now)
+                if self.finish(recovery_id, "done", f"{event} arrived", now):
+                    log.write("info", "recovery worked", self.ctx.env, agent=agent, step=step)
             elif now > verify_by or (step != "reprompt" and self.exited(agent)):
                 self.failed(recovery_id, agent, step, reason, f"no {event}", now)
 
@@ -227,6 +230,8 @@ class Ladder:
         """The step did not work: the ladder's next rung, unless ``orch stop`` (or a spawn, a
         restart by hand) cancelled the step meanwhile: the stopped agent would be started."""
         if self.finish(recovery_id, "failed", outcome, now):
+            log.write("warning", "recovery step failed", self.ctx.env, agent=agent, step=step,
+                      outcome=outcome)  # fmt: skip
             self.escalate(agent, step, reason, now)
 
     def finish(self, recovery_id: int, state: str, outcome: str, now: float) -> bool:
