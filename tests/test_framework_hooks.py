@@ -44,6 +44,21 @@ def test_a_broken_plugin_does_not_take_the_cli_down(orch: OrchState) -> None:
     assert "warning: plugin commands not loaded" not in built_in.stderr
 
 
+def test_a_plugin_whose_commands_fail_leaves_the_other_plugins_commands(
+    orch: OrchState,
+) -> None:
+    """The plugins' ``orch_register_commands`` ran in one ``try``: the first to raise (the
+    last registered is called first) left out every command of the plugins after it, and its
+    warning did not say which plugin (a bare ``KeyError`` said nothing at all)."""
+    orch.plugin_module("greeter", COMMANDS)
+    source = "from orch_core import hookimpl\n\n@hookimpl\ndef orch_register_commands(cli):\n"
+    orch.plugin_module("bad", source + "    raise KeyError\n")
+    orch.write_config('[plugins]\nload = ["greeter", "bad"]\n')
+    done = orch.cli("greet", "team")
+    assert (done.returncode, done.stdout) == (0, "hello team\n"), done.stderr
+    assert done.stderr == "warning: plugin commands not loaded: bad: KeyError: \n"
+
+
 def test_the_log_rotates_and_keeps_a_bounded_history(
     orch: OrchState, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -190,11 +190,23 @@ def main() -> None:
     plain forms does not come here at all (:func:`orch_core.cli.run`)."""
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     if command not in cli.commands and command not in cli.lazy:
-        try:
-            from orch_core.plugins import plan
-
-            for impl in plan.load(os.environ, _project(None)).impls("orch_register_commands"):
-                impl.function(cli=cli)
-        except Exception as exc:  # a broken plugin must not take the CLI down with it
-            click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
+        _plugin_commands()
     cli()
+
+
+def _plugin_commands() -> None:
+    """Each plugin's commands, on their own: a broken plugin must take neither the CLI nor
+    the other plugins' commands down with it, and its warning names it."""
+    try:
+        from orch_core.plugins import plan
+
+        impls = plan.load(os.environ, _project(None)).impls("orch_register_commands")
+    except Exception as exc:
+        click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
+        return
+    for impl in impls:
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            click.echo(f"warning: plugin commands not loaded: {impl.plugin}: "
+                       f"{type(exc).__name__}: {exc}", err=True)  # fmt: skip
