@@ -69,6 +69,25 @@ def test_hook_orch_schema_gives_a_plugin_its_own_tables_and_their_upgrades(
     assert kinds == [("old",), ("old",), (None,)]  # step 2 ran once, on the rows then there
 
 
+def test_a_plugins_step_that_fails_is_named_in_the_log_and_by_doctor(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """A release whose new step fails: its hooks fail, and the log said only
+    ``OperationalError('no such table: ...')``, naming neither plugin nor step, while
+    ``orch doctor`` said every plugin was fine."""
+    module = orch_module("notes", NOTES)
+    orch.write_config('[plugins]\nload = ["notes"]\n')
+    assert orch.run_hook(payload("Stop"), ORCH_AGENT="p:1").context == "seen 1"
+    module.write_text(NOTES_2.replace("ALTER TABLE notes_seen", "ALTER TABLE notes_sen"))
+    future = time.time() + 5
+    os.utime(module, (future, future))
+    assert orch.run_hook(payload("Stop"), ORCH_AGENT="p:1").exit_code == 0
+    assert schemas(orch)["notes"] == 1  # the step's transaction left nothing half done
+    said = "plugin notes: orch_schema step 2: no such table: notes_sen"
+    assert said in str(orch.log())
+    assert f"FAIL plugins: {said}\n" in orch.cli("doctor").stdout
+
+
 def test_a_plugin_switched_off_creates_no_tables(orch: OrchState) -> None:
     orch.write_config('[plugins]\ndisable = ["rebrief"]\n')
     orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="p:1")

@@ -133,11 +133,12 @@ def check_plugins(env: Mapping[str, str], project_dir: str) -> Check:
     """What the hooks run: the plan (built here if stale, each import bounded) and what was
     left out of it, and why."""
     plan = plans.load(env, project_dir, uncached=True)  # as the hooks would
-    if plan.errors:
+    problems = [*plan.errors, *_tables_behind(env, plan)]
+    if problems:
         return Check(
             "plugins",
             False,
-            "; ".join(plan.errors),
+            "; ".join(problems),
             "fix the plugin named, or switch it off: [plugins] disable = [NAME]",
         )
     names = sorted({impl.plugin for impls in plan.hooks.values() for impl in impls})
@@ -151,6 +152,26 @@ def check_plugins(env: Mapping[str, str], project_dir: str) -> Check:
             f"free space on that disk, or make {os.path.dirname(cache)} a folder orch can write",
         )
     return Check("plugins", True, f"loaded: {', '.join(names) or 'none'}")
+
+
+def _tables_behind(env: Mapping[str, str], plan: plans.Plan) -> list[str]:
+    """Why a plugin's own tables are not at its ``orch_schema``'s version, brought there as
+    every hook and command would: a step that fails only logs, and the plugin then fails in
+    its own hooks, where nothing else said which plugin or step."""
+    if not plan.schemas:
+        return []
+    store = open_store(env, timeout=2.0)
+    try:
+        store.ensure_schemas(
+            plan.schemas, lambda plugin: plan.migrations(plugin, store.dialect), timeout=2.0
+        )
+    except DatabaseUnreachable:
+        raise
+    except Exception as exc:
+        return [str(exc)]
+    finally:
+        store.close()
+    return []
 
 
 def check_recent_runs(env: Mapping[str, str]) -> Check:

@@ -391,7 +391,14 @@ class Store(abc.ABC):
                     raise StoreError(f"plugin {plugin}: orch_schema gives no {self.dialect} SQL")
                 for statement in steps[step].split(";"):
                     if statement.strip():
-                        tx.execute(statement)
+                        try:
+                            tx.execute(statement)
+                        except DatabaseUnreachable:
+                            raise
+                        except Exception as exc:  # the plugin's author must learn whose step
+                            raise StoreError(
+                                f"plugin {plugin}: orch_schema step {step}: {exc}"
+                            ) from exc
             tx.execute(
                 "INSERT INTO plugin_schemas (plugin, version) VALUES (?, ?)"
                 " ON CONFLICT (plugin) DO UPDATE SET version = excluded.version",
