@@ -158,8 +158,28 @@ def test_a_plugin_whose_settings_never_come_holds_no_hook_and_no_command(
     push = payload("PreToolUse", tool_input={"command": "git push --force origin main"})
     assert orch.run_hook(push).exit_code == 2  # denied
     done = orch.cli("agents")
-    assert done.stderr.startswith("Error: plugin never_answers: orch_config_defaults did not")
-    assert "orch_schema did not finish" in orch.cli("doctor").stdout
+    assert (done.returncode, done.stderr) == (0, "")  # the plugin's problem, not the config's
+    report = orch.cli("doctor").stdout
+    assert "FAIL plugins: plugin never_answers: orch_config_defaults did not finish" in report
+    assert "orch_schema did not finish" in report
+
+
+def test_a_plugin_whose_settings_fail_stops_no_command(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """An ``orch_config_defaults`` that raised was taken for a config file's error: every
+    command (``orch plugins``, ``orch send`` and the other plugins' own) refused to run, and
+    ``orch doctor`` said to correct a key in the config, which had none."""
+    orch_module("settings_fail", HELLO.replace("    return {", "    raise KeyError('x')\n    {"))
+    orch.write_config('[plugins]\nload = ["settings_fail"]\n')
+    for command in (["plugins"], ["send", "p:1", "hi"]):
+        done = orch.cli(*command)
+        assert done.returncode == 0, done.stderr
+    report = orch.cli("doctor").stdout
+    assert "ok   config: every configured value is in use\n" in report
+    assert "FAIL plugins: plugin settings_fail: orch_config_defaults failed: KeyError: 'x'" in (
+        report
+    )
 
 
 def test_broken_plugins_are_left_out_with_a_reason(

@@ -115,6 +115,9 @@ class Settings:
     added_by_project: dict[str, dict[str, list[Any]]]
     #: Plugins whose ``orch_config_defaults`` did not answer in time (tried again later).
     late: tuple[str, ...] = ()
+    #: Plugins whose ``orch_config_defaults`` raised or did not answer: the plugin's problem,
+    #: not the config's, so no command refuses to run for it.
+    plugin_errors: tuple[str, ...] = ()
 
 
 class ImportTooSlow(Exception):
@@ -530,17 +533,19 @@ def settings_of(loaded: Loaded, timeout: float = IMPORT_TIMEOUT) -> Settings:
     )
     declared: dict[str, dict[str, Any]] = {}
     late: list[str] = []
+    plugin_errors: list[str] = []
     for impl in loaded.pm.hook.orch_config_defaults.get_hookimpls():
         try:
             value = bounded(impl.function, timeout)
         except ImportTooSlow:
             value = None
             late.append(impl.plugin_name)
-            errors.append(f"plugin {impl.plugin_name}: orch_config_defaults did not finish "
-                          f"within {timeout:g} s; tried again later")  # fmt: skip
+            plugin_errors.append(f"plugin {impl.plugin_name}: orch_config_defaults did not "
+                                 f"finish within {timeout:g} s; tried again later")  # fmt: skip
         except Exception as exc:
             value = None
-            errors.append(f"plugin {impl.plugin_name}: orch_config_defaults failed: {exc}")
+            plugin_errors.append(f"plugin {impl.plugin_name}: orch_config_defaults failed: "
+                                 f"{type(exc).__name__}: {exc}")  # fmt: skip
         if isinstance(value, dict):
             declared[impl.plugin_name] = value
     per_plugin: dict[str, dict[str, Any]] = {}
@@ -569,7 +574,9 @@ def settings_of(loaded: Loaded, timeout: float = IMPORT_TIMEOUT) -> Settings:
             from_project[name] = keys
         if added:
             added_by_project[name] = added
-    return Settings(core, per_plugin, errors, from_project, added_by_project, tuple(late))
+    return Settings(
+        core, per_plugin, errors, from_project, added_by_project, tuple(late), tuple(plugin_errors)
+    )
 
 
 #: The most problems of each kind (plugins left out, config values not used) a plan keeps and
@@ -624,7 +631,7 @@ def build_plan(
         "key": cache_key(env, project_dir),
         "mtimes": watched_mtimes(watched),
     }
-    errors = list(loaded.errors)
+    errors = [*loaded.errors, *settings.plugin_errors]
     late = [*loaded.late, *settings.late]
     schemas = schema_versions(hooks.get("orch_schema", []), errors, import_timeout, late)
     if late:
