@@ -17,7 +17,7 @@ import pytest
 
 from orch_core import log
 from orch_core.hook import backstop
-from orch_core.plugins.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS
+from orch_core.plugins.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS, OBSERVERS_FLOOR
 from orch_core.queue import MARK, Queue
 from orch_core.testing.kit import hook_script
 from orch_core.testing.payloads import payload
@@ -112,6 +112,20 @@ def orch_hook_answered(event):
     }
     assert result.stderr == "not this one\n"
     assert "stuck killed: still running when the backstop stopped orch-hook" in doctor(orch)
+
+
+def test_a_plugin_past_the_budget_leaves_the_observers_their_time(orch: OrchState) -> None:
+    """A Stop plugin that outlasted the budget left the ``orch_hook_answered`` observers
+    none: presence never took the agent for idle, so no message woke it."""
+    slow = "import time\nfrom orch_core import hookimpl\n\n@hookimpl\ndef orch_stop():\n"
+    plugins_of(orch, "slow_stop", source=slow + "    time.sleep(5)\n")
+    orch.run_hook(payload("UserPromptSubmit"), ORCH_AGENT="a:1")
+    elapsed, result = timed(orch, payload("Stop"), ORCH_AGENT="a:1")
+    assert elapsed < BUDGET + ANSWER_MARGIN + OBSERVERS_FLOOR + STARTUP, elapsed
+    assert result.exit_code == 0
+    assert orch.store.agents()[0]["state"] == "idle"
+    (run,) = orch.store.runs(1)
+    assert [p["plugin"] for p in run["plugins"] if p["outcome"] != "ok"] == ["slow_stop"]
 
 
 def test_a_plugin_that_hangs_at_import_costs_at_most_the_budget(orch: OrchState) -> None:

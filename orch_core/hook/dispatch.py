@@ -259,7 +259,10 @@ def dispatch(
     ]
     if answered:
         kwargs = {"event": event, "blocked": reply.blocked}
-        observed = [c.outcome(budget) for c in call_all(answered, kwargs, runtime, deadline)]
+        observe_by = max(deadline, time.perf_counter() + plans.OBSERVERS_FLOOR)
+        if armed is not None and observe_by > deadline:
+            armed.rearm(observe_by + plans.ANSWER_MARGIN - time.perf_counter())
+        observed = [c.outcome(budget) for c in call_all(answered, kwargs, runtime, observe_by)]
         outcomes += [outcome for outcome in observed if outcome["outcome"] != "ok"]
     result = Outcome(reply, event, runtime.agent, outcomes, abandoned=not prepared)
     _record(result, store, env, start, deadline)

@@ -366,7 +366,9 @@ def orch_schema(dialect: str) -> dict[int, str] | None:
 def orch_hook_answered(event: ev.Event, blocked: bool, ctx: HookContext) -> None:
     """The plugins' answers to ``event`` were folded into the reply, which is already on its
     way to Claude Code. Observe only: this is where the outcome of all plugins together is
-    known, e.g. whether a Stop really stops. It has what is left of the event's budget.
+    known, e.g. whether a Stop really stops. It has what is left of the event's budget, and
+    at least :data:`~orch_core.plugins.plan.OBSERVERS_FLOOR` (50 ms) after a plugin that spent
+    it all.
 
     :param blocked: whether the reply blocks the event (a Stop that keeps the agent working).
     """

@@ -26,11 +26,15 @@ if TYPE_CHECKING:
 DEFAULT_BUDGET_MS = 500
 #: The largest budget a config may give: Claude Code ends a hook after the ``timeout`` that
 #: ``orch install`` writes (5 s, :data:`orch_core.cli.install.TIMEOUT`) and discards its
-#: reply, orch-guard's deny included, so the budget, :data:`ANSWER_MARGIN` and the process's
-#: start must all fit within it.
+#: reply, orch-guard's deny included, so the budget, :data:`ANSWER_MARGIN`,
+#: :data:`OBSERVERS_FLOOR` and the process's start must all fit within it.
 MAX_BUDGET_MS = 4000
 #: Seconds past its plugins' budget by which ``orch-hook`` has answered, whatever they do.
 ANSWER_MARGIN = 0.1
+#: Seconds the ``orch_hook_answered`` observers get at least, the reply already given: a
+#: plugin that spent the whole budget left them none, so presence never saw a Stop (the agent
+#: never idle, never woken for its messages). The process's limit moves on as much.
+OBSERVERS_FLOOR = 0.05
 #: Seconds a plan's rebuild may take before the backstop ends ``orch-hook`` (under Claude's
 #: own 5 s limit). Rebuilds are rare (an install, a config change), but one that could not
 #: finish would leave no plan cached, so every later hook would start it again.
