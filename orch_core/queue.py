@@ -618,12 +618,20 @@ class Queue:
                 if message_id in seen:
                     _set(tx, message_id, "confirmed", now, "found in the transcript", "delivered")
                 else:
-                    self._unconfirmed(tx, message_id, now, "not confirmed in time")
+                    self._unconfirmed(tx, message_id, now, "not confirmed in time",
+                                      "delivered <= ?", now - self.confirm_seconds)  # fmt: skip
         return True
 
-    def _unconfirmed(self, tx: Any, message_id: str, now: float, why: str) -> None:
+    def _unconfirmed(
+        self, tx: Any, message_id: str, now: float, why: str, still: str, value: float
+    ) -> None:
+        """Requeue (or kill) a delivery found unconfirmed by a read before ``tx``, if it is
+        ``still`` (SQL, with ``value``) the one that read found: meanwhile another hook or
+        sweep may have requeued it and a hook handed it over afresh, and that delivery, which
+        the model has, must not go back to the queue (a second hook would hand it out again)."""
         row = tx.execute(
-            "SELECT attempts FROM messages WHERE id = ? AND state = 'delivered'", (message_id,)
+            f"SELECT attempts FROM messages WHERE id = ? AND state = 'delivered' AND {still}",
+            (message_id, value),
         ).fetchone()
         if row is None:
             return
@@ -791,7 +799,8 @@ class Queue:
         )
         for message_id, checks in missed:
             if checks + 1 >= self.confirm_hooks:
-                self._unconfirmed(tx, message_id, now, "not found in the transcript")
+                self._unconfirmed(tx, message_id, now, "not found in the transcript",
+                                  "checks = ?", checks)  # fmt: skip
             else:
                 self.store.later(
                     tx, "UPDATE messages SET checks = checks + 1 WHERE id = ?", (message_id,)

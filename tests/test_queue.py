@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from orch_core import api
+from orch_core import queue as queue_module
 from orch_core.plugins.plan import ANSWER_MARGIN
 from orch_core.queue import (
     KEYED_SQL,
@@ -398,6 +399,59 @@ def test_not_confirmed_within_confirm_seconds_goes_back_to_the_queue(q: Queue) -
     assert state(q, sent["id"]) == "delivered"
     q.sweep(now=T0 + q.confirm_seconds)
     assert state(q, sent["id"]) == "queued"
+
+
+def test_a_sweep_leaves_alone_a_delivery_made_since_it_read_the_stale_one(
+    q: Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parallel hooks (or the supervisor and a hook) read the same stale delivery; one of them
+    requeues it and hands it over again before the other's sweep writes. That sweep must not
+    put the fresh delivery, which the model has, back in the queue: a third hook, or the
+    sweeping hook's own claim, would hand the message out once more."""
+    log = transcript(tmp_path / "t.jsonl")
+    sent = q.send("p:1", "once", now=T0)["id"]
+    assert [m["id"] for m in q.deliver("p:1", "s", transcript_path=log, now=T0)] == [sent]
+    stale = T0 + q.confirm_seconds + 1  # that reply never reached the transcript
+    handed: list[list[str]] = []
+    real = queue_module.seen_late
+
+    def beside(delivered: Any) -> set[str]:  # the other hook runs between read and write
+        if not handed:
+            handed.append([])
+            handed[0] = [m["id"] for m in q.deliver("p:1", "s", transcript_path=log, now=stale)]
+        return real(delivered)
+
+    monkeypatch.setattr(queue_module, "seen_late", beside)
+    handed.append([m["id"] for m in q.deliver("p:1", "s", transcript_path=log, now=stale)])
+    assert handed == [[sent], []]
+    assert state(q, sent) == "delivered"
+
+
+def test_a_miss_leaves_alone_a_delivery_made_since_the_hook_read_its_own(
+    q: Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hook counts the last miss a delivery may have, while another hook (past
+    ``confirm_seconds``) requeues it and hands it over afresh: the count was of the delivery
+    before, and the fresh one stays delivered, not handed out by this hook too."""
+    q.confirm_hooks = 2
+    log = transcript(tmp_path / "t.jsonl")
+    sent = q.send("p:1", "once", now=T0)["id"]
+    q.deliver("p:1", "s", transcript_path=log, now=T0)
+    q.deliver("p:1", "s", transcript_path=log, now=T0 + 5)  # one miss: its reply never came
+    handed: list[list[str]] = []
+    real = queue_module.transcript_tail
+
+    def beside(*args: Any, **kwargs: Any) -> str:
+        if not handed:
+            handed.append([])
+            later = T0 + q.confirm_seconds + 1
+            handed[0] = [m["id"] for m in q.deliver("p:1", "s", transcript_path=log, now=later)]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(queue_module, "transcript_tail", beside)
+    handed.append([m["id"] for m in q.deliver("p:1", "s", transcript_path=log, now=T0 + 6)])
+    assert handed == [[sent], []]
+    assert state(q, sent) == "delivered"
 
 
 def test_after_max_attempts_a_message_is_dead_and_blocks_nothing(q: Queue) -> None:
