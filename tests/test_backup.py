@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import signal
 import sqlite3
 import subprocess
 import time
@@ -418,6 +420,29 @@ def test_a_backup_into_a_folder_that_cannot_be_written_is_one_line(orch: OrchSta
     assert line.startswith(f"Error: cannot back up {orch.env['ORCH_DB']}: "), line
     assert not (state / "backups").exists()
     assert bodies(orch) == ["precious"]
+
+
+def test_a_backup_that_fills_the_disk_leaves_no_file_behind(orch: OrchState) -> None:
+    """A write that fails half-way (a full disk; here a file size limit) fails the backup with
+    one line, and leaves nothing in ``backups/``: not the copy, nor the journal SQLite kept
+    beside it, which would otherwise pile up, one each try the supervisor makes."""
+    # larger than SQLite's page cache (2 MB), so the copy is written out before it is whole
+    Queue(orch.store).send_many([{"agent": "a:1", "text": f"{n} " + "y" * 20_000}
+                                 for n in range(150)])  # fmt: skip
+    kept = backed_up(orch)
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    done = subprocess.run(
+        [orch_script(), "backup"], capture_output=True, text=True, env=orch.env,
+        cwd=orch.project_dir, timeout=60, check=False, preexec_fn=small_files,
+    )  # fmt: skip
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"Error: cannot back up {orch.env['ORCH_DB']}: "), line
+    assert os.listdir(kept.parent) == [kept.name]
 
 
 def test_a_damaged_database_names_the_newest_backup_everywhere(orch: OrchState) -> None:

@@ -85,10 +85,10 @@ def take(db: str, keep: int = 8, now: float | None = None) -> str:
         _refuse_unless_whole(db, partial)
         os.replace(partial, final)
     except BackupError:
-        _remove(partial)
+        _remove_copy(partial)
         raise
     except (OSError, sqlite3.Error) as exc:
-        _remove(partial)
+        _remove_copy(partial)
         raise BackupError(f"cannot back up {db}: {exc}") from None
     for old in backups(db)[max(keep, 1) :]:  # the new one, checked whole, always stays
         for suffix in ("", "-wal", "-shm"):
@@ -247,7 +247,7 @@ def _restore(db: str, file: str) -> str | None:
         aside = _set_aside(db)
         os.replace(incoming, db)
     except (OSError, sqlite3.Error) as exc:
-        _remove(incoming)
+        _remove_copy(incoming)
         raise BackupError(f"cannot restore {file}: {exc}") from None
     return aside
 
@@ -294,6 +294,13 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _remove_copy(path: str) -> None:
+    """A copy that failed, with the journal SQLite leaves beside it when a write fails half-way
+    (a full disk): else each failed try, one every ``backup_every``, left a file for good."""
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        _remove(path + suffix)
 
 
 def salvage(db: str, pending_only: bool) -> tuple[list[dict[str, Any]], int]:
