@@ -391,6 +391,31 @@ def test_a_new_agent_gets_its_briefing_at_its_first_start_only(orch: OrchState) 
     assert again.context is None
 
 
+def test_an_agent_spawned_again_gets_its_briefing_not_the_earlier_ones_checkpoint(
+    orch: OrchState, repo: Path
+) -> None:
+    """A name spawned again is a new conversation: its first start gives its briefing, as a
+    new session's, though an earlier agent of that name was briefed and restarted."""
+    from orch_core.hook.context import Runtime
+
+    runtime = Runtime.open(orch.env, str(orch.project_dir), store=orch.store)
+    runtime.fire("orch_agent_spawned", {"agent": "proj:7", "briefing": "Ship the release.\n"})
+    first = orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="proj:7").context
+    assert first is not None and first.startswith("[orch briefing: a new session]")
+    work(orch, repo)
+    runtime.fire("orch_before_restart", {"agent": "proj:7"})  # as orch restart does
+    text = orch.run_hook(payload("SessionStart", source="resume"), ORCH_AGENT="proj:7").context
+    assert text is not None and text.startswith("[orch rebrief: context restored after a restart]")
+    runtime.fire("orch_agent_spawned", {"agent": "proj:7", "briefing": "Write the FAQ.\n"})
+    again = orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="proj:7").context
+    assert again is not None
+    assert again.startswith("[orch briefing: a new session]")
+    assert "## Briefing\nWrite the FAQ." in again and "Before the restart" not in again
+    runtime.fire("orch_agent_spawned", {"agent": "proj:7", "briefing": None})  # orch brief's
+    kept = orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="proj:7").context
+    assert kept is not None and "## Briefing\nWrite the FAQ." in kept
+
+
 # -- the git state, read in two calls side by side ----------------------------------------------
 
 

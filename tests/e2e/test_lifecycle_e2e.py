@@ -61,10 +61,15 @@ class Fleet:
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    def spawn(self) -> None:
+    def spawn(self, brief: str | None = None) -> None:
         pairs = [f"--env={k}={v}" for k, v in self.claude.environment().items()]
         command = f"{self.claude.binary} --allowedTools Bash"
-        self.orch("spawn", "pay", "--dir", str(self.project), "--command", command, *pairs)
+        briefing: list[str] = []
+        if brief is not None:
+            (self.root / "brief.md").write_text(brief)
+            briefing = ["--brief", str(self.root / "brief.md")]
+        self.orch("spawn", "pay", "--dir", str(self.project), "--command", command, *briefing,
+                  *pairs)  # fmt: skip
         self.wait(self.ready, "Claude's prompt")
 
     @property
@@ -152,6 +157,27 @@ def test_a_killed_claude_comes_back_in_its_window_with_the_restart_rebrief(fleet
     # --continue kept the conversation: the prompt is there once as the user's own message
     # (the rebrief's recent activity quotes it too, so its text alone proves nothing)
     assert fleet.standin.requests_to_main_model()[1].texts().count("Start the migration.") == 1
+
+
+def test_an_agent_spawned_again_gets_its_new_briefing_at_its_first_start(fleet: Fleet) -> None:
+    """``orch stop`` then ``orch spawn`` of the same name with a new briefing: the new agent's
+    first request holds that briefing, once, as a new session's (the earlier agent of that
+    name had been given its own: the new one was taken for briefed already, and got none)."""
+    fleet.spawn(brief="You are the release engineer; ship version 2.4.")
+    fleet.standin.reply_text("Working on it.")
+    fleet.prompt("Start the release.")
+    fleet.wait(fleet.transcript_written, "the transcript of the first turn")
+    assert fleet.requests()[0].count("You are the release engineer") == 1
+    fleet.orch("stop", "pay")
+    fleet.wait(lambda: fleet.state() == "stopped", "the agent stopped")
+    fleet.spawn(brief="You are the docs writer; write the FAQ.")
+    fleet.standin.reply_text("On the FAQ.")
+    fleet.prompt("Begin.")
+    fleet.wait(lambda: len(fleet.requests()) == 2, "the new agent's first request")
+    first = fleet.requests()[1]
+    assert first.count("[orch briefing: a new session]") == 1
+    assert first.count("You are the docs writer; write the FAQ.") == 1
+    assert "[orch rebrief" not in first and "You are the release engineer" not in first
 
 
 def test_four_crashes_in_an_hour_make_three_restarts_then_failed(fleet: Fleet) -> None:

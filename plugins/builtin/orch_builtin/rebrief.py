@@ -429,9 +429,21 @@ def orch_before_restart(agent: str, ctx: HookContext) -> None:
 
 @hookimpl
 def orch_agent_spawned(agent: str, briefing: str | None, ctx: HookContext) -> None:
-    """``orch spawn --brief``: the briefing its first SessionStart gives it."""
+    """``orch spawn``: its briefing (``--brief``, else the one ``orch brief`` gave) is what its
+    first SessionStart gives it. A name spawned again starts a new conversation: what an
+    earlier agent of that name was given, or the checkpoint saved before its last restart or
+    compaction, must not count for this one (its briefing was never given, or given as a
+    restart of work it did not do)."""
     if briefing is not None:
-        update_context(ctx.store, agent, briefing_content=briefing)
+        update_context(ctx.store, agent, briefing_content=briefing, last_briefing=None,
+                       checkpoint_data=None, checkpoint_at=None)  # fmt: skip
+        return
+    with ctx.store.transaction() as tx:  # an agent orch knows nothing of keeps no row
+        tx.execute(
+            "UPDATE agent_context SET last_briefing = NULL, checkpoint_data = NULL,"
+            " checkpoint_at = NULL, updated_at = ? WHERE agent_id = ?",
+            (time.time(), agent),
+        )
 
 
 @hookimpl(tryfirst=True)
