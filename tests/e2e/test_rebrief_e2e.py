@@ -33,6 +33,8 @@ def briefed(project: Path, tmp_path: Path, briefing: str) -> dict[str, str]:
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "ORCH_AGENT": "pay:1",
     }
+    if os.environ.get("PYTHONPATH"):  # the hooks run the code under test, as pytest imports it
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     run_env = {**os.environ, **env}
     subprocess.run([ORCH, "install", str(project)], check=True, env=run_env)
     subprocess.run([ORCH, "brief", "pay:1", "-"], input=briefing, text=True, check=True,
@@ -81,6 +83,39 @@ def test_the_request_after_compact_holds_the_rebrief_once(
     assert "Bash: git status --short" in after
     assert "Agent: pay:1." in after
     assert "[orch rebrief" not in requests[1].text()
+
+
+def test_a_long_claude_md_leaves_the_rebrief_its_recent_activity(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
+) -> None:
+    """A project whose CLAUDE.md alone fills the rebrief's budget: Claude Code puts that file
+    back in the context itself after compaction, so the rebrief's copy of it is cut, not the
+    recent activity, which nothing else gives back."""
+    rules = "".join(f"Rule {n:03d}: keep the payments ledger balanced.\n" for n in range(250))
+    assert len(rules) > 10_000
+    (project / "CLAUDE.md").write_text(rules)
+    env = briefed(project, tmp_path, BRIEFING)
+    standin.reply_tool_use("Bash", {"command": "ls -a", "description": "List"})
+    standin.reply_text("Counted.")
+    session = claude(env=env)
+    session.prompt("Count the refunds.")
+    session.wait_for_requests(2)
+    store = SQLiteStore(env["ORCH_DB"])
+
+    def runs(event: str) -> int:
+        return [(r["event"], r["exit_code"]) for r in store.runs(100)].count((event, 0))
+
+    wait_until(lambda: runs("Stop") == 1, what="the first turn's Stop")
+    session.prompt("/compact")
+    wait_until(lambda: runs("SessionStart") == 2, what="SessionStart after /compact")
+    standin.reply_text("Continuing.")
+    session.prompt("Go on.")
+    after = session.wait_for_requests(3)[2].text()
+    assert after.count("[orch rebrief: context restored after compaction]") == 1
+    assert "Rule 249: keep the payments ledger balanced." in after  # Claude Code's own copy
+    assert "Before compaction: 1 tool calls (Bash 1), 0 failed." in after
+    assert "Bash: ls -a" in after
+    assert after.count(BRIEFING) == 1
 
 
 def test_a_message_waiting_beside_a_rebrief_follows_it_whole_and_once(

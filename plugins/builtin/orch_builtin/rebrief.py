@@ -60,8 +60,11 @@ SETTINGS: dict[str, Any] = {
     "git_timeout": Setting(1.0, min=0.05, max=10),  # seconds, for git's two calls together
 }
 DEFAULTS = defaults(SETTINGS)
-#: Trimmed first when the rebrief is over budget; the agent line last, once all else is.
-TRIM_ORDER = ("activity", "rules", "briefing", "task", "git", "pending", "agent")
+#: Trimmed first when the rebrief is over budget; the agent line last, once all else is. The
+#: rules first: Claude Code itself puts the project's CLAUDE.md back after compaction and at
+#: each start, and a long one would otherwise leave no room for the recent activity, which
+#: nothing else gives back.
+TRIM_ORDER = ("rules", "activity", "briefing", "task", "git", "pending", "agent")
 #: The most of the role and of the project path the agent line shows: a role of any length
 #: (``orch brief --role``, a project's ``role``) must leave the other sections their room.
 AGENT_LINE_PART = 200
