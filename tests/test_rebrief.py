@@ -389,6 +389,12 @@ def test_a_new_agent_gets_its_briefing_at_its_first_start_only(orch: OrchState) 
     assert "## Briefing\nYou own the billing service." in first.context
     again = orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="proj:7")
     assert again.context is None
+    cleared = orch.run_hook(payload("SessionStart", source="clear"), ORCH_AGENT="proj:7")
+    assert cleared.context is not None  # `/clear`: a new conversation
+    assert cleared.context.startswith("[orch briefing: a new session]")
+    assert "## Briefing\nYou own the billing service." in cleared.context
+    unbriefed = orch.run_hook(payload("SessionStart", source="clear"), ORCH_AGENT="proj:8")
+    assert unbriefed.context is None
 
 
 def test_an_agent_spawned_again_gets_its_briefing_not_the_earlier_ones_checkpoint(

@@ -118,6 +118,30 @@ def test_a_long_claude_md_leaves_the_rebrief_its_recent_activity(
     assert after.count(BRIEFING) == 1
 
 
+def test_the_request_after_clear_holds_the_briefing_once(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
+) -> None:
+    """``/clear`` starts a new conversation in the same Claude: the agent gets its briefing
+    again, once, as a new session's (it got nothing: it no longer knew who it was)."""
+    env = briefed(project, tmp_path, BRIEFING)
+    standin.reply_text("Ready.")
+    session = claude(env=env)
+    session.prompt("Start.")
+    assert session.wait_for_requests(1)[0].text().count(BRIEFING) == 1
+    store = SQLiteStore(env["ORCH_DB"])
+    wait_until(lambda: any(r["event"] == "Stop" for r in store.runs(100)), what="the Stop")
+    session.prompt("/clear")
+    wait_until(lambda: [r["event"] for r in store.runs(100)].count("SessionStart") == 2,
+               what="SessionStart after /clear")  # fmt: skip
+    standin.reply_text("Continuing.")
+    session.prompt("Go on.")
+    request = standin.wait_for_main_requests(2)[1]  # the new conversation's, its own session
+    assert "Start." not in request.texts()  # (the rebrief's recent activity quotes it)
+    after = request.text()
+    assert after.count("[orch briefing: a new session]") == 1
+    assert after.count(BRIEFING) == 1
+
+
 def test_a_message_waiting_beside_a_rebrief_follows_it_whole_and_once(
     claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
 ) -> None:

@@ -9,7 +9,8 @@ message) with the rebrief: agent and role, briefing, project rules (``CLAUDE.md`
 recent activity, current task, git state read at that moment, pending count; each section marked,
 the whole trimmed to a budget. The same restore, labelled a restart, follows a ``startup`` or
 ``resume`` when a recent checkpoint exists; ``orch rebrief AGENT`` forces one at the agent's next
-delivery point; an agent with a briefing (``orch spawn --brief``) gets it at its first start.
+delivery point; an agent with a briefing (``orch spawn --brief``) gets it at its first start
+and after a ``/clear``.
 ``orch brief`` sets a briefing, ``orch context`` shows what is kept. Each rebrief is recorded
 (when, what brought it, where the transcript ended, what its checkpoint held) in the transaction
 that marks the agent briefed, and its section of ``orch stats`` says how well rebriefing works.
@@ -464,6 +465,10 @@ def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> str | None:
     if event.source in ("startup", "resume") and (row.get("checkpoint_at") or 0) > recent:
         return rebrief(ctx, store, cwd, "restart", event.transcript_path)
     if event.source == "startup" and row.get("briefing_content") and not row.get("last_briefing"):
+        return rebrief(ctx, store, cwd, "briefing", event.transcript_path)
+    if event.source == "clear" and row.get("briefing_content"):
+        # `/clear` started a new conversation in the same process: Claude Code gives back its
+        # CLAUDE.md, and the agent its briefing, or it no longer knows who it is
         return rebrief(ctx, store, cwd, "briefing", event.transcript_path)
     return forced(ctx, event.transcript_path)
 
