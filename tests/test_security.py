@@ -575,5 +575,5 @@ def test_a_name_that_looks_like_a_pattern_can_be_addressed(orch: OrchState) -> N
     done = orch.cli("send", "team[1]:0", "to the bracketed one", "--exact", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["agent"] == "team[1]:0"
-    as_pattern = json.loads(orch.cli("send", "team[1]:0", "pattern", "--json").stdout)
+    (as_pattern,) = json.loads(orch.cli("send", "team[1]:0", "pattern", "--json").stdout)
     assert as_pattern["agent"] == "team1:0"  # without --exact, [1] is a character class
