@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from orch_core.storage.store import SQLiteStore
-from orch_core.testing.claude import ClaudeFactory, wait_until
-from orch_core.testing.standin import StandInAPI
+from orch_core.testing.claude import ClaudeFactory, ClaudeSession, wait_until
+from orch_core.testing.standin import RecordedRequest, StandInAPI
 
 pytestmark = pytest.mark.claude
 
@@ -42,19 +42,12 @@ def briefed(project: Path, tmp_path: Path, briefing: str) -> dict[str, str]:
     return env
 
 
-def test_the_request_after_compact_holds_the_rebrief_once(
-    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
-) -> None:
-    git(project, "init", "-q", "-b", "release-2.4")
-    git(project, "-c", "user.email=t@example.com", "-c", "user.name=T", "commit", "-q",
-        "--allow-empty", "-m", "Start the release")  # fmt: skip
-    (project / "CHANGELOG.md").write_text("2.4: faster refunds\n")
-    env = briefed(project, tmp_path, BRIEFING)
-
-    standin.reply_tool_use("Bash", {"command": "git status --short", "description": "Status"})
-    standin.reply_text("The changelog is not committed yet.")
-    session = claude(env=env)
-    session.prompt("Check the release state.")
+def compacted(
+    session: ClaudeSession, standin: StandInAPI, env: dict[str, str], prompt: str
+) -> list[RecordedRequest]:
+    """``prompt`` (its two replies scripted), ``/compact`` once the turn is over, then "Go on."
+    answered "Continuing.": the three requests of the main model."""
+    session.prompt(prompt)
     session.wait_for_requests(2)
     store = SQLiteStore(env["ORCH_DB"])
 
@@ -69,12 +62,27 @@ def test_the_request_after_compact_holds_the_rebrief_once(
         wait_until(lambda: runs("SessionStart") == 2, what="SessionStart after /compact")
     except TimeoutError:  # what orch saw instead (its log is printed at teardown)
         recorded = [(r["event"], r["exit_code"], r["plugins"]) for r in store.runs(100)]
-        running = tmp_path / "state" / "running"
+        running = Path(env["ORCH_STATE_DIR"], "running")
         stopped = {p.name: p.read_text() for p in running.glob("*")}
         raise AssertionError(f"runs: {recorded}\nstopped by the backstop: {stopped}") from None
     standin.reply_text("Continuing.")
     session.prompt("Go on.")
-    requests = session.wait_for_requests(3)
+    return session.wait_for_requests(3)
+
+
+def test_the_request_after_compact_holds_the_rebrief_once(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, tmp_path: Path
+) -> None:
+    git(project, "init", "-q", "-b", "release-2.4")
+    git(project, "-c", "user.email=t@example.com", "-c", "user.name=T", "commit", "-q",
+        "--allow-empty", "-m", "Start the release")  # fmt: skip
+    (project / "CHANGELOG.md").write_text("2.4: faster refunds\n")
+    env = briefed(project, tmp_path, BRIEFING)
+
+    standin.reply_tool_use("Bash", {"command": "git status --short", "description": "Status"})
+    standin.reply_text("The changelog is not committed yet.")
+    session = claude(env=env)
+    requests = compacted(session, standin, env, "Check the release state.")
     after = requests[2].text()
     assert after.count("[orch rebrief: context restored after compaction]") == 1
     assert after.count(BRIEFING) == 1
@@ -98,19 +106,7 @@ def test_a_long_claude_md_leaves_the_rebrief_its_recent_activity(
     standin.reply_tool_use("Bash", {"command": "ls -a", "description": "List"})
     standin.reply_text("Counted.")
     session = claude(env=env)
-    session.prompt("Count the refunds.")
-    session.wait_for_requests(2)
-    store = SQLiteStore(env["ORCH_DB"])
-
-    def runs(event: str) -> int:
-        return [(r["event"], r["exit_code"]) for r in store.runs(100)].count((event, 0))
-
-    wait_until(lambda: runs("Stop") == 1, what="the first turn's Stop")
-    session.prompt("/compact")
-    wait_until(lambda: runs("SessionStart") == 2, what="SessionStart after /compact")
-    standin.reply_text("Continuing.")
-    session.prompt("Go on.")
-    after = session.wait_for_requests(3)[2].text()
+    after = compacted(session, standin, env, "Count the refunds.")[2].text()
     assert after.count("[orch rebrief: context restored after compaction]") == 1
     assert "Rule 249: keep the payments ledger balanced." in after  # Claude Code's own copy
     assert "Before compaction: 1 tool calls (Bash 1), 0 failed." in after
