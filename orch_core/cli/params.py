@@ -36,7 +36,9 @@ def optional_agent_name(
 def session_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     """A tmux session's name without ``.`` or ``:``: tmux turns them into ``_`` when it makes
     the session, so orch, asking for the name it was given, would not find it again (the next
-    spawn or restart would try to make it a second time)."""
+    spawn or restart would try to make it a second time). Not empty: tmux takes none."""
+    if not value:
+        raise click.BadParameter("a tmux session needs a name")
     if "." in value or ":" in value:
         raise click.BadParameter(f"{value!r}: tmux session names cannot contain '.' or ':'")
     return value
