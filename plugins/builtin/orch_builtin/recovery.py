@@ -176,15 +176,9 @@ class Ladder:
         )
         for recovery_id, agent, step, reason, started in rows:
             event = self.expected(step)
-            worked = self.arrived(agent, event, started)
-            outcome = f"{event} arrived" if worked else f"cut short: no {event}"
-            with self.store.transaction() as tx:
-                claimed = tx.execute(
-                    "UPDATE recoveries SET state = ?, outcome = ?, finished = ? WHERE id = ?"
-                    " AND state = 'running'",
-                    ("done" if worked else "failed", outcome, now, recovery_id),
-                ).rowcount
-            if claimed and not worked:
+            if self.arrived(agent, event, started):
+                self.finish(recovery_id, agent, step, "done", f"{event} arrived", now)
+            elif self.finish(recovery_id, agent, step, "failed", f"cut short: no {event}", now):
                 self.schedule(agent, reason, step, now, wait=0.0)
 
     @staticmethod
@@ -209,8 +203,7 @@ class Ladder:
         for recovery_id, agent, step, reason, started, verify_by in rows:
             event = self.expected(step)
             if self.arrived(agent, event, started):
-                if self.finish(recovery_id, "done", f"{event} arrived", now):
-                    log.write("info", "recovery worked", self.ctx.env, agent=agent, step=step)
+                self.finish(recovery_id, agent, step, "done", f"{event} arrived", now)
             elif now > verify_by or (step != "reprompt" and self.exited(agent)):
                 self.failed(recovery_id, agent, step, reason, f"no {event}", now)
 
@@ -229,18 +222,22 @@ class Ladder:
     ) -> None:
         """The step did not work: the ladder's next rung, unless ``orch stop`` (or a spawn, a
         restart by hand) cancelled the step meanwhile: the stopped agent would be started."""
-        if self.finish(recovery_id, "failed", outcome, now):
-            log.write("warning", "recovery step failed", self.ctx.env, agent=agent, step=step,
-                      outcome=outcome)  # fmt: skip
+        if self.finish(recovery_id, agent, step, "failed", outcome, now):
             self.escalate(agent, step, reason, now)
 
-    def finish(self, recovery_id: int, state: str, outcome: str, now: float) -> bool:
-        """Whether the step was still under way (not cancelled meanwhile)."""
+    def finish(
+        self, recovery_id: int, agent: str, step: str, state: str, outcome: str, now: float
+    ) -> bool:
+        """The step ``done`` or ``failed``, in the history and orch's log; whether it was still
+        under way (not cancelled meanwhile, nor finished by another look)."""
         with self.store.transaction() as tx:
-            return bool(
-                tx.execute(
-                    "UPDATE recoveries SET state = ?, outcome = ?, finished = ? WHERE id = ?"
-                    " AND state IN ('running', 'verifying')",
-                    (state, outcome, now, recovery_id),
-                ).rowcount
-            )
+            finished = tx.execute(
+                "UPDATE recoveries SET state = ?, outcome = ?, finished = ? WHERE id = ?"
+                " AND state IN ('running', 'verifying')",
+                (state, outcome, now, recovery_id),
+            ).rowcount
+        if finished:
+            said = "recovery worked" if state == "done" else "recovery step failed"
+            level = "info" if state == "done" else "warning"
+            log.write(level, said, self.ctx.env, agent=agent, step=step, outcome=outcome)
+        return bool(finished)
