@@ -286,9 +286,11 @@ def test_the_venvs_python_and_python3_share_one_plan(orch: OrchState) -> None:
     env = {**orch.env, "P": project}
     interpreters = [os.path.join(sys.prefix, "bin", name) for name in ("python3", "python")]
     subprocess.run([interpreters[0], "-c", probe], env=env, check=True, timeout=60)
-    path = plan.cache_path(orch.env, project)
+    plans = Path(orch.env["ORCH_STATE_DIR"], "plans")
+    (path,) = plans.glob("*.json")  # its name: the key of that process
     built = os.stat(path)
     subprocess.run([interpreters[1], "-c", probe], env=env, check=True, timeout=60)
+    assert [p.name for p in plans.glob("*.json")] == [path.name]
     again = os.stat(path)
     assert (again.st_ino, again.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
 
@@ -354,3 +356,20 @@ def test_the_kits_plugin_modules_keep_the_authors_own_pythonpath(
     )
     result = orch.run_hook(payload("PostToolUse"), ORCH_LOAD_PLUGINS="authors_plugin,kits_module")
     assert sorted((result.context or "").split("\n\n")) == ["from the kit", "from the sources"]
+
+
+def test_a_plan_built_without_a_plugins_folder_on_the_path_is_not_the_hooks(
+    orch: OrchState,
+) -> None:
+    """``orch send`` from a shell without ``PYTHONPATH`` at a plugin the agents load (here:
+    this test's own process) builds a plan that cannot import it: the agents' hooks, which
+    can, must not take that plan from the cache and run without the plugin."""
+    orch.plugin_module(
+        "pathed",
+        "from orch_core import Answer, hookimpl\n\n"
+        "@hookimpl\ndef orch_post_tool_use():\n    return Answer(context='from the path')\n",
+    )
+    orch.write_config('[plugins]\nload = ["pathed"]\n')
+    without = plan.load(orch.env, str(orch.project_dir))  # this process has no such folder
+    assert "pathed" not in {impl.plugin for impl in without.impls("orch_post_tool_use")}
+    assert orch.run_hook(payload("PostToolUse")).context == "from the path"

@@ -219,26 +219,38 @@ def test_parallel_senders_lose_nothing_and_keep_each_senders_order(orch: OrchSta
 # -- a hook killed at any point ----------------------------------------------------------------
 
 
-def start_hook(orch: OrchState, stdin: Path) -> subprocess.Popen[bytes]:
+def start_hook(orch: OrchState, stdin: Path, **env: str) -> subprocess.Popen[bytes]:
     with stdin.open("rb") as f:
         return subprocess.Popen(
             [hook_script()],
             stdin=f,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**orch.env, "ORCH_AGENT": AGENT},
+            env={**orch.env, "ORCH_AGENT": AGENT, **env},
             cwd=orch.project_dir,
         )
 
 
+def wait_for_claim(proc: subprocess.Popen[bytes], claimed: Path) -> None:
+    """Until the hook says it has claimed (the slow observer's mark), or has exited."""
+    deadline = time.monotonic() + 30
+    while not claimed.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 #: Work after the claim (another plugin observing deliveries): it widens the window between the
-#: claim's commit and the reply, so that random kills land there often.
+#: claim's commit and the reply, so that random kills land there often. With ``CLAIMED`` set it
+#: says when the claim has committed, and waits, so that the test's kill lands in that window.
 SLOW_OBSERVER = """
-import time
+import os, pathlib, time
 from orch_core import hookimpl
 
 @hookimpl
 def orch_message_delivered(message):
+    claimed = os.environ.get("CLAIMED")
+    if claimed:
+        pathlib.Path(claimed).touch()
+        time.sleep(0.2)
     time.sleep(0.005)
 """
 
@@ -266,19 +278,28 @@ def test_a_hook_killed_at_any_point_loses_nothing(orch: OrchState) -> None:
     transcripts = {f"kill-{n}": orch.root / f"kill-{n}.jsonl" for n in range(3)}
     killed = finished = 0
     cut_off: set[str] = set()
-    # at least 30 rounds, and on until a kill has landed between a claim and its reply (on a
-    # loaded machine the timing shifts): bounded, the assertions below say what went short
+    # every fifth round kills between the claim and its reply, the last one included, so that
+    # the end below has such claims to find; the others at random, from start-up to exit. At
+    # least 30 rounds, on until enough hooks finished (on a loaded machine the timing shifts)
     for i in range(150):
-        if i >= 30 and killed >= 5 and finished >= 2 and cut_off:
+        if i >= 30 and i % 5 == 0 and killed >= 5 and finished >= 2:
             break
         sent += [queue.send(AGENT, f"kill {i}.{j}", sender="load")["id"] for j in range(3)]
         session = f"kill-{i % 3}"
         stdin = orch.root / f"hook-{i}.json"
         stdin.write_text(json.dumps(post_tool_use(session, transcripts[session])))
-        proc = start_hook(orch, stdin)
-        time.sleep(rng.uniform(0, 1.5) * lifetime)
+        claimed = orch.root / f"claimed-{i}"
+        if i % 5 == 4:
+            proc = start_hook(orch, stdin, CLAIMED=str(claimed))
+            wait_for_claim(proc, claimed)
+        else:
+            proc = start_hook(orch, stdin)
+            time.sleep(rng.uniform(0, 1.5) * lifetime)
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
+        if i % 5 == 4:
+            assert claimed.exists(), "the hook claimed nothing"
+            assert proc.returncode == -signal.SIGKILL, "the kill after the claim came too late"
         if proc.returncode == -signal.SIGKILL:
             killed += 1
         else:

@@ -183,13 +183,17 @@ def cache_key(env: Mapping[str, str], project_dir: str) -> dict[str, Any]:
     """What a plan is built for, beside the files it watches. The Python environment is
     ``sys.prefix``, not the interpreter's path: ``orch`` (``python``) and ``orch-hook``
     (``python3``) of one venv share a plan. The user's config is named (``XDG_CONFIG_HOME``):
-    a plan built from another one, watched for changes, would still look true."""
+    a plan built from another one, watched for changes, would still look true. So is the
+    import path (``PYTHONPATH``; the first entry is the script's folder): ``orch send`` from a
+    shell without the folder of a plugin the agents load would cache a plan without it, which
+    the agents' hooks would then use."""
     return {
         "project_dir": project_dir,
         "config": paths.user_config_path(env),
         "env": [env.get(k) for k in ENV_KEYS],
         "version": __version__,
         "python": sys.prefix,
+        "path": sys.path[1:],
     }
 
 
