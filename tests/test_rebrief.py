@@ -283,6 +283,35 @@ def test_orch_rebrief_forces_one_at_the_next_delivery_point(orch: OrchState, rep
     assert orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7").context is None
 
 
+def test_orch_rebrief_refuses_a_name_orch_does_not_know(orch: OrchState, repo: Path) -> None:
+    """A mistyped name was told it "will be rebriefed" and waited for an agent never to come,
+    while the agent meant went on without its rebrief."""
+    work(orch, repo)
+    done = orch.cli("rebrief", "proj:8")
+    assert done.returncode == 1
+    assert done.stderr == "Error: no agent proj:8: orch neither started it nor heard from it\n"
+    left = orch.store.execute("SELECT count(*) FROM agent_context WHERE agent_id = 'proj:8'")
+    assert left.fetchone() == (0,)
+    # one given a briefing before its start is known: its rebrief waits for it
+    assert orch.cli("brief", "later:1", "-", stdin="You write the docs.\n").returncode == 0
+    assert orch.cli("rebrief", "later:1").returncode == 0
+    assert context(orch, "later:1")["rebrief_pending"] == 1
+
+
+def test_orch_brief_role_empty_takes_the_role_away(orch: OrchState, repo: Path) -> None:
+    """``--role ''`` was ignored: the old role stayed in every rebrief. Without ``--role`` the
+    role is kept."""
+    assert orch.cli("brief", "proj:7", "-", "--role", "reviewer", stdin="Review.\n").returncode == 0
+    assert orch.cli("brief", "proj:7", "-", stdin="Review more.\n").returncode == 0
+    assert context(orch)["role"] == "reviewer"
+    assert orch.cli("brief", "proj:7", "-", "--role", "", stdin="Review.\n").returncode == 0
+    assert context(orch)["role"] is None
+    assert orch.cli("rebrief", "proj:7").returncode == 0
+    text = orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7").context
+    assert text is not None
+    assert "## Agent\nAgent: proj:7." in text
+
+
 @pytest.mark.parametrize("event", ["PostToolUse", "PostToolUseFailure"])
 def test_orch_rebrief_waits_for_the_main_agent_not_a_subagents_tool_call(
     orch: OrchState, repo: Path, event: str

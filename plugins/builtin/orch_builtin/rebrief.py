@@ -749,21 +749,31 @@ def orch_register_commands(cli: click.Group) -> None:
     def store() -> Store:
         return Runtime.open(os.environ, paths.project_dir(os.environ)).store
 
-    def named(agent: str) -> tuple[Store, str]:
-        """The store, and the agent ``agent`` names from this host (``orch_core.hosts``)."""
+    def named(agent: str, *, known: bool = False) -> tuple[Store, str]:
+        """The store, and the agent ``agent`` names from this host (``orch_core.hosts``); with
+        ``known``, only one orch started, heard from or keeps a briefing for: a mistyped name
+        would otherwise be told "will be rebriefed" and wait for an agent that never comes."""
         db = store()
-        return db, hosts.Names(db).resolve(agent)
+        names = hosts.Names(db)
+        agent = names.resolve(agent)
+        if known and agent not in names.hosts and context_row(db, agent) is None:
+            raise click.ClickException(
+                f"no agent {agent}: orch neither started it nor heard from it"
+            )
+        return db, agent
 
     @cli.command("brief")
     @click.argument("agent", callback=agent_name)
     @click.argument("file", type=click.File("r", encoding="utf-8"))
-    @click.option("--role", help="The agent's role, shown first in every rebrief.")
+    @click.option(
+        "--role", help="The agent's role, shown first in every rebrief ('' takes it away)."
+    )
     def brief_command(agent: str, file: Any, role: str | None) -> None:
         """Set AGENT's briefing from FILE ('-' for stdin): who it is and what to do."""
         text = briefing_text(file)
         fields: dict[str, Any] = {"briefing_content": text}
-        if role:
-            fields["role"] = role
+        if role is not None:
+            fields["role"] = role.strip() or None
         db, agent = named(agent)
         update_context(db, agent, **fields)
         click.echo(f"briefing for {agent} set ({len(text)} characters)")
@@ -794,6 +804,6 @@ def orch_register_commands(cli: click.Group) -> None:
     @click.argument("agent", callback=agent_name)
     def rebrief_command(agent: str) -> None:
         """Rebrief AGENT at its next delivery point (prompt, tool call or session start)."""
-        db, agent = named(agent)
+        db, agent = named(agent, known=True)
         update_context(db, agent, rebrief_pending=1)
         click.echo(f"{agent} will be rebriefed at its next hook")
