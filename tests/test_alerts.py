@@ -345,10 +345,31 @@ def test_a_channel_that_keeps_failing_is_given_up_and_the_supervisor_goes_on(
     assert len(receiver.posts) == alerts.ATTEMPTS
     (alert,) = alerts.listing(store)
     assert alert["sent"] is None and alert["next_try"] is None
-    assert alert["error"].startswith(f"alerts: {receiver.url()}")
+    assert alert["error"].startswith(f"alerts: {receiver.url('/')}...: ")
     (gave_up,) = [line for line in orch.log() if line["msg"] == "alert not sent, giving up"]
     assert gave_up["attempt"] == alerts.ATTEMPTS
     auto_restart.give_up(store, "b:1", "tests", orch.env)  # the supervisor still works
     receiver.status = 200
     ticks(supervisor, now + 2000)
     assert len(receiver.posts) == alerts.ATTEMPTS + 1
+
+
+def test_a_channel_that_fails_is_named_without_the_secrets_its_url_holds(
+    orch: OrchState, receiver: Receiver
+) -> None:
+    """A webhook's URL may hold its secret in a header apprise sends (``?+Authorization=``),
+    a query parameter (``?-key=``) or its path; apprise's "privacy" URL shows them all. The
+    failure names the channel by its scheme and host only, in the alert's error and the log."""
+    receiver.status = 500
+    url = receiver.url("/hook/SECRETPATH") + "?+Authorization=Bearer%20SECRET1&-key=SECRET2"
+    orch.write_config(f'[alerts]\nurls = ["{url}"]\ncheck_every = 0\n', user=True)
+    store = orch.store
+    auto_restart.give_up(store, "a:1", "tests", orch.env)
+    ticks(lifecycle.Supervisor(orch.env), time.time())
+    assert [path for path, _ in receiver.posts] == ["/hook/SECRETPATH?key=SECRET2"]  # refused
+    (alert,) = alerts.listing(store)
+    assert alert["error"].startswith(f"alerts: json://127.0.0.1:{receiver.server.server_port}/")
+    logged = [line for line in orch.log() if line["msg"] == "alert not sent, will try again"]
+    assert [line["error"] for line in logged] == [alert["error"]]
+    for shown in (alert["error"], orch.cli("alerts", "--json").stdout, orch.cli("logs").stdout):
+        assert "SECRET" not in shown

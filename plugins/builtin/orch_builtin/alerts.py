@@ -194,6 +194,16 @@ def queues(
             yield alerts.Condition("queue_age", agent, "", text, fires=now - since >= oldest)
 
 
+def named(private: str) -> str:
+    """A channel as a failure names it: apprise's privacy URL (passwords and tokens masked) cut
+    to its scheme and host, for that URL still shows its path and query, where a webhook keeps
+    its secret, a header's (``?+Authorization=``) or a parameter's (``?-key=``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(private)
+    return f"{parts.scheme}://{parts.netloc}/..."
+
+
 class NotSent(Exception):
     """Some URL did not take the alert."""
 
@@ -229,7 +239,7 @@ def orch_alert(alert: dict[str, Any], ctx: HookContext) -> bool | None:
             sent = channel.notify(body=alert["message"], title=title, notify_type=kind)
         if not sent:
             why = (said.getvalue().strip().splitlines() or ["no reason given"])[-1]
-            failures.append(f"{channel.urls(privacy=True)[0]}: {why}")
+            failures.append(f"{named(channel.urls(privacy=True)[0])}: {why}")
             continue
         with ctx.store.transaction() as tx:
             tx.execute(
