@@ -102,6 +102,24 @@ def test_a_level_that_is_not_text_is_shown_as_json(orch: OrchState) -> None:
     assert shown == ["null    odd", '["a"]   odd', '{"b": 1} odd', "5       odd", "info    after"]
 
 
+def test_a_record_of_its_message_alone_is_one_line_too(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """A plugin that cannot be imported is logged with the exception's text as the message and
+    no other field: its newline prints no second line, which would read as another record."""
+    forged = "2026-01-01 00:00:00.000 error   all is well"
+    orch_module("broken", f'raise RuntimeError("broken\\n{forged}")\n')
+    orch.write_config('[plugins]\nload = ["broken"]\n')
+    orch.run(payload("PostToolUse"), ORCH_AGENT="p:1")
+    (record,) = records(orch)
+    assert set(record) == {"ts", "level", "msg"}
+    assert str(record["msg"]).endswith(f"broken\n{forged}")
+    done = orch.cli("logs")
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    assert line.endswith(f"cannot import broken: broken {forged}")
+
+
 def test_a_broken_config_does_not_hide_the_log(orch: OrchState) -> None:
     orch.write_config("[plugins]\ndisable = 3\n")
     log.write("warning", "something", orch.env)

@@ -104,7 +104,7 @@ def readable(record: Mapping[str, Any]) -> str:
     if not isinstance(level, str):
         level = json.dumps(level, ensure_ascii=False)
     line = f"{stamp} {level:<7} {record.get('msg', '')}"
-    return f"{line}  {fields}".replace("\n", " ") if fields else line
+    return (f"{line}  {fields}" if fields else line).replace("\n", " ")
 
 
 # -- the stats, for people ----------------------------------------------------------------------
