@@ -90,6 +90,25 @@ def test_a_line_with_a_time_out_of_range_is_shown_without_one(orch: OrchState) -
     assert shown == [["-", "info", f"m{n}"] for n in range(4)] + [["-", "-"]]
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_line_holding_no_text_is_shown_and_the_lines_after_it_too(
+    orch: OrchState, as_json: bool
+) -> None:
+    """A line written by hand may escape half of a UTF-16 pair (``\\ud800``), which no
+    terminal can print: it is shown as orch writes it (``?``), not the end of the listing."""
+    state = Path(orch.env["ORCH_STATE_DIR"])
+    state.mkdir(mode=0o700)
+    (state / "orch.log").write_text(
+        '{"ts": 1700000000, "level": "info", "msg": "half \\ud800 a pair", "agent": "p:1"}\n'
+        '{"ts": 1700000001, "level": "info", "msg": "after", "agent": "p:1"}\n'
+    )
+    done = orch.cli("logs", "--agent", "p:1", *(["--json"] if as_json else []))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    shown = [json.loads(line)["msg"] for line in lines] if as_json else lines
+    assert len(shown) == 2 and "half ? a pair" in shown[0] and "after" in shown[1]
+
+
 def test_a_level_that_is_not_text_is_shown_as_json(orch: OrchState) -> None:
     """A plugin may log with any level (``ctx.log(msg, level=None)``): the line is shown, and
     the lines after it too."""

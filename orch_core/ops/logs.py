@@ -33,10 +33,15 @@ def files(env: Mapping[str, str]) -> list[str]:
 
 
 def parse(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
-    """The records among ``lines``; a line that is not one (cut by a rotation) is skipped."""
+    """The records among ``lines``; a line that is not one (cut by a rotation) is skipped. Half
+    of a UTF-16 pair escaped (``\\ud800``, by hand: orch writes none) is no text that can be
+    printed: it reads as ``?``, as :func:`orch_core.log.write` writes it."""
     for line in lines:
         try:
             record = json.loads(line)
+            if b"\\ud" in line.lower():
+                text = json.dumps(record, ensure_ascii=False).encode("utf-8", "replace")
+                record = json.loads(text)
         except (ValueError, RecursionError):
             continue
         if isinstance(record, dict):
