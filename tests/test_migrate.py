@@ -374,6 +374,25 @@ def test_a_table_left_behind_moves_on_a_later_run_though_rows_changed_here_since
     same_rows(orch, target)
 
 
+def test_a_row_changed_here_since_that_another_tables_rows_name_comes_over(
+    orch: OrchState, target: str
+) -> None:
+    """A plugin's parent row changed here, its children not: written over in the target, not
+    deleted (which their foreign key refused, every run again) and added again."""
+    orch.plugin_module("notes_plugin", NOTES_PLUGIN)
+    orch.write_config('[plugins]\nload = ["notes_plugin"]\n')
+    for _ in range(2):
+        hook(orch, "PostToolUse")
+    assert orch.cli("migrate", "--to", target).returncode == 0
+    with orch.store.transaction() as tx:
+        tx.execute("UPDATE notes_parent SET title = 'renamed' WHERE id = 1")
+    done = orch.cli("migrate", "--to", target)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^  notes_parent +2 +1 \(1 changed here since\)$", done.stdout, re.M)
+    assert moved(done.stdout)["notes"] == (2, 0)
+    same_rows(orch, target)
+
+
 CASED_PLUGIN = """
 from orch_core import hookimpl
 

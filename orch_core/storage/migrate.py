@@ -66,8 +66,14 @@ class Table:
         self.columns = columns
         self.there, self.there_columns = there
         self.rows: list[tuple[Any, ...]] = []
+        #: Where its primary key's columns are among ``there_columns`` (none: no key).
+        self.key: list[int] = []
         self.added = 0
         self.replaced = 0
+
+    def keyed(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``row``'s primary key."""
+        return tuple(row[i] for i in self.key)
 
     @property
     def digest(self) -> str:
@@ -189,6 +195,16 @@ def _tables(here: Store, there: Store, report: Report) -> list[Table]:
             mine.append("rowid")  # SQLite's implicit row number, made explicit there
             columns.append("rowid")
         tables[spelling] = Table(name, mine, (spelling, columns))
+    for table, column in there.execute(
+        "SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc"
+        " JOIN information_schema.key_column_usage kcu"
+        " ON kcu.constraint_schema = tc.constraint_schema"
+        " AND kcu.constraint_name = tc.constraint_name AND kcu.table_name = tc.table_name"
+        " WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = current_schema()"
+        " ORDER BY tc.table_name, kcu.ordinal_position"
+    ):
+        if table in tables and column in tables[table].there_columns:
+            tables[table].key.append(tables[table].there_columns.index(column))
     order: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
     for name in tables:
         order.add(name)
@@ -272,15 +288,25 @@ def _copy(tx: Any, tables: list[Table], report: Report, recorded: Mapping[str, s
             f"{report.target} holds rows this machine's state does not have ({counts}): "
             "another installation's, or written since orch switched to it; nothing was written"
         )
+    changed = {t.name: _changed(t, strays.get(t.name, []), found[t.name], missing[t.name])
+               for t in tables}  # fmt: skip
     for table in reversed(tables):  # children before the parents they name
         for ctid in strays.get(table.name, []):
-            tx.execute(f"DELETE FROM {quote(table.there)} WHERE ctid = ?::tid", (ctid,))
+            if ctid not in changed[table.name]:
+                tx.execute(f"DELETE FROM {quote(table.there)} WHERE ctid = ?::tid", (ctid,))
         table.replaced = len(strays.get(table.name, []))
     for table in tables:
         rows = missing[table.name]
         table.added = len(rows)
         columns = ", ".join(quote(c) for c in table.there_columns)
         marks = ", ".join("?" for _ in table.columns)
+        if changed[table.name]:
+            tx.executemany(
+                f"UPDATE {quote(table.there)} SET ({columns}) = ROW({marks}) WHERE ctid = ?::tid",
+                [(*row, ctid) for ctid, row in changed[table.name].items()],
+            )
+            written = {table.keyed(row) for row in changed[table.name].values()}
+            rows = [row for row in rows if table.keyed(row) not in written]
         for start in range(0, len(rows), BATCH):
             tx.executemany(
                 f"INSERT INTO {quote(table.there)} ({columns}) VALUES ({marks})",
@@ -288,6 +314,24 @@ def _copy(tx: Any, tables: list[Table], report: Report, recorded: Mapping[str, s
             )
     if report.changed:
         _advance_sequences(tx, {t.there for t in tables})
+
+
+def _changed(
+    table: Table,
+    strays: list[str],
+    found: list[tuple[str, tuple[Any, ...]]],
+    missing: list[tuple[Any, ...]],
+) -> dict[str, tuple[Any, ...]]:
+    """The rows of ``table`` that changed here since: per stray's ``ctid``, the missing row of
+    the same primary key, which is written over it rather than deleted and added again, so
+    that the rows of another table that name it (a plugin's foreign key) keep a row to name."""
+    if not table.key or not strays:
+        return {}
+    keyed = {table.keyed(row): row for row in missing}
+    rows = dict(found)
+    return {
+        ctid: keyed[table.keyed(rows[ctid])] for ctid in strays if table.keyed(rows[ctid]) in keyed
+    }
 
 
 def _advance_sequences(tx: Any, tables: set[str]) -> None:
