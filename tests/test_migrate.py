@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from orch_core.ops import alerts
@@ -269,6 +270,16 @@ def test_migrate_is_refused_while_a_supervisor_runs_and_from_postgresql(
     orch.env["ORCH_DB"] = target
     done = orch.cli("migrate", "--to", target)
     assert done.returncode == 1 and "orch already uses postgresql://" in done.stderr
+
+
+def test_an_error_of_the_target_server_names_the_target(orch: OrchState, target: str) -> None:
+    """Not ``postgresql://?``: the name of orch's own store, a SQLite file, as a server's."""
+    a_working_state(orch)
+    with psycopg.connect(target, autocommit=True) as conn:  # a database another program uses
+        conn.execute("CREATE TABLE agents (name TEXT)")
+    done = orch.cli("migrate", "--to", target)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f'Error: {target}: relation "agents" already exists'), done.stderr
 
 
 NOTES_PLUGIN = """

@@ -108,8 +108,10 @@ def migrate(env: Mapping[str, str], project_dir: str, target: str) -> Report:
     """Move this machine's SQLite state into the PostgreSQL database ``target``. Refused while
     ``orch supervise`` runs here (and none starts meanwhile); changes nothing in the user's
     config: orch goes on using SQLite until ``[orch] database`` names the target."""
+    import psycopg
+
     from orch_core.storage import database
-    from orch_core.storage.postgres import public
+    from orch_core.storage.postgres import one_line, public
     from orch_core.supervisor import lifecycle
 
     source = database(env)
@@ -128,6 +130,8 @@ def migrate(env: Mapping[str, str], project_dir: str, target: str) -> Report:
         raise MigrateError(f"orch supervise is running (pid {pid}): stop it, then migrate")
     try:
         return _move(env, project_dir, source, target)
+    except psycopg.Error as exc:  # the target's: else named after the SQLite file, as "?"
+        raise MigrateError(f"{public(target)}: {one_line(exc, target)}") from None
     finally:
         os.close(lock)
 
