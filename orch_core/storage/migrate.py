@@ -199,6 +199,7 @@ def _tables(here: Store, there: Store, report: Report) -> list[Table]:
             mine.append("rowid")  # SQLite's implicit row number, made explicit there
             columns.append("rowid")
         tables[spelling] = Table(name, mine, (spelling, columns))
+    keys: dict[str, list[str]] = {}
     for table, column in there.execute(
         "SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc"
         " JOIN information_schema.key_column_usage kcu"
@@ -207,8 +208,10 @@ def _tables(here: Store, there: Store, report: Report) -> list[Table]:
         " WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = current_schema()"
         " ORDER BY tc.table_name, kcu.ordinal_position"
     ):
-        if table in tables and column in tables[table].there_columns:
-            tables[table].key.append(tables[table].there_columns.index(column))
+        keys.setdefault(table, []).append(column)
+    for name, key in keys.items():
+        if name in tables and set(key) <= set(tables[name].there_columns):  # a whole key
+            tables[name].key = [tables[name].there_columns.index(c) for c in key]
     order: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
     for name in tables:
         order.add(name)
