@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from orch_core.plugins import loader, plan
 from orch_core.testing.kit import ROOMY_BUDGET_MS, hook_script
 from orch_core.testing.payloads import payload
@@ -373,3 +375,35 @@ def test_a_plan_built_without_a_plugins_folder_on_the_path_is_not_the_hooks(
     without = plan.load(orch.env, str(orch.project_dir))  # this process has no such folder
     assert "pathed" not in {impl.plugin for impl in without.impls("orch_post_tool_use")}
     assert orch.run_hook(payload("PostToolUse")).context == "from the path"
+
+
+FIXED = """
+from orch_core import Answer, hookimpl
+
+@hookimpl
+def orch_post_tool_use():
+    return Answer(context="fixed")
+"""
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "this is not python(",  # cannot be parsed
+        "import no_such_dependency_of_it",  # raises as it loads
+        FIXED.replace("orch_post_tool_use", "orch_post_tool_usee"),  # a hook orch lacks
+        FIXED.replace("orch_post_tool_use()", "orch_post_tool_use(evt)"),  # a wrong argument
+        None,  # not written yet
+    ],
+    ids=["unparsable", "raises", "unknown-hook", "wrong-argument", "missing"],
+)
+def test_a_plugin_left_out_is_loaded_once_it_is_fixed(orch: OrchState, broken: str | None) -> None:
+    """The cached plan watched only the plugins it loaded: one left out (orch-guard, say)
+    stayed out after it was fixed, until some other change."""
+    module = orch.plugin_module("fixme", broken or "")
+    if broken is None:
+        module.unlink()
+    orch.write_config('[plugins]\nload = ["fixme"]\n')
+    assert orch.run_hook(payload("PostToolUse")).context is None
+    module.write_text(FIXED)
+    assert orch.run_hook(payload("PostToolUse")).context == "fixed"

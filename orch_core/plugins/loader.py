@@ -100,6 +100,9 @@ class Loaded:
     plugins: tuple[PluginInfo, ...]
     errors: tuple[str, ...]
     late: tuple[str, ...] = ()
+    #: Files and folders whose change may let a plugin left out in (its own file, fixed;
+    #: the folders a missing module would be put in): the plan watches them too.
+    watch: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -370,20 +373,22 @@ def load(
     infos: list[PluginInfo] = []
     errors: list[str] = []
     late: list[str] = []
+    watch: list[str] = []
     disabled = set(config.disable) | set(_split(env.get("ORCH_DISABLE_PLUGINS")))
     only = _split(env.get("ORCH_LOAD_PLUGINS")) if "ORCH_LOAD_PLUGINS" in env else None
 
     def add(name: str, obj: object, info: PluginInfo) -> None:
         if name in disabled or pm.has_plugin(name):
             return
+        module = sys.modules.get(info.module or "")
+        file = getattr(obj, "__file__", None) or getattr(module, "__file__", None)
         try:
             pm.register(obj, name=name)
         except Exception as exc:  # a plugin that does not fit its hooks is left out
             errors.append(f"plugin {name}: {exc}")
+            watch.extend([file] if file else [])  # until it is corrected
             return
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(obj) or ()))
-        module = sys.modules.get(info.module or "")
-        file = getattr(obj, "__file__", None) or getattr(module, "__file__", None)
         infos.append(attrs.evolve(info, hooks=hooks, file=file))
 
     imports_end = time.monotonic() + IMPORTS_TOGETHER * import_timeout
@@ -407,6 +412,7 @@ def load(
             return
         except (Exception, SystemExit) as exc:  # a module that exits as it loads, too
             errors.append(f"plugin {name}: cannot import {dotted}: {_why(exc)}")
+            watch.extend(_where_to_fix(dotted, exc))
             return
         add(name, module, PluginInfo(name, source, version, module=dotted))
 
@@ -426,6 +432,7 @@ def load(
                 continue
             except (Exception, SystemExit) as exc:
                 errors.append(f"plugin {ep.name}: cannot load entry point {ep.value}: {_why(exc)}")
+                watch.extend(_where_to_fix(ep.module, exc))
                 continue
             dist = ep.dist.version if ep.dist else None
             add(ep.name, obj, PluginInfo(ep.name, "entry point", dist, ep.module, ep.attr))
@@ -447,17 +454,35 @@ def load(
         module = obj.__name__ if isinstance(obj, types.ModuleType) else None
         add(name, obj, PluginInfo(name, "test", module=module))
 
-    _drop_unknown_hooks(pm, infos, errors)
+    watch += [info.file for info in _drop_unknown_hooks(pm, infos, errors) if info.file]
     named = known | set(config.load) | {info.name for info in infos}
     for name in sorted((config.plugin.keys() | set(config.disable)) - named):
         where = config.where("plugin", name) if name in config.plugin else config.where(
             "plugins", "disable")  # fmt: skip
         errors.append(f"{where}: no plugin named {name!r} (`orch plugins --all` lists them)")
-    return Loaded(pm, config, tuple(infos), tuple(errors), tuple(late))
+    return Loaded(pm, config, tuple(infos), tuple(errors), tuple(late), tuple(watch))
 
 
 def _why(exc: BaseException) -> str:
     return f"it exits as it loads ({exc.code!r})" if isinstance(exc, SystemExit) else str(exc)
+
+
+def _where_to_fix(dotted: str, exc: BaseException) -> list[str]:
+    """What a plan that left out module ``dotted`` (which raised ``exc``) must watch to try it
+    again once it is fixed: the files its import ran and the one it could not parse, and, for
+    a module not found, the folders it would be put in (whose mtimes Python's own import
+    cache goes by). Else the plan, cached, would leave it out until some other change."""
+    import traceback
+
+    files = [frame.filename for frame in traceback.extract_tb(exc.__traceback__)]
+    if isinstance(exc, SyntaxError) and exc.filename:
+        files.append(exc.filename)
+    watch = [file for file in files if file != __file__ and os.path.isfile(file)]
+    if isinstance(exc, ImportError):
+        parent = sys.modules.get(dotted.rpartition(".")[0])
+        watch += [folder for folder in sys.path if folder]
+        watch += list(getattr(parent, "__path__", ()))
+    return list(dict.fromkeys(watch))
 
 
 def _entry_points() -> list[Any]:
@@ -468,8 +493,10 @@ def _entry_points() -> list[Any]:
 
 def _drop_unknown_hooks(
     pm: pluggy.PluginManager, infos: list[PluginInfo], errors: list[str]
-) -> None:
-    """Unregister a plugin that implements a hook orch does not have (a typo, most often)."""
+) -> list[PluginInfo]:
+    """Unregister a plugin that implements a hook orch does not have (a typo, most often);
+    the plugins dropped."""
+    dropped: list[PluginInfo] = []
     for hook_name, caller in list(vars(pm.hook).items()):
         if caller.has_spec():
             continue
@@ -478,7 +505,9 @@ def _drop_unknown_hooks(
                 continue
             errors.append(f"plugin {impl.plugin_name}: unknown hook {hook_name}")
             pm.unregister(name=impl.plugin_name)
+            dropped += [i for i in infos if i.name == impl.plugin_name]
             infos[:] = [i for i in infos if i.name != impl.plugin_name]
+    return dropped
 
 
 def _budgets(value: dict[str, Any]) -> None:
@@ -627,6 +656,7 @@ def build_plan(
     watched = [*loaded.config.files, hookspecs.__file__]
     watched += [p for p in sys.path if os.path.basename(p) in SITE_DIRS and os.path.isdir(p)]
     watched += [info.file for info in loaded.plugins if info.file]
+    watched += loaded.watch
     fingerprint: dict[str, Any] = {
         "key": cache_key(env, project_dir),
         "mtimes": watched_mtimes(watched),
