@@ -407,3 +407,27 @@ def test_a_plugin_left_out_is_loaded_once_it_is_fixed(orch: OrchState, broken: s
     assert orch.run_hook(payload("PostToolUse")).context is None
     module.write_text(FIXED)
     assert orch.run_hook(payload("PostToolUse")).context == "fixed"
+
+
+def test_a_plan_built_from_code_older_than_its_file_is_not_saved(orch: OrchState) -> None:
+    """A long-lived process (``orch supervise``) that imported a plugin before it changed
+    builds the plan from the code of before: saved, the hooks took it and never ran the
+    hook the plugin gained."""
+    module = orch.plugin_module("grows", HELLO)
+    orch.write_config('[plugins]\nload = ["grows"]\n')
+    grown = HELLO + "\n@hookimpl\ndef orch_post_tool_use():\n    return 'grown'\n"
+    long_lived = (
+        "import os, sys\n"
+        "from orch_core.plugins import plan\n"
+        "plan.load(os.environ, sys.argv[1])\n"
+        "with open(sys.argv[2], 'w') as f:\n"
+        "    f.write(sys.argv[3])\n"
+        "os.utime(sys.argv[2], ns=(1, 1))\n"
+        "stale = plan.load(os.environ, sys.argv[1]).impls('orch_post_tool_use')\n"
+        "assert 'grows' not in {impl.plugin for impl in stale}\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", long_lived, str(orch.project_dir), str(module), grown],
+        env=orch.env, check=True, timeout=60,
+    )  # fmt: skip
+    assert orch.run_hook(payload("PostToolUse")).context == "grown"

@@ -397,6 +397,34 @@ def test_a_plugin_that_calls_os_exit_ends_its_own_call_not_the_supervisor(
         assert "changed" in cold.context
 
 
+GROWS = """
+from orch_core import hookimpl
+
+@hookimpl
+def orch_user_prompt_submit():
+    return "one"
+"""
+
+
+def test_a_hook_a_plugin_gains_runs_though_the_supervisor_imported_it_before(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """The supervisor rebuilt the plan from the module it had imported, without the new hook,
+    and saved it: the hooks, doing their own work, took that plan and never ran the hook."""
+    known(orch)
+    module = orch.plugin_module("grows", GROWS)
+    orch.write_config('[plugins]\nload = ["grows"]\n')
+    with supervising(orch):
+        warmed = prompt(orch, tmp_path)
+        assert (warmed.code, warmed.imported_psycopg, warmed.context) == (0, False, "one")
+        module.write_text(GROWS + "\n@hookimpl\ndef orch_post_tool_use():\n    return 'two'\n")
+        later = time.time_ns() + 10**9  # whatever the file system's clock
+        os.utime(module, ns=(later, later))
+        event = payload("PostToolUse", session_id="s1", cwd=str(orch.project_dir))
+        cold = run(orch, tmp_path, "hook", stdin=json.dumps(event).encode())
+        assert (cold.code, cold.context) == (0, "two"), cold
+
+
 SLOW_OBSERVER = """
 import pathlib, time
 from orch_core import hookimpl

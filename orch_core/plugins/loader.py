@@ -27,7 +27,15 @@ from orch_core import paths
 from orch_core.errors import OrchError
 from orch_core.plugins import hookspecs
 from orch_core.plugins.markers import ATTRIBUTE
-from orch_core.plugins.plan import MAX_BUDGET_MS, Impl, Plan, cache_key, watched_mtimes
+from orch_core.plugins.plan import (
+    MAX_BUDGET_MS,
+    Impl,
+    Plan,
+    cache_key,
+    imported_mtimes,
+    note_import,
+    watched_mtimes,
+)
 from orch_core.plugins.settings import Setting, resolve
 
 if TYPE_CHECKING:
@@ -397,6 +405,7 @@ def load(
     def add_module(name: str, dotted: str, source: str, version: str | None = None) -> None:
         if name in disabled:
             return
+        fresh = dotted not in sys.modules
         try:  # orch's own plugins are small and trusted: only the others are bounded
             if source == "builtin":
                 module = importlib.import_module(dotted)
@@ -414,6 +423,8 @@ def load(
             errors.append(f"plugin {name}: cannot import {dotted}: {_why(exc)}")
             watch.extend(_where_to_fix(dotted, exc))
             return
+        if fresh:
+            note_import(dotted)
         add(name, module, PluginInfo(name, source, version, module=dotted))
 
     builtins = builtin_names()
@@ -424,6 +435,7 @@ def load(
             add_module(name, f"{BUILTIN_PACKAGE}.{name}", "builtin", version)
     for ep in entry_points:
         if only is None or ep.name in only:
+            fresh = ep.module not in sys.modules
             try:
                 obj = bounded(ep.load, import_timeout)
             except ImportTooSlow as exc:
@@ -434,6 +446,8 @@ def load(
                 errors.append(f"plugin {ep.name}: cannot load entry point {ep.value}: {_why(exc)}")
                 watch.extend(_where_to_fix(ep.module, exc))
                 continue
+            if fresh:
+                note_import(ep.module)
             dist = ep.dist.version if ep.dist else None
             add(ep.name, obj, PluginInfo(ep.name, "entry point", dist, ep.module, ep.attr))
     known = set(builtins) | {ep.name for ep in entry_points}
@@ -661,6 +675,10 @@ def build_plan(
         "key": cache_key(env, project_dir),
         "mtimes": watched_mtimes(watched),
     }
+    changed = [file for file, mtime in imported_mtimes.items()
+               if fingerprint["mtimes"].get(file, mtime) != mtime]  # fmt: skip
+    if changed:  # this process's modules are not the files': the plan is its own
+        fingerprint["changed_since_import"] = changed
     errors = [*loaded.errors, *settings.plugin_errors]
     late = [*loaded.late, *settings.late]
     schemas = schema_versions(hooks.get("orch_schema", []), errors, import_timeout, late)

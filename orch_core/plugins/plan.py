@@ -40,6 +40,20 @@ OBSERVERS_FLOOR = 0.05
 #: finish would leave no plan cached, so every later hook would start it again.
 REBUILD_SECONDS = 3.0
 ENV_KEYS = ("ORCH_LOAD_PLUGINS", "ORCH_DISABLE_PLUGINS")
+#: The mtime of each plugin module's file when this process imported it. One whose file
+#: changed since runs the code of before: a plan a long-lived process (``orch supervise``)
+#: builds from it names that code's hooks, not the file's, and must not be saved for others.
+imported_mtimes: dict[str, int] = {}
+
+
+def note_import(module: str) -> None:
+    """Keep the mtime of the file of ``module``, which this process just imported."""
+    file = getattr(sys.modules.get(module), "__file__", None)
+    if file:
+        try:
+            imported_mtimes[file] = os.stat(file).st_mtime_ns
+        except OSError:
+            pass
 
 
 class Impl:
@@ -67,8 +81,11 @@ class Impl:
     def function(self) -> Callable[..., Any]:
         """The callable, importing the plugin's module on first use."""
         if self._function is None:
+            fresh = (self.module or "") not in sys.modules
             # importlib.import_module, without importing importlib (0.4-1 ms of orch-hook)
             __import__(self.module or "")
+            if fresh:
+                note_import(self.module or "")
             owner: Any = sys.modules[self.module or ""]
             if self.attr:
                 for part in self.attr.split("."):
@@ -146,8 +163,12 @@ class Plan:
 
     @property
     def cacheable(self) -> bool:
-        return self.fingerprint is not None and all(
-            impl.module for impls in self.hooks.values() for impl in impls
+        """Whether others may use this plan: not one built from a module whose file changed
+        since this process imported it (``changed_since_import``)."""
+        return (
+            self.fingerprint is not None
+            and not self.fingerprint.get("changed_since_import")
+            and all(impl.module for impls in self.hooks.values() for impl in impls)
         )
 
     def to_json(self) -> dict[str, Any]:
