@@ -431,3 +431,34 @@ def test_a_plan_built_from_code_older_than_its_file_is_not_saved(orch: OrchState
         env=orch.env, check=True, timeout=60,
     )  # fmt: skip
     assert orch.run_hook(payload("PostToolUse")).context == "grown"
+
+
+def test_a_plugin_left_out_for_a_slow_import_is_tried_again_when_the_clock_went_back(
+    orch: OrchState,
+) -> None:
+    """The plan that left it out was built while the clock was an hour ahead (a machine
+    booting before its clock was set): it was to be tried again in a minute, not an hour."""
+    slow = orch.root / "slow"
+    slow.touch()
+    orch.plugin_module(
+        "slow_once",
+        f"import os, time\nif os.path.exists({str(slow)!r}):\n    time.sleep(3)\n"
+        "from orch_core import Answer, hookimpl\n\n"
+        "@hookimpl\ndef orch_post_tool_use():\n    return Answer(context='in')\n",
+    )
+    orch.write_config('[plugins]\nload = ["slow_once"]\n')
+    orch.write_config(f"[orch]\nbudget_ms = {ROOMY_BUDGET_MS}\n", user=True)  # a busy machine
+    ahead = (
+        "import os, sys, time\n"
+        "from orch_core.plugins import plan\n"
+        "real = time.time\n"
+        "time.time = lambda: real() + 3600\n"
+        "built = plan.load(os.environ, sys.argv[1], import_timeout=0.2)\n"
+        "assert 'slow_once' not in {impl.plugin for impl in built.impls('orch_post_tool_use')}\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", ahead, str(orch.project_dir)],
+        env=orch.env, check=True, timeout=60,
+    )  # fmt: skip
+    slow.unlink()
+    assert orch.run_hook(payload("PostToolUse")).context == "in"

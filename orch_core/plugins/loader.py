@@ -29,6 +29,7 @@ from orch_core.plugins import hookspecs
 from orch_core.plugins.markers import ATTRIBUTE
 from orch_core.plugins.plan import (
     MAX_BUDGET_MS,
+    RETRY_LATE,
     Impl,
     Plan,
     cache_key,
@@ -54,8 +55,6 @@ IMPORT_TIMEOUT = 5.0
 #: ``[plugins] load`` of thousands of names (a thread each) or of many slow modules would
 #: otherwise keep every hook's rebuild of the plan past its backstop, the plan never cached.
 IMPORTS_TOGETHER = 6
-#: Seconds before a plan that left a plugin out for a slow import is built again.
-RETRY_LATE = 60.0
 #: Installing or removing a distribution changes the mtime of these folders on ``sys.path``.
 SITE_DIRS = ("site-packages", "dist-packages")
 

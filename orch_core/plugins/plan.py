@@ -40,6 +40,8 @@ OBSERVERS_FLOOR = 0.05
 #: finish would leave no plan cached, so every later hook would start it again.
 REBUILD_SECONDS = 3.0
 ENV_KEYS = ("ORCH_LOAD_PLUGINS", "ORCH_DISABLE_PLUGINS")
+#: Seconds before a plan that left a plugin out for a slow import is built again.
+RETRY_LATE = 60.0
 #: The mtime of each plugin module's file when this process imported it. One whose file
 #: changed since runs the code of before: a plan a long-lived process (``orch supervise``)
 #: builds from it names that code's hooks, not the file's, and must not be saved for others.
@@ -316,10 +318,12 @@ def _cached(env: Mapping[str, str], project_dir: str, path: str) -> Plan | None:
     try:
         data = json.loads(paths.read_regular(path, PLAN_LIMIT, follow=False))
         fingerprint = data["fingerprint"]
+        now = time.time()
         if (
             fingerprint["key"] == cache_key(env, project_dir)
             and fingerprint["mtimes"] == watched_mtimes(list(fingerprint["mtimes"]))
-            and time.time() < fingerprint.get("retry_at", float("inf"))
+            # a retry more than RETRY_LATE away was set by a clock since set back: due now
+            and ("retry_at" not in fingerprint or now < fingerprint["retry_at"] <= now + RETRY_LATE)
         ):
             return Plan.from_json(data)
     except (OSError, ValueError, KeyError, TypeError):
