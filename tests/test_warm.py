@@ -397,6 +397,19 @@ def test_a_plugin_that_calls_os_exit_ends_its_own_call_not_the_supervisor(
         assert "changed" in cold.context
 
 
+def test_a_supervisor_left_unanswered_while_the_clock_was_ahead_is_asked_again_once_set_back(
+    orch: OrchState,
+) -> None:
+    """A hook left unanswered an hour ahead of the clock set since: the hooks were to do their
+    own work (import psycopg, connect) for 30 s, not for that hour."""
+    path = warm.cold_path(orch.env)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    open(path, "w").close()
+    ahead = time.time() + 3600
+    os.utime(path, (ahead, ahead))
+    assert warm.cold_for(orch.env) == 0
+
+
 GROWS = """
 from orch_core import hookimpl
 

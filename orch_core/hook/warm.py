@@ -131,11 +131,13 @@ def _peer_uid(sock: Any) -> int | None:
 
 def cold_for(env: Mapping[str, str]) -> float:
     """Seconds the host's processes still do their own work after a supervisor left one
-    unanswered (0 when they need not)."""
+    unanswered (0 when they need not, or the clock was set back since: a clock an hour ahead
+    then would otherwise keep them from the supervisor for that hour)."""
     try:
-        return max(0.0, COLD_FOR - (time.time() - os.stat(cold_path(env)).st_mtime))
+        since = time.time() - os.stat(cold_path(env)).st_mtime
     except OSError:
         return 0.0
+    return COLD_FOR - since if 0 <= since < COLD_FOR else 0.0
 
 
 def _cool(env: Mapping[str, str]) -> None:
