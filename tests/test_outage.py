@@ -500,6 +500,38 @@ def test_the_supervisor_gives_up_on_a_server_that_stops_answering_and_goes_on_af
     assert b"Traceback" not in err
 
 
+def test_the_supervisor_is_back_soon_after_the_server_though_its_backoff_is_long(
+    orch: OrchState, cluster: Cluster
+) -> None:
+    """Its backoff has grown to 16 s when the server comes back: the listening connection,
+    tried again every few seconds meanwhile, brings the next tick forward. Waiting out the
+    backoff, the host's last heartbeat stayed older than ``host_timeout``, and every host's
+    agents showed as unreachable to the whole fleet, long after the outage."""
+    from orch_core import hosts, paths
+    from orch_core.supervisor.lifecycle import RELISTEN_AFTER
+
+    orch.write_config("[orch]\nhost_timeout = 10\n", user=True)
+    Queue(orch.store).has_pending(AGENT)
+    supervisor = supervise(orch, 120)
+    try:
+        wait_for(lambda: orch.store.execute("SELECT 1 FROM hosts").fetchone(), 20, "heartbeat")
+        cluster.pause()
+        wait_for(lambda: any(line["retry_in"] == 16.0
+                             for line in logged(orch, "database still unreachable")),
+                 40, "a long backoff")  # fmt: skip
+        cluster.resume()
+        here = paths.host(orch.env)
+        assert hosts.unreachable(orch.store, time.time(), 10) == {here}
+        wait_for(lambda: not hosts.unreachable(orch.store, time.time(), 10),
+                 RELISTEN_AFTER + 3, "the host heard from again")  # fmt: skip
+        assert logged(orch, "database reachable again")
+        assert supervisor.poll() is None, "the supervisor did not survive the outage"
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        _, err = supervisor.communicate(timeout=30)
+    assert b"Traceback" not in err
+
+
 def supervise(orch: OrchState, seconds: int) -> subprocess.Popen[bytes]:
     """The real ``orch supervise --for SECONDS``, its stderr kept."""
     return subprocess.Popen(

@@ -611,13 +611,23 @@ class Supervisor:
     def wait(self, seconds: float) -> None:
         """Until the next tick: asleep, or, on a shared store, listening, so that a message
         sent on any host for an agent of this one wakes it at once (the tick would only in
-        ``seconds``)."""
+        ``seconds``). During an outage the listening connection is tried again every
+        :data:`RELISTEN_AFTER` seconds, and the one that opens ends the wait: the next tick
+        comes then, not at the end of a backoff of up to :data:`RECONNECT_CAP` seconds, while
+        the host's heartbeat, older by then than ``host_timeout``, has every other host take
+        its agents for unreachable."""
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
+            had = self._listener is not None
             listener = self._listening()
             if listener is None:
-                time.sleep(left)
-                return
+                if not self.store.shared:
+                    time.sleep(left)
+                    return
+                time.sleep(min(left, max(0.0, self._listen_again - time.monotonic())))
+                continue
+            if not had and self._outage is not None:
+                return  # the database answers again
             try:
                 agents = listener.wait(left)
             except OrchError as exc:
