@@ -98,6 +98,9 @@ class Mute:
         self._sockets: list[socket.socket] = []
         #: Connections taken so far.
         self.connections = 0
+        #: Unmuted: once a client sent a statement holding these bytes, the server's answers go
+        #: no further (the statement ran, its answer never came: a network gone mid-session).
+        self.deaf_after: bytes | None = None
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -141,7 +144,7 @@ class Mute:
             client.sendall(b"N")
             first = client.recv(8)
         server.sendall(first)
-        from_server, ready = b"", False
+        from_server, ready, deaf = b"", False, False
         while not self._closing.is_set():
             readable, _, _ = select.select([client, server], [], [], 0.2)
             for sock in readable:
@@ -150,6 +153,10 @@ class Mute:
                     return
                 if ready and self.muted.is_set():
                     continue  # taken, and never answered
+                if sock is client and self.deaf_after is not None and self.deaf_after in data:
+                    deaf = True
+                elif sock is server and deaf:
+                    continue
                 (client if sock is server else server).sendall(data)
                 if sock is server and not ready:
                     from_server += data
@@ -299,6 +306,25 @@ def test_a_command_fails_in_one_line_when_the_server_stops_answering(
         assert elapsed < 30, elapsed
     orch.env["ORCH_DB"] = orch.databases[-1]
     assert Queue(orch.store).messages() == []  # nothing reached the server
+
+
+def test_a_send_whose_answer_never_came_says_it_may_be_stored(orch: OrchState, mute: Mute) -> None:
+    """A plain send is one statement that commits as it ends: the server ran it, and the
+    connection went before its answer came. The send fails, but says that the message may be
+    stored: a script that took the error for "nothing stored" would send it again."""
+    Queue(orch.store).has_pending(AGENT)  # tables made
+    mute.muted.clear()
+    mute.deaf_after = b"INSERT INTO messages"
+    orch.env["ORCH_DB"] = mute.url(orch.env["ORCH_DB"])
+    done = orch.cli("send", AGENT, "stored, never answered")
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "the connection was lost as it committed (whether" in lines[0], lines
+    assert "took effect is unknown)" in lines[0], lines
+    orch.env["ORCH_DB"] = orch.databases[-1]
+    assert [m["body"] for m in Queue(orch.store).messages()] == ["stored, never answered"]
 
 
 def test_a_transaction_that_waits_for_the_lock_and_then_works_is_not_given_up_on(

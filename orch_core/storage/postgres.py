@@ -450,10 +450,16 @@ class PostgresStore(Store):
             tx.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def execute(
-        self, sql: str, params: Sequence[Any] = (), *, timeout: float | None = None
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+        doing: str = "",
     ) -> psycopg.Cursor[Any]:
         """``sql`` on this thread's connection, in its turn; ``timeout``: the server's
-        statement timeout that ``sql`` sets, which bounds the wait for its answer and after."""
+        statement timeout that ``sql`` sets, which bounds the wait for its answer and after;
+        ``doing``: what a lost connection interrupted (:meth:`lost`)."""
         taken = self.take_turn()
         try:
             conn = self.conn
@@ -462,7 +468,7 @@ class PostgresStore(Store):
             try:
                 return conn.execute(translate(sql), params)  # the rows are fetched already
             except Exception as exc:
-                raise self.lost(conn, exc) from exc
+                raise self.lost(conn, exc, doing) from exc
         finally:
             if taken:
                 self.give_turn()
@@ -530,7 +536,8 @@ class PostgresStore(Store):
     ) -> list[Any]:
         """The statement on its own (autocommit), without the write lock; the notifications
         in a part of it that its answer reads (a ``WITH`` part nobody reads is not run), sent
-        only when it wrote a row."""
+        only when it wrote a row. It commits as it ends: a connection lost before its answer
+        came leaves unknown whether it did (a send said to have failed may be stored)."""
         channel, payloads = notify
         if payloads:
             sql = (
@@ -539,7 +546,7 @@ class PostgresStore(Store):
                 " SELECT * FROM written WHERE (SELECT count(*) FROM told) >= 0"
             )
             params = (*params, channel, list(payloads))
-        return self.execute(sql, params).fetchall()
+        return self.execute(sql, params, doing=COMMITTING).fetchall()
 
     def listen(self, channel: str) -> Listener:
         """A connection of its own, listening on ``channel`` (the schema made first)."""
