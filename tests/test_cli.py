@@ -349,6 +349,33 @@ def test_a_database_url_libpq_cannot_read_is_said_without_its_password(
     )
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://orch:s3cr%zzet99@127.0.0.1:1/orch",  # a % that is no escape
+        "postgresql://orch:s3cr et99@127.0.0.1:1/orch",  # a space
+        "postgresql://orch@127.0.0.1:1/orch?password=s3cr%zzet99",
+        "postgresql://orch:s3cr/et99@127.0.0.1:1/orch",  # libpq: host orch, port s3cr
+        "postgresql://orch:s3cr@et99@127.0.0.1:1/orch",  # libpq: host et99@127.0.0.1
+    ],
+)
+def test_a_password_libpq_cannot_read_as_written_is_not_said(orch: OrchState, url: str) -> None:
+    """A password with a character it should have escaped: libpq quotes the value it cannot
+    decode, or takes the pieces around a ``/`` or an ``@`` for a host, a port or a database,
+    which the error, ``orch doctor`` and every hook's log line then showed."""
+    orch.env.update(ORCH_DB=url)
+    orch.write_config(f"[orch]\nbudget_ms = {ROOMY_BUDGET_MS}\n", user=True)  # psycopg's import
+    for command in (["agents"], ["send", "p:1", "hi"], ["doctor"]):
+        done = orch.cli(*command)
+        assert done.returncode == 1
+        said = done.stdout + done.stderr
+        assert "Error: postgresql://" in said or "FAIL database: postgresql://" in said, said
+        assert "s3cr" not in said and "et99" not in said, said
+    assert orch.run_hook(payload("Stop"), ORCH_AGENT="p:1").exit_code == 0
+    assert "cannot record the hook run" in str(orch.log())
+    assert "s3cr" not in str(orch.log()) and "et99" not in str(orch.log())
+
+
 SLOW_COMMANDS = """
 import os
 import time

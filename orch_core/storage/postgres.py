@@ -96,6 +96,9 @@ _DOWN: dict[str, tuple[float, str]] = {}
 #: that takes the connection and never answers (stopped, or packets dropped on the way) would
 #: otherwise hold a hook past its backstop, its plugins' answers (a deny) with it.
 CONNECT_SHARE = 0.5
+#: The shortest piece of a password taken out of what libpq says (:func:`_secrets`): a shorter
+#: one would take letters out of its words.
+SECRET_PIECE = 4
 #: Statements translated so far, by their text; cleared when it grows past :data:`KEEP_SQL`
 #: (``IN (?, ?, …)`` lists make statements of many lengths).
 _translated: dict[str, str] = {}
@@ -832,7 +835,7 @@ def public(url: str) -> str:
     host = info.get("host") or "localhost"
     port = f":{info['port']}" if info.get("port") else ""
     user = f"{info['user']}@" if info.get("user") else ""
-    return f"postgresql://{user}{host}{port}/{info.get('dbname') or ''}"
+    return _scrub(f"postgresql://{user}{host}{port}/{info.get('dbname') or ''}", url)
 
 
 def without_password(url: str) -> str:
@@ -857,7 +860,38 @@ def one_line(exc: BaseException, url: str | None = None) -> str:
     said = str(exc)
     if url and url in said:
         said = said.replace(url, without_password(url))
+    if url:
+        said = _scrub(said, url)
     return " ".join(said.split())
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` without ``url``'s password, whole or in the pieces libpq may have read it as
+    (:func:`_secrets`)."""
+    for secret in _secrets(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _secrets(url: str) -> list[str]:
+    """The password of ``url`` as written, longest first. libpq ends the user part at the first
+    ``@`` or ``/``: the pieces of a password holding one are read as a host, a port or a
+    database, and a value it cannot decode (a ``%`` not followed by two hex digits, a space) is
+    quoted whole in its error. So: the user part's password up to the URL's last ``@``, its
+    pieces, and the ``password`` parameters' values, but none shorter than
+    :data:`SECRET_PIECE`."""
+    from urllib.parse import unquote
+
+    head, _, query = url.partition("://")[2].partition("?")
+    found = []
+    if "@" in head:
+        password = head.rpartition("@")[0].partition(":")[2]
+        found += [password, *password.replace("/", "@").split("@")]
+    for param in query.split("&"):
+        key, _, value = param.partition("=")
+        if unquote(key) == "password":
+            found += [value, unquote(value)]
+    return sorted({s for s in found if len(s) >= SECRET_PIECE}, key=len, reverse=True)
 
 
 def _value(cur: psycopg.Cursor[Any]) -> Any:
