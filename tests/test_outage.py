@@ -218,7 +218,9 @@ def test_hooks_answer_within_their_budget_while_the_database_is_down(
         cluster.resume()
     else:
         orch.env["ORCH_DB"] = orch.databases[-1]
-    # back: the message waited, and goes out once
+    # back: the message waited, and goes out once (within the end to end tests' budget: what
+    # is timed here is the outage, and a busy machine's cold hook connects late)
+    orch.give_hooks_room()
     _, first = timed_hook(orch, "PostToolUse", "after")
     assert HEADER.findall(first.context or "") == [sent]
     _, second = timed_hook(orch, "PostToolUse", "after")

@@ -110,8 +110,9 @@ def test_steps_that_are_not_numbered_1_2_3_leave_the_plugin_without_tables_and_s
     (run,) = orch.store.runs()
     assert [p["outcome"] for p in run["plugins"] if p["plugin"] == "gappy"] == ["error"]
     assert "gappy" not in schemas(orch)
-    warned = [line["msg"] for line in orch.log() if "orch_schema" in line["msg"]]
-    assert warned == ["plugin gappy: orch_schema: give SQL for steps numbered 1, 2, …"]
+    # said by each process that builds its plan (the hook's, this test's: their paths differ)
+    warned = {line["msg"] for line in orch.log() if "orch_schema" in line["msg"]}
+    assert warned == {"plugin gappy: orch_schema: give SQL for steps numbered 1, 2, …"}
 
 
 def test_a_schema_9_database_keeps_its_briefings(orch: OrchState) -> None:
