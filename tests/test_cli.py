@@ -94,6 +94,18 @@ def test_the_guard_denies_a_forced_push_to_main_however_it_is_written(
     assert decision(orch, command.replace("main", "dev").replace("master", "dev")) is None
 
 
+def test_the_guard_checks_the_commands_the_monitor_tool_runs(orch: OrchState) -> None:
+    """Claude Code's Monitor tool runs a shell command as Bash does (``tool_input.command``;
+    tests/e2e/test_orch_hooks.py): the guard let ``git push --force origin main`` through it."""
+    pushed = {"command": "git push --force origin main", "description": "Push"}
+    result = orch.run_hook(payload("PreToolUse", tool_name="Monitor", tool_input=pushed))
+    assert result.output is not None, result
+    assert result.output["hookSpecificOutput"]["permissionDecision"] == "deny"
+    watched = {"command": "tail -f build.log", "description": "Watch"}
+    passed = orch.run_hook(payload("PreToolUse", tool_name="Monitor", tool_input=watched))
+    assert passed.output is None
+
+
 def test_the_guard_lets_an_unforced_push_to_main_through(orch: OrchState) -> None:
     for command in ("git push origin main", "git push --follow-tags origin main",
                     "git push origin feature-fix:main"):  # fmt: skip

@@ -132,6 +132,27 @@ def test_orch_guard_denies_a_forced_push_to_main_before_it_runs(
     assert denied["exit_code"] == 2 and denied["ok"], denied
 
 
+def test_orch_guard_denies_a_command_of_the_monitor_tool_before_it_runs(
+    claude: ClaudeFactory, standin: StandInAPI, project: Path, orch_env: dict[str, str]
+) -> None:
+    """Claude Code's Monitor tool runs a shell command too (its PreToolUse names the tool
+    Monitor, the command in ``tool_input.command``): allowed, it ran a forced push to main
+    that the guard let through."""
+    command = "git push --force origin main; touch pushed"
+    tool_id = standin.reply_tool_use("Monitor", {"command": command, "description": "Push"})
+    standin.reply_text("understood")
+    session = claude(env=orch_env, args=("--permission-mode", "acceptEdits",
+                                         "--allowedTools", "Bash,Monitor"))  # fmt: skip
+    session.prompt("Push to main.")
+    second = session.wait_for_requests(2)[1]
+
+    index = second.tool_result_index(tool_id)
+    assert index is not None, "the call's result never reached the model"
+    assert not (project / "pushed").exists(), "the denied command ran"
+    reason = "orch-guard: this command matches deny rule"
+    assert [t for t in second.texts(index) if reason in t], second.texts(index)
+
+
 def test_a_subagent_stop_block_reaches_the_subagent_once(
     claude: ClaudeFactory, standin: StandInAPI, project: Path, orch_env: dict[str, str]
 ) -> None:

@@ -1,9 +1,9 @@
 """orch-guard: deny (or ask before) shell commands a team never wants an agent to run.
 
 Ten agents with Bash are ten chances a day for ``git push --force`` to main. The guard checks
-each Bash call on PreToolUse against regular expressions and answers ``deny`` or ``ask``; orch
-folds that with the other plugins' answers (deny > ask > allow). Configure it in your own config,
-and per project::
+each Bash (and Monitor) call on PreToolUse against regular expressions and answers ``deny`` or
+``ask``; orch folds that with the other plugins' answers (deny > ask > allow). Configure it in
+your own config, and per project::
 
     [plugin.guard]
     deny = ['\\bgit\\s+push\\b.*--force']
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 #: A longer command is asked about rather than checked: a user's rule may be slow on it.
 MAX_COMMAND = 100_000
+#: The tools that run ``tool_input.command`` in a shell: Monitor streams a command's output,
+#: and an agent told not to wait with ``sleep`` in Bash is pointed at it.
+SHELL_TOOLS = ("Bash", "Monitor")
 
 #: Where a simple command ends; ``2>&1``, ``>&2`` and ``&>`` are redirections, not ``&``.
 _SEPARATOR = re.compile(r"&&|\|\||(?<![<>])&(?!>)|[;|\n]")
@@ -142,7 +145,7 @@ def _answer(decision: str, pattern: str, yours: bool, also: str = "") -> Answer:
 
 @hookimpl
 def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> Answer | None:
-    if event.tool_name != "Bash":
+    if event.tool_name not in SHELL_TOOLS:
         return None
     command = event.tool_input.get("command")
     if not isinstance(command, str):
