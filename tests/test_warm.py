@@ -544,3 +544,34 @@ def test_nothing_is_written_or_removed_through_what_someone_planted_in_the_state
     finally:
         listener.close()
     assert (target.read_text(), target.stat().st_mtime) == ("kept", 1_000_000_000)
+
+
+def test_a_projects_slow_guard_rule_keeps_the_supervisor_answering_the_hosts_hooks(
+    orch: OrchState, tmp_path: Path, supervisor: subprocess.Popen[bytes]
+) -> None:
+    """Python's regular expressions hold the interpreter lock for as long as they run: a
+    cloned repository's guard rule that never finishes on a command, checked in the
+    supervisor's own process, stopped it answering every hook of the host (the user's own
+    rules of every project among them) until the rule finished: the hooks went unanswered,
+    and Claude ran their commands unchecked. The project's rules are checked apart."""
+    orch.write_config("[plugin.guard]\ndeny = ['(a+)+$']\n")
+
+    def bash(command: str) -> bytes:
+        event = payload("PreToolUse", tool_input={"command": command}, cwd=str(orch.project_dir))
+        return json.dumps(event).encode()
+
+    assert run(orch, tmp_path, "hook", stdin=bash("ls")).code == 0  # the plan built
+    slow = subprocess.Popen(
+        [sys.executable, "-c", HOOK, str(tmp_path / "imports-slow"), "hook"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env={**orch.env, "ORCH_AGENT": "p:1"}, cwd=orch.project_dir,
+    )  # fmt: skip
+    try:
+        slow.communicate(bash("ls # " + "a" * 40 + "!"), timeout=0.8)
+    except subprocess.TimeoutExpired:
+        pass  # taken by the supervisor, which is checking it
+    pushed = run(orch, tmp_path, "hook", stdin=bash("git push --force origin main"))
+    asked, _ = slow.communicate(timeout=30)
+    assert (pushed.code, pushed.imported_psycopg) == (2, False), pushed
+    assert "orch-guard: this command matches deny rule" in pushed.stdout
+    assert "orch-guard: the project's rules took too long" in asked.decode()

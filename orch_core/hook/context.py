@@ -49,6 +49,8 @@ class Runtime:
         self.deadline: float | None = None
         #: Each plugin's notes for this run (:attr:`HookContext.notes`).
         self.notes: dict[str, dict[str, Any]] = {}
+        #: Whether this process answers other hooks too (:attr:`HookContext.shared`).
+        self.shared = False
 
     @classmethod
     def open(
@@ -170,6 +172,14 @@ class HookContext:
         """When the dispatcher stops waiting for this plugin (``time.time()``): work that
         hands something to the model must not commit after it, or nobody would see it."""
         return self._runtime.deadline
+
+    @property
+    def shared(self) -> bool:
+        """Whether this process answers other hooks too: the host's supervisor, on PostgreSQL
+        (:mod:`orch_core.supervisor.warm`). There, code that holds the interpreter lock past the
+        deadline (a regular expression that never finishes) holds up every agent's hooks; in
+        ``orch-hook``'s own process the backstop ends this run alone."""
+        return self._runtime.shared
 
     @property
     def store(self) -> Store:

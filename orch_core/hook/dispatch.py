@@ -164,6 +164,7 @@ def dispatch(
     cwd: str | None = None,
     answer_by: Callable[[float], object] | None = None,
     reply_to: Callable[[answers.Reply], object] | None = None,
+    shared: bool = False,
 ) -> Outcome:
     """Handle one hook event from its raw stdin bytes. The budget counts from here (or from
     ``began``, the ``time.time()`` the hook process began, when the supervisor dispatches for
@@ -174,7 +175,8 @@ def dispatch(
     the reply is due. ``reply_to`` hears the reply as soon as it is folded, before the
     ``orch_hook_answered`` observers and the run's record: a reply written there keeps its
     decision even if the process is ended after (Claude Code takes a valid JSON reply whatever
-    the exit code: tests/e2e/test_harness.py)."""
+    the exit code: tests/e2e/test_harness.py). ``shared``: this process answers other hooks
+    too (the supervisor's; :attr:`~orch_core.hook.context.HookContext.shared`)."""
     start = time.perf_counter()
     if began is not None:
         start -= max(0.0, time.time() - began)
@@ -229,6 +231,7 @@ def dispatch(
         runtime.started = began
     runtime.deadline = time.time() + (deadline - time.perf_counter())
     runtime.event_name = event.name
+    runtime.shared = shared
     runtime.agent, prepared = _prepare(
         runtime, event.session_id, deadline, timeout=budget if kept else None
     )

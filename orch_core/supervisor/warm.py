@@ -222,6 +222,7 @@ class WarmServer:
             cwd=str(request["cwd"]),
             answer_by=lambda by: say({"answer_by": by}),
             reply_to=tell,
+            shared=True,
         )
         if not outcome.abandoned:
             self._give_back(store, durable=False)  # else a thread of the run may still use it

@@ -13,7 +13,9 @@ A project's rules add to yours (or to the defaults), never replace them: a clone
 forbid more, not less. They are checked after yours: Python's regular expressions have no time
 limit, and a project's rule that never finishes could otherwise keep one of yours from
 answering. Where one of your rules asks, the project's deny rules still beat it, checked in a
-process of their own given half of what is left of the budget (past it, the guard asks).
+process of their own given half of what is left of the budget (past it, the guard asks). So
+are all of them in the host's supervisor (``ctx.shared``): a regular expression holds the
+interpreter lock while it runs, and there it would hold up every agent's hooks.
 
 A rule is searched for anywhere in the command's text. The built-in rules are the exception:
 each is matched once from the start of every simple command (the text between ``;``, ``&&``,
@@ -160,20 +162,22 @@ def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> Answer | None:
     if pattern:
         return _answer("deny", pattern, yours=True)
     asked = _first_match(your_ask, command, parts)
-    if asked:
-        if not their_deny:
-            return _answer("ask", asked, yours=True)
+    if asked and not their_deny:
+        return _answer("ask", asked, yours=True)
+    theirs = their_deny if asked else [*their_deny, *their_ask]  # deny first: it wins
+    if not theirs:
+        return None
+    if asked or ctx.shared:  # bounded: a slow rule must not cost your ask, nor other hooks
         left = (ctx.deadline or time.time() + 0.5) - time.time()
         try:
-            pattern = _first_match_within(their_deny, command, parts, left / 2)
-        except Exception as exc:  # too slow, or no process to check them in: yours still asks
+            pattern = _first_match_within(theirs, command, parts, left / 2)
+        except Exception as exc:  # too slow, or no process to check them in: the guard asks
             why = "took too long" if isinstance(exc, TimeoutError) else "could not be checked"
-            return _answer("ask", asked, True, f" (the project's deny rules {why})")
-        if pattern:
-            return _answer("deny", pattern, yours=False)
-        return _answer("ask", asked, yours=True)
-    for decision, theirs in (("deny", their_deny), ("ask", their_ask)):
+            if asked:
+                return _answer("ask", asked, True, f" (the project's deny rules {why})")
+            return Answer(permission="ask", reason=f"orch-guard: the project's rules {why}")
+    else:  # past the budget, orch-hook's backstop ends this run alone
         pattern = _first_match(theirs, command, parts)
-        if pattern:
-            return _answer(decision, pattern, yours=False)
-    return None
+    if pattern:
+        return _answer("deny" if pattern in their_deny else "ask", pattern, yours=False)
+    return _answer("ask", asked, yours=True) if asked else None
