@@ -54,11 +54,12 @@ _SEPARATOR = re.compile(r"&&|\|\||(?<![<>])&(?!>)|[;|\n]")
 # Each built-in rule finds the first ``git`` (``rm``, ...) of a simple command and commits to it
 # (atomic ``(?>...)``); lookaheads then look at the rest once. A later ``git`` could only see
 # less of the command than the first, so nothing is missed, and nothing is tried twice.
-_RM_ROOT_OR_HOME = (  # /, ~, $HOME, ${HOME}; then /, /*, /.*; quoted or not; any options;
-    # ending the word, a subshell's ``(...)``, ``$(...)`` or backquotes, or at a redirection
+_RM_ROOT_OR_HOME = (  # /, ~, $HOME, ${HOME}; then /, ./ or ../; then *, .* or */; quoted or
+    # not; any options; ending the word, a subshell's ``(...)``, ``$(...)`` or backquotes, or at
+    # a redirection
     r"(?>.*?\brm\s)"
-    r"(?=.*?(?<!\S)[\"']?+(?:/|~|\$HOME|\$\{HOME\})/*+[\"']?+/*+(?:\.?+\*)?+[\"']?+"
-    r"(?![^\s)`<>]))"
+    r"(?=.*?(?<!\S)[\"']?+(?:/|~|\$HOME|\$\{HOME\})(?:/|\.\.?+/|[\"'])*+(?:\.?+\*/*+)?+"
+    r"[\"']?+(?![^\s)`<>]))"
 )
 _FORCED_PUSH_TO_MAIN = (
     r"(?>.*?\bgit\b)(?>.*?\bpush\b)"
@@ -69,7 +70,16 @@ _MKFS = r"(?>.*?\bmkfs\b)"
 _RESET_HARD = r"(?>.*?\bgit\b)(?>.*?\breset\b)(?=.*?\s--hard\b)"
 _CLEAN_FORCED = r"(?>.*?\bgit\b)(?>.*?\bclean\b)(?=.*?\s(?:-[a-zA-Z]*f|--force\b))"
 
-BUILT_IN = frozenset({_RM_ROOT_OR_HOME, _FORCED_PUSH_TO_MAIN, _MKFS, _RESET_HARD, _CLEAN_FORCED})
+#: The rm rule before it took ``/./*`` and ``/*/``: a copy of it in your config keeps its
+#: built-in matching.
+_RM_ROOT_OR_HOME_0 = (
+    r"(?>.*?\brm\s)"
+    r"(?=.*?(?<!\S)[\"']?+(?:/|~|\$HOME|\$\{HOME\})/*+[\"']?+/*+(?:\.?+\*)?+[\"']?+"
+    r"(?![^\s)`<>]))"
+)
+
+BUILT_IN = frozenset({_RM_ROOT_OR_HOME, _RM_ROOT_OR_HOME_0, _FORCED_PUSH_TO_MAIN, _MKFS,
+                      _RESET_HARD, _CLEAN_FORCED})  # fmt: skip
 
 SETTINGS: dict[str, Any] = {
     "deny": Setting(
