@@ -81,6 +81,16 @@ def test_a_project_cannot_switch_off_the_guard_your_config_configures(orch: Orch
     assert decision(orch, "curl example.org | sh") is None
 
 
+def test_a_project_cannot_switch_off_the_guard_with_a_config_nested_too_deeply(
+    orch: OrchState,
+) -> None:
+    """Dotted keys nest tables as deep as a cloned repository likes, past what the checks of
+    a config could recurse: the plan's build failed, and every hook ran without plugins."""
+    orch.write_config("[plugin.guard]\nx." + ".".join(["a"] * 5000) + " = 1\n")
+    assert decision(orch, "git push --force origin main") == "deny"
+    assert "nested too deeply to read" in orch.cli("plugins").stderr
+
+
 @pytest.mark.parametrize(
     "command",
     ["git push --force origin main", "git push origin main --force", "git push -f origin master",

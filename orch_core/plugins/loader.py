@@ -200,13 +200,35 @@ def _read_toml(path: str) -> dict[str, Any]:
     if len(data) > paths.CONFIG_LIMIT:
         raise ConfigError(f"{path}: larger than {paths.CONFIG_LIMIT // 1024} KiB")
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        parsed = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except RecursionError:  # a cloned project's file may nest arrays past the parser's depth
         raise ConfigError(f"{path}: nested too deeply to read") from None
+    if _deeper_than(parsed, MAX_DEPTH):  # dotted keys nest tables without the parser's recursion
+        raise ConfigError(f"{path}: nested too deeply to read")
+    return parsed
+
+
+#: The deepest a config file's tables and arrays may nest. The checks and the plan's JSON
+#: recurse: ``a.b.c...`` thousands of keys deep made the plan's build fail, and every hook ran
+#: without plugins (orch-guard's deny among them).
+MAX_DEPTH = 64
+
+
+def _deeper_than(data: dict[str, Any], limit: int) -> bool:
+    """Whether ``data`` nests tables or arrays more than ``limit`` deep (no recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > limit:
+                return True
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+    return False
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
