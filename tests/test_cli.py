@@ -91,6 +91,19 @@ def test_a_project_cannot_switch_off_the_guard_with_a_config_nested_too_deeply(
     assert "nested too deeply to read" in orch.cli("plugins").stderr
 
 
+def test_a_project_cannot_switch_off_the_guard_with_a_number_too_long_to_read(
+    orch: OrchState,
+) -> None:
+    """Python reads no integer of more than 4300 digits (ValueError, not a TOML error): the
+    plan's build failed, every hook ran without plugins, and every command showed a traceback."""
+    orch.write_config("[plugin.guard]\nx = " + "9" * 5000 + "\n")
+    assert decision(orch, "git push --force origin main") == "deny"
+    done = orch.cli("plugins")
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("Error: ") and "4300 digits" in line, line
+
+
 @pytest.mark.parametrize(
     "command",
     ["git push --force origin main", "git push origin main --force", "git push -f origin master",

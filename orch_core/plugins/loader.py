@@ -203,7 +203,7 @@ def _read_toml(path: str) -> dict[str, Any]:
         parsed = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer past Python's 4300 digits
         raise ConfigError(f"{path}: {exc}") from None
     except RecursionError:  # a cloned project's file may nest arrays past the parser's depth
         raise ConfigError(f"{path}: nested too deeply to read") from None
