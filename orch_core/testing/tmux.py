@@ -1,4 +1,5 @@
-"""An isolated tmux server for tests: its own ``-L`` socket, so it never touches the user's tmux.
+"""An isolated tmux server for tests: its own socket, in a folder removed with the server, so it
+never touches the user's tmux.
 
 Every tmux call is an argv list (no shell). Panes stay visible after their process exits
 (``remain-on-exit``), so a test can still read what a crashed program printed.
@@ -52,6 +53,8 @@ class TmuxServer:
         self.height = height
         self.socket_name = f"orch-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._dir = Path(tempfile.mkdtemp(prefix="orch-tmux-"))
+        # tmux leaves its socket behind when the server exits: in this folder, it goes with it.
+        self.socket = str(self._dir / self.socket_name)
         self._config = self._dir / "tmux.conf"
         self._config.write_text(_CONFIG)
         # The server's global environment is the starting client's: keep it minimal so
@@ -61,7 +64,7 @@ class TmuxServer:
             self._env["TMUX_TMPDIR"] = os.environ["TMUX_TMPDIR"]
         # Runs on kill(), or when this object is collected or the interpreter exits.
         self._finalizer = weakref.finalize(
-            self, _kill_server, [tmux, "-L", self.socket_name, "kill-server"], self._env, self._dir
+            self, _kill_server, [tmux, "-S", self.socket, "kill-server"], self._env, self._dir
         )
 
     def __enter__(self) -> Self:
@@ -83,7 +86,7 @@ class TmuxServer:
         return done.stdout
 
     def _run(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        argv = [self.tmux, "-u", "-L", self.socket_name, "-f", str(self._config), *args]
+        argv = [self.tmux, "-u", "-S", self.socket, "-f", str(self._config), *args]
         return subprocess.run(
             argv, capture_output=True, text=True, env=self._env, timeout=30, check=False
         )

@@ -443,6 +443,20 @@ def test_tmux_server_runs_argv_with_env_and_keeps_dead_panes(tmux_server: TmuxSe
     assert not tmux_server.is_alive(pane)
 
 
+@pytest.mark.tmux
+def test_tmux_server_leaves_no_socket_behind() -> None:
+    """tmux keeps its socket file after kill-server; each demo run and e2e test left one in
+    /tmp/tmux-UID."""
+    server = TmuxServer()
+    server.new_window("sleep", [sys.executable, "-c", "import time; time.sleep(60)"])
+    socket = Path(server.cmd("display-message", "-p", "#{socket_path}").strip())
+    assert socket.exists()
+
+    server.kill()
+
+    assert not socket.exists()
+
+
 #: A context's length as Claude Code counts it, and whether its end reaches the model.
 CAPPED_CONTEXTS = {
     "10,000 plain characters": ("a" * 9_990, True),
