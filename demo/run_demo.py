@@ -169,8 +169,7 @@ def main() -> None:
                 show(text)
 
         step(f"reviewer ({r}) finishes a turn and waits at its prompt: it is idle")
-        reviewer.prompt("Wait for review requests.")
-        wait_until(lambda: state(store, r) == "idle", what="reviewer idle")
+        take_turn(reviewer, store, "Wait for review requests.")
         print("  $ orch agents")
         show(orch(env, "agents"), "  ")
         print("  (pending: queued, or delivered and not yet found in the agent's transcript)")
@@ -179,8 +178,12 @@ def main() -> None:
         show(orch(env, "send", r, text, "--priority", "20", "--from", "builder"), "    ")
         woken = reviewer.wait_for_requests(2)[-1]
         wait_until(lambda: state(store, r) == "idle", what="reviewer idle again")
+        (sent_id,) = [m["id"] for m in queue(env) if m["agent"] == r]
+        prompt = [unwrap(t) for t in woken.texts(last_answer(woken) + 1)]
+        if WAKE_LINE not in prompt or not any(f"{MARK}{sent_id} " in t for t in prompt):
+            raise SystemExit(f"demo: {r}'s model did not get the wake-up with {sent_id}: {prompt}")
         print(f"  orch typed {WAKE_LINE!r} into {r}'s pane; its prompt hook delivered:")
-        show("\n".join(after(woken, len(woken.messages) - 2)))
+        show("\n".join(t for t in prompt if t != WAKE_LINE))
         show(screen(reviewer, 4), "  | ")
 
         step("Each agent's next prompt confirms what it was given (found in its transcript)")
@@ -244,6 +247,34 @@ def compaction(
     start = rebrief.index("[orch rebrief")
     show(rebrief[start : start + 1400])
     print("  ...")
+
+
+def stops(store: SQLiteStore, agent: str) -> int:
+    query = "SELECT count(*) FROM hook_runs WHERE agent = ? AND event = 'Stop'"
+    return int(store.conn.execute(query, (agent,)).fetchone()[0])
+
+
+def take_turn(session: ClaudeSession, store: SQLiteStore, text: str) -> None:
+    """Prompt the agent and wait until its turn ended. Its state alone is no sign: it is
+    ``idle`` already before the prompt's hook runs."""
+    agent = agent_of(session)
+    before = stops(store, agent)
+    session.prompt(text)
+    wait_until(
+        lambda: stops(store, agent) > before and state(store, agent) == "idle",
+        what=f"{agent}'s turn to end",
+    )
+
+
+def last_answer(request: RecordedRequest) -> int:
+    """Index of the model's last answer: the messages after it are the new prompt's."""
+    roles = [m.get("role") for m in request.messages]
+    return max(i for i, role in enumerate(roles) if role == "assistant")
+
+
+def unwrap(text: str) -> str:
+    """A hook's context reaches the model inside a ``<system-reminder>``."""
+    return text.removeprefix("<system-reminder>\n").removesuffix("\n</system-reminder>")
 
 
 def stopped_once(store: SQLiteStore, agent: str) -> bool:
@@ -346,8 +377,7 @@ def next_turn(session: ClaudeSession, store: SQLiteStore, env: dict[str, str]) -
     agent = agent_of(session)
     ids = [m["id"] for m in queue(env) if m["agent"] == agent]
     wait_until(lambda: in_transcript(session, ids), what="the deliveries in the transcript")
-    session.prompt("Thanks, that is all for now.")
-    wait_until(lambda: state(store, agent) == "idle", what=f"{agent} idle")
+    take_turn(session, store, "Thanks, that is all for now.")
 
 
 if __name__ == "__main__":
