@@ -48,6 +48,7 @@ from orch_core.queue import MARK, Queue
 from orch_core.storage.store import SQLiteStore
 from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.claude import PROMPT_MARK, ClaudeSession
+from orch_core.testing.fleet import alive
 from orch_core.testing.kit import orch_script
 from orch_core.testing.standin import RecordedRequest, Reply, StandInAPI
 from orch_core.testing.tmux import TmuxServer
@@ -218,11 +219,17 @@ def main() -> None:
              "every message confirmed", 60)  # fmt: skip
         report = tally(sent, agents, by_agent, queue, store, kills)
     finally:
+        socket = ["tmux", "-S", env["ORCH_TMUX_SOCKET"]]
+        panes = subprocess.run([*socket, "list-panes", "-a", "-F", "#{pane_pid}"],
+                               capture_output=True, text=True, check=False).stdout  # fmt: skip
+        pids = panes.split()
         pid = lifecycle.supervisor_running(env)
         if pid and pid > 0:
             os.kill(pid, signal.SIGTERM)
-        subprocess.run(["tmux", "-S", env["ORCH_TMUX_SOCKET"], "kill-server"],
-                       capture_output=True, check=False)  # fmt: skip
+            pids.append(str(pid))
+        subprocess.run([*socket, "kill-server"], capture_output=True, check=False)
+        # Each agent's SessionEnd hook and the supervisor write to the state folder as they go.
+        wait(lambda: not any(alive(p) for p in pids), "the agents and supervisor to exit", 30)
         for agent in agents:
             agent.model.stop()
         harness.kill()
@@ -232,6 +239,8 @@ def main() -> None:
         print(f"state kept for a look: {root}")
     else:
         shutil.rmtree(root, ignore_errors=True)
+        if root.exists():
+            sys.exit(f"soak: {root} was still written to after its agents and supervisor ended")
 
 
 def tally(

@@ -358,12 +358,20 @@ def dashboard(env: dict[str, str]) -> None:
 def stop_fixer(env: dict[str, str], root: Path) -> None:
     """The demo leaves nothing running: the spawned agent's tmux server and the supervisor."""
     from orch_core.supervisor import lifecycle
+    from orch_core.testing.fleet import alive
 
+    socket = ["tmux", "-S", str(root / "tmux.sock")]
+    listing = subprocess.run([*socket, "list-panes", "-a", "-F", "#{pane_pid}"],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    pids = listing.stdout.split()
     orch({**env, "ORCH_TMUX_SOCKET": str(root / "tmux.sock")}, "stop", "fixer")
-    subprocess.run(["tmux", "-S", str(root / "tmux.sock"), "kill-server"], capture_output=True)
+    subprocess.run([*socket, "kill-server"], capture_output=True)
     running = lifecycle.supervisor_running(env)
     if running and running > 0:
         os.kill(running, 15)
+        pids.append(str(running))
+    # Both write into the demo's folder until they are gone (fixer's SessionEnd hooks too).
+    wait_until(lambda: not any(alive(pid) for pid in pids), what="fixer and the supervisor to exit")
 
 
 def queue(env: dict[str, str]) -> list[dict[str, Any]]:

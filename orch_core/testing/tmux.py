@@ -155,8 +155,26 @@ class TmuxServer:
 
 
 def _kill_server(argv: list[str], env: dict[str, str], folder: Path) -> None:
+    """Kill the server, then wait (10 s at most) for its panes' programs: a Claude Code still
+    exiting runs its SessionEnd hooks, which write into the caller's folders as they go."""
+    listing = [*argv[:-1], "list-panes", "-a", "-F", "#{pane_pid}"]
+    panes = subprocess.run(
+        listing, capture_output=True, text=True, env=env, timeout=30, check=False
+    )
     subprocess.run(argv, capture_output=True, env=env, timeout=30, check=False)
+    deadline = time.monotonic() + 10
+    while any(_runs(pid) for pid in panes.stdout.split()) and time.monotonic() < deadline:
+        time.sleep(_POLL_SECONDS)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _runs(pid: str) -> bool:
+    """Whether process ``pid`` runs (a zombie no longer does)."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 #: The recorder's program: appends every line typed into its pane to the file it is given.

@@ -457,6 +457,28 @@ def test_tmux_server_leaves_no_socket_behind() -> None:
     assert not socket.exists()
 
 
+@pytest.mark.tmux
+def test_tmux_server_kill_waits_for_its_programs(tmp_path: Path) -> None:
+    """A Claude Code killed with its server runs SessionEnd hooks that write into the test's
+    folders: those were removed under them (the demo failed with 'Directory not empty')."""
+    done = tmp_path / "done"
+    program = (
+        "import pathlib, signal, sys, time\n"
+        "def leave(*_):\n"
+        "    time.sleep(1); pathlib.Path(sys.argv[1]).write_text('x'); sys.exit(0)\n"
+        "signal.signal(signal.SIGHUP, leave)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    server = TmuxServer()
+    pane = server.new_window("slow", [sys.executable, "-c", program, str(done)])
+    server.wait_for_text(pane, "ready", timeout=10)
+
+    server.kill()
+
+    assert done.exists()
+
+
 #: A context's length as Claude Code counts it, and whether its end reaches the model.
 CAPPED_CONTEXTS = {
     "10,000 plain characters": ("a" * 9_990, True),
