@@ -454,12 +454,17 @@ class Queue:
         return row is not None
 
     def has_ready(self, agent: str, now: float | None = None) -> bool:
-        """Whether a message could be delivered to ``agent`` right now."""
+        """Whether a hook would deliver a message to ``agent`` right now, as :meth:`claim`
+        takes them: one held back by ``--after`` or past its TTL is not, and a wake-up for it
+        would bring a prompt with nothing, then another at each tick while the agent idles."""
         now = time.time() if now is None else now
         row = self.store.execute(
-            "SELECT 1 FROM messages WHERE agent = ? AND state = 'queued'"
-            " AND (not_before IS NULL OR not_before <= ?) LIMIT 1",
-            (agent, now),
+            "SELECT 1 FROM messages m WHERE m.agent = ? AND m.state = 'queued'"
+            " AND (m.not_before IS NULL OR m.not_before <= ?)"
+            " AND (m.expires IS NULL OR m.expires > ?)"
+            " AND NOT EXISTS (SELECT 1 FROM messages a WHERE a.id = m.after_id"
+            " AND a.state NOT IN ('delivered', 'confirmed')) LIMIT 1",
+            (agent, now, now),
         ).fetchone()
         return row is not None
 

@@ -366,3 +366,29 @@ def test_a_send_wakes_an_agent_as_its_own_project_says_not_the_senders(
     assert done.returncode == 0, done.stderr
     assert panes["b:1"].lines() == []
     assert panes["a:1"].lines() == [WAKE_LINE]
+
+
+def test_a_message_held_back_by_after_wakes_nobody_until_it_can_be_delivered(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    """A wake-up for a message ``--after`` another not yet delivered brings a prompt with
+    nothing in it, and the agent, idle again, would be woken at each tick after: a turn of the
+    model each time, for as long as the other message waits."""
+    from orch_core.supervisor import lifecycle
+
+    pane = Pane(tmux, orch)
+    assert hook(orch, "Stop") == ""
+    queue = Queue(orch.store)
+    first = queue.send("other:1", "for a busy agent")
+    done = orch.cli("send", AGENT, "after the first", "--after", first["id"])
+    assert done.returncode == 0, done.stderr
+    supervisor = lifecycle.Supervisor(orch.env)
+    for _ in range(3):
+        supervisor.upkeep(time.time())
+    assert pane.lines() == []
+    assert agent_state(orch) == "idle"
+    assert queue.claim("other:1", "sess-other") != []  # the first is delivered: now it is due
+    supervisor.upkeep(time.time())
+    supervisor.upkeep(time.time())
+    assert pane.lines() == [WAKE_LINE]
+    assert "after the first" in hook(orch, "UserPromptSubmit", prompt=WAKE_LINE)
