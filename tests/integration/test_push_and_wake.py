@@ -392,3 +392,29 @@ def test_a_message_held_back_by_after_wakes_nobody_until_it_can_be_delivered(
     supervisor.upkeep(time.time())
     assert pane.lines() == [WAKE_LINE]
     assert "after the first" in hook(orch, "UserPromptSubmit", prompt=WAKE_LINE)
+
+
+def test_the_end_of_an_agents_older_session_leaves_its_newer_one_to_be_woken(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    """Two Claude sessions may answer as one agent: tmux renumbered its windows and a Claude
+    started since in the window that now has the old one's number takes its name (or one was
+    restarted in place, and the old one's SessionEnd came late). The older one ending said
+    the agent was offline, while the newer one waited at its prompt: no wake-up reached it."""
+    old = Recorder(tmux, orch.root / "old.bin", name="old")
+    orch.store.remember_session("sess-old", AGENT, old.pane, old.socket)
+    orch.run_hook(payload("SessionStart", session_id="sess-old", source="startup"),
+                  ORCH_AGENT=AGENT, TMUX_PANE=old.pane)  # fmt: skip
+    new = Pane(tmux, orch)  # SESSION, the newer one, in its own pane
+    orch.run_hook(payload("SessionStart", session_id=SESSION, source="startup"),
+                  ORCH_AGENT=AGENT, TMUX_PANE=new.pane)  # fmt: skip
+    assert agent_state(orch) == "idle"
+    orch.run_hook(payload("SessionEnd", session_id="sess-old", reason="prompt_input_exit"),
+                  ORCH_AGENT=AGENT, TMUX_PANE=old.pane)  # fmt: skip
+    assert agent_state(orch) == "idle"
+    assert orch.cli("send", AGENT, "for the agent still running").returncode == 0
+    assert new.lines() == [WAKE_LINE]
+    assert old.lines() == []
+    # its own session's end still takes it offline
+    hook(orch, "SessionEnd", reason="prompt_input_exit")
+    assert agent_state(orch) == "offline"

@@ -150,7 +150,18 @@ def orch_stop_failure(ctx: HookContext) -> None:
 def orch_session_end(ctx: HookContext) -> None:
     # `orch stop` kills the pane, and Claude Code ends its session with a SessionEnd: an
     # `offline` over `stopped` (or `failed`) would have the supervisor restart the dead pane
+    if ctx.agent is None or not _latest(ctx):
+        return
     _unless_settled(ctx, "offline", (*LIVE, "error"))
+
+
+def _latest(ctx: HookContext) -> bool:
+    """Whether the session ending is the agent's latest (or orch knows no other): another
+    session may answer as the agent (a Claude started in a window renumbered to the agent's
+    number, a restart whose old session ended late), and the end of an older one leaves the
+    agent as its newer one said, or it would be offline, never woken, while it waits."""
+    row = ctx.store.execute("SELECT session_id FROM agents WHERE id = ?", (ctx.agent,)).fetchone()
+    return not ctx.session_id or row is None or row[0] in (None, ctx.session_id)
 
 
 @hookimpl
