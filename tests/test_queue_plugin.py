@@ -329,7 +329,10 @@ def test_session_end_requeues_unconfirmed_deliveries_and_keeps_the_rest(
     assert state_of(orch, confirmed) == "confirmed"
     assert state_of(orch, queued_later) == "queued"
     assert state_of(orch, other) == "delivered"  # another session's delivery is its own
+    assert agent_state(orch) == "busy"  # as sess-2, the agent's latest session, said
+    assert hook(orch, "SessionEnd", session="sess-2", reason="exit").exit_code == 0
     assert agent_state(orch) == "offline"
+    assert state_of(orch, other) == "queued"
     backlog = hook(orch, "SessionStart", session="sess-3")
     assert backlog.context is not None and backlog.context.startswith(f"{MARK}{inflight} ")
 
