@@ -19,7 +19,7 @@ from orch_core.queue import Queue, QueueError
 TYPE_CHECKING = False  # importing typing costs each orch send ~4 ms
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
     from typing import Any
 
 
@@ -61,26 +61,36 @@ def send_many(
     project_dir: str | None = None,
     queue: Queue | None = None,
     fire: bool = True,
+    where: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Queue many messages in one transaction: each item takes :func:`send`'s arguments by
     name (``agent``, which may be a pattern unless ``exact``, and ``text``). All are checked
-    before any is stored. Returns the receipts, in order, patterns fanned out in place."""
+    before any is stored; an error names the item by its number (``message 2``), counted
+    before patterns fan out, or by its label in ``where``.
+    Returns the receipts, in order, patterns fanned out in place."""
     queue = queue or Queue.open(env)
+    items = list(items)
+    if where is None:
+        where = [f"message {n}" if len(items) > 1 else "" for n in range(1, len(items) + 1)]
     names = hosts.Names(queue.store, env)
-    expanded = []
-    for item in items:
+    expanded, placed = [], []
+    for label, item in zip(where, items, strict=True):
         options = dict(item)
         target, exact = options.pop("agent", ""), options.pop("exact", False)
-        if is_pattern(target, exact):
-            agents = names.matching(target)
-            if not agents:
-                raise QueueError(f"no known agent matches {target!r}")
-        elif isinstance(target, str) and agents_module.valid_id(target):
-            agents = [names.resolve(target)]
-        else:
-            agents = [target]  # refused with the others' checks, nothing stored
+        try:
+            if is_pattern(target, exact):
+                agents = names.matching(target)
+                if not agents:
+                    raise QueueError(f"no known agent matches {target!r}")
+            elif isinstance(target, str) and agents_module.valid_id(target):
+                agents = [names.resolve(target)]
+            else:
+                agents = [target]  # refused with the others' checks, nothing stored
+        except (QueueError, hosts.AmbiguousName) as exc:
+            raise type(exc)(f"{label}: {exc}" if label else str(exc)) from None
         expanded += [{**options, "agent": agent} for agent in agents]
-    receipts = queue.send_many(expanded)
+        placed += [label] * len(agents)
+    receipts = queue.send_many(expanded, where=placed)
     if fire:
         notify(receipts, env, project_dir or paths.project_dir(env), queue)
     if any(item.get("not_before") for item in expanded):  # wake an idle agent when it is due

@@ -249,26 +249,33 @@ class Queue:
         return self.send_many([item], now=now)[0]
 
     def send_many(
-        self, items: Iterable[Mapping[str, Any]], now: float | None = None
+        self,
+        items: Iterable[Mapping[str, Any]],
+        now: float | None = None,
+        *,
+        where: Sequence[str] | None = None,
     ) -> list[Message]:
         """Queue many messages in one transaction (one commit, one fsync); return a receipt
         for each, in order. Each item takes :meth:`send`'s arguments by name (``agent`` and
-        ``text`` required). All are checked before any is stored: a bad one stores nothing."""
+        ``text`` required). All are checked before any is stored: a bad one stores nothing,
+        and its error names it by number, or by its label in ``where`` (the caller's: a
+        pattern's copies are one message to it, a file's messages are its lines)."""
         now = time.time() if now is None else now
         items = [dict(item) for item in items]
+        if where is None:
+            where = [f"message {n}" if len(items) > 1 else "" for n in range(1, len(items) + 1)]
         for n, item in enumerate(items):
             unknown = item.keys() - SEND_FIELDS
             if unknown or not {"agent", "text"} <= item.keys():
                 raise QueueError(
-                    f"message {n + 1}: give agent and text; unknown: {sorted(unknown)}"
+                    f"{where[n] or f'message {n + 1}'}: give agent and text; unknown: "
+                    f"{sorted(unknown)}"
                 )
             try:
                 check_agent(item["agent"])
                 check_message(item)
             except QueueError as exc:
-                raise QueueError(
-                    f"message {n + 1}: {exc}" if len(items) > 1 else str(exc)
-                ) from None
+                raise QueueError(_placed(where[n], exc)) from None
         if len(items) == 1 and items[0].get("key") is None and items[0].get("after") is None:
             alone = self._insert_alone(now, items[0])
             if alone is not None:
@@ -282,8 +289,11 @@ class Queue:
                 for start in range(0, len(items), INSERT_ROWS):
                     receipts += self._insert_rows(tx, now, items[start : start + INSERT_ROWS])
             else:
-                for item in items:
-                    receipts.append(self._insert(tx, now, known, **item))
+                for n, item in enumerate(items):
+                    try:
+                        receipts.append(self._insert(tx, now, known, **item))
+                    except QueueError as exc:  # --after a message that is not there
+                        raise QueueError(_placed(where[n], exc)) from None
             ready = {r["agent"] for r in receipts if _ready(r, now) and not r.get("duplicate")}
             self.store.notify(tx, WAKE_CHANNEL, sorted(ready))
         return receipts
@@ -1243,6 +1253,11 @@ def _attempts(store: Store) -> Iterator[None]:
 def _ready(message: Mapping[str, Any], now: float) -> bool:
     """Whether a message may be delivered now (not held back by ``--in`` or ``--at``)."""
     return message.get("not_before") is None or message["not_before"] <= now
+
+
+def _placed(where: str, exc: Exception) -> str:
+    """An error of one message of several, with the caller's name for it (``message 2``)."""
+    return f"{where}: {exc}" if where else str(exc)
 
 
 def check_agent(agent: object) -> None:

@@ -157,6 +157,28 @@ def test_a_pattern_fans_out_to_known_agents_only_one_copy_each(orch: OrchState, 
     assert rows(q.store, "SELECT count(*) FROM messages") == [(5,)]
 
 
+def test_send_many_names_a_bad_message_by_its_place_before_patterns_fan_out(
+    orch: OrchState, q: Queue
+) -> None:
+    """A script's second message is ``message 2``, however many agents its first reached
+    (the queue's count, after the fan-out, said 4), and an ``after`` that is not there, a
+    pattern that matches none, are named as well. Nothing is stored."""
+    know(q.store, "proj:1", "proj:2", "proj:3")
+    sending: dict[str, Any] = {"env": orch.env, "project_dir": str(orch.project_dir), "queue": q}
+    everyone = {"agent": "proj:*", "text": "standup"}
+    for second, reason in (
+        ({"agent": "proj:1", "text": " "}, "message text is empty"),
+        ({"agent": "proj:1", "text": "x", "after": "mnope"}, "--after: no message with id 'mnope'"),
+        ({"agent": "nobody:*", "text": "x"}, "no known agent matches 'nobody:*'"),
+    ):
+        with pytest.raises(QueueError) as raised:
+            api.send_many([everyone, second, {"agent": "proj:2", "text": "x"}], **sending)
+        assert str(raised.value) == f"message 2: {reason}"
+    with pytest.raises(QueueError, match=r"^--after: no message with id 'mnope'$"):
+        api.send("proj:1", "x", after="mnope", **sending)  # one message: no number
+    assert rows(q.store, "SELECT count(*) FROM messages") == [(0,)]
+
+
 # -- idempotency, time, dependencies ------------------------------------------------------------
 
 

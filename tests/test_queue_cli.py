@@ -785,6 +785,10 @@ def test_send_batch_queues_json_lines_in_one_go(orch: OrchState) -> None:
         ('{"agent": "p:1", "text": "ok"}\n\n{"agent": "p:1", "text": "x", "in": "soon"}\n',
          "--batch line 3: malformed duration 'soon'"),
         ('{"agent": "p:1"}\n', "--batch line 1: give agent and text"),
+        ('{"agent": "p:1", "text": "ok"}\n\n{"agent": "p:1", "text": "x", "after": "mnope"}\n',
+         "--batch line 3: --after: no message with id 'mnope'"),
+        ('{"agent": "p:1", "text": "ok"}\n{"agent": "nobody:*", "text": "x"}\n',
+         "--batch line 2: no known agent matches 'nobody:*'"),
         ('{"agent": "p:1", "text": "ok"}\n{"agent": "p:1", "text": "\xff"}\n'.replace(
             "\xff", "\udcff"), "stdin is not UTF-8 text"),
     ],

@@ -198,6 +198,10 @@ def test_orch_send_is_sent_by_the_hosts_supervisor_without_importing_psycopg(
     refused = run(orch, tmp_path, "orch", "send", "nobody*", "hi")
     assert refused.code == 1
     assert refused.stderr.strip() == "Error: no known agent matches 'nobody*'"
+    batch = '{"agent": "p:1", "text": "ok"}\n\n{"agent": "p:1", "text": "x", "after": "mnope"}\n'
+    refused = run(orch, tmp_path, "orch", "send", "--batch", "-", stdin=batch.encode())
+    assert (refused.code, refused.imported_psycopg) == (1, False)
+    assert refused.stderr.strip() == "Error: --batch line 3: --after: no message with id 'mnope'"
     assert len(Queue(orch.store).messages()) == 4
 
 

@@ -178,10 +178,12 @@ def send(
 
 def send_batch(lines: Iterable[str], as_json: bool) -> None:
     """Queue every message of a ``--batch`` file in one transaction; print their receipts."""
-    items = list(batch_lines(lines))
-    receipts = warm_send(items)
+    numbered = list(batch_lines(lines))
+    items = [item for _, item in numbered]
+    where = [f"--batch line {number}" for number, _ in numbered]  # blank lines are skipped
+    receipts = warm_send(items, where)
     if receipts is None:
-        receipts = api.send_many(items)
+        receipts = api.send_many(items, where=where)
     for receipt in receipts:
         print(json.dumps(receipt, ensure_ascii=False) if as_json else said(receipt))
     _flush()
@@ -194,8 +196,11 @@ def _flush() -> None:
         sys.stdout.flush()
 
 
-def warm_send(items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """The receipts of the host's supervisor, which sent ``items`` warm on a server store
+def warm_send(
+    items: list[dict[str, Any]], labels: list[str] | None = None
+) -> list[dict[str, Any]] | None:
+    """The receipts of the host's supervisor, which sent ``items`` (named in an error by
+    ``labels``, as :func:`api.send_many`'s ``where`` names them) warm on a server store
     (:mod:`orch_core.hook.warm`); ``None`` to send them here."""
     from orch_core.storage import database
 
@@ -204,7 +209,8 @@ def warm_send(items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         return None
     from orch_core.hook import warm
 
-    header = {"op": "send", "env": dict(os.environ), "items": items, "cwd": paths.cwd()}
+    header = {"op": "send", "env": dict(os.environ), "items": items, "where": labels,
+              "cwd": paths.cwd()}  # fmt: skip
     try:
         answer = warm.ask(os.environ, where, header, within=SEND_WITHIN)
     except warm.Unanswered as exc:
@@ -314,10 +320,11 @@ _JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "tru
                type(None): "null"}  # fmt: skip
 
 
-def batch_lines(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """The messages of a ``--batch`` file, each as :func:`message` makes it and checked as a
-    send checks it; a line that is not one names its number (and its key, when one value is
-    wrong), which the queue's "message N" would not (patterns fan out, blank lines skip)."""
+def batch_lines(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The messages of a ``--batch`` file with their line numbers, each as :func:`message`
+    makes it and checked as a send checks it; a line that is not one names its number (and
+    its key, when one value is wrong), which the queue's "message N" would not (patterns fan
+    out, blank lines skip)."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -338,7 +345,7 @@ def batch_lines(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             check_message(item)
         except ValueError as exc:  # json's errors, and QueueError
             raise QueueError(f"--batch line {number}: {exc}") from None
-        yield item
+        yield number, item
 
 
 def _check_type(name: str, value: object) -> None:

@@ -253,6 +253,7 @@ class WarmServer:
                 env=env,
                 project_dir=paths.project_dir(env, str(request["cwd"])),
                 queue=Queue(store),
+                where=request.get("where"),
             )
         except Exception as exc:
             said = errors.said(exc)
