@@ -14,7 +14,7 @@ import sys
 from orch_core import hosts, paths
 from orch_core.hook import agents as agents_module
 from orch_core.hook.context import Runtime
-from orch_core.queue import Queue, QueueError
+from orch_core.queue import MAX_SEND_PRIORITY, Queue, QueueError
 
 TYPE_CHECKING = False  # importing typing costs each orch send ~4 ms
 
@@ -64,9 +64,10 @@ def send_many(
     where: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Queue many messages in one transaction: each item takes :func:`send`'s arguments by
-    name (``agent``, which may be a pattern unless ``exact``, and ``text``). All are checked
-    before any is stored; an error names the item by its number (``message 2``), counted
-    before patterns fan out, or by its label in ``where``.
+    name (``agent``, which may be a pattern unless ``exact``, and ``text``), with a priority
+    of at most :data:`~orch_core.queue.MAX_SEND_PRIORITY`, as ``orch send`` takes it (200 is
+    the rebriefing's). All are checked before any is stored; an error names the item by its
+    number (``message 2``), counted before patterns fan out, or by its label in ``where``.
     Returns the receipts, in order, patterns fanned out in place."""
     queue = queue or Queue.open(env)
     items = list(items)
@@ -78,6 +79,9 @@ def send_many(
         options = dict(item)
         target, exact = options.pop("agent", ""), options.pop("exact", False)
         try:
+            priority = options.get("priority", 0)
+            if isinstance(priority, int) and priority > MAX_SEND_PRIORITY:
+                raise QueueError(f"priority {priority} is out of range 0-{MAX_SEND_PRIORITY}")
             if is_pattern(target, exact):
                 agents = names.matching(target)
                 if not agents:

@@ -168,6 +168,7 @@ def test_send_many_names_a_bad_message_by_its_place_before_patterns_fan_out(
     everyone = {"agent": "proj:*", "text": "standup"}
     for second, reason in (
         ({"agent": "proj:1", "text": " "}, "message text is empty"),
+        ({"agent": "proj:1", "text": "x", "priority": 300}, "priority 300 is out of range 0-199"),
         ({"agent": "proj:1", "text": "x", "after": "mnope"}, "--after: no message with id 'mnope'"),
         ({"agent": "nobody:*", "text": "x"}, "no known agent matches 'nobody:*'"),
     ):
@@ -177,6 +178,18 @@ def test_send_many_names_a_bad_message_by_its_place_before_patterns_fan_out(
     with pytest.raises(QueueError, match=r"^--after: no message with id 'mnope'$"):
         api.send("proj:1", "x", after="mnope", **sending)  # one message: no number
     assert rows(q.store, "SELECT count(*) FROM messages") == [(0,)]
+
+
+def test_the_api_refuses_the_rebriefing_priority_as_orch_send_does(
+    orch: OrchState, q: Queue
+) -> None:
+    """200 is reserved for rebriefing (what the rebrief plugin and the fleet view take for
+    no task of the agent's): ``orch send --priority 200`` is refused, and so is the API's."""
+    sending: dict[str, Any] = {"env": orch.env, "project_dir": str(orch.project_dir), "queue": q}
+    with pytest.raises(QueueError, match=r"^priority 200 is out of range 0-199$"):
+        api.send("p:1", "x", priority=200, **sending)
+    assert rows(q.store, "SELECT count(*) FROM messages") == [(0,)]
+    assert api.send("p:1", "x", priority=199, **sending)[0]["band"] == "emergency"
 
 
 # -- idempotency, time, dependencies ------------------------------------------------------------
