@@ -68,8 +68,15 @@ def send_many(
     of at most :data:`~orch_core.queue.MAX_SEND_PRIORITY`, as ``orch send`` takes it (200 is
     the rebriefing's). All are checked before any is stored; an error names the item by its
     number (``message 2``), counted before patterns fan out, or by its label in ``where``.
-    Returns the receipts, in order, patterns fanned out in place."""
-    queue = queue or Queue.open(env)
+    Returns the receipts, in order, patterns fanned out in place. A queue opened here is
+    closed here (a store's connections would stay open until a garbage collection)."""
+    if queue is None:
+        opened = Queue.open(env)
+        try:
+            return send_many(items, env=env, project_dir=project_dir, queue=opened, fire=fire,
+                             where=where)  # fmt: skip
+        finally:
+            opened.store.close()
     items = list(items)
     if where is None:
         where = [f"message {n}" if len(items) > 1 else "" for n in range(1, len(items) + 1)]

@@ -192,6 +192,27 @@ def test_the_api_refuses_the_rebriefing_priority_as_orch_send_does(
     assert api.send("p:1", "x", priority=199, **sending)[0]["band"] == "emergency"
 
 
+def test_the_api_closes_the_store_it_opened(orch: OrchState) -> None:
+    """``api.send`` without a queue opens the store for the message and closes it: a script
+    that sends in a loop kept a connection (on a server, one of its connections) for each
+    message until a garbage collection, which may never come in time."""
+    import gc
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    api.send("p:1", "first", env=orch.env, project_dir=str(orch.project_dir))  # imports, logs
+    gc.collect()
+    gc.disable()
+    try:
+        before = open_files()
+        for n in range(5):
+            api.send("p:1", f"message {n}", env=orch.env, project_dir=str(orch.project_dir))
+        assert open_files() == before
+    finally:
+        gc.enable()
+
+
 # -- idempotency, time, dependencies ------------------------------------------------------------
 
 
