@@ -273,7 +273,7 @@ class Queue:
                 )
             try:
                 check_agent(item["agent"])
-                check_message(item)
+                check_message(item, now)
             except QueueError as exc:
                 raise QueueError(_placed(where[n], exc)) from None
         if len(items) == 1 and items[0].get("key") is None and items[0].get("after") is None:
@@ -1266,12 +1266,13 @@ def check_agent(agent: object) -> None:
         raise QueueError(f"invalid agent id {agent!r}")
 
 
-def check_message(item: Mapping[str, Any]) -> None:
+def check_message(item: Mapping[str, Any], now: float | None = None) -> None:
     """A message's fields but its agent (a pattern until it fans out) as :meth:`Queue.send`
-    takes them: ``orch send --batch`` checks each line with it, to name the line. Times are
-    finite: an infinite one would be stored, and exported as ``Infinity``, which no JSON
-    reader takes. An empty key or ``after`` is refused rather than taken for none
-    (``--key "$UNSET"``)."""
+    takes them at ``now``: ``orch send --batch`` checks each line with it, to name the line.
+    Times are finite: an infinite one would be stored, and exported as ``Infinity``, which no
+    JSON reader takes. An empty key or ``after`` is refused rather than taken for none
+    (``--key "$UNSET"``). A TTL that ends before the message is due would leave the message
+    undelivered for good."""
     text, priority, ttl = item["text"], item.get("priority", 0), item.get("ttl")
     key, after, not_before = item.get("key"), item.get("after"), item.get("not_before")
     if not isinstance(text, str) or not text.strip():
@@ -1297,6 +1298,12 @@ def check_message(item: Mapping[str, Any]) -> None:
         raise QueueError(
             f"not_before must be a time in seconds since 1970, up to the year 9999, not "
             f"{not_before!r}"
+        )
+    now = time.time() if now is None else now
+    if ttl is not None and not_before is not None and not_before >= now + ttl:
+        raise QueueError(
+            "the ttl ends before the message is due (--in, --at): it would expire without "
+            "ever being delivered"
         )
     _storable(text=text, sender=item.get("sender"), key=key)
 

@@ -213,6 +213,15 @@ def test_the_api_closes_the_store_it_opened(orch: OrchState) -> None:
         gc.enable()
 
 
+def test_a_ttl_that_ends_before_the_message_is_due_is_refused(q: Queue) -> None:
+    """``--in 2h --ttl 30m``: the message would expire, never having been deliverable."""
+    with pytest.raises(QueueError, match=r"^the ttl ends before the message is due"):
+        q.send("p:1", "x", ttl=1800, not_before=T0 + 7200, now=T0)
+    assert rows(q.store, "SELECT count(*) FROM messages") == [(0,)]
+    sent = q.send("p:1", "x", ttl=7200.5, not_before=T0 + 7200, now=T0)
+    assert [m["id"] for m in q.claim("p:1", "s", now=T0 + 7200)] == [sent["id"]]
+
+
 # -- idempotency, time, dependencies ------------------------------------------------------------
 
 
@@ -735,8 +744,9 @@ def test_times_that_are_not_finite_or_absurdly_far_are_refused(q: Queue) -> None
         with pytest.raises(QueueError, match=re.escape(said)):
             q.send("p:1", "refused", now=T0, **fields)
     assert [m["body"] for m in q.messages()] == ["kept"]
-    q.send("p:1", "at the bounds", ttl=MAX_DURATION, not_before=MAX_TIME, now=T0)
-    assert len(q.messages()) == 2
+    q.send("p:1", "at the bounds", ttl=MAX_DURATION, now=T0)
+    q.send("p:1", "due at the last time", not_before=MAX_TIME, now=T0)
+    assert len(q.messages()) == 3
 
 
 def test_a_duration_too_long_is_refused() -> None:

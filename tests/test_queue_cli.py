@@ -264,6 +264,14 @@ BAD_SENDS: dict[str, tuple[list[str], str]] = {
     "at-bad": (["proj:1", "x", "--at", "25:00"], "--at: cannot read '25:00'"),
     "at-empty": (["proj:1", "x", "--at", ""], "--at: cannot read ''"),
     "in-and-at": (["proj:1", "x", "--in", "5m", "--at", "10:00"], "give --in or --at"),
+    "ttl-before-due": (
+        ["proj:1", "x", "--in", "2h", "--ttl", "30m"],
+        "the ttl ends before the message is due",
+    ),
+    "ttl-before-at": (
+        ["proj:1", "x", "--at", "9999-12-31", "--ttl", "1d"],
+        "the ttl ends before the message is due",
+    ),
     "agent": ([":1", "x"], "':1' is not an agent name"),
     "agent-empty": (["", "x"], "'' is not an agent name"),
     "agent-newline": (["a\nb", "x"], "is not an agent name"),
@@ -789,6 +797,8 @@ def test_send_batch_queues_json_lines_in_one_go(orch: OrchState) -> None:
          "--batch line 3: --after: no message with id 'mnope'"),
         ('{"agent": "p:1", "text": "ok"}\n{"agent": "nobody:*", "text": "x"}\n',
          "--batch line 2: no known agent matches 'nobody:*'"),
+        ('{"agent": "p:1", "text": "x", "in": 7200, "ttl": "30m"}\n',
+         "--batch line 1: the ttl ends before the message is due"),
         ('{"agent": "p:1", "text": "ok"}\n{"agent": "p:1", "text": "\xff"}\n'.replace(
             "\xff", "\udcff"), "stdin is not UTF-8 text"),
     ],
