@@ -46,6 +46,9 @@ MAX_SEND_PRIORITY = 199
 #: The largest message accepted, in characters. Larger than the hook budget is fine: it is
 #: delivered as a file.
 MAX_TEXT = 1_000_000
+#: The longest sender taken, in characters: every delivery's header shows it whole, and a
+#: header past Claude Code's cap on a hook's text (10,000) could never be handed over.
+MAX_SENDER = 200
 #: The longest length of time taken (``--ttl``, ``--in``, a ttl in seconds): a thousand years
 #: is longer than any queue or report could mean, and keeps every time finite (a huge number
 #: reads as infinity, which JSON cannot carry).
@@ -1271,10 +1274,12 @@ def check_message(item: Mapping[str, Any], now: float | None = None) -> None:
     takes them at ``now``: ``orch send --batch`` checks each line with it, to name the line.
     Times are finite: an infinite one would be stored, and exported as ``Infinity``, which no
     JSON reader takes. An empty key or ``after`` is refused rather than taken for none
-    (``--key "$UNSET"``). A TTL that ends before the message is due would leave the message
-    undelivered for good."""
+    (``--key "$UNSET"``). A TTL that ends before the message is due, and a sender too long
+    for a hook's reply to show (its header never shortens it), would each leave the message
+    undelivered for good, the latter holding up every message after it."""
     text, priority, ttl = item["text"], item.get("priority", 0), item.get("ttl")
     key, after, not_before = item.get("key"), item.get("after"), item.get("not_before")
+    sender = item.get("sender")
     if not isinstance(text, str) or not text.strip():
         raise QueueError("message text is empty")
     if len(text) > MAX_TEXT:
@@ -1305,7 +1310,9 @@ def check_message(item: Mapping[str, Any], now: float | None = None) -> None:
             "the ttl ends before the message is due (--in, --at): it would expire without "
             "ever being delivered"
         )
-    _storable(text=text, sender=item.get("sender"), key=key)
+    if isinstance(sender, str) and len(sender) > MAX_SENDER:
+        raise QueueError(f"the sender is {len(sender)} characters; the limit is {MAX_SENDER}")
+    _storable(text=text, sender=sender, key=key)
 
 
 def _storable(**fields: object) -> None:

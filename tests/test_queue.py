@@ -33,6 +33,7 @@ from orch_core.queue import (
 from orch_core.storage import open_store
 from orch_core.storage.store import SQLiteStore, Store
 from orch_core.testing.kit import OrchState
+from orch_core.testing.payloads import payload
 
 pytestmark = pytest.mark.orch_backends("sqlite", "postgresql")
 
@@ -220,6 +221,21 @@ def test_a_ttl_that_ends_before_the_message_is_due_is_refused(q: Queue) -> None:
     assert rows(q.store, "SELECT count(*) FROM messages") == [(0,)]
     sent = q.send("p:1", "x", ttl=7200.5, not_before=T0 + 7200, now=T0)
     assert [m["id"] for m in q.claim("p:1", "s", now=T0 + 7200)] == [sent["id"]]
+
+
+def test_a_sender_too_long_for_a_hook_is_refused(orch: OrchState, q: Queue) -> None:
+    """Each delivery's header shows its sender whole: one of 20,000 characters put the hook's
+    text past Claude Code's cap, so the message was taken back at every hook and, the first
+    in line, held up every message after it for good. One of the most taken is delivered."""
+    with pytest.raises(QueueError, match=r"^the sender is 20000 characters; the limit is 200$"):
+        q.send("p:1", "hello", sender="x" * 20_000)
+    assert rows(q.store, "SELECT count(*) FROM messages") == [(0,)]
+    event = {"session_id": "s1", "cwd": str(orch.project_dir)}
+    orch.run(payload("SessionStart", **event), ORCH_AGENT="p:1")
+    longest = q.send("p:1", "hello", sender="\U0001f680" * 200, priority=5)  # 400 code units
+    after = q.send("p:1", "and then")
+    shown = orch.run(payload("PostToolUse", **event), ORCH_AGENT="p:1").stdout
+    assert longest["id"] in shown and after["id"] in shown
 
 
 # -- idempotency, time, dependencies ------------------------------------------------------------

@@ -272,6 +272,7 @@ BAD_SENDS: dict[str, tuple[list[str], str]] = {
         ["proj:1", "x", "--at", "9999-12-31", "--ttl", "1d"],
         "the ttl ends before the message is due",
     ),
+    "sender-too-long": (["proj:1", "x", "--from", "x" * 201], "the limit is 200"),
     "agent": ([":1", "x"], "':1' is not an agent name"),
     "agent-empty": (["", "x"], "'' is not an agent name"),
     "agent-newline": (["a\nb", "x"], "is not an agent name"),
