@@ -209,6 +209,23 @@ def test_send_with_a_pending_key_stores_nothing_new(orch: OrchState) -> None:
     }  # fmt: skip
 
 
+def test_the_key_help_says_a_repeat_is_stored_once_the_first_is_delivered(
+    orch: OrchState,
+) -> None:
+    """A key stands for a queued message: once a hook has handed it over (in flight, still
+    pending), a repeat is stored anew. The help said "while the first is pending", which a
+    script resending after a lost reply took for no second copy."""
+    first = send_json(orch, "proj:1", "deploy", "--key", "d1")
+    store = orch.store
+    try:
+        assert [m["id"] for m in Queue(store).claim("proj:1", "s1")] == [first["id"]]
+    finally:
+        store.close()
+    assert not send_json(orch, "proj:1", "deploy", "--key", "d1").get("duplicate")
+    helped = " ".join(ok(orch, "send", "--help").split())
+    assert "a repeat while the first is queued (not yet delivered) stores nothing" in helped
+
+
 def test_a_pattern_prints_a_list_of_receipts_even_when_one_agent_matches(
     orch: OrchState,
 ) -> None:

@@ -46,7 +46,8 @@ OPTIONS = (
            f"0-9 normal, 10-49 high, 50-99 critical, 100-{MAX_SEND_PRIORITY} emergency."),
     Option(("--from",), "sender", False, "Who sends it (shown to the agent)."),
     Option(("--key",), "key", False,
-           "Idempotency key: a repeat while the first is pending stores nothing."),
+           "Idempotency key: a repeat while the first is queued (not yet delivered) stores "
+           "nothing."),
     Option(("--ttl",), "ttl", False, "Expire if not delivered within this long (e.g. 30m)."),
     Option(("--after",), "after", False, "Deliver only after this message id was delivered."),
     Option(("--in",), "delay", False, "Do not deliver before this long from now (e.g. 10m)."),
