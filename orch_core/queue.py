@@ -1131,7 +1131,10 @@ IMPORT_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
                      "answered_by"), (f"{_WHEN} or null", lambda v: v is None or _time(v))),
     **dict.fromkeys(("seq", "attempts", "checks"), ("a whole number", _count)),
     "transcript_from": ("a whole number or null", lambda v: v is None or _count(v)),
-    **dict.fromkeys(("sender", "key", "reason", "session_id", "transcript"), _TEXT),
+    # a sender longer is shown whole in a delivery's header, which then passes Claude's cap
+    "sender": (f"a string of at most {MAX_SENDER} characters or null",
+               lambda v: v is None or (isinstance(v, str) and len(v) <= MAX_SENDER)),
+    **dict.fromkeys(("key", "reason", "session_id", "transcript"), _TEXT),
 }  # fmt: skip
 
 

@@ -726,6 +726,7 @@ def test_import_checks_every_field_of_every_record_before_storing_any(q: Queue) 
         ({"after_id": "nosuch"}, "message 2: after_id must be a message id or null"),
         ({"after_id": "m2"}, "message 2: after_id is the message's own id"),
         ({"priority": False}, "message 2: priority must be an integer 0-200, not False"),
+        ({"sender": "s" * 201}, "message 2: sender must be a string of at most 200 characters"),
     ):
         with pytest.raises(QueueError, match=f"^{re.escape(said)}"):
             q.import_([good, {**good, "id": "m2", **bad}])
