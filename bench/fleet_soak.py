@@ -48,10 +48,9 @@ from orch_core.queue import MARK, Queue
 from orch_core.storage.store import SQLiteStore
 from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.claude import PROMPT_MARK, ClaudeSession
-from orch_core.testing.fleet import alive
 from orch_core.testing.kit import orch_script
 from orch_core.testing.standin import RecordedRequest, Reply, StandInAPI
-from orch_core.testing.tmux import TmuxServer
+from orch_core.testing.tmux import TmuxServer, alive
 
 HEADER = re.compile(re.escape(MARK) + r"(m[0-9a-z]+) from ")
 #: Priorities from every band: normal, high, critical, emergency.

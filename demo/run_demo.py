@@ -358,7 +358,7 @@ def dashboard(env: dict[str, str]) -> None:
 def stop_fixer(env: dict[str, str], root: Path) -> None:
     """The demo leaves nothing running: the spawned agent's tmux server and the supervisor."""
     from orch_core.supervisor import lifecycle
-    from orch_core.testing.fleet import alive
+    from orch_core.testing.tmux import alive
 
     socket = ["tmux", "-S", str(root / "tmux.sock")]
     listing = subprocess.run([*socket, "list-panes", "-a", "-F", "#{pane_pid}"],

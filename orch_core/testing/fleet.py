@@ -23,7 +23,7 @@ from orch_core.supervisor import lifecycle, tmux
 from orch_core.testing.claude import PROMPT_MARK, ClaudeSession
 from orch_core.testing.kit import orch_script
 from orch_core.testing.standin import StandInAPI
-from orch_core.testing.tmux import TmuxServer, wait_until
+from orch_core.testing.tmux import TmuxServer, alive, wait_until
 
 WAIT = 60.0  # seconds, for anything a turn of the stand-in model or a restart should bring
 
@@ -176,12 +176,3 @@ def rows(env: Mapping[str, str], sql: str, *args: Any) -> list[tuple[Any, ...]]:
     """The rows of one query of the store ``env`` names."""
     with stored(env) as store:
         return [tuple(row) for row in store.execute(sql, args).fetchall()]
-
-
-def alive(pid: str) -> bool:
-    """Whether process ``pid`` runs (a zombie no longer does)."""
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-    except (OSError, ValueError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"

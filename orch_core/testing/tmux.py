@@ -163,12 +163,12 @@ def _kill_server(argv: list[str], env: dict[str, str], folder: Path) -> None:
     )
     subprocess.run(argv, capture_output=True, env=env, timeout=30, check=False)
     deadline = time.monotonic() + 10
-    while any(_runs(pid) for pid in panes.stdout.split()) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in panes.stdout.split()) and time.monotonic() < deadline:
         time.sleep(_POLL_SECONDS)
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _runs(pid: str) -> bool:
+def alive(pid: str) -> bool:
     """Whether process ``pid`` runs (a zombie no longer does)."""
     try:
         stat = Path(f"/proc/{int(pid)}/stat").read_text()

@@ -15,7 +15,7 @@ import pytest
 from orch_core.cli import install
 from orch_core.storage.store import SQLiteStore
 from orch_core.testing.claude import ClaudeFactory, wait_until
-from orch_core.testing.standin import StandInAPI
+from orch_core.testing.standin import RecordedRequest, StandInAPI
 from orch_core.testing.tmux import TmuxServer
 
 pytestmark = pytest.mark.claude
@@ -109,23 +109,38 @@ def test_plugin_context_and_stop_block_reach_the_model(
     assert all(run["agent"] == agent for run in store.runs(200))
 
 
+#: What the guard says when it denies.
+DENIED = "orch-guard: this command matches deny rule"
+
+
+def push_to_main(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    orch_env: dict[str, str],
+    tool: str = "Bash",
+    args: tuple[str, ...] = ("--allowedTools", "Bash"),
+) -> tuple[RecordedRequest, int]:
+    """Have the model run a forced push to main (which then touches ``pushed``) with ``tool``:
+    the model's next request, and where the call's result is in it."""
+    command = "git push --force origin main; touch pushed"
+    tool_id = standin.reply_tool_use(tool, {"command": command, "description": "Push"})
+    standin.reply_text("understood")
+    session = claude(env=orch_env, args=args)
+    session.prompt("Push to main.")
+    second = session.wait_for_requests(2)[1]
+    index = second.tool_result_index(tool_id)
+    assert index is not None, "the call's result never reached the model"
+    return second, index
+
+
 def test_orch_guard_denies_a_forced_push_to_main_before_it_runs(
     claude: ClaudeFactory, standin: StandInAPI, project: Path, orch_env: dict[str, str]
 ) -> None:
     """The guard's deny (orch-hook's JSON, exit 2) stops the call: the command never runs,
     and its reason reaches the model once, as the call's result."""
-    command = "git push --force origin main; touch pushed"
-    tool_id = standin.reply_tool_use("Bash", {"command": command, "description": "Push"})
-    standin.reply_text("understood")
-    session = claude(env=orch_env)
-    session.prompt("Push to main.")
-    second = session.wait_for_requests(2)[1]
-
-    index = second.tool_result_index(tool_id)
-    assert index is not None, "the call's result never reached the model"
-    reason = "orch-guard: this command matches deny rule"
-    assert [t for t in second.texts(index) if reason in t], second.texts(index)
-    assert second.text().count(reason) == 1
+    second, index = push_to_main(claude, standin, orch_env)
+    assert [t for t in second.texts(index) if DENIED in t], second.texts(index)
+    assert second.text().count(DENIED) == 1
     assert not (project / "pushed").exists(), "the denied command ran"
     store = SQLiteStore(orch_env["ORCH_DB"])
     (denied,) = [run for run in store.runs(200) if run["event"] == "PreToolUse"]
@@ -138,19 +153,10 @@ def test_orch_guard_denies_a_command_of_the_monitor_tool_before_it_runs(
     """Claude Code's Monitor tool runs a shell command too (its PreToolUse names the tool
     Monitor, the command in ``tool_input.command``): allowed, it ran a forced push to main
     that the guard let through."""
-    command = "git push --force origin main; touch pushed"
-    tool_id = standin.reply_tool_use("Monitor", {"command": command, "description": "Push"})
-    standin.reply_text("understood")
-    session = claude(env=orch_env, args=("--permission-mode", "acceptEdits",
-                                         "--allowedTools", "Bash,Monitor"))  # fmt: skip
-    session.prompt("Push to main.")
-    second = session.wait_for_requests(2)[1]
-
-    index = second.tool_result_index(tool_id)
-    assert index is not None, "the call's result never reached the model"
+    second, index = push_to_main(claude, standin, orch_env, "Monitor", (
+        "--permission-mode", "acceptEdits", "--allowedTools", "Bash,Monitor"))  # fmt: skip
     assert not (project / "pushed").exists(), "the denied command ran"
-    reason = "orch-guard: this command matches deny rule"
-    assert [t for t in second.texts(index) if reason in t], second.texts(index)
+    assert [t for t in second.texts(index) if DENIED in t], second.texts(index)
 
 
 def test_a_subagent_stop_block_reaches_the_subagent_once(
@@ -202,19 +208,10 @@ def test_a_budget_past_claudes_hook_timeout_is_refused_and_the_guard_still_denie
     config = Path(orch_env["XDG_CONFIG_HOME"], "orch", "config.toml")
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("[orch]\nbudget_ms = 8000\n")
-    command = "git push --force origin main; touch pushed"
-    tool_id = standin.reply_tool_use("Bash", {"command": command, "description": "Push"})
-    standin.reply_text("understood")
-    session = claude(env=orch_env, args=("--permission-mode", "acceptEdits",
-                                         "--allowedTools", "Bash"))  # fmt: skip
-    session.prompt("Push to main.")
-    second = session.wait_for_requests(2)[1]
-
-    index = second.tool_result_index(tool_id)
-    assert index is not None, "the call's result never reached the model"
+    second, index = push_to_main(claude, standin, orch_env, "Bash", (
+        "--permission-mode", "acceptEdits", "--allowedTools", "Bash"))  # fmt: skip
     assert not (project / "pushed").exists(), "the denied command ran"
-    reason = "orch-guard: this command matches deny rule"
-    assert [t for t in second.texts(index) if reason in t], second.texts(index)
+    assert [t for t in second.texts(index) if DENIED in t], second.texts(index)
 
 
 def test_install_writes_the_hook_claude_runs(project: Path, orch_env: dict[str, str]) -> None:
