@@ -561,7 +561,7 @@ GOOD = {
         ("id", "x5", "id must be a message id"),
         ("agent", 5, "agent must be an agent name"),
         ("body", 5, "body must be text"),
-        ("sender", ["lead"], "sender must be a string or null"),
+        ("sender", ["lead"], "sender must be a string of at most 200 characters or null"),
         ("key", "a\x00b", "the message's key contains a NUL character"),
     ],
 )  # fmt: skip
