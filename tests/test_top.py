@@ -209,6 +209,40 @@ def test_rebrief_imports_nothing_from_the_agents_project(orch: OrchState, tmp_pa
     assert not marker.exists()
 
 
+@pytest.mark.orch_backends("postgresql")
+def test_a_database_outage_is_said_while_it_lasts_and_no_longer(orch: OrchState) -> None:
+    """The server stops: the view keeps running and says why it cannot read the fleet; once
+    the server is back, the error leaves the status line (the picture is live again)."""
+    fleet(orch)
+    assert orch.cluster is not None
+    cluster = orch.cluster
+
+    async def script(app: TopApp, pilot: Pilot[None]) -> None:
+        async def until(check: Callable[[], bool]) -> None:
+            for _ in range(200):
+                if check():
+                    return
+                await pilot.pause(0.05)
+            raise AssertionError(f"never so; the status line says {status(app)!r}")
+
+        cluster.pause()
+        try:
+            await until(lambda: status(app).startswith("error: cannot read the fleet:"))
+            assert app.is_running
+        finally:
+            cluster.resume()
+        Queue(orch.store).send(LEAD, "after the outage")
+        await until(lambda: row(app, LEAD)["pending"] == "1")
+        await settled(app, pilot)
+        assert status(app) == ""
+
+    try:
+        drive(orch, script)
+    finally:
+        if not cluster.running:
+            cluster.resume()
+
+
 @pytest.mark.tmux
 def test_orch_top_in_a_real_tmux_pane(orch: OrchState, tmp_path: Path) -> None:
     fleet(orch)

@@ -148,6 +148,8 @@ class TopApp(App[None]):
         self.message_ids: list[str] = []
         self._snapshotting: Worker[dict[str, Any]] | None = None
         self._again = False
+        #: Whether the status line says the last snapshot failed (cleared by the next one).
+        self._unreadable = False
         self.host_timeout = lifecycle.host_timeout(env)
 
     def compose(self) -> ComposeResult:
@@ -202,9 +204,12 @@ class TopApp(App[None]):
         worker, result = event.worker, event.worker.result
         if worker.name == "snapshot" and worker.is_finished:
             if result is not None:
+                if self._unreadable:  # the store is back: its outage is over, not news
+                    self.say("")
                 self.show(result)
             elif worker.error is not None:
                 self.say(f"cannot read the fleet: {one_line(worker.error)}", error=True)
+                self._unreadable = True
             if self._again:
                 self.refresh_view()
         elif worker.name == "action" and result is not None:
@@ -294,6 +299,7 @@ class TopApp(App[None]):
         return keys
 
     def say(self, text: str, *, error: bool = False) -> None:
+        self._unreadable = False
         line = plain(f"error: {text}" if error else text)
         line.stylize("bold red" if error else "green")
         self.query_one("#status", Static).update(line)
