@@ -146,3 +146,29 @@ def test_hooks_that_ran_out_of_time_on_postgresql_are_told_to_take_a_larger_budg
         assert fix.endswith("then orch logs --event PostToolUse")
     else:
         assert fix == "     fix: orch logs --event PostToolUse"
+
+
+@pytest.mark.parametrize("where", ["settings.local.json", "settings.json", "user"])
+def test_hooks_disabled_in_any_settings_claude_reads_fail_the_settings_check(
+    orch: OrchState, tmp_path: Path, where: str
+) -> None:
+    """With ``"disableAllHooks": true`` in the project's settings or the user's, Claude Code
+    runs no hook (checked on the real binary): doctor said orch-hook was registered, all ok,
+    while no message reached an agent. A project's ``false`` overrides the user's ``true``."""
+    assert orch.cli("install").returncode == 0
+    orch.env["CLAUDE_CONFIG_DIR"] = str(tmp_path / "claude-config")
+    user = tmp_path / "claude-config" / "settings.json"
+    user.parent.mkdir()
+    folder = orch.project_dir / ".claude"
+    path = user if where == "user" else folder / where
+    data = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**data, "disableAllHooks": True}))
+    lines = report(orch)
+    (line,) = [line for line in lines if line.startswith("FAIL settings")]
+    assert line.startswith(f"FAIL settings: disableAllHooks is true in {path}: Claude Code")
+    assert line_after(lines, "FAIL settings").startswith(
+        f"     fix: remove disableAllHooks from {path}"
+    )
+    if where != "settings.local.json":
+        (folder / "settings.local.json").write_text('{"disableAllHooks": false}')
+        assert "ok   settings: orch-hook registered for 29 events" in report(orch)

@@ -43,7 +43,7 @@ class Check:
     fix: str = ""
 
 
-def check_settings(project_dir: str) -> Check:
+def check_settings(project_dir: str, env: Mapping[str, str] = os.environ) -> Check:
     try:
         found = install.installed_events(project_dir)
     except install.InstallError as exc:
@@ -62,6 +62,16 @@ def check_settings(project_dir: str) -> Check:
             False,
             f"orch-hook is not registered in {project_dir}; run `orch install`",
             reinstall,
+        )
+    disabled = install.hooks_disabled(project_dir, env)
+    if disabled:
+        local = install.settings_path(project_dir, local=True)
+        also = "" if disabled == local else f", or set it to false in {local}"
+        return Check(
+            "settings",
+            False,
+            f"disableAllHooks is true in {disabled}: Claude Code runs no hook, orch-hook neither",
+            f"remove disableAllHooks from {disabled}{also}",
         )
     broken = sorted({c for cs in found.values() for c in cs if not os.access(c, os.X_OK)})
     if broken:
@@ -447,7 +457,7 @@ def run(env: Mapping[str, str], project_dir: str) -> list[Check]:
     """Every check; one that cannot run (a full disk, a damaged file) fails with the reason
     instead of ending doctor."""
     checks: dict[str, Callable[[], Check]] = {
-        "settings": lambda: check_settings(project_dir),
+        "settings": lambda: check_settings(project_dir, env),
         "database": lambda: check_database(env),
         "config": lambda: check_config(env, project_dir),
         "plugins": lambda: check_plugins(env, project_dir),

@@ -412,3 +412,24 @@ def installed_events(project_dir: str) -> dict[str, list[str]]:
                     if is_ours(h):
                         found.setdefault(name, []).append(h["command"])
     return found
+
+
+def hooks_disabled(project_dir: str, env: Mapping[str, str] = os.environ) -> str | None:
+    """For ``orch doctor``: the settings file whose ``"disableAllHooks": true`` stops every
+    hook, orch-hook's however well registered, else ``None``. The project's local file, its
+    shared one, then the user's (``$CLAUDE_CONFIG_DIR``, else ``~/.claude``): the first that
+    sets it decides, so a project's ``false`` overrides the user's ``true``."""
+    user = env.get("CLAUDE_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".claude")
+    for path in (
+        settings_path(project_dir, local=True),
+        settings_path(project_dir),
+        os.path.join(user, "settings.json"),
+    ):
+        try:
+            data, _ = _read(path)
+        except InstallError:  # the user's own file, which doctor does not check
+            continue
+        disabled = data.get("disableAllHooks")
+        if isinstance(disabled, bool):
+            return path if disabled else None
+    return None
