@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from orch_core.cli import install
 from orch_core.queue import Queue
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
@@ -172,3 +174,19 @@ def test_hooks_disabled_in_any_settings_claude_reads_fail_the_settings_check(
     if where != "settings.local.json":
         (folder / "settings.local.json").write_text('{"disableAllHooks": false}')
         assert "ok   settings: orch-hook registered for 29 events" in report(orch)
+
+
+def test_the_fix_for_a_stale_local_install_installs_there(orch: OrchState, tmp_path: Path) -> None:
+    """After ``orch install --local``, an orch-hook moved away was to be fixed by plain ``orch
+    install``: that registered orch again in the shared settings.json (both then run), left
+    the stale path in settings.local.json, and doctor failed as before."""
+    assert orch.cli("install", "--local").returncode == 0
+    local = orch.project_dir / ".claude" / "settings.local.json"
+    local.write_text(json.dumps(install.template("/gone/venv/bin/orch-hook")))
+    lines = report(orch)
+    assert "FAIL settings: orch-hook not executable: /gone/venv/bin/orch-hook" in lines
+    fix = line_after(lines, "FAIL settings").removeprefix("     fix: ")
+    assert fix == f"orch install --local {orch.project_dir}"
+    assert orch.cli(*shlex.split(fix)[1:]).returncode == 0
+    assert "ok   settings: orch-hook registered for 29 events" in report(orch)
+    assert not (orch.project_dir / ".claude" / "settings.json").exists()

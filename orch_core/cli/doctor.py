@@ -54,7 +54,7 @@ def check_settings(project_dir: str, env: Mapping[str, str] = os.environ) -> Che
             f"correct or remove the file named (Claude Code cannot read it either), then "
             f"orch install {shlex.quote(project_dir)}",
         )
-    reinstall = f"orch install {shlex.quote(project_dir)}"
+    reinstall = _reinstall(project_dir)
     missing = [name for name in install.INSTALLED_EVENTS if name not in found]
     if len(missing) == len(install.INSTALLED_EVENTS):
         return Check(
@@ -88,6 +88,15 @@ def check_settings(project_dir: str, env: Mapping[str, str] = os.environ) -> Che
     if missing:
         return Check("settings", False, f"orch-hook missing for: {', '.join(missing)}", reinstall)
     return Check("settings", True, f"orch-hook registered for {len(found)} events")
+
+
+def _reinstall(project_dir: str) -> str:
+    """``orch install`` for each settings file that holds orch's handlers, ``--local`` for
+    settings.local.json: told plain ``orch install`` after ``orch install --local``, the user
+    registered orch a second time in the shared file and left the stale local one as it was."""
+    quoted = shlex.quote(project_dir)
+    flags = [" --local" if local else "" for local in install.holders(project_dir)] or [""]
+    return " && ".join(f"orch install{flag} {quoted}" for flag in flags)
 
 
 def unreachable_fix(env: Mapping[str, str]) -> str:

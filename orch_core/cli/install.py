@@ -414,6 +414,14 @@ def installed_events(project_dir: str) -> dict[str, list[str]]:
     return found
 
 
+def holders(project_dir: str) -> list[bool]:
+    """For ``orch doctor``: the settings files that hold orch's handlers, ``True`` for
+    settings.local.json."""
+    return [
+        local for local in (False, True) if _has_ours(_read(settings_path(project_dir, local))[0])
+    ]
+
+
 def hooks_disabled(project_dir: str, env: Mapping[str, str] = os.environ) -> str | None:
     """For ``orch doctor``: the settings file whose ``"disableAllHooks": true`` stops every
     hook, orch-hook's however well registered, else ``None``. The project's local file, its
