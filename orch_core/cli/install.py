@@ -433,11 +433,12 @@ def hooks_disabled(project_dir: str, env: Mapping[str, str] = os.environ) -> str
         settings_path(project_dir),
         os.path.join(user, "settings.json"),
     ):
-        try:
-            data, _ = _read(path)
-        except InstallError:  # the user's own file, which doctor does not check
+        try:  # the hooks of the user's own file are not orch's to check
+            raw = _raw(path)
+            data = json.loads(raw) if raw and raw.strip() else {}
+        except (InstallError, ValueError, RecursionError):
             continue
-        disabled = data.get("disableAllHooks")
+        disabled = data.get("disableAllHooks") if isinstance(data, dict) else None
         if isinstance(disabled, bool):
             return path if disabled else None
     return None
