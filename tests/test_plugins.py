@@ -184,6 +184,20 @@ def test_a_plugin_whose_settings_fail_stops_no_command(
     )
 
 
+def test_settings_that_are_not_a_dict_are_named(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """``orch_config_defaults`` returning a list of settings was taken for none declared:
+    every value of its table went to the plugin unchecked, and nobody said so."""
+    orch_module("settings_list", HELLO.replace('return {"greeting": "hello", "punctuation": "!"}',
+                                               'return [Setting("hello")]')
+                .replace("import hookimpl", "import Setting, hookimpl"))  # fmt: skip
+    orch.write_config('[plugins]\nload = ["settings_list"]\n')
+    report = orch.cli("doctor").stdout
+    assert ("FAIL plugins: plugin settings_list: orch_config_defaults returned list, expected "
+            "a dict or None") in report  # fmt: skip
+
+
 def test_broken_plugins_are_left_out_with_a_reason(
     orch: OrchState, orch_module: Callable[[str, str], Path]
 ) -> None:
@@ -203,9 +217,30 @@ def test_broken_plugins_are_left_out_with_a_reason(
     joined = "\n".join(loaded.errors)
     assert "plugin typo: unknown hook orch_post_tool_usee" in joined
     assert "plugin wrongargs:" in joined
+    assert all("\n" not in error for error in loaded.errors)  # pluggy's own spans three lines
     assert "plugin crashes: cannot import crashes: missing dependency" in joined
     assert orch.run_hook(payload("Stop"), ORCH_LOAD_PLUGINS=env["ORCH_LOAD_PLUGINS"]).context == (
         "hello!"
+    )
+
+
+def test_a_plugin_whose_name_is_taken_is_left_out_with_a_reason(
+    orch: OrchState, orch_module: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry point named as a built-in (or as another distribution's) was skipped without
+    a word: installed, listed nowhere, its hooks never called, ``orch doctor`` all ok."""
+    from importlib.metadata import EntryPoint
+
+    orch_module("my_queue", HELLO)
+    installed = loader._entry_points()
+    taken = EntryPoint(name="queue", value="my_queue", group=loader.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(
+        loader, "_entry_points", lambda: sorted([*installed, taken], key=lambda ep: ep.name)
+    )
+    loaded = loader.load(orch.env, str(orch.project_dir))
+    assert [i.module for i in loaded.plugins if i.name == "queue"] == ["orch_builtin.queue"]
+    assert loaded.errors == (
+        "plugin queue: my_queue left out: orch_builtin.queue has that name already",
     )
 
 

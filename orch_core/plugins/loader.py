@@ -407,14 +407,20 @@ def load(
     only = _split(env.get("ORCH_LOAD_PLUGINS")) if "ORCH_LOAD_PLUGINS" in env else None
 
     def add(name: str, obj: object, info: PluginInfo) -> None:
-        if name in disabled or pm.has_plugin(name):
+        if name in disabled:
+            return
+        if pm.has_plugin(name):  # an entry point named `queue`: it would do nothing, unsaid
+            first = next((i for i in infos if i.name == name), None)
+            whose = (first.module or first.source) if first else "another plugin"
+            errors.append(f"plugin {name}: {info.module or info.source} left out: {whose} "
+                          "has that name already")  # fmt: skip
             return
         module = sys.modules.get(info.module or "")
         file = getattr(obj, "__file__", None) or getattr(module, "__file__", None)
         try:
             pm.register(obj, name=name)
         except Exception as exc:  # a plugin that does not fit its hooks is left out
-            errors.append(f"plugin {name}: {exc}")
+            errors.append(f"plugin {name}: {' '.join(str(exc).split())}")  # pluggy's: 3 lines
             watch.extend([file] if file else [])  # until it is corrected
             return
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(obj) or ()))
@@ -612,6 +618,9 @@ def settings_of(loaded: Loaded, timeout: float = IMPORT_TIMEOUT) -> Settings:
                                  f"{type(exc).__name__}: {exc}")  # fmt: skip
         if isinstance(value, dict):
             declared[impl.plugin_name] = value
+        elif value is not None:  # its settings would go unchecked, without a word
+            plugin_errors.append(f"plugin {impl.plugin_name}: orch_config_defaults returned "
+                                 f"{type(value).__name__}, expected a dict or None")  # fmt: skip
     per_plugin: dict[str, dict[str, Any]] = {}
     from_project: dict[str, list[str]] = {}
     added_by_project: dict[str, dict[str, list[Any]]] = {}
