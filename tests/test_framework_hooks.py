@@ -59,6 +59,45 @@ def test_a_plugin_whose_commands_fail_leaves_the_other_plugins_commands(
     assert done.stderr == "warning: plugin commands not loaded: bad: KeyError: \n"
 
 
+CLASHING = """
+import click
+from orch_core import hookimpl
+
+@hookimpl
+def orch_register_commands(cli):
+    @cli.command("stats")
+    def stats():
+        "The plugin's own stats."
+        click.echo("plugin stats")
+
+    @cli.command()
+    def greet():
+        "Say hello, a second time."
+        click.echo("hello again")
+"""
+
+
+def test_a_plugins_command_named_as_another_owners_is_left_out_with_a_warning(
+    orch: OrchState,
+) -> None:
+    """A plugin's ``stats`` never ran (orch's own commands load no plugins) yet took the place
+    of orch's in ``orch --help``, and a second plugin's ``greet`` silently replaced the first's:
+    neither plugin's author was told."""
+    orch.plugin_module("greeter", COMMANDS)
+    orch.plugin_module("clashing", CLASHING)
+    orch.write_config('[plugins]\nload = ["greeter", "clashing"]\n')
+    done = orch.cli("--help")
+    assert done.returncode == 0
+    assert "The plugin's own stats." not in done.stdout
+    assert "Say hello." in done.stdout and "a second time" not in done.stdout
+    assert sorted(done.stderr.splitlines()) == [
+        "warning: plugin clashing: command 'greet' left out: plugin greeter's",
+        "warning: plugin clashing: command 'stats' left out: one of orch's own",
+    ]
+    assert orch.cli("greet", "team").stdout == "hello team\n"
+    assert "plugin stats" not in orch.cli("stats").stdout
+
+
 def test_the_log_rotates_and_keeps_a_bounded_history(
     orch: OrchState, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -181,6 +181,8 @@ cli.lazy = {
     "serve": "orch_core.cli.serve:serve_command",
     **{name: f"orch_core.cli.ops:{name}_command" for name in ("stats", "logs")},
 }  # fmt: skip
+#: orch's own commands, which no plugin's may replace.
+OWN_COMMANDS = frozenset({*cli.commands, *cli.lazy})
 
 
 def main() -> None:
@@ -204,9 +206,30 @@ def _plugin_commands() -> None:
     except Exception as exc:
         click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
         return
-    for impl in impls:
+    owners = dict.fromkeys(OWN_COMMANDS, "orch")
+    for impl in reversed(impls):  # in registration order: the first to add a name keeps it
+        before = dict(cli.commands)
         try:
             impl.function(cli=cli)
         except Exception as exc:
             click.echo(f"warning: plugin commands not loaded: {impl.plugin}: "
                        f"{type(exc).__name__}: {exc}", err=True)  # fmt: skip
+        _keep_owned(before, owners, impl.plugin)
+
+
+def _keep_owned(before: dict[str, click.Command], owners: dict[str, str], plugin: str) -> None:
+    """Undo what ``plugin`` did to a command another owns (orch's own, or a plugin's called
+    before), with a warning: orch's own ``stats`` runs whatever a plugin adds under that name
+    (plugins are not loaded for it), so the plugin's would only take its place in ``--help``."""
+    for name, command in list(cli.commands.items()):
+        if before.get(name) is command:
+            continue
+        owner = owners.setdefault(name, plugin)
+        if owner == plugin:
+            continue
+        if name in before:
+            cli.commands[name] = before[name]
+        else:
+            del cli.commands[name]
+        whose = "one of orch's own" if owner == "orch" else f"plugin {owner}'s"
+        click.echo(f"warning: plugin {plugin}: command {name!r} left out: {whose}", err=True)

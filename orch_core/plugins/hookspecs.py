@@ -329,7 +329,8 @@ def orch_session_end(event: ev.SessionEnd, ctx: HookContext) -> Result:
 @hookspec
 def orch_register_commands(cli: click.Group) -> None:
     """Add commands to the ``orch`` CLI, e.g. ``@cli.command()``. Called on every ``orch``
-    run, never by ``orch-hook``.
+    run, never by ``orch-hook``. A name orch's own commands, or a plugin registered before,
+    already have is left out, with a warning.
 
     :param cli: the top-level click group.
     """
