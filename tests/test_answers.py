@@ -99,6 +99,9 @@ def test_system_message_only_where_shown() -> None:
         ("Stop", Answer(permission="deny"), "takes no permission"),
         ("PreToolUse", Answer(permission="maybe"), "must be one of"),
         ("Stop", Answer(context=b"bytes"), "Answer.context is bytes"),  # type: ignore[arg-type]
+        # the model never sees it: dropped without a word, its author would never know
+        ("Notification", "a note for the model", "Notification takes no context"),
+        ("PreCompact", Answer("keep this"), "PreCompact takes no context"),
     ],
 )
 def test_wrong_returns_are_rejected(name: str, result: object, problem: str) -> None:
@@ -108,6 +111,8 @@ def test_wrong_returns_are_rejected(name: str, result: object, problem: str) -> 
 
 def test_strings_and_none_are_accepted() -> None:
     assert check("ctx", event("Stop")) == Answer("ctx")
+    # a decision stays, though the event takes no text beside it
+    assert check(Answer("x", block="no"), event("TaskCreated")) == Answer("x", block="no")
     assert check("", event("Stop")) is None
     assert check(None, event("Stop")) is None
 

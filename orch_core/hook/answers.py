@@ -67,7 +67,9 @@ def check(result: object, event: Event) -> Answer | None:
     if result is None:
         return None
     if isinstance(result, str):
-        return Answer(context=result) if result else None
+        if not result:
+            return None
+        result = Answer(context=result)
     if not isinstance(result, Answer):
         raise TypeError(f"returned {type(result).__name__}, expected Answer, str or None")
     for key in ("context", "block", "reason", "system_message", "permission"):
@@ -81,6 +83,12 @@ def check(result: object, event: Event) -> Answer | None:
             raise TypeError(f"{event.name or 'this event'} takes no permission decision")
     if result.block is not None and not event.blocks_by:
         raise TypeError(f"{event.name or 'this event'} cannot be blocked")
+    if (
+        result.context
+        and result.block is None  # a decision still counts: the text alone is lost
+        and not (event.takes_context or event.blocks_by == "context")
+    ):  # the model would never see it, and its author would never learn why
+        raise TypeError(f"{event.name or 'this event'} takes no context for the model")
     return result
 
 
