@@ -332,16 +332,22 @@ def test_the_venvs_python_and_python3_share_one_plan(orch: OrchState) -> None:
     assert (again.st_ino, again.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
 
 
-def test_agents_starting_together_build_the_plan_once(orch: OrchState) -> None:
+@pytest.mark.parametrize("slow", [False, True], ids=["fast", "longer-than-one-import"])
+def test_agents_starting_together_build_the_plan_once(orch: OrchState, slow: bool) -> None:
     """A fleet starts: its agents' first hooks find no plan. One builds it, the others wait
-    for it, instead of each importing every plugin at once and running out of budget."""
+    for it, instead of each importing every plugin at once and running out of budget; also
+    when the build takes longer than one plugin's import may (a loaded machine)."""
     builds = orch.root / "builds.log"
     orch.plugin_module(
         "counted",
         f"import os\nopen({str(builds)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
         "from orch_core import hookimpl\n\n@hookimpl\ndef orch_stop():\n    return 'stop'\n",
     )
-    orch.write_config('[plugins]\nload = ["counted"]\n')
+    pause = "import time\ntime.sleep(0.15)\n"  # each within the import's bound, not both
+    orch.plugin_module("slow_a", pause)
+    orch.plugin_module("slow_b", pause)
+    load = '"slow_a", "slow_b", "counted"' if slow else '"counted"'
+    orch.write_config(f"[plugins]\nload = [{load}]\n")
     orch.write_config(f"[orch]\nbudget_ms = {ROOMY_BUDGET_MS}\n", user=True)  # a busy machine
     hooks = [
         subprocess.Popen(

@@ -257,8 +257,9 @@ def load(
     """The cached plan if it is still true, else a fresh one (saved for the next run), whose
     plugins each get ``import_timeout`` seconds to import (default: the CLI's bound). One
     process builds it at a time: a fleet's agents starting together wait for that one (up to
-    ``import_timeout``) instead of each importing every plugin at once. ``rebuilding`` is told
-    before a rebuild starts (``orch-hook`` then gives its backstop :data:`REBUILD_SECONDS`).
+    ``import_timeout``, or a quarter of :data:`REBUILD_SECONDS` if more) instead of each
+    importing every plugin at once. ``rebuilding`` is told before a rebuild starts
+    (``orch-hook`` then gives its backstop :data:`REBUILD_SECONDS`).
     Where the cache cannot be written (a full disk, a read-only state folder), ``OSError``,
     or with ``uncached`` a plan all the same, logged: a hook's plugins (orch-guard's deny)
     matter more than its speed, where a command says what is wrong in one line."""
@@ -282,8 +283,9 @@ def load(
         log.write("warning", "the plugin plan cannot be cached: each run builds its own", env,
                   error=repr(exc))  # fmt: skip
         return loader.build_plan(env, project_dir, import_timeout=timeout)
-    try:
-        waited = time.monotonic() + timeout
+    try:  # a hook's own build may take IMPORTS_TOGETHER imports: a quarter of its time is
+        # left to wait for another's, a loaded machine's builder often needing more than one
+        waited = time.monotonic() + max(timeout, REBUILD_SECONDS / 4)
         while True:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
