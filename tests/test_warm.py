@@ -582,3 +582,47 @@ def test_a_projects_slow_guard_rule_keeps_the_supervisor_answering_the_hosts_hoo
     assert (pushed.code, pushed.imported_psycopg) == (2, False), pushed
     assert "orch-guard: this command matches deny rule" in pushed.stdout
     assert "orch-guard: the project's rules took too long" in asked.decode()
+
+
+STOPPED_MIDWAY = """
+import pathlib, time
+from orch_core import hookimpl
+
+@hookimpl
+def orch_user_prompt_submit(event):
+    pathlib.Path(event.cwd, "taken").write_text("")
+    time.sleep(1)
+    return "answered by the supervisor stopping"
+"""
+
+
+def test_a_supervisor_stopped_while_it_answers_a_hook_gives_its_reply_before_it_ends(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """``orch supervise`` restarted (after an upgrade, as the README says) while its host's
+    hooks were in flight: it ended in the middle of their runs, its messages claimed and its
+    guard's denials never told, and each of those hooks answered nothing. It answers them
+    first; hooks that come after do their own work."""
+    known(orch)
+    orch.plugin_module("stopped_midway", STOPPED_MIDWAY)
+    orch.write_config('[plugins]\nload = ["stopped_midway"]\n')
+    Queue(orch.store).send("p:1", "claimed as the supervisor stopped")
+    event = payload("UserPromptSubmit", session_id="s1", cwd=str(orch.project_dir))
+    with supervising(orch):
+        hook = subprocess.Popen(
+            [sys.executable, "-c", HOOK, str(tmp_path / "imports-midway"), "hook"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**orch.env, "ORCH_AGENT": "p:1"}, cwd=orch.project_dir,
+        )  # fmt: skip
+        assert hook.stdin is not None
+        hook.stdin.write(json.dumps(event).encode())
+        hook.stdin.close()
+        wait_until((orch.project_dir / "taken").exists, what="the supervisor to take the hook")
+        orch.stop_supervisor()
+    assert hook.stdout is not None
+    out = hook.stdout.read()
+    assert hook.wait(timeout=30) == 0
+    context = json.loads(out)["hookSpecificOutput"]["additionalContext"] if out else ""
+    assert context.count("claimed as the supervisor stopped") == 1, out
+    assert "answered by the supervisor stopping" in context
+    assert not os.path.exists(warm.cold_path(orch.env))

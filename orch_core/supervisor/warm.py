@@ -25,6 +25,7 @@ from typing import Any
 from orch_core import __version__, log, paths
 from orch_core.hook import warm
 from orch_core.hook.answers import Reply
+from orch_core.plugins import plan as plans
 from orch_core.plugins.plan import Plan
 from orch_core.storage import database, open_store
 from orch_core.storage.store import Store
@@ -36,6 +37,9 @@ READ_WITHIN = 5.0
 #: The longest request read: a hook's payload (orch-hook keeps 4 MiB and one byte) and its
 #: environment.
 MAX_REQUEST = 5 * 1024 * 1024
+#: Seconds a stopping supervisor waits for the requests it took: their processes wait for the
+#: answers (a hook's within the largest budget), and would otherwise answer nothing.
+FINISH_WITHIN = plans.MAX_BUDGET_MS / 1000 + plans.ANSWER_MARGIN + plans.OBSERVERS_FLOOR + 1
 
 
 class WarmServer:
@@ -92,7 +96,9 @@ class WarmServer:
         return listener
 
     def close(self) -> None:
-        """Stop answering; the socket goes, unless another process replaced it."""
+        """Stop answering; the socket goes, unless another process replaced it. The requests
+        taken are answered first (within :data:`FINISH_WITHIN`): this process's end would end
+        them midway, a hook's messages claimed and its reply (a guard's deny) never given."""
         listener, self._listener = self._listener, None
         if listener is None:
             return
@@ -106,6 +112,10 @@ class WarmServer:
         except OSError:
             pass
         listener.close()
+        deadline = time.monotonic() + FINISH_WITHIN
+        for _ in range(MAX_AT_ONCE):  # each request taken holds one until it is answered
+            if not self._busy.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
         with self._lock:
             stores = self._idle[False] + self._idle[True]
             self._idle = {False: [], True: []}
@@ -195,7 +205,6 @@ class WarmServer:
         """The hook's reply, said as soon as it is folded: the process that asked writes it and
         ends while this one records the run. ``None`` once said."""
         from orch_core.hook import dispatch
-        from orch_core.plugins import plan as plans
 
         project_dir = paths.project_dir(env, _event_cwd(raw, env) or str(request["cwd"]))
         try:
