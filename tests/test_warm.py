@@ -626,3 +626,63 @@ def test_a_supervisor_stopped_while_it_answers_a_hook_gives_its_reply_before_it_
     assert context.count("claimed as the supervisor stopped") == 1, out
     assert "answered by the supervisor stopping" in context
     assert not os.path.exists(warm.cold_path(orch.env))
+
+
+SLOW_IMPORT = """
+import os, pathlib, time
+from orch_core import hookimpl
+
+importing = pathlib.Path(os.environ["ORCH_STATE_DIR"], "importing")
+if not importing.exists():  # the supervisor's import, not the hook's after
+    importing.write_text("")
+    time.sleep(2)
+
+@hookimpl
+def orch_user_prompt_submit():
+    return "a plugin the plan gained"
+"""
+
+
+def test_a_supervisor_killed_before_it_took_a_hooks_event_leaves_the_hook_its_own_work(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """Killed (``kill -9``, the OOM killer) while it rebuilt the plan for a hook's event, before
+    it said by when the answer comes (before it acts on the event): the hook answered nothing,
+    its messages left for a later hook, and the host's hooks were told to stay away for 30 s
+    from a supervisor no longer there. Nothing was done: the hook does its own work."""
+    known(orch)
+    orch.plugin_module("slow_import", SLOW_IMPORT)
+    with supervising(orch) as process:
+        assert prompt(orch, tmp_path).code == 0  # the plan without the plugin, warm
+        Queue(orch.store).send("p:1", "delivered once all the same")
+        orch.write_config('[plugins]\nload = ["slow_import"]\n')
+        event = payload("UserPromptSubmit", session_id="s1", cwd=str(orch.project_dir))
+        hook = subprocess.Popen(
+            [sys.executable, "-c", HOOK, str(tmp_path / "imports-killed"), "hook"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**orch.env, "ORCH_AGENT": "p:1"}, cwd=orch.project_dir,
+        )  # fmt: skip
+        assert hook.stdin is not None and hook.stdout is not None
+        hook.stdin.write(json.dumps(event).encode())
+        hook.stdin.close()
+        importing = Path(orch.env["ORCH_STATE_DIR"], "importing")
+        wait_until(importing.exists, what="the supervisor to import the plugin")
+
+        def asking() -> bool:  # the hook's socket open: connected and told a moment after
+            fds = Path(f"/proc/{hook.pid}/fd")
+            with contextlib.suppress(OSError):
+                return any(os.readlink(fd).startswith("socket:") for fd in fds.iterdir())
+            return False
+
+        wait_until(asking, what="the hook to ask the supervisor")
+        time.sleep(0.1)
+        process.kill()
+        process.wait(timeout=30)
+        out = hook.stdout.read()
+        assert hook.wait(timeout=30) == 0
+    assert out, "the hook answered nothing"
+    context = json.loads(out)["hookSpecificOutput"]["additionalContext"]
+    assert context.count("delivered once all the same") == 1
+    assert "a plugin the plan gained" in context
+    assert not os.path.exists(warm.cold_path(orch.env))
+    assert not [r for r in orch.log() if r["msg"].startswith("no reply from the supervisor")]

@@ -453,7 +453,7 @@ def _warm(
     header = {"op": "hook", "env": dict(env), "began": time.time(), "cwd": paths.cwd()}
     armed.hold()
     try:
-        answer = warm.ask(env, where, header, raw, within=limit)
+        answer = warm.ask(env, where, header, raw, within=limit, says_first=True)
     except warm.Unanswered as exc:
         log.write("error", "no reply from the supervisor; the event is left unanswered", env,
                   error=str(exc))  # fmt: skip

@@ -58,6 +58,7 @@ def ask(
     body: bytes = b"",
     *,
     within: float,
+    says_first: bool = False,
 ) -> dict[str, Any] | None:
     """The supervisor's answer to one request, or ``None`` when there is none to ask or it
     declines (do the work yourself).
@@ -67,6 +68,9 @@ def ask(
         program's folder) a supervisor must share are this process's unless given.
     :param within: seconds for the answer, or for a line saying by when it comes
         (``answer_by``, ``time.time()``), which then counts instead.
+    :param says_first: the supervisor says a line before it acts on the request (a hook's
+        ``answer_by``): one that ended the connection before any (killed, or stopped before it
+        took the request from its queue) did nothing, and the process does the work itself.
     :raises Unanswered: the request went out and no answer came in time.
     """
     if not paths.is_url(database) or cold_for(env):
@@ -100,6 +104,8 @@ def ask(
                 deadline = time.monotonic() + float(answer["answer_by"]) - time.time()
                 answer = lines.next(deadline)
         except (OSError, ValueError, TypeError) as exc:
+            if says_first and lines.said == 0 and isinstance(exc, ConnectionError):
+                return None
             _cool(env)
             raise Unanswered(f"the host's supervisor gave no answer: {exc}") from None
     finally:
@@ -159,6 +165,8 @@ class _Lines:
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._buffer = b""
+        #: Bytes the other end said.
+        self.said = 0
 
     def next(self, deadline: float) -> dict[str, Any]:
         while b"\n" not in self._buffer:
@@ -170,6 +178,7 @@ class _Lines:
             if not chunk:
                 raise ConnectionError("the supervisor closed the connection")
             self._buffer += chunk
+            self.said += len(chunk)
             if len(self._buffer) > MAX_ANSWER:
                 raise ValueError("answer too long")
         line, _, self._buffer = self._buffer.partition(b"\n")
