@@ -125,6 +125,23 @@ def test_the_session_end_of_a_stopped_or_failed_agent_leaves_it_so(
     assert state(orch) == "offline"
 
 
+def test_an_agent_given_up_on_stays_failed_through_the_idle_prompt_notification(
+    orch: OrchState,
+) -> None:
+    """Claude Code sends ``idle_prompt`` a minute after a reply, a failed one too (seen with the
+    real binary after an ``authentication_failed``): the agent turned ``idle``, `orch doctor`
+    no longer named it, and every message sent woke it into the same failure."""
+    run(orch, "UserPromptSubmit")
+    run(orch, "StopFailure", error="authentication_failed")
+    assert state(orch) == "failed"
+    run(orch, "Notification", notification_type="idle_prompt", message="Claude is waiting")
+    assert state(orch) == "failed"
+    doctor = orch.cli("doctor").stdout
+    assert "FAIL alerts: proj:1 failed: StopFailure authentication_failed" in doctor
+    run(orch, "UserPromptSubmit")  # its person fixed the login and prompts it again
+    assert state(orch) == "busy"
+
+
 #: A transcript's lines as Claude Code writes them when its person presses Esc during a Bash
 #: call (shapes from the real binary: tests/e2e/test_lifecycle_e2e.py shows it end to end).
 ESC_DURING_A_TOOL = [

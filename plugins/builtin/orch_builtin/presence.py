@@ -3,7 +3,8 @@
 ``idle`` on a SessionStart that leaves the agent at an empty prompt (startup, resume, clear: a
 prompt given on the command line follows at once, and makes it ``busy``); after a compaction the
 agent carries on as it was. ``busy`` on prompts and tool events, and on a Stop that a plugin
-kept going; ``idle`` on a Stop that really stops and on the ``idle_prompt`` notification;
+kept going; ``idle`` on a Stop that really stops and on the ``idle_prompt`` notification (one
+``failed`` or ``stopped`` stays so: Claude Code sends it after a failed turn too);
 ``needs_input`` on the notifications that say a dialog waits for a person (a permission prompt,
 an MCP server's question) and when the agent asks one (AskUserQuestion), until the next prompt,
 tool or Stop hook shows it at work again: nothing types a wake-up line into its dialog, and the
@@ -111,9 +112,22 @@ def orch_hook_answered(event: ev.Event, blocked: bool, ctx: HookContext) -> None
 @hookimpl
 def orch_notification(event: ev.Notification, ctx: HookContext) -> None:
     if event.notification_type == "idle_prompt":
-        _seen(ctx, "idle")
+        # Claude Code says so a minute after any reply, a failed one too: an agent given up on
+        # stays ``failed`` (for `orch doctor`, and unwoken) until it is prompted or restarted
+        if _state(ctx) not in SETTLED:
+            _seen(ctx, "idle")
     elif event.notification_type in NEEDS_INPUT:
         _seen(ctx, "needs_input")
+
+
+#: Verdicts a user (``orch stop``) or the auto_restart plugin (a give-up) reached: they stand
+#: until the agent is at work again (a prompt, a tool, a start).
+SETTLED = ("failed", "stopped")
+
+
+def _state(ctx: HookContext) -> str | None:
+    row = ctx.store.execute("SELECT state FROM agents WHERE id = ?", (ctx.agent,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _unless_settled(ctx: HookContext, state: str, only_from: tuple[str, ...]) -> None:
