@@ -61,7 +61,8 @@ class LifecycleError(OrchError):
 
 
 class Stopped(LifecycleError):
-    """The agent was stopped while its restart began: it stays stopped."""
+    """The agent was stopped while its restart began (or, for the supervisor's, restarted or
+    spawned again by hand): it stays as the user left it."""
 
 
 # -- launch specs ------------------------------------------------------------------------------
@@ -345,12 +346,15 @@ def relaunch(
     *,
     env: Mapping[str, str],
     continue_args: Sequence[str] = KEEP_CONVERSATION,
+    recovery: int | None = None,
 ) -> dict[str, Any]:
     """Restart the agent in its own window (a new one if that is gone), with
     ``continue_args`` added to its command (none: a fresh start). ``orch_before_restart``
-    comes first (the rebrief plugin saves a checkpoint there, so the rebrief follows). A
-    directory since removed is refused: tmux would start the agent in the folder it runs in
-    (another project's, whose conversation ``--continue`` would take up)."""
+    comes first (the rebrief plugin saves a checkpoint there, so the rebrief follows); the
+    supervisor's ``recovery`` cancelled meanwhile (``orch restart``, ``orch spawn``) is not
+    carried on: it would restart the agent a second time. A directory since removed is
+    refused: tmux would start the agent in the folder it runs in (another project's, whose
+    conversation ``--continue`` would take up)."""
     spec = get_spec(store, agent)
     if spec is None:
         raise LifecycleError(
@@ -370,6 +374,8 @@ def relaunch(
     )
     if agent_state(store, agent) == "stopped" != was:  # `orch stop` while plugins saved
         raise Stopped(f"{agent} was stopped meanwhile")
+    if recovery is not None and not _under_way(store, recovery):
+        raise Stopped(f"the restart of {agent} was cancelled meanwhile")
     spec = with_reported_pane(store, spec, env)
     try:
         if spec_pane_state(spec) != "gone":
@@ -398,6 +404,11 @@ def relaunch(
         agent, "starting", session_id=None, project_dir=spec["cwd"], host=spec["host"]
     )
     return spec
+
+
+def _under_way(store: Store, recovery: int) -> bool:
+    row = store.execute("SELECT state FROM recoveries WHERE id = ?", (recovery,)).fetchone()
+    return row is not None and row[0] == "running"
 
 
 def adopt(

@@ -295,6 +295,46 @@ def test_an_agent_stopped_while_the_supervisor_restarts_it_stays_stopped(
     assert "r4" not in windows(fleet)
 
 
+RESTART_BY_HAND = """
+from orch_core import hookimpl
+from orch_core.supervisor import lifecycle
+
+_restarted = []
+
+@hookimpl
+def orch_before_restart(agent, ctx):
+    if not _restarted:  # a user's `orch restart --fresh` meanwhile (it comes here too)
+        _restarted.append(agent)
+        lifecycle.restart(ctx.store, agent, env=ctx.env, fresh=True)
+"""
+
+
+def test_a_restart_by_hand_while_the_supervisor_restarts_the_agent_is_the_only_one(
+    fleet: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """``orch restart --fresh`` while the supervisor's restart of a dead pane saves what its
+    plugins keep: the supervisor's restart went on, killed the fresh agent and started it a
+    second time, with ``--continue`` (here ``sleep`` refuses that flag, and the pane died)."""
+    spawned = fleet.cli("spawn", "r6", "--dir", str(fleet.project_dir), "--command", "sleep 600")
+    assert spawned.returncode == 0, spawned.stderr
+    stop_supervisor(fleet)
+    orch_module("restart_by_hand", RESTART_BY_HAND)  # the supervisor here imports it too
+    fleet.write_config("[plugins]\nload = ['restart_by_hand']\n")
+    crash(fleet, "r6")
+    spec = lifecycle.get_spec(fleet.store, "r6")
+    assert spec is not None
+    until(lambda: lifecycle.spec_pane_state(spec) == "dead", "the pane dead")
+    supervisor = lifecycle.Supervisor(fleet.env)
+    supervisor.upkeep(time.time())  # schedules the restart
+    supervisor.upkeep(time.time() + 600)  # its time has come, whatever the backoff
+    assert [
+        (h["step"], h["state"], h["outcome"]) for h in lifecycle.history(fleet.store, "r6")
+    ] == [("restart", "cancelled", "replaced by orch restart")]
+    started = tmux.tmux(fleet.env["ORCH_TMUX_SOCKET"], "display-message", "-p", "-t",
+                        str(spec["pane"]), "#{pane_start_command} #{pane_dead}")  # fmt: skip
+    assert started.split()[-3:] == ["sleep", "600", "0"]
+
+
 def test_an_agent_stopped_while_the_supervisor_reprompts_it_stays_stopped(
     fleet: OrchState, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -130,7 +130,8 @@ class Ladder:
                 self.reprompt(agent)
             else:
                 args = () if step == "fresh" else self.settings["continue_args"]
-                lifecycle.relaunch(self.store, agent, env=self.ctx.env, continue_args=args)
+                lifecycle.relaunch(self.store, agent, env=self.ctx.env, continue_args=args,
+                                   recovery=recovery_id)  # fmt: skip
                 self.ctx.fire(
                     "orch_agent_restarted",
                     agent=agent,
@@ -138,7 +139,7 @@ class Ladder:
                     reason=reason,
                 )
         except lifecycle.Stopped:
-            return  # `orch stop` cancelled this recovery as it began
+            return  # `orch stop` (or restart, spawn) cancelled this recovery as it began
         except lifecycle.LifecycleError as exc:
             self.failed(recovery_id, agent, step, reason, str(exc), now)
             return
