@@ -148,3 +148,23 @@ def test_doctor_shows_an_agent_left_failed_until_it_runs_again(orch: OrchState) 
     assert "FAIL alerts: a:1 failed: StopFailure billing_error; no automatic restart" in done.stdout
     orch.run_hook(payload("SessionStart"), ORCH_AGENT="a:1")  # restarted by a user
     assert "ok   alerts: no agent left failed" in orch.cli("doctor").stdout
+
+
+def test_a_reprompt_is_not_typed_into_an_agent_prompted_meanwhile(orch: OrchState) -> None:
+    """A rate limit's re-prompt comes after the reset, up to a week later: an agent its person
+    (or a wake-up for a message) prompted meanwhile had the line typed on top of its work (here,
+    with no pane to type into, the step failed and a restart followed). A prompt that failed
+    too leaves the re-prompt to do."""
+    orch.run_hook(failure("rate_limit"), ORCH_AGENT="a:1")
+    orch.run_hook(payload("UserPromptSubmit", prompt="Carry on."), ORCH_AGENT="a:1")
+    supervisor = lifecycle.Supervisor(orch.env)
+    supervisor.tick(time.time() + 901)
+    assert [(h["step"], h["state"], h["outcome"]) for h in lifecycle.history(orch.store)] == [
+        ("reprompt", "done", "prompted meanwhile")
+    ]
+    orch.run_hook(failure("rate_limit"), ORCH_AGENT="b:1")
+    orch.run_hook(payload("UserPromptSubmit", prompt="Carry on."), ORCH_AGENT="b:1")
+    orch.run_hook(failure("rate_limit"), ORCH_AGENT="b:1")  # still limited
+    supervisor.tick(time.time() + 901)
+    steps = [(h["step"], h["state"]) for h in reversed(lifecycle.history(orch.store, "b:1"))]
+    assert steps[0] == ("reprompt", "failed")  # tried: no pane known

@@ -4,8 +4,9 @@ Each host's supervisor runs it for its own agents (their panes are in its tmux);
 and the history are the store's, so they hold fleet-wide.
 
 A scheduled step is carried out, then verified: a re-prompt counts when the agent's next prompt
-hook arrives, a restart when its SessionStart arrives, each within ``verify_seconds``. A failed
-step climbs the ladder: re-prompt → restart in the same window keeping the conversation
+hook arrives, a restart when its SessionStart arrives, each within ``verify_seconds``; a
+re-prompt whose agent was prompted meanwhile (a turn that has not failed) needs no typing. A
+failed step climbs the ladder: re-prompt → restart in the same window keeping the conversation
 (``continue_args``) → fresh start → give up (``failed`` plus an alert).
 """
 
@@ -110,19 +111,34 @@ class Ladder:
 
     def run_due(self, now: float) -> None:
         due = self._rows(
-            "SELECT id, agent, step, reason FROM recoveries WHERE state = 'scheduled'"
+            "SELECT id, agent, step, reason, created FROM recoveries WHERE state = 'scheduled'"
             " AND due <= ? AND agent IN ({agents}) ORDER BY due",
             now,
         )
-        for recovery_id, agent, step, reason in due:
+        for recovery_id, agent, step, reason, created in due:
             with self.store.transaction() as tx:
                 claimed = tx.execute(
                     "UPDATE recoveries SET state = 'running', started = ? WHERE id = ?"
                     " AND state = 'scheduled'",
                     (now, recovery_id),
                 ).rowcount
-            if claimed:
+            if not claimed:
+                continue
+            if step == "reprompt" and self.prompted_since(agent, created):
+                self.finish(recovery_id, agent, step, "done", "prompted meanwhile", now)
+            else:
                 self.carry_out(recovery_id, agent, step, reason, now)
+
+    def prompted_since(self, agent: str, since: float) -> bool:
+        """Whether ``agent`` was prompted after ``since`` (by its person, a wake-up) and that
+        turn has not failed: a re-prompt typed now would come on top of its work."""
+        prompted, failed = self.store.execute(
+            "SELECT max(CASE WHEN event = 'UserPromptSubmit' THEN ts END),"
+            " max(CASE WHEN event = 'StopFailure' THEN ts END) FROM hook_runs"
+            " WHERE agent = ? AND event IN ('UserPromptSubmit', 'StopFailure')",
+            (agent,),
+        ).fetchone()
+        return prompted is not None and prompted > since and prompted > (failed or 0.0)
 
     def carry_out(self, recovery_id: int, agent: str, step: str, reason: str, now: float) -> None:
         try:
