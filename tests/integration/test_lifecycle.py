@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -360,6 +361,36 @@ def test_an_agent_stopped_while_the_supervisor_reprompts_it_stays_stopped(
     ]
     assert lifecycle.agent_state(fleet.store, "r5") == "stopped"
     assert "r5" not in windows(fleet)
+
+
+def test_the_last_restart_of_the_hour_that_ends_at_once_is_followed_by_a_fresh_start(
+    fleet: OrchState,
+) -> None:
+    """A restart whose program ends at once (``--continue`` with no conversation) is no
+    restart, and the ladder's fresh start follows, at the hourly limit too: the pane watch saw
+    the dead pane before the step was verified, counted the step, and gave the agent up."""
+    fleet.write_config("[plugin.auto_restart]\nmax_restarts_per_hour = 1\n")
+    script = 'case "$*" in *--continue*) exit 1;; esac; sleep 600'
+    command = shlex.join(["sh", "-c", script, "sh"])
+    spawned = fleet.cli("spawn", "r7", "--dir", str(fleet.project_dir), "--command", command)
+    assert spawned.returncode == 0, spawned.stderr
+    stop_supervisor(fleet)
+    crash(fleet, "r7")
+    spec = lifecycle.get_spec(fleet.store, "r7")
+    assert spec is not None
+    until(lambda: lifecycle.spec_pane_state(spec) == "dead", "the pane dead")
+    supervisor = lifecycle.Supervisor(fleet.env)
+    now = time.time()
+    supervisor.upkeep(now)  # schedules the restart
+    supervisor.upkeep(now + 600)  # carries it out: the program ends at once
+    until(lambda: lifecycle.spec_pane_state(spec) == "dead", "the restarted program ended")
+    supervisor.upkeep(now + 605)  # the pane watch's next look, then the step's verification
+    supervisor.upkeep(now + 606)  # the fresh start, due at once
+    assert [(h["step"], h["state"]) for h in reversed(lifecycle.history(fleet.store, "r7"))] == [
+        ("restart", "failed"), ("fresh", "verifying")
+    ]  # fmt: skip
+    assert lifecycle.agent_state(fleet.store, "r7") == "starting"
+    assert lifecycle.spec_pane_state(spec) == "alive"
 
 
 def test_a_spawn_over_a_dead_pane_drops_the_restart_planned_for_it(fleet: OrchState) -> None:

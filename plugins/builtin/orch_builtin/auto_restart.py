@@ -119,6 +119,17 @@ def restarts_last_hour(store: Store, agent: str, now: float) -> int:
     )
 
 
+def _under_way(db: Any, agent: str) -> bool:
+    """Whether a recovery of ``agent`` is scheduled, running or being verified."""
+    return bool(
+        db.execute(
+            "SELECT 1 FROM recoveries WHERE agent = ? AND state IN ('scheduled', 'running',"
+            " 'verifying')",
+            (agent,),
+        ).fetchone()
+    )
+
+
 def schedule(
     store: Store,
     agent: str,
@@ -131,7 +142,9 @@ def schedule(
     now: float | None = None,
 ) -> dict[str, Any] | None:
     """Plan ``step`` for ``agent`` after its backoff, and say so in the log (``env``'s); ``None``
-    if a recovery is already under way. A restart past the hourly limit gives up instead."""
+    if a recovery is already under way (its own outcome decides what follows: the pane watch
+    seeing a restart's program end at once must not count it and give up before the ladder's
+    fresh start). A restart past the hourly limit gives up instead."""
     import random
 
     now = time.time() if now is None else now
@@ -139,19 +152,15 @@ def schedule(
     if step == "give_up":
         give_up(store, agent, reason, env)
         return None
-    if step in ("restart", "fresh") and restarts_last_hour(store, agent, now) >= int(
-        conf["max_restarts_per_hour"]
+    if step in ("restart", "fresh") and (
+        not _under_way(store, agent)
+        and restarts_last_hour(store, agent, now) >= int(conf["max_restarts_per_hour"])
     ):
         limit = conf["max_restarts_per_hour"]
         give_up(store, agent, f"{reason}; {limit} restarts this hour", env)
         return None
     with store.transaction() as tx:
-        busy = tx.execute(
-            "SELECT 1 FROM recoveries WHERE agent = ? AND state IN ('scheduled', 'running',"
-            " 'verifying')",
-            (agent,),
-        ).fetchone()
-        if busy:
+        if _under_way(tx, agent):
             return None
         recent = tx.execute(
             "SELECT count(*) FROM recoveries WHERE agent = ? AND created > ?", (agent, now - 3600)
