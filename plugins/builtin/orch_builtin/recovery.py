@@ -132,13 +132,12 @@ class Ladder:
     def prompted_since(self, agent: str, since: float) -> bool:
         """Whether ``agent`` was prompted after ``since`` (by its person, a wake-up) and that
         turn has not failed: a re-prompt typed now would come on top of its work."""
-        prompted, failed = self.store.execute(
-            "SELECT max(CASE WHEN event = 'UserPromptSubmit' THEN ts END),"
-            " max(CASE WHEN event = 'StopFailure' THEN ts END) FROM hook_runs"
-            " WHERE agent = ? AND event IN ('UserPromptSubmit', 'StopFailure')",
+        latest = self.store.execute(  # from the newest run back: a week holds a million
+            "SELECT event, ts FROM hook_runs WHERE agent = ?"
+            " AND event IN ('UserPromptSubmit', 'StopFailure') ORDER BY id DESC LIMIT 1",
             (agent,),
         ).fetchone()
-        return prompted is not None and prompted > since and prompted > (failed or 0.0)
+        return latest is not None and latest[0] == "UserPromptSubmit" and latest[1] > since
 
     def carry_out(self, recovery_id: int, agent: str, step: str, reason: str, now: float) -> None:
         try:
