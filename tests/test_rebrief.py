@@ -274,6 +274,48 @@ def test_a_restart_rebrief_says_what_its_checkpoint_was_saved_before(
     assert "## Recent activity\nBefore compaction: 4 tool calls" in text
 
 
+def test_a_resumed_conversation_that_holds_a_rebrief_is_given_no_second_one(
+    orch: OrchState, repo: Path, tmp_path: Path
+) -> None:
+    """``claude --continue``, as each restart orch makes: Claude Code gives the model the texts
+    hooks put in the conversation again, so one given since its last compaction is not given
+    again; one before it (a compaction whose rebrief never came) is, as for a conversation
+    with none, or a transcript that is no file."""
+    work(orch, repo)
+    transcript = tmp_path / "session.jsonl"
+
+    def resumed(*lines: dict[str, Any]) -> str | None:
+        transcript.write_text("".join(json.dumps(line, separators=(",", ":")) + "\n"
+                                      for line in lines))  # fmt: skip
+        orch.run_hook(payload("PreCompact", cwd=str(repo)), ORCH_AGENT="proj:7")
+        start = payload("SessionStart", source="resume", transcript_path=str(transcript))
+        return orch.run_hook(start, ORCH_AGENT="proj:7").context
+
+    user = {"type": "user", "message": {"role": "user", "content": "Fix the greeting."}}
+    boundary = {"type": "system", "subtype": "compact_boundary"}
+
+    def given(first: str) -> dict[str, Any]:
+        return {"type": "attachment", "attachment": {
+            "type": "hook_additional_context", "content": [f"{first}\n\n## Agent"],
+            "hookName": "SessionStart", "toolUseID": "t", "hookEvent": "SessionStart"}}  # fmt: skip
+
+    rebriefed = given("[orch rebrief: context restored after compaction]")
+    briefed = given("[orch briefing: a new session]")
+    quoted = {"type": "user", "message": {"role": "user", "content": json.dumps(rebriefed)}}
+    assert resumed(user, rebriefed, user) is None
+    assert resumed(briefed, user, user) is None
+    assert resumed(user, rebriefed, boundary, user) is not None
+    assert resumed(user, quoted, user) is not None  # a tool's output that quotes one
+    assert resumed(user) is not None
+    os.mkfifo(tmp_path / "fifo")
+    start = payload("SessionStart", source="resume", transcript_path=str(tmp_path / "fifo"))
+    assert orch.run_hook(start, ORCH_AGENT="proj:7").context is not None
+    # a new conversation (``orch restart --fresh``) is rebriefed, whatever its path holds
+    start = payload("SessionStart", source="startup", transcript_path=str(transcript))
+    transcript.write_text(json.dumps(rebriefed, separators=(",", ":")) + "\n")
+    assert orch.run_hook(start, ORCH_AGENT="proj:7").context is not None
+
+
 def test_orch_rebrief_forces_one_at_the_next_delivery_point(orch: OrchState, repo: Path) -> None:
     work(orch, repo)
     assert orch.cli("rebrief", "proj:7").returncode == 0

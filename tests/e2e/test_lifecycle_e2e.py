@@ -96,7 +96,13 @@ class Fleet:
         return [r.text() for r in self.standin.requests_to_main_model()]
 
     def starts(self) -> int:
-        return [r["event"] for r in self.store.runs(500)].count("SessionStart")
+        return self.runs("SessionStart")
+
+    def runs(self, event: str) -> int:
+        return [r["event"] for r in self.store.runs(500)].count(event)
+
+    def transcripts(self) -> list[Path]:
+        return list((self.root / "home" / ".claude" / "projects").glob("*/*.jsonl"))
 
     def transcript_written(self) -> bool:
         """Claude wrote the turn's answer to its transcript (asynchronously, after Stop)."""
@@ -269,3 +275,40 @@ def test_an_agent_its_person_stopped_with_esc_waits_for_them_and_gets_its_messag
     assert requests[1].count(f"{MARK}{receipt['id']} ") == 1
     assert requests[1].count("Ship the hotfix.") == 1
     assert fleet.steps() == []  # never taken for hung, never restarted
+
+
+def test_restarts_with_continue_give_the_briefing_once_and_again_after_compaction(
+    fleet: Fleet,
+) -> None:
+    """Each restart orch makes takes the conversation up with ``--continue``, and Claude Code
+    gives the model the texts hooks put in it again: the briefing given at the first start,
+    then the rebrief after a compaction, are each the one copy of the briefing the model
+    has; a restart adds none."""
+    brief = "You are the release engineer; ship version 2.4."
+    fleet.spawn(brief=brief)
+
+    def turn(n: int, prompt: str) -> str:
+        fleet.standin.reply_text(f"Working on it {n}.")
+        fleet.prompt(prompt)
+        fleet.wait(lambda: len(fleet.requests()) == n, f"request {n}")
+        fleet.wait(lambda: fleet.runs("Stop") == n, f"the Stop of turn {n}")
+        return fleet.requests()[n - 1]
+
+    def restart(n: int, written: str) -> None:
+        # Claude Code writes its transcript after the hooks: what the restart takes up
+        fleet.wait(lambda: any(written in f.read_text() for f in fleet.transcripts()),
+                   f"{written} in the transcript")  # fmt: skip
+        fleet.kill()
+        fleet.wait(lambda: fleet.steps() == [("restart", "done")] * (n - 1), f"restart {n - 1}")
+
+    assert turn(1, "Start.").count(brief) == 1
+    restart(2, "Working on it 1.")
+    second = turn(2, "Go on.")
+    assert (second.count(brief), second.count("[orch rebrief")) == (1, 0)
+    fleet.prompt("/compact")
+    fleet.wait(lambda: fleet.runs("SessionStart") == 3, "SessionStart after /compact")
+    restart(3, "[orch rebrief: context restored after compaction]")
+    third = turn(3, "Again.")
+    assert third.count("[orch rebrief: context restored after compaction]") == 1
+    assert third.count(brief) == 1
+    assert "[orch rebrief: context restored after a restart]" not in third

@@ -463,6 +463,11 @@ def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> str | None:
         return rebrief(ctx, store, cwd, "compaction", event.transcript_path)
     recent = time.time() - float(settings["restore_within_hours"]) * 3600
     if event.source in ("startup", "resume") and (row.get("checkpoint_at") or 0) > recent:
+        if event.source == "resume" and held(event.transcript_path):
+            # `claude --continue` (each restart orch makes) takes up a conversation that
+            # holds the briefing already: another copy at each restart would pile up in it
+            ctx.log("restart rebrief left out: the resumed conversation holds one")
+            return forced(ctx, event.transcript_path)
         return rebrief(ctx, store, cwd, "restart", event.transcript_path)
     if event.source == "startup" and row.get("briefing_content") and not row.get("last_briefing"):
         return rebrief(ctx, store, cwd, "briefing", event.transcript_path)
@@ -471,6 +476,54 @@ def orch_session_start(event: ev.SessionStart, ctx: HookContext) -> str | None:
         # CLAUDE.md, and the agent its briefing, or it no longer knows who it is
         return rebrief(ctx, store, cwd, "briefing", event.transcript_path)
     return forced(ctx, event.transcript_path)
+
+
+#: How Claude Code's transcript records a briefing or rebrief of orch's (a SessionStart's
+#: context, the first text of the hook's), and a compaction, after which the conversation
+#: goes on from its summary alone.
+GIVEN_MARKS = (
+    b'"type":"hook_additional_context","content":["[orch rebrief: ',
+    b'"type":"hook_additional_context","content":["[orch briefing: ',
+)
+COMPACTED_MARK = b'"subtype":"compact_boundary"'
+#: How much of a transcript, from its end, is looked through for them; a conversation that
+#: long since its last one is taken for compacted.
+HELD_WITHIN = 32 * 1024 * 1024
+HELD_CHUNK = 1024 * 1024
+
+
+def held(transcript: str | None) -> bool:
+    """Whether the conversation in ``transcript`` holds a briefing or rebrief of orch's since
+    its last compaction: a ``resume`` takes that conversation up, and Claude Code gives the
+    model the hook texts in it again. The path comes from a hook payload: anything but a
+    regular file reads as nothing, without blocking."""
+    import stat
+
+    if not transcript:
+        return False
+    try:
+        fd = os.open(transcript, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except (OSError, ValueError):
+        return False
+    marks = (*GIVEN_MARKS, COMPACTED_MARK)
+    overlap = max(len(m) for m in marks) - 1
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        size = end = info.st_size
+        while end > 0 and size - end < HELD_WITHIN:  # from the end: the latest mark decides
+            start = max(0, end - HELD_CHUNK)
+            chunk = os.pread(fd, min(size, end + overlap) - start, start)
+            found = max((chunk.rfind(m), m) for m in marks)
+            if found[0] >= 0:
+                return found[1] != COMPACTED_MARK
+            end = start
+        return False
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def forced(ctx: HookContext, transcript: str | None) -> str | None:
