@@ -6,7 +6,9 @@ the one orch spawns agents on.
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import subprocess
 
 from orch_core import paths
@@ -44,29 +46,121 @@ def _one_argument(arg: str) -> str:
     return f"{arg[:-1]}\\;" if arg.endswith(";") else arg
 
 
-def type_line(pane: str, socket: str | None, text: str, state_dir: str) -> bool:
+class Draft(TmuxError):
+    """A person's text, not sent yet, is in the pane's input box: a line typed and entered now
+    would be sent joined to it, and Enter alone would send it unfinished."""
+
+
+def type_line(
+    pane: str, socket: str | None, text: str, state_dir: str, *, spare_draft: bool = False
+) -> bool:
     """Type ``text`` into ``pane`` literally (``send-keys -l``), then press Enter as a separate
-    key, holding the pane's lock so two senders never interleave."""
+    key, holding the pane's lock so two senders never interleave. With ``spare_draft``, raise
+    :class:`Draft` rather than type into an input box that holds someone's text; a box that
+    holds ``text`` already (its Enter was lost) gets only the Enter."""
     with _pane_lock(pane, socket, state_dir):
         try:
             leave_mode(pane, socket)
-            tmux(socket, "send-keys", "-t", pane, "-l", "--", text)
+            box = input_box(pane, socket) if spare_draft else None
+            if box and box != text:
+                raise Draft(f"tmux pane {pane}: its input box holds a person's text")
+            if box != text:
+                tmux(socket, "send-keys", "-t", pane, "-l", "--", text)
             tmux(socket, "send-keys", "-t", pane, "Enter")
             return True
+        except Draft:
+            raise
         except TmuxError:
             return False
 
 
-def press_enter(pane: str, socket: str | None, state_dir: str) -> bool:
+def press_enter(
+    pane: str, socket: str | None, state_dir: str, *, only_for: str | None = None
+) -> bool:
     """Press Enter alone in ``pane``, under its lock: a line typed while the program was not
-    ready to take it stays in its input box until then."""
+    ready to take it stays in its input box until then. Given ``only_for`` (that line), raise
+    :class:`Draft` rather than send an input box that holds other text."""
     with _pane_lock(pane, socket, state_dir):
         try:
             leave_mode(pane, socket)
+            box = input_box(pane, socket) if only_for is not None else None
+            if box and box != only_for:
+                raise Draft(f"tmux pane {pane}: its input box holds a person's text")
             tmux(socket, "send-keys", "-t", pane, "Enter")
             return True
+        except Draft:
+            raise
         except TmuxError:
             return False
+
+
+#: Claude Code's input box: a rule (``─``) above and below, and its first line starts with
+#: its mark, U+276F (``!`` in shell mode, where an Enter runs the line as a command).
+_RULE, _MARK = "\u2500", "\u276f"
+_ESCAPE = re.compile(r"\x1b(?:\[([0-9;:?]*)[ -/]*([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)?|.)")
+
+
+def input_box(pane: str, socket: str | None) -> str | None:
+    """The text in Claude Code's input box on ``pane``'s screen, as typed there and not sent
+    (``""``: an empty box), or ``None`` where no such box shows (another program, a dialog, a
+    program still starting). Claude shows a placeholder or a suggestion in an empty box, dim:
+    dim text is not counted. Shell mode (``!``) counts as text even in an empty box."""
+    screen = tmux(socket, "capture-pane", "-p", "-e", "-t", pane)
+    plain = [_ESCAPE.sub("", line).strip() for line in screen.split("\n")]
+    rules = [i for i, line in enumerate(plain) if line.startswith(_RULE) and not line.strip(_RULE)]
+    for top, bottom in reversed(list(itertools.pairwise(rules))):
+        first = plain[top + 1] if top + 1 < bottom else ""
+        if first[:1] not in (_MARK, "!") or first[1:2].strip():
+            continue
+        if first[:1] == "!":
+            return first
+        lines = _undimmed(screen).split("\n")[top + 1 : bottom]
+        lines[0] = lines[0].strip().removeprefix(_MARK)
+        return "\n".join(line.strip() for line in lines).strip()
+    return None
+
+
+def _undimmed(text: str) -> str:
+    """``text`` from ``capture-pane -e`` without its escapes and its dim text, but its line
+    breaks (an attribute holds on across lines). Claude draws its cursor in reverse video: on
+    a placeholder's first letter, that one is not dim, and counts as the placeholder's."""
+    cells: list[tuple[str, bool, bool]] = []  # each character: dim, reverse
+    dim = reverse = False
+    at = 0
+    for found in [*_ESCAPE.finditer(text), None]:
+        end = len(text) if found is None else found.start()
+        cells += [(char, dim, reverse) for char in text[at:end]]
+        if found is not None:
+            at = found.end()
+            if found.group(2) == "m":
+                dim, reverse = _attributes(dim, reverse, found.group(1) or "0")
+    out = []
+    for i, (char, dim, reverse) in enumerate(cells):
+        after = cells[i + 1] if i + 1 < len(cells) else ("\n", False, False)
+        if reverse and after[0] != "\n":
+            dim = after[1]
+        out.append(char if char == "\n" or not dim else "")
+    return "".join(out)
+
+
+def _attributes(dim: bool, reverse: bool, params: str) -> tuple[bool, bool]:
+    """Whether text is dim, and reverse, after an SGR sequence with ``params`` (``38;5;2`` is
+    a colour)."""
+    codes = params.replace(":", ";").split(";")
+    i = 0
+    while i < len(codes):
+        code = codes[i] or "0"
+        if code in ("38", "48", "58"):  # a colour: 5;N or 2;R;G;B follow
+            i += 3 if codes[i + 1 : i + 2] == ["5"] else 5
+            continue
+        if code == "0":
+            dim = reverse = False
+        elif code in ("2", "22"):
+            dim = code == "2"
+        elif code in ("7", "27"):
+            reverse = code == "7"
+        i += 1
+    return dim, reverse
 
 
 def paste_text(pane: str, socket: str | None, text: str, state_dir: str) -> bool:

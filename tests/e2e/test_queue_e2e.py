@@ -35,6 +35,8 @@ from orch_builtin.idle import WAKE_LINE
 
 from orch_core.queue import MARK, PREVIEW, Queue
 from orch_core.storage.store import SQLiteStore
+from orch_core.supervisor.lifecycle import Supervisor
+from orch_core.supervisor.tmux import input_box
 from orch_core.testing.claude import ClaudeFactory, ClaudeSession, wait_until
 from orch_core.testing.standin import RecordedRequest, StandInAPI
 from orch_core.testing.tmux import TmuxServer
@@ -583,3 +585,78 @@ def test_a_scheduled_message_wakes_an_idle_agent_when_due_not_before(
     assert last.text().count("check the CI run") == 1
     prompt_index(last, WAKE_LINE)  # typed once
     assert sum(WAKE_LINE in r.texts() for r in session.requests()) == 1
+
+
+def test_a_wake_up_waits_while_a_person_types_and_their_prompt_takes_the_messages(
+    claude: ClaudeFactory,
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
+    orch_env: dict[str, str],
+    project: Path,
+) -> None:
+    """A person has typed part of a prompt into an idle agent's input box. The wake-up line
+    typed there would be sent joined to it (``...the flakyorch: new messages...``), and the
+    supervisor's Enter would send it unfinished: orch types nothing, presses nothing, and tries
+    again once the wake-up is stale; the person's own Enter brings the message along, once."""
+    (project / ".claude" / "orch.toml").write_text("[plugin.idle]\nrewake_seconds = 1\n")
+    session, agent = idle_agent(claude, standin, tmux_server, orch, orch_env)
+    assert session.pane is not None
+    draft = "please also look at the flaky"
+    tmux_server.send_text(session.pane, draft, enter=False)
+    wait_until(lambda: draft in session.screen(), WAIT, "the draft on screen")
+    receipt = orch.send(agent, "deploy at noon", "--from", "lead")
+    supervisor = Supervisor({**os.environ, **orch_env})
+    try:
+        for pause in (2.5, 1.5, 1.5):  # past nudge_seconds: an Enter; then wake-ups again
+            time.sleep(pause)
+            supervisor.upkeep(time.time())
+    finally:
+        supervisor.close()
+        supervisor.store.close()
+    assert len(session.requests()) == 1, "something was sent while the person was typing"
+    assert draft in session.screen() and WAKE_LINE not in session.screen()
+
+    tmux_server.send_keys(session.pane, "Enter")  # the person sends their prompt
+    theirs = session.wait_for_requests(2, WAIT)[1]
+    index = prompt_index(theirs, draft)  # as they typed it, nothing joined
+    (context,) = system_texts_after(theirs, index)
+    assert re.fullmatch(
+        re.escape("UserPromptSubmit hook additional context: ")
+        + header(receipt["id"], "lead", "normal", 0)
+        + re.escape("\ndeploy at noon"),
+        context,
+    ), context
+    assert theirs.text().count("deploy at noon") == 1
+    assert not any(WAKE_LINE in r.text() for r in session.requests())
+    orch.wait_for_state(agent, "idle")
+    confirm_with_next_turn(session, orch, [receipt])
+
+
+def test_an_input_box_showing_claudes_placeholder_is_empty_and_the_agent_is_woken(
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
+    orch_env: dict[str, str],
+    project: Path,
+    tmp_path: Path,
+) -> None:
+    """With prompt suggestions on, an empty input box shows one, dim (``Try "fix lint
+    errors"``): no one typed it, and the wake-up goes in as into an empty box."""
+    standin.reply_text("on it")
+    agent = "lead-1"
+    env = {**orch_env, "ORCH_AGENT": agent, "CLAUDE_CODE_ENABLE_PROMPT_SUGGESTION": "1"}
+    session = ClaudeSession(project, standin, tmux_server, home=tmp_path / "home", env=env)
+    session._write_home()  # start() waits for a box showing nothing
+    argv = [str(session.binary), "--session-id", session.session_id, *session.args]
+    session.pane = tmux_server.new_window("claude", argv, env=session.environment(), cwd=project)
+    try:
+        tmux_server.wait_for_text(session.pane, '\u276f\xa0Try "', WAIT)
+        assert input_box(session.pane, tmux_server.socket) == ""  # a box, found empty
+        orch.wait_for_state(agent, "idle")
+        receipt = orch.send(agent, "Review the open pull request.", "--from", "lead")
+        (woken,) = session.wait_for_requests(1, WAIT)
+        prompt_index(woken, WAKE_LINE)
+        assert woken.text().count(f"{MARK}{receipt['id']} ") == 1
+    finally:
+        session.close()

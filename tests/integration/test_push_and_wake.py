@@ -7,6 +7,7 @@ the pane to a file, so the test sees exactly what orch typed, and that nothing r
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from orch_builtin.idle import WAKE_LINE
 from orch_core.queue import Queue
 from orch_core.testing.kit import OrchState
 from orch_core.testing.payloads import payload
-from orch_core.testing.tmux import Recorder, TmuxServer
+from orch_core.testing.tmux import Recorder, TmuxServer, wait_until
 
 pytestmark = pytest.mark.tmux
 
@@ -186,6 +187,100 @@ def test_push_to_a_pane_that_is_gone_is_an_error_and_keeps_the_message(
     )
     assert (message["state"], message["attempts"]) == ("queued", 0)
     assert "hello" in hook(orch, "PostToolUse")  # still delivered, through the hook
+
+
+#: A recorder that first draws the screen it is given, as Claude Code would.
+_SCREEN = """
+import sys
+sys.stdout.write(sys.argv[2])
+sys.stdout.flush()
+with open(sys.argv[1], "ab", buffering=0) as out:
+    out.write(b"ready\\n")
+    for line in iter(sys.stdin.buffer.readline, b""):
+        out.write(line)
+"""
+_RULE = "\x1b[38;5;244m" + "\u2500" * 60 + "\x1b[39m"
+#: Claude Code 2.1's screens, as ``capture-pane -e`` gives them: an earlier prompt, then the
+#: input box between two rules (dim: a placeholder; reverse video: its cursor)
+_BOXES = {
+    "empty": ("\u276f\xa0\x1b[7m \x1b[0m", ""),
+    "placeholder": ('\u276f\xa0\x1b[2mTry "fix lint errors"\x1b[0m', ""),
+    "placeholder, its cursor on it": ('\u276f\xa0\x1b[7mT\x1b[0m\x1b[2mry "fix lint"\x1b[0m', ""),
+    "a draft": ("\u276f\xa0please also look at\x1b[7m \x1b[0m", "please also look at"),
+    "a draft, its cursor at the start": ("\u276f\xa0\x1b[7mp\x1b[0mlease", "please"),
+    "two lines": ("\u276f\xa0first\r\n  second\x1b[7m \x1b[0m", "first\nsecond"),
+    "shell mode": ("!\xa0\x1b[7m \x1b[0m", "!"),
+    "the wake line": (f"\u276f\xa0{WAKE_LINE}\x1b[7m \x1b[0m", WAKE_LINE),
+}
+
+
+class ClaudeScreen(Recorder):
+    """A recorder known to orch as AGENT's session pane, showing Claude Code's input box with
+    ``box`` in it (no box: ``None``)."""
+
+    def __init__(self, tmux: TmuxServer, orch: OrchState, box: str | None) -> None:
+        self.server, self.log = tmux, orch.root / "typed.bin"
+        screen = "\u276f Say hello.\r\n\r\n\u25cf hello\r\n\r\n"
+        screen += "$ " if box is None else f"{_RULE}\r\n{box}\r\n{_RULE}\r\n  auto mode on"
+        argv = [sys.executable, "-c", _SCREEN, str(self.log), screen]
+        self.pane = tmux.new_window("agent", argv, cwd=orch.project_dir)
+        self.socket = tmux.cmd("display-message", "-p", "#{socket_path}").strip()
+        wait_until(lambda: self.log.exists() and self.log.read_bytes() == b"ready\n", 15,
+                   "the screen")  # fmt: skip
+        wait_until(lambda: (box or "$")[:1] in tmux.capture(self.pane), 15, "the box")
+        orch.store.remember_session(SESSION, AGENT, self.pane, self.socket)
+
+
+@pytest.mark.parametrize("box", [*_BOXES, None])
+def test_the_text_in_claudes_input_box_is_read_from_the_screen(
+    tmux: TmuxServer, orch: OrchState, box: str | None
+) -> None:
+    from orch_core.supervisor.tmux import input_box
+
+    pane = ClaudeScreen(tmux, orch, None if box is None else _BOXES[box][0])
+    assert input_box(pane.pane, pane.socket) == (None if box is None else _BOXES[box][1])
+
+
+def test_an_agent_whose_person_is_typing_gets_no_wake_line_and_no_enter(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    """The line would be sent joined to the person's unsent text, and the supervisor's Enter
+    would send their text unfinished: nothing is typed until the box is empty, or their own
+    prompt takes the messages along."""
+    from orch_core.supervisor import lifecycle
+
+    pane = ClaudeScreen(tmux, orch, _BOXES["a draft"][0])
+    assert hook(orch, "Stop") == ""
+    assert orch.cli("send", AGENT, "deploy at noon").returncode == 0
+    supervisor = lifecycle.Supervisor(orch.env)
+    supervisor.upkeep(time.time() + 3)  # past nudge_seconds: an Enter once more
+    with orch.store.transaction() as db:  # past rewake_seconds: the line again
+        db.execute("UPDATE agents SET state_changed = ?", (time.time() - 31,))
+    supervisor.upkeep(time.time())  # an Enter for that wake-up, then the line again
+    supervisor.upkeep(time.time())
+    assert pane.lines() == []
+    assert "deploy at noon" in hook(orch, "UserPromptSubmit", prompt="please also look at")
+
+
+@pytest.mark.parametrize("box", ["empty", "placeholder, its cursor on it"])
+def test_an_agent_whose_input_box_is_empty_is_woken(
+    tmux: TmuxServer, orch: OrchState, box: str
+) -> None:
+    pane = ClaudeScreen(tmux, orch, _BOXES[box][0])
+    assert hook(orch, "Stop") == ""
+    assert orch.cli("send", AGENT, "deploy at noon").returncode == 0
+    assert pane.lines() == [WAKE_LINE]
+
+
+def test_a_wake_line_left_in_the_input_box_gets_its_enter_not_a_second_line(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    """A program still starting took the line but not its Enter: the wake-up, again, sends
+    that line rather than add another to it."""
+    pane = ClaudeScreen(tmux, orch, _BOXES["the wake line"][0])
+    assert hook(orch, "Stop") == ""
+    assert orch.cli("send", AGENT, "deploy at noon").returncode == 0
+    assert pane.lines() == [""]
 
 
 def typed_after_copy_mode(tmux: TmuxServer, pane: Pane) -> list[str]:

@@ -5,8 +5,10 @@ is queued for an agent that presence saw go idle, this plugin types one fixed, s
 agent's tmux pane and presses Enter; the UserPromptSubmit hook then delivers the queue. It types
 through tmux's argv (never a shell), with ``send-keys -l`` and a separate Enter, holding one lock
 per pane, only while the agent is idle and once per batch (the agent is ``waking`` until its next
-prompt). A message body is never typed. An agent that starts (or is cleared, or compacted while
-idle) with messages waiting is woken the same way once its SessionStart is answered: the
+prompt), and never into an input box that holds a person's unsent text: their prompt's hook
+delivers the messages, or the line is typed once the box is empty (``rewake_seconds``). A
+message body is never typed. An agent that starts (or is cleared, or compacted while idle)
+with messages waiting is woken the same way once its SessionStart is answered: the
 messages reach its context then, but the model acts on them only in a turn. A program still
 starting may take the line but not its Enter: the supervisor (started here) presses Enter once
 more when no prompt followed within ``nudge_seconds``, and types the line again after
@@ -126,7 +128,12 @@ def nudge(store: Store, agent: str, env: Mapping[str, str]) -> bool:
     from orch_core.supervisor import tmux
 
     target = tmux.reported_pane(store, agent, paths.host(env))
-    return target is not None and tmux.press_enter(target[0], target[1], paths.state_dir(env))
+    if target is None:
+        return False
+    try:  # never an Enter that sends what a person is still typing
+        return tmux.press_enter(target[0], target[1], paths.state_dir(env), only_for=WAKE_LINE)
+    except tmux.Draft:
+        return False
 
 
 def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float) -> bool:
@@ -143,8 +150,14 @@ def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float
     from orch_core.supervisor import tmux  # subprocess: only when there is something to type
 
     target = tmux.reported_pane(store, agent, paths.host(env))
-    if target is not None and tmux.type_line(*target, WAKE_LINE, paths.state_dir(env)):
-        return True
+    try:
+        if target is not None and tmux.type_line(
+            *target, WAKE_LINE, paths.state_dir(env), spare_draft=True
+        ):
+            return True
+    except tmux.Draft:  # their Enter delivers the messages; else this is tried again when stale
+        log.write("info", "not woken: a person is typing in its pane", env, agent=agent)
+        return False
     why = "the pane is gone, or no longer the agent's" if target is None else "tmux failed"
     log.write("warning", "could not wake the agent", env, agent=agent, pane=known[0], why=why)
     return False
