@@ -51,16 +51,24 @@ class Draft(TmuxError):
     would be sent joined to it, and Enter alone would send it unfinished."""
 
 
+class Exited(TmuxError):
+    """The pane's program exited back to the shell it was started from: a line typed there
+    would run as a command."""
+
+
 def type_line(
     pane: str, socket: str | None, text: str, state_dir: str, *, spare_draft: bool = False
 ) -> bool:
     """Type ``text`` into ``pane`` literally (``send-keys -l``), then press Enter as a separate
     key, holding the pane's lock so two senders never interleave. With ``spare_draft``, raise
-    :class:`Draft` rather than type into an input box that holds someone's text; a box that
-    holds ``text`` already (its Enter was lost) gets only the Enter."""
+    :class:`Draft` rather than type into an input box that holds someone's text, and
+    :class:`Exited` into a shell whose program exited; a box that holds ``text`` already (its
+    Enter was lost) gets only the Enter."""
     with _pane_lock(pane, socket, state_dir):
         try:
             leave_mode(pane, socket)
+            if spare_draft and shell_in_front(pane, socket):
+                raise Exited(f"tmux pane {pane}: a shell, its program exited")
             box = input_box(pane, socket) if spare_draft else None
             if box and box != text:
                 raise Draft(f"tmux pane {pane}: its input box holds a person's text")
@@ -68,7 +76,7 @@ def type_line(
                 tmux(socket, "send-keys", "-t", pane, "-l", "--", text)
             tmux(socket, "send-keys", "-t", pane, "Enter")
             return True
-        except Draft:
+        except (Draft, Exited):
             raise
         except TmuxError:
             return False
@@ -88,7 +96,7 @@ def press_enter(
                 raise Draft(f"tmux pane {pane}: its input box holds a person's text")
             tmux(socket, "send-keys", "-t", pane, "Enter")
             return True
-        except Draft:
+        except (Draft, Exited):
             raise
         except TmuxError:
             return False
@@ -118,6 +126,39 @@ def input_box(pane: str, socket: str | None) -> str | None:
         lines[0] = lines[0].strip().removeprefix(_MARK)
         return "\n".join(line.strip() for line in lines).strip()
     return None
+
+
+#: Shells a person starts Claude from (``/proc``'s names, a login shell's without its ``-``)
+SHELLS = frozenset({"sh", "bash", "zsh", "fish", "dash", "ksh", "mksh", "tcsh", "csh", "ash"})
+
+
+def shell_in_front(pane: str, socket: str | None) -> bool:
+    """Whether only a shell is in the foreground of ``pane``'s terminal: the program started
+    from it there (Claude) exited, or was killed. A wrapper script running Claude has it in
+    its process group, and a shell running it as a job gives it the terminal: neither counts.
+    Read from Linux's ``/proc`` (elsewhere: ``False``, as when it cannot be told)."""
+    pid = tmux(socket, "display-message", "-p", "-t", pane, "#{pane_pid}").strip()
+    front = _stat(pid)
+    if front is None or not front[2].lstrip("-").isdigit() or int(front[2]) <= 0:
+        return False  # no such process, or no terminal
+    names = []
+    for entry in os.listdir("/proc"):
+        fields = _stat(entry) if entry.isdigit() else None
+        if fields is not None and fields[1] == front[2]:
+            names.append(fields[0].lstrip("-"))
+    return bool(names) and all(name in SHELLS for name in names)
+
+
+def _stat(pid: str) -> tuple[str, str, str] | None:
+    """Process ``pid``'s name, process group and its terminal's foreground group, or ``None``."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as file:
+            stat = file.read()
+    except (OSError, ValueError):
+        return None
+    name = stat.partition("(")[2].rpartition(")")[0]
+    fields = stat.rpartition(")")[2].split()  # state ppid pgrp session tty_nr tpgid ...
+    return (name, fields[2], fields[5]) if len(fields) > 5 else None
 
 
 def _undimmed(text: str) -> str:

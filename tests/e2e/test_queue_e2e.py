@@ -660,3 +660,72 @@ def test_an_input_box_showing_claudes_placeholder_is_empty_and_the_agent_is_woke
         assert woken.text().count(f"{MARK}{receipt['id']} ") == 1
     finally:
         session.close()
+
+
+def test_an_agent_whose_claude_died_back_to_its_shell_gets_nothing_typed_into_the_shell(
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
+    orch_env: dict[str, str],
+    project: Path,
+    tmp_path: Path,
+) -> None:
+    """Claude started by hand from a shell is killed (no SessionEnd): its agent stays idle,
+    and the wake-up line would be typed into the shell, as a command, again and again."""
+    agent = "lead-1"
+    session = ClaudeSession(project, standin, tmux_server, home=tmp_path / "home",
+                            env={**orch_env, "ORCH_AGENT": agent})  # fmt: skip
+    session._write_home()
+    session.pane = tmux_server.new_window("shell", ["bash", "--norc", "--noprofile", "-i"],
+                                          env={**session.environment(), "PS1": "shell$ "},
+                                          cwd=project)  # fmt: skip
+    command = shlex.join([str(session.binary), "--session-id", session.session_id, *session.args])
+    tmux_server.send_text(session.pane, command)
+    try:
+        session.wait_until_ready()
+        orch.wait_for_state(agent, "idle")
+        (claude_pid,) = subprocess.run(["pgrep", "-f", session.session_id], capture_output=True,
+                                       text=True, check=True).stdout.split()  # fmt: skip
+        os.kill(int(claude_pid), 9)
+        wait_until(lambda: "shell$" in session.screen(), WAIT, "the shell")
+        orch.send(agent, "deploy at noon")  # types before it returns, if it does
+        tmux_server.send_text(session.pane, "echo typed-$((40 + 2))")
+        tmux_server.wait_for_text(session.pane, "typed-42", WAIT)  # the shell read all
+        assert WAKE_LINE not in session.screen()
+        assert "command not found" not in session.screen()
+    finally:
+        session.close()
+
+
+def test_an_agent_started_through_a_wrapper_script_is_woken(
+    standin: StandInAPI,
+    tmux_server: TmuxServer,
+    orch: OrchCLI,
+    orch_env: dict[str, str],
+    project: Path,
+    tmp_path: Path,
+) -> None:
+    """A shell script that runs Claude (not ``exec``) is what tmux names the pane's command:
+    Claude, in its process group, is still there, and is woken."""
+    agent = "lead-1"
+    standin.reply_text("on it")
+    session = ClaudeSession(project, standin, tmux_server, home=tmp_path / "home",
+                            env={**orch_env, "ORCH_AGENT": agent})  # fmt: skip
+    session._write_home()
+    wrapper = tmp_path / "run-claude.sh"
+    wrapper.write_text('#!/bin/bash\n"$@"\necho "claude exited"\n')
+    wrapper.chmod(0o755)
+    argv = [str(wrapper), str(session.binary), "--session-id", session.session_id, *session.args]
+    session.pane = tmux_server.new_window("claude", argv, env=session.environment(), cwd=project)
+    try:
+        session.wait_until_ready()
+        orch.wait_for_state(agent, "idle")
+        shown = tmux_server.cmd("display-message", "-p", "-t", session.pane,
+                                "#{pane_current_command}")  # fmt: skip
+        assert shown.strip() == "bash"
+        receipt = orch.send(agent, "deploy at noon")
+        (woken,) = session.wait_for_requests(1, WAIT)
+        prompt_index(woken, WAKE_LINE)
+        assert woken.text().count(f"{MARK}{receipt['id']} ") == 1
+    finally:
+        session.close()

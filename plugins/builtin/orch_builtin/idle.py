@@ -132,7 +132,7 @@ def nudge(store: Store, agent: str, env: Mapping[str, str]) -> bool:
         return False
     try:  # never an Enter that sends what a person is still typing
         return tmux.press_enter(target[0], target[1], paths.state_dir(env), only_for=WAKE_LINE)
-    except tmux.Draft:
+    except (tmux.Draft, tmux.Exited):
         return False
 
 
@@ -157,6 +157,10 @@ def wake(store: Store, agent: str, env: Mapping[str, str], rewake_seconds: float
             return True
     except tmux.Draft:  # their Enter delivers the messages; else this is tried again when stale
         log.write("info", "not woken: a person is typing in its pane", env, agent=agent)
+        return False
+    except tmux.Exited:  # its next SessionStart (Claude started again there) wakes it
+        log.write("warning", "not woken: Claude exited from its pane, a shell is left", env,
+                  agent=agent, pane=known[0])  # fmt: skip
         return False
     why = "the pane is gone, or no longer the agent's" if target is None else "tmux failed"
     log.write("warning", "could not wake the agent", env, agent=agent, pane=known[0], why=why)
