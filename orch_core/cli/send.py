@@ -363,7 +363,7 @@ def _check_type(name: str, value: object) -> None:
 def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
     """Type the message into the agent's pane the old way, safely: argv, -l, a separate Enter.
     It is marked delivered first, so the prompt that Enter starts does not deliver it again."""
-    from orch_core.supervisor.tmux import paste_text, reported_pane, window_pane
+    from orch_core.supervisor.tmux import Draft, paste_text, reported_pane, window_pane
 
     agent, host = receipt["agent"], paths.host(os.environ)
     where = hosts.Names(queue.store).host_of(agent)
@@ -385,7 +385,13 @@ def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
                         "queued")  # fmt: skip
     if not queue.mark_pushed(receipt["id"]):
         return
-    if not paste_text(target[0], target[1], text, paths.state_dir(os.environ)):
+    try:
+        pasted = paste_text(target[0], target[1], text, paths.state_dir(os.environ))
+    except Draft:  # pasted and entered, it would be sent joined to their text
+        queue.unpush(receipt["id"], f"a person is typing in tmux pane {target[0]}")
+        raise OrchError(f"a person is typing in {agent}'s tmux pane {target[0]}; the message "
+                        f"{receipt['id']} stays queued") from None  # fmt: skip
+    if not pasted:
         queue.unpush(receipt["id"], f"could not type into tmux pane {target[0]}")
         raise OrchError(f"could not type into tmux pane {target[0]}; the message "
                         f"{receipt['id']} stays queued")  # fmt: skip

@@ -208,17 +208,22 @@ def paste_text(pane: str, socket: str | None, text: str, state_dir: str) -> bool
     """Paste ``text`` of any length and any number of lines as one input (bracketed paste, so
     its newlines do not submit it line by line), then press Enter; under the pane's lock. The
     text reaches tmux on stdin, never in an argument, and made inert: no control character in
-    it can end the paste early or act as a key."""
+    it can end the paste early or act as a key. Raise :class:`Draft` rather than paste into an
+    input box that holds someone's text."""
     from orch_core.text import inert
 
     buffer = f"orch-{os.getpid()}"
     with _pane_lock(pane, socket, state_dir):
         try:
-            tmux(socket, "load-buffer", "-b", buffer, "-", stdin=inert(text))
             leave_mode(pane, socket)
+            if input_box(pane, socket):
+                raise Draft(f"tmux pane {pane}: its input box holds a person's text")
+            tmux(socket, "load-buffer", "-b", buffer, "-", stdin=inert(text))
             tmux(socket, "paste-buffer", "-p", "-d", "-b", buffer, "-t", pane)
             tmux(socket, "send-keys", "-t", pane, "Enter")
             return True
+        except Draft:
+            raise
         except TmuxError:
             return False
 

@@ -272,6 +272,24 @@ def test_an_agent_whose_input_box_is_empty_is_woken(
     assert pane.lines() == [WAKE_LINE]
 
 
+def test_push_into_an_input_box_where_a_person_is_typing_is_an_error_and_keeps_the_message(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    """Pasted and entered, the message would be sent joined to the person's unsent text."""
+    pane = ClaudeScreen(tmux, orch, _BOXES["a draft"][0])
+    done = orch.cli("send", AGENT, "deploy at noon", "--push")
+    assert done.returncode == 1
+    queue = Queue(orch.store)
+    (message,) = queue.messages(AGENT)
+    assert done.stderr == (
+        f"Error: a person is typing in {AGENT}'s tmux pane {pane.pane}; the message "
+        f"{message['id']} stays queued\n"
+    )
+    assert (message["state"], message["attempts"]) == ("queued", 0)
+    assert pane.lines() == []
+    assert "deploy at noon" in hook(orch, "UserPromptSubmit", prompt="please also look at")
+
+
 def test_a_wake_line_left_in_the_input_box_gets_its_enter_not_a_second_line(
     tmux: TmuxServer, orch: OrchState
 ) -> None:
