@@ -96,7 +96,7 @@ def press_enter(
                 raise Draft(f"tmux pane {pane}: its input box holds a person's text")
             tmux(socket, "send-keys", "-t", pane, "Enter")
             return True
-        except (Draft, Exited):
+        except Draft:
             raise
         except TmuxError:
             return False
@@ -141,8 +141,15 @@ def shell_in_front(pane: str, socket: str | None) -> bool:
     front = _stat(pid)
     if front is None or not front[2].lstrip("-").isdigit() or int(front[2]) <= 0:
         return False  # no such process, or no terminal
+    leader = _stat(front[2])
+    if leader is not None and leader[0].lstrip("-") not in SHELLS:
+        return False  # Claude, as a job of the shell or started in its place: no need to look
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return False
     names = []
-    for entry in os.listdir("/proc"):
+    for entry in entries:
         fields = _stat(entry) if entry.isdigit() else None
         if fields is not None and fields[1] == front[2]:
             names.append(fields[0].lstrip("-"))

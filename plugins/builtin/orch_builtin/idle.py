@@ -132,7 +132,7 @@ def nudge(store: Store, agent: str, env: Mapping[str, str]) -> bool:
         return False
     try:  # never an Enter that sends what a person is still typing
         return tmux.press_enter(target[0], target[1], paths.state_dir(env), only_for=WAKE_LINE)
-    except (tmux.Draft, tmux.Exited):
+    except tmux.Draft:
         return False
 
 
