@@ -691,14 +691,15 @@ def test_push_is_never_also_delivered_by_the_prompt_it_starts(
     assert done.returncode == 0, done.stderr
     typed = [json.loads(line) for line in typed_log.read_text().splitlines()]
     commands = [t["args"][2:] for t in typed]  # after "-S", socket
-    buffer = commands[0][2]
+    buffer = commands[2][2]
     assert commands == [
-        ["load-buffer", "-b", buffer, "-"],
         ["copy-mode", "-q", "-t", "%7"],  # out of copy mode, where Enter would be no key
+        ["capture-pane", "-p", "-e", "-t", "%7"],  # no one's unsent text in its input box
+        ["load-buffer", "-b", buffer, "-"],
         ["paste-buffer", "-p", "-d", "-b", buffer, "-t", "%7"],
         ["send-keys", "-t", "%7", "Enter"],
     ]
-    assert typed[0]["stdin"] == "the pushed body"  # the body goes on stdin, never in argv
+    assert typed[2]["stdin"] == "the pushed body"  # the body goes on stdin, never in argv
     assert "the pushed body" not in Path(f"{typed_log}.hook").read_text()
     receipt = json.loads(done.stdout)
     assert receipt["state"] == "delivered"
