@@ -109,6 +109,35 @@ def test_restore_puts_a_backup_back_and_keeps_the_current_file_aside(orch: OrchS
     assert os.stat(orch.env["ORCH_DB"]).st_mode & 0o777 == 0o600
 
 
+def test_restore_says_which_messages_sent_after_the_backup_it_leaves_behind(
+    orch: OrchState,
+) -> None:
+    """They were queued, and are no longer: the restore says how many, and how to queue them
+    again from the database it set aside (an export of it, imported)."""
+    send(orch, "before the backup")
+    path = backed_up(orch)
+    after, in_flight = send(orch, "after the backup", "in flight")
+    queue = Queue(orch.store)
+    queue.cancel(after)
+    assert in_flight in [m["id"] for m in queue.claim("a:1", "s", budget=8000)]
+    send(orch, "also after")
+    done = orch.cli("restore", str(path))
+    assert done.returncode == 0, done.stderr
+    aside = done.stdout.strip().split(" the one it replaced is ")[-1]
+    assert done.stderr.strip() == (
+        f"note: 2 messages pending in {aside} are not in {path} (sent after it was taken), so no "
+        f"longer queued: `ORCH_DB={aside} orch export | orch import -` queues them again"
+    )
+    exported = subprocess.run(
+        [orch_script(), "export"], capture_output=True, text=True, env={**orch.env,
+        "ORCH_DB": aside}, cwd=orch.project_dir, timeout=60, check=True,
+    )  # fmt: skip
+    assert orch.cli("import", "-", stdin=exported.stdout).returncode == 0
+    assert sorted(bodies(orch)) == ["also after", "before the backup", "in flight"]
+    again = orch.cli("restore", str(backed_up(orch)))  # nothing sent since: no note
+    assert (again.returncode, again.stderr) == (0, "")
+
+
 def logged(orch: OrchState, msg: str) -> list[dict[str, object]]:
     """The lines of orch's log that say ``msg``."""
     log = Path(orch.env["ORCH_STATE_DIR"]) / "orch.log"

@@ -155,12 +155,19 @@ def backup_command() -> None:
 def restore_command(file: str) -> None:
     """Put backup FILE in place of the database; the current one is kept aside. Refused while
     `orch supervise` runs."""
-    from orch_core.storage import backup
+    import shlex
+
+    from orch_core.storage import backup, database
 
     held = backup.check(file)
     aside = backup.restore(os.environ, file)
     replaced = f"the one it replaced is {aside}" if aside else "there was none to set aside"
     click.echo(f"restored {file} ({held['messages']} messages); {replaced}")
+    lost = backup.left_behind(aside, database(os.environ)) if aside else 0
+    if aside and lost:
+        click.echo(f"note: {lost} messages pending in {aside} are not in {file} (sent after it was "
+                   f"taken), so no longer queued: `ORCH_DB={shlex.quote(aside)} orch export | "
+                   "orch import -` queues them again", err=True)  # fmt: skip
 
 
 def _core_settings() -> dict[str, Any]:

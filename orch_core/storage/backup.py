@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from orch_core import paths
 from orch_core.errors import OrchError
-from orch_core.queue import STATES, pending
+from orch_core.queue import PENDING_SQL, STATES, pending
 from orch_core.storage.store import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -250,6 +250,28 @@ def _restore(db: str, file: str) -> str | None:
         _remove_copy(incoming)
         raise BackupError(f"cannot restore {file}: {exc}") from None
     return aside
+
+
+def left_behind(aside: str, db: str) -> int:
+    """How many messages pending in ``aside``, the database a restore set aside, the restored
+    ``db`` lacks: sent after the backup was taken, they are queued no more, and the person
+    must learn so, not find them gone. What a damaged ``aside`` still lets read counts."""
+    try:
+        conn = _readonly(aside)
+        try:
+            ids = {mid for (mid,) in conn.execute(f"SELECT id FROM messages WHERE {PENDING_SQL}")}
+        except sqlite3.Error:
+            ids = {record["id"] for record in salvage(aside, pending_only=True)[0]}
+        finally:
+            conn.close()
+        conn = _readonly(db)
+        try:
+            have = {mid for (mid,) in conn.execute("SELECT id FROM messages")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+    return len(ids - have)
 
 
 def _set_aside(db: str) -> str | None:
