@@ -510,6 +510,39 @@ def test_export_reads_what_a_damaged_file_still_holds(orch: OrchState) -> None:
     assert f"the {len(exported)} messages" in line
 
 
+def test_export_reads_what_a_file_that_lost_its_end_still_holds(orch: OrchState) -> None:
+    """A file shorter than its header says (its last pages lost), which no process has open,
+    was refused whole by SQLite: not one of its messages was exported."""
+    sent = send(orch, *(f"message {i:03d} " + "x" * 300 for i in range(300)))
+    for store in list(orch.opened):  # else the WAL index left says how long the file was
+        store.close()
+    settle(orch.env["ORCH_DB"])
+    assert sorted(os.listdir(Path(orch.env["ORCH_DB"]).parent)) == ["orch.db", "plans"]
+    size = os.path.getsize(orch.env["ORCH_DB"])
+    os.truncate(orch.env["ORCH_DB"], size - 3 * 2048)  # three pages of orch's size
+    done = orch.cli("export")
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    exported = [json.loads(row) for row in done.stdout.splitlines()]
+    assert len(exported) > 250, line
+    assert all(r["body"] == f"message {sent.index(r['id']):03d} " + "x" * 300 for r in exported)
+    assert f"the {len(exported)} messages that could still be read were exported" in line
+
+
+def test_export_of_a_file_whose_messages_table_cannot_be_read_says_so(orch: OrchState) -> None:
+    """Not "0 messages read, at least 0 rows could not be", as if it had held none."""
+    send(orch, *(f"message {i:03d}" for i in range(50)))
+    orch.store.close()
+    settle(orch.env["ORCH_DB"])
+    with open(orch.env["ORCH_DB"], "r+b") as f:
+        f.write(b"this is no longer a database header" * 3)
+    done = orch.cli("export")
+    assert (done.returncode, done.stdout) == (1, "")
+    (line,) = done.stderr.splitlines()
+    assert line.endswith("; no message could be read: the messages table itself cannot be, so "
+                         "how many it held is unknown"), line  # fmt: skip
+
+
 def test_a_salvaged_pending_export_is_what_a_pending_export_is(orch: OrchState) -> None:
     """Not a message typed with --push (delivered, no session): imported, it would be
     delivered a second time."""

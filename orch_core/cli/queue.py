@@ -196,6 +196,11 @@ def export_command(state: str) -> None:
         if state not in ("pending", "all"):
             records = [r for r in records if r["state"] == state]
         _print_records(records)
+        if lost is None:
+            raise click.ClickException(
+                f"{database_error(exc)}; no message could be read: the messages table itself "
+                "cannot be, so how many it held is unknown"
+            ) from None
         raise click.ClickException(
             f"{database_error(exc)}; the {len(records)} messages that could still be read were "
             f"exported, at least {lost} rows could not be"

@@ -325,23 +325,35 @@ def _remove_copy(path: str) -> None:
         _remove(path + suffix)
 
 
-def salvage(db: str, pending_only: bool) -> tuple[list[dict[str, Any]], int]:
+def salvage(db: str, pending_only: bool) -> tuple[list[dict[str, Any]], int | None]:
     """The messages a damaged database still lets read, row by row, and how many rows could
-    not be read (at least: rows behind a damaged inner page are not even seen). With
-    ``pending_only``, what ``orch export`` calls pending (:func:`orch_core.queue.pending`): not a
-    message typed with ``--push``. Imported, they come back as from any export."""
+    not be read (at least: rows behind a damaged inner page are not even seen; ``None`` when
+    the table cannot be read at all, as when its schema is damaged, so that none is not taken
+    for a count). With ``pending_only``, what ``orch export`` calls pending
+    (:func:`orch_core.queue.pending`): not a message typed with ``--push``. Imported, they come
+    back as from any export."""
     conn = _readonly(db)
     conn.row_factory = sqlite3.Row
+    # A file shorter than its header says (its end lost) is otherwise refused whole, though
+    # the pages it still has hold rows: with this SQLite reads the pages there are.
+    conn.execute("PRAGMA writable_schema=ON")
     rowids: set[int] = set()
-    try:
-        for (rowid,) in conn.execute("SELECT rowid FROM messages"):
-            rowids.add(rowid)
-    except sqlite3.Error:
-        pass  # what was read before the damage still counts
+    read = False
+    for scan in ("", " NOT INDEXED"):  # through an index, then the table: each may hold more
+        try:
+            for (rowid,) in conn.execute(f"SELECT rowid FROM messages{scan}"):
+                rowids.add(rowid)
+            read = True
+        except sqlite3.Error:
+            pass  # what was read before the damage still counts
     try:
         highest = conn.execute("SELECT max(rowid) FROM messages").fetchone()[0] or 0
+        read = True
     except sqlite3.Error:
         highest = max(rowids, default=0)
+    if not read and not rowids:
+        conn.close()
+        return [], None
     records, lost = [], 0
     for rowid in range(1, max(highest, max(rowids, default=0)) + 1):
         try:
