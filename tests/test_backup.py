@@ -92,6 +92,18 @@ def test_the_supervisor_backs_up_on_schedule_and_keeps_the_newest(orch: OrchStat
     assert all(backup.check(path)["messages"] == 1 for path in kept)
 
 
+def test_a_backup_taken_after_the_clock_went_back_is_kept(orch: OrchState) -> None:
+    """Named after a clock stepped back, it sorted behind the older backups, and rotation
+    removed it as it was taken: `orch backup` named a file that was gone."""
+    send(orch, "kept")
+    db = orch.env["ORCH_DB"]
+    start = time.time()
+    older = [backup.take(db, keep=3, now=start + step) for step in range(3)]
+    taken = backup.take(db, keep=3, now=start - 3600)
+    assert backup.check(taken)["messages"] == 1
+    assert backup.backups(db) == [older[2], older[1], taken]
+
+
 def test_restore_puts_a_backup_back_and_keeps_the_current_file_aside(orch: OrchState) -> None:
     send(orch, "before the backup")
     path = backed_up(orch)

@@ -90,7 +90,9 @@ def take(db: str, keep: int = 8, now: float | None = None) -> str:
     except (OSError, sqlite3.Error) as exc:
         _remove_copy(partial)
         raise BackupError(f"cannot back up {db}: {exc}") from None
-    for old in backups(db)[max(keep, 1) :]:  # the new one, checked whole, always stays
+    # the new one, checked whole, always stays: named after a clock stepped back, it sorts
+    # behind older ones, and was removed as it was taken
+    for old in [path for path in backups(db) if path != final][max(keep, 1) - 1 :]:
         for suffix in ("", "-wal", "-shm"):
             _remove(old + suffix)
     return final
