@@ -88,6 +88,26 @@ def test_a_plugins_step_that_fails_is_named_in_the_log_and_by_doctor(
     assert f"FAIL plugins: {said}\n" in orch.cli("doctor").stdout
 
 
+def test_the_first_hook_on_a_new_store_waits_its_turn_to_create_the_plugins_tables(
+    orch: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """A fleet's first hooks on a new store each create the plugins' tables, one writer at a
+    time: a hook whose turn came after a quarter of its budget gave up, though half of it was
+    there to wait, and its plugins failed for want of tables (``no such table: agent_context``;
+    rebrief's record of the agent's first prompts and tool calls lost)."""
+    orch_module("notes", NOTES)
+    orch.write_config('[orch]\nbudget_ms = 2000\n[plugins]\nload = ["notes"]\n', user=True)
+    SQLiteStore(orch.env["ORCH_DB"]).execute("SELECT 1").fetchall()  # the core's tables only
+    other = sqlite3.connect(orch.env["ORCH_DB"], isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another hook, creating tables (a quarter of 2 s: 0.5 s)
+    threading.Timer(0.75, lambda: other.execute("COMMIT")).start()
+    result = orch.run(payload("Stop"), ORCH_AGENT="p:1")
+    other.close()
+    assert [p["outcome"] for p in result.plugins if p["plugin"] == "notes"] == ["ok"]
+    assert result.context == "seen 1"
+    assert schemas(orch) == {"notes": 1, "rebrief": 2, "alerts": schemas(orch)["alerts"]}
+
+
 def test_a_plugin_switched_off_creates_no_tables(orch: OrchState) -> None:
     orch.write_config('[plugins]\ndisable = ["rebrief"]\n')
     orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="p:1")

@@ -79,10 +79,14 @@ class Runtime:
         runtime.ensure_schemas()
         return runtime
 
-    def ensure_schemas(self, timeout: float | None = None) -> None:
+    def ensure_schemas(
+        self, timeout: float | None = None, absent_timeout: float | None = None
+    ) -> None:
         """The project's plugins' own tables, brought to their plan's versions (one read when
-        they are), waiting at most ``timeout`` for another writer. A failure is logged; the
-        next run tries again, and the plugin concerned meanwhile fails in its own hooks."""
+        they are), waiting at most ``timeout`` for another writer (``absent_timeout`` while a
+        plugin has none yet: :meth:`~orch_core.storage.store.Store.ensure_schemas`). A failure
+        is logged; the next run tries again, and the plugin concerned meanwhile fails in its
+        own hooks."""
         if not self.plan.schemas:
             return
         try:
@@ -90,6 +94,7 @@ class Runtime:
                 self.plan.schemas,
                 lambda plugin: self.plan.migrations(plugin, self.store.dialect),
                 timeout=timeout,
+                absent_timeout=absent_timeout,
             )
         except Exception as exc:
             log.write("error", "cannot create plugins' tables", self.env, error=repr(exc))

@@ -304,9 +304,12 @@ def _prepare(
     given half of what is left of the budget: a database that took the connection and then
     stopped answering must leave the plugins that need no store their time (orch-guard's
     deny). ``timeout``: the event's, for a store kept from an earlier event (the supervisor's),
-    whose connection may be the one that stopped answering. The agent (``None`` if not known
-    by then), and whether it all finished."""
+    whose connection may be the one that stopped answering. Tables not there at all (a new
+    store, which the fleet's first hooks all set up, one writer at a time) may take most of that
+    half: their plugins could do nothing without them. The agent (``None`` if not known by
+    then), and whether it all finished."""
     env, store = runtime.env, runtime.store
+    until = time.perf_counter() + max(0.01, deadline - time.perf_counter()) / 2
     found: list[str | None] = []
     done = _thread.allocate_lock()
     done.acquire()
@@ -325,13 +328,16 @@ def _prepare(
             except Exception as exc:
                 found.append(None)
                 log.write("error", "cannot resolve the agent", env, error=repr(exc))
-            runtime.ensure_schemas(timeout=max(0.01, deadline - time.perf_counter()) / 4)
+            runtime.ensure_schemas(
+                timeout=max(0.01, deadline - time.perf_counter()) / 4,
+                absent_timeout=max(0.01, until - time.perf_counter()) * 0.8,  # 0.2: to create
+            )
         finally:
             store.release()
             done.release()
 
     _thread.start_new_thread(prepare, ())
-    finished = done.acquire(timeout=max(0.01, deadline - time.perf_counter()) / 2)
+    finished = done.acquire(timeout=max(0.005, until - time.perf_counter()))
     if not finished:
         log.write("error", "the store did not answer in time; plugins go on without it", env,
                   agent=found[0] if found else None)  # fmt: skip

@@ -350,17 +350,22 @@ class Store(abc.ABC):
         migrations: Callable[[str], Mapping[int, str]],
         *,
         timeout: float | None = None,
+        absent_timeout: float | None = None,
     ) -> None:
         """Bring each plugin's own tables to the version its plan names: one read when they
         are there already; otherwise ``migrations(plugin)`` gives the steps (version to SQL
         statements, separated by ``;``), applied with the version in one transaction, waiting
-        at most ``timeout`` in all for other writers. A plugin whose steps fail (written for
-        another dialect) leaves the others their tables; the first failure is raised at the
-        end."""
+        at most ``timeout`` in all for other writers, or ``absent_timeout`` when a plugin has
+        no tables yet (a new store, whose fleet's first hooks all create them in turn): its
+        hooks could do nothing without them. A plugin whose steps fail (written for another
+        dialect) leaves the others their tables; the first failure is raised at the end."""
         have = dict(self.execute("SELECT plugin, version FROM plugin_schemas").fetchall())
         behind = [(p, v) for p, v in wanted.items() if have.get(p, 0) < v]
         if not behind:
             return
+        absent = any(p not in have for p, _ in behind)
+        if absent and timeout is not None and absent_timeout is not None:
+            timeout = max(timeout, absent_timeout)
         start = time.monotonic()
         failed: Exception | None = None
         try:
