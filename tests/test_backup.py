@@ -150,6 +150,28 @@ def test_restore_says_which_messages_sent_after_the_backup_it_leaves_behind(
     assert (again.returncode, again.stderr) == (0, "")
 
 
+def test_restore_names_the_messages_it_queues_again_that_had_ended_since_the_backup(
+    orch: OrchState,
+) -> None:
+    """Cancelled (or delivered and confirmed) after the backup, they are queued again by the
+    restore: their agents would get them a second time, unless the person cancels them."""
+    first, second, kept = send(orch, "first", "second", "kept")
+    path = backed_up(orch)
+    queue = Queue(orch.store)
+    queue.cancel(first)
+    queue.cancel(second)
+    done = orch.cli("restore", str(path))
+    assert done.returncode == 0, done.stderr
+    aside = done.stdout.strip().split(" the one it replaced is ")[-1]
+    assert done.stderr.strip() == (
+        f"note: 2 messages queued again had ended in {aside} after {path} was taken "
+        "(confirmed, expired, cancelled or dead): their agents get them again unless each is "
+        f"cancelled (`orch queue cancel ID`): {' '.join(sorted([first, second]))}"
+    )
+    assert kept not in done.stderr
+    assert sorted(bodies(orch)) == ["first", "kept", "second"]
+
+
 def logged(orch: OrchState, msg: str) -> list[dict[str, object]]:
     """The lines of orch's log that say ``msg``."""
     log = Path(orch.env["ORCH_STATE_DIR"]) / "orch.log"

@@ -163,11 +163,19 @@ def restore_command(file: str) -> None:
     aside = backup.restore(os.environ, file)
     replaced = f"the one it replaced is {aside}" if aside else "there was none to set aside"
     click.echo(f"restored {file} ({held['messages']} messages); {replaced}")
-    lost = backup.left_behind(aside, database(os.environ)) if aside else 0
-    if aside and lost:
+    if aside is None:
+        return
+    lost, ended = backup.since_backup(aside, database(os.environ))
+    if lost:
         click.echo(f"note: {lost} messages pending in {aside} are not in {file} (sent after it was "
                    f"taken), so no longer queued: `ORCH_DB={shlex.quote(aside)} orch export | "
                    "orch import -` queues them again", err=True)  # fmt: skip
+    if ended:
+        more = f" and {len(ended) - 20} more" if len(ended) > 20 else ""
+        click.echo(f"note: {len(ended)} messages queued again had ended in {aside} after {file} "
+                   "was taken (confirmed, expired, cancelled or dead): their agents get them "
+                   f"again unless each is cancelled (`orch queue cancel ID`): "
+                   f"{' '.join(ended[:20])}{more}", err=True)  # fmt: skip
 
 
 def _core_settings() -> dict[str, Any]:

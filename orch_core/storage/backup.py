@@ -254,26 +254,38 @@ def _restore(db: str, file: str) -> str | None:
     return aside
 
 
-def left_behind(aside: str, db: str) -> int:
-    """How many messages pending in ``aside``, the database a restore set aside, the restored
-    ``db`` lacks: sent after the backup was taken, they are queued no more, and the person
-    must learn so, not find them gone. What a damaged ``aside`` still lets read counts."""
+def since_backup(aside: str, db: str) -> tuple[int, list[str]]:
+    """What a restore undid of the queue, read from ``aside``, the database it set aside, and
+    ``db``, the one restored: how many messages pending in ``aside`` ``db`` lacks (sent after
+    the backup, queued no more), and the ids of those pending in ``db`` that had ended in
+    ``aside`` (their agents would get them again). The person must learn both, not find
+    messages gone or doubled. What a damaged ``aside`` still lets read counts."""
     try:
         conn = _readonly(aside)
         try:
-            ids = {mid for (mid,) in conn.execute(f"SELECT id FROM messages WHERE {PENDING_SQL}")}
+            states = dict(conn.execute("SELECT id, state FROM messages"))
+            waiting = {
+                mid for (mid,) in conn.execute(f"SELECT id FROM messages WHERE {PENDING_SQL}")
+            }
         except sqlite3.Error:
-            ids = {record["id"] for record in salvage(aside, pending_only=True)[0]}
+            found = salvage(aside, pending_only=False)[0]
+            states = {record["id"]: record["state"] for record in found}
+            waiting = {record["id"] for record in salvage(aside, pending_only=True)[0]}
         finally:
             conn.close()
         conn = _readonly(db)
         try:
             have = {mid for (mid,) in conn.execute("SELECT id FROM messages")}
+            pending = [
+                mid for (mid,) in conn.execute(f"SELECT id FROM messages WHERE {PENDING_SQL}")
+            ]
         finally:
             conn.close()
     except sqlite3.Error:
-        return 0
-    return len(ids - have)
+        return 0, []
+    final = ("confirmed", "expired", "cancelled", "dead")
+    ended = sorted(mid for mid in pending if states.get(mid) in final)
+    return len(waiting - have), ended
 
 
 def _set_aside(db: str) -> str | None:
