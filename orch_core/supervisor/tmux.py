@@ -381,8 +381,12 @@ def start(
         pane = tmux(socket, "new-session", "-s", literal(session), *common, "--", *run).strip()
         # new-session's -e also sets the session's environment: a window opened there later
         # by hand would inherit ORCH_AGENT and answer as this agent, taking its messages
-        for key in sorted(env) if pane else ():
-            tmux(socket, "set-environment", "-t", f"={session}", "-u", key)
+        try:
+            for key in sorted(env) if pane else ():
+                tmux(socket, "set-environment", "-t", f"={session}", "-u", key)
+        except TmuxError:
+            _ended_at_once(pane, socket, argv)  # the session (and server) went with its window
+            raise
     else:
         pane = tmux(socket, "new-window", "-t", f"={session}:", *common, "--", *run).strip()
     if not pane:  # tmux exits 0 when it cannot create its server (a socket in no folder)
@@ -390,11 +394,16 @@ def start(
     try:
         tmux(socket, "set-option", "-w", "-t", pane, "remain-on-exit", "on")
     except TmuxError:
-        if pane_state(pane, socket) != "gone":
-            raise
-        # tmux's own error, "no such window", would not say that the program ended
-        raise TmuxError(f"{argv[0]} exited at once, and its window closed") from None
+        _ended_at_once(pane, socket, argv)
+        raise
     return pane
+
+
+def _ended_at_once(pane: str, socket: str | None, argv: Sequence[str]) -> None:
+    """Say that the program in ``pane`` ended before tmux was told to keep its window, if so:
+    tmux's own error ("no such window", "server exited unexpectedly") would not say it."""
+    if pane_state(pane, socket) == "gone":
+        raise TmuxError(f"{argv[0]} exited at once, and its window closed") from None
 
 
 def respawn(

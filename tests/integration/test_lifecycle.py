@@ -551,6 +551,32 @@ def test_a_program_that_ends_before_tmux_keeps_its_window_is_said_so(
         tmux.start(fleet.env["ORCH_TMUX_SOCKET"], "s", "w", str(fleet.project_dir), {}, ["true"])
 
 
+def test_a_program_that_ends_before_its_new_session_is_set_up_is_said_so(
+    fleet: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first agent of a session (of a server not running yet): a program that ended at once
+    took its session, and the server, with its window; tmux's error ("server exited
+    unexpectedly") would not say that the program ended."""
+    real = tmux.tmux
+    socket = fleet.env["ORCH_TMUX_SOCKET"]
+
+    def gone() -> bool:
+        try:
+            real(socket, "has-session", "-t", "=s")
+        except tmux.TmuxError:
+            return True
+        return False
+
+    def late(socket: str | None, *args: str, timeout: float = 5.0, stdin: str | None = None) -> str:
+        if args[0] == "set-environment":  # the program has ended by now
+            until(gone, "the session closed", 10)
+        return real(socket, *args, timeout=timeout, stdin=stdin)
+
+    monkeypatch.setattr(tmux, "tmux", late)
+    with pytest.raises(tmux.TmuxError, match=r"^false exited at once, and its window closed$"):
+        tmux.start(socket, "s", "w", str(fleet.project_dir), {"ORCH_AGENT": "w"}, ["false"])
+
+
 def test_a_window_opened_by_hand_in_a_spawned_session_is_not_the_agent(tmp_path: Path) -> None:
     """``new-session -e`` would also set the session's environment: a window a person opens
     there later, with Claude in it, would then answer as the spawned agent and take its
