@@ -362,6 +362,11 @@ def relaunch(
             "describe it with `orch adopt`"
         )
     check_here(store, agent, spec, env, "restart")
+    if recovery is not None and agent_state(store, agent) == "stopped":
+        # planned by a pane watch that read the agent's state just before `orch stop` recorded
+        # it, after the stop cancelled what was planned
+        cancel_recoveries(store, agent, "stopped by a user")
+        raise Stopped(f"{agent} was stopped")
     if not os.path.isdir(spec["cwd"]):
         raise LifecycleError(f"no such directory: {spec['cwd']}")
     argv = [*spec["argv"], *continue_args]

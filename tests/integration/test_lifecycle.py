@@ -296,6 +296,33 @@ def test_an_agent_stopped_while_the_supervisor_restarts_it_stays_stopped(
     assert "r4" not in windows(fleet)
 
 
+def test_an_agent_stopped_as_the_supervisor_finds_its_pane_gone_stays_stopped(
+    fleet: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``orch stop`` kills the pane, then cancels what is planned, then records ``stopped``: the
+    supervisor's pane watch between the last two (the agent not yet stopped, its pane gone)
+    plans a restart the stop no longer cancels, and carrying it out started the agent again."""
+    command = "sh -c 'sleep 600' sh"  # takes --continue
+    spawned = fleet.cli("spawn", "r8", "--dir", str(fleet.project_dir), "--command", command)
+    assert spawned.returncode == 0, spawned.stderr
+    stop_supervisor(fleet)
+    supervisor = lifecycle.Supervisor(fleet.env)
+    cancel = lifecycle.cancel_recoveries
+
+    def then_a_tick(store: object, agent: str, why: str) -> None:
+        cancel(store, agent, why)  # type: ignore[arg-type]
+        supervisor.upkeep(time.time() + 60)  # its pane watch is due
+
+    monkeypatch.setattr(lifecycle, "cancel_recoveries", then_a_tick)
+    lifecycle.stop(fleet.store, "r8", fleet.env)
+    monkeypatch.setattr(lifecycle, "cancel_recoveries", cancel)
+    supervisor.upkeep(time.time() + 600)  # the restart's time has come, whatever the backoff
+    (row,) = [a for a in fleet.store.agents() if a["id"] == "r8"]
+    assert row["state"] == "stopped"
+    assert "r8" not in windows(fleet)
+    assert [h["state"] for h in lifecycle.history(fleet.store, "r8")] in ([], ["cancelled"])
+
+
 RESTART_BY_HAND = """
 from orch_core import hookimpl
 from orch_core.supervisor import lifecycle
