@@ -282,6 +282,8 @@ def spawn(
         host=host,
     )
     store.set_agent_state(name, "starting", session_id=None, project_dir=cwd, host=host)
+    with store.transaction() as tx:  # a conversation of an agent of that name before is not its
+        tx.execute("UPDATE agents SET session_id = NULL WHERE id = ?", (name,))
     spec = get_spec(store, name)
     assert spec is not None
     return spec
@@ -369,7 +371,7 @@ def relaunch(
         raise Stopped(f"{agent} was stopped")
     if not os.path.isdir(spec["cwd"]):
         raise LifecycleError(f"no such directory: {spec['cwd']}")
-    argv = [*spec["argv"], *continue_args]
+    argv = [*spec["argv"], *own_conversation(store, agent, continue_args)]
     variables = pane_env(agent, spec["env"], env)
     from orch_core.hook.context import Runtime
 
@@ -409,6 +411,28 @@ def relaunch(
         agent, "starting", session_id=None, project_dir=spec["cwd"], host=spec["host"]
     )
     return spec
+
+
+#: A Claude Code session id as ``--resume`` may take it: not a flag of its own.
+SESSION_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
+
+
+def own_conversation(store: Store, agent: str, continue_args: Sequence[str]) -> list[str]:
+    """``continue_args``, with Claude Code's ``--continue`` as ``--resume`` of the agent's own
+    latest session, where orch knows it and its transcript is still there: ``--continue``
+    takes up the folder's newest conversation, another agent's where several work in one
+    folder (the restarted agent would go on with that one's work, its own lost)."""
+    if KEEP_CONVERSATION[0] not in continue_args:
+        return list(continue_args)
+    row = store.execute(
+        "SELECT a.session_id, s.transcript FROM agents a"
+        " JOIN sessions s ON s.session_id = a.session_id AND s.agent = a.id WHERE a.id = ?",
+        (agent,),
+    ).fetchone()
+    if row is None or not SESSION_ID.fullmatch(row[0]) or not os.path.isfile(row[1] or ""):
+        return list(continue_args)
+    own = f"--resume={row[0]}"
+    return [own if arg == KEEP_CONVERSATION[0] else arg for arg in continue_args]
 
 
 def _under_way(store: Store, recovery: int) -> bool:

@@ -61,32 +61,35 @@ class Fleet:
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    def spawn(self, brief: str | None = None) -> None:
+    def spawn(self, brief: str | None = None, name: str = "pay") -> None:
         pairs = [f"--env={k}={v}" for k, v in self.claude.environment().items()]
         command = f"{self.claude.binary} --allowedTools Bash"
         briefing: list[str] = []
         if brief is not None:
             (self.root / "brief.md").write_text(brief)
             briefing = ["--brief", str(self.root / "brief.md")]
-        self.orch("spawn", "pay", "--dir", str(self.project), "--command", command, *briefing,
+        self.orch("spawn", name, "--dir", str(self.project), "--command", command, *briefing,
                   *pairs)  # fmt: skip
-        self.wait(self.ready, "Claude's prompt")
+        self.wait(lambda: self.ready(name), "Claude's prompt")
 
     @property
     def pane(self) -> str:
-        spec = lifecycle.get_spec(self.store, "pay")
+        return self.pane_of("pay")
+
+    def pane_of(self, name: str) -> str:
+        spec = lifecycle.get_spec(self.store, name)
         assert spec is not None and spec["pane"]
         return str(spec["pane"])
 
-    def screen(self) -> str:
-        return tmux.tmux(self.socket, "capture-pane", "-p", "-t", self.pane)
+    def screen(self, name: str = "pay") -> str:
+        return tmux.tmux(self.socket, "capture-pane", "-p", "-t", self.pane_of(name))
 
-    def ready(self) -> bool:
-        return any(line.strip() == PROMPT_MARK for line in self.screen().splitlines())
+    def ready(self, name: str = "pay") -> bool:
+        return any(line.strip() == PROMPT_MARK for line in self.screen(name).splitlines())
 
-    def prompt(self, text: str) -> None:
-        self.wait(self.ready, "Claude's prompt")
-        assert tmux.type_line(self.pane, self.socket, text, self.env["ORCH_STATE_DIR"])
+    def prompt(self, text: str, name: str = "pay") -> None:
+        self.wait(lambda: self.ready(name), "Claude's prompt")
+        assert tmux.type_line(self.pane_of(name), self.socket, text, self.env["ORCH_STATE_DIR"])
 
     def kill(self) -> None:
         pid = tmux.tmux(self.socket, "display-message", "-p", "-t", self.pane, "#{pane_pid}")
@@ -163,6 +166,36 @@ def test_a_killed_claude_comes_back_in_its_window_with_the_restart_rebrief(fleet
     # --continue kept the conversation: the prompt is there once as the user's own message
     # (the rebrief's recent activity quotes it too, so its text alone proves nothing)
     assert fleet.standin.requests_to_main_model()[1].texts().count("Start the migration.") == 1
+
+
+def test_a_restart_takes_up_the_agents_own_conversation_not_the_newest_in_its_folder(
+    fleet: Fleet,
+) -> None:
+    """Two agents in one project: ``orch restart`` of the first takes up its own conversation.
+    ``claude --continue`` takes up the folder's newest, the other agent's: the restarted agent
+    would go on with that agent's work, its own lost."""
+    fleet.standin.reply_text("Paying.")
+    fleet.spawn()
+    fleet.prompt("Pay the March invoices.")
+    fleet.wait(lambda: len(fleet.requests()) == 1, "pay's first request")
+    fleet.wait(lambda: fleet.runs("Stop") == 1, "the Stop of pay's turn")
+    fleet.wait(lambda: any("Paying." in f.read_text() for f in fleet.transcripts()),
+               "pay's turn in its transcript")  # fmt: skip
+    fleet.standin.reply_text("Rotating.")
+    fleet.spawn(name="ops")
+    fleet.prompt("Rotate the server logs.", name="ops")
+    fleet.wait(lambda: len(fleet.requests()) == 2, "ops's first request")
+    fleet.wait(lambda: fleet.runs("Stop") == 2, "the Stop of ops's turn")
+    fleet.wait(lambda: sum("Rotating." in f.read_text() for f in fleet.transcripts()) == 1,
+               "ops's turn in its transcript")  # fmt: skip
+    fleet.kill()
+    fleet.wait(lambda: fleet.steps() == [("restart", "done")], "pay's verified restart")
+    fleet.standin.reply_text("Still paying.")
+    fleet.prompt("Go on.")
+    fleet.wait(lambda: len(fleet.requests()) == 3, "pay's request after the restart")
+    after = fleet.standin.requests_to_main_model()[2].texts()
+    assert after.count("Pay the March invoices.") == 1
+    assert "Rotate the server logs." not in "\n".join(after)
 
 
 def test_an_agent_spawned_again_gets_its_new_briefing_at_its_first_start(fleet: Fleet) -> None:
