@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from orch_builtin import auto_restart
@@ -271,23 +272,36 @@ def test_an_agent_stopped_while_its_restart_begins_stays_stopped(fleet: OrchStat
     assert "r3" not in windows(fleet)
 
 
-def test_an_agent_stopped_while_the_supervisor_restarts_it_stays_stopped(
-    fleet: OrchState, orch_module: Callable[[str, str], Path]
-) -> None:
-    """The same, with the restart the supervisor scheduled for a dead pane: the recovery stays
-    cancelled, and nothing is escalated."""
-    spawned = fleet.cli("spawn", "r4", "--dir", str(fleet.project_dir), "--command", "sleep 600")
+def restarted_with_plugin(
+    fleet: OrchState,
+    orch_module: Callable[[str, str], Path],
+    agent: str,
+    plugin: str,
+    source: str,
+) -> dict[str, Any]:
+    """``agent`` spawned (``sleep 600``) and crashed, with ``plugin`` loaded, and the
+    supervisor's restart of its dead pane planned and carried out; its launch spec."""
+    spawned = fleet.cli("spawn", agent, "--dir", str(fleet.project_dir), "--command", "sleep 600")
     assert spawned.returncode == 0, spawned.stderr
     stop_supervisor(fleet)
-    orch_module("stop_on_restart", STOP_ON_RESTART)  # the supervisor here imports it too
-    fleet.write_config("[plugins]\nload = ['stop_on_restart']\n")
-    crash(fleet, "r4")
-    spec = lifecycle.get_spec(fleet.store, "r4")
+    orch_module(plugin, source)  # the supervisor here imports it too
+    fleet.write_config(f"[plugins]\nload = ['{plugin}']\n")
+    crash(fleet, agent)
+    spec = lifecycle.get_spec(fleet.store, agent)
     assert spec is not None
     until(lambda: lifecycle.spec_pane_state(spec) == "dead", "the pane dead")
     supervisor = lifecycle.Supervisor(fleet.env)
     supervisor.upkeep(time.time())  # schedules the restart
     supervisor.upkeep(time.time() + 600)  # its time has come, whatever the backoff
+    return spec
+
+
+def test_an_agent_stopped_while_the_supervisor_restarts_it_stays_stopped(
+    fleet: OrchState, orch_module: Callable[[str, str], Path]
+) -> None:
+    """The same, with the restart the supervisor scheduled for a dead pane: the recovery stays
+    cancelled, and nothing is escalated."""
+    restarted_with_plugin(fleet, orch_module, "r4", "stop_on_restart", STOP_ON_RESTART)
     assert [
         (h["step"], h["state"], h["outcome"]) for h in lifecycle.history(fleet.store, "r4")
     ] == [("restart", "cancelled", "stopped by a user")]
@@ -343,18 +357,7 @@ def test_a_restart_by_hand_while_the_supervisor_restarts_the_agent_is_the_only_o
     """``orch restart --fresh`` while the supervisor's restart of a dead pane saves what its
     plugins keep: the supervisor's restart went on, killed the fresh agent and started it a
     second time, with ``--continue`` (here ``sleep`` refuses that flag, and the pane died)."""
-    spawned = fleet.cli("spawn", "r6", "--dir", str(fleet.project_dir), "--command", "sleep 600")
-    assert spawned.returncode == 0, spawned.stderr
-    stop_supervisor(fleet)
-    orch_module("restart_by_hand", RESTART_BY_HAND)  # the supervisor here imports it too
-    fleet.write_config("[plugins]\nload = ['restart_by_hand']\n")
-    crash(fleet, "r6")
-    spec = lifecycle.get_spec(fleet.store, "r6")
-    assert spec is not None
-    until(lambda: lifecycle.spec_pane_state(spec) == "dead", "the pane dead")
-    supervisor = lifecycle.Supervisor(fleet.env)
-    supervisor.upkeep(time.time())  # schedules the restart
-    supervisor.upkeep(time.time() + 600)  # its time has come, whatever the backoff
+    spec = restarted_with_plugin(fleet, orch_module, "r6", "restart_by_hand", RESTART_BY_HAND)
     assert [
         (h["step"], h["state"], h["outcome"]) for h in lifecycle.history(fleet.store, "r6")
     ] == [("restart", "cancelled", "replaced by orch restart")]
