@@ -215,3 +215,31 @@ def test_what_reads_as_an_interrupt(tmp_path: Any, entry: dict[str, Any], expect
     transcript.write_text("\n".join(json.dumps(e) for e in (interrupt, entry)) + "\n")
     assert presence.interrupted(str(transcript)) is expected
     assert presence.interrupted(str(tmp_path / "missing.jsonl")) is False
+
+
+@pytest.mark.orch_backends("sqlite", "postgresql")
+def test_a_background_subagents_tools_leave_its_idle_agent_idle(orch: OrchState) -> None:
+    """A subagent started in the background works on after its agent's Stop: the agent waits
+    at its prompt, and its subagent's tool hooks (which deliver nothing) took it for ``busy``,
+    so a message waited unwoken until the subagent ended (or the agent was taken for hung).
+    Inside a running turn they keep it ``busy``, past a permission prompt too."""
+    sub = {"agent_id": "sub-1", "agent_type": "general-purpose"}
+    run(orch, "SessionStart", source="startup")
+    run(orch, "UserPromptSubmit")
+    run(orch, "PreToolUse", tool_name="Agent", tool_input={"run_in_background": True})
+    run(orch, "PostToolUse", tool_name="Agent", tool_input={"run_in_background": True})
+    run(orch, "Stop", background_tasks=[{"id": "sub-1"}])
+    assert state(orch) == "idle"
+    for event in ("PreToolUse", "PostToolUse", "PostToolUseFailure"):
+        run(orch, event, **sub)
+        assert state(orch) == "idle"
+    api.send(AGENT, "while it waits", env=orch.env, project_dir=str(orch.project_dir))
+    assert state(orch) == "waking"  # the fake pane: tried, and logged as failed
+    assert [r["pane"] for r in orch.log() if r["msg"] == "could not wake the agent"] == ["%991"]
+
+    run(orch, "UserPromptSubmit")  # a turn with a subagent in the foreground
+    run(orch, "PreToolUse", tool_name="Agent", tool_input={})
+    run(orch, "Notification", notification_type="permission_prompt")
+    assert state(orch) == "needs_input"
+    run(orch, "PostToolUse", **sub)  # its person allowed the subagent's call
+    assert state(orch) == "busy"

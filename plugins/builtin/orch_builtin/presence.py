@@ -2,7 +2,8 @@
 
 ``idle`` on a SessionStart that leaves the agent at an empty prompt (startup, resume, clear: a
 prompt given on the command line follows at once, and makes it ``busy``); after a compaction the
-agent carries on as it was. ``busy`` on prompts and tool events, and on a Stop that a plugin
+agent carries on as it was. ``busy`` on prompts and tool events (a subagent's only within its
+agent's turn: one in the background works on after the Stop), and on a Stop that a plugin
 kept going; ``idle`` on a Stop that really stops and on the ``idle_prompt`` notification (one
 ``failed`` or ``stopped`` stays so: Claude Code sends it after a failed turn too);
 ``needs_input`` on the notifications that say a dialog waits for a person (a permission prompt,
@@ -90,17 +91,45 @@ def orch_user_prompt_submit(event: ev.UserPromptSubmit, ctx: HookContext) -> Non
 
 @hookimpl
 def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> None:
-    _seen(ctx, "needs_input" if event.tool_name == ASKS_A_PERSON else "busy")
+    _at_work(event, ctx, "needs_input" if event.tool_name == ASKS_A_PERSON else "busy")
 
 
 @hookimpl
-def orch_post_tool_use(ctx: HookContext) -> None:
-    _seen(ctx, "busy")
+def orch_post_tool_use(event: ev.PostToolUse, ctx: HookContext) -> None:
+    _at_work(event, ctx, "busy")
 
 
 @hookimpl
-def orch_post_tool_use_failure(ctx: HookContext) -> None:
-    _seen(ctx, "busy")
+def orch_post_tool_use_failure(event: ev.PostToolUseFailure, ctx: HookContext) -> None:
+    _at_work(event, ctx, "busy")
+
+
+#: States a subagent's tool call may move its agent from: its agent's turn runs.
+IN_A_TURN = ("busy", "needs_input")
+
+
+def _at_work(event: ev.Event, ctx: HookContext, state: str) -> None:
+    """``state`` for a tool call of the agent's own, or of a subagent within its running turn.
+    A subagent started in the background works on after its agent's Stop, while the agent
+    waits at its prompt: its tool calls leave the agent as it is (else ``busy``, never woken
+    for its messages, which those calls, a subagent's, do not deliver)."""
+    if not event.in_subagent:
+        _seen(ctx, state)
+        return
+    old = _state(ctx)
+    if old not in IN_A_TURN:
+        return
+    import time
+
+    with ctx.store.transaction() as tx:
+        moved = tx.execute(
+            "UPDATE agents SET state = ?, last_seen = ?,"
+            " state_changed = CASE WHEN state = ? THEN state_changed ELSE ? END"
+            " WHERE id = ? AND state = ?",
+            (state, time.time(), state, time.time(), ctx.agent, old),
+        ).rowcount
+    if moved and old != state:
+        ctx.fire("orch_agent_state_changed", agent=ctx.agent, old=old, new=state)
 
 
 @hookimpl
