@@ -1393,9 +1393,12 @@ def transcript_tail(
 ) -> str:
     """A session's transcript from ``start`` (where it ended when the deliveries now looked
     for were made), or its last ``size`` bytes, where recent deliveries show up; with ``ahead``,
-    the ``size`` bytes from ``start`` on (what was written right after it). The path comes from
-    a hook payload: anything but a regular file (a FIFO, a device) reads as empty, without
-    blocking, and no more than ``size`` bytes are ever read."""
+    the ``size`` bytes from ``start`` on (what was written right after it). A ``start`` further
+    back than ``size`` gives the ``size`` bytes after it too: a delivery's text is written
+    there, and a large tool output since must not hide it (the model has the message; put back
+    in the queue, it would get it twice). The path comes from a hook payload: anything but a
+    regular file (a FIFO, a device) reads as empty, without blocking, and no more than twice
+    ``size`` bytes are ever read."""
     if not path:
         return ""
     try:
@@ -1411,9 +1414,12 @@ def transcript_tail(
                 "utf-8", "replace"
             )
         first = max(0, info.st_size - size)
+        after = b""
         if start is not None and first <= start <= info.st_size:
             first = start
-        return os.pread(fd, info.st_size - first, first).decode("utf-8", "replace")
+        elif start is not None and 0 <= start < first:
+            after = os.pread(fd, size, start) + b"\n"  # a newline: no mark spans the gap
+        return (after + os.pread(fd, info.st_size - first, first)).decode("utf-8", "replace")
     except OSError:
         return ""
     finally:

@@ -1147,3 +1147,23 @@ def test_confirmation_reads_the_transcript_only_from_where_it_ended_at_delivery(
     assert q.deliver("p:1", "s", transcript_path=str(log), now=T0 + 1) == []
     assert state(q, sent["id"]) == "confirmed"
     assert read == [log.stat().st_size - before]  # what was written after the delivery
+
+
+def test_a_delivery_more_than_a_read_behind_the_transcripts_end_is_confirmed_not_handed_again(
+    q: Queue, tmp_path: Path
+) -> None:
+    """A large write after a delivery (an image read, a long output) puts its text more than a
+    read (4 MB) behind the transcript's end: it is still found where it was written, not missed
+    by every hook and the sweep, then handed to the model a second time."""
+    log = transcript(tmp_path / "t.jsonl", "so far")
+    sent = q.send("p:1", "do it once", now=T0)["id"]
+    taken = q.deliver("p:1", "s", transcript_path=log, now=T0)
+    transcript(tmp_path / "t.jsonl", q.render(taken, now=T0), "x" * queue_module.TRANSCRIPT_READ)
+    handed = [m["id"] for n in range(q.confirm_hooks + 1)
+              for m in q.deliver("p:1", "s", transcript_path=log, now=T0 + 1 + n)]  # fmt: skip
+    assert (handed, state(q, sent)) == ([], "confirmed")
+    other = q.send("p:1", "swept", now=T0)["id"]  # and a stale one, found by the sweep
+    taken = q.deliver("p:1", "s2", transcript_path=log, now=T0 + 10)
+    transcript(tmp_path / "t.jsonl", q.render(taken, now=T0), "y" * queue_module.TRANSCRIPT_READ)
+    q.sweep(now=T0 + 10 + q.confirm_seconds)
+    assert state(q, other) == "confirmed"
