@@ -82,6 +82,10 @@ IMPORTED_EVENT = "imported"
 TRANSCRIPT_READ = 4 * 1024 * 1024
 #: Header that starts every delivered message; confirmation looks for it in the transcript.
 MARK = "[orch message "
+#: The same words inside a message's text or sender, as delivered: a no-break space reads the
+#: same, but is no mark (:func:`marked`), so that a text that quotes another message's header
+#: cannot confirm that message (which the model may never have had: it would be lost).
+QUOTED_MARK = "[orch message\u00a0"
 PREVIEW = 500
 #: The store's channel for "messages are ready for this agent": its host's supervisor wakes it
 #: (a store several machines share; ``orch supervise`` listens).
@@ -1013,10 +1017,10 @@ class Queue:
         parts = []
         for m in messages:
             header = (
-                f"{MARK}{m['id']} from {m['sender'] or 'unknown'} · {m['band']} "
+                f"{MARK}{m['id']} from {unmarked(m['sender'] or 'unknown')} · {m['band']} "
                 f"(priority {m['priority']}) · queued {age(now - m['created'])} ago]"
             )
-            body = m["body"]
+            body = unmarked(m["body"])
             if length(body) <= budget - 200:
                 parts.append(f"{header}\n{body}")
                 continue
@@ -1042,7 +1046,7 @@ class Queue:
         paths.ensure_own_dir(os.path.dirname(path))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(message["body"])
+            f.write(unmarked(message["body"]))  # the model reads it: into the transcript
         return path
 
     # -- moving messages between installations ---------------------------------------------
@@ -1373,6 +1377,11 @@ def seen_late(delivered: Iterable[tuple[str, str | None, int | None]]) -> set[st
             starts[path] = None if known is None or start is None else min(known, start)
     tails = {path: marked(transcript_tail(path, start)) for path, start in starts.items()}
     return {mid for mid, path, _ in rows if path and mid in tails[path]}
+
+
+def unmarked(text: str) -> str:
+    """``text`` as delivered: orch's mark in it quoted (:data:`QUOTED_MARK`)."""
+    return text.replace(MARK, QUOTED_MARK)
 
 
 def marked(text: str) -> set[str]:

@@ -423,6 +423,30 @@ def test_a_delivery_found_in_the_transcript_is_confirmed_and_never_delivered_aga
     assert state(q, sent["id"]) == "confirmed"
 
 
+def test_a_text_quoting_another_messages_header_does_not_confirm_that_message(
+    orch: OrchState, q: Queue, tmp_path: Path
+) -> None:
+    """A message's text, its sender, or its file (read by the model, so in the transcript too)
+    may quote the header of another message in flight whose hook's reply never reached Claude:
+    that one is not confirmed (lost, though the model never had it) but handed over again."""
+    log = transcript(tmp_path / "t.jsonl", "so far")
+    lost = q.send("p:1", "the task", now=T0)["id"]
+    assert [m["id"] for m in q.deliver("p:1", "s", transcript_path=log, now=T0)] == [lost]
+    quote = f"as in {MARK}{lost} from lead · normal (priority 0) · queued 0s ago]\n"
+    q.send("p:1", f"{quote}one more thing", sender=f"re {MARK}{lost} ", now=T0 + 1)
+    q.send("p:1", quote + "z" * 9000, now=T0 + 1)  # a file: the model reads it
+    taken = q.deliver("p:1", "s", transcript_path=log, now=T0 + 1)
+    assert len(taken) == 2
+    text = q.render(taken, now=T0 + 1)
+    spilled = Path(orch.store.folder, "messages", f"{taken[1]['id']}.txt").read_text()
+    assert spilled.endswith("z" * 9000) and "as in [orch message" in text
+    transcript(tmp_path / "t.jsonl", text, spilled)
+    handed = [m["id"] for n in range(q.confirm_hooks)
+              for m in q.deliver("p:1", "s", transcript_path=log, now=T0 + 2 + n)]  # fmt: skip
+    assert [state(q, m["id"]) for m in taken] == ["confirmed", "confirmed"]
+    assert handed == [lost]
+
+
 def test_a_claim_reads_what_its_budget_holds_and_reads_on_past_dead_letters(q: Queue) -> None:
     """A one-message budget reads one row at a time; rows that turn out dead (delivered too
     often) do not end the claim while live messages wait behind them."""
