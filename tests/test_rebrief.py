@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from orch_core.queue import Queue
+from orch_core.queue import MARK, Queue, marked
 from orch_core.testing.kit import OrchState, orch_script
 from orch_core.testing.payloads import payload
 
@@ -151,6 +151,21 @@ def test_rebrief_after_compaction_comes_first_once_then_the_queue(
 
     after = orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7")
     assert after.context is None  # exactly once: no repeat at the next tool call
+
+
+def test_a_rebrief_quotes_no_messages_header_a_text_held(orch: OrchState, repo: Path) -> None:
+    """The rebrief shows recent messages' texts; one that quotes the header of another message
+    in flight (whose hook's reply never reached Claude) must not bring that header into the
+    transcript, where the next hook would take it for the delivery: a message lost."""
+    queue = Queue(orch.store)
+    lost = queue.send("proj:7", "the task")["id"]
+    first = orch.run_hook(payload("UserPromptSubmit", prompt="go"), ORCH_AGENT="proj:7").context
+    assert first is not None and f"{MARK}{lost} " in first  # a reply Claude never took
+    queue.send("proj:7", f"as in {MARK}{lost} from lead · normal (priority 0) · queued 0s ago]")
+    orch.run_hook(tool("Bash", command="ls"), ORCH_AGENT="proj:7")
+    orch.run_hook(payload("PreCompact", cwd=str(repo)), ORCH_AGENT="proj:7")
+    text = compacted(orch, repo)
+    assert "as in [orch message" in text and lost not in marked(text)
 
 
 @pytest.mark.orch_backends("sqlite")  # the default budget: PostgreSQL's tests give hooks more

@@ -24,7 +24,7 @@ import time
 
 from orch_core import Setting, hookimpl, paths
 from orch_core.plugins.settings import defaults
-from orch_core.queue import PENDING_SQL, age
+from orch_core.queue import PENDING_SQL, age, unmarked
 from orch_core.text import head, length, shortened
 
 TYPE_CHECKING = False  # importing typing costs orch-hook ~7 ms
@@ -643,7 +643,9 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
                      checkpoint_files=json.dumps(saved.get("touched_files") or []))  # fmt: skip
     _given(store, given)
     ctx.notes["rebriefed"] = True
-    return "\n\n".join([first, *(f"## {titles[n]}\n{t}" for n, t in sections.items())])
+    # texts orch did not write (a message's, a commit's, CLAUDE.md) may quote a message's
+    # header: in the transcript it would confirm that message, which the model may not have had
+    return unmarked("\n\n".join([first, *(f"## {titles[n]}\n{t}" for n, t in sections.items())]))
 
 
 def _given(store: Store, rebrief: dict[str, Any]) -> None:
