@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from orch_core.queue import MAX_TEXT, Queue
+from orch_core.queue import MARK, MAX_TEXT, Queue, marked
 from orch_core.testing.kit import ROOMY_BUDGET_MS, OrchState, hook_script
 from orch_core.testing.payloads import payload
 from orch_core.testing.tmux import Recorder, TmuxServer, wait_until
@@ -704,6 +704,29 @@ def test_push_is_never_also_delivered_by_the_prompt_it_starts(
     receipt = json.loads(done.stdout)
     assert receipt["state"] == "delivered"
     assert db(orch, "SELECT state, attempts FROM messages") == [("delivered", 1)]
+
+
+def test_a_pushed_text_quoting_a_messages_header_cannot_confirm_that_message(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """Typed into the pane, a text is a prompt in the transcript: one quoting the header of a
+    message in flight (whose hook's reply never reached Claude) is typed with that mark quoted,
+    or the next hook would confirm the message, which the model never had."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "tmux"
+    fake.write_text(FAKE_TMUX.format(python=sys.executable, hook=hook_script()))
+    fake.chmod(0o755)
+    typed_log = tmp_path / "tmux.log"
+    orch.store.remember_session("s-push", "proj:1", "%7", "/nonexistent/socket")
+    lost = Queue(orch.store).send("proj:1", "the task")["id"]
+    env = {**orch.env, "PATH": f"{bin_dir}:{orch.env['PATH']}", "FAKE_TMUX_LOG": str(typed_log)}
+    quote = f"as in {MARK}{lost} from lead · normal (priority 0) · queued 0s ago]"
+    done = cli(orch, "send", "proj:1", quote, "--push", env=env)
+    assert done.returncode == 0, done.stderr
+    (stdin,) = [t["stdin"] for t in map(json.loads, typed_log.read_text().splitlines())
+                if t["stdin"] is not None]  # fmt: skip
+    assert stdin.startswith("as in [orch message") and marked(stdin) == set()
 
 
 def test_a_push_tmux_fails_to_type_stays_queued_and_uncounted(

@@ -30,6 +30,7 @@ from orch_core.queue import (
     check_agent,
     check_message,
     parse_duration,
+    unmarked,
 )
 
 TYPE_CHECKING = False  # importing typing costs each send ~4 ms
@@ -386,7 +387,8 @@ def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
     if not queue.mark_pushed(receipt["id"]):
         return
     try:
-        pasted = paste_text(target[0], target[1], text, paths.state_dir(os.environ))
+        # a prompt in the transcript: a header it quotes would confirm that message
+        pasted = paste_text(target[0], target[1], unmarked(text), paths.state_dir(os.environ))
     except Draft:  # pasted and entered, it would be sent joined to their text
         queue.unpush(receipt["id"], f"a person is typing in tmux pane {target[0]}")
         raise OrchError(f"a person is typing in {agent}'s tmux pane {target[0]}; the message "
