@@ -489,13 +489,15 @@ def stop(store: Store, agent: str, env: Mapping[str, str] = os.environ) -> None:
         raise LifecycleError(f"no agent {agent}: orch neither started it nor heard from it")
     if spec:
         spec = with_reported_pane(store, spec, env)
+    # stopped before its pane goes: the supervisor's pane watch, finding the pane gone, would
+    # take a running agent for crashed and plan its restart
+    store.set_agent_state(agent, "stopped", session_id=None, project_dir=None)
     if spec and spec_pane_state(spec) != "gone":  # never a pane that is not the agent's
         try:
             tmux.tmux(spec["tmux_socket"], "kill-pane", "-t", spec["pane"])
         except tmux.TmuxError:
             pass  # gone meanwhile
     cancel_recoveries(store, agent, "stopped by a user")
-    store.set_agent_state(agent, "stopped", session_id=None, project_dir=None)
 
 
 # -- recoveries ---------------------------------------------------------------------------------
