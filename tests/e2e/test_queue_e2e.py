@@ -689,10 +689,12 @@ def test_an_agent_whose_claude_died_back_to_its_shell_gets_nothing_typed_into_th
         os.kill(int(claude_pid), 9)
         wait_until(lambda: "shell$" in session.screen(), WAIT, "the shell")
         orch.send(agent, "deploy at noon")  # types before it returns, if it does
+        # a terminal's answer to the killed Claude's query (`1;2c`) may be left in the line
+        tmux_server.send_keys(session.pane, "C-u")
         tmux_server.send_text(session.pane, "echo typed-$((40 + 2))")
         tmux_server.wait_for_text(session.pane, "typed-42", WAIT)  # the shell read all
         assert WAKE_LINE not in session.screen()
-        assert "command not found" not in session.screen()
+        assert "orch:: command not found" not in session.screen()
     finally:
         session.close()
 
