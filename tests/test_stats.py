@@ -19,7 +19,7 @@ from orch_core.hook.context import Runtime
 from orch_core.ops import metrics
 from orch_core.queue import Queue
 from orch_core.storage.store import Store
-from orch_core.testing.kit import OrchState
+from orch_core.testing.kit import ROOMY_BUDGET_MS, OrchState
 from orch_core.testing.payloads import payload
 
 HOUR = 3600
@@ -422,6 +422,8 @@ def test_hook_orch_stats_gives_each_plugin_its_own_section(
     orch_module("notes", NOTES)
     orch_module("broken_stats", BROKEN)
     orch.write_config('[plugins]\nload = ["notes", "broken_stats"]\n')
+    # the first hook also builds the plan and the tables: a busy machine's took longer than 0.5 s
+    orch.write_config(f"[orch]\nbudget_ms = {ROOMY_BUDGET_MS}\n", user=True)
     for agent in ("p:1", "p:1", "p:2"):
         orch.run(payload("Stop"), ORCH_AGENT=agent)
     plugins = stats_json(orch)["plugins"]
