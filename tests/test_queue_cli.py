@@ -672,15 +672,22 @@ if args[-1] == "Enter":  # Claude Code takes the prompt at once: its UserPromptS
 """
 
 
-@pytest.mark.parametrize("agent_state", ["busy", "idle"])
-def test_push_is_never_also_delivered_by_the_prompt_it_starts(
-    orch: OrchState, tmp_path: Path, agent_state: str
-) -> None:
+def fake_tmux(tmp_path: Path) -> Path:
+    """A folder holding a tmux that logs what it is asked (``FAKE_TMUX``), to go first on
+    ``PATH``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "tmux"
     fake.write_text(FAKE_TMUX.format(python=sys.executable, hook=hook_script()))
     fake.chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("agent_state", ["busy", "idle"])
+def test_push_is_never_also_delivered_by_the_prompt_it_starts(
+    orch: OrchState, tmp_path: Path, agent_state: str
+) -> None:
+    bin_dir = fake_tmux(tmp_path)
     typed_log = tmp_path / "tmux.log"
     store = orch.store
     store.remember_session("s-push", "proj:1", "%7", "/nonexistent/socket")
@@ -712,11 +719,7 @@ def test_a_pushed_text_quoting_a_messages_header_cannot_confirm_that_message(
     """Typed into the pane, a text is a prompt in the transcript: one quoting the header of a
     message in flight (whose hook's reply never reached Claude) is typed with that mark quoted,
     or the next hook would confirm the message, which the model never had."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "tmux"
-    fake.write_text(FAKE_TMUX.format(python=sys.executable, hook=hook_script()))
-    fake.chmod(0o755)
+    bin_dir = fake_tmux(tmp_path)
     typed_log = tmp_path / "tmux.log"
     orch.store.remember_session("s-push", "proj:1", "%7", "/nonexistent/socket")
     lost = Queue(orch.store).send("proj:1", "the task")["id"]
@@ -734,11 +737,7 @@ def test_a_push_tmux_fails_to_type_stays_queued_and_uncounted(
 ) -> None:
     """Marked delivered before typing (so the prompt its Enter starts does not deliver it too);
     when typing fails, it is queued again, the attempt not counted, and a hook delivers it."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "tmux"
-    fake.write_text(FAKE_TMUX.format(python=sys.executable, hook=hook_script()))
-    fake.chmod(0o755)
+    bin_dir = fake_tmux(tmp_path)
     orch.store.remember_session("s-push", "proj:1", "%7", "/nonexistent/socket")
     env = {**orch.env, "PATH": f"{bin_dir}:{orch.env['PATH']}", "FAKE_TMUX_FAILS": "1",
            "FAKE_TMUX_LOG": str(tmp_path / "tmux.log")}  # fmt: skip
