@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from orch_core.cli import install
-from orch_core.testing.kit import OrchState
+from orch_core.testing.kit import OrchState, hook_script, orch_script
 
 THEIRS: dict[str, Any] = {
     "permissions": {"allow": ["Bash(make test)"]},
@@ -277,3 +278,54 @@ def test_a_settings_file_that_is_a_fifo_is_refused_at_once(orch: OrchState) -> N
         done = orch.cli(*command)
         assert (done.returncode, done.stderr) == (1, f"Error: {path} is not a regular file\n")
     assert f"FAIL settings: {path} is not a regular file" in orch.cli("doctor").stdout
+
+
+def test_install_prepares_the_plan_and_tables_the_first_hooks_would_build(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """Run from elsewhere, as ``orch install DIR`` often is: the agents' first hooks then find
+    the project's plugin plan built and every plugin's tables there. Each would otherwise do
+    both within its half-second budget, the store one writer at a time; in CI one such
+    SessionStart ran out of time and its agent was never recorded, so never woken."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [orch_script(), "install", str(orch.project_dir)],
+        capture_output=True, text=True, env=orch.env, cwd=elsewhere, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    plans = Path(orch.env["ORCH_STATE_DIR"]) / "plans"
+    built = {p.name: p.stat().st_mtime_ns for p in plans.glob("*.json")}
+    with sqlite3.connect(orch.env["ORCH_DB"]) as db:
+        prepared = {row[0] for row in db.execute("SELECT plugin FROM plugin_schemas")}
+    assert {"alerts", "rebrief"} <= prepared
+    payload = {
+        "hook_event_name": "SessionStart",
+        "session_id": "s1",
+        "source": "startup",
+        "cwd": str(orch.project_dir),
+        "transcript_path": str(tmp_path / "t.jsonl"),
+    }
+    hook = subprocess.run(
+        [hook_script()], input=json.dumps(payload), capture_output=True, text=True,
+        env={**orch.env, "CLAUDE_PROJECT_DIR": str(orch.project_dir)}, cwd=orch.project_dir,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert hook.returncode == 0, hook.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in plans.glob("*.json")} == built  # not rebuilt
+
+
+def test_install_registers_the_hooks_when_the_store_cannot_be_prepared(orch: OrchState) -> None:
+    """The settings are what install is for: a database not there yet is named in a warning,
+    and the first hooks set the store up when it is."""
+    env = {**orch.env, "ORCH_DB": "postgresql://orch@127.0.0.1:1/orch?connect_timeout=2"}
+    done = subprocess.run(
+        [orch_script(), "install"], capture_output=True, text=True, env=env,
+        cwd=orch.project_dir, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("warning: not prepared, the first hooks will try again: "), line
+    settings = json.loads((orch.project_dir / ".claude" / "settings.json").read_text())
+    assert set(settings["hooks"]) == set(install.INSTALLED_EVENTS)

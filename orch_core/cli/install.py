@@ -30,6 +30,8 @@ HOOK_SCRIPT = "orch-hook"
 #: Seconds (Claude reads timeouts in seconds). The dispatcher answers within its own budget,
 #: well under a second; this is only Claude's backstop.
 TIMEOUT = 5
+#: How long ``orch install`` waits for the store (another writer, a database server).
+PREPARE_SECONDS = 5.0
 #: Events whose mere registration changes Claude's behaviour (reference §5): a WorktreeCreate
 #: hook replaces git's worktree creation, and MessageDisplay holds the screen until hooks exit.
 SKIPPED_EVENTS = ("WorktreeCreate", "MessageDisplay")
@@ -317,6 +319,32 @@ def install(
             _record(env, path, found, content)
         _write(path, content)
     return changed
+
+
+def prepare(project_dir: str, env: Mapping[str, str] = os.environ) -> str | None:
+    """Build the project's plugin plan and bring the store's tables, orch's and its plugins',
+    to their versions: the first hooks of agents started next would otherwise each do it
+    within their own budget (half a second), the store one writer at a time, and a hook left
+    without time goes on without the store (an agent's start unrecorded). Why they could not
+    be prepared (the first hooks then try again), or ``None``."""
+    from orch_core.plugins import plan as plans
+    from orch_core.storage import open_store
+
+    try:
+        plan = plans.load(env, project_dir)
+        store = open_store(env, timeout=PREPARE_SECONDS)
+        try:
+            if plan.schemas:
+                store.ensure_schemas(
+                    plan.schemas,
+                    lambda plugin: plan.migrations(plugin, store.dialect),
+                    timeout=PREPARE_SECONDS,
+                )
+        finally:
+            store.close()
+    except Exception as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 @contextlib.contextmanager

@@ -77,6 +77,10 @@ def install_command(directory: str | None, local: bool, template: bool) -> None:
         click.echo(f"orch-hook registered for {len(changed)} events in {path}")
     else:
         click.echo(f"{path} already up to date")
+    unready = install.prepare(project)
+    if unready is not None:  # the hooks are registered all the same; their first runs try again
+        click.echo(f"warning: not prepared, the first hooks will try again: {unready}",
+                   err=True)  # fmt: skip
 
 
 @cli.command("uninstall")
