@@ -122,12 +122,15 @@ class Names:
     def matching(self, pattern: str) -> list[str]:
         """Agents matching ``pattern`` on every host: a pattern with ``/`` is matched against
         ``host/name``, one without against the names (``proj:*``: every host's ``proj``
-        windows); either may also match the id itself."""
+        windows). A pattern with ``/``, or any on a store one machine uses, may also match the
+        id itself; not one without on a shared store, where the id begins with its host
+        (``b*`` would take every window of host ``beta``)."""
         whole = "/" in pattern
+        by_id = whole or not self.shared
         return [
             agent
             for agent, host in self.hosts.items()
-            if fnmatch.fnmatchcase(agent, pattern)
+            if (by_id and fnmatch.fnmatchcase(agent, pattern))
             or fnmatch.fnmatchcase(
                 full_name(agent, host) if whole else name_of(agent, host), pattern
             )

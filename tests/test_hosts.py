@@ -199,6 +199,23 @@ def test_a_pattern_fans_out_over_the_names_of_every_host(orch: OrchState) -> Non
     assert sorted(r["agent"] for r in receipts) == ["alpha/proj:1", "beta/proj:1", "beta/solo:3"]
 
 
+@pytest.mark.orch_backends("postgresql")
+def test_a_pattern_without_a_slash_does_not_match_the_host_in_an_agents_id(
+    orch: OrchState,
+) -> None:
+    """``b*``, for the agents named ``b...``, also took every tmux window of host beta (its
+    id ``beta/proj:1`` starts with a b, its name ``proj:1`` does not): the standup meant for
+    ``bisect`` reached beta's agents too."""
+    seen(orch.store, {**FLEET, "bisect": "alpha"})
+    names = Names(orch.store, on(orch, "alpha"))
+    assert names.matching("b*") == ["bisect"]
+    assert names.matching("a*") == []
+    assert names.matching("alpha/*") == ["alpha/proj:1", "bisect", "lead"]
+    receipts = json.loads(cli(orch, "alpha", "send", "b*", "standup", "--json").stdout)
+    assert [r["agent"] for r in receipts] == ["bisect"]
+    assert Queue(orch.store).pending_counts() == {"bisect": 1}
+
+
 def test_the_store_tells_listeners_which_agents_have_messages_ready_when_the_send_commits(
     orch: OrchState, orch_backend: str
 ) -> None:
