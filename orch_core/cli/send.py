@@ -373,7 +373,8 @@ def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
                         f"host's panes only; the message {receipt['id']} stays queued")  # fmt: skip
     known = queue.store.agent_pane(agent)  # none: an agent without hooks, named session:window
     if known is None:
-        pane = window_pane(agent, None)
+        # on a shared store, this host's window named in full (host/session:window)
+        pane = window_pane(hosts.name_of(agent, host) if queue.store.shared else agent, None)
         if pane is None:
             raise OrchError(f"no tmux window {agent} (SESSION:INDEX) to type into; the message "
                             f"{receipt['id']} stays queued")  # fmt: skip

@@ -130,6 +130,24 @@ def test_a_message_sent_on_one_host_wakes_the_other_hosts_agent_through_its_supe
     )
 
 
+@pytest.mark.orch_backends("postgresql")
+def test_push_types_into_this_hosts_window_without_hooks_named_in_full(
+    orch: OrchState, fleet: dict[str, Host]
+) -> None:
+    """A window whose agent orch has not heard from is named in full on a shared store (the
+    bare name is another host's agent, once one has it). ``--push`` looked for a tmux session
+    called ``alpha/orch-test`` in alpha's own tmux, found none, and typed nothing: no name
+    reached alpha's window."""
+    alpha, beta = fleet["alpha"], fleet["beta"]
+    beta.hook(beta.recorder().pane, "SessionStart")  # beta/orch-test:0, heard from
+    pane = alpha.recorder()  # alpha's orch-test:0: no hooks
+    alpha.env["TMUX"] = f"{pane.socket},0,0"  # run from that server, as tmux's default
+    done = alpha.cli("send", "alpha/orch-test:0", "typed in alpha", "--push", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"] == "delivered"
+    assert pane.lines() == ["typed in alpha"]
+
+
 SLEEPER = "import time; time.sleep(600)"
 
 
