@@ -18,7 +18,7 @@ from orch_core import api
 from orch_core.hook.context import Runtime
 from orch_core.ops import metrics
 from orch_core.queue import Queue
-from orch_core.storage.store import Store
+from orch_core.storage.store import KEEP_RUNS, Store
 from orch_core.testing.kit import ROOMY_BUDGET_MS, OrchState
 from orch_core.testing.payloads import payload
 
@@ -288,6 +288,30 @@ def test_ended_hours_are_summed_once_and_outlive_the_runs(orch: OrchState) -> No
     mine = collect(orch, since, now, agent="a:0")["hooks"]
     assert mine["by_event"]["PostToolUse"]["runs"] == 5 + 2  # hours 98 and 100 are a:0's
     assert (mine["by_event"]["PreCompact"]["runs"], mine["by_plugin"]) == (2, {})
+
+
+def test_a_busy_fleets_runs_are_summed_before_the_hook_path_prunes_them(orch: OrchState) -> None:
+    """Ten agents at about 13 tool calls a minute (three hook runs each: PreToolUse,
+    PostToolUse, PostToolBatch) record more runs in an hour than the store keeps: the
+    supervisor, summing as it keeps house, sums the hour so far before they are pruned, and
+    every run is counted once."""
+    store = orch.store
+    start, per_minute = 100 * HOUR, 400
+    for minute in range(70):  # hour 100, and 10 minutes of hour 101
+        add_runs(store, [(start + minute * 60 + i * 60 / per_minute, "PostToolUse",
+                          f"a:{i % 10}", 5.0, ok("queue")) for i in range(per_minute)])  # fmt: skip
+        with store.transaction() as tx:  # the hook path keeps the newest KEEP_RUNS
+            (last,) = tx.execute("SELECT max(id) FROM hook_runs").fetchone()
+            tx.execute("DELETE FROM hook_runs WHERE id <= ?", (last - KEEP_RUNS,))
+        metrics.roll_up(store, start + (minute + 1) * 60)  # the supervisor, as the minute ends
+    now = start + 70 * 60
+    hooks = collect(orch, start, now)["hooks"]
+    assert (hooks["since"], hooks["runs"]) == (start, 70 * per_minute)
+    assert hooks["by_plugin"]["queue"]["runs"] == 70 * per_minute
+    mine = collect(orch, start, now, agent="a:3")["hooks"]
+    assert mine["runs"] == 70 * per_minute // 10
+    summed = store.execute("SELECT sum(runs) FROM run_hours WHERE hour = ?", (start,)).fetchone()
+    assert summed[0] == 60 * per_minute  # the whole of hour 100, once
 
 
 def test_the_supervisor_sums_ended_hours_as_it_keeps_house(orch: OrchState) -> None:

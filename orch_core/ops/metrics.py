@@ -3,7 +3,8 @@
 Nothing here runs in ``orch-hook``, and nothing here adds to what a hook writes. The store keeps
 only the newest :data:`~orch_core.storage.store.KEEP_RUNS` hook runs, so :func:`roll_up` sums
 each hour that has ended into hourly tables (per event, and per agent and event: runs,
-failures, timeouts, kills and a histogram of durations; per plugin: its outcomes). ``orch
+failures, timeouts, kills and a histogram of durations; per plugin: its outcomes), and the hour
+so far when a busy fleet's runs would otherwise be pruned before it ends. ``orch
 supervise`` does it as it keeps house and ``orch stats`` before it reads, so the sums outlive
 the runs and a long window costs a few rows per hour. Messages, recoveries, alerts and agents
 are read as they are; each plugin adds its own section through ``orch_stats``.
@@ -41,6 +42,11 @@ HOUR = 3600
 STEPS = ("reprompt", "restart", "fresh", "give_up")
 #: Seconds past the end of an hour before it is summed: a run is recorded as it ends.
 SETTLE = 300
+#: Runs left unsummed past which the hour so far is summed too: a busy fleet (ten agents at a
+#: dozen tool calls a minute, three runs each) records more runs in an hour than the store
+#: keeps (:data:`~orch_core.storage.store.KEEP_RUNS`), and the hook path would prune the
+#: hour's first runs before it ended.
+BACKLOG = 5000
 #: Hours of sums kept.
 KEEP_HOURS = 31 * 24
 #: Durations are counted in buckets, this many to a decade: each 12% wide, so a percentile
@@ -339,12 +345,17 @@ def _done(db: Store | Connection) -> int:
 
 def roll_up(store: Store, now: float | None = None) -> int:
     """Sum the hook runs of every hour that ended :data:`SETTLE` seconds ago or more and is not
-    summed yet; drop sums older than :data:`KEEP_HOURS`. Returns how many runs were added. Two
+    summed yet, and those of the hour so far when more than :data:`BACKLOG` would be left
+    unsummed (the rest of the hour is added to its sums later: runs are summed by id, each
+    once); drop sums older than :data:`KEEP_HOURS`. Returns how many runs were added. Two
     processes at once add each run once: the second finds the work done."""
     now = time.time() if now is None else now
     done = _done(store)
     cutoff = int((now - SETTLE) // HOUR * HOUR)
     upto = first_run_at(store, cutoff) - 1
+    (last,) = store.execute("SELECT coalesce(max(id), 0) FROM hook_runs").fetchone()
+    if last - max(upto, done) > BACKLOG:
+        upto = first_run_at(store, now - SETTLE) - 1
     if upto <= done:
         return 0
     sums = RunSums()
