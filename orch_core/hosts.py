@@ -13,8 +13,8 @@ store several machines share (PostgreSQL, :attr:`Store.shared`):
   session called ``host/...``; any other name is bare (a tmux session may be called
   ``my/proj``): this host's, else the one agent of that name in the fleet, and names on
   several hosts are an error that lists them, each as ``host/name``. A bare name is read so
-  even when it is the id of another host's agent (a session that went on across ``orch
-  migrate`` keeps the id SQLite gave it, ``proj:1``).
+  even when it is the id of another host's agent (a window whose agent ``orch migrate``
+  brought over keeps the id SQLite gave it, ``proj:1``, in its later sessions too).
 - **Owners**: each host's supervisor looks after its own agents: its panes, wake-ups,
   restarts (:func:`owned`). What the store keeps for all (restart limits, history, queues) is
   shared.

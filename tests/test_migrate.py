@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from orch_core.supervisor import lifecycle
 from orch_core.testing.kit import ROOMY_BUDGET_MS, OrchState
 from orch_core.testing.payloads import payload
 from orch_core.testing.postgres import Cluster
+from orch_core.testing.tmux import TmuxServer
 
 AGENT = "proj:1"
 HEADER = re.compile(r"\[orch message (m[0-9a-z]+) from ")
@@ -280,6 +282,39 @@ def test_an_error_of_the_target_server_names_the_target(orch: OrchState, target:
     done = orch.cli("migrate", "--to", target)
     assert done.returncode == 1
     assert done.stderr.startswith(f'Error: {target}: relation "agents" already exists'), done.stderr
+
+
+@pytest.mark.tmux
+def test_a_windows_agent_goes_on_under_its_id_in_a_new_session_after_the_switch(
+    orch: OrchState, target: str
+) -> None:
+    """A tmux window's agent, ``proj:1`` on SQLite: after the switch its next session there
+    (``/clear``, Claude started again) was ``host/proj:1``, a new agent, and what was queued
+    for ``proj:1``, moved or sent since, waited forever."""
+    with TmuxServer() as tmux:
+        pane = tmux.new_window("worker", [sys.executable, "-c", "import time; time.sleep(600)"])
+        socket = tmux.cmd("display-message", "-p", "#{socket_path}").strip()
+        window = {"TMUX_PANE": pane, "TMUX": f"{socket},1,0", "ORCH_HOST": "alpha"}
+
+        def in_window(event: str, session: str, **fields: Any) -> Any:
+            data = payload(event, session_id=session, **fields)
+            result = orch.run_hook(data, timeout=30, **window)
+            assert result.exit_code == 0, result.stderr
+            return result
+
+        in_window("SessionStart", "s1", source="startup")
+        (agent,) = [a["id"] for a in orch.store.agents()]
+        moved_over = Queue(orch.store).send(agent, "queued before the move")["id"]
+        done = orch.cli("migrate", "--to", target)
+        assert done.returncode == 0, done.stderr
+        orch.env["ORCH_DB"] = target
+        orch.write_config(f"[orch]\nbudget_ms = {ROOMY_BUDGET_MS}\n", user=True)
+        sent = orch.cli("send", agent, "sent after the switch", "--json")
+        assert sent.returncode == 0, sent.stderr
+        result = in_window("SessionStart", "s2", source="clear")
+        delivered = HEADER.findall(result.context or "")
+        assert sorted(delivered) == sorted([moved_over, json.loads(sent.stdout)["id"]])
+        assert [a["id"] for a in orch.store.agents()] == [agent]
 
 
 NOTES_PLUGIN = """

@@ -3,8 +3,9 @@
 The pane is resolved with ``tmux display-message -t $TMUX_PANE`` (never the client's active
 window) and cached per Claude ``session_id``, so tmux is asked once per session. tmux names
 windows per machine: on a store several machines share, the name is this host's,
-``host/session:window``. ``ORCH_AGENT`` (which ``orch spawn`` sets) is the name as given: a
-name someone chose names one agent fleet-wide.
+``host/session:window``, but for a window whose agent ``orch migrate`` brought over from
+SQLite: it goes on under the bare id SQLite gave it. ``ORCH_AGENT`` (which ``orch spawn`` sets)
+is the name as given: a name someone chose names one agent fleet-wide.
 """
 
 from __future__ import annotations
@@ -48,12 +49,20 @@ def resolve(
 
     agent = pane_agent(pane, timeout, tmux_socket(env))
     host = paths.host(env)
-    if agent and store.shared:
+    if agent and store.shared and not _kept_bare(store, agent, host):
         agent = f"{host}/{agent}"
         agent = agent if valid_id(agent) else None
     if agent and session_id:
         store.remember_session(session_id, agent, pane, tmux_socket(env), host=host)
     return agent
+
+
+def _kept_bare(store: Store, agent: str, host: str) -> bool:
+    """Whether this host's window ``agent`` is an agent of that bare id: one whose state
+    ``orch migrate`` moved from SQLite (its queue and history are under the id SQLite gave
+    it), which a new session in the window (``/clear``, Claude started again) goes on as."""
+    row = store.execute("SELECT 1 FROM agents WHERE id = ? AND host = ?", (agent, host))
+    return row.fetchone() is not None
 
 
 def tmux_socket(env: Mapping[str, str]) -> str | None:
