@@ -1062,13 +1062,16 @@ class Queue:
         now: float | None = None,
         *,
         lines: Sequence[int] | None = None,
+        host: str | None = None,
     ) -> int:
         """Add exported messages in one transaction: every field of every record is checked
         first (:data:`IMPORT_FIELDS`), and one bad record stores nothing; its error names it by
         number, or by its line in ``lines`` (the file's). Ids already present are skipped, so
         importing twice adds nothing. Each message keeps every column as exported
         (:func:`_imported`), but its number and a delivery in flight, which comes back as
-        queued. Returns how many were added."""
+        queued; and, on a store one machine uses, the agent of ``host``'s window as a shared
+        store names it (``host/proj:1``, exported from PostgreSQL), which is ``proj:1`` here.
+        Returns how many were added."""
         now = time.time() if now is None else now
         records = list(records)
         where = (
@@ -1088,6 +1091,8 @@ class Queue:
                 if tx.execute("SELECT 1 FROM messages WHERE id = ?", (record["id"],)).fetchone():
                     continue
                 row = _imported(record, now)
+                if host is not None and not self.store.shared:
+                    row["agent"] = _this_hosts(row["agent"], host)
                 for _ in _attempts(self.store):
                     if tx.execute(IMPORT_ONE, (*row.values(), row["agent"])).fetchone():
                         break
@@ -1188,6 +1193,13 @@ def _imported(record: Message, now: float) -> Message:
     if in_flight(record):
         row.update(state="queued", checks=0, session_id=None)
     return row
+
+
+def _this_hosts(agent: str, host: str) -> str:
+    """``agent`` as a store one machine uses names it: ``proj:1`` for ``host/proj:1``, the id
+    a shared store gives ``host``'s tmux window (:mod:`orch_core.hosts`)."""
+    name = agent[len(host) + 1 :] if agent.startswith(f"{host}/") else agent
+    return name if agents.valid_id(name) else agent
 
 
 def _importable(record: Message) -> None:

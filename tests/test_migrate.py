@@ -399,6 +399,38 @@ def test_export_and_import_work_across_stores(orch: OrchState, target: str, dire
     assert len(HEADER.findall(result.context or "")) == 2
 
 
+@pytest.mark.tmux
+def test_an_import_into_sqlite_names_this_hosts_windows_as_sqlite_does(
+    orch: OrchState, target: str
+) -> None:
+    """The rollback path from PostgreSQL: a window's agent there is ``alpha/proj:1``, here
+    ``proj:1``; its messages were imported for ``alpha/proj:1``, which no hook here is."""
+    sqlite_db = orch.env["ORCH_DB"]
+    orch.env.update(ORCH_DB=target, ORCH_HOST="alpha")
+    orch.write_config(f"[orch]\nbudget_ms = {ROOMY_BUDGET_MS}\n", user=True)
+    with TmuxServer() as tmux:
+        pane = tmux.new_window("worker", [sys.executable, "-c", "import time; time.sleep(600)"])
+        socket = tmux.cmd("display-message", "-p", "#{socket_path}").strip()
+        window = {"TMUX_PANE": pane, "TMUX": f"{socket},1,0"}
+        data = payload("SessionStart", session_id="s1", source="startup")
+        assert orch.run_hook(data, timeout=30, **window).exit_code == 0
+        (agent,) = [a["id"] for a in orch.store.agents()]
+        assert agent.startswith("alpha/")
+        sent = [Queue(orch.store).send(agent, f"on the server {i}")["id"] for i in range(2)]
+        other = Queue(orch.store).send("beta/proj:1", "another host's window")["id"]
+        exported = orch.cli("export")
+        assert exported.returncode == 0, exported.stderr
+        orch.env["ORCH_DB"] = sqlite_db
+        done = orch.cli("import", "-", stdin=exported.stdout)
+        assert done.stdout.strip() == "imported 3 messages (0 already present)", done.stderr
+        data = payload("SessionStart", session_id="s2", source="startup")
+        result = orch.run_hook(data, timeout=30, **window)
+        assert result.exit_code == 0, result.stderr
+        assert HEADER.findall(result.context or "") == sent
+        waiting = {m["id"]: m["agent"] for m in Queue(orch.store).messages(state="queued")}
+        assert waiting == {other: "beta/proj:1"}
+
+
 def test_a_table_left_behind_moves_on_a_later_run_though_rows_changed_here_since(
     orch: OrchState, target: str
 ) -> None:

@@ -231,5 +231,5 @@ def import_command(file: Any) -> None:
             raise QueueError(f"line {number}: {exc}") from None
         numbers.append(number)
         every.append(record)
-    added = project_queue().import_(every, lines=numbers)
+    added = project_queue().import_(every, lines=numbers, host=paths.host(os.environ))
     click.echo(f"imported {added} messages ({len(every) - added} already present)")
