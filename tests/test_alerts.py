@@ -373,3 +373,28 @@ def test_a_channel_that_fails_is_named_without_the_secrets_its_url_holds(
     assert [line["error"] for line in logged] == [alert["error"]]
     for shown in (alert["error"], orch.cli("alerts", "--json").stdout, orch.cli("logs").stdout):
         assert "SECRET" not in shown
+
+
+def test_an_ntfy_channel_that_fails_is_named_without_its_topic(
+    orch: OrchState, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On ntfy.sh a topic is the only secret: whoever knows it reads the fleet's alerts. apprise
+    says which topic it failed to send to, and ``ntfy://TOPIC`` (ntfy.sh's) puts the topic
+    where a host would be; neither reaches the alert's error or the log."""
+    receiver.status = 500
+    own = receiver.url("/").replace("json://", "ntfy://") + "SECRETTOPIC1"
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # ntfy.sh unreachable, at once
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    orch.write_config(
+        f'[alerts]\nurls = ["{own}", "ntfy://SECRETTOPIC2"]\ncheck_every = 0\n', user=True
+    )
+    store = orch.store
+    auto_restart.give_up(store, "a:1", "tests", orch.env)
+    ticks(lifecycle.Supervisor(orch.env), time.time())
+    assert [path for path, _ in receiver.posts] == ["/"]  # the topic goes in the body: refused
+    (alert,) = alerts.listing(store)
+    port = receiver.server.server_port
+    assert alert["error"].startswith(f"alerts: ntfy://127.0.0.1:{port}/...: Failed to send ")
+    assert "; ntfys://.../...: A Connection error occurred" in alert["error"]
+    for shown in (alert["error"], orch.cli("alerts", "--json").stdout, orch.cli("logs").stdout):
+        assert "SECRETTOPIC" not in shown

@@ -194,14 +194,30 @@ def queues(
             yield alerts.Condition("queue_age", agent, "", text, fires=now - since >= oldest)
 
 
-def named(private: str) -> str:
+def named(private: str, host: str) -> str:
     """A channel as a failure names it: apprise's privacy URL (passwords and tokens masked) cut
     to its scheme and host, for that URL still shows its path and query, where a webhook keeps
-    its secret, a header's (``?+Authorization=``) or a parameter's (``?-key=``)."""
+    its secret, a header's (``?+Authorization=``) or a parameter's (``?-key=``). What stands
+    where a host would is shown only when apprise connects to it (``host``): ``ntfy://TOPIC``
+    puts ntfy.sh's topic, its only secret, there."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(private)
-    return f"{parts.scheme}://{parts.netloc}/..."
+    shown = parts.netloc if (parts.hostname or "") == host.strip("[]").lower() else "..."
+    return f"{parts.scheme}://{shown}/..."
+
+
+def hidden(reason: str, url: str, name: str) -> str:
+    """apprise's reason for a failure with each part of ``url`` it quotes masked, but those
+    ``name`` shows: some say where they sent (ntfy names its topic, on ntfy.sh the secret)."""
+    from urllib.parse import unquote
+
+    rest = url.split("://", 1)[-1]
+    parts = set(re.split(r"[/:@?&=#+,;\s]+", rest + " " + unquote(rest)))
+    parts -= set(re.split(r"[/:@\[\]]+", name))
+    for part in sorted((p for p in parts if len(p) >= 4), key=len, reverse=True):
+        reason = reason.replace(part, "...")
+    return reason
 
 
 class NotSent(Exception):
@@ -239,7 +255,8 @@ def orch_alert(alert: dict[str, Any], ctx: HookContext) -> bool | None:
             sent = channel.notify(body=alert["message"], title=title, notify_type=kind)
         if not sent:
             why = (said.getvalue().strip().splitlines() or ["no reason given"])[-1]
-            failures.append(f"{named(channel.urls(privacy=True)[0])}: {why}")
+            name = named(channel.urls(privacy=True)[0], channel[0].host or "")
+            failures.append(f"{name}: {hidden(why, url, name)}")
             continue
         with ctx.store.transaction() as tx:
             tx.execute(
