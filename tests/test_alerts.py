@@ -139,7 +139,30 @@ def test_a_url_that_is_not_one_is_refused(orch: OrchState) -> None:
     orch.write_config('[alerts]\nurls = ["slack"]\n', user=True)
     done = orch.cli("alerts")
     assert done.returncode == 1
-    assert "[alerts] urls = [\"slack\"]: 'slack' is not a URL (scheme://...)" in done.stderr
+    assert "[alerts] urls: item 1 is not a URL (scheme://...); the default [] is used" in (
+        done.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [
+        '["json://127.0.0.1:9/hook/SECRETPATH", "ntfy:/ntfy.sh/SECRETTOPIC"]',
+        '"ntfy://ntfy.sh/SECRETTOPIC"',  # a URL where a list should be
+    ],
+)
+def test_urls_that_are_refused_are_not_quoted(orch: OrchState, urls: str) -> None:
+    """Every command, ``orch doctor`` and the log say why the URLs are refused without quoting
+    them: the good ones and the bad alike hold their channel's token."""
+    orch.write_config(f"[alerts]\nurls = {urls}\n", user=True)
+    done = orch.cli("alerts")
+    orch.run_hook(payload("SessionStart"), ORCH_AGENT="a:1")
+    logged = [line["msg"] for line in orch.log() if "[alerts] urls" in line["msg"]]
+    doctor = orch.cli("doctor").stdout
+    for shown in (done.stderr, doctor, json.dumps(logged)):
+        assert "SECRET" not in shown
+    assert done.returncode == 1 and "[alerts] urls: " in done.stderr
+    assert logged and "FAIL config: " in doctor and "[alerts] urls: " in doctor
 
 
 def test_an_agent_given_up_on_is_one_alert_until_it_runs_again_and_ack_silences_it(

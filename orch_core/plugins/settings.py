@@ -30,9 +30,11 @@ class Setting:
         (a cloned repository must not choose, say, the flags orch restarts Claude with).
     :param extend_only: a list a project's config adds to, after the user's own value (or the
         default), never replaces: a cloned repository may forbid more, not less.
+    :param secret: an error never quotes its value, which holds tokens (the alert URLs): the
+        errors go to ``orch doctor``, every command's output and the log.
     """
 
-    __slots__ = ("check", "default", "extend_only", "item", "max", "min", "trusted")
+    __slots__ = ("check", "default", "extend_only", "item", "max", "min", "secret", "trusted")
 
     def __init__(
         self,
@@ -44,8 +46,10 @@ class Setting:
         check: Callable[[Any], None] | None = None,
         trusted: bool = False,
         extend_only: bool = False,
+        secret: bool = False,
     ) -> None:
         self.default = default
+        self.secret = secret
         self.extend_only = extend_only
         self.min = min
         self.max = max
@@ -151,14 +155,14 @@ def resolve(
         try:
             setting.validate(value)
         except ValueError as exc:
-            shown = json.dumps(value, default=str)
-            if len(shown) > 60:
-                shown = shown[:57] + "..."
+            shown = "" if setting.secret else " = " + json.dumps(value, default=str)
+            if len(shown) > 63:
+                shown = shown[:60] + "..."
             # a project's bad value falls back to the user's own, never past it to the default
             # (a cloned repository must not drop the user's guard rules by breaking its own)
             ours = from_project(key) and key in own and _valid(setting, own[key])
             kept = "your own value" if ours else f"the default {json.dumps(setting.default)}"
-            errors.append(f"{where(key)}: [{table}] {key} = {shown}: {exc}; {kept} is used")
+            errors.append(f"{where(key)}: [{table}] {key}{shown}: {exc}; {kept} is used")
             if not ours:
                 continue
             value = own[key]

@@ -34,13 +34,14 @@ URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 
 
 def _urls(value: list[str]) -> None:
-    for url in value:
+    """Each a URL; one that is not is named by its place, for it may hold a token all the same."""
+    for place, url in enumerate(value, 1):
         if not URL.fullmatch(url):
-            raise ValueError(f"{url[:40]!r} is not a URL (scheme://...)")
+            raise ValueError(f"item {place} is not a URL (scheme://...)")
 
 
 SETTINGS: dict[str, Any] = {
-    "urls": Setting([], check=_urls, trusted=True),  # apprise URLs: your own config only
+    "urls": Setting([], check=_urls, trusted=True, secret=True),  # apprise URLs: your own only
     "needs_input_after": Setting(300.0, min=0),  # seconds; 0: no alert
     "hook_failures": Setting(5, min=0),  # failed hook runs of a project's agents; 0: no alert
     "hook_failure_window": Setting(300.0, min=1),  # ...within this many seconds
