@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from orch_builtin import auto_restart
 
+from orch_core import paths
 from orch_core.ops import alerts
 from orch_core.queue import Queue
 from orch_core.supervisor import lifecycle
@@ -421,3 +422,34 @@ def test_an_ntfy_channel_that_fails_is_named_without_its_topic(
     assert "; ntfys://.../...: A Connection error occurred" in alert["error"]
     for shown in (alert["error"], orch.cli("alerts", "--json").stdout, orch.cli("logs").stdout):
         assert "SECRETTOPIC" not in shown
+
+
+@pytest.mark.orch_backends("sqlite", "postgresql")
+def test_an_agent_that_moved_to_another_project_keeps_one_alert_that_ends(
+    orch: OrchState, receiver: Receiver, tmp_path: Path
+) -> None:
+    """An agent's name names it in whichever project it works now (``orch spawn worker`` in
+    another repository, a tmux window reused): its alert raised in the project it left is
+    ended by the project it is in, and its next deep queue there is a new alert."""
+    channel(orch, receiver, "queue_depth = 2\n")
+    store = orch.store
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")  # neither orch's own
+    for project in (first, second):
+        Path(project).mkdir()
+    host = paths.host(orch.env)  # on a shared store, this host's agent
+    store.set_agent_state("a:1", "busy", session_id=None, project_dir=first, host=host)
+    queue = Queue(store)
+    sent = [queue.send("a:1", f"job {n}")["id"] for n in range(2)]
+    supervisor = lifecycle.Supervisor(orch.env)
+    now = time.time()
+    ticks(supervisor, now)
+    store.set_agent_state("a:1", "idle", session_id=None, project_dir=second, host=host)
+    ticks(supervisor, now + 1)  # still deep where it is now: the same alert
+    for message_id in sent:
+        queue.cancel(message_id)
+    ticks(supervisor, now + 2)  # its queue drained: that alert ends
+    for n in range(2):
+        queue.send("a:1", f"more {n}")
+    ticks(supervisor, now + 3, now + 4)
+    assert receiver.messages() == ["2 messages waiting for a:1"] * 2
+    assert [a["project"] for a in listed(orch)] == [second, second]  # the first one moved too

@@ -101,29 +101,42 @@ def observe(
     *,
     agents: Collection[str] | None = None,
     general: Collection[str] = (),
+    looked: Collection[str] = (),
 ) -> list[int]:
     """The conditions of ``kinds`` in ``project_dir`` as they are now: an alert for each one
     that fires and has none open, and the open alerts of those kinds no longer seen closed.
     The ids of the new alerts. Given ``agents``, the look covered only those agents (one host
     of a fleet: the others look at their own), and only their alerts are closed, with the
-    alerts of no agent whose subject is in ``general``."""
+    alerts of no agent whose subject is in ``general``. The open alerts of the agents
+    ``looked`` at that another project raised (they worked there before) become this one's:
+    the project they left looks at them no more, and left open one would silence their
+    condition here for good."""
     seen = list(seen)
     kinds = list(kinds)
+    looked = list(looked)
     still = {condition.key for condition in seen}
     marks = ", ".join("?" for _ in kinds)
+    ours = f" OR agent IN ({', '.join('?' for _ in looked)})" if looked else ""
+    rows = store.execute(
+        "SELECT id, key, agent, project_dir FROM alerts WHERE cleared IS NULL"
+        f" AND kind IN ({marks}) AND (project_dir = ?{ours})",
+        (*kinds, project_dir, *looked),
+    ).fetchall()
     opened = [
         (alert_id, found)
-        for alert_id, found, agent in store.execute(
-            "SELECT id, key, agent FROM alerts WHERE cleared IS NULL AND project_dir = ?"
-            f" AND kind IN ({marks})",
-            (project_dir, *kinds),
-        ).fetchall()
-        if agents is None or agent in agents or (agent is None and json.loads(found)[2] in general)
+        for alert_id, found, agent, where in rows
+        if where != project_dir
+        or agents is None
+        or agent in agents
+        or (agent is None and json.loads(found)[2] in general)
     ]
+    moved = [(project_dir, alert_id) for alert_id, _, _, where in rows if where != project_dir]
     ended = [(now, alert_id) for alert_id, found in opened if found not in still]
-    if ended:
+    if ended or moved:
         with store.transaction() as tx:
-            tx.executemany("UPDATE alerts SET cleared = ? WHERE id = ?", ended)
+            for sql, changes in (("project_dir", moved), ("cleared", ended)):
+                if changes:
+                    tx.executemany(f"UPDATE alerts SET {sql} = ? WHERE id = ?", changes)
     already = {found for _, found in opened}
     added = []
     for condition in seen:

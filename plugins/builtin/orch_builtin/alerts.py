@@ -98,8 +98,9 @@ def orch_supervisor_tick(now: float, agents: list[str], ctx: HookContext) -> Non
     # on a shared store this host looked at its own agents: it closes only their alerts
     scope = agents if ctx.store.shared else None
     for alert_id in alerts.observe(
-        ctx.store, ctx.project_dir, KINDS, seen, now, agents=scope, general=(subject,)
-    ):
+        ctx.store, ctx.project_dir, KINDS, seen, now, agents=scope, general=(subject,),
+        looked=agents,
+    ):  # fmt: skip
         ctx.log("alert recorded", alert=alert_id)
 
 
