@@ -559,11 +559,12 @@ class Store(abc.ABC):
         """Atomically move ``agent`` to ``new`` if it is in one of ``only_from`` (or in state
         ``or_stale[0]`` for more than ``or_stale[1]`` seconds); return whether it moved."""
         now = time.time()
-        marks = ", ".join("?" for _ in only_from)
+        # no ``only_from`` (the stale state alone): ``IN ()`` is an error on PostgreSQL
+        listed = f"state IN ({', '.join('?' for _ in only_from)})" if only_from else "1 = 0"
         with self.transaction() as tx:
             cur = tx.execute(
-                f"UPDATE agents SET state = ?, state_changed = ? WHERE id = ? AND"
-                f" (state IN ({marks}) OR (state = ? AND state_changed < ?))",
+                "UPDATE agents SET state = ?, state_changed = ? WHERE id = ? AND"
+                f" ({listed} OR (state = ? AND state_changed < ?))",
                 (new, now, agent, *only_from, or_stale[0], now - or_stale[1]),
             )
             return cur.rowcount > 0

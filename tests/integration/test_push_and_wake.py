@@ -385,16 +385,21 @@ def test_push_types_nothing_into_a_new_tmux_servers_pane_with_the_agents_old_id(
     assert users.lines() == []
 
 
+@pytest.mark.orch_backends("sqlite", "postgresql")
 def test_an_agent_left_starting_is_woken_by_the_supervisor(
     tmux: TmuxServer, orch: OrchState
 ) -> None:
     """Its SessionStart went by without presence (out of budget at a fleet's start): the
-    supervisor takes an agent still `starting` after the grace period for idle."""
+    supervisor takes an agent still `starting` after the grace period for idle (on
+    PostgreSQL too, where that move once failed the idle plugin's tick: ``IN ()``)."""
+    from orch_core import paths
     from orch_core.supervisor import lifecycle
 
     pane = Pane(tmux, orch)
     store = orch.store
-    store.set_agent_state(AGENT, "starting", session_id=SESSION, project_dir=None)
+    host = paths.host(orch.env)  # on a shared store, the supervisor looks after its host's
+    store.remember_session(SESSION, AGENT, pane.pane, pane.socket, host=host)
+    store.set_agent_state(AGENT, "starting", session_id=SESSION, project_dir=None, host=host)
     assert orch.cli("send", AGENT, "for an agent that never said it was ready").returncode == 0
     supervisor = lifecycle.Supervisor(orch.env)
     supervisor.upkeep(time.time())
