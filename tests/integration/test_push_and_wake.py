@@ -114,6 +114,25 @@ def test_an_agent_waiting_at_a_permission_prompt_is_not_woken(
     assert pane.lines() == [WAKE_LINE]
 
 
+def test_a_message_left_waiting_by_the_stop_past_stop_blocks_wakes_the_agent(
+    tmux: TmuxServer, orch: OrchState
+) -> None:
+    """The Stop past ``stop_blocks`` lets the agent stop with a message ready (so does a Stop
+    that a message sent as it ran missed): no send comes after to wake it, and agents started
+    by hand have no supervisor to, unless something starts one: the message waited for
+    the next send, or for ever."""
+    orch.write_config("[plugin.queue]\nstop_blocks = 1\n")
+    pane = Pane(tmux, orch)
+    hook(orch, "UserPromptSubmit")
+    assert orch.cli("send", AGENT, "first").returncode == 0  # busy: not woken
+    assert "first" in hook(orch, "Stop")
+    assert orch.cli("send", AGENT, "second").returncode == 0
+    assert hook(orch, "Stop", stop_hook_active=True) == ""  # past stop_blocks: it stops
+    assert agent_state(orch) in ("idle", "waking")
+    wait_until(lambda: pane.lines() == [WAKE_LINE], 20, "wake-up line")
+    assert "second" in hook(orch, "UserPromptSubmit", prompt=WAKE_LINE)
+
+
 @pytest.mark.parametrize("source", ["startup", "resume", "clear"])
 def test_an_agent_waiting_at_its_first_prompt_is_woken(
     tmux: TmuxServer, orch: OrchState, source: str

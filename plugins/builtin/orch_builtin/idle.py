@@ -12,7 +12,8 @@ with messages waiting is woken the same way once its SessionStart is answered: t
 messages reach its context then, but the model acts on them only in a turn. A program still
 starting may take the line but not its Enter: the supervisor (started here) presses Enter once
 more when no prompt followed within ``nudge_seconds``, and types the line again after
-``rewake_seconds``.
+``rewake_seconds``. A Stop that lets the agent stop with a message ready (the queue's
+``stop_blocks`` reached) starts the supervisor too, which wakes it.
 
 tmux reaches this machine's panes only. On a store several hosts share, the sender wakes an
 agent of its own host as above, and leaves any other to its host's supervisor, which the store
@@ -70,7 +71,9 @@ def orch_wake_agent(agent: str, ctx: HookContext) -> None:
 
 
 @hookimpl
-def orch_hook_answered(event: ev.Event, ctx: HookContext) -> None:
+def orch_hook_answered(event: ev.Event, blocked: bool, ctx: HookContext) -> None:
+    if event.name == "Stop" and not blocked and ctx.agent is not None:
+        _left_waiting(ctx.agent, ctx)
     if event.name != "SessionStart" or ctx.agent is None or event.in_subagent:
         return
     if not Queue(ctx.store).has_pending(ctx.agent):
@@ -81,6 +84,18 @@ def orch_hook_answered(event: ev.Event, ctx: HookContext) -> None:
         from orch_core.supervisor import lifecycle
 
         lifecycle.ensure_supervisor(ctx.env)  # to press Enter again if the start ate it
+
+
+def _left_waiting(agent: str, ctx: HookContext) -> None:
+    """A Stop that let the agent stop with a message ready (past ``stop_blocks``, or one sent
+    as the hook ran, whose wake-up found the agent busy): no send comes to wake it, so the
+    supervisor must, at its next tick, once the agent is idle; one is started if none runs
+    (agents started by hand have none)."""
+    if not Queue(ctx.store).has_ready(agent):
+        return
+    from orch_core.supervisor import lifecycle
+
+    lifecycle.ensure_supervisor(ctx.env)
 
 
 #: Seconds an agent may be ``starting`` before it is taken for idle: its SessionStart came
