@@ -94,9 +94,16 @@ def orch_config_defaults() -> dict[str, Any]:
     return SETTINGS
 
 
+def joined(command: str) -> str:
+    """The command with its continued lines (``\\`` at a line's end) joined, as the shell
+    reads it: a rule's ``.*`` stops at a line's end, and Claude writes a long pipe over several
+    lines."""
+    return command.replace("\\\n", " ")
+
+
 def simple_commands(command: str) -> list[str]:
     """The command's simple commands, continued lines joined (in linear time)."""
-    return _SEPARATOR.split(command.replace("\\\n", " "))
+    return _SEPARATOR.split(joined(command))
 
 
 def _first_match(patterns: list[str], command: str, parts: list[str]) -> str | None:
@@ -165,6 +172,7 @@ def orch_pre_tool_use(event: ev.PreToolUse, ctx: HookContext) -> Answer | None:
     if len(command) > MAX_COMMAND and (ctx.config.get("deny") or ctx.config.get("ask")):
         reason = f"orch-guard: a command over {MAX_COMMAND} characters is too long to check"
         return Answer(permission="ask", reason=reason)
+    command = joined(command)  # your rules and the project's see the lines the shell runs
     parts = simple_commands(command)
     your_deny, their_deny = _rules(ctx, "deny")
     your_ask, their_ask = _rules(ctx, "ask")
