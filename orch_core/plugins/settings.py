@@ -102,10 +102,17 @@ def defaults(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def regexes(value: list[str]) -> None:
-    """A ``check``: each string must be a valid regular expression."""
+    """A ``check``: each string must be a valid regular expression, and hold no backspace:
+    TOML reads ``"\\bcurl\\b"`` in double quotes as ``curl`` between two backspaces, a rule that
+    never matches (in place of orch-guard's defaults, when it is your own list)."""
     import re
 
     for pattern in value:
+        if "\b" in pattern:
+            raise ValueError(
+                f"{pattern[:60]!r} holds a backspace, which is what TOML makes of \\b in double "
+                "quotes: write the rule in single quotes ('\\bcurl\\b')"
+            )
         try:
             re.compile(pattern)
         except (re.error, RecursionError, OverflowError) as exc:  # nested or repeated too far
