@@ -582,6 +582,27 @@ CORE_SETTINGS: dict[str, Any] = {
 }
 
 
+#: Seconds the checks of a project's values may take, all of them in one build of the plan.
+#: Compiling a regular expression has no time limit (``(?i)[\x00-\uffff]`` takes some 60 ms):
+#: a cloned project's orch-guard rules by the hundred kept each hook's build past its backstop,
+#: so no plan was cached and every hook was ended unanswered, the guard's deny with it. A check
+#: past it is left running in its thread; the value is refused.
+PROJECT_CHECKS = 0.5
+
+
+def _within(until: float) -> Callable[[Callable[[], None]], None]:
+    """Run a check of a project's value by ``until`` (``time.monotonic()``), or refuse it."""
+
+    def check(action: Callable[[], None]) -> None:
+        try:
+            bounded(action, max(0.01, until - time.monotonic()))
+        except ImportTooSlow:
+            raise ValueError(f"took too long to check (a project's values get {PROJECT_CHECKS:g} "
+                             "s, all together)") from None  # fmt: skip
+
+    return check
+
+
 def settings_of(loaded: Loaded, timeout: float = IMPORT_TIMEOUT) -> Settings:
     """orch's own settings, each plugin's settings (its declared defaults, then user and
     project ``[plugin.NAME]``), the errors of the values left out, and per plugin the keys
@@ -624,6 +645,7 @@ def settings_of(loaded: Loaded, timeout: float = IMPORT_TIMEOUT) -> Settings:
     per_plugin: dict[str, dict[str, Any]] = {}
     from_project: dict[str, list[str]] = {}
     added_by_project: dict[str, dict[str, list[Any]]] = {}
+    bound = _within(time.monotonic() + PROJECT_CHECKS)
     for info in loaded.plugins:
         name = info.name
 
@@ -640,6 +662,7 @@ def settings_of(loaded: Loaded, timeout: float = IMPORT_TIMEOUT) -> Settings:
             from_project=lambda k, where=where: where(k) == project_file,  # type: ignore[misc]
             own=config.own.get("plugin", {}).get(name, {}),
             added=added,
+            bound=bound,
         )
         keys = [k for k in per_plugin[name] if k in config.plugin.get(name, {})
                 and where(k) == project_file]  # fmt: skip

@@ -129,13 +129,17 @@ def resolve(
     from_project: Callable[[str], bool] = lambda key: False,
     own: Mapping[str, Any] | None = None,
     added: dict[str, list[Any]] | None = None,
+    bound: Callable[[Callable[[], None]], None] | None = None,
 ) -> dict[str, Any]:
     """The declared defaults with each valid value of ``given`` over them; every invalid or
     unknown key is left out, with an error naming ``where(key)`` (the file) and the key. A
     ``trusted`` one set by the project (``from_project``) is refused the same way, and keeps
     the value of the user's ``own`` file, if it has one; an ``extend_only`` one set by the
     project comes after the user's own value (or the default), and what the project added
-    goes to ``added``, by key."""
+    goes to ``added``, by key. ``bound`` runs the check of a project's value (raising
+    ``ValueError`` if it takes too long): compiling a cloned repository's regular expressions
+    has no time limit of its own."""
+    import functools
     import json
 
     own = own or {}
@@ -160,7 +164,10 @@ def resolve(
                 continue
             value = own[key]
         try:
-            setting.validate(value)
+            if bound is not None and from_project(key):
+                bound(functools.partial(setting.validate, value))
+            else:
+                setting.validate(value)
         except ValueError as exc:
             shown = "" if setting.secret else " = " + json.dumps(value, default=str)
             if len(shown) > 63:
