@@ -586,8 +586,10 @@ CORE_SETTINGS: dict[str, Any] = {
 #: Compiling a regular expression has no time limit (``(?i)[\x00-\uffff]`` takes some 60 ms):
 #: a cloned project's orch-guard rules by the hundred kept each hook's build past its backstop,
 #: so no plan was cached and every hook was ended unanswered, the guard's deny with it. A check
-#: past it is left running in its thread; the value is refused.
-PROJECT_CHECKS = 0.5
+#: past it is left running in its thread; the value is refused. A second: well within a
+#: rebuild's :data:`~orch_core.plugins.plan.REBUILD_SECONDS`, and a hundred times what a
+#: project's usual rules take, so that a loaded machine does not refuse them.
+PROJECT_CHECKS = 1.0
 
 
 def _within(until: float) -> Callable[[Callable[[], None]], None]:
