@@ -19,7 +19,7 @@ from orch_core import log
 from orch_core.hook import backstop
 from orch_core.plugins.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS, OBSERVERS_FLOOR
 from orch_core.queue import MARK, Queue
-from orch_core.testing.kit import hook_script
+from orch_core.testing.kit import hook_script, orch_script
 from orch_core.testing.payloads import payload
 
 if TYPE_CHECKING:
@@ -278,6 +278,22 @@ def test_a_full_disk_leaves_no_run_file_taken_for_a_killed_run(orch: OrchState) 
     assert (done.returncode, done.stdout) == (0, b"")
     assert list((Path(orch.env["ORCH_STATE_DIR"]) / "running").iterdir()) == []
     assert backstop.collect(orch.env, orch.store) == 0
+
+
+@pytest.mark.parametrize("command", ["doctor", "stats"])
+def test_a_fifo_among_the_run_files_blocks_no_command(orch: OrchState, command: str) -> None:
+    """``orch doctor``, ``orch stats`` and the supervisor collect the runs that never ended
+    from ``STATE/running/``: a FIFO there (orch makes none) blocked each of them for good."""
+    running = Path(orch.env["ORCH_STATE_DIR"]) / "running"
+    running.mkdir(mode=0o700, parents=True)
+    os.mkfifo(running / "1.json", 0o600)
+    os.utime(running / "1.json", (time.time() - 3600,) * 2)
+    done = subprocess.run([orch_script(), command], capture_output=True, text=True, env=orch.env,
+                          cwd=orch.project_dir, timeout=15, check=False)  # fmt: skip
+    assert done.stderr == ""
+    if command == "doctor":
+        assert "ok   hook runs: no failed hook runs" in done.stdout
+    assert orch.store.runs(10) == []
 
 
 @pytest.mark.parametrize("where", ["orch.log", "plan"])

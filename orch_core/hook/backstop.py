@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 
 from orch_core import paths
@@ -118,8 +119,9 @@ def collect(env: Mapping[str, str], store: Store, now: float | None = None) -> i
             ended = os.lstat(path).st_mtime  # the stacks were written last
             if now - ended < STALE_SECONDS and _alive(name):
                 continue
-            with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read(1 << 20)
+            text = _read(path)
+            if text is None:
+                continue
             os.unlink(path)
         except OSError:
             continue
@@ -141,6 +143,16 @@ def collect(env: Mapping[str, str], store: Store, now: float | None = None) -> i
         )
         found += 1
     return found
+
+
+def _read(path: str) -> str | None:
+    """The start of run file ``path``; ``None`` for a link or FIFO there (orch made neither):
+    opening a FIFO would block ``orch doctor``, ``orch stats`` and the supervisor."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(1 << 20).decode("utf-8", "replace")
 
 
 def _alive(name: str) -> bool:
