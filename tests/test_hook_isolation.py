@@ -21,6 +21,7 @@ from orch_core.plugins.plan import ANSWER_MARGIN, DEFAULT_BUDGET_MS, OBSERVERS_F
 from orch_core.queue import MARK, Queue
 from orch_core.testing.kit import hook_script, orch_script
 from orch_core.testing.payloads import payload
+from orch_core.testing.tmux import wait_until
 
 if TYPE_CHECKING:
     from orch_core.testing.kit import HookResult, OrchState
@@ -278,6 +279,27 @@ def test_a_full_disk_leaves_no_run_file_taken_for_a_killed_run(orch: OrchState) 
     assert (done.returncode, done.stdout) == (0, b"")
     assert list((Path(orch.env["ORCH_STATE_DIR"]) / "running").iterdir()) == []
     assert backstop.collect(orch.env, orch.store) == 0
+
+
+def test_a_killed_run_is_recorded_after_its_pid_is_given_to_another_hook(
+    orch: OrchState,
+) -> None:
+    """Pids wrap around (32768 by default): a later process given the pid of a run killed
+    from outside, its file not yet collected (no supervisor runs), made its own file in that
+    one's place and removed it, and the killed run was never recorded."""
+    running = Path(orch.env["ORCH_STATE_DIR"]) / "running"
+    with subprocess.Popen([hook_script()], stdin=subprocess.PIPE, env=orch.env,
+                          cwd=orch.project_dir) as hook:  # fmt: skip
+        wait_until(lambda: (running / f"{hook.pid}.json").exists(), 10, "the run's file")
+        hook.kill()
+    (running / f"{hook.pid}.json").rename(running / f"{os.getpid()}.json")  # the later one
+    armed = backstop.arm(orch.env, 30, {})
+    armed.disarm()
+    os.close(armed.fd)
+    assert backstop.collect(orch.env, orch.store, time.time() + backstop.STALE_SECONDS) == 1
+    (run,) = orch.store.runs(1, failed=True)
+    assert (run["exit_code"], [p["outcome"] for p in run["plugins"]]) == (1, ["killed"])
+    assert list(running.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", ["doctor", "stats"])

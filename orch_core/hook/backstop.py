@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from orch_core.plugins.plan import Impl
     from orch_core.storage.store import Store
 
+#: A run's file is made anew: one already there is a run of an earlier process this pid named
+#: (pids wrap around), killed and not yet collected, or a link or FIFO orch did not make.
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+
 #: A run file this old belongs to a process that is gone, whatever its pid now names (hooks
 #: end within their budget).
 STALE_SECONDS = 60.0
@@ -92,7 +96,11 @@ def arm(env: Mapping[str, str], seconds: float, header: dict[str, Any]) -> Armed
     fd = -1
     try:
         paths.ensure_own_dir(folder)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(path, _NEW, 0o600)
+        except FileExistsError:  # an earlier process of this pid's, never collected: kept
+            os.replace(path, os.path.join(folder, f"{os.getpid()}.{time.time_ns()}.json"))
+            fd = os.open(path, _NEW, 0o600)
         os.write(fd, json.dumps(record).encode() + b"\n")
     except OSError:
         if fd >= 0:  # made but not written (a full disk): :func:`collect` would take it
