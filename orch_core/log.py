@@ -44,11 +44,10 @@ def write(level: str, msg: str, env: Mapping[str, str] = os.environ, **fields: A
         fd = os.open(path, flags, 0o600)
         try:
             os.write(fd, line.encode("utf-8", "replace"))
-            size = os.fstat(fd).st_size
+            if os.fstat(fd).st_size > MAX_BYTES:
+                _rotate(path, fd)
         finally:
             os.close(fd)
-        if size > MAX_BYTES:
-            _rotate(path)
     except OSError:
         pass
 
@@ -61,7 +60,21 @@ def _short(value: Any) -> Any:
     return f"{text[:MAX_FIELD]}... ({len(text)} characters)"
 
 
-def _rotate(path: str) -> None:
+def _rotate(path: str, fd: int) -> None:
+    """Rotate the full file ``fd`` was written through, if ``path`` still names it. Writers
+    that found it full together rotate it once: each rotation after the first pushed a file of
+    history out for the fresh one, nearly empty."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another writer is rotating this file now
+        return
+    except OSError:  # a file system without locks: the check below narrows the race still
+        pass
+    written, named = os.fstat(fd), os.lstat(path)
+    if (written.st_dev, written.st_ino) != (named.st_dev, named.st_ino):
+        return  # rotated already
     for i in range(KEEP - 1, 0, -1):
         if os.path.exists(f"{path}.{i}"):
             os.replace(f"{path}.{i}", f"{path}.{i + 1}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -110,3 +111,32 @@ def test_the_log_rotates_and_keeps_a_bounded_history(
     assert all(os.path.getsize(state / f) <= 2_200 for f in files)
     assert log.read(orch.env)[-1]["msg"] == "line 199"
     assert all((state / f).stat().st_mode & 0o077 == 0 for f in files)
+
+
+def test_writers_that_find_the_log_full_together_rotate_it_once(
+    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hooks write at once: one opened the full file, another's line then rotated it, and the
+    first, its line written to the rotated file, rotated again: a file of history was pushed
+    out (here "oldest") and the fresh file's place left empty."""
+    from orch_core.ops import logs
+
+    monkeypatch.setattr(log, "MAX_BYTES", 2_000)
+    state = orch.root / "state"
+    state.mkdir(mode=0o700)
+    for name, msg in (("orch.log.3", "dropped"), ("orch.log.2", "oldest"), ("orch.log.1", "older")):
+        (state / name).write_text(json.dumps({"ts": 1.0, "level": "info", "msg": msg}) + "\n")
+    while not (state / "orch.log").exists() or (state / "orch.log").stat().st_size < 1_900:
+        log.write("info", "filler", orch.env)
+    write, meanwhile = os.write, ["the other hook's line"]
+
+    def another_hook_first(fd: int, data: bytes) -> int:
+        while meanwhile:  # this hook has opened the file; the other's line takes it past full
+            log.write("info", meanwhile.pop(), orch.env, pad="x" * 200)
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", another_hook_first)
+    log.write("info", "this hook's line", orch.env)
+    monkeypatch.setattr(os, "write", write)
+    msgs = [r["msg"] for r in logs.history(orch.env) if r["msg"] != "filler"]
+    assert msgs == ["oldest", "older", "the other hook's line", "this hook's line"]
