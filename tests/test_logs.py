@@ -76,6 +76,27 @@ def test_readable_lines_and_rotated_files_oldest_first(orch: OrchState) -> None:
     assert lines[2].endswith('  agent=p:1 plugins=[{"a": 1}]')
 
 
+def test_a_rotation_while_the_history_is_read_skips_no_file(
+    orch: OrchState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``orch logs | less`` reads the files as the pager asks: a rotation meanwhile renamed
+    each, and the next file opened by name was the one after, a file of records skipped."""
+    from orch_core.ops import logs
+
+    monkeypatch.setattr(log, "MAX_BYTES", 2_000)
+    state = Path(orch.env["ORCH_STATE_DIR"])
+    state.mkdir(mode=0o700)
+    for name, msg in (("orch.log.3", "oldest"), ("orch.log.2", "older"), ("orch.log.1", "old")):
+        (state / name).write_text(json.dumps({"ts": 1.0, "level": "info", "msg": msg}) + "\n")
+    log.write("info", "newest", orch.env)
+    read = logs.history(orch.env)
+    assert next(read)["msg"] == "oldest"
+    log.write("info", "past full", orch.env, pad="x" * 2_000)  # the log rotates
+    assert (state / "orch.log.1").read_text().count("past full") == 1
+    log.write("info", "after the rotation", orch.env)  # not yet there when the reading began
+    assert [r["msg"] for r in read] == ["older", "old", "newest", "past full"]
+
+
 def test_a_line_with_a_time_out_of_range_is_shown_without_one(orch: OrchState) -> None:
     state = Path(orch.env["ORCH_STATE_DIR"])
     state.mkdir(mode=0o700)

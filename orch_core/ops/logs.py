@@ -56,10 +56,21 @@ def matches(record: Mapping[str, Any], agent: str | None, event: str | None) -> 
 
 
 def history(env: Mapping[str, str]) -> Iterator[dict[str, Any]]:
-    """Every record the log still holds, oldest first."""
-    for name in files(env):
-        with open(name, "rb") as f:
+    """Every record the log still holds, oldest first. Its files are all opened before any is
+    read: a rotation while they are read (``orch logs | less``) renames each, and opening the
+    next by name would skip a file of records, or fail on one just renamed."""
+    opened: list[BinaryIO] = []
+    try:
+        for name in files(env):
+            try:
+                opened.append(open(name, "rb"))  # noqa: SIM115 - closed below
+            except FileNotFoundError:  # renamed by a rotation at that very moment
+                continue
+        for f in opened:
             yield from parse(f)
+    finally:
+        for f in opened:
+            f.close()
 
 
 def follow(env: Mapping[str, str], *, poll: float = POLL) -> Iterator[dict[str, Any]]:
