@@ -508,6 +508,40 @@ def test_an_agent_spawned_again_gets_its_briefing_not_the_earlier_ones_checkpoin
     assert kept is not None and "## Briefing\nWrite the FAQ." in kept
 
 
+def test_an_agent_spawned_again_is_shown_neither_the_earlier_ones_work_nor_its_tasks(
+    orch: OrchState, repo: Path
+) -> None:
+    """A name spawned again (a tmux window's name comes round again): its first compaction's
+    rebrief, and its briefing at its first start, showed what the earlier agent of that name
+    did and the messages handed to it as this one's recent activity and current task."""
+    from orch_core.hook.context import Runtime
+
+    runtime = Runtime.open(orch.env, str(orch.project_dir), store=orch.store)
+    queue = Queue(orch.store)
+    old = queue.send("proj:7", "Rewrite the billing module in Rust")["id"]
+    work(orch, repo)  # its prompt is handed the message; orch keeps no briefing for proj:7
+    with orch.store.transaction() as tx:  # as the agent's transcript confirms it
+        tx.execute("UPDATE messages SET state = 'confirmed' WHERE id = ?", (old,))
+    runtime.fire("orch_agent_spawned", {"agent": "proj:7", "briefing": None})
+    queue.send("proj:7", "Start with the refunds page")
+    orch.run_hook(payload("UserPromptSubmit", prompt="Go."), ORCH_AGENT="proj:7")
+    orch.run_hook(tool("Read", file_path="faq.md"), ORCH_AGENT="proj:7")
+    orch.run_hook(payload("PreCompact", cwd=str(repo)), ORCH_AGENT="proj:7")
+    text = compacted(orch, repo)
+    assert "Rewrite the billing module" not in text and "greeting" not in text
+    assert "## Current task\nLatest messages handed to this agent, newest first:\n- m" in text
+    assert text.count("Start with the refunds page") == 2  # its task, and its activity
+    assert "Before compaction: 1 tool calls (Read 1), 0 failed." in text
+    assert context(orch)["checkpoint_data"]["task"][0]["body"] == "Start with the refunds page"
+
+    runtime.fire("orch_agent_spawned", {"agent": "proj:7", "briefing": "Write the FAQ.\n"})
+    first = orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="proj:7").context
+    assert first is not None and first.startswith("[orch briefing: a new session]")
+    assert "## Briefing\nWrite the FAQ." in first
+    assert "refunds" not in first and "faq.md" not in first and "## Current task" not in first
+    assert context(orch)["activity"] == []
+
+
 # -- the git state, read in two calls side by side ----------------------------------------------
 
 

@@ -122,7 +122,7 @@ def test_a_plugin_switched_off_creates_no_tables(orch: OrchState) -> None:
     assert "rebrief" not in schemas(orch)
     orch.write_config("")  # switched on again: its tables come with its next hook
     orch.run_hook(payload("SessionStart", source="startup"), ORCH_AGENT="p:1")
-    assert schemas(orch)["rebrief"] == 2
+    assert schemas(orch)["rebrief"] == 3
 
 
 def test_steps_that_are_not_numbered_1_2_3_leave_the_plugin_without_tables_and_say_so(
@@ -156,7 +156,7 @@ def test_a_schema_9_database_keeps_its_briefings(orch: OrchState) -> None:
     done = orch.cli("context", "p:1", "--json")
     assert done.returncode == 0, done.stderr
     assert '"briefing_content": "You keep the changelog."' in done.stdout
-    assert schemas(orch)["rebrief"] == 2  # step 1 counted as there, step 2 applied
+    assert schemas(orch)["rebrief"] == 3  # step 1 counted as there, steps 2 and 3 applied
     assert orch.store.health()["schema_version"] == SCHEMA_VERSION
 
 

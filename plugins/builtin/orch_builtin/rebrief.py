@@ -132,6 +132,7 @@ SCHEMA_SQLITE = {
     );
     CREATE INDEX rebriefs_ts ON rebriefs(ts);
     """,
+    3: "ALTER TABLE agent_context ADD COLUMN spawned_at REAL;",
 }
 SCHEMA_POSTGRESQL = {
     1: """
@@ -172,6 +173,7 @@ SCHEMA_POSTGRESQL = {
     );
     CREATE INDEX rebriefs_ts ON rebriefs(ts);
     """,
+    3: "ALTER TABLE agent_context ADD COLUMN spawned_at DOUBLE PRECISION;",
 }
 
 
@@ -354,12 +356,14 @@ def recent_activity(
 def task_messages(
     store: Store, agent: str, limit: int = 3, before: float | None = None
 ) -> list[dict[str, Any]]:
-    """The latest messages handed to the agent: what it was asked to do, newest first."""
+    """The latest messages handed to the agent: what it was asked to do, newest first. Only
+    since ``orch spawn`` last started an agent of that name: an earlier one's are not its task."""
     cur = store.execute(
         "SELECT id, sender, priority, body, delivered FROM messages WHERE agent = ?"
         " AND state IN ('delivered', 'confirmed') AND priority < 200 AND delivered < ?"
-        " ORDER BY delivered DESC LIMIT ?",
-        (agent, before or time.time() + 1, limit),
+        " AND delivered >= coalesce((SELECT spawned_at FROM agent_context"
+        " WHERE agent_id = ?), 0) ORDER BY delivered DESC LIMIT ?",
+        (agent, before or time.time() + 1, agent, limit),
     )
     names = ("id", "sender", "priority", "body", "delivered")
     return [dict(zip(names, r, strict=True)) for r in cur]
@@ -435,19 +439,24 @@ def orch_before_restart(agent: str, ctx: HookContext) -> None:
 def orch_agent_spawned(agent: str, briefing: str | None, ctx: HookContext) -> None:
     """``orch spawn``: its briefing (``--brief``, else the one ``orch brief`` gave) is what its
     first SessionStart gives it. A name spawned again starts a new conversation: what an
-    earlier agent of that name was given, or the checkpoint saved before its last restart or
-    compaction, must not count for this one (its briefing was never given, or given as a
-    restart of work it did not do)."""
-    if briefing is not None:
-        update_context(ctx.store, agent, briefing_content=briefing, last_briefing=None,
-                       checkpoint_data=None, checkpoint_at=None)  # fmt: skip
-        return
-    with ctx.store.transaction() as tx:  # an agent orch knows nothing of keeps no row
-        tx.execute(
-            "UPDATE agent_context SET last_briefing = NULL, checkpoint_data = NULL,"
-            " checkpoint_at = NULL, updated_at = ? WHERE agent_id = ?",
-            (time.time(), agent),
-        )
+    earlier agent of that name was given, the checkpoint saved before its last restart or
+    compaction, what it did and the messages handed to it must not count for this one (its
+    briefing was never given, or given as a restart of work it did not do, and its first
+    rebrief showed the earlier one's work and tasks as its own)."""
+    now = time.time()
+    reset = {"last_briefing": None, "checkpoint_data": None, "checkpoint_at": None,
+             "spawned_at": now}  # fmt: skip
+    with ctx.store.transaction() as tx:
+        tx.execute("DELETE FROM activity WHERE agent = ?", (agent,))
+        past = tx.execute(
+            "SELECT 1 FROM agent_context WHERE agent_id = ? UNION ALL"
+            " SELECT 1 FROM messages WHERE agent = ? AND delivered IS NOT NULL LIMIT 1",
+            (agent, agent),
+        ).fetchone()
+        if briefing is not None:
+            _update_context(tx, agent, now, {"briefing_content": briefing, **reset})
+        elif past:  # a name with no past keeps no row
+            _update_context(tx, agent, now, reset)
 
 
 @hookimpl(tryfirst=True)
