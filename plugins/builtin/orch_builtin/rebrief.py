@@ -598,7 +598,7 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
         # only what happened before this hook: not the messages delivered beside the rebrief
         items = recent_activity(store, ctx.agent, int(settings["activity_shown"]), ctx.started)
         lines = [
-            f"- {age(now - i['ts'])} ago, {i['tool'] or i['kind']}: {i['target']}"
+            nested(f"- {age(now - i['ts'])} ago, {i['tool'] or i['kind']}: {i['target']}")
             + ("" if i["ok"] else " (failed)")
             for i in items
         ]
@@ -613,8 +613,10 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
         tasks = task_messages(store, ctx.agent, before=ctx.started)
         if tasks:
             sections["task"] = "Latest messages handed to this agent, newest first:\n" + "\n".join(
-                f"- {t['id']} from {t['sender'] or 'unknown'}, {age(now - t['delivered'])} ago:"
-                f" {t['body'][:600]}"
+                nested(
+                    f"- {t['id']} from {t['sender'] or 'unknown'},"
+                    f" {age(now - t['delivered'])} ago: {t['body'][:600]}"
+                )
                 for t in tasks
             )
     git = git_state(cwd, git_timeout(ctx, settings)) if on["git"] else None
@@ -655,6 +657,13 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
     # texts orch did not write (a message's, a commit's, CLAUDE.md) may quote a message's
     # header: in the transcript it would confirm that message, which the model may not have had
     return unmarked("\n\n".join([first, *(f"## {titles[n]}\n{t}" for n, t in sections.items())]))
+
+
+def nested(text: str) -> str:
+    """A list item holding text orch did not write (a message's body or sender, a prompt): its
+    lines after the first indented, so that none passes for a section of the rebrief's own (a
+    body's "## Briefing" line) or for another item."""
+    return "\n  ".join(text.splitlines())
 
 
 def _given(store: Store, rebrief: dict[str, Any]) -> None:
