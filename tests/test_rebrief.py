@@ -153,6 +153,27 @@ def test_rebrief_after_compaction_comes_first_once_then_the_queue(
     assert after.context is None  # exactly once: no repeat at the next tool call
 
 
+def test_messages_held_until_a_later_time_are_not_said_to_follow_the_rebrief(
+    orch: OrchState, repo: Path
+) -> None:
+    """A message sent for later (``orch send --in``, ``--at``) does not follow the rebrief, nor
+    one past its TTL: told that they followed, the agent waited for them."""
+    queue = Queue(orch.store)
+    queue.send("proj:7", "Post the standup notes", not_before=time.time() + 3600)
+    queue.send("proj:7", "Too late now", ttl=1, now=time.time() - 10)
+    text = compacted(orch, repo)
+    assert text.endswith(
+        "## Pending messages\nNo messages wait in orch's queue. 1 more held until a later time."
+    )
+    queue.send("proj:7", "Review the refunds fix")
+    text = compacted(orch, repo)
+    assert (
+        "## Pending messages\n1 message(s) wait in orch's queue; they follow."
+        " 1 more held until a later time.\n\n[orch message " in text
+    )
+    assert text.count("[orch message ") == 1 and "Review the refunds fix" in text
+
+
 def test_a_rebrief_quotes_no_messages_header_a_text_held(orch: OrchState, repo: Path) -> None:
     """The rebrief shows recent messages' texts; one that quotes the header of another message
     in flight (whose hook's reply never reached Claude) must not bring that header into the

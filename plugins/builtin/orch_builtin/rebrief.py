@@ -378,6 +378,20 @@ def pending_count(store: Store, agent: str) -> int:
     )
 
 
+def waiting(store: Store, agent: str, now: float) -> tuple[int, int]:
+    """The agent's messages that follow (queued and due, or in flight), and those held until
+    a later time (``orch send --in``, ``--at``): told that these follow too, the agent waited
+    for them, for hours perhaps. One past its TTL comes no more."""
+    total, gone, later = store.execute(
+        "SELECT count(*), coalesce(sum(CASE WHEN state = 'queued' AND expires <= ? THEN 1"
+        " ELSE 0 END), 0), coalesce(sum(CASE WHEN state = 'queued' AND not_before > ?"
+        " AND NOT coalesce(expires <= ?, FALSE) THEN 1 ELSE 0 END), 0) FROM messages"
+        f" WHERE agent = ? AND {PENDING_SQL}",
+        (now, now, now, agent),
+    ).fetchone()
+    return int(total) - int(gone) - int(later), int(later)
+
+
 def checkpoint(
     store: Store, agent: str, cwd: str, settings: dict[str, Any], git_timeout: float
 ) -> dict[str, Any]:
@@ -630,12 +644,12 @@ def rebrief(ctx: HookContext, store: Store, cwd: str, kind: str, transcript: str
             ]
         )
     if on["pending"]:
-        count = pending_count(store, ctx.agent)
+        count, later = waiting(store, ctx.agent, now)
         sections["pending"] = (
             f"{count} message(s) wait in orch's queue; they follow."
             if count
             else "No messages wait in orch's queue."
-        )
+        ) + (f" {later} more held until a later time." if later else "")
     titles = {
         "agent": "Agent",
         "briefing": "Briefing",
