@@ -7,6 +7,7 @@ started with ``pg_ctl`` as an operator would; hooks are real ``orch-hook`` proce
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -558,6 +559,52 @@ def test_the_supervisor_is_back_soon_after_the_server_though_its_backoff_is_long
         supervisor.send_signal(signal.SIGTERM)
         _, err = supervisor.communicate(timeout=30)
     assert b"Traceback" not in err
+
+
+@pytest.mark.tmux
+def test_agents_busy_through_an_outage_are_not_taken_for_hung_after_it(
+    orch: OrchState, cluster: Cluster, tmp_path: Any
+) -> None:
+    """While the server is down the agents' hooks run unrecorded, and the supervisor does not
+    tick: the first tick after an outage longer than ``hung_after`` took every agent busy
+    through it for hung, and restarted it, its work cut short. Silent once the server is back,
+    it still is."""
+    from orch_core.supervisor import lifecycle
+
+    socket = str(tmp_path / "tmux.sock")
+    orch.env["ORCH_TMUX_SOCKET"] = socket
+    orch.write_config("[plugin.auto_restart]\nhung_after = 5\n")
+    try:
+        spawned = orch.cli("spawn", "r2", "--dir", str(orch.project_dir), "--command", "sleep 600")
+        assert spawned.returncode == 0, spawned.stderr
+        wait_for(lambda: (lifecycle.supervisor_running(orch.env) or 0) > 0, 10, "supervisor")
+        os.kill(lifecycle.supervisor_running(orch.env) or 0, signal.SIGTERM)  # driven here
+        wait_for(lambda: not lifecycle.supervisor_running(orch.env), 10, "the supervisor's end")
+        orch.store.set_agent_state("r2", "busy", session_id=None, project_dir=None)
+        supervisor = lifecycle.Supervisor(orch.env)
+        supervisor.upkeep(time.time())
+        cluster.pause()
+        with pytest.raises(DatabaseUnreachable):
+            supervisor.upkeep(time.time())
+        time.sleep(11)  # the agent works on, its hooks unrecorded
+        cluster.resume()
+
+        def ticked() -> bool:
+            try:
+                supervisor.upkeep(time.time())
+            except DatabaseUnreachable:
+                return False
+            return True
+
+        wait_for(ticked, 20, "a tick once the server is back")
+        assert lifecycle.history(orch.store, "r2") == []
+        time.sleep(5.1)  # back, and still no hook
+        supervisor.upkeep(time.time())
+        assert [(h["step"], h["reason"]) for h in lifecycle.history(orch.store, "r2")] == [
+            ("restart", "hung: busy with no hook")
+        ]
+    finally:
+        subprocess.run(["tmux", "-S", socket, "kill-server"], capture_output=True, check=False)
 
 
 def supervise(orch: OrchState, seconds: int) -> subprocess.Popen[bytes]:

@@ -29,7 +29,8 @@ LADDER = ("reprompt", "restart", "fresh", "give_up")
 WATCH_EVERY = 2.0
 _watched: dict[str, float] = {}
 #: Seconds the wall clock may run ahead of the monotonic one between two ticks before the
-#: supervisor takes it that the machine slept (or its clock was set forward).
+#: supervisor takes it that the machine slept (or its clock was set forward), and seconds
+#: between two ticks before it takes it that it could not tick (the database unreachable).
 JUMP = 10.0
 #: The last tick's ``now`` and ``time.monotonic()``, and when the machine last woke.
 _clock: dict[str, float] = {}
@@ -39,9 +40,12 @@ def awake_since(now: float) -> float:
     """When the machine last woke (``now`` of the first tick after it slept, or after its
     clock was set forward), else 0: no hook can come while it sleeps, and every agent busy
     when the lid closed would be taken for hung when it opens (the monotonic clock stands
-    still while the wall clock does not)."""
+    still while the wall clock does not). So too the first tick after a long gap in them: the
+    database was unreachable, and the hooks that came meanwhile went unrecorded."""
     mono = time.monotonic()
-    if _clock and (now - _clock["now"]) - (mono - _clock["mono"]) > JUMP:
+    if _clock and (
+        (now - _clock["now"]) - (mono - _clock["mono"]) > JUMP or mono - _clock["mono"] > JUMP
+    ):
         _clock["woke"] = now
     _clock.update(now=now, mono=mono)
     return _clock.get("woke", 0.0)
