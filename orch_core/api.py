@@ -103,10 +103,28 @@ def send_many(
         placed += [label] * len(agents)
     receipts = queue.send_many(expanded, where=placed)
     if fire:
-        notify(receipts, env, project_dir or paths.project_dir(env), queue)
+        _tell_plugins(receipts, env, project_dir or paths.project_dir(env), queue)
     if any(item.get("not_before") for item in expanded):  # wake an idle agent when it is due
         _start_supervisor(env, len(receipts))
     return receipts
+
+
+def _tell_plugins(
+    receipts: list[dict[str, Any]], env: Mapping[str, str], project_dir: str, queue: Queue
+) -> None:
+    """:func:`notify`, past the commit: the store failing now (the server gone, or silent)
+    is a warning, not a failed send (a script would send again, and store them twice). An
+    idle agent is woken all the same, by the supervisor's ticks."""
+    try:
+        notify(receipts, env, project_dir, queue)
+    except Exception as exc:  # whatever it was, the send succeeded
+        from orch_core import log
+
+        what = "the message is" if len(receipts) == 1 else f"the {len(receipts)} messages are"
+        sys.stderr.write(f"warning: {what} stored, but orch could not tell its plugins ({exc})"
+                         "\n")  # fmt: skip
+        log.write("warning", "messages stored, plugins not told", env, error=repr(exc),
+                  stored=len(receipts))  # fmt: skip
 
 
 def _start_supervisor(env: Mapping[str, str], stored: int) -> None:

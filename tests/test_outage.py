@@ -330,6 +330,27 @@ def test_a_send_whose_answer_never_came_says_it_may_be_stored(orch: OrchState, m
     assert [m["body"] for m in Queue(orch.store).messages()] == ["stored, never answered"]
 
 
+def test_a_send_stored_before_the_server_stopped_answering_does_not_fail(
+    orch: OrchState, mute: Mute
+) -> None:
+    """The message is committed and said to be; then, as the plugins are told of it (the
+    project of its agent read for them), the server stops answering. The send failed, exit 1,
+    with the message stored: a script that took the error for "nothing stored" sent it again.
+    The plugins' part is a warning; the supervisor's ticks wake the agent all the same."""
+    Queue(orch.store).has_pending(AGENT)  # tables made
+    mute.muted.clear()
+    mute.deaf_after = b"coalesce(s.cwd, a.project_dir)"  # the read for the plugins
+    orch.env["ORCH_DB"] = mute.url(orch.env["ORCH_DB"])
+    done = orch.cli("send", AGENT, "stored, then silence")
+    assert done.returncode == 0, done.stderr
+    assert re.match(rf"queued m[0-9a-z]+ for {re.escape(AGENT)} ", done.stdout), done.stdout
+    (warning,) = done.stderr.splitlines()
+    assert warning.startswith("warning: the message is stored, but "), warning
+    assert "no answer within 6.0s" in warning, warning
+    orch.env["ORCH_DB"] = orch.databases[-1]
+    assert [m["body"] for m in Queue(orch.store).messages()] == ["stored, then silence"]
+
+
 def test_a_transaction_that_waits_for_the_lock_and_then_works_is_not_given_up_on(
     orch: OrchState, tmp_path: Any
 ) -> None:
