@@ -61,6 +61,12 @@ if TYPE_CHECKING:
 #: "Smaller pages"). A file made before keeps its own.
 PAGE_SIZE = 2048
 SCHEMA_VERSION = 13
+#: The order that puts an agent's current session first among ``sessions s`` (``agents a``
+#: joined), then the rest newest first: Claude keeps a session's id when it resumes it
+#: (``--continue``, ``--resume``), and the row keeps the time it was first seen, so an agent
+#: taken up again in an earlier session (on another host, in another pane) would otherwise be
+#: looked for where its later one ran.
+CURRENT_SESSION_FIRST = "CASE WHEN s.session_id = a.session_id THEN 0 ELSE 1 END, s.created DESC"
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE agents (
@@ -442,12 +448,13 @@ class Store(abc.ABC):
             )
 
     def agent_pane(self, agent: str, *, host: str | None = None) -> tuple[str, str | None] | None:
-        """The tmux pane (and server socket) of the agent's latest session, if known; given
-        ``host``, only if that session runs there: on a shared store, another host's tmux is
-        out of reach (its panes' ids mean something else here)."""
+        """The tmux pane (and server socket) of the agent's current session (else its latest
+        one), if known; given ``host``, only if that session runs there: on a shared store,
+        another host's tmux is out of reach (its panes' ids mean something else here)."""
         row = self.execute(
-            "SELECT pane, tmux_socket, host FROM sessions WHERE agent = ? AND pane IS NOT NULL"
-            " ORDER BY created DESC LIMIT 1",
+            "SELECT s.pane, s.tmux_socket, s.host FROM sessions s LEFT JOIN agents a"
+            " ON a.id = s.agent WHERE s.agent = ? AND s.pane IS NOT NULL"
+            f" ORDER BY {CURRENT_SESSION_FIRST} LIMIT 1",
             (agent,),
         ).fetchone()
         if row is None or (host is not None and self.shared and row[2] != host):

@@ -293,14 +293,16 @@ def pane_state(
 
 
 def reported_pane(store: Store, agent: str, host: str) -> tuple[str, str | None] | None:
-    """The pane (and server) ``agent``'s hooks last reported on ``host``, while it is still the
-    agent's (:func:`pane_state`): after tmux restarts, that id may name another program's pane.
-    The agent's hooks spoke from there at its ``last_seen``, so a server started later is
-    another's."""
+    """The pane (and server) of ``agent``'s current session (else its latest) on ``host``,
+    while it is still the agent's (:func:`pane_state`): after tmux restarts, that id may name
+    another program's pane. The agent's hooks spoke from there at its ``last_seen``, so a
+    server started later is another's."""
+    from orch_core.storage.store import CURRENT_SESSION_FIRST
+
     row = store.execute(
         "SELECT s.pane, s.tmux_socket, s.host, s.created, a.last_seen FROM sessions s"
         " LEFT JOIN agents a ON a.id = s.agent WHERE s.agent = ? AND s.pane IS NOT NULL"
-        " ORDER BY s.created DESC LIMIT 1",
+        f" ORDER BY {CURRENT_SESSION_FIRST} LIMIT 1",
         (agent,),
     ).fetchone()
     if row is None or (store.shared and row[2] not in (None, host)):  # none: no host said

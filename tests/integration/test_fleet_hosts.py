@@ -231,3 +231,44 @@ def test_an_agent_started_by_hand_on_another_host_is_not_restarted_where_it_was(
     assert alpha.tmux.cmd("list-windows", "-a", "-F", "#{window_name}").split() == ["keep"]
     (said,) = [r for r in log.read(alpha.env) if r.get("agent") == "lead"]
     assert said["msg"] == "lead now runs on host beta: not restarted here"
+
+
+@pytest.mark.orch_backends("postgresql")
+def test_an_agent_moved_back_to_a_session_it_had_is_woken_where_it_runs_now(
+    orch: OrchState, fleet: dict[str, Host]
+) -> None:
+    """``lead`` ran on alpha, was started by hand on beta, then taken up again on alpha with
+    ``claude --continue``: Claude resumes its earlier session there, whose id the store knew
+    from before the move. The wake-up goes to alpha's pane. The pane was looked up as that of
+    the session first seen last, beta's: alpha's supervisor found none of its own to type into,
+    and a send on beta typed the line into beta's old pane instead."""
+    panes = {name: host.recorder() for name, host in fleet.items()}
+
+    def start(name: str, session: str, source: str) -> None:
+        host, pane = fleet[name], panes[name].pane
+        pid = host.tmux.cmd("display-message", "-p", "#{pid}").strip()
+        result = orch.run_hook(
+            payload("SessionStart", session_id=session, source=source), ORCH_AGENT="lead",
+            ORCH_HOST=name, ORCH_STATE_DIR=host.env["ORCH_STATE_DIR"],
+            TMUX=f"{host.socket()},{pid},0", TMUX_PANE=pane,
+        )  # fmt: skip
+        assert result.exit_code == 0
+
+    start("alpha", "s-lead-1", "startup")
+    time.sleep(0.05)
+    start("beta", "s-lead-2", "startup")  # moved by hand
+    time.sleep(0.05)
+    start("alpha", "s-lead-1", "resume")  # and back: `claude --continue` on alpha
+    supervisors = {name: lifecycle.Supervisor(host.env) for name, host in fleet.items()}
+    try:
+        for supervisor in supervisors.values():
+            supervisor.wait(0.01)  # listening from here on
+        done = fleet["beta"].cli("send", "lead", "for lead, back on alpha")
+        assert done.returncode == 0, done.stderr
+        for supervisor in supervisors.values():
+            supervisor.wait(1.0)
+    finally:
+        for supervisor in supervisors.values():
+            supervisor.close()
+    typed = {name: pane.lines() for name, pane in panes.items()}
+    assert typed == {"alpha": [WAKE_LINE], "beta": []}
