@@ -628,6 +628,38 @@ def test_agents_busy_through_an_outage_are_not_taken_for_hung_after_it(
         subprocess.run(["tmux", "-S", socket, "kill-server"], capture_output=True, check=False)
 
 
+def test_the_supervisor_is_back_soon_after_a_server_that_stopped_answering(
+    orch: OrchState, mute: Mute
+) -> None:
+    """The server stops answering (stuck on its disk, or a network gone mid-session) and
+    answers again while the backoff is long. The listening connection, idle throughout, is
+    never found broken: the supervisor waited on it for the whole backoff (up to 30 s), its
+    heartbeat older than ``host_timeout`` meanwhile. Dropped as the outage begins, it is
+    opened again every few seconds, and the one that opens brings the next tick forward."""
+    from orch_core.supervisor.lifecycle import RELISTEN_AFTER, Supervisor
+
+    mute.muted.clear()
+    supervisor = Supervisor({**orch.env, "ORCH_DB": mute.url(orch.env["ORCH_DB"])})
+    try:
+        supervisor.tick()
+        supervisor.wait(0.01)  # listening from here on
+        mute.muted.set()
+        with pytest.raises(DatabaseUnreachable) as raised:
+            supervisor.tick()
+        for _ in range(5):  # as after each failed try: 1, 2, 4, 8, 16 s
+            pause = supervisor.unreachable(raised.value)
+        assert pause == 16.0
+        mute.muted.clear()  # the server answers again
+        start = time.monotonic()
+        supervisor.wait(pause)
+        assert time.monotonic() - start < RELISTEN_AFTER + 2
+        supervisor.tick()
+        supervisor.reachable()
+    finally:
+        supervisor.close()
+    assert logged(orch, "database reachable again")
+
+
 def supervise(orch: OrchState, seconds: int) -> subprocess.Popen[bytes]:
     """The real ``orch supervise --for SECONDS``, its stderr kept."""
     return subprocess.Popen(

@@ -803,6 +803,13 @@ class Supervisor:
 
         now = time.time()
         first = self._outage is None
+        if first and self._listener is not None:
+            # idle, it may outlive the outage unbroken (a server stuck, a network gone
+            # mid-session), and :meth:`wait` would sit out the whole backoff on it: opened
+            # again, every RELISTEN_AFTER seconds, it tells when the server answers
+            self._listener.close()
+            self._listener = None
+            self._listen_again = time.monotonic() + RELISTEN_AFTER
         if self._outage is None:
             self._outage = {"since": now, "retry_in": RECONNECT_FIRST}
         else:
