@@ -108,6 +108,12 @@ KEYED_SQL = (
     "SELECT * FROM messages WHERE agent = ? AND key = ? AND state = 'queued'"
     " AND (expires IS NULL OR expires > ?) ORDER BY +seq LIMIT 1"
 )
+#: The state of the message another waits for (``--after``): a queued one past its TTL is
+#: expired, as the next sweep makes it.
+AFTER_SQL = (
+    "SELECT CASE WHEN state = 'queued' AND expires <= ? THEN 'expired' ELSE state END"
+    " FROM messages WHERE id = ?"
+)
 #: Tries of a send on its own before it waits for its turn (:meth:`Queue._insert_alone`).
 ALONE_TRIES = 3
 #: A session's deliveries in flight, found through the agent's index: ``coalesce`` keeps the
@@ -376,11 +382,8 @@ class Queue:
             row = tx.execute(KEYED_SQL, (agent, key, now)).fetchone()
             if row is not None:
                 return {**self._record(tx, row), "duplicate": True}
-        if (
-            after is not None
-            and tx.execute("SELECT 1 FROM messages WHERE id = ?", (after,)).fetchone() is None
-        ):
-            raise QueueError(f"--after: no message with id {after!r}")
+        if after is not None:
+            _check_after(tx.execute(AFTER_SQL, (now, after)).fetchone(), after)
         values = _values(now, agent, text, priority, sender, key, ttl, after, not_before)
         for _ in _attempts(self.store):
             message_id = new_id(now)
@@ -1280,6 +1283,16 @@ def _ready(message: Mapping[str, Any], now: float) -> bool:
 def _placed(where: str, exc: Exception) -> str:
     """An error of one message of several, with the caller's name for it (``message 2``)."""
     return f"{where}: {exc}" if where else str(exc)
+
+
+def _check_after(row: tuple[str] | None, after: str) -> None:
+    """The message ``after`` names (:data:`AFTER_SQL`'s ``row``) is there and may still be
+    delivered: one waiting for a message that ended undelivered would be ended dead by the next
+    sweep, never delivered, after a send that said it was queued."""
+    if row is None:
+        raise QueueError(f"--after: no message with id {after!r}")
+    if row[0] in ("expired", "cancelled", "dead"):
+        raise QueueError(f"--after: {after} ended {row[0]}: this message would never be delivered")
 
 
 def check_agent(agent: object) -> None:

@@ -377,6 +377,38 @@ def test_after_ends_dead_when_the_other_ends_undelivered(q: Queue, ending: str) 
     assert q.claim("p:1", "s", now=now + 1) == []
 
 
+@pytest.mark.parametrize("ending", ["cancelled", "expired", "expired-unswept", "dead"])
+def test_after_a_message_that_ended_undelivered_is_refused_and_stores_nothing(
+    q: Queue, ending: str
+) -> None:
+    """Stored, it would be said queued, then ended dead by the next sweep: never delivered."""
+    q.max_attempts, q.confirm_hooks = 1, 1
+    first = q.send("p:1", "first", ttl=60, now=T0)
+    now = T0 + 10
+    if ending == "cancelled":
+        q.cancel(first["id"], now=now)
+    elif ending.startswith("expired"):
+        now = T0 + 61
+        if ending == "expired":
+            q.sweep(now=now)
+    else:
+        q.claim("p:1", "s", now=now)
+        now += 1
+        q.confirm("p:1", "s", None, now=now)
+        q.sweep(now=now)
+    reason = "expired" if ending.startswith("expired") else ending
+    with pytest.raises(QueueError, match=f"^message 2: --after: {first['id']} ended {reason}: "):
+        q.send_many(
+            [{"agent": "p:1", "text": "ok"}, {"agent": "p:2", "text": "x", "after": first["id"]}],
+            now=now,
+        )
+    assert [m["id"] for m in q.messages()] == [first["id"]]
+    delivered = q.send("p:1", "second", now=T0)
+    assert q.send("p:2", "then", after=delivered["id"], now=T0)["state"] == "queued"
+    q.claim("p:1", "s2", now=T0 + 1)  # delivered, and later confirmed: both fine to wait for
+    assert q.send("p:2", "then", after=delivered["id"], now=T0 + 2)["state"] == "queued"
+
+
 @pytest.mark.parametrize("ending", ["cancelled", "expired"])
 def test_an_after_chain_longer_than_the_recursion_limit_ends_whole(q: Queue, ending: str) -> None:
     """Each level of dependents is another read of the same sweep, in a loop: a chain longer

@@ -311,6 +311,29 @@ def test_bad_send_is_one_line_error_and_stores_nothing(orch: OrchState, case: st
     assert db(orch, "SELECT count(*) FROM message_events") == [(0,)]
 
 
+def test_send_after_a_cancelled_message_is_one_line_error_and_stores_nothing(
+    orch: OrchState,
+) -> None:
+    """Stored and said queued (exit 0), it was ended dead by the next sweep, never delivered."""
+    first = send_json(orch, "proj:1", "first")["id"]
+    ok(orch, "queue", "cancel", first)
+    for args, stdin in (
+        (["proj:1", "then", "--after", first], b""),
+        (
+            ["--batch", "-"],
+            json.dumps({"agent": "proj:1", "text": "then", "after": first}).encode(),
+        ),
+    ):
+        done = cli(orch, "send", *args, stdin=stdin)
+        assert (done.returncode, done.stdout) == (1, "")
+        where = "--batch line 1: " if args[0] == "--batch" else ""
+        assert done.stderr == (
+            f"Error: {where}--after: {first} ended cancelled: this message would never be "
+            "delivered\n"
+        )
+    assert db(orch, "SELECT id, state FROM messages") == [(first, "cancelled")]
+
+
 @pytest.mark.parametrize(
     ("stdin", "reason"),
     [
