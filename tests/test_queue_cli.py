@@ -736,6 +736,28 @@ def test_push_is_never_also_delivered_by_the_prompt_it_starts(
     assert db(orch, "SELECT state, attempts FROM messages") == [("delivered", 1)]
 
 
+@pytest.mark.parametrize(
+    "held", [["--in", "10m"], ["--at", "2099-01-01T09:00"], ["--after", "FIRST"]],
+    ids=["in", "at", "after"],
+)  # fmt: skip
+def test_a_push_held_back_is_refused_not_typed_at_once(
+    orch: OrchState, tmp_path: Path, held: list[str]
+) -> None:
+    """``--push`` types at once: with ``--in``/``--at`` the message reached the agent hours
+    before it was due, and with ``--after`` before the message it was to follow."""
+    bin_dir = fake_tmux(tmp_path)
+    typed_log = tmp_path / "tmux.log"
+    orch.store.remember_session("s-push", "proj:1", "%7", "/nonexistent/socket")
+    first = Queue(orch.store).send("proj:1", "the first step")["id"]
+    held = [first if arg == "FIRST" else arg for arg in held]
+    env = {**orch.env, "PATH": f"{bin_dir}:{orch.env['PATH']}", "FAKE_TMUX_LOG": str(typed_log)}
+    done = cli(orch, "send", "proj:1", "the next step", "--push", *held, env=env)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"Error: --push types the message now: give it without {held[0]}\n"
+    assert not typed_log.exists()
+    assert db(orch, "SELECT body FROM messages") == [("the first step",)]
+
+
 def test_a_pushed_text_quoting_a_messages_header_cannot_confirm_that_message(
     orch: OrchState, tmp_path: Path
 ) -> None:

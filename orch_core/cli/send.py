@@ -149,6 +149,10 @@ def send(
     if all_agents and agent is not None:  # scripts write `orch send AGENT TEXT --all`: say so
         sys.stderr.write(f"note: --all sends to every known agent, not {agent} alone (a "
                          "pattern such as 'proj:*' fans out to some)\n")  # fmt: skip
+    held = [flag for flag, value in (("--in", delay), ("--at", at), ("--after", after))
+            if value is not None]  # fmt: skip
+    if push and held:  # typed now, it would reach the agent before it is due
+        raise QueueError(f"--push types the message now: give it without {', '.join(held)}")
     if text == "-":
         try:
             text = sys.stdin.buffer.read().decode("utf-8")
