@@ -205,6 +205,24 @@ def test_orch_send_is_sent_by_the_hosts_supervisor_without_importing_psycopg(
     assert len(Queue(orch.store).messages()) == 4
 
 
+def test_a_batch_larger_than_the_supervisor_reads_is_sent_by_the_command_itself(
+    orch: OrchState, tmp_path: Path, supervisor: subprocess.Popen[bytes]
+) -> None:
+    """Asked, the supervisor stopped reading past ``MAX_REQUEST`` and closed without a word:
+    a request a little longer went out whole, and the send failed ("gave no answer ... may be
+    queued all the same"), nothing stored. It is not asked: the command sends it itself."""
+    size = 100_000
+    texts = [f"{n:03d}" + "x" * (size - 3) for n in range(warm.MAX_REQUEST // size)]
+    texts.append("y" * (warm.MAX_REQUEST % size + 16_000))  # env and keys: some 20-40 kB more
+    batch = "\n".join(json.dumps({"agent": "p:1", "text": text}) for text in texts)
+    sent = run(orch, tmp_path, "orch", "send", "--batch", "-", stdin=batch.encode())
+    assert (sent.code, sent.stderr, sent.imported_psycopg) == (0, "", True)
+    assert sent.stdout.count("queued ") == len(texts)
+    assert [m["body"] for m in Queue(orch.store).messages("p:1")] == texts
+    assert [r for r in orch.log() if r["level"] == "error"] == []
+    assert not os.path.exists(warm.cold_path(orch.env))  # the host's next sends ask it again
+
+
 def test_the_first_send_and_hook_after_the_server_dropped_the_supervisors_connections_succeed(
     orch: OrchState, tmp_path: Path, supervisor: subprocess.Popen[bytes]
 ) -> None:

@@ -36,6 +36,9 @@ SOCKET_NAME = "supervise.sock"
 COLD_FOR = 30.0
 #: The longest answer read (a hook's reply is bounded by its plugins' text).
 MAX_ANSWER = 16 * 1024 * 1024
+#: The longest request the supervisor reads: a hook's payload (orch-hook keeps 4 MiB and one
+#: byte) and its environment. A longer one (a send of a large batch) is not asked.
+MAX_REQUEST = 5 * 1024 * 1024
 
 
 class Unanswered(OrchError):
@@ -78,6 +81,11 @@ def ask(
     path = socket_path(env)
     if not _own_socket(path):
         return None
+    request = {"version": __version__, "database": database, "path": sys.path[1:],
+               "length": len(body), **header}  # fmt: skip
+    data = json.dumps(request).encode() + b"\n" + body
+    if len(data) > MAX_REQUEST:  # the supervisor would stop reading it and answer nothing
+        return None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(within)
@@ -87,12 +95,10 @@ def ask(
             return None
         if _peer_uid(sock) != os.geteuid():  # not this user's supervisor: told nothing
             return None
-        request = {"version": __version__, "database": database, "path": sys.path[1:],
-                   "length": len(body), **header}  # fmt: skip
         lines = _Lines(sock)
         deadline = time.monotonic() + within
         try:
-            sock.sendall(json.dumps(request).encode() + b"\n" + body)
+            sock.sendall(data)
             sock.shutdown(_socket.SHUT_WR)
         except OSError as exc:  # it did not all go out, and a request cut short is never acted on
             if isinstance(exc, TimeoutError):  # nobody reads: the supervisor is stuck

@@ -34,9 +34,8 @@ from orch_core.storage.store import Store
 MAX_AT_ONCE = 32
 #: Seconds a connection may take to send its request.
 READ_WITHIN = 5.0
-#: The longest request read: a hook's payload (orch-hook keeps 4 MiB and one byte) and its
-#: environment.
-MAX_REQUEST = 5 * 1024 * 1024
+#: The longest request read (the asking side sends none longer).
+MAX_REQUEST = warm.MAX_REQUEST
 #: Seconds a stopping supervisor waits for the requests it took: their processes wait for the
 #: answers (a hook's within the largest budget), and would otherwise answer nothing.
 FINISH_WITHIN = plans.MAX_BUDGET_MS / 1000 + plans.ANSWER_MARGIN + plans.OBSERVERS_FLOOR + 1
