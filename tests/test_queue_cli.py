@@ -734,6 +734,11 @@ def test_push_is_never_also_delivered_by_the_prompt_it_starts(
     receipt = json.loads(done.stdout)
     assert receipt["state"] == "delivered"
     assert db(orch, "SELECT state, attempts FROM messages") == [("delivered", 1)]
+    stored = Queue(orch.store).get(receipt["id"])
+    assert stored is not None  # the receipt is what was stored: no delivery time, attempt lost
+    assert {k: v for k, v in receipt.items() if k != "known_agent"} == {
+        k: v for k, v in stored.items() if k != "events"
+    }
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from orch_core.hook import agents
 from orch_core.queue import (
     MAX_DURATION,
     MAX_SEND_PRIORITY,
+    PUSHED,
     Queue,
     QueueError,
     check_agent,
@@ -389,7 +390,8 @@ def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
         raise OrchError(f"{agent}'s tmux pane {known[0] if known else agent} is gone (or, after "
                         f"tmux restarted, another program's); the message {receipt['id']} stays "
                         "queued")  # fmt: skip
-    if not queue.mark_pushed(receipt["id"]):
+    now = time.time()
+    if not queue.mark_pushed(receipt["id"], now):
         return
     try:
         # a prompt in the transcript: a header it quotes would confirm that message
@@ -402,4 +404,6 @@ def _push(queue: Queue, receipt: dict[str, Any], text: str) -> None:
         queue.unpush(receipt["id"], f"could not type into tmux pane {target[0]}")
         raise OrchError(f"could not type into tmux pane {target[0]}; the message "
                         f"{receipt['id']} stays queued")  # fmt: skip
-    receipt["state"] = "delivered"
+    # the receipt (--json) says what is stored: delivered by typing, one attempt
+    receipt.update(state="delivered", delivered=now, attempts=receipt["attempts"] + 1,
+                   reason=PUSHED)  # fmt: skip
