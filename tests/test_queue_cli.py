@@ -681,7 +681,7 @@ args = sys.argv[1:]
 if "display-message" in args:  # the pane is alive, on a server older than the agent's hooks
     print(args[args.index("-t") + 1], 0, 1, "")
     sys.exit(0)
-if os.environ.get("FAKE_TMUX_FAILS"):  # the pane is there, but takes nothing
+if os.environ.get("FAKE_TMUX_FAILS") in ("1", args[-1]):  # the pane is there, takes nothing
     sys.exit(1)
 stdin = sys.stdin.read() if "load-buffer" in args else None
 with open(os.environ["FAKE_TMUX_LOG"], "a") as log:
@@ -805,6 +805,32 @@ def test_a_push_tmux_fails_to_type_stays_queued_and_uncounted(
         ("delivered", "typed into the pane (--push)"),
         ("queued", "could not type into tmux pane %7"),
     ]
+
+
+def test_a_push_to_many_types_into_every_pane_though_one_fails(
+    orch: OrchState, tmp_path: Path
+) -> None:
+    """A pane that takes nothing leaves its message queued, and says so; the agents after it
+    still get theirs typed (they were left queued, unsaid, their panes never tried)."""
+    bin_dir = fake_tmux(tmp_path)
+    typed_log = tmp_path / "tmux.log"
+    for n in (1, 2, 3):
+        hook(orch, f"p:{n}")
+        orch.store.remember_session(f"s{n}", f"p:{n}", f"%{n}", "/nonexistent/socket")
+    env = {**orch.env, "PATH": f"{bin_dir}:{orch.env['PATH']}", "FAKE_TMUX_FAILS": "%1",
+           "FAKE_TMUX_LOG": str(typed_log)}  # fmt: skip
+    done = cli(orch, "send", "p:*", "for each", "--push", "--json", env=env)
+    states = dict(db(orch, "SELECT agent, state FROM messages"))
+    assert states == {"p:1": "queued", "p:2": "delivered", "p:3": "delivered"}
+    (queued,) = db(orch, "SELECT id FROM messages WHERE state = 'queued'")
+    assert (done.returncode, done.stderr) == (
+        1,
+        f"Error: could not type into tmux pane %1; the message {queued[0]} stays queued\n",
+    )
+    receipts = json.loads(done.stdout)  # what became of each: typed, or queued
+    assert {r["agent"]: r["state"] for r in receipts} == states
+    typed = [json.loads(line)["stdin"] for line in typed_log.read_text().splitlines()]
+    assert [t for t in typed if t is not None] == ["for each", "for each"]
 
 
 def test_a_push_to_an_agent_orch_has_not_heard_from_prints_no_note_to_push(

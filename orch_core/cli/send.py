@@ -165,12 +165,16 @@ def send(
     receipts = None if push else warm_send([item])
     if receipts is None:
         receipts = api.send_many([item], fire=not push)
+    failed: list[str] = []
     if push:  # observers hear of it after typing: the idle plugin must not wake it as well
         queue = project_queue()
         try:
             for receipt in receipts:
-                if not receipt.get("duplicate"):
-                    _push(queue, receipt, text)
+                try:  # a pane that takes nothing: the others' are typed into all the same
+                    if not receipt.get("duplicate"):
+                        _push(queue, receipt, text)
+                except OrchError as exc:
+                    failed.append(str(exc))
         finally:
             api.notify(receipts, os.environ, paths.project_dir(os.environ), queue)
     if as_json:  # a fan-out is a list however many agents it reached: one is no object
@@ -181,6 +185,9 @@ def send(
         for receipt in receipts:
             print(said(receipt))
     _flush()
+    if failed:  # after the receipts, which say what each message became
+        more = f" (and {len(failed) - 1} more stay queued: see orch queue)" if failed[1:] else ""
+        raise OrchError(failed[0] + more)
 
 
 def send_batch(lines: Iterable[str], as_json: bool) -> None:
