@@ -4,6 +4,7 @@ backoff), without tmux."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from orch_builtin import auto_restart
@@ -138,6 +139,26 @@ def test_the_supervisor_escalates_a_reprompt_that_did_not_work(orch: OrchState) 
                     ("recovery planned", "restart")]  # fmt: skip
     logs = orch.cli("logs", "--agent", "a:1")
     assert logs.returncode == 0 and logs.stdout.count("recovery") == 3
+
+
+def test_a_supervisor_whose_folder_was_removed_goes_on_recovering(
+    orch: OrchState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``orch supervise`` started by ``orch spawn`` in a worktree later removed: each tick
+    asked for the folder it ran in, failed, and no agent of any project was recovered."""
+    folder = tmp_path / "worktree"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    env = {k: v for k, v in orch.env.items() if k != "CLAUDE_PROJECT_DIR"}
+    supervisor = lifecycle.Supervisor(env)
+    folder.rmdir()
+    auto_restart.schedule(supervisor.store, "a:1", "StopFailure overloaded", "reprompt", env=env,
+                          wait=0)  # fmt: skip
+    supervisor.tick(time.time() + 5)  # no pane known: the reprompt fails at once, escalates
+    supervisor.housekeeping(time.time())
+    steps = [(h["step"], h["state"]) for h in reversed(lifecycle.history(supervisor.store, "a:1"))]
+    assert steps[0] == ("reprompt", "failed")
+    assert not [r for r in orch.log() if r["level"] == "error"]
 
 
 def test_doctor_shows_an_agent_left_failed_until_it_runs_again(orch: OrchState) -> None:

@@ -553,6 +553,10 @@ class Supervisor:
         self.env = env
         self.store = open_store(env)
         self.host = paths.host(env)
+        #: The supervisor's own project, taken as it starts: the folder it was started in
+        #: (``orch spawn``'s, a worktree) may be removed while it runs, and every tick that
+        #: asked for it again failed, restarting and waking no agent of any project.
+        self.home = paths.project_dir(env)
         self.house_every = house_every
         self._housekept = 0.0
         #: A backup refused (the database emptied or damaged) is tried again only after
@@ -587,7 +591,7 @@ class Supervisor:
         from orch_core.plugins import plan
         from orch_core.queue import Queue
 
-        loaded = plan.load(self.env, paths.project_dir(self.env))
+        loaded = plan.load(self.env, self.home)
         every = float(loaded.settings.get("backup_every", 900))
         keep = int(loaded.settings.get("backup_keep", 8))
         retention = float(loaded.config.get("queue", {}).get("spill_retention", 86400))
@@ -622,7 +626,7 @@ class Supervisor:
         from orch_core.hook.context import Runtime
         from orch_core.queue import PENDING_SQL
 
-        home = paths.project_dir(self.env)
+        home = self.home
         rows = self.store.execute(
             "SELECT a.id, coalesce(s.cwd, a.project_dir), coalesce(s.host, a.host) FROM agents a"
             " LEFT JOIN launch_specs s ON s.agent = a.id"
@@ -755,7 +759,7 @@ class Supervisor:
         """The project an agent works in (its launch spec, or where its hooks came from);
         the supervisor's own for an agent orch knows nothing of."""
         known = self.store.projects_of([agent]) if agent else {}
-        return known.get(agent or "") or paths.project_dir(self.env)
+        return known.get(agent or "") or self.home
 
     def run(self, seconds: float | None = None, interval: float = 0.5) -> bool:
         """Tick until ``seconds`` pass (for ever when ``None``); ``False`` if another
