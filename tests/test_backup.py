@@ -662,3 +662,29 @@ def test_a_full_disk_does_not_stop_the_supervisor_or_its_check(
     finally:
         os.close(fd)
     assert lifecycle.supervisor_running(orch.env) is None
+
+
+def test_a_supervisor_whose_state_folder_was_removed_stops_and_another_takes_its_place(
+    orch: OrchState,
+) -> None:
+    """The state folder removed to start afresh took the supervisor's lock file with it: the
+    next hook or send found no supervisor and started one, and both restarted and woke the
+    same agents, the first for ever."""
+    state = Path(orch.env["ORCH_STATE_DIR"])
+    first = subprocess.Popen([orch_script(), "supervise", "--for", "60"], env=orch.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while lifecycle.supervisor_running(orch.env) != first.pid:
+            assert time.monotonic() < deadline, "the supervisor never took its lock"
+            time.sleep(0.05)
+        shutil.rmtree(state, ignore_errors=True)  # the supervisor may write there meanwhile
+        _, err = first.communicate(timeout=10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0 and b"Traceback" not in err
+    (said,) = [r for r in orch.log() if r["msg"].startswith("supervisor stops")]
+    assert said["lock"] == str(state / "supervise.lock")
+    assert lifecycle.supervisor_running(orch.env) is None  # the next one may start

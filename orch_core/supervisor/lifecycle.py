@@ -777,6 +777,13 @@ class Supervisor:
             warm.start()
         try:
             while end is None or time.monotonic() < end:
+                if not holds(lock, self.env):
+                    from orch_core import log
+
+                    log.write("warning", "supervisor stops: its lock file was removed (its "
+                              "state folder with it?), and another supervisor may take its "
+                              "place", self.env, lock=lock_path(self.env))  # fmt: skip
+                    break
                 pause = interval
                 try:
                     self.tick()
@@ -900,6 +907,20 @@ def supervisor_lock(env: Mapping[str, str], *, blocking: bool, claim: bool = Tru
         except OSError:
             pass
     return fd
+
+
+def holds(lock: int, env: Mapping[str, str]) -> bool:
+    """Whether ``lock`` is still the file at :func:`lock_path`. Removed (its state folder with
+    it, to start afresh) or replaced, the next hook or send found no supervisor and started
+    one on the new file: two then restarted and woke the same agents, for ever."""
+    try:
+        there = os.lstat(lock_path(env))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:  # cannot tell: keep supervising
+        return True
+    held = os.fstat(lock)
+    return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
 
 
 def supervisor_running(env: Mapping[str, str]) -> int | None:
