@@ -181,9 +181,7 @@ def _tables_behind(env: Mapping[str, str], plan: plans.Plan) -> list[str]:
         return []
     store = open_store(env, timeout=2.0)
     try:
-        store.ensure_schemas(
-            plan.schemas, lambda plugin: plan.migrations(plugin, store.dialect), timeout=2.0
-        )
+        plan.ensure_tables(store, timeout=2.0)
     except DatabaseUnreachable:
         raise
     except Exception as exc:

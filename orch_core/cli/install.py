@@ -334,12 +334,7 @@ def prepare(project_dir: str, env: Mapping[str, str] = os.environ) -> str | None
         plan = plans.load(env, project_dir)
         store = open_store(env, timeout=PREPARE_SECONDS)
         try:
-            if plan.schemas:
-                store.ensure_schemas(
-                    plan.schemas,
-                    lambda plugin: plan.migrations(plugin, store.dialect),
-                    timeout=PREPARE_SECONDS,
-                )
+            plan.ensure_tables(store, timeout=PREPARE_SECONDS)
         finally:
             store.close()
     except Exception as exc:

@@ -90,12 +90,7 @@ class Runtime:
         if not self.plan.schemas:
             return
         try:
-            self.store.ensure_schemas(
-                self.plan.schemas,
-                lambda plugin: self.plan.migrations(plugin, self.store.dialect),
-                timeout=timeout,
-                absent_timeout=absent_timeout,
-            )
+            self.plan.ensure_tables(self.store, timeout=timeout, absent_timeout=absent_timeout)
         except Exception as exc:
             log.write("error", "cannot create plugins' tables", self.env, error=repr(exc))
         finally:

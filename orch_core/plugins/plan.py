@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any
 
+    from orch_core.storage.store import Store
+
 DEFAULT_BUDGET_MS = 500
 #: The largest budget a config may give: Claude Code ends a hook after the ``timeout`` that
 #: ``orch install`` writes (5 s, :data:`orch_core.cli.install.TIMEOUT`) and discards its
@@ -155,6 +157,19 @@ class Plan:
             if impl.plugin == plugin:
                 return dict(impl.function(dialect=dialect) or {})
         return {}
+
+    def ensure_tables(
+        self, store: Store, *, timeout: float | None = None, absent_timeout: float | None = None
+    ) -> None:
+        """Its plugins' own tables in ``store``, brought to their ``orch_schema`` versions
+        (:meth:`~orch_core.storage.store.Store.ensure_schemas`; one read when they are)."""
+        if self.schemas:
+            store.ensure_schemas(
+                self.schemas,
+                lambda plugin: self.migrations(plugin, store.dialect),
+                timeout=timeout,
+                absent_timeout=absent_timeout,
+            )
 
     def budget(self, event_name: str) -> float:
         """Seconds the dispatcher gives this event's plugins together (``[orch] budget_ms``,
